@@ -1,0 +1,67 @@
+"""The ``tasu`` command: one subcommand per step of a recipe.
+
+    tasu validate data/test/asr.jsonl --check-audio
+    tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
+
+Each subcommand parses its arguments here and calls one library function; imports are done inside
+the subcommand so that ``tasu validate`` does not pay for torch or transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from tasu.data.validate import run_validate
+
+    return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from tasu.simulate import show_simulation
+
+    print(show_simulation(args.encoder, args.text, encoder_type=args.encoder_type, topk=args.topk,
+                          seed=args.seed, alpha=(args.alpha_min, args.alpha_max),
+                          drop_prob=args.drop_prob, insert_ratio=args.insert_ratio,
+                          sub_prob=args.sub_prob))
+    return 0
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tasu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training")
+    p.add_argument("data", nargs="+", help="JSONL files, one record per line")
+    p.add_argument("--prompts", default=None,
+                   help="prompts JSONL every task must appear in (default: the English prompt set)")
+    p.add_argument("--check-audio", action="store_true",
+                   help="also open every audio file header / ark offset and sum the hours")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript")
+    p.add_argument("--encoder", required=True, help="encoder directory (its tokenizer is all that is read)")
+    p.add_argument("--encoder-type", default="auto", choices=["auto", "sensevoice", "hf_ctc", "small_ctc"],
+                   help="layout of --encoder (default: detected from its files)")
+    p.add_argument("--text", required=True, help="the transcript to simulate")
+    p.add_argument("--topk", type=int, default=3, help="entries to print per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha-min", type=float, default=0.0, help="smoothing alpha ~ U(min, max)")
+    p.add_argument("--alpha-max", type=float, default=0.1)
+    p.add_argument("--drop-prob", type=float, default=0.05, help="probability of dropping a token row")
+    p.add_argument("--insert-ratio", type=float, default=0.0,
+                   help="inserted rows (repeats and blanks) per token")
+    p.add_argument("--sub-prob", type=float, default=0.0, help="probability of substituting a token")
+    p.set_defaults(func=_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

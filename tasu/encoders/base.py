@@ -1,0 +1,55 @@
+"""What every speech encoder offers the rest of tasu: a tokenizer, a frontend and CTC posteriors.
+
+The text-only stage needs only the tokenizer (to turn transcripts into encoder token ids), so a
+tokenizer is loadable on its own, without the encoder's weights or its framework (funasr,
+transformers' audio models). The audio stage needs the frontend and ``forward``.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class EncoderTokenizer(abc.ABC):
+    """The encoder's own output vocabulary: text <-> CTC label ids (blank included in the ids)."""
+
+    vocab_size: int
+    blank_id: int
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Label ids of ``text`` as the CTC head would emit them (no blank)."""
+
+    @abc.abstractmethod
+    def id_to_piece(self, i: int) -> str:
+        """The printable unit of id ``i`` (a BPE piece, a character, ``<blank>``)."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a label sequence (blanks and repeats already removed by the caller)."""
+
+
+class CTCEncoder(nn.Module, abc.ABC):
+    """A frozen CTC speech encoder: 16 kHz waveforms -> features -> frame posteriors."""
+
+    sample_rate: int = 16000
+    tokenizer: EncoderTokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def blank_id(self) -> int:
+        return self.tokenizer.blank_id
+
+    @abc.abstractmethod
+    def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frontend: mono float waveforms at ``sample_rate`` -> padded features [B, F, D], lengths [B]."""
+
+    @abc.abstractmethod
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features -> CTC log-posteriors [B, T, V] over ``tokenizer``'s ids, and frame lengths [B]."""

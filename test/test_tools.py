@@ -1,0 +1,99 @@
+"""The shell conventions (utils/parse_options.sh, tools/setup.sh) and device selection."""
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasu.device import DeviceError, distributed_backend, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(tmp_path, body, *args):
+    """Run a bash script that declares options, sources parse_options.sh, then runs ``body``."""
+    script = tmp_path / "prog.sh"
+    script.write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        'stage=1\nstop_stage=100\nuse_lora=false\nencoder_path=""\n'
+        'help_message="Usage: prog.sh [--stage N] [--use_lora true|false]"\n'
+        f". {ROOT}/utils/parse_options.sh\n{body}\n")
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+
+
+def test_options_set_declared_variables_with_dashes_or_underscores(tmp_path):
+    out = run_script(tmp_path, 'echo "$stage $stop_stage $use_lora [$encoder_path] $*"',
+                     "--stage", "3", "--stop-stage", "5", "--use_lora", "true",
+                     "--encoder_path", "/m/Sense Voice", "rest", "--not-parsed")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3 5 true [/m/Sense Voice] rest --not-parsed"
+
+
+def test_unknown_option_is_an_error(tmp_path):
+    out = run_script(tmp_path, "echo ran", "--stgae", "3")
+    assert out.returncode == 1
+    assert "unknown option '--stgae'" in out.stderr
+    assert "ran" not in out.stdout
+
+
+def test_boolean_option_accepts_only_true_or_false(tmp_path):
+    out = run_script(tmp_path, "echo ran", "--use_lora", "yes")
+    assert out.returncode == 1
+    assert "takes true or false, not 'yes'" in out.stderr
+
+
+def test_missing_value_and_equals_form_are_errors(tmp_path):
+    assert "needs a value" in run_script(tmp_path, "true", "--stage").stderr
+    assert "not '--stage=3'" in run_script(tmp_path, "true", "--stage=3").stderr
+
+
+def test_config_file_is_sourced_in_order(tmp_path):
+    conf = tmp_path / "opts.sh"
+    conf.write_text("stage=4\nstop_stage=6\n")
+    out = run_script(tmp_path, 'echo "$stage $stop_stage"', "--config", str(conf), "--stage", "5")
+    assert out.stdout.strip() == "5 6"
+    missing = run_script(tmp_path, "true", "--config", str(tmp_path / "nope.sh"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_help_prints_the_help_message(tmp_path):
+    out = run_script(tmp_path, "echo ran", "--help")
+    assert out.returncode == 0
+    assert out.stdout.strip() == "Usage: prog.sh [--stage N] [--use_lora true|false]"
+
+
+def test_setup_rejects_unknown_device_and_npu_without_cann():
+    bad = subprocess.run(["bash", str(ROOT / "tools/setup.sh"), "--device", "tpu"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--device must be auto, cpu, cuda or npu, not 'tpu'" in bad.stderr
+    env = {"PATH": "/usr/bin:/bin"}
+    npu = subprocess.run(["bash", str(ROOT / "tools/setup.sh"), "--device", "npu", "--system_packages", "false"],
+                         capture_output=True, text=True, env=env)
+    assert npu.returncode == 1 and "needs the Ascend CANN toolkit" in npu.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="torch_npu is installed")
+def test_npu_without_torch_npu_is_a_clear_error():
+    with pytest.raises(DeviceError, match=r"needs torch_npu.*tools/setup.sh --device npu"):
+        resolve_device("npu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_device_names_and_backends():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    assert distributed_backend(torch.device("cpu")) == "gloo"
+    assert distributed_backend(torch.device("cuda", 0)) == "nccl"
+
+
+def test_tasu_command_is_installed():
+    out = subprocess.run(["tasu", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "validate" in out.stdout and "simulate" in out.stdout

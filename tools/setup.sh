@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Create tools/venv with the pinned TASU stack and the tasu package (editable).
+#
+#   tools/setup.sh                  # picks the device: cuda if nvidia-smi works, npu if npu-smi does, else cpu
+#   tools/setup.sh --device cuda    # NVIDIA GPUs (CUDA build of torch)
+#   tools/setup.sh --device npu     # Huawei Ascend: torch + torch_npu; needs the CANN toolkit installed
+#
+# Safe to re-run: when nothing it installs from has changed it only checks the venv and exits.
+# Every pip call is constrained by tools/constraints.txt, so no dependency can swap the torch build.
+set -euo pipefail
+
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root_dir=$(dirname "${tools_dir}")
+
+device=auto          # auto | cpu | cuda | npu
+python=python3       # interpreter the venv is made from (3.10 or newer)
+torch_index_url=""   # e.g. the PyTorch CPU wheel index, to avoid a CUDA download on a CPU-only machine
+system_packages=true # install missing system tools (sox, espeak-ng, ffmpeg) with apt-get when root
+
+help_message="Usage: $0 [options]
+  --device <auto|cpu|cuda|npu>   torch build to install (default: ${device})
+  --python <exe>                 python used to create tools/venv (default: ${python})
+  --torch_index_url <url>        extra index for the torch wheel (default: none)
+  --system_packages <true|false> apt-get install missing sox/espeak-ng/ffmpeg when root (default: ${system_packages})"
+. "${root_dir}/utils/parse_options.sh"
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
+die() { echo "setup.sh: error: $*" >&2; exit 1; }
+
+if [ "${device}" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=cuda
+  elif command -v npu-smi >/dev/null 2>&1 && npu-smi info >/dev/null 2>&1; then device=npu
+  else device=cpu; fi
+fi
+case "${device}" in cpu|cuda|npu) ;; *) die "--device must be auto, cpu, cuda or npu, not '${device}'" ;; esac
+
+torch_version=$(sed -n 's/^torch==//p' "${tools_dir}/constraints.txt")
+[ -n "${torch_version}" ] || die "tools/constraints.txt does not pin torch"
+torch_pkgs=("torch==${torch_version}")
+if [ "${device}" = npu ]; then
+  if [ -z "${ASCEND_TOOLKIT_HOME:-}" ]; then
+    die "--device npu needs the Ascend CANN toolkit: source its set_env.sh (it sets ASCEND_TOOLKIT_HOME) and re-run"
+  fi
+  torch_pkgs+=("torch-npu==${torch_version}")
+fi
+
+# System tools: sox (wav.scp pipes, resampling), espeak-ng (the self-contained recipe's speech),
+# ffmpeg (mp3 of Common Voice). Only what is missing is installed; without root we say what to run.
+missing=()
+for tool in sox espeak-ng ffmpeg; do command -v "${tool}" >/dev/null 2>&1 || missing+=("${tool}"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "${system_packages}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing system packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "warning: ${missing[*]} not found; recipes that need them will stop and say so (apt-get install ${missing[*]})"
+  fi
+fi
+
+venv="${tools_dir}/venv"
+stamp="${venv}/.tasu-setup"
+want=$( { echo "device=${device} torch_index_url=${torch_index_url}";
+          cat "${tools_dir}/requirements.txt" "${tools_dir}/constraints.txt" "${root_dir}/setup.py"; } | sha256sum | cut -d' ' -f1)
+
+if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${want}" ] && "${venv}/bin/python" -c "import tasu, torch" 2>/dev/null; then
+  log "tools/venv is up to date (device: ${device})"
+  exit 0
+fi
+
+if [ ! -x "${venv}/bin/python" ]; then
+  log "creating tools/venv with $(${python} --version 2>&1)"
+  "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "${python} is older than Python 3.10"
+  "${python}" -m venv "${venv}"
+fi
+rm -f "${stamp}"
+pip=("${venv}/bin/python" -m pip --disable-pip-version-check)
+extra=()
+[ -n "${torch_index_url}" ] && extra=(--extra-index-url "${torch_index_url}")
+
+log "installing ${torch_pkgs[*]} (${device})"
+"${pip[@]}" install -c "${tools_dir}/constraints.txt" "${extra[@]}" "${torch_pkgs[@]}" setuptools wheel
+log "installing tools/requirements.txt and tasu (editable)"
+"${pip[@]}" install -c "${tools_dir}/constraints.txt" -r "${tools_dir}/requirements.txt"
+"${pip[@]}" install -c "${tools_dir}/constraints.txt" --no-build-isolation --no-deps -e "${root_dir}"
+
+"${venv}/bin/python" - <<PY
+import torch, tasu
+assert torch.__version__.split("+")[0] == "${torch_version}", f"torch {torch.__version__} was installed, not ${torch_version}"
+print(f"tasu {tasu.__version__}, torch {torch.__version__}, python {__import__('sys').version.split()[0]}")
+PY
+echo "${want}" > "${stamp}"
+log "done: recipes activate it through tools/activate_python.sh"

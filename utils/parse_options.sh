@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Parse "--name value" options into shell variables the calling script declared beforehand.
+#
+# Source it after declaring defaults:   stage=1; use_lora=false; . utils/parse_options.sh
+#   --stop-stage 5 and --stop_stage 5 both set $stop_stage;
+#   an option whose variable was not declared is an error (typos never pass silently);
+#   a variable declared as true/false accepts only true or false;
+#   --config FILE sources FILE (shell assignments) at that point of the command line;
+#   --help / -h prints $help_message and exits 0.
+# Parsing stops at the first argument that does not start with "--"; those remain in "$@".
+
+_po_prog=$(basename "$0")
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --help|-h)
+      if [ -n "${help_message:-}" ]; then printf '%s\n' "${help_message}"; else echo "${_po_prog}: no help message"; fi
+      exit 0 ;;
+    --config)
+      [ $# -ge 2 ] || { echo "${_po_prog}: --config needs a file" >&2; exit 1; }
+      [ -f "$2" ] || { echo "${_po_prog}: config file '$2' does not exist" >&2; exit 1; }
+      # shellcheck disable=SC1090
+      . "$2"
+      shift 2 ;;
+    --*=*)
+      echo "${_po_prog}: write options as '--name value', not '$1'" >&2; exit 1 ;;
+    --*)
+      _po_name=$(echo "${1#--}" | sed 's/-/_/g')
+      if ! [[ "${_po_name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
+        echo "${_po_prog}: invalid option '$1'" >&2; exit 1
+      fi
+      if [ -z "${!_po_name+set}" ]; then
+        echo "${_po_prog}: unknown option '$1' (run with --help for the list)" >&2; exit 1
+      fi
+      [ $# -ge 2 ] || { echo "${_po_prog}: option '$1' needs a value" >&2; exit 1; }
+      _po_old=${!_po_name}
+      if { [ "${_po_old}" = true ] || [ "${_po_old}" = false ]; } && [ "$2" != true ] && [ "$2" != false ]; then
+        echo "${_po_prog}: option '$1' takes true or false, not '$2'" >&2; exit 1
+      fi
+      printf -v "${_po_name}" '%s' "$2"
+      shift 2 ;;
+    *) break ;;
+  esac
+done
+
+unset _po_prog _po_name _po_old
+true
