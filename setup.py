@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tasu", "tasu.*"]),
-    package_data={"tasu": ["data/prompts/*.jsonl"]},
+    package_data={"tasu": ["data/prompt_sets/*.jsonl"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "train": ["deepspeed"],
-        "sensevoice": ["funasr"],
+        "sensevoice": ["funasr", "kaldi-native-fbank"],
         "plot": ["matplotlib"],
         "test": ["pytest"],
     },

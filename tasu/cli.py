@@ -2,6 +2,8 @@
 
     tasu validate data/test/asr.jsonl --check-audio
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
+    tasu score --ref exp/x/decode/test/ref.trn --hyp exp/x/decode/test/hyp.trn --metric wer
+    tasu results exp > RESULTS.md
 
 Each subcommand parses its arguments here and calls one library function; imports are done inside
 the subcommand so that ``tasu validate`` does not pay for torch or transformers.
@@ -26,6 +28,19 @@ def _simulate(args: argparse.Namespace) -> int:
                           drop_prob=args.drop_prob, insert_ratio=args.insert_ratio,
                           sub_prob=args.sub_prob))
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from tasu.score import run_score
+
+    return run_score(args.ref, args.hyp, args.metric, norm=args.norm, out_dir=args.out,
+                     bleu_tokenize=args.bleu_tokenize)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from tasu.results import run_results
+
+    return run_results(args.exp_root, compare=args.compare)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -55,6 +70,26 @@ def get_parser() -> argparse.ArgumentParser:
                    help="inserted rows (repeats and blanks) per token")
     p.add_argument("--sub-prob", type=float, default=0.0, help="probability of substituting a token")
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy")
+    p.add_argument("--ref", required=True, help="reference file, key<TAB>text lines (Kaldi 'key text' also read)")
+    p.add_argument("--hyp", required=True, help="hypothesis file, key<TAB>text lines (a key alone = empty hypothesis)")
+    p.add_argument("--metric", required=True, choices=["wer", "cer", "bleu", "acc"],
+                   help="cer counts characters without spaces; acc is exact match of the normalised label")
+    p.add_argument("--norm", default=None, choices=["basic", "whisper", "none"],
+                   help="text normaliser (default: basic for wer/cer/acc, none for bleu)")
+    p.add_argument("--bleu-tokenize", default="auto",
+                   help="sacrebleu tokenizer: auto (zh when most references contain Han characters, "
+                        "else 13a), zh, 13a, intl, char, none")
+    p.add_argument("--out", default=None, help="directory for score.json, result.txt, alignment.txt "
+                   "(default: the hypothesis file's directory)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("results", help="collect every score.json under EXP_ROOT into RESULTS.md tables")
+    p.add_argument("exp_root", help="directory of experiments: EXP_ROOT/<exp_tag>/.../score.json")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                   help="experiments A and B side by side per dataset and metric, with B - A")
+    p.set_defaults(func=_results)
     return parser
 
 

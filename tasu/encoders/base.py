@@ -46,10 +46,19 @@ class CTCEncoder(nn.Module, abc.ABC):
     def blank_id(self) -> int:
         return self.tokenizer.blank_id
 
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights are; ``forward`` moves its inputs there."""
+        return next(self.parameters()).device
+
     @abc.abstractmethod
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frontend: mono float waveforms at ``sample_rate`` -> padded features [B, F, D], lengths [B]."""
+        """Frontend: mono float waveforms at ``sample_rate`` -> padded features [B, F, ...], lengths [B].
+
+        Runs on the CPU. Features are frames x dims for fbank frontends, samples for waveform models.
+        """
 
     @abc.abstractmethod
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features -> CTC log-posteriors [B, T, V] over ``tokenizer``'s ids, and frame lengths [B]."""
+        """Features (any device) -> CTC log-posteriors [B, T, V] over ``tokenizer``'s ids, and frame
+        lengths [B], both on :attr:`device`."""

@@ -1,0 +1,338 @@
+"""Audio reading: every kind of ``path`` a record can hold, returned as 16 kHz mono float32.
+
+The encoders all want 16 kHz mono, and corpora arrive as anything else, so conversion happens
+here, on the fly, once: channels are averaged and other rates resampled with soxr. A ``path`` is
+
+- a file soundfile reads (wav, flac, ogg, ...);
+- a Kaldi archive entry ``file.ark:offset`` (the offset of the value, as a Kaldi scp gives it),
+  holding one of: a wav file (Kaldi ``wav-copy``, ESPnet ``format_wav_scp.sh``); a kaldiio
+  soundfile entry (``AUDIO``, ESPnet's ``flac.ark``); or a float vector, or a matrix with one row or
+  one column, holding a waveform. Kaldi stores no sample rate with a vector, so the caller gives it
+  (``matrix_rate``, 16 kHz by default), and the values are taken as they are (expected in
+  [-1, 1]). Any other matrix is features, not audio, and is an error;
+- a ``wav.scp`` command ending in ``|`` (``sox in.sph -t wav - |``): run by ``/bin/sh``; its
+  standard output must be audio that soundfile reads.
+
+A segment (``start``/``end`` in seconds, Kaldi's ``segments``) is cut after reading; files are
+read from ``start`` to ``end`` only. As Kaldi's ``extract-segments`` does, an ``end`` at most
+``MAX_OVERSHOOT`` seconds past the end of the audio is cut back to it; further is an error.
+
+Every failure is one ``AudioError`` naming the record key (when given), the path and what is
+wrong: missing file, truncated file, an ark offset past the end, a format that cannot be read, a
+command that failed (with its stderr). ``audio_info`` answers "how long is it" by reading only
+headers (for an ark entry, the header at its offset), so ``tasu validate --check-audio`` is cheap;
+it still detects a file or ark entry shorter than its header announces. For a command it has to
+run the command.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+import subprocess
+from typing import NamedTuple
+
+import kaldiio
+import numpy as np
+import soundfile
+import soxr
+
+SAMPLE_RATE = 16000
+MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
+
+_ARK_PATH = re.compile(r"(.+):(\d+)")
+# Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
+_READ_ERRORS = (OSError, RuntimeError, ValueError, EOFError, AssertionError, struct.error)
+
+
+class AudioError(Exception):
+    """Audio that cannot be read: ``KEY: PATH: message`` (``PATH: message`` without a key)."""
+
+    def __init__(self, path: str, message: str, key: str | None = None):
+        self.path, self.message, self.key = path, message, key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.key}: {self.path}" if self.key else self.path
+        return f"{where}: {self.message}"
+
+
+class AudioInfo(NamedTuple):
+    """Length of a recording (or segment) at its own sample rate."""
+
+    num_samples: int
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / self.sample_rate
+
+
+class _Bad(Exception):
+    """Internal: what is wrong, before the public functions add key and path."""
+
+
+def load_audio(path: str, key: str | None = None, start: float | None = None,
+               end: float | None = None, matrix_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The samples of ``path`` (from ``start`` to ``end`` seconds) as 16 kHz mono float32."""
+    try:
+        kind, target = _parse(path)
+        if kind == "file":
+            samples, rate = _read_file(target, start, end)
+        else:
+            samples, rate = _read_pipe(target) if kind == "pipe" else _read_ark(*target, matrix_rate)
+            first, last = _segment(len(samples), rate, start, end)
+            samples = samples[first:last]
+    except _Bad as e:
+        raise AudioError(path, str(e), key) from None
+    except _READ_ERRORS as e:
+        raise AudioError(path, f"cannot read: {e}", key) from None
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        samples = soxr.resample(samples, rate, SAMPLE_RATE)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def audio_info(path: str, key: str | None = None, start: float | None = None,
+               end: float | None = None, matrix_rate: int = SAMPLE_RATE) -> AudioInfo:
+    """Samples and sample rate of ``path`` (of its ``start``..``end`` segment), from headers only."""
+    try:
+        kind, target = _parse(path)
+        if kind == "file":
+            frames, rate = _file_info(target)
+        elif kind == "ark":
+            frames, rate = _ark_info(*target, matrix_rate)
+        else:
+            info = soundfile.info(io.BytesIO(_run(target)))
+            frames, rate = info.frames, info.samplerate
+        first, last = _segment(frames, rate, start, end)
+    except _Bad as e:
+        raise AudioError(path, str(e), key) from None
+    except _READ_ERRORS as e:
+        raise AudioError(path, f"cannot read: {e}", key) from None
+    return AudioInfo(last - first, rate)
+
+
+def _parse(path: str) -> tuple[str, object]:
+    """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
+    stripped = path.rstrip()
+    if stripped.endswith("|"):
+        return "pipe", stripped[:-1]
+    match = _ARK_PATH.fullmatch(path)
+    if match:
+        return "ark", (match.group(1), int(match.group(2)))
+    return "file", path
+
+
+def _segment(frames: int, rate: int, start: float | None, end: float | None) -> tuple[int, int]:
+    """First and last (exclusive) sample of the ``start``..``end`` segment of ``frames`` samples."""
+    if frames == 0:
+        raise _Bad("holds no samples")
+    first = 0 if start is None else int(round(start * rate))
+    last = frames if end is None else int(round(end * rate))
+    if first >= frames:
+        raise _Bad(f"segment start {start:.3f} s is not before the end of the audio "
+                   f"({frames / rate:.3f} s)")
+    if last > frames:
+        if (last - frames) / rate > MAX_OVERSHOOT:
+            raise _Bad(f"segment end {end:.3f} s is past the end of the audio ({frames / rate:.3f} s)")
+        last = frames
+    return first, last
+
+
+# ----- files -------------------------------------------------------------------------------------
+
+def _file_info(path: str) -> tuple[int, int]:
+    _check_wav_header(path)
+    with soundfile.SoundFile(path) as f:
+        frames, rate = f.frames, f.samplerate
+        if frames and f.format not in ("WAV", "WAVEX"):
+            # Compressed formats state their length up front; reading the last frame proves the
+            # file really is that long (a cut FLAC fails here, not in the middle of training).
+            try:
+                f.seek(frames - 1)
+                last = f.read(1)
+            except soundfile.LibsndfileError as e:
+                raise _Bad(f"truncated or corrupt: the header announces {frames} samples, the last "
+                           f"cannot be read ({e.error_string})") from None
+            if len(last) != 1:
+                raise _Bad(f"truncated: the header announces {frames} samples, fewer can be read")
+    return frames, rate
+
+
+def _read_file(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
+    _check_wav_header(path)
+    with soundfile.SoundFile(path) as f:
+        first, last = _segment(f.frames, f.samplerate, start, end)
+        try:
+            f.seek(first)
+            samples = f.read(last - first, dtype="float32", always_2d=True)
+        except soundfile.LibsndfileError as e:
+            raise _Bad(f"truncated or corrupt: reading samples {first} to {last} failed "
+                       f"({e.error_string})") from None
+        if len(samples) != last - first:
+            raise _Bad(f"truncated: {last - first} samples expected from sample {first}, "
+                       f"{len(samples)} read")
+        return samples, f.samplerate
+
+
+def _check_wav_header(path: str) -> None:
+    """Missing file, or a RIFF/WAVE file shorter than its header says (soundfile hides that)."""
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise _Bad("no such file") from None
+    with f:
+        if f.read(4) == b"RIFF":
+            _wav_layout(f, 0, size)
+
+
+def _wav_layout(f, base: int, size: int) -> tuple[int, int, int]:
+    """``(sample rate, frame bytes, data bytes)`` of the RIFF/WAVE file at byte ``base`` of ``f``.
+
+    ``size`` is where the file (or the ark) ends: a data chunk announcing more bytes than are left
+    is a truncated file. 0xFFFFFFFF is how streamed WAV headers say "length unknown".
+    """
+    f.seek(base)
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise _Bad("not a RIFF/WAVE header")
+    pos, fmt = base + 12, None
+    while True:
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            raise _Bad("truncated: the WAV file ends before its data chunk")
+        chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if chunk_id == b"fmt ":
+            body = f.read(16)
+            if len(body) < 16:
+                raise _Bad("truncated: the WAV fmt chunk is cut short")
+            _, _, rate, _, frame_bytes, _ = struct.unpack("<HHIIHH", body)
+            if rate == 0 or frame_bytes == 0:
+                raise _Bad(f"bad WAV fmt chunk (rate {rate}, {frame_bytes} bytes per frame)")
+            fmt = (rate, frame_bytes)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise _Bad("the WAV data chunk comes before its fmt chunk")
+            left = size - (pos + 8)
+            if chunk_size == 0xFFFFFFFF:
+                chunk_size = left
+            elif chunk_size > left:
+                raise _Bad(f"truncated: the WAV header announces {chunk_size} bytes of samples, "
+                           f"{max(left, 0)} follow it")
+            return fmt[0], fmt[1], chunk_size
+        pos += 8 + chunk_size + (chunk_size & 1)
+
+
+# ----- Kaldi archives ----------------------------------------------------------------------------
+
+_MATRIX_BYTES = {b"FM": 4, b"FV": 4, b"DM": 8, b"DV": 8}
+_COMPRESSED = (b"CM", b"CM2", b"CM3")
+
+
+def _ark_info(ark: str, offset: int, matrix_rate: int) -> tuple[int, int]:
+    """Length of the ark entry at ``offset``, read from its header, after checking it is whole."""
+    try:
+        size = os.path.getsize(ark)
+        f = open(ark, "rb")
+    except FileNotFoundError:
+        raise _Bad("no such ark file") from None
+    with f:
+        if offset >= size:
+            raise _Bad(f"offset {offset} is past the end of the ark ({size} bytes)")
+        f.seek(offset)
+        magic = f.read(5)
+        if magic[:4] == b"RIFF":
+            rate, frame_bytes, data_bytes = _wav_layout(f, offset, size)
+            return data_bytes // frame_bytes, rate
+        if magic[:2] == b"\0B":
+            return _vector_length(f, offset, size), matrix_rate
+        if magic == b"AUDIO":
+            info = soundfile.info(io.BytesIO(_kaldiio_audio_bytes(f, size)))
+            return info.frames, info.samplerate
+    raise _Bad(f"no audio at offset {offset}: the entry starts with {magic!r}, not a wav, an AUDIO "
+               "entry or a binary vector/matrix (is the offset the one the scp gives?)")
+
+
+def _vector_length(f, offset: int, size: int) -> int:
+    """Samples of the Kaldi binary vector/matrix at ``offset`` (a one-row/column matrix is a vector)."""
+    f.seek(offset + 2)
+    kind = f.read(4).split(b" ")[0]
+    name = kind.decode("latin-1")
+    f.seek(offset + 3 + len(kind))
+    try:
+        if kind in _MATRIX_BYTES:
+            if kind.endswith(b"M"):
+                _, rows, _, cols = struct.unpack("<BiBi", f.read(10))
+            else:
+                rows, (_, cols) = 1, struct.unpack("<Bi", f.read(5))
+            payload = rows * cols * _MATRIX_BYTES[kind]
+        elif kind in _COMPRESSED:
+            _, _, rows, cols = struct.unpack("<ffii", f.read(16))
+            payload = {b"CM": 8 * cols + rows * cols, b"CM2": 2 * rows * cols, b"CM3": rows * cols}[kind]
+        else:
+            raise _Bad(f"unknown Kaldi binary type {name!r} at offset {offset}")
+    except struct.error:
+        raise _Bad(f"truncated: the ark ends inside the header of the {name} at offset {offset}"
+                   ) from None
+    if rows < 0 or cols < 0:
+        raise _Bad(f"bad {name} header at offset {offset}: {rows}x{cols}")
+    left = size - f.tell()
+    if payload > left:
+        raise _Bad(f"truncated: the {rows}x{cols} {name} needs {payload} bytes, "
+                   f"{left} are left in the ark")
+    if rows != 1 and cols != 1:
+        raise _Bad(f"a {rows}x{cols} matrix is features, not a waveform "
+                   "(a waveform is a vector or a one-row/one-column matrix)")
+    return rows * cols
+
+
+def _kaldiio_audio_bytes(f, size: int) -> bytes:
+    """The soundfile bytes of a kaldiio ``AUDIO`` entry (``f`` is just past the tag)."""
+    width = f.read(1)
+    length = int.from_bytes(f.read(width[0]), "little") if width else 0
+    data = f.read(length)
+    if not width or len(data) < length:
+        raise _Bad(f"truncated: the AUDIO entry announces {length} bytes, {len(data)} are left")
+    return data
+
+
+def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]:
+    _ark_info(ark, offset, matrix_rate)  # the header checks: offset, truncation, features
+    value = kaldiio.load_mat(f"{ark}:{offset}")
+    if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16) or AUDIO (float64)
+        rate, samples = value
+        return _to_float(samples), rate
+    return np.asarray(value, dtype=np.float32).reshape(-1), matrix_rate
+
+
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM scaled to [-1, 1); floats as they are."""
+    if samples.dtype == np.uint8:  # 8-bit WAV is unsigned
+        return (samples.astype(np.float32) - 128.0) / 128.0
+    if samples.dtype.kind == "i":
+        return samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
+    return samples.astype(np.float32, copy=False)
+
+
+# ----- commands ----------------------------------------------------------------------------------
+
+def _run(command: str) -> bytes:
+    proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise _Bad(f"command failed (exit status {proc.returncode}): "
+                   f"{' | '.join(err[-3:]) if err else 'no message on stderr'}")
+    if not proc.stdout:
+        raise _Bad("command wrote no audio to its standard output")
+    return proc.stdout
+
+
+def _read_pipe(command: str) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(_run(command)), dtype="float32", always_2d=True)
+    return samples, rate

@@ -1,0 +1,271 @@
+"""Kaldi data directories <-> JSONL records, so any Kaldi/ESPnet corpus preparation can feed tasu.
+
+    python -m tasu.data.kaldi_dir to-jsonl data/train --task ASR > data/train/asr.jsonl
+    python -m tasu.data.kaldi_dir to-dir data/train/asr.jsonl data/train_copy
+
+(``utils/data2jsonl.sh`` and ``utils/jsonl2data.sh`` are the shell front ends.)
+
+A data dir holds ``wav.scp`` (recording -> file, ``ark:offset`` or command ``|``), ``text``
+(utterance -> the target text) and optionally ``segments`` (utterance -> recording, start, end;
+end -1 means the end of the recording) and ``utt2spk``. Each utterance becomes one record: ``key``
+the utterance id, ``target`` its text, ``path`` its recording's wav.scp entry. A segment becomes
+``start``/``end`` (seconds; ``end`` left out for -1), which the audio reader cuts, plus the
+recording id in ``recording``; the speaker (from ``utt2spk``) goes to ``speaker``.
+
+What is an error and what is skipped:
+
+- a malformed line is an error reported as ``FILE:LINE: message`` (an id with nothing after it, e.g.
+  a ``text`` line without a transcript; a ``segments`` line without 4 fields, with a time that is
+  not a number or an end not after its start; a repeated id; an id that is not a valid key). All
+  errors of a dir are reported together and nothing is written;
+- an utterance that is not in every file it needs (``text`` and its audio in ``wav.scp``, through
+  ``segments`` when there is one, and ``utt2spk`` when there is one) is skipped, and each kind of
+  mismatch is logged once with a count and examples, as Kaldi's ``fix_data_dir.sh`` would do.
+
+Writing goes the other way: files sorted by id (C-locale order), ``spk2utt`` derived from
+``utt2spk`` (the speaker is the utterance itself when a record has none), ``segments`` written when
+any record has a segment (a record without one covers its whole recording: ``0.000 -1``); times
+are written with millisecond precision. Fields a data dir cannot hold (``GT``, pass-through fields)
+are dropped with a log message.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from tasu.data.records import DataError, Record, iter_records, key_problem, write_records
+
+logger = logging.getLogger(__name__)
+
+_EXAMPLES = 3  # ids quoted in a "skipped" message
+
+
+class DataDirError(ValueError):
+    """Every malformed line of a data dir (or of records that cannot make one), one per line."""
+
+    def __init__(self, problems: list[DataError]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def read_data_dir(data_dir: str | Path, task: str = "ASR") -> list[Record]:
+    """The utterances of a Kaldi data dir as records of ``task``, sorted by key.
+
+    Raises ``DataDirError`` listing every malformed line; utterances missing from a file they
+    need are skipped and logged (see the module docstring).
+    """
+    data_dir = Path(data_dir)
+    problems: list[DataError] = []
+    wav = _read_table(data_dir / "wav.scp", problems, "a path or command")
+    text = _read_table(data_dir / "text", problems, "a transcript")
+    segments = None
+    if (data_dir / "segments").exists():
+        segments = {utt: _parse_segment(data_dir / "segments", line, rest, problems)
+                    for utt, (line, rest) in _read_table(data_dir / "segments", problems,
+                                                         "recording, start and end").items()}
+    utt2spk = None
+    if (data_dir / "utt2spk").exists():
+        utt2spk = _read_table(data_dir / "utt2spk", problems, "a speaker id", one_word=True)
+    for utt, (line, _) in text.items():
+        message = key_problem(utt)
+        if message:
+            problems.append(DataError(str(data_dir / "text"), line, None, f"utterance id {message}"))
+    if problems:
+        raise DataDirError(problems)
+
+    utts = set(text)
+    if segments is None:
+        _skip(utts - set(wav), data_dir / "text", "with no entry in wav.scp")
+        _skip(set(wav) - utts, data_dir / "wav.scp", "with no entry in text")
+        utts &= set(wav)
+    else:
+        _skip(utts - set(segments), data_dir / "text", "with no entry in segments")
+        _skip(set(segments) - utts, data_dir / "segments", "with no entry in text")
+        utts &= set(segments)
+        no_audio = {u for u in utts if segments[u][0] not in wav}
+        _skip(no_audio, data_dir / "segments", "whose recording is not in wav.scp")
+        utts -= no_audio
+    if utt2spk is not None:
+        _skip(utts - set(utt2spk), data_dir / "text", "with no entry in utt2spk")
+        utts &= set(utt2spk)
+
+    records = []
+    for utt in sorted(utts):
+        extra = {}
+        if segments is None:
+            path, start, end = wav[utt][1], None, None
+        else:
+            recording, start, end = segments[utt]
+            path = wav[recording][1]
+            extra["recording"] = recording
+        if utt2spk is not None:
+            extra["speaker"] = utt2spk[utt][1]
+        records.append(Record(utt, task, text[utt][1], path, None, start, end, extra))
+    return records
+
+
+def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
+    """Write records as a Kaldi data dir (created if needed); returns the number of utterances.
+
+    Raises ``DataDirError`` (and writes nothing) for records a data dir cannot hold: no ``path``,
+    a target spanning lines, a repeated key, one recording id with two different paths.
+    """
+    data_dir = Path(data_dir)
+    records = sorted(records, key=lambda r: r.key)
+    problems: list[DataError] = []
+    where = str(data_dir)
+    has_segments = any(r.start is not None or r.end is not None for r in records)
+    wav: dict[str, str] = {}
+    dropped: set[str] = set()
+    for i, r in enumerate(records):
+        if i and records[i - 1].key == r.key:
+            problems.append(DataError(where, None, "key", f"duplicate key {r.key!r}"))
+        if r.path is None:
+            problems.append(DataError(where, None, "path", f"{r.key}: missing (a data dir needs audio)"))
+            continue
+        if "\n" in r.target or "\r" in r.target:
+            problems.append(DataError(where, None, "target", f"{r.key}: a line break cannot go into text"))
+        recording = r.extra.get("recording", r.key) if has_segments else r.key
+        if wav.setdefault(recording, r.path) != r.path:
+            problems.append(DataError(where, None, "path", f"{r.key}: recording {recording!r} is "
+                                      f"{wav[recording]!r} in another record, {r.path!r} here"))
+        if r.GT is not None:
+            dropped.add("GT")
+        dropped.update(name for name in r.extra if name not in ("recording", "speaker"))
+    if problems:
+        raise DataDirError(problems)
+    if dropped:
+        logger.warning("%s: fields a data dir cannot hold were dropped: %s", data_dir,
+                       ", ".join(sorted(dropped)))
+    tasks = sorted({r.task for r in records})
+    if len(tasks) > 1:
+        logger.warning("%s: records of %d tasks (%s) went into one text file", data_dir, len(tasks),
+                       ", ".join(tasks))
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    speaker = {r.key: str(r.extra.get("speaker", r.key)) for r in records}
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in speaker.items():
+        spk2utt.setdefault(spk, []).append(utt)
+    _write_lines(data_dir / "wav.scp", (f"{rec} {path}" for rec, path in sorted(wav.items())))
+    _write_lines(data_dir / "text", (f"{r.key} {r.target}" for r in records))
+    _write_lines(data_dir / "utt2spk", (f"{utt} {speaker[utt]}" for utt in speaker))
+    _write_lines(data_dir / "spk2utt", (f"{spk} {' '.join(utts)}" for spk, utts in sorted(spk2utt.items())))
+    if has_segments:
+        _write_lines(data_dir / "segments",
+                     (f"{r.key} {r.extra.get('recording', r.key)} {r.start or 0:.3f} "
+                      f"{-1 if r.end is None else format(r.end, '.3f')}" for r in records))
+    elif (data_dir / "segments").exists():
+        os.remove(data_dir / "segments")  # a stale one would re-cut the new recordings
+    return len(records)
+
+
+def _read_table(path: Path, problems: list[DataError], what: str,
+                one_word: bool = False) -> dict[str, tuple[int, str]]:
+    """``id -> (line number, rest of the line)`` of a Kaldi table file; problems appended."""
+    table: dict[str, tuple[int, str]] = {}
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        problems.append(DataError(str(path), None, None, f"cannot open: {e.strerror or e}"))
+        return table
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                problems.append(DataError(str(path), lineno, None, f"byte 0x{raw[e.start]:02x} at "
+                                          f"column {e.start + 1} is not valid UTF-8"))
+                continue
+            if not line:
+                continue
+            fields = line.split(maxsplit=1)
+            if len(fields) == 1 or (one_word and len(fields[1].split()) != 1):
+                problems.append(DataError(str(path), lineno, None, f"{fields[0]!r} must be followed "
+                                          f"by {what}"))
+                continue
+            if fields[0] in table:
+                problems.append(DataError(str(path), lineno, None, f"duplicate id {fields[0]!r} "
+                                          f"(first on line {table[fields[0]][0]})"))
+                continue
+            table[fields[0]] = (lineno, fields[1])
+    return table
+
+
+def _parse_segment(path: Path, line: int, rest: str,
+                   problems: list[DataError]) -> tuple[str, float, float | None] | None:
+    """``(recording, start, end)`` of a segments line (end None for -1); None when malformed."""
+    fields = rest.split()
+    if len(fields) != 3:
+        problems.append(DataError(str(path), line, None, "needs recording, start and end after the "
+                                  f"utterance id, not {len(fields)} fields"))
+        return None
+    try:
+        start, end = float(fields[1]), float(fields[2])
+    except ValueError:
+        problems.append(DataError(str(path), line, None, "start and end must be numbers of seconds, "
+                                  f"not {fields[1]!r} and {fields[2]!r}"))
+        return None
+    if start < 0 or (end != -1 and end <= start):
+        problems.append(DataError(str(path), line, None, f"start {fields[1]} and end {fields[2]} do "
+                                  "not make a segment (0 <= start < end, or end -1)"))
+        return None
+    return fields[0], start, None if end == -1 else end
+
+
+def _skip(ids: set[str], path: Path, why: str) -> None:
+    if ids:
+        examples = ", ".join(sorted(ids)[:_EXAMPLES])
+        logger.warning("%s: skipped %d utterance%s %s (e.g. %s)", path, len(ids),
+                       "" if len(ids) == 1 else "s", why, examples)
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tasu.data.kaldi_dir", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("to-jsonl", help="Kaldi data dir -> JSONL records")
+    p.add_argument("data_dir")
+    p.add_argument("output", nargs="?", default="-", help="JSONL file to write (default: stdout)")
+    p.add_argument("--task", default="ASR", help="task of every record (default: ASR)")
+    p = sub.add_parser("to-dir", help="JSONL records -> Kaldi data dir")
+    p.add_argument("input", help="JSONL file")
+    p.add_argument("data_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "to-jsonl":
+            records = read_data_dir(args.data_dir, args.task)
+            if args.output == "-":
+                write_records(records, sys.stdout)
+            else:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    write_records(records, f)
+        else:
+            problems: list[DataError] = []
+            records = list(iter_records(args.input, on_error=problems.append))
+            if problems:
+                raise DataDirError(problems)
+            write_data_dir(records, args.data_dir)
+    except DataDirError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""JSONL data records: the one format every tasu stage reads and writes.
+
+One JSON object per line::
+
+    {"key": "utt1", "task": "ASR", "target": "hello world", "path": "wav/utt1.wav"}
+
+``key``, ``task`` and ``target`` are required non-empty strings; ``path`` (audio), ``GT`` (the
+transcript the text-only stage simulates posteriors from) and ``start``/``end`` (a segment of
+``path``, in seconds; ``end`` absent means "to the end of the audio") are optional. Every other
+field is kept in ``Record.extra`` and passed through untouched (SLU labels, ``prevtext``,
+``hotword``, ...).
+
+The reader streams (a training set of millions of lines is never held in memory) and turns every
+problem in the data into a ``FILE:LINE: FIELD: message`` line instead of a traceback. It has two
+modes sharing one code path:
+
+- strict (``on_error=None``): the first problem raises ``DataError``, for training code that must
+  not start on bad data;
+- collecting (``on_error=callback``): each problem is handed to the callback, the bad line is
+  skipped and reading goes on, for ``tasu validate``, which reports every problem at once.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TextIO
+
+if TYPE_CHECKING:
+    from tasu.data.prompts import PromptSet
+
+# Tasks whose target *is* the transcript of the audio, so a record needs no GT to be simulated:
+# plain ASR and the two contextual ASR tasks (the context lives in the prompt, not the target).
+ASR_LIKE_TASKS = frozenset({"ASR", "prevtext", "hotword"})
+
+_FIELDS = ("key", "task", "target", "path", "GT", "start", "end")
+_BOM = b"\xef\xbb\xbf"
+_BAD_KEY_CHAR = re.compile(r"[\s/]")
+
+
+class DataError(ValueError):
+    """A problem in a data file, located by file, line (1-based) and field.
+
+    ``line`` is None for problems with the file as a whole (it cannot be opened); ``field`` names
+    the JSON field at fault, or what was wrong with the line itself (``json``, ``encoding``).
+    """
+
+    def __init__(self, file: str, line: int | None, field: str | None, message: str):
+        self.file, self.line, self.field, self.message = str(file), line, field, message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+@dataclass(slots=True)
+class Record:
+    """One line of a data file. Field names follow the JSON format (hence ``GT``)."""
+
+    key: str
+    task: str
+    target: str
+    path: str | None = None
+    GT: str | None = None
+    start: float | None = None
+    end: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transcript(self) -> str | None:
+        """What was said in the audio: ``GT``, else ``target`` for ASR-like tasks, else None.
+
+        None means the record cannot be used by the text-only stage (there is nothing to simulate
+        posteriors from): e.g. an ``EN2DE`` record whose target is the German translation and
+        which carries no English ``GT``.
+        """
+        if self.GT is not None:
+            return self.GT
+        return self.target if self.task in ASR_LIKE_TASKS else None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of JSON field ``name`` (a fixed field or a pass-through one)."""
+        if name in _FIELDS:
+            value = getattr(self, name)
+            return default if value is None else value
+        return self.extra.get(name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this record: fixed fields first (absent ones left out), then extra."""
+        out: dict[str, Any] = {"key": self.key, "task": self.task, "target": self.target}
+        for name in ("path", "GT", "start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out.update(self.extra)
+        return out
+
+
+def write_records(records: Iterable[Record], out: TextIO) -> int:
+    """Write records as JSON Lines (UTF-8 text, not escaped to ASCII); returns how many."""
+    n = 0
+    for record in records:
+        out.write(json.dumps(record.to_dict(), ensure_ascii=False))
+        out.write("\n")
+        n += 1
+    return n
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` is not a valid record key, or None when it is."""
+    bad = _BAD_KEY_CHAR.search(key)
+    if bad is None:
+        return None
+    what = "'/'" if bad.group() == "/" else f"whitespace ({bad.group()!r})"
+    return f"{key!r} contains {what}; keys may not contain '/' or whitespace"
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)  # bool is an int subclass but not a time
+
+
+def iter_records(path: str, prompts: PromptSet | None = None,
+                 on_error: Callable[[DataError], None] | None = None,
+                 require_transcript: bool = False) -> Iterator[Record]:
+    """Records of the JSONL file ``path``, streamed; see ``iter_records_with_lines``."""
+    for _, record in iter_records_with_lines(path, prompts, on_error, require_transcript):
+        yield record
+
+
+def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
+                            on_error: Callable[[DataError], None] | None = None,
+                            require_transcript: bool = False) -> Iterator[tuple[int, Record]]:
+    """``(line number, Record)`` for each good line of the JSONL file ``path``, streamed.
+
+    Checks every line: UTF-8, a JSON object, the fixed fields' presence and types, the key
+    (no '/' or whitespace, unique in the file), and, given ``prompts``, that the task has prompts
+    and that the record carries every field its prompts are filled from (``{prevtext}``...).
+    ``require_transcript`` also asks for a transcript (see ``Record.transcript``): the text-only
+    stage sets it. A UTF-8 BOM, CRLF line ends and blank lines are accepted.
+
+    With ``on_error=None`` the first problem raises ``DataError``; otherwise every problem is
+    passed to ``on_error`` and the line is skipped.
+    """
+    def report(line: int | None, field_name: str | None, message: str) -> None:
+        error = DataError(path, line, field_name, message)
+        if on_error is None:
+            raise error
+        on_error(error)
+
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        report(None, None, f"cannot open: {e.strerror or e}")
+        return
+
+    seen: dict[str, int] = {}
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report(lineno, "encoding", f"byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                           "is not valid UTF-8")
+                continue
+            if not text or text.isspace():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                report(lineno, "json", f"{e.msg} (column {e.pos + 1})")
+                continue
+            if type(obj) is not dict:
+                report(lineno, "json", f"expected an object {{...}}, got {_json_type(obj)}")
+                continue
+
+            problems = []
+            key = obj.get("key")
+            if type(key) is str and key:
+                first = seen.setdefault(key, lineno)
+                if first != lineno:
+                    problems.append(("key", f"duplicate key {key!r} (first on line {first})"))
+            problems += _check(obj, prompts)
+            if problems:
+                for field_name, message in problems:
+                    report(lineno, field_name, message)
+                continue
+
+            record = Record(obj.pop("key"), obj.pop("task"), obj.pop("target"), obj.pop("path", None),
+                            obj.pop("GT", None), obj.pop("start", None), obj.pop("end", None), obj)
+            if require_transcript and record.transcript is None:
+                report(lineno, "GT", f"missing: this {record.task} record needs a GT transcript "
+                                     "for the text-only stage")
+                continue
+            yield lineno, record
+
+
+def _check(obj: dict[str, Any], prompts: PromptSet | None) -> list[tuple[str, str]]:
+    """Problems of one JSON object as ``(field, message)`` pairs; empty when it is a good record."""
+    problems = []
+    for name in ("key", "task", "target"):
+        value = obj.get(name)
+        if type(value) is not str or not value:
+            problems.append((name, _bad_string(obj, name)))
+        elif name == "key":
+            message = key_problem(value)
+            if message:
+                problems.append(("key", message))
+    for name in ("path", "GT"):
+        if name in obj and (type(obj[name]) is not str or not obj[name]):
+            problems.append((name, _bad_string(obj, name)))
+    if "start" in obj or "end" in obj:
+        problems.extend(_check_segment(obj))
+
+    task = obj.get("task")
+    if prompts is not None and type(task) is str and task:
+        if task not in prompts.tasks:
+            problems.append(("task", f"unknown task {task!r}: the prompt set has "
+                                     f"{', '.join(sorted(prompts.tasks))}"))
+        else:
+            for name in prompts.fields(task):
+                value = obj.get(name)
+                if type(value) is not str or not value:
+                    problems.append((name, _bad_string(obj, name)
+                                     + f" (the {task} prompts are filled from it)"))
+    return problems
+
+
+def _check_segment(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    start, end = obj.get("start"), obj.get("end")
+    if "path" not in obj:
+        problems.append(("path", "missing: start/end select a segment of path"))
+    if start is not None and not (_is_number(start) and start >= 0):
+        problems.append(("start", f"must be a number of seconds >= 0, not {json.dumps(start)}"))
+    elif end is not None and not (_is_number(end) and end > (start or 0)):
+        problems.append(("end", f"must be a number of seconds > start ({start or 0}), "
+                                f"not {json.dumps(end)}"))
+    return problems
+
+
+def _bad_string(obj: dict[str, Any], name: str) -> str:
+    """Why ``obj[name]`` is not the non-empty string it must be."""
+    if name not in obj:
+        return "missing"
+    if obj[name] == "":
+        return "empty"
+    return f"must be a non-empty string, not {_json_type(obj[name])}"
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,59 @@
+"""SenseVoice's frontend, shared by the SenseVoice and small CTC encoders: funasr's ``WavFrontend``.
+
+80-dim Kaldi fbank (25 ms / 10 ms, hamming) -> low frame rate stacking (LFR: ``lfr_m`` frames every
+``lfr_n``; SenseVoice 7 and 6, so 560 dims every 60 ms) -> global CMVN from ``am.mvn``. ``am.mvn`` is
+a Kaldi nnet1 text file: an ``<AddShift>`` row (minus the mean) and a ``<Rescale>`` row (one over the
+standard deviation), which is what funasr's ``load_cmvn`` reads and what :func:`write_cmvn` writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from funasr.frontends.wav_frontend import WavFrontend
+from torch.nn.utils.rnn import pad_sequence
+
+
+def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> WavFrontend:
+    """A ``WavFrontend`` from a config.yaml ``frontend_conf``, with dither off.
+
+    funasr's default dither is 1.0 and the released SenseVoiceSmall config does not override it,
+    so funasr's own inference adds random noise to every fbank; a frozen encoder that produces
+    training targets should give the same posteriors for the same audio, so dither is 0 here.
+    """
+    conf = {k: v for k, v in frontend_conf.items() if k != "cmvn_file"}
+    conf["dither"] = 0.0
+    return WavFrontend(cmvn_file=None if cmvn_file is None else str(cmvn_file), **conf)
+
+
+def wav_frontend_features(frontend: WavFrontend, waveforms: Sequence[torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mono float waveforms in [-1, 1] -> padded LFR(+CMVN) features [B, T, D] and lengths [B]."""
+    waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waveforms]
+    lengths = torch.tensor([w.numel() for w in waves])
+    with torch.no_grad():
+        feats, feat_lengths = frontend(pad_sequence(waves, batch_first=True), lengths)
+    return feats, feat_lengths.to(torch.long)
+
+
+def estimate_cmvn(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[2, D] CMVN in funasr's convention (row 0 added, row 1 multiplied) from padded features."""
+    mask = torch.arange(feats.shape[1])[None, :] < lengths[:, None]
+    valid = feats[mask].double()
+    mean = valid.mean(0)
+    std = valid.std(0, unbiased=False).clamp_min(1e-5)
+    return torch.stack([-mean, 1.0 / std]).float()
+
+
+def write_cmvn(path: str | Path, cmvn: torch.Tensor) -> None:
+    """Write a [2, D] CMVN as the Kaldi nnet1 ``am.mvn`` text SenseVoice ships."""
+    dim = cmvn.shape[1]
+
+    def row(values: torch.Tensor) -> str:
+        return "<LearnRateCoef> 0 [ " + " ".join(f"{v:.8g}" for v in values.tolist()) + " ]"
+
+    lines = ["<Nnet>", f"<Splice> {dim} {dim}", "[ 0 ]",
+             f"<AddShift> {dim} {dim}", row(cmvn[0]),
+             f"<Rescale> {dim} {dim}", row(cmvn[1]), "</Nnet>"]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

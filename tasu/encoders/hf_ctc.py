@@ -1,0 +1,64 @@
+"""Hugging Face CTC models (``Wav2Vec2ForCTC``, ``HubertForCTC``, ...) as frozen CTC encoders.
+
+Loaded with ``AutoModelForCTC`` from a local ``save_pretrained`` directory. The frontend is the
+model's ``Wav2Vec2FeatureExtractor``: features are the waveform itself, normalised per utterance to
+zero mean and unit variance when the extractor says so, so ``extract_features`` returns [B, S]
+samples rather than frames. Output frames are the convolutional feature encoder's (20 ms for
+wav2vec2/HuBERT); blank is ``config.pad_token_id``, as in the models' own CTC loss.
+
+Padding: models with group-norm feature encoders (``feat_extract_norm == "group"``, e.g.
+wav2vec2-base) are used, as Hugging Face documents, without an attention mask on zero-padded input,
+so a padded utterance's posteriors can differ slightly from the same utterance alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import AutoFeatureExtractor, AutoModelForCTC
+
+from tasu.encoders.base import CTCEncoder
+from tasu.encoders.layout import require
+from tasu.encoders.tokenizers import HFCTCTokenizer
+
+
+class HFCTCEncoder(CTCEncoder):
+    """A ``*ForCTC`` model with its feature extractor and CTC tokenizer."""
+
+    def __init__(self, model, feature_extractor, tokenizer: HFCTCTokenizer):
+        super().__init__()
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"CTC head has {model.config.vocab_size} outputs, "
+                             f"tokenizer {tokenizer.vocab_size}")
+        self.model = model
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+        self.sample_rate = feature_extractor.sampling_rate
+        self._use_attention_mask = bool(feature_extractor.return_attention_mask)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "HFCTCEncoder":
+        root = Path(path)
+        require(root / "preprocessor_config.json", "feature extractor config")
+        tokenizer = HFCTCTokenizer.from_pretrained(root)
+        feature_extractor = AutoFeatureExtractor.from_pretrained(str(root))
+        model = AutoModelForCTC.from_pretrained(str(root))
+        return cls(model, feature_extractor, tokenizer).to(device).eval().requires_grad_(False)
+
+    def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> normalised, zero-padded samples [B, S] and lengths [B]."""
+        batch = self.feature_extractor(
+            [torch.as_tensor(w, dtype=torch.float32).reshape(-1).numpy() for w in waveforms],
+            sampling_rate=self.sample_rate, padding=True, return_attention_mask=True,
+            return_tensors="pt")
+        return batch["input_values"], batch["attention_mask"].sum(-1).to(torch.long)
+
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, feat_lengths = feats.to(self.device), feat_lengths.to(self.device)
+        mask = None
+        if self._use_attention_mask:
+            mask = (torch.arange(feats.shape[1], device=self.device)[None, :] < feat_lengths[:, None]).long()
+        logits = self.model(input_values=feats, attention_mask=mask).logits
+        lengths = self.model._get_feat_extract_output_lengths(feat_lengths).to(torch.long)
+        return logits.float().log_softmax(-1), lengths.clamp_max(logits.shape[1])

@@ -1,0 +1,157 @@
+"""Which kind of encoder a directory holds, and where its files are.
+
+Three on-disk layouts are understood; each is recognised by the files it has, never by its name:
+
+``sensevoice``  funasr's released SenseVoiceSmall::
+
+    config.yaml           model: SenseVoiceSmall, encoder_conf, model_conf, frontend_conf, ...
+    model.pt              state dict: embed.*, encoder.*, ctc.ctc_lo.*
+    *.bpe.model           SentencePiece BPE (chn_jpn_yue_eng_ko_spectok.bpe.model), ids = CTC ids
+    am.mvn                CMVN of the 560-dim LFR features (Kaldi nnet text format)
+    tokens.json           optional: the piece list, checked against the BPE model
+    configuration.json    optional: file_path_metas naming the BPE model and am.mvn
+
+``small_ctc``  tasu's small trainable encoder, the same files with ``model: TasuSmallCTC``.
+
+``hf_ctc``  a Hugging Face CTC model saved with ``save_pretrained``::
+
+    config.json  model.safetensors  vocab.json  tokenizer_config.json  preprocessor_config.json
+
+Nothing here imports funasr or transformers, and only :func:`load_weights` (called by the encoder
+loaders) reads more than small text files, so the text-only stage can find and load a tokenizer
+without paying for (or having) the encoder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+LAYOUTS = ("sensevoice", "small_ctc", "hf_ctc")
+
+# The `model:` entry of config.yaml that marks each funasr-style layout.
+FUNASR_MODELS = {"SenseVoiceSmall": "sensevoice", "TasuSmallCTC": "small_ctc"}
+
+
+def detect_layout(path: str | Path) -> str:
+    """The layout of encoder directory ``path``: one of :data:`LAYOUTS`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"encoder directory {root} does not exist")
+    if (root / "config.yaml").is_file():
+        model = read_yaml(root / "config.yaml").get("model")
+        if model in FUNASR_MODELS:
+            return FUNASR_MODELS[model]
+        raise ValueError(f"{root}/config.yaml names model {model!r}; tasu reads "
+                         f"{sorted(FUNASR_MODELS)} (funasr layout) or a Hugging Face CTC directory")
+    if (root / "config.json").is_file() and (root / "vocab.json").is_file():
+        return "hf_ctc"
+    raise ValueError(
+        f"{root} matches no encoder layout: expected config.yaml + model.pt + *.bpe.model + am.mvn "
+        f"(SenseVoiceSmall / TasuSmallCTC) or config.json + vocab.json + model.safetensors "
+        f"(Hugging Face CTC); found {sorted(p.name for p in root.iterdir())}")
+
+
+def resolve_layout(path: str | Path, encoder_type: str) -> str:
+    """``encoder_type`` checked against :data:`LAYOUTS`, or detected when it is ``"auto"``."""
+    if encoder_type == "auto":
+        return detect_layout(path)
+    if encoder_type not in LAYOUTS:
+        raise ValueError(f"encoder_type {encoder_type!r} is not one of auto, {', '.join(LAYOUTS)}")
+    return encoder_type
+
+
+def read_yaml(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def require(path: Path, what: str) -> Path:
+    """``path`` itself, or a FileNotFoundError that says which file of which layout is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path.name} is missing from {path.parent}")
+    return path
+
+
+class FunASRDir:
+    """A directory in funasr's released layout (SenseVoiceSmall, or tasu's small CTC encoder).
+
+    funasr itself finds the BPE model and the CMVN file through ``configuration.json``'s
+    ``file_path_metas`` (config.yaml holds ``bpemodel: null`` and ``cmvn_file: null``); this class
+    does the same, and falls back to the conventional names when that file is absent.
+    """
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path)
+        self.config = read_yaml(require(self.root / "config.yaml", "config file"))
+        metas = {}
+        if (self.root / "configuration.json").is_file():
+            with open(self.root / "configuration.json", encoding="utf-8") as f:
+                metas = json.load(f).get("file_path_metas", {})
+        self._metas = metas
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]
+
+    def _named(self, section: str, key: str) -> str | None:
+        return (self._metas.get(section) or {}).get(key)
+
+    @property
+    def bpe_model(self) -> Path:
+        """The SentencePiece model: from configuration.json, else the one ``*.bpe.model`` here."""
+        name = self._named("tokenizer_conf", "bpemodel")
+        if name is not None:
+            return require(self.root / name, "BPE model")
+        found = sorted(self.root.glob("*bpe.model"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"expected one SentencePiece model *.bpe.model in {self.root}, "
+                                    f"found {[p.name for p in found]}")
+        return found[0]
+
+    @property
+    def cmvn_file(self) -> Path:
+        return require(self.root / (self._named("frontend_conf", "cmvn_file") or "am.mvn"), "CMVN file")
+
+    @property
+    def weights(self) -> Path:
+        return require(self.root / (self._metas.get("init_param") or "model.pt"), "weights file")
+
+    @property
+    def token_list(self) -> list[str] | None:
+        """tokens.json when present (funasr sizes the CTC head by it), else None."""
+        path = self.root / "tokens.json"
+        if not path.is_file():
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def load_weights(module: nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load a funasr ``model.pt`` into ``module``: every parameter must be there.
+
+    funasr saves either a bare state dict or one wrapped under ``state_dict`` / ``model_state_dict``
+    / ``model``. Extra entries are ignored, as funasr does; a missing one is an error (funasr only
+    prints a warning and keeps the random initialisation).
+    """
+    state = torch.load(path, map_location=device, weights_only=True)
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    missing, _ = module.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} parameters of {type(module).__name__}, "
+                         f"e.g. {missing[:5]}")
+
+
+def write_configuration_json(root: Path, bpe_name: str) -> None:
+    """The ``configuration.json`` funasr releases carry, naming the files config.yaml leaves null."""
+    meta = {"framework": "pytorch", "task": "auto-speech-recognition", "model": {"type": "funasr"},
+            "file_path_metas": {"init_param": "model.pt", "config": "config.yaml",
+                                "tokenizer_conf": {"bpemodel": bpe_name},
+                                "frontend_conf": {"cmvn_file": "am.mvn"}}}
+    with open(root / "configuration.json", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)

@@ -1,0 +1,394 @@
+"""Scoring of decoded hypotheses: WER/CER with alignments, BLEU/chrF, accuracy.
+
+    tasu score --ref data/test/text --hyp exp/asr_x/decode_greedy/test/asr/hyp.txt --metric wer
+
+Both files hold ``key<TAB>text`` lines; a line without a tab is split at its first space (a Kaldi
+``text`` file); a key with no text is an empty hypothesis. Blank lines, keys with whitespace and
+duplicate keys stop with ``FILE:LINE: message``. The rules are fixed here and every summary names the
+normaliser (and sacrebleu signature) it used, so a number can always be reproduced (a headline
+number scored with unshipped normalisation cannot):
+
+- ``--norm basic`` (default for wer/cer/acc): lower-case; every Unicode punctuation character (category
+  P*, ASCII and CJK alike) becomes a space, except an apostrophe (' or ’, written ') between two letters
+  or digits ("don't" stays); whitespace runs collapse to one space. Symbols (S*: $ + = ^) are kept.
+  ``whisper``: whisper-normalizer's EnglishTextNormalizer (English only: spells out contractions,
+  writes numbers as digits, British→American spelling). ``none`` (default for bleu): text as written,
+  whitespace runs collapsed. Note that Unicode counts % # & @ * _ as punctuation: basic removes them.
+- WER counts words (whitespace-separated); CER counts characters with all whitespace removed (the
+  Chinese convention: spaces between characters are not errors). The alignment is a minimum edit
+  distance with unit costs; among equal-cost alignments a match/substitution is preferred, then a
+  deletion. Err = Sub + Del + Ins over the reference words; S.Err = utterances with any error.
+- BLEU and chrF come from sacrebleu on the (by default unnormalised) text; ``--bleu-tokenize auto``
+  picks ``zh`` when most references contain Han characters, else ``13a``.
+- acc: exact match of the whole normalised hypothesis with the normalised reference label.
+- A reference key missing from the hypotheses is scored as an empty hypothesis (all deletions, wrong,
+  empty string) and listed. A hypothesis key absent from the references is not scored and is listed;
+  if no hypothesis key is in the references at all, the files do not belong together: an error.
+- empty: a hypothesis that is present but empty after normalisation. looping: some n-gram of units
+  (words; characters for cer and for zh BLEU) repeated 4 times in a row when the reference has no such
+  repeat, or a hypothesis >= 3x the reference length and >= 10 units long. Speech LLMs fail this way.
+
+Files written into ``out_dir`` (atomically): ``score.json`` (read by ``tasu results``; it holds the
+full missing/extra key lists too); ``result.txt`` (the summary); ``alignment.txt`` for wer/cer, as
+sclite's ``pra``: per utterance ``id:``, ``Flags:`` when missing/empty/looping, ``Scores: (#C #S #D
+#I)``, then REF/HYP/Eval columns with ``***`` for a gap and S/D/I under each error; ``per_utt.tsv``
+for bleu/acc: key, flags, normalised ref, normalised hyp; ``missing_keys.txt`` and
+``extra_keys.txt``: one key a line, empty when there are none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+METRICS = ("wer", "cer", "bleu", "acc")
+NORMS = ("basic", "whisper", "none")
+DEFAULT_NORM = {"wer": "basic", "cer": "basic", "acc": "basic", "bleu": "none"}
+HEADERS = {
+    "wer": "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+    "cer": "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+    "bleu": "|dataset|Snt|BLEU|chrF|tokenize|",
+    "acc": "|dataset|Snt|Accuracy (%)|",
+}
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_EXAMPLES = 5  # keys shown in summaries; the full lists are in score.json and *_keys.txt
+
+
+class ScoreError(ValueError):
+    """Unusable input; the message starts with ``FILE:LINE:`` where one line is to blame."""
+
+
+def read_text_file(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``key<TAB>text`` lines (or Kaldi ``key text``) into an ordered dict."""
+    out: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise ScoreError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
+            key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
+            if not key or any(c.isspace() for c in key):
+                raise ScoreError(f"{path}:{n}: expected 'key<TAB>text', got {line!r}")
+            if key in out:
+                raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
+            out[key] = text.strip()
+    return out
+
+
+def normalise(text: str, norm: str) -> str:
+    """Apply normaliser ``norm`` (see the module docstring for exactly what each one does)."""
+    if norm == "none":
+        return " ".join(text.split())
+    if norm == "whisper":
+        return " ".join(_whisper()(text).split())
+    if norm != "basic":
+        raise ScoreError(f"unknown normaliser {norm!r} (choose from {', '.join(NORMS)})")
+    text = _INWORD_APOSTROPHE.sub("\0", text.lower()).translate(_PUNCT_TO_SPACE)
+    return " ".join(text.replace("\0", "'").split())
+
+
+class _PunctToSpace(dict):
+    """``str.translate`` table mapping Unicode punctuation (category P*) to a space, filled lazily."""
+
+    def __missing__(self, code: int) -> int:
+        self[code] = 32 if unicodedata.category(chr(code)).startswith("P") else code
+        return self[code]
+
+
+_PUNCT_TO_SPACE = _PunctToSpace()
+_INWORD_APOSTROPHE = re.compile(r"(?<=[^\W_])['’](?=[^\W_])")  # between two letters or digits
+_WHISPER = []
+
+
+def _whisper():
+    if not _WHISPER:  # built once: it loads a spelling table
+        from whisper_normalizer.english import EnglishTextNormalizer
+        _WHISPER.append(EnglishTextNormalizer())
+    return _WHISPER[0]
+
+
+def align(ref: list[str], hyp: list[str]) -> list[tuple[str, str | None, str | None]]:
+    """Minimum edit distance alignment as ``(op, ref_token, hyp_token)``, op in C/S/D/I.
+
+    Equal leading and trailing tokens are matched first (always part of some optimal alignment), so a
+    mostly-right hypothesis costs a small DP; the rest is a plain DP in lists, fast enough for 10k
+    utterances of a few hundred characters.
+    """
+    p = 0
+    while p < min(len(ref), len(hyp)) and ref[p] == hyp[p]:
+        p += 1
+    s = 0
+    while s < min(len(ref), len(hyp)) - p and ref[-1 - s] == hyp[-1 - s]:
+        s += 1
+    r, h = ref[p:len(ref) - s], hyp[p:len(hyp) - s]
+    d = [list(range(len(h) + 1))]
+    for i, rt in enumerate(r, 1):  # d[i][j]: edit distance of r[:i] and h[:j]; unrolled min() for speed
+        prev, row, left = d[-1], [i], i
+        append = row.append
+        for ht, diag, up in zip(h, prev, prev[1:]):
+            v = diag if rt == ht else diag + 1
+            if up < v:
+                v = up + 1
+            if left < v:
+                v = left + 1
+            append(v)
+            left = v
+        d.append(row)
+    ops, i, j = [], len(r), len(h)
+    while i or j:
+        if i and j and d[i][j] == d[i - 1][j - 1] + (r[i - 1] != h[j - 1]):
+            ops.append(("C" if r[i - 1] == h[j - 1] else "S", r[i - 1], h[j - 1]))
+            i, j = i - 1, j - 1
+        elif i and d[i][j] == d[i - 1][j] + 1:
+            ops.append(("D", r[i - 1], None))
+            i -= 1
+        else:
+            ops.append(("I", None, h[j - 1]))
+            j -= 1
+    return ([("C", t, t) for t in ref[:p]] + ops[::-1]
+            + [("C", t, t) for t in ref[len(ref) - s:]])
+
+
+_REPEAT = re.compile(r"(.+?)\1{3}", re.DOTALL)
+
+
+def _has_repeat(units: list[str] | str) -> bool:
+    """Whether some n-gram occurs 4 times in a row; words are mapped to one character each so that
+    one regular expression (run in C) serves words and characters alike."""
+    if not isinstance(units, str):
+        ids: dict[str, str] = {}
+        units = "".join(ids.setdefault(u, chr(len(ids))) for u in units)
+    return bool(_REPEAT.search(units))
+
+
+def is_looping(hyp: list[str] | str, ref: list[str] | str) -> bool:
+    """A 4-fold repeat the reference does not have, or >= 3x the reference length (and >= 10 units)."""
+    if len(hyp) >= max(3 * len(ref), 10):
+        return True
+    return _has_repeat(hyp) and not _has_repeat(ref)
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    """One scored hypothesis file. ``value`` is WER/CER %, BLEU, or accuracy %; counts are per metric:
+    wer/cer ``wrd corr sub del ins s_err``, acc ``correct``; ``details`` holds the rest (the sacrebleu
+    signature and chrF, per-class accuracy)."""
+    metric: str
+    norm: str
+    snt: int
+    value: float
+    counts: dict[str, int]
+    details: dict[str, Any]
+    missing_keys: list[str]
+    extra_keys: list[str]
+    empty: int
+    looping: int
+    ref: str = ""
+    hyp: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The content of score.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScoreResult":
+        """Rebuild from score.json."""
+        return cls(**d)
+
+    def to_markdown_row(self, dataset: str) -> str:
+        """One row under ``HEADERS[metric]`` (one decimal as in ESPnet's RESULTS.md; BLEU two)."""
+        if self.metric in ("wer", "cer"):
+            c, n = self.counts, max(self.counts["wrd"], 1)
+            pct = [100 * c[k] / n for k in ("corr", "sub", "del", "ins")]
+            err = 100 * (c["sub"] + c["del"] + c["ins"]) / n
+            cells = [self.snt, c["wrd"], *(f"{x:.1f}" for x in pct), f"{err:.1f}",
+                     f"{100 * c['s_err'] / max(self.snt, 1):.1f}"]
+        elif self.metric == "bleu":
+            cells = [self.snt, f"{self.value:.2f}", f"{self.details['chrf']:.2f}", self.details["tokenize"]]
+        else:
+            cells = [self.snt, f"{self.value:.1f}"]
+        return "|" + "|".join(str(x) for x in [dataset, *cells]) + "|"
+
+    def diagnostics(self) -> str:
+        """Missing/extra/empty/looping counts in one line (the failures a speech LLM has)."""
+        def keys(ks: list[str]) -> str:
+            return f" ({', '.join(ks[:_EXAMPLES])}{', ...' if len(ks) > _EXAMPLES else ''})" if ks else ""
+        return (f"missing {len(self.missing_keys)}{keys(self.missing_keys)}, extra {len(self.extra_keys)}"
+                f"{keys(self.extra_keys)}, empty {self.empty}, looping {self.looping}")
+
+
+def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | None = None,
+          bleu_tokenize: str = "auto") -> tuple[ScoreResult, list[str]]:
+    """Score ``hyps`` against ``refs``; returns the result and the per-utterance report lines."""
+    if metric not in METRICS:
+        raise ScoreError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    if not refs:
+        raise ScoreError("no references to score against")
+    norm = norm or DEFAULT_NORM[metric]
+    missing = [k for k in refs if k not in hyps]
+    extra = [k for k in hyps if k not in refs]
+    if hyps and len(extra) == len(hyps):
+        raise ScoreError(f"no hypothesis key is in the references (first: {extra[0]!r}): "
+                         "the two files do not belong together")
+    if bleu_tokenize == "auto":
+        han = sum(bool(_HAN.search(t)) for t in refs.values())
+        bleu_tokenize = "zh" if han > len(refs) / 2 else "13a"
+    if metric == "bleu":
+        from sacrebleu.metrics import BLEU
+        if bleu_tokenize not in BLEU.TOKENIZERS:
+            raise ScoreError(f"unknown BLEU tokenizer {bleu_tokenize!r} (choose from auto, "
+                             f"{', '.join(BLEU.TOKENIZERS)})")
+    by_char = metric == "cer" or (metric == "bleu" and bleu_tokenize == "zh")
+    ops_total: Counter = Counter()  # C S D I, plus wrd and s_err, summed over utterances (wer/cer)
+    per_class: dict[str, list[int]] = {}  # label -> [correct, total] (acc)
+    lines, pairs, empty, looping = [], [], 0, 0
+    for key, ref_text in refs.items():
+        ref, hyp = normalise(ref_text, norm), normalise(hyps.get(key, ""), norm)
+        ref_u, hyp_u = (ref.replace(" ", ""), hyp.replace(" ", "")) if by_char else (ref.split(), hyp.split())
+        flags = ["missing"] if key not in hyps else ["empty"] if not hyp else []
+        empty += flags == ["empty"]
+        if is_looping(hyp_u, ref_u):
+            flags.append("looping")
+            looping += 1
+        if metric in ("wer", "cer"):
+            ops = align(list(ref_u), list(hyp_u))
+            c = Counter(op for op, _, _ in ops)
+            ops_total.update(c, wrd=len(ref_u), s_err=len(ops) != c["C"])
+            lines.append(_pra(key, ops, c, flags))
+            continue
+        if metric == "acc":
+            per_class.setdefault(ref, [0, 0])[0] += ref == hyp
+            per_class[ref][1] += 1
+            flags.insert(0, "correct" if ref == hyp else "wrong")
+        pairs.append((ref, hyp))
+        lines.append("\t".join([key, ",".join(flags) or "-", ref, hyp]) + "\n")
+    details: dict[str, Any] = {}
+    if metric in ("wer", "cer"):
+        t = ops_total
+        counts = {"wrd": t["wrd"], "corr": t["C"], "sub": t["S"], "del": t["D"], "ins": t["I"],
+                  "s_err": t["s_err"]}
+        value = 100 * (t["S"] + t["D"] + t["I"]) / max(t["wrd"], 1)
+    elif metric == "acc":
+        counts = {"correct": sum(ok for ok, _ in per_class.values())}
+        value = 100 * counts["correct"] / len(refs)
+        details["per_class"] = dict(sorted(per_class.items()))
+    else:
+        from sacrebleu.metrics import BLEU, CHRF
+        bleu, chrf = BLEU(tokenize=bleu_tokenize), CHRF()
+        hyp_list, ref_list = [h for _, h in pairs], [[r for r, _ in pairs]]
+        value, counts = bleu.corpus_score(hyp_list, ref_list).score, {}
+        details = {"chrf": chrf.corpus_score(hyp_list, ref_list).score, "tokenize": bleu_tokenize,
+                   "signature": f"BLEU {bleu.get_signature()} / chrF {chrf.get_signature()}"}
+    if norm == "whisper":
+        from importlib.metadata import version
+        details["normaliser"] = f"whisper-normalizer {version('whisper-normalizer')}"
+    result = ScoreResult(metric, norm, len(refs), value, counts, details, missing, extra, empty, looping)
+    return result, lines
+
+
+def separator(metric: str) -> str:
+    """The markdown line under ``HEADERS[metric]``."""
+    return "|" + "---|" * (HEADERS[metric].count("|") - 1)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _width(token: str) -> int:
+    """Terminal columns of ``token``: CJK characters take two, so the REF/HYP columns line up."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in token)
+
+
+def _pra(key: str, ops, c: Counter, flags: list[str]) -> str:
+    """One utterance in sclite ``pra`` style: id, flags, scores, REF/HYP/Eval aligned columns."""
+    cols = {"REF": [], "HYP": [], "Eval": []}
+    for op, r, h in ops:
+        r, h = r or "***", h or "***"
+        w = max(_width(r), _width(h))
+        for name, tok in (("REF", r), ("HYP", h), ("Eval", "" if op == "C" else op)):
+            cols[name].append(tok + " " * (w - _width(tok)))
+    out = f"id: {key}\n" + (f"Flags: {' '.join(flags)}\n" if flags else "")
+    out += f"Scores: (#C #S #D #I) {c['C']} {c['S']} {c['D']} {c['I']}\n"
+    out += "".join(f"{name + ':':<6}{' '.join(toks)}".rstrip() + "\n" for name, toks in cols.items())
+    return out + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def render_summary(result: ScoreResult, dataset: str) -> str:
+    """The text of result.txt: what was scored and how, the table, the headline line, diagnostics."""
+    how = f"metric={result.metric} norm={result.norm}"
+    if "normaliser" in result.details:
+        how += f" ({result.details['normaliser']})"
+    out = [f"ref: {result.ref}", f"hyp: {result.hyp}", how, "", HEADERS[result.metric],
+           separator(result.metric), result.to_markdown_row(dataset), ""]
+    if result.metric in ("wer", "cer"):
+        c = result.counts
+        out.append(f"%{result.metric.upper()} {result.value:.2f} [ {c['sub'] + c['del'] + c['ins']} / "
+                   f"{c['wrd']}, {c['ins']} ins, {c['del']} del, {c['sub']} sub ]")
+    elif result.metric == "bleu":
+        out += [f"BLEU {result.value:.2f} chrF {result.details['chrf']:.2f}", result.details["signature"]]
+    else:
+        out += [f"Accuracy {result.value:.2f} % [ {result.counts['correct']} / {result.snt} ]",
+                "per reference label (correct / total):"]
+        out += [f"  {label or '<empty>'}: {ok} / {n}"
+                for label, (ok, n) in result.details["per_class"].items()]
+    out.append(f"hypotheses: {result.diagnostics()}")
+    if result.missing_keys:
+        out.append("missing hypotheses are scored as empty (see missing_keys.txt)")
+    if result.extra_keys:
+        out.append("extra hypotheses (keys not in the references) are not scored (see extra_keys.txt)")
+    return "\n".join(out) + "\n"
+
+
+def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric: str,
+                norm: str | None = None, out_dir: str | os.PathLike | None = None,
+                bleu_tokenize: str = "auto") -> ScoreResult:
+    """Score a hypothesis file and write score.json, result.txt, the per-utterance file and the
+    missing/extra key lists into ``out_dir`` (default: the hypothesis file's directory)."""
+    refs, hyps = read_text_file(ref_path), read_text_file(hyp_path)
+    result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
+    result.ref, result.hyp = str(ref_path), str(hyp_path)
+    out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    if metric in ("wer", "cer"):
+        _write_atomic(out / "alignment.txt", "".join(lines))
+    else:
+        _write_atomic(out / "per_utt.tsv", "key\tflags\tref\thyp\n" + "".join(lines))
+    _write_atomic(out / "missing_keys.txt", "".join(k + "\n" for k in result.missing_keys))
+    _write_atomic(out / "extra_keys.txt", "".join(k + "\n" for k in result.extra_keys))
+    _write_atomic(out / "result.txt", render_summary(result, out.resolve().name))
+    _write_atomic(out / "score.json", json.dumps(result.as_dict(), indent=1, ensure_ascii=False) + "\n")
+    return result
+
+
+def run_score(ref: str, hyp: str, metric: str, norm: str | None = None, out_dir: str | None = None,
+              bleu_tokenize: str = "auto") -> int:
+    """``tasu score``: score, print result.txt, return the exit status."""
+    try:
+        result = score_files(ref, hyp, metric, norm, out_dir, bleu_tokenize)
+    except (ScoreError, OSError) as e:
+        print(f"tasu score: error: {e}", file=sys.stderr)
+        return 1
+    print(render_summary(result, Path(out_dir or Path(hyp).parent).resolve().name), end="")
+    return 0

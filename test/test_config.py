@@ -1,0 +1,77 @@
+"""Typed configs: YAML + overrides checked against dataclasses, errors naming file and key."""
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from tasu.config import ConfigError, load_config, to_dict
+
+
+@dataclass
+class Optim:
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 200
+
+    def check(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class Lora:
+    r: int = 8
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class Experiment:
+    mode: Literal["text", "audio", "mixed"] = "text"
+    optim: Optim = field(default_factory=Optim)
+    lora: Optional[Lora] = None
+    train: list[str] = field(default_factory=list)
+    use_bf16: bool = False
+
+
+def write(tmp_path, text):
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides_fill_the_dataclasses(tmp_path):
+    path = write(tmp_path, "mode: mixed\noptim:\n  lr: 1.0e-4\n  betas: [0.8, 0.99]\nlora:\n  r: 4\n")
+    cfg = load_config(Experiment, path, ["optim.warmup_steps=10", "train=[a.jsonl, b.jsonl]", "use_bf16=true"])
+    assert cfg.mode == "mixed"
+    assert cfg.optim == Optim(lr=1e-4, betas=(0.8, 0.99), warmup_steps=10)
+    assert cfg.lora == Lora(r=4)
+    assert cfg.train == ["a.jsonl", "b.jsonl"] and cfg.use_bf16 is True
+    assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.99]
+
+
+def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
+    assert load_config(Experiment, None, ["optim.lr=1"]).optim.lr == 1.0
+    with pytest.raises(ConfigError, match=r"^overrides: optim.warmup_steps: expected an integer, got 2.5$"):
+        load_config(Experiment, None, ["optim.warmup_steps=2.5"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim:\n  lrr: 1\n", r"train.yaml: optim: unknown key 'lrr' \(did you mean 'lr'\?\)"),
+    ("mode: txt\n", r"train.yaml: mode: expected one of 'text', 'audio', 'mixed', got 'txt'"),
+    ("optim:\n  lr: fast\n", r"train.yaml: optim.lr: expected a number, got 'fast'"),
+    ("optim:\n  betas: [0.9]\n", r"train.yaml: optim.betas: expected a list of 2 items"),
+    ("use_bf16: yes please\n", r"train.yaml: use_bf16: expected true or false"),
+    ("optim:\n  lr: -1\n", r"train.yaml: optim: lr must be positive, got -1.0"),
+    ("- a\n- b\n", r"train.yaml: the top level must be a mapping"),
+    ("mode: [\n", r"train.yaml: not valid YAML"),
+])
+def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Experiment, write(tmp_path, text))
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form key.path=value"):
+        load_config(Experiment, None, ["optim.lr"])
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
+        load_config(Experiment, tmp_path / "nope.yaml")

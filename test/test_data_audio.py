@@ -1,0 +1,187 @@
+"""Audio reading: files, Kaldi arks, wav.scp pipes, segments, conversion to 16 kHz mono float32."""
+import os
+import shutil
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile
+
+from tasu.data.audio import AudioError, AudioInfo, audio_info, load_audio
+
+RATE = 16000
+
+
+def tone(n, rate=RATE, freq=440.0, amp=0.5):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(n) / rate)).astype(np.float32)
+
+
+@pytest.fixture
+def wav(tmp_path):
+    path = tmp_path / "a.wav"
+    soundfile.write(path, tone(RATE), RATE, subtype="PCM_16")
+    return str(path)
+
+
+@pytest.fixture
+def flac(tmp_path):
+    path = tmp_path / "a.flac"
+    soundfile.write(path, tone(RATE), RATE)
+    return str(path)
+
+
+def truncate(src, dst, keep):
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dst, "wb") as f:
+        f.write(data[:keep if keep >= 0 else len(data) + keep])
+    return str(dst)
+
+
+def test_wav_and_flac_read_as_16k_mono_float32(wav, flac):
+    for path in (wav, flac):
+        x = load_audio(path)
+        assert x.dtype == np.float32 and x.shape == (RATE,)
+        np.testing.assert_allclose(x, tone(RATE), atol=1e-4)
+        assert audio_info(path) == AudioInfo(RATE, RATE)
+        assert audio_info(path).duration == 1.0
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2)])
+def test_other_rates_and_channels_are_converted(tmp_path, rate, channels):
+    left, right = tone(rate * 2, rate, amp=0.6), tone(rate * 2, rate, amp=0.2)
+    data = np.stack([left, right], axis=1) if channels == 2 else left
+    path = tmp_path / f"in_{rate}.wav"
+    soundfile.write(path, data, rate, subtype="FLOAT")
+    x = load_audio(str(path))
+    assert x.dtype == np.float32 and x.shape == (2 * RATE,)
+    expected = tone(2 * RATE, amp=0.4 if channels == 2 else 0.6)
+    np.testing.assert_allclose(x[1000:-1000], expected[1000:-1000], atol=0.01)
+    assert audio_info(str(path)) == AudioInfo(2 * rate, rate)
+
+
+def test_segments_of_files(wav):
+    np.testing.assert_array_equal(load_audio(wav, start=0.25, end=0.5), load_audio(wav)[4000:8000])
+    assert load_audio(wav, start=0.75).shape == (4000,)
+    assert audio_info(wav, start=0.25, end=0.5) == AudioInfo(4000, RATE)
+    # Kaldi's extract-segments rule: an end up to 0.5 s past the audio is cut back, further is an error.
+    assert load_audio(wav, start=0.5, end=1.3).shape == (8000,)
+    with pytest.raises(AudioError, match=r"^u1: .*a\.wav: segment end 1\.600 s is past the end of "
+                                         r"the audio \(1\.000 s\)$"):
+        load_audio(wav, key="u1", start=0.5, end=1.6)
+    with pytest.raises(AudioError, match=r"segment start 1\.000 s is not before the end of the audio"):
+        audio_info(wav, start=1.0)
+
+
+def test_missing_and_truncated_files(tmp_path, wav, flac):
+    with pytest.raises(AudioError) as e:
+        load_audio(str(tmp_path / "nope.wav"), key="u1")
+    assert str(e.value) == f"u1: {tmp_path / 'nope.wav'}: no such file"
+
+    cut = truncate(wav, tmp_path / "cut.wav", 44 + 10000)
+    for fn in (load_audio, audio_info):
+        with pytest.raises(AudioError) as e:
+            fn(cut, key="u2")
+        assert str(e.value) == (f"u2: {cut}: truncated: the WAV header announces 32000 bytes of "
+                                "samples, 10000 follow it")
+
+    cut = truncate(flac, tmp_path / "cut.flac", os.path.getsize(flac) // 2)
+    for fn in (load_audio, audio_info):
+        with pytest.raises(AudioError, match=r"^u3: .*cut\.flac: truncated or corrupt: .*samples.*\(.+\)$"):
+            fn(cut, key="u3")
+
+    (tmp_path / "text.wav").write_text("not audio at all")
+    with pytest.raises(AudioError, match=r"text\.wav: cannot read: .*Format not recognised"):
+        load_audio(str(tmp_path / "text.wav"))
+
+
+@pytest.fixture
+def arks(tmp_path):
+    """A wav-in-ark (8 kHz mono, 16 kHz stereo; int16) and a float ark (vectors, one matrix)."""
+    pcm = (tone(8000, 8000) * 32767).astype(np.int16)
+    wav_ark, wav_scp = tmp_path / "wav.ark", tmp_path / "wav.scp"
+    with kaldiio.WriteHelper(f"ark,scp:{wav_ark},{wav_scp}") as writer:
+        writer["mono8k"] = (8000, pcm)
+        writer["stereo16k"] = (RATE, np.stack([pcm, pcm // 2], axis=1))
+    wave = tone(1600, amp=0.25)
+    kaldiio.save_ark(str(tmp_path / "feats.ark"),
+                     {"vector": wave, "row": wave[None, :], "column": wave[:, None],
+                      "fbank": np.zeros((10, 80), np.float32)},
+                     scp=str(tmp_path / "feats.scp"))
+    scp = {}
+    for name in (wav_scp, tmp_path / "feats.scp"):
+        for line in open(name):
+            key, path = line.split()
+            scp[key] = path
+    return scp
+
+
+def test_wav_in_ark(arks):
+    x = load_audio(arks["mono8k"])
+    assert x.dtype == np.float32 and x.shape == (RATE,)
+    np.testing.assert_allclose(x[100:-100], tone(RATE)[100:-100], atol=0.01)
+    assert audio_info(arks["mono8k"]) == AudioInfo(8000, 8000)
+    x = load_audio(arks["stereo16k"])
+    np.testing.assert_allclose(x, 0.75 * tone(8000, 8000), atol=1e-3)  # mean of 1 and 1/2
+    assert audio_info(arks["stereo16k"]) == AudioInfo(8000, RATE)
+    assert load_audio(arks["mono8k"], start=0.5).shape == (8000,)
+
+
+def test_float_vectors_in_ark_are_waveforms_and_other_matrices_are_features(arks):
+    for key in ("vector", "row", "column"):
+        np.testing.assert_array_equal(load_audio(arks[key]), tone(1600, amp=0.25))
+        assert audio_info(arks[key]) == AudioInfo(1600, RATE)
+    assert audio_info(arks["vector"], matrix_rate=8000) == AudioInfo(1600, 8000)
+    assert load_audio(arks["vector"], matrix_rate=8000).shape == (3200,)
+    with pytest.raises(AudioError) as e:
+        load_audio(arks["fbank"], key="f")
+    assert str(e.value) == (f"f: {arks['fbank']}: a 10x80 matrix is features, not a waveform "
+                            "(a waveform is a vector or a one-row/one-column matrix)")
+
+
+def test_ark_offset_past_the_end_truncation_and_bad_offsets(tmp_path, arks):
+    ark = arks["mono8k"].rsplit(":", 1)[0]
+    size = os.path.getsize(ark)
+    for fn in (load_audio, audio_info):
+        with pytest.raises(AudioError) as e:
+            fn(f"{ark}:{size + 10}", key="u1")
+        assert str(e.value) == f"u1: {ark}:{size + 10}: offset {size + 10} is past the end of the ark ({size} bytes)"
+
+    cut = truncate(ark, tmp_path / "cut.ark", -100)
+    offset = arks["stereo16k"].rsplit(":", 1)[1]
+    for fn in (load_audio, audio_info):
+        with pytest.raises(AudioError, match=r"truncated: the WAV header announces 32000 bytes of "
+                                             r"samples, 31900 follow it$"):
+            fn(f"{cut}:{offset}")
+
+    feats = arks["row"].rsplit(":", 1)
+    cut = truncate(feats[0], tmp_path / "cut_feats.ark", int(feats[1]) + 100)
+    with pytest.raises(AudioError, match=r"truncated: the 1x1600 FM needs 6400 bytes, 85 are left"):
+        audio_info(f"{cut}:{feats[1]}")
+
+    with pytest.raises(AudioError, match=r"no audio at offset 1: the entry starts with b'ono8k'"):
+        audio_info(f"{ark}:1")
+    with pytest.raises(AudioError, match=r"nope\.ark:0: no such ark file$"):
+        audio_info(str(tmp_path / "nope.ark:0"))
+
+
+def test_pipe_commands(wav, tmp_path):
+    x = load_audio(f"cat {wav} |")
+    np.testing.assert_array_equal(x, load_audio(wav))
+    assert audio_info(f"cat {wav} |") == AudioInfo(RATE, RATE)
+    assert load_audio(f"cat {wav} |", start=0.5).shape == (8000,)
+
+    with pytest.raises(AudioError) as e:
+        load_audio(f"cat {tmp_path}/nope.wav |", key="u1")
+    assert str(e.value) == (f"u1: cat {tmp_path}/nope.wav |: command failed (exit status 1): "
+                            f"cat: {tmp_path}/nope.wav: No such file or directory")
+    with pytest.raises(AudioError, match=r"command wrote no audio to its standard output$"):
+        audio_info("true |")
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")
+def test_sox_pipe_resamples_and_converts(wav):
+    x = load_audio(f"sox {wav} -r 8000 -c 2 -t wav - |")
+    assert x.shape == (RATE,)
+    np.testing.assert_allclose(x[200:-200], tone(RATE)[200:-200], atol=0.02)
+    assert audio_info(f"sox {wav} -r 8000 -t wav - |") == AudioInfo(8000, 8000)

@@ -1,0 +1,145 @@
+"""Kaldi data dirs <-> JSONL: reading, segments, malformed lines, skipped utterances, round trip."""
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from tasu.data.audio import load_audio
+from tasu.data.kaldi_dir import DataDirError, read_data_dir, write_data_dir
+from tasu.data.records import Record, iter_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_dir(path, **files):
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (path / name).write_text(text, encoding="utf-8")
+    return path
+
+
+def test_plain_dir_becomes_sorted_records(tmp_path):
+    d = make_dir(tmp_path / "train",
+                 **{"wav.scp": "u2 b.wav\nu1 sox a.sph -t wav - |\n",
+                    "text": "u1 hello  world\nu2 good morning\n",
+                    "utt2spk": "u1 s1\nu2 s2\n"})
+    assert read_data_dir(d, task="EN2DE") == [
+        Record("u1", "EN2DE", "hello  world", "sox a.sph -t wav - |", extra={"speaker": "s1"}),
+        Record("u2", "EN2DE", "good morning", "b.wav", extra={"speaker": "s2"}),
+    ]
+
+
+def test_segments_become_start_end_that_the_audio_reader_cuts(tmp_path):
+    rate = 16000
+    samples = np.linspace(-0.5, 0.5, 2 * rate, dtype=np.float32)
+    soundfile.write(tmp_path / "rec.wav", samples, rate, subtype="FLOAT")
+    d = make_dir(tmp_path / "dev",
+                 **{"wav.scp": f"rec1 {tmp_path / 'rec.wav'}\n",
+                    "text": "a first part\nb second part\n",
+                    "segments": "a rec1 0.25 0.75\nb rec1 1.5 -1\n"})
+    a, b = read_data_dir(d)
+    assert (a.start, a.end, a.extra, b.start, b.end) == (0.25, 0.75, {"recording": "rec1"}, 1.5, None)
+    np.testing.assert_array_equal(load_audio(a.path, a.key, a.start, a.end), samples[4000:12000])
+    np.testing.assert_array_equal(load_audio(b.path, b.key, b.start, b.end), samples[24000:])
+
+
+def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
+    d = make_dir(tmp_path / "bad",
+                 **{"wav.scp": "r1 a.wav\nr2\n",
+                    "text": "u1 hi\nu2\nu3 yes\nu3 again\nu/4 slash\n",
+                    "segments": "u1 r1 0 1\nu2 r1 x 1\nu3 r1 2 1\nu4 r1 0\n"})
+    with pytest.raises(DataDirError) as e:
+        read_data_dir(d)
+    assert str(e.value).splitlines() == [
+        f"{d}/wav.scp:2: 'r2' must be followed by a path or command",
+        f"{d}/text:2: 'u2' must be followed by a transcript",
+        f"{d}/text:4: duplicate id 'u3' (first on line 3)",
+        f"{d}/segments:2: start and end must be numbers of seconds, not 'x' and '1'",
+        f"{d}/segments:3: start 2 and end 1 do not make a segment (0 <= start < end, or end -1)",
+        f"{d}/segments:4: needs recording, start and end after the utterance id, not 2 fields",
+        f"{d}/text:5: utterance id 'u/4' contains '/'; keys may not contain '/' or whitespace",
+    ]
+    with pytest.raises(DataDirError, match=r"nowhere/wav\.scp: cannot open: No such file or directory"):
+        read_data_dir(tmp_path / "nowhere")
+
+
+def test_utterances_missing_from_a_file_are_skipped_with_a_count(tmp_path, caplog):
+    d = make_dir(tmp_path / "partial",
+                 **{"wav.scp": "u1 a.wav\nu2 b.wav\nu5 e.wav\n",
+                    "text": "u1 one\nu2 two\nu3 three\nu4 four\n",
+                    "utt2spk": "u1 s\n"})
+    with caplog.at_level(logging.WARNING, logger="tasu.data.kaldi_dir"):
+        records = read_data_dir(d)
+    assert [r.key for r in records] == ["u1"]
+    assert caplog.messages == [
+        f"{d}/text: skipped 2 utterances with no entry in wav.scp (e.g. u3, u4)",
+        f"{d}/wav.scp: skipped 1 utterance with no entry in text (e.g. u5)",
+        f"{d}/text: skipped 1 utterance with no entry in utt2spk (e.g. u2)",
+    ]
+
+
+def test_write_then_read_round_trip(tmp_path, caplog):
+    files = {"wav.scp": "r1 a.wav\nr2 data/wav.ark:1234\n",
+             "text": "sA-u1 hello world\nsA-u2 good morning\nsB-u3 hi\n",
+             "segments": "sA-u1 r1 0.000 1.250\nsA-u2 r1 1.250 -1\nsB-u3 r2 0.000 0.800\n",
+             "utt2spk": "sA-u1 sA\nsA-u2 sA\nsB-u3 sB\n",
+             "spk2utt": "sA sA-u1 sA-u2\nsB sB-u3\n"}
+    src = make_dir(tmp_path / "src", **files)
+    records = read_data_dir(src)
+    records[0].GT = "hello world"
+    records[1].extra["prevtext"] = "hi"
+    with caplog.at_level(logging.WARNING, logger="tasu.data.kaldi_dir"):
+        assert write_data_dir(records, tmp_path / "out") == 3
+    assert caplog.messages == [f"{tmp_path / 'out'}: fields a data dir cannot hold were dropped: GT, prevtext"]
+    for name, text in files.items():
+        assert (tmp_path / "out" / name).read_text() == text, name
+
+    # Without segments, recordings are the utterances, and a stale segments file goes away.
+    write_data_dir([Record("b", "ASR", "two", "b.wav"), Record("a", "ASR", "one", "a.wav")], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]
+    assert (tmp_path / "out" / "wav.scp").read_text() == "a a.wav\nb b.wav\n"
+    assert (tmp_path / "out" / "spk2utt").read_text() == "a a\nb b\n"
+
+
+def test_records_a_data_dir_cannot_hold(tmp_path):
+    with pytest.raises(DataDirError) as e:
+        write_data_dir([Record("a", "ASR", "x"), Record("b", "ASR", "two\nlines", "b.wav"),
+                        Record("c", "ASR", "x", "c.wav", start=0.0, extra={"recording": "r"}),
+                        Record("d", "ASR", "x", "d.wav", start=1.0, extra={"recording": "r"})],
+                       tmp_path / "out")
+    out = tmp_path / "out"
+    assert str(e.value).splitlines() == [
+        f"{out}: path: a: missing (a data dir needs audio)",
+        f"{out}: target: b: a line break cannot go into text",
+        f"{out}: path: d: recording 'r' is 'c.wav' in another record, 'd.wav' here",
+    ]
+    assert not out.exists()
+
+
+def test_shell_wrappers_convert_both_ways(tmp_path):
+    src = make_dir(tmp_path / "src", **{"wav.scp": "u1 a.wav\nu2 b.wav\n", "text": "u1 one\nu2 two\n"})
+    out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), "--task", "QA", str(src)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line) for line in out.stdout.splitlines()] == [
+        {"key": "u1", "task": "QA", "target": "one", "path": "a.wav"},
+        {"key": "u2", "task": "QA", "target": "two", "path": "b.wav"}]
+
+    jsonl = tmp_path / "qa.jsonl"
+    out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), str(src), str(jsonl)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "", out.stderr
+    assert [r.task for r in iter_records(str(jsonl))] == ["ASR", "ASR"]
+    out = subprocess.run([str(ROOT / "utils/jsonl2data.sh"), str(jsonl), str(tmp_path / "back")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "back" / "text").read_text() == "u1 one\nu2 two\n"
+    assert (tmp_path / "back" / "utt2spk").read_text() == "u1 u1\nu2 u2\n"
+
+    (src / "text").write_text("u1 one\nu2\n")
+    out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), str(src)], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == f"{src}/text:2: 'u2' must be followed by a transcript\n"

@@ -1,0 +1,118 @@
+"""``tasu validate``: every kind of bad data reported as FILE:LINE: FIELD: message, exit status 1."""
+import json
+import os
+import subprocess
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile
+
+from tasu.cli import main
+
+
+@pytest.fixture
+def audio(tmp_path):
+    """A 1 s wav, a truncated copy, and a wav-in-ark (0.5 s at 8 kHz)."""
+    samples = np.zeros(16000, np.float32)
+    soundfile.write(tmp_path / "good.wav", samples, 16000, subtype="PCM_16")
+    data = (tmp_path / "good.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:1044])
+    with kaldiio.WriteHelper(f"ark,scp:{tmp_path}/a.ark,{tmp_path}/a.scp") as writer:
+        writer["k"] = (8000, np.zeros(4000, np.int16))
+    ark_entry = (tmp_path / "a.scp").read_text().split()[1]
+    return {"good": str(tmp_path / "good.wav"), "cut": str(tmp_path / "cut.wav"),
+            "missing": str(tmp_path / "missing.wav"), "ark": ark_entry,
+            "past_end": f"{tmp_path}/a.ark:{os.path.getsize(tmp_path / 'a.ark') + 5}"}
+
+
+def line(key, task="ASR", target="some words", **fields):
+    return json.dumps({"key": key, "task": task, "target": target, **fields})
+
+
+def run(capsys, *argv):
+    status = main(["validate", *argv])
+    return status, capsys.readouterr().out.splitlines()
+
+
+def test_good_files_pass_with_a_summary_bom_and_crlf_included(tmp_path, audio, capsys):
+    path = tmp_path / "good.jsonl"
+    lines = [line("u1", path=audio["good"]), "",
+             line("u2", "EN2DE", "Hallo", path=audio["ark"], GT="hello"),
+             line("u3", "SLU_scenario", "iot", path=audio["good"], start=0.5),
+             line("u4", "QA", "Paris")]
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
+    assert run(capsys, str(path)) == (0, [
+        "validate: ok: 1 file, 4 good records (ASR 1, EN2DE 1, QA 1, SLU_scenario 1); "
+        "2 records without a transcript (no GT), which the text-only stage cannot use"])
+    assert run(capsys, str(path), "--check-audio") == (0, [
+        "validate: ok: 1 file, 4 good records (ASR 1, EN2DE 1, QA 1, SLU_scenario 1), 2.0 s of audio; "
+        "2 records without a transcript (no GT), which the text-only stage cannot use"])
+
+
+def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
+    path = tmp_path / "train.jsonl"
+    good = line("u1", path=audio["good"])
+    path.write_bytes("\n".join([
+        good,                                                   # 1
+        '{"key": "u2", "task": "ASR", "target": "x",}',         # 2 malformed JSON
+        line("u1", path=audio["good"]),                         # 3 duplicate key
+        json.dumps({"key": "u4", "task": "ASR"}),               # 4 missing field
+        line("u5", path=audio["missing"]),                      # 5 missing audio
+        line("u6", path=audio["cut"]),                          # 6 truncated audio
+        line("u7", path=audio["past_end"]),                     # 7 ark offset past the end
+        line("u8", "ASRX"),                                     # 8 unknown task
+        line("u9", path=audio["good"], start=0.5, end=3.0),     # 9 segment past the end
+        line("u10", path=audio["ark"]),                         # 10 good
+    ]).encode() + b'\n{"key": "u11", "task": "ASR", "target": "na\xefve"}\n')  # 11 not UTF-8
+    ark_size = os.path.getsize(tmp_path / "a.ark")
+    status, out = run(capsys, str(path), "--check-audio")
+    assert status == 1
+    assert out[:8] == [
+        f"{path}:2: json: Expecting property name enclosed in double quotes (column 44)",
+        f"{path}:3: key: duplicate key 'u1' (first on line 1)",
+        f"{path}:4: target: missing",
+        f"{path}:5: path: no such file ({audio['missing']})",
+        f"{path}:6: path: truncated: the WAV header announces 32000 bytes of samples, 1000 follow it ({audio['cut']})",
+        f"{path}:7: path: offset {ark_size + 5} is past the end of the ark ({ark_size} bytes) ({audio['past_end']})",
+        f"{path}:8: task: unknown task 'ASRX': the prompt set has ASR, EN2DE, EN2ZH, QA, SLU_action, "
+        "SLU_scenario, ZH2EN, hotword, prevtext, sentiment",
+        f"{path}:9: path: segment end 3.000 s is past the end of the audio (1.000 s) ({audio['good']})",
+    ]
+    assert out[8:] == [
+        f"{path}:11: encoding: byte 0xef at column 44 is not valid UTF-8",
+        "validate: 9 problems; 1 file, 2 good records (ASR 2), 1.5 s of audio",
+    ]
+
+    # Without --check-audio the audio problems are not looked for.
+    status, out = run(capsys, str(path))
+    assert status == 1 and len(out) == 6 and out[-1].startswith("validate: 5 problems; 1 file, 6 good records (ASR 6)")
+
+
+def test_prompt_set_option_and_files_that_cannot_be_read(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"task": "ASRX", "prompt": "Transcribe."}\n')
+    data = tmp_path / "d.jsonl"
+    data.write_text(line("u1", "ASRX") + "\n")
+    assert run(capsys, str(data), "--prompts", str(prompts)) == (
+        0, ["validate: ok: 1 file, 1 good record (ASRX 1); 1 record without a transcript (no GT), "
+            "which the text-only stage cannot use"])
+    assert run(capsys, str(tmp_path / "nope.jsonl"), str(data), "--prompts", str(prompts)) == (1, [
+        f"{tmp_path / 'nope.jsonl'}: cannot open: No such file or directory",
+        "validate: 1 problem; 2 files, 1 good record (ASRX 1); 1 record without a transcript (no GT), "
+        "which the text-only stage cannot use"])
+    assert run(capsys, str(tmp_path / "nope.jsonl")) == (1, [
+        f"{tmp_path / 'nope.jsonl'}: cannot open: No such file or directory",
+        "validate: 1 problem; 1 file, 0 good records"])
+    prompts.write_text("{\n")
+    assert run(capsys, str(data), "--prompts", str(prompts)) == (
+        1, [f"{prompts}:1: json: Expecting property name enclosed in double quotes (column 3)"])
+
+
+def test_console_script(tmp_path, audio):
+    path = tmp_path / "d.jsonl"
+    path.write_text(line("u1", path=audio["good"]) + "\n" + line("u1") + "\n")
+    out = subprocess.run(["tasu", "validate", str(path), "--check-audio"], capture_output=True, text=True)
+    assert (out.returncode, out.stderr) == (1, "")
+    assert out.stdout.splitlines() == [f"{path}:2: key: duplicate key 'u1' (first on line 1)",
+                                       "validate: 1 problem; 1 file, 1 good record (ASR 1), 1.0 s of audio"]

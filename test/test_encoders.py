@@ -1,0 +1,262 @@
+"""tasu.encoders: tiny real SenseVoiceSmall / Wav2Vec2ForCTC / HubertForCTC / small CTC encoders,
+saved in their real layouts and loaded through ``load_encoder`` / ``load_tokenizer``."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from encoder_fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
+
+from tasu.encoders import detect_layout, load_encoder, load_tokenizer, train_sentencepiece
+
+TEXT = "turn on the kitchen lights"
+
+
+@pytest.fixture(scope="session")
+def sensevoice_dir(tmp_path_factory):
+    return write_sensevoice_dir(tmp_path_factory.mktemp("SenseVoiceSmall"))
+
+
+@pytest.fixture(scope="session")
+def sensevoice(sensevoice_dir):
+    return load_encoder(sensevoice_dir)
+
+
+@pytest.fixture(scope="session", params=["wav2vec2", "hubert"])
+def hf_dir(request, tmp_path_factory):
+    return write_hf_ctc_dir(tmp_path_factory.mktemp(request.param), request.param)
+
+
+TINY_SMALL_CTC = {"encoder_conf": {"output_size": 32, "attention_heads": 2, "linear_units": 64,
+                                   "num_blocks": 2, "dropout_rate": 0.0}}
+
+
+@pytest.fixture(scope="session")
+def small_ctc(tmp_path_factory):
+    from tasu.encoders.small_ctc import SmallCTCEncoder
+
+    root = tmp_path_factory.mktemp("small_ctc")
+    tokenizer = train_sentencepiece(SENTENCES, vocab_size=40, out_prefix=root / "spm" / "bpe")
+    torch.manual_seed(0)
+    model = SmallCTCEncoder(tokenizer, TINY_SMALL_CTC)
+    model.fit_cmvn([waveform(1.0, seed) for seed in range(4)])
+    return model
+
+
+def batch(*seconds):
+    return [waveform(s, seed=i) for i, s in enumerate(seconds)]
+
+
+def fbank_frames(seconds):  # Kaldi fbank, 25 ms window, 10 ms shift, snip_edges
+    return 1 + (int(16000 * seconds) - 400) // 160
+
+
+def assert_log_probs(log_probs, lengths, vocab_size):
+    assert log_probs.shape == (len(lengths), int(lengths.max()), vocab_size)
+    probs = log_probs.exp()
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(probs[b, :n].sum(-1), torch.ones(n), atol=1e-4, rtol=0)
+
+
+# --- layouts -------------------------------------------------------------------------------------
+
+def test_layout_is_detected_from_files(sensevoice_dir, hf_dir, tmp_path):
+    assert detect_layout(sensevoice_dir) == "sensevoice"
+    assert detect_layout(hf_dir) == "hf_ctc"
+    (tmp_path / "notes.txt").write_text("no model here")
+    with pytest.raises(ValueError, match="matches no encoder layout"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_encoder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="encoder_type"):
+        load_tokenizer(sensevoice_dir, encoder_type="whisper")
+
+
+def test_missing_file_is_named(sensevoice_dir, tmp_path):
+    copy = shutil.copytree(sensevoice_dir, tmp_path / "sv")
+    (copy / "am.mvn").unlink()
+    (copy / "model.pt").unlink()
+    assert load_tokenizer(copy).vocab_size == load_tokenizer(sensevoice_dir).vocab_size
+    with pytest.raises(FileNotFoundError, match="am.mvn"):
+        load_encoder(copy)
+
+
+def test_load_tokenizer_imports_no_encoder_framework(sensevoice_dir, hf_dir, tmp_path):
+    """The text-only stage: tokenizers load without funasr, transformers' models or any weights."""
+    dirs = {}
+    for name, src in (("sensevoice", sensevoice_dir), ("hf", hf_dir)):
+        dirs[name] = shutil.copytree(src, tmp_path / name,
+                                     ignore=shutil.ignore_patterns("model.pt", "*.safetensors"))
+    script = textwrap.dedent(f"""
+        import sys
+        from tasu.encoders import load_tokenizer
+        assert load_tokenizer({str(dirs['sensevoice'])!r}).encode({TEXT!r})
+        assert not [m for m in sys.modules if m.startswith(("funasr", "transformers"))]
+        assert load_tokenizer({str(dirs['hf'])!r}).encode({TEXT!r})
+        loaded = [m for m in sys.modules if m.startswith("funasr") or ".modeling_" in m]
+        assert not loaded, loaded
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+# --- SenseVoiceSmall -----------------------------------------------------------------------------
+
+def test_sensevoice_tokenizer(sensevoice_dir):
+    tokenizer = load_tokenizer(sensevoice_dir)
+    pieces = json.loads((sensevoice_dir / "tokens.json").read_text())
+    assert tokenizer.vocab_size == len(pieces) and tokenizer.blank_id == 0
+    ids = tokenizer.encode(TEXT)
+    assert ids and 0 not in ids and max(ids) < tokenizer.vocab_size
+    assert tokenizer.decode(ids) == TEXT
+    assert [tokenizer.id_to_piece(i) for i in ids] == [pieces[i] for i in ids]
+    assert tokenizer.id_to_piece(0) == "<blank>"
+    unknown = tokenizer.encode("turn on the ü lights")   # <unk> is the blank's id: dropped
+    assert 0 not in unknown and tokenizer.decode(unknown).split() == ["turn", "on", "the", "lights"]
+
+
+def test_sensevoice_tokens_json_must_match(sensevoice_dir, tmp_path):
+    copy = shutil.copytree(sensevoice_dir, tmp_path / "sv")
+    (copy / "tokens.json").write_text(json.dumps(["<unk>", "a"]))
+    with pytest.raises(ValueError, match="tokens.json"):
+        load_tokenizer(copy)
+
+
+def test_sensevoice_frames_and_posteriors(sensevoice):
+    feats, lengths = sensevoice.extract_features(batch(1.0, 1.5))
+    expected = [math.ceil(fbank_frames(s) / 6) for s in (1.0, 1.5)]   # LFR: 7 frames every 6
+    assert feats.shape == (2, max(expected), 560) and lengths.tolist() == expected
+    log_probs, out_lengths = sensevoice(feats, lengths)
+    assert out_lengths.tolist() == expected                          # the 4 query frames are gone
+    assert_log_probs(log_probs, out_lengths, sensevoice.vocab_size)
+
+
+def test_sensevoice_matches_funasr_inference_minus_prefix(sensevoice):
+    """Our forward == funasr's own SenseVoiceSmall.inference (auto, withitn) without 4 frames."""
+    feats, lengths = sensevoice.extract_features(batch(1.2))
+    ctc = sensevoice.model.ctc
+    captured = []
+    original = ctc.log_softmax
+    ctc.log_softmax = lambda x: captured.append(original(x)) or captured[-1]
+    try:
+        sensevoice.model.inference(feats.clone(), lengths.clone(), data_type="fbank", language="auto",
+                                   use_itn=True, device="cpu", key=["utt"],
+                                   tokenizer=type("Tok", (), {"decode": lambda self, ids: ""})())
+    finally:
+        del ctc.log_softmax
+    reference = captured[0]
+    ours, out_lengths = sensevoice(feats, lengths)
+    assert reference.shape[1] == ours.shape[1] + 4
+    torch.testing.assert_close(ours, reference[:, 4:])
+    # blank: SenseVoiceSmall's default blank_id and funasr's CTC loss (torch's default blank) agree
+    assert sensevoice.blank_id == sensevoice.model.blank_id == ctc.ctc_loss.blank == 0
+
+
+def test_sensevoice_query_options(sensevoice_dir, sensevoice):
+    feats, lengths = sensevoice.extract_features(batch(1.0))
+    woitn = load_encoder(sensevoice_dir, text_norm="woitn")
+    assert not torch.allclose(woitn(feats, lengths)[0], sensevoice(feats, lengths)[0])
+    with pytest.raises(ValueError, match="language"):
+        load_encoder(sensevoice_dir, language="klingon")
+
+
+# --- Hugging Face CTC ----------------------------------------------------------------------------
+
+def test_hf_tokenizer(hf_dir):
+    tokenizer = load_tokenizer(hf_dir)
+    vocab = json.loads((hf_dir / "vocab.json").read_text())
+    assert tokenizer.vocab_size == len(vocab) and tokenizer.blank_id == vocab["<pad>"]
+    ids = tokenizer.encode("Hello   World's")
+    assert [tokenizer.id_to_piece(i) for i in ids] == list("HELLO|WORLD'S")
+    assert tokenizer.decode(ids) == "HELLO WORLD'S"             # upper-case vocabulary, double L kept
+    assert tokenizer.encode("héllo") == tokenizer.encode("hllo")  # é is not in the vocabulary
+    assert tokenizer.id_to_piece(tokenizer.blank_id) == "<blank>"
+
+
+def test_hf_frames_and_posteriors(hf_dir):
+    encoder = load_encoder(hf_dir)
+    feats, lengths = encoder.extract_features(batch(1.0, 1.5))
+    assert feats.shape == (2, 24000) and lengths.tolist() == [16000, 24000]
+    log_probs, out_lengths = encoder(feats, lengths)
+    assert out_lengths.tolist() == [49, 74]                      # conv strides 5 * 8 * 8 = 320
+    assert_log_probs(log_probs, out_lengths, encoder.vocab_size)
+    if encoder._use_attention_mask:                              # padding is masked out
+        alone, _ = encoder(*encoder.extract_features(batch(1.0)))
+        torch.testing.assert_close(log_probs[0, :49], alone[0], atol=1e-4, rtol=1e-4)
+
+
+# --- the small trainable encoder -----------------------------------------------------------------
+
+def test_train_sentencepiece_reserves_blank(small_ctc):
+    tokenizer = small_ctc.tokenizer
+    assert tokenizer.id_to_piece(0) == "<blank>" and tokenizer.sp.id_to_piece(0) == "<blank>"
+    assert tokenizer.sp.unk_id() == 1
+    for sentence in SENTENCES:
+        ids = tokenizer.encode(sentence)
+        assert min(ids) >= 2 and tokenizer.decode(ids) == sentence
+
+
+def test_small_ctc_training_steps_reduce_loss(small_ctc):
+    import copy
+
+    model = copy.deepcopy(small_ctc).train().requires_grad_(True)
+    feats, lengths = model.extract_features(batch(1.0, 1.3, 0.9))
+    labels = [torch.tensor(model.tokenizer.encode(s)) for s in SENTENCES[:3]]
+    targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True)
+    target_lengths = torch.tensor([len(x) for x in labels])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.ctc_loss(feats, lengths, targets, target_lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    before = feats.clone()
+    model(feats, lengths)
+    torch.testing.assert_close(feats, before)     # funasr scales its input in place; we don't let it
+
+
+def test_small_ctc_save_load(small_ctc, tmp_path):
+    from tasu.encoders.small_ctc import SmallCTCEncoder
+
+    small_ctc.save(tmp_path / "enc")
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        "am.mvn", "bpe.model", "config.yaml", "configuration.json", "model.pt", "tokens.json"]
+    assert detect_layout(tmp_path / "enc") == "small_ctc"
+    loaded = load_encoder(tmp_path / "enc")
+    assert isinstance(loaded, SmallCTCEncoder) and not loaded.training
+    assert load_tokenizer(tmp_path / "enc").encode(TEXT) == small_ctc.tokenizer.encode(TEXT)
+    waves = batch(1.0, 0.7)
+    feats, lengths = loaded.extract_features(waves)
+    torch.testing.assert_close(small_ctc.frontend.cmvn, loaded.frontend.cmvn)
+    assert lengths.tolist() == [math.ceil(fbank_frames(s) / 4) for s in (1.0, 0.7)]
+    log_probs, out_lengths = loaded(feats, lengths)
+    assert_log_probs(log_probs, out_lengths, small_ctc.vocab_size)
+    small_ctc.eval()
+    torch.testing.assert_close(log_probs, small_ctc(*small_ctc.extract_features(waves))[0])
+
+
+def test_small_ctc_needs_cmvn(small_ctc):
+    from tasu.encoders.small_ctc import SmallCTCEncoder
+
+    fresh = SmallCTCEncoder(small_ctc.tokenizer, TINY_SMALL_CTC)
+    with pytest.raises(RuntimeError, match="fit_cmvn"):
+        fresh.extract_features(batch(1.0))
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def test_tasu_simulate_on_sensevoice_dir(sensevoice_dir, capsys):
+    from tasu.cli import main
+
+    assert main(["simulate", "--encoder", str(sensevoice_dir), "--text", TEXT]) == 0
+    out = capsys.readouterr().out
+    tokenizer = load_tokenizer(sensevoice_dir)
+    assert any(tokenizer.id_to_piece(i) in out for i in tokenizer.encode(TEXT))

@@ -1,0 +1,235 @@
+"""tasu.score: hand-checked alignments, normalisation, BLEU against sacrebleu, missing keys,
+empty/looping counts, malformed input and the files written."""
+import json
+import os
+import random
+import stat
+
+import pytest
+import sacrebleu
+
+from tasu.score import (ScoreError, align, is_looping, normalise, read_text_file, run_score, score,
+                        score_files)
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def counts(ops):
+    return {op: sum(o == op for o, _, _ in ops) for op in "CSDI"}
+
+
+def test_wer_hand_checked():
+    # the cat sat on the mat  /  the cat sat on mat mat too
+    # "the cat sat on" match (4 C); "the"->"mat" is one substitution; "mat" matches "mat" (C);
+    # "too" is inserted. 2 errors; the alternative (delete "the", insert "mat" and "too") costs 3.
+    ops = align("the cat sat on the mat".split(), "the cat sat on mat mat too".split())
+    assert counts(ops) == {"C": 5, "S": 1, "D": 0, "I": 1}
+    assert ops[4] == ("S", "the", "mat") and ops[6] == ("I", None, "too")
+    # "a b c d" / "a c d": one deletion of b, the rest correct
+    assert counts(align(list("abcd"), list("acd"))) == {"C": 3, "S": 0, "D": 1, "I": 0}
+    assert counts(align([], ["x", "y"])) == {"C": 0, "S": 0, "D": 0, "I": 2}
+    assert counts(align(["x", "y"], [])) == {"C": 0, "S": 0, "D": 2, "I": 0}
+    r, _ = score({"u1": "The cat sat on the mat."}, {"u1": "the cat sat on mat, mat too"}, "wer")
+    assert r.counts == {"wrd": 6, "corr": 5, "sub": 1, "del": 0, "ins": 1, "s_err": 1}
+    assert r.value == pytest.approx(100 * 2 / 6)
+    assert r.to_markdown_row("test") == "|test|1|6|83.3|16.7|0.0|16.7|33.3|100.0|"
+
+
+def _levenshtein(a, b):
+    """Independent textbook edit distance, to check the aligner's totals."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def test_align_is_a_minimum_edit_alignment():
+    rng = random.Random(0)
+    for _ in range(300):
+        ref = rng.choices("abc", k=rng.randint(0, 12))
+        hyp = rng.choices("abc", k=rng.randint(0, 12))
+        ops = align(ref, hyp)
+        assert [r for _, r, _ in ops if r is not None] == ref
+        assert [h for _, _, h in ops if h is not None] == hyp
+        assert all((op == "C") == (r == h) for op, r, h in ops if op in "CS")
+        assert len(ops) - counts(ops)["C"] == _levenshtein(ref, hyp)
+
+
+def test_cer_chinese_ignores_spaces_and_punctuation():
+    # 今天天气很好 / 今天天很好啊: 今天天 C, 气 deleted, 很好 C, 啊 inserted -> 2 errors over 6 chars.
+    r, lines = score({"u2": "今天天气很好。"}, {"u2": "今天 天很好啊"}, "cer")
+    assert r.counts == {"wrd": 6, "corr": 5, "sub": 0, "del": 1, "ins": 1, "s_err": 1}
+    assert r.value == pytest.approx(100 * 2 / 6)
+    # CJK characters take two columns, so the gap markers line up under them
+    assert "".join(lines) == ("id: u2\n"
+                              "Scores: (#C #S #D #I) 5 0 1 1\n"
+                              "REF:  今 天 天 气  很 好 ***\n"
+                              "HYP:  今 天 天 *** 很 好 啊\n"
+                              "Eval:          D         I\n\n")
+
+
+@pytest.mark.parametrize("text,norm,expected", [
+    ("Hello, World!", "basic", "hello world"),
+    ("don’t  STOP", "basic", "don't stop"),
+    ("'quoted' rock'n'roll", "basic", "quoted rock'n'roll"),
+    ("今天，天气很好。", "basic", "今天 天气很好"),
+    ("U.S.A. costs $5 + 10%", "basic", "u s a costs $5 + 10"),
+    ("He won't pay twenty five dollars.", "whisper", "he will not pay $25"),
+    ("Um, the colour [noise]", "whisper", "the color"),
+    ("  Keep, THIS\tas is ", "none", "Keep, THIS as is"),
+])
+def test_normalise(text, norm, expected):
+    assert normalise(text, norm) == expected
+
+
+def test_whisper_norm_changes_wer():
+    refs, hyps = {"u": "He won't pay twenty five dollars."}, {"u": "he will not pay $25"}
+    assert score(refs, hyps, "wer", norm="whisper")[0].value == 0
+    assert score(refs, hyps, "wer", norm="basic")[0].value > 0
+    assert score(refs, hyps, "wer", norm="whisper")[0].details["normaliser"].startswith("whisper-normalizer ")
+    with pytest.raises(ScoreError, match="unknown normaliser"):
+        score(refs, hyps, "wer", norm="lower")
+
+
+def test_bleu_matches_sacrebleu_and_uses_zh_for_chinese():
+    refs = {"a": "The cat is on the mat.", "b": "There is a dog in the garden today."}
+    hyps = {"a": "The cat sat on the mat.", "b": "A dog is in the garden today."}
+    r, _ = score(refs, hyps, "bleu")
+    h, rf = list(hyps.values()), [list(refs.values())]
+    assert r.details["tokenize"] == "13a" and r.norm == "none"
+    assert r.value == pytest.approx(sacrebleu.corpus_bleu(h, rf).score)
+    assert r.details["chrf"] == pytest.approx(sacrebleu.corpus_chrf(h, rf).score)
+
+    refs = {"a": "我今天去公园散步。", "b": "他们在图书馆看书。"}
+    hyps = {"a": "我今天去公园走路。", "b": "他们在图书馆读书。"}
+    r, _ = score(refs, hyps, "bleu")
+    h, rf = list(hyps.values()), [list(refs.values())]
+    assert r.details["tokenize"] == "zh" and "tok:zh" in r.details["signature"]
+    assert r.value == pytest.approx(sacrebleu.corpus_bleu(h, rf, tokenize="zh").score)
+    assert r.value != pytest.approx(sacrebleu.corpus_bleu(h, rf, tokenize="13a").score)
+    assert score(refs, hyps, "bleu", bleu_tokenize="char")[0].details["tokenize"] == "char"
+    with pytest.raises(ScoreError, match="unknown BLEU tokenizer"):
+        score(refs, hyps, "bleu", bleu_tokenize="zh-fancy")
+
+
+def test_accuracy_and_per_class():
+    refs = {"1": "calendar", "2": "iot", "3": "iot", "4": "weather"}
+    hyps = {"1": "Calendar.", "2": "iot", "3": "music"}  # 4 is missing: wrong
+    r, lines = score(refs, hyps, "acc")
+    assert r.counts == {"correct": 2} and r.value == 50.0
+    assert r.details["per_class"] == {"calendar": [1, 1], "iot": [1, 2], "weather": [0, 1]}
+    assert lines[2] == "3\twrong\tiot\tmusic\n" and lines[3] == "4\twrong,missing\tweather\t\n"
+    assert r.to_markdown_row("slurp/slu") == "|slurp/slu|4|50.0|"
+
+
+def test_missing_keys_are_deletions_and_listed(tmp_path):
+    ref = write(tmp_path / "ref", [f"u{i}\tone two" for i in range(8)])
+    hyp = write(tmp_path / "hyp", ["u0\tone two", "u1\tone", "zz\tstray"])
+    r = score_files(ref, hyp, "wer", out_dir=tmp_path / "out")
+    # u2..u7 missing: 6 x 2 reference words deleted, plus "two" deleted in u1
+    assert r.counts == {"wrd": 16, "corr": 3, "sub": 0, "del": 13, "ins": 0, "s_err": 7}
+    assert r.missing_keys == [f"u{i}" for i in range(2, 8)] and r.extra_keys == ["zz"]
+    out = tmp_path / "out"
+    assert (out / "missing_keys.txt").read_text() == "".join(f"u{i}\n" for i in range(2, 8))
+    assert (out / "extra_keys.txt").read_text() == "zz\n"
+    assert json.loads((out / "score.json").read_text())["missing_keys"] == r.missing_keys
+    summary = (out / "result.txt").read_text()
+    assert "hypotheses: missing 6 (u2, u3, u4, u5, u6, ...), extra 1 (zz), empty 0, looping 0" in summary
+    assert "%WER 81.25 [ 13 / 16, 0 ins, 13 del, 0 sub ]" in summary
+    assert "id: u7\nFlags: missing\n" in (out / "alignment.txt").read_text()
+    # BLEU scores a missing key as an empty hypothesis
+    b = score({"a": "a b c d", "b": "e f g h"}, {"a": "a b c d"}, "bleu")[0]
+    assert b.value == pytest.approx(sacrebleu.corpus_bleu(["a b c d", ""], [["a b c d", "e f g h"]]).score)
+
+
+def test_hypotheses_from_another_test_set_are_an_error():
+    with pytest.raises(ScoreError, match="no hypothesis key is in the references"):
+        score({"a": "x"}, {"b": "x"}, "wer")
+
+
+def test_empty_and_looping_counts():
+    refs = {"e": "hello there", "k": "okay", "s": "i am sorry", "l": "yes", "n": "no no no no", "f": "fine"}
+    hyps = {"e": "", "k": "okay okay okay okay",  # a 1-gram four times: looping
+            "s": "i am sorry i am sorry i am sorry i am sorry",  # a 3-gram four times
+            "l": "yes I would like to say that yes it is",  # >= 3x the reference and >= 10 words
+            "n": "no no no no",  # the reference repeats too: not looping
+            "f": "fine ,"}  # not empty: "fine" remains
+    r, _ = score(refs, hyps, "wer")
+    assert (r.empty, r.looping) == (1, 3)
+    assert score({"a": "hello"}, {"a": "..."}, "wer")[0].empty == 1  # empty after normalisation
+    assert is_looping("哈哈哈哈", "你好") and not is_looping("哈哈哈哈", "哈哈哈哈")
+    assert not is_looping("the cat sat on the mat".split(), "the cat sat".split())
+
+
+@pytest.mark.parametrize("content,line,message", [
+    (b"u1\thello\n\nu2\tworld\n", 2, "expected 'key<TAB>text'"),
+    (b"u1\thello\nutt 2\tworld\n", 2, "expected 'key<TAB>text'"),
+    (b"u1\thello\nu1\tagain\n", 2, "duplicate key 'u1'"),
+    (b"u1\thello\nu2\t\xff\xfe\n", 2, "not UTF-8"),
+])
+def test_malformed_lines(tmp_path, content, line, message):
+    path = tmp_path / "hyp"
+    path.write_bytes(content)
+    with pytest.raises(ScoreError) as e:
+        read_text_file(path)
+    assert str(e.value).startswith(f"{path}:{line}: ") and message in str(e.value)
+
+
+def test_key_only_lines_and_kaldi_text(tmp_path):
+    path = tmp_path / "text"
+    path.write_bytes("\ufeffu1 hello world\nu2\nu3\tkey\twith tab\n".encode())
+    assert read_text_file(path) == {"u1": "hello world", "u2": "", "u3": "key\twith tab"}
+
+
+def test_alignment_file_and_outputs(tmp_path):
+    ref = write(tmp_path / "ref", ["u1\tthe cat sat on the mat", "u2\tgood morning", "u3\thi"])
+    hyp = write(tmp_path / "hyp", ["u1\tthe cat sat on mat mat too", "u2"])
+    old = os.umask(0o022)
+    try:
+        score_files(ref, hyp, "wer")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "alignment.txt").read_text() == (
+        "id: u1\n"
+        "Scores: (#C #S #D #I) 5 1 0 1\n"
+        "REF:  the cat sat on the mat ***\n"
+        "HYP:  the cat sat on mat mat too\n"
+        "Eval:                S       I\n"
+        "\n"
+        "id: u2\n"
+        "Flags: empty\n"
+        "Scores: (#C #S #D #I) 0 0 2 0\n"
+        "REF:  good morning\n"
+        "HYP:  ***  ***\n"
+        "Eval: D    D\n"
+        "\n"
+        "id: u3\n"
+        "Flags: missing\n"
+        "Scores: (#C #S #D #I) 0 0 1 0\n"
+        "REF:  hi\n"
+        "HYP:  ***\n"
+        "Eval: D\n"
+        "\n")
+    written = {"alignment.txt", "result.txt", "score.json", "missing_keys.txt", "extra_keys.txt"}
+    assert set(os.listdir(tmp_path)) == written | {"ref", "hyp"}  # no temporary files left behind
+    assert stat.S_IMODE((tmp_path / "score.json").stat().st_mode) == 0o644
+    lines = (tmp_path / "result.txt").read_text().splitlines()
+    assert lines[3:7] == ["", "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|",
+                          "|---|---|---|---|---|---|---|---|---|",
+                          f"|{tmp_path.name}|3|9|55.6|11.1|33.3|11.1|55.6|100.0|"]
+
+
+def test_run_score(tmp_path, capsys):
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    hyp = write(tmp_path / "hyp", ["u1\thello word"])
+    assert run_score(str(ref), str(hyp), "wer", out_dir=str(tmp_path / "o")) == 0
+    assert "%WER 50.00 [ 1 / 2, 0 ins, 0 del, 1 sub ]" in capsys.readouterr().out
+    write(hyp, ["u1\thello", "u1\tagain"])
+    assert run_score(str(ref), str(hyp), "wer") == 1
+    assert capsys.readouterr().err == f"tasu score: error: {hyp}:2: duplicate key 'u1'\n"
