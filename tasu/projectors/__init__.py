@@ -1,0 +1,11 @@
+"""Projectors: posteriors -> LLM input embeddings, chosen by name (see ``base`` for the interface).
+
+Importing this package registers every projector family below; ``build_projector(name, ...)``
+builds one. To add a projector, write a ``Projector`` subclass with ``@register("its-name")`` in a
+module of this package and import that module here.
+"""
+from tasu.projectors.base import DEFAULT_PROJECTOR, PROJECTORS, Projector, build_projector, register
+# Each import registers its projector family.
+from tasu.projectors import concat_mlp, conv1d, cross_attention, legoslm, linear_silu, qformer  # noqa: F401,E402
+
+__all__ = ["DEFAULT_PROJECTOR", "PROJECTORS", "Projector", "build_projector", "register"]

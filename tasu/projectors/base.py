@@ -1,0 +1,86 @@
+"""The projector interface and the registry that picks a projector by name.
+
+A projector turns a batch of CTC posteriors (``tasu.posteriors.Posteriors``) into vectors that
+stand in for the ``<speech>`` token in the LLM's input. It is the only trainable part of the
+default TASU model, so everything else (simulation, compression, the model, recipes) refers to it
+by name only; adding one is a class with ``@register("name")`` in a module of this package.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tasu.posteriors import Posteriors
+
+DEFAULT_PROJECTOR = "linear-silu"
+
+
+class Projector(nn.Module):
+    """Posteriors [B, T, V] (sparse) -> speech embeddings [B, T', llm_dim] and their lengths [B].
+
+    T' may differ from T (frame stacking, a strided convolution, a fixed number of queries).
+    Embeddings at padding positions (index >= length) are zero.
+
+    A projector that reads the LLM's input embedding table sets ``needs_llm_embedding = True`` and
+    gets it as ``llm_embedding``. The table is borrowed, not owned: it is kept outside the module
+    tree, so it is neither a parameter of the projector (no optimizer state, not in the projector's
+    checkpoint) nor copied by ``.to(device)``; the projector always reads the LLM's current tensor,
+    detached, so the LLM's embedding stays frozen whatever the projector does.
+    """
+
+    needs_llm_embedding = False
+
+    def __init__(self, vocab_size: int, llm_dim: int, llm_embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.llm_dim = llm_dim
+        if self.needs_llm_embedding and llm_embedding is None:
+            raise ValueError(f"{type(self).__name__} needs the LLM's input embedding (llm_embedding)")
+        if llm_embedding is not None and llm_embedding.embedding_dim != llm_dim:
+            raise ValueError(f"llm_embedding has width {llm_embedding.embedding_dim}, llm_dim is {llm_dim}")
+        # object.__setattr__ bypasses nn.Module's registration of sub-modules (see the class doc).
+        object.__setattr__(self, "_llm_embedding", llm_embedding)
+
+    def llm_embedding_table(self) -> torch.Tensor:
+        """The LLM's embedding matrix [V_llm, llm_dim], detached (it is never trained here)."""
+        return self._llm_embedding.weight.detach()
+
+    def forward(self, post: Posteriors) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, T, D] with the rows at positions >= ``lengths`` [B] set to zero."""
+    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    return x * mask[:, :, None].to(x.dtype)
+
+
+PROJECTORS: dict[str, type[Projector]] = {}
+
+
+def register(name: str) -> Callable[[type[Projector]], type[Projector]]:
+    """Class decorator: make a projector available to ``build_projector`` as ``name``."""
+    def add(cls: type[Projector]) -> type[Projector]:
+        if name in PROJECTORS:
+            raise ValueError(f"projector name {name!r} is already taken by {PROJECTORS[name].__name__}")
+        PROJECTORS[name] = cls
+        return cls
+
+    return add
+
+
+def build_projector(name: str, vocab_size: int, llm_dim: int, llm_embedding: nn.Embedding | None = None,
+                    **options) -> Projector:
+    """The projector registered as ``name``; ``options`` go to its constructor.
+
+    ``llm_embedding`` (the frozen LLM's input embedding) is handed only to projectors that read it,
+    so a caller may always pass it.
+    """
+    if name not in PROJECTORS:
+        raise ValueError(f"unknown projector {name!r}; known projectors: {', '.join(sorted(PROJECTORS))}")
+    cls = PROJECTORS[name]
+    if cls.needs_llm_embedding:
+        options["llm_embedding"] = llm_embedding
+    return cls(vocab_size, llm_dim, **options)
