@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tasu.config import ConfigError
+
 
 def _validate(args: argparse.Namespace) -> int:
     from tasu.data.validate import run_validate
@@ -27,6 +29,21 @@ def _simulate(args: argparse.Namespace) -> int:
                           seed=args.seed, alpha=(args.alpha_min, args.alpha_max),
                           drop_prob=args.drop_prob, insert_ratio=args.insert_ratio,
                           sub_prob=args.sub_prob))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tasu.config import load_config
+    from tasu.train.config import ExperimentConfig
+    from tasu.train.trainer import train
+
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    if args.dry_run:
+        from tasu.train.checkpoint import dump_config
+
+        print(dump_config(cfg), end="")
+        return 0
+    train(cfg, args.exp_dir, resume=args.resume)
     return 0
 
 
@@ -46,6 +63,7 @@ def _results(args: argparse.Namespace) -> int:
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training")
@@ -71,6 +89,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub-prob", type=float, default=0.0, help="probability of substituting a token")
     p.set_defaults(func=_simulate)
 
+    p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed")
+    p.add_argument("--config", required=True, help="experiment YAML (see tasu/train/config.py)")
+    p.add_argument("--exp-dir", help="experiment directory: checkpoints, logs, tensorboard")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --exp-dir (optimizer, scheduler, data position)")
+    p.add_argument("--dry-run", action="store_true", help="check the config and print it resolved; train nothing")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.set_defaults(func=_train)
+
     p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy")
     p.add_argument("--ref", required=True, help="reference file, key<TAB>text lines (Kaldi 'key text' also read)")
     p.add_argument("--hyp", required=True, help="hypothesis file, key<TAB>text lines (a key alone = empty hypothesis)")
@@ -94,8 +121,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    return args.func(args)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and not args.dry_run and not args.exp_dir:
+        parser.error("train: --exp-dir is required")
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"tasu {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against type ``tp`` (converting ints to floats and lists to tuples)."""
-    origin = typing.get_origin(tp)
+    origin = typing.get_origin(tp) or (tp if tp in (list, tuple, dict) else None)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
@@ -112,7 +112,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
     try:
         obj = cls(**kwargs)
-    except TypeError as err:  # a field without default was not given
+    except (TypeError, ValueError) as err:  # a field without default, or __post_init__'s own check
         raise ConfigError(f"{where or 'top level'}: {err}") from None
     check = getattr(obj, "check", None)
     if check is not None:

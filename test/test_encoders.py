@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from encoder_fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
+from fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
 
 from tasu.encoders import detect_layout, load_encoder, load_tokenizer, train_sentencepiece
 

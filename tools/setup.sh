@@ -88,5 +88,12 @@ import torch, tasu
 assert torch.__version__.split("+")[0] == "${torch_version}", f"torch {torch.__version__} was installed, not ${torch_version}"
 print(f"tasu {tasu.__version__}, torch {torch.__version__}, python {__import__('sys').version.split()[0]}")
 PY
+if [ "${device}" = cpu ]; then
+  # DeepSpeed compiles its CPU collective op on first use (a minute or two); do it once, here.
+  log "building DeepSpeed's CPU communication op"
+  DS_ACCELERATOR=cpu "${venv}/bin/python" -c "from deepspeed.accelerator import get_accelerator
+b = get_accelerator().create_op_builder('ShareMemCommBuilder')
+b is None or b.load(verbose=False)" >/dev/null 2>&1 || log "warning: it did not build; DeepSpeed will try again at run time"
+fi
 echo "${want}" > "${stamp}"
 log "done: recipes activate it through tools/activate_python.sh"

@@ -91,18 +91,18 @@ class StreamingBatches(IterableDataset):
     def __iter__(self) -> Iterator[PlannedBatch]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        position = self.position
-        rng = random.Random(f"{self.seed}/{position.epoch}/{self.rank}")
+        epoch, consumed = self.position.epoch, self.position.consumed  # the trainer advances it meanwhile
+        rng = random.Random(f"{self.seed}/{epoch}/{self.rank}")
         stats = {"skipped": 0}
         records = self._records(stats)
         if self.shuffle_buffer > 1:
             records = _shuffled(records, self.shuffle_buffer, rng)
         for index, group in enumerate(self._batches(records, rng)):
-            if index < position.consumed or (index - position.consumed) % workers != worker:
+            if index < consumed or (index - consumed) % workers != worker:
                 continue
             batch = PlannedBatch(index=index, records=group, skipped=stats["skipped"])
             if self.collate is not None:
-                seed = random.Random(f"{self.seed}/{position.epoch}/{self.rank}/{index}").getrandbits(63)
+                seed = random.Random(f"{self.seed}/{epoch}/{self.rank}/{index}").getrandbits(63)
                 batch.data = self.collate(group, seed)
             yield batch
 

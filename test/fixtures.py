@@ -1,9 +1,9 @@
-"""Tiny, randomly initialised instances of the real encoder classes, saved in their real layouts.
+"""Tiny, randomly initialised instances of the real model classes, saved in their real layouts.
 
 Each writer builds the actual class a user's directory would hold (funasr's ``SenseVoiceSmall``,
-transformers' ``Wav2Vec2ForCTC`` / ``HubertForCTC``) from a tiny config and saves it the way the
-release or ``save_pretrained`` does, so tests load them through ``tasu.encoders`` exactly as a user's
-download would be loaded.
+transformers' ``Wav2Vec2ForCTC`` / ``HubertForCTC`` / ``Qwen2ForCausalLM`` with a real fast
+tokenizer) from a tiny config and saves it the way the release or ``save_pretrained`` does, so tests
+load them through tasu's loaders exactly as a user's download would be loaded.
 """
 from __future__ import annotations
 
@@ -122,3 +122,34 @@ def write_hf_ctc_dir(root: Path, architecture: str) -> Path:
     tokenizer.save_pretrained(str(root))
     extractor.save_pretrained(str(root))
     return root
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+LLM_CORPUS = ["transcribe the audio", "translate the speech into german", "turn on the kitchen lights",
+              "what is the weather like today", "user assistant system", "hello world"]
+
+
+def save_tiny_llm(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """A random 2-layer Qwen2 and a byte-level BPE tokenizer (Qwen's special tokens) in ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(LLM_CORPUS * 3, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = chat_template
+    torch.manual_seed(0)
+    # initializer_range: with Qwen's 0.02 the frozen tied embeddings (row norm 0.02 * sqrt(32)) cap
+    # every logit near 0.6, so no trainable part could ever fit a target.
+    config = Qwen2Config(vocab_size=304, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, initializer_range=0.3)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

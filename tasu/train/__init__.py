@@ -1,0 +1,1 @@
+"""The training engine: configs, collation, DeepSpeed loop, checkpoints."""

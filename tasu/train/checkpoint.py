@@ -1,0 +1,155 @@
+"""Checkpoints on disk: what decoding needs, what resuming needs, and writing both atomically.
+
+An experiment directory::
+
+    exp/<tag>/
+      config.yaml                    the resolved config of the run
+      train.log, tensorboard/
+      checkpoints/
+        step_000500/
+          model/                     all that decoding needs, with the base encoder and LLM:
+            trainable.safetensors      the trained weights only (projector, LoRA adapters)
+            config.yaml                the resolved config
+            prompts.jsonl              the prompt set it was trained with
+          engine/                    what --resume needs (DeepSpeed: optimizer, scheduler; our state)
+        last                         name of the newest complete checkpoint
+        best.json                    the kept checkpoints by validation loss
+
+A checkpoint is written under a temporary name and renamed into place when complete, and ``last``
+is replaced atomically afterwards, so a run killed at any moment leaves either the previous or the
+new checkpoint, never a half-written one that resuming would trust.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from tasu.config import load_config, to_dict
+from tasu.train.config import ExperimentConfig
+
+MODEL_DIR, ENGINE_DIR = "model", "engine"
+WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial."))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str) -> None:
+    """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS))
+    (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
+    (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
+
+
+def set_last(ckpt_root: Path, name: str) -> None:
+    atomic_write_text(ckpt_root / "last", name + "\n")
+
+
+def last_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint, or None when there is none yet."""
+    pointer = ckpt_root / "last"
+    if not pointer.exists():
+        return None
+    path = ckpt_root / pointer.read_text(encoding="utf-8").strip()
+    return path if path.is_dir() else None
+
+
+def read_best(ckpt_root: Path) -> list[dict]:
+    path = ckpt_root / "best.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def write_best(ckpt_root: Path, best: list[dict]) -> None:
+    atomic_write_text(ckpt_root / "best.json", json.dumps(best, indent=1) + "\n")
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint directory from an experiment dir (``which``: best, last or step_N) or itself.
+
+    ``best`` falls back to ``last`` when the run never validated.
+    """
+    path = Path(path)
+    if (path / MODEL_DIR / WEIGHTS).exists():
+        return path
+    if (path / WEIGHTS).exists() and path.name == MODEL_DIR:
+        return path.parent
+    root = path / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{path} is neither an experiment dir (no checkpoints/) nor a checkpoint")
+    if which == "best":
+        best = read_best(root)
+        if best:
+            return root / best[0]["name"]
+        which = "last"
+    if which == "last":
+        last = last_checkpoint(root)
+        if last is None:
+            raise FileNotFoundError(f"{root} holds no complete checkpoint yet")
+        return last
+    candidate = root / which
+    if not (candidate / MODEL_DIR / WEIGHTS).exists():
+        raise FileNotFoundError(f"no checkpoint {which} in {root}")
+    return candidate
+
+
+def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The config a checkpoint was trained with; ``overrides`` such as ``llm.path=/models/qwen``."""
+    return load_config(ExperimentConfig, ckpt / MODEL_DIR / CONFIG, overrides)
+
+
+def load_trainable(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt / MODEL_DIR / WEIGHTS))

@@ -1,0 +1,79 @@
+"""Records -> one training step's inputs, computed in the DataLoader workers.
+
+A text batch carries the encoder token ids of its transcripts (the main process simulates the
+posteriors from them, with the step's seed, so a resumed run simulates the same rows); an audio
+batch carries waveforms (the main process runs the frozen encoder on them). Both carry the LLM
+tokens of prompt and target. A text batch never opens an audio file.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from tasu.data.audio import audio_info, load_audio
+from tasu.data.prompts import PromptSet
+from tasu.data.records import Record
+from tasu.encoders.base import EncoderTokenizer
+from tasu.llm import PromptTokenizer, TextBatch
+
+# Speech rows per second of audio for records without a transcript (label-synchronous rows follow
+# the tokens, about 3 to 4 BPE pieces a second of English speech; a high guess keeps batches small).
+ROWS_PER_SECOND = 8
+
+
+@dataclass
+class StepBatch:
+    keys: list[str]
+    mode: Literal["text", "audio"]
+    text: TextBatch
+    token_ids: list[list[int]] | None = None        # text: encoder ids of each transcript
+    waveforms: list[torch.Tensor] | None = None     # audio: 16 kHz mono
+    audio_seconds: float = 0.0
+
+
+class Collator:
+    """Build ``StepBatch`` objects; ``length`` is the batching length of a record.
+
+    ``mode``: ``text``, ``audio``, or ``mixed`` (each batch is audio with probability
+    ``audio_ratio``, drawn from the batch's seed).
+    """
+
+    def __init__(self, prompts: PromptSet, prompt_tokenizer: PromptTokenizer, encoder_tokenizer: EncoderTokenizer,
+                 mode: Literal["text", "audio", "mixed"] = "text", audio_ratio: float = 0.5):
+        self.prompts = prompts
+        self.prompt_tokenizer = prompt_tokenizer
+        self.encoder_tokenizer = encoder_tokenizer
+        self.mode, self.audio_ratio = mode, audio_ratio
+        llm = prompt_tokenizer.tokenizer
+        # A record's prompt is drawn at collate time, so its length budget uses the task's longest.
+        self._prompt_len = {task: max(len(llm(p, add_special_tokens=False)["input_ids"]) for p in prompts.prompts(task))
+                            for task in prompts.tasks}
+        self._template_len = len(llm(prompt_tokenizer.render(""), add_special_tokens=False)["input_ids"])
+
+    def length(self, record: Record) -> int:
+        """Prompt + speech rows + target + EOS, in tokens, as batching budgets them."""
+        llm = self.prompt_tokenizer.tokenizer
+        target = len(llm(record.target, add_special_tokens=False)["input_ids"]) + 1
+        if record.transcript is not None:
+            speech = len(self.encoder_tokenizer.encode(record.transcript))
+        else:
+            info = audio_info(record.path, key=record.key, start=record.start, end=record.end)
+            speech = math.ceil(info.duration * ROWS_PER_SECOND)
+        return self._template_len + self._prompt_len.get(record.task, 0) + speech + target
+
+    def __call__(self, records: list[Record], seed: int) -> StepBatch:
+        rng = random.Random(seed)
+        audio = self.mode == "audio" or (self.mode == "mixed" and rng.random() < self.audio_ratio)
+        prompts = [self.prompts.render(r, rng) for r in records]
+        text = self.prompt_tokenizer(prompts, [r.target for r in records])
+        keys = [r.key for r in records]
+        if not audio:
+            ids = [self.encoder_tokenizer.encode(r.transcript) for r in records]
+            return StepBatch(keys, "text", text, token_ids=ids)
+        waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in records]
+        seconds = sum(len(w) for w in waves) / 16000
+        return StepBatch(keys, "audio", text, waveforms=waves, audio_seconds=seconds)

@@ -1,0 +1,128 @@
+"""The experiment config: every setting of a training run, checked before anything runs.
+
+A recipe's ``conf/*.yaml`` fills ``ExperimentConfig``; ``tasu train --config X.yaml key=value ...``
+overrides single keys. The resolved config is saved with every checkpoint, so decoding needs
+nothing but the checkpoint and the base encoder/LLM paths (which may be overridden there, for a
+model moved to another machine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from tasu.simulate import SimulationConfig
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen CTC encoder. The text-only stage reads only its tokenizer from ``path``."""
+
+    path: str = ""
+    type: Literal["auto", "sensevoice", "hf_ctc", "small_ctc"] = "auto"
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA adapters on the LLM's Linear layers named in ``target_modules``."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """The frozen causal LLM (a Hugging Face directory) and its optional LoRA adapters."""
+
+    path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: Optional[LoRAConfig] = None
+
+
+@dataclass
+class ProjectorConfig:
+    """A projector from the registry (``tasu.projectors``) and its options, e.g. ``{hidden: 2048}``."""
+
+    name: str = "linear-silu"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompressConfig:
+    """Label-synchronous compression of real posteriors (audio batches and decoding)."""
+
+    enabled: bool = True
+    threshold: float = 0.9
+    topk: Optional[int] = 16   # explicit entries kept per row; null keeps all V (exact, slow)
+
+
+@dataclass
+class DataConfig:
+    """Where the records come from and how they are batched (see ``tasu.data.batching``)."""
+
+    train: list[str] = field(default_factory=list)
+    valid: list[str] = field(default_factory=list)
+    prompts: Optional[str] = None            # prompts JSONL; null: the English set shipped with tasu
+    mode: Literal["text", "audio", "mixed"] = "text"
+    audio_ratio: float = 0.5                 # mixed mode: share of batches that are audio
+    max_tokens: int = 3000                   # batch size x longest (prompt + speech + target) tokens
+    max_batch_size: Optional[int] = None
+    min_length: int = 1
+    max_length: Optional[int] = None         # longer records are skipped and counted
+    shuffle_buffer: int = 2000
+    sort_window: int = 500
+    num_workers: int = 2
+
+    def check(self) -> None:
+        if not 0.0 <= self.audio_ratio <= 1.0:
+            raise ValueError(f"audio_ratio must be in [0, 1], got {self.audio_ratio}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay (the original's WarmupCosine)."""
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    total_steps: int = 15000
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed settings and the device kind."""
+
+    device: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    zero_stage: Literal[0, 1, 2] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, logging, validation, checkpoints, and the curriculum's starting point."""
+
+    seed: int = 0
+    epochs: int = 5
+    max_steps: Optional[int] = None          # stop early after this many optimizer steps
+    log_interval: int = 10
+    valid_interval: int = 500
+    save_interval: int = 500
+    keep_best: int = 3                       # checkpoints kept by validation loss (plus the last)
+    init_from: Optional[str] = None          # a previous stage's checkpoint dir: its trained weights
+
+
+@dataclass
+class ExperimentConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

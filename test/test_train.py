@@ -1,0 +1,143 @@
+"""The DeepSpeed engine on CPU with tiny real models: 2-process training, SIGKILL + resume, curriculum.
+
+These run ``tasu train`` the way a user does (the deepspeed launcher, subprocesses), so they are the
+slowest tests of the suite (about a minute and a half together).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from safetensors.torch import load_file
+
+from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+from tasu.config import load_config
+from tasu.train.config import ExperimentConfig
+from tasu.train.trainer import deepspeed_config
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_llm(root / "llm")
+    write_sensevoice_dir(root / "enc")
+    (root / "wav").mkdir()
+    for name, count in (("train", 48), ("valid", 6)):
+        with open(root / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for i in range(count):
+                wav = root / "wav" / f"{name}{i}.wav"
+                sf.write(wav, waveform(0.8 + 0.2 * (i % 3), seed=i).numpy(), 16000)
+                f.write(json.dumps({"key": f"{name}{i}", "task": "ASR", "target": SENTENCES[i % len(SENTENCES)],
+                                    "path": str(wav)}) + "\n")
+    (root / "text.yaml").write_text(f"""
+encoder: {{path: {root}/enc}}
+llm: {{path: {root}/llm}}
+projector: {{name: linear-silu, options: {{hidden: 64}}}}
+data: {{train: [{root}/train.jsonl], valid: [{root}/valid.jsonl], max_tokens: 400, num_workers: 1,
+        shuffle_buffer: 16, sort_window: 16}}
+optim: {{lr: 1.0e-3, warmup_steps: 2, total_steps: 40}}
+engine: {{device: cpu}}
+train: {{epochs: 3, max_steps: 12, log_interval: 4, valid_interval: 5, save_interval: 4, keep_best: 1}}
+""", encoding="utf-8")
+    return root
+
+
+def train_cmd(root: Path, exp: Path, *extra: str, procs: int = 2) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", str(procs), "--module", "tasu.cli", "train",
+            "--config", str(root / "text.yaml"), "--exp-dir", str(exp), *extra]
+
+
+def curve(exp: Path) -> list[tuple[int, float]]:
+    return [(int(s), float(v)) for s, v in (ln.split("\t") for ln in (exp / "loss.tsv").read_text().splitlines())]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, tmp_path):
+    straight = tmp_path / "straight"
+    run(train_cmd(setup, straight))
+    expected = curve(straight)
+    assert [s for s, _ in expected] == list(range(1, 13))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "last").read_text().strip() == "step_000005"
+
+    refused = subprocess.run(train_cmd(setup, killed, procs=1), env=ENV, capture_output=True, text=True)
+    assert refused.returncode != 0 and "pass --resume" in refused.stdout + refused.stderr
+
+    out = run(train_cmd(setup, killed, "--resume"))
+    assert "resumed from" in out.stdout + out.stderr
+    resumed = curve(killed)
+    assert [s for s, _ in resumed] == list(range(1, 13))
+    for (step, a), (_, b) in zip(expected, resumed):
+        assert a == pytest.approx(b, rel=1e-5), f"step {step}: {a} uninterrupted, {b} resumed"
+
+    # A checkpoint holds the trained weights only, the resolved config and the prompt set.
+    ckpt = killed / "checkpoints" / "step_000012"
+    weights = load_file(ckpt / "model" / "trainable.safetensors")
+    assert weights and all(k.startswith("projector.") for k in weights)
+    assert load_config(ExperimentConfig, ckpt / "model" / "config.yaml").projector.options == {"hidden": 64}
+    assert (ckpt / "model" / "prompts.jsonl").read_text().count('"task": "ASR"') >= 1
+    engine_bytes = sum(f.stat().st_size for f in (ckpt / "engine").rglob("*") if f.is_file())
+    assert engine_bytes < 2_000_000  # optimizer states of the projector, no frozen LLM weights
+    best = json.loads((killed / "checkpoints" / "best.json").read_text())
+    assert len(best) == 1 and {p.name for p in (killed / "checkpoints").glob("step_*")} == {best[0]["name"], "step_000012"}
+
+
+@pytest.mark.slow
+def test_curriculum_text_then_audio(setup, tmp_path):
+    text_exp, audio_exp = tmp_path / "text", tmp_path / "audio"
+    run(train_cmd(setup, text_exp, "train.max_steps=4", "train.epochs=1", procs=1))
+    out = run(train_cmd(setup, audio_exp, "data.mode=audio", f"train.init_from={text_exp}", "train.max_steps=3",
+                        "train.valid_interval=100", procs=1))
+    log = out.stdout + out.stderr
+    assert "audio mode" in log and "initialised 6 of 6 trained tensors" in log
+    assert len(curve(audio_exp)) == 3
+    before = load_file(text_exp / "checkpoints" / "step_000004" / "model" / "trainable.safetensors")
+    after = load_file(audio_exp / "checkpoints" / "step_000003" / "model" / "trainable.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
+
+
+def test_deepspeed_config_follows_the_experiment_config():
+    cfg = load_config(ExperimentConfig, None, ["engine.precision=bf16", "engine.zero_stage=1", "optim.lr=2e-4",
+                                               "optim.total_steps=100", "optim.warmup_steps=10"])
+    ds = deepspeed_config(cfg)
+    assert ds["bf16"] == {"enabled": True} and "fp16" not in ds
+    assert ds["zero_optimization"] == {"stage": 1}
+    assert ds["optimizer"]["params"]["lr"] == 2e-4
+    assert ds["scheduler"]["params"]["total_num_steps"] == 100
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 10
+
+
+def test_train_dry_run_checks_the_config(setup):
+    ok = subprocess.run([str(BIN / "tasu"), "train", "--config", str(setup / "text.yaml"), "--dry-run",
+                         "optim.lr=0.01"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "lr: 0.01" in ok.stdout
+    bad = subprocess.run([str(BIN / "tasu"), "train", "--config", str(setup / "text.yaml"), "--dry-run",
+                          "data.mode=speech"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "text.yaml: data.mode: expected one of 'text', 'audio', 'mixed', got 'speech'" in bad.stderr
