@@ -1,0 +1,149 @@
+"""The LLM side of a speech LLM: loading a causal LM and its tokenizer, LoRA, and prompt tokens.
+
+Everything here is about text. ``load_llm`` reads any Hugging Face causal LM from a local directory
+(frozen; LoRA adapters optional). ``PromptTokenizer`` turns prompts and targets into token ids at
+collate time, without the model: the speech span is not yet in the ids, only the position where the
+model will splice it in (``TextBatch.speech_at``), because its length is known only after the
+projector has run (a stride-k projector shortens it).
+
+The ``<speech>`` placeholder: it is added to the tokenizer as a special token so that tokenising the
+rendered prompt splits exactly where the speech goes (special tokens are cut out before BPE, so the
+text on either side is tokenised as if it stood alone). Its id is then removed from the ids and
+never reaches the LLM, so the embedding matrix is never resized and the placeholder needs no trained
+embedding, whatever id the tokenizer gives it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+SPEECH_TOKEN = "<speech>"
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """LoRA adapters on the LLM (peft): rank, scaling numerator, dropout, which Linear layers."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer with ``<speech>`` added and a pad token (EOS when it has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer in {path} has no EOS token; targets must end with one")
+    tokenizer.add_tokens([SPEECH_TOKEN], special_tokens=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # only ever under attention mask 0 and label -100
+    return tokenizer
+
+
+def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
+             lora: LoRA | dict | None = None) -> PreTrainedModel:
+    """A causal LM from a local directory, every weight frozen, LoRA adapters added when asked."""
+    if isinstance(dtype, str):
+        name, dtype = dtype, getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {name!r}: use e.g. float32, bfloat16, float16")
+    llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    llm.requires_grad_(False)
+    if lora is not None:
+        add_lora(llm, lora if isinstance(lora, LoRA) else LoRA(**lora))
+    return llm
+
+
+def add_lora(llm: PreTrainedModel, lora: LoRA) -> PreTrainedModel:
+    """Inject trainable LoRA adapters into ``llm`` in place (the rest stays as it was: frozen)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules))
+    return inject_adapter_in_model(config, llm)
+
+
+@dataclass
+class TextBatch:
+    """Token ids of a batch without the speech span: prompt, then target (+ EOS) when training.
+
+    ``ids[b, :lengths[b]]`` are the LLM tokens of utterance b, right-padded with ``pad_id``. The
+    speech span goes before ``ids[b, speech_at[b]]``; ``ids[b, target_at[b]:lengths[b]]`` is the
+    target with its EOS (empty for generation, where ``target_at == lengths``).
+    """
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    speech_at: torch.Tensor
+    target_at: torch.Tensor
+
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.ids.to(device), self.lengths.to(device), self.speech_at.to(device),
+                         self.target_at.to(device))
+
+    @classmethod
+    def from_lists(cls, prompts: list[list[int]], speech_at: list[int], targets: list[list[int]] | None,
+                   pad_id: int) -> "TextBatch":
+        """Pad token-id lists: ``prompts[b]`` (speech before index ``speech_at[b]``) + ``targets[b]``."""
+        targets = targets if targets is not None else [[] for _ in prompts]
+        rows = [p + t for p, t in zip(prompts, targets)]
+        ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return cls(ids=ids, lengths=torch.tensor([len(r) for r in rows]), speech_at=torch.tensor(speech_at),
+                   target_at=torch.tensor([len(p) for p in prompts]))
+
+
+class PromptTokenizer:
+    """Prompts and targets -> ``TextBatch``, at collate time (needs the tokenizer, not the model).
+
+    With a chat template, the user turn is the prompt followed by the speech and the assistant turn
+    is the target; for Qwen2.5 (whose template adds its default system turn) utterance b reads::
+
+        <|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n
+        <|im_start|>user\\nTranscribe the audio.<speech><|im_end|>\\n<|im_start|>assistant\\n
+        turn on the lights<|im_end|>
+
+    where ``<speech>`` stands for the projector's rows and the final ``<|im_end|>`` is the EOS that
+    is appended to every target. Without a chat template the text is ``{prompt}<speech>\\n{target}``
+    plus EOS (and whatever the tokenizer itself adds, such as a BOS). Only the target tokens and the
+    EOS carry loss; the model sets every other label to -100.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.speech_id = tokenizer.convert_tokens_to_ids(SPEECH_TOKEN)
+        if self.speech_id is None or self.speech_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer lacks {SPEECH_TOKEN}: load it with tasu.llm.load_tokenizer")
+
+    def render(self, prompt: str) -> str:
+        """The text before the target, with ``<speech>`` where the speech goes."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt + SPEECH_TOKEN}], tokenize=False, add_generation_prompt=True)
+        return f"{prompt}{SPEECH_TOKEN}\n"
+
+    def __call__(self, prompts: list[str], targets: list[str] | None = None) -> TextBatch:
+        tok = self.tokenizer
+        # A chat template writes its own BOS/role tokens; plain text gets the tokenizer's usual ones.
+        with_specials = not tok.chat_template
+        encoded = tok([self.render(p) for p in prompts], add_special_tokens=with_specials)["input_ids"]
+        prompt_ids, speech_at = [], []
+        for p, ids in zip(prompts, encoded):
+            if ids.count(self.speech_id) != 1:
+                raise ValueError(f"prompt {p!r} must not contain {SPEECH_TOKEN} itself")
+            at = ids.index(self.speech_id)
+            prompt_ids.append(ids[:at] + ids[at + 1:])
+            speech_at.append(at)
+        target_ids = None
+        if targets is not None:
+            if len(targets) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+            target_ids = [ids + [tok.eos_token_id]
+                          for ids in tok(list(targets), add_special_tokens=False)["input_ids"]]
+        return TextBatch.from_lists(prompt_ids, speech_at, target_ids, tok.pad_token_id)

@@ -1,0 +1,214 @@
+"""The speech LLM: projector outputs spliced into the prompt of a causal LLM; loss and generation.
+
+One training or decoding step, whatever the batch's source::
+
+    Posteriors ──► projector ──► speech rows [B, T', D] ─┐
+    TextBatch (prompt + target ids) ──► LLM embeddings ──┴─► splice ──► LLM ──► loss / beam search
+
+The posteriors come from ``tasu.simulate`` (text-only stage: no audio read, no encoder weights
+loaded) or from ``encode_audio`` (audio stage: the optional frozen ``CTCEncoder`` + compression);
+the model does not know which. Trainable: the projector, plus the LLM's LoRA adapters when asked
+for; the LLM itself is frozen.
+
+Label masking (see ``tasu.llm.PromptTokenizer`` for the exact text): for utterance b with prompt
+tokens ``p_0 .. p_{m-1}``, speech inserted before ``p_s``, speech rows ``x_0 .. x_{n-1}``, target
+tokens ``y_0 .. y_{r-1}`` and EOS, the training sequence (right-padded) and its labels are::
+
+    position  p_0 .. p_{s-1}  x_0 .. x_{n-1}  p_s .. p_{m-1}  y_0 .. y_{r-1}  EOS   pad ..
+    label     -100 ..  -100   -100 ..  -100   -100 ..  -100   y_0 .. y_{r-1}  EOS   -100 ..
+
+and the logits at position i are scored against the label at i + 1, so the last prompt token
+predicts y_0 and y_{r-1} predicts EOS.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tasu.compress import compress_posteriors
+from tasu.encoders.base import CTCEncoder
+from tasu.llm import IGNORE_INDEX, LoRA, PromptTokenizer, TextBatch, load_llm, load_tokenizer
+from tasu.posteriors import Posteriors
+from tasu.projectors import Projector, build_projector
+
+
+class LossOutput(NamedTuple):
+    """Mean cross-entropy over the tokens that carry loss, their argmax accuracy and their count."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    num_tokens: int
+
+
+class Spliced(NamedTuple):
+    """The LLM's input: embeddings, attention mask and (-100 where no loss) labels, all [B, S(, D)]."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def splice(text: TextBatch, speech: torch.Tensor, speech_lengths: torch.Tensor, embedding: nn.Module,
+           pad_left: bool = False) -> Spliced:
+    """Insert ``speech[b, :speech_lengths[b]]`` into utterance b's token embeddings before ``speech_at[b]``.
+
+    Vectorised: each text token and each speech row gets its output position from a closed formula,
+    and two indexed writes fill one zero buffer, so no Python loop runs over the batch or the
+    sequence and only the valid tokens are looked up in the embedding table. Padding goes right for
+    training and left for generation (``pad_left``), where every prompt must end at the same column.
+    """
+    batch, n_text = text.ids.shape
+    device = text.ids.device
+    speech_lengths = speech_lengths.to(device)
+    total = text.lengths + speech_lengths
+    width = int(total.max())
+    offset = (width - total if pad_left else torch.zeros_like(total))[:, None]
+    rows = torch.arange(batch, device=device)[:, None]
+
+    j = torch.arange(n_text, device=device)[None, :]
+    text_valid = j < text.lengths[:, None]
+    text_pos = j + offset + torch.where(j >= text.speech_at[:, None], speech_lengths[:, None], 0)
+    t = torch.arange(speech.shape[1], device=device)[None, :]
+    speech_valid = t < speech_lengths[:, None]
+    speech_pos = text.speech_at[:, None] + offset + t
+
+    text_rows, text_cols = rows.expand_as(text_pos)[text_valid], text_pos[text_valid]
+    speech_rows, speech_cols = rows.expand_as(speech_pos)[speech_valid], speech_pos[speech_valid]
+    text_embeds = embedding(text.ids[text_valid])
+    embeds = text_embeds.new_zeros(batch, width, text_embeds.shape[-1])
+    embeds[text_rows, text_cols] = text_embeds  # in place: autograd tracks the values written
+    embeds[speech_rows, speech_cols] = speech[speech_valid].to(embeds.dtype)
+
+    attention_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+    attention_mask[text_rows, text_cols] = 1
+    attention_mask[speech_rows, speech_cols] = 1
+    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=device)
+    is_target = text_valid & (j >= text.target_at[:, None])
+    labels[rows.expand_as(text_pos)[is_target], text_pos[is_target]] = text.ids[is_target]
+    return Spliced(embeds, attention_mask, labels)
+
+
+def causal_lm_loss(llm: PreTrainedModel, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> LossOutput:
+    """Next-token cross-entropy, with the LM head applied only where the next label carries loss.
+
+    The head over a 150k-word vocabulary is the largest matrix product of a small LLM's step; a
+    prompt-heavy batch wastes most of it on positions whose logits are thrown away, so the hidden
+    states are gathered first. (Models whose CausalLM forward transforms the head's output, such as
+    Gemma's ``final_logit_softcapping``, get that transform here too.)
+    """
+    hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+    next_labels = labels[:, 1:]
+    keep = next_labels != IGNORE_INDEX
+    logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(llm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    targets = next_labels[keep]
+    loss = F.cross_entropy(logits, targets)
+    accuracy = (logits.detach().argmax(-1) == targets).float().mean()
+    return LossOutput(loss, accuracy, int(targets.numel()))
+
+
+class SpeechLLM(nn.Module):
+    """Projector + frozen causal LLM (+ optional LoRA), and optionally the frozen CTC encoder.
+
+    ``encoder`` is needed only to decode or train on audio (``encode_audio``); a text-only stage
+    builds the model without it and feeds simulated posteriors, so no encoder weights are loaded.
+    """
+
+    def __init__(self, llm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, projector: Projector,
+                 encoder: CTCEncoder | None = None):
+        super().__init__()
+        self.llm = llm
+        self.projector = projector
+        self.encoder = encoder.requires_grad_(False).eval() if encoder is not None else None
+        self.tokenizer = tokenizer
+        self.prompt_tokenizer = PromptTokenizer(tokenizer)
+
+    def train(self, mode: bool = True) -> "SpeechLLM":
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()  # frozen: no dropout, no batch-norm statistics updates
+        return self
+
+    @classmethod
+    def from_pretrained(cls, llm_path: str | Path, projector: str, vocab_size: int, lora: LoRA | dict | None = None,
+                        projector_options: dict | None = None, dtype: torch.dtype | str = torch.float32,
+                        encoder: CTCEncoder | None = None) -> "SpeechLLM":
+        """LLM and tokenizer from the directory ``llm_path``; a fresh projector (registry name
+        ``projector``) over the encoder's ``vocab_size`` ids.
+
+        ``dtype`` (a torch dtype or its name, e.g. ``"bfloat16"``) is the LLM's; the projector stays
+        float32 and its outputs are cast when spliced.
+        """
+        llm = load_llm(llm_path, dtype=dtype, lora=lora)
+        embedding = llm.get_input_embeddings()
+        proj = build_projector(projector, vocab_size, embedding.embedding_dim, llm_embedding=embedding,
+                               **(projector_options or {}))
+        return cls(llm, load_tokenizer(llm_path), proj, encoder=encoder)
+
+    def splice(self, post: Posteriors, text: TextBatch, pad_left: bool = False) -> Spliced:
+        """Project ``post`` and splice it into ``text`` (see ``splice``): the LLM's input."""
+        speech, speech_lengths = self.projector(post)
+        return splice(text, speech, speech_lengths, self.llm.get_input_embeddings(), pad_left=pad_left)
+
+    def forward(self, post: Posteriors, text: TextBatch) -> LossOutput:
+        """Loss of one batch: ``text`` from ``PromptTokenizer(prompts, targets)``, ``post`` its speech."""
+        if text.ids.shape[0] != post.batch_size:
+            raise ValueError(f"{text.ids.shape[0]} prompts but {post.batch_size} posterior sequences")
+        return causal_lm_loss(self.llm, *self.splice(post, text))
+
+    @torch.no_grad()
+    def generate(self, post: Posteriors, prompts: Sequence[str], num_beams: int = 4, max_new_tokens: int = 200,
+                 no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0) -> list[str]:
+        """Beam search from the spliced embeddings; the decoded texts without special tokens.
+
+        The loop guards: ``max_new_tokens`` always; ``no_repeat_ngram_size`` (> 0: an n-gram never
+        repeats within an output) and ``repetition_penalty`` (> 1: already generated tokens are
+        penalised) when set. Sampling settings in the LLM's own generation config are overridden.
+        """
+        text = self.prompt_tokenizer(list(prompts)).to(self.llm.device)
+        embeds, attention_mask, _ = self.splice(post, text, pad_left=True)
+        with warnings.catch_warnings():  # "guards apply to new tokens only": yes, the prompt has speech rows
+            warnings.filterwarnings("ignore", message="Passing `.*` with `inputs_embeds`")
+            out = self.llm.generate(
+                inputs_embeds=embeds, attention_mask=attention_mask, do_sample=False, num_beams=num_beams,
+                max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
+                repetition_penalty=repetition_penalty, eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def encode_audio(self, waveforms: Sequence[torch.Tensor], topk: int | None = None, compress: bool = True,
+                     threshold: float = 0.9) -> Posteriors:
+        """Audio batch -> CTC posteriors through the encoder interface, label-synchronously compressed.
+
+        ``topk`` explicit entries are kept per row (None: all V, exact; a small k keeps the
+        projector's sparse path cheap); ``compress=False`` keeps every frame; ``threshold``: rows
+        whose blank probability reaches it are dropped.
+        """
+        if self.encoder is None:
+            raise RuntimeError("this SpeechLLM has no encoder: audio needs SpeechLLM(..., encoder=...)")
+        feats, feat_lengths = self.encoder.extract_features(waveforms)
+        log_probs, lengths = self.encoder(feats, feat_lengths)
+        return compress_posteriors(log_probs.exp(), lengths, topk, enabled=compress, threshold=threshold,
+                                   blank_id=self.encoder.blank_id)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights only (projector, LoRA adapters): what a checkpoint needs to store."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``trainable_state_dict()`` output; every trainable weight must be in it, nothing else."""
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise KeyError(f"trainable weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
