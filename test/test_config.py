@@ -51,6 +51,7 @@ def test_yaml_and_overrides_fill_the_dataclasses(tmp_path):
 
 def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
     assert load_config(Experiment, None, ["optim.lr=1"]).optim.lr == 1.0
+    assert load_config(Experiment, write(tmp_path, "optim:\n  lr: 5e-5\n")).optim.lr == 5e-5  # YAML 1.1: a string
     with pytest.raises(ConfigError, match=r"^overrides: optim.warmup_steps: expected an integer, got 2.5$"):
         load_config(Experiment, None, ["optim.warmup_steps=2.5"])
 

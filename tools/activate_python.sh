@@ -8,3 +8,6 @@ fi
 # shellcheck disable=SC1091
 . "${_tasu_tools}/venv/bin/activate"
 unset _tasu_tools
+# Huge pages for large CPU tensors: cuts the page-fault cost of big fresh buffers (the projector's
+# weight gradient) when training on CPU; harmless elsewhere.
+export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"
