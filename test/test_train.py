@@ -122,6 +122,18 @@ def test_curriculum_text_then_audio(setup, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
 
 
+@pytest.mark.slow
+def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
+    out = run(train_cmd(setup, tmp_path / "mixed", "data.mode=mixed", "data.audio_ratio=0.5", "train.max_steps=6",
+                        "train.valid_interval=100", procs=1))
+    assert "6 steps (this run: 3 text and 3 audio batches per process)" in out.stdout + out.stderr
+
+    diverging = subprocess.run(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=1",
+                                         "train.max_steps=6", procs=1), env=ENV, capture_output=True, text=True)
+    assert diverging.returncode != 0
+    assert "non-finite loss" in diverging.stdout + diverging.stderr
+
+
 def test_deepspeed_config_follows_the_experiment_config():
     cfg = load_config(ExperimentConfig, None, ["engine.precision=bf16", "engine.zero_stage=1", "optim.lr=2e-4",
                                                "optim.total_steps=100", "optim.warmup_steps=10"])

@@ -91,6 +91,10 @@ class OptimConfig:
     total_steps: int = 15000
     grad_clip: float = 1.0
 
+    def check(self) -> None:
+        if not 1 <= self.warmup_steps < self.total_steps:
+            raise ValueError(f"need 1 <= warmup_steps < total_steps, got {self.warmup_steps} and {self.total_steps}")
+
 
 @dataclass
 class EngineConfig:

@@ -121,6 +121,7 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=trainable, config=deepspeed_config(cfg))
         self.step, self.position, self.best, self._last_valid = 0, DataPosition(), [], math.inf
+        self.batches_by_mode = {"text": 0, "audio": 0}
         if resume:
             self._resume()
         elif self.rank == 0:
@@ -226,7 +227,8 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        log.info("done: %d steps; checkpoints in %s", self.step, self.ckpt_root)
+        log.info("done: %d steps (this run: %d text and %d audio batches per process); checkpoints in %s",
+                 self.step, self.batches_by_mode["text"], self.batches_by_mode["audio"], self.ckpt_root)
 
     def _done(self) -> bool:
         t = self.cfg.train
@@ -248,6 +250,7 @@ class Trainer:
         self.engine.step()
         self.step += 1
         self.position.advance(batch)
+        self.batches_by_mode[batch.data.mode] += 1
         stats = torch.tensor([out.loss.item(), out.accuracy.item(), rows], dtype=torch.float64)
         torch.distributed.all_reduce(stats)  # the curve is the mean over ranks, the speed their sum
         loss, acc = stats[0].item() / self.world, stats[1].item() / self.world
