@@ -2,6 +2,8 @@
 
     tasu validate data/test/asr.jsonl --check-audio
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
+    tasu train --config conf/train_text.yaml --exp-dir exp/text
+    tasu decode --exp exp/text --data dump/test/asr.jsonl --out exp/text/decode/test
     tasu score --ref exp/x/decode/test/ref.trn --hyp exp/x/decode/test/hyp.trn --metric wer
     tasu results exp > RESULTS.md
 
@@ -45,6 +47,15 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     train(cfg, args.exp_dir, resume=args.resume)
     return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from tasu.decode import run_decode
+
+    return run_decode(args.exp, args.data, args.out, checkpoint=args.checkpoint, input=args.input, beam=args.beam,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
+                      device=args.device, overrides=args.overrides)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -97,6 +108,25 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the config and print it resolved; train nothing")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn")
+    p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
+    p.add_argument("--data", required=True, help="JSONL records to decode, of any task")
+    p.add_argument("--out", required=True,
+                   help="output dir: hyp.trn, ref.trn, decode.json, decode.log; run again to resume")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (lowest validation loss; last when never validated), last, or step_N")
+    p.add_argument("--input", default="audio", choices=["audio", "simulated"],
+                   help="simulated: posteriors simulated from each record's transcript; no encoder weights loaded")
+    p.add_argument("--beam", type=int, default=4, help="beam size")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (sorted by length)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="> 0: no n-gram repeats in an output")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1: penalise tokens already generated")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="change the saved config, e.g. llm.path=DIR when the base models moved")
+    p.set_defaults(func=_decode)
 
     p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy")
     p.add_argument("--ref", required=True, help="reference file, key<TAB>text lines (Kaldi 'key text' also read)")

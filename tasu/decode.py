@@ -1,0 +1,351 @@
+"""Batched beam-search decoding of a JSONL file with a trained model: ``hyp.trn`` and ``ref.trn``.
+
+    tasu decode --exp exp/asr_text --data data/test_clean.jsonl --out exp/asr_text/decode_beam4/test_clean
+    tasu decode --exp exp/asr_text --data data/test_clean.jsonl --out DIR --input simulated
+    tasu score --ref DIR/ref.trn --hyp DIR/hyp.trn --metric wer
+
+What is decoded, and how:
+
+- Every record of the JSONL file, of any task the checkpoint's prompt set knows (the file is read and
+  checked in full before the model is loaded, so bad data stops with ``FILE:LINE: FIELD: message``).
+- Each record is prompted with the *first* prompt of its task in the checkpoint's prompt set, filled
+  from the record. Training draws a prompt at random; decoding takes a fixed one so that two decodes of
+  the same checkpoint, or of two checkpoints, are comparable.
+- ``input="audio"``: the record's audio -> the frozen encoder -> label-synchronous compression with the
+  experiment's ``compress`` settings. ``input="simulated"``: the record's transcript (``GT``, or the
+  target of an ASR-like task) -> posteriors simulated with the experiment's ``simulation`` settings (a
+  WER schedule at the checkpoint's step), seeded by the record's key so that the rows do not depend on
+  the batch. No encoder weights are loaded and funasr is not imported. Against the audio decode, this
+  separates what the projector + LLM get wrong from what the encoder gets wrong; for error-free rows
+  pass ``--set simulation.drop_prob=0 --set simulation.alpha=[0,0]`` (and ``simulation.wer=null``).
+- Records are sorted by length (audio seconds read from headers, or transcript tokens), longest first,
+  and decoded ``batch_size`` at a time: little padding, and an out-of-memory error shows at once.
+- Generation is guarded against looping by ``max_new_tokens`` always and, when set,
+  ``no_repeat_ngram_size`` and ``repetition_penalty`` (see ``SpeechLLM.generate``).
+
+Files in the output directory:
+
+- ``ref.trn``: ``key<TAB>target`` for every record, in data order, written atomically at the start;
+- ``hyp.trn``: ``key<TAB>hypothesis``, in decoding order, appended and flushed one line at a time;
+- ``decode.json``: the settings that determine the hypotheses (checkpoint, input, beam and guards,
+  compression or simulation settings);
+- ``decode.log``: one block per run: checkpoint, settings, ``--set`` overrides, counts, speed.
+
+In both ``.trn`` files every run of whitespace (a newline in a target or an output) becomes one space,
+so that one line is always one utterance; an empty hypothesis is ``key<TAB>``.
+
+Resuming: run the same command again. Keys already in ``hyp.trn`` are skipped; a partial last line (a
+run killed in the middle of writing it) is cut off first, so its utterance is decoded again. A run whose
+settings differ from the ``decode.json`` of the hypotheses already there stops with an error rather
+than mix two decodes in one file. Nothing is lost when a run is killed: every finished line is on disk.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tasu.config import ConfigError, to_dict
+from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
+from tasu.data.prompts import PromptError, PromptSet, load_prompts
+from tasu.data.records import DataError, Record, iter_records_with_lines
+from tasu.device import DeviceError, resolve_device
+from tasu.posteriors import Posteriors
+from tasu.simulate import Simulator
+from tasu.train.checkpoint import MODEL_DIR, PROMPTS, atomic_write_text, read_model_config, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from tasu.model import SpeechLLM
+    from tasu.train.config import ExperimentConfig
+
+INPUTS = ("audio", "simulated")
+HYP, REF, SETTINGS, LOG = "hyp.trn", "ref.trn", "decode.json", "decode.log"
+
+
+class DecodeError(ValueError):
+    """Decoding cannot start: a bad option, or an output directory decoded with other settings."""
+
+
+@dataclass
+class DecodeOptions:
+    """How hypotheses are searched for; everything but ``batch_size`` changes what they are."""
+
+    input: Literal["audio", "simulated"] = "audio"
+    beam: int = 4
+    batch_size: int = 8
+    max_new_tokens: int = 200
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.input not in INPUTS:
+            raise DecodeError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        for name in ("beam", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise DecodeError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.no_repeat_ngram_size < 0:
+            raise DecodeError(f"no_repeat_ngram_size must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
+        if self.repetition_penalty <= 0:
+            raise DecodeError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}")
+
+
+@dataclass
+class DecodeStats:
+    """What ``decode_records`` has done so far; the caller's time between hypotheses is not counted."""
+
+    utterances: int = 0
+    audio_seconds: float = 0.0   # audio decoded (0 for simulated input)
+    seconds: float = 0.0         # wall time: sorting, reading audio, encoding or simulating, generating
+    empty: int = 0               # hypotheses that are empty after stripping
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+    @property
+    def utterances_per_second(self) -> float:
+        return self.utterances / self.seconds if self.seconds else float("nan")
+
+
+class _FirstChoice(random.Random):
+    """Makes ``PromptSet.render``'s random draw take the first prompt: decoding is deterministic."""
+
+    def choice(self, seq):
+        return seq[0]
+
+
+def first_prompt(prompts: PromptSet, record: Record) -> str:
+    """The prompt a record is decoded with: its task's first prompt, filled from the record."""
+    return prompts.render(record, _FirstChoice())
+
+
+# --------------------------------------------------------------------------------------------------
+# The library function
+
+
+def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptSet, records: Iterable[Record],
+                   options: DecodeOptions | None = None, stats: DecodeStats | None = None,
+                   simulation_step: int = 0) -> Iterator[tuple[str, str]]:
+    """``(key, hypothesis)`` for every record, longest records first, in batches (see the module doc).
+
+    ``model``, ``cfg`` and ``prompts`` are what ``load_trained`` returns (``audio=False`` is enough for
+    simulated input). ``cfg.compress`` steers compression of audio posteriors, ``cfg.simulation`` (at
+    ``simulation_step``) the simulated ones. ``stats``, when given, is updated after every batch.
+    """
+    options = options or DecodeOptions()
+    stats = stats if stats is not None else DecodeStats()
+    timer = time.perf_counter()
+    device = model.llm.device
+    records = list(records)
+    if options.input == "simulated":
+        tokenizer = model.encoder.tokenizer if model.encoder is not None else _encoder_tokenizer(cfg)
+        simulator = Simulator.from_tokenizer(tokenizer, cfg.simulation)
+        token_ids = {r.key: tokenizer.encode(_transcript(r)) for r in records}
+        length = {key: len(ids) for key, ids in token_ids.items()}
+    else:
+        length = {r.key: _audio_seconds(r) for r in records}
+    order = sorted(records, key=lambda r: length[r.key], reverse=True)
+
+    for first in range(0, len(order), options.batch_size):
+        batch = order[first:first + options.batch_size]
+        if options.input == "simulated":
+            post = _stack([simulator([token_ids[r.key]], _key_generator(r.key), step=simulation_step)
+                           for r in batch])
+        else:
+            waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
+            stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
+            c = cfg.compress
+            post = model.encode_audio([w.to(device) for w in waves], topk=c.topk, compress=c.enabled,
+                                      threshold=c.threshold)
+        hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
+                              max_new_tokens=options.max_new_tokens,
+                              no_repeat_ngram_size=options.no_repeat_ngram_size,
+                              repetition_penalty=options.repetition_penalty)
+        stats.utterances += len(batch)
+        stats.empty += sum(not h for h in hyps)
+        stats.seconds += time.perf_counter() - timer
+        yield from zip((r.key for r in batch), hyps)
+        timer = time.perf_counter()
+
+
+def _transcript(record: Record) -> str:
+    if record.transcript is None:
+        raise ValueError(f"{record.key}: a {record.task} record without GT has no transcript to simulate from")
+    return record.transcript
+
+
+def _audio_seconds(record: Record) -> float:
+    """Duration from the headers only: enough to sort by, and a missing file is found before decoding."""
+    if record.path is None:
+        raise ValueError(f"{record.key}: a record without path cannot be decoded from audio")
+    return audio_info(record.path, key=record.key, start=record.start, end=record.end).duration
+
+
+def _encoder_tokenizer(cfg: "ExperimentConfig"):
+    from tasu.encoders import load_tokenizer
+
+    return load_tokenizer(cfg.encoder.path, cfg.encoder.type)
+
+
+def _key_generator(key: str) -> torch.Generator:
+    """A generator seeded by the key alone (string seeds go through SHA-512: stable across runs)."""
+    return torch.Generator().manual_seed(random.Random(f"decode/{key}").getrandbits(63))
+
+
+def _stack(posts: Sequence[Posteriors]) -> Posteriors:
+    """One batch from single-utterance ones; padding rows hold the blank id and no mass."""
+    width = max(p.max_len for p in posts)
+
+    def cat(name: str, value) -> torch.Tensor:
+        tensors = [getattr(p, name) for p in posts]
+        return torch.cat([F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]), value=value)
+                          for x in tensors])
+
+    first = posts[0]
+    return Posteriors(ids=cat("ids", first.blank_id), weights=cat("weights", 0.0), floor=cat("floor", 0.0),
+                      blank=cat("blank", 0.0), lengths=torch.cat([p.lengths for p in posts]),
+                      vocab_size=first.vocab_size, blank_id=first.blank_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# ``tasu decode``: files, resuming, the report
+
+
+def trn_line(key: str, text: str) -> str:
+    """``key<TAB>text\\n`` with every whitespace run of ``text`` made one space."""
+    return f"{key}\t{' '.join(text.split())}\n"
+
+
+def decoded_keys(hyp_path: Path) -> set[str]:
+    """Keys of the complete lines of ``hyp_path``, after cutting off a partial last line."""
+    if not hyp_path.exists():
+        return set()
+    with open(hyp_path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a run was killed in the middle of this line
+            f.truncate(end)
+    return {line.split(b"\t", 1)[0].decode("utf-8") for line in data[:end].splitlines() if line.strip()}
+
+
+def _checkpoint_step(ckpt: Path) -> int:
+    match = re.fullmatch(r"step_(\d+)", ckpt.name)
+    return int(match.group(1)) if match else 0
+
+
+def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> dict:
+    """What determines the hypotheses (``batch_size`` only changes padding, so it may differ)."""
+    settings = {"checkpoint": ckpt.name, **asdict(options)}
+    del settings["batch_size"]
+    if options.input == "audio":
+        settings["compress"] = to_dict(cfg.compress)
+    else:
+        settings["simulation"] = to_dict(cfg.simulation)
+        settings["simulation_step"] = _checkpoint_step(ckpt)
+    return json.loads(json.dumps(settings))  # as read back from decode.json (tuples become lists)
+
+
+def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
+    path = out / SETTINGS
+    if resuming and path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
+                   for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+        if changed:
+            raise DecodeError(f"{out / HYP} holds hypotheses decoded with other settings ({'; '.join(changed)}): "
+                              "choose another --out, or delete hyp.trn to decode again")
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
+def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: str = "audio", beam: int = 4,
+               batch_size: int = 8, max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
+               repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = ()) -> int:
+    """``tasu decode``: decode ``data`` into ``out`` (resuming), report; the exit status."""
+    try:
+        options = DecodeOptions(input=input, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+        report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides))
+    except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, OSError) as e:
+        print(f"tasu decode: error: {e}", file=sys.stderr)
+        return 1
+    print(report, end="")
+    return 0
+
+
+def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions, device_name: str,
+            overrides: list[str]) -> str:
+    from tqdm import tqdm
+
+    from tasu.train.build import load_trained
+
+    # 1. What will be decoded, checked before any model is loaded.
+    ckpt = resolve_checkpoint(exp, which)
+    cfg = read_model_config(ckpt, overrides)
+    prompts = load_prompts(ckpt / MODEL_DIR / PROMPTS)
+    for name, path in (("llm.path", cfg.llm.path), ("encoder.path", cfg.encoder.path)):
+        if not Path(path).is_dir():  # typically: the base models live elsewhere on this machine
+            raise DecodeError(f"{name} {path!r} (the checkpoint's config) is not a directory here: "
+                              f"pass --set {name}=DIR with the directory on this machine")
+    simulated = options.input == "simulated"
+    records = []
+    for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated):
+        if not simulated and record.path is None:
+            raise DataError(data, line, "path", "missing: decoding audio needs it (or use --input simulated)")
+        records.append(record)
+    device = resolve_device(device_name)
+
+    # 2. The output directory: settings, references, and what an earlier run has done.
+    out.mkdir(parents=True, exist_ok=True)
+    done = decoded_keys(out / HYP)
+    _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
+    atomic_write_text(out / REF, "".join(trn_line(r.key, r.target) for r in records))
+    todo = [r for r in records if r.key not in done]
+
+    # 3. Decode the rest, one flushed line per hypothesis.
+    stats = DecodeStats()
+    if todo:
+        model, cfg, prompts, _ = load_trained(ckpt, audio=not simulated, device=str(device), overrides=overrides)
+        with open(out / HYP, "a", encoding="utf-8") as f, \
+                tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True) as bar:
+            for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
+                                           simulation_step=_checkpoint_step(ckpt)):
+                f.write(trn_line(key, hyp))
+                f.flush()
+                bar.update(1)
+
+    # 4. The report, on stdout and appended to decode.log.
+    keys = {r.key for r in records}
+    o = options
+    lines = [f"# {datetime.now().isoformat(timespec='seconds')} tasu decode",
+             f"checkpoint: {ckpt.resolve()} (--checkpoint {which})",
+             f"data: {data}: {len(records)} records; {len(done & keys)} already in {HYP}, "
+             f"{stats.utterances} decoded now",
+             f"input: {o.input}; device: {device}; beam {o.beam}, batch size {o.batch_size}, max new tokens "
+             f"{o.max_new_tokens}, no-repeat n-gram {o.no_repeat_ngram_size}, repetition penalty "
+             f"{o.repetition_penalty}",
+             f"overrides: {' '.join(overrides) if overrides else 'none'}"]
+    if stats.utterances and simulated:
+        lines.append(f"speed: {stats.utterances} utterances in {stats.seconds:.2f} s: "
+                     f"{stats.utterances_per_second:.3g} utterances/s")
+    elif stats.utterances:
+        lines.append(f"speed: {stats.audio_seconds:.2f} s of audio in {stats.seconds:.2f} s: "
+                     f"real-time factor {stats.real_time_factor:.4g}")
+    if stats.utterances:
+        lines.append(f"empty hypotheses: {stats.empty}")
+    extra = len(done - keys)
+    if extra:
+        lines.append(f"note: {HYP} holds {extra} keys that are not in {data} (left as they are)")
+    lines.append(f"output: {out / HYP}, {out / REF}")
+    report = "\n".join(lines) + "\n"
+    with open(out / LOG, "a", encoding="utf-8") as log:
+        log.write(report + "\n")
+    return report

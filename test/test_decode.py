@@ -1,0 +1,158 @@
+"""``tasu decode`` on a tiny trained experiment: outputs, resuming, simulated input, scoring, bad data.
+
+One experiment is trained for a few steps with ``tasu train`` (one process, CPU) for the whole module;
+decoding uses a beam of 2 and a few new tokens, so the module takes well under a minute.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+from tasu.cli import main as tasu_main
+from tasu.decode import decoded_keys, run_decode, trn_line
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+FAST = dict(beam=2, max_new_tokens=6, batch_size=3, device="cpu")
+
+
+def read_trn(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory) -> Path:
+    """A trained experiment (4 text-only steps) and a test set of 7 records: ASR and EN2DE, with audio."""
+    root = tmp_path_factory.mktemp("decode")
+    save_tiny_llm(root / "llm")
+    write_sensevoice_dir(root / "enc")
+    (root / "wav").mkdir()
+    with open(root / "train.jsonl", "w", encoding="utf-8") as f:
+        for i in range(16):
+            f.write(json.dumps({"key": f"tr{i}", "task": "ASR", "target": SENTENCES[i % len(SENTENCES)]}) + "\n")
+    with open(root / "test.jsonl", "w", encoding="utf-8") as f:
+        for i in range(7):
+            wav = root / "wav" / f"t{i}.wav"
+            sf.write(wav, waveform(0.5 + 0.1 * i, seed=i).numpy(), 16000)
+            record = {"key": f"t{i}", "task": "ASR", "target": SENTENCES[i], "path": str(wav)}
+            if i == 6:  # another task: its target is not the transcript, so simulation needs the GT
+                record.update(task="EN2DE", target="Mach das\nLicht an", GT=SENTENCES[0])
+            f.write(json.dumps(record) + "\n")
+    (root / "train.yaml").write_text(f"""
+encoder: {{path: {root}/enc}}
+llm: {{path: {root}/llm}}
+projector: {{name: linear-silu, options: {{hidden: 32}}}}
+data: {{train: [{root}/train.jsonl], max_tokens: 400, num_workers: 0}}
+optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
+engine: {{device: cpu}}
+train: {{epochs: 1, max_steps: 4, log_interval: 2, save_interval: 4}}
+""", encoding="utf-8")
+    out = subprocess.run([str(BIN / "tasu"), "train", "--config", str(root / "train.yaml"),
+                          "--exp-dir", str(root / "exp")], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def audio_decode(exp, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("audio_decode")
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(out), **FAST) == 0
+    return out
+
+
+def test_audio_decode_writes_every_key_once(exp, audio_decode, capsys):
+    keys = [f"t{i}" for i in range(7)]
+    hyp, ref = read_trn(audio_decode / "hyp.trn"), read_trn(audio_decode / "ref.trn")
+    assert sorted(k for k, _ in hyp) == keys and [k for k, _ in ref] == keys
+    assert ref[6] == ("t6", "Mach das Licht an")  # one line per utterance, whatever the target holds
+    assert all(len(text.split()) <= 6 for _, text in hyp)  # max_new_tokens guards the length
+    log = (audio_decode / "decode.log").read_text()
+    assert "step_000004" in log and "7 decoded now" in log and "real-time factor" in log
+    settings = json.loads((audio_decode / "decode.json").read_text())
+    assert settings["checkpoint"] == "step_000004" and settings["beam"] == 2 and "compress" in settings
+
+    # Run again: everything is there, so nothing is loaded and nothing appended.
+    before = (audio_decode / "hyp.trn").read_bytes()
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(audio_decode), **FAST) == 0
+    assert (audio_decode / "hyp.trn").read_bytes() == before
+    assert "7 already in hyp.trn, 0 decoded now" in capsys.readouterr().out
+
+
+def test_a_partial_last_line_is_cut_off_and_the_rest_decoded(exp, audio_decode, tmp_path):
+    lines = (audio_decode / "hyp.trn").read_text().splitlines(keepends=True)
+    shutil.copy(audio_decode / "decode.json", tmp_path / "decode.json")
+    (tmp_path / "hyp.trn").write_text("".join(lines[:3]) + lines[3][:4], encoding="utf-8")  # killed mid-line
+    assert decoded_keys(tmp_path / "hyp.trn") == {k for k, _ in map(lambda ln: ln.split("\t"), lines[:3])}
+    assert (tmp_path / "hyp.trn").read_text() == "".join(lines[:3])
+
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path), **FAST) == 0
+    hyp = read_trn(tmp_path / "hyp.trn")
+    assert sorted(k for k, _ in hyp) == [f"t{i}" for i in range(7)]
+    assert "3 already in hyp.trn, 4 decoded now" in (tmp_path / "decode.log").read_text()
+    assert dict(hyp) == dict(read_trn(audio_decode / "hyp.trn"))  # the same model decodes the same way
+
+    # Other settings into the same directory would mix two decodes in one file: refused.
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path), **{**FAST, "beam": 3}) == 1
+
+
+def test_simulated_input_loads_no_encoder(exp, tmp_path):
+    script = ("import sys\nfrom tasu.decode import run_decode\n"
+              f"rc = run_decode({str(exp / 'exp')!r}, {str(exp / 'test.jsonl')!r}, {str(tmp_path)!r}, "
+              f"input='simulated', **{FAST!r})\n"
+              "assert not [m for m in sys.modules if m.startswith('funasr')], 'funasr was imported'\n"
+              "sys.exit(rc)\n")
+    out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "utterances/s" in out.stdout and "real-time factor" not in out.stdout
+    assert sorted(k for k, _ in read_trn(tmp_path / "hyp.trn")) == [f"t{i}" for i in range(7)]
+    assert json.loads((tmp_path / "decode.json").read_text())["simulation_step"] == 4
+
+    # Simulated rows are seeded by key: a second decode, in other batches, gives the same hypotheses.
+    again = tmp_path / "again"
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input="simulated",
+                      **{**FAST, "batch_size": 7}) == 0
+    assert dict(read_trn(again / "hyp.trn")) == dict(read_trn(tmp_path / "hyp.trn"))
+
+
+def test_tasu_score_reads_the_outputs(audio_decode, capsys):
+    rc = tasu_main(["score", "--ref", str(audio_decode / "ref.trn"), "--hyp", str(audio_decode / "hyp.trn"),
+                    "--metric", "wer"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((audio_decode / "score.json").read_text())
+
+
+def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
+    good = (exp / "test.jsonl").read_text().splitlines()
+    wav = {"path": "gone.wav"}
+    cases = {  # file name: (a record, or a line, and the message it must give)
+        "json.jsonl": (good[0] + "\n{oops", "json.jsonl:2: json: "),
+        "task.jsonl": ({"key": "a", "task": "NOPE", "target": "x", **wav}, "task.jsonl:1: task: unknown task 'NOPE'"),
+        "nopath.jsonl": ({"key": "a", "task": "ASR", "target": "x"}, "nopath.jsonl:1: path: missing"),
+        "nogt.jsonl": ({"key": "a", "task": "EN2DE", "target": "x"}, "nogt.jsonl:1: GT: missing"),
+        "nowav.jsonl": ({"key": "a", "task": "ASR", "target": "x", **wav}, "a: gone.wav: no such file"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")
+        extra = {"input": "simulated"} if name == "nogt.jsonl" else {}
+        rc = run_decode(str(exp / "exp"), str(tmp_path / name), str(tmp_path / f"out_{name}"), **{**FAST, **extra})
+        err = capsys.readouterr().err
+        assert rc == 1 and message in err, err
+    assert not (tmp_path / "out_json.jsonl" / "hyp.trn").exists()
+
+    # Base models that moved: the message says how to point at them.
+    rc = run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path / "moved"), **FAST,
+                    overrides=[f"llm.path={tmp_path / 'gone'}"])
+    assert rc == 1 and "pass --set llm.path=DIR" in capsys.readouterr().err
+
+
+def test_trn_lines_hold_one_utterance():
+    assert trn_line("k", " two\nlines\tand  tabs ") == "k\ttwo lines and tabs\n"
+    assert trn_line("k", "") == "k\t\n"
