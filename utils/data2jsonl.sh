@@ -3,20 +3,30 @@
 #
 #   utils/data2jsonl.sh --task ASR data/train > data/train/asr.jsonl
 #   utils/data2jsonl.sh --task ASR data/train data/train/asr.jsonl
+#   utils/data2jsonl.sh --task SLU_scenario --target_file scenario data/train out.jsonl  # GT from text
+#   utils/data2jsonl.sh --text_only true data/train train_text.jsonl                    # no path
 #
 # A malformed line stops it with FILE:LINE: message (nothing is written); utterances missing from
 # a file they need are skipped with a warning. Details: python -m tasu.data.kaldi_dir --help.
 set -euo pipefail
 
 task=ASR
+target_file=
+text_only=false
 
-help_message="Usage: $0 [--task ASR] <data-dir> [<out.jsonl>]
-  --task <name>   task of every record (default: ${task}); the text file holds the targets
-  <out.jsonl>     file to write (default: standard output)"
+help_message="Usage: $0 [--task ASR] [--target_file FILE] [--text_only false] <data-dir> [<out.jsonl>]
+  --task <name>          task of every record (default: ${task})
+  --target_file <file>   per-utterance file of the dir holding the targets, e.g. scenario; the
+                         transcripts in text then become GT (default: '${target_file}': targets in text)
+  --text_only <bool>     records without path, read from text alone (default: ${text_only})
+  <out.jsonl>            file to write (default: standard output)"
 . "$(dirname "$0")/parse_options.sh"
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   printf '%s\n' "${help_message}" >&2
   exit 1
 fi
-exec python3 -m tasu.data.kaldi_dir to-jsonl --task "${task}" "$@"
+opts=(--task "${task}")
+[ -n "${target_file}" ] && opts+=(--target-file "${target_file}")
+[ "${text_only}" = true ] && opts+=(--text-only)
+exec python3 -m tasu.data.kaldi_dir to-jsonl "${opts[@]}" "$@"

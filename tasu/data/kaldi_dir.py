@@ -1,6 +1,8 @@
 """Kaldi data directories <-> JSONL records, so any Kaldi/ESPnet corpus preparation can feed tasu.
 
     python -m tasu.data.kaldi_dir to-jsonl data/train --task ASR > data/train/asr.jsonl
+    python -m tasu.data.kaldi_dir to-jsonl data/train --task SLU_scenario --target-file scenario
+    python -m tasu.data.kaldi_dir to-jsonl data/train --task ASR --text-only > train_text.jsonl
     python -m tasu.data.kaldi_dir to-dir data/train/asr.jsonl data/train_copy
 
 (``utils/data2jsonl.sh`` and ``utils/jsonl2data.sh`` are the shell front ends.)
@@ -11,6 +13,12 @@ end -1 means the end of the recording) and ``utt2spk``. Each utterance becomes o
 the utterance id, ``target`` its text, ``path`` its recording's wav.scp entry. A segment becomes
 ``start``/``end`` (seconds; ``end`` left out for -1), which the audio reader cuts, plus the
 recording id in ``recording``; the speaker (from ``utt2spk``) goes to ``speaker``.
+
+A task whose target is not the transcript reads it from another per-utterance file of the dir
+(``--target-file scenario``: ``utt label`` lines, as ``text``); the transcript in ``text`` then
+becomes the record's ``GT``. ``--text-only`` writes records without ``path`` for the text-only stage:
+only ``text`` (and the target file) is read, line by line, so a language-model corpus of millions of
+lines converts in constant memory.
 
 What is an error and what is skipped:
 
@@ -35,7 +43,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tasu.data.records import DataError, Record, iter_records, key_problem, write_records
 
@@ -52,16 +60,20 @@ class DataDirError(ValueError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def read_data_dir(data_dir: str | Path, task: str = "ASR") -> list[Record]:
+def read_data_dir(data_dir: str | Path, task: str = "ASR", target_file: str | None = None) -> list[Record]:
     """The utterances of a Kaldi data dir as records of ``task``, sorted by key.
 
-    Raises ``DataDirError`` listing every malformed line; utterances missing from a file they
-    need are skipped and logged (see the module docstring).
+    With ``target_file`` (a file name in the dir) the targets come from that file and the
+    transcripts in ``text`` become ``GT``. Raises ``DataDirError`` listing every malformed line;
+    utterances missing from a file they need are skipped and logged (see the module docstring).
     """
     data_dir = Path(data_dir)
     problems: list[DataError] = []
     wav = _read_table(data_dir / "wav.scp", problems, "a path or command")
     text = _read_table(data_dir / "text", problems, "a transcript")
+    targets = None
+    if target_file is not None:
+        targets = _read_table(data_dir / target_file, problems, "a target")
     segments = None
     if (data_dir / "segments").exists():
         segments = {utt: _parse_segment(data_dir / "segments", line, rest, problems)
@@ -92,6 +104,9 @@ def read_data_dir(data_dir: str | Path, task: str = "ASR") -> list[Record]:
     if utt2spk is not None:
         _skip(utts - set(utt2spk), data_dir / "text", "with no entry in utt2spk")
         utts &= set(utt2spk)
+    if targets is not None:
+        _skip(utts - set(targets), data_dir / "text", f"with no entry in {target_file}")
+        utts &= set(targets)
 
     records = []
     for utt in sorted(utts):
@@ -104,8 +119,54 @@ def read_data_dir(data_dir: str | Path, task: str = "ASR") -> list[Record]:
             extra["recording"] = recording
         if utt2spk is not None:
             extra["speaker"] = utt2spk[utt][1]
-        records.append(Record(utt, task, text[utt][1], path, None, start, end, extra))
+        if targets is None:
+            records.append(Record(utt, task, text[utt][1], path, None, start, end, extra))
+        else:
+            records.append(Record(utt, task, targets[utt][1], path, text[utt][1], start, end, extra))
     return records
+
+
+def iter_text_records(data_dir: str | Path, task: str = "ASR",
+                      target_file: str | None = None) -> Iterator[Record]:
+    """Text-only records (no ``path``) of a data dir, streamed from ``text`` in its order.
+
+    Only ``text`` is needed (and ``target_file`` when given, which is read into memory: labels and
+    translations of a training set, not an LM corpus). A malformed line raises ``DataDirError``
+    naming it; an utterance without a target is skipped and logged.
+    """
+    data_dir = Path(data_dir)
+    targets = None
+    if target_file is not None:
+        problems: list[DataError] = []
+        targets = _read_table(data_dir / target_file, problems, "a target")
+        if problems:
+            raise DataDirError(problems)
+    path = data_dir / "text"
+    missing: set[str] = set()
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataDirError([DataError(str(path), None, None, f"cannot open: {e.strerror or e}")]) from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            problems = []
+            parsed = _parse_line(path, lineno, raw, problems, "a transcript")
+            if parsed is None and not problems:
+                continue
+            if parsed is not None:
+                message = key_problem(parsed[0])
+                if message:
+                    problems.append(DataError(str(path), lineno, None, f"utterance id {message}"))
+            if problems:
+                raise DataDirError(problems)
+            utt, transcript = parsed
+            if targets is None:
+                yield Record(utt, task, transcript)
+            elif utt in targets:
+                yield Record(utt, task, targets[utt][1], None, transcript)
+            else:
+                missing.add(utt)
+    _skip(missing, path, f"with no entry in {target_file}")
 
 
 def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
@@ -175,18 +236,8 @@ def _read_table(path: Path, problems: list[DataError], what: str,
         return table
     with f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                problems.append(DataError(str(path), lineno, None, f"byte 0x{raw[e.start]:02x} at "
-                                          f"column {e.start + 1} is not valid UTF-8"))
-                continue
-            if not line:
-                continue
-            fields = line.split(maxsplit=1)
-            if len(fields) == 1 or (one_word and len(fields[1].split()) != 1):
-                problems.append(DataError(str(path), lineno, None, f"{fields[0]!r} must be followed "
-                                          f"by {what}"))
+            fields = _parse_line(path, lineno, raw, problems, what, one_word)
+            if fields is None:
                 continue
             if fields[0] in table:
                 problems.append(DataError(str(path), lineno, None, f"duplicate id {fields[0]!r} "
@@ -194,6 +245,25 @@ def _read_table(path: Path, problems: list[DataError], what: str,
                 continue
             table[fields[0]] = (lineno, fields[1])
     return table
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes, problems: list[DataError], what: str,
+                one_word: bool = False) -> tuple[str, str] | None:
+    """``(id, rest)`` of one table line; None for a blank line or a problem (appended)."""
+    try:
+        line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        problems.append(DataError(str(path), lineno, None, f"byte 0x{raw[e.start]:02x} at "
+                                  f"column {e.start + 1} is not valid UTF-8"))
+        return None
+    if not line:
+        return None
+    fields = line.split(maxsplit=1)
+    if len(fields) == 1 or (one_word and len(fields[1].split()) != 1):
+        problems.append(DataError(str(path), lineno, None, f"{fields[0]!r} must be followed "
+                                  f"by {what}"))
+        return None
+    return fields[0], fields[1]
 
 
 def _parse_segment(path: Path, line: int, rest: str,
@@ -238,6 +308,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir")
     p.add_argument("output", nargs="?", default="-", help="JSONL file to write (default: stdout)")
     p.add_argument("--task", default="ASR", help="task of every record (default: ASR)")
+    p.add_argument("--target-file", default=None,
+                   help="file of the dir holding the targets (e.g. scenario, translation_de); the "
+                        "transcripts in text then become GT (default: the targets are in text)")
+    p.add_argument("--text-only", action="store_true",
+                   help="records without path, streamed from text (no wav.scp needed)")
     p = sub.add_parser("to-dir", help="JSONL records -> Kaldi data dir")
     p.add_argument("input", help="JSONL file")
     p.add_argument("data_dir")
@@ -248,8 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        if args.command == "to-jsonl":
-            records = read_data_dir(args.data_dir, args.task)
+        if args.command == "to-jsonl" and args.text_only:
+            records = iter_text_records(args.data_dir, args.task, args.target_file)
+            if args.output == "-":
+                write_records(records, sys.stdout)
+            else:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    write_records(records, f)
+        elif args.command == "to-jsonl":
+            records = read_data_dir(args.data_dir, args.task, args.target_file)
             if args.output == "-":
                 write_records(records, sys.stdout)
             else:

@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# The stages every tasu recipe runs; a corpus's run.sh sets names and configs and calls this with "$@".
+#
+#   ../TEMPLATE/tasu.sh --train_set train --valid_set dev --test_sets "test" \
+#       --train_text_config conf/train_text.yaml --decode_config conf/decode_beam4.yaml \
+#       --encoder_path /models/SenseVoiceSmall --llm_path /models/Qwen2.5-1.5B-Instruct "$@"
+#
+# Stages (run from the recipe directory; --stage N --stop_stage M picks a range):
+#   1. local/data.sh: the corpus release -> Kaldi data dirs data/<set>/{wav.scp,text,utt2spk,...}
+#   2. data/<set> -> dump/<set>/<task>.jsonl (audio) and dump/<set>/<task>.text_only.jsonl (no path)
+#   3. text-only TASU training             -> exp/tasu_<train_text_config name>
+#   4. audio fine-tuning (--audio_sft true) -> exp/tasu_<text config name>_then_<audio config name>
+#   5. decoding every test set and task     -> exp/<tag>/decode_<decode config name>_<checkpoint>/<set>/<task>
+#   6. scoring: WER (ASR), BLEU (translation), accuracy (SLU) -> score.json beside hyp.trn
+#   7. RESULTS.md: tables of every score.json under exp/, and the commands that made them
+set -euo pipefail
+
+log() {
+  echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2
+}
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+invocation="$0 $(printf '%q ' "$@")"
+
+# ---------------------------------------------------------------------------------------------------
+# Options: every variable below is an option (--name value); --help lists them with their defaults.
+
+# General
+stage=1                   # first stage to run
+stop_stage=10000          # last stage to run
+skip_data_prep=false      # skip stages 1-2
+skip_train=false          # skip stages 3-4
+skip_eval=false           # skip stages 5-7
+ngpu=0                    # devices per training job; 0 trains on CPU in one process
+device=cuda               # accelerator when --ngpu > 0: cuda or npu (Ascend)
+inference_nj=1            # decoding jobs per test set and task
+datadir=data              # Kaldi data dirs (stage 1)
+dumpdir=dump              # JSONL files (stage 2)
+expdir=exp                # experiments (stages 3-6)
+
+# Data
+local_data_opts=          # options passed to local/data.sh
+train_set=                # data set for training
+valid_set=                # data set for validation during training
+test_sets=                # data sets to decode, space separated
+tasks=ASR                 # TASK[:target_file[:metric]] ..., e.g. "ASR SLU_scenario:scenario"
+extra_text_sets=          # data dirs holding only 'text': more text-only ASR training text
+check_audio=true          # stage 2: open every audio file while validating
+
+# Models
+encoder_path=             # the frozen CTC encoder's directory (e.g. SenseVoiceSmall)
+llm_path=                 # the frozen LLM's Hugging Face directory
+
+# Training
+train_text_config=        # experiment YAML of the text-only stage (stage 3)
+train_audio_config=       # experiment YAML of the audio fine-tuning stage (stage 4)
+audio_sft=false           # run stage 4 and decode its model too
+text_tag=                 # experiment name of stage 3 (default: from the config's name)
+audio_tag=                # experiment name of stage 4 (default: from both configs' names)
+train_text_args=          # more key=value overrides for stage 3, e.g. "optim.lr=1e-4"
+train_audio_args=         # more key=value overrides for stage 4
+
+# Decoding and scoring
+decode_config=            # YAML of tasu decode options (beam, batch_size, max_new_tokens, ...)
+inference_checkpoint=best # checkpoint to decode: best, last or step_N
+decode_args=              # more tasu decode options, e.g. "--set llm.dtype=bfloat16"
+# ---------------------------------------------------------------------------------------------------
+
+help_message=$(cat <<EOF
+Usage: $0 --train_set <set> --valid_set <set> --test_sets "<set> ..." --train_text_config <yaml> \\
+          --decode_config <yaml> --encoder_path <dir> --llm_path <dir> [options]
+
+Options (default in parentheses):
+  # General
+  --stage <n>                 first stage to run (${stage})
+  --stop_stage <n>            last stage to run (${stop_stage})
+  --skip_data_prep <bool>     skip stages 1-2: data preparation (${skip_data_prep})
+  --skip_train <bool>         skip stages 3-4: training (${skip_train})
+  --skip_eval <bool>          skip stages 5-7: decoding, scoring, RESULTS.md (${skip_eval})
+  --ngpu <n>                  devices per training job; 0: CPU, one process (${ngpu})
+  --device <kind>             accelerator when --ngpu > 0: cuda or npu (${device})
+  --inference_nj <n>          decoding jobs per test set and task (${inference_nj})
+  --datadir <dir>             Kaldi data dirs (${datadir})
+  --dumpdir <dir>             JSONL files (${dumpdir})
+  --expdir <dir>              experiments (${expdir})
+  # Data
+  --local_data_opts <opts>    options passed to local/data.sh ('${local_data_opts}')
+  --train_set <set>           data set for training ('${train_set}')
+  --valid_set <set>           data set for validation during training ('${valid_set}')
+  --test_sets "<set> ..."     data sets to decode ('${test_sets}')
+  --tasks "<spec> ..."        TASK[:target_file[:metric]]; the target file is a per-utterance
+                              file of the data dir (default: text, the transcript, which
+                              then becomes GT); the metric defaults to wer for ASR, acc for
+                              SLU and sentiment, bleu for translation ('${tasks}')
+  --extra_text_sets "<set>"   data dirs holding only 'text': more text-only ASR training
+                              text, e.g. an LM corpus ('${extra_text_sets}')
+  --check_audio <bool>        stage 2: open every audio file while validating (${check_audio})
+  # Models
+  --encoder_path <dir>        the frozen CTC encoder's directory ('${encoder_path}')
+  --llm_path <dir>            the frozen LLM's Hugging Face directory ('${llm_path}')
+  # Training
+  --train_text_config <yaml>  experiment YAML of the text-only stage ('${train_text_config}')
+  --train_audio_config <yaml> experiment YAML of the audio fine-tuning ('${train_audio_config}')
+  --audio_sft <bool>          run stage 4 and decode its model too (${audio_sft})
+  --text_tag <name>           stage 3 experiment name (default: tasu_<text config name>) ('${text_tag}')
+  --audio_tag <name>          stage 4 experiment name (default: <text tag>_then_<audio config
+                              name>) ('${audio_tag}')
+  --train_text_args <kv>      more key=value overrides for stage 3 ('${train_text_args}')
+  --train_audio_args <kv>     more key=value overrides for stage 4 ('${train_audio_args}')
+  # Decoding and scoring
+  --decode_config <yaml>      tasu decode options as YAML, key = option name ('${decode_config}')
+  --inference_checkpoint <c>  checkpoint to decode: best, last or step_N (${inference_checkpoint})
+  --decode_args <opts>        more tasu decode options ('${decode_args}')
+EOF
+)
+
+[ -f ./path.sh ] || die "run me from a recipe directory (no ./path.sh here)"
+. ./path.sh
+. parse_options.sh
+. ./cmd.sh
+
+if [ $# -gt 0 ]; then
+  die "unexpected arguments: $* (options are written --name value; see --help)"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+# What will run, and what it needs: checked before anything runs.
+
+runs() {  # runs <stage>: whether the stage is in [stage, stop_stage] and not skipped
+  local n=$1
+  [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || return 1
+  case ${n} in
+    1|2) ! ${skip_data_prep} ;;
+    3) ! ${skip_train} ;;
+    4) ! ${skip_train} && ${audio_sft} ;;
+    *) ! ${skip_eval} ;;
+  esac
+}
+
+need() {  # need <option> <why>: stop with a clear message when an option is empty
+  [ -n "${!1}" ] || die "--$1 is required by ${2}; see --help"
+}
+
+for n in 3 4; do
+  if runs ${n}; then
+    what="stage ${n} ($([ ${n} = 3 ] && echo text-only training || echo audio fine-tuning))"
+    need encoder_path "${what}: the encoder's directory (e.g. SenseVoiceSmall)"
+    need llm_path "${what}: the LLM's Hugging Face directory (e.g. Qwen2.5-1.5B-Instruct)"
+    [ -d "${encoder_path}" ] || die "--encoder_path ${encoder_path}: no such directory"
+    [ -d "${llm_path}" ] || die "--llm_path ${llm_path}: no such directory"
+  fi
+done
+if runs 2 || runs 3 || runs 4; then
+  need train_set "stages 2-4"
+  need valid_set "stages 2-4"
+fi
+if runs 2 || runs 5; then
+  need test_sets "stages 2 and 5"
+fi
+if runs 3 || runs 4 || runs 5; then
+  need train_text_config "stages 3-5 (the experiment's name comes from it)"
+fi
+if runs 4 || { runs 5 && ${audio_sft}; }; then
+  need train_audio_config "--audio_sft true"
+fi
+if runs 5; then
+  need decode_config "stage 5"
+fi
+case ${device} in cuda|npu) ;; *) die "--device must be cuda or npu, not '${device}'" ;; esac
+for f in "${train_text_config}" "${train_audio_config}" "${decode_config}"; do
+  [ -z "${f}" ] || [ -f "${f}" ] || die "config file ${f} does not exist"
+done
+
+# Names derived from the configs.
+if [ -n "${train_text_config}" ] && [ -z "${text_tag}" ]; then
+  text_tag=tasu_$(basename "${train_text_config}" .yaml)
+fi
+if [ -n "${train_audio_config}" ] && [ -z "${audio_tag}" ]; then
+  audio_tag=${text_tag}_then_$(basename "${train_audio_config}" .yaml)
+fi
+text_exp=${expdir}/${text_tag}
+audio_exp=${expdir}/${audio_tag}
+if [ -n "${decode_config}" ]; then
+  inference_tag=$(basename "${decode_config}" .yaml)
+  inference_tag=decode_${inference_tag#decode_}_${inference_checkpoint}
+fi
+
+# A task spec TASK[:target_file[:metric]] -> its parts.
+task_name() { echo "${1%%:*}"; }
+task_target_file() {
+  local rest
+  [[ "$1" == *:* ]] || return 0
+  rest=${1#*:}
+  echo "${rest%%:*}"
+}
+task_metric() {
+  local task=${1%%:*} parts
+  IFS=: read -r -a parts <<< "$1"
+  if [ ${#parts[@]} -ge 3 ] && [ -n "${parts[2]}" ]; then echo "${parts[2]}"; return; fi
+  case ${task} in
+    ASR|prevtext|hotword) echo wer ;;
+    SLU_*|sentiment) echo acc ;;
+    *2*) echo bleu ;;
+    *) echo wer ;;
+  esac
+}
+
+# The training launcher: one CPU process, or the DeepSpeed launcher on --ngpu devices.
+if [ "${ngpu}" -eq 0 ]; then
+  export DS_ACCELERATOR=cpu
+  train_launcher=(tasu train)
+  engine_device=cpu
+else
+  [ "${device}" = npu ] && export DS_ACCELERATOR=npu
+  train_launcher=(deepspeed --num_gpus "${ngpu}" --module tasu.cli train)
+  engine_device=${device}
+fi
+
+json_list() {  # json_list a b c -> ["a", "b", "c"] (a YAML flow list for key=value overrides)
+  python3 -c 'import json, sys; print(json.dumps(sys.argv[1:], separators=(",", ":")))' "$@"
+}
+
+write_reentry() {  # write_reentry <dir> <stage> <what>: <dir>/run.sh re-enters that stage
+  mkdir -p "$1"
+  cat > "$1/run.sh" <<EOF
+#!/usr/bin/env bash
+# Re-enters stage $2 ($3) with the options it was run with; extra options are appended.
+cd "$(pwd)" && ${invocation}--stage $2 --stop_stage $2 "\$@"
+EOF
+  chmod +x "$1/run.sh"
+}
+
+train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
+  local n=$1 exp=$2 config=$3 resume=()
+  shift 3
+  [ -e "${exp}/checkpoints/last" ] && resume=(--resume) && log "${exp} holds a checkpoint: resuming"
+  write_reentry "${exp}" "${n}" "training ${exp}"
+  log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
+  # shellcheck disable=SC2086
+  ${cuda_cmd} --gpu "${ngpu}" "${exp}/log/train.log" \
+    "${train_launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" \
+      encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
+  log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
+}
+
+decode_exps=("${text_exp}")
+${audio_sft} && decode_exps+=("${audio_exp}")
+
+# ---------------------------------------------------------------------------------------------------
+if runs 1; then
+  log "Stage 1: data preparation: the corpus release -> ${datadir}/<set>/{wav.scp,text,utt2spk,spk2utt,...}"
+  # shellcheck disable=SC2086
+  local/data.sh ${local_data_opts}
+fi
+
+if runs 2; then
+  log "Stage 2: JSONL: ${datadir}/<set> -> ${dumpdir}/<set>/<task>.jsonl and <task>.text_only.jsonl"
+  make_jsonl() {  # make_jsonl <set> <spec> <text_only>: one JSONL file (not yet validated)
+    local set=$1 task target out
+    task=$(task_name "$2")
+    target=$(task_target_file "$2")
+    if $3; then out=${dumpdir}/${set}/${task}.text_only.jsonl; else out=${dumpdir}/${set}/${task}.jsonl; fi
+    if [ -f "${out%.jsonl}.done" ]; then
+      log "${out}: already made (${out%.jsonl}.done), skipping"
+      return
+    fi
+    [ -d "${datadir}/${set}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
+    log "${datadir}/${set}/{text${target:+,${target}}} -> ${out} (task ${task})"
+    mkdir -p "${dumpdir}/${set}"
+    data2jsonl.sh --task "${task}" --target_file "${target}" --text_only "$3" \
+      "${datadir}/${set}" "${out}.tmp"
+    mv "${out}.tmp" "${out}"
+    if $3 || ! ${check_audio}; then new_text+=("${out}"); else new_audio+=("${out}"); fi
+  }
+  new_audio=()
+  new_text=()
+  # shellcheck disable=SC2086
+  for set in $(echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
+    for spec in ${tasks}; do
+      make_jsonl "${set}" "${spec}" false
+    done
+  done
+  for spec in ${tasks}; do
+    make_jsonl "${train_set}" "${spec}" true
+  done
+  for set in ${extra_text_sets}; do
+    make_jsonl "${set}" ASR true
+  done
+  # Each file is marked done once it has passed validation (one tasu validate per kind, for speed).
+  if [ ${#new_audio[@]} -gt 0 ]; then
+    tasu validate --check-audio "${new_audio[@]}"
+  fi
+  if [ ${#new_text[@]} -gt 0 ]; then
+    tasu validate "${new_text[@]}"
+  fi
+  for f in "${new_audio[@]}" "${new_text[@]}"; do
+    touch "${f%.jsonl}.done"
+  done
+fi
+
+if runs 3; then
+  train_files=()
+  for spec in ${tasks}; do train_files+=("${dumpdir}/${train_set}/$(task_name "${spec}").text_only.jsonl"); done
+  for set in ${extra_text_sets}; do train_files+=("${dumpdir}/${set}/ASR.text_only.jsonl"); done
+  valid_files=()
+  for spec in ${tasks}; do valid_files+=("${dumpdir}/${valid_set}/$(task_name "${spec}").jsonl"); done
+  log "Stage 3: text-only training: ${train_files[*]} -> ${text_exp}"
+  # shellcheck disable=SC2086
+  train_stage 3 "${text_exp}" "${train_text_config}" data.mode=text \
+    data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
+    ${train_text_args}
+fi
+
+if runs 4; then
+  train_files=()
+  valid_files=()
+  for spec in ${tasks}; do
+    train_files+=("${dumpdir}/${train_set}/$(task_name "${spec}").jsonl")
+    valid_files+=("${dumpdir}/${valid_set}/$(task_name "${spec}").jsonl")
+  done
+  [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
+  log "Stage 4: audio fine-tuning from ${text_exp}: ${train_files[*]} -> ${audio_exp}"
+  # shellcheck disable=SC2086
+  train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=audio train.init_from="${text_exp}" \
+    data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
+    ${train_audio_args}
+fi
+
+if runs 5; then
+  # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8).
+  read -r -a decode_opts <<< "$(python3 -c '
+import sys, yaml
+conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8")) or {}
+print(" ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in conf.items()))' "${decode_config}")"
+  model_opts=()
+  [ -n "${encoder_path}" ] && model_opts+=(--set encoder.path="${encoder_path}")
+  [ -n "${llm_path}" ] && model_opts+=(--set llm.path="${llm_path}")
+  if [ "${ngpu}" -eq 0 ]; then decode_device=cpu; else decode_device=${device}; fi
+  for exp in "${decode_exps[@]}"; do
+    [ -e "${exp}/checkpoints/last" ] || die "${exp} has no checkpoint: run its training stage first"
+    write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
+    for set in ${test_sets}; do
+      # All tasks of a test set are decoded together (one model load, batches across tasks): their
+      # records go into one file with keys <task>-<key>, split back into <set>/<task>/ afterwards.
+      dir=${exp}/${inference_tag}/${set}
+      task_list=()
+      for spec in ${tasks}; do
+        task_list+=("$(task_name "${spec}")")
+        [ -f "${dumpdir}/${set}/${task_list[-1]}.jsonl" ] || die "${dumpdir}/${set}/${task_list[-1]}.jsonl does not exist: run stage 2 first"
+      done
+      log "Stage 5: decoding ${dumpdir}/${set}/{$(echo "${task_list[@]}" | tr ' ' ',')}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<task>/hyp.trn"
+      mkdir -p "${dir}"
+      python3 - "${dumpdir}/${set}" "${dir}/data.jsonl" "${task_list[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+src, out, tasks = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+with open(out + ".tmp", "w", encoding="utf-8") as f:
+    for task in tasks:
+        for line in open(src / f"{task}.jsonl", encoding="utf-8-sig"):
+            if line.strip():
+                record = json.loads(line)
+                record["key"] = f"{task}-{record['key']}"
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+Path(out + ".tmp").replace(out)
+PY
+      n=$(wc -l < "${dir}/data.jsonl")
+      nj=$(( n < inference_nj ? n : inference_nj ))
+      [ "${nj}" -ge 1 ] || die "${dumpdir}/${set} has no records to decode"
+      mkdir -p "${dir}/split${nj}"
+      awk -v n="${nj}" -v d="${dir}/split${nj}" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
+      # shellcheck disable=SC2086
+      ${decode_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
+        tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
+          --checkpoint "${inference_checkpoint}" --device "${decode_device}" "${decode_opts[@]}" \
+          "${model_opts[@]}" ${decode_args}
+      python3 - "${dir}" "${nj}" "${task_list[@]}" <<'PY'
+import sys
+from pathlib import Path
+dir, nj, tasks = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+for name in ("hyp.trn", "ref.trn"):
+    lines = {task: [] for task in tasks}
+    for job in range(1, nj + 1):
+        for line in open(dir / f"output.{job}" / name, encoding="utf-8"):
+            task = max((t for t in tasks if line.startswith(t + "-")), key=len)
+            lines[task].append(line[len(task) + 1:])
+    for task in tasks:
+        (dir / task).mkdir(exist_ok=True)
+        (dir / task / name).write_text("".join(sorted(lines[task])), encoding="utf-8")
+PY
+    done
+  done
+fi
+
+if runs 6; then
+  for exp in "${decode_exps[@]}"; do
+    for set in ${test_sets}; do
+      for spec in ${tasks}; do
+        task=$(task_name "${spec}")
+        metric=$(task_metric "${spec}")
+        dir=${exp}/${inference_tag}/${set}/${task}
+        [ -f "${dir}/hyp.trn" ] || die "${dir}/hyp.trn does not exist: run stage 5 first"
+        score_opts=()
+        if [ "${metric}" = bleu ]; then
+          # Chinese is scored on characters (sacrebleu's zh tokeniser), other languages with 13a.
+          case ${task} in *2ZH) score_opts=(--bleu-tokenize zh) ;; *) score_opts=(--bleu-tokenize 13a) ;; esac
+        fi
+        log "Stage 6: scoring ${dir}/hyp.trn (${metric}) -> ${dir}/score.json"
+        ${decode_cmd} "${dir}/log/score.log" tasu score --ref "${dir}/ref.trn" --hyp "${dir}/hyp.trn" \
+          --metric "${metric}" "${score_opts[@]}" --out "${dir}"
+        grep -v '^#' "${dir}/log/score.log" >&2
+      done
+    done
+  done
+fi
+
+if runs 7; then
+  log "Stage 7: RESULTS.md: every score.json under ${expdir}/ -> RESULTS.md"
+  {
+    tasu results "${expdir}"
+    echo
+    echo "## Commands"
+    echo
+    echo "This file was made from \`$(basename "$(pwd)")\` with:"
+    echo
+    echo '```bash'
+    echo "${invocation% }"
+    echo '```'
+    for exp in "${decode_exps[@]}"; do
+      echo
+      echo "### ${exp#"${expdir}"/}"
+      echo
+      echo '```bash'
+      [ -f "${exp}/log/train.log" ] && head -n 1 "${exp}/log/train.log" | sed 's/^# //'
+      for d in "${exp}/${inference_tag}"/*/; do
+        [ -f "${d}log/decode.1.log" ] && head -n 1 "${d}log/decode.1.log" | sed 's/^# //'
+        for t in "${d}"*/log/score.log; do
+          [ -f "${t}" ] && head -n 1 "${t}" | sed 's/^# //'
+        done
+      done
+      echo '```'
+    done
+  } > RESULTS.md.tmp
+  mv RESULTS.md.tmp RESULTS.md
+  log "wrote $(pwd)/RESULTS.md"
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Common Voice release -> Kaldi data dirs.
+#
+#   <COMMONVOICE>/{train,dev,test}.tsv: a header line naming the columns (client_id, path, sentence,
+#                                       up_votes, ...; the set differs between releases), then one clip a line
+#   <COMMONVOICE>/clips/<path>:         the clips, mp3 (48 kHz)
+#
+# writes data/{train,dev,test}: utterance = the clip's name without .mp3, speaker = client_id, text
+# = the sentence as released (cased, punctuated: the scorer normalises). The mp3 files are read
+# directly by soundfile (libsndfile >= 1.1); with an older libsndfile wav.scp pipes them through
+# ffmpeg instead (see --mp3_reader). A finished dir has a .done marker and is not made again.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
+
+. ./db.sh
+. ./path.sh
+
+datadir=data
+sets=train,dev,test
+mp3_reader=auto
+
+help_message="Usage: $0 [options]
+  --datadir <dir>       where the data dirs go (default: ${datadir})
+  --sets <a,b>          the release's tsv files to convert, comma separated (default: ${sets})
+  --mp3_reader <how>    soundfile: wav.scp names the mp3; ffmpeg: a '... |' pipe decoding it to
+                        16 kHz wav; auto: soundfile when it reads MP3 (default: ${mp3_reader})"
+. parse_options.sh
+
+[ -d "${COMMONVOICE}/clips" ] || { log "ERROR: no clips/ under '${COMMONVOICE}': set COMMONVOICE in db.sh"; exit 1; }
+if [ "${mp3_reader}" = auto ]; then
+  if python3 -c 'import soundfile, sys; sys.exit("MP3" not in soundfile.available_formats())'; then
+    mp3_reader=soundfile
+  else
+    mp3_reader=ffmpeg
+    log "this libsndfile cannot read MP3 (needs >= 1.1): wav.scp decodes the clips with ffmpeg"
+  fi
+fi
+case ${mp3_reader} in
+  soundfile) ;;
+  ffmpeg) command -v ffmpeg > /dev/null || { log "ERROR: --mp3_reader ffmpeg: ffmpeg is not installed"; exit 1; } ;;
+  *) log "ERROR: --mp3_reader must be auto, soundfile or ffmpeg, not '${mp3_reader}'"; exit 1 ;;
+esac
+
+for set in ${sets//,/ }; do
+  dir=${datadir}/${set}
+  if [ -f "${dir}/.done" ]; then
+    log "${dir}: already prepared (${dir}/.done), skipping"
+    continue
+  fi
+  log "${COMMONVOICE}/${set}.tsv + clips/ -> ${dir} (mp3 read by ${mp3_reader})"
+  python3 - "${COMMONVOICE}" "${set}" "${dir}" "${mp3_reader}" <<'PY'
+import csv
+import shlex
+import sys
+from pathlib import Path
+
+root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+tsv = root / f"{name}.tsv"
+wav, text, spk = {}, {}, {}
+missing = 0
+with open(tsv, encoding="utf-8", newline="") as f:
+    rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    lacking = {"client_id", "path", "sentence"} - set(rows.fieldnames or [])
+    if lacking:
+        sys.exit(f"{tsv}: no column {', '.join(sorted(lacking))} in the header")
+    for lineno, row in enumerate(rows, 2):
+        sentence = " ".join((row["sentence"] or "").split())
+        clip = root / "clips" / row["path"]
+        if not sentence:
+            print(f"{tsv}:{lineno}: empty sentence, skipped", file=sys.stderr)
+            continue
+        if not clip.is_file():
+            missing += 1
+            continue
+        utt = Path(row["path"]).stem
+        path = str(clip.resolve())
+        if reader == "ffmpeg":
+            path = f"ffmpeg -nostdin -loglevel error -i {shlex.quote(path)} -ac 1 -ar 16000 -f wav - |"
+        wav[utt], text[utt], spk[utt] = path, sentence, row["client_id"]
+if missing:
+    print(f"{tsv}: {missing} clips are not in {root / 'clips'}: skipped", file=sys.stderr)
+if not text:
+    sys.exit(f"{tsv}: no utterances")
+out.mkdir(parents=True, exist_ok=True)
+utts = sorted(text)
+(out / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts), encoding="utf-8")
+(out / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts), encoding="utf-8")
+(out / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in utts), encoding="utf-8")
+spk2utt = {}
+for u in utts:
+    spk2utt.setdefault(spk[u], []).append(u)
+(out / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
+                             encoding="utf-8")
+print(f"{out}: {len(utts)} utterances, {len(spk2utt)} speakers", file=sys.stderr)
+PY
+  touch "${dir}/.done"
+done
+log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Common Voice (English): text-only TASU training on the training sentences, zero-shot ASR on
+# the dev and test clips.
+#   ./run.sh --encoder_path /models/SenseVoiceSmall --llm_path /models/Qwen2.5-1.5B-Instruct
+# All options: ../TEMPLATE/tasu.sh --help.
+set -euo pipefail
+
+train_set=train
+valid_set=dev
+test_sets="dev test"
+
+../TEMPLATE/tasu.sh \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --tasks "ASR" \
+    --train_text_config conf/train_text.yaml \
+    --train_audio_config conf/train_audio_sft.yaml \
+    --decode_config conf/decode_beam4.yaml \
+    "$@"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# CoVoST 2: text-only TASU training on the English sentences and their Chinese and German
+# translations, zero-shot speech translation (EN2ZH, EN2DE) of the test clips, scored with BLEU.
+#   ./run.sh --encoder_path /models/SenseVoiceSmall --llm_path /models/Qwen2.5-1.5B-Instruct
+# All options: ../TEMPLATE/tasu.sh --help.
+set -euo pipefail
+
+train_set=train
+valid_set=dev
+test_sets="test"
+tasks="EN2ZH:translation_zh EN2DE:translation_de"   # TASK:file-of-targets in data/<set>
+
+../TEMPLATE/tasu.sh \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --tasks "${tasks}" \
+    --train_text_config conf/train_text.yaml \
+    --train_audio_config conf/train_audio_sft.yaml \
+    --decode_config conf/decode_beam4.yaml \
+    "$@"

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# LibriSpeech release -> Kaldi data dirs.
+#
+#   <LIBRISPEECH>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+#   <LIBRISPEECH>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt  ("<utt-id> TEXT" lines)
+#
+# writes data/train (the --train_subsets together), data/<subset> for each --eval_subsets (dashes
+# become underscores: dev-clean -> data/dev_clean) and, when --lm_text is set, data/lm_norm/text (the
+# LM corpus as numbered lines, for text-only training). Speakers are <speaker>-<chapter>, as in
+# Kaldi's recipe. A finished dir has a .done marker and is not made again.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
+
+. ./db.sh
+. ./path.sh
+
+datadir=data
+train_subsets=train-clean-100
+eval_subsets=dev-clean,dev-other,test-clean,test-other
+lm_text=${LIBRISPEECH_LM_NORM}
+lm_max_lines=0
+
+help_message="Usage: $0 [options]
+  --datadir <dir>          where the data dirs go (default: ${datadir})
+  --train_subsets <a,b>    subsets making data/train, comma separated; all of it is
+                           train-clean-100,train-clean-360,train-other-500 (default: ${train_subsets})
+  --eval_subsets <a,b>     subsets made into their own dirs (default: ${eval_subsets})
+  --lm_text <file>         librispeech-lm-norm.txt for data/lm_norm; empty: none (default: '${lm_text}')
+  --lm_max_lines <n>       use the first n lines of --lm_text, 0 for all (default: ${lm_max_lines})"
+. parse_options.sh
+
+[ -d "${LIBRISPEECH}" ] || { log "ERROR: LibriSpeech not found at '${LIBRISPEECH}': set LIBRISPEECH in db.sh"; exit 1; }
+
+make_dir() {  # make_dir <name> <subset,...>
+  local dir=${datadir}/$1
+  if [ -f "${dir}/.done" ]; then
+    log "${dir}: already prepared (${dir}/.done), skipping"
+    return
+  fi
+  log "${LIBRISPEECH}/{$2} -> ${dir}"
+  python3 - "${LIBRISPEECH}" "$2" "${dir}" <<'PY'
+import sys
+from pathlib import Path
+
+root, subsets, out = Path(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
+wav, text, spk = {}, {}, {}
+for subset in subsets:
+    if not (root / subset).is_dir():
+        sys.exit(f"local/data.sh: {root / subset}: no such subset directory")
+    for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
+        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            utt, _, words = line.strip().partition(" ")
+            audio = trans.parent / f"{utt}.flac"
+            if not words.strip() or not audio.is_file():
+                sys.exit(f"{trans}:{lineno}: {'no transcript' if not words.strip() else f'{audio} is missing'}")
+            wav[utt], text[utt] = str(audio.resolve()), " ".join(words.split())
+            spk[utt] = "-".join(utt.split("-")[:2])
+if not text:
+    sys.exit(f"local/data.sh: no *.trans.txt under {root}/{{{','.join(subsets)}}}")
+out.mkdir(parents=True, exist_ok=True)
+utts = sorted(text)
+(out / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts), encoding="utf-8")
+(out / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts), encoding="utf-8")
+(out / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in utts), encoding="utf-8")
+spk2utt = {}
+for u in utts:
+    spk2utt.setdefault(spk[u], []).append(u)
+(out / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
+                             encoding="utf-8")
+print(f"{out}: {len(utts)} utterances, {len(spk2utt)} speakers", file=sys.stderr)
+PY
+  touch "${dir}/.done"
+}
+
+make_dir train "${train_subsets}"
+for subset in ${eval_subsets//,/ }; do
+  make_dir "${subset//-/_}" "${subset}"
+done
+
+if [ -n "${lm_text}" ]; then
+  dir=${datadir}/lm_norm
+  if [ -f "${dir}/.done" ]; then
+    log "${dir}: already prepared (${dir}/.done), skipping"
+  else
+    [ -f "${lm_text}" ] || { log "ERROR: --lm_text ${lm_text}: no such file"; exit 1; }
+    log "${lm_text} -> ${dir}/text (ids lm_<line>)"
+    mkdir -p "${dir}"
+    if [ "${lm_max_lines}" -gt 0 ]; then head -n "${lm_max_lines}" "${lm_text}"; else cat "${lm_text}"; fi \
+      | awk 'NF { printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"
+    touch "${dir}/.done"
+  fi
+fi
+log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# SLURP release -> Kaldi data dirs with the intent labels beside the transcripts.
+#
+#   <SLURP>/dataset/slurp/{train,train_synthetic,devel,test}.jsonl: one line per prompt:
+#       {"slurp_id": ..., "sentence": ..., "scenario": ..., "action": ..., "intent": ...,
+#        "recordings": [{"file": "audio-....flac", ...}, ...], ...}
+#   <SLURP>/audio/slurp_real/*.flac (and slurp_synth/*.flac for train_synthetic)
+#
+# Every recording is one utterance, <slurp_id>-<file name without .flac>, in data/{train,devel,test}
+# with text (the sentence), scenario, action and intent files (utterance -> label). data/train also
+# holds the synthetic recordings unless --use_synth false. A finished dir has a .done marker.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
+
+. ./db.sh
+. ./path.sh
+
+datadir=data
+audio_dir=${SLURP}/audio
+use_synth=true
+
+help_message="Usage: $0 [options]
+  --datadir <dir>      where the data dirs go (default: ${datadir})
+  --audio_dir <dir>    holding slurp_real/ and slurp_synth/ (default: ${audio_dir})
+  --use_synth <bool>   add the synthetic recordings to data/train (default: ${use_synth})"
+. parse_options.sh
+
+[ -d "${SLURP}/dataset/slurp" ] || { log "ERROR: no dataset/slurp under '${SLURP}': set SLURP in db.sh"; exit 1; }
+
+make_dir() {  # make_dir <name> <split>...
+  local dir=${datadir}/$1
+  shift
+  if [ -f "${dir}/.done" ]; then
+    log "${dir}: already prepared (${dir}/.done), skipping"
+    return
+  fi
+  log "${SLURP}/dataset/slurp/{$(echo "$@" | tr ' ' ',')}.jsonl + ${audio_dir} -> ${dir}"
+  python3 - "${SLURP}/dataset/slurp" "${audio_dir}" "${dir}" "$@" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+meta, audio, out, splits = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
+files = {name: {} for name in ("wav.scp", "text", "scenario", "action", "intent")}
+missing = 0
+for split in splits:
+    sub = audio / ("slurp_synth" if split == "train_synthetic" else "slurp_real")
+    path = meta / f"{split}.jsonl"
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            labels = {"text": " ".join(item["sentence"].split()), "scenario": item["scenario"],
+                      "action": item["action"], "intent": item["intent"]}
+            recordings = [r["file"] for r in item["recordings"]]
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"{path}:{lineno}: not a SLURP record ({e!r})")
+        for name in recordings:
+            if not (sub / name).is_file():
+                missing += 1
+                continue
+            utt = f"{item['slurp_id']}-{Path(name).stem}"
+            files["wav.scp"][utt] = str((sub / name).resolve())
+            for key, value in labels.items():
+                files[key][utt] = value
+if missing:
+    print(f"{out}: {missing} recordings named in the metadata are not in {audio}: skipped", file=sys.stderr)
+if not files["text"]:
+    sys.exit(f"local/data.sh: no recordings of {', '.join(splits)} found in {audio}")
+out.mkdir(parents=True, exist_ok=True)
+utts = sorted(files["text"])
+for name, table in files.items():
+    (out / name).write_text("".join(f"{u} {table[u]}\n" for u in utts), encoding="utf-8")
+(out / "utt2spk").write_text("".join(f"{u} {u}\n" for u in utts), encoding="utf-8")
+(out / "spk2utt").write_text("".join(f"{u} {u}\n" for u in utts), encoding="utf-8")
+print(f"{out}: {len(utts)} utterances", file=sys.stderr)
+PY
+  touch "${dir}/.done"
+}
+
+if ${use_synth}; then make_dir train train train_synthetic; else make_dir train train; fi
+make_dir devel devel
+make_dir test test
+log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

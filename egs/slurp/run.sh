@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SLURP: text-only TASU training on the SLURP prompts for ASR and intent (scenario, action)
+# classification, zero-shot spoken language understanding on the test recordings.
+#   ./run.sh --encoder_path /models/SenseVoiceSmall --llm_path /models/Qwen2.5-1.5B-Instruct
+# All options: ../TEMPLATE/tasu.sh --help.
+set -euo pipefail
+
+train_set=train
+valid_set=devel
+test_sets="test"
+tasks="ASR SLU_scenario:scenario SLU_action:action"   # TASK:file-of-targets in data/<set>
+
+../TEMPLATE/tasu.sh \
+    --train_set "${train_set}" \
+    --valid_set "${valid_set}" \
+    --test_sets "${test_sets}" \
+    --tasks "${tasks}" \
+    --train_text_config conf/train_text.yaml \
+    --train_audio_config conf/train_audio_sft.yaml \
+    --decode_config conf/decode_greedy.yaml \
+    "$@"

@@ -1,0 +1,246 @@
+"""The corpus recipes (egs/): every stage run for real on tiny copies of the release layouts.
+
+For each corpus, ``test/recipe_fixtures.py`` writes a few utterances in the exact layout of the
+release; ``./run.sh --stage 1 --stop_stage 2`` parses it, and stages 3-7 train, decode, score and
+write RESULTS.md with tiny models (``fixtures.save_tiny_llm``, ``fixtures.write_sensevoice_dir``) in
+quick settings. The shared parts are checked once: ``--help``, unknown options, the up-front check
+of the model paths, every shipped config (a broken one fails here), identical ``cmd.sh`` copies.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fixtures import save_tiny_llm, write_sensevoice_dir
+from recipe_fixtures import ROOT, copy_recipe, write_commonvoice, write_covost, write_librispeech, write_slurp
+from tasu.cli import main as tasu_main
+
+RECIPES = ["librispeech", "commonvoice", "slurp", "covost"]
+EGS = ROOT / "egs"
+QUICK_TRAIN = " ".join([
+    "llm.dtype=float32", "engine.precision=fp32", "engine.zero_stage=0", "projector.options.hidden=16",
+    "data.max_tokens=400", "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_window=8",
+    "train.max_steps=2", "train.epochs=1", "train.log_interval=1", "train.valid_interval=2",
+    "train.save_interval=2", "optim.warmup_steps=1", "optim.total_steps=4"])
+QUICK_DECODE = "--beam 1 --max-new-tokens 4 --batch-size 8"
+
+
+def sh(cwd: Path, *args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    out = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    return {"encoder": str(write_sensevoice_dir(root / "SenseVoiceSmall")),
+            "llm": str(save_tiny_llm(root / "llm"))}
+
+
+def run_all_stages(recipe: Path, env: dict, models: dict, *options: str) -> str:
+    """Stages 1-2, then 1-2 again (a no-op), then 3-7; returns the log of the last run."""
+    first = sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "2", *options, env=env)
+    assert "Stage 1" in first.stderr and "Stage 2" in first.stderr
+    done = {p: p.stat().st_mtime_ns for p in [*recipe.glob("data/*/*"), *recipe.glob("dump/*/*")]}
+    again = sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "2", *options, env=env)
+    assert "already prepared" in again.stderr and "already made" in again.stderr
+    assert "validate:" not in again.stderr, again.stderr  # no file made or checked again
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    out = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "7", *options,
+             "--encoder_path", models["encoder"], "--llm_path", models["llm"],
+             "--train_text_args", QUICK_TRAIN, "--decode_args", QUICK_DECODE, env=env)
+    return out.stderr
+
+
+def scores(recipe: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(recipe / "exp")): json.loads(p.read_text())
+            for p in (recipe / "exp").rglob("score.json")}
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# --------------------------------------------------------------------------------------------------
+# The corpora, end to end
+
+
+@pytest.mark.slow
+def test_librispeech(tmp_path, models):
+    corpus = write_librispeech(tmp_path / "corpora")
+    recipe = copy_recipe("librispeech", tmp_path)
+    env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": str(tmp_path / "corpora" / "librispeech-lm-norm.txt")}
+    log = run_all_stages(recipe, env, models, "--test_sets", "test_clean",
+                         "--local_data_opts", "--eval_subsets dev-clean,test-clean")
+    assert lines(recipe / "data" / "train" / "wav.scp")[0].startswith("100-2000-0000 ")
+    assert lines(recipe / "data" / "train" / "text")[0] == "100-2000-0000 TURN ON THE KITCHEN LIGHTS"
+    assert lines(recipe / "data" / "train" / "utt2spk")[0] == "100-2000-0000 100-2000"
+    assert len(lines(recipe / "dump" / "lm_norm" / "ASR.text_only.jsonl")) == 8
+    text_only = [json.loads(x) for x in lines(recipe / "dump" / "train" / "ASR.text_only.jsonl")]
+    assert len(text_only) == 6 and all("path" not in r for r in text_only)
+
+    exp = recipe / "exp" / "tasu_train_text"
+    assert "lm_norm/ASR.text_only.jsonl" in lines(exp / "log" / "train.log")[0]
+    assert "--stage 3 --stop_stage 3" in (exp / "run.sh").read_text()
+    assert set(scores(recipe)) == {"tasu_train_text/decode_beam4_best/test_clean/ASR"}
+    hyp = recipe / "exp" / "tasu_train_text" / "decode_beam4_best" / "test_clean" / "ASR" / "hyp.trn"
+    assert [x.split("\t")[0] for x in lines(hyp)] == ["120-2002-0000", "121-2002-0001"]
+    results = (recipe / "RESULTS.md").read_text()
+    assert "|decode_beam4_best/test_clean/ASR|2|" in results and "## Environments" in results
+    assert "tasu train --config conf/train_text.yaml" in results and "tasu decode --exp" in results
+    assert "Stage 7" in log
+
+
+@pytest.mark.slow
+def test_slurp(tmp_path, models):
+    corpus = write_slurp(tmp_path / "corpora")
+    recipe = copy_recipe("slurp", tmp_path)
+    run_all_stages(recipe, {"SLURP": str(corpus)}, models)
+    train = recipe / "data" / "train"
+    assert len(lines(train / "text")) == 3 * 2 + 1  # two real recordings per prompt, one synthetic
+    assert lines(train / "scenario")[0] == "4000-audio-1490000000-far alarm"
+    assert lines(train / "action")[0] == "4000-audio-1490000000-far set"
+    record = json.loads(lines(recipe / "dump" / "test" / "SLU_scenario.jsonl")[0])
+    assert record["target"] == "datetime" and record["GT"] == "what time is it in dublin" and "path" in record
+    text_only = json.loads(lines(recipe / "dump" / "train" / "SLU_action.text_only.jsonl")[0])
+    assert "path" not in text_only and text_only["GT"] == "wake me up at seven in the morning"
+
+    found = scores(recipe)
+    assert set(found) == {f"tasu_train_text/decode_greedy_best/test/{t}" for t in ("ASR", "SLU_scenario", "SLU_action")}
+    assert found["tasu_train_text/decode_greedy_best/test/SLU_action"]["metric"] == "acc"
+    assert found["tasu_train_text/decode_greedy_best/test/ASR"]["metric"] == "wer"
+    for task in ("ASR", "SLU_scenario", "SLU_action"):  # the joint decode split back per task
+        ref = lines(recipe / "exp" / "tasu_train_text" / "decode_greedy_best" / "test" / task / "ref.trn")
+        assert [x.split("\t")[0] for x in ref] == ["4005-audio-1490000005-far", "4005-audio-1490000005-headset",
+                                                  "4006-audio-1490000006-far", "4006-audio-1490000006-headset"]
+    assert "Intent Classification" in (recipe / "RESULTS.md").read_text() or "Accuracy" in (recipe / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_commonvoice(tmp_path, models):
+    corpus = write_commonvoice(tmp_path / "corpora")
+    recipe = copy_recipe("commonvoice", tmp_path)
+    run_all_stages(recipe, {"COMMONVOICE": str(corpus)}, models, "--test_sets", "test")
+    assert lines(recipe / "data" / "train" / "text")[0] == "common_voice_en_1000 Turn on the kitchen lights?"
+    assert lines(recipe / "data" / "train" / "wav.scp")[0].endswith("clips/common_voice_en_1000.mp3")
+    assert lines(recipe / "data" / "train" / "utt2spk")[0] == f"common_voice_en_1000 {0:064x}"
+    assert set(scores(recipe)) == {"tasu_train_text/decode_beam4_best/test/ASR"}
+
+
+@pytest.mark.slow
+def test_covost(tmp_path, models):
+    tsv_dir, cv = write_covost(tmp_path / "corpora")
+    recipe = copy_recipe("covost", tmp_path)
+    run_all_stages(recipe, {"COVOST2": str(tsv_dir), "COMMONVOICE": str(cv)}, models)
+    test = recipe / "data" / "test"
+    assert lines(test / "translation_zh")[0] == "common_voice_en_1008 打开厨房的灯"
+    assert lines(test / "translation_de")[0] == "common_voice_en_1008 Mach das Licht in der Küche an"
+    record = json.loads(lines(recipe / "dump" / "train" / "EN2DE.text_only.jsonl")[0])
+    assert record == {"key": "common_voice_en_1000", "task": "EN2DE", "target": "Mach das Licht in der Küche an",
+                      "GT": "Turn on the kitchen lights?"}
+    found = scores(recipe)
+    zh = found["tasu_train_text/decode_beam4_best/test/EN2ZH"]
+    de = found["tasu_train_text/decode_beam4_best/test/EN2DE"]
+    assert zh["metric"] == de["metric"] == "bleu"
+    assert "tok:zh" in zh["details"]["signature"] and "tok:13a" in de["details"]["signature"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared stage script and files
+
+
+def stage_script_options() -> list[str]:
+    text = (EGS / "TEMPLATE" / "tasu.sh").read_text()
+    block = text[text.index("# Options:"):text.index("help_message=")]
+    return re.findall(r"^([a-z_]+)=", block, flags=re.M)
+
+
+def test_help_lists_every_option_with_its_default(tmp_path):
+    recipe = copy_recipe("librispeech", tmp_path)
+    out = sh(recipe, "../TEMPLATE/tasu.sh", "--help")
+    options = stage_script_options()
+    assert len(options) >= 30
+    for name in options:
+        assert f"  --{name} " in out.stdout, f"--{name} is not in --help"
+    assert "--stage <n>                 first stage to run (1)" in out.stdout  # with its default
+    assert "Usage:" in sh(recipe, "local/data.sh", "--help").stdout
+
+
+def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
+    recipe = copy_recipe("slurp", tmp_path)
+    out = sh(recipe, "./run.sh", "--no_such_option", "1", ok=False)
+    assert out.returncode != 0 and "unknown option '--no_such_option'" in out.stderr
+    out = sh(recipe, "./run.sh", "--audio_sft", "maybe", ok=False)
+    assert out.returncode != 0 and "takes true or false" in out.stderr
+    out = sh(recipe, "./run.sh", "--stage", "3", "--encoder_path", str(tmp_path), ok=False)
+    assert out.returncode == 1
+    assert "--llm_path is required by stage 3 (text-only training)" in out.stderr
+    assert not (recipe / "exp").exists()  # checked before anything ran
+    out = sh(recipe, "./run.sh", "--stage", "5", "--stop_stage", "5", "--decode_config", "conf/nope.yaml", ok=False)
+    assert out.returncode == 1 and "config file conf/nope.yaml does not exist" in out.stderr
+
+
+def test_job_runner_logs_each_job_and_reports_the_failing_one(tmp_path):
+    runner = str(ROOT / "utils" / "run_local.sh")
+    sh(tmp_path, runner, "JOB=1:3", "log/echo.JOB.log", "echo", "job JOB of 3", "|", "tr", "a-z", "A-Z")
+    assert [lines(tmp_path / "log" / f"echo.{i}.log")[3] for i in (1, 2, 3)] == [f"JOB {i} OF 3" for i in (1, 2, 3)]
+    assert lines(tmp_path / "log" / "echo.2.log")[-1].startswith("# Ended (code 0)")
+    out = sh(tmp_path, runner, "--max_jobs_run", "2", "JOB=1:3", "log/fail.JOB.log",
+             "bash", "-c", "echo reached JOB; exit $(( JOB == 2 ))", ok=False)
+    assert out.returncode == 1
+    assert "job 2 failed; the end of log/fail.2.log" in out.stderr and "reached 2" in out.stderr
+    assert "job 1 failed" not in out.stderr and "1 of 3 job(s) failed" in out.stderr
+
+
+def test_cmd_and_path_copies_are_identical():
+    for name in ("cmd.sh", "path.sh"):
+        template = (EGS / "TEMPLATE" / name).read_text()
+        for recipe in RECIPES:
+            assert (EGS / recipe / name).read_text() == template, f"egs/{recipe}/{name} differs from egs/TEMPLATE/{name}"
+
+
+def test_recipes_have_the_standard_files():
+    for recipe in ["TEMPLATE", *RECIPES]:
+        d = EGS / recipe
+        for name in ("run.sh", "db.sh", "path.sh", "cmd.sh", "local/data.sh"):
+            assert (d / name).is_file(), f"egs/{recipe}/{name} is missing"
+        for name in ("run.sh", "local/data.sh"):
+            assert os.access(d / name, os.X_OK), f"egs/{recipe}/{name} is not executable"
+        assert list((d / "conf" / "tuning").glob("*.yaml")), f"egs/{recipe}/conf/tuning has no variant"
+        for script in (d / "run.sh", d / "db.sh", d / "local" / "data.sh"):
+            code = "\n".join(x for x in script.read_text().splitlines() if not x.lstrip().startswith("#"))
+            assert not re.search(r"(^|[\s=\"'])/(data|home|mnt|work|export|tmp)/", code, flags=re.M), \
+                f"{script} holds an absolute path"
+
+
+TRAIN_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if not p.name.startswith("decode_"))
+DECODE_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if p.name.startswith("decode_"))
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(EGS)))
+def test_training_config_passes_a_dry_run(config, capsys):
+    assert tasu_main(["train", "--dry-run", "--config", str(config)]) == 0, capsys.readouterr().err
+    assert "projector:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", DECODE_CONFIGS, ids=lambda p: str(p.relative_to(EGS)))
+def test_decode_config_keys_are_tasu_decode_options(config):
+    import yaml
+
+    from tasu.cli import get_parser
+
+    parser = get_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    if "decode" not in subparsers:
+        pytest.skip("tasu decode is not in this build of the CLI")
+    known = {s for a in subparsers["decode"]._actions for s in a.option_strings}
+    for key in yaml.safe_load(config.read_text()):
+        assert "--" + key.replace("_", "-") in known, f"{config}: '{key}' is not an option of tasu decode"

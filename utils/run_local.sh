@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Run a command, or an array of N jobs, on this machine with one log file per job (Kaldi's run.pl).
+#
+#   run_local.sh exp/x/train.log tasu train --config conf/x.yaml --exp-dir exp/x
+#   run_local.sh --max_jobs_run 2 JOB=1:4 exp/x/log/decode.JOB.log tasu decode --data split/JOB.jsonl ...
+#
+# JOB=a:b runs one job per id in a..b; the word JOB in the log name and in the command becomes the
+# job's id. Each argument is passed as one word (quoted for the shell); the arguments '|', '||',
+# '&&', ';', '>', '>>', '<', '2>&1' stay shell operators, so a pipeline is written
+# 'cmd1 \| cmd2'. The log holds the command, start and end times, everything the job printed and
+# its exit code. When a job fails, the end of its log is printed and the exit status is 1.
+# --gpu, --mem and --num_threads are accepted for the same command line as run_slurm.sh and
+# ignored here: jobs see this machine's devices.
+set -euo pipefail
+
+max_jobs_run=0     # jobs running at once; 0: all of them
+gpu=0
+mem=
+num_threads=1
+launcher=          # a command prefix every job runs under (run_slurm.sh passes 'srun ...')
+tail_lines=30
+
+help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
+Options:
+  --max_jobs_run <n>   jobs running at once, 0 for all (default: ${max_jobs_run})
+  --gpu <n>            devices per job (default: ${gpu}; ignored by the local runner)
+  --mem <size>         memory per job (default: '${mem}'; ignored by the local runner)
+  --num_threads <n>    threads per job (default: ${num_threads}; ignored by the local runner)
+  --launcher <prefix>  command prefix each job runs under (default: '${launcher}'; set by run_slurm.sh)
+  --tail_lines <n>     lines of a failed job's log to print (default: ${tail_lines})"
+. "$(dirname "$0")/parse_options.sh"
+
+prog=$(basename "$0")
+if [ $# -lt 2 ]; then
+  printf '%s\n' "${help_message}" >&2
+  exit 1
+fi
+
+first=1 last=1 array=false
+if [[ "$1" =~ ^JOB=([0-9]+):([0-9]+)$ ]]; then
+  first=${BASH_REMATCH[1]} last=${BASH_REMATCH[2]} array=true
+  shift
+  if [ "${first}" -gt "${last}" ]; then
+    echo "${prog}: empty job range JOB=${first}:${last}" >&2
+    exit 1
+  fi
+elif [[ "$1" =~ ^[A-Za-z_]+=.*:.*$ ]]; then
+  echo "${prog}: a job array is written JOB=a:b, not '$1'" >&2
+  exit 1
+fi
+[ $# -ge 2 ] || { echo "${prog}: no command after the log file" >&2; exit 1; }
+log_pattern=$1
+shift
+if ${array} && [[ "${log_pattern}" != *JOB* ]]; then
+  echo "${prog}: with JOB=${first}:${last} the log name must contain JOB: ${log_pattern}" >&2
+  exit 1
+fi
+
+# The command as one shell string: every argument quoted except the shell operators.
+cmd=
+for arg in "$@"; do
+  case "${arg}" in
+    '|'|'||'|'&&'|';'|'>'|'>>'|'<'|'2>&1') cmd+="${arg} " ;;
+    *) cmd+="$(printf '%q' "${arg}") " ;;
+  esac
+done
+cmd=${cmd% }
+
+run_job() {  # <id>: run the command of job <id> into its log, which ends with the exit code
+  local id=$1 log job_cmd start rc
+  if ${array}; then
+    log=${log_pattern//JOB/${id}}
+    job_cmd=${cmd//JOB/${id}}
+  else
+    log=${log_pattern}
+    job_cmd=${cmd}
+  fi
+  mkdir -p "$(dirname "${log}")"
+  start=$(date +%s)
+  {
+    echo "# ${job_cmd}"
+    echo "# Started at $(date)"
+    echo "#"
+  } > "${log}"
+  set +e
+  ${launcher} bash -c "${job_cmd}" >> "${log}" 2>&1 < /dev/null
+  rc=$?
+  set -e
+  {
+    echo "# Accounting: time=$(( $(date +%s) - start )) threads=${num_threads}"
+    echo "# Ended (code ${rc}) at $(date), elapsed time $(( $(date +%s) - start )) seconds"
+  } >> "${log}"
+  return "${rc}"
+}
+
+trap 'kill $(jobs -p) 2>/dev/null || true' INT TERM
+
+for id in $(seq "${first}" "${last}"); do
+  if [ "${max_jobs_run}" -gt 0 ]; then
+    while [ "$(jobs -rp | wc -l)" -ge "${max_jobs_run}" ]; do
+      wait -n || true
+    done
+  fi
+  run_job "${id}" &
+done
+wait || true
+
+failed=0
+for id in $(seq "${first}" "${last}"); do
+  if ${array}; then log=${log_pattern//JOB/${id}}; else log=${log_pattern}; fi
+  if ! tail -n 1 "${log}" 2>/dev/null | grep -q '^# Ended (code 0)'; then
+    failed=$((failed + 1))
+    {
+      echo "${prog}: job ${id} failed; the end of ${log}:"
+      tail -n "${tail_lines}" "${log}" 2>/dev/null | sed 's/^/  | /' || echo "  (no log written)"
+    } >&2
+  fi
+done
+if [ "${failed}" -gt 0 ]; then
+  total=$((last - first + 1))
+  echo "${prog}: ${failed} of ${total} job(s) failed: ${log_pattern}" >&2
+  exit 1
+fi
+exit 0

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# run_local.sh's command line, each job run on a slurm cluster with srun (Kaldi's slurm.pl).
+#
+#   run_slurm.sh --gpu 1 --mem 64G exp/x/train.log tasu train --config conf/x.yaml --exp-dir exp/x
+#   run_slurm.sh --max_jobs_run 8 JOB=1:8 exp/x/log/decode.JOB.log tasu decode ...
+#
+# Every job is one 'srun' step (blocking, so the job array waits as run_local.sh does); its log is
+# written by this script on the shared file system. Recipes select it in cmd.sh.
+set -euo pipefail
+
+max_jobs_run=0
+gpu=0
+mem=
+num_threads=1
+partition=
+time_limit=
+srun_opts=
+
+help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
+Options:
+  --max_jobs_run <n>   jobs submitted at once, 0 for all (default: ${max_jobs_run})
+  --gpu <n>            GPUs per job: --gres=gpu:<n> (default: ${gpu})
+  --mem <size>         memory per job, e.g. 32G (default: '${mem}': the partition's default)
+  --num_threads <n>    CPUs per job (default: ${num_threads})
+  --partition <name>   slurm partition (default: '${partition}': the cluster's default)
+  --time_limit <t>     slurm time limit, e.g. 2-00:00:00 (default: '${time_limit}')
+  --srun_opts <opts>   more srun options, one string (default: '${srun_opts}')"
+. "$(dirname "$0")/parse_options.sh"
+
+launcher="srun --quiet --ntasks=1 --cpus-per-task=${num_threads}"
+[ "${gpu}" -gt 0 ] && launcher+=" --gres=gpu:${gpu}"
+[ -n "${mem}" ] && launcher+=" --mem=${mem}"
+[ -n "${partition}" ] && launcher+=" --partition=${partition}"
+[ -n "${time_limit}" ] && launcher+=" --time=${time_limit}"
+[ -n "${srun_opts}" ] && launcher+=" ${srun_opts}"
+
+exec "$(dirname "$0")/run_local.sh" --max_jobs_run "${max_jobs_run}" --num_threads "${num_threads}" \
+  --launcher "${launcher}" "$@"
