@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Train the mini recipe's frozen CTC encoder: tasu's SmallCTCEncoder on the espeak-ng train audio.
+
+Usage (from egs/mini, after local/make_corpus.py):
+
+    python local/train_encoder.py --data-dir data --exp-dir exp/encoder             # full: ~5 min
+    python local/train_encoder.py --data-dir data --exp-dir exp/encoder --epochs 1 --max-minutes 0.1
+
+What it writes::
+
+    exp/encoder/{config.yaml,model.pt,bpe.model,tokens.json,am.mvn,configuration.json}
+        the encoder, loadable with tasu.encoders.load_encoder / load_tokenizer (small_ctc layout)
+    exp/encoder/ctc_greedy/<set>/{hyp,ref}.trn          greedy CTC output, key<TAB>text
+    exp/encoder/ctc_greedy/<set>/{wer,cer}/score.json   scored by tasu.score (tasu results reads them)
+    exp/encoder/train_info.json                         sizes, epochs, time, numbers
+
+Steps: a SentencePiece vocabulary from the train transcripts (characters by default: on 2,000
+short utterances characters train faster than BPE and any word can be spelled), fbank features
+computed once and kept in memory (the frontend would otherwise cost as much as the model), CTC
+training for a fixed number of epochs with a warm-up + cosine learning rate (so the result depends
+on the seed only; ``--max-minutes`` stops early on a slow machine and says so), then greedy CTC
+decoding of dev, test and test_ood: the baseline that TASU's LLM-side decoding has to beat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from tasu.data.audio import load_audio
+from tasu.data.kaldi_dir import read_data_dir
+from tasu.encoders import load_encoder, train_sentencepiece
+from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
+from tasu.encoders.small_ctc import SmallCTCEncoder
+from tasu.score import score_files
+
+EVAL_SETS = ("dev", "test", "test_ood")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data", help="holds train/ and the eval sets (Kaldi dirs)")
+    parser.add_argument("--exp-dir", default="exp/encoder", help="where the encoder and its decodes go")
+    parser.add_argument("--unit", choices=["char", "bpe"], default="bpe", help="CTC units (default: bpe)")
+    parser.add_argument("--vocab-size", type=int, default=500, help="upper bound of BPE pieces (default: 500)")
+    parser.add_argument("--encoder-conf", type=json.loads, default={},
+                        help='JSON overrides of SmallCTCEncoder encoder_conf, e.g. \'{"num_blocks": 4}\'')
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    parser.add_argument("--max-minutes", type=float, default=6.0,
+                        help="stop training after this much wall time, even mid-epoch: a cap for slow "
+                             "machines (default: 6; 0 = none)")
+    parser.add_argument("--batch-frames", type=int, default=2400,
+                        help="batch budget: utterances x longest LFR frame count (40 ms each)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--eval-sets", nargs="*", default=list(EVAL_SETS))
+    parser.add_argument("--seed", type=int, default=1234)
+    return parser
+
+
+def read_set(data_dir: Path, name: str) -> tuple[list[str], list[str], list[torch.Tensor]]:
+    """Keys, transcripts and 16 kHz waveforms of one data dir."""
+    records = read_data_dir(data_dir / name)
+    waves = [torch.from_numpy(load_audio(r.path, key=r.key)) for r in records]
+    return [r.key for r in records], [r.target for r in records], waves
+
+
+def compute_features(encoder: SmallCTCEncoder, waves: list[torch.Tensor], chunk: int = 64) -> list[torch.Tensor]:
+    """Features of each utterance, unpadded, through the encoder's frontend as it stands (LFR,
+    plus CMVN once it has one): computed once, reused every epoch."""
+    feats = []
+    for i in range(0, len(waves), chunk):
+        padded, lengths = wav_frontend_features(encoder.frontend, waves[i:i + chunk])
+        feats.extend(padded[b, :n].clone() for b, n in enumerate(lengths.tolist()))
+    return feats
+
+
+def fit_cmvn(encoder: SmallCTCEncoder, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Global CMVN estimated from un-normalised train features, given to the encoder's frontend and
+    applied to them, so the train audio goes through the fbank once (``fit_cmvn(waveforms)`` would
+    compute every feature twice). Same arithmetic as funasr's ``apply_cmvn``: (x + shift) * scale."""
+    cat = torch.cat(raw)
+    encoder.frontend.cmvn = estimate_cmvn(cat[None], torch.tensor([len(cat)]))
+    shift, scale = encoder.frontend.cmvn
+    return [(f + shift) * scale for f in raw]
+
+
+def make_batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
+    """Indices grouped by length so that (batch size x longest) stays under ``batch_frames``."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > batch_frames:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def collate(feats: list[torch.Tensor], labels: list[list[int]], batch: list[int]):
+    x = pad_sequence([feats[i] for i in batch], batch_first=True)
+    x_len = torch.tensor([len(feats[i]) for i in batch])
+    y = pad_sequence([torch.tensor(labels[i]) for i in batch], batch_first=True)
+    y_len = torch.tensor([len(labels[i]) for i in batch])
+    return x, x_len, y, y_len
+
+
+def train(encoder: SmallCTCEncoder, feats: list[torch.Tensor], labels: list[list[int]], args) -> dict:
+    """CTC training for ``args.epochs`` epochs (batch order shuffled by a seeded generator)."""
+    batches = make_batches([len(f) for f in feats], args.batch_frames)
+    total = args.epochs * len(batches)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+
+    def lr_lambda(step: int) -> float:  # linear warm-up, then cosine to 5 % of the peak
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = (step - args.warmup_steps) / max(1, total - args.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    rng = random.Random(args.seed)
+    encoder.train()
+    start, step, stopped_early = time.time(), 0, False
+    for epoch in range(1, args.epochs + 1):
+        rng.shuffle(batches)
+        loss_sum, utts = 0.0, 0
+        for batch in batches:
+            x, x_len, y, y_len = collate(feats, labels, batch)
+            loss = encoder.ctc_loss(x, x_len, y, y_len)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.item() * len(batch)
+            utts += len(batch)
+            if args.max_minutes and time.time() - start > 60 * args.max_minutes:
+                stopped_early = True
+                break
+        logging.info("epoch %d: ctc loss %.3f per utterance, %d steps, %.0f s", epoch, loss_sum / max(utts, 1),
+                     step, time.time() - start)
+        if stopped_early:
+            logging.warning("stopped after %.1f min (--max-minutes %g), in epoch %d of %d: the result now "
+                            "depends on this machine's speed", (time.time() - start) / 60, args.max_minutes,
+                            epoch, args.epochs)
+            break
+    encoder.eval()
+    return {"epochs": epoch, "steps": step, "stopped_early": stopped_early,
+            "train_seconds": round(time.time() - start, 1)}
+
+
+@torch.no_grad()
+def greedy_decode(encoder: SmallCTCEncoder, feats: list[torch.Tensor], batch_frames: int) -> list[str]:
+    """Argmax per frame, repeats merged, blanks removed: the encoder's own transcript."""
+    hyps = [""] * len(feats)
+    for batch in make_batches([len(f) for f in feats], batch_frames):
+        x = pad_sequence([feats[i] for i in batch], batch_first=True)
+        log_probs, lengths = encoder(x, torch.tensor([len(feats[i]) for i in batch]))
+        for b, i in enumerate(batch):
+            ids = torch.unique_consecutive(log_probs[b, :lengths[b]].argmax(-1))
+            hyps[i] = encoder.tokenizer.decode([t for t in ids.tolist() if t != encoder.blank_id])
+    return hyps
+
+
+def write_trn(path: Path, keys: list[str], texts: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}\t{t}\n" for k, t in zip(keys, texts)), encoding="utf-8")
+
+
+def main() -> None:
+    args = get_parser().parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. units: a SentencePiece model of the train transcripts (blank = 0)
+    keys, texts, waves = read_set(data_dir, "train")
+    tokenizer = train_sentencepiece(texts, args.vocab_size if args.unit == "bpe" else 64,
+                                    exp_dir / "bpe", model_type=args.unit)
+    labels = [tokenizer.encode(t) for t in texts]
+    logging.info("units: %s, %d incl. blank", args.unit, tokenizer.vocab_size)
+
+    # 2. model, CMVN from the train audio, features once
+    encoder = SmallCTCEncoder(tokenizer, {"encoder_conf": args.encoder_conf})
+    feats = fit_cmvn(encoder, compute_features(encoder, waves))
+    n_params = sum(p.numel() for p in encoder.parameters())
+    logging.info("encoder: %.2f M parameters; %d train utterances (%.2f h), features after %.1f s",
+                 n_params / 1e6, len(feats), sum(len(w) for w in waves) / 16000 / 3600, time.time() - t0)
+
+    # 3. train, save
+    info = train(encoder, feats, labels, args)
+    encoder.save(exp_dir)
+
+    # 4. greedy CTC decoding of the eval sets with the saved (reloaded) encoder, scored
+    encoder = load_encoder(exp_dir)
+    info.update(units=args.unit, vocab_size=tokenizer.vocab_size, parameters=n_params, results={})
+    for name in args.eval_sets:
+        keys, refs, waves = read_set(data_dir, name)
+        hyps = greedy_decode(encoder, compute_features(encoder, waves), args.batch_frames)
+        out = exp_dir / "ctc_greedy" / name
+        write_trn(out / "hyp.trn", keys, hyps)
+        write_trn(out / "ref.trn", keys, refs)
+        for metric in ("wer", "cer"):
+            result = score_files(out / "ref.trn", out / "hyp.trn", metric, out_dir=out / metric)
+            info["results"].setdefault(name, {})[metric] = round(result.value, 2)
+    info["total_seconds"] = round(time.time() - t0, 1)
+    (exp_dir / "train_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    logging.info("greedy CTC %s", " ".join(f"{n}: WER {r['wer']:.1f} % CER {r['cer']:.1f} %"
+                                          for n, r in info["results"].items()))
+    logging.info("train_encoder: done in %.1f s (%.1f s of CPU time) -> %s", info["total_seconds"],
+                 time.process_time(), exp_dir)
+
+
+if __name__ == "__main__":
+    main()

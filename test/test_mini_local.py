@@ -1,0 +1,152 @@
+"""egs/mini/local: the corpus generator, the encoder and LLM trainers, run tiny, end to end.
+
+The scripts run as the recipe runs them (subprocesses, from the recipe's working directory) on a
+28-utterance corpus, with models trained for a step or two; what is checked is what later stages
+rely on: the corpus invariants the TASU claim is tested on, and that the outputs load through
+tasu's own loaders.
+"""
+import importlib.util
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOCAL = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
+SIZES = ["--num-train", "16", "--num-dev", "4", "--num-test", "4", "--num-text-only", "20"]
+SLURP_SCENARIOS = {"alarm", "audio", "calendar", "cooking", "datetime", "email", "general", "iot", "lists",
+                   "music", "news", "play", "qa", "recommendation", "social", "takeaway", "transport", "weather"}
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+def run(script: str, *args: str, cwd: Path) -> None:
+    subprocess.run([sys.executable, str(LOCAL / script), *args], cwd=cwd, check=True)
+
+
+def table(path: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    """A recipe directory after make_corpus, train_encoder and train_llm (tiny settings)."""
+    root = tmp_path_factory.mktemp("mini")
+    run("make_corpus.py", "--data-dir", "data", *SIZES, cwd=root)
+    run("train_encoder.py", "--epochs", "1", "--encoder-conf", '{"num_blocks": 2}', cwd=root)
+    run("train_llm.py", "--steps", "2", "--num-layers", "1", "--hidden-size", "64",
+        "--intermediate-size", "128", "--num-heads", "2", "--batch-size", "4", cwd=root)
+    return root
+
+
+def test_corpus_splits_are_disjoint_and_test_text_is_unseen(recipe):
+    data = recipe / "data"
+    text = {s: table(data / s / "text") for s in ("train", "dev", "test", "test_ood", "text_only")}
+    assert {s: len(t) for s, t in text.items()} == {"train": 16, "dev": 4, "test": 4, "test_ood": 4,
+                                                    "text_only": 20}
+    sentences = {s: set(t.values()) for s, t in text.items()}
+    training = sentences["train"] | sentences["text_only"]
+    assert not sentences["test"] & training and not sentences["dev"] & training
+    assert not sentences["dev"] & sentences["test"] and not sentences["train"] & sentences["text_only"]
+    assert sentences["test_ood"] == sentences["test"]  # same sentences, other voices
+
+
+def test_corpus_ood_voices_and_rates_are_unseen_in_training(recipe):
+    data = recipe / "data"
+    accents = {s: {spk.rsplit("_", 1)[0] for spk in table(data / s / "utt2spk").values()}
+               for s in ("train", "dev", "test", "test_ood")}
+    assert not accents["test_ood"] & (accents["train"] | accents["dev"] | accents["test"])
+    corpus = json.loads((data / "local" / "corpus.json").read_text())
+    assert not set(corpus["speakers"]["test_ood"]) & set(corpus["speakers"]["train"])
+
+
+def test_corpus_data_dirs_are_complete_with_scenarios(recipe):
+    from tasu.data.audio import audio_info
+    from tasu.data.kaldi_dir import read_data_dir
+
+    for s in ("train", "dev", "test", "test_ood"):
+        records = read_data_dir(recipe / "data" / s)
+        scenario = table(recipe / "data" / s / "scenario")
+        assert sorted(scenario) == [r.key for r in records]
+        assert set(scenario.values()) <= SLURP_SCENARIOS
+        info = audio_info(records[0].path)
+        assert info.sample_rate == 16000 and info.duration > 0.3
+    assert set(table(recipe / "data" / "text_only" / "scenario").values()) <= SLURP_SCENARIOS
+
+
+def test_corpus_is_reproducible(recipe, tmp_path):
+    run("make_corpus.py", "--data-dir", "data", *SIZES, "--nj", "1", cwd=tmp_path)
+    for name in ("train/text", "train/utt2spk", "test_ood/scenario", "text_only/text"):
+        assert (tmp_path / "data" / name).read_bytes() == (recipe / "data" / name).read_bytes()
+    key = next(iter(table(recipe / "data" / "dev" / "wav.scp")))
+    wav = Path("data") / "wav" / "dev" / f"{key}.wav"
+    assert (tmp_path / wav).read_bytes() == (recipe / wav).read_bytes()
+
+
+def _grammar():
+    spec = importlib.util.spec_from_file_location("mini_grammar", LOCAL / "grammar.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
+    grammar = _grammar()
+    small = grammar.Grammar([("iot", "turn on the {device} in the {room}"), ("weather", "do i need {clothing} {day}")])
+    capacity = len(grammar.SLOTS["device"]) * len(grammar.SLOTS["room"]) + \
+        len(grammar.SLOTS["clothing"]) * len(grammar.SLOTS["day"])
+    assert small.capacity() == capacity
+    drawn = small.sample_unique(capacity // 2, random.Random(0))
+    assert len({s for s, _ in drawn}) == capacity // 2
+    with pytest.raises(ValueError, match="only"):
+        small.sample_unique(capacity // 2 + 1, random.Random(0))
+    full = grammar.Grammar()
+    assert len(full.scenarios) >= 10 and full.capacity() > 100_000
+
+
+def test_encoder_loads_through_tasu_and_was_scored(recipe):
+    import torch
+
+    from tasu.encoders import load_encoder, load_tokenizer
+
+    exp = recipe / "exp" / "encoder"
+    tokenizer = load_tokenizer(exp)
+    encoder = load_encoder(exp)
+    assert tokenizer.vocab_size == encoder.vocab_size and tokenizer.blank_id == 0
+    assert tokenizer.decode(tokenizer.encode("turn on the lights")) == "turn on the lights"
+    feats, lengths = encoder.extract_features([torch.zeros(16000)])
+    log_probs, _ = encoder(feats, lengths)
+    assert log_probs.shape[-1] == tokenizer.vocab_size
+    for s in ("dev", "test", "test_ood"):
+        out = exp / "ctc_greedy" / s
+        assert len((out / "hyp.trn").read_text().splitlines()) == len((out / "ref.trn").read_text().splitlines()) == 4
+        assert json.loads((out / "wer" / "score.json").read_text())["metric"] == "wer"
+
+
+def test_llm_loads_through_tasu_and_reads_units(recipe):
+    from tasu.encoders import load_tokenizer as load_encoder_tokenizer
+    from tasu.llm import PromptTokenizer, load_llm, load_tokenizer
+
+    exp = recipe / "exp" / "llm"
+    tokenizer = load_tokenizer(exp)
+    llm = load_llm(exp)
+    assert tokenizer.eos_token == "<|im_end|>" and llm.config.eos_token_id == tokenizer.eos_token_id
+    assert llm.config.model_type == "qwen2" and llm.config.vocab_size >= len(tokenizer) - 1  # - <speech>
+    batch = PromptTokenizer(tokenizer)(["Transcribe the speech into text."], ["turn on the lights"])
+    tokens = tokenizer.convert_ids_to_tokens(batch.ids[0].tolist())
+    assert tokens[0] == "<|im_start|>" and tokens[-1] == "<|im_end|>" and "user" in tokens
+    target = batch.ids[0, batch.target_at[0]:].tolist()
+    assert tokenizer.decode(target, skip_special_tokens=True) == "turn on the lights"
+    # every encoder unit (not the blank) is one LLM token: its own text, or <|u:PIECE|>
+    units = json.loads((exp / "encoder_units.json").read_text())
+    enc = load_encoder_tokenizer(recipe / "exp" / "encoder")
+    assert len(units) == enc.vocab_size and units[0] is None
+    for i in enc.encode("weather"):
+        piece = enc.id_to_piece(i)
+        assert tokenizer.convert_ids_to_tokens(units[i]) == f"<|u:{piece}|>" or \
+            tokenizer.decode([units[i]]) == piece.replace("\u2581", " ")
+    assert "ppl_plain" in (exp / "ppl.txt").read_text()
