@@ -3,8 +3,8 @@
 
 Usage (from egs/mini, after local/make_corpus.py and local/train_encoder.py):
 
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~3 min
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 5
+    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~2.5 min
+    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 400  # ~1 min
 
 What it writes::
 
@@ -81,7 +81,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="stop after this much wall time: a cap for slow machines (default: 4; 0 = none)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="examples per step (default: 16: more, smaller steps learn to read units sooner)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="peak learning rate (AdamW; default 1e-3: 3e-3 learned the sentence prior but "
+                             "hardly to read units)")
     parser.add_argument("--warmup-steps", type=int, default=40)
     parser.add_argument("--plain-ratio", type=float, default=0.2, help="share of plain-sentence examples")
     parser.add_argument("--slu-ratio", type=float, default=0.3,
