@@ -143,3 +143,19 @@ def test_shell_wrappers_convert_both_ways(tmp_path):
     out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), str(src)], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (1, "")
     assert out.stderr == f"{src}/text:2: 'u2' must be followed by a transcript\n"
+
+
+def test_write_tables_sorts_every_table_and_derives_spk2utt(tmp_path):
+    from tasu.data.kaldi_dir import write_tables
+
+    n = write_tables(tmp_path / "d", {"text": {"b": "two", "a": "one", "c": "three"},
+                                      "wav.scp": {"a": "a.wav", "b": "b.wav", "c": "c.wav"},
+                                      "scenario": {"c": "iot", "a": "alarm"},
+                                      "utt2spk": {"a": "s1", "b": "s2", "c": "s1"}})
+    assert n == 3
+    d = tmp_path / "d"
+    assert (d / "text").read_text() == "a one\nb two\nc three\n"
+    assert (d / "scenario").read_text() == "a alarm\nc iot\n"
+    assert (d / "spk2utt").read_text() == "s1 a c\ns2 b\n"
+    write_tables(tmp_path / "e", {"text": {"x": "hi"}})  # no utt2spk: each utterance its own speaker
+    assert (tmp_path / "e" / "utt2spk").read_text() == "x x\n" and (tmp_path / "e" / "spk2utt").read_text() == "x x\n"

@@ -225,6 +225,26 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
     return len(records)
 
 
+def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int:
+    """Write per-utterance tables (``wav.scp``, ``text``, ``utt2spk``, label files...) as a data dir.
+
+    Every table is written sorted, holding the utterances of ``text`` that it has; ``spk2utt`` is
+    derived from ``utt2spk`` (each utterance its own speaker when there is none). This is the last
+    step of every recipe's ``local/data.sh``. Returns the number of utterances.
+    """
+    data_dir = Path(data_dir)
+    utts = sorted(tables["text"])
+    speaker = tables.get("utt2spk") or {u: u for u in utts}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in {**tables, "utt2spk": speaker}.items():
+        _write_lines(data_dir / name, (f"{u} {table[u]}" for u in utts if u in table))
+    spk2utt: dict[str, list[str]] = {}
+    for u in utts:
+        spk2utt.setdefault(speaker[u], []).append(u)
+    _write_lines(data_dir / "spk2utt", (f"{spk} {' '.join(us)}" for spk, us in sorted(spk2utt.items())))
+    return len(utts)
+
+
 def _read_table(path: Path, problems: list[DataError], what: str,
                 one_word: bool = False) -> dict[str, tuple[int, str]]:
     """``id -> (line number, rest of the line)`` of a Kaldi table file; problems appended."""

@@ -37,6 +37,8 @@ import csv
 import sys
 from pathlib import Path
 
+from tasu.data.kaldi_dir import write_tables
+
 root, name, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 wav, text, spk = {}, {}, {}
 with open(root / f"{name}.tsv", encoding="utf-8", newline="") as f:
@@ -45,17 +47,8 @@ with open(root / f"{name}.tsv", encoding="utf-8", newline="") as f:
         wav[utt] = str((root / row["path"]).resolve())
         text[utt] = " ".join(row["text"].split())
         spk[utt] = row.get("speaker") or utt
-out.mkdir(parents=True, exist_ok=True)
-utts = sorted(text)
-(out / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts), encoding="utf-8")
-(out / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts), encoding="utf-8")
-(out / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in utts), encoding="utf-8")
-spk2utt = {}
-for u in utts:
-    spk2utt.setdefault(spk[u], []).append(u)
-(out / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
-                             encoding="utf-8")
-print(f"{out}: {len(utts)} utterances", file=sys.stderr)
+n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+print(f"{out}: {n} utterances", file=sys.stderr)
 PY
   # ---------------------------------------------------------------------------------------------------
   touch "${dir}/.done"

@@ -55,6 +55,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from tasu.data.kaldi_dir import write_tables
+
 root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 tsv = root / f"{name}.tsv"
 wav, text, spk = {}, {}, {}
@@ -82,17 +84,8 @@ if missing:
     print(f"{tsv}: {missing} clips are not in {root / 'clips'}: skipped", file=sys.stderr)
 if not text:
     sys.exit(f"{tsv}: no utterances")
-out.mkdir(parents=True, exist_ok=True)
-utts = sorted(text)
-(out / "wav.scp").write_text("".join(f"{u} {wav[u]}\n" for u in utts), encoding="utf-8")
-(out / "text").write_text("".join(f"{u} {text[u]}\n" for u in utts), encoding="utf-8")
-(out / "utt2spk").write_text("".join(f"{u} {spk[u]}\n" for u in utts), encoding="utf-8")
-spk2utt = {}
-for u in utts:
-    spk2utt.setdefault(spk[u], []).append(u)
-(out / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
-                             encoding="utf-8")
-print(f"{out}: {len(utts)} utterances, {len(spk2utt)} speakers", file=sys.stderr)
+n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stderr)
 PY
   touch "${dir}/.done"
 done

@@ -56,6 +56,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from tasu.data.kaldi_dir import write_tables
+
 tsv_dir, clips, datadir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 sets, pairs, reader = sys.argv[4].split(","), sys.argv[5].split(","), sys.argv[6]
 data = {s: {"wav.scp": {}, "text": {}, "utt2spk": {}} for s in sets}
@@ -96,14 +98,7 @@ for split, tables in data.items():
     utts = sorted(tables["text"])
     if not utts:
         sys.exit(f"local/data.sh: no {split} utterances in covost_v2.{{{','.join(pairs)}}}.tsv")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        (out / name).write_text("".join(f"{u} {table[u]}\n" for u in utts if u in table), encoding="utf-8")
-    spk2utt = {}
-    for u in utts:
-        spk2utt.setdefault(tables["utt2spk"][u], []).append(u)
-    (out / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
-                                 encoding="utf-8")
+    write_tables(out, tables)
     (out / ".done").touch()
     print(f"{out}: {len(utts)} utterances; " + ", ".join(f"{n} {len(t)}" for n, t in tables.items()
                                                           if n.startswith("translation_")), file=sys.stderr)

@@ -41,6 +41,8 @@ import json
 import sys
 from pathlib import Path
 
+from tasu.data.kaldi_dir import write_tables
+
 meta, audio, out, splits = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 files = {name: {} for name in ("wav.scp", "text", "scenario", "action", "intent")}
 missing = 0
@@ -69,13 +71,8 @@ if missing:
     print(f"{out}: {missing} recordings named in the metadata are not in {audio}: skipped", file=sys.stderr)
 if not files["text"]:
     sys.exit(f"local/data.sh: no recordings of {', '.join(splits)} found in {audio}")
-out.mkdir(parents=True, exist_ok=True)
-utts = sorted(files["text"])
-for name, table in files.items():
-    (out / name).write_text("".join(f"{u} {table[u]}\n" for u in utts), encoding="utf-8")
-(out / "utt2spk").write_text("".join(f"{u} {u}\n" for u in utts), encoding="utf-8")
-(out / "spk2utt").write_text("".join(f"{u} {u}\n" for u in utts), encoding="utf-8")
-print(f"{out}: {len(utts)} utterances", file=sys.stderr)
+n = write_tables(out, files)  # every recording its own speaker
+print(f"{out}: {n} utterances", file=sys.stderr)
 PY
   touch "${dir}/.done"
 }
