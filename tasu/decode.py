@@ -315,7 +315,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     if todo:
         model, cfg, prompts, _ = load_trained(ckpt, audio=not simulated, device=str(device), overrides=overrides)
         with open(out / HYP, "a", encoding="utf-8") as f, \
-                tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True) as bar:
+                tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True,
+                     disable=not sys.stderr.isatty()) as bar:
             for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
                                            simulation_step=_checkpoint_step(ckpt)):
                 f.write(trn_line(key, hyp))

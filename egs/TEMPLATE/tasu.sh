@@ -10,6 +10,7 @@
 #   2. data/<set> -> dump/<set>/<task>.jsonl (audio) and dump/<set>/<task>.text_only.jsonl (no path)
 #   3. text-only TASU training             -> exp/tasu_<train_text_config name>
 #   4. audio fine-tuning (--audio_sft true) -> exp/tasu_<text config name>_then_<audio config name>
+#      and, with --audio_baseline true, the same training from scratch -> exp/<audio config name>_from_scratch
 #   5. decoding every test set and task     -> exp/<tag>/decode_<decode config name>_<checkpoint>/<set>/<task>
 #   6. scoring: WER (ASR), BLEU (translation), accuracy (SLU) -> score.json beside hyp.trn
 #   7. RESULTS.md: tables of every score.json under exp/, and the commands that made them
@@ -57,8 +58,10 @@ llm_path=                 # the frozen LLM's Hugging Face directory
 train_text_config=        # experiment YAML of the text-only stage (stage 3)
 train_audio_config=       # experiment YAML of the audio fine-tuning stage (stage 4)
 audio_sft=false           # run stage 4 and decode its model too
+audio_baseline=false      # stage 4 also trains the same model on audio from scratch (no text stage)
 text_tag=                 # experiment name of stage 3 (default: from the config's name)
 audio_tag=                # experiment name of stage 4 (default: from both configs' names)
+baseline_tag=             # experiment name of the audio-only baseline (default: from the audio config)
 train_text_args=          # more key=value overrides for stage 3, e.g. "optim.lr=1e-4"
 train_audio_args=         # more key=value overrides for stage 4
 
@@ -104,9 +107,13 @@ Options (default in parentheses):
   --train_text_config <yaml>  experiment YAML of the text-only stage ('${train_text_config}')
   --train_audio_config <yaml> experiment YAML of the audio fine-tuning ('${train_audio_config}')
   --audio_sft <bool>          run stage 4 and decode its model too (${audio_sft})
+  --audio_baseline <bool>     with --audio_sft true, stage 4 also trains the audio-only baseline:
+                              the same config and steps from scratch, decoded beside (${audio_baseline})
   --text_tag <name>           stage 3 experiment name (default: tasu_<text config name>) ('${text_tag}')
   --audio_tag <name>          stage 4 experiment name (default: <text tag>_then_<audio config
                               name>) ('${audio_tag}')
+  --baseline_tag <name>       audio-only baseline's name (default: <audio config name>_from_scratch)
+                              ('${baseline_tag}')
   --train_text_args <kv>      more key=value overrides for stage 3 ('${train_text_args}')
   --train_audio_args <kv>     more key=value overrides for stage 4 ('${train_audio_args}')
   # Decoding and scoring
@@ -180,8 +187,12 @@ fi
 if [ -n "${train_audio_config}" ] && [ -z "${audio_tag}" ]; then
   audio_tag=${text_tag}_then_$(basename "${train_audio_config}" .yaml)
 fi
+if [ -n "${train_audio_config}" ] && [ -z "${baseline_tag}" ]; then
+  baseline_tag=$(basename "${train_audio_config}" .yaml)_from_scratch
+fi
 text_exp=${expdir}/${text_tag}
 audio_exp=${expdir}/${audio_tag}
+baseline_exp=${expdir}/${baseline_tag}
 if [ -n "${decode_config}" ]; then
   inference_tag=$(basename "${decode_config}" .yaml)
   inference_tag=decode_${inference_tag#decode_}_${inference_checkpoint}
@@ -247,6 +258,7 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
 
 decode_exps=("${text_exp}")
 ${audio_sft} && decode_exps+=("${audio_exp}")
+${audio_sft} && ${audio_baseline} && decode_exps+=("${baseline_exp}")
 
 # ---------------------------------------------------------------------------------------------------
 if runs 1; then
@@ -326,6 +338,13 @@ if runs 4; then
   train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=audio train.init_from="${text_exp}" \
     data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
     ${train_audio_args}
+  if ${audio_baseline}; then
+    log "Stage 4: the audio-only baseline: the same training from scratch -> ${baseline_exp}"
+    # shellcheck disable=SC2086
+    train_stage 4 "${baseline_exp}" "${train_audio_config}" data.mode=audio \
+      data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
+      ${train_audio_args}
+  fi
 fi
 
 if runs 5; then
@@ -341,55 +360,56 @@ print(" ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in conf.items()))' 
   for exp in "${decode_exps[@]}"; do
     [ -e "${exp}/checkpoints/last" ] || die "${exp} has no checkpoint: run its training stage first"
     write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
+    # Every test set and task is decoded by one set of jobs (one model load, batches across tasks):
+    # their records go into one file with keys <set>-<task>-<key>, split back into <set>/<task>/ after.
+    dir=${exp}/${inference_tag}
+    parts=()
     for set in ${test_sets}; do
-      # All tasks of a test set are decoded together (one model load, batches across tasks): their
-      # records go into one file with keys <task>-<key>, split back into <set>/<task>/ afterwards.
-      dir=${exp}/${inference_tag}/${set}
-      task_list=()
       for spec in ${tasks}; do
-        task_list+=("$(task_name "${spec}")")
-        [ -f "${dumpdir}/${set}/${task_list[-1]}.jsonl" ] || die "${dumpdir}/${set}/${task_list[-1]}.jsonl does not exist: run stage 2 first"
+        parts+=("${set}" "$(task_name "${spec}")")
+        [ -f "${dumpdir}/${set}/${parts[-1]}.jsonl" ] || die "${dumpdir}/${set}/${parts[-1]}.jsonl does not exist: run stage 2 first"
       done
-      log "Stage 5: decoding ${dumpdir}/${set}/{$(echo "${task_list[@]}" | tr ' ' ',')}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<task>/hyp.trn"
-      mkdir -p "${dir}"
-      python3 - "${dumpdir}/${set}" "${dir}/data.jsonl" "${task_list[@]}" <<'PY'
+    done
+    log "Stage 5: decoding ${dumpdir}/{$(echo ${test_sets} | tr ' ' ',')}/{$(for s in ${tasks}; do task_name "${s}"; done | paste -sd,)}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<set>/<task>/hyp.trn"
+    mkdir -p "${dir}"
+    python3 - "${dumpdir}" "${dir}/data.jsonl" "${parts[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-src, out, tasks = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+dump, out, parts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 with open(out + ".tmp", "w", encoding="utf-8") as f:
-    for task in tasks:
-        for line in open(src / f"{task}.jsonl", encoding="utf-8-sig"):
+    for set_name, task in zip(parts[::2], parts[1::2]):
+        for line in open(dump / set_name / f"{task}.jsonl", encoding="utf-8-sig"):
             if line.strip():
                 record = json.loads(line)
-                record["key"] = f"{task}-{record['key']}"
+                record["key"] = f"{set_name}-{task}-{record['key']}"
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 Path(out + ".tmp").replace(out)
 PY
-      n=$(wc -l < "${dir}/data.jsonl")
-      nj=$(( n < inference_nj ? n : inference_nj ))
-      [ "${nj}" -ge 1 ] || die "${dumpdir}/${set} has no records to decode"
-      mkdir -p "${dir}/split${nj}"
-      awk -v n="${nj}" -v d="${dir}/split${nj}" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
-      # shellcheck disable=SC2086
-      ${decode_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
-        tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
-          --checkpoint "${inference_checkpoint}" --device "${decode_device}" "${decode_opts[@]}" \
-          "${model_opts[@]}" ${decode_args}
-      python3 - "${dir}" "${nj}" "${task_list[@]}" <<'PY'
+    n=$(wc -l < "${dir}/data.jsonl")
+    nj=$(( n < inference_nj ? n : inference_nj ))
+    [ "${nj}" -ge 1 ] || die "${dumpdir}: no records to decode in ${test_sets}"
+    mkdir -p "${dir}/split${nj}"
+    awk -v n="${nj}" -v d="${dir}/split${nj}" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
+    # shellcheck disable=SC2086
+    ${decode_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
+      tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
+        --checkpoint "${inference_checkpoint}" --device "${decode_device}" "${decode_opts[@]}" \
+        "${model_opts[@]}" ${decode_args}
+    python3 - "${dir}" "${nj}" "${parts[@]}" <<'PY'
 import sys
 from pathlib import Path
-dir, nj, tasks = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+dir, nj, parts = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+pairs = list(zip(parts[::2], parts[1::2]))
 for name in ("hyp.trn", "ref.trn"):
-    lines = {task: [] for task in tasks}
+    lines = {pair: [] for pair in pairs}
     for job in range(1, nj + 1):
         for line in open(dir / f"output.{job}" / name, encoding="utf-8"):
-            task = max((t for t in tasks if line.startswith(t + "-")), key=len)
-            lines[task].append(line[len(task) + 1:])
-    for task in tasks:
-        (dir / task).mkdir(exist_ok=True)
-        (dir / task / name).write_text("".join(sorted(lines[task])), encoding="utf-8")
+            pair = max((p for p in pairs if line.startswith(f"{p[0]}-{p[1]}-")), key=lambda p: len(p[0]) + len(p[1]))
+            lines[pair].append(line[len(pair[0]) + len(pair[1]) + 2:])
+    for (set_name, task), task_lines in lines.items():
+        (dir / set_name / task).mkdir(parents=True, exist_ok=True)
+        (dir / set_name / task / name).write_text("".join(sorted(task_lines)), encoding="utf-8")
 PY
-    done
   done
 fi
 
@@ -433,11 +453,10 @@ if runs 7; then
       echo
       echo '```bash'
       [ -f "${exp}/log/train.log" ] && head -n 1 "${exp}/log/train.log" | sed 's/^# //'
-      for d in "${exp}/${inference_tag}"/*/; do
-        [ -f "${d}log/decode.1.log" ] && head -n 1 "${d}log/decode.1.log" | sed 's/^# //'
-        for t in "${d}"*/log/score.log; do
-          [ -f "${t}" ] && head -n 1 "${t}" | sed 's/^# //'
-        done
+      d=${exp}/${inference_tag}
+      [ -f "${d}/log/decode.1.log" ] && head -n 1 "${d}/log/decode.1.log" | sed 's/^# //'
+      for t in "${d}"/*/*/log/score.log; do
+        [ -f "${t}" ] && head -n 1 "${t}" | sed 's/^# //'
       done
       echo '```'
     done

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -193,7 +194,7 @@ class Trainer:
 
         t = self.cfg.train
         writer = SummaryWriter(str(self.exp_dir / "tensorboard")) if self.rank == 0 else None
-        bar = tqdm(initial=self.step, total=t.max_steps, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(initial=self.step, total=t.max_steps, desc="train", disable=self.rank != 0 or not sys.stderr.isatty(), dynamic_ncols=True)
         log.info("training %s: %d trainable parameters, %s mode, %d process(es), from step %d",
                  self.exp_dir, sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                  self.cfg.data.mode, self.world, self.step)

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# egs/mini: TASU end to end on 2 CPU cores, offline, from a fresh clone. Speech is made with espeak-ng,
+# the frozen encoder and LLM are trained here, and the recipe shows the claim: a projector aligned
+# from text alone gives working recognition and understanding from speech.
+#
+#   ./run.sh                  # everything (~15 min on 2 cores); ends by printing the results table
+#   ./run.sh --stage 3        # from the text-only training on
+#   ./run.sh --quick true     # every stage on a tiny corpus with tiny models (~2 min; the tests run it)
+#
+# Stages, as in ../TEMPLATE/tasu.sh, which runs all but the mini-only parts marked (+):
+#   1. local/data.sh: espeak-ng speaks grammar sentences -> data/{train,dev,test,test_ood,text_only}
+#      (+) local/train_encoder.py: the frozen CTC encoder, trained on data/train -> exp/encoder
+#      (+) local/train_llm.py: the frozen LLM, trained on the training text -> exp/llm
+#   2. JSONL: dump/<set>/{ASR,SLU_scenario}.jsonl and the text-only files
+#   3. text-only TASU training                        -> exp/tasu_train_text
+#   4. audio fine-tuning from it (the curriculum)     -> exp/tasu_train_text_then_train_audio_sft
+#      and the same from scratch (audio-only baseline) -> exp/train_audio_sft_from_scratch
+#   5. decoding test and test_ood with the three; 6. scoring
+#   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
+#      resources each stage used; every table of 'tasu results'; (+) exp/results.png
+# Options of this script: --stage, --stop_stage, --quick, --seed; any other goes to ../TEMPLATE/tasu.sh.
+set -euo pipefail
+
+stage=1
+stop_stage=7
+quick=false     # tiny corpus and models, a few steps each: checks every stage, proves nothing
+seed=1234       # corpus, encoder, LLM and TASU training; the same seed gives the same table
+tasu_opts=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --stage|--stop_stage|--stop-stage|--quick|--seed)
+      [ $# -ge 2 ] || { echo "$0: option '$1' needs a value" >&2; exit 1; }
+      name=${1#--}
+      printf -v "${name//-/_}" '%s' "$2"
+      shift 2 ;;
+    *) tasu_opts+=("$1"); shift ;;
+  esac
+done
+case ${quick} in true|false) ;; *) echo "$0: --quick takes true or false, not '${quick}'" >&2; exit 1 ;; esac
+
+. ./path.sh
+
+# data/, dump/ and exp/ hold one setting: a run with another would mix old and new parts.
+setting="quick=${quick} seed=${seed}"
+if [ -f data/.done ] && [ "$(cat data/.done)" != "${setting}" ]; then
+  echo "$0: data/, dump/ and exp/ were made with '$(cat data/.done)', not '${setting}':" \
+    "remove them (rm -r data dump exp RESULTS.md) to run with this setting" >&2
+  exit 1
+fi
+
+encoder_opts=(--seed "${seed}")
+llm_opts=(--seed "${seed}")
+train_args="train.seed=${seed}"
+train_text_args=${train_args}
+train_audio_args=${train_args}
+decode_args=
+if ${quick}; then
+  encoder_opts+=(--epochs 2)
+  llm_opts+=(--steps 40 --warmup-steps 5)
+  quick_train="train.log_interval=5 train.valid_interval=10 train.save_interval=10 optim.warmup_steps=2"
+  train_text_args+=" ${quick_train} train.max_steps=20 optim.total_steps=20"
+  train_audio_args+=" ${quick_train} train.max_steps=10 optim.total_steps=10"
+  decode_args="--max-new-tokens 16"
+fi
+
+tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources noted in exp/usage.tsv
+  python3 local/usage.py exp/usage.tsv "stage $1" -- ../TEMPLATE/tasu.sh \
+    --stage "$1" --stop_stage "$1" \
+    --local_data_opts "--quick ${quick} --seed ${seed}" \
+    --train_set train --valid_set dev --test_sets "test test_ood" \
+    --tasks "ASR SLU_scenario:scenario" --extra_text_sets text_only \
+    --encoder_path exp/encoder --llm_path exp/llm \
+    --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
+    --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
+    --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
+    --decode_args "${decode_args}" "${tasu_opts[@]}"
+}
+
+made_with() {  # made_with <dir> <options>: whether <dir> was finished with exactly these options
+  [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
+}
+
+mkdir -p exp
+for n in 1 2 3 4 5 6 7; do
+  [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || continue
+  tasu_sh "${n}"
+  if [ "${n}" = 1 ]; then
+    if made_with exp/encoder "${encoder_opts[*]}"; then
+      echo "exp/encoder: already trained with ${encoder_opts[*]} (exp/encoder/.done), skipping" >&2
+    else
+      rm -f exp/encoder/.done
+      python3 local/usage.py exp/usage.tsv "stage 1: encoder" -- \
+        python3 local/train_encoder.py --data-dir data --exp-dir exp/encoder "${encoder_opts[@]}"
+      echo "${encoder_opts[*]}" > exp/encoder/.done
+    fi
+    if made_with exp/llm "${llm_opts[*]}"; then
+      echo "exp/llm: already trained with ${llm_opts[*]} (exp/llm/.done), skipping" >&2
+    else
+      rm -f exp/llm/.done
+      python3 local/usage.py exp/usage.tsv "stage 1: LLM" -- \
+        python3 local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm "${llm_opts[@]}"
+      echo "${llm_opts[*]}" > exp/llm/.done
+    fi
+  fi
+  if [ "${n}" = 7 ]; then
+    python3 local/report.py --exp exp --results RESULTS.md --plot exp/results.png
+  fi
+done
