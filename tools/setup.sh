@@ -89,11 +89,14 @@ assert torch.__version__.split("+")[0] == "${torch_version}", f"torch {torch.__v
 print(f"tasu {tasu.__version__}, torch {torch.__version__}, python {__import__('sys').version.split()[0]}")
 PY
 if [ "${device}" = cpu ]; then
-  # DeepSpeed compiles its CPU collective op on first use (a minute or two); do it once, here.
-  log "building DeepSpeed's CPU communication op"
-  DS_ACCELERATOR=cpu "${venv}/bin/python" -c "from deepspeed.accelerator import get_accelerator
-b = get_accelerator().create_op_builder('ShareMemCommBuilder')
-b is None or b.load(verbose=False)" >/dev/null 2>&1 || log "warning: it did not build; DeepSpeed will try again at run time"
+  # DeepSpeed compiles its CPU ops (collectives, fused AdamW) on first use, ~1 min; do it once, here,
+  # into this environment's own cache (where tasu's trainer looks: two checkouts never share one).
+  log "building DeepSpeed's CPU ops (communication, fused AdamW)"
+  TORCH_EXTENSIONS_DIR="${venv}/torch_extensions" DS_ACCELERATOR=cpu "${venv}/bin/python" -c "
+from deepspeed.accelerator import get_accelerator
+for name in ('ShareMemCommBuilder', 'FusedAdamBuilder'):
+    b = get_accelerator().create_op_builder(name)
+    b is None or b.load(verbose=False)" >/dev/null 2>&1 || log "warning: they did not build; DeepSpeed will try again at run time"
 fi
 echo "${want}" > "${stamp}"
 log "done: recipes activate it through tools/activate_python.sh"

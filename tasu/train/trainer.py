@@ -41,6 +41,10 @@ from tasu.train.config import ExperimentConfig
 
 log = logging.getLogger("tasu.train")
 
+# DeepSpeed compiles its CPU ops (collectives, fused AdamW) into torch's extension cache: one cache
+# per Python environment (tools/setup.sh builds them there), so two checkouts never rebuild each other's.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, a checkpoint that does not fit); the message says why."""
@@ -92,6 +96,9 @@ class Trainer:
     """Owns the engine, the data and the experiment directory of one run."""
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False):
+        for section in (cfg.encoder, cfg.llm):  # saved absolute: decoding may run from anywhere
+            if section.path and Path(section.path).exists():
+                section.path = str(Path(section.path).resolve())
         self.cfg, self.exp_dir = cfg, Path(exp_dir)
         self.ckpt_root = self.exp_dir / "checkpoints"
         self.rank, self.world, local_rank = _init_distributed(cfg.engine.device)

@@ -132,7 +132,7 @@ def summary(exp_root: Path, data: Path, quick: bool) -> str:
     out += targets(scores, chance_pct)
     out += ["", f"Resources, measured by run.sh on this machine ({machine()}):", ""]
     out += usage_table(exp_root / "usage.tsv")
-    out += ["", "Peak memory: the largest sum of resident memory over a step's process tree (an upper bound)."]
+    out += ["", "Peak memory: of the step's whole process tree (proportional set size: shared pages counted once), sampled every 0.2 s."]
     llm_info = exp_root / "llm" / "ppl.txt"
     if llm_info.exists():
         info = dict(ln.split(maxsplit=1) for ln in llm_info.read_text(encoding="utf-8").splitlines() if ln.strip())

@@ -1,0 +1,97 @@
+"""egs/mini end to end in quick mode: ``./run.sh --quick true`` runs every stage as the README's main
+job does (corpus, encoder, LLM, JSONL, text-only TASU, curriculum and audio-only training, decoding,
+scoring, RESULTS.md and the plot), on a tiny corpus with tiny models; then the exp dir decodes speech
+it has never seen, from another directory, as a user would.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recipe_fixtures import copy_recipe
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+SYSTEMS = ["tasu_train_text", "tasu_train_text_then_train_audio_sft", "train_audio_sft_from_scratch"]
+
+
+def sh(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if ok:
+        assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    recipe = copy_recipe("mini", tmp_path_factory.mktemp("repo"))
+    return recipe, sh(recipe, "./run.sh", "--quick", "true")
+
+
+def test_every_stage_runs_and_the_table_is_printed(mini):
+    recipe, out = mini
+    for n in range(1, 8):
+        assert f"Stage {n}" in out.stderr
+    assert "## Summary (egs/mini)" in out.stdout and "Quick mode" in out.stdout
+    exp = recipe / "exp"
+    for system in SYSTEMS:
+        for test_set in ("test", "test_ood"):
+            for task, metric in (("ASR", "wer"), ("SLU_scenario", "acc")):
+                score = json.loads((exp / system / "decode_greedy_best" / test_set / task / "score.json").read_text())
+                assert score["metric"] == metric and score["snt"] == 40
+    for test_set in ("test", "test_ood"):
+        assert (exp / "encoder" / "ctc_greedy" / test_set / "wer" / "score.json").exists()
+    # The curriculum started from the text-only model; the baseline from scratch.
+    assert "train.init_from=exp/tasu_train_text" in (exp / SYSTEMS[1] / "log" / "train.log").read_text()
+    assert "init_from" not in (exp / SYSTEMS[2] / "log" / "train.log").read_text().splitlines()[0]
+
+
+def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
+    recipe, _ = mini
+    results = (recipe / "RESULTS.md").read_text()
+    summary = results[results.index("## Summary"):results.index("## encoder")]
+    rows = {line.split("|")[1]: line.split("|")[2:6] for line in summary.splitlines() if line.startswith("|")}
+    assert rows["encoder CTC greedy"][:2] != ["-", "-"]
+    for name in ("TASU text-only (zero-shot)", "curriculum: text-only, then audio", "audio-only (same steps, from scratch)"):
+        assert "-" not in rows[name], rows[name]  # every system scored on every set and task
+    assert summary.count(": **met**") + summary.count(": **missed**") == 3
+    steps = [line.split("\t")[0] for line in (recipe / "exp" / "usage.tsv").read_text().splitlines()]
+    assert steps == ["stage 1", "stage 1: encoder", "stage 1: LLM", *(f"stage {n}" for n in range(2, 8))]
+    assert "|**all**|" in summary
+    assert results.index("## Environments") < results.index("## Summary") < results.index("## tasu_train_text")
+    assert (recipe / "exp" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
+    recipe, _ = mini
+    again = sh(recipe, "./run.sh", "--quick", "true", "--stop_stage", "2")
+    assert "already made" in again.stderr and "already trained" in again.stderr
+    refused = sh(recipe, "./run.sh", "--stop_stage", "1", ok=False)  # full mode over quick-mode data
+    assert refused.returncode != 0 and "rm -r data dump exp" in refused.stderr
+
+
+def test_the_exp_dir_decodes_other_speech_from_anywhere(mini, tmp_path):
+    """Any JSONL of 16 kHz speech: new sentences, FLAC, read from outside the recipe directory."""
+    recipe, _ = mini
+    wav = tmp_path / "new.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "turn off the kitchen lights"], check=True)
+    audio, rate = sf.read(wav, dtype="float32")
+    import soxr
+    sf.write(tmp_path / "new.flac", soxr.resample(audio, rate, 16000).astype(np.float32), 16000)
+    data = tmp_path / "other.jsonl"
+    data.write_text("".join(json.dumps({"key": f"utt{i}", "task": task, "target": target,
+                                        "path": str(tmp_path / "new.flac")}) + "\n"
+                            for i, (task, target) in enumerate([("ASR", "turn off the kitchen lights"),
+                                                                ("SLU_scenario", "iot")])))
+    tasu = str(Path(sys.executable).parent / "tasu")  # the console script a user calls
+    sh(tmp_path, tasu, "decode", "--exp", str(recipe / "exp" / "tasu_train_text"), "--data", str(data),
+       "--out", str(tmp_path / "out"), "--beam", "1", "--max-new-tokens", "8")
+    keys = [line.split("\t")[0] for line in (tmp_path / "out" / "hyp.trn").read_text().splitlines()]
+    assert sorted(keys) == ["utt0", "utt1"]
