@@ -73,6 +73,7 @@ def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
     recipe, _ = mini
     again = sh(recipe, "./run.sh", "--quick", "true", "--stop_stage", "2")
     assert "already made" in again.stderr and "already trained" in again.stderr
+    assert "--quick" in sh(recipe, "./run.sh", "--help").stdout
     refused = sh(recipe, "./run.sh", "--stop_stage", "1", ok=False)  # full mode over quick-mode data
     assert refused.returncode != 0 and "rm -r data dump exp" in refused.stderr
 

@@ -92,11 +92,17 @@ if [ "${device}" = cpu ]; then
   # DeepSpeed compiles its CPU ops (collectives, fused AdamW) on first use, ~1 min; do it once, here,
   # into this environment's own cache (where tasu's trainer looks: two checkouts never share one).
   log "building DeepSpeed's CPU ops (communication, fused AdamW)"
-  TORCH_EXTENSIONS_DIR="${venv}/torch_extensions" DS_ACCELERATOR=cpu "${venv}/bin/python" -c "
+  # (ninja, which torch compiles with, lives in the environment: hence its bin/ on PATH)
+  PATH="${venv}/bin:${PATH}" TORCH_EXTENSIONS_DIR="${venv}/torch_extensions" DS_ACCELERATOR=cpu \
+    "${venv}/bin/python" -c "
 from deepspeed.accelerator import get_accelerator
 for name in ('ShareMemCommBuilder', 'FusedAdamBuilder'):
     b = get_accelerator().create_op_builder(name)
-    b is None or b.load(verbose=False)" >/dev/null 2>&1 || log "warning: they did not build; DeepSpeed will try again at run time"
+    b is None or b.load(verbose=False)" >/dev/null 2>&1
+  for op in deepspeed_shm_comm fused_adam; do
+    [ -f "${venv}/torch_extensions/${op}/${op}.so" ] \
+      || log "warning: DeepSpeed's ${op} op did not build; DeepSpeed will try again at run time"
+  done
 fi
 echo "${want}" > "${stamp}"
 log "done: recipes activate it through tools/activate_python.sh"

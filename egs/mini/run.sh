@@ -33,6 +33,7 @@ while [ $# -gt 0 ]; do
       name=${1#--}
       printf -v "${name//-/_}" '%s' "$2"
       shift 2 ;;
+    --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) tasu_opts+=("$1"); shift ;;
   esac
 done
