@@ -112,11 +112,12 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}"
 
 
-def summary(exp_root: Path, data: Path, quick: bool) -> str:
+def summary(exp_root: Path, data: Path, setting: str) -> str:
     scores = collect(exp_root)
     uniform, majority, n_scenarios = chance(data)
     chance_pct = max(uniform, majority)
-    out = ["## Summary (egs/mini)", ""]
+    quick = "quick=true" in setting
+    out = ["## Summary (egs/mini)", "", f"Made by `./run.sh` ({setting}); the commands of each stage are at the end.", ""]
     if quick:
         out += ["**Quick mode** (`--quick true`): a tiny corpus and models trained for a few steps. It checks",
                 "that every stage runs; its numbers prove nothing.", ""]
@@ -191,8 +192,8 @@ def main() -> None:
                         help="RESULTS.md written by tasu.sh's stage 7: the summary goes after its environment block")
     parser.add_argument("--plot", type=Path, default=Path("exp/results.png"))
     args = parser.parse_args()
-    quick = (args.data / ".done").read_text().startswith("quick=true") if (args.data / ".done").exists() else False
-    text = summary(args.exp, args.data, quick)
+    setting = (args.data / ".done").read_text().strip() if (args.data / ".done").exists() else "setting unknown"
+    text = summary(args.exp, args.data, setting)
     lines = args.results.read_text(encoding="utf-8").splitlines() if args.results.exists() else ["# RESULTS"]
     start = next((i for i, ln in enumerate(lines) if ln.startswith("## Summary")), None)
     if start is not None:  # a re-run replaces its own section
