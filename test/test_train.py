@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,9 +53,31 @@ train: {{epochs: 3, max_steps: 12, log_interval: 4, valid_interval: 5, save_inte
     return root
 
 
+PORTS: list[str] = []
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        PORTS.append(str(s.getsockname()[1]))
+        return PORTS[-1]
+
+
+@pytest.fixture(autouse=True)
+def _remove_shared_memory():
+    """DeepSpeed's CPU collectives leave a shared-memory buffer per rank in /dev/shm, named after the
+    launch's port, when a run ends (or is killed); each launch here has its own port, so remove them."""
+    yield
+    while PORTS:
+        for buffer in Path("/dev/shm").glob(f"deepspeed_*_{PORTS.pop()}_*"):
+            buffer.unlink(missing_ok=True)
+
+
 def train_cmd(root: Path, exp: Path, *extra: str, procs: int = 2) -> list[str]:
-    return [str(BIN / "deepspeed"), "--num_gpus", str(procs), "--module", "tasu.cli", "train",
-            "--config", str(root / "text.yaml"), "--exp-dir", str(exp), *extra]
+    """A DeepSpeed launch on its own port: no two runs share a rendezvous (or, on CPU, the shared-memory
+    buffers DeepSpeed names after it), whatever an earlier run left behind."""
+    return [str(BIN / "deepspeed"), "--num_gpus", str(procs), "--master_port", free_port(),
+            "--module", "tasu.cli", "train", "--config", str(root / "text.yaml"), "--exp-dir", str(exp), *extra]
 
 
 def curve(exp: Path) -> list[tuple[int, float]]:
@@ -75,14 +98,18 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, t
     assert [s for s, _ in expected] == list(range(1, 13))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = train_cmd(setup, killed)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "training did not reach step 7 in 240 s"
+            time.sleep(0.02)
+    finally:  # killed in any case: a stray run would hold its port and memory for the next tests
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert (killed / "checkpoints" / "last").read_text().strip() == "step_000005"
 
     refused = subprocess.run(train_cmd(setup, killed, procs=1), env=ENV, capture_output=True, text=True)

@@ -64,6 +64,18 @@ def chance(data: Path) -> tuple[float, float, int]:
     return 100.0 / n_scenarios, 100.0 * Counter(labels).most_common(1)[0][1] / len(labels), n_scenarios
 
 
+def stopped_early(exp_root: Path) -> dict[str, bool]:
+    """Whether the encoder's or the LLM's training hit its time cap (then the table is not reproducible)."""
+    out = {}
+    info = exp_root / "encoder" / "train_info.json"
+    if info.exists():
+        out["encoder"] = bool(json.loads(info.read_text(encoding="utf-8")).get("stopped_early"))
+    ppl = exp_root / "llm" / "ppl.txt"
+    if ppl.exists():
+        out["LLM"] = "stopped_early True" in ppl.read_text(encoding="utf-8")
+    return out
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -131,6 +143,10 @@ def summary(exp_root: Path, data: Path, setting: str) -> str:
             "and rates never heard in training. The text-only system's projector never saw audio; the LLM",
             "and the encoder are frozen in every system.", "", "Targets:", ""]
     out += targets(scores, chance_pct)
+    for what, early in stopped_early(exp_root).items():
+        if early:
+            out += ["", f"**Warning**: the {what} stopped at its --max-minutes cap on this machine, so these numbers "
+                    "depend on its speed and another run may differ."]
     out += ["", f"Resources, measured by run.sh on this machine ({machine()}):", ""]
     out += usage_table(exp_root / "usage.tsv")
     out += ["", "Peak memory: of the step's whole process tree (proportional set size: shared pages counted once), sampled every 0.2 s."]
