@@ -159,3 +159,17 @@ def test_write_tables_sorts_every_table_and_derives_spk2utt(tmp_path):
     assert (d / "spk2utt").read_text() == "s1 a c\ns2 b\n"
     write_tables(tmp_path / "e", {"text": {"x": "hi"}})  # no utt2spk: each utterance its own speaker
     assert (tmp_path / "e" / "utt2spk").read_text() == "x x\n" and (tmp_path / "e" / "spk2utt").read_text() == "x x\n"
+
+
+def test_wav_scp_entry_is_a_path_or_an_ffmpeg_pipe_that_load_audio_reads(tmp_path):
+    from tasu.data.kaldi_dir import wav_scp_entry
+
+    clip = tmp_path / "a clip.wav"  # a space: the pipe must quote it
+    soundfile.write(clip, np.full(8000, 0.25, dtype=np.float32), 8000)
+    assert wav_scp_entry(clip) == str(clip.resolve())
+    pipe = wav_scp_entry(clip, "ffmpeg")
+    assert pipe.endswith("|") and "'" in pipe
+    if subprocess.run(["which", "ffmpeg"], capture_output=True).returncode == 0:
+        assert load_audio(pipe).shape[0] == 16000  # 8 kHz, 1 s -> 16 kHz
+    with pytest.raises(ValueError, match="soundfile or ffmpeg"):
+        wav_scp_entry(clip, "sox")

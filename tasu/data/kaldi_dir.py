@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -223,6 +224,18 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
     elif (data_dir / "segments").exists():
         os.remove(data_dir / "segments")  # a stale one would re-cut the new recordings
     return len(records)
+
+
+def wav_scp_entry(audio: str | Path, reader: str = "soundfile") -> str:
+    """The ``wav.scp`` entry of an audio file: its absolute path (``reader="soundfile"``), or, for a
+    format this machine's libsndfile cannot read (MP3 before libsndfile 1.1), an ffmpeg pipe that
+    decodes it to 16 kHz mono wav (``reader="ffmpeg"``)."""
+    path = str(Path(audio).resolve())
+    if reader == "soundfile":
+        return path
+    if reader == "ffmpeg":
+        return f"ffmpeg -nostdin -loglevel error -i {shlex.quote(path)} -ac 1 -ar 16000 -f wav - |"
+    raise ValueError(f"reader must be soundfile or ffmpeg, not {reader!r}")
 
 
 def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int:

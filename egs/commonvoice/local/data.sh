@@ -51,11 +51,10 @@ for set in ${sets//,/ }; do
   log "${COMMONVOICE}/${set}.tsv + clips/ -> ${dir} (mp3 read by ${mp3_reader})"
   python3 - "${COMMONVOICE}" "${set}" "${dir}" "${mp3_reader}" <<'PY'
 import csv
-import shlex
 import sys
 from pathlib import Path
 
-from tasu.data.kaldi_dir import write_tables
+from tasu.data.kaldi_dir import wav_scp_entry, write_tables
 
 root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 tsv = root / f"{name}.tsv"
@@ -76,9 +75,7 @@ with open(tsv, encoding="utf-8", newline="") as f:
             missing += 1
             continue
         utt = Path(row["path"]).stem
-        path = str(clip.resolve())
-        if reader == "ffmpeg":
-            path = f"ffmpeg -nostdin -loglevel error -i {shlex.quote(path)} -ac 1 -ar 16000 -f wav - |"
+        path = wav_scp_entry(clip, reader)
         wav[utt], text[utt], spk[utt] = path, sentence, row["client_id"]
 if missing:
     print(f"{tsv}: {missing} clips are not in {root / 'clips'}: skipped", file=sys.stderr)

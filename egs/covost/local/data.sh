@@ -52,11 +52,10 @@ if [ -n "${todo}" ]; then
   log "${COVOST2}/covost_v2.{${pairs}}.tsv + ${COMMONVOICE}/clips -> ${datadir}/{${todo}} (mp3 read by ${mp3_reader})"
   python3 - "${COVOST2}" "${COMMONVOICE}/clips" "${datadir}" "${todo}" "${pairs}" "${mp3_reader}" <<'PY'
 import csv
-import shlex
 import sys
 from pathlib import Path
 
-from tasu.data.kaldi_dir import write_tables
+from tasu.data.kaldi_dir import wav_scp_entry, write_tables
 
 tsv_dir, clips, datadir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 sets, pairs, reader = sys.argv[4].split(","), sys.argv[5].split(","), sys.argv[6]
@@ -85,9 +84,7 @@ for pair in pairs:
                 missing += 1
                 continue
             utt = Path(row["path"]).stem
-            path = str(clip.resolve())
-            if reader == "ffmpeg":
-                path = f"ffmpeg -nostdin -loglevel error -i {shlex.quote(path)} -ac 1 -ar 16000 -f wav - |"
+            path = wav_scp_entry(clip, reader)
             tables = data[split]
             tables["wav.scp"][utt], tables["text"][utt], tables["utt2spk"][utt] = path, sentence, row["client_id"]
             tables.setdefault(target, {})[utt] = translation

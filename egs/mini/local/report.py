@@ -124,8 +124,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}"
 
 
-def summary(exp_root: Path, data: Path, setting: str) -> str:
-    scores = collect(exp_root)
+def summary(exp_root: Path, scores: dict, data: Path, setting: str) -> str:
     uniform, majority, n_scenarios = chance(data)
     chance_pct = max(uniform, majority)
     quick = "quick=true" in setting
@@ -160,13 +159,12 @@ def summary(exp_root: Path, data: Path, setting: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(exp_root: Path, data: Path, out: Path) -> None:
+def plot(exp_root: Path, scores: dict, chance_pct: float, out: Path) -> None:
     """Training loss curves of the three trained projectors, and bars of WER and scenario accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = collect(exp_root)
     fig, (ax_loss, ax_wer, ax_acc) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, tag in SYSTEMS.items():
         curve = exp_root / tag / "loss.tsv"
@@ -180,8 +178,7 @@ def plot(exp_root: Path, data: Path, out: Path) -> None:
     ax_loss.set(title="training loss (moving average; text-only: on simulated posteriors)", xlabel="step",
                 ylabel="cross-entropy", yscale="log")
     ax_loss.legend(fontsize=8)
-    _, majority, _ = chance(data)
-    ax_acc.axhline(majority, color="black", linestyle="--", linewidth=1, label="chance (commonest label)")
+    ax_acc.axhline(chance_pct, color="black", linestyle="--", linewidth=1, label="chance (commonest label)")
     width = 0.8 / len(scores)
     for ax, task, title in ((ax_wer, "ASR", "WER (%) - lower is better"),
                             (ax_acc, "SLU_scenario", "scenario accuracy (%) - higher is better")):
@@ -209,7 +206,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("exp/results.png"))
     args = parser.parse_args()
     setting = (args.data / ".done").read_text().strip() if (args.data / ".done").exists() else "setting unknown"
-    text = summary(args.exp, args.data, setting)
+    scores = collect(args.exp)
+    text = summary(args.exp, scores, args.data, setting)
     lines = args.results.read_text(encoding="utf-8").splitlines() if args.results.exists() else ["# RESULTS"]
     start = next((i for i, ln in enumerate(lines) if ln.startswith("## Summary")), None)
     if start is not None:  # a re-run replaces its own section
@@ -221,7 +219,7 @@ def main() -> None:
     tmp = args.results.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(args.results)
-    plot(args.exp, args.data, args.plot)
+    plot(args.exp, scores, chance(args.data)[1], args.plot)
     print(text + f"\nAll tables: {args.results}; plot: {args.plot}")
 
 
