@@ -51,6 +51,7 @@ def test_every_stage_runs_and_the_table_is_printed(mini):
     # The curriculum started from the text-only model; the baseline from scratch.
     assert "train.init_from=exp/tasu_train_text" in (exp / SYSTEMS[1] / "log" / "train.log").read_text()
     assert "init_from" not in (exp / SYSTEMS[2] / "log" / "train.log").read_text().splitlines()[0]
+    assert "train: " not in (exp / SYSTEMS[0] / "log" / "train.log").read_text()  # no progress bar in logs
 
 
 def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
@@ -71,8 +72,11 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
 
 def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
     recipe, _ = mini
+    usage = recipe / "exp" / "usage.tsv"
+    steps = [line.split("\t")[0] for line in usage.read_text().splitlines()]
     again = sh(recipe, "./run.sh", "--quick", "true", "--stop_stage", "2")
     assert "already made" in again.stderr and "already trained" in again.stderr
+    assert [line.split("\t")[0] for line in usage.read_text().splitlines()] == steps  # re-noted in place
     assert "--quick" in sh(recipe, "./run.sh", "--help").stdout
     refused = sh(recipe, "./run.sh", "--stop_stage", "1", ok=False)  # full mode over quick-mode data
     assert refused.returncode != 0 and "rm -r data dump exp" in refused.stderr
@@ -96,3 +100,17 @@ def test_the_exp_dir_decodes_other_speech_from_anywhere(mini, tmp_path):
        "--out", str(tmp_path / "out"), "--beam", "1", "--max-new-tokens", "8")
     keys = [line.split("\t")[0] for line in (tmp_path / "out" / "hyp.trn").read_text().splitlines()]
     assert sorted(keys) == ["utt0", "utt1"]
+
+
+def test_report_warns_when_a_time_cap_made_the_table_machine_dependent(mini):
+    recipe, _ = mini
+    info = recipe / "exp" / "encoder" / "train_info.json"
+    original = info.read_text()
+    info.write_text(json.dumps({**json.loads(original), "stopped_early": True}))
+    try:
+        out = sh(recipe, sys.executable, "local/report.py").stdout
+    finally:
+        info.write_text(original)
+    assert "**Warning**: the encoder stopped at its --max-minutes cap" in out
+    assert "Warning" not in sh(recipe, sys.executable, "local/report.py").stdout
+    assert (recipe / "RESULTS.md").read_text().count("## Summary") == 1  # replaced, not appended

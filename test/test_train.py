@@ -180,3 +180,11 @@ def test_train_dry_run_checks_the_config(setup):
                           "data.mode=speech"], capture_output=True, text=True)
     assert bad.returncode == 1
     assert "text.yaml: data.mode: expected one of 'text', 'audio', 'mixed', got 'speech'" in bad.stderr
+
+
+def test_deepspeed_ops_are_cached_in_this_environment():
+    """tools/setup.sh builds DeepSpeed's CPU ops into <env>/torch_extensions; the trainer looks there."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    out = subprocess.run([sys.executable, "-c", "import os, tasu.train.trainer; print(os.environ['TORCH_EXTENSIONS_DIR'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == os.path.join(sys.prefix, "torch_extensions")
