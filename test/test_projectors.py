@@ -1,12 +1,16 @@
 """Projectors: the registry, the exact sparse LayerNorm + Linear, and every projector on tiny sizes."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
 from tasu.posteriors import Posteriors
 from tasu.projectors import DEFAULT_PROJECTOR, PROJECTORS, Projector, build_projector, register
+from tasu.projectors import layernorm_linear_kernels as kernels
 from tasu.projectors.layernorm_linear import coalesced_sum_of_squares, layernorm_linear
 
 V = 61      # encoder vocabulary
@@ -138,6 +142,70 @@ def test_dense_rows_and_rows_needing_gradients_take_the_dense_path():
     post.weights.requires_grad_(True)
     layernorm_linear(post, ln, linear).sum().backward()
     assert post.weights.grad is not None
+
+
+# --- the CPU kernels of its three passes over the weight -------------------------------------------
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    """The kernel module as in a new process, compiling into an empty cache."""
+    monkeypatch.setenv("TASU_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    return tmp_path
+
+
+def kernel_inputs(h: int = 18, v: int = 2500, n_ids: int = 40, seed: int = 0):
+    """Sizes that leave a tail after every block (rows of 4, columns of 1,024); repeated ids."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(h, v, generator=gen)
+    ids = torch.randint(0, v, (n_ids,), generator=gen)
+    ids[-5:] = ids[:5]
+    vecs = [torch.randn(n, generator=gen) for n in (v, v, h, h)]
+    return w, ids, vecs, torch.randn(n_ids, h, generator=gen)
+
+
+def twin_outputs(w, ids, vecs, cols):
+    x1, x2, y1, y2 = vecs
+    return [*kernels.pair_matvec_and_gather(w, x1, x2, ids), *kernels.pair_matvec_transposed(w, y1, y2),
+            kernels.rank_two_plus_columns(y1, x1, y2, x2, ids, cols)]
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
+    w, ids, vecs, cols = kernel_inputs()
+    fast = twin_outputs(w, ids, vecs, cols)
+    assert kernels.load() is not None and len(list(fresh_kernels.glob("*.so"))) == 1
+    with kernels.torch_ops_only():
+        slow = twin_outputs(w, ids, vecs, cols)
+    x1, x2, y1, y2 = vecs
+    expected = [w @ x1, w @ x2, w[:, ids].t(), w.t() @ y1, w.t() @ y2,
+                torch.outer(y1, x1) + torch.outer(y2, x2) + torch.zeros_like(w).index_add_(1, ids, cols.t())]
+    for f, s, e in zip(fast, slow, expected):
+        assert f.shape == e.shape and rel_diff(f, e) <= 1e-6 and rel_diff(s, e) <= 1e-6
+
+
+def test_without_a_compiler_the_torch_ops_run_after_one_warning(fresh_kernels, monkeypatch, caplog):
+    monkeypatch.setenv("CC", str(fresh_kernels / "no-such-compiler"))
+    w, ids, vecs, cols = kernel_inputs(h=5, v=30, n_ids=3)
+    with caplog.at_level("WARNING", logger=kernels.__name__):
+        twin_outputs(w, ids, vecs, cols)
+        twin_outputs(w, ids, vecs, cols)
+    assert kernels.load() is None and not list(fresh_kernels.glob("*.so"))
+    assert len([r for r in caplog.records if "using torch ops" in r.message]) == 1
+
+
+def test_cpu_kernels_can_be_switched_off(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("TASU_CPU_KERNELS", "0")
+    assert kernels.load() is None and not list(fresh_kernels.glob("*.so"))
+
+
+def test_non_float32_or_strided_inputs_take_the_torch_ops(fresh_kernels):
+    w, ids, vecs, cols = kernel_inputs(h=6, v=50, n_ids=4)
+    x1, x2, _, _ = vecs
+    for args in [(w.double(), x1.double(), x2.double(), ids), (w.t().contiguous().t(), x1, x2, ids)]:
+        u1, u2, gathered = kernels.pair_matvec_and_gather(*args)
+        assert rel_diff(u1, args[0] @ args[1]) <= 1e-6 and u1.dtype == args[0].dtype
 
 
 # --- linear-silu -----------------------------------------------------------------------------------

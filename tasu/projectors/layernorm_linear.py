@@ -23,8 +23,8 @@ mat-vecs over W and a gather of K columns per row. The gradients, for upstream g
     dW     = Ga (x) gamma + G (x) beta + sparse columns g_r*p_rk at column i_rk
 
 dW is dense (the constant part of every row reaches every column), so writing it once is the floor
-of any exact method; it is written with two rank-one updates into one fresh buffer and an index_add
-of the N*K sparse columns. The posteriors themselves get no gradient (they come from a frozen
+of any exact method. The three passes over W (the two pairs of mat-vecs and dW with its N*K sparse
+columns) are ``layernorm_linear_kernels``: one read or write of W each on CPU, torch ops elsewhere. The posteriors themselves get no gradient (they come from a frozen
 encoder or from simulation); ``layernorm_linear`` takes the dense path when they require one.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tasu.posteriors import Posteriors
+from tasu.projectors import layernorm_linear_kernels as kernels
 
 
 def coalesced_sum_of_squares(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -65,12 +66,11 @@ class SparseLayerNormLinear(torch.autograd.Function):
         q = (rstd[:, None] * w).to(weight.dtype)          # rstd_r * w_rk
         p = q * gamma[ids]                                  # rstd_r * w_rk * gamma_{i_rk}
 
-        flat = ids.reshape(-1)
-        cols = weight.index_select(1, flat).t().view(n, k, -1)   # W[:, i_rk] as [N, K, H] (a view)
-        u = torch.mv(weight, gamma)                          # W gamma
-        c0 = torch.addmv(bias, weight, beta)                 # W beta + b
-        out = torch.addr(c0.expand(n, -1), a, u)             # a_r * u + c0
-        for j in range(k):                                   # + sum_k p_rk * W[:, i_rk]
+        # W gamma, W beta and the columns W[:, i_rk] as [N, K, H], in one pass over W.
+        u, w_beta, cols = kernels.pair_matvec_and_gather(weight, gamma, beta, ids.reshape(-1))
+        cols = cols.view(n, k, -1)
+        out = torch.addr((w_beta + bias).expand(n, -1), a, u)    # a_r * W gamma + W beta + b
+        for j in range(k):                                        # + sum_k p_rk * W[:, i_rk]
             out.addcmul_(p[:, j:j + 1], cols[:, j])
         ctx.save_for_backward(ids, a, q, p, cols, gamma, beta, weight)
         return out
@@ -85,17 +85,14 @@ class SparseLayerNormLinear(torch.autograd.Function):
         big_g = g.sum(0)                                     # sum_r g_r
         g_a = torch.mv(g.t(), a)                             # sum_r a_r g_r
         d_gamma = d_beta = d_weight = d_bias = None
+        if need_gamma or need_beta:
+            d_gamma, d_beta = kernels.pair_matvec_transposed(weight, g_a, big_g)   # W^T Ga, W^T G
         if need_gamma:
             dots = (cols * g.unsqueeze(1)).sum(2)                  # g_r . W[:, i_rk]
-            d_gamma = torch.mv(weight.t(), g_a).index_add_(0, flat, (q * dots).reshape(-1))
-        if need_beta:
-            d_beta = torch.mv(weight.t(), big_g)
+            d_gamma.index_add_(0, flat, (q * dots).reshape(-1))
         if need_weight:
-            d_weight = torch.empty_like(weight)
-            torch.outer(g_a, gamma, out=d_weight)
-            d_weight.addr_(big_g, beta)
             sparse_cols = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, g.shape[1])   # [N*K, H]
-            d_weight.index_add_(1, flat, sparse_cols.t())
+            d_weight = kernels.rank_two_plus_columns(g_a, gamma, big_g, beta, flat, sparse_cols)
         if need_bias:
             d_bias = big_g
         return None, None, d_gamma, d_beta, d_weight, d_bias, None
