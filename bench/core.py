@@ -9,18 +9,21 @@ and every speed-up is a ratio against a baseline measured in the same process:
   LayerNorm(V) + Linear(V -> 2,048), forward and backward: the exact sparse path vs dense rows.
 - psd_*: label-synchronous compression of [8, 170, 25,055] posteriors, vectorised vs a frame loop.
 - text_step_*: one TASU text-only training step vs fine-tuning the same LLM on the same text.
+
+It runs in the recipes' environment (``tools/activate_python.sh``: how CPU memory is allocated),
+re-executing itself once to get it; the header line shows the settings.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-# Huge pages for large CPU tensors (read by torch at import): the projector's 25,055 x 2,048 weight
-# gradient is a fresh 205 MB buffer every step, and without them its page faults cost more than
-# computing it. Both sides of every ratio run with the same setting; recipes set it in path.sh.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from environment import enter_recipe_environment, header  # noqa: E402
+
+if __name__ == "__main__":
+    enter_recipe_environment()  # before torch is imported: glibc reads its settings at start-up
 
 from core_projector import bench_cps_projector  # noqa: E402
 from core_psd import bench_psd  # noqa: E402
@@ -28,10 +31,7 @@ from core_text_step import bench_text_step  # noqa: E402
 
 
 def main() -> None:
-    import torch
-
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}")
+    print(header())
     for bench in (bench_cps_projector, bench_psd, bench_text_step):
         for name, value in bench().items():
             print(f"{name}: {value:.6g}", flush=True)

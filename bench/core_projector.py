@@ -9,14 +9,14 @@ LayerNorm(V) + Linear(V -> 2,048), forward and backward with the gradients of al
 - the straightforward dense one: V-wide smoothed one-hot rows through nn.LayerNorm + nn.Linear.
 
 ``cps_projector_torch_ops_ms`` is the sparse path with its three passes over the weight done by
-torch ops instead of the CPU kernels (``layernorm_linear_kernels``): what the kernels buy.
+torch ops instead of the CPU kernels (``tasu.native``): what the kernels buy.
 
 Both start every step with the gradients set to None, so both allocate their gradients afresh.
 ``dense_grad_write_ms`` is the time to write one V x 2,048 float32 gradient into a preallocated
 buffer: no exact method can beat it, since the constant part of every row reaches every column.
 ``dense_grad_fresh_write_ms`` writes it into newly allocated memory, as every step with
-set-to-None gradients must: on CPU the first touch of 205 MB of pages often costs more than the
-write itself (PyTorch's ``THP_MEM_ALLOC_ENABLE=1`` asks for huge pages and shrinks it).
+set-to-None gradients must: on CPU the first touch of 205 MB of fresh pages can cost more than the
+write itself, unless the allocator reuses freed memory (``tools/activate_python.sh`` sets that up).
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ import statistics
 import torch
 from torch import nn
 
+from environment import enter_recipe_environment, header
+from tasu.native import torch_ops_only
 from tasu.posteriors import Posteriors
-from tasu.projectors import layernorm_linear_kernels as kernels
 from tasu.projectors.layernorm_linear import layernorm_linear
 from timing import median_ms
 
@@ -74,7 +75,7 @@ def bench_cps_projector() -> dict[str, float]:
     for _ in range(5):  # alternate the paths, so that all see the same load on the machine
         sparse_runs.append(median_ms(lambda: step(True), repeats=3, warmup=1))
         dense_runs.append(median_ms(lambda: step(False), repeats=1, warmup=0))
-        with kernels.torch_ops_only():
+        with torch_ops_only():
             torch_ops_runs.append(median_ms(lambda: step(True), repeats=3, warmup=1))
     sparse_ms, dense_ms = statistics.median(sparse_runs), statistics.median(dense_runs)
     buffer = torch.empty(HIDDEN, VOCAB)
@@ -93,5 +94,7 @@ def bench_cps_projector() -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    enter_recipe_environment()
+    print(header())
     for name, value in bench_cps_projector().items():
         print(f"{name}: {value:.6g}", flush=True)

@@ -22,14 +22,15 @@ hidden 512, intermediate 1,408, 8 heads / 2 key-value heads, random init, float3
 utterances, prompt 15 tokens (10 before the speech, 5 after, as in a chat template), transcript 30
 encoder tokens (-> ~28.5 simulated rows after the default 5 % drops) or 25 LLM tokens (Qwen's
 vocabulary is 6x larger than SenseVoice's, so ~1.2 encoder tokens per LLM token), target 24 tokens +
-EOS. Timings are medians of 9 steps after 2 warm-up steps, the two kinds of step interleaved.
+EOS. Timings are medians of 15 steps after 2 warm-up steps, the two kinds of step interleaved.
 
 Where TASU's extra time goes (``--profile``): the projector's first Linear has 25,055 x 2,048 = 51 M
-weights. Its exact sparse forward/backward reads them a few times (mat-vecs) and writes a dense
-205 MB weight gradient every step, and fused AdamW updates them (~20 ms). On CPU the fresh 205 MB
-gradient buffer costs more in page faults than in arithmetic: PyTorch's allocator backs large
-tensors with transparent huge pages when ``THP_MEM_ALLOC_ENABLE=1`` is in the environment before
-torch starts, which removes most of that cost (the header line says whether it was on).
+weights. Its exact sparse forward/backward reads them twice (a pair of mat-vecs each way, one pass
+per pair with the CPU kernels) and writes a dense 205 MB weight gradient every step, and fused AdamW
+updates them (~15-23 ms); the projector's second Linear and the longer spliced sequence (28.5
+simulated rows, padded to 30, against 25 transcript tokens) add matmuls. On CPU a fresh 205 MB
+gradient buffer every step costs more in page faults than in arithmetic unless memory is reused:
+the benchmark runs in the recipes' environment (``bench/environment.py``), as training does.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from environment import enter_recipe_environment, header  # noqa: E402
 from timing import median_ms  # noqa: E402
 
 BATCH, PROMPT_BEFORE, PROMPT_AFTER, TRANSCRIPT_ENC, TRANSCRIPT_LLM, TARGET = 8, 10, 5, 30, 25, 24
@@ -134,7 +136,7 @@ def _peak_mem_mb(step) -> float:
     return peak / 2**20
 
 
-def bench_text_step(repeats: int = 9) -> dict[str, float]:
+def bench_text_step(repeats: int = 15) -> dict[str, float]:
     tasu_step, base_step = _setup()
     for _ in range(2):  # warm-up: optimizer state, allocator caches
         tasu_step()
@@ -169,11 +171,11 @@ def profile_text_step(rows: int = 25) -> str:
 
 
 def main() -> None:
+    enter_recipe_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table")
     args = parser.parse_args()
-    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={thp}")
+    print(header())
     for name, value in bench_text_step().items():
         print(f"{name}: {value:.6g}", flush=True)
     if args.profile:

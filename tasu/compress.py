@@ -11,10 +11,10 @@ text-only stage have one row per token. Compression brings real posteriors to th
 
 Why it is fast: a frame whose blank probability exceeds 1/2 has blank as its argmax (the rows are
 probability vectors), and a lone frame at or above the threshold is dropped anyway, so the V-wide
-rows of most frames are never read. Runs are summed by position inside the run (a handful of
-steps), in frame order, so the result is bit-identical to the frame loop ``_compress_loop`` and
-deterministic on GPUs too (no atomic scatter-adds). V-wide rows are gathered through small reused
-buffers: on CPU, fresh 100 MB temporaries cost more in page faults than the copies themselves.
+rows of most frames are never read. The two steps that do read V-wide rows (the argmax of the
+other frames, the mean of each kept run) are ``compress_kernels``: runs are summed in frame order,
+so the result is bit-identical to the frame loop ``_compress_loop`` and deterministic on GPUs too
+(no atomic scatter-adds); on CPU they read the rows where they lie.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 
+from tasu.compress_kernels import rows_argmax, segment_means
 from tasu.posteriors import Posteriors
 
 
@@ -50,8 +51,7 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     # argmax, reading the full row only where blank does not already hold more than half the mass
     argmax = torch.full((b * t,), blank_id, dtype=torch.long, device=device)
     unsure = (valid.view(-1) & (blank <= 0.5)).nonzero().flatten()
-    for k, rows in _gathered(flat, unsure):
-        argmax[unsure[k: k + len(rows)]] = rows.argmax(-1)
+    argmax[unsure] = rows_argmax(flat, unsure)
 
     # segments: a valid frame starts one unless it continues the previous frame's non-blank run
     argmax = argmax.view(b, t)
@@ -74,52 +74,13 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     out_len = torch.bincount(utt, minlength=b)
     width = int(out_len.max()) if b else 0
     dest = utt * width + torch.arange(starts.numel(), device=device) - (out_len.cumsum(0) - out_len)[utt]
-    source = torch.zeros(b * width, dtype=torch.long, device=device)
-    source[dest] = starts
-    out = probs.new_empty(b * width, v)
-    torch.index_select(flat, 0, source, out=out)  # first frames; padding rows copy frame 0, then zeros
-    padding = torch.arange(width, device=device)[None, :] >= out_len[:, None]
-    out.index_fill_(0, padding.view(-1).nonzero().flatten(), 0)
-    # multi-frame segments, longest first (so the ones still running at step j are a prefix),
-    # summed chunk by chunk in reused buffers (see _rows_per_chunk)
-    multi = (counts > 1).nonzero().flatten()
-    multi = multi[counts[multi].argsort(descending=True, stable=True)]
-    step = _rows_per_chunk(flat)
-    sums, more = probs.new_empty(2, min(step, len(multi)), v)
-    for k in range(0, len(multi), step):
-        chunk = multi[k: k + step]
-        total = sums[: len(chunk)]
-        torch.index_select(flat, 0, starts[chunk], out=total)
-        for j in range(1, int(counts[chunk[0]])):
-            running = chunk[counts[chunk] > j]  # a prefix of the chunk
-            rows = more[: len(running)]
-            torch.index_select(flat, 0, starts[running] + j, out=rows)
-            total[: len(running)] += rows
-        out.index_copy_(0, dest[chunk], total.div_(counts[chunk, None].to(total.dtype)))
-
-    out_starts = torch.zeros(b * width, dtype=torch.long, device=device)
-    out_counts = torch.zeros_like(out_starts)
-    out_starts[dest] = starts % t
-    out_counts[dest] = counts
-    return Compressed(out.view(b, width, v), out_len, out_starts.view(b, width), out_counts.view(b, width))
-
-
-def _rows_per_chunk(src: torch.Tensor, max_bytes: int = 4 << 20) -> int:
-    """V-wide rows are gathered in <= 4 MB pieces through reused buffers.
-
-    On CPU, a fresh ~100 MB temporary per call costs more in page faults than the copy itself.
-    """
-    return max(1, max_bytes // (src.shape[1] * src.element_size()))
-
-
-def _gathered(src: torch.Tensor, index: torch.Tensor):
-    """Yield ``(k, src[index[k : k + m]])`` chunk by chunk, through one reused buffer."""
-    step = _rows_per_chunk(src)
-    buffer = src.new_empty(min(step, len(index)), src.shape[1])
-    for k in range(0, len(index), step):
-        rows = buffer[: len(index[k: k + step])]
-        torch.index_select(src, 0, index[k: k + step], out=rows)
-        yield k, rows
+    row_starts = torch.zeros(b * width, dtype=torch.long, device=device)
+    row_counts = torch.zeros_like(row_starts)     # 0 on padding rows, which stay zeros
+    row_starts[dest] = starts
+    row_counts[dest] = counts
+    out = segment_means(flat, row_starts, row_counts)
+    out_starts = (row_starts % t).view(b, width)
+    return Compressed(out.view(b, width, v), out_len, out_starts, row_counts.view(b, width))
 
 
 def compress_posteriors(probs: torch.Tensor, lengths: torch.Tensor, topk: int | None, *, enabled: bool = True,

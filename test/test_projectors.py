@@ -10,6 +10,7 @@ from torch import nn
 
 from tasu.posteriors import Posteriors
 from tasu.projectors import DEFAULT_PROJECTOR, PROJECTORS, Projector, build_projector, register
+from tasu.native import Kernels, torch_ops_only
 from tasu.projectors import layernorm_linear_kernels as kernels
 from tasu.projectors.layernorm_linear import coalesced_sum_of_squares, layernorm_linear
 
@@ -148,10 +149,9 @@ def test_dense_rows_and_rows_needing_gradients_take_the_dense_path():
 
 @pytest.fixture
 def fresh_kernels(monkeypatch, tmp_path):
-    """The kernel module as in a new process, compiling into an empty cache."""
+    """The projector's kernels as in a new process, compiling into an empty cache."""
     monkeypatch.setenv("TASU_KERNEL_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "KERNELS", Kernels(kernels.KERNELS.source, kernels.KERNELS.signatures))
     return tmp_path
 
 
@@ -175,8 +175,8 @@ def twin_outputs(w, ids, vecs, cols):
 def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
     w, ids, vecs, cols = kernel_inputs()
     fast = twin_outputs(w, ids, vecs, cols)
-    assert kernels.load() is not None and len(list(fresh_kernels.glob("*.so"))) == 1
-    with kernels.torch_ops_only():
+    assert kernels.KERNELS.library() is not None and len(list(fresh_kernels.glob("*.so"))) == 1
+    with torch_ops_only():
         slow = twin_outputs(w, ids, vecs, cols)
     x1, x2, y1, y2 = vecs
     expected = [w @ x1, w @ x2, w[:, ids].t(), w.t() @ y1, w.t() @ y2,
@@ -188,16 +188,16 @@ def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
 def test_without_a_compiler_the_torch_ops_run_after_one_warning(fresh_kernels, monkeypatch, caplog):
     monkeypatch.setenv("CC", str(fresh_kernels / "no-such-compiler"))
     w, ids, vecs, cols = kernel_inputs(h=5, v=30, n_ids=3)
-    with caplog.at_level("WARNING", logger=kernels.__name__):
+    with caplog.at_level("WARNING", logger="tasu.native"):
         twin_outputs(w, ids, vecs, cols)
         twin_outputs(w, ids, vecs, cols)
-    assert kernels.load() is None and not list(fresh_kernels.glob("*.so"))
+    assert kernels.KERNELS.library() is None and not list(fresh_kernels.glob("*.so"))
     assert len([r for r in caplog.records if "using torch ops" in r.message]) == 1
 
 
 def test_cpu_kernels_can_be_switched_off(fresh_kernels, monkeypatch):
     monkeypatch.setenv("TASU_CPU_KERNELS", "0")
-    assert kernels.load() is None and not list(fresh_kernels.glob("*.so"))
+    assert kernels.KERNELS.library() is None and not list(fresh_kernels.glob("*.so"))
 
 
 def test_non_float32_or_strided_inputs_take_the_torch_ops(fresh_kernels):

@@ -8,6 +8,13 @@ fi
 # shellcheck disable=SC1091
 . "${_tasu_tools}/venv/bin/activate"
 unset _tasu_tools
-# Huge pages for large CPU tensors: cuts the page-fault cost of big fresh buffers (the projector's
-# weight gradient) when training on CPU; harmless elsewhere.
+# Big CPU buffers (logits, the projector's 205 MB weight gradient) are allocated afresh every
+# training step, and the first touch of fresh memory costs page faults: tens of ms per step, and
+# far more on some virtual machines. Huge pages make those faults fewer; glibc keeping freed memory
+# for reuse (instead of returning each big buffer to the kernel) avoids most of them. The price: a
+# process holds on to its peak memory. Harmless on GPUs.
 export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"
+case ":${GLIBC_TUNABLES:-}:" in
+  *:glibc.malloc.mmap_threshold=*) ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+${GLIBC_TUNABLES}:}glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736" ;;
+esac
