@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["tasu", "tasu.*"]),
-    package_data={"tasu": ["data/prompt_sets/*.jsonl", "projectors/*.c"]},
+    package_data={"tasu": ["data/prompt_sets/*.jsonl", "*.c", "projectors/*.c"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

@@ -1,8 +1,15 @@
 """Label-synchronous compression: hand-checked cases, and bit-identity with the frame loop."""
+import contextlib
+
 import pytest
 import torch
 
 from tasu.compress import _compress_loop, compress, compress_posteriors
+from tasu.compress_kernels import rows_argmax, segment_means
+from tasu.native import torch_ops_only
+
+# every bit-identity test runs both ways: with the CPU kernels (float32) and with torch ops only
+BOTH_PATHS = pytest.mark.parametrize("path", [contextlib.nullcontext, torch_ops_only], ids=["kernels", "torch-ops"])
 
 
 def frames(rows):
@@ -72,8 +79,9 @@ def random_posteriors(g, b, t, v, blank_id):
     return logits.softmax(-1)
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_identical_to_frame_loop(dtype):
+def test_identical_to_frame_loop(dtype, path):
     g = torch.Generator().manual_seed(0)
     for trial in range(150):
         b, t, v = int(torch.randint(1, 5, (1,), generator=g)), int(torch.randint(1, 14, (1,), generator=g)), 6
@@ -82,18 +90,21 @@ def test_identical_to_frame_loop(dtype):
         lengths = torch.randint(0, t + 1, (b,), generator=g)
         lengths[0] = t
         threshold = [0.9, 0.5, 0.7, 0.99][trial % 4]
-        got = compress(x, lengths, threshold, blank_id)
+        with path():
+            got = compress(x, lengths, threshold, blank_id)
         want, want_len = _compress_loop(x, lengths, threshold, blank_id)
         assert torch.equal(got.lengths, want_len)
         assert torch.equal(got.probs, want), (trial, (got.probs - want).abs().max())
 
 
-def test_large_vocabulary_chunks_match_loop():
-    # rows wider than one gather chunk's worth (4 MB / 4 bytes = 1M entries) still agree
+@BOTH_PATHS
+def test_large_vocabulary_matches_loop(path):
+    # rows wider than a gather chunk's worth (4 MB) and than many argmax blocks still agree
     g = torch.Generator().manual_seed(1)
     x = random_posteriors(g, 2, 9, 300_000, 0)
     lengths = torch.tensor([9, 6])
-    got = compress(x, lengths)
+    with path():
+        got = compress(x, lengths)
     want, want_len = _compress_loop(x, lengths)
     assert torch.equal(got.lengths, want_len) and torch.equal(got.probs, want)
 
@@ -114,3 +125,32 @@ def test_compress_posteriors_on_and_off():
     top = compress_posteriors(x, lengths, topk=2)
     assert top.ids.shape[-1] == 2
     assert torch.allclose(top.to_dense().sum(-1), c.probs.sum(-1), atol=1e-12)
+
+
+@BOTH_PATHS
+def test_rows_argmax_takes_the_first_maximum_and_the_first_nan(path):
+    v = 2500                                         # blocks of 1,024 and a tail
+    x = torch.rand(6, v)
+    x[0, [1500, 2100]] = 2.0                         # a tie across blocks: the first wins
+    x[1, [3, 700]] = 2.0                             # a tie inside a block
+    x[2, [10, 2499]] = float("nan")                  # NaN counts as the maximum, the first one
+    x[3, 2499] = 5.0                                 # the last entry, in the tail block
+    x[4] = 0.25                                      # all equal: index 0
+    rows = torch.tensor([5, 0, 1, 2, 3, 4, 0])       # any order, repeats allowed
+    with path():
+        got = rows_argmax(x, rows)
+    assert got.tolist() == x[rows].argmax(-1).tolist() == [int(x[5].argmax()), 1500, 3, 10, 2499, 0, 1500]
+
+
+@BOTH_PATHS
+def test_segment_means_sum_in_row_order_and_zero_empty_segments(path):
+    g = torch.Generator().manual_seed(3)
+    src = torch.rand(20, 1300, generator=g) ** 4      # float32 sums whose order matters
+    starts, counts = torch.tensor([0, 3, 7, 7, 12, 0, 19]), torch.tensor([1, 2, 3, 5, 4, 0, 1])
+    with path():
+        got = segment_means(src, starts, counts)
+    for row, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
+        want = torch.zeros(1300)
+        for f in range(s, s + c):
+            want = want + src[f]
+        assert torch.equal(got[row], want / c if c else want)

@@ -185,21 +185,6 @@ def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
         assert f.shape == e.shape and rel_diff(f, e) <= 1e-6 and rel_diff(s, e) <= 1e-6
 
 
-def test_without_a_compiler_the_torch_ops_run_after_one_warning(fresh_kernels, monkeypatch, caplog):
-    monkeypatch.setenv("CC", str(fresh_kernels / "no-such-compiler"))
-    w, ids, vecs, cols = kernel_inputs(h=5, v=30, n_ids=3)
-    with caplog.at_level("WARNING", logger="tasu.native"):
-        twin_outputs(w, ids, vecs, cols)
-        twin_outputs(w, ids, vecs, cols)
-    assert kernels.KERNELS.library() is None and not list(fresh_kernels.glob("*.so"))
-    assert len([r for r in caplog.records if "using torch ops" in r.message]) == 1
-
-
-def test_cpu_kernels_can_be_switched_off(fresh_kernels, monkeypatch):
-    monkeypatch.setenv("TASU_CPU_KERNELS", "0")
-    assert kernels.KERNELS.library() is None and not list(fresh_kernels.glob("*.so"))
-
-
 def test_non_float32_or_strided_inputs_take_the_torch_ops(fresh_kernels):
     w, ids, vecs, cols = kernel_inputs(h=6, v=50, n_ids=4)
     x1, x2, _, _ = vecs
