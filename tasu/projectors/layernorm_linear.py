@@ -23,9 +23,10 @@ mat-vecs over W and a gather of K columns per row. The gradients, for upstream g
     dW     = Ga (x) gamma + G (x) beta + sparse columns g_r*p_rk at column i_rk
 
 dW is dense (the constant part of every row reaches every column), so writing it once is the floor
-of any exact method. The three passes over W (the two pairs of mat-vecs and dW with its N*K sparse
-columns) are ``layernorm_linear_kernels``: one read or write of W each on CPU, torch ops elsewhere. The posteriors themselves get no gradient (they come from a frozen
-encoder or from simulation); ``layernorm_linear`` takes the dense path when they require one.
+of any exact method. The three passes over W (the two pairs of mat-vecs, and dW with its N*K
+sparse columns) are ``layernorm_linear_kernels``: one read or write of W each on CPU, torch ops
+elsewhere. The posteriors themselves get no gradient (they come from a frozen encoder or from
+simulation); ``layernorm_linear`` takes the dense path when they require one.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ class SparseLayerNormLinear(torch.autograd.Function):
         d_gamma = d_beta = d_weight = d_bias = None
         if need_gamma or need_beta:
             d_gamma, d_beta = kernels.pair_matvec_transposed(weight, g_a, big_g)   # W^T Ga, W^T G
+            d_gamma, d_beta = (d_gamma if need_gamma else None), (d_beta if need_beta else None)
         if need_gamma:
             dots = (cols * g.unsqueeze(1)).sum(2)                  # g_r . W[:, i_rk]
             d_gamma.index_add_(0, flat, (q * dots).reshape(-1))
