@@ -11,10 +11,10 @@ text-only stage have one row per token. Compression brings real posteriors to th
 
 Why it is fast: a frame whose blank probability exceeds 1/2 has blank as its argmax (the rows are
 probability vectors), and a lone frame at or above the threshold is dropped anyway, so the V-wide
-rows of most frames are never read. The two steps that do read V-wide rows (the argmax of the
-other frames, the mean of each kept run) are ``compress_kernels``: runs are summed in frame order,
-so the result is bit-identical to the frame loop ``_compress_loop`` and deterministic on GPUs too
-(no atomic scatter-adds); on CPU they read the rows where they lie.
+rows of most frames are never read. Runs are summed in frame order, so the result is bit-identical
+to the frame loop ``_compress_loop`` and deterministic on GPUs too (no atomic scatter-adds). On CPU
+both steps, finding the kept runs and averaging them, are C kernels (``compress_kernels``); the
+torch version here and there is what runs elsewhere, and the reference they are tested against.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from tasu.compress_kernels import rows_argmax, segment_means
+from tasu.compress_kernels import gathered, kept_runs, segment_means
 from tasu.posteriors import Posteriors
 
 
@@ -42,8 +42,21 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     is taken to have blank as its argmax without reading the rest of the row.
     """
     b, t, v = probs.shape
+    lengths = lengths.to(device=probs.device, dtype=torch.long).clamp(0, t)
+    runs = kept_runs(probs, lengths, threshold, blank_id)  # the CPU kernel, or None where it does not apply
+    starts, counts, out_len = runs if runs is not None else _kept_runs(probs, lengths, threshold, blank_id)
+    width = int(out_len.max()) if b else 0
+    starts, counts = starts[:, :width].contiguous(), counts[:, :width].contiguous()
+    out = segment_means(probs.reshape(b * t, v), starts.view(-1), counts.view(-1))   # zeros where counts is 0
+    return Compressed(out.view(b, width, v), out_len, starts % t, counts)
+
+
+def _kept_runs(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, blank_id: int):
+    """The runs compression keeps, as ``(starts, counts, kept)``: utterance u's kept runs, in order, in
+    ``starts[u, :kept[u]]`` (flat frame index ``u * T + frame``) and ``counts[u, :kept[u]]`` (frames);
+    zeros after them."""
+    b, t, v = probs.shape
     device = probs.device
-    lengths = lengths.to(device=device, dtype=torch.long).clamp(0, t)
     valid = torch.arange(t, device=device)[None, :] < lengths[:, None]
     flat = probs.reshape(b * t, v)
     blank = probs[:, :, blank_id].reshape(-1)
@@ -51,9 +64,10 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     # argmax, reading the full row only where blank does not already hold more than half the mass
     argmax = torch.full((b * t,), blank_id, dtype=torch.long, device=device)
     unsure = (valid.view(-1) & (blank <= 0.5)).nonzero().flatten()
-    argmax[unsure] = rows_argmax(flat, unsure)
+    for k, rows in gathered(flat, unsure):
+        argmax[unsure[k: k + len(rows)]] = rows.argmax(-1)
 
-    # segments: a valid frame starts one unless it continues the previous frame's non-blank run
+    # runs: a valid frame starts one unless it continues the previous frame's non-blank run
     argmax = argmax.view(b, t)
     prev = torch.nn.functional.pad(argmax, (1, 0), value=-1)[:, :-1]
     starts = (valid & ((argmax == blank_id) | (argmax != prev))).view(-1).nonzero().flatten()
@@ -62,7 +76,7 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     counts = torch.minimum(next_start, utt * t + lengths[utt]) - starts  # runs stop at the utterance end
     max_run = int(counts.max()) if counts.numel() else 0
 
-    # drop the segments whose mean blank probability (summed in frame order) reaches the threshold
+    # drop the runs whose mean blank probability (summed in frame order) reaches the threshold
     blank_sum = blank[starts]
     for j in range(1, max_run):  # positions inside a run, not frames: a few iterations
         more = (counts > j).nonzero().flatten()
@@ -70,17 +84,14 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     keep = (blank_sum / counts.to(blank_sum.dtype) < threshold).nonzero().flatten()
     starts, counts, utt = starts[keep], counts[keep], utt[keep]
 
-    # kept segment -> row (utterance, position); its sum of frames, in frame order, over its length
-    out_len = torch.bincount(utt, minlength=b)
-    width = int(out_len.max()) if b else 0
-    dest = utt * width + torch.arange(starts.numel(), device=device) - (out_len.cumsum(0) - out_len)[utt]
-    row_starts = torch.zeros(b * width, dtype=torch.long, device=device)
-    row_counts = torch.zeros_like(row_starts)     # 0 on padding rows, which stay zeros
-    row_starts[dest] = starts
-    row_counts[dest] = counts
-    out = segment_means(flat, row_starts, row_counts)
-    out_starts = (row_starts % t).view(b, width)
-    return Compressed(out.view(b, width, v), out_len, out_starts, row_counts.view(b, width))
+    # kept run -> (utterance, position among the utterance's kept runs)
+    kept = torch.bincount(utt, minlength=b)
+    dest = utt * t + torch.arange(starts.numel(), device=device) - (kept.cumsum(0) - kept)[utt]
+    packed_starts = torch.zeros(b * t, dtype=torch.long, device=device)
+    packed_counts = torch.zeros_like(packed_starts)
+    packed_starts[dest] = starts
+    packed_counts[dest] = counts
+    return packed_starts.view(b, t), packed_counts.view(b, t), kept
 
 
 def compress_posteriors(probs: torch.Tensor, lengths: torch.Tensor, topk: int | None, *, enabled: bool = True,

@@ -1,10 +1,12 @@
-"""The two V-wide steps of label-synchronous compression, with a CPU fast path.
+"""The two steps of label-synchronous compression, with a CPU fast path: which runs of frames are
+kept, and their means.
 
 Why: ``compress`` reads whole frame posteriors (V = 25,055 entries) only to take the argmax of the
-frames that blank does not clearly win and to average each kept run of frames. The torch versions
-gather those rows through small reused buffers (a fresh 100 MB temporary costs more in page faults
-than the copy); ``compress_kernels.c`` reads them where they lie and writes each output row once
-(see ``tasu.native``), about three times faster on CPU. Both versions give bit-identical results.
+frames that blank does not clearly win and to average each kept run, and finds the runs with a few
+dozen small tensor ops. The torch versions gather rows through small reused buffers (a fresh
+100 MB temporary costs more in page faults than the copy); ``compress_kernels.c`` reads them where
+they lie, finds the runs in one pass per utterance and writes each output row once (see
+``tasu.native``): about four times faster on CPU, with bit-identical results.
 """
 from __future__ import annotations
 
@@ -15,22 +17,22 @@ import torch
 from tasu.native import Kernels
 
 KERNELS = Kernels(Path(__file__).with_suffix(".c"), {
-    "rows_argmax": "pipipt",        # src, V, rows, len(rows), out, threads
-    "segment_means": "pippipt",     # src, V, starts, counts, len(starts), out, threads
+    "kept_runs": "piiipfippppt",        # probs, B, T, V, lengths, threshold, blank id, labels, starts, counts, kept
+    "segment_means": "pippipt",         # src, V, starts, counts, len(starts), out, threads
 })
 
 
-def rows_argmax(src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``src[rows].argmax(-1)`` for ``src`` [N, V], without gathering the rows."""
-    lib = KERNELS.usable(src, rows)
+def kept_runs(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, blank_id: int):
+    """The C version of ``compress._kept_runs`` (same outputs), or None where it does not apply."""
+    lib = KERNELS.usable(probs, lengths)
     if lib is None:
-        out = torch.empty(len(rows), dtype=torch.long, device=src.device)
-        for k, gathered in _gathered(src, rows):
-            out[k: k + len(gathered)] = gathered.argmax(-1)
-        return out
-    out = torch.empty(len(rows), dtype=torch.long)
-    lib.rows_argmax(src.data_ptr(), src.shape[1], rows.data_ptr(), len(rows), out.data_ptr(), torch.get_num_threads())
-    return out
+        return None
+    b, t, v = probs.shape
+    labels, starts, counts = (torch.zeros(b * t, dtype=torch.long) for _ in range(3))
+    kept = torch.zeros(b, dtype=torch.long)
+    lib.kept_runs(probs.data_ptr(), b, t, v, lengths.data_ptr(), threshold, blank_id, labels.data_ptr(),
+                  starts.data_ptr(), counts.data_ptr(), kept.data_ptr(), torch.get_num_threads())
+    return starts.view(b, t), counts.view(b, t), kept
 
 
 def segment_means(src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -48,7 +50,7 @@ def segment_means(src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor)
     # summed chunk by chunk in reused buffers
     multi = (counts > 1).nonzero().flatten()
     multi = multi[counts[multi].argsort(descending=True, stable=True)]
-    step = _rows_per_chunk(src)
+    step = rows_per_chunk(src)
     sums, more = src.new_empty(2, min(step, len(multi)), src.shape[1])
     for k in range(0, len(multi), step):
         chunk = multi[k: k + step]
@@ -63,7 +65,7 @@ def segment_means(src: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor)
     return out
 
 
-def _rows_per_chunk(src: torch.Tensor, max_bytes: int = 4 << 20) -> int:
+def rows_per_chunk(src: torch.Tensor, max_bytes: int = 4 << 20) -> int:
     """V-wide rows are gathered in <= 4 MB pieces through reused buffers.
 
     On CPU, a fresh ~100 MB temporary per call costs more in page faults than the copy itself.
@@ -71,9 +73,9 @@ def _rows_per_chunk(src: torch.Tensor, max_bytes: int = 4 << 20) -> int:
     return max(1, max_bytes // (src.shape[1] * src.element_size()))
 
 
-def _gathered(src: torch.Tensor, index: torch.Tensor):
-    """Yield ``(k, src[index[k : k + m]])`` chunk by chunk, through one reused buffer."""
-    step = _rows_per_chunk(src)
+def gathered(src: torch.Tensor, index: torch.Tensor):
+    """Yield ``(k, src[index[k : k + m]])`` chunk by chunk, through one reused buffer (torch versions)."""
+    step = rows_per_chunk(src)
     buffer = src.new_empty(min(step, len(index)), src.shape[1])
     for k in range(0, len(index), step):
         rows = buffer[: len(index[k: k + step])]

@@ -48,9 +48,9 @@ def torch_ops_only():
 
 class Kernels:
     """The C functions of one source file, with their ctypes argument types (``i`` int64,
-    ``p`` pointer, ``t`` the thread count as a C int); compiled and loaded on first use."""
+    ``f`` float, ``p`` pointer, ``t`` the thread count as a C int); compiled and loaded on first use."""
 
-    _CTYPES = {"i": ctypes.c_int64, "p": ctypes.c_void_p, "t": ctypes.c_int}
+    _CTYPES = {"i": ctypes.c_int64, "f": ctypes.c_float, "p": ctypes.c_void_p, "t": ctypes.c_int}
 
     def __init__(self, source: Path, signatures: dict[str, str]):
         self.source = source

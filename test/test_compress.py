@@ -4,8 +4,8 @@ import contextlib
 import pytest
 import torch
 
-from tasu.compress import _compress_loop, compress, compress_posteriors
-from tasu.compress_kernels import rows_argmax, segment_means
+from tasu.compress import _compress_loop, _kept_runs, compress, compress_posteriors
+from tasu.compress_kernels import kept_runs, segment_means
 from tasu.native import torch_ops_only
 
 # every bit-identity test runs both ways: with the CPU kernels (float32) and with torch ops only
@@ -128,18 +128,36 @@ def test_compress_posteriors_on_and_off():
 
 
 @BOTH_PATHS
-def test_rows_argmax_takes_the_first_maximum_and_the_first_nan(path):
-    v = 2500                                         # blocks of 1,024 and a tail
-    x = torch.rand(6, v)
-    x[0, [1500, 2100]] = 2.0                         # a tie across blocks: the first wins
-    x[1, [3, 700]] = 2.0                             # a tie inside a block
-    x[2, [10, 2499]] = float("nan")                  # NaN counts as the maximum, the first one
-    x[3, 2499] = 5.0                                 # the last entry, in the tail block
-    x[4] = 0.25                                      # all equal: index 0
-    rows = torch.tensor([5, 0, 1, 2, 3, 4, 0])       # any order, repeats allowed
+def test_argmax_ties_and_nan_follow_torch(path):
+    # the first maximum wins a tie (across the kernel's blocks of 1,024 or inside one), a NaN counts
+    # as the maximum: the frame loop (torch.argmax) decides which frames merge
+    v = 2500
+    x = torch.full((1, 7, v), 0.1 / v)
+    x[0, :, 0] = 0.2                                                     # blank never wins
+    x[0, 0, [1500, 2100]] = 0.3                                          # tie: 1500 ...
+    x[0, 1, 1500] = 0.3                                                  # ... so frames 0-1 merge
+    x[0, 2, [3, 700]] = 0.3                                              # tie inside a block: 3
+    x[0, 3, [700, 3]] = 0.31                                             # 3 again: frames 2-3 merge
+    x[0, 4, [10, 2499]] = float("nan")
+    x[0, 5, 11] = 0.5                                                    # NaN at 10 beats it: no merge
+    x[0, 6, 2499] = 0.5                                                  # the tail block
+    lengths = torch.tensor([7])
     with path():
-        got = rows_argmax(x, rows)
-    assert got.tolist() == x[rows].argmax(-1).tolist() == [int(x[5].argmax()), 1500, 3, 10, 2499, 0, 1500]
+        got = compress(x, lengths)
+    want, want_len = _compress_loop(x, lengths)
+    assert got.counts.tolist() == [[2, 2, 1, 1, 1]] and torch.equal(got.lengths, want_len)
+    torch.testing.assert_close(got.probs, want, rtol=0, atol=0, equal_nan=True)
+
+
+def test_kept_runs_kernel_equals_its_torch_version():
+    g = torch.Generator().manual_seed(4)
+    x = random_posteriors(g, 5, 40, 1300, 1)
+    lengths = torch.tensor([40, 0, 17, 1, 33])
+    runs = kept_runs(x, lengths, 0.8, 1)
+    if runs is None:
+        pytest.skip("no C compiler")
+    for got, want in zip(runs, _kept_runs(x, lengths, 0.8, 1)):
+        assert torch.equal(got, want)
 
 
 @BOTH_PATHS
