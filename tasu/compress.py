@@ -42,6 +42,8 @@ def compress(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
     is taken to have blank as its argmax without reading the rest of the row.
     """
     b, t, v = probs.shape
+    if not 0 <= blank_id < v:
+        raise ValueError(f"blank id {blank_id} is outside the vocabulary of {v} entries")
     lengths = lengths.to(device=probs.device, dtype=torch.long).clamp(0, t)
     runs = kept_runs(probs, lengths, threshold, blank_id)  # the CPU kernel, or None where it does not apply
     starts, counts, out_len = runs if runs is not None else _kept_runs(probs, lengths, threshold, blank_id)

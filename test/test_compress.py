@@ -50,6 +50,11 @@ def test_mean_blank_threshold_is_on_merged_run():
     assert compress(y, torch.tensor([2]), threshold=0.4).counts.tolist() == [[2]]  # frame 0 alone would be dropped
 
 
+def test_a_blank_id_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="blank id 5 is outside the vocabulary of 5"):
+        compress(torch.rand(1, 3, 5).softmax(-1), torch.tensor([3]), blank_id=5)
+
+
 def test_edge_batches():
     v = 5
     strong_blank = torch.zeros(2, 4, v)
