@@ -7,7 +7,7 @@ and every speed-up is a ratio against a baseline measured in the same process:
 
 - cps_projector_*: simulated rows (8 utterances x ~30 tokens, V = 25,055) through
   LayerNorm(V) + Linear(V -> 2,048), forward and backward: the exact sparse path vs dense rows.
-- psd_*: label-synchronous compression of [8, 170, 25,055] posteriors, vectorised vs a frame loop.
+- psd_*: label-synchronous compression of [8, 170, 25,055] posteriors vs a frame loop.
 - text_step_*: one TASU text-only training step vs fine-tuning the same LLM on the same text.
 
 It runs in the recipes' environment (``tools/activate_python.sh``: how CPU memory is allocated),

@@ -1,4 +1,4 @@
-"""Benchmark of label-synchronous compression (PSD): vectorised ``compress`` vs the frame loop.
+"""Benchmark of label-synchronous compression (PSD): ``compress`` vs the frame loop.
 
     python bench/core_psd.py
 
@@ -6,8 +6,10 @@ Input: [8, 170, 25,055] softmax posteriors shaped like a CTC encoder's (peaky; ~
 blank-dominated, some of them only weakly; non-blank runs of 1-4 frames of one token), utterance
 lengths between 120 and 170 frames.
 
-``psd_output_write_ms`` is the time to write the compressed rows ([8, ~29, 25,055], 23 MB) into
-fresh memory, a cost every implementation pays, next to ``psd_ms`` and ``psd_loop_ms``.
+``psd_ms`` is ``compress`` as it runs on CPU (its C kernels, ``tasu.compress_kernels``),
+``psd_torch_ops_ms`` its vectorised torch version (what runs on GPUs), ``psd_loop_ms`` the frame
+loop; ``psd_output_write_ms`` is the time to write the compressed rows ([8, ~29, 25,055], 23 MB)
+into fresh memory, a cost every implementation pays.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from environment import enter_recipe_environment, header  # noqa: E402
 from timing import median_ms  # noqa: E402
 
 from tasu.compress import _compress_loop, compress  # noqa: E402
+from tasu.native import torch_ops_only  # noqa: E402
 
 
 def peaky_posteriors(batch: int = 8, frames: int = 170, vocab: int = 25055, blank_frac: float = 0.7,
@@ -64,14 +67,17 @@ def bench_psd() -> dict[str, float]:
         raise AssertionError(f"row counts differ: {fast.lengths.tolist()} vs {ref_len.tolist()}")
     # interleaved rounds, the speed-up the median of the rounds' ratios: a burst of load from
     # elsewhere slows both sides of a round rather than one
-    t_fast, t_loop = [], []
+    t_fast, t_loop, t_torch = [], [], []
     for _ in range(9):
         t_loop.append(median_ms(lambda: _compress_loop(probs, lengths), repeats=1, warmup=0))
         t_fast.append(median_ms(lambda: compress(probs, lengths), repeats=5, warmup=1))
+        with torch_ops_only():
+            t_torch.append(median_ms(lambda: compress(probs, lengths), repeats=3, warmup=1))
     # what no implementation avoids: writing the compressed rows into fresh memory
     write_ms = median_ms(lambda: torch.empty(fast.probs.shape).fill_(0), repeats=9)
     return {"psd_speedup_vs_loop": statistics.median(loop / fast for loop, fast in zip(t_loop, t_fast)),
             "psd_ms": statistics.median(t_fast),
+            "psd_torch_ops_ms": statistics.median(t_torch),
             "psd_loop_ms": statistics.median(t_loop),
             "psd_output_write_ms": write_ms,
             "psd_max_abs_diff": float((fast.probs - ref).abs().max())}
