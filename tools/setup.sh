@@ -103,6 +103,13 @@ for name in ('ShareMemCommBuilder', 'FusedAdamBuilder'):
     [ -f "${venv}/torch_extensions/${op}/${op}.so" ] \
       || log "warning: DeepSpeed's ${op} op did not build; DeepSpeed will try again at run time"
   done
+  # tasu's own CPU kernels (projector, compression) build in about a second on first use; building
+  # them here says now, not mid-training, when there is no working C compiler.
+  "${venv}/bin/python" -c "
+from tasu.compress_kernels import KERNELS as compress
+from tasu.projectors.layernorm_linear_kernels import KERNELS as projector
+raise SystemExit(0 if projector.library() and compress.library() else 1)" >/dev/null 2>&1 \
+    || log "warning: tasu's CPU kernels did not build (is a C compiler with OpenMP installed?); torch ops will run instead, slower"
 fi
 echo "${want}" > "${stamp}"
 log "done: recipes activate it through tools/activate_python.sh"
