@@ -305,3 +305,11 @@ def test_legoslm_top1_feeds_real_token_embeddings_and_still_trains():
     assert all(any(torch.equal(row, e) for e in emb.weight) for row in valid)
     out.pow(2).sum().backward()
     assert proj.logits.linear2.weight.grad.abs().sum() > 0
+
+
+def test_an_id_outside_the_vocabulary_is_an_error_not_a_read_out_of_bounds():
+    post = make_posteriors(k=2)
+    post.ids[0, 0, 1] = V                                  # one past the end
+    ln, linear = nn.LayerNorm(V), nn.Linear(V, 16)         # float32: the CPU kernel's path
+    with pytest.raises(IndexError):
+        layernorm_linear(post, ln, linear)
