@@ -8,7 +8,7 @@ LayerNorm(V) + Linear(V -> 2,048), forward and backward with the gradients of al
 - the sparse path (``tasu.projectors.layernorm_linear``), vs
 - the straightforward dense one: V-wide smoothed one-hot rows through nn.LayerNorm + nn.Linear.
 
-``cps_projector_torch_ops_ms`` is the sparse path with its three passes over the weight done by
+``cps_projector_torch_ops_ms`` is the sparse path with its passes over the weight done by
 torch ops instead of the CPU kernels (``tasu.native``): what the kernels buy.
 
 Both start every step with the gradients set to None, so both allocate their gradients afresh.

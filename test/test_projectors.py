@@ -145,7 +145,7 @@ def test_dense_rows_and_rows_needing_gradients_take_the_dense_path():
     assert post.weights.grad is not None
 
 
-# --- the CPU kernels of its three passes over the weight -------------------------------------------
+# --- the CPU kernels of its passes over the weight -------------------------------------------------
 
 @pytest.fixture
 def fresh_kernels(monkeypatch, tmp_path):
@@ -156,19 +156,22 @@ def fresh_kernels(monkeypatch, tmp_path):
 
 
 def kernel_inputs(h: int = 18, v: int = 2500, n_ids: int = 40, seed: int = 0):
-    """Sizes that leave a tail after every block (rows of 4, columns of 1,024); repeated ids."""
+    """Sizes that leave a tail after every block of 4 rows and rows that start at every alignment
+    within a cache line; repeated ids, and ids in the first and last line of a row."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(h, v, generator=gen)
     ids = torch.randint(0, v, (n_ids,), generator=gen)
     ids[-5:] = ids[:5]
+    if n_ids >= 14:
+        ids[5:9] = torch.tensor([0, 3, v - 1, v - 5])
     vecs = [torch.randn(n, generator=gen) for n in (v, v, h, h)]
     return w, ids, vecs, torch.randn(n_ids, h, generator=gen)
 
 
 def twin_outputs(w, ids, vecs, cols):
     x1, x2, y1, y2 = vecs
-    return [*kernels.pair_matvec_and_gather(w, x1, x2, ids), *kernels.pair_matvec_transposed(w, y1, y2),
-            kernels.rank_two_plus_columns(y1, x1, y2, x2, ids, cols)]
+    return [*kernels.pair_matvec_and_gather(w, x1, x2, ids),
+            *kernels.transposed_pair_and_weight_grad(w, y1, y2, x1, x2, ids, cols)]
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
@@ -185,12 +188,25 @@ def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
         assert f.shape == e.shape and rel_diff(f, e) <= 1e-6 and rel_diff(s, e) <= 1e-6
 
 
+def test_backward_pass_computes_only_the_parts_asked_for(fresh_kernels):
+    w, ids, vecs, cols = kernel_inputs()
+    x1, x2, y1, y2 = vecs
+    both = kernels.transposed_pair_and_weight_grad(w, y1, y2, x1, x2, ids, cols)
+    z1, z2, none = kernels.transposed_pair_and_weight_grad(w, y1, y2, x1, x2, ids, None, grad=False)
+    assert none is None and torch.equal(z1, both[0]) and torch.equal(z2, both[1])
+    nothing, none, d_weight = kernels.transposed_pair_and_weight_grad(w, y1, y2, x1, x2, ids, cols, pair=False)
+    assert nothing is None and none is None and torch.equal(d_weight, both[2])
+
+
 def test_non_float32_or_strided_inputs_take_the_torch_ops(fresh_kernels):
     w, ids, vecs, cols = kernel_inputs(h=6, v=50, n_ids=4)
-    x1, x2, _, _ = vecs
+    x1, x2, y1, y2 = vecs
     for args in [(w.double(), x1.double(), x2.double(), ids), (w.t().contiguous().t(), x1, x2, ids)]:
         u1, u2, gathered = kernels.pair_matvec_and_gather(*args)
         assert rel_diff(u1, args[0] @ args[1]) <= 1e-6 and u1.dtype == args[0].dtype
+    z1, _, d_weight = kernels.transposed_pair_and_weight_grad(w.double(), y1.double(), y2.double(), x1.double(),
+                                                              x2.double(), ids, cols.double())
+    assert z1.dtype == d_weight.dtype == torch.float64 and rel_diff(z1, w.double().t() @ y1.double()) <= 1e-12
 
 
 # --- linear-silu -----------------------------------------------------------------------------------

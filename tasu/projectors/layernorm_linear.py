@@ -23,9 +23,9 @@ mat-vecs over W and a gather of K columns per row. The gradients, for upstream g
     dW     = Ga (x) gamma + G (x) beta + sparse columns g_r*p_rk at column i_rk
 
 dW is dense (the constant part of every row reaches every column), so writing it once is the floor
-of any exact method. The three passes over W (the two pairs of mat-vecs, and dW with its N*K
-sparse columns) are ``layernorm_linear_kernels``: one read or write of W each on CPU, torch ops
-elsewhere. The posteriors themselves get no gradient (they come from a frozen encoder or from
+of any exact method. The passes over W are ``layernorm_linear_kernels``: forward, one read of W
+for its pair of mat-vecs and the gathered columns; backward, one read of W for the transposed pair
+while dW (with its N*K sparse columns) is written, on CPU; torch ops elsewhere. The posteriors themselves get no gradient (they come from a frozen encoder or from
 simulation); ``layernorm_linear`` takes the dense path when they require one.
 """
 from __future__ import annotations
@@ -85,19 +85,14 @@ class SparseLayerNormLinear(torch.autograd.Function):
         flat = ids.reshape(-1)
         big_g = g.sum(0)                                     # sum_r g_r
         g_a = torch.mv(g.t(), a)                             # sum_r a_r g_r
-        d_gamma = d_beta = d_weight = d_bias = None
-        if need_gamma or need_beta:
-            d_gamma, d_beta = kernels.pair_matvec_transposed(weight, g_a, big_g)   # W^T Ga, W^T G
-            d_gamma, d_beta = (d_gamma if need_gamma else None), (d_beta if need_beta else None)
+        sparse_cols = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, g.shape[1]) if need_weight else None  # [N*K, H]
+        d_gamma, d_beta, d_weight = kernels.transposed_pair_and_weight_grad(   # W^T Ga, W^T G, dW
+            weight, g_a, big_g, gamma, beta, flat, sparse_cols, pair=need_gamma or need_beta, grad=need_weight)
         if need_gamma:
             dots = (cols * g.unsqueeze(1)).sum(2)                  # g_r . W[:, i_rk]
             d_gamma.index_add_(0, flat, (q * dots).reshape(-1))
-        if need_weight:
-            sparse_cols = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, g.shape[1])   # [N*K, H]
-            d_weight = kernels.rank_two_plus_columns(g_a, gamma, big_g, beta, flat, sparse_cols)
-        if need_bias:
-            d_bias = big_g
-        return None, None, d_gamma, d_beta, d_weight, d_bias, None
+        return (None, None, d_gamma if need_gamma else None, d_beta if need_beta else None, d_weight,
+                big_g if need_bias else None, None)
 
 
 def layernorm_linear(post: Posteriors, ln: nn.LayerNorm, linear: nn.Linear, sparse: bool = True) -> torch.Tensor:

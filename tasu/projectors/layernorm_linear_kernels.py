@@ -1,10 +1,11 @@
-"""The three weight-wide passes of the sparse LayerNorm + Linear, with a CPU fast path.
+"""The weight-wide passes of the sparse LayerNorm + Linear, with a CPU fast path.
 
 Why: ``layernorm_linear``'s forward and backward touch the whole H x V weight in three places (a
 pair of mat-vecs forward, a pair of transposed mat-vecs backward, the dense weight gradient). On
 CPU these are memory-bound, and torch does each mat-vec and each rank-one update as its own pass
-over 205 MB. ``layernorm_linear_kernels.c`` does each *pair* in one pass (see ``tasu.native``); on
-a 2-core machine the sparse layer's forward and backward take ~22 ms instead of ~49 ms. Elsewhere
+over 205 MB. ``layernorm_linear_kernels.c`` (see ``tasu.native``) reads W once in the forward pass
+and once in the backward pass, which also writes the gradient, past the caches; on a 2-core
+machine the sparse layer's forward and backward take ~12-17 ms instead of ~44-50 ms. Elsewhere
 (GPUs, other dtypes, no C compiler) the same functions run as torch ops.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from tasu.native import Kernels
 
 KERNELS = Kernels(Path(__file__).with_suffix(".c"), {
-    "pair_matvec_and_gather": "piipppppipt",    # W, H, V, x1, x2, u1, u2, ids, len(ids), cols, threads
-    "pair_matvec_transposed": "piippppt",       # W, H, V, y1, y2, z1, z2, threads
-    "rank_two_plus_columns": "piipppppipt",     # dW, H, V, a, gamma, c, beta, ids, len(ids), cols, threads
+    # W, H, V, x1, x2, u1, u2, ids, len(ids), cols, threads
+    "pair_matvec_and_gather": "piipppppipt",
+    # W, H, V, y1, y2, z1, z2, partials, dW, gamma, beta, ids, len(ids), cols, threads
+    "transposed_pair_and_weight_grad": "piipppppppppipt",
 })
 
 
@@ -28,31 +30,41 @@ def pair_matvec_and_gather(weight, x1, x2, ids):
     if lib is None:
         return torch.mv(weight, x1), torch.mv(weight, x2), weight.index_select(1, ids).t().contiguous()
     h, v = weight.shape
-    u1, u2, cols = weight.new_empty(h), weight.new_empty(h), weight.new_empty(ids.numel(), h)
+    u1, u2, cols = weight.new_empty(h), weight.new_empty(h), weight.new_empty(h, ids.numel())
     lib.pair_matvec_and_gather(weight.data_ptr(), h, v, x1.data_ptr(), x2.data_ptr(), u1.data_ptr(),
                                u2.data_ptr(), ids.data_ptr(), ids.numel(), cols.data_ptr(), torch.get_num_threads())
-    return u1, u2, cols
+    return u1, u2, cols.t().contiguous()
 
 
-def pair_matvec_transposed(weight, y1, y2):
-    """(W^T y1, W^T y2) for W = ``weight`` [H, V]."""
-    lib = KERNELS.usable(weight, y1, y2)
+def _pointer(t: torch.Tensor | None) -> int | None:
+    """A tensor's data address, or None (NULL: the kernel skips that part)."""
+    return None if t is None else t.data_ptr()
+
+
+def transposed_pair_and_weight_grad(weight, y1, y2, gamma, beta, ids, cols, pair: bool = True, grad: bool = True):
+    """The backward pass over W = ``weight`` [H, V], in one read of W and one write of its gradient:
+
+    - (W^T y1, W^T y2) when ``pair``, else (None, None);
+    - outer(y1, gamma) + outer(y2, beta) with ``cols`` [len(ids), H] added at columns ``ids``
+      (repeated ids add up) when ``grad``, else None.
+    """
+    if not (pair or grad):
+        return None, None, None
+    lib = KERNELS.usable(weight, y1, y2, gamma, beta, ids, *([cols] if grad else []))
     if lib is None:
-        return torch.mv(weight.t(), y1), torch.mv(weight.t(), y2)
+        z1, z2 = (torch.mv(weight.t(), y1), torch.mv(weight.t(), y2)) if pair else (None, None)
+        d_weight = torch.outer(y1, gamma).addr_(y2, beta).index_add_(1, ids, cols.t()) if grad else None
+        return z1, z2, d_weight
     h, v = weight.shape
-    z1, z2 = weight.new_empty(v), weight.new_empty(v)
-    lib.pair_matvec_transposed(weight.data_ptr(), h, v, y1.data_ptr(), y2.data_ptr(), z1.data_ptr(),
-                               z2.data_ptr(), torch.get_num_threads())
-    return z1, z2
-
-
-def rank_two_plus_columns(a, gamma, c, beta, ids, cols):
-    """outer(a, gamma) + outer(c, beta), plus ``cols`` [len(ids), H] added at columns ``ids``."""
-    lib = KERNELS.usable(a, gamma, c, beta, ids, cols)
-    if lib is None:
-        return torch.outer(a, gamma).addr_(c, beta).index_add_(1, ids, cols.t())
-    h, v = a.shape[0], gamma.shape[0]
-    out = a.new_empty(h, v)
-    lib.rank_two_plus_columns(out.data_ptr(), h, v, a.data_ptr(), gamma.data_ptr(), c.data_ptr(), beta.data_ptr(),
-                              ids.data_ptr(), ids.numel(), cols.data_ptr(), torch.get_num_threads())
-    return out
+    threads = torch.get_num_threads()
+    z1 = z2 = partials = d_weight = None
+    if pair:
+        z1, z2, partials = weight.new_empty(v), weight.new_empty(v), weight.new_empty(threads, 2, v)
+    if grad:
+        ids, order = ids.sort()
+        cols = cols[order].t().contiguous()    # [H, len(ids)], in the order of the sorted ids
+        d_weight = weight.new_empty(h, v)
+    lib.transposed_pair_and_weight_grad(weight.data_ptr(), h, v, y1.data_ptr(), y2.data_ptr(), _pointer(z1), _pointer(z2),
+                                        _pointer(partials), _pointer(d_weight), gamma.data_ptr(), beta.data_ptr(),
+                                        ids.data_ptr(), ids.numel(), _pointer(cols), threads)
+    return z1, z2, d_weight
