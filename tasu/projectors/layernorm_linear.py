@@ -23,10 +23,11 @@ mat-vecs over W and a gather of K columns per row. The gradients, for upstream g
     dW     = Ga (x) gamma + G (x) beta + sparse columns g_r*p_rk at column i_rk
 
 dW is dense (the constant part of every row reaches every column), so writing it once is the floor
-of any exact method. The passes over W are ``layernorm_linear_kernels``: forward, one read of W
-for its pair of mat-vecs and the gathered columns; backward, one read of W for the transposed pair
-while dW (with its N*K sparse columns) is written, on CPU; torch ops elsewhere. The posteriors themselves get no gradient (they come from a frozen encoder or from
-simulation); ``layernorm_linear`` takes the dense path when they require one.
+of any exact method. The passes over W are ``layernorm_linear_kernels``: on CPU, the forward pass
+reads W once (its pair of mat-vecs and the gathered columns) and the backward pass reads it once
+(the transposed pair) while writing dW with its N*K sparse columns; torch ops elsewhere. The
+posteriors themselves get no gradient (they come from a frozen encoder or from simulation);
+``layernorm_linear`` takes the dense path when they require one.
 """
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ class SparseLayerNormLinear(torch.autograd.Function):
         flat = ids.reshape(-1)
         big_g = g.sum(0)                                     # sum_r g_r
         g_a = torch.mv(g.t(), a)                             # sum_r a_r g_r
-        sparse_cols = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, g.shape[1]) if need_weight else None  # [N*K, H]
+        sparse_cols = None
+        if need_weight:
+            sparse_cols = (p.unsqueeze(2) * g.unsqueeze(1)).reshape(-1, g.shape[1])   # [N*K, H]
         d_gamma, d_beta, d_weight = kernels.transposed_pair_and_weight_grad(   # W^T Ga, W^T G, dW
             weight, g_a, big_g, gamma, beta, flat, sparse_cols, pair=need_gamma or need_beta, grad=need_weight)
         if need_gamma:
