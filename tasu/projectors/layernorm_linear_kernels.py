@@ -36,11 +36,6 @@ def pair_matvec_and_gather(weight, x1, x2, ids):
     return u1, u2, cols.t().contiguous()
 
 
-def _pointer(t: torch.Tensor | None) -> int | None:
-    """A tensor's data address, or None (NULL: the kernel skips that part)."""
-    return None if t is None else t.data_ptr()
-
-
 def transposed_pair_and_weight_grad(weight, y1, y2, gamma, beta, ids, cols, pair: bool = True, grad: bool = True):
     """The backward pass over W = ``weight`` [H, V], in one read of W and one write of its gradient:
 
@@ -64,7 +59,8 @@ def transposed_pair_and_weight_grad(weight, y1, y2, gamma, beta, ids, cols, pair
         ids, order = ids.sort()
         cols = cols[order].t().contiguous()    # [H, len(ids)], in the order of the sorted ids
         d_weight = weight.new_empty(h, v)
-    lib.transposed_pair_and_weight_grad(weight.data_ptr(), h, v, y1.data_ptr(), y2.data_ptr(), _pointer(z1), _pointer(z2),
-                                        _pointer(partials), _pointer(d_weight), gamma.data_ptr(), beta.data_ptr(),
-                                        ids.data_ptr(), ids.numel(), _pointer(cols), threads)
+    pointers = [None if t is None else t.data_ptr() for t in (z1, z2, partials, d_weight)]  # NULL: skip that part
+    lib.transposed_pair_and_weight_grad(weight.data_ptr(), h, v, y1.data_ptr(), y2.data_ptr(), *pointers,
+                                        gamma.data_ptr(), beta.data_ptr(), ids.data_ptr(), ids.numel(),
+                                        cols.data_ptr() if grad else None, threads)
     return z1, z2, d_weight
