@@ -24,13 +24,18 @@ encoder tokens (-> ~28.5 simulated rows after the default 5 % drops) or 25 LLM t
 vocabulary is 6x larger than SenseVoice's, so ~1.2 encoder tokens per LLM token), target 24 tokens +
 EOS. Timings are medians of 15 steps after 2 warm-up steps, the two kinds of step interleaved.
 
-Where TASU's extra time goes (``--profile``): the projector's first Linear has 25,055 x 2,048 = 51 M
-weights. Its exact sparse forward/backward reads them twice (a pair of mat-vecs each way, one pass
-per pair with the CPU kernels) and writes a dense 205 MB weight gradient every step, and fused AdamW
-updates them (~15-23 ms); the projector's second Linear and the longer spliced sequence (28.5
-simulated rows, padded to 30, against 25 transcript tokens) add matmuls. On CPU a fresh 205 MB
-gradient buffer every step costs more in page faults than in arithmetic unless memory is reused:
-the benchmark runs in the recipes' environment (``bench/environment.py``), as training does.
+Where TASU's extra time goes (``--profile``; ~50-60 ms on 2 cores): the projector's first Linear has
+25,055 x 2,048 = 51 M weights. Its exact sparse forward/backward reads them twice and writes a dense
+205 MB weight gradient (~12 ms with the CPU kernels: three passes over memory, the floor of an exact
+method), and fused AdamW reads and writes them with their gradient and moments, 1.4 GB (~13 ms, or
+~21 ms while the machine's memory bandwidth is shared with busy neighbours). The projector's second
+Linear adds three 240 x 2,048 x 512 matmuls (~8 ms), and the spliced sequences are longer (28.5
+simulated rows, padded to 30, against 25 transcript tokens: 70 positions against 65), which costs
+the LLM's layers ~13 ms, its first layer's input gradient included (the baseline's embeddings need
+none). The memory-bound part moves with the machine while the baseline is compute-bound, so the
+ratio does too. On CPU a fresh 205 MB gradient buffer every step costs more in page faults than in
+arithmetic unless memory is reused: the benchmark runs in the recipes' environment
+(``bench/environment.py``), as training does.
 """
 from __future__ import annotations
 
