@@ -188,6 +188,20 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     assert out.returncode == 1 and "config file conf/nope.yaml does not exist" in out.stderr
 
 
+def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):
+    recipe = copy_recipe("librispeech", tmp_path)
+    (recipe / "cmd.sh").write_text('cuda_cmd="echo"\ndecode_cmd="echo"\n')   # print the training command
+    for name in ("enc", "llm"):
+        (tmp_path / name).mkdir()
+    paths = ["--encoder_path", str(tmp_path / "enc"), "--llm_path", str(tmp_path / "llm")]
+    cpu = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", *paths).stdout
+    assert cpu.startswith("--gpu 0 exp/tasu_train_text/log/train.log tasu train --config conf/train_text.yaml")
+    gpus = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", "--ngpu", "2", *paths).stdout
+    launcher = re.match(r"--gpu 2 \S+ deepspeed --num_gpus 2 --master_port (\d+) --module tasu\.cli train ", gpus)
+    assert launcher and launcher.group(1) != "29500", gpus   # not DeepSpeed's default: runs may share a node
+    assert "engine.device=cuda" in gpus
+
+
 def test_job_runner_logs_each_job_and_reports_the_failing_one(tmp_path):
     runner = str(ROOT / "utils" / "run_local.sh")
     sh(tmp_path, runner, "JOB=1:3", "log/echo.JOB.log", "echo", "job JOB of 3", "|", "tr", "a-z", "A-Z")

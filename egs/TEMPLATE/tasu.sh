@@ -218,16 +218,18 @@ task_metric() {
   esac
 }
 
-# The training launcher: one CPU process, or the DeepSpeed launcher on --ngpu devices.
+# Training runs as one CPU process, or under the DeepSpeed launcher on --ngpu devices.
 if [ "${ngpu}" -eq 0 ]; then
   export DS_ACCELERATOR=cpu
-  train_launcher=(tasu train)
   engine_device=cpu
 else
   [ "${device}" = npu ] && export DS_ACCELERATOR=npu
-  train_launcher=(deepspeed --num_gpus "${ngpu}" --module tasu.cli train)
   engine_device=${device}
 fi
+
+free_port() {  # a TCP port that nothing listens on now
+  python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+}
 
 json_list() {  # json_list a b c -> ["a", "b", "c"] (a YAML flow list for key=value overrides)
   python3 -c 'import json, sys; print(json.dumps(sys.argv[1:], separators=(",", ":")))' "$@"
@@ -247,11 +249,15 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   local n=$1 exp=$2 config=$3 resume=()
   shift 3
   [ -e "${exp}/checkpoints/last" ] && resume=(--resume) && log "${exp} holds a checkpoint: resuming"
+  local launcher=(tasu train)
+  # The launcher's rendezvous port is picked when the stage starts: DeepSpeed's default (29500)
+  # would make two experiments training on one machine clash.
+  [ "${ngpu}" -gt 0 ] && launcher=(deepspeed --num_gpus "${ngpu}" --master_port "$(free_port)" --module tasu.cli train)
   write_reentry "${exp}" "${n}" "training ${exp}"
   log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
   # shellcheck disable=SC2086
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/log/train.log" \
-    "${train_launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" \
+    "${launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" \
       encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
