@@ -175,8 +175,9 @@ def twin_outputs(w, ids, vecs, cols):
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
-def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels):
-    w, ids, vecs, cols = kernel_inputs()
+@pytest.mark.parametrize("h, v, n_ids", [(18, 2500, 40), (5, 7, 3)], ids=["tails", "rows-shorter-than-a-line"])
+def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels, h, v, n_ids):
+    w, ids, vecs, cols = kernel_inputs(h, v, n_ids)
     fast = twin_outputs(w, ids, vecs, cols)
     assert kernels.KERNELS.library() is not None and len(list(fresh_kernels.glob("*.so"))) == 1
     with torch_ops_only():
