@@ -155,9 +155,9 @@ def fresh_kernels(monkeypatch, tmp_path):
     return tmp_path
 
 
-def kernel_inputs(h: int = 18, v: int = 2500, n_ids: int = 40, seed: int = 0):
-    """Sizes that leave a tail after every block of 4 rows and rows that start at every alignment
-    within a cache line; repeated ids, and ids in the first and last line of a row."""
+def kernel_inputs(h: int = 18, v: int = 2501, n_ids: int = 40, seed: int = 0):
+    """Sizes that leave a tail after every block of 4 rows, and rows (of 2,501 floats) that start at
+    each of the 16 float offsets within a cache line; repeated ids, ids in a row's first and last line."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(h, v, generator=gen)
     ids = torch.randint(0, v, (n_ids,), generator=gen)
@@ -175,7 +175,7 @@ def twin_outputs(w, ids, vecs, cols):
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
-@pytest.mark.parametrize("h, v, n_ids", [(18, 2500, 40), (5, 7, 3)], ids=["tails", "rows-shorter-than-a-line"])
+@pytest.mark.parametrize("h, v, n_ids", [(18, 2501, 40), (5, 7, 3)], ids=["tails", "rows-shorter-than-a-line"])
 def test_cpu_kernels_compile_once_and_equal_their_torch_twins(fresh_kernels, h, v, n_ids):
     w, ids, vecs, cols = kernel_inputs(h, v, n_ids)
     fast = twin_outputs(w, ids, vecs, cols)

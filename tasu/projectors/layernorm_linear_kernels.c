@@ -5,8 +5,9 @@
  * backward pass and the dense rank-two weight gradient. Each is memory-bound, and BLAS reads the
  * weight once per mat-vec. These kernels read it once per *pair* of mat-vecs, pick up the gathered
  * columns on the same pass, and write the gradient (both rank-one terms and the sparse columns)
- * while the backward pair reads W, with stores that bypass the caches. Plain C with OpenMP, no torch headers: it compiles in about a second, is loaded
- * with ctypes, and every function has a torch-op twin that gives the same numbers to rounding.
+ * while the backward pair reads W, with stores that bypass the caches. Plain C with OpenMP, no
+ * torch headers: it compiles in about a second, is loaded with ctypes, and every function has a
+ * torch-op twin that gives the same numbers to rounding.
  *
  * Layout: W is row-major [h, v] (nn.Linear's weight: one row per output unit), float32,
  * contiguous. Column ids are int64. `threads` is torch's intra-op thread count.
