@@ -53,6 +53,10 @@ class DataError(ValueError):
         where = self.file if self.line is None else f"{self.file}:{self.line}"
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
+    def located(self, file: str, line: int | None) -> "DataError":
+        """The same problem, placed in ``file`` at ``line``."""
+        return DataError(file, line, self.field, self.message)
+
 
 @dataclass(slots=True)
 class Record:
@@ -159,42 +163,62 @@ def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
         for lineno, raw in enumerate(f, 1):
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                report(lineno, "encoding", f"byte 0x{raw[e.start]:02x} at column {e.start + 1} "
-                                           "is not valid UTF-8")
-                continue
-            if not text or text.isspace():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                report(lineno, "json", f"{e.msg} (column {e.pos + 1})")
-                continue
-            if type(obj) is not dict:
-                report(lineno, "json", f"expected an object {{...}}, got {_json_type(obj)}")
-                continue
-
-            problems = []
-            key = obj.get("key")
-            if type(key) is str and key:
+            key, record, problems = _parse_line(raw, prompts, require_transcript)
+            if key is not None:
                 first = seen.setdefault(key, lineno)
                 if first != lineno:
-                    problems.append(("key", f"duplicate key {key!r} (first on line {first})"))
-            problems += _check(obj, prompts)
-            if problems:
-                for field_name, message in problems:
-                    report(lineno, field_name, message)
-                continue
+                    problems.insert(0, ("key", f"duplicate key {key!r} (first on line {first})"))
+            for field_name, message in problems:
+                report(lineno, field_name, message)
+            if record is not None and not problems:
+                yield lineno, record
 
-            record = Record(obj.pop("key"), obj.pop("task"), obj.pop("target"), obj.pop("path", None),
-                            obj.pop("GT", None), obj.pop("start", None), obj.pop("end", None), obj)
-            if require_transcript and record.transcript is None:
-                report(lineno, "GT", f"missing: this {record.task} record needs a GT transcript "
-                                     "for the text-only stage")
-                continue
-            yield lineno, record
+
+def parse_record(raw: bytes, prompts: PromptSet | None = None,
+                 require_transcript: bool = False) -> Record | None:
+    """The record on one JSONL line (bytes, line end included), or None for a blank line.
+
+    For readers that jump from line to line (an epoch's shuffled order) instead of streaming a
+    file: it checks everything ``iter_records_with_lines`` checks but key uniqueness, which needs
+    the whole file. A problem raises ``DataError`` with the file and line left empty: the caller
+    knows them (``DataError.located``).
+    """
+    _, record, problems = _parse_line(raw, prompts, require_transcript)
+    if problems:
+        raise DataError("", None, *problems[0])
+    return record
+
+
+def _parse_line(raw: bytes, prompts: PromptSet | None,
+                require_transcript: bool) -> tuple[str | None, Record | None, list[tuple[str, str]]]:
+    """``(key, record, problems)`` of one line.
+
+    The key is there whenever the line has a usable one (even when other fields are bad: the
+    duplicate check counts it); the record only when the line is good.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, None, [("encoding", f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8")]
+    if not text or text.isspace():
+        return None, None, []
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, None, [("json", f"{e.msg} (column {e.pos + 1})")]
+    if type(obj) is not dict:
+        return None, None, [("json", f"expected an object {{...}}, got {_json_type(obj)}")]
+    key = obj.get("key")
+    key = key if type(key) is str and key else None
+    problems = _check(obj, prompts)
+    if problems:
+        return key, None, problems
+    record = Record(obj.pop("key"), obj.pop("task"), obj.pop("target"), obj.pop("path", None),
+                    obj.pop("GT", None), obj.pop("start", None), obj.pop("end", None), obj)
+    if require_transcript and record.transcript is None:
+        return key, None, [("GT", f"missing: this {record.task} record needs a GT transcript "
+                                  "for the text-only stage")]
+    return key, record, []
 
 
 def _check(obj: dict[str, Any], prompts: PromptSet | None) -> list[tuple[str, str]]:
