@@ -15,13 +15,13 @@ root_dir=$(dirname "${tools_dir}")
 device=auto          # auto | cpu | cuda | npu
 python=python3       # interpreter the venv is made from (3.10 or newer)
 torch_index_url=""   # e.g. the PyTorch CPU wheel index, to avoid a CUDA download on a CPU-only machine
-system_packages=true # install missing system tools (sox, espeak-ng, ffmpeg) with apt-get when root
+system_packages=true # install missing system tools (sox, espeak-ng, flite, ffmpeg) with apt-get when root
 
 help_message="Usage: $0 [options]
   --device <auto|cpu|cuda|npu>   torch build to install (default: ${device})
   --python <exe>                 python used to create tools/venv (default: ${python})
   --torch_index_url <url>        extra index for the torch wheel (default: none)
-  --system_packages <true|false> apt-get install missing sox/espeak-ng/ffmpeg when root (default: ${system_packages})"
+  --system_packages <true|false> apt-get install missing sox/espeak-ng/flite/ffmpeg when root (default: ${system_packages})"
 . "${root_dir}/utils/parse_options.sh"
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
@@ -44,10 +44,10 @@ if [ "${device}" = npu ]; then
   torch_pkgs+=("torch-npu==${torch_version}")
 fi
 
-# System tools: sox (wav.scp pipes, resampling), espeak-ng (the self-contained recipe's speech),
-# ffmpeg (mp3 of Common Voice). Only what is missing is installed; without root we say what to run.
+# System tools: sox (wav.scp pipes, resampling, speed perturbation), espeak-ng and flite (the
+# self-contained recipe's speech), ffmpeg (mp3 of Common Voice). Only what is missing is installed; without root we say what to run.
 missing=()
-for tool in sox espeak-ng ffmpeg; do command -v "${tool}" >/dev/null 2>&1 || missing+=("${tool}"); done
+for tool in sox espeak-ng flite ffmpeg; do command -v "${tool}" >/dev/null 2>&1 || missing+=("${tool}"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "${system_packages}" = true ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing system packages: ${missing[*]}"
