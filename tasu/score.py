@@ -23,7 +23,8 @@ number scored with unshipped normalisation cannot):
 - acc: exact match of the whole normalised hypothesis with the normalised reference label.
 - A reference key missing from the hypotheses is scored as an empty hypothesis (all deletions, wrong,
   empty string) and listed. A hypothesis key absent from the references is not scored and is listed;
-  if no hypothesis key is in the references at all, the files do not belong together: an error.
+  if no hypothesis key is in the references at all, the files do not belong together: an error. A
+  hypothesis file with no line at all is an error too (a decode that failed is not a WER of 100).
 - empty: a hypothesis that is present but empty after normalisation. looping: some n-gram of units
   (words; characters for cer and for zh BLEU) repeated 4 times in a row when the reference has no such
   repeat, or a hypothesis >= 3x the reference length and >= 10 units long. Speech LLMs fail this way.
@@ -367,6 +368,8 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     """Score a hypothesis file and write score.json, result.txt, the per-utterance file and the
     missing/extra key lists into ``out_dir`` (default: the hypothesis file's directory)."""
     refs, hyps = read_text_file(ref_path), read_text_file(hyp_path)
+    if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
+        raise ScoreError(f"{hyp_path}: no hypotheses (the file is empty): did its decode fail or not run?")
     result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
     result.ref, result.hyp = str(ref_path), str(hyp_path)
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent

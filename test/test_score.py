@@ -233,3 +233,12 @@ def test_run_score(tmp_path, capsys):
     write(hyp, ["u1\thello", "u1\tagain"])
     assert run_score(str(ref), str(hyp), "wer") == 1
     assert capsys.readouterr().err == f"tasu score: error: {hyp}:2: duplicate key 'u1'\n"
+
+
+def test_an_empty_hypothesis_file_is_refused(tmp_path, capsys):
+    (tmp_path / "ref.trn").write_text("a\thello\n")
+    (tmp_path / "hyp.trn").write_text("")
+    with pytest.raises(ScoreError, match="hyp.trn: no hypotheses"):
+        score_files(tmp_path / "ref.trn", tmp_path / "hyp.trn", "wer")
+    assert run_score(str(tmp_path / "ref.trn"), str(tmp_path / "hyp.trn"), "wer") == 1
+    assert not (tmp_path / "score.json").exists()

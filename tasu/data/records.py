@@ -226,14 +226,14 @@ def _check(obj: dict[str, Any], prompts: PromptSet | None) -> list[tuple[str, st
     problems = []
     for name in ("key", "task", "target"):
         value = obj.get(name)
-        if type(value) is not str or not value:
+        if type(value) is not str or not value.strip():
             problems.append((name, _bad_string(obj, name)))
         elif name == "key":
             message = key_problem(value)
             if message:
                 problems.append(("key", message))
     for name in ("path", "GT"):
-        if name in obj and (type(obj[name]) is not str or not obj[name]):
+        if name in obj and (type(obj[name]) is not str or not obj[name].strip()):
             problems.append((name, _bad_string(obj, name)))
     if "start" in obj or "end" in obj:
         problems.extend(_check_segment(obj))
@@ -271,6 +271,8 @@ def _bad_string(obj: dict[str, Any], name: str) -> str:
         return "missing"
     if obj[name] == "":
         return "empty"
+    if type(obj[name]) is str:  # a target of spaces would train the model to say nothing
+        return "blank (whitespace only)"
     return f"must be a non-empty string, not {_json_type(obj[name])}"
 
 

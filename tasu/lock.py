@@ -1,0 +1,64 @@
+"""One writer per output directory: an experiment directory, a decode ``--out`` directory.
+
+Two runs writing into one directory do not fail, they interleave: two decodes append every key
+twice to one ``hyp.trn``, two trainings overwrite each other's checkpoints. ``DirLock`` makes the
+second one stop at once with a message naming the first one's process.
+
+The lock is ``flock`` on ``DIR/.lock``, which holds the owner's pid and host for that message. The
+kernel drops an flock when its process dies, however it dies (SIGKILL included), so a lock left by
+a dead run is simply taken over: there is no stale-lock cleanup to get wrong. The file itself is
+never deleted (deleting a locked file would let a third process lock a new file of the same name).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+
+
+class LockError(RuntimeError):
+    """The directory is in use by another process; the message names it."""
+
+
+class DirLock:
+    """An exclusive lock on a directory, held from ``acquire`` until ``release`` or process exit."""
+
+    def __init__(self, directory: str | Path, what: str):
+        self.directory, self.what = Path(directory), what
+        self.path = self.directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "DirLock":
+        """Take the lock or raise ``LockError`` naming the holder; a no-op when already held."""
+        if self._fd is not None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise LockError(f"{self.directory} is in use: {self.what} by {holder} is writing into it; "
+                            "wait for it to end (or stop it), or choose another directory") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,36 @@
+"""One writer per output directory: the second is refused with the first one's pid; dead holders lose it."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tasu.lock import DirLock, LockError
+
+
+def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tasu.lock import DirLock; "
+                               f"DirLock({str(tmp_path)!r}, 'x').acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(LockError, match=f"in use: tasu decode by pid {holder.pid} on "):
+            DirLock(tmp_path, "tasu decode").acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with DirLock(tmp_path, "tasu decode"):  # the holder has ended: free again
+        assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from tasu.lock import DirLock; "
+                               f"DirLock({str(tmp_path)!r}, 'x').acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    assert f"pid {holder.pid} " in (tmp_path / ".lock").read_text()  # what a dead run leaves behind
+    with DirLock(tmp_path, "training"):
+        assert f"pid {os.getpid()} " in (tmp_path / ".lock").read_text()
