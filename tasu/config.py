@@ -46,11 +46,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
+        errors = {}
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, where)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                errors[option] = err
+        mapping = [option for option in errors if dataclasses.is_dataclass(option)]
+        if isinstance(value, dict) and len(mapping) == 1:   # a mapping can only be meant as that one
+            raise errors[mapping[0]]
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)

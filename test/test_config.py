@@ -76,3 +76,18 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(Experiment, None, ["optim.lr"])
     with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
         load_config(Experiment, tmp_path / "nope.yaml")
+
+
+def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
+    from tasu.data.batching import Source
+    from tasu.train.config import ExperimentConfig
+
+    text = "data:\n  train:\n    - a.jsonl\n    - {path: b.jsonl, weight: 0.5}\n"
+    cfg = load_config(ExperimentConfig, write(tmp_path, text))
+    assert cfg.data.train == [Source("a.jsonl", 1.0), Source("b.jsonl", 0.5)]
+    assert load_config(ExperimentConfig, None, ["data.train=[a.jsonl]"]).data.train == [Source("a.jsonl")]
+    # a mapping can only mean a weighted source: its own error, not "expected a string or a mapping"
+    for bad, message in (("{path: b.jsonl, wieght: 2}", r"data.train\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)"),
+                         ("{path: b.jsonl, weight: 0}", r"data.train\[0\]: b.jsonl: weight must be a number > 0")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(ExperimentConfig, None, [f"data.train=[{bad}]"])

@@ -1,10 +1,12 @@
-"""Streaming batches: budgets, sharding, length filters, determinism and exact resume."""
+"""Streaming batches: budgets, sharding, length filters, source mixing, determinism and exact resume."""
+import collections
 import json
 
 import pytest
 from torch.utils.data import DataLoader
 
-from tasu.data.batching import DataPosition, StreamingBatches
+from tasu.data.batching import DataPosition, Source, StreamingBatches
+from tasu.data.records import DataError
 
 
 @pytest.fixture
@@ -40,11 +42,13 @@ def test_batches_respect_the_padded_budget_and_cover_every_record_once(data):
     assert seen == [f"u{i:03d}" for i in range(203)]
 
 
-def test_ranks_split_the_records_without_overlap(data):
-    parts = [sorted(k for g in keys(make(data, rank=r, world_size=3)) for k in g) for r in range(3)]
-    assert sum(len(p) for p in parts) == 203
-    assert set(parts[0]).isdisjoint(parts[1]) and set(parts[1]).isdisjoint(parts[2])
-    assert parts[1][:2] == ["u001", "u004"]
+@pytest.mark.parametrize("order", ["shuffle", "stream", "sequential"])
+def test_ranks_split_the_records_without_overlap(data, order):
+    parts = [sorted(k for g in keys(make(data, rank=r, world_size=3, order=order)) for k in g)
+             for r in range(3)]
+    assert sorted(k for p in parts for k in p) == [f"u{i:03d}" for i in range(203)]
+    if order == "sequential":
+        assert parts[1][:2] == ["u001", "u004"]
 
 
 def test_length_filter_skips_and_counts(data):
@@ -67,17 +71,17 @@ def test_order_depends_on_seed_and_epoch_only(data):
     assert keys(shifted) != a
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_workers_yield_the_plan_order_and_resume_exactly(data, workers):
+@pytest.mark.parametrize("workers,order", [(0, "shuffle"), (2, "shuffle"), (2, "stream")])
+def test_workers_yield_the_plan_order_and_resume_exactly(data, workers, order):
     def collate(records, seed):
         return (len(records), seed)
 
-    full_ds = make(data, collate=collate)
+    full_ds = make(data, collate=collate, order=order)
     full = [(b.index, keys([b]), b.data) for b in DataLoader(full_ds, batch_size=None, num_workers=workers)]
     assert [i for i, _, _ in full] == list(range(len(full)))
-    assert [x[1:] for x in full] == [(keys([b]), b.data) for b in make(data, collate=collate)]
+    assert [x[1:] for x in full] == [(keys([b]), b.data) for b in make(data, collate=collate, order=order)]
 
-    resumed_ds = make(data, collate=collate)
+    resumed_ds = make(data, collate=collate, order=order)
     resumed_ds.set_position(DataPosition(epoch=0, consumed=5))
     resumed = [(b.index, keys([b]), b.data) for b in DataLoader(resumed_ds, batch_size=None, num_workers=workers)]
     assert resumed == full[5:]
@@ -92,3 +96,92 @@ def test_position_advances_with_consumed_batches(data):
     position.next_epoch()
     assert (position.epoch, position.consumed) == (1, 0)
     assert list(StreamingBatches([], length, max_tokens=10)) == []
+
+
+# -- mixing sources ----------------------------------------------------------------------------
+
+def write_source(path, name, n, speakers=1, words=lambda i: 1 + i % 9):
+    """``n`` records of source ``name`` in speaker order (all of speaker 0, then speaker 1, ...)."""
+    with open(path, "w") as f:
+        for i in range(n):
+            spk = i * speakers // n
+            f.write(json.dumps({"key": f"{name}-{spk:03d}-{i:06d}", "task": "ASR",
+                                "target": " ".join(["w"] * words(i))}) + "\n")
+    return str(path)
+
+
+def source_of(record):
+    return record.key.split("-")[0]
+
+
+def window_shares(batches, parts=10):
+    """Each source's share of the records in each tenth of the epoch's batches."""
+    size = len(batches) // parts
+    for start in range(0, size * parts, size):
+        counts = collections.Counter(source_of(r) for b in batches[start:start + size] for r in b.records)
+        total = sum(counts.values())
+        yield {name: n / total for name, n in counts.items()}
+
+
+@pytest.mark.parametrize("order", ["shuffle", "stream"])
+def test_every_stretch_of_an_epoch_holds_each_source_at_its_share(tmp_path, order):
+    # three tasks' files of different sizes and lengths, as a multitask recipe lists them
+    files = [write_source(tmp_path / "a.jsonl", "a", 50_000, words=lambda i: 3 + i % 20),
+             write_source(tmp_path / "b.jsonl", "b", 30_000, words=lambda i: 1 + i % 3),
+             write_source(tmp_path / "c.jsonl", "c", 20_000, words=lambda i: 8 + i % 30)]
+    batches = list(StreamingBatches(files, length, max_tokens=400, sort_window=500, order=order,
+                                    shuffle_buffer=2000, seed=1))
+    assert sum(len(b.records) for b in batches) == 100_000
+    for shares in window_shares(batches):
+        for name, share in (("a", 0.5), ("b", 0.3), ("c", 0.2)):
+            assert abs(shares.get(name, 0) - share) <= 0.05, (name, shares)
+
+
+def test_a_speaker_ordered_file_comes_out_mixed(tmp_path):
+    path = write_source(tmp_path / "spk.jsonl", "s", 20_000, speakers=100)
+    batches = list(StreamingBatches([path], length, max_tokens=60, sort_window=500, seed=2))
+    for start in range(0, len(batches) - 99, len(batches) // 10):
+        speakers = {r.key.split("-")[1] for b in batches[start:start + 100] for r in b.records}
+        assert len(speakers) >= 90   # of 100; a 2,000-record window would hold about 10
+
+
+def test_weights_repeat_or_subsample_a_source_each_epoch(tmp_path):
+    a = write_source(tmp_path / "a.jsonl", "a", 1000)
+    b = write_source(tmp_path / "b.jsonl", "b", 1000)
+    epochs = []
+    for epoch in range(2):
+        batches = StreamingBatches([Source(a, 2.0), Source(b, 0.25)], length, max_tokens=60, seed=3)
+        batches.set_position(DataPosition(epoch=epoch))
+        epochs.append(collections.Counter(r.key for g in batches for r in g.records))
+    for counts in epochs:
+        assert {n for k, n in counts.items() if k.startswith("a")} == {2}
+        assert sum(1 for k in counts if k.startswith("a")) == 1000
+        b_keys = [k for k in counts if k.startswith("b")]
+        assert len(b_keys) == 250 and all(counts[k] == 1 for k in b_keys)
+    assert {k for k in epochs[0] if k[0] == "b"} != {k for k in epochs[1] if k[0] == "b"}
+    with pytest.raises(ValueError, match="weight must be a number > 0"):
+        StreamingBatches([Source(a, 0.0)], length, max_tokens=60)
+
+
+def test_stream_order_gives_each_source_its_weighted_share(tmp_path):
+    a = write_source(tmp_path / "a.jsonl", "a", 4000)
+    b = write_source(tmp_path / "b.jsonl", "b", 4000)
+    batches = list(StreamingBatches([Source(a, 1.0), Source(b, 0.5)], length, max_tokens=60,
+                                    order="stream", shuffle_buffer=200, sort_window=100, seed=4))
+    counts = collections.Counter(source_of(r) for g in batches for r in g.records)
+    assert counts["a"] == 4000 and abs(counts["b"] - 2000) < 150
+    for shares in window_shares(batches):
+        assert abs(shares["b"] - 1 / 3) <= 0.05
+
+
+def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"key": f"u{i}", "task": "ASR", "target": "w w"}) for i in range(50)]
+    lines[36] = '{"key": "u36", "task": "ASR"}'
+    path.write_text("\ufeff" + "\n\n".join(lines) + "\n")   # a BOM and blank lines between records
+    with pytest.raises(DataError) as err:
+        list(StreamingBatches([str(path)], length, max_tokens=60, seed=5))
+    assert str(err.value) == f"{path}:73: target: missing"
+    missing = tmp_path / "absent.jsonl"
+    with pytest.raises(DataError, match="absent.jsonl: cannot open"):
+        list(StreamingBatches([str(missing)], length, max_tokens=60))

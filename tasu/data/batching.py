@@ -1,37 +1,77 @@
-"""Training batches from JSONL: streamed, sharded, shuffled, length-bucketed, and resumable.
+"""Training batches from JSONL: sources mixed, whole epochs shuffled, sharded, length-bucketed, resumable.
 
-    batches = StreamingBatches(["train.jsonl"], length_fn, max_tokens=3000, shuffle_buffer=2000,
-                               rank=rank, world_size=world, collate=collate)
+    batches = StreamingBatches(["train.jsonl", Source("text_only.jsonl", weight=0.5)], length_fn,
+                               max_tokens=3000, sort_window=500, rank=rank, world_size=world,
+                               collate=collate)
     loader = DataLoader(batches, batch_size=None, num_workers=2)   # yields PlannedBatch objects
 
-Records are read line by line, never all at once. Line ``i`` belongs to rank ``i mod world_size``.
-Within a rank, records pass a shuffle buffer (a seeded random draw from the last ``shuffle_buffer``
-records), then windows of ``sort_window`` records are sorted by length and cut into batches whose
-padded size ``batch size x longest length`` stays within ``max_tokens`` (the original's rule, with
-length = prompt + speech + target tokens as ``length_fn`` computes it). Records outside
-``[min_length, max_length]`` are skipped and counted.
+**Which records, in which order** (``order``):
+
+- ``"shuffle"`` (training's default): each epoch is a seeded permutation of all records of all
+  sources together, so every stretch of an epoch holds each source at its share and no file's own
+  order (speaker, chapter, task) survives. It reads records by offset through a line index
+  (``tasu.data.line_index``: 8 bytes a record, cached beside each file) and keeps the epoch's order
+  as one integer array: about 16 MB for a million records.
+- ``"stream"``, for sources too large to index: each source is read start to end, the next record
+  is read from a source chosen at random with probability proportional to its unread lines, and
+  records pass a ``shuffle_buffer``. Sources are mixed at their shares, but a source's own order is
+  broken only within the buffer: split a huge, ordered corpus into shard files listed as separate
+  sources, which are then read side by side in a random interleave.
+- ``"sequential"`` (validation): the files one after another, in file order.
+
+A source's ``weight`` says how many times an epoch holds it (1.0: each record once; 2.0: twice,
+to up-sample a small corpus; 0.3: a random 30 % of it, drawn anew each epoch), so by default
+sources are mixed in proportion to their sizes.
+
+The ``i``-th record of the epoch's order belongs to rank ``i mod world_size``. Within a rank,
+windows of ``sort_window`` records are sorted by length and cut into batches whose padded size
+``batch size x longest length`` stays within ``max_tokens`` (the original's rule, with length =
+prompt + speech + target tokens as ``length_fn`` computes it), and the batches of a window are
+shuffled. Records outside ``[min_length, max_length]`` are skipped and counted.
 
 Every DataLoader worker plans the same batch sequence (reading and measuring records is cheap) and
 collates only its share, batch ``n`` going to worker ``n mod num_workers``: the DataLoader's
 round-robin then yields the batches in plan order, whatever the number of workers. Collating is
 where the work is (simulating posteriors, reading audio), and that is what the workers share.
 
-Everything random is drawn from ``(seed, epoch, rank)``, and ``collate`` gets a seed drawn from
-``(seed, epoch, rank, batch index)`` for its own randomness (simulation), so the batches of an epoch are a function
-of the configuration alone. That is what makes a run resumable: the trainer records how many
-batches it has consumed, and a resumed run skips that many (they are planned again but not
-collated, so no audio is read and nothing is simulated for them).
+Everything random is drawn from ``(seed, epoch)`` (the order, shared by all ranks) and ``(seed,
+epoch, rank)`` (windows and buffer), and ``collate`` gets a seed drawn from ``(seed, epoch, rank,
+batch index)`` for its own randomness (simulation), so the batches of an epoch are a function of
+the configuration alone. That is what makes a run resumable: the trainer records how many batches
+it has consumed, and a resumed run skips that many (they are planned again but not collated, so
+no audio is read and nothing is simulated for them).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
+import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tasu.data.records import Record, iter_records
+from tasu.data.line_index import line_number, line_offsets, read_line
+from tasu.data.records import DataError, Record, iter_records, parse_record
+
+Order = Literal["shuffle", "stream", "sequential"]
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 16   # records of the epoch's order turned into Python ints at a time
+
+
+@dataclass
+class Source:
+    """A data file and how many times an epoch holds it (see the module doc)."""
+
+    path: str
+    weight: float = 1.0
+
+    def check(self) -> None:
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ValueError(f"{self.path}: weight must be a number > 0, got {self.weight}")
 
 
 @dataclass
@@ -61,20 +101,24 @@ class DataPosition:
 class StreamingBatches(IterableDataset):
     """An epoch of batches for this rank, spread over the DataLoader workers (see module doc)."""
 
-    def __init__(self, paths: Sequence[str], length_fn: Callable[[Record], int], *, max_tokens: int,
-                 max_batch_size: int | None = None, min_length: int = 1, max_length: int | None = None,
-                 shuffle_buffer: int = 0, sort_window: int = 0, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, read_kwargs: dict | None = None,
-                 collate: Callable[[list[Record], int], Any] | None = None):
+    def __init__(self, sources: Sequence[str | Source], length_fn: Callable[[Record], int], *,
+                 max_tokens: int, max_batch_size: int | None = None, min_length: int = 1,
+                 max_length: int | None = None, order: Order = "shuffle", shuffle_buffer: int = 0,
+                 sort_window: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 read_kwargs: dict | None = None, collate: Callable[[list[Record], int], Any] | None = None):
         if max_length is not None and max_length > max_tokens:
             raise ValueError(f"max_length {max_length} exceeds max_tokens {max_tokens}: "
                              "such a record could never be batched")
-        self.paths = list(paths)
+        if order not in ("shuffle", "stream", "sequential"):
+            raise ValueError(f"order must be shuffle, stream or sequential, not {order!r}")
+        self.sources = [s if isinstance(s, Source) else Source(str(s)) for s in sources]
+        for source in self.sources:
+            source.check()
         self.length_fn = length_fn
         self.max_tokens, self.max_batch_size = max_tokens, max_batch_size
         self.min_length = min_length
         self.max_length = max_tokens if max_length is None else max_length
-        self.shuffle_buffer, self.sort_window = shuffle_buffer, sort_window
+        self.order, self.shuffle_buffer, self.sort_window = order, shuffle_buffer, sort_window
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.read_kwargs = read_kwargs or {}
         self.collate = collate
@@ -94,23 +138,64 @@ class StreamingBatches(IterableDataset):
         epoch, consumed = self.position.epoch, self.position.consumed  # the trainer advances it meanwhile
         rng = random.Random(f"{self.seed}/{epoch}/{self.rank}")
         stats = {"skipped": 0}
-        records = self._records(stats)
-        if self.shuffle_buffer > 1:
-            records = _shuffled(records, self.shuffle_buffer, rng)
-        for index, group in enumerate(self._batches(records, rng)):
-            if index < consumed or (index - consumed) % workers != worker:
-                continue
-            batch = PlannedBatch(index=index, records=group, skipped=stats["skipped"])
-            if self.collate is not None:
-                seed = random.Random(f"{self.seed}/{epoch}/{self.rank}/{index}").getrandbits(63)
-                batch.data = self.collate(group, seed)
-            yield batch
+        with ExitStack() as files:
+            records = self._measured(self._records(epoch, files), stats)
+            if self.order == "stream" and self.shuffle_buffer > 1:
+                records = _shuffled(records, self.shuffle_buffer, rng)
+            for index, group in enumerate(self._batches(records, rng)):
+                if index < consumed or (index - consumed) % workers != worker:
+                    continue
+                batch = PlannedBatch(index=index, records=group, skipped=stats["skipped"])
+                if self.collate is not None:
+                    seed = random.Random(f"{self.seed}/{epoch}/{self.rank}/{index}").getrandbits(63)
+                    batch.data = self.collate(group, seed)
+                yield batch
 
-    def _records(self, stats: dict) -> Iterator[tuple[int, Record]]:
-        lines = itertools.chain.from_iterable(iter_records(p, **self.read_kwargs) for p in self.paths)
-        for i, record in enumerate(lines):
-            if i % self.world_size != self.rank:
-                continue
+    def _records(self, epoch: int, files: ExitStack) -> Iterator[Record]:
+        """This rank's records of the epoch, in the epoch's order."""
+        for source in self.sources:
+            try:
+                open(source.path, "rb").close()
+            except OSError as e:
+                raise DataError(source.path, None, None, f"cannot open: {e.strerror or e}") from None
+        if self.order == "shuffle":
+            return self._shuffled_epoch(epoch, files)
+        if self.order == "stream":
+            records = _interleaved(self.sources, self.read_kwargs, _order_rng(self.seed, epoch))
+        else:
+            records = itertools.chain.from_iterable(iter_records(s.path, **self.read_kwargs)
+                                                    for s in self.sources)
+        return itertools.islice(records, self.rank, None, self.world_size)
+
+    def _shuffled_epoch(self, epoch: int, files: ExitStack) -> Iterator[Record]:
+        """A seeded permutation of every source's records (``weight`` copies each), read by offset."""
+        offsets = [line_offsets(s.path) for s in self.sources]
+        starts = np.cumsum([0] + [len(o) for o in offsets])
+        rng = _order_rng(self.seed, epoch)
+        ids = np.concatenate([start + _copies(len(o), s.weight, rng)
+                              for s, o, start in zip(self.sources, offsets, starts)] or [[]]).astype(np.int64)
+        rng.shuffle(ids)
+        ids = ids[self.rank::self.world_size]
+        every_offset = np.concatenate(offsets or [[]]).astype(np.uint64)
+        handles = [files.enter_context(open(s.path, "rb")) for s in self.sources]
+        for begin in range(0, len(ids), _CHUNK):
+            chunk = ids[begin:begin + _CHUNK]
+            which = np.searchsorted(starts, chunk, side="right") - 1
+            for source, offset in zip(which.tolist(), every_offset[chunk].tolist()):
+                raw = read_line(handles[source], offset)
+                if offset == 0 and raw.startswith(_BOM):
+                    raw = raw[3:]
+                try:
+                    record = parse_record(raw, **self.read_kwargs)
+                except DataError as e:
+                    path = self.sources[source].path
+                    raise e.located(path, line_number(path, offset)) from None
+                if record is not None:
+                    yield record
+
+    def _measured(self, records: Iterator[Record], stats: dict) -> Iterator[tuple[int, Record]]:
+        """``(length, record)`` of the records within the length limits; the others are counted."""
+        for record in records:
             length = self.length_fn(record)
             if self.min_length <= length <= self.max_length:
                 yield length, record
@@ -144,6 +229,56 @@ class StreamingBatches(IterableDataset):
             longest = grown
         if group:
             yield group
+
+
+def _order_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of an epoch's order: the same on every rank and worker."""
+    digest = hashlib.sha256(f"{seed}/{epoch}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _copies(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
+    """Record numbers ``0..n-1`` repeated ``weight`` times: whole passes, then a random part."""
+    whole, part = divmod(weight, 1.0)
+    size = round(part * n)
+    extra = rng.choice(n, size=size, replace=False) if size else np.empty(0, np.int64)
+    return np.concatenate([np.tile(np.arange(n), int(whole)), extra])
+
+
+def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Generator) -> Iterator[Record]:
+    """The sources' records mixed at random, each source read start to end (the "stream" order).
+
+    Which source gives the next record is a uniformly random interleaving of all sources' lines
+    (drawn a block at a time: how many of the next lines come from each source, then their order),
+    so all sources are read at the same pace. A record is given ``weight`` times on average (whole
+    copies, then one more with the fractional part's probability): every stretch of the epoch
+    holds each source at its weighted share.
+    """
+    streams = [iter_records(s.path, **read_kwargs) for s in sources]
+    copies = [divmod(s.weight, 1.0) for s in sources]
+    coin = random.Random(int(rng.integers(2**63)))
+    left = np.array([_count_lines(s.path) for s in sources], dtype=np.int64)
+    while (total := int(left.sum())) > 0:
+        take = rng.multivariate_hypergeometric(left, min(total, 4096))
+        left -= take
+        turns = np.repeat(np.arange(len(sources)), take)
+        rng.shuffle(turns)
+        for i in turns.tolist():
+            record = next(streams[i], None)
+            if record is not None:   # None: a blank line, counted but holding no record
+                whole, part = copies[i]
+                for _ in range(int(whole) + (coin.random() < part)):
+                    yield record
+
+
+def _count_lines(path: str) -> int:
+    """Lines in ``path`` (a streaming count, no index): what a source has to give in "stream" order."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:

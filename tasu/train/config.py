@@ -8,8 +8,9 @@ model moved to another machine).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
+from tasu.data.batching import Source
 from tasu.simulate import SimulationConfig
 
 
@@ -59,9 +60,16 @@ class CompressConfig:
 
 @dataclass
 class DataConfig:
-    """Where the records come from and how they are batched (see ``tasu.data.batching``)."""
+    """Where the records come from and how they are batched (see ``tasu.data.batching``).
 
-    train: list[str] = field(default_factory=list)
+    A ``train`` entry is a JSONL path, or ``{path: ..., weight: w}`` for a source an epoch should
+    hold ``w`` times (up- or down-sampling it against the others); plain paths weigh 1.0, so sources
+    are mixed in proportion to their sizes. ``order: shuffle`` permutes each whole epoch;
+    ``order: stream`` is for sources too large to index (see the module doc), and only it uses
+    ``shuffle_buffer``.
+    """
+
+    train: list[Union[str, Source]] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     prompts: Optional[str] = None            # prompts JSONL; null: the English set shipped with tasu
     mode: Literal["text", "audio", "mixed"] = "text"
@@ -70,9 +78,13 @@ class DataConfig:
     max_batch_size: Optional[int] = None
     min_length: int = 1
     max_length: Optional[int] = None         # longer records are skipped and counted
-    shuffle_buffer: int = 2000
+    order: Literal["shuffle", "stream"] = "shuffle"
+    shuffle_buffer: int = 2000               # order: stream only
     sort_window: int = 500
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        self.train = [s if isinstance(s, Source) else Source(s) for s in self.train]
 
     def check(self) -> None:
         if not 0.0 <= self.audio_ratio <= 1.0:

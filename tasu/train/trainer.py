@@ -120,8 +120,8 @@ class Trainer:
         self.simulator = Simulator.from_tokenizer(encoder_tokenizer, cfg.simulation)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, encoder_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio)
-        self.train_data = self._batches(cfg.data.train, shuffle=True)
-        self.valid_data = self._batches(cfg.data.valid, shuffle=False) if cfg.data.valid else None
+        self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
+        self.valid_data = self._batches(cfg.data.valid, order="sequential") if cfg.data.valid else None
 
         import deepspeed
 
@@ -159,12 +159,12 @@ class Trainer:
         self.model.load_state_dict(state, strict=False)
         log.info("initialised %d of %d trained tensors from %s", len(state), len(own), ckpt)
 
-    def _batches(self, paths: list[str], shuffle: bool) -> StreamingBatches:
-        d = self.cfg.data
+    def _batches(self, sources: list, order: str) -> StreamingBatches:
+        d, training = self.cfg.data, order != "sequential"
         return StreamingBatches(
-            paths, self.collator.length, max_tokens=d.max_tokens, max_batch_size=d.max_batch_size,
-            min_length=d.min_length, max_length=d.max_length,
-            shuffle_buffer=d.shuffle_buffer if shuffle else 0, sort_window=d.sort_window if shuffle else 0,
+            sources, self.collator.length, max_tokens=d.max_tokens, max_batch_size=d.max_batch_size,
+            min_length=d.min_length, max_length=d.max_length, order=order,
+            shuffle_buffer=d.shuffle_buffer, sort_window=d.sort_window if training else 0,
             seed=self.cfg.train.seed, rank=self.rank, world_size=self.world,
             read_kwargs={"prompts": self.collator.prompts, "require_transcript": d.mode == "text"},
             collate=self.collator)
