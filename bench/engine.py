@@ -19,9 +19,15 @@ linear-silu with hidden 256. Absolute numbers say little about real sizes (Sense
   of each mode (after 2 warm-up rounds), interleaved so that a change in machine load hits both.
   Tokens are counted as the trainer's log counts them: prompt + speech rows + target.
   text_vs_audio_train_speedup = text tokens/s over audio tokens/s.
-- loader_records_per_s: ``StreamingBatches`` + the trainer's ``Collator`` in text mode over 4,000
-  generated records (shuffle buffer, length-sorted windows, LLM and encoder tokenisation), in one
-  process (what one DataLoader worker delivers).
+- loader_records_per_s_shuffle, loader_records_per_s_stream: ``StreamingBatches`` + the trainer's
+  ``Collator`` in text mode over 4,000 generated records in three source files (length-sorted
+  windows, LLM and encoder tokenisation), in one process (what one DataLoader worker delivers), in
+  the training default order (each epoch a permutation of all sources, read by offset) and in the
+  stream order (each file read start to end through a shuffle buffer: the order training used
+  before sources were mixed). Medians of interleaved rounds; loader_shuffle_vs_stream is their ratio.
+- order_peak_mb_1M, index_build_s_1M, index_load_s_1M: the memory the shuffled order takes for an
+  epoch of a 1,000,000-record file (tracemalloc peak while the first batch is planned: line
+  index + permutation), and the time to build the line index and to load it from its cache.
 - decode_rtf: ``decode_records`` on 16 utterances of 2-4 s of audio, beam 4, batch 8, 20 new tokens
   (the untrained model rarely stops before that): decode wall time / audio seconds.
 """
@@ -45,7 +51,7 @@ sys.path.insert(0, str(HERE.parent / "test"))
 from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir  # noqa: E402
 from timing import median_ms  # noqa: E402
 
-BATCH, LOADER_RECORDS, DECODE_RECORDS = 8, 4000, 16
+BATCH, LOADER_RECORDS, LOADER_ROUNDS, DECODE_RECORDS = 8, 4000, 7, 16
 TRAIN_WARMUP, TRAIN_ROUNDS = 2, 11
 WORDS = "turn on off the kitchen bedroom lights what is weather like today set an alarm play music".split()
 
@@ -123,22 +129,58 @@ def bench_loader(cfg, root: Path) -> dict[str, float]:
     from tasu.train.collate import Collator
 
     rng = random.Random(0)
-    path = root / "loader.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(LOADER_RECORDS):
-            text = " ".join(rng.choices(WORDS, k=rng.randint(4, 16)))
-            f.write(json.dumps({"key": f"r{i:06d}", "task": "ASR", "target": text, "path": f"wav/r{i}.wav"}) + "\n")
+    paths = [root / f"loader{n}.jsonl" for n in range(3)]
+    for n, path in enumerate(paths):
+        with open(path, "w", encoding="utf-8") as f:
+            for i in range(n, LOADER_RECORDS, 3):
+                text = " ".join(rng.choices(WORDS, k=rng.randint(4, 16)))
+                f.write(json.dumps({"key": f"r{i:06d}", "task": "ASR", "target": text, "path": f"wav/r{i}.wav"}) + "\n")
     prompts = load_prompts()
     collator = Collator(prompts, PromptTokenizer(load_llm_tokenizer(cfg.llm.path)), load_tokenizer(cfg.encoder.path))
     d = cfg.data
-    batches = StreamingBatches([str(path)], collator.length, max_tokens=d.max_tokens, shuffle_buffer=d.shuffle_buffer,
-                               sort_window=d.sort_window, read_kwargs={"prompts": prompts, "require_transcript": True},
-                               collate=collator)
+    epochs = {}
+    for order in ("shuffle", "stream"):
+        batches = StreamingBatches([str(p) for p in paths], collator.length, max_tokens=d.max_tokens,
+                                   order=order, shuffle_buffer=d.shuffle_buffer, sort_window=d.sort_window,
+                                   read_kwargs={"prompts": prompts, "require_transcript": True}, collate=collator)
 
-    def epoch() -> None:
-        assert sum(len(b.records) for b in batches) == LOADER_RECORDS
+        def epoch(batches=batches) -> None:
+            assert sum(len(b.records) for b in batches) == LOADER_RECORDS
 
-    return {"loader_records_per_s": LOADER_RECORDS / (median_ms(epoch, repeats=3, warmup=1) / 1000)}
+        epochs[order] = epoch
+    times = {order: [] for order in epochs}
+    for _ in range(LOADER_ROUNDS):
+        for order, epoch in epochs.items():
+            times[order].append(median_ms(epoch, repeats=1, warmup=0))
+    out = {f"loader_records_per_s_{order}": LOADER_RECORDS / (statistics.median(t[1:]) / 1000)
+           for order, t in times.items()}
+    out["loader_shuffle_vs_stream"] = out["loader_records_per_s_shuffle"] / out["loader_records_per_s_stream"]
+    return out
+
+
+def bench_order_memory(root: Path) -> dict[str, float]:
+    import time
+    import tracemalloc
+
+    from tasu.data.batching import StreamingBatches
+    from tasu.data.line_index import line_offsets
+
+    path = root / "million.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(1_000_000):
+            f.write(f'{{"key": "r{i:07d}", "task": "ASR", "target": "{WORDS[i % len(WORDS)]} {i % 97}"}}\n')
+    start = time.perf_counter()
+    line_offsets(path)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    line_offsets(path)
+    loaded = time.perf_counter() - start
+    batches = StreamingBatches([str(path)], lambda r: len(r.target), max_tokens=3000, sort_window=500)
+    tracemalloc.start()
+    next(iter(batches))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"order_peak_mb_1M": peak / 2**20, "index_build_s_1M": built, "index_load_s_1M": loaded}
 
 
 def bench_decode(cfg, records) -> dict[str, float]:
@@ -170,7 +212,7 @@ def main() -> None:
         cfg = build(root)
         records = list(iter_records(str(root / "test.jsonl")))
         for bench in (lambda: bench_train(cfg, records), lambda: bench_loader(cfg, root),
-                      lambda: bench_decode(cfg, records)):
+                      lambda: bench_order_memory(root), lambda: bench_decode(cfg, records)):
             for name, value in bench().items():
                 print(f"{name}: {value:.6g}", flush=True)
 

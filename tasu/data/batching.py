@@ -11,7 +11,7 @@
   sources together, so every stretch of an epoch holds each source at its share and no file's own
   order (speaker, chapter, task) survives. It reads records by offset through a line index
   (``tasu.data.line_index``: 8 bytes a record, cached beside each file) and keeps the epoch's order
-  as one integer array: about 16 MB for a million records.
+  as one integer array: about 24 MB at the most for a million records (bench/engine.py).
 - ``"stream"``, for sources too large to index: each source is read start to end, the next record
   is read from a source chosen at random with probability proportional to its unread lines, and
   records pass a ``shuffle_buffer``. Sources are mixed at their shares, but a source's own order is
@@ -173,10 +173,11 @@ class StreamingBatches(IterableDataset):
         starts = np.cumsum([0] + [len(o) for o in offsets])
         rng = _order_rng(self.seed, epoch)
         ids = np.concatenate([start + _copies(len(o), s.weight, rng)
-                              for s, o, start in zip(self.sources, offsets, starts)] or [[]]).astype(np.int64)
+                              for s, o, start in zip(self.sources, offsets, starts)] or [[]])
+        ids = ids.astype(np.int64, copy=False)
         rng.shuffle(ids)
         ids = ids[self.rank::self.world_size]
-        every_offset = np.concatenate(offsets or [[]]).astype(np.uint64)
+        every_offset = offsets[0] if len(offsets) == 1 else np.concatenate(offsets or [[]]).astype(np.uint64)
         handles = [files.enter_context(open(s.path, "rb")) for s in self.sources]
         for begin in range(0, len(ids), _CHUNK):
             chunk = ids[begin:begin + _CHUNK]
