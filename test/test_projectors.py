@@ -242,9 +242,16 @@ TINY = {
 }
 LENGTHS = (5, 3, 1, 0)   # an utterance may lose all its rows to simulated deletions
 EXPECTED_LENGTHS = {"concat-mlp": [3, 2, 1, 0], "conv1d": [3, 2, 1, 0], "qformer": [4, 4, 4, 4]}
+REGISTERED = sorted(PROJECTORS)   # at collection, before any test registers a toy one
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_registered_projector_has_a_tiny_config():
+    """A new projector lands tested: the tests below run every registered one with its TINY options."""
+    missing = sorted(set(REGISTERED) - set(TINY))
+    assert not missing, f"add tiny constructor options for {missing} to TINY"
+
+
+@pytest.mark.parametrize("name", REGISTERED)
 def test_projector_shapes_lengths_and_gradients(name):
     torch.manual_seed(0)
     emb = embedding()
@@ -263,7 +270,7 @@ def test_projector_shapes_lengths_and_gradients(name):
     assert not any(p is emb.weight for p in proj.parameters()) and "weight" not in proj.state_dict()
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", REGISTERED)
 def test_an_utterance_gets_the_same_embeddings_alone_and_in_a_padded_batch(name):
     torch.manual_seed(0)
     proj = build_projector(name, V, D, llm_embedding=embedding(), **TINY[name]).eval()
