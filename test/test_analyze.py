@@ -1,0 +1,119 @@
+"""tasu analyze: fidelity measures checked against hand-computed cases, and a run on audio."""
+import json
+import math
+
+import pytest
+import soundfile as sf
+import torch
+
+from fixtures import SENTENCES, waveform, write_sensevoice_dir
+from tasu.analyze import Fidelity, Rows, js_divergence, report, rows_of, run_analyze
+from tasu.config import load_config
+from tasu.data.records import DataError
+from tasu.posteriors import Posteriors
+from tasu.train.config import ExperimentConfig
+
+V = 8
+
+
+def sparse(rows: list[list[tuple[int, float]]], floor: float = 0.0) -> Posteriors:
+    """One utterance whose rows have the given explicit (id, probability) entries and ``floor`` elsewhere."""
+    k = max(len(r) for r in rows)
+    ids = torch.zeros(1, len(rows), k, dtype=torch.long)
+    weights = torch.zeros(1, len(rows), k)
+    for t, row in enumerate(rows):
+        used = {i for i, _ in row}
+        spare = iter(i for i in range(V) if i not in used)
+        for j in range(k):
+            i, p = row[j] if j < len(row) else (next(spare), floor)
+            ids[0, t, j], weights[0, t, j] = i, p - floor
+    blank = torch.tensor([[dict(r).get(0, floor) for r in rows]])
+    return Posteriors(ids, weights, torch.full((1, len(rows)), floor), blank, torch.tensor([len(rows)]), V)
+
+
+def test_rows_give_top1_and_exact_entropy_over_the_whole_vocabulary():
+    uniform = sparse([[(3, 1 / V)]], floor=1 / V)
+    half = sparse([[(5, 0.5), (2, 0.5)]])
+    (u,), (h,) = rows_of(uniform), rows_of(half)
+    assert u.entropy[0] == pytest.approx(math.log2(V)) and u.top1_mass[0] == pytest.approx(1 / V)
+    assert h.entropy[0] == pytest.approx(1.0) and h.top1_mass[0] == pytest.approx(0.5)
+    smoothed = sparse([[(4, 0.93)]], floor=0.01)   # 0.93 + 7 x 0.01 = 1
+    (s,) = rows_of(smoothed)
+    assert s.top1 == [4]
+    assert s.entropy[0] == pytest.approx(-(0.93 * math.log2(0.93) + 7 * 0.01 * math.log2(0.01)))
+
+
+def test_js_divergence_of_sparse_rows():
+    assert js_divergence({1: 1.0}, 0.0, {1: 1.0}, 0.0, V) == pytest.approx(0.0)
+    assert js_divergence({1: 1.0}, 0.0, {2: 1.0}, 0.0, V) == pytest.approx(1.0)
+    # half overlap: P = (1/2, 1/2, 0), Q = (1/2, 0, 1/2): JS = 1/2 bit
+    assert js_divergence({1: 0.5, 2: 0.5}, 0.0, {1: 0.5, 3: 0.5}, 0.0, V) == pytest.approx(0.5)
+    # a floor row against one-hot: by hand over all 8 entries
+    p, q = [0.3] + [0.1] * 7, [1.0] + [0.0] * 7
+    def kl(a, b):
+        return sum(x * math.log2(x / y) for x, y in zip(a, b) if x > 0)
+    m = [(x + y) / 2 for x, y in zip(p, q)]
+    assert js_divergence({0: 0.3}, 0.1, {0: 1.0}, 0.0, V) == pytest.approx((kl(p, m) + kl(q, m)) / 2)
+
+
+def test_fidelity_counts_rows_errors_and_row_agreement_by_hand():
+    # transcript 5 6 7; real rows: 5, blank, 9, 7 (one blank row, 6 -> 9 substituted);
+    # simulated rows: 5, 7 (6 deleted)
+    real = rows_of(sparse([[(5, 1.0)], [(0, 0.8), (6, 0.2)], [(9 % V, 1.0)], [(7, 1.0)]]))[0]
+    simulated = rows_of(sparse([[(5, 1.0)], [(7, 1.0)]]))[0]
+    f = Fidelity()
+    f.add([5, 6, 7], real, simulated)
+    s = f.summary()
+    assert s["tokens"] == 3 and s["utterances"] == 1
+    assert s["real"]["rows_per_token"] == pytest.approx(4 / 3) and s["simulated"]["rows_per_token"] == pytest.approx(2 / 3)
+    assert s["real"]["blank_row_rate"] == pytest.approx(1 / 4) and s["simulated"]["blank_row_rate"] == 0
+    # real emits 5 1 7 against 5 6 7: one substitution; simulated emits 5 7: one deletion
+    assert (s["real"]["substitution_rate"], s["real"]["deletion_rate"], s["real"]["insertion_rate"]) == (1 / 3, 0, 0)
+    assert (s["simulated"]["substitution_rate"], s["simulated"]["deletion_rate"]) == (0, 1 / 3)
+    # rows 5 0 1 7 vs 5 7: 5 and 7 pair and agree, the other two real rows are unpaired
+    assert s["paired_rows"] == 2 and s["top1_agreement"] == 1.0
+    assert s["mean_js_divergence_bits"] == pytest.approx(0.0)
+    assert sum(s["real"]["entropy_histogram"]["counts"]) == 4
+    assert sum(s["simulated"]["top1_mass_histogram"]["counts"]) == 2
+    text = report(s)
+    assert "rows per token" in text and "133" not in text and "1.33" in text and "0.67" in text
+
+
+def test_analyze_runs_on_audio_and_writes_summary_report_and_plots(tmp_path):
+    enc = write_sensevoice_dir(tmp_path / "enc")
+    data = tmp_path / "dev.jsonl"
+    with open(data, "w") as f:
+        for i in range(5):
+            wav = tmp_path / f"d{i}.wav"
+            sf.write(wav, waveform(0.6 + 0.1 * i, seed=i).numpy(), 16000)
+            f.write(json.dumps({"key": f"d{i}", "task": "ASR", "target": SENTENCES[i], "path": str(wav)}) + "\n")
+    cfg = load_config(ExperimentConfig, None, [f"encoder.path={enc}", "simulation.drop_prob=0.0",
+                                               "simulation.alpha=[0.0, 0.0]"])
+    summary = run_analyze(cfg, [str(data)], str(tmp_path / "out"), batch_size=2)
+    assert summary["utterances"] == 5 and summary["tokens"] > 5
+    # exact one-hot simulation without drops: one row per token, no errors, zero entropy
+    assert summary["simulated"]["rows_per_token"] == 1.0 and summary["simulated"]["token_error_rate"] == 0.0
+    assert summary["simulated"]["mean_entropy_bits"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["real"]["rows"] == sum(summary["real"]["entropy_histogram"]["counts"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["entropy.png", "report.txt", "summary.json",
+                                                                    "top1_mass.png"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["tokens"] == summary["tokens"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": "x", "task": "ASR", "target": "hello"}) + "\n"
+                   + json.dumps({"key": "y", "task": "ASR", "target": "hi", "path": "gen.sh |"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: path: missing"):
+        run_analyze(cfg, [str(bad)], str(tmp_path / "o2"))
+    bad.write_text(json.dumps({"key": "y", "task": "ASR", "target": "hi", "path": "gen.sh |"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: path: .*shell command"):
+        run_analyze(cfg, [str(bad)], str(tmp_path / "o2"))
+
+
+def test_paired_rows_follow_the_alignment():
+    from tasu.analyze import paired_rows
+
+    assert paired_rows([5, 0, 1, 7], [5, 7]) == [(0, 0, True), (3, 1, True)]
+    pairs = paired_rows([1, 2, 3], [1, 4, 3, 3])   # one insertion and one substitution, in some order
+    assert len(pairs) == 3 and sum(same for _, _, same in pairs) == 2
+    assert [i for i, _, _ in pairs] == [0, 1, 2] and all(j1 < j2 for (_, j1, _), (_, j2, _) in zip(pairs, pairs[1:]))
+    assert paired_rows([], [1]) == [] and paired_rows([2], [3]) == [(0, 0, False)]
