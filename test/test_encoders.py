@@ -74,8 +74,43 @@ def test_layout_is_detected_from_files(sensevoice_dir, hf_dir, tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path / "missing")
-    with pytest.raises(ValueError, match="encoder_type"):
+    with pytest.raises(ValueError, match="encoder type 'whisper' is not one of auto, hf_ctc, sensevoice"):
         load_tokenizer(sensevoice_dir, encoder_type="whisper")
+
+
+def test_a_registered_backend_is_found_from_its_files_and_loaded(sensevoice_dir, tmp_path):
+    """Adding an encoder kind = one class with @register: detection and both loaders use it."""
+    from tasu.encoders import ENCODERS, CTCEncoder, register
+
+    @register("test-char")
+    class CharEncoder(CTCEncoder):
+        files = "chars.txt"
+
+        @classmethod
+        def recognises(cls, root):
+            return (root / "chars.txt").is_file()
+
+        @classmethod
+        def load_tokenizer(cls, root):
+            return load_tokenizer(sensevoice_dir)
+
+        @classmethod
+        def from_dir(cls, root, device="cpu", **options):
+            return ("loaded", root, device, options)
+
+    try:
+        (tmp_path / "chars.txt").write_text("abc")
+        assert detect_layout(tmp_path) == "test-char"
+        assert load_tokenizer(tmp_path).vocab_size == load_tokenizer(sensevoice_dir).vocab_size
+        assert load_encoder(tmp_path, device="meta", x=1) == ("loaded", tmp_path, "meta", {"x": 1})
+        with pytest.raises(ValueError, match="already taken"):
+            register("test-char")(CharEncoder)
+        (tmp_path / "config.yaml").write_text("model: SenseVoiceSmall\n")   # now two kinds claim it
+        with pytest.raises(ValueError, match="looks like several encoder kinds .*say which with encoder.type"):
+            load_tokenizer(tmp_path)
+        assert load_tokenizer(tmp_path, encoder_type="test-char").vocab_size > 0
+    finally:
+        del ENCODERS["test-char"]
 
 
 def test_missing_file_is_named(sensevoice_dir, tmp_path):

@@ -7,7 +7,8 @@ transformers' audio models). The audio stage needs the frontend and ``forward``.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from pathlib import Path
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -33,10 +34,30 @@ class EncoderTokenizer(abc.ABC):
 
 
 class CTCEncoder(nn.Module, abc.ABC):
-    """A frozen CTC speech encoder: 16 kHz waveforms -> features -> frame posteriors."""
+    """A frozen CTC speech encoder: 16 kHz waveforms -> features -> frame posteriors.
+
+    A backend (a kind of encoder directory) is a subclass registered with
+    ``tasu.encoders.registry.register``: the class methods find, tokenise and load its directories.
+    """
 
     sample_rate: int = 16000
     tokenizer: EncoderTokenizer
+    files: ClassVar[str]   # what a directory of this kind holds, for messages
+
+    @classmethod
+    @abc.abstractmethod
+    def recognises(cls, root: Path) -> bool:
+        """Whether directory ``root`` holds this kind of encoder, judged from its small files."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load_tokenizer(cls, root: Path) -> EncoderTokenizer:
+        """The tokenizer of directory ``root``, reading no weights and importing no model framework."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_dir(cls, root: Path, device: str | torch.device = "cpu", **options) -> "CTCEncoder":
+        """The frozen encoder of directory ``root`` (eval mode, no gradients), on ``device``."""
 
     @property
     def vocab_size(self) -> int:

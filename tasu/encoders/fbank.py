@@ -10,9 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 import torch
-from funasr.frontends.wav_frontend import WavFrontend
 from torch.nn.utils.rnn import pad_sequence
+
+if TYPE_CHECKING:
+    from funasr.frontends.wav_frontend import WavFrontend
 
 
 def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> WavFrontend:
@@ -24,6 +28,8 @@ def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> Wav
     """
     conf = {k: v for k, v in frontend_conf.items() if k != "cmvn_file"}
     conf["dither"] = 0.0
+    from funasr.frontends.wav_frontend import WavFrontend
+
     return WavFrontend(cmvn_file=None if cmvn_file is None else str(cmvn_file), **conf)
 
 

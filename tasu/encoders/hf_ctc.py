@@ -16,15 +16,26 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoFeatureExtractor, AutoModelForCTC
 
 from tasu.encoders.base import CTCEncoder
 from tasu.encoders.layout import require
+from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import HFCTCTokenizer
 
 
+@register("hf_ctc")
 class HFCTCEncoder(CTCEncoder):
     """A ``*ForCTC`` model with its feature extractor and CTC tokenizer."""
+
+    files = "config.json + vocab.json + model.safetensors + preprocessor_config.json"
+
+    @classmethod
+    def recognises(cls, root: Path) -> bool:
+        return (root / "config.json").is_file() and (root / "vocab.json").is_file()
+
+    @classmethod
+    def load_tokenizer(cls, root: Path) -> HFCTCTokenizer:
+        return HFCTCTokenizer.from_pretrained(root)
 
     def __init__(self, model, feature_extractor, tokenizer: HFCTCTokenizer):
         super().__init__()
@@ -38,7 +49,9 @@ class HFCTCEncoder(CTCEncoder):
         self._use_attention_mask = bool(feature_extractor.return_attention_mask)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "HFCTCEncoder":
+    def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> "HFCTCEncoder":
+        from transformers import AutoFeatureExtractor, AutoModelForCTC
+
         root = Path(path)
         require(root / "preprocessor_config.json", "feature extractor config")
         tokenizer = HFCTCTokenizer.from_pretrained(root)

@@ -1,6 +1,7 @@
-"""Which kind of encoder a directory holds, and where its files are.
+"""Where the files of an encoder directory are, in the layouts of the built-in backends.
 
-Three on-disk layouts are understood; each is recognised by the files it has, never by its name:
+Each backend (``tasu.encoders.registry``) recognises its layout from these files, never from the
+directory's name:
 
 ``sensevoice``  funasr's released SenseVoiceSmall::
 
@@ -30,38 +31,11 @@ import torch
 import yaml
 from torch import nn
 
-LAYOUTS = ("sensevoice", "small_ctc", "hf_ctc")
-
-# The `model:` entry of config.yaml that marks each funasr-style layout.
-FUNASR_MODELS = {"SenseVoiceSmall": "sensevoice", "TasuSmallCTC": "small_ctc"}
-
-
-def detect_layout(path: str | Path) -> str:
-    """The layout of encoder directory ``path``: one of :data:`LAYOUTS`."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"encoder directory {root} does not exist")
-    if (root / "config.yaml").is_file():
-        model = read_yaml(root / "config.yaml").get("model")
-        if model in FUNASR_MODELS:
-            return FUNASR_MODELS[model]
-        raise ValueError(f"{root}/config.yaml names model {model!r}; tasu reads "
-                         f"{sorted(FUNASR_MODELS)} (funasr layout) or a Hugging Face CTC directory")
-    if (root / "config.json").is_file() and (root / "vocab.json").is_file():
-        return "hf_ctc"
-    raise ValueError(
-        f"{root} matches no encoder layout: expected config.yaml + model.pt + *.bpe.model + am.mvn "
-        f"(SenseVoiceSmall / TasuSmallCTC) or config.json + vocab.json + model.safetensors "
-        f"(Hugging Face CTC); found {sorted(p.name for p in root.iterdir())}")
-
-
-def resolve_layout(path: str | Path, encoder_type: str) -> str:
-    """``encoder_type`` checked against :data:`LAYOUTS`, or detected when it is ``"auto"``."""
-    if encoder_type == "auto":
-        return detect_layout(path)
-    if encoder_type not in LAYOUTS:
-        raise ValueError(f"encoder_type {encoder_type!r} is not one of auto, {', '.join(LAYOUTS)}")
-    return encoder_type
+def funasr_model(root: Path) -> str | None:
+    """The ``model:`` entry of ``root/config.yaml`` (what marks the funasr-style layouts), or None."""
+    if not (root / "config.yaml").is_file():
+        return None
+    return read_yaml(root / "config.yaml").get("model")
 
 
 def read_yaml(path: Path) -> dict:

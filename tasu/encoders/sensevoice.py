@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from funasr.models.sense_voice.model import SenseVoiceSmall
 
 from tasu.encoders.base import CTCEncoder
 from tasu.encoders.fbank import build_wav_frontend, wav_frontend_features
-from tasu.encoders.layout import FunASRDir, load_weights
+from tasu.encoders.layout import FunASRDir, funasr_model, load_weights
+from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
 
 # config.yaml sections that are SenseVoiceSmall constructor arguments (funasr's AutoModel passes the
@@ -35,12 +35,22 @@ from tasu.encoders.tokenizers import SentencePieceTokenizer
 _MODEL_SECTIONS = ("encoder", "encoder_conf", "ctc_conf", "normalize", "normalize_conf")
 
 
+@register("sensevoice")
 class SenseVoiceEncoder(CTCEncoder):
     """funasr's ``SenseVoiceSmall`` + ``WavFrontend``, giving CTC log-posteriors without the prefix."""
 
     prefix_frames = 4
+    files = "config.yaml (model: SenseVoiceSmall) + model.pt + *.bpe.model + am.mvn"
 
-    def __init__(self, model: SenseVoiceSmall, frontend, tokenizer: SentencePieceTokenizer,
+    @classmethod
+    def recognises(cls, root: Path) -> bool:
+        return funasr_model(root) == "SenseVoiceSmall"
+
+    @classmethod
+    def load_tokenizer(cls, root: Path) -> SentencePieceTokenizer:
+        return SentencePieceTokenizer.from_funasr_dir(root)
+
+    def __init__(self, model: "SenseVoiceSmall", frontend, tokenizer: SentencePieceTokenizer,
                  language: str = "auto", text_norm: str = "withitn"):
         super().__init__()
         if language not in model.lid_dict:
@@ -62,6 +72,8 @@ class SenseVoiceEncoder(CTCEncoder):
         ``input_size`` from the frontend (80 x lfr_m), ``vocab_size`` from the tokenizer, the rest of
         the constructor arguments from ``model_conf`` and the encoder sections of config.yaml.
         """
+        from funasr.models.sense_voice.model import SenseVoiceSmall
+
         d = FunASRDir(path)
         tokenizer = SentencePieceTokenizer.from_funasr_dir(d.root)
         frontend = build_wav_frontend(d.config["frontend_conf"], d.cmvn_file)

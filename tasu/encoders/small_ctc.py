@@ -27,12 +27,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 import yaml
-from funasr.models.ctc.ctc import CTC
-from funasr.models.sense_voice.model import SenseVoiceEncoderSmall
 
 from tasu.encoders.base import CTCEncoder
 from tasu.encoders.fbank import build_wav_frontend, estimate_cmvn, wav_frontend_features, write_cmvn
-from tasu.encoders.layout import FunASRDir, load_weights, write_configuration_json
+from tasu.encoders.layout import FunASRDir, funasr_model, load_weights, write_configuration_json
+from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
 
 MODEL_NAME = "TasuSmallCTC"
@@ -57,6 +56,7 @@ def merge_config(config: dict | None) -> dict:
     return merged
 
 
+@register("small_ctc")
 class SmallCTCEncoder(CTCEncoder):
     """LFR fbank -> ``SenseVoiceEncoderSmall`` -> linear CTC head, trainable from scratch.
 
@@ -66,8 +66,13 @@ class SmallCTCEncoder(CTCEncoder):
         cmvn_file: an ``am.mvn`` to normalise features with; else call :meth:`fit_cmvn` before use.
     """
 
+    files = "config.yaml (model: TasuSmallCTC) + model.pt + bpe.model + am.mvn"
+
     def __init__(self, tokenizer: SentencePieceTokenizer, config: dict | None = None,
                  cmvn_file: str | Path | None = None):
+        from funasr.models.ctc.ctc import CTC
+        from funasr.models.sense_voice.model import SenseVoiceEncoderSmall
+
         super().__init__()
         self.config = merge_config(config)
         self.tokenizer = tokenizer
@@ -75,6 +80,14 @@ class SmallCTCEncoder(CTCEncoder):
         self.encoder = SenseVoiceEncoderSmall(input_size=self.frontend.output_size(),
                                               **self.config["encoder_conf"])
         self.ctc = CTC(odim=tokenizer.vocab_size, encoder_output_size=self.encoder.output_size())
+
+    @classmethod
+    def recognises(cls, root: Path) -> bool:
+        return funasr_model(root) == MODEL_NAME
+
+    @classmethod
+    def load_tokenizer(cls, root: Path) -> SentencePieceTokenizer:
+        return SentencePieceTokenizer.from_funasr_dir(root)
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> "SmallCTCEncoder":

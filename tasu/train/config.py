@@ -19,7 +19,12 @@ class EncoderConfig:
     """The frozen CTC encoder. The text-only stage reads only its tokenizer from ``path``."""
 
     path: str = ""
-    type: Literal["auto", "sensevoice", "hf_ctc", "small_ctc"] = "auto"
+    type: str = "auto"      # a registered backend (tasu.encoders.registry), or auto: detected from the files
+
+    def check(self) -> None:
+        from tasu.encoders.registry import check_name
+
+        check_name(self.type)
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Encoder backends by name: each kind of encoder directory tasu reads is one class, one ``@register``.
+
+    @register("my_ctc")
+    class MyCTCEncoder(CTCEncoder):
+        files = "config.json + weights.bin + tokens.txt"
+
+        @classmethod
+        def recognises(cls, root):                 # from small files: is this directory mine?
+            return (root / "tokens.txt").is_file()
+
+        @classmethod
+        def load_tokenizer(cls, root):             # the text-only stage: no weights, no framework
+            ...
+
+        @classmethod
+        def from_dir(cls, root, device="cpu", **options):   # imports its framework here, not above
+            ...
+
+A directory's backend is found from its files (:func:`detect`), never from its name; a config may
+also name it (``encoder.type``). Backends are modules of ``tasu.encoders`` that register on import;
+they import their frameworks (funasr, transformers' models) inside ``from_dir`` only, so finding a
+backend and loading its tokenizer stay cheap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tasu.encoders.base import CTCEncoder
+from tasu.encoders.layout import read_yaml
+
+ENCODERS: dict[str, type[CTCEncoder]] = {}
+
+
+def register(name: str) -> Callable[[type[CTCEncoder]], type[CTCEncoder]]:
+    """Class decorator: make an encoder backend available as ``name``."""
+    def add(cls: type[CTCEncoder]) -> type[CTCEncoder]:
+        if name in ENCODERS:
+            raise ValueError(f"encoder name {name!r} is already taken by {ENCODERS[name].__name__}")
+        ENCODERS[name] = cls
+        return cls
+
+    return add
+
+
+def detect(path: str | Path) -> str:
+    """The name of the one backend that recognises directory ``path``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"encoder directory {root} does not exist")
+    found = [name for name, cls in ENCODERS.items() if cls.recognises(root)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"{root} looks like several encoder kinds ({', '.join(found)}): "
+                         "say which with encoder.type")
+    expected = "; ".join(f"{name}: {cls.files}" for name, cls in ENCODERS.items())
+    named = ""
+    if (root / "config.yaml").is_file():
+        named = f"; its config.yaml names model {read_yaml(root / 'config.yaml').get('model')!r}"
+    raise ValueError(f"{root} matches no encoder layout tasu reads ({expected}){named}; "
+                     f"found {sorted(p.name for p in root.iterdir())}")
+
+
+def backend(path: str | Path, encoder_type: str = "auto") -> type[CTCEncoder]:
+    """The backend for directory ``path``: ``encoder_type``, or the one detected when it is ``"auto"``."""
+    if encoder_type == "auto":
+        return ENCODERS[detect(path)]
+    check_name(encoder_type)
+    return ENCODERS[encoder_type]
+
+
+def check_name(encoder_type: str) -> None:
+    """A ValueError unless ``encoder_type`` is ``auto`` or a registered backend."""
+    if encoder_type != "auto" and encoder_type not in ENCODERS:
+        raise ValueError(f"encoder type {encoder_type!r} is not one of auto, {', '.join(sorted(ENCODERS))}")
