@@ -24,23 +24,12 @@ backend and loading its tokenizer stay cheap.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 from tasu.encoders.base import CTCEncoder
 from tasu.encoders.layout import read_yaml
+from tasu.registry import Registry
 
-ENCODERS: dict[str, type[CTCEncoder]] = {}
-
-
-def register(name: str) -> Callable[[type[CTCEncoder]], type[CTCEncoder]]:
-    """Class decorator: make an encoder backend available as ``name``."""
-    def add(cls: type[CTCEncoder]) -> type[CTCEncoder]:
-        if name in ENCODERS:
-            raise ValueError(f"encoder name {name!r} is already taken by {ENCODERS[name].__name__}")
-        ENCODERS[name] = cls
-        return cls
-
-    return add
+ENCODERS = Registry("encoder type")
+register = ENCODERS.register   # class decorator: @register("name")
 
 
 def detect(path: str | Path) -> str:
@@ -66,11 +55,10 @@ def backend(path: str | Path, encoder_type: str = "auto") -> type[CTCEncoder]:
     """The backend for directory ``path``: ``encoder_type``, or the one detected when it is ``"auto"``."""
     if encoder_type == "auto":
         return ENCODERS[detect(path)]
-    check_name(encoder_type)
-    return ENCODERS[encoder_type]
+    return ENCODERS.lookup(encoder_type)
 
 
 def check_name(encoder_type: str) -> None:
     """A ValueError unless ``encoder_type`` is ``auto`` or a registered backend."""
-    if encoder_type != "auto" and encoder_type not in ENCODERS:
-        raise ValueError(f"encoder type {encoder_type!r} is not one of auto, {', '.join(sorted(ENCODERS))}")
+    if encoder_type != "auto":
+        ENCODERS.lookup(encoder_type)

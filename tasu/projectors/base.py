@@ -7,12 +7,11 @@ by name only; adding one is a class with ``@register("name")`` in a module of th
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from tasu.posteriors import Posteriors
+from tasu.registry import Registry
 
 DEFAULT_PROJECTOR = "linear-silu"
 
@@ -57,18 +56,8 @@ def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x * mask[:, :, None].to(x.dtype)
 
 
-PROJECTORS: dict[str, type[Projector]] = {}
-
-
-def register(name: str) -> Callable[[type[Projector]], type[Projector]]:
-    """Class decorator: make a projector available to ``build_projector`` as ``name``."""
-    def add(cls: type[Projector]) -> type[Projector]:
-        if name in PROJECTORS:
-            raise ValueError(f"projector name {name!r} is already taken by {PROJECTORS[name].__name__}")
-        PROJECTORS[name] = cls
-        return cls
-
-    return add
+PROJECTORS = Registry("projector")
+register = PROJECTORS.register   # class decorator: @register("name")
 
 
 def build_projector(name: str, vocab_size: int, llm_dim: int, llm_embedding: nn.Embedding | None = None,
@@ -78,9 +67,7 @@ def build_projector(name: str, vocab_size: int, llm_dim: int, llm_embedding: nn.
     ``llm_embedding`` (the frozen LLM's input embedding) is handed only to projectors that read it,
     so a caller may always pass it.
     """
-    if name not in PROJECTORS:
-        raise ValueError(f"unknown projector {name!r}; known projectors: {', '.join(sorted(PROJECTORS))}")
-    cls = PROJECTORS[name]
+    cls = PROJECTORS.lookup(name)
     if cls.needs_llm_embedding:
         options["llm_embedding"] = llm_embedding
     return cls(vocab_size, llm_dim, **options)
