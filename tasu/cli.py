@@ -9,19 +9,28 @@
 
 Each subcommand parses its arguments here and calls one library function; imports are done inside
 the subcommand so that ``tasu validate`` does not pay for torch or transformers.
+
+Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, and exit status 1: a
+user reading a failed recipe's log needs the bad file and line, not a traceback through DeepSpeed.
+``--debug`` (or ``TASU_DEBUG=1`` in the environment, which reaches every process of a DeepSpeed
+launch) lets the traceback through instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from tasu.config import ConfigError
+DEBUG_ENV = "TASU_DEBUG"
+# The text a DataLoader worker's exception carries to the main process, before the worker's traceback.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
 def _validate(args: argparse.Namespace) -> int:
     from tasu.data.validate import run_validate
 
-    return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio)
+    return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio,
+                        allow_pipes=args.allow_pipes)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -45,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
         print(dump_config(cfg), end="")
         return 0
-    train(cfg, args.exp_dir, resume=args.resume)
+    train(cfg, args.exp_dir, resume=args.resume, allow_pipes=args.allow_pipes)
     return 0
 
 
@@ -55,7 +64,7 @@ def _decode(args: argparse.Namespace) -> int:
     return run_decode(args.exp, args.data, args.out, checkpoint=args.checkpoint, input=args.input, beam=args.beam,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
-                      device=args.device, overrides=args.overrides)
+                      device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -76,8 +85,16 @@ def get_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help=f"on an error, show the traceback instead of one line (also: {DEBUG_ENV}=1)")
+    pipes = argparse.ArgumentParser(add_help=False)
+    pipes.add_argument("--allow-pipes", action="store_true",
+                       help="run the shell commands of audio paths ending in '|' (wav.scp pipes); "
+                            "without it such a record is an error. Only for data you trust")
 
-    p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training")
+    p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training",
+                       parents=[common, pipes])
     p.add_argument("data", nargs="+", help="JSONL files, one record per line")
     p.add_argument("--prompts", default=None,
                    help="prompts JSONL every task must appear in (default: the English prompt set)")
@@ -85,7 +102,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="also open every audio file header / ark offset and sum the hours")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript")
+    p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript",
+                       parents=[common])
     p.add_argument("--encoder", required=True, help="encoder directory (its tokenizer is all that is read)")
     p.add_argument("--encoder-type", default="auto", choices=["auto", "sensevoice", "hf_ctc", "small_ctc"],
                    help="layout of --encoder (default: detected from its files)")
@@ -100,7 +118,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub-prob", type=float, default=0.0, help="probability of substituting a token")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed")
+    p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed",
+                       parents=[common, pipes])
     p.add_argument("--config", required=True, help="experiment YAML (see tasu/train/config.py)")
     p.add_argument("--exp-dir", help="experiment directory: checkpoints, logs, tensorboard")
     p.add_argument("--resume", action="store_true",
@@ -109,7 +128,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn")
+    p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn",
+                       parents=[common, pipes])
     p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
     p.add_argument("--data", required=True, help="JSONL records to decode, of any task")
     p.add_argument("--out", required=True,
@@ -128,7 +148,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="change the saved config, e.g. llm.path=DIR when the base models moved")
     p.set_defaults(func=_decode)
 
-    p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy")
+    p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy",
+                       parents=[common])
     p.add_argument("--ref", required=True, help="reference file, key<TAB>text lines (Kaldi 'key text' also read)")
     p.add_argument("--hyp", required=True, help="hypothesis file, key<TAB>text lines (a key alone = empty hypothesis)")
     p.add_argument("--metric", required=True, choices=["wer", "cer", "bleu", "acc"],
@@ -142,7 +163,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "(default: the hypothesis file's directory)")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("results", help="collect every score.json under EXP_ROOT into RESULTS.md tables")
+    p = sub.add_parser("results", help="collect every score.json under EXP_ROOT into RESULTS.md tables",
+                       parents=[common])
     p.add_argument("exp_root", help="directory of experiments: EXP_ROOT/<exp_tag>/.../score.json")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                    help="experiments A and B side by side per dataset and metric, with B - A")
@@ -155,11 +177,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and not args.dry_run and not args.exp_dir:
         parser.error("train: --exp-dir is required")
+    if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return args.func(args)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"tasu {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"tasu {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error becomes one line, see the module doc
+        print(f"tasu {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 1
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying what went wrong.
+
+    tasu's own errors (and OSError) carry a message written for the user: it is the line. Anything
+    else is named by its type, with a pointer to ``--debug``. An exception raised in a DataLoader
+    worker reaches the main process with the worker's traceback as its message: its last line is
+    the original error.
+    """
+    message = str(err)
+    if _WORKER_TRACEBACK in message:
+        last = [ln for ln in message.splitlines() if ln.strip()][-1]
+        name, _, rest = last.partition(": ")
+        return rest.strip() if name.rsplit(".", 1)[-1] in _OWN_ERRORS else last.strip()
+    if isinstance(err, OSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    message = "; ".join(lines) if lines else "(no message)"
+    if type(err).__name__ in _OWN_ERRORS or isinstance(err, OSError):
+        return message
+    return f"{type(err).__name__}: {message} (--debug shows the traceback)"
+
+
+# Errors whose message is written for the user (file, line, field, what to do).
+_OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError", "DeviceError", "TrainingError",
+                         "DecodeError", "ScoreError", "LockError", "ModelFilesError",
+                         "CheckpointError"})
 
 
 if __name__ == "__main__":

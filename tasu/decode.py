@@ -34,6 +34,11 @@ Files in the output directory:
 In both ``.trn`` files every run of whitespace (a newline in a target or an output) becomes one space,
 so that one line is always one utterance; an empty hypothesis is ``key<TAB>``.
 
+A record whose ``path`` is a shell command (ends in ``|``) is refused unless ``allow_pipes`` (see
+``tasu.data.audio``). One decode at a time writes into an output directory: a second one stops at
+once, naming the first one's pid (``tasu.lock``). ``hyp.trn`` is created with its first hypothesis,
+so a decode that fails before it leaves no empty file for scoring to mistake for a result.
+
 Resuming: run the same command again. Keys already in ``hyp.trn`` are skipped; a partial last line (a
 run killed in the middle of writing it) is cut off first, so its utterance is decoded again. A run whose
 settings differ from the ``decode.json`` of the hypotheses already there stops with an error rather
@@ -55,13 +60,16 @@ import torch
 import torch.nn.functional as F
 
 from tasu.config import ConfigError, to_dict
-from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
+from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused, is_command, load_audio
 from tasu.data.prompts import PromptError, PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import DeviceError, resolve_device
+from tasu.llm import ModelFilesError
+from tasu.lock import DirLock, LockError
 from tasu.posteriors import Posteriors
 from tasu.simulate import Simulator
-from tasu.train.checkpoint import MODEL_DIR, PROMPTS, atomic_write_text, read_model_config, resolve_checkpoint
+from tasu.train.checkpoint import (MODEL_DIR, PROMPTS, CheckpointError, atomic_write_text, read_model_config,
+                                   resolve_checkpoint)
 
 if TYPE_CHECKING:
     from tasu.model import SpeechLLM
@@ -234,6 +242,9 @@ def decoded_keys(hyp_path: Path) -> set[str]:
         end = data.rfind(b"\n") + 1
         if end < len(data):  # a run was killed in the middle of this line
             f.truncate(end)
+    if end == 0:  # nothing complete (an older tasu's failed run left it empty): no file, no false result
+        hyp_path.unlink()
+        return set()
     return {line.split(b"\t", 1)[0].decode("utf-8") for line in data[:end].splitlines() if line.strip()}
 
 
@@ -268,13 +279,18 @@ def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
 
 def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: str = "audio", beam: int = 4,
                batch_size: int = 8, max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
-               repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = ()) -> int:
-    """``tasu decode``: decode ``data`` into ``out`` (resuming), report; the exit status."""
+               repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = (),
+               allow_pipes: bool = False) -> int:
+    """``tasu decode``: decode ``data`` into ``out`` (resuming), report; the exit status.
+
+    ``allow_pipes`` lets audio paths that are shell commands be run (data you trust only)."""
     try:
         options = DecodeOptions(input=input, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                 no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
-        report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides))
-    except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, OSError) as e:
+        with DirLock(out, "tasu decode"):
+            report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
+    except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,
+            ModelFilesError, OSError) as e:
         print(f"tasu decode: error: {e}", file=sys.stderr)
         return 1
     print(report, end="")
@@ -282,7 +298,7 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: s
 
 
 def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions, device_name: str,
-            overrides: list[str]) -> str:
+            overrides: list[str], allow_pipes: bool = False) -> str:
     from tqdm import tqdm
 
     from tasu.train.build import load_trained
@@ -300,6 +316,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated):
         if not simulated and record.path is None:
             raise DataError(data, line, "path", "missing: decoding audio needs it (or use --input simulated)")
+        if not simulated and is_command(record.path) and not allow_pipes:
+            raise DataError(data, line, "path", command_refused(record.path))
         records.append(record)
     device = resolve_device(device_name)
 
@@ -314,14 +332,19 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     stats = DecodeStats()
     if todo:
         model, cfg, prompts, _ = load_trained(ckpt, audio=not simulated, device=str(device), overrides=overrides)
-        with open(out / HYP, "a", encoding="utf-8") as f, \
-                tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True,
-                     disable=not sys.stderr.isatty()) as bar:
-            for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
-                                           simulation_step=_checkpoint_step(ckpt)):
-                f.write(trn_line(key, hyp))
-                f.flush()
-                bar.update(1)
+        hyp_file = None  # opened with the first hypothesis: a failure before it leaves no empty hyp.trn
+        try:
+            with tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True,
+                      disable=not sys.stderr.isatty()) as bar:
+                for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
+                                               simulation_step=_checkpoint_step(ckpt)):
+                    hyp_file = hyp_file or open(out / HYP, "a", encoding="utf-8")
+                    hyp_file.write(trn_line(key, hyp))
+                    hyp_file.flush()
+                    bar.update(1)
+        finally:
+            if hyp_file is not None:
+                hyp_file.close()
 
     # 4. The report, on stdout and appended to decode.log.
     keys = {r.key for r in records}

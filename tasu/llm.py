@@ -34,9 +34,22 @@ class LoRA:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+class ModelFilesError(ValueError):
+    """A model directory that lacks what loading it needs; the message names the directory."""
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """The LLM's tokenizer with ``<speech>`` added and a pad token (EOS when it has none)."""
+    """The LLM's tokenizer with ``<speech>`` added and a pad token (EOS when it has none).
+
+    A directory without tokenizer files does not fail in transformers: it builds a tokenizer with
+    an empty vocabulary, which turns every target into nothing but EOS (training learns nothing)
+    and every hypothesis into "". That is refused here.
+    """
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        raise ModelFilesError(f"{path}: the LLM tokenizer is empty: the directory has no tokenizer files "
+                              "(tokenizer.json, or vocab.json + merges.txt, or tokenizer.model); copy them "
+                              "from the model's release")
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer in {path} has no EOS token; targets must end with one")
     tokenizer.add_tokens([SPEECH_TOKEN], special_tokens=True)

@@ -7,8 +7,12 @@ load them through tasu's loaders exactly as a user's download would be loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import sentencepiece as spm
 import torch
@@ -153,3 +157,27 @@ def save_tiny_llm(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path
     Qwen2ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_llm_without_tokenizer(llm: Path, dest: Path) -> Path:
+    """A copy of the LLM directory ``llm`` without its tokenizer files, as an incomplete download is."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(llm / name, dest / name)
+    return dest
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(directory: Path, what: str) -> Iterator[int]:
+    """Another process holding ``tasu.lock.DirLock`` on ``directory`` while in the block; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tasu.lock import DirLock; "
+                               f"DirLock({str(directory)!r}, {what!r}).acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait()

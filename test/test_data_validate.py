@@ -116,3 +116,26 @@ def test_console_script(tmp_path, audio):
     assert (out.returncode, out.stderr) == (1, "")
     assert out.stdout.splitlines() == [f"{path}:2: key: duplicate key 'u1' (first on line 1)",
                                        "validate: 1 problem; 1 file, 1 good record (ASR 1), 1.0 s of audio"]
+
+
+def test_a_whitespace_only_target_is_not_a_good_record(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    path.write_text(line("u1", target="   ") + "\n" + line("u2", "EN2DE", "Hallo", GT=" \t") + "\n")
+    assert run(capsys, str(path)) == (1, [f"{path}:1: target: blank (whitespace only)",
+                                          f"{path}:2: GT: blank (whitespace only)",
+                                          "validate: 2 problems; 1 file, 0 good records"])
+
+
+def test_a_shell_pipe_path_is_refused_unless_allowed(tmp_path, audio, capsys):
+    marker = tmp_path / "ran"
+    path = tmp_path / "d.jsonl"
+    command = f"touch {marker}; cat {audio['good']} |"
+    path.write_text(line("u1", path=command) + "\n")
+    status, out = run(capsys, str(path), "--check-audio")
+    assert status == 1 and not marker.exists()
+    assert out[0] == (f"{path}:1: path: {command!r} is a shell command (it ends in '|'), not run unless asked: "
+                      "pass --allow-pipes to run the commands of data you trust")
+    assert run(capsys, str(path)) == (0, ["validate: ok: 1 file, 1 good record (ASR 1)"])  # not read: not run
+    assert run(capsys, str(path), "--check-audio", "--allow-pipes") == (
+        0, ["validate: ok: 1 file, 1 good record (ASR 1), 1.0 s of audio"])
+    assert marker.exists()

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
+                      write_sensevoice_dir)
 from tasu.cli import main as tasu_main
 from tasu.decode import decoded_keys, run_decode, trn_line
 
@@ -156,3 +157,56 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
 def test_trn_lines_hold_one_utterance():
     assert trn_line("k", " two\nlines\tand  tabs ") == "k\ttwo lines and tabs\n"
     assert trn_line("k", "") == "k\t\n"
+
+
+def test_a_shell_pipe_path_is_refused_unless_allowed(exp, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    wav = exp / "wav" / "t0.wav"
+    data = tmp_path / "pipe.jsonl"
+    data.write_text(json.dumps({"key": "p", "task": "ASR", "target": "x", "path": f"touch {marker}; cat {wav} |"}) + "\n")
+    assert run_decode(str(exp / "exp"), str(data), str(tmp_path / "refused"), **FAST) == 1
+    assert f"{data}:1: path: 'touch {marker}; cat {wav} |' is a shell command" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "refused" / "hyp.trn").exists()
+    assert run_decode(str(exp / "exp"), str(data), str(tmp_path / "allowed"), **FAST, allow_pipes=True) == 0
+    assert marker.exists() and [k for k, _ in read_trn(tmp_path / "allowed" / "hyp.trn")] == ["p"]
+
+
+def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_one(exp, tmp_path, capsys):
+    # The command reads fine while the records are measured, then fails when the audio is read.
+    once = tmp_path / "once"
+    wav = exp / "wav" / "t0.wav"
+    data = tmp_path / "flaky.jsonl"
+    data.write_text(json.dumps({"key": "f", "task": "ASR", "target": "x",
+                                "path": f"test -e {once} && exit 3; touch {once}; cat {wav} |"}) + "\n")
+    out = tmp_path / "out"
+    assert run_decode(str(exp / "exp"), str(data), str(out), **FAST, allow_pipes=True) == 1
+    assert "command failed (exit status 3)" in capsys.readouterr().err
+    assert (out / "ref.trn").exists() and not (out / "hyp.trn").exists()
+
+    (out / "hyp.trn").write_text("")  # what a failed decode used to leave
+    rc = tasu_main(["score", "--ref", str(out / "ref.trn"), "--hyp", str(out / "hyp.trn"), "--metric", "wer"])
+    assert rc == 1 and f"{out / 'hyp.trn'}: no hypotheses" in capsys.readouterr().err
+    assert not (out / "score.json").exists()
+    assert decoded_keys(out / "hyp.trn") == set() and not (out / "hyp.trn").exists()
+
+
+def test_a_second_decode_into_one_out_dir_is_refused_with_the_first_ones_pid(exp, tmp_path, capsys):
+    out = tmp_path / "out"
+    with lock_held_elsewhere(out, "tasu decode") as pid:
+        assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(out), **FAST) == 1
+    assert f"{out} is in use: tasu decode by pid {pid} on " in capsys.readouterr().err
+    assert not (out / "hyp.trn").exists() and not (out / "ref.trn").exists()
+
+
+def test_a_model_that_does_not_fit_its_checkpoint_is_one_line(exp, tmp_path, capsys):
+    no_tokenizer = save_llm_without_tokenizer(exp / "llm", tmp_path / "llm")
+    cases = {"projector.options.hidden=16": "the trained weights do not fit the model its config builds",
+             f"llm.path={no_tokenizer}": "the LLM tokenizer is empty"}
+    for override, message in cases.items():
+        rc = tasu_main(["decode", "--exp", str(exp / "exp"), "--data", str(exp / "test.jsonl"), "--out",
+                        str(tmp_path / "out"), "--input", "simulated", "--beam", "1", "--set", override])
+        err = capsys.readouterr().err
+        assert rc == 1 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if "error" in line]  # (transformers' progress bars aside)
+        assert len(errors) == 1 and errors[0].startswith("tasu decode: error: ") and message in errors[0], err
+        assert not (tmp_path / "out" / "hyp.trn").exists()

@@ -5,21 +5,14 @@ import sys
 
 import pytest
 
+from fixtures import lock_held_elsewhere
 from tasu.lock import DirLock, LockError
 
 
 def test_a_second_writer_is_refused_with_the_first_ones_pid(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tasu.lock import DirLock; "
-                               f"DirLock({str(tmp_path)!r}, 'x').acquire(); print('held', flush=True); "
-                               "sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(LockError, match=f"in use: tasu decode by pid {holder.pid} on "):
+    with lock_held_elsewhere(tmp_path, "x") as pid:
+        with pytest.raises(LockError, match=f"in use: tasu decode by pid {pid} on "):
             DirLock(tmp_path, "tasu decode").acquire()
-    finally:
-        holder.stdin.close()
-        holder.wait()
     with DirLock(tmp_path, "tasu decode"):  # the holder has ended: free again
         assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
 

@@ -114,6 +114,7 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, t
 
     refused = subprocess.run(train_cmd(setup, killed, procs=1), env=ENV, capture_output=True, text=True)
     assert refused.returncode != 0 and "pass --resume" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
 
     out = run(train_cmd(setup, killed, "--resume"))
     assert "resumed from" in out.stdout + out.stderr
@@ -132,6 +133,8 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, t
     assert engine_bytes < 2_000_000  # optimizer states of the projector, no frozen LLM weights
     best = json.loads((killed / "checkpoints" / "best.json").read_text())
     assert len(best) == 1 and {p.name for p in (killed / "checkpoints").glob("step_*")} == {best[0]["name"], "step_000012"}
+    # Each run unlinked its shared-memory buffers, the SIGKILLed one included.
+    assert not [b for port in PORTS for b in Path("/dev/shm").glob(f"deepspeed_*_{port}_*")]
 
 
 @pytest.mark.slow
@@ -158,7 +161,10 @@ def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
     diverging = subprocess.run(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=1",
                                          "train.max_steps=6", procs=1), env=ENV, capture_output=True, text=True)
     assert diverging.returncode != 0
-    assert "non-finite loss" in diverging.stdout + diverging.stderr
+    log = diverging.stdout + diverging.stderr
+    assert "non-finite loss" in log and "Traceback" not in log
+    saved = (tmp_path / "nan" / "checkpoints" / "last").exists()  # the message says whether one was kept
+    assert ("no checkpoint was written yet" in log) != saved and ("the last good checkpoint" in log) == saved
 
 
 def test_deepspeed_config_follows_the_experiment_config():

@@ -257,7 +257,7 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
   # shellcheck disable=SC2086
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/log/train.log" \
-    "${launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" \
+    "${launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" --allow-pipes \
       encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
@@ -307,8 +307,10 @@ if runs 2; then
     make_jsonl "${set}" ASR true
   done
   # Each file is marked done once it has passed validation (one tasu validate per kind, for speed).
+  # --allow-pipes (here, in training and in decoding): the wav.scp commands in these files are the
+  # ones local/data.sh wrote, so running them is running the recipe; tasu refuses them otherwise.
   if [ ${#new_audio[@]} -gt 0 ]; then
-    tasu validate --check-audio "${new_audio[@]}"
+    tasu validate --check-audio --allow-pipes "${new_audio[@]}"
   fi
   if [ ${#new_text[@]} -gt 0 ]; then
     tasu validate "${new_text[@]}"
@@ -399,7 +401,7 @@ PY
     # shellcheck disable=SC2086
     ${decode_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
       tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
-        --checkpoint "${inference_checkpoint}" --device "${decode_device}" "${decode_opts[@]}" \
+        --checkpoint "${inference_checkpoint}" --device "${decode_device}" --allow-pipes "${decode_opts[@]}" \
         "${model_opts[@]}" ${decode_args}
     python3 - "${dir}" "${nj}" "${parts[@]}" <<'PY'
 import sys

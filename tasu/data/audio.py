@@ -11,7 +11,10 @@ here, on the fly, once: channels are averaged and other rates resampled with sox
   (``matrix_rate``, 16 kHz by default), and the values are taken as they are (expected in
   [-1, 1]). Any other matrix is features, not audio, and is an error;
 - a ``wav.scp`` command ending in ``|`` (``sox in.sph -t wav - |``): run by ``/bin/sh``; its
-  standard output must be audio that soundfile reads.
+  standard output must be audio that soundfile reads. Running a data file's commands is running
+  whatever its author wrote, so the commands that read records (``tasu validate --check-audio``,
+  ``tasu decode``, audio training) refuse such a path (``command_refused``) unless the user passes
+  ``--allow-pipes``: recipes do, for the data they wrote themselves.
 
 A segment (``start``/``end`` in seconds, Kaldi's ``segments``) is cut after reading; files are
 read from ``start`` to ``end`` only. As Kaldi's ``extract-segments`` does, an ``end`` at most
@@ -115,11 +118,21 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
     return AudioInfo(last - first, rate)
 
 
+def is_command(path: str) -> bool:
+    """Whether reading ``path`` would run it as a shell command (it ends in ``|``)."""
+    return path.rstrip().endswith("|")
+
+
+def command_refused(path: str) -> str:
+    """Why a command ``path`` is not run: the message of the ``path`` problem it becomes."""
+    return (f"{path!r} is a shell command (it ends in '|'), not run unless asked: "
+            "pass --allow-pipes to run the commands of data you trust")
+
+
 def _parse(path: str) -> tuple[str, object]:
     """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
-    stripped = path.rstrip()
-    if stripped.endswith("|"):
-        return "pipe", stripped[:-1]
+    if is_command(path):
+        return "pipe", path.rstrip()[:-1]
     match = _ARK_PATH.fullmatch(path)
     if match:
         return "ark", (match.group(1), int(match.group(2)))

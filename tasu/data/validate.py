@@ -5,7 +5,8 @@
 Every record of every file is checked (streaming, so the size of a file does not matter): the
 record rules of ``tasu.data.records``, the task against the prompt set, and, with
 ``--check-audio``, that its audio exists, is whole and contains its segment, which costs one
-header read per record (an ark entry: the header at its offset; a ``|`` command must be run).
+header read per record (an ark entry: the header at its offset; a ``|`` command must be run, which
+is refused unless ``allow_pipes``: see ``tasu.data.audio``).
 
 Each problem is one line on stdout, ``FILE:LINE: FIELD: message``, and the exit status is 1 if
 there was any. A clean run prints one summary line: records per task and, with audio checked,
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasu.data.audio import AudioError, audio_info
+from tasu.data.audio import AudioError, audio_info, command_refused, is_command
 from tasu.data.prompts import load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 
 
-def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool = False) -> int:
+def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool = False,
+                 allow_pipes: bool = False) -> int:
     """Check the JSONL files ``paths``; print problems and a summary; return the exit status."""
     try:
         prompt_set = load_prompts(prompts)
@@ -42,6 +44,9 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
     for path in paths:
         for line, record in iter_records_with_lines(path, prompt_set, on_error=report):
             if check_audio and record.path is not None:
+                if is_command(record.path) and not allow_pipes:
+                    report(DataError(path, line, "path", command_refused(record.path)))
+                    continue
                 try:
                     seconds += audio_info(record.path, record.key, record.start, record.end).duration
                 except AudioError as e:

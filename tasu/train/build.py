@@ -12,7 +12,8 @@ from tasu.data.prompts import PromptSet, load_prompts
 from tasu.encoders import load_encoder, load_tokenizer
 from tasu.llm import LoRA
 from tasu.model import SpeechLLM
-from tasu.train.checkpoint import MODEL_DIR, PROMPTS, load_trainable, read_model_config, resolve_checkpoint
+from tasu.train.checkpoint import (MODEL_DIR, PROMPTS, CheckpointError, check_fits, load_trainable, read_model_config,
+                                   resolve_checkpoint)
 from tasu.train.config import ExperimentConfig
 
 
@@ -45,6 +46,11 @@ def load_trained(path: str | Path, which: str = "best", audio: bool = True, devi
     ckpt = resolve_checkpoint(path, which)
     cfg = read_model_config(ckpt, overrides)
     model = build_model(cfg, audio=audio, device=device)
-    model.load_trainable_state_dict({k: v.to(device) for k, v in load_trainable(ckpt).items()})
+    trained = load_trainable(ckpt)
+    check_fits({name: p.shape for name, p in model.named_parameters()}, trained, ckpt)
+    try:
+        model.load_trainable_state_dict({k: v.to(device) for k, v in trained.items()})
+    except KeyError as e:  # other names: another projector or LoRA layout than the config's
+        raise CheckpointError(f"{ckpt}: {e.args[0]}: the config differs from the one it was trained with") from None
     prompts = load_prompts(ckpt / MODEL_DIR / PROMPTS)
     return model.eval(), cfg, prompts, ckpt

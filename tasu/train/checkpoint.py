@@ -18,12 +18,19 @@ An experiment directory::
 A checkpoint is written under a temporary name and renamed into place when complete, and ``last``
 is replaced atomically afterwards, so a run killed at any moment leaves either the previous or the
 new checkpoint, never a half-written one that resuming would trust.
+
+Nothing read back from a checkpoint can run code: the weights are safetensors, and the ``engine/``
+files (DeepSpeed writes them with ``torch.save``, i.e. pickle) are read by ``load_engine_file``,
+which lets through tensors, containers and the few plain classes DeepSpeed's optimizer state holds,
+and refuses anything else. A checkpoint copied from elsewhere, or altered, cannot run a payload.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,12 +45,27 @@ MODEL_DIR, ENGINE_DIR = "model", "engine"
 WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is: refused (unsafe) or not fitting the model."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename.
+
+    The file gets the mode an ordinary ``open`` would give it (0666 less the umask), not the
+    private 0600 of the temporary file: results are meant to be read by others.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -62,6 +84,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -153,3 +176,59 @@ def load_trainable(ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(ckpt / MODEL_DIR / WEIGHTS))
+
+
+def check_fits(model_shapes: dict, state: dict, source: Path) -> None:
+    """Raise ``CheckpointError`` when a tensor of ``state`` has another shape than the model's.
+
+    ``model_shapes`` maps parameter names to shapes. A checkpoint read with a changed config
+    (another projector size, LoRA rank) would otherwise stop in ``load_state_dict`` with a
+    multi-line traceback.
+    """
+    wrong = [f"{name}: {tuple(t.shape)} in the checkpoint, {tuple(model_shapes[name])} in the model"
+             for name, t in state.items() if name in model_shapes and tuple(t.shape) != tuple(model_shapes[name])]
+    if wrong:
+        raise CheckpointError(f"{source}: the trained weights do not fit the model its config builds "
+                              f"({'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}): "
+                              "the projector, LoRA or LLM settings differ from the ones it was trained with")
+
+
+def _engine_safe_globals() -> list:
+    """The classes DeepSpeed pickles into its optimizer state besides tensors and containers.
+
+    Plain data (a loss scaler's settings, an enum, a named tuple): unpickling them only sets
+    attributes, it calls nothing else. Everything not named here is refused.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_engine_file(path: str | Path, map_location=None):
+    """``torch.load`` of a file of ``engine/``, refusing any object that could run code when loaded."""
+    import torch
+
+    with torch.serialization.safe_globals(_engine_safe_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the first object it refused
+            what = f"it names {found.group(1)}" if found else "see --debug"
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects that a checkpoint written by tasu does "
+                f"not ({what}), and loading them could run code. Resume from a checkpoint you trust, "
+                "or train again in a new --exp-dir") from None
+
+
+def use_safe_engine_loads(engine) -> None:
+    """Make DeepSpeed's ``load_checkpoint`` read every file through ``load_engine_file``.
+
+    DeepSpeed's own checkpoint engine calls ``torch.load(..., weights_only=False)``; all its reads
+    of model, optimizer and ZeRO files go through ``engine.checkpoint_engine.load``, which this
+    replaces on the instance.
+    """
+    if engine.checkpoint_engine is None:
+        raise CheckpointError("DeepSpeed has no checkpoint engine to guard: refusing to load a checkpoint")
+    engine.checkpoint_engine.load = load_engine_file

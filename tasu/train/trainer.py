@@ -12,9 +12,15 @@ LoRA) are in the optimizer and in checkpoints.
 Exact resume: the data order is a function of (seed, epoch) and the checkpoint stores the batches
 consumed; every step reseeds torch and the simulator from (seed, step, rank). So a run killed with
 SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's losses step for step.
+
+Before the engine starts, the run takes the experiment directory's lock (a second run into it
+stops, naming the first one's pid) and reads every training and validation record once with the
+strict reader (in audio modes also every audio header), so bad data stops the run at step 0 with
+``FILE:LINE: FIELD: message`` rather than hours in.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -28,14 +34,17 @@ from pathlib import Path
 import torch
 
 from tasu.config import to_dict
+from tasu.data.audio import AudioError, audio_info, command_refused, is_command
 from tasu.data.batching import DataPosition, StreamingBatches
-from tasu.data.prompts import load_prompts
+from tasu.data.prompts import PromptSet, load_prompts
+from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
 from tasu.simulate import Simulator
 from tasu.train.build import build_model
-from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, atomic_write_text, checkpoint_name, dump_config,
-                                   last_checkpoint, load_trainable, read_best, resolve_checkpoint, set_last,
-                                   write_best, write_model)
+from tasu.lock import DirLock
+from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, atomic_write_text, check_fits, checkpoint_name,
+                                   dump_config, last_checkpoint, load_engine_file, load_trainable, read_best,
+                                   resolve_checkpoint, set_last, use_safe_engine_loads, write_best, write_model)
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.config import ExperimentConfig
 
@@ -67,7 +76,27 @@ def _init_distributed(device: str) -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     backend = distributed_backend(resolve_device(device, local_rank))
     deepspeed.init_distributed(dist_backend=backend)
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank
+    rank = int(os.environ["RANK"])
+    _unlink_shared_memory(rank)
+    return rank, int(os.environ["WORLD_SIZE"]), local_rank
+
+
+def _unlink_shared_memory(rank: int) -> None:
+    """Remove the name of this rank's DeepSpeed CPU all-reduce buffer from /dev/shm at once.
+
+    On CPU, DeepSpeed's collectives share one /dev/shm buffer per rank (66 MB) and never unlink
+    them, so every run left its buffers behind. Every rank maps all buffers while DeepSpeed
+    initialises; after a barrier the names are no longer needed and the mappings stay valid, so
+    unlinking here frees the memory when the run ends, even when it is killed.
+    """
+    import torch.distributed as dist
+
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    if dist.get_world_size() > 1:  # the same condition on every rank: all or none reach the barrier
+        dist.barrier()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(Path("/dev/shm", name))
 
 
 def deepspeed_config(cfg: ExperimentConfig) -> dict:
@@ -95,26 +124,35 @@ def deepspeed_config(cfg: ExperimentConfig) -> dict:
 class Trainer:
     """Owns the engine, the data and the experiment directory of one run."""
 
-    def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False):
+    def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False,
+                 allow_pipes: bool = False):
+        # Checks that give every process the same answer come first: no process has started yet.
+        check_model_dirs(cfg)
         for section in (cfg.encoder, cfg.llm):  # saved absolute: decoding may run from anywhere
-            if section.path and Path(section.path).exists():
-                section.path = str(Path(section.path).resolve())
+            section.path = str(Path(section.path).resolve())
         self.cfg, self.exp_dir = cfg, Path(exp_dir)
         self.ckpt_root = self.exp_dir / "checkpoints"
+        self.prompts_path = cfg.data.prompts
+        prompts = load_prompts(cfg.data.prompts)
+        counts = check_records(cfg.data, prompts, allow_pipes)
+
         self.rank, self.world, local_rank = _init_distributed(cfg.engine.device)
         self.device = resolve_device(cfg.engine.device, local_rank)
+        self.lock = DirLock(self.exp_dir, "training")
+        self._on_all_ranks(self._take_lock, "the experiment directory is in use")
         self._setup_logging()
         if not resume and last_checkpoint(self.ckpt_root) is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
+        if cfg.data.mode != "text":
+            self._on_all_ranks(lambda: self._check_audio(prompts), "the audio check failed")
+        log.info("data checked: %d training and %d validation records", counts["train"], counts["valid"])
 
         audio = cfg.data.mode != "text"
         torch.manual_seed(cfg.train.seed)  # the fresh projector (and LoRA) weights
         self.model = build_model(cfg, audio=audio, device=str(self.device))
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
-        self.prompts_path = cfg.data.prompts
-        prompts = load_prompts(cfg.data.prompts)
         encoder_tokenizer = (self.model.encoder.tokenizer if self.model.encoder is not None
                              else _encoder_tokenizer(cfg))
         self.simulator = Simulator.from_tokenizer(encoder_tokenizer, cfg.simulation)
@@ -132,10 +170,57 @@ class Trainer:
         self.batches_by_mode = {"text": 0, "audio": 0}
         if resume:
             self._resume()
-        elif self.rank == 0:
-            atomic_write_text(self.exp_dir / "config.yaml", dump_config(cfg))
+        else:
+            self._start_fresh()
 
     # -- set-up --------------------------------------------------------------------------------
+
+    def _on_all_ranks(self, check, what: str) -> None:
+        """Run ``check`` on every rank; when it fails on any, every rank stops.
+
+        A rank that raised alone would leave the others waiting forever in the next collective;
+        the rank that found the problem raises it, the others say where to look.
+        """
+        error = None
+        try:
+            check()
+        except Exception as e:  # noqa: BLE001 - whatever it is, the other ranks must not wait for this one
+            error = e
+        failed = torch.tensor([0 if error is None else 1], dtype=torch.long, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+        if error is not None:
+            raise error
+        if int(failed):
+            raise TrainingError(f"{what} on another process (its message says why)")
+
+    def _take_lock(self) -> None:
+        if self.rank == 0:  # one run, one holder: rank 0 stands for all its processes
+            self.lock.acquire()
+
+    def _check_audio(self, prompts: PromptSet) -> None:
+        """Every audio header of this rank's share of the records: there, whole, within its segment.
+
+        A header costs what batching pays anyway for each record's length, once per epoch; the
+        ranks share the reading.
+        """
+        d = self.cfg.data
+        index = 0
+        for path in _data_files(d):
+            for line, record in iter_records_with_lines(path, prompts):
+                if index % self.world == self.rank:
+                    try:
+                        audio_info(record.path, record.key, record.start, record.end)
+                    except AudioError as e:
+                        raise DataError(path, line, "path", f"{e.message} ({record.path})") from None
+                index += 1
+
+    def _start_fresh(self) -> None:
+        """Step 0 of a new run: its config, and no curve left by an earlier start that saved nothing."""
+        if self.rank == 0:
+            atomic_write_text(self.exp_dir / "config.yaml", dump_config(self.cfg))
+            with contextlib.suppress(FileNotFoundError):
+                (self.exp_dir / "loss.tsv").unlink()
 
     def _setup_logging(self) -> None:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +241,7 @@ class Trainer:
         unexpected = sorted(set(state) - own)
         if unexpected:
             raise TrainingError(f"init_from {ckpt}: weights this model does not train: {unexpected[:5]}")
+        check_fits({n: p.shape for n, p in self.model.named_parameters()}, state, ckpt)
         self.model.load_state_dict(state, strict=False)
         log.info("initialised %d of %d trained tensors from %s", len(state), len(own), ckpt)
 
@@ -200,7 +286,8 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg.train
-        writer = SummaryWriter(str(self.exp_dir / "tensorboard")) if self.rank == 0 else None
+        # purge_step: events a killed run logged after its last checkpoint are redone, so hidden
+        writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step + 1) if self.rank == 0 else None
         bar = tqdm(initial=self.step, total=t.max_steps, desc="train", disable=self.rank != 0 or not sys.stderr.isatty(), dynamic_ncols=True)
         log.info("training %s: %d trainable parameters, %s mode, %d process(es), from step %d",
                  self.exp_dir, sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -209,12 +296,19 @@ class Trainer:
         while self.position.epoch < t.epochs and not self._done():
             self.train_data.set_position(self.position)
             batches = iter(self._loader(self.train_data))
+            empty_epoch = self.position.consumed == 0
             while not self._done():
                 batch = next(batches, None)
                 have = torch.tensor([0 if batch is None else 1], dtype=torch.long)
                 dist.all_reduce(have, op=dist.ReduceOp.MIN)  # every rank stops when one runs dry
                 if int(have) == 0:
+                    if empty_epoch:
+                        raise TrainingError(
+                            f"epoch {self.position.epoch} held no batch for this process: every record was "
+                            "skipped as too long or too short (data.min_length, data.max_length, "
+                            "data.max_tokens), or there are fewer records than processes; nothing was trained")
                     break
+                empty_epoch = False
                 self._train_step(batch, window)
                 bar.update(1)
                 if self.step % t.log_interval == 0:
@@ -251,9 +345,11 @@ class Trainer:
         torch.manual_seed(seed)
         out, rows = self.loss(batch.data, seed)
         if not math.isfinite(out.loss.item()):
+            last = last_checkpoint(self.ckpt_root)
+            kept = (f"the last good checkpoint, {last}, is kept" if last is not None
+                    else "no checkpoint was written yet")
             raise TrainingError(f"non-finite loss {out.loss.item()} at step {self.step + 1} "
-                                f"(batch {batch.data.keys[:3]}...); the last good checkpoint is kept in "
-                                f"{self.ckpt_root}. Try precision fp32/bf16 or a lower lr.")
+                                f"(batch {batch.data.keys[:3]}...); {kept}. Try precision fp32/bf16 or a lower lr.")
         self.engine.backward(out.loss)
         self.engine.step()
         self.step += 1
@@ -322,12 +418,16 @@ class Trainer:
             self.best = sorted(self.best + [{"name": name, "step": self.step, "valid_loss": self._last_valid}],
                                key=lambda b: b["valid_loss"])[:self.cfg.train.keep_best]
         state = {"step": self.step, "position": to_dict(self.position), "best": self.best}
-        self.engine.save_checkpoint(str(partial / ENGINE_DIR), tag="ds", client_state=state,
-                                    exclude_frozen_parameters=True)
-        torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
-        if self.rank == 0:
-            prompts_text = Path(self.collator.prompts.source).read_text(encoding="utf-8")
-            write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, prompts_text)
+        try:
+            self.engine.save_checkpoint(str(partial / ENGINE_DIR), tag="ds", client_state=state,
+                                        exclude_frozen_parameters=True)
+            torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
+            if self.rank == 0:
+                prompts_text = Path(self.collator.prompts.source).read_text(encoding="utf-8")
+                write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, prompts_text)
+        except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear"
+            shutil.rmtree(partial, ignore_errors=True)
+            raise TrainingError(self._save_failure(name, e)) from e
         dist.barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
@@ -341,14 +441,24 @@ class Trainer:
             log.info("saved %s", final)
         dist.barrier()
 
+    def _save_failure(self, name: str, error: BaseException) -> str:
+        free = shutil.disk_usage(self.ckpt_root).free if self.ckpt_root.exists() else 0
+        last = last_checkpoint(self.ckpt_root)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return (f"cannot write checkpoint {name} in {self.ckpt_root} ({first_line}; {free / 2**20:.0f} MiB free "
+                f"on that disk); " + (f"the last complete checkpoint, {last.name}, is kept" if last is not None
+                                      else "no checkpoint was written"))
+
     def _resume(self) -> None:
         ckpt = last_checkpoint(self.ckpt_root)
         if ckpt is None:
             log.info("--resume: no checkpoint in %s yet, starting from scratch", self.ckpt_root)
+            self._start_fresh()
             return
+        use_safe_engine_loads(self.engine)
+        state = load_engine_file(ckpt / ENGINE_DIR / f"state_rank{self.rank}.pt")
         self.engine.load_checkpoint(str(ckpt / ENGINE_DIR), tag="ds", load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=True)
-        state = torch.load(ckpt / ENGINE_DIR / f"state_rank{self.rank}.pt", weights_only=True)
         self.step = state["step"]
         self.position = DataPosition(**state["position"])
         self.best = state["best"] or read_best(self.ckpt_root)
@@ -359,6 +469,47 @@ class Trainer:
             atomic_write_text(curve, "".join(ln for ln in complete if int(ln.split("\t")[0]) <= self.step))
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", ckpt, self.step,
                  self.position.epoch, self.position.consumed)
+
+
+def check_model_dirs(cfg: ExperimentConfig) -> None:
+    """``encoder.path`` and ``llm.path`` are directories here (else Hugging Face takes a missing
+    path for a hub repository name and fails with a message about repository ids)."""
+    for name, path in (("encoder.path", cfg.encoder.path), ("llm.path", cfg.llm.path)):
+        if not path:
+            raise TrainingError(f"{name} is not set: the directory of the {name.split('.')[0]} is needed")
+        if not Path(path).is_dir():
+            raise TrainingError(f"{name} {path!r} is not a directory")
+
+
+def _data_files(d) -> list[str]:
+    return [str(getattr(source, "path", source)) for source in (*d.train, *d.valid)]
+
+
+def check_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str, int]:
+    """Read every training and validation record once with the strict reader; the counts.
+
+    Bad data stops the run here, at step 0, as ``FILE:LINE: FIELD: message`` (one JSON parse a
+    record: seconds for a million). Text and mixed runs need each record's transcript, audio and
+    mixed runs its ``path``, which may not be a shell command unless ``allow_pipes``. No file, or
+    no record, is an error too: a run on nothing would write an untrained checkpoint.
+    """
+    if not d.train:
+        raise TrainingError("data.train lists no files: there is nothing to train on")
+    counts = {}
+    for role, sources in (("train", d.train), ("valid", d.valid)):
+        counts[role] = 0
+        files = [str(getattr(source, "path", source)) for source in sources]
+        for path in files:
+            for line, record in iter_records_with_lines(path, prompts, require_transcript=d.mode != "audio"):
+                if d.mode != "text" and record.path is None:
+                    raise DataError(path, line, "path", f"missing: {d.mode}-mode training reads every record's audio")
+                if d.mode != "text" and is_command(record.path) and not allow_pipes:
+                    raise DataError(path, line, "path", command_refused(record.path))
+                counts[role] += 1
+        if files and counts[role] == 0:
+            raise TrainingError(f"data.{role}: {', '.join(files)} holds no records: there is nothing to "
+                                f"{'train' if role == 'train' else 'validate'} on")
+    return counts
 
 
 def _encoder_tokenizer(cfg: ExperimentConfig):
@@ -377,5 +528,10 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False) -> None:
-    Trainer(cfg, exp_dir, resume=resume).fit()
+def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allow_pipes: bool = False) -> None:
+    """Train into ``exp_dir``; ``allow_pipes`` lets audio paths that are shell commands be run."""
+    trainer = Trainer(cfg, exp_dir, resume=resume, allow_pipes=allow_pipes)
+    try:
+        trainer.fit()
+    finally:
+        trainer.lock.release()

@@ -1,0 +1,26 @@
+"""The ``tasu`` command's error lines: one line a failure, the traceback only when asked for."""
+import subprocess
+
+from tasu.cli import describe_error, main
+
+
+def test_errors_become_one_line():
+    worker = RuntimeError("Caught AudioError in DataLoader worker process 0.\n"
+                          "Original Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+                          "tasu.data.audio.AudioError: u1: a.wav: truncated: 10 bytes follow the header\n")
+    assert describe_error(worker) == "u1: a.wav: truncated: 10 bytes follow the header"
+    assert describe_error(OSError(28, "No space left on device", "/exp/x/loss.tsv")) == \
+        "/exp/x/loss.tsv: No space left on device"
+    assert describe_error(FileNotFoundError("exp/x holds no complete checkpoint yet")) == \
+        "exp/x holds no complete checkpoint yet"
+    assert describe_error(RuntimeError("size mismatch\n  for w")) == \
+        "RuntimeError: size mismatch; for w (--debug shows the traceback)"
+
+
+def test_a_failing_command_prints_one_line_and_exits_1(tmp_path, capsys):
+    assert main(["results", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tasu results: error: ") and err.count("\n") == 1
+    out = subprocess.run(["tasu", "score", "--ref", str(tmp_path / "r"), "--hyp", str(tmp_path / "h"),
+                          "--metric", "wer", "--debug"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.startswith("tasu score: error: ")  # handled errors stay one line

@@ -1,0 +1,209 @@
+"""``tasu train`` on bad inputs and in bad situations: one clear line, exit status 1, nothing half-done.
+
+Each case is a user's mistake or accident: bad data (checked before step 1), missing model files,
+an experiment directory in use, a crafted checkpoint. The failing cases run in one Python process
+(``DRIVER``: ``tasu.cli.main`` once per case), because starting DeepSpeed costs seconds each time;
+the cases that need a trained run share one short run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
+                      write_sensevoice_dir)
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+ENV.pop("TASU_DEBUG", None)
+
+# Runs ``tasu train ARGV`` for each argv of the JSON list in argv[1]; prints one JSON line a case:
+# its exit status and what it wrote on stderr.
+DRIVER = """
+import contextlib, io, json, sys
+from tasu.cli import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(["train", *argv])
+    print(json.dumps({"status": status, "stderr": err.getvalue()}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_failures")
+    write_sensevoice_dir(root / "enc")
+    save_llm_without_tokenizer(save_tiny_llm(root / "llm"), root / "llm_no_tokenizer")
+    wavs = [root / f"u{i}.wav" for i in range(12)]
+    for i, wav in enumerate(wavs):
+        sf.write(wav, waveform(0.6, seed=i).numpy(), 16000)
+    data_file(root, "train.jsonl", *(record(wav.stem, target=SENTENCES[i % len(SENTENCES)], path=str(wav))
+                                     for i, wav in enumerate(wavs)))
+    config = {"encoder": {"path": str(root / "enc")}, "llm": {"path": str(root / "llm")},
+              "projector": {"name": "linear-silu", "options": {"hidden": 16}},
+              "data": {"train": [str(root / "train.jsonl")], "max_tokens": 400, "num_workers": 0},
+              "optim": {"lr": 1.0e-3, "warmup_steps": 1, "total_steps": 10},
+              "engine": {"device": "cpu", "zero_stage": 2},
+              "train": {"epochs": 1, "max_steps": 2, "log_interval": 1, "valid_interval": 100, "save_interval": 2}}
+    (root / "train.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return root
+
+
+def data_file(root: Path, name: str, *lines: str | dict, raw: bytes = b"") -> str:
+    path = root / name
+    path.write_bytes(raw + "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines).encode())
+    return str(path)
+
+
+def run_cases(cases: list[list[str]]) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"status"')]
+
+
+def record(key: str, **fields) -> dict:
+    return {"key": key, "task": "ASR", "target": "turn on the lights", **fields}
+
+
+@pytest.mark.slow
+def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
+    good = (setup / "train.jsonl").read_text().splitlines()
+    wav = setup / "u0.wav"
+    (tmp_path / "cut.wav").write_bytes(wav.read_bytes()[:2000])
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with kaldiio.WriteHelper(f"ark:{tmp_path}/a.ark") as writer:
+        writer["k"] = (16000, np.zeros(8000, np.int16))
+    past_end = f"{tmp_path}/a.ark:{os.path.getsize(tmp_path / 'a.ark') + 10}"
+    marker = tmp_path / "pipe_ran"
+    many = [json.dumps(record(f"m{i}")) for i in range(299)] + ['{"key": "m299", "task": "ASR", "target": }']
+    files = {
+        "utf8": data_file(tmp_path, "utf8.jsonl", raw=b'{"key": "a", "task": "ASR", "target": "caf\xe9"}\n'),
+        "json": data_file(tmp_path, "json.jsonl", good[0], '{"key": "x", "task": "ASR",'),
+        "task": data_file(tmp_path, "task.jsonl", record("a", task="NOPE")),
+        "late": data_file(tmp_path, "late.jsonl", *many),
+        "empty": data_file(tmp_path, "empty.jsonl"),
+        "blank": data_file(tmp_path, "blank.jsonl", record("a", target="   ")),
+        "missing": data_file(tmp_path, "missing.jsonl", record("a", path=str(tmp_path / "gone.wav"))),
+        "cut": data_file(tmp_path, "cut.jsonl", good[0], record("a", path=str(tmp_path / "cut.wav"))),
+        "zero": data_file(tmp_path, "zero.jsonl", record("a", path=str(tmp_path / "zero.wav"))),
+        "ark": data_file(tmp_path, "ark.jsonl", record("a", path=past_end)),
+        "pipe": data_file(tmp_path, "pipe.jsonl", record("a", path=f"touch {marker}; cat {wav} |")),
+    }
+
+    def case(name: str, *overrides: str) -> list[str]:
+        return ["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / f"exp_{name}"), *overrides]
+
+    audio = "data.mode=audio"
+    cases = {  # name: (argv, what the one line must say)
+        "utf8": (case("utf8", f"data.train=[{files['utf8']}]"),
+                 f"{files['utf8']}:1: encoding: byte 0xe9 at column "),
+        "json": (case("json", f"data.train=[{files['json']}]"), f"{files['json']}:2: json: "),
+        "task": (case("task", f"data.train=[{files['task']}]"), f"{files['task']}:1: task: unknown task 'NOPE'"),
+        "late": (case("late", f"data.train=[{files['late']}]"), f"{files['late']}:300: json: "),
+        "empty": (case("empty", f"data.train=[{files['empty']}]"), f"{files['empty']} holds no records"),
+        "blank": (case("blank", f"data.train=[{files['blank']}]"),
+                  f"{files['blank']}:1: target: blank (whitespace only)"),
+        "encoder": (case("encoder", f"encoder.path={tmp_path}/no_encoder"),
+                    f"encoder.path '{tmp_path}/no_encoder' is not a directory"),
+        "llm": (case("llm", f"llm.path={tmp_path}/no_llm"), f"llm.path '{tmp_path}/no_llm' is not a directory"),
+        "missing": (case("missing", audio, f"data.train=[{files['missing']}]"),
+                    f"{files['missing']}:1: path: no such file"),
+        "cut": (case("cut", audio, f"data.train=[{files['cut']}]"), f"{files['cut']}:2: path: truncated"),
+        "zero": (case("zero", audio, f"data.train=[{files['zero']}]"), f"{files['zero']}:1: path: "),
+        "ark": (case("ark", audio, f"data.train=[{files['ark']}]"), f"{files['ark']}:1: path: "),
+        "pipe": (case("pipe", audio, f"data.train=[{files['pipe']}]"),
+                 f"{files['pipe']}:1: path: 'touch {marker}; cat {wav} |' is a shell command"),
+        "tokenizer": (case("tokenizer", f"llm.path={setup}/llm_no_tokenizer"), "the LLM tokenizer is empty"),
+    }
+    results = run_cases([argv for argv, _ in cases.values()])
+    assert len(results) == len(cases)
+    for (name, (_, expected)), result in zip(cases.items(), results):
+        lines = [ln for ln in result["stderr"].splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("tasu train: error: ")]
+        assert result["status"] == 1, (name, result)
+        assert "Traceback" not in result["stderr"], (name, result["stderr"])
+        assert len(errors) == 1 and expected in errors[0], (name, result["stderr"])
+        exp = tmp_path / f"exp_{name}"
+        assert not (exp / "loss.tsv").exists() and not (exp / "checkpoints").exists(), name
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setup, tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "loss.tsv").write_text("1\t9.0\n2\t9.0\n3\t9.0\n")  # a start killed before its first checkpoint
+    cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600,
+                         preexec_fn=lambda: os.umask(0o022))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line.split("\t")[0] for line in (exp / "loss.tsv").read_text().splitlines()] == ["1", "2"]
+    for written in (exp / "config.yaml", exp / "checkpoints" / "last", exp / "checkpoints" / "best.json"):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644, written  # the umask's mode, not mkstemp's 0600
+
+    # DeepSpeed's optimizer state (ZeRO 2) loads through the allow-list ...
+    from tasu.train.checkpoint import CheckpointError, load_engine_file
+
+    ds_dir = exp / "checkpoints" / "step_000002" / "engine" / "ds"
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        assert isinstance(load_engine_file(ds_dir / name), dict)
+
+    # ... and a payload in its place runs nothing: the resume is refused with one line.
+    marker = tmp_path / "payload_ran"
+    torch.save({"module": Payload(marker)}, ds_dir / "mp_rank_00_model_states.pt")
+    with pytest.raises(CheckpointError, match="refused to load.*it names posix.system"):
+        load_engine_file(ds_dir / "mp_rank_00_model_states.pt")
+    resumed = subprocess.run(cmd + ["--resume", "train.max_steps=3"], env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 1 and not marker.exists()
+    assert "Traceback" not in resumed.stderr
+    assert "tasu train: error: " in resumed.stderr and "refused to load" in resumed.stderr
+
+    # A plain re-run of a started experiment says what to do, in one line.
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"tasu train: error: {exp} already holds checkpoints: pass --resume" in again.stderr
+
+
+class Payload:
+    """What an attacker would put in a checkpoint: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.slow
+def test_a_second_run_into_one_experiment_is_refused_with_the_first_ones_pid(setup, tmp_path):
+    exp = tmp_path / "exp"
+    with lock_held_elsewhere(exp, "training") as pid:
+        [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]])
+    assert result["status"] == 1 and "Traceback" not in result["stderr"]
+    assert f"{exp} is in use: training by pid {pid} on " in result["stderr"]
+    assert not (exp / "checkpoints").exists()
+
+
+def test_debug_lets_the_traceback_through(setup, tmp_path):
+    argv = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "x"),
+            f"llm.path={tmp_path}/none"]
+    plain = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    debug = subprocess.run(argv + ["--debug"], env=ENV, capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    env = subprocess.run(argv, env=dict(ENV, TASU_DEBUG="1"), capture_output=True, text=True)
+    assert env.returncode == 1 and "Traceback (most recent call last)" in env.stderr
