@@ -174,16 +174,42 @@ class SpeechLLM(nn.Module):
         repeats within an output) and ``repetition_penalty`` (> 1: already generated tokens are
         penalised) when set. Sampling settings in the LLM's own generation config are overridden.
         """
+        nbest = self.generate_nbest(post, prompts, 1, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                    no_repeat_ngram_size=no_repeat_ngram_size,
+                                    repetition_penalty=repetition_penalty)
+        return [hyps[0][0] for hyps in nbest]
+
+    @torch.no_grad()
+    def generate_nbest(self, post: Posteriors, prompts: Sequence[str], nbest: int, num_beams: int = 4,
+                       max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
+                       repetition_penalty: float = 1.0) -> list[list[tuple[str, float]]]:
+        """The ``nbest`` best beams of each utterance as ``(text, score)``, best first.
+
+        The score is the beam's log-probability divided by its length in new tokens (the beam
+        search's own ranking, length penalty 1); with ``num_beams=1`` (greedy) there is one.
+        """
+        if not 1 <= nbest <= num_beams:
+            raise ValueError(f"nbest must be between 1 and the beam size {num_beams}, got {nbest}")
         text = self.prompt_tokenizer(list(prompts)).to(self.llm.device)
         embeds, attention_mask, _ = self.splice(post, text, pad_left=True)
         with warnings.catch_warnings():  # "guards apply to new tokens only": yes, the prompt has speech rows
             warnings.filterwarnings("ignore", message="Passing `.*` with `inputs_embeds`")
             out = self.llm.generate(
                 inputs_embeds=embeds, attention_mask=attention_mask, do_sample=False, num_beams=num_beams,
-                max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-                repetition_penalty=repetition_penalty, eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                num_return_sequences=nbest, max_new_tokens=max_new_tokens,
+                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None, top_p=None, top_k=None, return_dict_in_generate=True, output_scores=True)
+        texts = [s.strip() for s in self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)]
+        if num_beams > 1:
+            scores = out.sequences_scores.tolist()
+        else:  # greedy: the mean log-probability of the chosen tokens
+            steps = torch.stack(out.scores, 1).log_softmax(-1)
+            chosen = steps.gather(2, out.sequences[:, -steps.shape[1]:, None]).squeeze(2)
+            done = out.sequences[:, -steps.shape[1]:] == self.tokenizer.pad_token_id
+            lengths = (~done).sum(1).clamp_min(1)
+            scores = (chosen.masked_fill(done, 0).sum(1) / lengths).tolist()
+        return [list(zip(texts[i:i + nbest], scores[i:i + nbest])) for i in range(0, len(texts), nbest)]
 
     @torch.no_grad()
     def encode_audio(self, waveforms: Sequence[torch.Tensor], topk: int | None = None, compress: bool = True,

@@ -1,0 +1,126 @@
+"""Using a trained speech LLM from Python, the way ESPnet's ``Speech2Text`` is used.
+
+    from tasu import Speech2Text
+
+    s2t = Speech2Text.from_pretrained("egs/mini/exp/tasu_train_text")   # experiment or checkpoint dir
+    s2t("recording.flac")                                    # 'turn on the kitchen lights'
+    s2t(samples, sample_rate=8000)                           # a numpy/torch waveform, any rate, mono or [T, C]
+    s2t("recording.flac", task="SLU_scenario")               # any task of the model's prompt set
+    s2t("recording.flac", nbest=3)                           # [Hypothesis(text=..., score=...), ...]
+
+Audio goes through the frozen encoder and label-synchronous compression into the projector and the
+LLM, with the prompt set the model was trained with (a task's first prompt, as ``tasu decode``
+uses) and the decoding settings given to ``from_pretrained``. Prompts filled from record fields
+(``prevtext``, ``hotword``) take them as keyword arguments: ``s2t(audio, task="hotword",
+hotword="Qwen")``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import torch
+
+Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+
+class Hypothesis(NamedTuple):
+    text: str
+    score: float   # log-probability per generated token: higher is better
+
+
+@dataclass
+class _Fields:
+    """What a prompt is filled from: the task and any fields its templates name."""
+
+    task: str
+    key: str
+    extra: dict[str, Any]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.task if name == "task" else self.extra.get(name, default)
+
+
+class Speech2Text:
+    """A trained model, ready to transcribe (or translate, classify...) audio; see the module doc."""
+
+    def __init__(self, model, cfg, prompts, beam: int = 4, max_new_tokens: int = 200,
+                 no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0):
+        self.model, self.cfg, self.prompts = model, cfg, prompts
+        self.beam, self.max_new_tokens = beam, max_new_tokens
+        self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+                        overrides: tuple[str, ...] = (), **decoding) -> "Speech2Text":
+        """Load an experiment dir (its ``best`` or ``last`` checkpoint, or ``step_N``) or a checkpoint dir.
+
+        ``overrides`` change the saved config (``llm.path=...`` for base models moved elsewhere);
+        ``decoding``: ``beam``, ``max_new_tokens``, ``no_repeat_ngram_size``, ``repetition_penalty``.
+        """
+        from tasu.device import resolve_device
+        from tasu.train.build import load_trained
+
+        model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
+                                              overrides=overrides)
+        return cls(model, cfg, prompts, **decoding)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this model has prompts for."""
+        return sorted(self.prompts.tasks)
+
+    def __call__(self, audio: Audio, task: str = "ASR", sample_rate: int | None = None, nbest: int | None = None,
+                 **fields: str) -> str | list[Hypothesis]:
+        """The model's answer for one recording: text, or the ``nbest`` best hypotheses with scores."""
+        return self.batch([audio], task=task, sample_rate=sample_rate, nbest=nbest, **fields)[0]
+
+    def batch(self, audios: list[Audio], task: str = "ASR", sample_rate: int | None = None,
+              nbest: int | None = None, **fields: str) -> list[str] | list[list[Hypothesis]]:
+        """``__call__`` for several recordings at once (one padded batch through the model)."""
+        waves = [waveform(a, sample_rate) for a in audios]
+        prompt = self.prompts.render(_Fields(task, "<input>", fields), _FirstPrompt())
+        c = self.cfg.compress
+        device = self.model.llm.device
+        post = self.model.encode_audio([w.to(device) for w in waves], topk=c.topk, compress=c.enabled,
+                                       threshold=c.threshold)
+        options = dict(num_beams=self.beam, max_new_tokens=self.max_new_tokens,
+                       no_repeat_ngram_size=self.no_repeat_ngram_size, repetition_penalty=self.repetition_penalty)
+        if nbest is None:
+            return self.model.generate(post, [prompt] * len(waves), **options)
+        hyps = self.model.generate_nbest(post, [prompt] * len(waves), nbest, **options)
+        return [[Hypothesis(text, score) for text, score in h] for h in hyps]
+
+
+class _FirstPrompt:
+    """The prompt choice of decoding: a task's first prompt, so the answer is deterministic."""
+
+    @staticmethod
+    def choice(seq):
+        return seq[0]
+
+
+def waveform(audio: Audio, sample_rate: int | None = None) -> torch.Tensor:
+    """16 kHz mono float32 samples of a file (any format soundfile reads) or of an array at ``sample_rate``."""
+    from tasu.data.audio import SAMPLE_RATE, load_audio
+
+    if isinstance(audio, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise ValueError("sample_rate is for arrays: a file says its own")
+        return torch.from_numpy(load_audio(str(Path(audio))))
+    if sample_rate is None:
+        raise ValueError("an array needs its sample_rate (e.g. sample_rate=16000)")
+    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if samples.ndim == 2:   # [T, C]
+        samples = samples.mean(axis=1)
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError(f"expected a non-empty waveform of shape [T] or [T, C], got {tuple(samples.shape)}")
+    samples = samples.astype(np.float32, copy=False)
+    if sample_rate != SAMPLE_RATE:
+        import soxr
+
+        samples = soxr.resample(samples, sample_rate, SAMPLE_RATE)
+    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))

@@ -1,0 +1,96 @@
+"""The Python API (tasu.Speech2Text): files and arrays, n-best, agreement with tasu decode, the README example."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    """A tiny experiment trained for 4 text-only steps, and two recordings."""
+    root = tmp_path_factory.mktemp("api")
+    save_tiny_llm(root / "llm")
+    write_sensevoice_dir(root / "enc")
+    with open(root / "train.jsonl", "w", encoding="utf-8") as f:
+        for i in range(16):
+            f.write(json.dumps({"key": f"tr{i}", "task": "ASR", "target": SENTENCES[i % len(SENTENCES)]}) + "\n")
+    for i in range(2):
+        sf.write(root / f"rec{i}.wav", waveform(0.8 + 0.2 * i, seed=i).numpy(), 16000)
+    (root / "train.yaml").write_text(f"""
+encoder: {{path: {root}/enc}}
+llm: {{path: {root}/llm}}
+projector: {{name: linear-silu, options: {{hidden: 32}}}}
+data: {{train: [{root}/train.jsonl], max_tokens: 400, num_workers: 0}}
+optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
+engine: {{device: cpu}}
+train: {{epochs: 1, max_steps: 4, log_interval: 2, save_interval: 4}}
+""", encoding="utf-8")
+    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": str(BIN)}
+    out = subprocess.run([str(BIN / "tasu"), "train", "--config", str(root / "train.yaml"), "--exp-dir",
+                          str(root / "exp")], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def s2t(exp):
+    from tasu import Speech2Text
+
+    return Speech2Text.from_pretrained(exp / "exp", beam=3, max_new_tokens=8)
+
+
+def test_a_file_and_the_same_samples_as_an_array_give_what_tasu_decode_gives(exp, s2t):
+    from tasu.data.records import Record
+    from tasu.decode import DecodeOptions, decode_records
+
+    text = s2t(exp / "rec0.wav")
+    assert isinstance(text, str)
+    samples, rate = sf.read(exp / "rec0.wav", dtype="float32")
+    assert s2t(samples, sample_rate=rate) == text
+    stereo_8k = np.stack([samples[::2], samples[::2]], axis=1)   # another rate, two channels: converted
+    assert isinstance(s2t(stereo_8k, sample_rate=8000), str)
+    record = Record("rec0", "ASR", "x", path=str(exp / "rec0.wav"))
+    options = DecodeOptions(beam=3, max_new_tokens=8)
+    assert dict(decode_records(s2t.model, s2t.cfg, s2t.prompts, [record], options)) == {"rec0": text}
+    assert s2t.batch([exp / "rec0.wav", exp / "rec1.wav"])[0] == text
+
+
+def test_nbest_gives_ranked_hypotheses_with_scores(exp, s2t):
+    hyps = s2t(exp / "rec1.wav", nbest=3)
+    assert len(hyps) == 3 and all(isinstance(h.score, float) for h in hyps)
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    assert hyps[0].text == s2t(exp / "rec1.wav")
+    with pytest.raises(ValueError, match="nbest must be between 1 and the beam size 3"):
+        s2t(exp / "rec1.wav", nbest=4)
+
+
+def test_bad_inputs_are_clear_errors(exp, s2t):
+    from tasu.data.prompts import PromptError
+
+    with pytest.raises(ValueError, match="needs its sample_rate"):
+        s2t(np.zeros(1600, dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        s2t(np.zeros((2, 2, 2)), sample_rate=16000)
+    with pytest.raises(PromptError, match="no prompt for task 'SING'"):
+        s2t(exp / "rec0.wav", task="SING")
+
+
+def test_the_readme_example_runs(exp, tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(from tasu import Speech2Text\n.*?)```", readme, re.S)
+    assert block, "README.md has no Speech2Text example"
+    (tmp_path / "exp").symlink_to(exp / "exp")
+    (tmp_path / "recording.wav").symlink_to(exp / "rec0.wav")
+    code = block.group(1).replace("egs/mini/exp/tasu_train_text", "exp")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
