@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Make the mini corpus offline: grammar sentences spoken by espeak-ng, as Kaldi data dirs.
+"""Make the mini corpus offline: grammar sentences spoken by espeak-ng and flite, as Kaldi data dirs.
 
 Usage (from egs/mini):
 
-    python local/make_corpus.py --data-dir data            # full: 2000/200/200/200 utts, 4000 text-only
+    python local/make_corpus.py --data-dir data            # full: 3000/200/200/200 utts, 4000 text-only
     python local/make_corpus.py --data-dir data --quick    # tests: 300/40/40/40 utts, 600 text-only
     python local/make_corpus.py --data-dir data --num-train 16 --num-dev 4 --num-test 4 --num-text-only 20
 
@@ -19,12 +19,17 @@ Why the splits look as they do (they are what the TASU claim is tested on):
 - every sentence is drawn once from one pool of distinct sentences, then dealt out, so train, dev,
   test and text_only share no sentence: the test sentences are in no training text at all, neither
   the audio transcripts nor the (larger) text-only text;
-- test_ood speaks the test sentences again, with espeak-ng accents, variants and speaking rates that
-  no training or dev utterance uses: comparing test with test_ood isolates the acoustic shift;
+- many voices, so that the encoder learns speech rather than one synthesizer: every English espeak-ng
+  accent with ~70 voice variants, and flite's English voices (``IN_DOMAIN``); the train audio is
+  augmented as Kaldi recipes do (speed perturbation 0.9/1.0/1.1 with sox, additive noise at 5-30 dB
+  SNR); dev and test are spoken by the same voices, unaugmented;
+- test_ood speaks the test sentences again with voices that no training or dev utterance uses (a
+  flite voice, espeak-ng variants, espeak-ng rates outside the training range): comparing test with
+  test_ood isolates the acoustic shift to an unseen voice;
 - the sentence count a request needs is checked against the grammar's exact capacity
   (``local/grammar.py``), so an impossible request fails at once instead of looping.
 
-Seeded (``--seed``): the sentences, their voices, rates and pitches are fixed before synthesis, and
+Seeded (``--seed``): the sentences, their voices, rates, pitches and augmentation are fixed before synthesis, and
 each utterance is synthesised independently, so the corpus is the same for any ``--nj``.
 """
 from __future__ import annotations
@@ -38,12 +43,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import soundfile
-import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grammar import Grammar  # noqa: E402  (the recipe-local grammar beside this script)
@@ -54,21 +60,38 @@ from tasu.data.records import Record  # noqa: E402
 SAMPLE_RATE = 16000
 AUDIO_SETS = ("train", "dev", "test", "test_ood")
 
-# espeak-ng accents x voice variants. In-domain voices speak train, dev and test; test_ood gets
-# other accents, other variants and rates outside the in-domain range on both sides.
+# Voices. Every English espeak-ng accent speaks in training, each with many voice variants; flite's
+# English voices join them (kal is 8 kHz, resampled with the rest). test_ood is spoken by voices no
+# training utterance uses: one flite voice (rms) and espeak-ng variants held out, at rates outside the
+# training range on both sides. Variants that whisper, echo or sound robotic are left out everywhere.
+ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-gbclan",
+                  "en-gb-x-gbcwmd", "en-us-nyc"]
+ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f3", "Alex", "Alicia", "Andrea",
+                   "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo", "Jacky",
+                   "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm", "adam", "anika", "announcer",
+                   "antonio", "aunty", "benjamin", "boris", "david", "ed", "edward2", "grandma", "grandpa",
+                   "gustave", "iven", "iven2", "iven4", "john", "klatt", "klatt2", "klatt4", "linda", "marcelo",
+                   "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+                   "sandro", "shelby", "steph2", "steph3", "travis", "victor"]
+ESPEAK_OOD_VARIANTS = ["m7", "f4", "f5", "Andy", "belinda", "edward", "iven3", "klatt3", "steph"]
+FLITE_VOICES = ["kal", "kal16", "awb", "slt"]
+FLITE_OOD_VOICES = ["rms"]
 IN_DOMAIN = {
-    "accents": ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp"],
-    "variants": ["m1", "m2", "m3", "m4", "f1", "f2", "f3"],
-    "rates": [(140, 200)],
-    "pitches": (30, 70),
+    "espeak": {"accents": ESPEAK_ACCENTS, "variants": ESPEAK_VARIANTS, "rates": [(135, 205)], "pitches": (30, 70)},
+    "flite": {"voices": FLITE_VOICES, "stretch": (0.85, 1.2)},
+    "flite_share": 0.3,
 }
 OUT_OF_DOMAIN = {
-    "accents": ["en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"],
-    "variants": ["m5", "m6", "m7", "f4", "f5"],
-    "rates": [(120, 130), (210, 230)],
-    "pitches": (20, 80),
+    "espeak": {"accents": ESPEAK_ACCENTS, "variants": ESPEAK_OOD_VARIANTS, "rates": [(115, 130), (210, 230)],
+               "pitches": (20, 80)},
+    "flite": {"voices": FLITE_OOD_VOICES, "stretch": (0.85, 1.2)},
+    "flite_share": 0.5,
 }
-FULL = {"train": 2000, "dev": 200, "test": 200, "text_only": 4000}
+# Augmentation of the train set only (dev and test are as spoken): Kaldi's speed perturbation (sox
+# "speed": tempo and pitch together), one factor per utterance, and additive noise of one colour.
+SPEEDS = (0.9, 1.0, 1.1)
+NOISE = {"prob": 0.5, "snr_db": (5.0, 30.0), "colours": ("white", "pink", "brown")}
+FULL = {"train": 3000, "dev": 200, "test": 200, "text_only": 4000}
 QUICK = {"train": 300, "dev": 40, "test": 40, "text_only": 600}
 
 
@@ -77,9 +100,14 @@ class Utterance(NamedTuple):
     text: str
     scenario: str
     speaker: str
-    voice: str
-    rate: int
-    pitch: int
+    engine: str        # espeak-ng | flite
+    voice: str         # espeak-ng: accent+variant; flite: the voice name
+    rate: int          # espeak-ng: words per minute; flite: 100 x duration stretch
+    pitch: int         # espeak-ng only
+    speed: float       # sox speed perturbation (1.0: none)
+    noise: str | None  # colour of the added noise, or None
+    snr_db: float
+    noise_seed: int
     wav: str
 
 
@@ -119,30 +147,67 @@ def draw_splits(grammar: Grammar, sizes: dict[str, int], rng: random.Random) -> 
 
 def assign_voices(split: str, sentences: list[tuple[str, str]], wav_dir: Path,
                   rng: random.Random) -> list[Utterance]:
-    """Fix each utterance's voice, rate and pitch; keys start with the speaker (Kaldi sorting)."""
+    """Fix each utterance's voice, rate, pitch and (train only) augmentation; keys start with the speaker."""
     domain = OUT_OF_DOMAIN if split == "test_ood" else IN_DOMAIN
     utts = []
     for i, (text, scenario) in enumerate(sentences):
-        accent, variant = rng.choice(domain["accents"]), rng.choice(domain["variants"])
-        rate = rng.randint(*rng.choice(domain["rates"]))
-        pitch = rng.randint(*domain["pitches"])
-        speaker = f"{accent}_{variant}"
+        if rng.random() < domain["flite_share"]:
+            flite = domain["flite"]
+            engine, voice, pitch = "flite", rng.choice(flite["voices"]), 0
+            rate = round(100 * rng.uniform(*flite["stretch"]))
+            speaker = f"flite_{voice}"
+        else:
+            espeak = domain["espeak"]
+            accent, variant = rng.choice(espeak["accents"]), rng.choice(espeak["variants"])
+            engine, voice = "espeak-ng", f"{accent}+{variant}"
+            rate = rng.randint(*rng.choice(espeak["rates"]))
+            pitch = rng.randint(*espeak["pitches"])
+            speaker = f"{accent}_{variant}"
+        speed, noise, snr, noise_seed = 1.0, None, 0.0, rng.getrandbits(31)
+        if split == "train":
+            speed = rng.choice(SPEEDS)
+            if rng.random() < NOISE["prob"]:
+                noise, snr = rng.choice(NOISE["colours"]), rng.uniform(*NOISE["snr_db"])
         key = f"{speaker}-{split}{i:05d}"
-        utts.append(Utterance(key, text, scenario, speaker, f"{accent}+{variant}", rate, pitch,
-                              str(wav_dir / split / f"{key}.wav")))
+        utts.append(Utterance(key, text, scenario, speaker, engine, voice, rate, pitch, speed, noise, snr,
+                              noise_seed, str(wav_dir / split / f"{key}.wav")))
     return utts
 
 
+def coloured_noise(colour: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """White noise, or pink / brown noise (power falling as 1/f, 1/f^2) shaped in the frequency domain."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(len(spectrum), dtype=np.float64)
+    f[0] = 1.0
+    if colour == "pink":
+        spectrum /= np.sqrt(f)
+    elif colour == "brown":
+        spectrum /= f
+    noise = np.fft.irfft(spectrum, n)
+    return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
+
+
 def synthesize(utt: Utterance) -> float:
-    """Speak one utterance with espeak-ng, resample to 16 kHz with soxr, write it; its duration."""
-    cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch), "--stdout", utt.text]
-    out = subprocess.run(cmd, capture_output=True, check=True).stdout
-    wave, rate = soundfile.read(io.BytesIO(out), dtype="float32")
-    if wave.ndim > 1:
-        wave = wave.mean(axis=1)
-    if rate != SAMPLE_RATE:
-        wave = soxr.resample(wave, rate, SAMPLE_RATE)
-    soundfile.write(utt.wav, wave, SAMPLE_RATE, subtype="PCM_16")
+    """Speak one utterance, then sox: speed perturbation and resampling to 16 kHz; add noise; its duration."""
+    if utt.engine == "flite":
+        cmd = ["flite", "-voice", utt.voice, "--setf", f"duration_stretch={utt.rate / 100:.2f}", "-t", utt.text,
+               "-o", "/dev/stdout"]
+    else:
+        cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch), "--stdout", utt.text]
+    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
+    effects = (["speed", f"{utt.speed:g}"] if utt.speed != 1.0 else []) + ["rate", "-h", str(SAMPLE_RATE)]
+    # -D: no dither (sox dithers at random by default), so a seed always gives the same bytes
+    subprocess.run(["sox", "-V1", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", utt.wav, *effects], input=raw,
+                   check=True)
+    wave, rate = soundfile.read(utt.wav, dtype="float64")
+    if utt.noise is not None:
+        power = np.mean(wave ** 2)
+        noise = coloured_noise(utt.noise, len(wave), np.random.default_rng(utt.noise_seed))
+        wave = wave + noise * np.sqrt(power / 10 ** (utt.snr_db / 10))
+        peak = np.max(np.abs(wave))
+        if peak > 0.99:
+            wave *= 0.99 / peak
+        soundfile.write(utt.wav, wave, SAMPLE_RATE, subtype="PCM_16")
     return len(wave) / SAMPLE_RATE
 
 
@@ -179,9 +244,11 @@ def check_invariants(splits: dict[str, list[tuple[str, str]]], utts: dict[str, l
     training = text["train"] | text["text_only"]
     assert not text["test"] & training and not text["dev"] & training and not text["dev"] & text["test"]
     assert not text["train"] & text["text_only"]
-    seen = {(u.voice, u.rate) for name in ("train", "dev", "test") for u in utts[name]}
-    assert not {u.voice.split("+")[0] for u in utts["test_ood"]} & {v.split("+")[0] for v, _ in seen}
-    assert not {u.rate for u in utts["test_ood"]} & {r for _, r in seen}
+    seen = [u for name in ("train", "dev", "test") for u in utts[name]]
+    assert not {u.speaker for u in utts["test_ood"]} & {u.speaker for u in seen}
+    espeak_rates = {u.rate for u in seen if u.engine == "espeak-ng"}
+    assert not {u.rate for u in utts["test_ood"] if u.engine == "espeak-ng"} & espeak_rates
+    assert all(u.speed == 1.0 and u.noise is None for name in ("dev", "test", "test_ood") for u in utts[name])
 
 
 def main() -> None:
@@ -217,6 +284,9 @@ def main() -> None:
         "sentences": {name: len(pairs) for name, pairs in splits.items()},
         "hours": {name: round(sum(by_key[u.key] for u in utts[name]) / 3600, 3) for name in AUDIO_SETS},
         "speakers": {name: sorted({u.speaker for u in utts[name]}) for name in AUDIO_SETS},
+        "engines": {name: dict(Counter(u.engine for u in utts[name])) for name in AUDIO_SETS},
+        "augmented": {"speed": dict(Counter(f"{u.speed:g}" for u in utts["train"])),
+                      "noise": dict(Counter(u.noise or "none" for u in utts["train"]))},
         "seed": args.seed,
     }
     (data_dir / "local").mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,13 @@ def get_parser() -> argparse.ArgumentParser:
                         help="batch budget: utterances x longest LFR frame count (40 ms each)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--spec-augment", type=lambda v: v.lower() == "true", default=True,
+                        help="SpecAugment the training features (default: true)")
+    parser.add_argument("--freq-masks", type=int, default=2)
+    parser.add_argument("--freq-width", type=int, default=15, help="widest frequency mask, in mel bins")
+    parser.add_argument("--time-masks", type=int, default=2)
+    parser.add_argument("--time-width", type=int, default=5,
+                        help="longest time mask, in LFR frames (40 ms each; at most a fifth of the utterance)")
     parser.add_argument("--eval-sets", nargs="*", default=list(EVAL_SETS))
     parser.add_argument("--seed", type=int, default=1234)
     return parser
@@ -105,8 +112,29 @@ def make_batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
     return batches + [current] if current else batches
 
 
-def collate(feats: list[torch.Tensor], labels: list[list[int]], batch: list[int]):
-    x = pad_sequence([feats[i] for i in batch], batch_first=True)
+def spec_augment(x: torch.Tensor, n_mels: int, args, gen: torch.Generator) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) on one utterance's LFR features [T, lfr_m * n_mels], a copy.
+
+    ``--freq-masks`` bands of up to ``--freq-width`` mel bins and ``--time-masks`` spans of up to
+    ``--time-width`` frames are set to 0, the CMVN mean. An LFR frame stacks ``lfr_m`` fbank frames,
+    so a mel band is masked in each of them alike. Time warping is left out, as in most CTC recipes.
+    """
+    x = x.clone()
+    frames = x.view(x.shape[0], -1, n_mels)
+    for _ in range(args.freq_masks):
+        width = int(torch.randint(0, args.freq_width + 1, (1,), generator=gen))
+        start = int(torch.randint(0, n_mels - width + 1, (1,), generator=gen))
+        frames[:, :, start:start + width] = 0.0
+    for _ in range(args.time_masks):
+        width = int(torch.randint(0, min(args.time_width, x.shape[0] // 5) + 1, (1,), generator=gen))
+        start = int(torch.randint(0, x.shape[0] - width + 1, (1,), generator=gen))
+        x[start:start + width] = 0.0
+    return x
+
+
+def collate(feats: list[torch.Tensor], labels: list[list[int]], batch: list[int], augment=None):
+    chosen = [feats[i] if augment is None else augment(feats[i]) for i in batch]
+    x = pad_sequence(chosen, batch_first=True)
     x_len = torch.tensor([len(feats[i]) for i in batch])
     y = pad_sequence([torch.tensor(labels[i]) for i in batch], batch_first=True)
     y_len = torch.tensor([len(labels[i]) for i in batch])
@@ -127,13 +155,16 @@ def train(encoder: SmallCTCEncoder, feats: list[torch.Tensor], labels: list[list
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     rng = random.Random(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    n_mels = encoder.config["frontend_conf"]["n_mels"]
+    augment = (lambda f: spec_augment(f, n_mels, args, gen)) if args.spec_augment else None
     encoder.train()
     start, step, stopped_early = time.time(), 0, False
     for epoch in range(1, args.epochs + 1):
         rng.shuffle(batches)
         loss_sum, utts = 0.0, 0
         for batch in batches:
-            x, x_len, y, y_len = collate(feats, labels, batch)
+            x, x_len, y, y_len = collate(feats, labels, batch, augment)
             loss = encoder.ctc_loss(x, x_len, y, y_len)
             optimizer.zero_grad()
             loss.backward()

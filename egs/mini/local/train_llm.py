@@ -88,6 +88,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plain-ratio", type=float, default=0.2, help="share of plain-sentence examples")
     parser.add_argument("--slu-ratio", type=float, default=0.3,
                         help="share of SLU_scenario among the unit-reading examples (the rest is ASR)")
+    parser.add_argument("--random-ratio", type=float, default=0.3,
+                        help="share of ASR unit-reading examples whose sentence is random training words "
+                             "(default: 0.3): reading them needs the units, not the grammar's prior")
     parser.add_argument("--unit-noise", type=float, default=0.05,
                         help="probability of dropping, and of replacing, each unit in a spelling")
     parser.add_argument("--seed", type=int, default=1234)
@@ -203,6 +206,14 @@ class Examples:
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def random_words(words: list[str], n: int, rng: random.Random) -> str:
+    """``n`` words drawn uniformly from the training vocabulary: a "sentence" no grammar predicts, so
+    the only way to transcribe its units is to read them. Rare slot values (names, cities) then get as
+    much reading practice as common words; without such examples the LLM wrote the likeliest
+    sentence of the grammar over units it could not read."""
+    return " ".join(rng.choice(words) for _ in range(n))
+
+
 def build_model(tokenizer: PreTrainedTokenizerFast, args) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
@@ -216,6 +227,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, args) -> Qwen2ForCausalLM:
 def train(model, examples: Examples, sentences: list[tuple[str, str]], args) -> dict:
     """``args.steps`` AdamW steps on freshly drawn batches (seeded), warm-up + cosine LR."""
     rng = random.Random(args.seed)
+    words = sorted({w for s, _ in sentences for w in s.split()})
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
 
     def lr_lambda(step: int) -> float:
@@ -236,6 +248,8 @@ def train(model, examples: Examples, sentences: list[tuple[str, str]], args) -> 
             kind = "SLU_scenario" if rng.random() < args.slu_ratio else "ASR"
         pairs = []
         for sentence, scenario in (rng.choice(sentences) for _ in range(args.batch_size)):
+            if kind == "ASR" and rng.random() < args.random_ratio:
+                sentence = random_words(words, len(sentence.split()), rng)
             pairs.append(examples.plain(sentence) if kind == "plain" else
                          examples.instruction(kind, sentence, scenario, args.unit_noise, rng))
         loss = model(**examples.batch(pairs)).loss
@@ -285,8 +299,9 @@ def read_units(model, examples: Examples, task: str, sentences: list[str], batch
     return [re.sub(r"\s+", " ", o).strip() for o in outputs]
 
 
-def evaluate(model, examples: Examples, dev: list[tuple[str, str]]) -> dict:
-    """Dev perplexities (plain sentences; ASR answers given clean units), unit-reading WER, SLU accuracy."""
+def evaluate(model, examples: Examples, dev: list[tuple[str, str]], test: list[tuple[str, str]]) -> dict:
+    """Dev perplexities (plain sentences; ASR answers given clean units), unit-reading WER, SLU accuracy;
+    the unit-reading WER of the test text too (evaluated only, never trained on)."""
     rng = random.Random(0)
     result = {
         "ppl_plain": perplexity(model, examples, [examples.plain(s) for s, _ in dev]),
@@ -298,6 +313,11 @@ def evaluate(model, examples: Examples, dev: list[tuple[str, str]]) -> dict:
     result["wer_reading_units"] = score(dict(zip(keys, (s for s, _ in dev))), dict(zip(keys, hyps)), "wer")[0].value
     labels = read_units(model, examples, "SLU_scenario", [s for s, _ in dev])
     result["acc_scenario_from_units"] = 100 * sum(h == c for h, (_, c) in zip(labels, dev)) / len(dev)
+    if test:  # the ceiling of every system on the test set: the LLM given perfect units
+        keys = [f"test{i:05d}" for i in range(len(test))]
+        hyps = read_units(model, examples, "ASR", [s for s, _ in test])
+        result["wer_reading_units_test"] = score(dict(zip(keys, (s for s, _ in test))), dict(zip(keys, hyps)),
+                                                 "wer")[0].value
     return result
 
 
@@ -311,6 +331,7 @@ def main() -> None:
     # 1. text: all training text (audio transcripts + text-only), dev for evaluation only
     training = read_text_set(data_dir, "train") + read_text_set(data_dir, "text_only")
     dev = read_text_set(data_dir, "dev")
+    test = read_text_set(data_dir, "test") if (data_dir / "test" / "text").exists() else []
 
     # 2. tokenizer: specials + encoder units + words; units as LLM ids
     enc_tok = load_encoder_tokenizer(args.encoder)
@@ -340,7 +361,7 @@ def main() -> None:
     (out_dir / "encoder_units.json").write_text(json.dumps(unit_ids) + "\n", encoding="utf-8")
 
     # 5. dev numbers
-    result = evaluate(model, examples, dev)
+    result = evaluate(model, examples, dev, test)
     info.update(parameters=n_params, vocab_size=len(tokenizer), dev_tokens_per_word=round(per_word, 3),
                 **{k: round(v, 3) for k, v in result.items()})
     lines = [f"{k} {v}" for k, v in info.items()]
