@@ -207,3 +207,24 @@ def test_debug_lets_the_traceback_through(setup, tmp_path):
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     env = subprocess.run(argv, env=dict(ENV, TASU_DEBUG="1"), capture_output=True, text=True)
     assert env.returncode == 1 and "Traceback (most recent call last)" in env.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 40 kB file system: room for the logs of a run, not for its first checkpoint."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk):
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(small_disk / "exp")]])
+    assert result["status"] == 1 and "Traceback" not in result["stderr"], result["stderr"]
+    assert (f"tasu train: error: cannot write checkpoint step_000002 in {small_disk / 'exp' / 'checkpoints'}: "
+            "0.0 MiB free on that disk") in result["stderr"]
+    assert "no checkpoint was written" in result["stderr"]
+    assert not list((small_disk / "exp" / "checkpoints").iterdir())  # no partial checkpoint left behind

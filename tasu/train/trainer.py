@@ -425,9 +425,10 @@ class Trainer:
             if self.rank == 0:
                 prompts_text = Path(self.collator.prompts.source).read_text(encoding="utf-8")
                 write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, prompts_text)
-        except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear"
+        except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear" or so
+            message = self._save_failure(name, e)  # the free space before the partial files are removed
             shutil.rmtree(partial, ignore_errors=True)
-            raise TrainingError(self._save_failure(name, e)) from e
+            raise TrainingError(message) from e
         dist.barrier()
         if self.rank == 0:
             shutil.rmtree(final, ignore_errors=True)
@@ -445,8 +446,8 @@ class Trainer:
         free = shutil.disk_usage(self.ckpt_root).free if self.ckpt_root.exists() else 0
         last = last_checkpoint(self.ckpt_root)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return (f"cannot write checkpoint {name} in {self.ckpt_root} ({first_line}; {free / 2**20:.0f} MiB free "
-                f"on that disk); " + (f"the last complete checkpoint, {last.name}, is kept" if last is not None
+        return (f"cannot write checkpoint {name} in {self.ckpt_root}: {free / 2**20:.1f} MiB free on that disk "
+                f"({first_line}); " + (f"the last complete checkpoint, {last.name}, is kept" if last is not None
                                       else "no checkpoint was written"))
 
     def _resume(self) -> None:
