@@ -2,7 +2,7 @@
 
     from tasu import Speech2Text
 
-    s2t = Speech2Text.from_pretrained("egs/mini/exp/tasu_train_text")   # experiment or checkpoint dir
+    s2t = Speech2Text.from_pretrained("egs/mini/exp/tasu_train_text")   # experiment, checkpoint or export dir
     s2t("recording.flac")                                    # 'turn on the kitchen lights'
     s2t(samples, sample_rate=8000)                           # a numpy/torch waveform, any rate, mono or [T, C]
     s2t("recording.flac", task="SLU_scenario")               # any task of the model's prompt set
@@ -56,14 +56,19 @@ class Speech2Text:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
                         overrides: tuple[str, ...] = (), **decoding) -> "Speech2Text":
-        """Load an experiment dir (its ``best`` or ``last`` checkpoint, or ``step_N``) or a checkpoint dir.
+        """Load an experiment dir (its ``best`` or ``last`` checkpoint, or ``step_N``), a checkpoint dir
+        or a directory written by ``tasu export``.
 
         ``overrides`` change the saved config (``llm.path=...`` for base models moved elsewhere);
         ``decoding``: ``beam``, ``max_new_tokens``, ``no_repeat_ngram_size``, ``repetition_penalty``.
         """
         from tasu.device import resolve_device
+        from tasu.export import ENCODER_DIR, LLM_DIR, is_export
         from tasu.train.build import load_trained
 
+        if is_export(path):   # its base models travel with it
+            root = Path(path).resolve()
+            overrides = (f"encoder.path={root / ENCODER_DIR}", f"llm.path={root / LLM_DIR}", *overrides)
         model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
                                               overrides=overrides)
         return cls(model, cfg, prompts, **decoding)

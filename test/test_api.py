@@ -1,5 +1,6 @@
 """The Python API (tasu.Speech2Text): files and arrays, n-best, agreement with tasu decode, the README example."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory):
-    """A tiny experiment trained for 4 text-only steps, and two recordings."""
+    """A tiny experiment (LoRA on the LLM) trained for 4 text-only steps, and two recordings."""
     root = tmp_path_factory.mktemp("api")
     save_tiny_llm(root / "llm")
     write_sensevoice_dir(root / "enc")
@@ -28,14 +29,14 @@ def exp(tmp_path_factory):
         sf.write(root / f"rec{i}.wav", waveform(0.8 + 0.2 * i, seed=i).numpy(), 16000)
     (root / "train.yaml").write_text(f"""
 encoder: {{path: {root}/enc}}
-llm: {{path: {root}/llm}}
+llm: {{path: {root}/llm, lora: {{r: 2, alpha: 4.0}}}}
 projector: {{name: linear-silu, options: {{hidden: 32}}}}
 data: {{train: [{root}/train.jsonl], max_tokens: 400, num_workers: 0}}
 optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
 engine: {{device: cpu}}
 train: {{epochs: 1, max_steps: 4, log_interval: 2, save_interval: 4}}
 """, encoding="utf-8")
-    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": str(BIN)}
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     out = subprocess.run([str(BIN / "tasu"), "train", "--config", str(root / "train.yaml"), "--exp-dir",
                           str(root / "exp")], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -94,3 +95,21 @@ def test_the_readme_example_runs(exp, tmp_path):
     code = block.group(1).replace("egs/mini/exp/tasu_train_text", "exp")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path):
+    from tasu import Speech2Text
+    from tasu.export import export
+
+    out = export(exp / "exp", tmp_path / "exported")
+    assert sorted(p.name for p in out.iterdir()) == ["encoder", "llm", "model"]
+    assert not list(tmp_path.glob(".*partial"))
+    config = (out / "model" / "config.yaml").read_text()
+    assert "path: llm" in config and "path: encoder" in config and "lora: null" in config
+    moved = out.rename(tmp_path / "moved")
+    exported = Speech2Text.from_pretrained(moved, beam=3, max_new_tokens=8)
+    assert not any("lora" in name for name, _ in exported.model.llm.named_parameters())   # merged into llm/
+    for rec in ("rec0.wav", "rec1.wav"):
+        assert exported(exp / rec) == s2t(exp / rec)
+    with pytest.raises(FileExistsError, match="export writes a new directory"):
+        export(exp / "exp", moved)

@@ -1,0 +1,79 @@
+"""A trained speech LLM as one self-contained directory: ``tasu export``.
+
+    tasu export --exp exp/tasu_train_text --out exported/mini_asr
+    Speech2Text.from_pretrained("exported/mini_asr")
+
+The directory holds everything decoding needs, and nothing of training::
+
+    llm/        the LLM with its LoRA adapters merged into its weights (Hugging Face layout:
+                config.json, model.safetensors, tokenizer files), loadable by any transformers code
+    encoder/    a copy of the frozen encoder's directory
+    model/      trainable.safetensors (the projector), config.yaml (llm.path: llm, encoder.path:
+                encoder, no LoRA section: the adapters are in llm/), prompts.jsonl
+
+so it is a checkpoint directory whose base models travel with it; ``Speech2Text.from_pretrained``
+reads it wherever it is moved (the config's model paths are relative to it). It is written under a
+temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+LLM_DIR, ENCODER_DIR = "llm", "encoder"
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is a directory written by :func:`export`."""
+    path = Path(path)
+    return all((path / name).is_dir() for name in (LLM_DIR, ENCODER_DIR, "model"))
+
+
+def merge_lora(llm: nn.Module) -> int:
+    """Fold every LoRA adapter into its base layer's weight and put the base layer back; the count."""
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for name, module in list(llm.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(llm.get_submodule(parent_name) if parent_name else llm, child, module.get_base_layer())
+            merged += 1
+    return merged
+
+
+def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
+    """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``."""
+    from transformers import AutoTokenizer
+
+    from tasu.train.build import load_trained
+    from tasu.train.checkpoint import MODEL_DIR, PROMPTS, write_model
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: export writes a new directory")
+    model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if cfg.llm.lora is not None:
+            merge_lora(model.llm)
+        model.llm.requires_grad_(False)
+        model.llm.save_pretrained(tmp / LLM_DIR)
+        AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
+        shutil.copytree(cfg.encoder.path, tmp / ENCODER_DIR)
+        exported = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=LLM_DIR, lora=None),
+                                       encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR))
+        (tmp / MODEL_DIR).mkdir()
+        write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
+                    (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
