@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def copy_recipe(name: str, dest: Path) -> Path:
     """``egs/<name>`` and ``egs/TEMPLATE`` copied under ``dest`` (without data/dump/exp), with
     ``tools`` and ``utils`` linked, so a run writes nothing into the repository."""
-    skip = shutil.ignore_patterns("data", "dump", "exp", "downloads", "RESULTS.md")
+    skip = shutil.ignore_patterns("data", "dump", "exp", "seeds", "downloads", "RESULTS.md")
     for recipe in ("TEMPLATE", name):
         if not (dest / "egs" / recipe).exists():
             shutil.copytree(ROOT / "egs" / recipe, dest / "egs" / recipe, symlinks=True, ignore=skip)

@@ -20,7 +20,8 @@ SIZES = ["--num-train", "16", "--num-dev", "4", "--num-test", "4", "--num-text-o
 SLURP_SCENARIOS = {"alarm", "audio", "calendar", "cooking", "datetime", "email", "general", "iot", "lists",
                    "music", "news", "play", "qa", "recommendation", "social", "takeaway", "transport", "weather"}
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                                reason="espeak-ng or flite is not installed")
 
 
 def run(script: str, *args: str, cwd: Path) -> None:
@@ -56,11 +57,26 @@ def test_corpus_splits_are_disjoint_and_test_text_is_unseen(recipe):
 
 def test_corpus_ood_voices_and_rates_are_unseen_in_training(recipe):
     data = recipe / "data"
-    accents = {s: {spk.rsplit("_", 1)[0] for spk in table(data / s / "utt2spk").values()}
-               for s in ("train", "dev", "test", "test_ood")}
-    assert not accents["test_ood"] & (accents["train"] | accents["dev"] | accents["test"])
+    speakers = {s: set(table(data / s / "utt2spk").values()) for s in ("train", "dev", "test", "test_ood")}
+    assert not speakers["test_ood"] & (speakers["train"] | speakers["dev"] | speakers["test"])
     corpus = json.loads((data / "local" / "corpus.json").read_text())
     assert not set(corpus["speakers"]["test_ood"]) & set(corpus["speakers"]["train"])
+    assert "flite_rms" not in speakers["train"] | speakers["dev"] | speakers["test"]
+
+
+def test_corpus_augments_train_only():
+    """Speed perturbation and noise are drawn for train utterances alone (checked on a larger draw)."""
+    spec = importlib.util.spec_from_file_location("mini_make_corpus", LOCAL / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sentences = [(f"sentence {i}", "iot") for i in range(300)]
+    rng = random.Random(0)
+    train = module.assign_voices("train", sentences, Path("wav"), rng)
+    ood = module.assign_voices("test_ood", sentences, Path("wav"), rng)
+    assert {u.speed for u in train} == set(module.SPEEDS) and {u.noise for u in train} > {None}
+    assert {u.engine for u in train} == {"espeak-ng", "flite"}
+    assert {u.speed for u in ood} == {1.0} and {u.noise for u in ood} == {None}
+    assert {u.voice for u in ood if u.engine == "flite"} == set(module.FLITE_OOD_VOICES)
 
 
 def test_corpus_data_dirs_are_complete_with_scenarios(recipe):
@@ -150,3 +166,52 @@ def test_llm_loads_through_tasu_and_reads_units(recipe):
         assert tokenizer.convert_ids_to_tokens(units[i]) == f"<|u:{piece}|>" or \
             tokenizer.decode([units[i]]) == piece.replace("\u2581", " ")
     assert "ppl_plain" in (exp / "ppl.txt").read_text()
+
+
+def _fake_run(root: Path, seed: int, wer: dict[str, float]) -> Path:
+    """A run directory as run.sh --seeds leaves it, with only what local/report.py reads."""
+    exp, data = root / "exp", root / "data"
+
+    def score(path: Path, value: float) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "score.json").write_text(json.dumps({"value": value}))
+
+    for s in ("dev", "test", "test_ood"):
+        score(exp / "encoder" / "ctc_greedy" / s / "wer", wer["encoder"])
+    for tag in ("tasu_train_text", "tasu_train_text_then_train_audio_sft", "train_audio_sft_from_scratch"):
+        for s in ("test", "test_ood"):
+            score(exp / tag / "decode_greedy_best" / s / "ASR", wer[tag])
+            score(exp / tag / "decode_greedy_best" / s / "SLU_scenario", 95.0)
+    score(exp / "tasu_train_text" / "decode_simulated" / "test" / "ASR", wer["simulated"])
+    (exp / "llm").mkdir(parents=True)
+    (exp / "llm" / "ppl.txt").write_text("parameters 4000000\nppl_plain 3.0\nwer_reading_units 2.0\n"
+                                         "wer_reading_units_test 2.5\nacc_scenario_from_units 99.0\n")
+    (exp / "usage.tsv").write_text("stage 1\t10\t20\t100\nstage 3\t60\t120\t1000\n")
+    (data / "test").mkdir(parents=True)
+    (data / "test" / "scenario").write_text("a iot\nb weather\n")
+    (data / "local").mkdir()
+    (data / "local" / "corpus.json").write_text(json.dumps({"grammar": {"scenarios": ["iot", "weather"]}}))
+    (data / ".done").write_text(f"quick=false seed={seed}\n")
+    return root
+
+
+def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_path):
+    runs = [_fake_run(tmp_path / f"seed{i}", i, {"encoder": 20.0 + d, "tasu_train_text": 14.0 + d,
+                                                    "tasu_train_text_then_train_audio_sft": 10.0 + 2 * d,
+                                                    "train_audio_sft_from_scratch": 11.0 - 2 * d,
+                                                    "simulated": 10.0})
+            for i, d in enumerate((-1.0, 0.0, 1.0), start=1)]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# RESULTS\n## Environments\n- date\n\n## encoder\n")
+    subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results", str(results),
+                    "--plot", str(tmp_path / "results.png")], check=True, capture_output=True)
+    text = results.read_text()
+    rows = {ln.split("|")[1]: ln.split("|")[2:-1] for ln in text.splitlines() if ln.startswith("|")}
+    assert rows["encoder CTC greedy"][0] == "20.0 ± 1.0"
+    assert rows["curriculum: text-only, then audio"][0] == "10.0 ± 2.0"
+    # 14.0 vs 0.8 x 20.0 = 16.0: a margin of 2.0 against 2 x pooled sd sqrt((1 + 0.64) / 2) = 1.8
+    assert "0.8 x the encoder's greedy CTC WER (test): 14.0 vs 16.0: **met**" in text
+    # 10.0 vs 11.0: a margin of 1.0, but the seeds spread by 2.0 each: not evidence
+    assert "curriculum WER < audio-only WER (test): 10.0 vs 11.0: **missed**" in text
+    assert text.index("## Environments") < text.index("## Summary") < text.index("## encoder")
+    assert "All 3 runs" in text

@@ -62,9 +62,14 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     assert rows["encoder CTC greedy"][:2] != ["-", "-"]
     for name in ("TASU text-only (zero-shot)", "curriculum: text-only, then audio", "audio-only (same steps, from scratch)"):
         assert "-" not in rows[name], rows[name]  # every system scored on every set and task
-    assert summary.count(": **met**") + summary.count(": **missed**") == 3
+    assert summary.count(": **met**") + summary.count(": **missed**") == 8
     steps = [line.split("\t")[0] for line in (recipe / "exp" / "usage.tsv").read_text().splitlines()]
-    assert steps == ["stage 1", "stage 1: encoder", "stage 1: LLM", *(f"stage {n}" for n in range(2, 8))]
+    assert steps == ["stage 1", "stage 1: encoder", "stage 1: LLM", "stage 2", "stage 3", "stage 4", "stage 5",
+                     "stage 5: simulated input", "stage 6", "stage 7"]
+    # the rows that explain the table: the LLM's ceiling, simulated vs real input, the encoder on every set
+    assert rows["TASU text-only, on posteriors simulated from the text"][1] != "-"  # test
+    assert "-" not in rows["LLM reading the clean encoder units of the text (its ceiling)"][:2]  # dev, test
+    assert "-" not in rows["encoder CTC greedy"][:3]  # dev, test, test_ood (the explaining table's row)
     assert "|**all**|" in summary
     assert results.index("## Environments") < results.index("## Summary") < results.index("## tasu_train_text")
     assert (recipe / "exp" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,6 +6,7 @@
 #   ./run.sh                  # everything (~15 min, 2 GB on 2 cores); ends by printing the results table
 #   ./run.sh --stage 3        # from the text-only training on
 #   ./run.sh --quick true     # every stage on a tiny corpus with tiny models (~2 min; the tests run it)
+#   ./run.sh --seeds "1 2 3"  # the whole run once per seed, in seeds/seed<N>/; RESULTS.md: mean +- sd
 #
 # Stages, as in ../TEMPLATE/tasu.sh, which runs all but the mini-only parts marked (+):
 #   1. local/data.sh: espeak-ng speaks grammar sentences -> data/{train,dev,test,test_ood,text_only}
@@ -15,20 +16,24 @@
 #   3. text-only TASU training                        -> exp/tasu_train_text
 #   4. audio fine-tuning from it (the curriculum)     -> exp/tasu_train_text_then_train_audio_sft
 #      and the same from scratch (audio-only baseline) -> exp/train_audio_sft_from_scratch
-#   5. decoding test and test_ood with the three; 6. scoring
+#   5. decoding test and test_ood with the three; (+) the text-only model also decodes posteriors
+#      simulated from the test text (what it was trained on); 6. scoring
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
 #      resources each stage used; every table of 'tasu results'; (+) exp/results.png
-# Options of this script: --stage, --stop_stage, --quick, --seed; any other goes to ../TEMPLATE/tasu.sh.
+# Options of this script: --stage, --stop_stage, --quick, --seed, --seeds, --workdir; any other goes to
+# ../TEMPLATE/tasu.sh.
 set -euo pipefail
 
 stage=1
 stop_stage=7
 quick=false     # tiny corpus and models, a few steps each: checks every stage, proves nothing
 seed=1234       # corpus, encoder, LLM and TASU training; the same seed gives the same table
+seeds=          # e.g. "1 2 3": one whole run per seed (in seeds/seed<N>/), then a report of mean +- sd
+workdir=.       # where data/, dump/ and exp/ go (--seeds gives each seed its own)
 tasu_opts=()
 while [ $# -gt 0 ]; do
   case $1 in
-    --stage|--stop_stage|--stop-stage|--quick|--seed)
+    --stage|--stop_stage|--stop-stage|--quick|--seed|--seeds|--workdir)
       [ $# -ge 2 ] || { echo "$0: option '$1' needs a value" >&2; exit 1; }
       name=${1#--}
       printf -v "${name//-/_}" '%s' "$2"
@@ -41,11 +46,31 @@ case ${quick} in true|false) ;; *) echo "$0: --quick takes true or false, not '$
 
 . ./path.sh
 
+if [ -n "${seeds}" ]; then
+  # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
+  # in its own directory; the report gives each cell's mean and standard deviation over the seeds.
+  runs=()
+  for s in ${seeds}; do
+    runs+=("seeds/seed${s}")
+    "$0" --stage "${stage}" --stop_stage "${stop_stage}" --quick "${quick}" --seed "${s}" \
+      --workdir "seeds/seed${s}" "${tasu_opts[@]}"
+  done
+  if [ "${stop_stage}" -ge 7 ]; then
+    cp "${runs[0]}/RESULTS.md" RESULTS.md  # its environment block and tables; the summary goes in
+    python3 local/report.py --runs "${runs[@]}" --results RESULTS.md
+  fi
+  exit 0
+fi
+
 # data/, dump/ and exp/ hold one setting: a run with another would mix old and new parts.
+data=${workdir%/}/data
+dump=${workdir%/}/dump
+exp=${workdir%/}/exp
+[ "${workdir}" = . ] && data=data dump=dump exp=exp
 setting="quick=${quick} seed=${seed}"
-if [ -f data/.done ] && [ "$(cat data/.done)" != "${setting}" ]; then
-  echo "$0: data/, dump/ and exp/ were made with '$(cat data/.done)', not '${setting}':" \
-    "remove them (rm -r data dump exp RESULTS.md) to run with this setting" >&2
+if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
+  echo "$0: ${data}, ${dump} and ${exp} were made with '$(cat "${data}/.done")', not '${setting}':" \
+    "remove them (rm -r ${data} ${dump} ${exp} RESULTS.md) to run with this setting" >&2
   exit 1
 fi
 
@@ -55,6 +80,7 @@ train_args="train.seed=${seed}"
 train_text_args=${train_args}
 train_audio_args=${train_args}
 decode_args=
+decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 40)  # as conf/decode_greedy.yaml
 if ${quick}; then
   encoder_opts+=(--epochs 2)
   llm_opts+=(--steps 40 --warmup-steps 5)
@@ -62,15 +88,17 @@ if ${quick}; then
   train_text_args+=" ${quick_train} train.max_steps=20 optim.total_steps=20"
   train_audio_args+=" ${quick_train} train.max_steps=10 optim.total_steps=10"
   decode_args="--max-new-tokens 16"
+  decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 16)
 fi
 
 tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources noted in exp/usage.tsv
-  python3 local/usage.py exp/usage.tsv "stage $1" -- ../TEMPLATE/tasu.sh \
+  python3 local/usage.py "${exp}/usage.tsv" "stage $1" -- ../TEMPLATE/tasu.sh \
     --stage "$1" --stop_stage "$1" \
-    --local_data_opts "--quick ${quick} --seed ${seed}" \
+    --datadir "${data}" --dumpdir "${dump}" --expdir "${exp}" \
+    --local_data_opts "--datadir ${data} --quick ${quick} --seed ${seed}" \
     --train_set train --valid_set dev --test_sets "test test_ood" \
     --tasks "ASR SLU_scenario:scenario" --extra_text_sets text_only \
-    --encoder_path exp/encoder --llm_path exp/llm \
+    --encoder_path "${exp}/encoder" --llm_path "${exp}/llm" \
     --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
     --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
@@ -81,29 +109,43 @@ made_with() {  # made_with <dir> <options>: whether <dir> was finished with exac
   [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
 }
 
-mkdir -p exp
+mkdir -p "${exp}"
 for n in 1 2 3 4 5 6 7; do
   [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || continue
   tasu_sh "${n}"
   if [ "${n}" = 1 ]; then
-    if made_with exp/encoder "${encoder_opts[*]}"; then
-      echo "exp/encoder: already trained with ${encoder_opts[*]} (exp/encoder/.done), skipping" >&2
+    if made_with "${exp}/encoder" "${encoder_opts[*]}"; then
+      echo "${exp}/encoder: already trained with ${encoder_opts[*]} (${exp}/encoder/.done), skipping" >&2
     else
-      rm -f exp/encoder/.done
-      python3 local/usage.py exp/usage.tsv "stage 1: encoder" -- \
-        python3 local/train_encoder.py --data-dir data --exp-dir exp/encoder "${encoder_opts[@]}"
-      echo "${encoder_opts[*]}" > exp/encoder/.done
+      rm -f "${exp}/encoder/.done"
+      python3 local/usage.py "${exp}/usage.tsv" "stage 1: encoder" -- \
+        python3 local/train_encoder.py --data-dir "${data}" --exp-dir "${exp}/encoder" "${encoder_opts[@]}"
+      echo "${encoder_opts[*]}" > "${exp}/encoder/.done"
     fi
-    if made_with exp/llm "${llm_opts[*]}"; then
-      echo "exp/llm: already trained with ${llm_opts[*]} (exp/llm/.done), skipping" >&2
+    if made_with "${exp}/llm" "${llm_opts[*]}"; then
+      echo "${exp}/llm: already trained with ${llm_opts[*]} (${exp}/llm/.done), skipping" >&2
     else
-      rm -f exp/llm/.done
-      python3 local/usage.py exp/usage.tsv "stage 1: LLM" -- \
-        python3 local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm "${llm_opts[@]}"
-      echo "${llm_opts[*]}" > exp/llm/.done
+      rm -f "${exp}/llm/.done"
+      python3 local/usage.py "${exp}/usage.tsv" "stage 1: LLM" -- \
+        python3 local/train_llm.py --data-dir "${data}" --encoder "${exp}/encoder" --out-dir "${exp}/llm" \
+        "${llm_opts[@]}"
+      echo "${llm_opts[*]}" > "${exp}/llm/.done"
     fi
   fi
+  if [ "${n}" = 5 ]; then
+    # The text-only model on what it was trained on: posteriors simulated from the test text (with the
+    # training's simulation settings) instead of the encoder's on the test audio; the gap between the
+    # two is the text-to-speech gap that TASU has to close.
+    out=${exp}/tasu_train_text/decode_simulated/test/ASR
+    python3 local/usage.py "${exp}/usage.tsv" "stage 5: simulated input" -- \
+      tasu decode --exp "${exp}/tasu_train_text" --data "${dump}/test/ASR.jsonl" --out "${out}" \
+      --input simulated --checkpoint best --device cpu "${decode_opts[@]}"
+    tasu score --ref "${out}/ref.trn" --hyp "${out}/hyp.trn" --metric wer --out "${out}" >/dev/null
+  fi
   if [ "${n}" = 7 ]; then
-    python3 local/report.py --exp exp --results RESULTS.md --plot exp/results.png
+    [ "${workdir}" = . ] || mv RESULTS.md "${workdir}/RESULTS.md"  # stage 7 writes it here
+    results=RESULTS.md
+    [ "${workdir}" = . ] || results=${workdir}/RESULTS.md
+    python3 local/report.py --exp "${exp}" --data "${data}" --results "${results}" --plot "${exp}/results.png"
   fi
 done

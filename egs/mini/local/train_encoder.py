@@ -3,7 +3,7 @@
 
 Usage (from egs/mini, after local/make_corpus.py):
 
-    python local/train_encoder.py --data-dir data --exp-dir exp/encoder             # full: ~4 min
+    python local/train_encoder.py --data-dir data --exp-dir exp/encoder             # full: ~6 min
     python local/train_encoder.py --data-dir data --exp-dir exp/encoder --epochs 25  # --quick corpus: ~1 min
 
 What it writes::
@@ -54,9 +54,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoder-conf", type=json.loads, default={},
                         help='JSON overrides of SmallCTCEncoder encoder_conf, e.g. \'{"num_blocks": 4}\'')
     parser.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    parser.add_argument("--max-minutes", type=float, default=6.0,
-                        help="stop training after this much wall time, even mid-epoch: a cap for slow "
-                             "machines (default: 6; 0 = none)")
+    parser.add_argument("--max-minutes", type=float, default=15.0,
+                        help="stop training after this much wall time, even mid-epoch: a cap for very slow "
+                             "machines, far above the ~5 min of 2 idle cores (default: 15; 0 = none)")
     parser.add_argument("--batch-frames", type=int, default=2400,
                         help="batch budget: utterances x longest LFR frame count (40 ms each)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")

@@ -77,8 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=768)
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
-    parser.add_argument("--max-minutes", type=float, default=4.0,
-                        help="stop after this much wall time: a cap for slow machines (default: 4; 0 = none)")
+    parser.add_argument("--max-minutes", type=float, default=10.0,
+                        help="stop after this much wall time: a cap for very slow machines, far above the ~2.5 min "
+                             "of 2 idle cores (default: 10; 0 = none)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="examples per step (default: 16: more, smaller steps learn to read units sooner)")
     parser.add_argument("--lr", type=float, default=1e-3,
