@@ -4,6 +4,9 @@
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
     tasu train --config conf/train_text.yaml --exp-dir exp/text
     tasu decode --exp exp/text --data dump/test/asr.jsonl --out exp/text/decode/test
+    tasu transcribe --exp exp/text recording.wav other.flac
+    tasu export --exp exp/text --out exported/text
+    tasu analyze --config conf/train_text.yaml --data dump/dev/ASR.jsonl --out exp/analyze/dev
     tasu score --ref exp/x/decode/test/ref.trn --hyp exp/x/decode/test/hyp.trn --metric wer
     tasu results exp > RESULTS.md
 
@@ -65,6 +68,42 @@ def _decode(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
                       device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes)
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from tasu.api import Speech2Text
+
+    s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
+                                      overrides=tuple(args.overrides), beam=args.beam,
+                                      max_new_tokens=args.max_new_tokens)
+    for path in args.audio:   # one at a time: a line appears as soon as its file is done
+        if args.nbest:
+            for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest), 1):
+                print(f"{path}\t{rank}\t{hyp.score:.4f}\t{hyp.text}", flush=True)
+        else:
+            print(f"{path}\t{s2t(path, task=args.task)}", flush=True)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tasu.export import export
+
+    out = export(args.exp, args.out, checkpoint=args.checkpoint)
+    print(f"exported {args.exp} ({args.checkpoint}) to {out}", file=sys.stderr)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from tasu.analyze import report, run_analyze
+    from tasu.config import load_config
+    from tasu.train.config import ExperimentConfig
+
+    overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else [])
+    cfg = load_config(ExperimentConfig, args.config, overrides)
+    summary = run_analyze(cfg, args.data, args.out, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                          allow_pipes=args.allow_pipes, device=args.device)
+    print(report(summary), end="")
+    return 0
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -147,6 +186,42 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="change the saved config, e.g. llm.path=DIR when the base models moved")
     p.set_defaults(func=_decode)
+
+    p = sub.add_parser("transcribe", help="print a trained model's output for audio files, one line each",
+                       parents=[common])
+    p.add_argument("--exp", required=True, help="experiment, checkpoint or exported directory")
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate and channels)")
+    p.add_argument("--task", default="ASR", help="a task of the model's prompt set (default: ASR)")
+    p.add_argument("--checkpoint", default="best", help="best, last, or step_N")
+    p.add_argument("--beam", type=int, default=4, help="beam size")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
+    p.add_argument("--nbest", type=int, default=0,
+                   help="> 0: print the n best hypotheses, as FILE<TAB>rank<TAB>score<TAB>text")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="change the saved config, e.g. llm.path=DIR when the base models moved")
+    p.set_defaults(func=_transcribe)
+
+    p = sub.add_parser("export", help="write a trained model as one directory (LoRA merged, encoder copied)",
+                       parents=[common])
+    p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
+    p.add_argument("--out", required=True, help="the new directory")
+    p.add_argument("--checkpoint", default="best", help="best, last, or step_N")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("analyze", help="compare real (compressed) and simulated posteriors of a set with audio",
+                       parents=[common, pipes])
+    p.add_argument("--data", required=True, nargs="+", help="JSONL records with audio and a transcript")
+    p.add_argument("--out", required=True, help="output dir: summary.json, report.txt, entropy.png, top1_mass.png")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML whose simulation and compress sections are compared (default: tasu's)")
+    p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
+    p.add_argument("--limit", type=int, default=None, help="analyze the first N records only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. simulation.drop_prob=0.1")
+    p.set_defaults(func=_analyze)
 
     p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy",
                        parents=[common])

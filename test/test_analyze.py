@@ -117,3 +117,19 @@ def test_paired_rows_follow_the_alignment():
     assert len(pairs) == 3 and sum(same for _, _, same in pairs) == 2
     assert [i for i, _, _ in pairs] == [0, 1, 2] and all(j1 < j2 for (_, j1, _), (_, j2, _) in zip(pairs, pairs[1:]))
     assert paired_rows([], [1]) == [] and paired_rows([2], [3]) == [(0, 0, False)]
+
+
+def test_tasu_analyze_from_the_command_line(tmp_path, capsys):
+    from tasu.cli import main
+
+    enc = write_sensevoice_dir(tmp_path / "enc")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, waveform(0.7).numpy(), 16000)
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"key": "a", "task": "ASR", "target": SENTENCES[0], "path": str(wav)}) + "\n")
+    assert main(["analyze", "--encoder", str(enc), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "simulation.drop_prob=0.0"]) == 0
+    assert "1 utterances" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]["simulation"]["drop_prob"] == 0.0
+    assert main(["analyze", "--encoder", str(enc), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 1
+    assert "none.jsonl" in capsys.readouterr().err
