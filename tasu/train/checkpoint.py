@@ -161,9 +161,12 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
         if last is None:
             raise FileNotFoundError(f"{root} holds no complete checkpoint yet")
         return last
-    candidate = root / which
+    step = re.fullmatch(r"step_(\d+)", which)
+    candidate = root / (checkpoint_name(int(step.group(1))) if step else which)   # step_2 = step_000002
     if not (candidate / MODEL_DIR / WEIGHTS).exists():
-        raise FileNotFoundError(f"no checkpoint {which} in {root}")
+        have = sorted(p.name for p in root.glob("step_*") if (p / MODEL_DIR / WEIGHTS).exists())
+        raise FileNotFoundError(f"no checkpoint {which} in {root} (it has best, last"
+                                f"{', ' + ', '.join(have) if have else ''})")
     return candidate
 
 

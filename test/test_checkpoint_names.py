@@ -1,0 +1,30 @@
+"""Which checkpoint a name means: best, last, step_N with or without zero padding, a checkpoint dir itself."""
+import json
+
+import pytest
+
+from tasu.train.checkpoint import MODEL_DIR, WEIGHTS, checkpoint_name, resolve_checkpoint
+
+
+@pytest.fixture
+def exp(tmp_path):
+    root = tmp_path / "exp" / "checkpoints"
+    for step in (2, 40):
+        (root / checkpoint_name(step) / MODEL_DIR).mkdir(parents=True)
+        (root / checkpoint_name(step) / MODEL_DIR / WEIGHTS).write_bytes(b"")
+    (root / "last").write_text("step_000040\n")
+    (root / "best.json").write_text(json.dumps([{"name": "step_000002", "loss": 1.0}]))
+    return tmp_path / "exp"
+
+
+def test_step_names_with_or_without_padding(exp):
+    root = exp / "checkpoints"
+    assert resolve_checkpoint(exp, "step_2") == root / "step_000002"
+    assert resolve_checkpoint(exp, "step_000040") == root / "step_000040"
+    assert resolve_checkpoint(exp, "last") == root / "step_000040"
+    assert resolve_checkpoint(root / "step_000040") == root / "step_000040"
+
+
+def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint step_3 in .* \(it has best, last, step_000002, step_000040\)"):
+        resolve_checkpoint(exp, "step_3")
