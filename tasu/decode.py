@@ -25,7 +25,9 @@ What is decoded, and how:
 
 Files in the output directory:
 
-- ``ref.trn``: ``key<TAB>target`` for every record, in data order, written atomically at the start;
+- ``ref.trn``: ``key<TAB>target`` for every record that has a target (records without one are
+  unlabelled audio: decoded, not scored), in data order, written atomically at the start; absent
+  when no record has a target;
 - ``hyp.trn``: ``key<TAB>hypothesis``, in decoding order, appended and flushed one line at a time;
 - ``decode.json``: the settings that determine the hypotheses (checkpoint, input, beam and guards,
   compression or simulation settings);
@@ -313,7 +315,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                               f"pass --set {name}=DIR with the directory on this machine")
     simulated = options.input == "simulated"
     records = []
-    for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated):
+    for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated,
+                                                require_target=False):
         if not simulated and record.path is None:
             raise DataError(data, line, "path", "missing: decoding audio needs it (or use --input simulated)")
         if not simulated and is_command(record.path) and not allow_pipes:
@@ -325,7 +328,11 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     out.mkdir(parents=True, exist_ok=True)
     done = decoded_keys(out / HYP)
     _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
-    atomic_write_text(out / REF, "".join(trn_line(r.key, r.target) for r in records))
+    labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
+    if labelled:
+        atomic_write_text(out / REF, "".join(trn_line(r.key, r.target) for r in labelled))
+    else:
+        (out / REF).unlink(missing_ok=True)
     todo = [r for r in records if r.key not in done]
 
     # 3. Decode the rest, one flushed line per hypothesis.
@@ -368,7 +375,9 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     extra = len(done - keys)
     if extra:
         lines.append(f"note: {HYP} holds {extra} keys that are not in {data} (left as they are)")
-    lines.append(f"output: {out / HYP}, {out / REF}")
+    if len(labelled) < len(records):
+        lines.append(f"unlabelled: {len(records) - len(labelled)} records have no target: in {HYP}, not in {REF}")
+    lines.append(f"output: {out / HYP}" + (f", {out / REF}" if labelled else " (no targets: nothing to score)"))
     report = "\n".join(lines) + "\n"
     with open(out / LOG, "a", encoding="utf-8") as log:
         log.write(report + "\n")

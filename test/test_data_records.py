@@ -136,3 +136,17 @@ def test_write_records_round_trip(tmp_path):
          "start": 0.5, "spk": "s1"}, ensure_ascii=False)
     path = write(tmp_path, raw=out.getvalue().encode())
     assert list(iter_records(path)) == records
+
+
+def test_records_without_target_are_read_only_when_asked(tmp_path):
+    from tasu.data.records import DataError, iter_records
+
+    path = tmp_path / "unlabelled.jsonl"
+    path.write_text('{"key": "a", "task": "ASR", "path": "a.wav"}\n{"key": "b", "task": "ASR", "target": "", "path": "b.wav"}\n')
+    with pytest.raises(DataError, match="unlabelled.jsonl:1: target: missing"):
+        list(iter_records(str(path)))
+    records = list(iter_records(str(path), require_target=False))
+    assert [(r.key, r.target, r.transcript) for r in records] == [("a", "", None), ("b", "", None)]
+    path.write_text('{"key": "a", "task": "ASR", "target": 3, "path": "a.wav"}\n')   # still a bad target
+    with pytest.raises(DataError, match="target: must be a non-empty string"):
+        list(iter_records(str(path), require_target=False))

@@ -210,3 +210,21 @@ def test_a_model_that_does_not_fit_its_checkpoint_is_one_line(exp, tmp_path, cap
         errors = [line for line in err.splitlines() if "error" in line]  # (transformers' progress bars aside)
         assert len(errors) == 1 and errors[0].startswith("tasu decode: error: ") and message in errors[0], err
         assert not (tmp_path / "out" / "hyp.trn").exists()
+
+
+def test_unlabelled_audio_is_decoded_and_only_labelled_records_are_referenced(exp, tmp_path, capsys):
+    records = [json.loads(line) for line in (exp / "test.jsonl").read_text().splitlines()][:3]
+    del records[0]["target"]
+    records[1]["target"] = ""
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    assert run_decode(str(exp / "exp"), str(tmp_path / "mixed.jsonl"), str(tmp_path / "mixed"), **FAST) == 0
+    assert "unlabelled: 2 records have no target" in capsys.readouterr().out
+    assert sorted(k for k, _ in read_trn(tmp_path / "mixed" / "hyp.trn")) == sorted(r["key"] for r in records)
+    assert read_trn(tmp_path / "mixed" / "ref.trn") == [(records[2]["key"], records[2]["target"])]
+
+    (tmp_path / "none.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]), encoding="utf-8")
+    assert run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "none"), **FAST) == 0
+    assert not (tmp_path / "none" / "ref.trn").exists() and (tmp_path / "none" / "hyp.trn").exists()
+    # simulation needs a transcript: an unlabelled ASR record has none
+    rc = run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "sim"), **{**FAST, "input": "simulated"})
+    assert rc == 1 and "GT: missing" in capsys.readouterr().err

@@ -4,7 +4,8 @@ One JSON object per line::
 
     {"key": "utt1", "task": "ASR", "target": "hello world", "path": "wav/utt1.wav"}
 
-``key``, ``task`` and ``target`` are required non-empty strings; ``path`` (audio), ``GT`` (the
+``key``, ``task`` and ``target`` are required non-empty strings (decoding also reads records
+without ``target``: unlabelled audio); ``path`` (audio), ``GT`` (the
 transcript the text-only stage simulates posteriors from) and ``start``/``end`` (a segment of
 ``path``, in seconds; ``end`` absent means "to the end of the audio") are optional. Every other
 field is kept in ``Record.extra`` and passed through untouched (SLU labels, ``prevtext``,
@@ -81,7 +82,7 @@ class Record:
         """
         if self.GT is not None:
             return self.GT
-        return self.target if self.task in ASR_LIKE_TASKS else None
+        return self.target if self.task in ASR_LIKE_TASKS and self.target else None
 
     def get(self, name: str, default: Any = None) -> Any:
         """The value of JSON field ``name`` (a fixed field or a pass-through one)."""
@@ -126,22 +127,25 @@ def _is_number(value: Any) -> bool:
 
 def iter_records(path: str, prompts: PromptSet | None = None,
                  on_error: Callable[[DataError], None] | None = None,
-                 require_transcript: bool = False) -> Iterator[Record]:
+                 require_transcript: bool = False, require_target: bool = True) -> Iterator[Record]:
     """Records of the JSONL file ``path``, streamed; see ``iter_records_with_lines``."""
-    for _, record in iter_records_with_lines(path, prompts, on_error, require_transcript):
+    for _, record in iter_records_with_lines(path, prompts, on_error, require_transcript, require_target):
         yield record
 
 
 def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
                             on_error: Callable[[DataError], None] | None = None,
-                            require_transcript: bool = False) -> Iterator[tuple[int, Record]]:
+                            require_transcript: bool = False,
+                            require_target: bool = True) -> Iterator[tuple[int, Record]]:
     """``(line number, Record)`` for each good line of the JSONL file ``path``, streamed.
 
     Checks every line: UTF-8, a JSON object, the fixed fields' presence and types, the key
     (no '/' or whitespace, unique in the file), and, given ``prompts``, that the task has prompts
     and that the record carries every field its prompts are filled from (``{prevtext}``...).
     ``require_transcript`` also asks for a transcript (see ``Record.transcript``): the text-only
-    stage sets it. A UTF-8 BOM, CRLF line ends and blank lines are accepted.
+    stage sets it. ``require_target=False`` accepts records without a target (or with ``""``),
+    read with ``target == ""``: unlabelled audio to decode. A UTF-8 BOM, CRLF line ends and blank
+    lines are accepted.
 
     With ``on_error=None`` the first problem raises ``DataError``; otherwise every problem is
     passed to ``on_error`` and the line is skipped.
@@ -163,7 +167,7 @@ def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
         for lineno, raw in enumerate(f, 1):
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
-            key, record, problems = _parse_line(raw, prompts, require_transcript)
+            key, record, problems = _parse_line(raw, prompts, require_transcript, require_target)
             if key is not None:
                 first = seen.setdefault(key, lineno)
                 if first != lineno:
@@ -183,14 +187,15 @@ def parse_record(raw: bytes, prompts: PromptSet | None = None,
     the whole file. A problem raises ``DataError`` with the file and line left empty: the caller
     knows them (``DataError.located``).
     """
-    _, record, problems = _parse_line(raw, prompts, require_transcript)
+    _, record, problems = _parse_line(raw, prompts, require_transcript, True)
     if problems:
         raise DataError("", None, *problems[0])
     return record
 
 
 def _parse_line(raw: bytes, prompts: PromptSet | None,
-                require_transcript: bool) -> tuple[str | None, Record | None, list[tuple[str, str]]]:
+                require_transcript: bool,
+                require_target: bool) -> tuple[str | None, Record | None, list[tuple[str, str]]]:
     """``(key, record, problems)`` of one line.
 
     The key is there whenever the line has a usable one (even when other fields are bad: the
@@ -210,7 +215,11 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
         return None, None, [("json", f"expected an object {{...}}, got {_json_type(obj)}")]
     key = obj.get("key")
     key = key if type(key) is str and key else None
-    problems = _check(obj, prompts)
+    if not require_target and obj.get("target", "") == "":
+        obj["target"] = ""     # unlabelled audio: decoded, not scored
+        problems = _check(obj, prompts, ("key", "task"))
+    else:
+        problems = _check(obj, prompts)
     if problems:
         return key, None, problems
     record = Record(obj.pop("key"), obj.pop("task"), obj.pop("target"), obj.pop("path", None),
@@ -221,10 +230,11 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
     return key, record, []
 
 
-def _check(obj: dict[str, Any], prompts: PromptSet | None) -> list[tuple[str, str]]:
+def _check(obj: dict[str, Any], prompts: PromptSet | None,
+           required: tuple[str, ...] = ("key", "task", "target")) -> list[tuple[str, str]]:
     """Problems of one JSON object as ``(field, message)`` pairs; empty when it is a good record."""
     problems = []
-    for name in ("key", "task", "target"):
+    for name in required:
         value = obj.get(name)
         if type(value) is not str or not value.strip():
             problems.append((name, _bad_string(obj, name)))
