@@ -72,16 +72,22 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _transcribe(args: argparse.Namespace) -> int:
     from tasu.api import Speech2Text
+    from tasu.data.audio import audio_info
 
+    for path in args.audio:   # every file readable, from its header, before the model loads
+        audio_info(path)
     s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
                                       overrides=tuple(args.overrides), beam=args.beam,
                                       max_new_tokens=args.max_new_tokens)
+    def line(text: str) -> str:  # one line per answer, as in hyp.trn
+        return " ".join(text.split())
+
     for path in args.audio:   # one at a time: a line appears as soon as its file is done
         if args.nbest:
             for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest), 1):
-                print(f"{path}\t{rank}\t{hyp.score:.4f}\t{hyp.text}", flush=True)
+                print(f"{path}\t{rank}\t{hyp.score:.4f}\t{line(hyp.text)}", flush=True)
         else:
-            print(f"{path}\t{s2t(path, task=args.task)}", flush=True)
+            print(f"{path}\t{line(s2t(path, task=args.task))}", flush=True)
     return 0
 
 

@@ -113,3 +113,25 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
         assert exported(exp / rec) == s2t(exp / rec)
     with pytest.raises(FileExistsError, match="export writes a new directory"):
         export(exp / "exp", moved)
+
+
+def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line(exp, s2t, tmp_path, capsys):
+    from tasu.cli import main
+
+    files = [str(exp / "rec0.wav"), str(exp / "rec1.wav")]
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", *files]) == 0
+    def one_line(text):
+        return " ".join(text.split())
+
+    assert capsys.readouterr().out.split("\n") == [f"{f}\t{one_line(s2t(f))}" for f in files] + [""]
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8",
+                 "--nbest", "2", files[0]]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.split("\n")[:-1]]
+    assert [(f, rank) for f, rank, _, _ in lines] == [(files[0], "1"), (files[0], "2")]
+    assert lines[0][3] == one_line(s2t(files[0]))
+    assert main(["transcribe", "--exp", str(exp / "exp"), str(tmp_path / "none.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tasu transcribe: error: ") and "none.wav" in err and len(err.splitlines()) == 1
+
+    assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "llm" / "config.json").is_file()
