@@ -28,6 +28,7 @@ QUICK_TRAIN = " ".join([
     "train.max_steps=2", "train.epochs=1", "train.log_interval=1", "train.valid_interval=2",
     "train.save_interval=2", "optim.warmup_steps=1", "optim.total_steps=4"])
 QUICK_DECODE = "--beam 1 --max-new-tokens 4 --batch-size 8"
+DECODE = "decode_beam4_best_beam1_max-new-tokens4_batch-size8"   # --decode_args name the directory too
 
 
 def sh(cwd: Path, *args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
@@ -78,8 +79,8 @@ def test_librispeech(tmp_path, models):
     corpus = write_librispeech(tmp_path / "corpora")
     recipe = copy_recipe("librispeech", tmp_path)
     env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": str(tmp_path / "corpora" / "librispeech-lm-norm.txt")}
-    log = run_all_stages(recipe, env, models, "--test_sets", "test_clean",
-                         "--local_data_opts", "--eval_subsets dev-clean,test-clean")
+    # only train-clean-100, dev-clean and test-clean exist: the run's sets are all stage 1 prepares
+    log = run_all_stages(recipe, env, models, "--test_sets", "test_clean")
     assert lines(recipe / "data" / "train" / "wav.scp")[0].startswith("100-2000-0000 ")
     assert lines(recipe / "data" / "train" / "text")[0] == "100-2000-0000 TURN ON THE KITCHEN LIGHTS"
     assert lines(recipe / "data" / "train" / "utt2spk")[0] == "100-2000-0000 100-2000"
@@ -90,11 +91,11 @@ def test_librispeech(tmp_path, models):
     exp = recipe / "exp" / "tasu_train_text"
     assert "lm_norm/ASR.text_only.jsonl" in lines(exp / "log" / "train.log")[0]
     assert "--stage 3 --stop_stage 3" in (exp / "run.sh").read_text()
-    assert set(scores(recipe)) == {"tasu_train_text/decode_beam4_best/test_clean/ASR"}
-    hyp = recipe / "exp" / "tasu_train_text" / "decode_beam4_best" / "test_clean" / "ASR" / "hyp.trn"
+    assert set(scores(recipe)) == {f"tasu_train_text/{DECODE}/test_clean/ASR"}
+    hyp = recipe / "exp" / "tasu_train_text" / DECODE / "test_clean" / "ASR" / "hyp.trn"
     assert [x.split("\t")[0] for x in lines(hyp)] == ["120-2002-0000", "121-2002-0001"]
     results = (recipe / "RESULTS.md").read_text()
-    assert "|decode_beam4_best/test_clean/ASR|2|" in results and "## Environments" in results
+    assert f"|{DECODE}/test_clean/ASR|2|" in results and "## Environments" in results
     assert "tasu train --config conf/train_text.yaml" in results and "tasu decode --exp" in results
     assert "Stage 7" in log
 
@@ -132,7 +133,7 @@ def test_commonvoice(tmp_path, models):
     assert lines(recipe / "data" / "train" / "text")[0] == "common_voice_en_1000 Turn on the kitchen lights?"
     assert lines(recipe / "data" / "train" / "wav.scp")[0].endswith("clips/common_voice_en_1000.mp3")
     assert lines(recipe / "data" / "train" / "utt2spk")[0] == f"common_voice_en_1000 {0:064x}"
-    assert set(scores(recipe)) == {"tasu_train_text/decode_beam4_best/test/ASR"}
+    assert set(scores(recipe)) == {f"tasu_train_text/{DECODE}/test/ASR"}
 
 
 @pytest.mark.slow
@@ -147,8 +148,8 @@ def test_covost(tmp_path, models):
     assert record == {"key": "common_voice_en_1000", "task": "EN2DE", "target": "Mach das Licht in der Küche an",
                       "GT": "Turn on the kitchen lights?"}
     found = scores(recipe)
-    zh = found["tasu_train_text/decode_beam4_best/test/EN2ZH"]
-    de = found["tasu_train_text/decode_beam4_best/test/EN2DE"]
+    zh = found[f"tasu_train_text/{DECODE}/test/EN2ZH"]
+    de = found[f"tasu_train_text/{DECODE}/test/EN2DE"]
     assert zh["metric"] == de["metric"] == "bleu"
     assert "tok:zh" in zh["details"]["signature"] and "tok:13a" in de["details"]["signature"]
 
@@ -200,6 +201,21 @@ def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(t
     launcher = re.match(r"--gpu 2 \S+ deepspeed --num_gpus 2 --master_port (\d+) --module tasu\.cli train ", gpus)
     assert launcher and launcher.group(1) != "29500", gpus   # not DeepSpeed's default: runs may share a node
     assert "engine.device=cuda" in gpus
+    # --ngpu 2 --device cpu: two CPU processes under the launcher, no device asked of the job runner
+    cpus = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", "--ngpu", "2", "--device", "cpu", *paths).stdout
+    assert re.match(r"--gpu 0 \S+ deepspeed --num_gpus 2 ", cpus) and "engine.device=cpu" in cpus, cpus
+
+
+def test_librispeech_prepares_the_run_s_sets_and_names_the_missing_subset(tmp_path):
+    corpus = write_librispeech(tmp_path / "corpora")   # train-clean-100, dev-clean, test-clean only
+    recipe = copy_recipe("librispeech", tmp_path)
+    env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": ""}
+    sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "1", "--test_sets", "test_clean", env=env)
+    assert sorted(p.name for p in (recipe / "data").iterdir()) == ["dev_clean", "test_clean", "train"]
+    out = sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "1", "--test_sets", "test_other", env=env, ok=False)
+    assert out.returncode != 0
+    assert ("test-other: no such subset directory; this run needs test-other, and "
+            f"{corpus} has dev-clean, test-clean, train-clean-100") in out.stderr, out.stderr
 
 
 def test_job_runner_logs_each_job_and_reports_the_failing_one(tmp_path):

@@ -35,7 +35,7 @@ skip_data_prep=false      # skip stages 1-2
 skip_train=false          # skip stages 3-4
 skip_eval=false           # skip stages 5-7
 ngpu=0                    # devices per training job; 0 trains on CPU in one process
-device=cuda               # accelerator when --ngpu > 0: cuda or npu (Ascend)
+device=cuda               # what --ngpu counts: cuda or npu (Ascend) devices, or cpu processes
 inference_nj=1            # decoding jobs per test set and task
 datadir=data              # Kaldi data dirs (stage 1)
 dumpdir=dump              # JSONL files (stage 2)
@@ -83,7 +83,7 @@ Options (default in parentheses):
   --skip_train <bool>         skip stages 3-4: training (${skip_train})
   --skip_eval <bool>          skip stages 5-7: decoding, scoring, RESULTS.md (${skip_eval})
   --ngpu <n>                  devices per training job; 0: CPU, one process (${ngpu})
-  --device <kind>             accelerator when --ngpu > 0: cuda or npu (${device})
+  --device <kind>             what --ngpu counts: cuda, npu or cpu (processes) (${device})
   --inference_nj <n>          decoding jobs per test set and task (${inference_nj})
   --datadir <dir>             Kaldi data dirs (${datadir})
   --dumpdir <dir>             JSONL files (${dumpdir})
@@ -175,7 +175,7 @@ fi
 if runs 5; then
   need decode_config "stage 5"
 fi
-case ${device} in cuda|npu) ;; *) die "--device must be cuda or npu, not '${device}'" ;; esac
+case ${device} in cuda|npu|cpu) ;; *) die "--device must be cuda, npu or cpu, not '${device}'" ;; esac
 for f in "${train_text_config}" "${train_audio_config}" "${decode_config}"; do
   [ -z "${f}" ] || [ -f "${f}" ] || die "config file ${f} does not exist"
 done
@@ -196,6 +196,8 @@ baseline_exp=${expdir}/${baseline_tag}
 if [ -n "${decode_config}" ]; then
   inference_tag=$(basename "${decode_config}" .yaml)
   inference_tag=decode_${inference_tag#decode_}_${inference_checkpoint}
+  # options that change the hypotheses name the directory too: --decode_args "--beam 1" -> _beam1
+  [ -n "${decode_args}" ] && inference_tag+=$(echo "${decode_args}" | sed -e 's/--/_/g' -e 's/[ =|/]//g')
 fi
 
 # A task spec TASK[:target_file[:metric]] -> its parts.
@@ -219,8 +221,8 @@ task_metric() {
 }
 
 # Training runs as one CPU process, or under the DeepSpeed launcher on --ngpu devices.
-if [ "${ngpu}" -eq 0 ]; then
-  export DS_ACCELERATOR=cpu
+if [ "${ngpu}" -eq 0 ] || [ "${device}" = cpu ]; then
+  export DS_ACCELERATOR=cpu   # --ngpu N --device cpu: N CPU processes under the DeepSpeed launcher
   engine_device=cpu
 else
   [ "${device}" = npu ] && export DS_ACCELERATOR=npu
@@ -256,7 +258,7 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   write_reentry "${exp}" "${n}" "training ${exp}"
   log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
   # shellcheck disable=SC2086
-  ${cuda_cmd} --gpu "${ngpu}" "${exp}/log/train.log" \
+  ${cuda_cmd} --gpu "$([ "${device}" = cpu ] && echo 0 || echo "${ngpu}")" "${exp}/log/train.log" \
     "${launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" --allow-pipes \
       encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
@@ -269,8 +271,9 @@ ${audio_sft} && ${audio_baseline} && decode_exps+=("${baseline_exp}")
 # ---------------------------------------------------------------------------------------------------
 if runs 1; then
   log "Stage 1: data preparation: the corpus release -> ${datadir}/<set>/{wav.scp,text,utt2spk,spk2utt,...}"
+  # the sets this run names, for a local/data.sh that prepares only what is used (LibriSpeech)
   # shellcheck disable=SC2086
-  local/data.sh ${local_data_opts}
+  TASU_DATA_SETS="${train_set} ${valid_set} ${test_sets} ${extra_text_sets}" local/data.sh ${local_data_opts}
 fi
 
 if runs 2; then
@@ -365,6 +368,7 @@ print(" ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in conf.items()))' 
   [ -n "${encoder_path}" ] && model_opts+=(--set encoder.path="${encoder_path}")
   [ -n "${llm_path}" ] && model_opts+=(--set llm.path="${llm_path}")
   if [ "${ngpu}" -eq 0 ]; then decode_device=cpu; else decode_device=${device}; fi
+  decode_gpus=$([ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ] && echo 1 || echo 0)
   for exp in "${decode_exps[@]}"; do
     [ -e "${exp}/checkpoints/last" ] || die "${exp} has no checkpoint: run its training stage first"
     write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
@@ -399,7 +403,7 @@ PY
     mkdir -p "${dir}/split${nj}"
     awk -v n="${nj}" -v d="${dir}/split${nj}" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
     # shellcheck disable=SC2086
-    ${decode_cmd} --gpu "$([ "${ngpu}" -gt 0 ] && echo 1 || echo 0)" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
+    ${decode_cmd} --gpu "${decode_gpus}" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
       tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
         --checkpoint "${inference_checkpoint}" --device "${decode_device}" --allow-pipes "${decode_opts[@]}" \
         "${model_opts[@]}" ${decode_args}

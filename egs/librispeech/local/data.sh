@@ -6,8 +6,10 @@
 #
 # writes data/train (the --train_subsets together), data/<subset> for each --eval_subsets (dashes
 # become underscores: dev-clean -> data/dev_clean) and, when --lm_text is set, data/lm_norm/text (the
-# LM corpus as numbered lines, for text-only training). Speakers are <speaker>-<chapter>, as in
-# Kaldi's recipe. A finished dir has a .done marker and is not made again.
+# LM corpus as numbered lines, for text-only training). Without --eval_subsets, the evaluation sets
+# are the ones the run names (--valid_set and --test_sets of the stage script, which passes them in
+# TASU_DATA_SETS), else all four. Speakers are <speaker>-<chapter>, as in Kaldi's recipe. A finished
+# dir has a .done marker and is not made again.
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -17,7 +19,7 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[
 
 datadir=data
 train_subsets=train-clean-100
-eval_subsets=dev-clean,dev-other,test-clean,test-other
+eval_subsets=
 lm_text=${LIBRISPEECH_LM_NORM}
 lm_max_lines=0
 
@@ -25,12 +27,20 @@ help_message="Usage: $0 [options]
   --datadir <dir>          where the data dirs go (default: ${datadir})
   --train_subsets <a,b>    subsets making data/train, comma separated; all of it is
                            train-clean-100,train-clean-360,train-other-500 (default: ${train_subsets})
-  --eval_subsets <a,b>     subsets made into their own dirs (default: ${eval_subsets})
+  --eval_subsets <a,b>     subsets made into their own dirs (default: the run's valid and test
+                           sets, else dev-clean,dev-other,test-clean,test-other)
   --lm_text <file>         librispeech-lm-norm.txt for data/lm_norm; empty: none (default: '${lm_text}')
   --lm_max_lines <n>       use the first n lines of --lm_text, 0 for all (default: ${lm_max_lines})"
 . parse_options.sh
 
 [ -d "${LIBRISPEECH}" ] || { log "ERROR: LibriSpeech not found at '${LIBRISPEECH}': set LIBRISPEECH in db.sh"; exit 1; }
+
+if [ -z "${eval_subsets}" ]; then
+  for set in ${TASU_DATA_SETS:-}; do   # the run's data dirs: dev_clean -> subset dev-clean
+    case ${set} in train|lm_norm) ;; *) eval_subsets+="${eval_subsets:+,}${set//_/-}" ;; esac
+  done
+  eval_subsets=${eval_subsets:-dev-clean,dev-other,test-clean,test-other}
+fi
 
 make_dir() {  # make_dir <name> <subset,...>
   local dir=${datadir}/$1
@@ -49,7 +59,9 @@ root, subsets, out = Path(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3]
 wav, text, spk = {}, {}, {}
 for subset in subsets:
     if not (root / subset).is_dir():
-        sys.exit(f"local/data.sh: {root / subset}: no such subset directory")
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        sys.exit(f"local/data.sh: {root / subset}: no such subset directory; this run needs "
+                 f"{', '.join(subsets)}, and {root} has {', '.join(found) or 'no subset'}")
     for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
         for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
