@@ -39,11 +39,34 @@ def _validate(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from tasu.simulate import show_simulation
 
-    print(show_simulation(args.encoder, args.text, encoder_type=args.encoder_type, topk=args.topk,
-                          seed=args.seed, alpha=(args.alpha_min, args.alpha_max),
-                          drop_prob=args.drop_prob, insert_ratio=args.insert_ratio,
-                          sub_prob=args.sub_prob))
+    print(show_simulation(args.encoder, args.text, _simulation_config(args), encoder_type=args.encoder_type,
+                          topk=args.topk, seed=args.seed, step=args.step, samples=args.samples))
     return 0
+
+
+def _simulation_config(args: argparse.Namespace):
+    """The simulation to show: a training config's (with overrides), or the one the flags describe."""
+    from tasu.config import ConfigError, load_config
+    from tasu.simulate import SimulationConfig, WERSchedule
+    from tasu.train.config import ExperimentConfig
+
+    if args.config:
+        flags = [f for f in ("alpha_min", "alpha_max", "drop_prob", "insert_ratio", "sub_prob", "confusion", "wer")
+                 if getattr(args, f) is not None]
+        if flags:
+            raise ConfigError(f"--config gives the simulation: override it as simulation.KEY=VALUE, not "
+                              f"--{flags[0].replace('_', '-')}")
+        return load_config(ExperimentConfig, args.config, args.overrides).simulation
+    if args.overrides:
+        raise ConfigError("KEY=VALUE overrides need --config")
+
+    def value(name, default):
+        return default if getattr(args, name) is None else getattr(args, name)
+
+    wer = None if args.wer is None else WERSchedule(start=tuple(args.wer), end=tuple(args.wer))
+    return SimulationConfig(alpha=(value("alpha_min", 0.0), value("alpha_max", 0.1)), drop_prob=value("drop_prob", 0.05),
+                            insert_ratio=value("insert_ratio", 0.0), sub_prob=value("sub_prob", 0.0),
+                            confusion=value("confusion", "random"), wer=wer)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -155,12 +178,21 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="the transcript to simulate")
     p.add_argument("--topk", type=int, default=3, help="entries to print per row")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha-min", type=float, default=0.0, help="smoothing alpha ~ U(min, max)")
-    p.add_argument("--alpha-max", type=float, default=0.1)
-    p.add_argument("--drop-prob", type=float, default=0.05, help="probability of dropping a token row")
-    p.add_argument("--insert-ratio", type=float, default=0.0,
-                   help="inserted rows (repeats and blanks) per token")
-    p.add_argument("--sub-prob", type=float, default=0.0, help="probability of substituting a token")
+    p.add_argument("--config", default=None,
+                   help="experiment YAML whose simulation section to show (KEY=VALUE overrides after it)")
+    p.add_argument("--step", type=int, default=0, help="training step (where a WER schedule stands)")
+    p.add_argument("--samples", type=int, default=1, help="draws the mean token error rate is taken over")
+    p.add_argument("--alpha-min", type=float, default=None, help="smoothing alpha ~ U(min, max) (0)")
+    p.add_argument("--alpha-max", type=float, default=None, help="(0.1)")
+    p.add_argument("--drop-prob", type=float, default=None, help="probability of dropping a token row (0.05)")
+    p.add_argument("--insert-ratio", type=float, default=None,
+                   help="inserted rows (repeats and blanks) per token (0)")
+    p.add_argument("--sub-prob", type=float, default=None, help="probability of substituting a token (0)")
+    p.add_argument("--confusion", default=None, choices=["random", "spelling"],
+                   help="where substitutes come from: any token, or tokens spelt alike (random)")
+    p.add_argument("--wer", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="WER-controlled simulation: exact-count edits at a rate drawn from [LO, HI]")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: e.g. simulation.drop_prob=0.1")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed",

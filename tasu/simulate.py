@@ -428,18 +428,31 @@ def format_simulation(tokenizer: "EncoderTokenizer", text: str, post: Posteriors
     return "\n".join(lines)
 
 
-def show_simulation(encoder_dir: str, text: str, encoder_type: str = "auto", topk: int = 3, seed: int = 0,
-                    alpha: tuple[float, float] = (0.0, 0.1), drop_prob: float = 0.05,
-                    insert_ratio: float = 0.0, sub_prob: float = 0.0) -> str:
-    """Load only the encoder's tokenizer, simulate ``text`` once and return the table of its rows."""
+def show_simulation(encoder_dir: str, text: str, config: SimulationConfig | None = None, encoder_type: str = "auto",
+                    topk: int = 3, seed: int = 0, step: int = 0, samples: int = 1) -> str:
+    """Load only the encoder's tokenizer, simulate ``text`` and return the table of its rows.
+
+    ``step`` places a WER schedule; the token error rate (each row's top-1 id against the
+    transcript's ids) is that of the table's draw and, with ``samples`` > 1, the mean over that many
+    draws: what the simulation does to the text, as a number.
+    """
     from tasu.encoders import load_tokenizer
 
     tokenizer = load_tokenizer(encoder_dir, encoder_type=encoder_type)
-    return _show(tokenizer, text, topk, seed, SimulationConfig(alpha=tuple(alpha), drop_prob=drop_prob,
-                                                               insert_ratio=insert_ratio, sub_prob=sub_prob))
+    return _show(tokenizer, text, topk, seed, config or SimulationConfig(), step, samples)
 
 
-def _show(tokenizer: "EncoderTokenizer", text: str, topk: int, seed: int, config: SimulationConfig) -> str:
+def _show(tokenizer: "EncoderTokenizer", text: str, topk: int, seed: int, config: SimulationConfig,
+          step: int = 0, samples: int = 1) -> str:
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
     sim = Simulator.from_tokenizer(tokenizer, config)
-    post = sim([tokenizer.encode(text)], torch.Generator().manual_seed(seed))
-    return format_simulation(tokenizer, text, post, topk)
+    ids = tokenizer.encode(text)
+    generator = torch.Generator().manual_seed(seed)
+    draws = [sim([ids], generator, step=step) for _ in range(samples)]
+    rates = [token_error_rate(ids, row_tokens(post)[0]) for post in draws]
+    lines = [format_simulation(tokenizer, text, draws[0], topk),
+             f"token error rate (top-1 of each row vs the transcript): {100 * rates[0]:.1f} %"]
+    if samples > 1:
+        lines.append(f"mean over {samples} draws: {100 * sum(rates) / samples:.1f} %")
+    return "\n".join(lines)

@@ -262,7 +262,7 @@ def test_config_validation():
 def test_show_simulation(monkeypatch):
     tok = ToyTokenizer(WORDS)
     monkeypatch.setattr(tasu.encoders, "load_tokenizer", lambda path, encoder_type="auto": tok, raising=False)
-    table = show_simulation("unused", "cat dog zebra", topk=3, alpha=(0.12, 0.12), drop_prob=0.0)
+    table = show_simulation("unused", "cat dog zebra", SimulationConfig(alpha=(0.12, 0.12), drop_prob=0.0), topk=3)
     floor = 0.12 / tok.vocab_size
     assert table.splitlines() == [
         "text: cat dog zebra",
@@ -272,6 +272,32 @@ def test_show_simulation(monkeypatch):
         f"   0  {floor:>9.3g}  cat:{0.88 + floor:.4f}",
         f"   1  {floor:>9.3g}  dog:{0.88 + floor:.4f}",
         f"   2  {floor:>9.3g}  zebra:{0.88 + floor:.4f}",
+        "token error rate (top-1 of each row vs the transcript): 0.0 %",
     ]
-    dropped = show_simulation("unused", "cat dog zebra", drop_prob=1.0, seed=3)
+    dropped = show_simulation("unused", "cat dog zebra", SimulationConfig(drop_prob=1.0), seed=3)
     assert dropped.splitlines()[2].startswith("rows: 1,")
+    assert dropped.splitlines()[-1].endswith(": 66.7 %")   # two of three tokens dropped (one is put back)
+    # a WER schedule at its step: the exact-count edits give the asked rate on average
+    wer = SimulationConfig(wer=WERSchedule(start=(0.3, 0.3), end=(0.3, 0.3)))
+    many = show_simulation("unused", "cat dog zebra cat dog zebra cat dog zebra cat", wer, samples=50, step=7)
+    assert many.splitlines()[-1] == "mean over 50 draws: 30.0 %"
+
+
+def test_tasu_simulate_takes_every_simulation_option_or_a_config(monkeypatch, tmp_path, capsys):
+    from tasu.cli import main
+
+    tok = ToyTokenizer(WORDS)
+    monkeypatch.setattr(tasu.encoders, "load_tokenizer", lambda path, encoder_type="auto": tok, raising=False)
+    text = "cat dog zebra cat dog zebra cat dog zebra cat"
+    assert main(["simulate", "--encoder", "unused", "--text", text, "--wer", "0.2", "0.2", "--confusion",
+                 "spelling", "--samples", "10"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "mean over 10 draws: 20.0 %"
+    (tmp_path / "train.yaml").write_text("simulation:\n  drop_prob: 0.0\n  alpha: [0.0, 0.0]\n")
+    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(": 0.0 %")
+    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml"),
+                 "simulation.wer={start: [0.5, 0.5], end: [0.5, 0.5]}", "--samples", "4"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "mean over 4 draws: 50.0 %"
+    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml"),
+                 "--drop-prob", "0.1"]) == 1
+    assert "override it as simulation.KEY=VALUE, not --drop-prob" in capsys.readouterr().err
