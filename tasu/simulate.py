@@ -213,14 +213,10 @@ def _spelling_confusion(pieces: tuple[str, ...], blank_id: int) -> Confusion:
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (unit substitution, deletion and insertion costs)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i]
-        for j, h in enumerate(hyp, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance (unit substitution, deletion and insertion costs) of two sequences."""
+    from rapidfuzz.distance import Levenshtein
+
+    return Levenshtein.distance(ref, hyp)
 
 
 def row_tokens(post: Posteriors) -> list[list[int]]:

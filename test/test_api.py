@@ -40,6 +40,8 @@ train: {{epochs: 1, max_steps: 4, log_interval: 2, save_interval: 4}}
     out = subprocess.run([str(BIN / "tasu"), "train", "--config", str(root / "train.yaml"), "--exp-dir",
                           str(root / "exp")], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # the log says what the simulation did to the text: its token error rate, every log interval
+    assert re.search(r"step 2 epoch 0: .*simulated_ter [0-9.e-]+", (root / "exp" / "train.log").read_text())
     return root
 
 

@@ -39,7 +39,7 @@ from tasu.data.batching import DataPosition, StreamingBatches
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
-from tasu.simulate import Simulator
+from tasu.simulate import Simulator, edit_distance, row_tokens
 from tasu.train.build import build_model
 from tasu.lock import DirLock
 from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, atomic_write_text, check_fits, checkpoint_name,
@@ -273,10 +273,19 @@ class Trainer:
         return self.model.encode_audio(waves, topk=c.topk, compress=c.enabled, threshold=c.threshold)
 
     def loss(self, batch: StepBatch, seed: int):
-        """(loss output, number of input rows: prompt + speech + target tokens) of one batch."""
-        post = self.posteriors(batch, seed).to(self.device)
+        """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch.
+
+        For a text batch the simulated rows' token errors (each row's top-1 id against the
+        transcript's ids) are counted, so the log shows what the simulation does; (0, 0) for audio.
+        """
+        post = self.posteriors(batch, seed)
+        errors = (0, 0)
+        if batch.mode == "text":
+            errors = (sum(edit_distance(r, h) for r, h in zip(batch.token_ids, row_tokens(post))),
+                      sum(len(r) for r in batch.token_ids))
+        post = post.to(self.device)
         out = self.engine(post, batch.text.to(self.device))
-        return out, int(batch.text.lengths.sum() + post.lengths.sum())
+        return out, int(batch.text.lengths.sum() + post.lengths.sum()), errors
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -292,7 +301,8 @@ class Trainer:
         log.info("training %s: %d trainable parameters, %s mode, %d process(es), from step %d",
                  self.exp_dir, sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                  self.cfg.data.mode, self.world, self.step)
-        window = {"loss": 0.0, "acc": 0.0, "tokens": 0, "steps": 0, "start": time.time()}
+        window = {"loss": 0.0, "acc": 0.0, "tokens": 0, "sim_errors": 0, "sim_tokens": 0, "steps": 0,
+                  "start": time.time()}
         while self.position.epoch < t.epochs and not self._done():
             self.train_data.set_position(self.position)
             batches = iter(self._loader(self.train_data))
@@ -343,7 +353,7 @@ class Trainer:
     def _train_step(self, batch, window: dict) -> None:
         seed = step_seed(self.cfg.train.seed, self.step, self.rank)
         torch.manual_seed(seed)
-        out, rows = self.loss(batch.data, seed)
+        out, rows, (sim_errors, sim_tokens) = self.loss(batch.data, seed)
         if not math.isfinite(out.loss.item()):
             last = last_checkpoint(self.ckpt_root)
             kept = (f"the last good checkpoint, {last}, is kept" if last is not None
@@ -355,12 +365,14 @@ class Trainer:
         self.step += 1
         self.position.advance(batch)
         self.batches_by_mode[batch.data.mode] += 1
-        stats = torch.tensor([out.loss.item(), out.accuracy.item(), rows], dtype=torch.float64)
-        torch.distributed.all_reduce(stats)  # the curve is the mean over ranks, the speed their sum
+        stats = torch.tensor([out.loss.item(), out.accuracy.item(), rows, sim_errors, sim_tokens], dtype=torch.float64)
+        torch.distributed.all_reduce(stats)  # the curve is the mean over ranks, the speed and counts their sums
         loss, acc = stats[0].item() / self.world, stats[1].item() / self.world
         window["loss"] += loss
         window["acc"] += acc
         window["tokens"] += int(stats[2])
+        window["sim_errors"] += int(stats[3])
+        window["sim_tokens"] += int(stats[4])
         window["steps"] += 1
         if self.rank == 0:
             with open(self.exp_dir / "loss.tsv", "a", encoding="utf-8") as f:
@@ -372,12 +384,14 @@ class Trainer:
         stats = {"loss": window["loss"] / n, "accuracy": window["acc"] / n,
                  "lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.optim.lr,
                  "tokens_per_s": window["tokens"] / elapsed, "memory_mb": _memory_mb(self.device)}
+        if window["sim_tokens"]:   # text batches: the simulated posteriors' token error rate
+            stats["simulated_ter"] = window["sim_errors"] / window["sim_tokens"]
         log.info("step %d epoch %d: %s, skipped %d records (too long/short)", self.step, self.position.epoch,
                  ", ".join(f"{k} {v:.4g}" for k, v in stats.items()), skipped)
         if writer is not None:
             for k, v in stats.items():
                 writer.add_scalar(f"train/{k}", v, self.step)
-        window.update(loss=0.0, acc=0.0, tokens=0, steps=0, start=time.time())
+        window.update(loss=0.0, acc=0.0, tokens=0, sim_errors=0, sim_tokens=0, steps=0, start=time.time())
 
     @torch.no_grad()
     def _validate(self, writer) -> float:
@@ -388,7 +402,7 @@ class Trainer:
         self.valid_data.set_position(DataPosition())
         for batch in self._loader(self.valid_data):
             seed = step_seed(self.cfg.train.seed, -1 - batch.index, self.rank)  # the same rows every time
-            out, _ = self.loss(batch.data, seed)
+            out, _, _ = self.loss(batch.data, seed)
             total += torch.tensor([out.loss.item() * out.num_tokens, out.accuracy.item() * out.num_tokens,
                                    out.num_tokens], dtype=torch.float64)
         dist.all_reduce(total)
