@@ -137,6 +137,16 @@ def test_every_stretch_of_an_epoch_holds_each_source_at_its_share(tmp_path, orde
             assert abs(shares.get(name, 0) - share) <= 0.05, (name, shares)
 
 
+@pytest.mark.parametrize("order", ["shuffle", "stream"])
+def test_sources_are_spread_evenly_record_by_record(tmp_path, order):
+    files = [write_source(tmp_path / f"{name}.jsonl", name, n) for name, n in (("a", 3000), ("b", 1000), ("c", 500))]
+    batches = list(StreamingBatches(files, lambda r: 1, max_tokens=1, order=order, seed=7))
+    records = [source_of(b.records[0]) for b in batches]   # one record a batch: the order itself
+    for start in range(0, 4500, 450):
+        counts = collections.Counter(records[start:start + 450])
+        assert abs(counts["a"] - 300) <= 2 and abs(counts["b"] - 100) <= 2 and abs(counts["c"] - 50) <= 2, counts
+
+
 def test_a_speaker_ordered_file_comes_out_mixed(tmp_path):
     path = write_source(tmp_path / "spk.jsonl", "s", 20_000, speakers=100)
     batches = list(StreamingBatches([path], length, max_tokens=60, sort_window=500, seed=2))

@@ -8,15 +8,16 @@
 **Which records, in which order** (``order``):
 
 - ``"shuffle"`` (training's default): each epoch is a seeded permutation of all records of all
-  sources together, so every stretch of an epoch holds each source at its share and no file's own
-  order (speaker, chapter, task) survives. It reads records by offset through a line index
+  sources together, stratified: each source's records come in a random order and are spread evenly
+  over the epoch (``_spread``), so every stretch of an epoch holds each source at its share, within
+  a record or two, and no file's own order (speaker, chapter, task) survives. It reads records by offset through a line index
   (``tasu.data.line_index``: 8 bytes a record, cached beside each file) and keeps the epoch's order
-  as one integer array: about 24 MB at the most for a million records (bench/engine.py).
-- ``"stream"``, for sources too large to index: each source is read start to end, the next record
-  is read from a source chosen at random with probability proportional to its unread lines, and
-  records pass a ``shuffle_buffer``. Sources are mixed at their shares, but a source's own order is
-  broken only within the buffer: split a huge, ordered corpus into shard files listed as separate
-  sources, which are then read side by side in a random interleave.
+  as arrays of about 46 MB for a million records (bench/engine.py).
+- ``"stream"``, for sources too large to index: each source is read start to end, interleaved with
+  the others as evenly as the shuffled order spreads them, and records pass a ``shuffle_buffer``.
+  Sources are mixed at their shares, but a source's own order is broken only within the buffer:
+  split a huge, ordered corpus into shard files listed as separate sources, which are then read
+  side by side.
 - ``"sequential"`` (validation): the files one after another, in file order.
 
 A source's ``weight`` says how many times an epoch holds it (1.0: each record once; 2.0: twice,
@@ -26,8 +27,10 @@ sources are mixed in proportion to their sizes.
 The ``i``-th record of the epoch's order belongs to rank ``i mod world_size``. Within a rank,
 windows of ``sort_window`` records are sorted by length and cut into batches whose padded size
 ``batch size x longest length`` stays within ``max_tokens`` (the original's rule, with length =
-prompt + speech + target tokens as ``length_fn`` computes it), and the batches of a window are
-shuffled. Records outside ``[min_length, max_length]`` are skipped and counted.
+prompt + speech + target tokens as ``length_fn`` computes it); the batches of a window come in a
+random order that pairs short ones with long ones (``_short_with_long``: a source whose records are
+shorter than the others', like one-word SLU labels, does not come in runs of short batches).
+Records outside ``[min_length, max_length]`` are skipped and counted.
 
 Every DataLoader worker plans the same batch sequence (reading and measuring records is cheap) and
 collates only its share, batch ``n`` going to worker ``n mod num_workers``: the DataLoader's
@@ -44,6 +47,7 @@ no audio is read and nothing is simulated for them).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import math
 import random
@@ -172,11 +176,14 @@ class StreamingBatches(IterableDataset):
         offsets = [line_offsets(s.path) for s in self.sources]
         starts = np.cumsum([0] + [len(o) for o in offsets])
         rng = _order_rng(self.seed, epoch)
-        ids = np.concatenate([start + _copies(len(o), s.weight, rng)
-                              for s, o, start in zip(self.sources, offsets, starts)] or [[]])
-        ids = ids.astype(np.int64, copy=False)
-        rng.shuffle(ids)
-        ids = ids[self.rank::self.world_size]
+        ids, places = [], []
+        for source, o, start in zip(self.sources, offsets, starts):
+            copies = start + _copies(len(o), source.weight, rng)
+            rng.shuffle(copies)
+            ids.append(copies)
+            places.append(_spread(len(copies), rng))
+        ids = np.concatenate(ids or [[]]).astype(np.int64, copy=False)
+        ids = ids[np.argsort(np.concatenate(places or [[]]), kind="stable")][self.rank::self.world_size]
         every_offset = offsets[0] if len(offsets) == 1 else np.concatenate(offsets or [[]]).astype(np.uint64)
         handles = [files.enter_context(open(s.path, "rb")) for s in self.sources]
         for begin in range(0, len(ids), _CHUNK):
@@ -213,7 +220,7 @@ class StreamingBatches(IterableDataset):
                 chunk.sort(key=lambda item: item[0])
             groups = list(self._cut(chunk))
             if window > 1:
-                rng.shuffle(groups)
+                groups = _short_with_long(groups, rng)
             yield from groups
 
     def _cut(self, chunk: list[tuple[int, Record]]) -> Iterator[list[Record]]:
@@ -238,6 +245,28 @@ def _order_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def _short_with_long(groups: list[list[Record]], rng: random.Random) -> list[list[Record]]:
+    """A window's batches (cut from its records sorted by length) in a random order that pairs the
+    i-th shortest with the i-th longest: any run of batches then holds short and long records alike,
+    so records whose length goes with their source (one-word SLU labels, long transcripts) do not
+    come in runs of one kind."""
+    pairs = [[groups[i], groups[-1 - i]] for i in range(len(groups) // 2)]
+    if len(groups) % 2:
+        pairs.append([groups[len(groups) // 2]])
+    rng.shuffle(pairs)
+    for pair in pairs:
+        rng.shuffle(pair)
+    return [group for pair in pairs for group in pair]
+
+
+def _spread(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Where ``n`` records of one source fall in an epoch, as fractions in [0, 1): the k-th at a random
+    point of the k-th of ``n`` equal intervals. Merging sources by these places spreads each one evenly
+    over the epoch (a stratified interleave: any stretch holds each source at its share, within a
+    record or two), while which record comes where stays random."""
+    return (np.arange(n) + rng.random(n)) / max(n, 1)
+
+
 def _copies(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
     """Record numbers ``0..n-1`` repeated ``weight`` times: whole passes, then a random part."""
     whole, part = divmod(weight, 1.0)
@@ -247,29 +276,28 @@ def _copies(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Generator) -> Iterator[Record]:
-    """The sources' records mixed at random, each source read start to end (the "stream" order).
+    """The sources' records mixed, each source read start to end (the "stream" order).
 
-    Which source gives the next record is a uniformly random interleaving of all sources' lines
-    (drawn a block at a time: how many of the next lines come from each source, then their order),
-    so all sources are read at the same pace. A record is given ``weight`` times on average (whole
-    copies, then one more with the fractional part's probability): every stretch of the epoch
-    holds each source at its weighted share.
+    The same stratified interleave as the shuffled order (``_spread``), computed as the files are
+    read: the k-th line of a source with n lines is placed at (k + u) / n, u random, and the next
+    record comes from the source whose next line has the smallest place. A record is given ``weight``
+    times on average (whole copies, then one more with the fractional part's probability).
     """
     streams = [iter_records(s.path, **read_kwargs) for s in sources]
     copies = [divmod(s.weight, 1.0) for s in sources]
     coin = random.Random(int(rng.integers(2**63)))
-    left = np.array([_count_lines(s.path) for s in sources], dtype=np.int64)
-    while (total := int(left.sum())) > 0:
-        take = rng.multivariate_hypergeometric(left, min(total, 4096))
-        left -= take
-        turns = np.repeat(np.arange(len(sources)), take)
-        rng.shuffle(turns)
-        for i in turns.tolist():
-            record = next(streams[i], None)
-            if record is not None:   # None: a blank line, counted but holding no record
-                whole, part = copies[i]
-                for _ in range(int(whole) + (coin.random() < part)):
-                    yield record
+    lines = [_count_lines(s.path) for s in sources]
+    heap = [(coin.random() / n, i, 0) for i, n in enumerate(lines) if n]
+    heapq.heapify(heap)
+    while heap:
+        _, i, k = heapq.heappop(heap)
+        if k + 1 < lines[i]:
+            heapq.heappush(heap, ((k + 1 + coin.random()) / lines[i], i, k + 1))
+        record = next(streams[i], None)
+        if record is not None:   # None: a blank line, counted but holding no record
+            whole, part = copies[i]
+            for _ in range(int(whole) + (coin.random() < part)):
+                yield record
 
 
 def _count_lines(path: str) -> int:
