@@ -161,6 +161,15 @@ def get_parser() -> argparse.ArgumentParser:
                        help="run the shell commands of audio paths ending in '|' (wav.scp pipes); "
                             "without it such a record is an error. Only for data you trust")
 
+    trained = argparse.ArgumentParser(add_help=False)   # decode and transcribe: a trained model, beam search
+    trained.add_argument("--checkpoint", default="best",
+                         help="best (lowest validation loss; last when never validated), last, or step_N")
+    trained.add_argument("--beam", type=int, default=4, help="beam size")
+    trained.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
+    trained.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
+    trained.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                         help="change the saved config, e.g. llm.path=DIR when the base models moved")
+
     p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training",
                        parents=[common, pipes])
     p.add_argument("data", nargs="+", help="JSONL files, one record per line")
@@ -206,38 +215,25 @@ def get_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn",
-                       parents=[common, pipes])
+                       parents=[common, pipes, trained])
     p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
     p.add_argument("--data", required=True, help="JSONL records to decode, of any task")
     p.add_argument("--out", required=True,
                    help="output dir: hyp.trn, ref.trn, decode.json, decode.log; run again to resume")
-    p.add_argument("--checkpoint", default="best",
-                   help="best (lowest validation loss; last when never validated), last, or step_N")
     p.add_argument("--input", default="audio", choices=["audio", "simulated"],
                    help="simulated: posteriors simulated from each record's transcript; no encoder weights loaded")
-    p.add_argument("--beam", type=int, default=4, help="beam size")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (sorted by length)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="> 0: no n-gram repeats in an output")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1: penalise tokens already generated")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="change the saved config, e.g. llm.path=DIR when the base models moved")
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("transcribe", help="print a trained model's output for audio files, one line each",
-                       parents=[common])
+                       parents=[common, trained])
     p.add_argument("--exp", required=True, help="experiment, checkpoint or exported directory")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate and channels)")
     p.add_argument("--task", default="ASR", help="a task of the model's prompt set (default: ASR)")
-    p.add_argument("--checkpoint", default="best", help="best, last, or step_N")
-    p.add_argument("--beam", type=int, default=4, help="beam size")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
     p.add_argument("--nbest", type=int, default=0,
                    help="> 0: print the n best hypotheses, as FILE<TAB>rank<TAB>score<TAB>text")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="change the saved config, e.g. llm.path=DIR when the base models moved")
     p.set_defaults(func=_transcribe)
 
     p = sub.add_parser("export", help="write a trained model as one directory (LoRA merged, encoder copied)",
