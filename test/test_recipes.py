@@ -28,7 +28,8 @@ QUICK_TRAIN = " ".join([
     "train.max_steps=2", "train.epochs=1", "train.log_interval=1", "train.valid_interval=2",
     "train.save_interval=2", "optim.warmup_steps=1", "optim.total_steps=4"])
 QUICK_DECODE = "--beam 1 --max-new-tokens 4 --batch-size 8"
-DECODE = "decode_beam4_best_beam1_max-new-tokens4_batch-size8"   # --decode_args name the directory too
+DECODE_ARGS = "_beam1_max-new-tokens4_batch-size8"   # QUICK_DECODE names the decode directory too
+DECODE = f"decode_beam4_best{DECODE_ARGS}"
 
 
 def sh(cwd: Path, *args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
@@ -115,11 +116,12 @@ def test_slurp(tmp_path, models):
     assert "path" not in text_only and text_only["GT"] == "wake me up at seven in the morning"
 
     found = scores(recipe)
-    assert set(found) == {f"tasu_train_text/decode_greedy_best/test/{t}" for t in ("ASR", "SLU_scenario", "SLU_action")}
-    assert found["tasu_train_text/decode_greedy_best/test/SLU_action"]["metric"] == "acc"
-    assert found["tasu_train_text/decode_greedy_best/test/ASR"]["metric"] == "wer"
+    greedy = f"decode_greedy_best{DECODE_ARGS}"
+    assert set(found) == {f"tasu_train_text/{greedy}/test/{t}" for t in ("ASR", "SLU_scenario", "SLU_action")}
+    assert found[f"tasu_train_text/{greedy}/test/SLU_action"]["metric"] == "acc"
+    assert found[f"tasu_train_text/{greedy}/test/ASR"]["metric"] == "wer"
     for task in ("ASR", "SLU_scenario", "SLU_action"):  # the joint decode split back per task
-        ref = lines(recipe / "exp" / "tasu_train_text" / "decode_greedy_best" / "test" / task / "ref.trn")
+        ref = lines(recipe / "exp" / "tasu_train_text" / greedy / "test" / task / "ref.trn")
         assert [x.split("\t")[0] for x in ref] == ["4005-audio-1490000005-far", "4005-audio-1490000005-headset",
                                                   "4006-audio-1490000006-far", "4006-audio-1490000006-headset"]
     assert "Intent Classification" in (recipe / "RESULTS.md").read_text() or "Accuracy" in (recipe / "RESULTS.md").read_text()
