@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from tasu.posteriors import Posteriors
-from tasu.score import _write_atomic, align
+from tasu.score import align, write_atomic
 
 ENTROPY_BINS = 40
 MASS_BINS = 20
@@ -289,8 +289,8 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
                            "compress": _plain(cfg.compress), "simulation": _plain(cfg.simulation)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    _write_atomic(out / "report.txt", report(summary))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_atomic(out / "report.txt", report(summary))
     plot(summary, out)
     return summary
 

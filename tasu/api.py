@@ -87,7 +87,9 @@ class Speech2Text:
               nbest: int | None = None, **fields: str) -> list[str] | list[list[Hypothesis]]:
         """``__call__`` for several recordings at once (one padded batch through the model)."""
         waves = [waveform(a, sample_rate) for a in audios]
-        prompt = self.prompts.render(_Fields(task, "<input>", fields), _FirstPrompt())
+        from tasu.decode import first_prompt
+
+        prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
         c = self.cfg.compress
         device = self.model.llm.device
         post = self.model.encode_audio([w.to(device) for w in waves], topk=c.topk, compress=c.enabled,
@@ -98,14 +100,6 @@ class Speech2Text:
             return self.model.generate(post, [prompt] * len(waves), **options)
         hyps = self.model.generate_nbest(post, [prompt] * len(waves), nbest, **options)
         return [[Hypothesis(text, score) for text, score in h] for h in hyps]
-
-
-class _FirstPrompt:
-    """The prompt choice of decoding: a task's first prompt, so the answer is deterministic."""
-
-    @staticmethod
-    def choice(seq):
-        return seq[0]
 
 
 def waveform(audio: Audio, sample_rate: int | None = None) -> torch.Tensor:

@@ -321,7 +321,7 @@ def _pra(key: str, ops, c: Counter, flags: list[str]) -> str:
     return out + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory, so a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -375,13 +375,13 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
     out.mkdir(parents=True, exist_ok=True)
     if metric in ("wer", "cer"):
-        _write_atomic(out / "alignment.txt", "".join(lines))
+        write_atomic(out / "alignment.txt", "".join(lines))
     else:
-        _write_atomic(out / "per_utt.tsv", "key\tflags\tref\thyp\n" + "".join(lines))
-    _write_atomic(out / "missing_keys.txt", "".join(k + "\n" for k in result.missing_keys))
-    _write_atomic(out / "extra_keys.txt", "".join(k + "\n" for k in result.extra_keys))
-    _write_atomic(out / "result.txt", render_summary(result, out.resolve().name))
-    _write_atomic(out / "score.json", json.dumps(result.as_dict(), indent=1, ensure_ascii=False) + "\n")
+        write_atomic(out / "per_utt.tsv", "key\tflags\tref\thyp\n" + "".join(lines))
+    write_atomic(out / "missing_keys.txt", "".join(k + "\n" for k in result.missing_keys))
+    write_atomic(out / "extra_keys.txt", "".join(k + "\n" for k in result.extra_keys))
+    write_atomic(out / "result.txt", render_summary(result, out.resolve().name))
+    write_atomic(out / "score.json", json.dumps(result.as_dict(), indent=1, ensure_ascii=False) + "\n")
     return result
 
 
