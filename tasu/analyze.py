@@ -34,8 +34,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from tasu.fileio import write_atomic
 from tasu.posteriors import Posteriors
-from tasu.score import align, write_atomic
+from tasu.score import align
 
 ENTROPY_BINS = 40
 MASS_BINS = 20

@@ -66,12 +66,12 @@ from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused
 from tasu.data.prompts import PromptError, PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import DeviceError, resolve_device
+from tasu.fileio import write_atomic
 from tasu.llm import ModelFilesError
 from tasu.lock import DirLock, LockError
 from tasu.posteriors import Posteriors
 from tasu.simulate import Simulator
-from tasu.train.checkpoint import (MODEL_DIR, PROMPTS, CheckpointError, atomic_write_text, read_model_config,
-                                   resolve_checkpoint)
+from tasu.train.checkpoint import MODEL_DIR, PROMPTS, CheckpointError, read_model_config, resolve_checkpoint
 
 if TYPE_CHECKING:
     from tasu.model import SpeechLLM
@@ -276,7 +276,7 @@ def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
         if changed:
             raise DecodeError(f"{out / HYP} holds hypotheses decoded with other settings ({'; '.join(changed)}): "
                               "choose another --out, or delete hyp.trn to decode again")
-    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+    write_atomic(path, json.dumps(settings, indent=1) + "\n")
 
 
 def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: str = "audio", beam: int = 4,
@@ -330,7 +330,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
     labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
     if labelled:
-        atomic_write_text(out / REF, "".join(trn_line(r.key, r.target) for r in labelled))
+        write_atomic(out / REF, "".join(trn_line(r.key, r.target) for r in labelled))
     else:
         (out / REF).unlink(missing_ok=True)
     todo = [r for r in records if r.key not in done]

@@ -44,11 +44,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from tasu.fileio import write_atomic
 
 METRICS = ("wer", "cer", "bleu", "acc")
 NORMS = ("basic", "whisper", "none")
@@ -319,21 +320,6 @@ def _pra(key: str, ops, c: Counter, flags: list[str]) -> str:
     out += f"Scores: (#C #S #D #I) {c['C']} {c['S']} {c['D']} {c['I']}\n"
     out += "".join(f"{name + ':':<6}{' '.join(toks)}".rstrip() + "\n" for name, toks in cols.items())
     return out + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def render_summary(result: ScoreResult, dataset: str) -> str:

@@ -26,19 +26,15 @@ and refuses anything else. A checkpoint copied from elsewhere, or altered, canno
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 
 from tasu.config import load_config, to_dict
+from tasu.fileio import write_atomic
 from tasu.train.config import ExperimentConfig
 
 MODEL_DIR, ENGINE_DIR = "model", "engine"
@@ -47,56 +43,6 @@ WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.json
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as it is: refused (unsafe) or not fitting the model."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename.
-
-    The file gets the mode an ordinary ``open`` would give it (0666 less the umask), not the
-    private 0600 of the temporary file: results are meant to be read by others.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial."))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
@@ -117,7 +63,7 @@ def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts
 
 
 def set_last(ckpt_root: Path, name: str) -> None:
-    atomic_write_text(ckpt_root / "last", name + "\n")
+    write_atomic(ckpt_root / "last", name + "\n")
 
 
 def last_checkpoint(ckpt_root: Path) -> Path | None:
@@ -135,7 +81,7 @@ def read_best(ckpt_root: Path) -> list[dict]:
 
 
 def write_best(ckpt_root: Path, best: list[dict]) -> None:
-    atomic_write_text(ckpt_root / "best.json", json.dumps(best, indent=1) + "\n")
+    write_atomic(ckpt_root / "best.json", json.dumps(best, indent=1) + "\n")
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:

@@ -39,12 +39,13 @@ from tasu.data.batching import DataPosition, StreamingBatches
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
+from tasu.fileio import write_atomic
 from tasu.simulate import Simulator, edit_distance, row_tokens
 from tasu.train.build import build_model
 from tasu.lock import DirLock
-from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, atomic_write_text, check_fits, checkpoint_name,
-                                   dump_config, last_checkpoint, load_engine_file, load_trainable, read_best,
-                                   resolve_checkpoint, set_last, use_safe_engine_loads, write_best, write_model)
+from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, check_fits, checkpoint_name, dump_config, last_checkpoint,
+                                   load_engine_file, load_trainable, read_best, resolve_checkpoint, set_last,
+                                   use_safe_engine_loads, write_best, write_model)
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.config import ExperimentConfig
 
@@ -218,7 +219,7 @@ class Trainer:
     def _start_fresh(self) -> None:
         """Step 0 of a new run: its config, and no curve left by an earlier start that saved nothing."""
         if self.rank == 0:
-            atomic_write_text(self.exp_dir / "config.yaml", dump_config(self.cfg))
+            write_atomic(self.exp_dir / "config.yaml", dump_config(self.cfg))
             with contextlib.suppress(FileNotFoundError):
                 (self.exp_dir / "loss.tsv").unlink()
 
@@ -481,7 +482,7 @@ class Trainer:
         if self.rank == 0 and curve.exists():  # forget the steps after the checkpoint: they are redone
             lines = curve.read_text(encoding="utf-8").splitlines(keepends=True)
             complete = [ln for ln in lines if ln.endswith("\n") and ln.count("\t") == 1]
-            atomic_write_text(curve, "".join(ln for ln in complete if int(ln.split("\t")[0]) <= self.step))
+            write_atomic(curve, "".join(ln for ln in complete if int(ln.split("\t")[0]) <= self.step))
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", ckpt, self.step,
                  self.position.epoch, self.position.consumed)
 
