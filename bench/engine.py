@@ -84,7 +84,7 @@ def build(root: Path):
 def bench_train(cfg, records) -> dict[str, float]:
     from tasu.data.prompts import load_prompts
     from tasu.simulate import Simulator
-    from tasu.train.build import build_model
+    from tasu.model_io import build_model
     from tasu.train.collate import Collator
 
     torch.manual_seed(0)
@@ -186,7 +186,7 @@ def bench_order_memory(root: Path) -> dict[str, float]:
 def bench_decode(cfg, records) -> dict[str, float]:
     from tasu.data.prompts import load_prompts
     from tasu.decode import DecodeOptions, DecodeStats, decode_records
-    from tasu.train.build import build_model
+    from tasu.model_io import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg, audio=True).eval()

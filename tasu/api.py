@@ -64,7 +64,7 @@ class Speech2Text:
         """
         from tasu.device import resolve_device
         from tasu.export import ENCODER_DIR, LLM_DIR, is_export
-        from tasu.train.build import load_trained
+        from tasu.model_io import load_trained
 
         if is_export(path):   # its base models travel with it
             root = Path(path).resolve()

@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     if args.dry_run:
-        from tasu.train.checkpoint import dump_config
+        from tasu.model_io import dump_config
 
         print(dump_config(cfg), end="")
         return 0

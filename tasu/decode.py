@@ -69,13 +69,13 @@ from tasu.device import DeviceError, resolve_device
 from tasu.fileio import write_atomic
 from tasu.llm import ModelFilesError
 from tasu.lock import DirLock, LockError
+from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
 from tasu.posteriors import Posteriors
 from tasu.simulate import Simulator
-from tasu.train.checkpoint import MODEL_DIR, PROMPTS, CheckpointError, read_model_config, resolve_checkpoint
 
 if TYPE_CHECKING:
     from tasu.model import SpeechLLM
-    from tasu.train.config import ExperimentConfig
+    from tasu.model_io import ExperimentConfig   # the schema of a checkpoint's config
 
 INPUTS = ("audio", "simulated")
 HYP, REF, SETTINGS, LOG = "hyp.trn", "ref.trn", "decode.json", "decode.log"
@@ -157,7 +157,7 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
     device = model.llm.device
     records = list(records)
     if options.input == "simulated":
-        tokenizer = model.encoder.tokenizer if model.encoder is not None else _encoder_tokenizer(cfg)
+        tokenizer = model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg)
         simulator = Simulator.from_tokenizer(tokenizer, cfg.simulation)
         token_ids = {r.key: tokenizer.encode(_transcript(r)) for r in records}
         length = {key: len(ids) for key, ids in token_ids.items()}
@@ -198,12 +198,6 @@ def _audio_seconds(record: Record) -> float:
     if record.path is None:
         raise ValueError(f"{record.key}: a record without path cannot be decoded from audio")
     return audio_info(record.path, key=record.key, start=record.start, end=record.end).duration
-
-
-def _encoder_tokenizer(cfg: "ExperimentConfig"):
-    from tasu.encoders import load_tokenizer
-
-    return load_tokenizer(cfg.encoder.path, cfg.encoder.type)
 
 
 def _key_generator(key: str) -> torch.Generator:
@@ -303,7 +297,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             overrides: list[str], allow_pipes: bool = False) -> str:
     from tqdm import tqdm
 
-    from tasu.train.build import load_trained
+    from tasu.model_io import load_trained
 
     # 1. What will be decoded, checked before any model is loaded.
     ckpt = resolve_checkpoint(exp, which)

@@ -50,8 +50,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``."""
     from transformers import AutoTokenizer
 
-    from tasu.train.build import load_trained
-    from tasu.train.checkpoint import MODEL_DIR, PROMPTS, write_model
+    from tasu.model_io import MODEL_DIR, PROMPTS, load_trained, write_model
 
     out = Path(out)
     if out.exists():

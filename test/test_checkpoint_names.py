@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tasu.train.checkpoint import MODEL_DIR, WEIGHTS, checkpoint_name, resolve_checkpoint
+from tasu.model_io import MODEL_DIR, WEIGHTS, checkpoint_name, resolve_checkpoint
 
 
 @pytest.fixture

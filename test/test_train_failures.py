@@ -155,7 +155,8 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
         assert stat.S_IMODE(written.stat().st_mode) == 0o644, written  # the umask's mode, not mkstemp's 0600
 
     # DeepSpeed's optimizer state (ZeRO 2) loads through the allow-list ...
-    from tasu.train.checkpoint import CheckpointError, load_engine_file
+    from tasu.train.checkpoint import load_engine_file
+    from tasu.model_io import CheckpointError
 
     ds_dir = exp / "checkpoints" / "step_000002" / "engine" / "ds"
     for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):

@@ -40,12 +40,11 @@ from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
 from tasu.fileio import write_atomic
-from tasu.simulate import Simulator, edit_distance, row_tokens
-from tasu.train.build import build_model
 from tasu.lock import DirLock
-from tasu.train.checkpoint import (ENGINE_DIR, MODEL_DIR, check_fits, checkpoint_name, dump_config, last_checkpoint,
-                                   load_engine_file, load_trainable, read_best, resolve_checkpoint, set_last,
-                                   use_safe_engine_loads, write_best, write_model)
+from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, dump_config, encoder_tokenizer,
+                           last_checkpoint, load_trainable, read_best, resolve_checkpoint, write_model)
+from tasu.simulate import Simulator, edit_distance, row_tokens
+from tasu.train.checkpoint import ENGINE_DIR, load_engine_file, set_last, use_safe_engine_loads, write_best
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.config import ExperimentConfig
 
@@ -154,10 +153,9 @@ class Trainer:
         self.model = build_model(cfg, audio=audio, device=str(self.device))
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
-        encoder_tokenizer = (self.model.encoder.tokenizer if self.model.encoder is not None
-                             else _encoder_tokenizer(cfg))
-        self.simulator = Simulator.from_tokenizer(encoder_tokenizer, cfg.simulation)
-        self.collator = Collator(prompts, self.model.prompt_tokenizer, encoder_tokenizer, cfg.data.mode,
+        enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
+        self.simulator = Simulator.from_tokenizer(enc_tokenizer, cfg.simulation)
+        self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
         self.valid_data = self._batches(cfg.data.valid, order="sequential") if cfg.data.valid else None
@@ -526,12 +524,6 @@ def check_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str,
             raise TrainingError(f"data.{role}: {', '.join(files)} holds no records: there is nothing to "
                                 f"{'train' if role == 'train' else 'validate'} on")
     return counts
-
-
-def _encoder_tokenizer(cfg: ExperimentConfig):
-    from tasu.encoders import load_tokenizer
-
-    return load_tokenizer(cfg.encoder.path, cfg.encoder.type)
 
 
 def _memory_mb(device: torch.device) -> float:

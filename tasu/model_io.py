@@ -1,0 +1,199 @@
+"""A trained model on disk: finding a checkpoint, reading it, and building the speech LLM it holds.
+
+Decoding, ``Speech2Text``, ``tasu export`` and training (which builds the same model fresh, and
+starts a curriculum stage from an earlier one's weights) all go through here, so every one of them
+constructs exactly the same model from the same config, and none of the inference paths depends on
+the training engine. An experiment directory::
+
+    exp/<tag>/
+      config.yaml                    the resolved config of the run
+      train.log, tensorboard/
+      checkpoints/
+        step_000500/
+          model/                     all that decoding needs, with the base encoder and LLM:
+            trainable.safetensors      the trained weights only (projector, LoRA adapters)
+            config.yaml                the resolved config
+            prompts.jsonl              the prompt set it was trained with
+          engine/                    what --resume needs (see tasu.train.checkpoint)
+        last                         name of the newest complete checkpoint
+        best.json                    the kept checkpoints by validation loss
+
+A checkpoint is untrusted input (it may be copied from elsewhere): the weights are read as
+safetensors, which hold tensors and nothing that could run code, and the config is plain YAML
+checked against the dataclasses.
+
+``audio=False`` builds the text-only model: the encoder's tokenizer is read for its vocabulary size,
+its weights are not loaded, and funasr is not imported.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from tasu.config import load_config, to_dict
+from tasu.data.prompts import PromptSet, load_prompts
+from tasu.train.config import ExperimentConfig
+
+if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is built, not to find a checkpoint
+    from tasu.model import SpeechLLM
+
+MODEL_DIR = "model"
+WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as it is: refused (unsafe) or not fitting the model."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a checkpoint is
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def last_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint, or None when there is none yet."""
+    pointer = ckpt_root / "last"
+    if not pointer.exists():
+        return None
+    path = ckpt_root / pointer.read_text(encoding="utf-8").strip()
+    return path if path.is_dir() else None
+
+
+def read_best(ckpt_root: Path) -> list[dict]:
+    path = ckpt_root / "best.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint directory from an experiment dir (``which``: best, last or step_N) or itself.
+
+    ``best`` falls back to ``last`` when the run never validated.
+    """
+    path = Path(path)
+    if (path / MODEL_DIR / WEIGHTS).exists():
+        return path
+    if (path / WEIGHTS).exists() and path.name == MODEL_DIR:
+        return path.parent
+    root = path / "checkpoints"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{path} is neither an experiment dir (no checkpoints/) nor a checkpoint")
+    if which == "best":
+        best = read_best(root)
+        if best:
+            return root / best[0]["name"]
+        which = "last"
+    if which == "last":
+        last = last_checkpoint(root)
+        if last is None:
+            raise FileNotFoundError(f"{root} holds no complete checkpoint yet")
+        return last
+    step = re.fullmatch(r"step_(\d+)", which)
+    candidate = root / (checkpoint_name(int(step.group(1))) if step else which)   # step_2 = step_000002
+    if not (candidate / MODEL_DIR / WEIGHTS).exists():
+        have = sorted(p.name for p in root.glob("step_*") if (p / MODEL_DIR / WEIGHTS).exists())
+        raise FileNotFoundError(f"no checkpoint {which} in {root} (it has best, last"
+                                f"{', ' + ', '.join(have) if have else ''})")
+    return candidate
+
+
+# --------------------------------------------------------------------------------------------------
+# Its model/ directory, written and read
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str) -> None:
+    """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS))
+    (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
+    (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
+
+
+def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The config a checkpoint was trained with; ``overrides`` such as ``llm.path=/models/qwen``."""
+    return load_config(ExperimentConfig, ckpt / MODEL_DIR / CONFIG, overrides)
+
+
+def load_trainable(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt / MODEL_DIR / WEIGHTS))
+
+
+def check_fits(model_shapes: dict, state: dict, source: Path) -> None:
+    """Raise ``CheckpointError`` when a tensor of ``state`` has another shape than the model's.
+
+    ``model_shapes`` maps parameter names to shapes. A checkpoint read with a changed config
+    (another projector size, LoRA rank) would otherwise stop in ``load_state_dict`` with a
+    multi-line traceback.
+    """
+    wrong = [f"{name}: {tuple(t.shape)} in the checkpoint, {tuple(model_shapes[name])} in the model"
+             for name, t in state.items() if name in model_shapes and tuple(t.shape) != tuple(model_shapes[name])]
+    if wrong:
+        raise CheckpointError(f"{source}: the trained weights do not fit the model its config builds "
+                              f"({'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}): "
+                              "the projector, LoRA or LLM settings differ from the ones it was trained with")
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+def encoder_tokenizer(cfg: ExperimentConfig):
+    """The encoder's tokenizer alone (no weights): what text-only training and simulated decoding need."""
+    from tasu.encoders import load_tokenizer
+
+    return load_tokenizer(cfg.encoder.path, cfg.encoder.type)
+
+
+def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> SpeechLLM:
+    """The speech LLM the config describes, with an untrained projector (and LoRA adapters)."""
+    from tasu.encoders import load_encoder
+    from tasu.llm import LoRA
+    from tasu.model import SpeechLLM
+
+    if not cfg.encoder.path:
+        raise ValueError("encoder.path is not set: the encoder directory (its tokenizer at least) is needed")
+    if not cfg.llm.path:
+        raise ValueError("llm.path is not set: the directory of a Hugging Face causal LM is needed")
+    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device) if audio else None
+    vocab_size = (encoder.tokenizer if encoder is not None else encoder_tokenizer(cfg)).vocab_size
+    lora = None
+    if cfg.llm.lora is not None:
+        lo = cfg.llm.lora
+        lora = LoRA(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules))
+    model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=lora,
+                                      projector_options=cfg.projector.options, dtype=cfg.llm.dtype,
+                                      encoder=encoder)
+    return model.to(device)
+
+
+def load_trained(path: str | Path, which: str = "best", audio: bool = True, device: str = "cpu",
+                 overrides: tuple[str, ...] | list[str] = ()) -> tuple[SpeechLLM, ExperimentConfig, PromptSet, Path]:
+    """A trained model from an experiment dir or checkpoint dir: (model, config, prompts, checkpoint).
+
+    ``overrides`` change the saved config before building, e.g. ``llm.path=...`` for base models
+    that live elsewhere on this machine.
+    """
+    ckpt = resolve_checkpoint(path, which)
+    cfg = read_model_config(ckpt, overrides)
+    model = build_model(cfg, audio=audio, device=device)
+    trained = load_trainable(ckpt)
+    check_fits({name: p.shape for name, p in model.named_parameters()}, trained, ckpt)
+    try:
+        model.load_trainable_state_dict({k: v.to(device) for k, v in trained.items()})
+    except KeyError as e:  # other names: another projector or LoRA layout than the config's
+        raise CheckpointError(f"{ckpt}: {e.args[0]}: the config differs from the one it was trained with") from None
+    prompts = load_prompts(ckpt / MODEL_DIR / PROMPTS)
+    return model.eval(), cfg, prompts, ckpt
