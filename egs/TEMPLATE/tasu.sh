@@ -230,11 +230,11 @@ else
 fi
 
 free_port() {  # a TCP port that nothing listens on now
-  python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+  python3 -m tasu.recipe free-port
 }
 
-json_list() {  # json_list a b c -> ["a", "b", "c"] (a YAML flow list for key=value overrides)
-  python3 -c 'import json, sys; print(json.dumps(sys.argv[1:], separators=(",", ":")))' "$@"
+json_list() {  # json_list a b c -> ["a","b","c"] (a YAML flow list for key=value overrides)
+  python3 -m tasu.recipe json-list "$@"
 }
 
 write_reentry() {  # write_reentry <dir> <stage> <what>: <dir>/run.sh re-enters that stage
@@ -360,10 +360,7 @@ fi
 
 if runs 5; then
   # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8).
-  read -r -a decode_opts <<< "$(python3 -c '
-import sys, yaml
-conf = yaml.safe_load(open(sys.argv[1], encoding="utf-8")) or {}
-print(" ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in conf.items()))' "${decode_config}")"
+  read -r -a decode_opts <<< "$(python3 -m tasu.recipe decode-flags "${decode_config}")"
   model_opts=()
   [ -n "${encoder_path}" ] && model_opts+=(--set encoder.path="${encoder_path}")
   [ -n "${llm_path}" ] && model_opts+=(--set llm.path="${llm_path}")
@@ -384,19 +381,7 @@ print(" ".join("--%s %s" % (k.replace("_", "-"), v) for k, v in conf.items()))' 
     done
     log "Stage 5: decoding ${dumpdir}/{$(echo ${test_sets} | tr ' ' ',')}/{$(for s in ${tasks}; do task_name "${s}"; done | paste -sd,)}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<set>/<task>/hyp.trn"
     mkdir -p "${dir}"
-    python3 - "${dumpdir}" "${dir}/data.jsonl" "${parts[@]}" <<'PY'
-import json, sys
-from pathlib import Path
-dump, out, parts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-with open(out + ".tmp", "w", encoding="utf-8") as f:
-    for set_name, task in zip(parts[::2], parts[1::2]):
-        for line in open(dump / set_name / f"{task}.jsonl", encoding="utf-8-sig"):
-            if line.strip():
-                record = json.loads(line)
-                record["key"] = f"{set_name}-{task}-{record['key']}"
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-Path(out + ".tmp").replace(out)
-PY
+    python3 -m tasu.recipe merge "${dumpdir}" "${dir}/data.jsonl" "${parts[@]}"
     n=$(wc -l < "${dir}/data.jsonl")
     nj=$(( n < inference_nj ? n : inference_nj ))
     [ "${nj}" -ge 1 ] || die "${dumpdir}: no records to decode in ${test_sets}"
@@ -407,21 +392,7 @@ PY
       tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
         --checkpoint "${inference_checkpoint}" --device "${decode_device}" --allow-pipes "${decode_opts[@]}" \
         "${model_opts[@]}" ${decode_args}
-    python3 - "${dir}" "${nj}" "${parts[@]}" <<'PY'
-import sys
-from pathlib import Path
-dir, nj, parts = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-pairs = list(zip(parts[::2], parts[1::2]))
-for name in ("hyp.trn", "ref.trn"):
-    lines = {pair: [] for pair in pairs}
-    for job in range(1, nj + 1):
-        for line in open(dir / f"output.{job}" / name, encoding="utf-8"):
-            pair = max((p for p in pairs if line.startswith(f"{p[0]}-{p[1]}-")), key=lambda p: len(p[0]) + len(p[1]))
-            lines[pair].append(line[len(pair[0]) + len(pair[1]) + 2:])
-    for (set_name, task), task_lines in lines.items():
-        (dir / set_name / task).mkdir(parents=True, exist_ok=True)
-        (dir / set_name / task / name).write_text("".join(sorted(task_lines)), encoding="utf-8")
-PY
+    python3 -m tasu.recipe split "${dir}" "${nj}" "${parts[@]}"
   done
 fi
 

@@ -1,0 +1,79 @@
+"""tasu.recipe: the stage script's merging and splitting of decode data, and its small conversions."""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tasu.recipe import decode_flags, free_port, main, merge, owner, pairs, split
+
+# Keys of "test-ASR" start with "test-ASR-", the prefix of set "test", task "ASR".
+PARTS = [("test", "ASR"), ("test-ASR", "ASR"), ("test-other", "ASR"), ("dev", "SLU")]
+
+
+def write_jsonl(path, records, bom=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    path.write_text(("\ufeff" if bom else "") + text + "\n", encoding="utf-8")   # a blank line at the end
+
+
+def test_merge_prefixes_keys_with_set_and_task(tmp_path):
+    dump = tmp_path / "dump"
+    write_jsonl(dump / "test" / "ASR.jsonl", [{"key": "u1", "task": "ASR", "target": "grüß"}], bom=True)
+    write_jsonl(dump / "test-other" / "ASR.jsonl", [{"key": "u1", "task": "ASR"}, {"key": "u2", "task": "ASR"}])
+    out = tmp_path / "decode" / "data.jsonl"
+    assert merge(dump, out, [("test", "ASR"), ("test-other", "ASR")]) == 3
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["key"] for r in records] == ["test-ASR-u1", "test-other-ASR-u1", "test-other-ASR-u2"]
+    assert records[0] == {"key": "test-ASR-u1", "task": "ASR", "target": "grüß"}
+    assert "grüß" in out.read_text(encoding="utf-8")   # not escaped
+
+
+def test_a_line_belongs_to_the_longest_prefix():
+    assert owner("test-ASR-u1\thi\n", PARTS) == ("test", "ASR")
+    assert owner("test-ASR-ASR-u1\thi\n", PARTS) == ("test-ASR", "ASR")
+    assert owner("test-other-ASR-u1\t\n", PARTS) == ("test-other", "ASR")
+    assert owner("dev-SLU-x\tplay\n", PARTS) == ("dev", "SLU")
+    tie = [("test", "other-ASR"), ("test-other", "ASR")]   # both prefixes are "test-other-ASR-"
+    assert owner("test-other-ASR-u1\t\n", tie) == ("test", "other-ASR")
+    assert owner("test-other-ASR-u1\t\n", tie[::-1]) == ("test-other", "ASR")
+    with pytest.raises(ValueError, match="no test set and task prefixes"):
+        owner("eval-ASR-u1\thi\n", PARTS)
+
+
+def test_split_sorts_the_jobs_lines_back_into_set_and_task(tmp_path):
+    for job, hyp in ((1, "test-other-ASR-u2\tb\ntest-ASR-u1\ta\n"), (2, "test-other-ASR-u1\tc\n")):
+        (tmp_path / f"output.{job}").mkdir()
+        (tmp_path / f"output.{job}" / "hyp.trn").write_text(hyp, encoding="utf-8")
+        (tmp_path / f"output.{job}" / "ref.trn").write_text(hyp.replace("\t", "\tref "), encoding="utf-8")
+    split(tmp_path, 2, [("test", "ASR"), ("test-other", "ASR"), ("dev", "SLU")])
+    assert (tmp_path / "test" / "ASR" / "hyp.trn").read_text() == "u1\ta\n"
+    assert (tmp_path / "test-other" / "ASR" / "hyp.trn").read_text() == "u1\tc\nu2\tb\n"
+    assert (tmp_path / "test-other" / "ASR" / "ref.trn").read_text() == "u1\tref c\nu2\tref b\n"
+    assert (tmp_path / "dev" / "SLU" / "hyp.trn").read_text() == ""   # every part gets its files
+
+
+def test_decode_flags_and_pairs(tmp_path):
+    conf = tmp_path / "decode.yaml"
+    conf.write_text("beam: 4\nbatch_size: 8\nrepetition_penalty: 1.1\n")
+    assert decode_flags(conf) == ["--beam", "4", "--batch-size", "8", "--repetition-penalty", "1.1"]
+    conf.write_text("# nothing set\n")
+    assert decode_flags(conf) == []
+    assert pairs(["test", "ASR", "dev", "SLU"]) == [("test", "ASR"), ("dev", "SLU")]
+    with pytest.raises(ValueError, match="odd number"):
+        pairs(["test", "ASR", "dev"])
+
+
+def test_command_line(tmp_path, capsys):
+    (tmp_path / "d.yaml").write_text("beam: 1\nmax_new_tokens: 4\n")
+    assert main(["decode-flags", str(tmp_path / "d.yaml")]) == 0
+    assert capsys.readouterr().out == "--beam 1 --max-new-tokens 4\n"
+    assert main(["json-list", "dump/a b.jsonl", "ü.jsonl"]) == 0
+    assert capsys.readouterr().out == '["dump/a b.jsonl","\\u00fc.jsonl"]\n'
+    assert main(["json-list"]) == 0 and capsys.readouterr().out == "[]\n"
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("", port))   # free indeed
+    out = subprocess.run([sys.executable, "-m", "tasu.recipe", "free-port"], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) < 65536
