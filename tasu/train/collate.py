@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from tasu.data.audio import audio_info, load_audio
+from tasu.data.audio import SAMPLE_RATE, audio_info, load_audio
 from tasu.data.prompts import PromptSet
 from tasu.data.records import Record
 from tasu.encoders.base import EncoderTokenizer
@@ -75,5 +75,5 @@ class Collator:
             ids = [self.encoder_tokenizer.encode(r.transcript) for r in records]
             return StepBatch(keys, "text", text, token_ids=ids)
         waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in records]
-        seconds = sum(len(w) for w in waves) / 16000
+        seconds = sum(len(w) for w in waves) / SAMPLE_RATE
         return StepBatch(keys, "audio", text, waveforms=waves, audio_seconds=seconds)
