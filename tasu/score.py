@@ -1,6 +1,6 @@
 """Scoring of decoded hypotheses: WER/CER with alignments, BLEU/chrF, accuracy.
 
-    tasu score --ref data/test/text --hyp exp/asr_x/decode_greedy/test/asr/hyp.txt --metric wer
+    tasu score --ref data/test/text --hyp exp/asr_x/decode_beam4/test/ASR/hyp.trn --metric wer
 
 Both files hold ``key<TAB>text`` lines; a line without a tab is split at its first space (a Kaldi
 ``text`` file); a key with no text is an empty hypothesis. Blank lines, keys with whitespace and
