@@ -25,7 +25,7 @@ def main() -> None:
     from tasu.data.prompts import load_prompts
     from tasu.data.records import iter_records
     from tasu.encoders import load_tokenizer
-    from tasu.llm import PromptTokenizer, load_tokenizer as load_llm_tokenizer
+    from tasu.llm import PromptTokenizer, load_llm_tokenizer
     from tasu.train.collate import Collator
     from tasu.train.config import ExperimentConfig
 

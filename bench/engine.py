@@ -125,7 +125,7 @@ def bench_loader(cfg, root: Path) -> dict[str, float]:
     from tasu.data.batching import StreamingBatches
     from tasu.data.prompts import load_prompts
     from tasu.encoders import load_tokenizer
-    from tasu.llm import PromptTokenizer, load_tokenizer as load_llm_tokenizer
+    from tasu.llm import PromptTokenizer, load_llm_tokenizer
     from tasu.train.collate import Collator
 
     rng = random.Random(0)

@@ -60,14 +60,14 @@ def build(root: Path, layers: int):
 
     from real_layout import QWEN25_1P5B, write_qwen_tokenizer, write_sensevoice_small
     from tasu.encoders import load_encoder
-    from tasu.llm import load_tokenizer
+    from tasu.llm import load_llm_tokenizer
 
     encoder = load_encoder(write_sensevoice_small(root / "SenseVoiceSmall"))
     write_qwen_tokenizer(root / "qwen")
     values = {k: v for k, v in QWEN25_1P5B.items() if k not in ("architectures", "model_type")}
     torch.manual_seed(0)
     llm = Qwen2ForCausalLM(Qwen2Config(**{**values, "num_hidden_layers": layers})).requires_grad_(False)
-    return encoder, llm, load_tokenizer(root / "qwen")
+    return encoder, llm, load_llm_tokenizer(root / "qwen")
 
 
 def bench(layers: int) -> dict[str, float]:

@@ -38,7 +38,7 @@ class ModelFilesError(ValueError):
     """A model directory that lacks what loading it needs; the message names the directory."""
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+def load_llm_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with ``<speech>`` added and a pad token (EOS when it has none).
 
     A directory without tokenizer files does not fail in transformers: it builds a tokenizer with
@@ -132,7 +132,7 @@ class PromptTokenizer:
         self.tokenizer = tokenizer
         self.speech_id = tokenizer.convert_tokens_to_ids(SPEECH_TOKEN)
         if self.speech_id is None or self.speech_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer lacks {SPEECH_TOKEN}: load it with tasu.llm.load_tokenizer")
+            raise ValueError(f"the tokenizer lacks {SPEECH_TOKEN}: load it with tasu.llm.load_llm_tokenizer")
 
     def render(self, prompt: str) -> str:
         """The text before the target, with ``<speech>`` where the speech goes."""

@@ -33,7 +33,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasu.compress import compress_posteriors
 from tasu.encoders.base import CTCEncoder
-from tasu.llm import IGNORE_INDEX, LoRA, PromptTokenizer, TextBatch, load_llm, load_tokenizer
+from tasu.llm import IGNORE_INDEX, LoRA, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
 from tasu.posteriors import Posteriors
 from tasu.projectors import Projector, build_projector
 
@@ -152,7 +152,7 @@ class SpeechLLM(nn.Module):
         embedding = llm.get_input_embeddings()
         proj = build_projector(projector, vocab_size, embedding.embedding_dim, llm_embedding=embedding,
                                **(projector_options or {}))
-        return cls(llm, load_tokenizer(llm_path), proj, encoder=encoder)
+        return cls(llm, load_llm_tokenizer(llm_path), proj, encoder=encoder)
 
     def splice(self, post: Posteriors, text: TextBatch, pad_left: bool = False) -> Spliced:
         """Project ``post`` and splice it into ``text`` (see ``splice``): the LLM's input."""

@@ -145,10 +145,10 @@ def test_encoder_loads_through_tasu_and_was_scored(recipe):
 
 def test_llm_loads_through_tasu_and_reads_units(recipe):
     from tasu.encoders import load_tokenizer as load_encoder_tokenizer
-    from tasu.llm import PromptTokenizer, load_llm, load_tokenizer
+    from tasu.llm import PromptTokenizer, load_llm, load_llm_tokenizer
 
     exp = recipe / "exp" / "llm"
-    tokenizer = load_tokenizer(exp)
+    tokenizer = load_llm_tokenizer(exp)
     llm = load_llm(exp)
     assert tokenizer.eos_token == "<|im_end|>" and llm.config.eos_token_id == tokenizer.eos_token_id
     assert llm.config.model_type == "qwen2" and llm.config.vocab_size >= len(tokenizer) - 1  # - <speech>

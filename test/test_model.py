@@ -16,7 +16,7 @@ import torch
 
 from tasu.compress import compress_posteriors
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer
-from tasu.llm import IGNORE_INDEX, SPEECH_TOKEN, PromptTokenizer, TextBatch, load_tokenizer
+from tasu.llm import IGNORE_INDEX, SPEECH_TOKEN, PromptTokenizer, TextBatch, load_llm_tokenizer
 from tasu.model import SpeechLLM, causal_lm_loss, splice
 from tasu.posteriors import Posteriors
 from tasu.simulate import SimulationConfig, simulate
@@ -55,7 +55,7 @@ SPEECH = [[5, 9, 3, 17], [8, 2, 30, 11, 12, 7]]
 # ---------------------------------------------------------------- prompt tokens
 
 def test_chat_template_prompt(chat_dir):
-    tok = load_tokenizer(chat_dir)
+    tok = load_llm_tokenizer(chat_dir)
     batch = PromptTokenizer(tok)(PROMPTS[:1], TARGETS[:1])
     ids = batch.ids[0].tolist()
     at, tgt, n = int(batch.speech_at[0]), int(batch.target_at[0]), int(batch.lengths[0])
@@ -67,7 +67,7 @@ def test_chat_template_prompt(chat_dir):
 
 
 def test_plain_prompt_without_chat_template(plain_dir):
-    tok = load_tokenizer(plain_dir)
+    tok = load_llm_tokenizer(plain_dir)
     assert not tok.chat_template
     batch = PromptTokenizer(tok)(PROMPTS, TARGETS)
     for b in range(2):
@@ -81,7 +81,7 @@ def test_plain_prompt_without_chat_template(plain_dir):
 
 def test_prompt_containing_the_placeholder_is_refused(chat_dir):
     with pytest.raises(ValueError, match="must not contain"):
-        PromptTokenizer(load_tokenizer(chat_dir))([f"say {SPEECH_TOKEN}"])
+        PromptTokenizer(load_llm_tokenizer(chat_dir))([f"say {SPEECH_TOKEN}"])
 
 
 # ---------------------------------------------------------------- splicing and labels
@@ -219,7 +219,7 @@ class ExplodingEncoder(CTCEncoder):
 
 
 def test_text_only_step_never_calls_the_encoder(chat_dir):
-    model = SpeechLLM(build(chat_dir).llm, load_tokenizer(chat_dir), build(chat_dir).projector,
+    model = SpeechLLM(build(chat_dir).llm, load_llm_tokenizer(chat_dir), build(chat_dir).projector,
                       encoder=ExplodingEncoder())
     model.train()
     assert not model.encoder.training  # the frozen encoder stays in eval mode

@@ -38,7 +38,7 @@ def test_sensevoice_small_loads_with_the_released_keys_and_shapes(sensevoice_sma
 
 
 def test_qwen25_shapes_load_with_their_tokenizer_and_train_a_projector_step(qwen, sensevoice_small):
-    from tasu.llm import PromptTokenizer, load_llm, load_tokenizer as load_llm_tokenizer
+    from tasu.llm import PromptTokenizer, load_llm, load_llm_tokenizer
     from tasu.model import SpeechLLM
     from tasu.simulate import simulate
 
