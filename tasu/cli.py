@@ -87,8 +87,8 @@ def _train(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from tasu.decode import run_decode
 
-    return run_decode(args.exp, args.data, args.out, checkpoint=args.checkpoint, input=args.input, beam=args.beam,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    return run_decode(args.exp, args.data, args.out, checkpoint=args.checkpoint, input_kind=args.input,
+                      beam=args.beam, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
                       device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes)
 

@@ -273,7 +273,7 @@ def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
     write_atomic(path, json.dumps(settings, indent=1) + "\n")
 
 
-def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: str = "audio", beam: int = 4,
+def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_kind: str = "audio", beam: int = 4,
                batch_size: int = 8, max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
                repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = (),
                allow_pipes: bool = False) -> int:
@@ -281,7 +281,7 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input: s
 
     ``allow_pipes`` lets audio paths that are shell commands be run (data you trust only)."""
     try:
-        options = DecodeOptions(input=input, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                 no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
         with DirLock(out, "tasu decode"):
             report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)

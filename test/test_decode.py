@@ -107,7 +107,7 @@ def test_a_partial_last_line_is_cut_off_and_the_rest_decoded(exp, audio_decode, 
 def test_simulated_input_loads_no_encoder(exp, tmp_path):
     script = ("import sys\nfrom tasu.decode import run_decode\n"
               f"rc = run_decode({str(exp / 'exp')!r}, {str(exp / 'test.jsonl')!r}, {str(tmp_path)!r}, "
-              f"input='simulated', **{FAST!r})\n"
+              f"input_kind='simulated', **{FAST!r})\n"
               "assert not [m for m in sys.modules if m.startswith('funasr')], 'funasr was imported'\n"
               "sys.exit(rc)\n")
     out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120)
@@ -118,7 +118,7 @@ def test_simulated_input_loads_no_encoder(exp, tmp_path):
 
     # Simulated rows are seeded by key: a second decode, in other batches, gives the same hypotheses.
     again = tmp_path / "again"
-    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input="simulated",
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input_kind="simulated",
                       **{**FAST, "batch_size": 7}) == 0
     assert dict(read_trn(again / "hyp.trn")) == dict(read_trn(tmp_path / "hyp.trn"))
 
@@ -142,7 +142,7 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")
-        extra = {"input": "simulated"} if name == "nogt.jsonl" else {}
+        extra = {"input_kind": "simulated"} if name == "nogt.jsonl" else {}
         rc = run_decode(str(exp / "exp"), str(tmp_path / name), str(tmp_path / f"out_{name}"), **{**FAST, **extra})
         err = capsys.readouterr().err
         assert rc == 1 and message in err, err
@@ -226,5 +226,6 @@ def test_unlabelled_audio_is_decoded_and_only_labelled_records_are_referenced(ex
     assert run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "none"), **FAST) == 0
     assert not (tmp_path / "none" / "ref.trn").exists() and (tmp_path / "none" / "hyp.trn").exists()
     # simulation needs a transcript: an unlabelled ASR record has none
-    rc = run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "sim"), **{**FAST, "input": "simulated"})
+    rc = run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "sim"),
+                    **{**FAST, "input_kind": "simulated"})
     assert rc == 1 and "GT: missing" in capsys.readouterr().err
