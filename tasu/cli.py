@@ -37,10 +37,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from tasu.encoders import load_tokenizer
     from tasu.simulate import show_simulation
 
-    print(show_simulation(args.encoder, args.text, _simulation_config(args), encoder_type=args.encoder_type,
-                          topk=args.topk, seed=args.seed, step=args.step, samples=args.samples))
+    config = _simulation_config(args)
+    tokenizer = load_tokenizer(args.encoder, encoder_type=args.encoder_type)   # no weights, no framework
+    print(show_simulation(tokenizer, args.text, config, topk=args.topk, seed=args.seed, step=args.step,
+                          samples=args.samples))
     return 0
 
 

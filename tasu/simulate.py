@@ -24,14 +24,28 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from tasu.posteriors import Posteriors
 
-if TYPE_CHECKING:
-    from tasu.encoders.base import EncoderTokenizer
+
+@runtime_checkable
+class Vocabulary(Protocol):
+    """What simulation needs of the encoder's tokenizer: its units, the blank among them, and text -> ids.
+
+    Declared here rather than imported from ``tasu.encoders``, so that simulation depends on
+    nothing but ``Posteriors``: every encoder's tokenizer (``tasu.encoders.base.EncoderTokenizer``)
+    has these members, and so can any stand-in a test or a tool builds.
+    """
+
+    vocab_size: int
+    blank_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def id_to_piece(self, i: int) -> str: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +165,7 @@ class Confusion:
         return _spelling_confusion(tuple(pieces), blank_id)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: "EncoderTokenizer", kind: Literal["random", "spelling"]) -> "Confusion":
+    def from_tokenizer(cls, tokenizer: Vocabulary, kind: Literal["random", "spelling"]) -> "Confusion":
         pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
         if kind == "spelling":
             return cls.spelling(pieces, tokenizer.blank_id)
@@ -267,7 +281,7 @@ class Simulator:
         self.confusion = confusion or Confusion.uniform(vocab_size, blank_id)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: "EncoderTokenizer", config: SimulationConfig) -> "Simulator":
+    def from_tokenizer(cls, tokenizer: Vocabulary, config: SimulationConfig) -> "Simulator":
         return cls(config, tokenizer.vocab_size, tokenizer.blank_id,
                    Confusion.from_tokenizer(tokenizer, config.confusion))
 
@@ -409,7 +423,7 @@ def simulate(token_ids: Sequence[Sequence[int]], vocab_size: int, config: Simula
 # Inspection (``tasu simulate``)
 
 
-def format_simulation(tokenizer: "EncoderTokenizer", text: str, post: Posteriors, topk: int = 3) -> str:
+def format_simulation(tokenizer: Vocabulary, text: str, post: Posteriors, topk: int = 3) -> str:
     """A readable table of one simulated utterance: row, floor, then the largest entries as piece:prob."""
     ids = tokenizer.encode(text)
     lines = [f"text: {text}",
@@ -424,25 +438,17 @@ def format_simulation(tokenizer: "EncoderTokenizer", text: str, post: Posteriors
     return "\n".join(lines)
 
 
-def show_simulation(encoder_dir: str, text: str, config: SimulationConfig | None = None, encoder_type: str = "auto",
-                    topk: int = 3, seed: int = 0, step: int = 0, samples: int = 1) -> str:
-    """Load only the encoder's tokenizer, simulate ``text`` and return the table of its rows.
+def show_simulation(tokenizer: Vocabulary, text: str, config: SimulationConfig | None = None, topk: int = 3,
+                    seed: int = 0, step: int = 0, samples: int = 1) -> str:
+    """Simulate ``text`` with the encoder's ``tokenizer`` and return the table of its rows.
 
     ``step`` places a WER schedule; the token error rate (each row's top-1 id against the
     transcript's ids) is that of the table's draw and, with ``samples`` > 1, the mean over that many
     draws: what the simulation does to the text, as a number.
     """
-    from tasu.encoders import load_tokenizer
-
-    tokenizer = load_tokenizer(encoder_dir, encoder_type=encoder_type)
-    return _show(tokenizer, text, topk, seed, config or SimulationConfig(), step, samples)
-
-
-def _show(tokenizer: "EncoderTokenizer", text: str, topk: int, seed: int, config: SimulationConfig,
-          step: int = 0, samples: int = 1) -> str:
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    sim = Simulator.from_tokenizer(tokenizer, config)
+    sim = Simulator.from_tokenizer(tokenizer, config or SimulationConfig())
     ids = tokenizer.encode(text)
     generator = torch.Generator().manual_seed(seed)
     draws = [sim([ids], generator, step=step) for _ in range(samples)]

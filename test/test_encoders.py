@@ -14,6 +14,7 @@ import torch
 from fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
 
 from tasu.encoders import detect_layout, load_encoder, load_tokenizer, train_sentencepiece
+from tasu.simulate import Vocabulary
 
 TEXT = "turn on the kitchen lights"
 
@@ -146,6 +147,7 @@ def test_sensevoice_tokenizer(sensevoice_dir):
     tokenizer = load_tokenizer(sensevoice_dir)
     pieces = json.loads((sensevoice_dir / "tokens.json").read_text())
     assert tokenizer.vocab_size == len(pieces) and tokenizer.blank_id == 0
+    assert isinstance(tokenizer, Vocabulary)   # what simulation asks of it
     ids = tokenizer.encode(TEXT)
     assert ids and 0 not in ids and max(ids) < tokenizer.vocab_size
     assert tokenizer.decode(ids) == TEXT
@@ -206,6 +208,7 @@ def test_hf_tokenizer(hf_dir):
     tokenizer = load_tokenizer(hf_dir)
     vocab = json.loads((hf_dir / "vocab.json").read_text())
     assert tokenizer.vocab_size == len(vocab) and tokenizer.blank_id == vocab["<pad>"]
+    assert isinstance(tokenizer, Vocabulary)
     ids = tokenizer.encode("Hello   World's")
     assert [tokenizer.id_to_piece(i) for i in ids] == list("HELLO|WORLD'S")
     assert tokenizer.decode(ids) == "HELLO WORLD'S"             # upper-case vocabulary, double L kept

@@ -9,3 +9,9 @@ def test_decoding_imports_nothing_of_training_but_the_config_schema():
             "print(' '.join(m for m in sys.modules if m.startswith('tasu.train')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert sorted(loaded) == ["tasu.train", "tasu.train.config"]   # ExperimentConfig, the saved config's schema
+
+
+def test_simulation_imports_no_encoder():
+    code = "import sys, tasu.simulate; print(' '.join(m for m in sys.modules if m.startswith('tasu.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(loaded) == ["tasu.posteriors", "tasu.simulate"]

@@ -7,8 +7,8 @@ import torch
 
 import tasu.encoders
 from tasu.encoders.base import EncoderTokenizer
-from tasu.simulate import (Confusion, SimulationConfig, Simulator, WERSchedule, edit_distance, row_tokens,
-                           show_simulation, simulate, token_error_rate)
+from tasu.simulate import (Confusion, SimulationConfig, Simulator, Vocabulary, WERSchedule, edit_distance,
+                           row_tokens, show_simulation, simulate, token_error_rate)
 
 V = 1000
 
@@ -259,10 +259,10 @@ def test_config_validation():
         simulate([[V]], V)
 
 
-def test_show_simulation(monkeypatch):
+def test_show_simulation():
     tok = ToyTokenizer(WORDS)
-    monkeypatch.setattr(tasu.encoders, "load_tokenizer", lambda path, encoder_type="auto": tok, raising=False)
-    table = show_simulation("unused", "cat dog zebra", SimulationConfig(alpha=(0.12, 0.12), drop_prob=0.0), topk=3)
+    assert isinstance(tok, Vocabulary)   # an encoder's tokenizer is what simulation asks for
+    table = show_simulation(tok, "cat dog zebra", SimulationConfig(alpha=(0.12, 0.12), drop_prob=0.0), topk=3)
     floor = 0.12 / tok.vocab_size
     assert table.splitlines() == [
         "text: cat dog zebra",
@@ -274,12 +274,12 @@ def test_show_simulation(monkeypatch):
         f"   2  {floor:>9.3g}  zebra:{0.88 + floor:.4f}",
         "token error rate (top-1 of each row vs the transcript): 0.0 %",
     ]
-    dropped = show_simulation("unused", "cat dog zebra", SimulationConfig(drop_prob=1.0), seed=3)
+    dropped = show_simulation(tok, "cat dog zebra", SimulationConfig(drop_prob=1.0), seed=3)
     assert dropped.splitlines()[2].startswith("rows: 1,")
     assert dropped.splitlines()[-1].endswith(": 66.7 %")   # two of three tokens dropped (one is put back)
     # a WER schedule at its step: the exact-count edits give the asked rate on average
     wer = SimulationConfig(wer=WERSchedule(start=(0.3, 0.3), end=(0.3, 0.3)))
-    many = show_simulation("unused", "cat dog zebra cat dog zebra cat dog zebra cat", wer, samples=50, step=7)
+    many = show_simulation(tok, "cat dog zebra cat dog zebra cat dog zebra cat", wer, samples=50, step=7)
     assert many.splitlines()[-1] == "mean over 50 draws: 30.0 %"
 
 
