@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from tasu.compress_kernels import gathered, kept_runs, segment_means
-from tasu.posteriors import Posteriors
+from tasu.posteriors import Posteriors, length_mask
 
 
 class Compressed(NamedTuple):
@@ -59,7 +59,7 @@ def _kept_runs(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, bla
     zeros after them."""
     b, t, v = probs.shape
     device = probs.device
-    valid = torch.arange(t, device=device)[None, :] < lengths[:, None]
+    valid = length_mask(lengths, t)
     flat = probs.reshape(b * t, v)
     blank = probs[:, :, blank_id].reshape(-1)
 

@@ -21,6 +21,15 @@ from dataclasses import dataclass
 import torch
 
 
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] bool, True at positions below each row's length.
+
+    The padding mask of posterior rows: before they are a ``Posteriors`` (simulation, compression),
+    as one (``Posteriors.mask``), and of what a projector makes of them, so that all of them agree.
+    """
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
 @dataclass
 class Posteriors:
     """A padded batch of sparse posterior rows.
@@ -69,7 +78,7 @@ class Posteriors:
 
     def mask(self) -> torch.Tensor:
         """[B, T] bool, True on valid rows."""
-        return torch.arange(self.max_len, device=self.ids.device)[None, :] < self.lengths[:, None]
+        return length_mask(self.lengths, self.max_len)
 
     def to(self, device=None, dtype=None) -> "Posteriors":
         """Move to a device; ``dtype`` applies to the float fields only."""
@@ -104,7 +113,7 @@ class Posteriors:
         else:
             top, ids = probs.topk(k, dim=-1)
         floor = (1.0 - top.sum(-1)).clamp_min(0.0) / max(v - k, 1) if k < v else probs.new_zeros(b, t)
-        mask = (torch.arange(t, device=probs.device)[None, :] < lengths[:, None]).to(probs.dtype)
+        mask = length_mask(lengths, t).to(probs.dtype)
         return cls(
             ids=ids.contiguous(), weights=(top - floor[:, :, None]) * mask[:, :, None], floor=floor * mask,
             blank=probs[:, :, blank_id] * mask, lengths=lengths.to(torch.long), vocab_size=v,

@@ -28,7 +28,7 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from tasu.posteriors import Posteriors
+from tasu.posteriors import Posteriors, length_mask
 
 
 @runtime_checkable
@@ -405,7 +405,7 @@ class Simulator:
     def _smooth(self, rows, lengths, g) -> Posteriors:
         lo, hi = self.config.alpha
         alpha = lo + (hi - lo) * torch.rand(len(lengths), generator=g)
-        mask = (torch.arange(rows.shape[1])[None, :] < lengths[:, None]).float()
+        mask = length_mask(lengths, rows.shape[1]).float()
         weights = (1.0 - alpha)[:, None] * mask
         floor = (alpha / self.vocab_size)[:, None] * mask
         return Posteriors(ids=rows[:, :, None], weights=weights[:, :, None], floor=floor,

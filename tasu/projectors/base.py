@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tasu.posteriors import Posteriors
+from tasu.posteriors import Posteriors, length_mask
 from tasu.registry import Registry
 
 DEFAULT_PROJECTOR = "linear-silu"
@@ -52,8 +52,7 @@ class Projector(nn.Module):
 
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``x`` [B, T, D] with the rows at positions >= ``lengths`` [B] set to zero."""
-    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
-    return x * mask[:, :, None].to(x.dtype)
+    return x * length_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)
 
 
 PROJECTORS = Registry("projector")
