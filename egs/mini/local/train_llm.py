@@ -10,7 +10,7 @@ What it writes::
 
     exp/llm/{config.json,generation_config.json,model.safetensors}      Qwen2ForCausalLM
     exp/llm/{tokenizer.json,tokenizer_config.json,special_tokens_map.json,chat_template.jinja}
-        read by tasu.llm.load_llm / load_tokenizer (transformers AutoModelForCausalLM / AutoTokenizer)
+        read by tasu.llm.load_llm / load_llm_tokenizer (transformers AutoModelForCausalLM / AutoTokenizer)
     exp/llm/encoder_units.json    encoder unit id -> LLM token id (blank -> null)
     exp/llm/ppl.txt               dev perplexities, unit-reading WER and scenario accuracy
 
@@ -353,7 +353,7 @@ def main() -> None:
     logging.info("Qwen2: %.2f M parameters (hidden %d, %d layers)", n_params / 1e6, args.hidden_size, args.num_layers)
     info = train(model, examples, training, args)
 
-    # 4. save where tasu.llm.load_llm / load_tokenizer read it
+    # 4. save where tasu.llm.load_llm / load_llm_tokenizer read it
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
