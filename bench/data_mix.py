@@ -27,7 +27,7 @@ def main() -> None:
     from tasu.encoders import load_tokenizer
     from tasu.llm import PromptTokenizer, load_llm_tokenizer
     from tasu.train.collate import Collator
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)

@@ -61,7 +61,7 @@ def build(root: Path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from tasu.config import load_config
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
 
     save_tiny_llm(root / "llm")
     torch.manual_seed(0)

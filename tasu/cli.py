@@ -51,7 +51,7 @@ def _simulation_config(args: argparse.Namespace):
     """The simulation to show: a training config's (with overrides), or the one the flags describe."""
     from tasu.config import ConfigError, load_config
     from tasu.simulate import SimulationConfig, WERSchedule
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
 
     if args.config:
         flags = [f for f in ("alpha_min", "alpha_max", "drop_prob", "insert_ratio", "sub_prob", "confusion", "wer")
@@ -74,7 +74,7 @@ def _simulation_config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     from tasu.config import load_config
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
     from tasu.train.trainer import train
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
@@ -128,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from tasu.analyze import report, run_analyze
     from tasu.config import load_config
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
 
     overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else [])
     cfg = load_config(ExperimentConfig, args.config, overrides)
@@ -209,7 +209,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed",
                        parents=[common, pipes])
-    p.add_argument("--config", required=True, help="experiment YAML (see tasu/train/config.py)")
+    p.add_argument("--config", required=True, help="experiment YAML (see tasu/experiment.py)")
     p.add_argument("--exp-dir", help="experiment directory: checkpoints, logs, tensorboard")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint in --exp-dir (optimizer, scheduler, data position)")

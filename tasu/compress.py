@@ -18,12 +18,23 @@ torch version here and there is what runs elsewhere, and the reference they are 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 
 from tasu.compress_kernels import gathered, kept_runs, segment_means
 from tasu.posteriors import Posteriors, length_mask
+
+
+@dataclass
+class CompressConfig:
+    """How real posteriors are compressed (audio batches and decoding): the ``compression`` section of an
+    experiment config, as ``SimulationConfig`` is for the text-only side."""
+
+    enabled: bool = True
+    threshold: float = 0.9
+    topk: Optional[int] = 16   # explicit entries kept per row; null keeps all V (exact, slow)
 
 
 class Compressed(NamedTuple):

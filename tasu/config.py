@@ -1,6 +1,6 @@
 """Typed YAML configs: a dataclass tree filled from a YAML file plus ``key=value`` overrides.
 
-    from tasu.train.config import ExperimentConfig      # the experiment's tree; this module is the loader
+    from tasu.experiment import ExperimentConfig      # the experiment's tree; this module is the loader
     cfg = load_config(ExperimentConfig, "conf/train_text.yaml", ["optim.lr=1e-4", "data.mode=text"])
 
 Every recipe config is checked against the dataclasses before anything runs, so a typo in a key, a

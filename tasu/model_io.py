@@ -36,7 +36,7 @@ import yaml
 
 from tasu.config import load_config, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
-from tasu.train.config import ExperimentConfig
+from tasu.experiment import ExperimentConfig
 
 if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is built, not to find a checkpoint
     from tasu.model import SpeechLLM

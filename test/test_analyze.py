@@ -11,7 +11,7 @@ from tasu.analyze import Fidelity, Rows, js_divergence, report, rows_of, run_ana
 from tasu.config import load_config
 from tasu.data.records import DataError
 from tasu.posteriors import Posteriors
-from tasu.train.config import ExperimentConfig
+from tasu.experiment import ExperimentConfig
 
 V = 8
 

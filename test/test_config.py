@@ -80,7 +80,7 @@ def test_bad_override_and_missing_file(tmp_path):
 
 def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     from tasu.data.batching import Source
-    from tasu.train.config import ExperimentConfig
+    from tasu.experiment import ExperimentConfig
 
     text = "data:\n  train:\n    - a.jsonl\n    - {path: b.jsonl, weight: 0.5}\n"
     cfg = load_config(ExperimentConfig, write(tmp_path, text))

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
 from tasu.config import load_config
-from tasu.train.config import ExperimentConfig
+from tasu.experiment import ExperimentConfig
 from tasu.train.trainer import deepspeed_config
 
 BIN = Path(sys.executable).parent

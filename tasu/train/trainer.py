@@ -46,7 +46,7 @@ from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, 
 from tasu.simulate import Simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import ENGINE_DIR, load_engine_file, set_last, use_safe_engine_loads, write_best
 from tasu.train.collate import Collator, StepBatch
-from tasu.train.config import ExperimentConfig
+from tasu.experiment import ExperimentConfig
 
 log = logging.getLogger("tasu.train")
 

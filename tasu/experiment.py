@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from tasu.data.batching import Source
+from tasu.compress import CompressConfig
 from tasu.simulate import SimulationConfig
 
 
@@ -52,15 +53,6 @@ class ProjectorConfig:
 
     name: str = "linear-silu"
     options: dict = field(default_factory=dict)
-
-
-@dataclass
-class CompressConfig:
-    """Label-synchronous compression of real posteriors (audio batches and decoding)."""
-
-    enabled: bool = True
-    threshold: float = 0.9
-    topk: Optional[int] = 16   # explicit entries kept per row; null keeps all V (exact, slow)
 
 
 @dataclass
