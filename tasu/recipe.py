@@ -5,6 +5,9 @@
     python -m tasu.recipe split exp/x/decode 4 test ASR test SLU_scenario
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
+    python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
+    python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
+    srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...
 
 Stage 5 decodes every test set and task of a run with one set of jobs (one model load per job,
 batches across tasks): ``merge`` writes their records into one file, each key prefixed with
@@ -14,15 +17,26 @@ into ``<set>/<task>/``. Set names may contain ``-`` (``test-other``), so more th
 ``test-ASR-ASR-u1`` starts with both ``test-ASR-`` and ``test-ASR-ASR-``. It belongs to the *longest*
 (``u1`` of ``test-ASR``), and among equally long ones to the first part named. Kept here, not inline
 in the script, so that it is tested.
+
+Training on several nodes (see egs/TEMPLATE/README.md, "Multi-node") starts in one of two ways.
+``--launcher deepspeed``: DeepSpeed's launcher reads a hostfile (``host slots=K`` lines) and starts
+``K`` processes on each of its first ``--num_nodes`` hosts over ssh. ``--launcher slurm``: ``srun``
+starts one task per device on every node of the allocation, and ``slurm-exec`` turns each task's
+Slurm variables into the ones ``torch.distributed`` reads (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``) before it runs the training command in its place.
+``check-launch`` checks these options before any stage runs, ``check-resume`` that a checkpoint's
+optimizer state was written by as many processes as the run will start.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tasu.fileio import write_atomic
 
@@ -95,6 +109,144 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# -- launching training on several nodes ----------------------------------------------------------
+
+LAUNCHERS = ("deepspeed", "slurm")
+# Each training process saves its own state as checkpoints/step_N/engine/state_rank<R>.pt
+# (tasu.train.trainer, ENGINE_DIR of tasu.train.checkpoint; not imported here: it loads torch).
+RANK_STATE = re.compile(r"state_rank(\d+)\.pt")
+
+
+class LaunchError(ValueError):
+    """The launch options do not fit together; the message (one line) says how."""
+
+
+def read_hostfile(path: str | Path) -> list[tuple[str, int]]:
+    """DeepSpeed's hostfile (``host slots=K`` per line; blank lines and ``#`` comments skipped) as (host, K)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LaunchError(f"--hostfile {path}: no such file")
+    hosts: list[tuple[str, int]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        found = re.match(r"(\S+)\s+slots=(\d+)(\s|$)", line)
+        if not found or int(found.group(2)) < 1:
+            raise LaunchError(f"--hostfile {path}:{number}: expected 'host slots=K' (K >= 1), got {line!r}")
+        if found.group(1) in (h for h, _ in hosts):
+            raise LaunchError(f"--hostfile {path}:{number}: host {found.group(1)} is listed twice")
+        hosts.append((found.group(1), int(found.group(2))))
+    if not hosts:
+        raise LaunchError(f"--hostfile {path}: no 'host slots=K' line")
+    return hosts
+
+
+def processes_per_node(ngpu: int) -> int:
+    """--ngpu 0 is one process; --ngpu N, N processes (devices, or CPU processes with --device cpu)."""
+    return max(ngpu, 1)
+
+
+def check_launch(num_nodes: int, ngpu: int, launcher: str = "deepspeed", hostfile: str = "",
+                 runner: str = "run_local.sh") -> str:
+    """What training will start, in words; ``LaunchError`` when the options do not fit together.
+
+    ``runner`` is cmd.sh's ``cuda_cmd``: ``--launcher slurm`` needs ``run_slurm.sh`` (its srun
+    starts the ranks). With ``--hostfile``, every host used has as many slots as ``--ngpu``.
+    """
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher must be {' or '.join(LAUNCHERS)}, not '{launcher}'")
+    if num_nodes < 1:
+        raise LaunchError(f"--num_nodes must be 1 or more, not {num_nodes}")
+    if ngpu < 0:
+        raise LaunchError(f"--ngpu must be 0 or more, not {ngpu}")
+    if (num_nodes > 1 or hostfile) and ngpu < 1:
+        what = f"--num_nodes {num_nodes}" if num_nodes > 1 else "--hostfile"
+        raise LaunchError(f"{what} needs --ngpu N >= 1: the processes per node (devices, or CPU processes "
+                          "with --device cpu)")
+    per_node = processes_per_node(ngpu)
+    if launcher == "slurm":
+        if hostfile:
+            raise LaunchError("--hostfile is for --launcher deepspeed: under --launcher slurm the allocation "
+                              "names the nodes")
+        first = runner.split()[0] if runner.split() else ""
+        if Path(first).name != "run_slurm.sh":
+            raise LaunchError(f"--launcher slurm starts the processes with srun: set cuda_cmd=\"run_slurm.sh ...\" "
+                              f"in cmd.sh (it is '{runner}')")
+        return (f"{num_nodes} node(s) x {per_node} process(es) started by srun "
+                f"({num_nodes * per_node} in all)")
+    if not hostfile:
+        if num_nodes > 1:
+            raise LaunchError(f"--num_nodes {num_nodes} needs --hostfile FILE (DeepSpeed's 'host slots=K' lines) "
+                              "or --launcher slurm")
+        return f"{per_node} process(es) on this machine" + (" under the DeepSpeed launcher" if ngpu else "")
+    hosts = read_hostfile(hostfile)
+    if len(hosts) < num_nodes:
+        raise LaunchError(f"--hostfile {hostfile} lists {len(hosts)} host(s) ({', '.join(h for h, _ in hosts)}), "
+                          f"fewer than --num_nodes {num_nodes}")
+    for host, slots in hosts[:num_nodes]:
+        if slots != ngpu:
+            raise LaunchError(f"--hostfile {hostfile}: {host} has slots={slots}, but --ngpu {ngpu} starts {ngpu} "
+                              "processes per node: make them agree")
+    used = ", ".join(h for h, _ in hosts[:num_nodes])
+    return (f"{num_nodes} node(s) ({used}) x {ngpu} process(es) started by the DeepSpeed launcher "
+            f"({num_nodes * ngpu} in all)")
+
+
+def checkpoint_world(exp: str | Path) -> int | None:
+    """How many processes wrote the last checkpoint of ``exp`` (its per-rank states), or None when it has none."""
+    ckpt_root = Path(exp) / "checkpoints"
+    pointer = ckpt_root / "last"
+    if not pointer.is_file():
+        return None
+    engine = ckpt_root / pointer.read_text(encoding="utf-8").strip() / "engine"
+    ranks = [m for p in engine.glob("state_rank*.pt") if (m := RANK_STATE.fullmatch(p.name))]
+    return len(ranks) or None
+
+
+def check_resume(exp: str | Path, world: int) -> None:
+    """``LaunchError`` when the last checkpoint of ``exp`` was written by a number of processes other than ``world``.
+
+    The optimizer state is partitioned across the ranks (ZeRO), and each rank resumes from its own file.
+    """
+    written = checkpoint_world(exp)
+    if written is not None and written != world:
+        raise LaunchError(f"{exp}: its last checkpoint was written by {written} process(es) and this run starts "
+                          f"{world}: resume with the same --num_nodes and --ngpu, or train into a new experiment")
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist: ``gpu[07-09,02],cpu1`` -> ``gpu07``, ``r[1-2]-n[5,8]`` -> ``r1-n5``."""
+    depth = 0
+    for i, c in enumerate(nodelist):
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            nodelist = nodelist[:i]
+            break
+    host = re.sub(r"\[([^\]\-,]+)[^\]]*\]", r"\1", nodelist.strip())
+    if not host or re.search(r"[\[\],]", host):
+        raise LaunchError(f"cannot read the first host of the Slurm node list {nodelist!r}")
+    return host
+
+
+def slurm_rank_env(environ: Mapping[str, str], master_port: int, master_addr: str = "") -> dict[str, str]:
+    """The ``torch.distributed`` variables of one srun task, from Slurm's.
+
+    RANK is the task's SLURM_PROCID, WORLD_SIZE the step's task count, LOCAL_RANK its SLURM_LOCALID
+    (the device it uses on its node); the master is the step's first node unless named.
+    """
+    missing = [v for v in ("SLURM_PROCID", "SLURM_LOCALID") if v not in environ]
+    if missing:
+        raise LaunchError(f"slurm-exec runs as an srun task: {', '.join(missing)} is not set")
+    world = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS")
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+    if not world or not (nodes or master_addr):
+        raise LaunchError("slurm-exec runs as an srun task: SLURM_STEP_NUM_TASKS/SLURM_NTASKS or "
+                          "SLURM_STEP_NODELIST/SLURM_JOB_NODELIST is not set")
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": world, "LOCAL_RANK": environ["SLURM_LOCALID"],
+            "MASTER_ADDR": master_addr or first_host(nodes), "MASTER_PORT": str(master_port)}
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasu.recipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +264,22 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("json-list", help="the arguments as a JSON list (a YAML flow list for key=value overrides)")
     p.add_argument("items", nargs=argparse.REMAINDER)
     sub.add_parser("free-port", help="a TCP port that nothing listens on now")
+    p = sub.add_parser("check-launch", help="check the training launch options; print what will start, "
+                                            "or the problem (exit status 1)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--ngpu", type=int, default=0)
+    p.add_argument("--launcher", default="deepspeed")
+    p.add_argument("--hostfile", default="")
+    p.add_argument("--runner", default="run_local.sh", help="cmd.sh's cuda_cmd")
+    p = sub.add_parser("check-resume", help="exit status 1 when EXP's last checkpoint was written by another "
+                                            "number of processes than WORLD")
+    p.add_argument("exp")
+    p.add_argument("world", type=int)
+    p = sub.add_parser("slurm-exec", help="run COMMAND with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
+                                          "MASTER_PORT set from this srun task's Slurm variables")
+    p.add_argument("--master-port", type=int, required=True)
+    p.add_argument("--master-addr", default="", help="default: the first node of the step")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND")
     return parser
 
 
@@ -125,8 +293,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         split(args.dir, args.nj, pairs(args.parts))
     elif args.command == "json-list":
         print(json.dumps(args.items, separators=(",", ":")))
+    elif args.command in ("check-launch", "check-resume", "slurm-exec"):
+        try:
+            return _launch_command(args)
+        except LaunchError as e:
+            print(e, file=sys.stderr)
+            return 1
     else:
         print(free_port())
+    return 0
+
+
+def _launch_command(args: argparse.Namespace) -> int:
+    if args.command == "check-launch":
+        print(check_launch(args.num_nodes, args.ngpu, args.launcher, args.hostfile, args.runner))
+    elif args.command == "check-resume":
+        check_resume(args.exp, args.world)
+    else:
+        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not command:
+            raise LaunchError("slurm-exec: no command to run")
+        env = dict(os.environ, **slurm_rank_env(os.environ, args.master_port, args.master_addr))
+        sys.stdout.flush()
+        os.execvpe(command[0], command, env)
     return 0
 
 

@@ -18,6 +18,8 @@ gpu=0
 mem=
 num_threads=1
 launcher=          # a command prefix every job runs under (run_slurm.sh passes 'srun ...')
+num_nodes=1        # only 1 here: a job of several nodes or tasks needs a cluster runner (run_slurm.sh)
+ntasks_per_node=1
 tail_lines=30
 
 help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
@@ -27,10 +29,17 @@ Options:
   --mem <size>         memory per job (default: '${mem}'; ignored by the local runner)
   --num_threads <n>    threads per job (default: ${num_threads}; ignored by the local runner)
   --launcher <prefix>  command prefix each job runs under (default: '${launcher}'; set by run_slurm.sh)
+  --num_nodes <n>      must be 1: one machine (run_slurm.sh runs jobs of several nodes)
+  --ntasks_per_node <n>  must be 1: one process per job (run_slurm.sh runs several)
   --tail_lines <n>     lines of a failed job's log to print (default: ${tail_lines})"
 . "$(dirname "$0")/parse_options.sh"
 
 prog=$(basename "$0")
+if [ "${num_nodes}" != 1 ] || [ "${ntasks_per_node}" != 1 ]; then
+  echo "${prog}: runs one process per job on this machine; --num_nodes ${num_nodes} --ntasks_per_node" \
+    "${ntasks_per_node} needs a cluster runner (run_slurm.sh in cmd.sh)" >&2
+  exit 1
+fi
 if [ $# -lt 2 ]; then
   printf '%s\n' "${help_message}" >&2
   exit 1

@@ -3,9 +3,13 @@
 #
 #   run_slurm.sh --gpu 1 --mem 64G exp/x/train.log tasu train --config conf/x.yaml --exp-dir exp/x
 #   run_slurm.sh --max_jobs_run 8 JOB=1:8 exp/x/log/decode.JOB.log tasu decode ...
+#   run_slurm.sh --gpu 8 --num_nodes 2 --ntasks_per_node 8 exp/x/train.log <command run by each task>
 #
 # Every job is one 'srun' step (blocking, so the job array waits as run_local.sh does); its log is
-# written by this script on the shared file system. Recipes select it in cmd.sh.
+# written by this script on the shared file system. Recipes select it in cmd.sh. A job of several
+# tasks (--num_nodes, --ntasks_per_node: tasu.sh --launcher slurm asks for one per device) runs the
+# command in every task, and every task's output goes into the one log; when one task fails, srun
+# ends the others (--kill-on-bad-exit), which would otherwise wait for it forever.
 set -euo pipefail
 
 max_jobs_run=0
@@ -15,6 +19,8 @@ num_threads=1
 partition=
 time_limit=
 srun_opts=
+num_nodes=1
+ntasks_per_node=1
 
 help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
 Options:
@@ -24,10 +30,17 @@ Options:
   --num_threads <n>    CPUs per job (default: ${num_threads})
   --partition <name>   slurm partition (default: '${partition}': the cluster's default)
   --time_limit <t>     slurm time limit, e.g. 2-00:00:00 (default: '${time_limit}')
-  --srun_opts <opts>   more srun options, one string (default: '${srun_opts}')"
+  --srun_opts <opts>   more srun options, one string (default: '${srun_opts}')
+  --num_nodes <n>      nodes of each job (default: ${num_nodes}); --gpu and --mem are per node
+  --ntasks_per_node <n>  tasks on each node, each running the command (default: ${ntasks_per_node})"
 . "$(dirname "$0")/parse_options.sh"
 
-launcher="srun --quiet --ntasks=1 --cpus-per-task=${num_threads}"
+if [ "${num_nodes}" -gt 1 ] || [ "${ntasks_per_node}" -gt 1 ]; then
+  launcher="srun --quiet --nodes=${num_nodes} --ntasks-per-node=${ntasks_per_node} --kill-on-bad-exit=1"
+else
+  launcher="srun --quiet --ntasks=1"
+fi
+launcher+=" --cpus-per-task=${num_threads}"
 [ "${gpu}" -gt 0 ] && launcher+=" --gres=gpu:${gpu}"
 [ -n "${mem}" ] && launcher+=" --mem=${mem}"
 [ -n "${partition}" ] && launcher+=" --partition=${partition}"

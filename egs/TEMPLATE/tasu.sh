@@ -34,8 +34,13 @@ stop_stage=10000          # last stage to run
 skip_data_prep=false      # skip stages 1-2
 skip_train=false          # skip stages 3-4
 skip_eval=false           # skip stages 5-7
-ngpu=0                    # devices per training job; 0 trains on CPU in one process
+ngpu=0                    # devices per training job (per node); 0 trains on CPU in one process
 device=cuda               # what --ngpu counts: cuda or npu (Ascend) devices, or cpu processes
+num_nodes=1               # nodes per training job, each running --ngpu processes
+launcher=deepspeed        # how training starts on several nodes: deepspeed (--hostfile) or slurm (srun)
+hostfile=                 # --launcher deepspeed: DeepSpeed's hostfile, lines 'host slots=<ngpu>'
+master_addr=              # address of the node of rank 0 (default: the first host or node)
+master_port=              # its rendezvous port (default: a port free here when the stage starts)
 inference_nj=1            # decoding jobs per test set and task
 datadir=data              # Kaldi data dirs (stage 1)
 dumpdir=dump              # JSONL files (stage 2)
@@ -82,8 +87,15 @@ Options (default in parentheses):
   --skip_data_prep <bool>     skip stages 1-2: data preparation (${skip_data_prep})
   --skip_train <bool>         skip stages 3-4: training (${skip_train})
   --skip_eval <bool>          skip stages 5-7: decoding, scoring, RESULTS.md (${skip_eval})
-  --ngpu <n>                  devices per training job; 0: CPU, one process (${ngpu})
+  --ngpu <n>                  devices per training job and node; 0: CPU, one process (${ngpu})
   --device <kind>             what --ngpu counts: cuda, npu or cpu (processes) (${device})
+  --num_nodes <n>             nodes per training job, --ngpu processes on each (${num_nodes})
+  --launcher <name>           what starts training on the nodes: deepspeed (over ssh, from
+                              --hostfile) or slurm (srun; cmd.sh: cuda_cmd=run_slurm.sh) (${launcher})
+  --hostfile <file>           DeepSpeed's hostfile, one 'host slots=<ngpu>' line per node;
+                              the first --num_nodes hosts train ('${hostfile}')
+  --master_addr <addr>        address of rank 0's node (default: the first host) ('${master_addr}')
+  --master_port <port>        rendezvous port (default: one free here at each stage) ('${master_port}')
   --inference_nj <n>          decoding jobs per test set and task (${inference_nj})
   --datadir <dir>             Kaldi data dirs (${datadir})
   --dumpdir <dir>             JSONL files (${dumpdir})
@@ -176,6 +188,11 @@ if runs 5; then
   need decode_config "stage 5"
 fi
 case ${device} in cuda|npu|cpu) ;; *) die "--device must be cuda, npu or cpu, not '${device}'" ;; esac
+if runs 3 || runs 4; then  # the launch options fit together (hostfile, slots, nodes, job runner)
+  launch=$(python3 -m tasu.recipe check-launch --num-nodes "${num_nodes}" --ngpu "${ngpu}" \
+    --launcher "${launcher}" --hostfile "${hostfile}" --runner "${cuda_cmd}" 2>&1) || die "${launch}"
+  log "training: ${launch}"
+fi
 for f in "${train_text_config}" "${train_audio_config}" "${decode_config}"; do
   [ -z "${f}" ] || [ -f "${f}" ] || die "config file ${f} does not exist"
 done
@@ -251,15 +268,31 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   local n=$1 exp=$2 config=$3 resume=()
   shift 3
   [ -e "${exp}/checkpoints/last" ] && resume=(--resume) && log "${exp} holds a checkpoint: resuming"
-  local launcher=(tasu train)
+  # ZeRO splits the optimizer state across the processes: a checkpoint resumes with as many of them
+  local per_node=$(( ngpu > 0 ? ngpu : 1 )) problem port
+  problem=$(python3 -m tasu.recipe check-resume "${exp}" $(( num_nodes * per_node )) 2>&1) || die "${problem}"
+  local train_cmd=(tasu train) runner_opts=()
   # The launcher's rendezvous port is picked when the stage starts: DeepSpeed's default (29500)
   # would make two experiments training on one machine clash.
-  [ "${ngpu}" -gt 0 ] && launcher=(deepspeed --num_gpus "${ngpu}" --master_port "$(free_port)" --module tasu.cli train)
+  port=${master_port:-$(free_port)}
+  if [ "${launcher}" = slurm ]; then
+    # srun starts every process (cuda_cmd is run_slurm.sh); each takes its rank from Slurm's variables
+    train_cmd=(python3 -m tasu.recipe slurm-exec --master-port "${port}")
+    [ -n "${master_addr}" ] && train_cmd+=(--master-addr "${master_addr}")
+    train_cmd+=(tasu train)
+    runner_opts=(--num_nodes "${num_nodes}" --ntasks_per_node "${per_node}")
+  elif [ "${ngpu}" -gt 0 ]; then
+    train_cmd=(deepspeed)
+    [ -n "${hostfile}" ] && train_cmd+=(--hostfile "${hostfile}" --num_nodes "${num_nodes}")
+    train_cmd+=(--num_gpus "${ngpu}" --master_port "${port}")
+    [ -n "${master_addr}" ] && train_cmd+=(--master_addr "${master_addr}")
+    train_cmd+=(--module tasu.cli train)
+  fi
   write_reentry "${exp}" "${n}" "training ${exp}"
   log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
   # shellcheck disable=SC2086
-  ${cuda_cmd} --gpu "$([ "${device}" = cpu ] && echo 0 || echo "${ngpu}")" "${exp}/log/train.log" \
-    "${launcher[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" --allow-pipes \
+  ${cuda_cmd} --gpu "$([ "${device}" = cpu ] && echo 0 || echo "${ngpu}")" "${runner_opts[@]}" "${exp}/log/train.log" \
+    "${train_cmd[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" --allow-pipes \
       encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
