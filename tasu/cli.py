@@ -3,6 +3,7 @@
     tasu validate data/test/asr.jsonl --check-audio
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
     tasu train --config conf/train_text.yaml --exp-dir exp/text
+    tasu dump-posteriors --config conf/train_audio.yaml --data dump/test/ASR.jsonl --out dump/posteriors/test
     tasu decode --exp exp/text --data dump/test/asr.jsonl --out exp/text/decode/test
     tasu transcribe --exp exp/text recording.wav other.flac
     tasu export --exp exp/text --out exported/text
@@ -94,6 +95,23 @@ def _decode(args: argparse.Namespace) -> int:
                       beam=args.beam, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
                       device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes)
+
+
+def _dump_posteriors(args: argparse.Namespace) -> int:
+    from tasu.config import load_config
+    from tasu.dump import dump_posteriors
+    from tasu.experiment import ExperimentConfig
+
+    overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else [])
+    cfg = load_config(ExperimentConfig, args.config, overrides)
+    if not cfg.encoder.path:
+        from tasu.config import ConfigError
+
+        raise ConfigError("encoder.path is not set: pass --encoder DIR (or set it in the config)")
+    print(dump_posteriors(args.data, args.out, cfg.encoder.path, cfg.encoder.type, cfg.compress, nj=args.nj,
+                          job=args.job, batch_size=args.batch_size, device=args.device,
+                          allow_pipes=args.allow_pipes))
+    return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -223,12 +241,33 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL records to decode, of any task")
     p.add_argument("--out", required=True,
                    help="output dir: hyp.trn, ref.trn, decode.json, decode.log; run again to resume")
-    p.add_argument("--input", default="audio", choices=["audio", "simulated"],
-                   help="simulated: posteriors simulated from each record's transcript; no encoder weights loaded")
+    p.add_argument("--input", default="audio", choices=["audio", "simulated", "posteriors"],
+                   help="simulated: posteriors simulated from each record's transcript; posteriors: the "
+                        "encoder's, read from a dump (the JSONL tasu dump-posteriors writes); neither loads "
+                        "encoder weights")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (sorted by length)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="> 0: no n-gram repeats in an output")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1: penalise tokens already generated")
     p.set_defaults(func=_decode)
+
+    p = sub.add_parser("dump-posteriors", help="run the frozen encoder once over JSONL files and keep its "
+                       "compressed posteriors (Kaldi ark/scp) for audio training and decoding", parents=[common, pipes])
+    p.add_argument("--config", required=True,
+                   help="experiment YAML (a recipe's conf, or an experiment's config.yaml): its encoder and "
+                        "compress sections")
+    p.add_argument("--data", required=True, nargs="+", help="JSONL files with audio (distinct file names)")
+    p.add_argument("--out", required=True, help="dump directory: ark/scp, one JSONL per input with each "
+                   "record's entry, dump.json, .done; run again to resume")
+    p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
+    p.add_argument("--nj", type=int, default=1, help="jobs the recordings are split over")
+    p.add_argument("--job", type=int, default=None,
+                   help="run only this job (1..NJ), e.g. one of a job runner's array; without it every "
+                        "unfinished job runs, then the JSONL files and .done are written")
+    p.add_argument("--batch-size", type=int, default=8, help="recordings per encoder batch")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. compress.topk=16")
+    p.set_defaults(func=_dump_posteriors)
 
     p = sub.add_parser("transcribe", help="print a trained model's output for audio files, one line each",
                        parents=[common, trained])
@@ -327,7 +366,7 @@ def describe_error(err: BaseException) -> str:
 # Errors whose message is written for the user (file, line, field, what to do).
 _OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError", "DeviceError", "TrainingError",
                          "DecodeError", "ScoreError", "LockError", "ModelFilesError",
-                         "CheckpointError"})
+                         "CheckpointError", "DumpError"})
 
 
 if __name__ == "__main__":

@@ -118,6 +118,21 @@ def compress_posteriors(probs: torch.Tensor, lengths: torch.Tensor, topk: int | 
     return Posteriors.from_dense(probs, lengths, topk, blank_id=blank_id)
 
 
+@torch.no_grad()
+def encoder_posteriors(encoder, waveforms, topk: int | None = None, *, enabled: bool = True,
+                       threshold: float = 0.9) -> Posteriors:
+    """A frozen CTC encoder's compressed posteriors of a batch of waveforms: what an audio batch feeds
+    the projector.
+
+    ``encoder`` is a ``tasu.encoders.CTCEncoder``. Training, decoding, the API and posterior dumps
+    (``tasu.dump``) all call this one function, so a dump holds exactly what the live path computes.
+    """
+    feats, feat_lengths = encoder.extract_features(waveforms)
+    log_probs, lengths = encoder(feats, feat_lengths)
+    return compress_posteriors(log_probs.exp(), lengths, topk, enabled=enabled, threshold=threshold,
+                               blank_id=encoder.blank_id)
+
+
 def _compress_loop(probs: torch.Tensor, lengths: torch.Tensor, threshold: float = 0.9,
                    blank_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """REFERENCE ONLY (tests, benchmark): the original frame-by-frame loop, written plainly.

@@ -15,7 +15,10 @@ What is decoded, and how:
   experiment's ``compress`` settings. ``input="simulated"``: the record's transcript (``GT``, or the
   target of an ASR-like task) -> posteriors simulated with the experiment's ``simulation`` settings (a
   WER schedule at the checkpoint's step), seeded by the record's key so that the rows do not depend on
-  the batch. No encoder weights are loaded and funasr is not imported. Against the audio decode, this
+  the batch. No encoder weights are loaded and funasr is not imported. ``input="posteriors"``: the
+  encoder's compressed posteriors read from a dump (``tasu dump-posteriors``; records from the JSONL
+  files it writes), made with the experiment's encoder and ``compress`` settings (another dump is
+  refused): the audio decode's batches and hypotheses without running the encoder. Against the audio decode, this
   separates what the projector + LLM get wrong from what the encoder gets wrong; for error-free rows
   pass ``--set simulation.drop_prob=0 --set simulation.alpha=[0,0]`` (and ``simulation.wer=null``).
 - Records are sorted by length (audio seconds read from headers, or transcript tokens), longest first,
@@ -59,25 +62,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from tasu.config import ConfigError, to_dict
 from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused, is_command, load_audio
 from tasu.data.prompts import PromptError, PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import DeviceError, resolve_device
+from tasu.dump import FIELD, SECONDS, DumpError, DumpReader, check_records, identity
 from tasu.fileio import write_atomic
 from tasu.llm import ModelFilesError
 from tasu.lock import DirLock, LockError
 from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
-from tasu.posteriors import Posteriors
+from tasu.posteriors import stack
 from tasu.simulate import Simulator
 
 if TYPE_CHECKING:
     from tasu.model import SpeechLLM
     from tasu.model_io import ExperimentConfig   # the schema of a checkpoint's config
 
-INPUTS = ("audio", "simulated")
+INPUTS = ("audio", "simulated", "posteriors")
 HYP, REF, SETTINGS, LOG = "hyp.trn", "ref.trn", "decode.json", "decode.log"
 
 
@@ -89,7 +92,7 @@ class DecodeError(ValueError):
 class DecodeOptions:
     """How hypotheses are searched for; everything but ``batch_size`` changes what they are."""
 
-    input: Literal["audio", "simulated"] = "audio"
+    input: Literal["audio", "simulated", "posteriors"] = "audio"
     beam: int = 4
     batch_size: int = 8
     max_new_tokens: int = 200
@@ -144,12 +147,14 @@ def first_prompt(prompts: PromptSet, record: Record) -> str:
 
 def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptSet, records: Iterable[Record],
                    options: DecodeOptions | None = None, stats: DecodeStats | None = None,
-                   simulation_step: int = 0) -> Iterator[tuple[str, str]]:
+                   simulation_step: int = 0, dumps: DumpReader | None = None) -> Iterator[tuple[str, str]]:
     """``(key, hypothesis)`` for every record, longest records first, in batches (see the module doc).
 
     ``model``, ``cfg`` and ``prompts`` are what ``load_trained`` returns (``audio=False`` is enough for
-    simulated input). ``cfg.compress`` steers compression of audio posteriors, ``cfg.simulation`` (at
-    ``simulation_step``) the simulated ones. ``stats``, when given, is updated after every batch.
+    simulated and posteriors input). ``cfg.compress`` steers compression of audio posteriors,
+    ``cfg.simulation`` (at ``simulation_step``) the simulated ones. ``dumps`` reads posteriors input
+    (default: a reader for ``cfg``'s encoder and compression). ``stats``, when given, is updated after
+    every batch.
     """
     options = options or DecodeOptions()
     stats = stats if stats is not None else DecodeStats()
@@ -161,6 +166,9 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
         simulator = Simulator.from_tokenizer(tokenizer, cfg.simulation)
         token_ids = {r.key: tokenizer.encode(_transcript(r)) for r in records}
         length = {key: len(ids) for key, ids in token_ids.items()}
+    elif options.input == "posteriors":
+        dumps = dumps or DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+        length = {r.key: r.get(SECONDS) for r in records}   # the audio's duration: the audio decode's order
     else:
         length = {r.key: _audio_seconds(r) for r in records}
     order = sorted(records, key=lambda r: length[r.key], reverse=True)
@@ -168,8 +176,11 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
     for first in range(0, len(order), options.batch_size):
         batch = order[first:first + options.batch_size]
         if options.input == "simulated":
-            post = _stack([simulator([token_ids[r.key]], _key_generator(r.key), step=simulation_step)
-                           for r in batch])
+            post = stack([simulator([token_ids[r.key]], _key_generator(r.key), step=simulation_step)
+                          for r in batch])
+        elif options.input == "posteriors":
+            post = stack([dumps.load(r.get(FIELD)) for r in batch])
+            stats.audio_seconds += sum(length[r.key] for r in batch)
         else:
             waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
             stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
@@ -205,21 +216,6 @@ def _key_generator(key: str) -> torch.Generator:
     return torch.Generator().manual_seed(random.Random(f"decode/{key}").getrandbits(63))
 
 
-def _stack(posts: Sequence[Posteriors]) -> Posteriors:
-    """One batch from single-utterance ones; padding rows hold the blank id and no mass."""
-    width = max(p.max_len for p in posts)
-
-    def cat(name: str, value) -> torch.Tensor:
-        tensors = [getattr(p, name) for p in posts]
-        return torch.cat([F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]), value=value)
-                          for x in tensors])
-
-    first = posts[0]
-    return Posteriors(ids=cat("ids", first.blank_id), weights=cat("weights", 0.0), floor=cat("floor", 0.0),
-                      blank=cat("blank", 0.0), lengths=torch.cat([p.lengths for p in posts]),
-                      vocab_size=first.vocab_size, blank_id=first.blank_id)
-
-
 # --------------------------------------------------------------------------------------------------
 # ``tasu decode``: files, resuming, the report
 
@@ -253,7 +249,7 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> di
     """What determines the hypotheses (``batch_size`` only changes padding, so it may differ)."""
     settings = {"checkpoint": ckpt.name, **asdict(options)}
     del settings["batch_size"]
-    if options.input == "audio":
+    if options.input != "simulated":
         settings["compress"] = to_dict(cfg.compress)
     else:
         settings["simulation"] = to_dict(cfg.simulation)
@@ -286,7 +282,7 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
         with DirLock(out, "tasu decode"):
             report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,
-            ModelFilesError, OSError) as e:
+            ModelFilesError, DumpError, OSError) as e:
         print(f"tasu decode: error: {e}", file=sys.stderr)
         return 1
     print(report, end="")
@@ -307,15 +303,20 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
         if not Path(path).is_dir():  # typically: the base models live elsewhere on this machine
             raise DecodeError(f"{name} {path!r} (the checkpoint's config) is not a directory here: "
                               f"pass --set {name}=DIR with the directory on this machine")
-    simulated = options.input == "simulated"
-    records = []
+    simulated, audio = options.input == "simulated", options.input == "audio"
+    records, lines = [], []
     for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated,
                                                 require_target=False):
-        if not simulated and record.path is None:
+        if audio and record.path is None:
             raise DataError(data, line, "path", "missing: decoding audio needs it (or use --input simulated)")
-        if not simulated and is_command(record.path) and not allow_pipes:
+        if audio and is_command(record.path) and not allow_pipes:
             raise DataError(data, line, "path", command_refused(record.path))
         records.append(record)
+        lines.append(line)
+    dumps = None
+    if options.input == "posteriors":   # every entry there and made for this model, before it is loaded
+        dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+        check_records(data, list(zip(lines, records)), dumps)
     device = resolve_device(device_name)
 
     # 2. The output directory: settings, references, and what an earlier run has done.
@@ -332,13 +333,13 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     # 3. Decode the rest, one flushed line per hypothesis.
     stats = DecodeStats()
     if todo:
-        model, cfg, prompts, _ = load_trained(ckpt, audio=not simulated, device=str(device), overrides=overrides)
+        model, cfg, prompts, _ = load_trained(ckpt, audio=audio, device=str(device), overrides=overrides)
         hyp_file = None  # opened with the first hypothesis: a failure before it leaves no empty hyp.trn
         try:
             with tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True,
                       disable=not sys.stderr.isatty()) as bar:
                 for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
-                                               simulation_step=_checkpoint_step(ckpt)):
+                                               simulation_step=_checkpoint_step(ckpt), dumps=dumps):
                     hyp_file = hyp_file or open(out / HYP, "a", encoding="utf-8")
                     hyp_file.write(trn_line(key, hyp))
                     hyp_file.flush()

@@ -69,7 +69,7 @@ class DataConfig:
     train: list[Union[str, Source]] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     prompts: Optional[str] = None            # prompts JSONL; null: the English set shipped with tasu
-    mode: Literal["text", "audio", "mixed"] = "text"
+    mode: Literal["text", "audio", "mixed", "posteriors"] = "text"   # posteriors: read from dumps (tasu.dump)
     audio_ratio: float = 0.5                 # mixed mode: share of batches that are audio
     max_tokens: int = 3000                   # batch size x longest (prompt + speech + target) tokens
     max_batch_size: Optional[int] = None

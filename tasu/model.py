@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tasu.compress import compress_posteriors
+from tasu.compress import encoder_posteriors
 from tasu.encoders.base import CTCEncoder
 from tasu.llm import IGNORE_INDEX, LoRA, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
 from tasu.posteriors import Posteriors
@@ -222,10 +222,7 @@ class SpeechLLM(nn.Module):
         """
         if self.encoder is None:
             raise RuntimeError("this SpeechLLM has no encoder: audio needs SpeechLLM(..., encoder=...)")
-        feats, feat_lengths = self.encoder.extract_features(waveforms)
-        log_probs, lengths = self.encoder(feats, feat_lengths)
-        return compress_posteriors(log_probs.exp(), lengths, topk, enabled=compress, threshold=threshold,
-                                   blank_id=self.encoder.blank_id)
+        return encoder_posteriors(self.encoder, waveforms, topk, enabled=compress, threshold=threshold)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights only (projector, LoRA adapters): what a checkpoint needs to store."""

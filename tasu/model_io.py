@@ -159,6 +159,8 @@ def encoder_tokenizer(cfg: ExperimentConfig):
 
 def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> SpeechLLM:
     """The speech LLM the config describes, with an untrained projector (and LoRA adapters)."""
+    import torch
+
     from tasu.encoders import load_encoder
     from tasu.llm import LoRA
     from tasu.model import SpeechLLM
@@ -167,7 +169,13 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
         raise ValueError("encoder.path is not set: the encoder directory (its tokenizer at least) is needed")
     if not cfg.llm.path:
         raise ValueError("llm.path is not set: the directory of a Hugging Face causal LM is needed")
-    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device) if audio else None
+    encoder = None
+    if audio:
+        # Building the encoder's modules draws from the global random stream; the fresh projector's
+        # weights must not depend on it, so that training from posterior dumps (no encoder) starts
+        # from the same weights as training on audio.
+        with torch.random.fork_rng(devices=[]):
+            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
     vocab_size = (encoder.tokenizer if encoder is not None else encoder_tokenizer(cfg)).vocab_size
     lora = None
     if cfg.llm.lora is not None:

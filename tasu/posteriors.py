@@ -17,8 +17,10 @@ type; projectors consume it. Neither side knows where a batch came from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -119,3 +121,19 @@ class Posteriors:
             blank=probs[:, :, blank_id] * mask, lengths=lengths.to(torch.long), vocab_size=v,
             blank_id=blank_id,
         )
+
+
+def stack(posts: Sequence[Posteriors]) -> Posteriors:
+    """One batch from single-utterance ones (simulated per record, or read from a posterior dump);
+    padding rows hold the blank id and no mass (weights and floor 0), which projectors mask."""
+    width = max(p.max_len for p in posts)
+
+    def cat(name: str, value) -> torch.Tensor:
+        tensors = [getattr(p, name) for p in posts]
+        return torch.cat([F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1]), value=value)
+                          for x in tensors])
+
+    first = posts[0]
+    return Posteriors(ids=cat("ids", first.blank_id), weights=cat("weights", 0.0), floor=cat("floor", 0.0),
+                      blank=cat("blank", 0.0), lengths=torch.cat([p.lengths for p in posts]),
+                      vocab_size=first.vocab_size, blank_id=first.blank_id)

@@ -5,6 +5,7 @@
     python -m tasu.recipe split exp/x/decode 4 test ASR test SLU_scenario
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
+    python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio.yaml encoder.path=/models/enc
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
     srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...
@@ -100,6 +101,18 @@ def split(decode_dir: str | Path, nj: int, parts: Sequence[Part],
                     lines[part].append(line[len(prefix(part)):])
         for (set_name, task), own in lines.items():
             write_atomic(decode_dir / set_name / task / name, "".join(sorted(own)))
+
+
+def posterior_dir(root: str, config: str | Path, overrides: Sequence[str] = ()) -> str:
+    """Where a recipe keeps the posterior dumps an experiment config reads: ``root/<tag>``, the tag
+    naming its encoder (files) and compression settings, so that the dumps of another encoder or
+    setting never mix and a config with the same ones shares them (``tasu.dump``)."""
+    from tasu.config import load_config
+    from tasu.dump import identity, identity_tag
+    from tasu.experiment import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, config, list(overrides))
+    return f"{root.rstrip('/')}/{identity_tag(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))}"
 
 
 def free_port() -> int:
@@ -263,6 +276,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("parts", nargs="+", metavar="SET TASK")
     p = sub.add_parser("json-list", help="the arguments as a JSON list (a YAML flow list for key=value overrides)")
     p.add_argument("items", nargs=argparse.REMAINDER)
+    p = sub.add_parser("posterior-dir", help="the directory under ROOT for an experiment config's posterior dumps")
+    p.add_argument("root")
+    p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.add_parser("free-port", help="a TCP port that nothing listens on now")
     p = sub.add_parser("check-launch", help="check the training launch options; print what will start, "
                                             "or the problem (exit status 1)")
@@ -291,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         merge(args.dump, args.out, pairs(args.parts))
     elif args.command == "split":
         split(args.dir, args.nj, pairs(args.parts))
+    elif args.command == "posterior-dir":
+        print(posterior_dir(args.root, args.config, args.overrides))
     elif args.command == "json-list":
         print(json.dumps(args.items, separators=(",", ":")))
     elif args.command in ("check-launch", "check-resume", "slurm-exec"):

@@ -2,8 +2,10 @@
 
 A text batch carries the encoder token ids of its transcripts (the main process simulates the
 posteriors from them, with the step's seed, so a resumed run simulates the same rows); an audio
-batch carries waveforms (the main process runs the frozen encoder on them). Both carry the LLM
-tokens of prompt and target. A text batch never opens an audio file.
+batch carries waveforms (the main process runs the frozen encoder on them), or, in ``posteriors``
+mode, the encoder's compressed posteriors read from a dump (``tasu.dump``): the same batches with
+the same rows, the encoder's work done beforehand. All carry the LLM tokens of prompt and target.
+A text batch never opens an audio file.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import torch
 from tasu.data.audio import SAMPLE_RATE, audio_info, load_audio
 from tasu.data.prompts import PromptSet
 from tasu.data.records import Record
+from tasu.dump import SECONDS, FIELD, DumpReader
 from tasu.encoders.base import EncoderTokenizer
 from tasu.llm import PromptTokenizer, TextBatch
+from tasu.posteriors import Posteriors, stack
 
 # Speech rows per second of audio for records without a transcript (label-synchronous rows follow
 # the tokens, about 3 to 4 BPE pieces a second of English speech; a high guess keeps batches small).
@@ -32,22 +36,27 @@ class StepBatch:
     text: TextBatch
     token_ids: list[list[int]] | None = None        # text: encoder ids of each transcript
     waveforms: list[torch.Tensor] | None = None     # audio: 16 kHz mono
+    posteriors: Posteriors | None = None            # audio from a dump: the encoder's compressed rows
     audio_seconds: float = 0.0
 
 
 class Collator:
     """Build ``StepBatch`` objects; ``length`` is the batching length of a record.
 
-    ``mode``: ``text``, ``audio``, or ``mixed`` (each batch is audio with probability
-    ``audio_ratio``, drawn from the batch's seed).
+    ``mode``: ``text``, ``audio``, ``mixed`` (each batch is audio with probability
+    ``audio_ratio``, drawn from the batch's seed) or ``posteriors`` (audio batches read from dumps
+    through ``dumps``).
     """
 
     def __init__(self, prompts: PromptSet, prompt_tokenizer: PromptTokenizer, encoder_tokenizer: EncoderTokenizer,
-                 mode: Literal["text", "audio", "mixed"] = "text", audio_ratio: float = 0.5):
+                 mode: Literal["text", "audio", "mixed", "posteriors"] = "text", audio_ratio: float = 0.5,
+                 dumps: DumpReader | None = None):
+        if mode == "posteriors" and dumps is None:
+            raise ValueError("posteriors mode reads dumps: pass dumps=DumpReader(...)")
         self.prompts = prompts
         self.prompt_tokenizer = prompt_tokenizer
         self.encoder_tokenizer = encoder_tokenizer
-        self.mode, self.audio_ratio = mode, audio_ratio
+        self.mode, self.audio_ratio, self.dumps = mode, audio_ratio, dumps
         llm = prompt_tokenizer.tokenizer
         # A record's prompt is drawn at collate time, so its length budget uses the task's longest.
         self._prompt_len = {task: max(len(llm(p, add_special_tokens=False)["input_ids"]) for p in prompts.prompts(task))
@@ -60,6 +69,8 @@ class Collator:
         target = len(llm(record.target, add_special_tokens=False)["input_ids"]) + 1
         if record.transcript is not None:
             speech = len(self.encoder_tokenizer.encode(record.transcript))
+        elif self.mode == "posteriors":   # the duration the dump kept: the audio mode's length, no audio read
+            speech = math.ceil(record.get(SECONDS) * ROWS_PER_SECOND)
         else:
             info = audio_info(record.path, key=record.key, start=record.start, end=record.end)
             speech = math.ceil(info.duration * ROWS_PER_SECOND)
@@ -71,6 +82,9 @@ class Collator:
         prompts = [self.prompts.render(r, rng) for r in records]
         text = self.prompt_tokenizer(prompts, [r.target for r in records])
         keys = [r.key for r in records]
+        if self.mode == "posteriors":
+            post = stack([self.dumps.load(r.get(FIELD)) for r in records])
+            return StepBatch(keys, "audio", text, posteriors=post, audio_seconds=sum(r.get(SECONDS) for r in records))
         if not audio:
             ids = [self.encoder_tokenizer.encode(r.transcript) for r in records]
             return StepBatch(keys, "text", text, token_ids=ids)

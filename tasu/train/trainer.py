@@ -15,8 +15,8 @@ SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's los
 
 Before the engine starts, the run takes the experiment directory's lock (a second run into it
 stops, naming the first one's pid) and reads every training and validation record once with the
-strict reader (in audio modes also every audio header), so bad data stops the run at step 0 with
-``FILE:LINE: FIELD: message`` rather than hours in.
+strict reader (in audio modes also every audio header, in posteriors mode every dump entry's), so bad
+data stops the run at step 0 with ``FILE:LINE: FIELD: message`` rather than hours in.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ from tasu.data.batching import DataPosition, StreamingBatches
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
+from tasu.dump import DumpReader, identity
+from tasu.dump import check_records as check_dump_records
 from tasu.fileio import write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, dump_config, encoder_tokenizer,
@@ -144,19 +146,22 @@ class Trainer:
         if not resume and last_checkpoint(self.ckpt_root) is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
-        if cfg.data.mode != "text":
+        dumps = None
+        if cfg.data.mode == "posteriors":
+            dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+            self._on_all_ranks(lambda: self._check_dumps(prompts, dumps), "the posterior dump check failed")
+        elif cfg.data.mode != "text":
             self._on_all_ranks(lambda: self._check_audio(prompts), "the audio check failed")
         log.info("data checked: %d training and %d validation records", counts["train"], counts["valid"])
 
-        audio = cfg.data.mode != "text"
         torch.manual_seed(cfg.train.seed)  # the fresh projector (and LoRA) weights
-        self.model = build_model(cfg, audio=audio, device=str(self.device))
+        self.model = build_model(cfg, audio=cfg.data.mode in ("audio", "mixed"), device=str(self.device))
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
         self.simulator = Simulator.from_tokenizer(enc_tokenizer, cfg.simulation)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
-                                 cfg.data.audio_ratio)
+                                 cfg.data.audio_ratio, dumps=dumps)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
         self.valid_data = self._batches(cfg.data.valid, order="sequential") if cfg.data.valid else None
 
@@ -214,6 +219,18 @@ class Trainer:
                         raise DataError(path, line, "path", f"{e.message} ({record.path})") from None
                 index += 1
 
+    def _check_dumps(self, prompts: PromptSet, dumps: DumpReader) -> None:
+        """Every dump entry of this rank's share of the records: made for this experiment's encoder
+        and compression, there and whole (a header each, as ``_check_audio`` reads audio headers)."""
+        index = 0
+        for path in _data_files(self.cfg.data):
+            mine = []
+            for line, record in iter_records_with_lines(path, prompts):
+                if index % self.world == self.rank:
+                    mine.append((line, record))
+                index += 1
+            check_dump_records(path, mine, dumps)
+
     def _start_fresh(self) -> None:
         """Step 0 of a new run: its config, and no curve left by an earlier start that saved nothing."""
         if self.rank == 0:
@@ -267,6 +284,8 @@ class Trainer:
         if batch.mode == "text":
             generator = torch.Generator().manual_seed(seed)
             return self.simulator(batch.token_ids, generator=generator, step=self.step)
+        if batch.posteriors is not None:   # the encoder ran when the dump was made
+            return batch.posteriors
         c = self.cfg.compress
         waves = [w.to(self.device) for w in batch.waveforms]
         return self.model.encode_audio(waves, topk=c.topk, compress=c.enabled, threshold=c.threshold)
@@ -504,7 +523,8 @@ def check_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str,
 
     Bad data stops the run here, at step 0, as ``FILE:LINE: FIELD: message`` (one JSON parse a
     record: seconds for a million). Text and mixed runs need each record's transcript, audio and
-    mixed runs its ``path``, which may not be a shell command unless ``allow_pipes``. No file, or
+    mixed runs its ``path``, which may not be a shell command unless ``allow_pipes`` (posteriors runs
+    read dump entries instead: checked with the dumps, see ``_check_dumps``). No file, or
     no record, is an error too: a run on nothing would write an untrained checkpoint.
     """
     if not d.train:
@@ -514,10 +534,11 @@ def check_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str,
         counts[role] = 0
         files = [str(getattr(source, "path", source)) for source in sources]
         for path in files:
-            for line, record in iter_records_with_lines(path, prompts, require_transcript=d.mode != "audio"):
-                if d.mode != "text" and record.path is None:
+            for line, record in iter_records_with_lines(path, prompts,
+                                                        require_transcript=d.mode in ("text", "mixed")):
+                if d.mode in ("audio", "mixed") and record.path is None:
                     raise DataError(path, line, "path", f"missing: {d.mode}-mode training reads every record's audio")
-                if d.mode != "text" and is_command(record.path) and not allow_pipes:
+                if d.mode in ("audio", "mixed") and is_command(record.path) and not allow_pipes:
                     raise DataError(path, line, "path", command_refused(record.path))
                 counts[role] += 1
         if files and counts[role] == 0:

@@ -1,0 +1,350 @@
+"""Posterior dumps: a frozen encoder's compressed posteriors, computed once, kept as Kaldi ark/scp.
+
+Audio training runs the frozen encoder on every batch of every epoch, and every decode runs it
+again, though its output never changes. ``tasu dump-posteriors`` runs it once over JSONL files and
+keeps each recording's compressed top-k rows, computed by the live path's own function
+(``tasu.compress.encoder_posteriors``); ``data.mode: posteriors`` and ``tasu decode --input
+posteriors`` then read them instead of the audio. A dump directory::
+
+    DIR/
+      dump.json            what made it: the encoder (backend and SHA-256 of its files), the
+                           compression settings, vocabulary size, blank id; the inputs and --nj
+      post.J.ark           job J's rows: one Kaldi float matrix per recording (kaldiio)
+      post.J.scp, utt2dur.J    job J's index and durations; the scp, written last, marks J done
+      posteriors.scp, utt2dur  all jobs' (Kaldi style, for other tools)
+      <input>.jsonl        each input file's records, each with "posteriors": "DIR/post.J.ark:OFFSET"
+                           and "audio_seconds" (its duration, so batches are cut as from audio)
+      .done                the dump is complete
+
+A recording's matrix is ``[rows, 2K + 2]``: K ids, K weights, the floor and the blank probability
+of each row (``tasu.posteriors.Posteriors``); ids are exact in float32 below 2^24, far above any
+CTC vocabulary. Records that share audio (the ASR and SLU records of one utterance: same ``path``,
+``start``, ``end``) share one entry, so the encoder runs once per recording.
+
+Resuming: recordings are dealt round-robin to ``nj`` jobs; a job writes its ark under a temporary
+name and renames it when complete, then its utt2dur and scp (atomically), so a killed run redoes only
+unfinished jobs. ``job=J`` runs one job (parallel jobs through a job runner); without it every
+missing job runs, then the merge writes the JSONL files and ``.done``.
+
+A dump is refused by an experiment whose encoder files or compression settings are not the ones it
+was made with (``DumpError`` says which differ). Entries are untrusted input: the bytes at an offset
+must be a Kaldi float-matrix header of the dump's width before kaldiio reads them (kaldiio would
+unpickle an entry that starts with ``PKL``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tasu.compress import CompressConfig, encoder_posteriors
+from tasu.data.records import DataError, Record, iter_records_with_lines
+from tasu.fileio import write_atomic
+from tasu.posteriors import Posteriors
+
+INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
+FIELD, SECONDS = "posteriors", "audio_seconds"   # the fields a dump adds to each record
+_EXACT_IDS = 1 << 24
+_ENTRY = re.compile(r"(.+):(\d+)")
+_HEADER = struct.Struct("<2s3sBiBi")   # \0B, "FM ", \4, rows, \4, cols
+
+
+class DumpError(ValueError):
+    """A dump that cannot be used (another encoder's, missing, corrupt) or made; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What made a dump
+
+
+def encoder_digest(path: str | Path) -> str:
+    """SHA-256 of the encoder directory's top-level files (names, sizes, contents).
+
+    Hidden files (markers such as ``.done``) and subdirectories (outputs a recipe may put beside
+    the model, such as its own decodes) are left out: no backend reads its model from them.
+    """
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def identity(encoder_path: str | Path, encoder_type: str, compress: CompressConfig) -> dict:
+    """What a dump's numbers depend on: the encoder's backend and files, and the compression."""
+    from tasu.encoders.registry import detect
+
+    name = detect(encoder_path) if encoder_type == "auto" else encoder_type
+    return {"encoder": {"type": name, "sha256": encoder_digest(encoder_path)},
+            "compress": {"enabled": compress.enabled, "threshold": compress.threshold, "topk": compress.topk}}
+
+
+def identity_tag(ident: dict) -> str:
+    """A short name for an identity: recipes keep each encoder's and setting's dumps apart by it."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _differences(made: dict, wanted: dict) -> str:
+    out = []
+    if made["encoder"]["type"] != wanted["encoder"]["type"]:
+        out.append(f"encoder type {made['encoder']['type']} (dump) vs {wanted['encoder']['type']}")
+    if made["encoder"]["sha256"] != wanted["encoder"]["sha256"]:
+        out.append(f"encoder files sha256 {made['encoder']['sha256'][:12]}... (dump) vs "
+                   f"{wanted['encoder']['sha256'][:12]}...")
+    if made["compress"] != wanted["compress"]:
+        out.append(f"compress {json.dumps(made['compress'])} (dump) vs {json.dumps(wanted['compress'])}")
+    return "; ".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _parse_entry(entry: str) -> tuple[str, int]:
+    match = _ENTRY.fullmatch(entry) if isinstance(entry, str) else None
+    if match is None:
+        raise DumpError(f"{entry!r} is not a dump entry ARK:OFFSET")
+    return match.group(1), int(match.group(2))
+
+
+class DumpReader:
+    """Reads dump entries for one experiment: each dump directory's ``dump.json`` is read once and
+    checked against ``expected`` (``identity(...)`` of the experiment), then entries are checked and read."""
+
+    def __init__(self, expected: dict):
+        self.expected = expected
+        self._infos: dict[Path, dict] = {}
+
+    def info(self, entry: str) -> dict:
+        """The ``dump.json`` of the dump that holds ``entry``, if it was made for this experiment."""
+        ark, _ = _parse_entry(entry)
+        directory = Path(ark).parent
+        if directory not in self._infos:
+            try:
+                info = json.loads((directory / INFO).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise DumpError(f"{ark} is not in a posterior dump (no {directory / INFO})") from None
+            except (OSError, ValueError) as e:
+                raise DumpError(f"{directory / INFO}: unreadable ({e})") from None
+            differ = _differences(info["identity"], self.expected)
+            if differ:
+                raise DumpError(f"{directory} holds posteriors of another encoder or compression than this "
+                                f"experiment's ({differ}): make them again with tasu dump-posteriors")
+            self._infos[directory] = info
+        return self._infos[directory]
+
+    def check(self, entry: str) -> tuple[int, int]:
+        """``(rows, cols)`` of ``entry`` from its header, after checking that it is whole and of the dump's width."""
+        info = self.info(entry)
+        ark, offset = _parse_entry(entry)
+        try:
+            size = os.path.getsize(ark)
+            with open(ark, "rb") as f:
+                f.seek(offset)
+                head = f.read(_HEADER.size)
+        except OSError as e:
+            raise DumpError(f"{entry}: cannot read: {e.strerror or e}") from None
+        if offset >= size:
+            raise DumpError(f"{entry}: no entry there: the ark has {size} bytes")
+        if head[:5] != b"\0BFM ":
+            raise DumpError(f"{entry}: not a float matrix (starts with {head[:5]!r}): a corrupt ark or a wrong offset")
+        if len(head) < _HEADER.size:
+            raise DumpError(f"{entry}: truncated: the ark ends inside the matrix header")
+        _, _, _, rows, _, cols = _HEADER.unpack(head)
+        width = 2 * info["topk"] + 2
+        if cols != width or rows < 0:
+            raise DumpError(f"{entry}: a {rows}x{cols} matrix, not rows x {width} as this dump's rows are")
+        if offset + _HEADER.size + 4 * rows * cols > size:
+            raise DumpError(f"{entry}: truncated: the {rows}x{cols} matrix does not fit in the ark ({size} bytes)")
+        return rows, cols
+
+    def load(self, entry: str) -> Posteriors:
+        """The posteriors of one recording, a batch of one."""
+        import kaldiio
+
+        self.check(entry)
+        info = self.info(entry)
+        k, vocab = info["topk"], info["vocab_size"]
+        mat = torch.from_numpy(np.asarray(kaldiio.load_mat(entry), dtype=np.float32))
+        ids = mat[:, :k]
+        if not bool(torch.isfinite(mat).all()) or bool(((ids != ids.round()) | (ids < 0) | (ids >= vocab)).any()):
+            raise DumpError(f"{entry}: corrupt: its ids are not integers below {vocab}, or a value is not finite")
+        rows = mat.shape[0]
+        return Posteriors(ids=ids.long()[None], weights=mat[None, :, k:2 * k].contiguous(),
+                          floor=mat[None, :, 2 * k].contiguous(), blank=mat[None, :, 2 * k + 1].contiguous(),
+                          lengths=torch.tensor([rows]), vocab_size=vocab, blank_id=info["blank_id"])
+
+
+def check_records(path: str, records: Sequence[tuple[int, Record]], reader: DumpReader) -> None:
+    """Every record's dump entry there, whole and made for this experiment, else ``DataError`` at its line."""
+    for line, record in records:
+        entry, seconds = record.get(FIELD), record.get(SECONDS)
+        if not isinstance(entry, str):
+            raise DataError(path, line, FIELD, "missing: reading posteriors needs each record's dump entry "
+                                               "(the JSONL files tasu dump-posteriors writes have it)")
+        if type(seconds) not in (int, float) or not seconds >= 0:
+            raise DataError(path, line, SECONDS, f"must be the audio's duration in seconds, not {seconds!r}")
+        try:
+            reader.check(entry)
+        except DumpError as e:
+            raise DataError(path, line, FIELD, str(e)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_type: str = "auto",
+                    compress: CompressConfig | None = None, nj: int = 1, job: int | None = None,
+                    batch_size: int = 8, device: str = "cpu", allow_pipes: bool = False) -> str:
+    """Dump the posteriors of the records of ``data`` (JSONL files) into ``out``; a report line.
+
+    ``job``: run only that job (1..nj) and merge nothing; otherwise run every job not yet done, then
+    merge. A directory already made from other inputs, ``nj`` or another encoder is refused.
+    """
+    from tasu.data.audio import audio_info, command_refused, is_command
+    from tasu.encoders import load_tokenizer
+
+    compress = compress or CompressConfig()
+    if nj < 1 or (job is not None and not 1 <= job <= nj):
+        raise DumpError(f"need nj >= 1 and 1 <= job <= nj, got nj {nj}, job {job}")
+    names = [Path(p).name for p in data]
+    if len(set(names)) < len(names):
+        raise DumpError(f"input files must have distinct names (each becomes DIR/<name>): {' '.join(data)}")
+    inputs = {path: list(iter_records_with_lines(path, require_target=False)) for path in data}
+    recordings: dict[tuple, str] = {}   # (path, start, end) -> its ark key
+    taken: set[str] = set()
+    for path, records in inputs.items():
+        for line, r in records:
+            if r.path is None:
+                raise DataError(path, line, "path", "missing: posteriors are computed from the audio")
+            if is_command(r.path) and not allow_pipes:
+                raise DataError(path, line, "path", command_refused(r.path))
+            if (r.path, r.start, r.end) not in recordings:   # another file's key may name other audio
+                key = r.key if r.key not in taken else next(f"{r.key}-{n}" for n in range(2, len(taken) + 3)
+                                                            if f"{r.key}-{n}" not in taken)
+                recordings[(r.path, r.start, r.end)] = key
+                taken.add(key)
+    if not recordings:
+        raise DumpError(f"{', '.join(data)}: no records: nothing to dump")
+
+    tokenizer = load_tokenizer(encoder_path, encoder_type)
+    if tokenizer.vocab_size > _EXACT_IDS:
+        raise DumpError(f"a vocabulary of {tokenizer.vocab_size} ids does not fit the dump's float32 ids")
+    topk = tokenizer.vocab_size if compress.topk is None else min(compress.topk, tokenizer.vocab_size)
+    info = {"identity": identity(encoder_path, encoder_type, compress), "encoder_path": str(Path(encoder_path).resolve()),
+            "vocab_size": tokenizer.vocab_size, "blank_id": tokenizer.blank_id, "topk": topk,
+            "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
+            "inputs": [{"path": p, "sha256": _file_digest(p)} for p in data]}
+    root = Path(out)
+    _claim(root, info)
+    if (root / DONE).exists():
+        return f"{out}: already complete ({len(recordings)} recordings), nothing to do"
+
+    todo = [j for j in ([job] if job else range(1, nj + 1)) if not (root / f"post.{j}.scp").exists()]
+    if todo:
+        from tasu.device import resolve_device
+        from tasu.encoders import load_encoder
+
+        dev = resolve_device(device)
+        with torch.random.fork_rng():   # building a model draws from the global stream: leave it as it was
+            encoder = load_encoder(encoder_path, encoder_type, device=str(dev))
+        items = list(recordings.items())
+        for j in todo:
+            mine = items[j - 1::nj]
+            seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
+            _run_job(root, out, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
+                     compress, batch_size)
+    if job is not None:
+        return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
+    _merge(root, out, nj, inputs, recordings)
+    return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _claim(root: Path, info: dict) -> None:
+    """Write ``dump.json``, or check that the one there describes this same dump."""
+    path = root / INFO
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        differ = _differences(before["identity"], info["identity"])
+        if not differ and (before.get("inputs") != info["inputs"] or before.get("nj") != info["nj"]):
+            differ = "other input files (or contents) or --nj"
+        if differ:
+            raise DumpError(f"{root} holds a dump made with {differ}: remove it or choose another --out")
+        return
+    write_atomic(path, json.dumps(info, indent=1) + "\n")
+
+
+def _run_job(root: Path, out: str, j: int, mine: list, seconds: dict, encoder, device, compress: CompressConfig,
+             batch_size: int) -> None:
+    import kaldiio
+
+    from tasu.data.audio import load_audio
+
+    ark = os.path.join(out, f"post.{j}.ark")
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".post.{j}.ark.")
+    scp = []
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for first in range(0, len(mine), batch_size):
+                batch = mine[first:first + batch_size]
+                waves = [torch.from_numpy(load_audio(p, key=key, start=s, end=e)).to(device)
+                         for (p, s, e), key in batch]
+                post = encoder_posteriors(encoder, waves, compress.topk, enabled=compress.enabled,
+                                          threshold=compress.threshold).to("cpu", torch.float32)
+                for b, (_, key) in enumerate(batch):
+                    n = int(post.lengths[b])
+                    mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],
+                                     post.blank[b, :n, None]], 1)
+                    offset = f.tell() + len(key.encode()) + 1   # the value starts after "key "
+                    kaldiio.save_ark(f, {key: mat.numpy()})
+                    scp.append(f"{key} {ark}:{offset}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, ark)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_atomic(root / f"{DURATIONS}.{j}", "".join(f"{key} {seconds[key]!r}\n" for _, key in mine))
+    write_atomic(root / f"post.{j}.scp", "".join(scp))
+
+
+def _merge(root: Path, out: str, nj: int, inputs: dict, recordings: dict) -> None:
+    entries, seconds = {}, {}
+    for j in range(1, nj + 1):
+        scp = root / f"post.{j}.scp"
+        if not scp.exists():
+            raise DumpError(f"{scp} is missing: job {j} has not finished; run it (--job {j}) or run without --job")
+        for line in scp.read_text(encoding="utf-8").splitlines():
+            key, entry = line.split(" ", 1)
+            entries[key] = entry
+        for line in (root / f"{DURATIONS}.{j}").read_text(encoding="utf-8").splitlines():
+            key, value = line.split(" ", 1)
+            seconds[key] = float(value)
+    for path, records in inputs.items():
+        lines = []
+        for _, r in records:
+            key = recordings[(r.path, r.start, r.end)]
+            lines.append(json.dumps({**r.to_dict(), FIELD: entries[key], SECONDS: seconds[key]},
+                                    ensure_ascii=False) + "\n")
+        write_atomic(root / Path(path).name, "".join(lines))
+    write_atomic(root / SCP, "".join(f"{k} {v}\n" for k, v in entries.items()))
+    write_atomic(root / DURATIONS, "".join(f"{k} {v!r}\n" for k, v in seconds.items()))
+    write_atomic(root / DONE, "")
+

@@ -1,0 +1,239 @@
+"""Posterior dumps (``tasu dump-posteriors``): the live path's numbers, resuming, and training and
+decoding from them as from audio, on a tiny SenseVoice encoder and a tiny Qwen2.
+
+Exactness: the encoder's output for an utterance depends, in the last float bits, on the batch it
+runs in (padding, matrix-product blocking). With one utterance per batch in the dump and in the
+live path both compute the same thing, so the tests compare numbers for equality, not closeness.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+from tasu.cli import main as tasu_main
+from tasu.compress import CompressConfig, encoder_posteriors
+from tasu.dump import DONE, FIELD, SECONDS, DumpError, DumpReader, dump_posteriors, identity
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+SCENARIOS = ["iot", "iot", "weather", "alarm", "music", "datetime", "calendar", "weather"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    """Six recordings, each in an ASR and an SLU_scenario file (shared audio), and an audio config."""
+    root = tmp_path_factory.mktemp("dump")
+    save_tiny_llm(root / "llm")
+    write_sensevoice_dir(root / "enc")
+    (root / "wav").mkdir()
+    asr, slu = [], []
+    for i in range(6):
+        wav = root / "wav" / f"u{i}.wav"
+        sf.write(wav, waveform(0.6 + 0.15 * i, seed=i).numpy(), 16000)
+        asr.append({"key": f"u{i}", "task": "ASR", "target": SENTENCES[i], "path": str(wav)})
+        slu.append({"key": f"u{i}", "task": "SLU_scenario", "target": SCENARIOS[i], "path": str(wav)})
+    (root / "data").mkdir()
+    for name, records in (("ASR", asr), ("SLU_scenario", slu)):
+        (root / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "audio.yaml").write_text(f"""
+encoder: {{path: {root}/enc}}
+llm: {{path: {root}/llm}}
+projector: {{name: linear-silu, options: {{hidden: 32}}}}
+compress: {{threshold: 0.99, topk: 4}}
+data: {{mode: audio, train: [{root}/data/ASR.jsonl, {root}/data/SLU_scenario.jsonl],
+        valid: [{root}/data/ASR.jsonl], max_tokens: 400, max_batch_size: 1, num_workers: 1}}
+optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
+engine: {{device: cpu}}
+train: {{epochs: 1, max_steps: 4, log_interval: 2, valid_interval: 4, save_interval: 4}}
+""", encoding="utf-8")
+    return root
+
+
+def tasu(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "tasu"), *args], env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(out: subprocess.CompletedProcess | str, *expected: str) -> str:
+    text = out if isinstance(out, str) else out.stderr
+    if not isinstance(out, str):
+        assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in text
+    line, = [ln for ln in text.splitlines() if "error:" in ln]
+    for part in expected:
+        assert part in line, line
+    return line
+
+
+COMPRESS = CompressConfig(threshold=0.99, topk=4)
+
+
+@pytest.fixture(scope="module")
+def dump(setup, tmp_path_factory) -> Path:
+    """The setup's dump, made by the command as a recipe runs it: two jobs, one utterance a batch."""
+    out = tmp_path_factory.mktemp("made") / "post"
+    data = [str(setup / "data" / "ASR.jsonl"), str(setup / "data" / "SLU_scenario.jsonl")]
+    made = tasu("dump-posteriors", "--config", str(setup / "audio.yaml"), "--data", *data, "--out", str(out),
+                "--nj", "2", "--batch-size", "1", "--device", "cpu")
+    assert made.returncode == 0, made.stderr[-3000:]
+    return out
+
+
+def test_a_dump_holds_the_live_paths_posteriors_once_per_recording(setup, tmp_path):
+    from tasu.data.audio import load_audio
+    from tasu.encoders import load_encoder
+
+    out = tmp_path / "post"
+    data = [str(setup / "data" / "ASR.jsonl"), str(setup / "data" / "SLU_scenario.jsonl")]
+    report = dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2, batch_size=1)
+    assert "6 recordings of 12 records" in report and (out / DONE).exists()
+    asr = [json.loads(ln) for ln in (out / "ASR.jsonl").read_text().splitlines()]
+    slu = [json.loads(ln) for ln in (out / "SLU_scenario.jsonl").read_text().splitlines()]
+    assert [r[FIELD] for r in asr] == [r[FIELD] for r in slu]   # shared audio, one entry
+    assert [r["target"] for r in slu] == SCENARIOS[:6]
+    assert len((out / "posteriors.scp").read_text().splitlines()) == 6
+
+    encoder = load_encoder(setup / "enc")
+    reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
+    for record in asr:
+        wave = torch.from_numpy(load_audio(record["path"]))
+        assert record[SECONDS] == len(wave) / 16000
+        live = encoder_posteriors(encoder, [wave], 4, threshold=0.99)
+        got = reader.load(record[FIELD])
+        assert got.lengths.tolist() == live.lengths.tolist() and got.lengths.item() > 0
+        for name in ("ids", "weights", "floor", "blank"):
+            assert torch.equal(getattr(got, name), getattr(live, name)), name
+        assert (got.vocab_size, got.blank_id) == (live.vocab_size, live.blank_id)
+
+
+def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
+    out = tmp_path / "post"
+    data = [str(setup / "data" / "ASR.jsonl")]
+    assert "job 1 of 3 done" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3, job=1)
+    assert not (out / DONE).exists() and not (out / "ASR.jsonl").exists()
+    (out / ".post.2.ark.abc").write_bytes(b"half an ark")   # job 2 killed while writing
+    first = (out / "post.1.ark").stat()
+    assert "2 of 3 jobs run now" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
+    assert (out / "post.1.ark").stat().st_mtime_ns == first.st_mtime_ns   # job 1 was not redone
+    assert "already complete" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
+    with pytest.raises(DumpError, match="holds a dump made with compress"):
+        dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=3)
+    with pytest.raises(DumpError, match="or --nj"):
+        dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+
+
+@pytest.fixture(scope="module")
+def trained(setup, dump, tmp_path_factory) -> Path:
+    """The same 4 steps trained on audio (the encoder live) and from the dump."""
+    root = tmp_path_factory.mktemp("exps")
+    for name, mode, files in (("audio", "audio", setup / "data"), ("dumped", "posteriors", dump)):
+        out = tasu("train", "--config", str(setup / "audio.yaml"), "--exp-dir", str(root / name),
+                   f"data.mode={mode}", f"data.train=[{files}/ASR.jsonl,{files}/SLU_scenario.jsonl]",
+                   f"data.valid=[{files}/ASR.jsonl]")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root
+
+
+def test_training_from_a_dump_gives_the_audio_trainings_numbers(trained):
+    audio, dumped = trained / "audio", trained / "dumped"
+    assert (dumped / "loss.tsv").read_text() == (audio / "loss.tsv").read_text()
+    assert len((audio / "loss.tsv").read_text().splitlines()) == 4
+    a = load_file(audio / "checkpoints" / "step_000004" / "model" / "trainable.safetensors")
+    b = load_file(dumped / "checkpoints" / "step_000004" / "model" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = (dumped / "train.log").read_text()
+    assert "posteriors mode" in log and "0 text and 4 audio batches" in log
+    valid = [ln.split("validation: ")[1] for ln in (audio / "train.log").read_text().splitlines() if "validation:" in ln]
+    assert valid and valid == [ln.split("validation: ")[1] for ln in log.splitlines() if "validation:" in ln]
+
+
+def test_decoding_a_dump_gives_the_audio_decodes_hypotheses(setup, dump, trained, tmp_path):
+    common = ["--exp", str(trained / "audio"), "--beam", "2", "--max-new-tokens", "6", "--batch-size", "1",
+              "--device", "cpu"]
+    assert tasu_main(["decode", *common, "--data", str(setup / "data" / "ASR.jsonl"), "--out", str(tmp_path / "a")]) == 0
+    assert tasu_main(["decode", *common, "--data", str(dump / "ASR.jsonl"), "--out", str(tmp_path / "p"),
+                      "--input", "posteriors"]) == 0
+    hyps = (tmp_path / "a" / "hyp.trn").read_text()
+    assert len(hyps.splitlines()) == 6 and (tmp_path / "p" / "hyp.trn").read_text() == hyps
+    assert "real-time factor" in (tmp_path / "p" / "decode.log").read_text()
+
+
+def test_a_dump_of_another_encoder_or_compression_is_refused_in_one_line(setup, dump, trained, tmp_path, capsys):
+    other = tmp_path / "enc"
+    shutil.copytree(setup / "enc", other)
+    with open(other / "configuration.json", "a") as f:   # another file: another encoder, as far as anyone can tell
+        f.write("\n")
+    data = str(dump / "ASR.jsonl")
+    common = ["decode", "--exp", str(trained / "audio"), "--data", data, "--input", "posteriors", "--device", "cpu"]
+    assert tasu_main([*common, "--out", str(tmp_path / "d1"), "--set", f"encoder.path={other}"]) == 1
+    one_line_error(capsys.readouterr().err, f"{data}:1: posteriors: ", "another encoder or compression",
+                   "encoder files sha256", "tasu dump-posteriors")
+    assert tasu_main([*common, "--out", str(tmp_path / "d2"), "--set", "compress.topk=8"]) == 1
+    one_line_error(capsys.readouterr().err, f"{data}:1: posteriors: ", '"topk": 4} (dump) vs')
+
+    out = tasu("train", "--config", str(setup / "audio.yaml"), "--exp-dir", str(tmp_path / "exp"),
+               "data.mode=posteriors", f"data.train=[{data}]", "data.valid=[]", f"encoder.path={other}")
+    one_line_error(out, "tasu train: error: ", f"{data}:1: posteriors: ", "another encoder")
+
+
+def test_a_missing_or_corrupt_entry_is_one_line(setup, dump, trained, tmp_path, capsys):
+    records = [json.loads(ln) for ln in (dump / "ASR.jsonl").read_text().splitlines()]
+    ark, offset = records[1][FIELD].rsplit(":", 1)
+    cut = tmp_path / "post"
+    shutil.copytree(dump, cut)
+    cut_ark = cut / Path(ark).name
+    cut_ark.write_bytes(cut_ark.read_bytes()[:int(offset) + 30])   # entry 2's matrix cut short
+    cases = {
+        "past the end": (f"{ark}:{10 ** 9}", "no entry there"),
+        "a wrong offset": (f"{ark}:{int(offset) + 3}", "not a float matrix"),
+        "a truncated ark": (f"{cut_ark}:{offset}", "truncated"),
+        "no dump": (f"{setup}/nowhere.ark:0", "is not in a posterior dump"),
+    }
+    for i, (entry, message) in enumerate(cases.values()):
+        bad = [dict(r) for r in records]
+        bad[1][FIELD] = entry
+        data = tmp_path / f"bad{i}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in bad))
+        assert tasu_main(["decode", "--exp", str(trained / "audio"), "--data", str(data), "--out",
+                          str(tmp_path / f"d{i}"), "--input", "posteriors", "--device", "cpu"]) == 1
+        one_line_error(capsys.readouterr().err, f"{data}:2: posteriors: ", message)
+    no_field = tmp_path / "plain.jsonl"
+    shutil.copy(setup / "data" / "ASR.jsonl", no_field)
+    assert tasu_main(["decode", "--exp", str(trained / "audio"), "--data", str(no_field), "--out",
+                      str(tmp_path / "dx"), "--input", "posteriors", "--device", "cpu"]) == 1
+    one_line_error(capsys.readouterr().err, f"{no_field}:1: posteriors: missing")
+
+
+def test_a_dump_entry_is_never_unpickled(setup, dump, tmp_path):
+    """kaldiio reads an entry that starts with 'PKL' with pickle; the reader refuses it first."""
+    ark = tmp_path / "evil.ark"
+    ark.write_bytes(b"u0 PKL" + b"\x80\x04K\x01." * 8)
+    shutil.copy(dump / "dump.json", tmp_path / "dump.json")
+    reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
+    with pytest.raises(DumpError, match="not a float matrix"):
+        reader.load(f"{ark}:3")
+
+
+def test_recipe_names_a_dump_directory_by_what_made_it(setup, tmp_path, capsys):
+    from tasu.recipe import main as recipe_main
+
+    def tag(*overrides: str) -> str:
+        assert recipe_main(["posterior-dir", "dump/posteriors", str(setup / "audio.yaml"), *overrides]) == 0
+        return capsys.readouterr().out.strip()
+
+    same = tag()
+    assert same.startswith("dump/posteriors/") and tag("train.seed=3", "optim.lr=0.1") == same
+    assert tag("compress.topk=8") != same
+    other = tmp_path / "enc"
+    shutil.copytree(setup / "enc", other)
+    (other / "am.mvn").write_text((other / "am.mvn").read_text() + "\n")
+    assert tag(f"encoder.path={other}") != same
