@@ -115,6 +115,8 @@ def test_slurp(tmp_path, models):
     text_only = json.loads(lines(recipe / "dump" / "train" / "SLU_action.text_only.jsonl")[0])
     assert "path" not in text_only and text_only["GT"] == "wake me up at seven in the morning"
 
+    # stage 5 read the encoder's posteriors from a dump of the test set, made once (--posterior_dumps true)
+    assert len(list((recipe / "dump" / "posteriors").glob("*/test/.done"))) == 1
     found = scores(recipe)
     greedy = f"decode_greedy_best{DECODE_ARGS}"
     assert set(found) == {f"tasu_train_text/{greedy}/test/{t}" for t in ("ASR", "SLU_scenario", "SLU_action")}

@@ -12,6 +12,9 @@
 #   4. audio fine-tuning (--audio_sft true) -> exp/tasu_<text config name>_then_<audio config name>
 #      and, with --audio_baseline true, the same training from scratch -> exp/<audio config name>_from_scratch
 #   5. decoding every test set and task     -> exp/<tag>/decode_<decode config name>_<checkpoint>/<set>/<task>
+#   Stages 4 and 5 run the frozen encoder once per recording into posterior dumps
+#   (dump/posteriors/<encoder and compression tag>/<set>/) and read those (--posterior_dumps false: it
+#   runs on every batch instead; the numbers are the same).
 #   6. scoring: WER (ASR), BLEU (translation), accuracy (SLU) -> score.json beside hyp.trn
 #   7. RESULTS.md: tables of every score.json under exp/, and the commands that made them
 set -euo pipefail
@@ -64,6 +67,8 @@ train_text_config=        # experiment YAML of the text-only stage (stage 3)
 train_audio_config=       # experiment YAML of the audio fine-tuning stage (stage 4)
 audio_sft=false           # run stage 4 and decode its model too
 audio_baseline=false      # stage 4 also trains the same model on audio from scratch (no text stage)
+posterior_dumps=true      # stages 4-5 read the frozen encoder's posteriors from dumps made once
+dump_nj=1                 # jobs per set making the posterior dumps
 text_tag=                 # experiment name of stage 3 (default: from the config's name)
 audio_tag=                # experiment name of stage 4 (default: from both configs' names)
 baseline_tag=             # experiment name of the audio-only baseline (default: from the audio config)
@@ -121,6 +126,11 @@ Options (default in parentheses):
   --audio_sft <bool>          run stage 4 and decode its model too (${audio_sft})
   --audio_baseline <bool>     with --audio_sft true, stage 4 also trains the audio-only baseline:
                               the same config and steps from scratch, decoded beside (${audio_baseline})
+  --posterior_dumps <bool>    stages 4-5: the encoder is frozen, so it runs once per recording
+                              into dumps (${dumpdir}/posteriors/<tag>/<set>, tasu dump-posteriors)
+                              that training and decoding read, with the same numbers; false: it
+                              runs on every batch (${posterior_dumps})
+  --dump_nj <n>               jobs per set making the posterior dumps (${dump_nj})
   --text_tag <name>           stage 3 experiment name (default: tasu_<text config name>) ('${text_tag}')
   --audio_tag <name>          stage 4 experiment name (default: <text tag>_then_<audio config
                               name>) ('${audio_tag}')
@@ -297,6 +307,27 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
 
+dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s task files with the
+  # encoder's compressed posteriors -> ${post_dir}/<set>/<task>.jsonl, post_dir named after the encoder
+  # files and compression settings of <config> (+ overrides), so another encoder gets other dumps
+  local config=$1 set=$2 spec files=() dir gpus=0 dev=cpu set_opts=()
+  shift 2
+  [ $# -gt 0 ] && set_opts=(--set "$@")
+  for spec in ${tasks}; do files+=("${dumpdir}/${set}/$(task_name "${spec}").jsonl"); done
+  post_dir=$(python3 -m tasu.recipe posterior-dir "${dumpdir}/posteriors" "${config}" "$@")
+  dir=${post_dir}/${set}
+  if [ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ]; then gpus=1 dev=${device}; fi
+  if [ ! -f "${dir}/.done" ]; then
+    log "posteriors of ${files[*]} -> ${dir} (log: ${dir}/log/dump.*.log)"
+    ${decode_cmd} --gpu "${gpus}" JOB=1:"${dump_nj}" "${dir}/log/dump.JOB.log" \
+      tasu dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
+        --job JOB --device "${dev}" --allow-pipes "${set_opts[@]}"
+  fi
+  # every job done: the JSONL files and .done (or, when done already, the check that it is this dump)
+  tasu dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
+    --device "${dev}" --allow-pipes "${set_opts[@]}" >&2
+}
+
 decode_exps=("${text_exp}")
 ${audio_sft} && decode_exps+=("${audio_exp}")
 ${audio_sft} && ${audio_baseline} && decode_exps+=("${baseline_exp}")
@@ -370,22 +401,32 @@ if runs 3; then
 fi
 
 if runs 4; then
+  [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
+  audio_data=${dumpdir}
+  audio_mode=audio
+  if ${posterior_dumps}; then
+    # shellcheck disable=SC2086
+    for set in ${train_set} ${valid_set}; do
+      dump_posteriors "${train_audio_config}" "${set}" encoder.path="${encoder_path}" ${train_audio_args}
+    done
+    audio_data=${post_dir}
+    audio_mode=posteriors
+  fi
   train_files=()
   valid_files=()
   for spec in ${tasks}; do
-    train_files+=("${dumpdir}/${train_set}/$(task_name "${spec}").jsonl")
-    valid_files+=("${dumpdir}/${valid_set}/$(task_name "${spec}").jsonl")
+    train_files+=("${audio_data}/${train_set}/$(task_name "${spec}").jsonl")
+    valid_files+=("${audio_data}/${valid_set}/$(task_name "${spec}").jsonl")
   done
-  [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
   log "Stage 4: audio fine-tuning from ${text_exp}: ${train_files[*]} -> ${audio_exp}"
   # shellcheck disable=SC2086
-  train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=audio train.init_from="${text_exp}" \
+  train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=${audio_mode} train.init_from="${text_exp}" \
     data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
     ${train_audio_args}
   if ${audio_baseline}; then
     log "Stage 4: the audio-only baseline: the same training from scratch -> ${baseline_exp}"
     # shellcheck disable=SC2086
-    train_stage 4 "${baseline_exp}" "${train_audio_config}" data.mode=audio \
+    train_stage 4 "${baseline_exp}" "${train_audio_config}" data.mode=${audio_mode} \
       data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
       ${train_audio_args}
   fi
@@ -412,9 +453,20 @@ if runs 5; then
         [ -f "${dumpdir}/${set}/${parts[-1]}.jsonl" ] || die "${dumpdir}/${set}/${parts[-1]}.jsonl does not exist: run stage 2 first"
       done
     done
-    log "Stage 5: decoding ${dumpdir}/{$(echo ${test_sets} | tr ' ' ',')}/{$(for s in ${tasks}; do task_name "${s}"; done | paste -sd,)}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<set>/<task>/hyp.trn"
+    audio_data=${dumpdir}
+    input_opts=()
+    if ${posterior_dumps}; then   # with the encoder and compression of the model being decoded
+      enc_opts=()
+      [ -n "${encoder_path}" ] && enc_opts=(encoder.path="${encoder_path}")
+      for set in ${test_sets}; do
+        dump_posteriors "${exp}/config.yaml" "${set}" "${enc_opts[@]}"
+      done
+      audio_data=${post_dir}
+      input_opts=(--input posteriors)
+    fi
+    log "Stage 5: decoding ${audio_data}/{$(echo ${test_sets} | tr ' ' ',')}/{$(for s in ${tasks}; do task_name "${s}"; done | paste -sd,)}.jsonl with ${exp} (${inference_checkpoint}) -> ${dir}/<set>/<task>/hyp.trn"
     mkdir -p "${dir}"
-    python3 -m tasu.recipe merge "${dumpdir}" "${dir}/data.jsonl" "${parts[@]}"
+    python3 -m tasu.recipe merge "${audio_data}" "${dir}/data.jsonl" "${parts[@]}"
     n=$(wc -l < "${dir}/data.jsonl")
     nj=$(( n < inference_nj ? n : inference_nj ))
     [ "${nj}" -ge 1 ] || die "${dumpdir}: no records to decode in ${test_sets}"
@@ -424,7 +476,7 @@ if runs 5; then
     ${decode_cmd} --gpu "${decode_gpus}" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
       tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
         --checkpoint "${inference_checkpoint}" --device "${decode_device}" --allow-pipes "${decode_opts[@]}" \
-        "${model_opts[@]}" ${decode_args}
+        "${input_opts[@]}" "${model_opts[@]}" ${decode_args}
     python3 -m tasu.recipe split "${dir}" "${nj}" "${parts[@]}"
   done
 fi
