@@ -20,8 +20,6 @@
 #      simulated from the test text (what it was trained on); 6. scoring
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
 #      resources each stage used; every table of 'tasu results'; (+) exp/results.png
-# Options of this script: --stage, --stop_stage, --quick, --seed, --seeds, --workdir; any other goes to
-# ../TEMPLATE/tasu.sh.
 set -euo pipefail
 
 stage=1
@@ -30,21 +28,20 @@ quick=false     # tiny corpus and models, a few steps each: checks every stage, 
 seed=1234       # corpus, encoder, LLM and TASU training; the same seed gives the same table
 seeds=          # e.g. "1 2 3": one whole run per seed (in seeds/seed<N>/), then a report of mean +- sd
 workdir=.       # where data/, dump/ and exp/ go (--seeds gives each seed its own)
-tasu_opts=()
-while [ $# -gt 0 ]; do
-  case $1 in
-    --stage|--stop_stage|--stop-stage|--quick|--seed|--seeds|--workdir)
-      [ $# -ge 2 ] || { echo "$0: option '$1' needs a value" >&2; exit 1; }
-      name=${1#--}
-      printf -v "${name//-/_}" '%s' "$2"
-      shift 2 ;;
-    --help|-h) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) tasu_opts+=("$1"); shift ;;
-  esac
-done
-case ${quick} in true|false) ;; *) echo "$0: --quick takes true or false, not '${quick}'" >&2; exit 1 ;; esac
+tasu_opts=      # more options of ../TEMPLATE/tasu.sh, e.g. "--ngpu 2 --device cpu"
+
+help_message="Usage: $0 [options]
+  --stage <n>        first stage to run (default: ${stage})
+  --stop_stage <n>   last stage to run (default: ${stop_stage})
+  --quick <bool>     tiny corpus and models, a few steps each: checks every stage (default: ${quick})
+  --seed <n>         corpus, encoder, LLM and TASU training (default: ${seed})
+  --seeds <list>     e.g. \"1 2 3\": the whole run once per seed, then mean +- sd (default: none)
+  --workdir <dir>    where data/, dump/ and exp/ go (default: ${workdir})
+  --tasu_opts <opts> more options of ../TEMPLATE/tasu.sh, e.g. \"--ngpu 2 --device cpu\" (default: none)"
 
 . ./path.sh
+. parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
@@ -53,7 +50,7 @@ if [ -n "${seeds}" ]; then
   for s in ${seeds}; do
     runs+=("seeds/seed${s}")
     "$0" --stage "${stage}" --stop_stage "${stop_stage}" --quick "${quick}" --seed "${s}" \
-      --workdir "seeds/seed${s}" "${tasu_opts[@]}"
+      --workdir "seeds/seed${s}" --tasu_opts "${tasu_opts}"
   done
   if [ "${stop_stage}" -ge 7 ]; then
     cp "${runs[0]}/RESULTS.md" RESULTS.md  # its environment block and tables; the summary goes in
@@ -102,7 +99,7 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
     --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
     --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
-    --decode_args "${decode_args}" "${tasu_opts[@]}"
+    --decode_args "${decode_args}" ${tasu_opts}  # word-split on purpose: several options
 }
 
 made_with() {  # made_with <dir> <options>: whether <dir> was finished with exactly these options

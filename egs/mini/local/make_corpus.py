@@ -21,7 +21,7 @@ Why the splits look as they do (they are what the TASU claim is tested on):
   the audio transcripts nor the (larger) text-only text;
 - many voices, so that the encoder learns speech rather than one synthesizer: every English espeak-ng
   accent with ~70 voice variants, and flite's English voices (``IN_DOMAIN``); the train audio is
-  augmented as Kaldi recipes do (speed perturbation 0.9/1.0/1.1 with sox, additive noise at 5-30 dB
+  augmented as Kaldi recipes do (speed perturbation 0.9/1.0/1.1 with sox, additive noise at 15-30 dB
   SNR); dev and test are spoken by the same voices, unaugmented;
 - test_ood speaks the test sentences again with voices that no training or dev utterance uses (a
   flite voice, espeak-ng variants, espeak-ng rates outside the training range): comparing test with
@@ -90,7 +90,8 @@ OUT_OF_DOMAIN = {
 # Augmentation of the train set only (dev and test are as spoken): Kaldi's speed perturbation (sox
 # "speed": tempo and pitch together), one factor per utterance, and additive noise of one colour.
 SPEEDS = (0.9, 1.0, 1.1)
-NOISE = {"prob": 0.5, "snr_db": (5.0, 30.0), "colours": ("white", "pink", "brown")}
+# 15-30 dB: at 5-30 dB the encoder learned slower (dev greedy CTC WER after 2 epochs 79.5 % vs 77.0 %).
+NOISE = {"prob": 0.5, "snr_db": (15.0, 30.0), "colours": ("white", "pink", "brown")}
 FULL = {"train": 3000, "dev": 200, "test": 200, "text_only": 4000}
 QUICK = {"train": 300, "dev": 40, "test": 40, "text_only": 600}
 

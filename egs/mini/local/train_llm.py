@@ -3,7 +3,7 @@
 
 Usage (from egs/mini, after local/make_corpus.py and local/train_encoder.py):
 
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~2.5 min
+    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~4 min
     python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 400  # ~1 min
 
 What it writes::
@@ -76,22 +76,22 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=768)
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
-    parser.add_argument("--max-minutes", type=float, default=10.0,
-                        help="stop after this much wall time: a cap for very slow machines, far above the ~2.5 min "
-                             "of 2 idle cores (default: 10; 0 = none)")
+    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: 1500)")
+    parser.add_argument("--max-minutes", type=float, default=20.0,
+                        help="stop after this much wall time: a cap for very slow machines, far above the ~4 min "
+                             "of 2 idle cores (default: 20; 0 = none)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="examples per step (default: 16: more, smaller steps learn to read units sooner)")
     parser.add_argument("--lr", type=float, default=1e-3,
                         help="peak learning rate (AdamW; default 1e-3: 3e-3 learned the sentence prior but "
                              "hardly to read units)")
     parser.add_argument("--warmup-steps", type=int, default=40)
-    parser.add_argument("--plain-ratio", type=float, default=0.2, help="share of plain-sentence examples")
+    parser.add_argument("--plain-ratio", type=float, default=0.15, help="share of plain-sentence examples (default: 0.15)")
     parser.add_argument("--slu-ratio", type=float, default=0.3,
                         help="share of SLU_scenario among the unit-reading examples (the rest is ASR)")
-    parser.add_argument("--random-ratio", type=float, default=0.3,
+    parser.add_argument("--random-ratio", type=float, default=0.5,
                         help="share of ASR unit-reading examples whose sentence is random training words "
-                             "(default: 0.3): reading them needs the units, not the grammar's prior")
+                             "(default: 0.5): reading them needs the units, not the grammar's prior")
     parser.add_argument("--unit-noise", type=float, default=0.05,
                         help="probability of dropping, and of replacing, each unit in a spelling")
     parser.add_argument("--seed", type=int, default=1234)
