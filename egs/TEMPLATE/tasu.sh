@@ -37,6 +37,7 @@ stop_stage=10000          # last stage to run
 skip_data_prep=false      # skip stages 1-2
 skip_train=false          # skip stages 3-4
 skip_eval=false           # skip stages 5-7
+results=RESULTS.md        # where stage 7 writes the tables
 ngpu=0                    # devices per training job (per node); 0 trains on CPU in one process
 device=cuda               # what --ngpu counts: cuda or npu (Ascend) devices, or cpu processes
 num_nodes=1               # nodes per training job, each running --ngpu processes
@@ -92,6 +93,7 @@ Options (default in parentheses):
   --skip_data_prep <bool>     skip stages 1-2: data preparation (${skip_data_prep})
   --skip_train <bool>         skip stages 3-4: training (${skip_train})
   --skip_eval <bool>          skip stages 5-7: decoding, scoring, RESULTS.md (${skip_eval})
+  --results <file>            where stage 7 writes the tables ('${results}')
   --ngpu <n>                  devices per training job and node; 0: CPU, one process (${ngpu})
   --device <kind>             what --ngpu counts: cuda, npu or cpu (processes) (${device})
   --num_nodes <n>             nodes per training job, --ngpu processes on each (${num_nodes})
@@ -504,7 +506,7 @@ if runs 6; then
 fi
 
 if runs 7; then
-  log "Stage 7: RESULTS.md: every score.json under ${expdir}/ -> RESULTS.md"
+  log "Stage 7: every score.json under ${expdir}/ -> ${results}"
   {
     tasu results "${expdir}"
     echo
@@ -528,9 +530,9 @@ if runs 7; then
       done
       echo '```'
     done
-  } > RESULTS.md.tmp
-  mv RESULTS.md.tmp RESULTS.md
-  log "wrote $(pwd)/RESULTS.md"
+  } > "${results}.tmp"
+  mv "${results}.tmp" "${results}"
+  log "wrote ${results}"
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -64,6 +64,8 @@ data=${workdir%/}/data
 dump=${workdir%/}/dump
 exp=${workdir%/}/exp
 [ "${workdir}" = . ] && data=data dump=dump exp=exp
+results=${workdir%/}/RESULTS.md
+[ "${workdir}" = . ] && results=RESULTS.md
 setting="quick=${quick} seed=${seed}"
 if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
   echo "$0: ${data}, ${dump} and ${exp} were made with '$(cat "${data}/.done")', not '${setting}':" \
@@ -99,7 +101,7 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
     --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
     --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
-    --decode_args "${decode_args}" ${tasu_opts}  # word-split on purpose: several options
+    --decode_args "${decode_args}" --results "${results}" ${tasu_opts}  # word-split on purpose: several options
 }
 
 made_with() {  # made_with <dir> <options>: whether <dir> was finished with exactly these options
@@ -140,9 +142,6 @@ for n in 1 2 3 4 5 6 7; do
     tasu score --ref "${out}/ref.trn" --hyp "${out}/hyp.trn" --metric wer --out "${out}" >/dev/null
   fi
   if [ "${n}" = 7 ]; then
-    [ "${workdir}" = . ] || mv RESULTS.md "${workdir}/RESULTS.md"  # stage 7 writes it here
-    results=RESULTS.md
-    [ "${workdir}" = . ] || results=${workdir}/RESULTS.md
     python3 local/report.py --exp "${exp}" --data "${data}" --results "${results}" --plot "${exp}/results.png"
   fi
 done
