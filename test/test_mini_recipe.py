@@ -73,8 +73,10 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     assert "-" not in rows["LLM reading the clean encoder units of the text (its ceiling)"][:2]  # dev, test
     assert "-" not in rows["encoder CTC greedy"][:3]  # dev, test, test_ood (the explaining table's row)
     assert "|**all**|" in summary
+    assert "Text-only training loss, mean of each tenth of the run" in summary  # a climb at the end shows
+    assert "![training loss and scores](RESULTS.png)" in summary
     assert results.index("## Environments") < results.index("## Summary") < results.index("## tasu_train_text")
-    assert (recipe / "exp" / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (recipe / "RESULTS.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):

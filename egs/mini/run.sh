@@ -19,7 +19,7 @@
 #   5. decoding test and test_ood with the three; (+) the text-only model also decodes posteriors
 #      simulated from the test text (what it was trained on); 6. scoring
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
-#      resources each stage used; every table of 'tasu results'; (+) exp/results.png
+#      resources each stage used; every table of 'tasu results'; (+) RESULTS.png, the plot it shows
 set -euo pipefail
 
 stage=1
@@ -142,6 +142,6 @@ for n in 1 2 3 4 5 6 7; do
     tasu score --ref "${out}/ref.trn" --hyp "${out}/hyp.trn" --metric wer --out "${out}" >/dev/null
   fi
   if [ "${n}" = 7 ]; then
-    python3 local/report.py --exp "${exp}" --data "${data}" --results "${results}" --plot "${exp}/results.png"
+    python3 local/report.py --exp "${exp}" --data "${data}" --results "${results}"
   fi
 done

@@ -4,7 +4,7 @@ targets, the resources each stage used, and a plot. Inserted at the top of RESUL
 environment block, which stage 7 of ../TEMPLATE/tasu.sh wrote with every table of 'tasu results') and
 printed.
 
-    python3 local/report.py --exp exp --data data --results RESULTS.md --plot exp/results.png
+    python3 local/report.py --exp exp --data data --results RESULTS.md        # plot: RESULTS.png beside it
     python3 local/report.py --runs seeds/seed1 seeds/seed2 seeds/seed3 --results RESULTS.md   # mean +- sd
 
 Systems, all scored on the same test sets:
@@ -214,7 +214,7 @@ def table(agg: dict, names: list[str], columns: list[tuple[str, str, str]]) -> l
     return out
 
 
-def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str) -> str:
+def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_name: str) -> str:
     runs = [collect(e) for e in exp_roots]
     agg = aggregate(runs)
     uniform, majority, n_scenarios = chance(data_dirs[0])
@@ -241,7 +241,14 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str) -> str:
     out += table(agg, [LLM_READING, SIMULATED, FROM_SPEECH, ENCODER],
                  [(f"WER {s}", s, "ASR") for s in EXPLAIN_SETS])
     out += ["", "The LLM reads units spelled from the text (no speech, no projector); the simulated posteriors",
-            "are drawn as in text-only training (smoothing, drops) from the test text.", "", "Targets"
+            "are drawn as in text-only training (smoothing, drops) from the test text."]
+    tenths = loss_by_tenth(exp_roots[0] / SYSTEMS[TEXT_ONLY] / "loss.tsv")
+    if tenths:
+        out += ["", "Text-only training loss, mean of each tenth of the run (first run; its batches mix both tasks "
+                "and all training files at their shares throughout):", "",
+                "|" + "|".join(f"{10 * i}-{10 * (i + 1)} %" for i in range(len(tenths))) + "|",
+                "|" + "---|" * len(tenths), "|" + "|".join(f"{v:.3f}" for v in tenths) + "|"]
+    out += ["", f"![training loss and scores]({plot_name})", "", "Targets"
             + (f" (on the means; met only when the margin exceeds twice the pooled standard deviation over the "
                f"{n} runs):" if n > 1 else " (one run: no spread, so no margin is known to exceed the noise):"), ""]
     out += targets(agg, n)
@@ -265,6 +272,24 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def read_losses(curve: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a training's loss.tsv."""
+    rows = (ln.split("\t") for ln in curve.read_text(encoding="utf-8").splitlines() if ln.strip())
+    return [(int(a), float(b)) for a, b, *_ in rows]
+
+
+def loss_by_tenth(curve: Path) -> list[float]:
+    """Mean training loss over each tenth of the logged steps: a curve that climbs at the end (one task or
+    one file left for last) shows here as a number, not only in the plot."""
+    if not curve.exists():
+        return []
+    losses = [loss for _, loss in read_losses(curve)]
+    if len(losses) < 10:
+        return []
+    bounds = [round(i * len(losses) / 10) for i in range(11)]
+    return [sum(losses[a:b]) / (b - a) for a, b in zip(bounds, bounds[1:])]
+
+
 def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
     """Training loss curves of the first run's three projectors; bars of WER and scenario accuracy
     (means, with the standard deviation over the runs as error bars)."""
@@ -278,8 +303,7 @@ def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
         curve = exp_roots[0] / tag / "loss.tsv"
         if not curve.exists():
             continue
-        steps, losses = zip(*((int(a), float(b)) for a, b in (ln.split("\t") for ln in
-                                                             curve.read_text().splitlines() if ln.strip())))
+        steps, losses = zip(*read_losses(curve))
         k = max(1, len(losses) // 15)  # a moving average over ~7 % of the run
         smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
         ax_loss.plot(steps, smooth, label=name, color=COLOURS[name])
@@ -330,15 +354,15 @@ def main() -> None:
                         help="run directories (each with data/ and exp/), one per seed: report mean +- sd")
     parser.add_argument("--results", type=Path, default=Path("RESULTS.md"),
                         help="RESULTS.md written by tasu.sh's stage 7: the summary goes after its environment block")
-    parser.add_argument("--plot", type=Path, default=None, help="default: exp/results.png (with --runs: beside the run directories, seeds/results.png)")
+    parser.add_argument("--plot", type=Path, default=None, help="the plot (default: beside --results, RESULTS.png, which RESULTS.md shows)")
     args = parser.parse_args()
     exp_roots = [r / "exp" for r in args.runs] or [args.exp]
     data_dirs = [r / "data" for r in args.runs] or [args.data]
     done = [d / ".done" for d in data_dirs]
     setting = "; ".join(p.read_text().strip() for p in done if p.exists()) or "setting unknown"
-    text = summary(exp_roots, data_dirs, setting)
+    plot_path = args.plot or args.results.with_suffix(".png")
+    text = summary(exp_roots, data_dirs, setting, os.path.relpath(plot_path, args.results.parent))
     insert_summary(args.results, text)
-    plot_path = args.plot or (args.runs[0].parent / "results.png" if args.runs else args.exp / "results.png")
     plot(exp_roots, chance(data_dirs[0])[1], plot_path)
     print(text + f"\nAll tables: {args.results}; plot: {plot_path}")
 
