@@ -83,7 +83,7 @@ def build(root: Path):
 
 def bench_train(cfg, records) -> dict[str, float]:
     from tasu.data.prompts import load_prompts
-    from tasu.simulate import Simulator
+    from tasu.simulate import build_simulator
     from tasu.model_io import build_model
     from tasu.train.collate import Collator
 
@@ -91,7 +91,7 @@ def bench_train(cfg, records) -> dict[str, float]:
     model = build_model(cfg, audio=True).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokenizer = model.encoder.tokenizer
-    simulator = Simulator.from_tokenizer(tokenizer, cfg.simulation)
+    simulator = build_simulator(cfg.simulation, tokenizer)
     c = cfg.compress
     steps, tokens = {}, {}
     for mode in ("text", "audio"):

@@ -265,7 +265,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     from tasu.data.audio import command_refused, is_command
     from tasu.data.records import DataError, iter_records_with_lines
     from tasu.encoders import load_encoder
-    from tasu.simulate import Simulator
+    from tasu.simulate import build_simulator
 
     def records():
         for path in data:
@@ -282,7 +282,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     if limit is not None:
         total = min(total, limit)
     encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
-    simulator = Simulator.from_tokenizer(encoder.tokenizer, cfg.simulation)
+    simulator = build_simulator(cfg.simulation, encoder.tokenizer)
     fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
                        batch_size=batch_size, seed=seed, total=total)
     summary = fidelity.summary()

@@ -13,9 +13,10 @@ What is decoded, and how:
   the same checkpoint, or of two checkpoints, are comparable.
 - ``input="audio"``: the record's audio -> the frozen encoder -> label-synchronous compression with the
   experiment's ``compress`` settings. ``input="simulated"``: the record's transcript (``GT``, or the
-  target of an ASR-like task) -> posteriors simulated with the experiment's ``simulation`` settings (a
-  WER schedule at the checkpoint's step), seeded by the record's key so that the rows do not depend on
-  the batch. No encoder weights are loaded and funasr is not imported. ``input="posteriors"``: the
+  target of an ASR-like task) -> posteriors simulated with the experiment's ``simulation`` settings (the
+  simulator ``simulation.name`` names, built by ``tasu.simulate.build_simulator`` as training builds
+  it; a WER schedule at the checkpoint's step), seeded by the record's key so that the rows do not
+  depend on the batch. No encoder weights are loaded and funasr is not imported. ``input="posteriors"``: the
   encoder's compressed posteriors read from a dump (``tasu dump-posteriors``; records from the JSONL
   files it writes), made with the experiment's encoder and ``compress`` settings (another dump is
   refused): the audio decode's batches and hypotheses without running the encoder. Against the audio decode, this
@@ -74,7 +75,7 @@ from tasu.llm import ModelFilesError
 from tasu.lock import DirLock, LockError
 from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
 from tasu.posteriors import stack
-from tasu.simulate import Simulator
+from tasu.simulate import build_simulator
 
 if TYPE_CHECKING:
     from tasu.model import SpeechLLM
@@ -163,7 +164,7 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
     records = list(records)
     if options.input == "simulated":
         tokenizer = model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg)
-        simulator = Simulator.from_tokenizer(tokenizer, cfg.simulation)
+        simulator = build_simulator(cfg.simulation, tokenizer, device=device)
         token_ids = {r.key: tokenizer.encode(_transcript(r)) for r in records}
         length = {key: len(ids) for key, ids in token_ids.items()}
     elif options.input == "posteriors":

@@ -5,9 +5,9 @@
     tasu train --config conf/train_text.yaml --exp-dir exp/text                 # one process
 
 One step: the DataLoader workers deliver a ``StepBatch`` (LLM tokens + encoder ids or waveforms);
-the main process turns it into posteriors (simulation with the step's seed, or the frozen encoder +
-compression), the model splices and scores, DeepSpeed steps. Only the trainable weights (projector,
-LoRA) are in the optimizer and in checkpoints.
+the main process turns it into posteriors (the configured simulator, from ``build_simulator``, with
+the step's seed; or the frozen encoder + compression), the model splices and scores, DeepSpeed
+steps. Only the trainable weights (projector, LoRA) are in the optimizer and in checkpoints.
 
 Exact resume: the data order is a function of (seed, epoch) and the checkpoint stores the batches
 consumed; every step reseeds torch and the simulator from (seed, step, rank). So a run killed with
@@ -45,7 +45,7 @@ from tasu.fileio import write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, dump_config, encoder_tokenizer,
                            last_checkpoint, load_trainable, read_best, resolve_checkpoint, write_model)
-from tasu.simulate import Simulator, edit_distance, row_tokens
+from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import ENGINE_DIR, load_engine_file, set_last, use_safe_engine_loads, write_best
 from tasu.train.collate import Collator, StepBatch
 from tasu.experiment import ExperimentConfig
@@ -159,7 +159,7 @@ class Trainer:
         if cfg.train.init_from:
             self._init_from(cfg.train.init_from)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
-        self.simulator = Simulator.from_tokenizer(enc_tokenizer, cfg.simulation)
+        self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)

@@ -1,4 +1,4 @@
-"""CTC posterior simulation ("CPS"): transcripts -> the posteriors a speech encoder might have emitted.
+"""The rule-based simulator ("CPS", and its WER-controlled mode): transcripts -> posteriors by rule.
 
 TASU trains the projector from text only. A transcript, tokenised with the *encoder's* tokenizer,
 becomes one smoothed one-hot row per token -- what a label-synchronously compressed real posterior
@@ -9,8 +9,9 @@ posteriors. Two ways to choose the errors:
   with probability ``drop_prob``; after every kept token Poisson(``insert_ratio``) rows are inserted,
   each a repeat of that token or a pure blank row with equal chance.
 - WER-controlled (the TASU2 direction): a target token error rate is drawn per utterance from a range
-  (fixed, or raised over training by a ``WERSchedule``) and turned into an exact number of edits, so
-  the simulated hypothesis is *exactly* that far from the truth (see ``_wer_plan``).
+  (fixed, or raised over training by a ``WERSchedule``), or asked per utterance, and turned into an
+  exact number of edits, so the simulated hypothesis is *exactly* that far from the truth (see
+  ``_wer_plan``).
 
 Each utterance draws its smoothing ``alpha ~ U(alpha)``; a row is ``(1 - alpha) * onehot + alpha / V``,
 i.e. a ``Posteriors`` row with K = 1. The random decisions of a whole batch are drawn as tensors, so a
@@ -22,107 +23,13 @@ or ids *close in spelling* to the original piece (see ``Confusion.spelling``).
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Sequence
 
 import torch
 
 from tasu.posteriors import Posteriors, length_mask
-
-
-@runtime_checkable
-class Vocabulary(Protocol):
-    """What simulation needs of the encoder's tokenizer: its units, the blank among them, and text -> ids.
-
-    Declared here rather than imported from ``tasu.encoders``, so that simulation depends on
-    nothing but ``Posteriors``: every encoder's tokenizer (``tasu.encoders.base.EncoderTokenizer``)
-    has these members, and so can any stand-in a test or a tool builds.
-    """
-
-    vocab_size: int
-    blank_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def id_to_piece(self, i: int) -> str: ...
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class WERSchedule:
-    """A curriculum for the target token error rate: the range ``[lo, hi]`` as a function of the step.
-
-    The range stays at ``start`` for ``warmup_steps``, moves to ``end`` until ``total_steps`` (linearly,
-    or along a half cosine that starts and ends slowly) and stays at ``end`` afterwards. A fixed range
-    is ``start == end``.
-    """
-
-    start: tuple[float, float] = (0.0, 0.05)
-    end: tuple[float, float] = (0.2, 0.3)
-    warmup_steps: int = 0
-    total_steps: int = 15000
-    shape: Literal["linear", "cosine"] = "linear"
-
-    def __post_init__(self) -> None:
-        for name in ("start", "end"):
-            lo, hi = getattr(self, name)
-            if not 0.0 <= lo <= hi <= 1.0:
-                raise ValueError(f"WERSchedule.{name} = {(lo, hi)} must satisfy 0 <= lo <= hi <= 1")
-        if not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError("WERSchedule needs 0 <= warmup_steps <= total_steps")
-        if self.shape not in ("linear", "cosine"):
-            raise ValueError(f"WERSchedule.shape must be 'linear' or 'cosine', got {self.shape!r}")
-
-    def progress(self, step: int) -> float:
-        """0 before and at ``warmup_steps``, 1 from ``total_steps`` on."""
-        if step <= self.warmup_steps:
-            f = 0.0
-        elif step >= self.total_steps:
-            f = 1.0
-        else:
-            f = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
-        return 0.5 * (1.0 - math.cos(math.pi * f)) if self.shape == "cosine" else f
-
-    def at(self, step: int) -> tuple[float, float]:
-        f = self.progress(step)
-        return tuple(a + (b - a) * f for a, b in zip(self.start, self.end))  # type: ignore[return-value]
-
-
-@dataclass
-class SimulationConfig:
-    """How transcripts become posteriors. The defaults are the original TASU's.
-
-    ``drop_prob``, ``insert_ratio`` and ``sub_prob`` are the i.i.d. errors; when ``wer`` is set they
-    are replaced by exact-count edits whose rate follows the schedule, split into substitutions,
-    deletions and insertions in the proportions ``wer_split`` (S, D, I). ``confusion`` says where
-    substitutes (and WER-controlled insertions) come from: any ordinary id, or ids spelt alike.
-    """
-
-    alpha: tuple[float, float] = (0.0, 0.1)
-    drop_prob: float = 0.05
-    insert_ratio: float = 0.0
-    sub_prob: float = 0.0
-    confusion: Literal["random", "spelling"] = "random"
-    wer: WERSchedule | None = None
-    wer_split: tuple[float, float, float] = (0.6, 0.2, 0.2)
-
-    def __post_init__(self) -> None:
-        lo, hi = self.alpha
-        if not 0.0 <= lo <= hi < 1.0:
-            raise ValueError(f"alpha = {self.alpha} must satisfy 0 <= lo <= hi < 1")
-        for name in ("drop_prob", "sub_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
-        if self.insert_ratio < 0.0:
-            raise ValueError("insert_ratio must be >= 0")
-        if self.confusion not in ("random", "spelling"):
-            raise ValueError(f"confusion must be 'random' or 'spelling', got {self.confusion!r}")
-        if min(self.wer_split) < 0.0 or sum(self.wer_split) <= 0.0:
-            raise ValueError(f"wer_split = {self.wer_split} must be non-negative with a positive sum")
+from tasu.simulate.base import PosteriorSimulator, Vocabulary, register, target_rates
+from tasu.simulate.config import SimulationConfig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,31 +129,6 @@ def _spelling_confusion(pieces: tuple[str, ...], blank_id: int) -> Confusion:
     return Confusion(len(pieces), torch.tensor(ordinary), (id_off, id_buckets, id_rank, b_off, b_members))
 
 
-# --------------------------------------------------------------------------------------------------
-# Error rates
-
-
-def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (unit substitution, deletion and insertion costs) of two sequences."""
-    from rapidfuzz.distance import Levenshtein
-
-    return Levenshtein.distance(ref, hyp)
-
-
-def row_tokens(post: Posteriors) -> list[list[int]]:
-    """The token each valid row emits (its largest entry), blank rows emitting nothing.
-
-    Rows are label-synchronous (one row per emitted label), so repeated ids are *not* merged.
-    """
-    best = post.ids.gather(2, post.weights.argmax(2, keepdim=True)).squeeze(2)
-    return [[i for i in row[:n] if i != post.blank_id] for row, n in zip(best.tolist(), post.lengths.tolist())]
-
-
-def token_error_rate(ref: Sequence[int], hyp: Sequence[int]) -> float:
-    """Edit distance over the reference length (an empty reference: 0 if ``hyp`` is empty, else inf)."""
-    d = edit_distance(ref, hyp)
-    return d / len(ref) if ref else (0.0 if d == 0 else math.inf)
-
 
 # --------------------------------------------------------------------------------------------------
 # Simulation
@@ -263,8 +145,12 @@ def _owners(counts: torch.Tensor) -> torch.Tensor:
     return torch.bincount(ends[:-1], minlength=total + 1)[:total].cumsum(0)
 
 
-class Simulator:
+@register("rules")
+class RuleSimulator(PosteriorSimulator):
     """Token id sequences -> a ``Posteriors`` batch of simulated rows, as ``SimulationConfig`` says.
+
+    The condition: without a target WER (``wer`` None and no ``config.wer``) the i.i.d. errors;
+    with one (given, or drawn from the schedule's range at ``step``) exactly that many edits.
 
     An empty transcript gives one blank row; an utterance never has all its tokens dropped by the
     i.i.d. errors (one dropped token is put back), and if WER-controlled deletions remove every token
@@ -281,13 +167,19 @@ class Simulator:
         self.confusion = confusion or Confusion.uniform(vocab_size, blank_id)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Vocabulary, config: SimulationConfig) -> "Simulator":
+    def from_tokenizer(cls, tokenizer: Vocabulary, config: SimulationConfig) -> "RuleSimulator":
         return cls(config, tokenizer.vocab_size, tokenizer.blank_id,
                    Confusion.from_tokenizer(tokenizer, config.confusion))
 
+    @classmethod
+    def from_config(cls, config: SimulationConfig, tokenizer: Vocabulary,
+                    device: str | torch.device = "cpu") -> "RuleSimulator":
+        return cls.from_tokenizer(tokenizer, config)   # a few tensor ops a batch: CPU whatever the device
+
     def __call__(self, token_ids: Sequence[Sequence[int]], generator: torch.Generator | None = None,
-                 step: int = 0) -> Posteriors:
-        """Simulate one batch; ``step`` (the training step) picks the range of a WER schedule."""
+                 step: int = 0, wer: float | Sequence[float] | None = None) -> Posteriors:
+        """Simulate one batch; ``step`` (the training step) picks the range of a WER schedule, ``wer``
+        (one rate, or one per utterance) replaces it."""
         if len(token_ids) == 0:
             raise ValueError("cannot simulate an empty batch")
         b = len(token_ids)
@@ -299,10 +191,16 @@ class Simulator:
         utt = _owners(lengths)
         start = lengths.cumsum(0) - lengths
         pos = torch.arange(ids.numel()) - start[utt]
-        if self.config.wer is None:
+        if wer is None and self.config.wer is None:
             plan = self._iid_plan(ids, utt, pos, start, lengths, generator)
         else:
-            plan = self._wer_plan(ids, utt, pos, start, ref_len, self.config.wer.at(step), generator)
+            if wer is None:
+                lo, hi = self.config.wer.at(step)
+                rates = target_rates(token_ids, None, (lo, hi), generator)
+            else:
+                rates = target_rates(token_ids, wer, None, generator)
+                lo, hi = rates, rates
+            plan = self._wer_plan(ids, utt, pos, start, ref_len, rates, lo, hi, generator)
         rows, out_len = self._assemble(b, utt, pos, *plan)
         return self._smooth(rows, out_len, generator)
 
@@ -330,10 +228,10 @@ class Simulator:
         empty = ids.new_zeros(0)
         return ids, keep, empty, empty, empty
 
-    def _wer_plan(self, ids, utt, pos, start, ref_len, rate_range, g):
+    def _wer_plan(self, ids, utt, pos, start, ref_len, rates, lo, hi, g):
         """Exactly n = S + D + I edits per utterance, placed so that the edit distance is exactly n.
 
-        n is ``round(rate * L)`` for ``rate ~ U(lo, hi)``, clamped into ``[ceil(lo L), floor(hi L)]`` when
+        n is ``round(rate * L)`` for the utterance's ``rate`` (drawn from ``U(lo, hi)``, or asked), clamped into ``[ceil(lo L), floor(hi L)]`` when
         that holds an integer, so the realised rate ``n / L`` lies in ``[lo, hi]`` whenever any count can
         (otherwise, for short utterances, it is the nearest achievable rate). Substituted and inserted
         tokens are *fresh* (they occur nowhere in the reference) and an utterance gets deletions or
@@ -341,10 +239,10 @@ class Simulator:
         M = L - S - D reference tokens matched, so any alignment costs at least
         max(L, L - D + I) - M = S + max(D, I) = S + D + I: the script is optimal.
         """
-        b, lo, hi = len(ref_len), *rate_range
+        b = len(ref_len)
         p_s, p_d, p_i = (x / sum(self.config.wer_split) for x in self.config.wer_split)
         L = ref_len.double()
-        n = (lo + (hi - lo) * torch.rand(b, generator=g, dtype=torch.float64)).mul(L).round()
+        n = rates.mul(L).round()
         n_min, n_max = (lo * L - 1e-9).ceil(), (hi * L + 1e-9).floor()
         n = torch.where(n_min <= n_max, torch.minimum(torch.maximum(n, n_min), n_max), n)
         n = torch.minimum(n.clamp_min(0), L)
@@ -413,48 +311,10 @@ class Simulator:
                           vocab_size=self.vocab_size, blank_id=self.blank_id)
 
 
+Simulator = RuleSimulator   # the name before simulators were plug-ins
+
+
 def simulate(token_ids: Sequence[Sequence[int]], vocab_size: int, config: SimulationConfig | None = None,
              blank_id: int = 0, generator: torch.Generator | None = None, step: int = 0) -> Posteriors:
-    """One-off ``Simulator(config, vocab_size, blank_id)(token_ids, generator, step)`` (uniform confusion)."""
-    return Simulator(config or SimulationConfig(), vocab_size, blank_id)(token_ids, generator, step)
-
-
-# --------------------------------------------------------------------------------------------------
-# Inspection (``tasu simulate``)
-
-
-def format_simulation(tokenizer: Vocabulary, text: str, post: Posteriors, topk: int = 3) -> str:
-    """A readable table of one simulated utterance: row, floor, then the largest entries as piece:prob."""
-    ids = tokenizer.encode(text)
-    lines = [f"text: {text}",
-             f"tokens ({len(ids)}): " + " ".join(tokenizer.id_to_piece(i) for i in ids),
-             f"rows: {int(post.lengths[0])}, V = {post.vocab_size}; every id not listed has the row's floor",
-             f"{'row':>4}  {'floor':>9}  top-{topk} (piece:prob)"]
-    probs = post.weights[0] + post.floor[0, :, None]
-    order = probs.argsort(1, descending=True)[:, :topk]
-    for t in range(int(post.lengths[0])):
-        entries = [f"{tokenizer.id_to_piece(int(post.ids[0, t, k]))}:{float(probs[t, k]):.4f}" for k in order[t]]
-        lines.append(f"{t:>4}  {float(post.floor[0, t]):>9.3g}  " + "  ".join(entries))
-    return "\n".join(lines)
-
-
-def show_simulation(tokenizer: Vocabulary, text: str, config: SimulationConfig | None = None, topk: int = 3,
-                    seed: int = 0, step: int = 0, samples: int = 1) -> str:
-    """Simulate ``text`` with the encoder's ``tokenizer`` and return the table of its rows.
-
-    ``step`` places a WER schedule; the token error rate (each row's top-1 id against the
-    transcript's ids) is that of the table's draw and, with ``samples`` > 1, the mean over that many
-    draws: what the simulation does to the text, as a number.
-    """
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    sim = Simulator.from_tokenizer(tokenizer, config or SimulationConfig())
-    ids = tokenizer.encode(text)
-    generator = torch.Generator().manual_seed(seed)
-    draws = [sim([ids], generator, step=step) for _ in range(samples)]
-    rates = [token_error_rate(ids, row_tokens(post)[0]) for post in draws]
-    lines = [format_simulation(tokenizer, text, draws[0], topk),
-             f"token error rate (top-1 of each row vs the transcript): {100 * rates[0]:.1f} %"]
-    if samples > 1:
-        lines.append(f"mean over {samples} draws: {100 * sum(rates) / samples:.1f} %")
-    return "\n".join(lines)
+    """One-off ``RuleSimulator(config, vocab_size, blank_id)(token_ids, generator, step)`` (uniform confusion)."""
+    return RuleSimulator(config or SimulationConfig(), vocab_size, blank_id)(token_ids, generator, step)
