@@ -3,6 +3,7 @@
     tasu validate data/test/asr.jsonl --check-audio
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
     tasu train --config conf/train_text.yaml --exp-dir exp/text
+    tasu train-simulator --encoder exp/encoder --data dump/train/ASR.jsonl --out exp/simulator
     tasu dump-posteriors --config conf/train_audio.yaml --data dump/test/ASR.jsonl --out dump/posteriors/test
     tasu decode --exp exp/text --data dump/test/asr.jsonl --out exp/text/decode/test
     tasu transcribe --exp exp/text recording.wav other.flac
@@ -55,8 +56,8 @@ def _simulation_config(args: argparse.Namespace):
     from tasu.experiment import ExperimentConfig
 
     if args.config:
-        flags = [f for f in ("alpha_min", "alpha_max", "drop_prob", "insert_ratio", "sub_prob", "confusion", "wer")
-                 if getattr(args, f) is not None]
+        flags = [f for f in ("alpha_min", "alpha_max", "drop_prob", "insert_ratio", "sub_prob", "confusion", "wer",
+                             "simulator", "simulator_path", "temperature") if getattr(args, f) is not None]
         if flags:
             raise ConfigError(f"--config gives the simulation: override it as simulation.KEY=VALUE, not "
                               f"--{flags[0].replace('_', '-')}")
@@ -68,9 +69,14 @@ def _simulation_config(args: argparse.Namespace):
         return default if getattr(args, name) is None else getattr(args, name)
 
     wer = None if args.wer is None else WERSchedule(start=tuple(args.wer), end=tuple(args.wer))
-    return SimulationConfig(alpha=(value("alpha_min", 0.0), value("alpha_max", 0.1)), drop_prob=value("drop_prob", 0.05),
-                            insert_ratio=value("insert_ratio", 0.0), sub_prob=value("sub_prob", 0.0),
-                            confusion=value("confusion", "random"), wer=wer)
+    try:
+        return SimulationConfig(alpha=(value("alpha_min", 0.0), value("alpha_max", 0.1)),
+                                drop_prob=value("drop_prob", 0.05), insert_ratio=value("insert_ratio", 0.0),
+                                sub_prob=value("sub_prob", 0.0), confusion=value("confusion", "random"), wer=wer,
+                                name=value("simulator", "rules"), path=args.simulator_path,
+                                temperature=value("temperature", 0.5))
+    except ValueError as e:   # e.g. --simulator learned without --simulator-path or --wer
+        raise ConfigError(f"simulation: {e}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -85,6 +91,18 @@ def _train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     train(cfg, args.exp_dir, resume=args.resume, allow_pipes=args.allow_pipes)
+    return 0
+
+
+def _train_simulator(args: argparse.Namespace) -> int:
+    from tasu.train.simulator import load_simulator_training_config, train_simulator
+
+    overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else []) + \
+        ([f"device={args.device}"] if args.device else [])
+    cfg = load_simulator_training_config(args.config, overrides)
+    report = train_simulator(cfg, args.data, args.out, resume=args.resume, allow_pipes=args.allow_pipes)
+    for row in report.get("rows", []):
+        print(f"asked WER {100 * row['asked']:.1f} %: simulated token error rate {100 * row['simulated']:.1f} %")
     return 0
 
 
@@ -221,7 +239,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", default=None, choices=["random", "spelling"],
                    help="where substitutes come from: any token, or tokens spelt alike (random)")
     p.add_argument("--wer", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="WER-controlled simulation: exact-count edits at a rate drawn from [LO, HI]")
+                   help="WER-controlled simulation: exact-count edits at a rate drawn from [LO, HI] "
+                        "(the learned simulator: its condition)")
+    p.add_argument("--simulator", default=None, help="a registered simulator: rules (default) or learned")
+    p.add_argument("--simulator-path", default=None, help="the learned simulator's directory (tasu train-simulator)")
+    p.add_argument("--temperature", type=float, default=None, help="the learned simulator's sampling temperature (0.5)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: e.g. simulation.drop_prob=0.1")
     p.set_defaults(func=_simulate)
 
@@ -234,6 +256,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the config and print it resolved; train nothing")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-simulator", help="train the learned posterior simulator on a frozen encoder's "
+                       "posteriors of clean and degraded audio", parents=[common, pipes])
+    p.add_argument("--config", default=None, help="simulator YAML (see tasu/train/simulator.py); default: its defaults")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="JSONL records with audio (or posterior dump entries) and a transcript")
+    p.add_argument("--out", required=True, help="the simulator's directory: config.json, model.safetensors, "
+                   "report.json, checkpoints/")
+    p.add_argument("--encoder", default=None, help="the teacher encoder's directory (else the config's encoder.path)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "npu"])
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=500")
+    p.set_defaults(func=_train_simulator)
 
     p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn",
                        parents=[common, pipes, trained])
@@ -366,7 +401,7 @@ def describe_error(err: BaseException) -> str:
 # Errors whose message is written for the user (file, line, field, what to do).
 _OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError", "DeviceError", "TrainingError",
                          "DecodeError", "ScoreError", "LockError", "ModelFilesError",
-                         "CheckpointError", "DumpError"})
+                         "CheckpointError", "DumpError", "SimulatorError"})
 
 
 if __name__ == "__main__":

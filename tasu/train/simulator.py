@@ -1,0 +1,560 @@
+"""``tasu train-simulator``: the learned simulator, trained on a frozen encoder's own posteriors.
+
+    tasu train-simulator --config conf/simulator.yaml --encoder exp/encoder --data dump/train/ASR.jsonl \
+        --out exp/simulator
+    tasu train-simulator ... --out exp/simulator --resume        # after a kill
+    tasu simulate --encoder exp/encoder --simulator learned --simulator-path exp/simulator \
+        --wer 0.1 0.1 --samples 50 --text "turn on the lights"
+
+Steps, each named in the log:
+
+1. **teacher**: every recording of the data (records with audio and a transcript; records sharing
+   audio count once) goes through the frozen encoder and compression (``encoder_posteriors``, the
+   audio path's own function), clean and as ``teacher.copies`` degraded copies made on the fly
+   (noise, low-pass, time masks; copy j of n at severity j / n), each kept as top-k rows with its
+   token error rate against the transcript: the condition the model learns. A record that points
+   into a posterior dump (``tasu dump-posteriors``) takes its clean rows from there instead of
+   running the encoder again; degraded copies always need the audio. The examples are cached in
+   ``OUT/teacher.safetensors`` (+ ``teacher.json``) and reused while the data, encoder and settings
+   are the same; the log tabulates them by error-rate bin (< 5, 5-10, 10-20, >= 20 %).
+2. **train**: teacher forcing, soft cross-entropy (``SimulatorModel.loss``), AdamW with linear warm-up
+   and cosine decay, gradient clipping; checkpoints ``OUT/checkpoints/step_N/`` (weights, optimizer
+   moments, step; all safetensors and JSON) every ``save_interval`` steps, written under a
+   temporary name and renamed, with ``OUT/checkpoints/last`` pointing at the newest.
+3. **the model**: ``OUT/config.json`` + ``OUT/model.safetensors`` (what ``simulation.path`` names),
+   and ``OUT/report.json``: the simulated token error rate at a grid of asked WERs, on transcripts
+   of the data, beside the teacher's own.
+
+Exact resume: the batches of a step are a function of (seed, step) (a seeded permutation per
+epoch), dropout is reseeded from (seed, step) every step, and the learning rate is computed from
+the step, so weights + optimizer moments + the step are everything; a killed run resumed with
+``--resume`` ends with the uninterrupted run's weights, bit for bit (tested).
+
+Why a plain torch loop and not the DeepSpeed engine of ``tasu train``: the simulator is a few
+million parameters trained in one process, where DeepSpeed adds start-up time and nothing else (no
+ZeRO partitioning to gain, no multi-device data to shard), and its checkpoints are pickles that
+resuming must guard, while this loop's state is three kinds of tensors that safetensors holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import torch
+
+from tasu.compress import CompressConfig
+from tasu.config import ConfigError, to_dict
+from tasu.experiment import EncoderConfig
+from tasu.fileio import write_atomic
+from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
+from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorError, SimulatorModel,
+                                   save_safetensors_atomic, vocab_digest, write_simulator_dir)
+
+log = logging.getLogger("tasu.train_simulator")
+
+TEACHER, TEACHER_INFO, REPORT = "teacher.safetensors", "teacher.json", "report.json"
+OPTIMIZER = "optimizer.safetensors"
+BINS = (0.05, 0.10, 0.20)   # the error-rate bins the teacher is tabulated by
+
+
+@dataclass
+class TeacherConfig:
+    """Degraded copies of each recording: copy j of ``copies`` at severity j / copies."""
+
+    copies: int = 3
+    snr_db: tuple[float, float] = (0.0, 30.0)          # white noise: SNR from 30 dB (mild) to 0 dB
+    lowpass_hz: tuple[float, float] = (500.0, 4000.0)  # cut-off from 4 kHz (mild) to 500 Hz
+    time_masks: int = 4                                # masks at full severity
+    time_mask_s: float = 0.25                          # the longest mask
+    batch_size: int = 8                                # recordings per encoder batch
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.copies < 0 or self.batch_size < 1:
+            raise ValueError("copies must be >= 0 and batch_size >= 1")
+
+
+@dataclass
+class SimulatorModelConfig:
+    """The architecture (``LearnedSimulatorConfig`` without what the encoder and teacher decide).
+    The defaults fit a small encoder vocabulary on a couple of CPU cores."""
+
+    topk: int = 10
+    d_model: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    ffn: int = 512
+    dropout: float = 0.1
+    max_rows_per_token: float = 3.0
+
+
+@dataclass
+class SimulatorLoopConfig:
+    seed: int = 0
+    max_steps: int = 2000
+    batch_size: int = 32                # teacher examples per step
+    lr: float = 1.0e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    log_interval: int = 50
+    save_interval: int = 200
+    report_utterances: int = 200        # transcripts the final report simulates (0: no report)
+    report_wers: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+
+    def check(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.save_interval < 1 or self.log_interval < 1:
+            raise ValueError("max_steps, batch_size, save_interval and log_interval must be >= 1")
+
+
+@dataclass
+class SimulatorTrainingConfig:
+    """``tasu train-simulator --config``: the encoder (teacher), compression, copies, model, loop."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    model: SimulatorModelConfig = field(default_factory=SimulatorModelConfig)
+    train: SimulatorLoopConfig = field(default_factory=SimulatorLoopConfig)
+    device: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
+
+    def check(self) -> None:
+        if self.compress.topk is not None and self.compress.topk < self.model.topk:
+            raise ValueError(f"model.topk {self.model.topk} exceeds compress.topk {self.compress.topk}: the teacher "
+                             "rows keep fewer entries than the model is trained on")
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher examples
+
+
+def degrade(wave: torch.Tensor, severity: float, t: TeacherConfig, g: torch.Generator,
+            sample_rate: int = 16000) -> torch.Tensor:
+    """A degraded copy of ``wave``: each of noise, low-pass and time masks with probability 1/2 (at
+    least one), at a strength drawn from ``U(severity / 2, severity)``."""
+    x = wave.float().clone()
+    n = x.numel()
+    use = torch.rand(3, generator=g) < 0.5
+    if not bool(use.any()):
+        use[int(torch.randint(3, (1,), generator=g))] = True
+    strength = severity * (0.5 + 0.5 * torch.rand(3, generator=g))
+    if use[1] and n > 1:   # low-pass
+        hi, lo = t.lowpass_hz[1], t.lowpass_hz[0]
+        cutoff = hi - (hi - lo) * float(strength[1])
+        spec = torch.fft.rfft(x)
+        spec[torch.fft.rfftfreq(n, 1.0 / sample_rate) > cutoff] = 0
+        x = torch.fft.irfft(spec, n)
+    if use[2]:             # time masks
+        for _ in range(math.ceil(t.time_masks * float(strength[2]))):
+            width = int(float(torch.rand(1, generator=g)) * t.time_mask_s * sample_rate)
+            start = int(torch.randint(max(n - width, 1), (1,), generator=g))
+            x[start:start + width] = 0
+    if use[0]:             # noise last: masks and filtering do not remove it
+        hi, lo = t.snr_db[1], t.snr_db[0]
+        snr = hi - (hi - lo) * float(strength[0])
+        rms = x.pow(2).mean().sqrt().clamp_min(1e-4)
+        x = x + torch.randn(n, generator=g) * rms / 10 ** (snr / 20)
+    return x.clamp(-1.0, 1.0)
+
+
+@dataclass
+class Teacher:
+    """Examples, flat: ``src`` ids by ``src_offsets``, rows (ids, probabilities) by ``row_offsets``."""
+
+    src: torch.Tensor
+    src_offsets: torch.Tensor
+    row_ids: torch.Tensor
+    row_probs: torch.Tensor
+    row_offsets: torch.Tensor
+    ter: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ter)
+
+    def batch(self, index: Sequence[int]):
+        """Padded (src, src_len, wer, row_ids, row_probs, row_len) of examples ``index``."""
+        srcs = [self.src[self.src_offsets[i]:self.src_offsets[i + 1]] for i in index]
+        ids = [self.row_ids[self.row_offsets[i]:self.row_offsets[i + 1]] for i in index]
+        probs = [self.row_probs[self.row_offsets[i]:self.row_offsets[i + 1]] for i in index]
+        pad = torch.nn.utils.rnn.pad_sequence
+        src_len = torch.tensor([len(s) for s in srcs])
+        row_len = torch.tensor([len(r) for r in ids])
+        src = pad(srcs, batch_first=True) if int(src_len.max()) else torch.zeros(len(index), 1, dtype=torch.long)
+        k = self.row_ids.shape[1]
+        if int(row_len.max()) == 0:
+            return (src, src_len, self.ter[list(index)], torch.zeros(len(index), 0, k, dtype=torch.long),
+                    torch.zeros(len(index), 0, k), row_len)
+        return src, src_len, self.ter[list(index)], pad(ids, batch_first=True), pad(probs, batch_first=True), row_len
+
+    def tensors(self) -> dict:
+        return {name: getattr(self, name) for name in ("src", "src_offsets", "row_ids", "row_probs", "row_offsets", "ter")}
+
+
+def _offsets(parts: list) -> torch.Tensor:
+    return torch.tensor([0] + [len(p) for p in parts]).cumsum(0)
+
+
+def _recordings(data: Sequence[str], tokenizer, allow_pipes: bool) -> list[dict]:
+    """One entry per recording: its key, transcript ids, audio (path, start, end) and/or dump entry."""
+    from tasu.data.audio import command_refused, is_command
+    from tasu.data.records import DataError, iter_records_with_lines
+    from tasu.dump import FIELD
+
+    seen, out = set(), []
+    for path in data:
+        for line, r in iter_records_with_lines(path, require_transcript=True):
+            entry = r.get(FIELD)
+            if r.path is None and entry is None:
+                raise DataError(path, line, "path", "missing: the teacher's posteriors come from the audio "
+                                                    "(or from a posterior dump's entry)")
+            if r.path is not None and is_command(r.path) and not allow_pipes:
+                raise DataError(path, line, "path", command_refused(r.path))
+            ident = (r.path, r.start, r.end) if r.path is not None else entry
+            if ident in seen:
+                continue
+            seen.add(ident)
+            ids = tokenizer.encode(r.transcript)
+            if ids:
+                out.append({"key": r.key, "ids": ids, "path": r.path, "start": r.start, "end": r.end,
+                            "dump": entry, "where": (path, line)})
+    if not out:
+        raise SimulatorError(f"{', '.join(data)}: no record with a transcript: nothing to learn from")
+    return out
+
+
+def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device) -> tuple[Teacher, list[float]]:
+    """The teacher examples of every recording (clean + copies) and their rates; see the module doc."""
+    from tasu.compress import encoder_posteriors
+    from tasu.data.audio import load_audio
+    from tasu.data.records import DataError
+    from tasu.dump import DumpReader, identity
+    from tasu.encoders import load_encoder
+    from tasu.posteriors import stack
+
+    t, k = cfg.teacher, cfg.model.topk
+    needs_audio = t.copies > 0 or any(r["dump"] is None for r in recordings)
+    if t.copies > 0:
+        for r in recordings:
+            if r["path"] is None:
+                path, line = r["where"]
+                raise DataError(path, line, "path", f"missing: teacher.copies = {t.copies} degraded copies "
+                                                    "are made from the audio (or set teacher.copies=0)")
+    encoder = None
+    if needs_audio:
+        with torch.random.fork_rng(devices=[]):
+            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device))
+    dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+    c = cfg.compress
+
+    def run(waves):
+        return encoder_posteriors(encoder, [w.to(device) for w in waves], c.topk, enabled=c.enabled,
+                                  threshold=c.threshold).to("cpu", torch.float32)
+
+    src, row_ids, row_probs, ter = [], [], [], []
+    started = time.time()
+    for first in range(0, len(recordings), t.batch_size):
+        chunk = recordings[first:first + t.batch_size]
+        waves = None
+        if needs_audio:
+            waves = [torch.from_numpy(load_audio(r["path"], key=r["key"], start=r["start"], end=r["end"]))
+                     for r in chunk]
+        clean = [None] * len(chunk)
+        for i, r in enumerate(chunk):
+            if r["dump"] is not None:
+                try:
+                    clean[i] = dumps.load(r["dump"])
+                except ValueError as e:
+                    path, line = r["where"]
+                    raise DataError(path, line, "posteriors", str(e)) from None
+        todo = [i for i, p in enumerate(clean) if p is None]
+        if todo:
+            live = run([waves[i] for i in todo])
+            for j, i in enumerate(todo):
+                n = int(live.lengths[j])
+                clean[i] = _one(live, j, n)
+        batches = [stack(clean)]
+        for copy in range(1, t.copies + 1):
+            degraded = []
+            for r, w in zip(chunk, waves):
+                g = torch.Generator().manual_seed(random.Random(f"{t.seed}/{r['key']}/{copy}").getrandbits(63))
+                degraded.append(degrade(w, copy / t.copies, t, g))
+            batches.append(run(degraded))
+        for post in batches:
+            if post.topk < k:
+                raise SimulatorError(f"the teacher rows keep {post.topk} entries, fewer than model.topk = {k}")
+            hyps = row_tokens(post)
+            for j, r in enumerate(chunk):
+                n = int(post.lengths[j])
+                src.append(torch.tensor(r["ids"], dtype=torch.long))
+                row_ids.append(post.ids[j, :n, :k])
+                row_probs.append((post.weights[j, :n, :k] + post.floor[j, :n, None]).clamp_min(0.0))
+                ter.append(min(token_error_rate(r["ids"], hyps[j]), 1.0))
+        log.info("teacher: %d of %d recordings (%.0f s)", min(first + t.batch_size, len(recordings)),
+                 len(recordings), time.time() - started)
+    teacher = Teacher(torch.cat(src), _offsets(src), torch.cat(row_ids).reshape(-1, k),
+                      torch.cat(row_probs).reshape(-1, k), _offsets(row_ids), torch.tensor(ter, dtype=torch.float32))
+    return teacher, ter
+
+
+def _one(post, j: int, n: int):
+    from tasu.posteriors import Posteriors
+
+    return Posteriors(ids=post.ids[j:j + 1, :n], weights=post.weights[j:j + 1, :n], floor=post.floor[j:j + 1, :n],
+                      blank=post.blank[j:j + 1, :n], lengths=torch.tensor([n]), vocab_size=post.vocab_size,
+                      blank_id=post.blank_id)
+
+
+def bin_counts(rates: Sequence[float]) -> dict[str, int]:
+    names = [f"< {100 * BINS[0]:.0f} %"] + [f"{100 * a:.0f}-{100 * b:.0f} %" for a, b in zip(BINS, BINS[1:])] + \
+            [f">= {100 * BINS[-1]:.0f} %"]
+    counts = dict.fromkeys(names, 0)
+    for r in rates:
+        counts[names[sum(r >= edge for edge in BINS)]] += 1
+    return counts
+
+
+def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str]) -> dict:
+    from tasu.dump import identity
+
+    digests = []
+    for path in data:
+        with open(path, "rb") as f:
+            digests.append({"path": str(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()})
+    return {"encoder": identity(cfg.encoder.path, cfg.encoder.type, cfg.compress), "data": digests,
+            "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
+
+
+def load_or_build_teacher(cfg, data, out: Path, recordings_of, device) -> Teacher:
+    """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new one."""
+    from safetensors.torch import load_file
+
+    ident = _teacher_identity(cfg, data)
+    info_path = out / TEACHER_INFO
+    if info_path.exists() and (out / TEACHER).exists():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("identity") == json.loads(json.dumps(ident)):
+            log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
+            return Teacher(**load_file(str(out / TEACHER)))
+    teacher, rates = build_teacher(cfg, recordings_of(), device)
+    save_safetensors_atomic(out / TEACHER, teacher.tensors())
+    counts = bin_counts(rates)
+    write_atomic(info_path, json.dumps({"identity": ident, "examples": len(teacher), "bins": counts,
+                                        "wer_range": [min(rates), max(rates)]}, indent=1) + "\n")
+    log.info("teacher: %d examples (%d recordings x %d), token error rate by bin: %s", len(teacher),
+             len(teacher) // (cfg.teacher.copies + 1), cfg.teacher.copies + 1,
+             ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return teacher
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _seed(seed: int, what: str) -> int:
+    return random.Random(f"{seed}/{what}").getrandbits(63)
+
+
+def batch_index(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Examples of step ``step`` (0-based): consecutive slices of a seeded permutation per epoch."""
+    size = min(batch_size, n)
+    per_epoch = n // size
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, f"epoch{epoch}")))
+    return order[i * size:(i + 1) * size].tolist()
+
+
+def learning_rate(step: int, c: SimulatorLoopConfig) -> float:
+    """Linear warm-up to ``lr``, then a half cosine to 0 at ``max_steps`` (``step`` is 0-based)."""
+    if step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    f = (step - c.warmup_steps) / max(c.max_steps - c.warmup_steps, 1)
+    return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(f, 1.0)))
+
+
+def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: LearnedSimulatorConfig) -> None:
+    name = f"step_{step:06d}"
+    final, partial = root / name, root / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write_simulator_dir(partial, sim_config, model.state_dict())
+    moments = {}
+    for i, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            moments[f"{i}.{key}"] = torch.as_tensor(value)
+    save_safetensors_atomic(partial / OPTIMIZER, moments)
+    write_atomic(partial / "state.json", json.dumps({"step": step}) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    write_atomic(root / "last", name + "\n")
+    for old in root.glob("step_*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
+    from safetensors.torch import load_file
+
+    from tasu.simulate.learned import read_simulator_dir
+
+    _, weights = read_simulator_dir(ckpt)
+    model.load_state_dict(weights)
+    moments = load_file(str(ckpt / OPTIMIZER))
+    state = optimizer.state_dict()
+    per_param: dict[int, dict] = {}
+    for key, value in moments.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = value
+    state["state"] = per_param
+    optimizer.load_state_dict(state)
+    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["step"]
+
+
+def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str | Path, resume: bool = False,
+                    allow_pipes: bool = False) -> dict:
+    """Train into ``out`` (see the module doc); the report (asked WER -> simulated token error rate)."""
+    from tasu.device import resolve_device
+    from tasu.encoders import load_tokenizer
+    from tasu.lock import DirLock
+
+    if not cfg.encoder.path or not Path(cfg.encoder.path).is_dir():
+        raise ConfigError(f"encoder.path {cfg.encoder.path!r} is not a directory: the teacher encoder is needed "
+                          "(--encoder DIR)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(out, "simulator training")
+    lock.acquire()
+    try:
+        return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device), load_tokenizer)
+    finally:
+        lock.release()
+
+
+def _setup_log(out: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_tokenizer) -> dict:
+    _setup_log(out)
+    ckpt_root = out / "checkpoints"
+    last = ckpt_root / (ckpt_root / "last").read_text(encoding="utf-8").strip() if (ckpt_root / "last").exists() else None
+    if last is not None and not resume:
+        raise SimulatorError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose "
+                             "another --out")
+    tokenizer = load_tokenizer(cfg.encoder.path, cfg.encoder.type)
+    recordings = _recordings(data, tokenizer, allow_pipes)   # every record checked before anything runs
+    teacher = load_or_build_teacher(cfg, data, out, lambda: recordings, device)
+    rates = teacher.ter
+    from tasu.dump import identity
+
+    m = cfg.model
+    sim_config = LearnedSimulatorConfig(
+        vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id, vocab_digest=vocab_digest(tokenizer),
+        topk=m.topk, d_model=m.d_model, heads=m.heads, encoder_layers=m.encoder_layers,
+        decoder_layers=m.decoder_layers, ffn=m.ffn, dropout=m.dropout, max_rows_per_token=m.max_rows_per_token,
+        wer_range=(float(rates.min()), float(rates.max())),
+        encoder=identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+    c = cfg.train
+    torch.manual_seed(_seed(c.seed, "init"))
+    model = SimulatorModel(sim_config).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
+                                   {"params": other, "weight_decay": 0.0}], lr=c.lr)
+    step = 0
+    curve = out / "loss.tsv"
+    if last is not None:
+        step = _load_checkpoint(last, model, optimizer)
+        if curve.exists():   # the steps after the checkpoint are redone
+            lines = [ln for ln in curve.read_text(encoding="utf-8").splitlines(keepends=True)
+                     if ln.endswith("\n") and int(ln.split("\t")[0]) <= step]
+            write_atomic(curve, "".join(lines))
+        log.info("resumed from %s: step %d", last, step)
+    elif curve.exists():
+        curve.unlink()
+    log.info("training %s: %d parameters, %d teacher examples, WER range %.3f-%.3f, from step %d",
+             out, sum(p.numel() for p in model.parameters()), len(teacher), *sim_config.wer_range, step)
+    model.train()
+    window, started = [], time.time()
+    while step < c.max_steps:
+        torch.manual_seed(_seed(c.seed, f"step{step}"))
+        src, src_len, wer, ids, probs, row_len = teacher.batch(batch_index(step, len(teacher), c.batch_size, c.seed))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, c)
+        loss = model.loss(src.to(device), src_len.to(device), wer.to(device), ids.to(device), probs.to(device),
+                          row_len.to(device))
+        if not math.isfinite(loss.item()):
+            raise SimulatorError(f"non-finite loss at step {step + 1}; the last checkpoint is kept. "
+                                 "Try a lower train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        optimizer.step()
+        step += 1
+        window.append(loss.item())
+        with open(curve, "a", encoding="utf-8") as f:
+            f.write(f"{step}\t{loss.item():.6f}\n")
+        if step % c.log_interval == 0:
+            log.info("step %d: loss %.4f, lr %.3g, %.1f steps/s", step, sum(window) / len(window),
+                     learning_rate(step - 1, c), len(window) / max(time.time() - started, 1e-9))
+            window, started = [], time.time()
+        if step % c.save_interval == 0 or step == c.max_steps:
+            _save_checkpoint(ckpt_root, step, model, optimizer, sim_config)
+    write_simulator_dir(out, sim_config, model.state_dict())
+    log.info("wrote the learned simulator: %s (%s, %s)", out, "config.json", "model.safetensors")
+    report = {}
+    if c.report_utterances > 0:
+        report = wer_report(LearnedSimulator(model.eval(), source=str(out)), teacher, c)
+        write_atomic(out / REPORT, json.dumps(report, indent=1) + "\n")
+        for row in report["rows"]:
+            log.info("asked WER %5.1f %%: simulated token error rate %5.1f %%", 100 * row["asked"],
+                     100 * row["simulated"])
+    return report
+
+
+def wer_report(sim: LearnedSimulator, teacher: Teacher, c: SimulatorLoopConfig, seed: int = 0) -> dict:
+    """Asked WER -> the simulated rows' token error rate (edits over tokens), on the teacher's
+    distinct transcripts (the first ``report_utterances``), at each asked WER inside the trained range."""
+    seen, transcripts = set(), []
+    for i in range(len(teacher)):
+        ids = teacher.src[teacher.src_offsets[i]:teacher.src_offsets[i + 1]].tolist()
+        if tuple(ids) not in seen:
+            seen.add(tuple(ids))
+            transcripts.append(ids)
+        if len(transcripts) >= c.report_utterances:
+            break
+    lo, hi = sim.c.wer_range
+    rows = []
+    for asked in [w for w in c.report_wers if lo <= w <= hi]:
+        g = torch.Generator().manual_seed(_seed(seed, f"report{asked}"))
+        errors = tokens = 0
+        for first in range(0, len(transcripts), 32):
+            batch = transcripts[first:first + 32]
+            post = sim(batch, g, wer=asked)
+            for ref, hyp in zip(batch, row_tokens(post)):
+                errors += edit_distance(ref, hyp)
+                tokens += len(ref)
+        rows.append({"asked": asked, "simulated": errors / max(tokens, 1)})
+    return {"utterances": len(transcripts), "wer_range": list(sim.c.wer_range),
+            "teacher_mean_ter": float(teacher.ter.mean()), "rows": rows}
+
+
+def load_simulator_training_config(path: Optional[str], overrides: Sequence[str]) -> SimulatorTrainingConfig:
+    from tasu.config import load_config
+
+    return load_config(SimulatorTrainingConfig, path, overrides)

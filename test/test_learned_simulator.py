@@ -1,0 +1,287 @@
+"""The learned simulator and ``tasu train-simulator``, with a tiny SenseVoice teacher and tiny models.
+
+A random tiny encoder's posteriors are far from the transcripts (token error rates near 100 %), so
+these tests check the mechanics -- files, resume, conditions, errors, the interface -- not how well
+the simulator hits a WER; ``test_the_condition_is_learned_from_a_rule_teacher`` checks that it
+learns to follow its condition on a teacher whose error rates are known.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from fixtures import SENTENCES, waveform, write_sensevoice_dir
+from tasu.simulate import SimulationConfig, WERSchedule, build_simulator, row_tokens, token_error_rate
+
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+TINY = ["teacher.copies=2", "compress.threshold=0.99", "compress.topk=4", "model.topk=4", "model.d_model=32",
+        "model.heads=2", "model.ffn=64", "model.encoder_layers=1", "model.decoder_layers=1",
+        "train.log_interval=5", "train.report_utterances=4", "train.report_wers=[0.9, 1.0]"]
+
+
+def tasu(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(BIN / "tasu"), *args], env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out
+
+
+def one_line_error(out: subprocess.CompletedProcess, *expected: str) -> str:
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line, = [ln for ln in out.stderr.splitlines() if "error:" in ln]
+    for part in expected:
+        assert part in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("learned")
+    write_sensevoice_dir(root / "enc")
+    (root / "wav").mkdir()
+    records = []
+    for i, text in enumerate(SENTENCES[:6]):
+        wav = root / "wav" / f"u{i}.wav"
+        sf.write(wav, waveform(0.5 + 0.1 * i, seed=i).numpy(), 16000)
+        records.append({"key": f"u{i}", "task": "ASR", "target": text, "path": str(wav)})
+    (root / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    tasu("train-simulator", "--encoder", str(root / "enc"), "--data", str(root / "asr.jsonl"),
+         "--out", str(root / "sim"), *TINY, "train.max_steps=10", "train.save_interval=5")
+    return root
+
+
+def tokenizer(root: Path):
+    from tasu.encoders import load_tokenizer
+
+    return load_tokenizer(root / "enc")
+
+
+def learned(root: Path, lo: float, hi: float) -> SimulationConfig:
+    return SimulationConfig(name="learned", path=str(root / "sim"), wer=WERSchedule(start=(lo, hi), end=(lo, hi)))
+
+
+def test_a_simulator_directory_is_config_and_safetensors(setup):
+    sim = setup / "sim"
+    config = json.loads((sim / "config.json").read_text())
+    tok = tokenizer(setup)
+    assert (config["vocab_size"], config["blank_id"], config["topk"]) == (tok.vocab_size, tok.blank_id, 4)
+    lo, hi = config["wer_range"]
+    assert 0.0 <= lo <= hi <= 1.0
+    assert set(load_file(sim / "model.safetensors")) and not list(sim.rglob("*.pt"))
+    teacher = json.loads((sim / "teacher.json").read_text())
+    assert teacher["examples"] == 6 * 3 and sum(teacher["bins"].values()) == 18
+    report = json.loads((sim / "report.json").read_text())
+    assert report["utterances"] == 4 and all(row["asked"] >= lo for row in report["rows"])
+    assert (sim / "checkpoints" / "last").read_text().strip() == "step_000010"
+
+
+def test_the_factory_builds_it_and_it_samples_batched_seeded_rows(setup):
+    tok = tokenizer(setup)
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    sim = build_simulator(learned(setup, lo, hi), tok)
+    ids = [tok.encode(s) for s in SENTENCES[:3]] + [[]]
+    a = sim(ids, torch.Generator().manual_seed(1))
+    b = sim(ids, torch.Generator().manual_seed(1))
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.weights, b.weights)
+    assert a.batch_size == 4 and a.topk == 4 and bool((a.lengths >= 1).all())
+    dense = a.to_dense()
+    assert torch.allclose(dense.sum(-1)[a.mask()], torch.ones(int(a.lengths.sum())), atol=1e-4)
+    assert float(dense[~a.mask()].abs().sum()) == 0.0
+    # the interface: a WER per utterance instead of the schedule's
+    c = sim(ids, torch.Generator().manual_seed(1), wer=[hi] * 4)
+    assert c.batch_size == 4 and all(token_error_rate(r, h) >= 0 for r, h in zip(ids[:3], row_tokens(c)))
+
+
+def test_tasu_simulate_reports_the_asked_wer_and_the_rate(setup):
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    out = tasu("simulate", "--encoder", str(setup / "enc"), "--simulator", "learned", "--simulator-path",
+               str(setup / "sim"), "--wer", str(hi), str(hi), "--samples", "3", "--text", SENTENCES[0])
+    lines = out.stdout.splitlines()
+    assert lines[-3] == f"asked WER (learned simulator, step 0): {100 * hi:.1f}-{100 * hi:.1f} %"
+    assert lines[-2].startswith("token error rate (top-1 of each row vs the transcript): ")
+    assert lines[-1].startswith("mean over 3 draws: ")
+
+
+@pytest.mark.slow
+def test_text_only_training_and_simulated_decoding_use_the_learned_simulator(setup, tmp_path):
+    from fixtures import save_tiny_llm
+
+    save_tiny_llm(tmp_path / "llm")
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    (tmp_path / "text.yaml").write_text(f"""
+encoder: {{path: {setup}/enc}}
+llm: {{path: {tmp_path}/llm}}
+projector: {{name: linear-silu, options: {{hidden: 16}}}}
+simulation: {{name: learned, path: {setup}/sim, wer: {{start: [{lo}, {lo}], end: [{hi}, {hi}], total_steps: 2}}}}
+data: {{mode: text, train: [{setup}/asr.jsonl], max_tokens: 400, num_workers: 0}}
+optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 2}}
+engine: {{device: cpu, zero_stage: 0}}
+train: {{epochs: 1, max_steps: 2, log_interval: 1, save_interval: 2}}
+""", encoding="utf-8")
+    tasu("train", "--config", str(tmp_path / "text.yaml"), "--exp-dir", str(tmp_path / "exp"))
+    assert "simulated_ter" in (tmp_path / "exp" / "train.log").read_text()
+    tasu("decode", "--exp", str(tmp_path / "exp"), "--data", str(setup / "asr.jsonl"), "--out",
+         str(tmp_path / "dec"), "--input", "simulated", "--beam", "1", "--max-new-tokens", "3")
+    assert len((tmp_path / "dec" / "hyp.trn").read_text().splitlines()) == 6
+    assert json.loads((tmp_path / "dec" / "decode.json").read_text())["simulation"]["name"] == "learned"
+
+
+def test_bad_conditions_are_one_line_errors(setup, tmp_path):
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    common = ["simulate", "--encoder", str(setup / "enc"), "--text", SENTENCES[0], "--simulator", "learned"]
+    below = max(lo - 0.2, 0.0) if lo > 0.0 else None
+    if below is not None:
+        one_line_error(tasu(*common, "--simulator-path", str(setup / "sim"), "--wer", "0", str(below), check=False),
+                       "simulation.wer.start", "outside the range", "trained on")
+    one_line_error(tasu(*common, "--wer", "0.1", "0.1", check=False), "simulation: path:")
+    one_line_error(tasu(*common, "--simulator-path", str(setup / "sim"), check=False), "simulation: wer:")
+    one_line_error(tasu(*common, "--simulator-path", str(tmp_path), "--wer", str(hi), str(hi), check=False),
+                   "not a learned simulator's directory")
+    other = tmp_path / "other"   # the same weights, declared for another encoder vocabulary
+    other.mkdir()
+    config = json.loads((setup / "sim" / "config.json").read_text())
+    (other / "model.safetensors").write_bytes((setup / "sim" / "model.safetensors").read_bytes())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 5}))
+    one_line_error(tasu(*common, "--simulator-path", str(other), "--wer", str(hi), str(hi), check=False),
+                   f"vocabulary of {config['vocab_size'] + 5} ids", "this encoder has")
+    (other / "config.json").write_text(json.dumps({**config, "vocab_digest": "0" * 64}))
+    one_line_error(tasu(*common, "--simulator-path", str(other), "--wer", str(hi), str(hi), check=False),
+                   "same size, other pieces")
+    outside = 0.0 if lo > 0.01 else 1.0   # a tiny random encoder's range is near 100 %
+    if not lo <= outside <= hi:
+        with pytest.raises(ValueError, match="outside the range"):
+            build_simulator(learned(setup, lo, hi), tokenizer(setup))([[5, 6]], wer=outside)
+
+
+def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(setup, tmp_path):
+    one_line_error(tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
+                        "--out", str(setup / "sim"), *TINY, check=False), "pass --resume")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"key": "a", "task": "ASR", "target": "turn on the lights"}) + "\n")
+    one_line_error(tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(bad), "--out",
+                        str(tmp_path / "x"), check=False), f"{bad}:1: path: missing")
+    one_line_error(tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
+                        "--out", str(tmp_path / "y"), "model.topk=8", "compress.topk=4", check=False),
+                   "model.topk 8 exceeds compress.topk 4")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(setup, tmp_path):
+    options = [*TINY, "train.max_steps=60", "train.save_interval=3", "train.report_utterances=0"]
+    args = ["train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl")]
+    tasu(*args, "--out", str(tmp_path / "straight"), *options)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for name in ("teacher.safetensors", "teacher.json"):   # the same teacher: only the loop is timed
+        (killed / name).write_bytes((tmp_path / "straight" / name).read_bytes())
+    proc = subprocess.Popen([str(BIN / "tasu"), *args, "--out", str(killed), *options], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (killed / "checkpoints" / "last").exists():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before the kill: make it longer"
+    out = tasu(*args, "--out", str(killed), "--resume", *options)
+    assert "resumed from" in out.stderr
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [int(ln.split("\t")[0]) for ln in (killed / "loss.tsv").read_text().splitlines()]
+    assert steps == list(range(1, 61))
+    assert (killed / "loss.tsv").read_text() == (tmp_path / "straight" / "loss.tsv").read_text()
+
+
+def test_degraded_copies_are_seeded_and_grow_with_severity():
+    from tasu.train.simulator import TeacherConfig, degrade
+
+    wave = waveform(1.0)
+    t = TeacherConfig()
+    a = degrade(wave, 1.0, t, torch.Generator().manual_seed(0))
+    b = degrade(wave, 1.0, t, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == wave.shape and float(a.abs().max()) <= 1.0
+    mild = [float((degrade(wave, 0.1, t, torch.Generator().manual_seed(s)) - wave).pow(2).mean()) for s in range(8)]
+    hard = [float((degrade(wave, 1.0, t, torch.Generator().manual_seed(s)) - wave).pow(2).mean()) for s in range(8)]
+    assert sum(hard) > 3 * sum(mild)
+
+
+def test_the_condition_is_learned_from_a_rule_teacher():
+    """A teacher whose error rates are known -- the rules' exact-count substitutions, four copies of
+    each transcript at rates drawn from [0, 0.3], as the real teacher has copies at rising severity --
+    and a tiny model: on transcripts it never saw, asking for more errors gives more errors.
+
+    Measured (600 steps, 14 s on one core): asked 0 / 10 / 20 / 30 % -> 10.6 / 15.6 / 21.1 / 25.2 % at
+    temperature 0.5; the offset at 0 % is the tiny model's own copying error.
+    """
+    from tasu.simulate import RuleSimulator
+    from tasu.simulate.learned import LearnedSimulator, LearnedSimulatorConfig, SimulatorModel
+    from tasu.train.simulator import SimulatorLoopConfig, Teacher, batch_index, learning_rate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        V, n = 24, 512
+        g = torch.Generator().manual_seed(0)
+        base = [torch.randint(1, V, (int(torch.randint(6, 12, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(n // 4 + 128)]
+        texts, fresh = [x for x in base[:n // 4] for _ in range(4)], base[n // 4:]
+        rates = torch.rand(n, generator=g, dtype=torch.float64) * 0.3
+        rules = RuleSimulator(SimulationConfig(alpha=(0.0, 0.0), wer_split=(1.0, 0.0, 0.0)), V)
+        post = rules(texts, g, wer=rates.tolist())
+        ter = [token_error_rate(r, h) for r, h in zip(texts, row_tokens(post))]
+        rows = [post.ids[i, :int(post.lengths[i])] for i in range(n)]
+        offsets = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)
+        teacher = Teacher(torch.tensor([t for x in texts for t in x]), torch.tensor([0] + [len(x) for x in texts]).cumsum(0),
+                          torch.cat(rows), torch.ones(int(offsets[-1]), 1), offsets, torch.tensor(ter, dtype=torch.float32))
+        c = LearnedSimulatorConfig(vocab_size=V, blank_id=0, topk=1, d_model=64, heads=2, encoder_layers=1,
+                                   decoder_layers=1, ffn=128, dropout=0.0, wer_range=(0.0, 0.3))
+        torch.manual_seed(0)
+        model = SimulatorModel(c)
+        loop = SimulatorLoopConfig(max_steps=600, lr=5e-3, warmup_steps=20, batch_size=32)
+        opt = torch.optim.AdamW(model.parameters(), lr=loop.lr)
+        for step in range(loop.max_steps):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, loop)
+            loss = model.loss(*teacher.batch(batch_index(step, n, loop.batch_size, 0)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sim = LearnedSimulator(model, temperature=0.5)
+        measured = []
+        for asked in (0.0, 0.1, 0.2, 0.3):
+            out = sim(fresh, torch.Generator().manual_seed(1), wer=asked)
+            errors = sum(token_error_rate(r, h) * len(r) for r, h in zip(fresh, row_tokens(out)))
+            measured.append(errors / sum(len(r) for r in fresh))
+    finally:
+        torch.set_num_threads(threads)
+    assert measured == sorted(measured) and measured[-1] > measured[0] + 0.08, measured
+
+
+@pytest.mark.slow
+def test_the_clean_teacher_rows_come_from_a_posterior_dump_when_given(setup, tmp_path):
+    """A dump holds what the live encoder computes (one recording per batch on both sides: the
+    encoder's last bits depend on the batch), so the teacher made from it is the teacher made from audio."""
+    tasu("dump-posteriors", "--config", "/dev/null", "--encoder", str(setup / "enc"), "--data",
+         str(setup / "asr.jsonl"), "--out", str(tmp_path / "dump"), "--batch-size", "1",
+         "--set", "compress.threshold=0.99", "compress.topk=4")
+    options = [*TINY, "teacher.copies=0", "teacher.batch_size=1", "train.max_steps=1", "train.report_utterances=0"]
+    for name, data in (("audio", setup / "asr.jsonl"), ("dump", tmp_path / "dump" / "asr.jsonl")):
+        tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(data), "--out", str(tmp_path / name),
+             *options)
+    a, b = load_file(tmp_path / "audio" / "teacher.safetensors"), load_file(tmp_path / "dump" / "teacher.safetensors")
+    assert torch.equal(a["row_ids"], b["row_ids"]) and torch.equal(a["row_offsets"], b["row_offsets"])
+    assert torch.allclose(a["row_probs"], b["row_probs"], atol=1e-6) and torch.equal(a["ter"], b["ter"])
