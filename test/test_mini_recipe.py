@@ -23,7 +23,7 @@ SYSTEMS = ["tasu_train_text", "tasu_train_text_then_train_audio_sft", "train_aud
 
 def sh(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     if ok:
         assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
     return out

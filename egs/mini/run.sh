@@ -5,7 +5,7 @@
 #
 #   ./run.sh                  # everything (~20 min, 2-3 GB on 2 cores); ends by printing the results table
 #   ./run.sh --stage 3        # from the text-only training on
-#   ./run.sh --quick true     # every stage on a tiny corpus with tiny models (~2 min; the tests run it)
+#   ./run.sh --quick true     # every stage on a tiny corpus with tiny models (~6 min; the tests run it)
 #   ./run.sh --seeds "1 2 3"  # the whole run once per seed, in seeds/seed<N>/; RESULTS.md: mean +- sd
 #
 # Stages, as in ../TEMPLATE/tasu.sh, which runs all but the mini-only parts marked (+):
@@ -80,6 +80,7 @@ train_text_args=${train_args}
 train_audio_args=${train_args}
 decode_args=
 decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 40)  # as conf/decode_greedy.yaml
+posterior_dumps=true  # stages 4-5 read the encoder's posteriors from dumps made once
 if ${quick}; then
   encoder_opts+=(--epochs 2)
   llm_opts+=(--steps 40 --warmup-steps 5)
@@ -88,6 +89,9 @@ if ${quick}; then
   train_audio_args+=" ${quick_train} train.max_steps=10 optim.total_steps=10"
   decode_args="--max-new-tokens 16"
   decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 16)
+  # a dump is one more process per set, which costs more than the encoder on 10 quick batches
+  # (the SLURP recipe's test covers the dumps)
+  posterior_dumps=false
 fi
 
 tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources noted in exp/usage.tsv
@@ -101,7 +105,7 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
     --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
     --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
-    --decode_args "${decode_args}" --results "${results}" ${tasu_opts}  # word-split on purpose: several options
+    --decode_args "${decode_args}" --posterior_dumps "${posterior_dumps}" --results "${results}" ${tasu_opts}  # word-split on purpose: several options
 }
 
 made_with() {  # made_with <dir> <options>: whether <dir> was finished with exactly these options
