@@ -6,7 +6,7 @@ FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        python3 python3-venv python3-dev build-essential git sox espeak-ng ffmpeg \
+        python3 python3-venv python3-dev build-essential git sox espeak-ng flite ffmpeg \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/tasu
