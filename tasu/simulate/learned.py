@@ -62,12 +62,10 @@ class SimulatorError(ValueError):
 
 
 @dataclass
-class LearnedSimulatorConfig:
-    """Sizes and the encoder a learned simulator belongs to (``config.json`` of its directory)."""
+class SimulatorArchitecture:
+    """The learned simulator's sizes: what a user chooses (``model:`` of ``tasu train-simulator``'s
+    config). The defaults fit a small encoder vocabulary on a couple of CPU cores."""
 
-    vocab_size: int
-    blank_id: int
-    vocab_digest: str = ""                 # SHA-256 of the encoder's pieces, one per line
     topk: int = 10                         # entries per row: the teacher's targets and the emitted rows
     d_model: int = 128
     heads: int = 4
@@ -76,6 +74,15 @@ class LearnedSimulatorConfig:
     ffn: int = 512
     dropout: float = 0.1
     max_rows_per_token: float = 3.0        # sampling stops at max_rows_per_token * L + 8 rows
+
+
+@dataclass(kw_only=True)
+class LearnedSimulatorConfig(SimulatorArchitecture):
+    """The architecture plus what the encoder and teacher decide (``config.json`` of its directory)."""
+
+    vocab_size: int
+    blank_id: int
+    vocab_digest: str = ""                 # SHA-256 of the encoder's pieces, one per line
     wer_range: tuple[float, float] = (0.0, 1.0)   # the teacher's measured token error rates (min, max)
     encoder: dict = field(default_factory=dict)   # what the teacher was: backend, file digest, compress
 

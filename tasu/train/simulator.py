@@ -45,7 +45,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -56,8 +56,8 @@ from tasu.config import ConfigError, to_dict
 from tasu.experiment import EncoderConfig
 from tasu.fileio import write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
-from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorError, SimulatorModel,
-                                   save_safetensors_atomic, vocab_digest, write_simulator_dir)
+from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture, SimulatorError,
+                                   SimulatorModel, save_safetensors_atomic, vocab_digest, write_simulator_dir)
 
 log = logging.getLogger("tasu.train_simulator")
 
@@ -81,21 +81,6 @@ class TeacherConfig:
     def check(self) -> None:
         if self.copies < 0 or self.batch_size < 1:
             raise ValueError("copies must be >= 0 and batch_size >= 1")
-
-
-@dataclass
-class SimulatorModelConfig:
-    """The architecture (``LearnedSimulatorConfig`` without what the encoder and teacher decide).
-    The defaults fit a small encoder vocabulary on a couple of CPU cores."""
-
-    topk: int = 10
-    d_model: int = 128
-    heads: int = 4
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    ffn: int = 512
-    dropout: float = 0.1
-    max_rows_per_token: float = 3.0
 
 
 @dataclass
@@ -124,7 +109,7 @@ class SimulatorTrainingConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    model: SimulatorModelConfig = field(default_factory=SimulatorModelConfig)
+    model: SimulatorArchitecture = field(default_factory=SimulatorArchitecture)
     train: SimulatorLoopConfig = field(default_factory=SimulatorLoopConfig)
     device: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
 
@@ -462,12 +447,9 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
     rates = teacher.ter
     from tasu.dump import identity
 
-    m = cfg.model
     sim_config = LearnedSimulatorConfig(
-        vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id, vocab_digest=vocab_digest(tokenizer),
-        topk=m.topk, d_model=m.d_model, heads=m.heads, encoder_layers=m.encoder_layers,
-        decoder_layers=m.decoder_layers, ffn=m.ffn, dropout=m.dropout, max_rows_per_token=m.max_rows_per_token,
-        wer_range=(float(rates.min()), float(rates.max())),
+        **asdict(cfg.model), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id,
+        vocab_digest=vocab_digest(tokenizer), wer_range=(float(rates.min()), float(rates.max())),
         encoder=identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
     c = cfg.train
     torch.manual_seed(_seed(c.seed, "init"))
