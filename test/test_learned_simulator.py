@@ -4,6 +4,11 @@ A random tiny encoder's posteriors are far from the transcripts (token error rat
 these tests check the mechanics -- files, resume, conditions, errors, the interface -- not how well
 the simulator hits a WER; ``test_the_condition_is_learned_from_a_rule_teacher`` checks that it
 learns to follow its condition on a teacher whose error rates are known.
+
+Costs: the ``setup`` fixture trains the one simulator the interface tests share; the killed run and
+its uninterrupted twin reuse its teacher (same encoder, data and teacher settings), so only their
+loops run; the one-line errors of ``tasu simulate`` are checked through the console script once and
+in-process (``tasu.cli.main``, the same code under the script) for the rest.
 """
 from __future__ import annotations
 
@@ -35,6 +40,16 @@ def tasu(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out
+
+
+def tasu_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``tasu ARGS`` through tasu.cli.main in this process (no interpreter and torch start-up)."""
+    from tasu.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["tasu", *args], code, out.out, out.err)
 
 
 def one_line_error(out: subprocess.CompletedProcess, *expected: str) -> str:
@@ -137,26 +152,27 @@ train: {{epochs: 1, max_steps: 2, log_interval: 1, save_interval: 2}}
     assert json.loads((tmp_path / "dec" / "decode.json").read_text())["simulation"]["name"] == "learned"
 
 
-def test_bad_conditions_are_one_line_errors(setup, tmp_path):
+def test_bad_conditions_are_one_line_errors(setup, tmp_path, capsys):
     lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
     common = ["simulate", "--encoder", str(setup / "enc"), "--text", SENTENCES[0], "--simulator", "learned"]
     below = max(lo - 0.2, 0.0) if lo > 0.0 else None
     if below is not None:
-        one_line_error(tasu(*common, "--simulator-path", str(setup / "sim"), "--wer", "0", str(below), check=False),
-                       "simulation.wer.start", "outside the range", "trained on")
+        one_line_error(tasu_in_process(capsys, *common, "--simulator-path", str(setup / "sim"), "--wer", "0",
+                                       str(below)), "simulation.wer.start", "outside the range", "trained on")
+    # the console script: exit status 1 and one line, no traceback
     one_line_error(tasu(*common, "--wer", "0.1", "0.1", check=False), "simulation: path:")
-    one_line_error(tasu(*common, "--simulator-path", str(setup / "sim"), check=False), "simulation: wer:")
-    one_line_error(tasu(*common, "--simulator-path", str(tmp_path), "--wer", str(hi), str(hi), check=False),
+    one_line_error(tasu_in_process(capsys, *common, "--simulator-path", str(setup / "sim")), "simulation: wer:")
+    one_line_error(tasu_in_process(capsys, *common, "--simulator-path", str(tmp_path), "--wer", str(hi), str(hi)),
                    "not a learned simulator's directory")
     other = tmp_path / "other"   # the same weights, declared for another encoder vocabulary
     other.mkdir()
     config = json.loads((setup / "sim" / "config.json").read_text())
     (other / "model.safetensors").write_bytes((setup / "sim" / "model.safetensors").read_bytes())
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 5}))
-    one_line_error(tasu(*common, "--simulator-path", str(other), "--wer", str(hi), str(hi), check=False),
+    one_line_error(tasu_in_process(capsys, *common, "--simulator-path", str(other), "--wer", str(hi), str(hi)),
                    f"vocabulary of {config['vocab_size'] + 5} ids", "this encoder has")
     (other / "config.json").write_text(json.dumps({**config, "vocab_digest": "0" * 64}))
-    one_line_error(tasu(*common, "--simulator-path", str(other), "--wer", str(hi), str(hi), check=False),
+    one_line_error(tasu_in_process(capsys, *common, "--simulator-path", str(other), "--wer", str(hi), str(hi)),
                    "same size, other pieces")
     outside = 0.0 if lo > 0.01 else 1.0   # a tiny random encoder's range is near 100 %
     if not lo <= outside <= hi:
@@ -180,11 +196,13 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     options = [*TINY, "train.max_steps=60", "train.save_interval=3", "train.report_utterances=0"]
     args = ["train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl")]
-    tasu(*args, "--out", str(tmp_path / "straight"), *options)
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    for name in ("teacher.safetensors", "teacher.json"):   # the same teacher: only the loop is timed
-        (killed / name).write_bytes((tmp_path / "straight" / name).read_bytes())
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    for out in (straight, killed):   # setup's teacher (the same inputs and teacher settings): only the loops run
+        out.mkdir()
+        for name in ("teacher.safetensors", "teacher.json"):
+            (out / name).write_bytes((setup / "sim" / name).read_bytes())
+    tasu(*args, "--out", str(straight), *options)
+    assert "teacher: 18 examples from" in (straight / "train.log").read_text()   # reused, not rebuilt
     proc = subprocess.Popen([str(BIN / "tasu"), *args, "--out", str(killed), *options], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
