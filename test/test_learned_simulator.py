@@ -292,10 +292,19 @@ def test_the_condition_is_learned_from_a_rule_teacher():
 @pytest.mark.slow
 def test_the_clean_teacher_rows_come_from_a_posterior_dump_when_given(setup, tmp_path):
     """A dump holds what the live encoder computes (one recording per batch on both sides: the
-    encoder's last bits depend on the batch), so the teacher made from it is the teacher made from audio."""
-    tasu("dump-posteriors", "--config", "/dev/null", "--encoder", str(setup / "enc"), "--data",
-         str(setup / "asr.jsonl"), "--out", str(tmp_path / "dump"), "--batch-size", "1",
-         "--set", "compress.threshold=0.99", "compress.topk=4")
+    encoder's last bits depend on the batch), so the teacher made from it is the teacher made from audio.
+    The dump is made in-process (tasu dump-posteriors' own function; test_dump.py runs the command), on
+    one thread as the subprocesses run."""
+    from tasu.compress import CompressConfig
+    from tasu.dump import dump_posteriors
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dump_posteriors([str(setup / "asr.jsonl")], str(tmp_path / "dump"), str(setup / "enc"),
+                        compress=CompressConfig(threshold=0.99, topk=4), batch_size=1)
+    finally:
+        torch.set_num_threads(threads)
     options = [*TINY, "teacher.copies=0", "teacher.batch_size=1", "train.max_steps=1", "train.report_utterances=0"]
     for name, data in (("audio", setup / "asr.jsonl"), ("dump", tmp_path / "dump" / "asr.jsonl")):
         tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(data), "--out", str(tmp_path / name),
