@@ -1,7 +1,9 @@
 """The DeepSpeed engine on CPU with tiny real models: 2-process training, SIGKILL + resume, curriculum.
 
 These run ``tasu train`` the way a user does (the deepspeed launcher, subprocesses), so they are the
-slowest tests of the suite (about a minute and a half together).
+slowest tests of the suite. One uninterrupted two-process text-only run (the ``straight`` fixture) is
+shared: the resume test compares its loss curve with a killed and resumed run's, and the curriculum
+test starts its audio stage from it, instead of training a text-only model of its own.
 """
 from __future__ import annotations
 
@@ -90,10 +92,16 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory) -> Path:
+    """The uninterrupted two-process text-only run of text.yaml (12 steps)."""
+    exp = tmp_path_factory.mktemp("straight") / "exp"
+    run(train_cmd(setup, exp))
+    return exp
+
+
 @pytest.mark.slow
-def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, tmp_path):
-    straight = tmp_path / "straight"
-    run(train_cmd(setup, straight))
+def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, straight, tmp_path):
     expected = curve(straight)
     assert [s for s, _ in expected] == list(range(1, 13))
 
@@ -138,15 +146,14 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, t
 
 
 @pytest.mark.slow
-def test_curriculum_text_then_audio(setup, tmp_path):
-    text_exp, audio_exp = tmp_path / "text", tmp_path / "audio"
-    run(train_cmd(setup, text_exp, "train.max_steps=4", "train.epochs=1", procs=1))
+def test_curriculum_text_then_audio(setup, straight, tmp_path):
+    text_exp, audio_exp = straight, tmp_path / "audio"   # the text-only stage: the shared 12-step run
     out = run(train_cmd(setup, audio_exp, "data.mode=audio", f"train.init_from={text_exp}", "train.max_steps=3",
                         "train.valid_interval=100", procs=1))
     log = out.stdout + out.stderr
     assert "audio mode" in log and "initialised 6 of 6 trained tensors" in log
     assert len(curve(audio_exp)) == 3
-    before = load_file(text_exp / "checkpoints" / "step_000004" / "model" / "trainable.safetensors")
+    before = load_file(text_exp / "checkpoints" / "step_000012" / "model" / "trainable.safetensors")
     after = load_file(audio_exp / "checkpoints" / "step_000003" / "model" / "trainable.safetensors")
     assert before.keys() == after.keys()
     assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
