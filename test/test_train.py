@@ -120,10 +120,8 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
         proc.wait()
     assert (killed / "checkpoints" / "last").read_text().strip() == "step_000005"
 
-    refused = subprocess.run(train_cmd(setup, killed, procs=1), env=ENV, capture_output=True, text=True)
-    assert refused.returncode != 0 and "pass --resume" in refused.stdout + refused.stderr
-    assert "Traceback" not in refused.stdout + refused.stderr
-
+    # (a re-run without --resume is refused in one line: test_train_failures.py checks it; that the
+    # launcher passes a failing run's status on is checked by the diverging run below)
     out = run(train_cmd(setup, killed, "--resume"))
     assert "resumed from" in out.stdout + out.stderr
     resumed = curve(killed)
