@@ -33,6 +33,16 @@ replaced at random (``--unit-noise``), as real posteriors are imperfect. Loss is
 its ``<|im_end|>`` only. The other ``--plain-ratio`` of examples are plain sentences
 (``<|endoftext|>`` sentence ``<|endoftext|>``, loss on all), which give the LM its sentence prior.
 Training text = data/train (audio transcripts) + data/text_only; dev is only evaluated.
+
+Why grammar sentences only, mostly ASR (measured on one seed's corpus, 1000 steps, dev WER of reading
+clean units): a model this small learns "the template, and which slot value's units are in the span"
+long before it learns to align units to words by position. Sentences of random words, which can only
+be read by aligning, took a third or half of the ASR examples in earlier defaults and kept it at
+33 % (30 % random) and 40 % (50 % random, 1500 steps); with none it read at 10.4 %, and with fewer
+SLU and plain examples (10 % / 5 %) at 3.5 %, with scenario accuracy from 100 % down to 81 % (20 %
+SLU brings it back). Writing the answer in the encoder's pieces instead of words, so that reading is
+copying, did not help either: no copying had emerged after 800 steps (a transformer learns to copy
+by an "induction" mechanism that takes thousands of steps to form).
 Steps are fixed (``--steps``) so that the model depends on the seed only; ``--max-minutes`` caps
 the wall time on a slow machine.
 """
@@ -76,7 +86,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=768)
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: 1500)")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: 1200)")
     parser.add_argument("--max-minutes", type=float, default=20.0,
                         help="stop after this much wall time: a cap for very slow machines, far above the ~4 min "
                              "of 2 idle cores (default: 20; 0 = none)")
@@ -86,12 +96,13 @@ def get_parser() -> argparse.ArgumentParser:
                         help="peak learning rate (AdamW; default 1e-3: 3e-3 learned the sentence prior but "
                              "hardly to read units)")
     parser.add_argument("--warmup-steps", type=int, default=40)
-    parser.add_argument("--plain-ratio", type=float, default=0.15, help="share of plain-sentence examples (default: 0.15)")
-    parser.add_argument("--slu-ratio", type=float, default=0.3,
-                        help="share of SLU_scenario among the unit-reading examples (the rest is ASR)")
-    parser.add_argument("--random-ratio", type=float, default=0.5,
+    parser.add_argument("--plain-ratio", type=float, default=0.05, help="share of plain-sentence examples (default: 0.05)")
+    parser.add_argument("--slu-ratio", type=float, default=0.2,
+                        help="share of SLU_scenario among the unit-reading examples, the rest is ASR (default: 0.2)")
+    parser.add_argument("--random-ratio", type=float, default=0.0,
                         help="share of ASR unit-reading examples whose sentence is random training words "
-                             "(default: 0.5): reading them needs the units, not the grammar's prior")
+                             "(default: 0: they need positional reading, which this model learns too slowly "
+                             "to gain from them in a short run)")
     parser.add_argument("--unit-noise", type=float, default=0.05,
                         help="probability of dropping, and of replacing, each unit in a spelling")
     parser.add_argument("--seed", type=int, default=1234)
@@ -209,9 +220,9 @@ class Examples:
 
 def random_words(words: list[str], n: int, rng: random.Random) -> str:
     """``n`` words drawn uniformly from the training vocabulary: a "sentence" no grammar predicts, so
-    the only way to transcribe its units is to read them. Rare slot values (names, cities) then get as
-    much reading practice as common words; without such examples the LLM wrote the likeliest
-    sentence of the grammar over units it could not read."""
+    the only way to transcribe its units is to read them word by word. For long runs: in a short one
+    the model does not learn that positional reading, and these examples only take steps from the
+    grammar sentences (see the module docstring)."""
     return " ".join(rng.choice(words) for _ in range(n))
 
 
