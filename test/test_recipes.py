@@ -8,8 +8,9 @@ real, with tiny models (``fixtures.save_tiny_llm``, ``fixtures.write_sensevoice_
 settings, on two recipes that cover their cases: librispeech (one task, a separate text-only corpus)
 and slurp (three tasks decoded jointly and split back, WER and accuracy, posterior dumps).
 commonvoice and covost stop after stage 2 (their configs pass the dry run below; BLEU's per-language
-tokenisation is checked in test_score.py), which saves about 40 s each. The shared parts are checked once: ``--help``, unknown options, the up-front check
-of the model paths, every shipped config (a broken one fails here), identical ``cmd.sh`` copies.
+tokenisation is checked in test_score.py), which saves about 40 s each. The shared parts are checked
+once: ``--help``, unknown options, the up-front check of the model paths, every shipped config (a
+broken one fails here), identical ``cmd.sh`` copies.
 """
 from __future__ import annotations
 
