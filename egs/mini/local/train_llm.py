@@ -3,8 +3,8 @@
 
 Usage (from egs/mini, after local/make_corpus.py and local/train_encoder.py):
 
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~4 min
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 400  # ~1 min
+    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~8 min
+    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 400  # ~3 min
 
 What it writes::
 
@@ -88,7 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--intermediate-size", type=int, default=768)
     parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (default: 1200)")
     parser.add_argument("--max-minutes", type=float, default=20.0,
-                        help="stop after this much wall time: a cap for very slow machines, far above the ~4 min "
+                        help="stop after this much wall time: a cap for very slow machines, far above the ~8 min "
                              "of 2 idle cores (default: 20; 0 = none)")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="examples per step (default: 16: more, smaller steps learn to read units sooner)")
