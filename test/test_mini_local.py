@@ -1,4 +1,4 @@
-"""egs/mini/local: the corpus generator, the encoder and LLM trainers, run tiny, end to end.
+"""egs/mini/local: the corpus generator, the units, the encoder and LLM trainers, run tiny, end to end.
 
 The scripts run as the recipe runs them (subprocesses, from the recipe's working directory) on a
 28-utterance corpus, with models trained for a step or two; what is checked is what later stages
@@ -34,9 +34,10 @@ def table(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    """A recipe directory after make_corpus, train_encoder and train_llm (tiny settings)."""
+    """A recipe directory after make_corpus, train_units, train_encoder and train_llm (tiny settings)."""
     root = tmp_path_factory.mktemp("mini")
     run("make_corpus.py", "--data-dir", "data", *SIZES, cwd=root)
+    run("train_units.py", cwd=root)
     run("train_encoder.py", "--epochs", "1", "--encoder-conf", '{"num_blocks": 2}', cwd=root)
     run("train_llm.py", "--steps", "2", "--num-layers", "1", "--hidden-size", "64",
         "--intermediate-size", "128", "--num-heads", "2", "--batch-size", "4", cwd=root)

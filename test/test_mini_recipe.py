@@ -66,7 +66,7 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
         assert "-" not in rows[name], rows[name]  # every system scored on every set and task
     assert summary.count(": **met**") + summary.count(": **missed**") == 8
     steps = [line.split("\t")[0] for line in (recipe / "exp" / "usage.tsv").read_text().splitlines()]
-    assert steps == ["stage 1", "stage 1: encoder", "stage 1: LLM", "stage 2", "stage 3", "stage 4", "stage 5",
+    assert steps == ["stage 1", "stage 1: encoder and LLM, at once", "stage 2", "stage 3", "stage 4", "stage 5",
                      "stage 5: simulated input", "stage 6", "stage 7"]
     # the rows that explain the table: the LLM's ceiling, simulated vs real input, the encoder on every set
     assert rows["TASU text-only, on posteriors simulated from the text"][1] != "-"  # test

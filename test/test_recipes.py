@@ -245,6 +245,23 @@ def test_job_runner_logs_each_job_and_reports_the_failing_one(tmp_path):
     assert "job 1 failed" not in out.stderr and "1 of 3 job(s) failed" in out.stderr
 
 
+def test_job_runner_shares_the_cores_between_concurrent_jobs(tmp_path):
+    runner = str(ROOT / "utils" / "run_local.sh")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cores = os.cpu_count()
+
+    def threads(*args: str) -> list[str]:
+        subprocess.run([runner, *args, "log/t.JOB.log", "bash", "-c", "echo threads=${OMP_NUM_THREADS:-unset}"],
+                       cwd=tmp_path, env=env, check=True)
+        return [line for i in (1, 2) if (tmp_path / "log" / f"t.{i}.log").exists()
+                for line in lines(tmp_path / "log" / f"t.{i}.log") if line.startswith("threads=")]
+
+    assert threads("JOB=1:2") == [f"threads={max(1, cores // 2)}"] * 2
+    assert threads("--max_jobs_run", "1", "JOB=1:2") == ["threads=unset"] * 2  # one at a time: all cores
+    env["OMP_NUM_THREADS"] = "3"  # the caller's choice stands
+    assert threads("JOB=1:2") == ["threads=3"] * 2
+
+
 def test_cmd_and_path_copies_are_identical():
     for name in ("cmd.sh", "path.sh"):
         template = (EGS / "TEMPLATE" / name).read_text()

@@ -10,7 +10,9 @@
 # 'cmd1 \| cmd2'. The log holds the command, start and end times, everything the job printed and
 # its exit code. When a job fails, the end of its log is printed and the exit status is 1.
 # --gpu, --mem and --num_threads are accepted for the same command line as run_slurm.sh and
-# ignored here: jobs see this machine's devices.
+# ignored here: jobs see this machine's devices. Jobs that run at the same time share the CPU cores:
+# unless OMP_NUM_THREADS is set, each of N concurrent jobs gets OMP_NUM_THREADS = cores / N (at
+# least 1), so that N PyTorch processes do not each start a thread per core and contend.
 set -euo pipefail
 
 max_jobs_run=0     # jobs running at once; 0: all of them
@@ -103,6 +105,14 @@ run_job() {  # <id>: run the command of job <id> into its log, which ends with t
 }
 
 trap 'kill $(jobs -p) 2>/dev/null || true' INT TERM
+
+at_once=$(( last - first + 1 ))
+[ "${max_jobs_run}" -gt 0 ] && [ "${max_jobs_run}" -lt "${at_once}" ] && at_once=${max_jobs_run}
+if [ -z "${launcher}" ] && [ -z "${OMP_NUM_THREADS:-}" ] && [ "${at_once}" -gt 1 ]; then
+  cores=$(getconf _NPROCESSORS_ONLN)
+  OMP_NUM_THREADS=$(( cores / at_once > 0 ? cores / at_once : 1 ))
+  export OMP_NUM_THREADS MKL_NUM_THREADS=${OMP_NUM_THREADS}
+fi
 
 for id in $(seq "${first}" "${last}"); do
   if [ "${max_jobs_run}" -gt 0 ]; then

@@ -68,6 +68,7 @@ train_text_config=        # experiment YAML of the text-only stage (stage 3)
 train_audio_config=       # experiment YAML of the audio fine-tuning stage (stage 4)
 audio_sft=false           # run stage 4 and decode its model too
 audio_baseline=false      # stage 4 also trains the same model on audio from scratch (no text stage)
+baseline_at_once=false    # CPU: stage 4 trains the baseline beside the fine-tuning, half the threads each
 posterior_dumps=true      # stages 4-5 read the frozen encoder's posteriors from dumps made once
 dump_nj=1                 # jobs per set making the posterior dumps
 text_tag=                 # experiment name of stage 3 (default: from the config's name)
@@ -128,6 +129,9 @@ Options (default in parentheses):
   --audio_sft <bool>          run stage 4 and decode its model too (${audio_sft})
   --audio_baseline <bool>     with --audio_sft true, stage 4 also trains the audio-only baseline:
                               the same config and steps from scratch, decoded beside (${audio_baseline})
+  --baseline_at_once <bool>   training on CPU: the baseline and the fine-tuning train at the same
+                              time, each with half the CPU threads; a small model keeps only about
+                              one core busy, so two take little longer than one (${baseline_at_once})
   --posterior_dumps <bool>    stages 4-5: the encoder is frozen, so it runs once per recording
                               into dumps (${dumpdir}/posteriors/<tag>/<set>, tasu dump-posteriors)
                               that training and decoding read, with the same numbers; false: it
@@ -200,6 +204,9 @@ if runs 5; then
   need decode_config "stage 5"
 fi
 case ${device} in cuda|npu|cpu) ;; *) die "--device must be cuda, npu or cpu, not '${device}'" ;; esac
+if ${baseline_at_once} && [ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ]; then
+  die "--baseline_at_once true is for training on CPU: on ${device} devices the two would share them"
+fi
 if runs 3 || runs 4; then  # the launch options fit together (hostfile, slots, nodes, job runner)
   launch=$(python3 -m tasu.recipe check-launch --num-nodes "${num_nodes}" --ngpu "${ngpu}" \
     --launcher "${launcher}" --hostfile "${hostfile}" --runner "${cuda_cmd}" 2>&1) || die "${launch}"
@@ -420,17 +427,33 @@ if runs 4; then
     train_files+=("${audio_data}/${train_set}/$(task_name "${spec}").jsonl")
     valid_files+=("${audio_data}/${valid_set}/$(task_name "${spec}").jsonl")
   done
-  log "Stage 4: audio fine-tuning from ${text_exp}: ${train_files[*]} -> ${audio_exp}"
-  # shellcheck disable=SC2086
-  train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=${audio_mode} train.init_from="${text_exp}" \
-    data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
-    ${train_audio_args}
-  if ${audio_baseline}; then
+  fine_tune() {
+    log "Stage 4: audio fine-tuning from ${text_exp}: ${train_files[*]} -> ${audio_exp}"
+    # shellcheck disable=SC2086
+    train_stage 4 "${audio_exp}" "${train_audio_config}" data.mode=${audio_mode} train.init_from="${text_exp}" \
+      data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
+      ${train_audio_args}
+  }
+  baseline() {
     log "Stage 4: the audio-only baseline: the same training from scratch -> ${baseline_exp}"
     # shellcheck disable=SC2086
     train_stage 4 "${baseline_exp}" "${train_audio_config}" data.mode=${audio_mode} \
       data.train="$(json_list "${train_files[@]}")" data.valid="$(json_list "${valid_files[@]}")" \
       ${train_audio_args}
+  }
+  if ${audio_baseline} && ${baseline_at_once}; then
+    threads=$(python3 -c 'import os; print(max(1, len(os.sched_getaffinity(0)) // 2))')
+    OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads} fine_tune &
+    fine_tune_pid=$!
+    OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads} baseline &
+    baseline_pid=$!
+    failed=
+    wait ${fine_tune_pid} || failed+=" ${audio_exp}"
+    wait ${baseline_pid} || failed+=" ${baseline_exp}"
+    [ -z "${failed}" ] || die "stage 4 failed for${failed} (their log/train.log say why)"
+  else
+    fine_tune
+    if ${audio_baseline}; then baseline; fi
   fi
 fi
 

@@ -9,13 +9,14 @@
 #   ./run.sh --seeds "1 2 3"  # the whole run once per seed, in seeds/seed<N>/; RESULTS.md: mean +- sd
 #
 # Stages, as in ../TEMPLATE/tasu.sh, which runs all but the mini-only parts marked (+):
-#   1. local/data.sh: espeak-ng speaks grammar sentences -> data/{train,dev,test,test_ood,text_only}
-#      (+) local/train_encoder.py: the frozen CTC encoder, trained on data/train -> exp/encoder
-#      (+) local/train_llm.py: the frozen LLM, trained on the training text -> exp/llm
+#   1. local/data.sh: espeak-ng and flite speak grammar sentences -> data/{train,dev,test,test_ood,text_only}
+#      (+) local/train_models.sh: the CTC units (exp/units), then at once, one core each,
+#          local/train_encoder.py: the frozen CTC encoder, trained on data/train -> exp/encoder
+#          local/train_llm.py: the frozen LLM, trained on the training text -> exp/llm
 #   2. JSONL: dump/<set>/{ASR,SLU_scenario}.jsonl and the text-only files
 #   3. text-only TASU training                        -> exp/tasu_train_text
 #   4. audio fine-tuning from it (the curriculum)     -> exp/tasu_train_text_then_train_audio_sft
-#      and the same from scratch (audio-only baseline) -> exp/train_audio_sft_from_scratch
+#      and, at the same time, the same from scratch (audio-only baseline) -> exp/train_audio_sft_from_scratch
 #   5. decoding test and test_ood with the three; (+) the text-only model also decodes posteriors
 #      simulated from the test text (what it was trained on); 6. scoring
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
@@ -73,8 +74,6 @@ if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
   exit 1
 fi
 
-encoder_opts=(--seed "${seed}")
-llm_opts=(--seed "${seed}")
 train_args="train.seed=${seed}"
 train_text_args=${train_args}
 train_audio_args=${train_args}
@@ -82,8 +81,6 @@ decode_args=
 decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 40)  # as conf/decode_greedy.yaml
 posterior_dumps=true  # stages 4-5 read the encoder's posteriors from dumps made once
 if ${quick}; then
-  encoder_opts+=(--epochs 2)
-  llm_opts+=(--steps 40 --warmup-steps 5)
   quick_train="train.log_interval=5 train.valid_interval=10 train.save_interval=10 optim.warmup_steps=2"
   train_text_args+=" ${quick_train} train.max_steps=20 optim.total_steps=20"
   train_audio_args+=" ${quick_train} train.max_steps=10 optim.total_steps=10"
@@ -103,13 +100,10 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
     --tasks "ASR SLU_scenario:scenario" --extra_text_sets text_only \
     --encoder_path "${exp}/encoder" --llm_path "${exp}/llm" \
     --train_text_config conf/train_text.yaml --train_audio_config conf/train_audio_sft.yaml \
-    --audio_sft true --audio_baseline true --decode_config conf/decode_greedy.yaml \
+    --audio_sft true --audio_baseline true --baseline_at_once true --decode_config conf/decode_greedy.yaml \
+    --dump_nj 2 --inference_nj 2 \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
     --decode_args "${decode_args}" --posterior_dumps "${posterior_dumps}" --results "${results}" ${tasu_opts}  # word-split on purpose: several options
-}
-
-made_with() {  # made_with <dir> <options>: whether <dir> was finished with exactly these options
-  [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
 }
 
 mkdir -p "${exp}"
@@ -117,23 +111,8 @@ for n in 1 2 3 4 5 6 7; do
   [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || continue
   tasu_sh "${n}"
   if [ "${n}" = 1 ]; then
-    if made_with "${exp}/encoder" "${encoder_opts[*]}"; then
-      echo "${exp}/encoder: already trained with ${encoder_opts[*]} (${exp}/encoder/.done), skipping" >&2
-    else
-      rm -f "${exp}/encoder/.done"
-      python3 local/usage.py "${exp}/usage.tsv" "stage 1: encoder" -- \
-        python3 local/train_encoder.py --data-dir "${data}" --exp-dir "${exp}/encoder" "${encoder_opts[@]}"
-      echo "${encoder_opts[*]}" > "${exp}/encoder/.done"
-    fi
-    if made_with "${exp}/llm" "${llm_opts[*]}"; then
-      echo "${exp}/llm: already trained with ${llm_opts[*]} (${exp}/llm/.done), skipping" >&2
-    else
-      rm -f "${exp}/llm/.done"
-      python3 local/usage.py "${exp}/usage.tsv" "stage 1: LLM" -- \
-        python3 local/train_llm.py --data-dir "${data}" --encoder "${exp}/encoder" --out-dir "${exp}/llm" \
-        "${llm_opts[@]}"
-      echo "${llm_opts[*]}" > "${exp}/llm/.done"
-    fi
+    python3 local/usage.py "${exp}/usage.tsv" "stage 1: encoder and LLM, at once" -- \
+      local/train_models.sh --datadir "${data}" --expdir "${exp}" --quick "${quick}" --seed "${seed}"
   fi
   if [ "${n}" = 5 ]; then
     # The text-only model on what it was trained on: posteriors simulated from the test text (with the

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train the mini recipe's frozen CTC encoder: tasu's SmallCTCEncoder on the synthesised train audio.
 
-Usage (from egs/mini, after local/make_corpus.py):
+Usage (from egs/mini, after local/make_corpus.py and local/train_units.py):
 
-    python local/train_encoder.py --data-dir data --exp-dir exp/encoder             # full: ~8 min
-    python local/train_encoder.py --data-dir data --exp-dir exp/encoder --epochs 2   # --quick corpus
+    python local/train_encoder.py --data-dir data --units exp/units/bpe.model --exp-dir exp/encoder
+    python local/train_encoder.py --data-dir data --units exp/units/bpe.model --exp-dir exp/encoder --epochs 2
 
 What it writes::
 
@@ -14,20 +14,24 @@ What it writes::
     exp/encoder/ctc_greedy/<set>/{wer,cer}/score.json   scored by tasu.score (tasu results reads them)
     exp/encoder/train_info.json                         sizes, epochs, time, numbers
 
-Steps: a SentencePiece vocabulary from the train transcripts (BPE of 200 pieces, ~20 units a
-sentence), fbank features stacked to 60 ms frames (LFR 6/6), computed once and kept in memory (the
-frontend would otherwise cost as much as the model), CTC training for a fixed number of epochs with a
-warm-up + cosine learning rate (so the result depends on the seed only; ``--max-minutes`` stops early
-on a slow machine and says so), then greedy CTC decoding of dev, test and test_ood: the baseline that
-TASU's LLM-side decoding has to beat.
+Steps: the units (local/train_units.py: BPE of 200 pieces from the train transcripts), fbank features
+stacked to 60 ms frames (LFR 6/6), computed once and kept in memory (the frontend would otherwise cost
+as much as the model), CTC training for a fixed number of epochs, the first one through the batches
+shortest first (SortaGrad), with a warm-up + cosine learning rate (so the result depends on the seed
+only; ``--max-minutes`` stops early on a slow machine and says so), then greedy CTC decoding of dev,
+test and test_ood: the baseline that TASU's LLM-side decoding has to beat.
 
-Why these defaults (measured on the full corpus, one seed, dev greedy CTC WER / CER): the corpus has
-many voices and the budget is a few epochs, so the encoder underfits and every regulariser slows it
-down. With dropout 0.1, SpecAugment, 5-30 dB noise and lr 2e-3 it was at 87 / 85 after 3 epochs;
-without dropout and SpecAugment at lr 3e-3, 70 / 50 after 3 and 52 / 28 after 6. 500 BPE pieces
-learned slower than 200 (88 / 87 vs 77 / 63 after 2 epochs). 60 ms frames cost two thirds of the
-compute of 40 ms ones, and 200-piece units need no finer steps. SpecAugment and dropout stay available (``--spec-augment true``,
-``--encoder-conf '{"dropout_rate": 0.1}'``) for longer runs.
+Why these defaults (full corpus, seed 1, dev greedy CTC WER / CER): the corpus has many voices and
+the budget is a few epochs, so the encoder underfits and regularisers slow it down. With dropout 0.1,
+SpecAugment, 5-30 dB noise and lr 2e-3 it was at 87 / 85 after 3 epochs; without dropout and
+SpecAugment at lr 3e-3, 70 / 50 after 3 and 51 / 26 after 6; with SortaGrad 46 / 25 after 6 and
+38 / 19 after 9 (the default; training loss 2.6 a sentence by then, so longer runs will want
+SpecAugment or dropout). Tried and not kept: lr 6e-3 and batches of ~10 utterances (no faster),
+SpecAugment at 9 epochs (training loss at epoch 5: 63 vs 24), BPE 100 (dev 47 / 21 after 6 epochs,
+but the LLM read its longer spellings worse: 4.8 vs 3.4 % WER), BPE 500 (slower). 60 ms frames cost
+two thirds of the compute of 40 ms ones, and 200-piece units need no finer steps. SpecAugment and
+dropout stay available (``--spec-augment true``, ``--encoder-conf '{"dropout_rate": 0.1}'``).
+The recipe trains it on one core beside the LLM (local/train_models.sh): ~12 min.
 """
 from __future__ import annotations
 
@@ -44,9 +48,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tasu.data.audio import load_audio
 from tasu.data.kaldi_dir import read_data_dir
-from tasu.encoders import load_encoder, train_sentencepiece
+from tasu.encoders import load_encoder
 from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
+from tasu.encoders.tokenizers import SentencePieceTokenizer
 from tasu.score import score_files
 
 EVAL_SETS = ("dev", "test", "test_ood")
@@ -56,19 +61,22 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="holds train/ and the eval sets (Kaldi dirs)")
     parser.add_argument("--exp-dir", default="exp/encoder", help="where the encoder and its decodes go")
-    parser.add_argument("--unit", choices=["char", "bpe"], default="bpe", help="CTC units (default: bpe)")
-    parser.add_argument("--vocab-size", type=int, default=200, help="upper bound of BPE pieces (default: 200)")
+    parser.add_argument("--units", default="exp/units/bpe.model",
+                        help="SentencePiece model of the CTC units, blank = 0 (local/train_units.py)")
     parser.add_argument("--encoder-conf", type=json.loads, default={"dropout_rate": 0.0},
                         help='JSON overrides of SmallCTCEncoder encoder_conf (default: \'{"dropout_rate": 0.0}\')')
     parser.add_argument("--frontend-conf", type=json.loads, default={"lfr_m": 6, "lfr_n": 6},
                         help='JSON overrides of SmallCTCEncoder frontend_conf (default: \'{"lfr_m": 6, "lfr_n": 6}\': '
                              '60 ms frames, as SenseVoice\'s 7/6 stacking gives)')
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
+    parser.add_argument("--epochs", type=int, default=9, help="training epochs (default: 9)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop training after this much wall time, even mid-epoch: a cap for very slow "
-                             "machines, far above the ~7 min of 2 idle cores (default: 30; 0 = none)")
+                             "machines, far above the ~12 min on one core (default: 30; 0 = none)")
     parser.add_argument("--batch-frames", type=int, default=800,
                         help="batch budget: utterances x longest LFR frame count (default: 800, ~20 utterances)")
+    parser.add_argument("--sorted-epochs", type=int, default=1,
+                        help="epochs that go through the batches shortest first, before shuffled ones "
+                             "(SortaGrad; default: 1)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW; default: 3e-3)")
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--spec-augment", type=lambda v: v.lower() == "true", default=False,
@@ -172,7 +180,9 @@ def train(encoder: SmallCTCEncoder, feats: list[torch.Tensor], labels: list[list
     encoder.train()
     start, step, stopped_early = time.time(), 0, False
     for epoch in range(1, args.epochs + 1):
-        rng.shuffle(batches)
+        # SortaGrad (Amodei et al., 2016): short utterances first while the CTC alignments form
+        if epoch > args.sorted_epochs:
+            rng.shuffle(batches)
         loss_sum, utts = 0.0, 0
         for batch in batches:
             x, x_len, y, y_len = collate(feats, labels, batch, augment)
@@ -226,12 +236,11 @@ def main() -> None:
     data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
 
-    # 1. units: a SentencePiece model of the train transcripts (blank = 0)
+    # 1. units (blank = 0) and the train set's labels in them
     keys, texts, waves = read_set(data_dir, "train")
-    tokenizer = train_sentencepiece(texts, args.vocab_size if args.unit == "bpe" else 64,
-                                    exp_dir / "bpe", model_type=args.unit)
+    tokenizer = SentencePieceTokenizer(args.units)
     labels = [tokenizer.encode(t) for t in texts]
-    logging.info("units: %s, %d incl. blank", args.unit, tokenizer.vocab_size)
+    logging.info("units: %s, %d incl. blank", args.units, tokenizer.vocab_size)
 
     # 2. model, CMVN from the train audio, features once
     encoder = SmallCTCEncoder(tokenizer, {"encoder_conf": args.encoder_conf, "frontend_conf": args.frontend_conf})
@@ -246,7 +255,7 @@ def main() -> None:
 
     # 4. greedy CTC decoding of the eval sets with the saved (reloaded) encoder, scored
     encoder = load_encoder(exp_dir)
-    info.update(units=args.unit, vocab_size=tokenizer.vocab_size, parameters=n_params, results={})
+    info.update(vocab_size=tokenizer.vocab_size, parameters=n_params, results={})
     for name in args.eval_sets:
         keys, refs, waves = read_set(data_dir, name)
         hyps = greedy_decode(encoder, compute_features(encoder, waves), args.batch_frames)

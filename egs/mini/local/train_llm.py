@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train the mini recipe's frozen LLM: a tiny Qwen2 with a real tokenizer that can read encoder units.
 
-Usage (from egs/mini, after local/make_corpus.py and local/train_encoder.py):
+Usage (from egs/mini, after local/make_corpus.py and local/train_units.py):
 
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm     # full: ~8 min
-    python local/train_llm.py --data-dir data --encoder exp/encoder --out-dir exp/llm --steps 400  # ~3 min
+    python local/train_llm.py --data-dir data --units exp/units/bpe.model --out-dir exp/llm     # full: ~8 min
+    python local/train_llm.py --data-dir data --units exp/units/bpe.model --out-dir exp/llm --steps 400
 
 What it writes::
 
@@ -64,6 +64,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from tasu.data.prompts import load_prompts
 from tasu.encoders import load_tokenizer as load_encoder_tokenizer
+from tasu.encoders.tokenizers import SentencePieceTokenizer
 from tasu.score import score
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -79,7 +80,9 @@ MARK = "\x00"  # stands for the speech span while a prompt is rendered
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="holds train/, text_only/ and dev/ (text, scenario)")
-    parser.add_argument("--encoder", default="exp/encoder", help="encoder dir: its units become LLM tokens")
+    parser.add_argument("--units", default="exp/units/bpe.model",
+                        help="the encoder's units, which become LLM tokens: its SentencePiece model "
+                             "(local/train_units.py) or any encoder dir tasu loads")
     parser.add_argument("--out-dir", default="exp/llm")
     parser.add_argument("--prompts", default=None, help="prompts JSONL (default: tasu's English set)")
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -346,7 +349,8 @@ def main() -> None:
     test = read_text_set(data_dir, "test") if (data_dir / "test" / "text").exists() else []
 
     # 2. tokenizer: specials + encoder units + words; units as LLM ids
-    enc_tok = load_encoder_tokenizer(args.encoder)
+    units = Path(args.units)
+    enc_tok = SentencePieceTokenizer(units) if units.is_file() else load_encoder_tokenizer(units)
     prompts = load_prompts(args.prompts)
     # blank and SentencePiece's <unk> are never labels, so they get no LLM token
     pieces = [None if i == enc_tok.blank_id or re.fullmatch(r"<.*>", p) else p

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Stage 1 (+) of egs/mini: the frozen models, trained here. The units first (the encoder emits them,
+# the LLM learns to read them), then the encoder and the LLM at the same time, as two jobs of half the
+# CPU threads each: neither reads the other, and a small model keeps only about one core busy
+# (alone on 2 cores, each used ~1.7 cores of CPU time per second of wall time and ran hardly faster
+# than on one thread), so on 2 cores the pair takes about the time of the longer one.
+#
+#   local/train_models.sh --datadir data --expdir exp --seed 1234
+#   local/train_models.sh --datadir data --expdir exp --quick true    # tiny models, a few steps
+#
+# Writes exp/units/bpe.model, exp/encoder (local/train_encoder.py), exp/llm (local/train_llm.py),
+# their logs exp/{encoder,llm}/train.log. A part finished with the same options (its .done) is
+# skipped, so a killed run resumes with what is left.
+set -euo pipefail
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
+
+. ./path.sh
+
+datadir=data
+expdir=exp
+quick=false
+seed=1234
+
+help_message="Usage: $0 [options]
+  --datadir <dir>   the corpus (local/data.sh) (default: ${datadir})
+  --expdir <dir>    where units/, encoder/ and llm/ go (default: ${expdir})
+  --quick <bool>    tiny settings that check the stage (default: ${quick})
+  --seed <n>        the encoder's and the LLM's training (default: ${seed})"
+. parse_options.sh
+
+encoder_opts=(--seed "${seed}")
+llm_opts=(--seed "${seed}")
+if [ "${quick}" = true ]; then
+  encoder_opts+=(--epochs 2)
+  llm_opts+=(--steps 40 --warmup-steps 5)
+fi
+
+done_with() {  # done_with <dir> <options>: whether <dir> was finished with exactly these options
+  [ -f "$1/.done" ] && [ "$(cat "$1/.done")" = "$2" ]
+}
+
+units=${expdir}/units/bpe.model
+if [ ! -f "${units}" ]; then
+  python3 local/train_units.py --data-dir "${datadir}" --out "${units}"
+  # models made with other units than these would not fit them
+  rm -f "${expdir}/encoder/.done" "${expdir}/llm/.done"
+fi
+
+jobs=()  # what is left to train
+done_with "${expdir}/encoder" "${encoder_opts[*]}" || jobs+=(encoder)
+done_with "${expdir}/llm" "${llm_opts[*]}" || jobs+=(llm)
+for name in encoder llm; do
+  [[ " ${jobs[*]} " == *" ${name} "* ]] || log "${expdir}/${name}: already trained ($(cat "${expdir}/${name}/.done")), skipping"
+done
+[ ${#jobs[@]} -gt 0 ] || exit 0
+
+nproc=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
+threads=$(( nproc / ${#jobs[@]} > 0 ? nproc / ${#jobs[@]} : 1 ))
+pids=()
+for name in "${jobs[@]}"; do
+  dir=${expdir}/${name}
+  rm -f "${dir}/.done"
+  mkdir -p "${dir}"
+  if [ "${name}" = encoder ]; then
+    cmd=(python3 local/train_encoder.py --data-dir "${datadir}" --units "${units}" --exp-dir "${dir}"
+         "${encoder_opts[@]}")
+  else
+    cmd=(python3 local/train_llm.py --data-dir "${datadir}" --units "${units}" --out-dir "${dir}" "${llm_opts[@]}")
+  fi
+  log "${cmd[*]} (${threads} thread(s); log: ${dir}/train.log)"
+  OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads} "${cmd[@]}" > "${dir}/train.log" 2>&1 &
+  pids+=($!)
+done
+
+failed=0
+for i in "${!jobs[@]}"; do
+  name=${jobs[$i]}
+  dir=${expdir}/${name}
+  if wait "${pids[$i]}"; then
+    if [ "${name}" = encoder ]; then echo "${encoder_opts[*]}" > "${dir}/.done"; else echo "${llm_opts[*]}" > "${dir}/.done"; fi
+    log "${dir}: $(tail -n 2 "${dir}/train.log" | head -n 1 | cut -d' ' -f4-)"
+  else
+    tail -n 15 "${dir}/train.log" | sed 's/^/    /' >&2
+    echo "$0: training ${dir} failed: the end of its log (${dir}/train.log) is above" >&2
+    failed=1
+  fi
+done
+exit ${failed}
