@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
 from tasu.config import load_config
 from tasu.experiment import ExperimentConfig
-from tasu.train.trainer import deepspeed_config
+from tasu.train.trainer import clear_stale_build_locks, deepspeed_config
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -199,3 +199,16 @@ def test_deepspeed_ops_are_cached_in_this_environment():
     out = subprocess.run([sys.executable, "-c", "import os, tasu.train.trainer; print(os.environ['TORCH_EXTENSIONS_DIR'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == os.path.join(sys.prefix, "torch_extensions")
+
+
+def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path):
+    """torch's extension loader waits forever for a lock a killed process left in an op's build dir."""
+    stale, live = tmp_path / "fused_adam" / "lock", tmp_path / "deepspeed_shm_comm" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert clear_stale_build_locks(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()
+    assert clear_stale_build_locks(tmp_path / "no such dir") == []

@@ -55,6 +55,10 @@ log = logging.getLogger("tasu.train")
 # DeepSpeed compiles its CPU ops (collectives, fused AdamW) into torch's extension cache: one cache
 # per Python environment (tools/setup.sh builds them there), so two checkouts never rebuild each other's.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+# torch's extension loader takes a ``lock`` file in an op's build directory while it checks or builds
+# the op (seconds; a build ~1-2 min) and removes it after; a process killed meanwhile leaves it, and
+# every later load then waits for it forever, silently. Older than this, a lock is such a leftover.
+STALE_BUILD_LOCK_S = 600
 
 
 class TrainingError(RuntimeError):
@@ -65,10 +69,26 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return random.Random(f"{seed}/step{step}/rank{rank}").getrandbits(63)
 
 
+def clear_stale_build_locks(root: str | Path, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """Remove the build locks under ``root`` (``<op>/lock``) older than ``max_age_s``: left by a killed
+    run, they would make this one hang while loading DeepSpeed's ops. Returns what was removed."""
+    removed = []
+    for lock in Path(root).glob("*/lock"):
+        with contextlib.suppress(FileNotFoundError):  # another process may release or clear it meanwhile
+            age = time.time() - lock.stat().st_mtime
+            if age > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+                log.warning("removed %s, a build lock left %.0f min ago by a killed run (loading "
+                            "DeepSpeed's ops would have waited for it forever)", lock, age / 60)
+    return removed
+
+
 def _init_distributed(device: str) -> tuple[int, int, int]:
     """Rank, world size and local rank; a single process without a launcher gets a world of one."""
     import deepspeed
 
+    clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
     if "RANK" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
