@@ -59,6 +59,7 @@ done
 nproc=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
 threads=$(( nproc / ${#jobs[@]} > 0 ? nproc / ${#jobs[@]} : 1 ))
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM   # a stopped stage stops its jobs too
 for name in "${jobs[@]}"; do
   dir=${expdir}/${name}
   rm -f "${dir}/.done"
