@@ -216,3 +216,12 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     assert "curriculum WER < audio-only WER (test): 10.0 vs 11.0: **missed**" in text
     assert text.index("## Environments") < text.index("## Summary") < text.index("## encoder")
     assert "All 3 runs" in text
+
+
+@pytest.mark.parametrize("script,args", [("train_units.py", ["--data-dir", "missing"]),
+                                         ("train_encoder.py", ["--units", "missing.model"]),
+                                         ("train_llm.py", ["--units", "missing.model"])])
+def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
+    out = subprocess.run([sys.executable, str(LOCAL / script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"{script}: " in out.stderr and "missing" in out.stderr

@@ -109,7 +109,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true' INT TERM
 at_once=$(( last - first + 1 ))
 [ "${max_jobs_run}" -gt 0 ] && [ "${max_jobs_run}" -lt "${at_once}" ] && at_once=${max_jobs_run}
 if [ -z "${launcher}" ] && [ -z "${OMP_NUM_THREADS:-}" ] && [ "${at_once}" -gt 1 ]; then
-  cores=$(getconf _NPROCESSORS_ONLN)
+  cores=$(nproc)
   OMP_NUM_THREADS=$(( cores / at_once > 0 ? cores / at_once : 1 ))
   export OMP_NUM_THREADS MKL_NUM_THREADS=${OMP_NUM_THREADS}
 fi

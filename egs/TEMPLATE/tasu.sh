@@ -442,7 +442,7 @@ if runs 4; then
       ${train_audio_args}
   }
   if ${audio_baseline} && ${baseline_at_once}; then
-    threads=$(python3 -c 'import os; print(max(1, len(os.sched_getaffinity(0)) // 2))')
+    threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
     OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads} fine_tune &
     fine_tune_pid=$!
     OMP_NUM_THREADS=${threads} MKL_NUM_THREADS=${threads} baseline &

@@ -47,7 +47,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tasu.data.audio import load_audio
-from tasu.data.kaldi_dir import read_data_dir
+from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.encoders import load_encoder
 from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
@@ -230,6 +230,8 @@ def write_trn(path: Path, keys: list[str], texts: list[str]) -> None:
 
 def main() -> None:
     args = get_parser().parse_args()
+    if not Path(args.units).is_file():
+        raise SystemExit(f"train_encoder.py: --units {args.units}: no such file (local/train_units.py makes it)")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     t0 = time.time()
     torch.manual_seed(args.seed)
@@ -274,4 +276,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DataDirError, OSError) as e:  # a corpus that is not there or not readable: one line
+        raise SystemExit(f"train_encoder.py: {e}") from None

@@ -338,6 +338,9 @@ def evaluate(model, examples: Examples, dev: list[tuple[str, str]], test: list[t
 
 def main() -> None:
     args = get_parser().parse_args()
+    units = Path(args.units)
+    if not units.exists():
+        raise SystemExit(f"train_llm.py: --units {units}: no such file or directory (local/train_units.py makes it)")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     t0 = time.time()
     torch.manual_seed(args.seed)
@@ -349,7 +352,6 @@ def main() -> None:
     test = read_text_set(data_dir, "test") if (data_dir / "test" / "text").exists() else []
 
     # 2. tokenizer: specials + encoder units + words; units as LLM ids
-    units = Path(args.units)
     enc_tok = SentencePieceTokenizer(units) if units.is_file() else load_encoder_tokenizer(units)
     prompts = load_prompts(args.prompts)
     # blank and SentencePiece's <unk> are never labels, so they get no LLM token
@@ -390,4 +392,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except OSError as e:  # a corpus or units file that is not there or not readable: one line
+        raise SystemExit(f"train_llm.py: {e}") from None

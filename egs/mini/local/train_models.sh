@@ -48,16 +48,18 @@ if [ ! -f "${units}" ]; then
   rm -f "${expdir}/encoder/.done" "${expdir}/llm/.done"
 fi
 
+declare -A opts=([encoder]="${encoder_opts[*]}" [llm]="${llm_opts[*]}")  # what each .done records
 jobs=()  # what is left to train
-done_with "${expdir}/encoder" "${encoder_opts[*]}" || jobs+=(encoder)
-done_with "${expdir}/llm" "${llm_opts[*]}" || jobs+=(llm)
 for name in encoder llm; do
-  [[ " ${jobs[*]} " == *" ${name} "* ]] || log "${expdir}/${name}: already trained ($(cat "${expdir}/${name}/.done")), skipping"
+  if done_with "${expdir}/${name}" "${opts[${name}]}"; then
+    log "${expdir}/${name}: already trained (${opts[${name}]}), skipping"
+  else
+    jobs+=("${name}")
+  fi
 done
 [ ${#jobs[@]} -gt 0 ] || exit 0
 
-nproc=$(python3 -c 'import os; print(len(os.sched_getaffinity(0)))')
-threads=$(( nproc / ${#jobs[@]} > 0 ? nproc / ${#jobs[@]} : 1 ))
+threads=$(( $(nproc) / ${#jobs[@]} > 0 ? $(nproc) / ${#jobs[@]} : 1 ))
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM   # a stopped stage stops its jobs too
 for name in "${jobs[@]}"; do
@@ -80,7 +82,7 @@ for i in "${!jobs[@]}"; do
   name=${jobs[$i]}
   dir=${expdir}/${name}
   if wait "${pids[$i]}"; then
-    if [ "${name}" = encoder ]; then echo "${encoder_opts[*]}" > "${dir}/.done"; else echo "${llm_opts[*]}" > "${dir}/.done"; fi
+    echo "${opts[${name}]}" > "${dir}/.done"
     log "${dir}: $(tail -n 2 "${dir}/train.log" | head -n 1 | cut -d' ' -f4-)"
   else
     tail -n 15 "${dir}/train.log" | sed 's/^/    /' >&2

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tasu.data.kaldi_dir import read_data_dir
+from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.encoders import train_sentencepiece
 
 
@@ -34,7 +34,10 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    texts = [r.target for r in read_data_dir(Path(args.data_dir) / "train")]
+    try:
+        texts = [r.target for r in read_data_dir(Path(args.data_dir) / "train")]
+    except DataDirError as e:
+        raise SystemExit(f"train_units.py: {e}") from None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # trained beside, then moved: a killed run never leaves half a model under the name
