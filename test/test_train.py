@@ -92,11 +92,25 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return out
 
 
+OPS = ("deepspeed_shm_comm", "fused_adam")  # the CPU ops tools/setup.sh builds
+OP_CACHE = Path(sys.prefix) / "torch_extensions"
+STRAIGHT_BUILDS: dict[str, dict[str, list[str]]] = {}
+
+
+def op_builds() -> dict[str, list[str]]:
+    """What ninja has run in each op's build dir so far (its log: one line per compile or link)."""
+    return {op: (OP_CACHE / op / ".ninja_log").read_text().splitlines()[1:]
+            if (OP_CACHE / op / ".ninja_log").exists() else [] for op in OPS}
+
+
 @pytest.fixture(scope="module")
 def straight(setup, tmp_path_factory) -> Path:
-    """The uninterrupted two-process text-only run of text.yaml (12 steps)."""
+    """The uninterrupted two-process text-only run of text.yaml (12 steps); ``STRAIGHT_BUILDS`` holds
+    the ops' build logs before and after it."""
     exp = tmp_path_factory.mktemp("straight") / "exp"
+    before = op_builds()
     run(train_cmd(setup, exp))
+    STRAIGHT_BUILDS.update(before=before, after=op_builds())
     return exp
 
 
@@ -199,6 +213,16 @@ def test_deepspeed_ops_are_cached_in_this_environment():
     out = subprocess.run([sys.executable, "-c", "import os, tasu.train.trainer; print(os.environ['TORCH_EXTENSIONS_DIR'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == os.path.join(sys.prefix, "torch_extensions")
+
+
+def test_a_run_uses_the_ops_setup_built(straight):
+    """A training launched as users launch it loads the ops tools/setup.sh compiled: torch recompiles an
+    op whenever its compile command differs (other flags, include paths, compiler), which costs minutes
+    at the start of a run."""
+    before, after = STRAIGHT_BUILDS["before"], STRAIGHT_BUILDS["after"]
+    for op in OPS:
+        assert before[op], f"{OP_CACHE / op} holds no build: tools/setup.sh builds the CPU ops"
+        assert after[op] == before[op], f"the run compiled {op} again:\n" + "\n".join(after[op][len(before[op]):])
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path):
