@@ -112,7 +112,8 @@ def _decode(args: argparse.Namespace) -> int:
     return run_decode(args.exp, args.data, args.out, checkpoint=args.checkpoint, input_kind=args.input,
                       beam=args.beam, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
-                      device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes)
+                      device=args.device, overrides=args.overrides, allow_pipes=args.allow_pipes,
+                      seed=args.seed)
 
 
 def _dump_posteriors(args: argparse.Namespace) -> int:
@@ -283,6 +284,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (sorted by length)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="> 0: no n-gram repeats in an output")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1: penalise tokens already generated")
+    p.add_argument("--seed", type=int, default=0,
+                   help="--input simulated: which draw of the simulated posteriors (each record's rows are "
+                        "seeded by its key and this)")
     p.set_defaults(func=_decode)
 
     p = sub.add_parser("dump-posteriors", help="run the frozen encoder once over JSONL files and keep its "

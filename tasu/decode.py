@@ -15,7 +15,7 @@ What is decoded, and how:
   experiment's ``compress`` settings. ``input="simulated"``: the record's transcript (``GT``, or the
   target of an ASR-like task) -> posteriors simulated with the experiment's ``simulation`` settings (the
   simulator ``simulation.name`` names, built by ``tasu.simulate.build_simulator`` as training builds
-  it; a WER schedule at the checkpoint's step), seeded by the record's key so that the rows do not
+  it; a WER schedule at the checkpoint's step), seeded by the record's key (and ``--seed``) so that the rows do not
   depend on the batch. No encoder weights are loaded and funasr is not imported. ``input="posteriors"``: the
   encoder's compressed posteriors read from a dump (``tasu dump-posteriors``; records from the JSONL
   files it writes), made with the experiment's encoder and ``compress`` settings (another dump is
@@ -99,6 +99,7 @@ class DecodeOptions:
     max_new_tokens: int = 200
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    seed: int = 0   # simulated input: which draw of the simulation (0: the one every earlier decode made)
 
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
@@ -177,7 +178,8 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
     for first in range(0, len(order), options.batch_size):
         batch = order[first:first + options.batch_size]
         if options.input == "simulated":
-            post = stack([simulator([token_ids[r.key]], _key_generator(r.key), step=simulation_step)
+            post = stack([simulator([token_ids[r.key]], _key_generator(r.key, options.seed),
+                                    step=simulation_step)
                           for r in batch])
         elif options.input == "posteriors":
             post = stack([dumps.load(r.get(FIELD)) for r in batch])
@@ -212,9 +214,11 @@ def _audio_seconds(record: Record) -> float:
     return audio_info(record.path, key=record.key, start=record.start, end=record.end).duration
 
 
-def _key_generator(key: str) -> torch.Generator:
-    """A generator seeded by the key alone (string seeds go through SHA-512: stable across runs)."""
-    return torch.Generator().manual_seed(random.Random(f"decode/{key}").getrandbits(63))
+def _key_generator(key: str, seed: int = 0) -> torch.Generator:
+    """A generator seeded by the key (and the decode's seed) alone: the rows do not depend on the batch
+    (string seeds go through SHA-512: stable across runs)."""
+    name = f"decode/{key}" if seed == 0 else f"decode/{seed}/{key}"
+    return torch.Generator().manual_seed(random.Random(name).getrandbits(63))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,6 +255,7 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> di
     settings = {"checkpoint": ckpt.name, **asdict(options)}
     del settings["batch_size"]
     if options.input != "simulated":
+        del settings["seed"]   # nothing random to seed
         settings["compress"] = to_dict(cfg.compress)
     else:
         settings["simulation"] = to_dict(cfg.simulation)
@@ -273,13 +278,14 @@ def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
 def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_kind: str = "audio", beam: int = 4,
                batch_size: int = 8, max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
                repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = (),
-               allow_pipes: bool = False) -> int:
+               allow_pipes: bool = False, seed: int = 0) -> int:
     """``tasu decode``: decode ``data`` into ``out`` (resuming), report; the exit status.
 
     ``allow_pipes`` lets audio paths that are shell commands be run (data you trust only)."""
     try:
         options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
+                                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                                seed=seed)
         with DirLock(out, "tasu decode"):
             report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 
 from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
                       write_sensevoice_dir)
 from tasu.cli import main as tasu_main
-from tasu.decode import decoded_keys, run_decode, trn_line
+from tasu.decode import _key_generator, decoded_keys, run_decode, trn_line
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -121,6 +122,17 @@ def test_simulated_input_loads_no_encoder(exp, tmp_path):
     assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input_kind="simulated",
                       **{**FAST, "batch_size": 7}) == 0
     assert dict(read_trn(again / "hyp.trn")) == dict(read_trn(tmp_path / "hyp.trn"))
+
+    # --seed: another draw of every record's rows (the key still seeds it), recorded in decode.json;
+    # resuming a decode with another seed is refused.
+    draw = [torch.rand(4, generator=_key_generator("t1", seed)) for seed in (0, 0, 5)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
+    assert json.loads((tmp_path / "decode.json").read_text())["seed"] == 0
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again / "s5"), input_kind="simulated",
+                      seed=5, **FAST) == 0
+    assert json.loads((again / "s5" / "decode.json").read_text())["seed"] == 5
+    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input_kind="simulated",
+                      seed=5, **FAST) == 1
 
 
 def test_tasu_score_reads_the_outputs(audio_decode, capsys):

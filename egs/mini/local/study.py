@@ -1,0 +1,621 @@
+#!/usr/bin/env python3
+"""The TASU study on egs/mini: which parts of TASU matter, measured on a finished ``./run.sh``.
+
+    python3 local/study.py plan --workdir .          # the cells and their commands
+    python3 local/study.py run --workdir .           # every cell not yet done, 2 at a time
+    python3 local/study.py run --parts "gap compression"
+    python3 local/study.py report --workdir . --out STUDY.md
+
+(``local/study.sh`` runs both.) Every cell starts from what the recipe made: the trained encoder and LLM,
+the dumps, the text-only model (``exp/tasu_train_text``) and the configs of stages 3 and 4, and changes
+one thing. The parts:
+
+- ``gap``: the text-only model on test posteriors simulated from the test text (three simulation seeds)
+  vs the encoder's real ones; ``tasu analyze`` of dev (how real rows differ from simulated ones);
+- ``simulation``: text-only training with another simulation (alpha range, drop rate, insertions, a WER
+  schedule with random or spelling confusions): zero-shot WER;
+- ``compression``: the text-only model decoding test audio with PSD off, another threshold, or another
+  number of entries kept per row;
+- ``projectors``: every registered projector, text-only and then the audio curriculum: WER, trainable
+  parameters, seconds per training step;
+- ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
+  model vs from scratch, the same steps: the low-resource curve;
+- ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only).
+
+Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
+marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
+training with ``--resume``, a decode where ``hyp.trn`` ends); a cell whose commands have changed since
+it ran is refused, not mixed. Cells run ``--jobs`` at a time, one CPU thread each: the small models of
+this recipe keep about one core busy each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, mean_sd  # noqa: E402  (the recipe's report, beside this script)
+
+PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale")
+DECODE = ["--beam", "1", "--batch-size", "32", "--max-new-tokens", "40"]   # as conf/decode_greedy.yaml
+SIM_SEEDS = (1, 2, 3)
+LOWRES_UTTS = (50, 200, 1000)
+TEXT_SENTENCES = (1000, 4000, 16000)
+# Projector sizes for this recipe's LLM (hidden 256); a projector registered later without an entry here
+# runs with its own defaults.
+MINI_PROJECTORS = {
+    "linear-silu": {"hidden": 512},
+    "concat-mlp": {"stack": 2, "hidden": 512},
+    "conv1d": {"stride": 2, "width": 256, "hidden": 512},
+    "cross-attention": {"hidden": 512, "topk": 16},
+    "legoslm": {"hidden": 512},
+    "qformer": {"num_queries": 16, "width": 256, "dim": 256, "num_layers": 2, "num_heads": 4},
+}
+SIMULATIONS = {   # cell -> changes to the text-only config's simulation section (the recipe's: U(0, 0.1), drop 0.05)
+    "sim_alpha_none": {"alpha": [0.0, 0.0]},
+    "sim_alpha_0.3": {"alpha": [0.0, 0.3]},
+    "sim_drop_0": {"drop_prob": 0.0},
+    "sim_drop_0.15": {"drop_prob": 0.15},
+    "sim_insert_0.05": {"insert_ratio": 0.05},
+    "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
+    "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
+}
+COMPRESSIONS = {  # cell -> tasu decode --set overrides (the recipe's: PSD on, threshold 0.9, top-16)
+    "psd_default": [],
+    "psd_off": ["compress.enabled=false"],
+    "psd_threshold_0.99": ["compress.threshold=0.99"],
+    "psd_top1": ["compress.topk=1"],
+    "psd_top4": ["compress.topk=4"],
+    "psd_all": ["compress.topk=null"],
+}
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class Cell:
+    """One measurement: commands run in order in ``exp/study/<name>``, after the cells in ``after``."""
+
+    name: str
+    part: str
+    commands: list[list[str]]
+    after: tuple[str, ...] = ()
+    info: dict = field(default_factory=dict)   # what the report needs to know (the setting, the sets decoded)
+
+
+class Recipe:
+    """Where a finished run of the recipe keeps what the study starts from."""
+
+    def __init__(self, workdir: Path):
+        self.root = workdir
+        self.exp, self.dump, self.data = workdir / "exp", workdir / "dump", workdir / "data"
+        self.study = self.exp / "study"
+        self.text_model = self.exp / "tasu_train_text"
+        self.audio_model = self.exp / "tasu_train_text_then_train_audio_sft"
+        self.scratch_model = self.exp / "train_audio_sft_from_scratch"
+        for path in (self.text_model / "config.yaml", self.audio_model / "config.yaml",
+                     self.scratch_model / "config.yaml", self.dump / "test" / "ASR.jsonl"):
+            if not path.exists():
+                raise StudyError(f"{path} does not exist: the study starts from a finished ./run.sh "
+                                 f"(--workdir {workdir})")
+        self.text_config = yaml.safe_load((self.text_model / "config.yaml").read_text(encoding="utf-8"))
+        self.audio_config = yaml.safe_load((self.audio_model / "config.yaml").read_text(encoding="utf-8"))
+
+    def test_input(self, test_set: str) -> list[str]:
+        """``tasu decode`` options that decode ``test_set``'s ASR records: from the posterior dump stages
+        4-5 made when there is one (the same hypotheses, without running the encoder), else from audio."""
+        train_dump = Path(self.audio_config["data"]["train"][0]["path"])
+        if self.audio_config["data"]["mode"] == "posteriors":
+            dumped = train_dump.parent.parent / test_set / "ASR.jsonl"
+            if dumped.exists():
+                return ["--data", str(dumped), "--input", "posteriors"]
+        return ["--data", str(self.dump / test_set / "ASR.jsonl"), "--input", "audio"]
+
+
+def decode_and_score(model: Path, out: Path, data_input: list[str], *extra: str) -> list[list[str]]:
+    return [["tasu", "decode", "--exp", str(model), "--out", str(out), "--checkpoint", "best", "--device", "cpu",
+             *data_input, *DECODE, *extra],
+            ["tasu", "score", "--ref", str(out / "ref.trn"), "--hyp", str(out / "hyp.trn"), "--metric", "wer",
+             "--out", str(out)]]
+
+
+def train(config: Path, exp: Path) -> list[str]:
+    return ["tasu", "train", "--config", str(config), "--exp-dir", str(exp), "--allow-pipes"]
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
+def with_changes(config: dict, **sections: dict) -> dict:
+    """A copy of ``config`` with the given keys of its sections replaced."""
+    new = json.loads(json.dumps(config))
+    for section, changes in sections.items():
+        new[section] = {**new.get(section, {}), **changes}
+    return new
+
+
+def text_cell(r: Recipe, name: str, part: str, config: dict, sets=("test",), info=None) -> Cell:
+    """Text-only training with ``config``, then its zero-shot decodes."""
+    cell_dir = r.study / name
+    conf = write_config(r.study / "conf" / f"{name}.yaml", config)
+    commands = [train(conf, cell_dir / "model")]
+    for s in sets:
+        commands += decode_and_score(cell_dir / "model", cell_dir / "decode" / s, r.test_input(s))
+    return Cell(name, part, commands, info={"sets": list(sets), **(info or {})})
+
+
+def audio_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=("test",), info=None) -> Cell:
+    cell_dir = r.study / name
+    conf = write_config(r.study / "conf" / f"{name}.yaml", config)
+    commands = [train(conf, cell_dir / "model")]
+    for s in sets:
+        commands += decode_and_score(cell_dir / "model", cell_dir / "decode" / s, r.test_input(s))
+    return Cell(name, part, commands, after=tuple(after), info={"sets": list(sets), **(info or {})})
+
+
+# --- the cells of each part -----------------------------------------------------------------------------
+
+def gap_cells(r: Recipe) -> list[Cell]:
+    cells = []
+    real = r.study / "gap_real"
+    cells.append(Cell("gap_real", "gap", decode_and_score(r.text_model, real / "decode" / "test", r.test_input("test")),
+                      info={"sets": ["test"]}))
+    for seed in SIM_SEEDS:
+        out = r.study / f"gap_simulated_{seed}" / "decode" / "test"
+        cells.append(Cell(f"gap_simulated_{seed}", "gap",
+                          decode_and_score(r.text_model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"),
+                                                               "--input", "simulated"], "--seed", str(seed)),
+                          info={"sets": ["test"], "seed": seed}))
+    cells.append(Cell("gap_analyze", "gap", [[
+        "tasu", "analyze", "--config", str(r.text_model / "config.yaml"), "--data", str(r.dump / "dev" / "ASR.jsonl"),
+        "--out", str(r.study / "gap_analyze" / "analyze"), "--device", "cpu", "--allow-pipes"]]))
+    return cells
+
+
+def simulation_cells(r: Recipe) -> list[Cell]:
+    cells = []
+    for name, changes in SIMULATIONS.items():
+        sim = dict(changes)
+        if "wer" in sim:   # the schedule spans the run: 0 % at the start, 30 % at the end
+            sim["wer"] = {**sim["wer"], "total_steps": r.text_config["train"]["max_steps"]}
+        cells.append(text_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
+                               info={"setting": changes}))
+    return cells
+
+
+def compression_cells(r: Recipe) -> list[Cell]:
+    cells = []
+    for name, sets in COMPRESSIONS.items():
+        extra = [a for s in sets for a in ("--set", s)]
+        out = r.study / name / "decode" / "test"
+        cells.append(Cell(name, "compression", decode_and_score(
+            r.text_model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"), "--input", "audio"], *extra),
+            info={"sets": ["test"], "setting": sets}))
+    return cells
+
+
+def projector_cells(r: Recipe) -> list[Cell]:
+    from tasu.projectors import PROJECTORS
+
+    cells = []
+    for proj in sorted(PROJECTORS):
+        projector = {"name": proj, "options": MINI_PROJECTORS.get(proj, {})}
+        text_name, audio_name = f"proj_{proj}_text", f"proj_{proj}_curriculum"
+        if projector == r.text_config["projector"]:   # the recipe's own: stage 3's and stage 4's models
+            for name, model, stage in ((text_name, r.text_model, "text-only"), (audio_name, r.audio_model, "curriculum")):
+                cells.append(Cell(name, "projectors", decode_and_score(model, r.study / name / "decode" / "test",
+                                                                       r.test_input("test")),
+                                  info={"sets": ["test"], "projector": proj, "stage": stage, "model": str(model)}))
+            continue
+        text = text_cell(r, text_name, "projectors", with_changes(r.text_config, projector=projector),
+                         info={"projector": proj, "stage": "text-only"})
+        audio_config = with_changes(r.audio_config, projector=projector,
+                                    train={"init_from": str(r.study / text_name / "model")})
+        audio = audio_cell(r, audio_name, "projectors", audio_config, after=(text_name,),
+                           info={"projector": proj, "stage": "curriculum"})
+        cells += [text, audio]
+    return cells
+
+
+def utterance_keys(r: Recipe) -> list[str]:
+    """The utterances of stage 4's audio training (the keys of its first training file)."""
+    first = Path(r.audio_config["data"]["train"][0]["path"])
+    return sorted({json.loads(line)["key"] for line in first.read_text(encoding="utf-8").splitlines() if line.strip()})
+
+
+def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
+    """The audio training files restricted to ``n`` utterances (every task of each), drawn with ``seed``."""
+    files = [Path(t["path"]) for t in r.audio_config["data"]["train"]]
+    keys = utterance_keys(r)
+    if n > len(keys):
+        raise StudyError(f"{files[0]}: {len(keys)} utterances, fewer than the {n} the low-resource curve needs")
+    chosen = set(random.Random(f"lowres/{seed}/{n}").sample(keys, n))
+    out = []
+    for f in files:
+        dest = r.study / "data" / f"lowres_{n}" / f.name
+        lines = [line for line in f.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and json.loads(line)["key"] in chosen]
+        write_text(dest, "".join(line + "\n" for line in lines))
+        out.append({"path": str(dest), "weight": 1.0})
+    return out
+
+
+def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
+    cells = []
+    sets = ("test", "test_ood")
+    for init, model in (("text-only", r.text_model), ("scratch", None)):
+        tag = "text" if model else "scratch"
+        for n in sizes:
+            config = with_changes(r.audio_config, data={"train": lowres_subset(r, n, seed)},
+                                  train={"init_from": str(model) if model else None})
+            cells.append(audio_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
+                                    info={"init": init, "utterances": n}))
+        full = r.audio_model if model else r.scratch_model
+        commands = []
+        for s in sets:
+            commands += decode_and_score(full, r.study / f"lowres_{tag}_all" / "decode" / s, r.test_input(s))
+        cells.append(Cell(f"lowres_{tag}_all", "lowres", commands,
+                          info={"sets": list(sets), "init": init, "utterances": "all", "model": str(full)}))
+    return cells
+
+
+def new_sentences(r: Recipe, n: int, seed: int) -> list[str]:
+    """``n`` grammar sentences that no set of the recipe holds (not even the text-only text)."""
+    from grammar import Grammar
+
+    used = set()
+    for text in r.data.glob("*/text"):
+        used.update(line.split(maxsplit=1)[1].strip() for line in text.read_text(encoding="utf-8").splitlines()
+                    if len(line.split(maxsplit=1)) == 2)
+    fresh = [s for s, _ in Grammar().sample_unique(n + len(used), random.Random(f"textscale/{seed}"))
+             if s not in used]
+    if len(fresh) < n:
+        raise StudyError(f"the grammar gave {len(fresh)} new sentences, fewer than {n}")
+    return fresh[:n]
+
+
+def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
+    sentences = new_sentences(r, max(sizes), seed)
+    cells = []
+    for n in sizes:   # nested: the first n of one draw
+        path = r.study / "data" / f"text_{n}" / "ASR.text_only.jsonl"
+        write_text(path, "".join(json.dumps({"key": f"studytext-{i:05d}", "task": "ASR", "target": s}) + "\n"
+                                 for i, s in enumerate(sentences[:n])))
+        config = with_changes(r.text_config, data={"train": [{"path": str(path), "weight": 1.0}]})
+        cells.append(text_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
+    return cells
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
+    """The cells of ``parts`` (quick: the smallest sizes, for the tests)."""
+    cells: list[Cell] = []
+    for part in parts:
+        if part == "gap":
+            cells += gap_cells(r)
+        elif part == "simulation":
+            cells += simulation_cells(r)
+        elif part == "compression":
+            cells += compression_cells(r)
+        elif part == "projectors":
+            cells += projector_cells(r)
+        elif part == "lowres":
+            cells += lowres_cells(r, (5, 20) if quick else LOWRES_UTTS, seed)
+        elif part == "textscale":
+            cells += textscale_cells(r, (50, 200) if quick else TEXT_SENTENCES, seed)
+        else:
+            raise StudyError(f"unknown part {part!r}; the parts: {', '.join(PARTS)}")
+    return cells
+
+
+# --- running cells: resumable, a few at a time ---------------------------------------------------------
+
+def run_cell(cell: Cell, study: Path, env: dict[str, str], steps: dict[str, str]) -> None:
+    """Run the cell's commands not yet done; a finished command leaves ``done.<i>`` behind."""
+    cell_dir = study / cell.name
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    recorded = cell_dir / "commands.json"
+    wanted = json.dumps(cell.commands, indent=1) + "\n"
+    if recorded.exists() and recorded.read_text(encoding="utf-8") != wanted:
+        raise StudyError(f"{cell_dir} was made by other commands (see its commands.json): remove it to run "
+                         "the cell again")
+    write_text(recorded, wanted)
+    with open(cell_dir / "log", "a", encoding="utf-8") as log:
+        for i, argv in enumerate(cell.commands):
+            marker = cell_dir / f"done.{i}"
+            if marker.exists():
+                continue
+            argv = list(argv)
+            if argv[:2] == ["tasu", "train"]:
+                exp = Path(argv[argv.index("--exp-dir") + 1])
+                if (exp / "checkpoints" / "last").exists():
+                    argv.append("--resume")   # killed mid-training: go on from its last checkpoint
+            log.write(f"# {datetime.now():%Y-%m-%dT%H:%M:%S} {' '.join(argv)}\n")
+            log.flush()
+            start = time.time()
+            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if rc != 0:
+                raise StudyError(f"{cell.name}: '{' '.join(argv[:2])}' failed (exit {rc}): see {cell_dir / 'log'}")
+            steps[f"{cell.name}.{i}"] = f"{time.time() - start:.1f}"
+            marker.write_text(f"{time.time() - start:.1f}\n", encoding="utf-8")
+    write_text(cell_dir / "done", "")
+
+
+def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
+    """Run every cell not done, ``jobs`` at a time, each after the cells it needs; the failures."""
+    names = {c.name for c in cells}
+    for c in cells:
+        missing = [a for a in c.after if a not in names]
+        if missing:
+            raise StudyError(f"{c.name} needs {', '.join(missing)}, which is not planned")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), TOKENIZERS_PARALLELISM="false")
+    pending = [c for c in cells if not (study / c.name / "done").exists()]
+    done = {c.name for c in cells if (study / c.name / "done").exists()}
+    failed: dict[str, str] = {}
+    steps: dict[str, str] = {}
+    print(f"study: {len(cells)} cells, {len(done)} done, {len(pending)} to run, {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = {}
+        while pending or running:
+            for c in [c for c in pending if any(a in failed for a in c.after)]:
+                failed[c.name] = f"{c.name}: not run, it needs {', '.join(a for a in c.after if a in failed)}"
+                pending.remove(c)
+            ready = [c for c in pending if all(a in done for a in c.after)]
+            for c in ready[:max(0, jobs - len(running))]:
+                pending.remove(c)
+                running[pool.submit(run_cell, c, study, env, steps)] = c
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                c = running.pop(fut)
+                try:
+                    fut.result()
+                    done.add(c.name)
+                    print(f"study: {datetime.now():%H:%M:%S} {c.name} done ({len(done)}/{len(cells)})", flush=True)
+                except StudyError as e:
+                    failed[c.name] = str(e)
+                    print(f"study: {datetime.now():%H:%M:%S} {e}", flush=True)
+    return list(failed.values())
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+def wer(cell_dir: Path, test_set: str = "test") -> float | None:
+    score = cell_dir / "decode" / test_set / "score.json"
+    return json.loads(score.read_text())["value"] if score.exists() else None
+
+
+def train_figures(model: Path) -> tuple[int | None, float | None]:
+    """Trainable parameters and seconds per training step (the median over the log intervals, so that
+    the validation passes and checkpoint writes between two log lines do not count)."""
+    log = model / "train.log"
+    if not log.exists():
+        return None, None
+    params, points = None, []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        m = re.search(r"(\d+) trainable parameters", line)
+        if m:
+            params = int(m.group(1))
+        m = re.match(r"(\S+ \S+),\d+ .* step (\d+) epoch \d+:", line)
+        if m:
+            points.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"), int(m.group(2))))
+    rates = sorted((t2 - t1).total_seconds() / (s2 - s1) for (t1, s1), (t2, s2) in zip(points, points[1:]) if s2 > s1)
+    return params, (rates[len(rates) // 2] if rates else None)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_mean_sd(values: list[float | None]) -> str:
+    m, sd = mean_sd(values)
+    return "-" if m is None else (f"{m:.1f}" if sd is None else f"{m:.1f} ± {sd:.1f}")
+
+
+def cell_seconds(cell_dir: Path) -> float:
+    return sum(float(p.read_text() or 0) for p in cell_dir.glob("done.*"))
+
+
+def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) -> None:
+    by_name = {c.name: c for c in cells}
+    s = r.study
+    baseline = wer(s / "gap_real")
+    lines = ["# The TASU study on egs/mini", "",
+             f"Made by `{command}` from a finished `./run.sh` (`{r.root}`), on {machine()}. Every cell changes "
+             "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
+             "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
+             "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
+             "seed (each takes minutes); cells that take under a minute and depend on a seed are the mean ± "
+             "sd of three; decoding with fixed settings is deterministic.", ""]
+    total = sum(cell_seconds(s / c.name) for c in cells)
+    lines += [f"Compute: {total / 60:.0f} min of cell time in all (jobs ran two at a time, one thread each).", ""]
+
+    if "gap_real" in by_name:
+        sims = [wer(s / f"gap_simulated_{k}") for k in SIM_SEEDS]
+        lines += ["## The text-to-audio gap", "",
+                  "The text-only model (stage 3) decoding posteriors simulated from the test text with its own "
+                  "training settings, against the encoder's real posteriors of the test audio.", "",
+                  "| input | WER test |", "|---|---:|",
+                  f"| simulated from the transcript (3 simulation seeds) | {fmt_mean_sd(sims)} |",
+                  f"| the encoder's, from the audio | {fmt(baseline)} |", ""]
+        summary = s / "gap_analyze" / "analyze" / "summary.json"
+        if summary.exists():
+            lines += ["`tasu analyze` of dev (real rows after compression vs rows simulated from the same "
+                      "transcripts; `exp/study/gap_analyze/analyze/`):", "", "```",
+                      (s / "gap_analyze" / "analyze" / "report.txt").read_text(encoding="utf-8").rstrip(), "```", ""]
+
+    sim = [c for c in cells if c.part == "simulation"]
+    if sim:
+        lines += ["## Simulation settings (text-only training, zero-shot)", "",
+                  "The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d. "
+                  "Each row trains the text-only model with one change, the same steps and seed.", "",
+                  "| simulation | WER test | Δ vs the recipe's |", "|---|---:|---:|",
+                  f"| the recipe's (stage 3's model) | {fmt(baseline)} | |"]
+        for c in sim:
+            w = wer(s / c.name)
+            delta = None if w is None or baseline is None else w - baseline
+            lines.append(f"| {describe(c.info['setting'])} | {fmt(w)} | {fmt(delta) if delta is None else f'{delta:+.1f}'} |")
+        lines.append("")
+
+    comp = [c for c in cells if c.part == "compression"]
+    if comp:
+        lines += ["## Compression at inference (the text-only model on test audio)", "",
+                  "| compression | WER test |", "|---|---:|"]
+        for c in comp:
+            lines.append(f"| {'PSD on, threshold 0.9, top-16 (the recipe)' if not c.info['setting'] else ', '.join(c.info['setting'])} "
+                         f"| {fmt(wer(s / c.name))} |")
+        lines.append("")
+
+    proj = sorted({c.info["projector"] for c in cells if c.part == "projectors"})
+    if proj:
+        lines += ["## Projectors", "",
+                  "Text-only training (stage 3's settings) and the curriculum (stage 4's audio fine-tuning from "
+                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py).", "",
+                  "| projector | options | trainable parameters | s / text step | zero-shot WER | curriculum WER |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for p in proj:
+            text_cell_info = by_name[f"proj_{p}_text"].info
+            params, step = train_figures(Path(text_cell_info.get("model", s / f"proj_{p}_text" / "model")))
+            lines.append(f"| {p} | {describe(MINI_PROJECTORS.get(p, {}))} | {params if params is not None else '-'} | "
+                         f"{fmt(step, 2)} | {fmt(wer(s / f'proj_{p}_text'))} | {fmt(wer(s / f'proj_{p}_curriculum'))} |")
+        lines.append("")
+
+    low = [c for c in cells if c.part == "lowres"]
+    if low:
+        sizes = [c.info["utterances"] for c in low if c.info["init"] == "scratch"]
+        lines += ["## How much audio the text-only stage saves", "",
+                  "Audio fine-tuning (stage 4's config and steps) on a random subset of the training "
+                  "utterances, from the text-only model and from scratch. `all` is stage 4's own pair.", "",
+                  "![low-resource curve](STUDY.png)", "",
+                  "| audio utterances | from text-only: test | from scratch: test | from text-only: test_ood | from scratch: test_ood |",
+                  "|---:|---:|---:|---:|---:|"]
+        for n in sizes:
+            lines.append(f"| {n} | " + " | ".join(fmt(wer(s / f"lowres_{tag}_{n}", t)) for t in ("test", "test_ood")
+                                                  for tag in ("text", "scratch")) + " |")
+        lines.append("")
+        lowres_plot(s, sizes, len(utterance_keys(r)), plot)
+
+    text = [c for c in cells if c.part == "textscale"]
+    if text:
+        lines += ["## Text scaling (text-only training on new sentences, ASR text only)", "",
+                  "New grammar sentences that no set of the recipe holds, nested (the 1k are the first of the "
+                  "4k); the same steps as stage 3, so fewer sentences are seen more often. Not comparable "
+                  "with stage 3's model, which also learns the scenario task.", "",
+                  "| sentences | zero-shot WER test |", "|---:|---:|"]
+        for c in text:
+            lines.append(f"| {c.info['sentences']} | {fmt(wer(s / c.name))} |")
+        lines.append("")
+
+    lines += ["## The commands", "",
+              "Every cell's commands, as run (from egs/mini; `--resume` is added to a training that was "
+              "killed). The configs are stage 3's or stage 4's `config.yaml` with the change, in "
+              "`exp/study/conf/`.", "", "```"]
+    for c in cells:
+        lines += [f"# {c.name}"] + [" ".join(a) for a in c.commands]
+    lines += ["```", ""]
+    write_text(out, "\n".join(lines))
+
+
+def describe(setting) -> str:
+    if isinstance(setting, dict):
+        return ", ".join(f"{k} {describe(v)}" for k, v in setting.items())
+    if isinstance(setting, list):
+        return "[" + ", ".join(describe(v) for v in setting) + "]"
+    return str(setting)
+
+
+def lowres_plot(study: Path, sizes: list, total: int, out: Path) -> None:
+    """WER against the audio utterances fine-tuned on (``total`` for all): from text-only vs from scratch,
+    test and test_ood."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, test_set in zip(axes, ("test", "test_ood")):
+        for tag, label, colour in (("text", "from the text-only model", "tab:green"),
+                                   ("scratch", "from scratch", "tab:grey")):
+            xs, ys = [], []
+            for n in sizes:
+                w = wer(study / f"lowres_{tag}_{n}", test_set)
+                if w is None:
+                    continue
+                xs.append(total if n == "all" else n)
+                ys.append(w)
+            ax.plot(xs, ys, marker="o", label=label, color=colour)
+        ax.set(xscale="log", xlabel="audio utterances in fine-tuning", title=f"WER (%) on {test_set}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("WER (%)")
+    axes[0].legend()
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["plan", "run", "report"],
+                        help="plan: print the cells and their commands; run: run those not done; report: STUDY.md")
+    parser.add_argument("--workdir", default=".", help="the finished run's --workdir (default: .)")
+    parser.add_argument("--parts", default=" ".join(PARTS), help=f"which parts (default: all: {' '.join(PARTS)})")
+    parser.add_argument("--jobs", type=int, default=2, help="cells at a time, one thread each (default: 2)")
+    parser.add_argument("--seed", type=int, default=1, help="draws the low-resource subsets and the new sentences")
+    parser.add_argument("--quick", action="store_true", help="the smallest sizes only (tests)")
+    parser.add_argument("--out", default="STUDY.md", help="report: the Markdown file (default: STUDY.md)")
+    parser.add_argument("--plot", default="STUDY.png", help="report: the low-resource plot (default: STUDY.png)")
+    args = parser.parse_args()
+    try:
+        recipe = Recipe(Path(args.workdir))
+        cells = plan(recipe, args.parts.split(), args.quick, args.seed)
+        if args.action == "plan":
+            for c in cells:
+                state = "done" if (recipe.study / c.name / "done").exists() else "to run"
+                print(f"# {c.name} ({c.part}; {state}{'; after ' + ', '.join(c.after) if c.after else ''})")
+                print("\n".join(" ".join(a) for a in c.commands))
+        elif args.action == "run":
+            failures = run_cells(cells, recipe.study, args.jobs)
+            if failures:
+                raise StudyError(f"{len(failures)} cell(s) failed; first: {failures[0]}")
+        else:
+            command = "local/study.sh" + (f" --workdir {args.workdir}" if args.workdir != "." else "")
+            report(recipe, cells, Path(args.out), Path(args.plot), command)
+    except (StudyError, OSError, ValueError) as e:
+        print(f"study.py: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

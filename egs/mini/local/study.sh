@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The TASU study: which parts of TASU matter, measured on a finished ./run.sh (see local/study.py).
+#
+#   local/study.sh                              # every part (~90 min on 2 cores), then STUDY.md and STUDY.png
+#   local/study.sh --parts "gap compression"    # some parts (decoding only: a few minutes)
+#   local/study.sh --workdir seeds/seed1        # on a run of ./run.sh --seeds
+#
+# Re-run it to resume: cells that finished are kept, a killed training resumes from its last checkpoint.
+set -euo pipefail
+
+workdir=.       # the finished run's --workdir
+parts="gap simulation compression projectors lowres textscale"
+jobs=2          # cells at a time, one thread each
+seed=1          # draws the low-resource subsets and the new sentences of the text-scaling part
+quick=false     # the smallest sizes (tests)
+out=STUDY.md    # the report; its low-resource plot goes beside it, as STUDY.png
+
+help_message="Usage: $0 [options]
+  --workdir <dir>   the finished run's --workdir (default: ${workdir})
+  --parts <list>    which parts (default: \"${parts}\")
+  --jobs <n>        cells at a time, one thread each (default: ${jobs})
+  --seed <n>        draws the low-resource subsets and the new sentences (default: ${seed})
+  --quick <bool>    the smallest sizes, for the tests (default: ${quick})
+  --out <file>      the report (default: ${out}); the plot goes beside it as <name>.png"
+
+. ./path.sh
+. parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
+
+opts=(--workdir "${workdir}" --parts "${parts}" --jobs "${jobs}" --seed "${seed}")
+${quick} && opts+=(--quick)
+python3 local/study.py run "${opts[@]}"
+python3 local/study.py report "${opts[@]}" --out "${out}" --plot "${out%.md}.png"
+echo "$0: wrote ${out}"
