@@ -59,8 +59,12 @@ def load_llm_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
-             lora: LoRA | dict | None = None) -> PreTrainedModel:
-    """A causal LM from a local directory, every weight frozen, LoRA adapters added when asked."""
+             lora: LoRA | dict | None = None, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """A causal LM from a local directory, every weight frozen, LoRA adapters added when asked.
+
+    ``gradient_checkpointing`` recomputes each decoder layer in the backward pass (in training mode
+    only) instead of keeping its activations: transformers' non-reentrant checkpointing, which needs
+    no input that requires a gradient (a frozen LLM's first layer has none but the spliced speech)."""
     if isinstance(dtype, str):
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
@@ -69,6 +73,12 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
     llm.requires_grad_(False)
     if lora is not None:
         add_lora(llm, lora if isinstance(lora, LoRA) else LoRA(**lora))
+    if gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(llm, "activation_checkpointing_enable"):   # its name from transformers 5 on
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return llm
 
 

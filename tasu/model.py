@@ -103,7 +103,7 @@ def causal_lm_loss(llm: PreTrainedModel, embeds: torch.Tensor, attention_mask: t
     states are gathered first. (Models whose CausalLM forward transforms the head's output, such as
     Gemma's ``final_logit_softcapping``, get that transform here too.)
     """
-    hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+    hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
     logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -141,14 +141,14 @@ class SpeechLLM(nn.Module):
     @classmethod
     def from_pretrained(cls, llm_path: str | Path, projector: str, vocab_size: int, lora: LoRA | dict | None = None,
                         projector_options: dict | None = None, dtype: torch.dtype | str = torch.float32,
-                        encoder: CTCEncoder | None = None) -> "SpeechLLM":
+                        encoder: CTCEncoder | None = None, gradient_checkpointing: bool = False) -> "SpeechLLM":
         """LLM and tokenizer from the directory ``llm_path``; a fresh projector (registry name
         ``projector``) over the encoder's ``vocab_size`` ids.
 
         ``dtype`` (a torch dtype or its name, e.g. ``"bfloat16"``) is the LLM's; the projector stays
-        float32 and its outputs are cast when spliced.
+        float32 and its outputs are cast when spliced. ``gradient_checkpointing``: see ``load_llm``.
         """
-        llm = load_llm(llm_path, dtype=dtype, lora=lora)
+        llm = load_llm(llm_path, dtype=dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         embedding = llm.get_input_embeddings()
         proj = build_projector(projector, vocab_size, embedding.embedding_dim, llm_embedding=embedding,
                                **(projector_options or {}))

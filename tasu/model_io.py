@@ -183,7 +183,7 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
         lora = LoRA(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules))
     model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=lora,
                                       projector_options=cfg.projector.options, dtype=cfg.llm.dtype,
-                                      encoder=encoder)
+                                      encoder=encoder, gradient_checkpointing=cfg.llm.gradient_checkpointing)
     return model.to(device)
 
 

@@ -36,9 +36,10 @@ def plain_dir(tmp_path_factory) -> Path:
     return save_tiny_llm(tmp_path_factory.mktemp("plain_llm"), None)
 
 
-def build(path: Path, lora=None) -> SpeechLLM:
+def build(path: Path, lora=None, gradient_checkpointing: bool = False) -> SpeechLLM:
     torch.manual_seed(1)
-    return SpeechLLM.from_pretrained(path, "linear-silu", ENC_VOCAB, lora=lora, projector_options={"hidden": 16})
+    return SpeechLLM.from_pretrained(path, "linear-silu", ENC_VOCAB, lora=lora, projector_options={"hidden": 16},
+                                     gradient_checkpointing=gradient_checkpointing)
 
 
 def simulated(token_ids: list[list[int]], errors: bool = True) -> Posteriors:
@@ -163,6 +164,25 @@ def test_lora_trains_adapters_only_and_round_trips(chat_dir):
     assert all(torch.equal(v + 1, other.trainable_state_dict()[k]) for k, v in state.items())
     with pytest.raises(KeyError, match="missing"):
         other.load_trainable_state_dict({k: v for k, v in list(state.items())[1:]})
+
+
+def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradients(chat_dir):
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    runs = []
+    for checkpointing in (False, True):
+        model = build(chat_dir, lora=lora, gradient_checkpointing=checkpointing).train()
+        calls = []
+        for layer in model.llm.get_decoder().layers:
+            layer.self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        out = model(simulated(SPEECH, errors=False), model.prompt_tokenizer(PROMPTS, TARGETS))
+        out.loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        runs.append((out.loss.detach(), grads, len(calls)))
+    (loss, grads, calls), (loss_ckpt, grads_ckpt, calls_ckpt) = runs
+    n_layers = len(model.llm.get_decoder().layers)
+    assert calls == n_layers and calls_ckpt == 2 * n_layers   # each layer run again in the backward pass
+    assert torch.allclose(loss, loss_ckpt) and grads.keys() == grads_ckpt.keys() and len(grads) > 2
+    assert all(torch.allclose(grads[n], grads_ckpt[n], atol=1e-6) for n in grads)
 
 
 def test_loss_decreases_when_overfitting_one_batch(plain_dir):

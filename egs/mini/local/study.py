@@ -329,9 +329,9 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
         elif part == "projectors":
             cells += projector_cells(r)
         elif part == "lowres":
-            cells += lowres_cells(r, (5, 20) if quick else LOWRES_UTTS, seed)
+            cells += lowres_cells(r, (10,) if quick else LOWRES_UTTS, seed)
         elif part == "textscale":
-            cells += textscale_cells(r, (50, 200) if quick else TEXT_SENTENCES, seed)
+            cells += textscale_cells(r, (100,) if quick else TEXT_SENTENCES, seed)
         else:
             raise StudyError(f"unknown part {part!r}; the parts: {', '.join(PARTS)}")
     return cells

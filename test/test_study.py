@@ -1,0 +1,170 @@
+"""egs/mini's study driver (local/study.py) on a made-up finished run: what each cell changes, resuming,
+failures, and the report. The real commands run in test_mini_recipe (quick mode)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+MINI = Path(__file__).resolve().parents[1] / "egs" / "mini"
+sys.path.insert(0, str(MINI / "local"))
+import study  # noqa: E402
+
+TEXT_CONFIG = {
+    "projector": {"name": "linear-silu", "options": {"hidden": 512}},
+    "simulation": {"alpha": [0.0, 0.1], "drop_prob": 0.05, "insert_ratio": 0.0, "wer": None, "confusion": "random"},
+    "data": {"train": [{"path": "dump/train/ASR.text_only.jsonl", "weight": 1.0}], "mode": "text"},
+    "train": {"seed": 1, "max_steps": 400, "init_from": None},
+}
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """The parts of a finished ./run.sh that the study reads."""
+    root = tmp_path / "run"
+    post = root / "dump" / "posteriors" / "abc"
+    for task in ("ASR", "SLU_scenario"):
+        records = [{"key": f"u{i:04d}", "task": task, "target": f"sentence {i}", "posteriors": f"p.ark:{i}"}
+                   for i in range(1200)]
+        write(post / "train" / f"{task}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    for test_set in ("test", "test_ood"):
+        write(post / test_set / "ASR.jsonl", "")
+        write(root / "dump" / test_set / "ASR.jsonl", "")
+    write(root / "data" / "train" / "text", "u000 what time is it\nu001 set an alarm for six am\n")
+    audio = {**TEXT_CONFIG, "data": {"mode": "posteriors", "train": [
+        {"path": str(post / "train" / "ASR.jsonl"), "weight": 1.0},
+        {"path": str(post / "train" / "SLU_scenario.jsonl"), "weight": 1.0}]},
+        "train": {"seed": 1, "max_steps": 200, "init_from": str(root / "exp" / "tasu_train_text")}}
+    for name, config in (("tasu_train_text", TEXT_CONFIG), ("tasu_train_text_then_train_audio_sft", audio),
+                         ("train_audio_sft_from_scratch", {**audio, "train": {**audio["train"], "init_from": None}})):
+        write(root / "exp" / name / "config.yaml", yaml.safe_dump(config))
+    return root
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def conf(cell: study.Cell) -> dict:
+    return yaml.safe_load(Path(cell.commands[0][cell.commands[0].index("--config") + 1]).read_text())
+
+
+def test_every_cell_changes_one_thing_of_the_run(run_dir):
+    r = study.Recipe(run_dir)
+    cells = {c.name: c for c in study.plan(r, list(study.PARTS), quick=False, seed=1)}
+    assert len(cells) == len(study.plan(r, list(study.PARTS), quick=False, seed=1))   # names are unique
+
+    # simulation: only the simulation section differs; a WER schedule spans the whole run
+    for name, changes in study.SIMULATIONS.items():
+        config = conf(cells[name])
+        assert {k: v for k, v in config.items() if k != "simulation"} == \
+               {k: v for k, v in TEXT_CONFIG.items() if k != "simulation"}
+    assert conf(cells["sim_wer_spelling"])["simulation"]["wer"] == {"start": [0.0, 0.0], "end": [0.3, 0.3],
+                                                                    "total_steps": 400}
+    assert conf(cells["sim_drop_0"])["simulation"]["drop_prob"] == 0.0
+    # decoding reads the posterior dump of stages 4-5 when there is one; compression needs the audio
+    assert cells["sim_drop_0"].commands[1][cells["sim_drop_0"].commands[1].index("--input") + 1] == "posteriors"
+    assert "compress.topk=1" in cells["psd_top1"].commands[0] and "audio" in cells["psd_top1"].commands[0]
+    assert "--seed" in cells["gap_simulated_2"].commands[0]
+
+    # projectors: the recipe's own is decoded, not trained again; each other one is trained, then its curriculum
+    assert [c[:2] for c in cells["proj_linear-silu_text"].commands] == [["tasu", "decode"], ["tasu", "score"]]
+    assert cells["proj_qformer_curriculum"].after == ("proj_qformer_text",)
+    curriculum = conf(cells["proj_qformer_curriculum"])
+    assert curriculum["projector"]["name"] == "qformer"
+    assert curriculum["train"]["init_from"].endswith("study/proj_qformer_text/model")
+
+    # low-resource: n utterances with every task of each; from the text-only model or from scratch
+    for n in study.LOWRES_UTTS[:2]:
+        files = [Path(t["path"]) for t in conf(cells[f"lowres_text_{n}"])["data"]["train"]]
+        keys = [{json.loads(line)["key"] for line in f.read_text().splitlines()} for f in files]
+        assert len(keys[0]) == n and keys[0] == keys[1]
+        assert conf(cells[f"lowres_scratch_{n}"])["train"]["init_from"] is None
+        assert conf(cells[f"lowres_text_{n}"])["train"]["init_from"].endswith("tasu_train_text")
+    with pytest.raises(study.StudyError, match="1200 utterances, fewer than the 2000"):
+        study.lowres_subset(r, 2000, seed=1)   # this made-up run has 1200 utterances
+
+    # text scaling: new sentences, nested
+    texts = [Path(conf(cells[f"text_{n}"])["data"]["train"][0]["path"]).read_text().splitlines()
+             for n in study.TEXT_SENTENCES]
+    assert [len(t) for t in texts] == list(study.TEXT_SENTENCES) and texts[1][:1000] == texts[0]
+    sentences = [json.loads(line)["target"] for line in texts[2]]
+    assert len(set(sentences)) == len(sentences) and "what time is it" not in sentences
+
+
+def fake_cell(tmp_path: Path, name: str, *codes: str, after=()) -> study.Cell:
+    """A cell whose commands are Python snippets that count their runs in ``tmp_path/<name>.runs``."""
+    counter = tmp_path / f"{name}.runs"
+    return study.Cell(name, "gap", [[sys.executable, "-c",
+                                     f"import pathlib; p = pathlib.Path({str(counter)!r}); "
+                                     f"p.write_text(p.read_text() + '{i}' if p.exists() else '{i}'); {code}"]
+                                    for i, code in enumerate(codes)], after=tuple(after))
+
+
+def test_cells_resume_and_a_failure_stops_only_what_needs_it(tmp_path):
+    flag = tmp_path / "fixed"
+    fail_until_fixed = f"import sys; sys.exit(0 if pathlib.Path({str(flag)!r}).exists() else 3)"
+    cells = [fake_cell(tmp_path, "a", "pass", fail_until_fixed), fake_cell(tmp_path, "b", "pass", after=["a"]),
+             fake_cell(tmp_path, "c", "pass")]
+    failures = study.run_cells(cells, tmp_path / "study", jobs=2)
+    assert len(failures) == 2 and "exit 3" in failures[0] and "b: not run, it needs a" in failures[1]
+    assert (tmp_path / "a.runs").read_text() == "01" and not (tmp_path / "b.runs").exists()
+    assert (tmp_path / "study" / "c" / "done").exists()
+
+    flag.touch()   # run again: a's first command is not repeated, c is not run again, b runs now
+    assert study.run_cells(cells, tmp_path / "study", jobs=2) == []
+    assert (tmp_path / "a.runs").read_text() == "011" and (tmp_path / "b.runs").read_text() == "0"
+    assert (tmp_path / "c.runs").read_text() == "0"
+
+    # a cell whose commands changed since it ran is refused, not mixed with the old outputs
+    (tmp_path / "study" / "c" / "done").unlink()
+    changed = [fake_cell(tmp_path, "c", "print('other')")]
+    failures = study.run_cells(changed, tmp_path / "study", jobs=1)
+    assert len(failures) == 1 and "was made by other commands" in failures[0]
+    with pytest.raises(study.StudyError, match="needs x, which is not planned"):
+        study.run_cells([fake_cell(tmp_path, "d", "pass", after=["x"])], tmp_path / "study", jobs=1)
+
+
+def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
+    exp = tmp_path / "model"
+    (exp / "checkpoints" / "last").mkdir(parents=True)
+    args = tmp_path / "args"
+    tasu = tmp_path / "bin" / "tasu"   # a stand-in for the tasu command that notes its arguments
+    write(tasu, f"#!/bin/sh\necho \"$@\" > {args}\n")
+    tasu.chmod(0o755)
+    cell = study.Cell("t", "simulation", [study.train(tmp_path / "c.yaml", exp)])
+    env_path = f"{tasu.parent}:{study.os.environ['PATH']}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", env_path)
+        assert study.run_cells([cell], tmp_path / "study", jobs=1) == []
+    assert args.read_text().split()[-1] == "--resume"
+
+
+def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, tmp_path):
+    r = study.Recipe(run_dir)
+    cells = study.plan(r, list(study.PARTS), quick=False, seed=1)
+    for i, c in enumerate(cells):
+        for test_set in c.info.get("sets", []):
+            write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
+        write(r.study / c.name / "done.0", "60.0\n")
+    write(r.study / "proj_qformer_text" / "model" / "train.log",
+          "2026-12-02 00:43:05,279 [rank 0] INFO training x: 1234 trainable parameters, text mode\n"
+          "2026-12-02 00:43:10,000 [rank 0] INFO step 20 epoch 0: loss 1.6\n"
+          "2026-12-02 00:43:20,000 [rank 0] INFO step 40 epoch 0: loss 1.2\n"
+          "2026-12-02 00:43:40,000 [rank 0] INFO step 60 epoch 0: loss 1.0\n"     # a validation pass between
+          "2026-12-02 00:43:50,000 [rank 0] INFO step 80 epoch 0: loss 0.9\n")
+    out = tmp_path / "STUDY.md"
+    study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
+    text = out.read_text()
+    for title in ("## The text-to-audio gap", "## Simulation settings", "## Compression at inference",
+                  "## Projectors", "## How much audio the text-only stage saves", "## Text scaling", "## The commands"):
+        assert title in text
+    assert "| simulated from the transcript (3 simulation seeds) | 12.0 ± 1.0 |" in text   # cells 1-3: 11, 12, 13
+    assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
+    assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
+    assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Compute: {len(cells)} min" in text
