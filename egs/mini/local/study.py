@@ -25,8 +25,8 @@ one thing. The parts:
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
 training with ``--resume``, a decode where ``hyp.trn`` ends); a cell whose commands have changed since
-it ran is refused, not mixed. Cells run ``--jobs`` at a time, one CPU thread each: the small models of
-this recipe keep about one core busy each.
+it ran is refused, not mixed. Cells run ``--jobs`` at a time, sharing the cores (one thread each on 2
+cores with 2 jobs): the small models of this recipe keep about one core busy each.
 """
 from __future__ import annotations
 
@@ -155,17 +155,8 @@ def with_changes(config: dict, **sections: dict) -> dict:
     return new
 
 
-def text_cell(r: Recipe, name: str, part: str, config: dict, sets=("test",), info=None) -> Cell:
-    """Text-only training with ``config``, then its zero-shot decodes."""
-    cell_dir = r.study / name
-    conf = write_config(r.study / "conf" / f"{name}.yaml", config)
-    commands = [train(conf, cell_dir / "model")]
-    for s in sets:
-        commands += decode_and_score(cell_dir / "model", cell_dir / "decode" / s, r.test_input(s))
-    return Cell(name, part, commands, info={"sets": list(sets), **(info or {})})
-
-
-def audio_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=("test",), info=None) -> Cell:
+def trained_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=("test",), info=None) -> Cell:
+    """A training with ``config`` (written to ``exp/study/conf/<name>.yaml``), then its decodes of ``sets``."""
     cell_dir = r.study / name
     conf = write_config(r.study / "conf" / f"{name}.yaml", config)
     commands = [train(conf, cell_dir / "model")]
@@ -194,12 +185,17 @@ def gap_cells(r: Recipe) -> list[Cell]:
 
 
 def simulation_cells(r: Recipe) -> list[Cell]:
-    cells = []
+    """The recipe's text-only training again with two other seeds (the yardstick: a one-seed change
+    smaller than twice their spread is noise), then each simulation change."""
+    seed = r.text_config["train"]["seed"]
+    cells = [trained_cell(r, f"sim_recipe_seed{seed + k}", "simulation",
+                       with_changes(r.text_config, train={"seed": seed + k}), info={"seed": seed + k})
+             for k in (1, 2)]
     for name, changes in SIMULATIONS.items():
         sim = dict(changes)
         if "wer" in sim:   # the schedule spans the run: 0 % at the start, 30 % at the end
             sim["wer"] = {**sim["wer"], "total_steps": r.text_config["train"]["max_steps"]}
-        cells.append(text_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
+        cells.append(trained_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
                                info={"setting": changes}))
     return cells
 
@@ -228,11 +224,11 @@ def projector_cells(r: Recipe) -> list[Cell]:
                                                                        r.test_input("test")),
                                   info={"sets": ["test"], "projector": proj, "stage": stage, "model": str(model)}))
             continue
-        text = text_cell(r, text_name, "projectors", with_changes(r.text_config, projector=projector),
+        text = trained_cell(r, text_name, "projectors", with_changes(r.text_config, projector=projector),
                          info={"projector": proj, "stage": "text-only"})
         audio_config = with_changes(r.audio_config, projector=projector,
                                     train={"init_from": str(r.study / text_name / "model")})
-        audio = audio_cell(r, audio_name, "projectors", audio_config, after=(text_name,),
+        audio = trained_cell(r, audio_name, "projectors", audio_config, after=(text_name,),
                            info={"projector": proj, "stage": "curriculum"})
         cells += [text, audio]
     return cells
@@ -269,7 +265,7 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
         for n in sizes:
             config = with_changes(r.audio_config, data={"train": lowres_subset(r, n, seed)},
                                   train={"init_from": str(model) if model else None})
-            cells.append(audio_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
+            cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
         full = r.audio_model if model else r.scratch_model
         commands = []
@@ -303,7 +299,7 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
         write_text(path, "".join(json.dumps({"key": f"studytext-{i:05d}", "task": "ASR", "target": s}) + "\n"
                                  for i, s in enumerate(sentences[:n])))
         config = with_changes(r.text_config, data={"train": [{"path": str(path), "weight": 1.0}]})
-        cells.append(text_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
+        cells.append(trained_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
     return cells
 
 
@@ -377,7 +373,9 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
         missing = [a for a in c.after if a not in names]
         if missing:
             raise StudyError(f"{c.name} needs {', '.join(missing)}, which is not planned")
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), TOKENIZERS_PARALLELISM="false")
+    # the cores (as nproc counts them) shared between the jobs, as utils/run_local.sh does, unless set
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
     pending = [c for c in cells if not (study / c.name / "done").exists()]
     done = {c.name for c in cells if (study / c.name / "done").exists()}
     failed: dict[str, str] = {}
@@ -476,15 +474,24 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
 
     sim = [c for c in cells if c.part == "simulation"]
     if sim:
+        seeds = [baseline] + [wer(s / c.name) for c in sim if "seed" in c.info]
+        mean, sd = mean_sd(seeds)
         lines += ["## Simulation settings (text-only training, zero-shot)", "",
                   "The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d. "
-                  "Each row trains the text-only model with one change, the same steps and seed.", "",
-                  "| simulation | WER test | Δ vs the recipe's |", "|---|---:|---:|",
-                  f"| the recipe's (stage 3's model) | {fmt(baseline)} | |"]
+                  "Each row below the first trains the text-only model with one change, the same steps and "
+                  "seed as stage 3. The first row is stage 3's training with three seeds: its spread is the "
+                  "yardstick, and a change is called an effect only when it moves the WER by more than twice "
+                  "that standard deviation.", "",
+                  "| simulation | WER test | Δ vs the recipe's mean | beyond 2 sd? |", "|---|---:|---:|---|",
+                  f"| the recipe's (3 training seeds) | {fmt_mean_sd(seeds)} | | |"]
         for c in sim:
+            if "seed" in c.info:
+                continue
             w = wer(s / c.name)
-            delta = None if w is None or baseline is None else w - baseline
-            lines.append(f"| {describe(c.info['setting'])} | {fmt(w)} | {fmt(delta) if delta is None else f'{delta:+.1f}'} |")
+            delta = None if w is None or mean is None else w - mean
+            verdict = "-" if delta is None or sd is None else ("**yes**" if abs(delta) > 2 * sd else "no")
+            lines.append(f"| {describe(c.info['setting'])} | {fmt(w)} | "
+                         f"{'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
         lines.append("")
 
     comp = [c for c in cells if c.part == "compression"]
