@@ -69,6 +69,8 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
     "sim_drop_0": {"drop_prob": 0.0},
     "sim_drop_0.15": {"drop_prob": 0.15},
     "sim_insert_0.05": {"insert_ratio": 0.05},
+    "sim_insert_0.15": {"insert_ratio": 0.15},
+    "sim_insert_0.3": {"insert_ratio": 0.3},
     "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
 }
