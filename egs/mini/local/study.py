@@ -48,6 +48,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, mean_sd  # noqa: E402  (the recipe's report, beside this script)
 
+from tasu.fileio import write_atomic  # noqa: E402
+
 PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale")
 DECODE = ["--beam", "1", "--batch-size", "32", "--max-new-tokens", "40"]   # as conf/decode_greedy.yaml
 SIM_SEEDS = (1, 2, 3)
@@ -140,12 +142,7 @@ def train(config: Path, exp: Path) -> list[str]:
 
 
 def write_config(path: Path, config: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config, sort_keys=False)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -306,12 +303,9 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` atomically, unless ``path`` holds it already (a re-run leaves inputs untouched)."""
+    if not (path.exists() and path.read_text(encoding="utf-8") == text):
+        write_atomic(path, text)
 
 
 def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
