@@ -169,4 +169,16 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"Compute: {len(cells)} min" in text
+    assert f"{len(cells)} min of commands in all" in text
+
+
+def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
+    from datetime import datetime
+    import os
+    spans = {"a": ("02:00:00", "02:10:00"), "b": ("02:05:00", "02:12:00"), "c": ("03:00:00", "03:01:00")}
+    for name, (start, end) in spans.items():
+        write(tmp_path / name / "log", f"# 2026-12-02T{start} tasu train ...\n")
+        write(tmp_path / name / "done", "")
+        t = datetime.fromisoformat(f"2026-12-02T{end}").timestamp()
+        os.utime(tmp_path / name / "done", (t, t))
+    assert study.wall_seconds([tmp_path / n for n in spans]) == (12 + 1) * 60

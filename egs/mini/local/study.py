@@ -440,6 +440,23 @@ def cell_seconds(cell_dir: Path) -> float:
     return sum(float(p.read_text() or 0) for p in cell_dir.glob("done.*"))
 
 
+def wall_seconds(cell_dirs: list[Path]) -> float:
+    """How long the study ran: the union of the cells' running spans (first command's start, from the
+    cell's log, to its ``done`` marker), so the time between two runs of the study does not count."""
+    spans = []
+    for d in cell_dirs:
+        if (d / "done").exists() and (d / "log").exists():
+            m = re.search(r"^# (\S+) ", (d / "log").read_text(encoding="utf-8"), re.M)
+            if m:
+                spans.append((datetime.fromisoformat(m.group(1)).timestamp(), (d / "done").stat().st_mtime))
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
 def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) -> None:
     by_name = {c.name: c for c in cells}
     s = r.study
@@ -452,7 +469,9 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
              "seed (each takes minutes); cells that take under a minute and depend on a seed are the mean ± "
              "sd of three; decoding with fixed settings is deterministic.", ""]
     total = sum(cell_seconds(s / c.name) for c in cells)
-    lines += [f"Compute: {total / 60:.0f} min of cell time in all (jobs ran two at a time, one thread each).", ""]
+    wall = wall_seconds([s / c.name for c in cells])
+    lines += [f"Time: {wall / 60:.0f} min from the first cell's start to the last one's end (not counting "
+              f"pauses between runs), {total / 60:.0f} min of commands in all (cells ran side by side).", ""]
 
     if "gap_real" in by_name:
         sims = [wer(s / f"gap_simulated_{k}") for k in SIM_SEEDS]
@@ -503,12 +522,17 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     if proj:
         lines += ["## Projectors", "",
                   "Text-only training (stage 3's settings) and the curriculum (stage 4's audio fine-tuning from "
-                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py).", "",
+                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py). Seconds per "
+                  "step: the median over the training's log intervals, one thread beside another job.", "",
                   "| projector | options | trainable parameters | s / text step | zero-shot WER | curriculum WER |",
                   "|---|---|---:|---:|---:|---:|"]
         for p in proj:
-            text_cell_info = by_name[f"proj_{p}_text"].info
-            params, step = train_figures(Path(text_cell_info.get("model", s / f"proj_{p}_text" / "model")))
+            params, step = train_figures(s / f"proj_{p}_text" / "model")
+            if "model" in by_name[f"proj_{p}_text"].info:   # the recipe's projector: stage 3's model, and
+                params, _ = train_figures(r.text_model)      # its step time from a run beside another job,
+                for c in sim:                                # as every other cell ran (stage 3 ran alone)
+                    if "seed" in c.info:
+                        step = train_figures(s / c.name / "model")[1]
             lines.append(f"| {p} | {describe(MINI_PROJECTORS.get(p, {}))} | {params if params is not None else '-'} | "
                          f"{fmt(step, 2)} | {fmt(wer(s / f'proj_{p}_text'))} | {fmt(wer(s / f'proj_{p}_curriculum'))} |")
         lines.append("")
