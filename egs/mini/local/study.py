@@ -76,6 +76,7 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
     "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
 }
+SEEDED_SIMULATIONS = ("sim_insert_0.3",)   # the largest effect of the one-seed cells, repeated with two more seeds
 COMPRESSIONS = {  # cell -> tasu decode --set overrides (the recipe's: PSD on, threshold 0.9, top-16)
     "psd_default": [],
     "psd_off": ["compress.enabled=false"],
@@ -195,7 +196,11 @@ def simulation_cells(r: Recipe) -> list[Cell]:
         if "wer" in sim:   # the schedule spans the run: 0 % at the start, 30 % at the end
             sim["wer"] = {**sim["wer"], "total_steps": r.text_config["train"]["max_steps"]}
         cells.append(trained_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
-                               info={"setting": changes}))
+                                  info={"setting": changes}))
+        if name in SEEDED_SIMULATIONS:
+            cells += [trained_cell(r, f"{name}_seed{seed + k}", "simulation",
+                                   with_changes(r.text_config, simulation=sim, train={"seed": seed + k}),
+                                   info={"repeat_of": name}) for k in (1, 2)]
     return cells
 
 
@@ -496,17 +501,19 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "Each row below the first trains the text-only model with one change, the same steps and "
                   "seed as stage 3. The first row is stage 3's training with three seeds: its spread is the "
                   "yardstick, and a change is called an effect only when it moves the WER by more than twice "
-                  "that standard deviation.", "",
+                  "that standard deviation (twice the pooled one for a row of three seeds too).", "",
                   "| simulation | WER test | Δ vs the recipe's mean | beyond 2 sd? |", "|---|---:|---:|---|",
                   f"| the recipe's (3 training seeds) | {fmt_mean_sd(seeds)} | | |"]
         for c in sim:
-            if "seed" in c.info:
+            if "seed" in c.info or "repeat_of" in c.info:
                 continue
-            w = wer(s / c.name)
-            delta = None if w is None or mean is None else w - mean
-            verdict = "-" if delta is None or sd is None else ("**yes**" if abs(delta) > 2 * sd else "no")
-            lines.append(f"| {describe(c.info['setting'])} | {fmt(w)} | "
-                         f"{'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
+            values = [wer(s / c.name)] + [wer(s / o.name) for o in sim if o.info.get("repeat_of") == c.name]
+            m, sd_c = mean_sd(values)
+            delta = None if m is None or mean is None else m - mean
+            yardstick = sd if sd_c is None or sd is None else ((sd ** 2 + sd_c ** 2) / 2) ** 0.5
+            verdict = "-" if delta is None or yardstick is None else ("**yes**" if abs(delta) > 2 * yardstick else "no")
+            label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
+            lines.append(f"| {label} | {fmt_mean_sd(values)} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
         lines.append("")
 
     comp = [c for c in cells if c.part == "compression"]
