@@ -166,6 +166,8 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert "| simulated from the transcript (3 simulation seeds) | 12.0 ± 1.0 |" in text   # cells 1-3: 11, 12, 13
     assert "| the recipe's (3 training seeds) | 13.7 ± 3.2 |" in text    # cells 0, 5, 6: 10, 15, 16
     assert "| alpha [0.0, 0.0] | 17.0 | +3.3 | no |" in text                  # within 2 sd
+    # three seeds against three: beyond twice the pooled sd (3.2 and 1.0)
+    assert "| insert_ratio 0.3 (3 training seeds) | 24.0 ± 1.0 | +10.3 | **yes** |" in text
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
