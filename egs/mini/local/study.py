@@ -611,6 +611,8 @@ def lowres_plot(study: Path, sizes: list, total: int, out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("WER (%)")
     axes[0].legend()
+    fig.suptitle("audio fine-tuning on a subset of the training utterances, the same steps (one seed a point)",
+                 fontsize=10)
     fig.tight_layout()
     tmp = out.with_name(out.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
