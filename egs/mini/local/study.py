@@ -471,8 +471,9 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
              "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
-             "seed (each takes minutes); cells that take under a minute and depend on a seed are the mean ± "
-             "sd of three; decoding with fixed settings is deterministic.", ""]
+             "seed (each takes minutes), except the two rows of the simulation table that say three; cells "
+             "that take under a minute and depend on a seed are the mean ± sd of three; decoding with fixed "
+             "settings is deterministic.", ""]
     total = sum(cell_seconds(s / c.name) for c in cells)
     wall = wall_seconds([s / c.name for c in cells])
     lines += [f"Time: {wall / 60:.0f} min from the first cell's start to the last one's end (not counting "
@@ -493,9 +494,11 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                       (s / "gap_analyze" / "analyze" / "report.txt").read_text(encoding="utf-8").rstrip(), "```", ""]
 
     sim = [c for c in cells if c.part == "simulation"]
+    baseline_sd = None
     if sim:
         seeds = [baseline] + [wer(s / c.name) for c in sim if "seed" in c.info]
         mean, sd = mean_sd(seeds)
+        baseline_sd = sd
         lines += ["## Simulation settings (text-only training, zero-shot)", "",
                   "The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d. "
                   "Each row below the first trains the text-only model with one change, the same steps and "
@@ -529,8 +532,9 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     if proj:
         lines += ["## Projectors", "",
                   "Text-only training (stage 3's settings) and the curriculum (stage 4's audio fine-tuning from "
-                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py). Seconds per "
-                  "step: the median over the training's log intervals, one thread beside another job.", "",
+                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py), one seed. "
+                  "Seconds per step: the median over the training's log intervals, one thread beside another "
+                  "job." + yardstick_note(baseline_sd), "",
                   "| projector | options | trainable parameters | s / text step | zero-shot WER | curriculum WER |",
                   "|---|---|---:|---:|---:|---:|"]
         for p in proj:
@@ -564,7 +568,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines += ["## Text scaling (text-only training on new sentences, ASR text only)", "",
                   "New grammar sentences that no set of the recipe holds, nested (the 1k are the first of the "
                   "4k); the same steps as stage 3, so fewer sentences are seen more often. Not comparable "
-                  "with stage 3's model, which also learns the scenario task.", "",
+                  "with stage 3's model, which also learns the scenario task." + yardstick_note(baseline_sd), "",
                   "| sentences | zero-shot WER test |", "|---:|---:|"]
         for c in text:
             lines.append(f"| {c.info['sentences']} | {fmt(wer(s / c.name))} |")
@@ -578,6 +582,13 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines += [f"# {c.name}"] + [" ".join(a) for a in c.commands]
     lines += ["```", ""]
     write_text(out, "\n".join(lines))
+
+
+def yardstick_note(sd: float | None) -> str:
+    if sd is None:
+        return ""
+    return (f" The recipe's text-only training moves its zero-shot WER by {sd:.1f} (sd) from seed to seed "
+            f"(the simulation table): a one-seed zero-shot difference under {2 * sd:.1f} is no evidence.")
 
 
 def describe(setting) -> str:
