@@ -467,7 +467,8 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     s = r.study
     baseline = wer(s / "gap_real")
     lines = ["# The TASU study on egs/mini", "",
-             f"Made by `{command}` from a finished `./run.sh` (`{r.root}`), on {machine()}. Every cell changes "
+             f"Made by `{command}` (study code at git {git_hash()}) from a finished `./run.sh` (`{r.root}`), "
+             f"on {machine()}. Every cell changes "
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
              "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
@@ -582,6 +583,12 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines += [f"# {c.name}"] + [" ".join(a) for a in c.commands]
     lines += ["```", ""]
     write_text(out, "\n".join(lines))
+
+
+def git_hash() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def yardstick_note(sd: float | None) -> str:
