@@ -73,6 +73,19 @@ def run_all_stages(recipe: Path, env: dict, models: dict, *options: str) -> str:
     return out.stderr
 
 
+def analyzed(recipe: Path, jsonl: str, encoder: str) -> dict:
+    """``tasu analyze`` on a JSONL file of the recipe: its audio format and where its transcript is."""
+    from tasu.analyze import run_analyze
+    from tasu.config import load_config
+    from tasu.experiment import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, None, [f"encoder.path={encoder}"])
+    summary = run_analyze(cfg, [str(recipe / "dump" / jsonl)], str(recipe / "exp" / "analyze" / jsonl), batch_size=2)
+    assert summary["utterances"] == len(lines(recipe / "dump" / jsonl)) and summary["tokens"] > 0
+    assert summary["real"]["rows"] > 0 and (recipe / "exp" / "analyze" / jsonl / "report.txt").exists()
+    return summary
+
+
 def scores(recipe: Path) -> dict[str, dict]:
     return {str(p.parent.relative_to(recipe / "exp")): json.loads(p.read_text())
             for p in (recipe / "exp").rglob("score.json")}
@@ -110,6 +123,7 @@ def test_librispeech(tmp_path, models):
     assert f"|{DECODE}/test_clean/ASR|2|" in results and "## Environments" in results
     assert "tasu train --config conf/train_text.yaml" in results and "tasu decode --exp" in results
     assert "Stage 7" in log
+    analyzed(recipe, "test_clean/ASR.jsonl", models["encoder"])   # flac
 
 
 @pytest.mark.slow
@@ -138,9 +152,10 @@ def test_slurp(tmp_path, models):
         assert [x.split("\t")[0] for x in ref] == ["4005-audio-1490000005-far", "4005-audio-1490000005-headset",
                                                   "4006-audio-1490000006-far", "4006-audio-1490000006-headset"]
     assert "Intent Classification" in (recipe / "RESULTS.md").read_text() or "Accuracy" in (recipe / "RESULTS.md").read_text()
+    analyzed(recipe, "test/SLU_scenario.jsonl", models["encoder"])   # the transcript in GT, the target a label
 
 
-def test_commonvoice(tmp_path):
+def test_commonvoice(tmp_path, models):
     """Stages 1-2 only: stages 3-7 for one ASR task are librispeech's (the same shared code)."""
     corpus = write_commonvoice(tmp_path / "corpora")
     recipe = copy_recipe("commonvoice", tmp_path)
@@ -150,9 +165,10 @@ def test_commonvoice(tmp_path):
     assert lines(recipe / "data" / "train" / "utt2spk")[0] == f"common_voice_en_1000 {0:064x}"
     record = json.loads(lines(recipe / "dump" / "test" / "ASR.jsonl")[0])
     assert record["task"] == "ASR" and record["path"].endswith(".mp3")
+    analyzed(recipe, "test/ASR.jsonl", models["encoder"])   # mp3
 
 
-def test_covost(tmp_path):
+def test_covost(tmp_path, models):
     """Stages 1-2 only: stages 3-7 decode and score each task of the run the same way for any task list
     (slurp runs them on three); BLEU's zh and 13a tokenisation is checked in test_score.py."""
     tsv_dir, cv = write_covost(tmp_path / "corpora")
@@ -167,6 +183,7 @@ def test_covost(tmp_path):
     for task, target in (("EN2ZH", "打开厨房的灯"), ("EN2DE", "Mach das Licht in der Küche an")):
         record = json.loads(lines(recipe / "dump" / "test" / f"{task}.jsonl")[0])
         assert record["task"] == task and record["target"] == target and "path" in record
+    analyzed(recipe, "test/EN2DE.jsonl", models["encoder"])   # the transcript in GT, the target a translation
 
 
 # --------------------------------------------------------------------------------------------------
