@@ -90,13 +90,18 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
 
 def test_the_readme_example_runs(exp, tmp_path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```python\n(from tasu import Speech2Text\n.*?)```", readme, re.S)
+    block = re.search(r"```python\n(from pathlib import Path\nfrom tasu import Speech2Text\n.*?)```", readme, re.S)
     assert block, "README.md has no Speech2Text example"
     (tmp_path / "exp").symlink_to(exp / "exp")
     (tmp_path / "recording.wav").symlink_to(exp / "rec0.wav")
+    (tmp_path / "recordings").mkdir()
+    for i in range(2):
+        (tmp_path / "recordings" / f"r{i}.wav").symlink_to(exp / f"rec{i}.wav")
     code = block.group(1).replace("egs/mini/exp/tasu_train_text", "exp")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert re.findall(r"^r[01]\.wav", out.stdout, re.M) == ["r0.wav", "r1.wav"]   # the folder (a tiny model's
+    # hypotheses are any tokens, line breaks included)
 
 
 def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path):
