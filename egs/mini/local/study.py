@@ -381,7 +381,8 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
     done = {c.name for c in cells if (study / c.name / "done").exists()}
     failed: dict[str, str] = {}
     steps: dict[str, str] = {}
-    print(f"study: {len(cells)} cells, {len(done)} done, {len(pending)} to run, {jobs} at a time", flush=True)
+    print(f"study: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(done)} done, {len(pending)} to run, "
+          f"{jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
         while pending or running:
