@@ -6,14 +6,16 @@
     python3 local/study.py run --parts "gap compression"
     python3 local/study.py report --workdir . --out STUDY.md
 
-(``local/study.sh`` runs both.) Every cell starts from what the recipe made: the trained encoder and LLM,
+(``local/study.sh`` runs ``run`` then ``report``.) Every cell starts from what the recipe made: the trained encoder and LLM,
 the dumps, the text-only model (``exp/tasu_train_text``) and the configs of stages 3 and 4, and changes
 one thing. The parts:
 
 - ``gap``: the text-only model on test posteriors simulated from the test text (three simulation seeds)
   vs the encoder's real ones; ``tasu analyze`` of dev (how real rows differ from simulated ones);
 - ``simulation``: text-only training with another simulation (alpha range, drop rate, insertions, a WER
-  schedule with random or spelling confusions): zero-shot WER;
+  schedule with random or spelling confusions): zero-shot WER; the recipe's own training with two more
+  seeds is the yardstick (a change counts beyond twice their sd), and ``SEEDED_SIMULATIONS`` get two
+  more seeds too;
 - ``compression``: the text-only model decoding test audio with PSD off, another threshold, or another
   number of entries kept per row;
 - ``projectors``: every registered projector, text-only and then the audio curriculum: WER, trainable
