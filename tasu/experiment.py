@@ -46,7 +46,7 @@ class LLMConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: Optional[LoRAConfig] = None
     # Keep only each layer's input during the forward pass and recompute the rest in the backward
-    # pass: activation memory of one layer instead of all, for ~1/3 more compute. For big LLMs
+    # pass: activation memory of one layer instead of all, for one more forward pass of the LLM. For big LLMs
     # (7B and up) with long batches; the same loss and gradients.
     gradient_checkpointing: bool = False
 

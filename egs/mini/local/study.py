@@ -266,10 +266,11 @@ def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
 def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
     cells = []
     sets = ("test", "test_ood")
+    subsets = {n: lowres_subset(r, n, seed) for n in sizes}   # the same utterances for both starts
     for init, model in (("text-only", r.text_model), ("scratch", None)):
         tag = "text" if model else "scratch"
         for n in sizes:
-            config = with_changes(r.audio_config, data={"train": lowres_subset(r, n, seed)},
+            config = with_changes(r.audio_config, data={"train": subsets[n]},
                                   train={"init_from": str(model) if model else None})
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
