@@ -15,7 +15,7 @@ import study  # noqa: E402
 
 TEXT_CONFIG = {
     "projector": {"name": "linear-silu", "options": {"hidden": 512}},
-    "simulation": {"alpha": [0.0, 0.1], "drop_prob": 0.05, "insert_ratio": 0.0, "wer": None, "confusion": "random"},
+    "simulation": {"alpha": [0.0, 0.1], "drop_prob": 0.05, "insert_ratio": 0.3, "wer": None, "confusion": "random"},
     "data": {"train": [{"path": "dump/train/ASR.text_only.jsonl", "weight": 1.0}], "mode": "text"},
     "train": {"seed": 1, "max_steps": 400, "init_from": None},
 }
@@ -167,7 +167,7 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert "| the recipe's (3 training seeds) | 13.7 ± 3.2 |" in text    # cells 0, 5, 6: 10, 15, 16
     assert "| alpha [0.0, 0.0] | 17.0 | +3.3 | no |" in text                  # within 2 sd
     # three seeds against three: beyond twice the pooled sd (3.2 and 1.0)
-    assert "| insert_ratio 0.3 (3 training seeds) | 24.0 ± 1.0 | +10.3 | **yes** |" in text
+    assert "| insert_ratio 0.0 (3 training seeds) | 22.0 ± 1.0 | +8.3 | **yes** |" in text   # cells 11-13
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -241,7 +241,7 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
     out += table(agg, [LLM_READING, SIMULATED, FROM_SPEECH, ENCODER],
                  [(f"WER {s}", s, "ASR") for s in EXPLAIN_SETS])
     out += ["", "The LLM reads units spelled from the text (no speech, no projector); the simulated posteriors",
-            "are drawn as in text-only training (smoothing, drops) from the test text."]
+            "are drawn as in text-only training (the simulation section of conf/train_text.yaml) from the test text."]
     tenths = loss_by_tenth(exp_roots[0] / SYSTEMS[TEXT_ONLY] / "loss.tsv")
     if tenths:
         out += ["", "Text-only training loss, mean of each tenth of the run (first run; its batches mix both tasks "

@@ -67,18 +67,18 @@ MINI_PROJECTORS = {
     "legoslm": {"hidden": 512},
     "qformer": {"num_queries": 16, "width": 256, "dim": 256, "num_layers": 2, "num_heads": 4},
 }
-SIMULATIONS = {   # cell -> changes to the text-only config's simulation section (the recipe's: U(0, 0.1), drop 0.05)
+SIMULATIONS = {   # cell -> changes to the text-only config's simulation section (the recipe's: U(0, 0.1), drop 0.05,
+                  # insertions 0.3)
     "sim_alpha_none": {"alpha": [0.0, 0.0]},
     "sim_alpha_0.3": {"alpha": [0.0, 0.3]},
     "sim_drop_0": {"drop_prob": 0.0},
     "sim_drop_0.15": {"drop_prob": 0.15},
-    "sim_insert_0.05": {"insert_ratio": 0.05},
-    "sim_insert_0.15": {"insert_ratio": 0.15},
-    "sim_insert_0.3": {"insert_ratio": 0.3},
+    "sim_insert_0": {"insert_ratio": 0.0},
+    "sim_insert_0.6": {"insert_ratio": 0.6},
     "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
 }
-SEEDED_SIMULATIONS = ("sim_insert_0.3",)   # the largest effect of the one-seed cells, repeated with two more seeds
+SEEDED_SIMULATIONS = ("sim_insert_0",)   # no insertions (the original's default): the largest effect, three seeds
 COMPRESSIONS = {  # cell -> tasu decode --set overrides (the recipe's: PSD on, threshold 0.9, top-16)
     "psd_default": [],
     "psd_off": ["compress.enabled=false"],
