@@ -65,15 +65,17 @@ class DumpError(ValueError):
 # What made a dump
 
 
-def encoder_digest(path: str | Path) -> str:
-    """SHA-256 of the encoder directory's top-level files (names, sizes, contents).
+def encoder_digest(path: str | Path, encoder_type: str = "auto") -> str:
+    """SHA-256 of the files the encoder is made from (names, sizes, contents).
 
-    Hidden files (markers such as ``.done``) and subdirectories (outputs a recipe may put beside
-    the model, such as its own decodes) are left out: no backend reads its model from them.
+    The backend names the files (``CTCEncoder.model_files``): by default the directory's top-level
+    files, leaving out hidden ones (markers such as ``.done``) and subdirectories (outputs a recipe may
+    put beside the model, such as its own decodes).
     """
-    root = Path(path)
+    from tasu.encoders.registry import backend
+
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for file in backend(path, encoder_type).model_files(Path(path)):
         digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
         with open(file, "rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())
@@ -85,7 +87,7 @@ def identity(encoder_path: str | Path, encoder_type: str, compress: CompressConf
     from tasu.encoders.registry import detect
 
     name = detect(encoder_path) if encoder_type == "auto" else encoder_type
-    return {"encoder": {"type": name, "sha256": encoder_digest(encoder_path)},
+    return {"encoder": {"type": name, "sha256": encoder_digest(encoder_path, name)},
             "compress": {"enabled": compress.enabled, "threshold": compress.threshold, "topk": compress.topk}}
 
 

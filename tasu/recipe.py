@@ -6,6 +6,7 @@
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
     python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio.yaml encoder.path=/models/enc
+    python -m tasu.recipe encoder-env conf/train_audio.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
     srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...
@@ -113,6 +114,17 @@ def posterior_dir(root: str, config: str | Path, overrides: Sequence[str] = ()) 
 
     cfg = load_config(ExperimentConfig, config, list(overrides))
     return f"{root.rstrip('/')}/{identity_tag(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))}"
+
+
+def encoder_environment(config: str | Path, overrides: Sequence[str] = ()) -> str:
+    """The environment under tools/ that loads an experiment config's encoder, or "" for the main one
+    (``CTCEncoder.environment``)."""
+    from tasu.config import load_config
+    from tasu.encoders.registry import backend
+    from tasu.experiment import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, config, list(overrides))
+    return backend(cfg.encoder.path, cfg.encoder.type).environment or ""
 
 
 def free_port() -> int:
@@ -280,6 +292,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p = sub.add_parser("encoder-env", help="the environment under tools/ that loads an experiment config's "
+                                           "encoder (empty: the main one)")
+    p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     sub.add_parser("free-port", help="a TCP port that nothing listens on now")
     p = sub.add_parser("check-launch", help="check the training launch options; print what will start, "
                                             "or the problem (exit status 1)")
@@ -310,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         split(args.dir, args.nj, pairs(args.parts))
     elif args.command == "posterior-dir":
         print(posterior_dir(args.root, args.config, args.overrides))
+    elif args.command == "encoder-env":
+        print(encoder_environment(args.config, args.overrides))
     elif args.command == "json-list":
         print(json.dumps(args.items, separators=(",", ":")))
     elif args.command in ("check-launch", "check-resume", "slurm-exec"):

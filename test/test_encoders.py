@@ -75,7 +75,7 @@ def test_layout_is_detected_from_files(sensevoice_dir, hf_dir, tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path / "missing")
-    with pytest.raises(ValueError, match="unknown encoder type 'whisper'; known encoder types: hf_ctc, sensevoice"):
+    with pytest.raises(ValueError, match="unknown encoder type 'whisper'; known encoder types: espnet, hf_ctc, sensevoice, small_ctc"):
         load_tokenizer(sensevoice_dir, encoder_type="whisper")
 
 

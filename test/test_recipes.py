@@ -38,9 +38,9 @@ DECODE_ARGS = "_beam1_max-new-tokens4_batch-size8"   # QUICK_DECODE names the de
 DECODE = f"decode_beam4_best{DECODE_ARGS}"
 
 
-def sh(cwd: Path, *args: str, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+def sh(cwd: Path, *args: str, env: dict | None = None, ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-    out = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if ok:
         assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
     return out

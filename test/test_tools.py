@@ -67,6 +67,9 @@ def test_setup_rejects_unknown_device_and_npu_without_cann():
     bad = subprocess.run(["bash", str(ROOT / "tools/setup.sh"), "--device", "tpu"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--device must be auto, cpu, cuda or npu, not 'tpu'" in bad.stderr
+    bad = subprocess.run(["bash", str(ROOT / "tools/setup.sh"), "--device", "cpu", "--with", "kaldi"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--with must be espnet (or empty), not 'kaldi'" in bad.stderr
     env = {"PATH": "/usr/bin:/bin"}
     npu = subprocess.run(["bash", str(ROOT / "tools/setup.sh"), "--device", "npu", "--system_packages", "false"],
                          capture_output=True, text=True, env=env)

@@ -27,6 +27,7 @@ die() {
   exit 1
 }
 invocation="$0 $(printf '%q ' "$@")"
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 
 # ---------------------------------------------------------------------------------------------------
 # Options: every variable below is an option (--name value); --help lists them with their defaults.
@@ -60,7 +61,7 @@ extra_text_sets=          # data dirs holding only 'text': more text-only ASR tr
 check_audio=true          # stage 2: open every audio file while validating
 
 # Models
-encoder_path=             # the frozen CTC encoder's directory (e.g. SenseVoiceSmall)
+encoder_path=             # the frozen CTC encoder's directory (SenseVoiceSmall, an ESPnet exp/asr_* dir, ...)
 llm_path=                 # the frozen LLM's Hugging Face directory
 
 # Training
@@ -316,12 +317,30 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
 
+encoder_tasu() {  # encoder_tasu <config> [KEY=VALUE ...]: the tasu that can load <config>'s encoder
+  # (an ESPnet model loads in tools/espnet-venv: its framework cannot install beside the main torch)
+  local env
+  env=$(python3 -m tasu.recipe encoder-env "$@") || die "cannot read the encoder of $1"
+  if [ -z "${env}" ]; then echo tasu; return; fi
+  [ -x "${tools_dir}/${env}/bin/tasu" ] || \
+    die "the encoder of $1 loads in tools/${env}, which is not there: make it with tools/setup.sh --with ${env%-venv}"
+  echo "${tools_dir}/${env}/bin/tasu"
+}
+
+in_main_env() {  # in_main_env <config> [KEY=VALUE ...]: stop unless <config>'s encoder loads here
+  local env
+  env=$(python3 -m tasu.recipe encoder-env "$@") || die "cannot read the encoder of $1"
+  [ -z "${env}" ] || die "--posterior_dumps false runs the encoder of $1 inside tasu train/decode, in the" \
+    "main environment, but it loads only in tools/${env}: keep --posterior_dumps true"
+}
+
 dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s task files with the
   # encoder's compressed posteriors -> ${post_dir}/<set>/<task>.jsonl, post_dir named after the encoder
   # files and compression settings of <config> (+ overrides), so another encoder gets other dumps
-  local config=$1 set=$2 spec files=() dir gpus=0 dev=cpu set_opts=()
+  local config=$1 set=$2 spec files=() dir gpus=0 dev=cpu set_opts=() enc_tasu
   shift 2
   [ $# -gt 0 ] && set_opts=(--set "$@")
+  enc_tasu=$(encoder_tasu "${config}" "$@")
   for spec in ${tasks}; do files+=("${dumpdir}/${set}/$(task_name "${spec}").jsonl"); done
   post_dir=$(python3 -m tasu.recipe posterior-dir "${dumpdir}/posteriors" "${config}" "$@")
   dir=${post_dir}/${set}
@@ -329,7 +348,7 @@ dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s t
   if [ ! -f "${dir}/.done" ]; then
     log "posteriors of ${files[*]} -> ${dir} (log: ${dir}/log/dump.*.log)"
     ${decode_cmd} --gpu "${gpus}" JOB=1:"${dump_nj}" "${dir}/log/dump.JOB.log" \
-      tasu dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
+      "${enc_tasu}" dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
         --job JOB --device "${dev}" --allow-pipes "${set_opts[@]}"
   fi
   # every job done: the JSONL files and .done (or, when done already, the check that it is this dump)
@@ -413,6 +432,8 @@ if runs 4; then
   [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
   audio_data=${dumpdir}
   audio_mode=audio
+  # shellcheck disable=SC2086
+  ${posterior_dumps} || in_main_env "${train_audio_config}" encoder.path="${encoder_path}" ${train_audio_args}
   if ${posterior_dumps}; then
     # shellcheck disable=SC2086
     for set in ${train_set} ${valid_set}; do
@@ -480,9 +501,10 @@ if runs 5; then
     done
     audio_data=${dumpdir}
     input_opts=()
+    enc_opts=()
+    [ -n "${encoder_path}" ] && enc_opts=(encoder.path="${encoder_path}")
+    ${posterior_dumps} || in_main_env "${exp}/config.yaml" "${enc_opts[@]}"
     if ${posterior_dumps}; then   # with the encoder and compression of the model being decoded
-      enc_opts=()
-      [ -n "${encoder_path}" ] && enc_opts=(encoder.path="${encoder_path}")
       for set in ${test_sets}; do
         dump_posteriors "${exp}/config.yaml" "${set}" "${enc_opts[@]}"
       done

@@ -6,8 +6,9 @@
     log_probs, frame_lengths = encoder(feats.to("cuda"), lengths)
 
 Each kind of encoder directory is a backend registered by name (:mod:`tasu.encoders.registry`):
-``sensevoice`` (funasr's SenseVoiceSmall), ``small_ctc`` (tasu's small trainable encoder) and
-``hf_ctc`` (a Hugging Face ``*ForCTC`` model). A directory's backend is detected from its files.
+``sensevoice`` (funasr's SenseVoiceSmall), ``small_ctc`` (tasu's small trainable encoder), ``hf_ctc``
+(a Hugging Face ``*ForCTC`` model) and ``espnet`` (an ESPnet2 ASR model with a CTC branch, whose
+weights load in espnet's own environment). A directory's backend is detected from its files.
 Backends import their frameworks only when a model is loaded, so importing this package and
 loading a tokenizer stay cheap.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tasu.encoders import hf_ctc, sensevoice, small_ctc  # noqa: F401  (each registers its backend)
+from tasu.encoders import espnet, hf_ctc, sensevoice, small_ctc  # noqa: F401  (each registers its backend)
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.encoders.registry import ENCODERS, backend, detect, register
 from tasu.encoders.tokenizers import train_sentencepiece

@@ -43,6 +43,10 @@ class CTCEncoder(nn.Module, abc.ABC):
     sample_rate: int = 16000
     tokenizer: EncoderTokenizer
     files: ClassVar[str]   # what a directory of this kind holds, for messages
+    # The Python environment under tools/ that loads this backend's models, when it is not the main
+    # one (its framework cannot install beside the main torch): recipes run ``tasu dump-posteriors``
+    # there and train and decode from the dumps.
+    environment: ClassVar[str | None] = None
 
     # A backend (a kind of encoder directory, registered by name) overrides these three; an encoder
     # built in code (a test double, a wrapper) needs none of them.
@@ -55,6 +59,15 @@ class CTCEncoder(nn.Module, abc.ABC):
     def load_tokenizer(cls, root: Path) -> EncoderTokenizer:
         """The tokenizer of directory ``root``, reading no weights and importing no model framework."""
         raise NotImplementedError(f"{cls.__name__} loads no directories")
+
+    @classmethod
+    def model_files(cls, root: Path) -> list[Path]:
+        """The files of ``root`` that the model is made from: what a posterior dump's identity hashes.
+
+        By default every top-level file except hidden ones (markers such as ``.done``); a backend whose
+        directories hold more (checkpoints, logs) names its own.
+        """
+        return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
     @classmethod
     def from_dir(cls, root: Path, device: str | torch.device = "cpu", **options) -> "CTCEncoder":
