@@ -214,6 +214,8 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     assert "0.8 x the encoder's greedy CTC WER (test): 14.0 vs 16.0: **met**" in text
     # 10.0 vs 11.0: a margin of 1.0, but the seeds spread by 2.0 each: not evidence
     assert "curriculum WER < audio-only WER (test): 10.0 vs 11.0: **missed**" in text
+    # and each run's own gap beside it: (11 - 2d) - (10 + 2d) for d = -1, 0, 1
+    assert "2 x pooled sd 4.0; each run: +5.0, +1.0, -3.0)" in text
     assert text.index("## Environments") < text.index("## Summary") < text.index("## encoder")
     assert "All 3 runs" in text
 
