@@ -190,9 +190,11 @@ seed: 0
 """
 
 # Run in espnet's environment: ESPnet's own loader (build_model_from_file, from the ESPnet recipe as
-# ESPnet's scripts run it) against tasu's, and a dump against ESPnet's posteriors, compressed.
+# ESPnet's scripts run it) against tasu's, and a dump against ESPnet's posteriors, compressed. A
+# recording's posteriors depend in the last float bits on the batch it ran in, so ESPnet gets the
+# dump's batches: each job's recordings in its scp order, 8 at a time (dump-posteriors' --batch-size).
 CHECK_AGAINST_ESPNET = """
-import json, os, sys, torch
+import glob, json, os, sys, torch
 from espnet2.tasks.asr import ASRTask
 from tasu.compress import CompressConfig, compress_posteriors
 from tasu.data.audio import load_audio
@@ -209,20 +211,28 @@ ours = load_encoder(exp)
 made = json.load(open(f"{dump}/dump.json"))
 compress = CompressConfig(**made["identity"]["compress"])
 reader = DumpReader(made["identity"])
+records = {r[FIELD]: r for r in map(json.loads, open(f"{dump}/ASR.jsonl"))}   # entry -> its record
 count = 0
-for line in open(f"{dump}/ASR.jsonl"):
-    record = json.loads(line)
-    wave = torch.from_numpy(load_audio(record["path"]))
-    with torch.no_grad():
-        out, lengths = theirs.encode(wave[None], torch.tensor([len(wave)]))
-        expected = theirs.ctc.log_softmax(out)
-        got, got_lengths = ours(*ours.extract_features([wave]))
-    assert torch.equal(got, expected) and torch.equal(got_lengths, lengths), record["key"]
-    want = compress_posteriors(expected.exp(), lengths, compress.topk, enabled=compress.enabled,
-                               threshold=compress.threshold)
-    have = reader.load(record[FIELD])
-    assert all(torch.equal(getattr(have, name), getattr(want, name)) for name in ("ids", "weights", "lengths")), record["key"]
-    count += 1
+for scp in sorted(glob.glob(f"{dump}/post.*.scp")):
+    entries = [line.split()[1] for line in open(scp)]
+    for first in range(0, len(entries), 8):
+        batch = [records[e] for e in entries[first:first + 8]]
+        waves = [torch.from_numpy(load_audio(r["path"])) for r in batch]
+        with torch.no_grad():
+            feats, feat_lengths = ours.extract_features(waves)
+            out, lengths = theirs.encode(feats, feat_lengths)
+            expected = theirs.ctc.log_softmax(out)
+            got, got_lengths = ours(feats, feat_lengths)
+        assert torch.equal(got, expected) and torch.equal(got_lengths, lengths)
+        want = compress_posteriors(expected.exp(), lengths, compress.topk, enabled=compress.enabled,
+                                   threshold=compress.threshold)
+        for b, record in enumerate(batch):
+            have = reader.load(record[FIELD])
+            n = int(have.lengths[0])
+            assert n == int(want.lengths[b]), record["key"]
+            for name in ("ids", "weights"):
+                assert torch.equal(getattr(have, name)[0, :n], getattr(want, name)[b, :n]), (record["key"], name)
+            count += 1
 print(f"same posteriors: {count}", flush=True)
 """
 
