@@ -130,7 +130,7 @@ espnet_venv() {  # tools/espnet-venv: espnet, the torch build it runs with, and 
   stamp="${venv}/.tasu-setup"
   want=$(cat "${tools_dir}/espnet-constraints.txt" "${root_dir}/setup.py" | sha256sum | cut -d' ' -f1)
   if [ -f "${stamp}" ] && [ "$(cat "${stamp}")" = "${want}" ] && \
-      "${venv}/bin/python" -c "import tasu, espnet2.tasks.asr" 2>/dev/null; then
+      "${venv}/bin/python" -c "import tasu, espnet2.tasks.asr" >/dev/null 2>&1; then
     log "tools/espnet-venv is up to date"
     return
   fi
