@@ -177,7 +177,7 @@ class DumpReader:
         self.check(entry)
         info = self.info(entry)
         k, vocab = info["topk"], info["vocab_size"]
-        mat = torch.from_numpy(np.asarray(kaldiio.load_mat(entry), dtype=np.float32))
+        mat = torch.from_numpy(np.array(kaldiio.load_mat(entry), dtype=np.float32))   # a copy: the ark may be read-only memory
         ids = mat[:, :k]
         if not bool(torch.isfinite(mat).all()) or bool(((ids != ids.round()) | (ids < 0) | (ids >= vocab)).any()):
             raise DumpError(f"{entry}: corrupt: its ids are not integers below {vocab}, or a value is not finite")
