@@ -35,6 +35,7 @@ import torch
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.encoders.layout import read_yaml, require
 from tasu.encoders.registry import register
+from tasu.encoders.tokenizers import vocabulary_case
 
 # In the order ESPnet's recipes prefer them for decoding.
 MODEL_FILES = ("valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.ave.pth", "valid.loss.best.pth")
@@ -91,29 +92,28 @@ class ESPnetDir:
             f"{self.root}: which model file? expected one of {', '.join(MODEL_FILES)} or a single other .pth "
             f"(checkpoint.pth is not a model file), found {[p.name for p in found]}")
 
+    @property
+    def stats_file(self) -> Path | None:
+        """The feature statistics global_mvn normalises with (other normalisations read no file)."""
+        stats = (self.config.get("normalize_conf") or {}).get("stats_file")
+        if self.config.get("normalize") != "global_mvn" or not stats:
+            return None
+        return self.find("normalize_conf.stats_file", stats)
+
     def files(self) -> list[Path]:
         """Every file the model is made from (what a posterior dump's identity hashes)."""
-        out = [self.root / "config.yaml", self.model_file]
-        for key in ("bpemodel",):
-            if self.config.get(key):
-                out.append(self.find(key, self.config[key]))
-        if isinstance(self.config["token_list"], str):
-            out.append(self.find("token_list", self.config["token_list"]))
-        stats = (self.config.get("normalize_conf") or {}).get("stats_file")
-        if self.config.get("normalize") == "global_mvn" and stats:
-            out.append(self.find("normalize_conf.stats_file", stats))
-        return out
+        token_file = self.config["token_list"]
+        named = [self.bpe_model, self.find("token_list", token_file) if isinstance(token_file, str) else None,
+                 self.stats_file]
+        return [self.root / "config.yaml", self.model_file, *(p for p in named if p is not None)]
 
     def resolved_config(self) -> dict:
         """config.yaml with the files it names made findable from anywhere (absolute paths)."""
-        config = dict(self.config)
-        config["token_list"] = self.token_list
-        if config.get("bpemodel"):
+        config = dict(self.config, token_list=self.token_list)
+        if self.bpe_model is not None:
             config["bpemodel"] = str(self.bpe_model.resolve())
-        stats = (config.get("normalize_conf") or {}).get("stats_file")
-        if stats:
-            config["normalize_conf"] = {**config["normalize_conf"],
-                                        "stats_file": str(self.find("normalize_conf.stats_file", stats).resolve())}
+        if self.stats_file is not None:
+            config["normalize_conf"] = {**config["normalize_conf"], "stats_file": str(self.stats_file.resolve())}
         return config
 
 
@@ -142,8 +142,7 @@ class ESPnetTokenizer(EncoderTokenizer):
         self.vocab_size = len(self.token_list)
         self._index = {t: i for i, t in enumerate(self.token_list)}
         self._not_labels = {self.blank_id} | {self._index[t] for t in SPECIAL if t in self._index}
-        letters = "".join(c for t in self.token_list if t not in SPECIAL for c in t if c.isalpha())
-        self._case = str.upper if letters and letters.isupper() else str.lower if letters and letters.islower() else None
+        self._case = vocabulary_case(t for t in self.token_list if t not in SPECIAL)
         self._sp = None
         if token_type == "bpe":
             import sentencepiece as spm

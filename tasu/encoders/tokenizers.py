@@ -27,6 +27,21 @@ from tasu.encoders.layout import FunASRDir, require
 BLANK_PIECE = "<blank>"
 
 
+def vocabulary_case(pieces: Iterable[str]):
+    """``str.upper`` or ``str.lower`` when every letter of ``pieces`` has that case, else None.
+
+    Released CTC vocabularies are often upper-case (wav2vec2-base-960h, ESPnet's LibriSpeech models)
+    while transcripts are not: text mapped to the vocabulary's case first gives the same ids for
+    "Turn on" and "TURN ON". A mixed-case vocabulary is used as it is.
+    """
+    letters = "".join(c for piece in pieces for c in piece if c.isalpha())
+    if letters and letters.isupper():
+        return str.upper
+    if letters and letters.islower():
+        return str.lower
+    return None
+
+
 class SentencePieceTokenizer(EncoderTokenizer):
     """A SentencePiece model whose piece ids are the CTC head's output ids (blank = 0)."""
 
@@ -91,23 +106,15 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_prefix: str |
 class HFCTCTokenizer(EncoderTokenizer):
     """A ``Wav2Vec2CTCTokenizer`` (character vocabulary), with blank = its pad token.
 
-    Case: released English CTC vocabularies are usually upper-case (wav2vec2-base-960h), while
-    transcripts are not. When every letter of the vocabulary has one case, text is mapped to that
-    case before lookup, so "Turn on" and "TURN ON" give the same ids; a mixed-case vocabulary is
-    used as it is. Runs of whitespace become one word delimiter ``|``.
+    Case: text is mapped to the vocabulary's case (:func:`vocabulary_case`, from its one-character
+    tokens). Runs of whitespace become one word delimiter ``|``.
     """
 
     def __init__(self, tokenizer, vocab_size: int, blank_id: int):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.blank_id = blank_id
-        letters = [t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalpha()]
-        if letters and all(c.isupper() for c in letters):
-            self._case = str.upper
-        elif letters and all(c.islower() for c in letters):
-            self._case = str.lower
-        else:
-            self._case = None
+        self._case = vocabulary_case(t for t in tokenizer.get_vocab() if len(t) == 1)
         self._not_labels = {blank_id, tokenizer.unk_token_id}
 
     @classmethod
