@@ -16,7 +16,8 @@ import soundfile as sf
 
 from recipe_fixtures import copy_recipe
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
+              pytest.mark.slow]
 
 SYSTEMS = ["tasu_train_text", "tasu_train_text_then_train_audio_sft", "train_audio_sft_from_scratch"]
 

@@ -85,6 +85,9 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
         assert len(keys[0]) == n and keys[0] == keys[1]
         assert conf(cells[f"lowres_scratch_{n}"])["train"]["init_from"] is None
         assert conf(cells[f"lowres_text_{n}"])["train"]["init_from"].endswith("tasu_train_text")
+    zero = cells["lowres_text_0"]   # the curve's start: the text-only model decoded as it is, no training
+    assert [c[:2] for c in zero.commands] == [["tasu", "decode"], ["tasu", "score"]] * 2
+    assert zero.commands[0][zero.commands[0].index("--exp") + 1].endswith("exp/tasu_train_text")
     with pytest.raises(study.StudyError, match="1200 utterances, fewer than the 2000"):
         study.lowres_subset(r, 2000, seed=1)   # this made-up run has 1200 utterances
 
@@ -169,6 +172,10 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     # three seeds against three: beyond twice the pooled sd (3.2 and 1.0)
     assert "| insert_ratio 0.0 (3 training seeds) | 22.0 ± 1.0 | +8.3 | **yes** |" in text   # cells 11-13
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
+    assert ("The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d., after each "
+            "token Poisson(0.3) inserted rows (a repeat or a blank row).") in text   # from stage 3's config
+    zero = 10.0 + [c.name for c in cells].index("lowres_text_0")   # no audio: the text-only model itself
+    assert f"| 0 | {zero:.1f} | - | {zero:.1f} | - |" in text
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{len(cells)} min of commands in all" in text

@@ -274,6 +274,12 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
                                   train={"init_from": str(model) if model else None})
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
+        if model:   # no audio at all: the text-only model as stage 3 left it, the curve's starting point
+            commands = []
+            for s in sets:
+                commands += decode_and_score(model, r.study / "lowres_text_0" / "decode" / s, r.test_input(s))
+            cells.append(Cell("lowres_text_0", "lowres", commands,
+                              info={"sets": list(sets), "init": init, "utterances": 0, "model": str(model)}))
         full = r.audio_model if model else r.scratch_model
         commands = []
         for s in sets:
@@ -505,7 +511,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         mean, sd = mean_sd(seeds)
         baseline_sd = sd
         lines += ["## Simulation settings (text-only training, zero-shot)", "",
-                  "The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d. "
+                  f"The recipe's simulation: {describe_simulation(r.text_config.get('simulation', {}))}. "
                   "Each row below the first trains the text-only model with one change, the same steps and "
                   "seed as stage 3. The first row is stage 3's training with three seeds: its spread is the "
                   "yardstick, and a change is called an effect only when it moves the WER by more than twice "
@@ -558,10 +564,14 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         sizes = [c.info["utterances"] for c in low if c.info["init"] == "scratch"]
         lines += ["## How much audio the text-only stage saves", "",
                   "Audio fine-tuning (stage 4's config and steps) on a random subset of the training "
-                  "utterances, from the text-only model and from scratch. `all` is stage 4's own pair.", "",
+                  "utterances, from the text-only model and from scratch. `all` is stage 4's own pair; 0 is the "
+                  "text-only model with no audio at all (the dashed line of the plot).", "",
                   "![low-resource curve](STUDY.png)", "",
                   "| audio utterances | from text-only: test | from scratch: test | from text-only: test_ood | from scratch: test_ood |",
                   "|---:|---:|---:|---:|---:|"]
+        if "lowres_text_0" in by_name:
+            lines.append("| 0 | " + " | ".join([fmt(wer(s / "lowres_text_0", "test")), "-",
+                                                  fmt(wer(s / "lowres_text_0", "test_ood")), "-"]) + " |")
         for n in sizes:
             lines.append(f"| {n} | " + " | ".join(fmt(wer(s / f"lowres_{tag}_{n}", t)) for t in ("test", "test_ood")
                                                   for tag in ("text", "scratch")) + " |")
@@ -602,6 +612,17 @@ def yardstick_note(sd: float | None) -> str:
             f"(the simulation table): a one-seed zero-shot difference under {2 * sd:.1f} is no evidence.")
 
 
+def describe_simulation(sim: dict) -> str:
+    """The text-only config's simulation section in words (the keys the study changes)."""
+    lo, hi = sim.get("alpha", [0.0, 0.0])
+    words = [f"alpha ~ U({lo:g}, {hi:g}) smoothing", f"{100 * sim.get('drop_prob', 0.0):g} % of the tokens dropped i.i.d."]
+    if sim.get("insert_ratio"):
+        words.append(f"after each token Poisson({sim['insert_ratio']:g}) inserted rows (a repeat or a blank row)")
+    if sim.get("wer"):
+        words.append(f"a WER schedule {describe(sim['wer'])}")
+    return ", ".join(words)
+
+
 def describe(setting) -> str:
     if isinstance(setting, dict):
         return ", ".join(f"{k} {describe(v)}" for k, v in setting.items())
@@ -629,6 +650,9 @@ def lowres_plot(study: Path, sizes: list, total: int, out: Path) -> None:
                 xs.append(total if n == "all" else n)
                 ys.append(w)
             ax.plot(xs, ys, marker="o", label=label, color=colour)
+        zero = wer(study / "lowres_text_0", test_set)
+        if zero is not None:
+            ax.axhline(zero, color="tab:green", linestyle="--", linewidth=1, label="the text-only model, no audio")
         ax.set(xscale="log", xlabel="audio utterances in fine-tuning", title=f"WER (%) on {test_set}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("WER (%)")
