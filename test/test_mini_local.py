@@ -227,3 +227,20 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
     out = subprocess.run([sys.executable, str(LOCAL / script), *args], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert f"{script}: " in out.stderr and "missing" in out.stderr
+
+
+def test_usage_keeps_the_figures_of_the_run_that_did_the_work(tmp_path):
+    """A re-run that finds a step done takes seconds: its line must not replace the real one."""
+    table = tmp_path / "usage.tsv"
+
+    def note(name, *command):
+        subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), name, "--", *command], check=True)
+        return {line.split("\t")[0]: float(line.split("\t")[1]) for line in table.read_text().splitlines()}
+
+    assert note("stage 3", "sleep", "0.5")["stage 3"] >= 0.5
+    assert note("stage 4", "true")["stage 3"] >= 0.5
+    again = note("stage 3", "true")    # found its work done
+    assert again["stage 3"] >= 0.5 and list(again) == ["stage 3", "stage 4"]
+    assert note("stage 4", "sleep", "0.3")["stage 4"] >= 0.3   # the longer run replaces the line
+    assert subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), "stage 5", "--", "false"]).returncode == 1
+    assert "stage 5" not in table.read_text()   # a failed step is not noted

@@ -3,8 +3,10 @@
 
     python3 local/usage.py exp/usage.tsv "stage 3" -- ../TEMPLATE/tasu.sh --stage 3 ...
 
-Appends ``name, wall seconds, CPU seconds, peak memory MB`` to the TSV (an earlier line of the same
-name is replaced in place: a re-run stage counts once). Peak memory is the largest memory of the command's
+Appends ``name, wall seconds, CPU seconds, peak memory MB`` to the TSV. A step noted before keeps one
+line, the run that took longer: a re-run that finds the step's work done (``./run.sh --seeds`` over a
+finished ``--seed`` run, ``--stage`` from an earlier stage) takes seconds and must not replace the
+figures of the run that did the work. Peak memory is the largest memory of the command's
 whole process tree (the command, its children, DataLoader workers, compilers, ...), sampled every
 0.2 s, so a peak shorter than that can be missed. The command's exit status is passed on, and nothing
 is noted when it fails.
@@ -69,7 +71,9 @@ def main() -> int:
         line = f"{name}\t{wall:.1f}\t{usage.ru_utime + usage.ru_stime:.1f}\t{peak:.0f}"
         names = [ln.split("\t")[0] for ln in lines]
         if name in names:
-            lines[names.index(name)] = line
+            i = names.index(name)
+            if wall >= float(lines[i].split("\t")[1]):
+                lines[i] = line
         else:
             lines.append(line)
         tmp = table.with_suffix(".tmp")
