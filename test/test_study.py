@@ -99,6 +99,20 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert len(set(sentences)) == len(sentences) and "what time is it" not in sentences
 
 
+def test_a_cell_trained_with_another_config_than_the_run_gives_now_is_refused(run_dir):
+    """Its commands are the same (the config's path), so only the config's content shows the change."""
+    r = study.Recipe(run_dir)
+    study.plan(r, ["simulation"], quick=False, seed=1)
+    (r.study / "sim_drop_0" / "done.0").parent.mkdir(parents=True)
+    (r.study / "sim_drop_0" / "done.0").write_text("60.0\n")
+    study.plan(r, ["simulation"], quick=False, seed=1)   # the same configs: fine
+    config = yaml.safe_load((run_dir / "exp" / "tasu_train_text" / "config.yaml").read_text())
+    config["train"]["max_steps"] = 800   # the run was made again with another stage-3 config
+    write(run_dir / "exp" / "tasu_train_text" / "config.yaml", yaml.safe_dump(config))
+    with pytest.raises(study.StudyError, match="sim_drop_0 was trained with another sim_drop_0.yaml"):
+        study.plan(study.Recipe(run_dir), ["simulation"], quick=False, seed=1)
+
+
 def fake_cell(tmp_path: Path, name: str, *codes: str, after=()) -> study.Cell:
     """A cell whose commands are Python snippets that count their runs in ``tmp_path/<name>.runs``."""
     counter = tmp_path / f"{name}.runs"

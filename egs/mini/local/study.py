@@ -144,11 +144,6 @@ def train(config: Path, exp: Path) -> list[str]:
     return ["tasu", "train", "--config", str(config), "--exp-dir", str(exp), "--allow-pipes"]
 
 
-def write_config(path: Path, config: dict) -> Path:
-    write_text(path, yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 def with_changes(config: dict, **sections: dict) -> dict:
     """A copy of ``config`` with the given keys of its sections replaced."""
     new = json.loads(json.dumps(config))
@@ -160,7 +155,13 @@ def with_changes(config: dict, **sections: dict) -> dict:
 def trained_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=("test",), info=None) -> Cell:
     """A training with ``config`` (written to ``exp/study/conf/<name>.yaml``), then its decodes of ``sets``."""
     cell_dir = r.study / name
-    conf = write_config(r.study / "conf" / f"{name}.yaml", config)
+    conf = r.study / "conf" / f"{name}.yaml"
+    text = yaml.safe_dump(config, sort_keys=False)
+    if conf.exists() and conf.read_text(encoding="utf-8") != text and any(cell_dir.glob("done*")):
+        # the same commands, another config (the run's configs changed): its results would be stale
+        raise StudyError(f"{cell_dir} was trained with another {conf.name} than the run's configs give now: "
+                         "remove it to run the cell again")
+    write_text(conf, text)
     commands = [train(conf, cell_dir / "model")]
     for s in sets:
         commands += decode_and_score(cell_dir / "model", cell_dir / "decode" / s, r.test_input(s))
