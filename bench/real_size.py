@@ -2,10 +2,11 @@
 
     python bench/real_size.py                 # full size: ~10 GB of memory, several minutes on 2 cores
     python bench/real_size.py --layers 2      # the same code with 2 of the LLM's 28 layers (quick check)
+    python bench/real_size.py --batch 8       # 8 utterances a step instead of 2
 
 The models are made from nothing by ``test/real_layout.py`` (the released configuration values,
 file layout and key names) and loaded through tasu's own loaders; the projector is the original's
-linear-silu (LayerNorm(25,055) -> Linear 2,048 -> SiLU -> Linear 1,536). One batch of 2 utterances,
+linear-silu (LayerNorm(25,055) -> Linear 2,048 -> SiLU -> Linear 1,536). One batch of 2 utterances (``--batch``),
 prompt 15 tokens, a 40-token transcript (~38 simulated rows after the default 5 % drops; 34 LLM
 tokens in the baseline), target 24 tokens + EOS. Prints ``name: value`` lines:
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(HERE.parent / "test"))
 from core_text_step import _peak_mem_mb  # noqa: E402
 from environment import enter_recipe_environment, header  # noqa: E402
 
-BATCH, PROMPT_BEFORE, PROMPT_AFTER, TRANSCRIPT_ENC, TRANSCRIPT_LLM, TARGET = 2, 10, 5, 40, 34, 24
+PROMPT_BEFORE, PROMPT_AFTER, TRANSCRIPT_ENC, TRANSCRIPT_LLM, TARGET = 10, 5, 40, 34, 24
 ENC_VOCAB, LLM_HIDDEN = 25_055, 1536
 ROUNDS = 3
 
@@ -70,7 +71,7 @@ def build(root: Path, layers: int):
     return encoder, llm, load_llm_tokenizer(root / "qwen")
 
 
-def bench(layers: int) -> dict[str, float]:
+def bench(layers: int, batch: int) -> dict[str, float]:
     from tasu.compress import compress_posteriors
     from tasu.llm import LoRA, TextBatch, add_lora
     from tasu.model import SpeechLLM, causal_lm_loss, splice
@@ -85,15 +86,15 @@ def bench(layers: int) -> dict[str, float]:
     def ids(n: int, high: int = 150_000) -> list[int]:
         return torch.randint(300, high, (n,)).tolist()
 
-    before, after = [ids(PROMPT_BEFORE) for _ in range(BATCH)], [ids(PROMPT_AFTER) for _ in range(BATCH)]
-    targets = [ids(TARGET) + [eos] for _ in range(BATCH)]
-    tasu_text = TextBatch.from_lists([b + a for b, a in zip(before, after)], [PROMPT_BEFORE] * BATCH, targets, eos)
+    before, after = [ids(PROMPT_BEFORE) for _ in range(batch)], [ids(PROMPT_AFTER) for _ in range(batch)]
+    targets = [ids(TARGET) + [eos] for _ in range(batch)]
+    tasu_text = TextBatch.from_lists([b + a for b, a in zip(before, after)], [PROMPT_BEFORE] * batch, targets, eos)
     base_text = TextBatch.from_lists([b + ids(TRANSCRIPT_LLM) + a for b, a in zip(before, after)],
-                                     [PROMPT_BEFORE] * BATCH, targets, eos)
-    transcripts = [ids(TRANSCRIPT_ENC, ENC_VOCAB) for _ in range(BATCH)]
+                                     [PROMPT_BEFORE] * batch, targets, eos)
+    transcripts = [ids(TRANSCRIPT_ENC, ENC_VOCAB) for _ in range(batch)]
     simulator = Simulator(SimulationConfig(), ENC_VOCAB)
     generator = torch.Generator().manual_seed(0)
-    no_speech, no_lengths = torch.zeros(BATCH, 0, LLM_HIDDEN), torch.zeros(BATCH, dtype=torch.long)
+    no_speech, no_lengths = torch.zeros(batch, 0, LLM_HIDDEN), torch.zeros(batch, dtype=torch.long)
 
     def model_with(lora: bool) -> SpeechLLM:
         if lora:
@@ -138,7 +139,7 @@ def bench(layers: int) -> dict[str, float]:
 
     from fixtures import waveform
 
-    waves = [waveform(5.0, seed=i) for i in range(BATCH)]
+    waves = [waveform(5.0, seed=i) for i in range(batch)]
     opt = optimizer(model)
     parts = {"compress": 0.0, "projector": 0.0}
 
@@ -180,6 +181,7 @@ def bench(layers: int) -> dict[str, float]:
 
     out["decode_rtf_beam4"] = timed(decode) / 10.0
     out["llm_layers"] = layers
+    out["batch"] = batch
     out["llm_parameters_m"] = sum(p.numel() for p in llm.parameters()) / 1e6
     out["encoder_parameters_m"] = sum(p.numel() for p in encoder.parameters()) / 1e6
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -190,10 +192,11 @@ def main() -> None:
     enter_recipe_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=28, help="LLM layers (Qwen2.5-1.5B has 28)")
+    parser.add_argument("--batch", type=int, default=2, help="utterances a step (default: 2)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(header())
-    for name, value in bench(args.layers).items():
+    for name, value in bench(args.layers, args.batch).items():
         print(f"{name}: {value:.6g}", flush=True)
 
 
