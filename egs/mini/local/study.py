@@ -121,6 +121,7 @@ class Recipe:
                                  f"(--workdir {workdir})")
         self.text_config = yaml.safe_load((self.text_model / "config.yaml").read_text(encoding="utf-8"))
         self.audio_config = yaml.safe_load((self.audio_model / "config.yaml").read_text(encoding="utf-8"))
+        self.scratch_config = yaml.safe_load((self.scratch_model / "config.yaml").read_text(encoding="utf-8"))
 
     def test_input(self, test_set: str) -> list[str]:
         """``tasu decode`` options that decode ``test_set``'s ASR records: from the posterior dump stages
@@ -270,8 +271,8 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
     subsets = {n: lowres_subset(r, n, seed) for n in sizes}   # the same utterances for both starts
     for init, model in (("text-only", r.text_model), ("scratch", None)):
         tag = "text" if model else "scratch"
-        for n in sizes:
-            config = with_changes(r.audio_config, data={"train": subsets[n]},
+        for n in sizes:   # each start with stage 4's config for it: the curriculum's, the baseline's
+            config = with_changes(r.audio_config if model else r.scratch_config, data={"train": subsets[n]},
                                   train={"init_from": str(model) if model else None})
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
