@@ -169,6 +169,14 @@ def trained_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=(
     return Cell(name, part, commands, after=tuple(after), info={"sets": list(sets), **(info or {})})
 
 
+def decoded_cell(r: Recipe, name: str, part: str, model: Path, sets=("test",), info=None) -> Cell:
+    """The decodes of ``sets`` by a model the recipe made (no training)."""
+    commands = []
+    for s in sets:
+        commands += decode_and_score(model, r.study / name / "decode" / s, r.test_input(s))
+    return Cell(name, part, commands, info={"sets": list(sets), "model": str(model), **(info or {})})
+
+
 # --- the cells of each part -----------------------------------------------------------------------------
 
 def gap_cells(r: Recipe) -> list[Cell]:
@@ -228,9 +236,7 @@ def projector_cells(r: Recipe) -> list[Cell]:
         text_name, audio_name = f"proj_{proj}_text", f"proj_{proj}_curriculum"
         if projector == r.text_config["projector"]:   # the recipe's own: stage 3's and stage 4's models
             for name, model, stage in ((text_name, r.text_model, "text-only"), (audio_name, r.audio_model, "curriculum")):
-                cells.append(Cell(name, "projectors", decode_and_score(model, r.study / name / "decode" / "test",
-                                                                       r.test_input("test")),
-                                  info={"sets": ["test"], "projector": proj, "stage": stage, "model": str(model)}))
+                cells.append(decoded_cell(r, name, "projectors", model, info={"projector": proj, "stage": stage}))
             continue
         text = trained_cell(r, text_name, "projectors", with_changes(r.text_config, projector=projector),
                          info={"projector": proj, "stage": "text-only"})
@@ -277,17 +283,9 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
         if model:   # no audio at all: the text-only model as stage 3 left it, the curve's starting point
-            commands = []
-            for s in sets:
-                commands += decode_and_score(model, r.study / "lowres_text_0" / "decode" / s, r.test_input(s))
-            cells.append(Cell("lowres_text_0", "lowres", commands,
-                              info={"sets": list(sets), "init": init, "utterances": 0, "model": str(model)}))
+            cells.append(decoded_cell(r, "lowres_text_0", "lowres", model, sets, {"init": init, "utterances": 0}))
         full = r.audio_model if model else r.scratch_model
-        commands = []
-        for s in sets:
-            commands += decode_and_score(full, r.study / f"lowres_{tag}_all" / "decode" / s, r.test_input(s))
-        cells.append(Cell(f"lowres_{tag}_all", "lowres", commands,
-                          info={"sets": list(sets), "init": init, "utterances": "all", "model": str(full)}))
+        cells.append(decoded_cell(r, f"lowres_{tag}_all", "lowres", full, sets, {"init": init, "utterances": "all"}))
     return cells
 
 
