@@ -99,6 +99,15 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert len(set(sentences)) == len(sentences) and "what time is it" not in sentences
 
 
+def test_each_start_of_the_low_resource_curve_fine_tunes_with_its_own_stage_4_config(run_dir):
+    scratch = run_dir / "exp" / "train_audio_sft_from_scratch" / "config.yaml"
+    config = yaml.safe_load(scratch.read_text())
+    write(scratch, yaml.safe_dump({**config, "optim": {"lr": 1e-3}}))   # the baseline's own learning rate
+    cells = {c.name: c for c in study.plan(study.Recipe(run_dir), ["lowres"], quick=True, seed=1)}
+    assert conf(cells["lowres_scratch_10"])["optim"] == {"lr": 1e-3}
+    assert "optim" not in conf(cells["lowres_text_10"])   # the curriculum's config has none here
+
+
 def test_a_cell_trained_with_another_config_than_the_run_gives_now_is_refused(run_dir):
     """Its commands are the same (the config's path), so only the config's content shows the change."""
     r = study.Recipe(run_dir)
