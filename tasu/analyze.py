@@ -18,7 +18,18 @@ transcript's encoder tokens as training does (its ``simulation`` section), and c
   aligned by edit distance; of the rows paired, the share with the same top-1 id, and the
   Jensen-Shannon divergence (bits, 0 = identical, 1 = disjoint) between paired rows, computed
   exactly over the whole vocabulary from the sparse rows;
+- **row divergence** (the one-number fidelity): the same alignment's mean over all its positions,
+  a paired row counting its Jensen-Shannon divergence and a row left unpaired (a row one side has
+  and the other lacks) counting 1 bit, as if it were disjoint. Paired rows alone would call a
+  simulation that writes half the rows it should perfect; this counts the rows' number and their
+  content at once (0 = the same rows, 1 = nothing in common);
 - **histograms** of each row's entropy (bits) and top-1 mass, real and simulated.
+
+With ``match_wer`` the simulator is asked, utterance by utterance, for the token error rate of
+the real rows of the same audio (clipped to the range the simulator serves): the rows can then be
+compared for *how* they err, not for how much, and a simulator conditioned on a WER (the learned
+one, the WER-controlled rules) is judged at the rates the encoder really makes. Without it the
+simulation runs as training starts it (its schedule at step 0).
 
 Writes ``summary.json`` (all numbers, histograms included), ``report.txt`` (the same, short) and
 ``entropy.png``, ``top1_mass.png`` into the output directory.
@@ -114,6 +125,7 @@ class Fidelity:
     blank_rows: dict = field(default_factory=lambda: {"real": 0, "simulated": 0})
     errors: dict = field(default_factory=lambda: {k: {"S": 0, "D": 0, "I": 0} for k in ("real", "simulated")})
     paired: int = 0
+    unpaired: int = 0
     agreed: int = 0
     js_sum: float = 0.0
     entropy: dict = field(default_factory=lambda: {"real": [], "simulated": []})
@@ -130,7 +142,9 @@ class Fidelity:
                     self.errors[name][op] += 1
             self.entropy[name] += rows.entropy
             self.top1_mass[name] += rows.top1_mass
-        for i, j, same in paired_rows(real.top1, simulated.top1):
+        pairs = paired_rows(real.top1, simulated.top1)
+        self.unpaired += len(real.top1) + len(simulated.top1) - 2 * len(pairs)
+        for i, j, same in pairs:
             self.paired += 1
             self.agreed += same
             self.js_sum += js_divergence(real.entries[i], real.floor[i], simulated.entries[j], simulated.floor[j],
@@ -158,6 +172,8 @@ class Fidelity:
         out["paired_rows"] = self.paired
         out["top1_agreement"] = rate(self.agreed, self.paired)
         out["mean_js_divergence_bits"] = self.js_sum / self.paired if self.paired else None
+        out["unpaired_rows"] = self.unpaired
+        out["row_divergence_bits"] = rate(self.js_sum + self.unpaired, self.paired + self.unpaired)
         return out
 
     def _entropy_edges(self) -> np.ndarray:
@@ -188,7 +204,9 @@ def report(summary: dict) -> str:
         lines.append(f"{label:24}{fmt(summary['real'][key]):>10}{fmt(summary['simulated'][key]):>12}")
     lines += ["", f"rows paired by alignment: {summary['paired_rows']}",
               f"top-1 agreement of paired rows: {pct(summary['top1_agreement'])} %",
-              f"mean Jensen-Shannon divergence of paired rows: {num(summary['mean_js_divergence_bits'], 3)} bits"]
+              f"mean Jensen-Shannon divergence of paired rows: {num(summary['mean_js_divergence_bits'], 3)} bits",
+              f"rows left unpaired: {summary['unpaired_rows']}",
+              f"row divergence (unpaired rows count 1 bit): {num(summary['row_divergence_bits'], 3)} bits"]
     return "\n".join(lines) + "\n"
 
 
@@ -220,12 +238,14 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
 
 
 def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: int = 8, seed: int = 0,
-            total: int | None = None) -> Fidelity:
-    """Run the comparison over ``records`` (each with a transcript and audio), a batch at a time."""
+            total: int | None = None, match_wer: bool = False) -> Fidelity:
+    """Run the comparison over ``records`` (each with a transcript and audio), a batch at a time;
+    ``match_wer``: simulate each utterance at its real rows' token error rate (see the module doc)."""
     from tqdm import tqdm
 
     from tasu.compress import compress_posteriors
     from tasu.data.audio import load_audio
+    from tasu.simulate.base import token_error_rate
 
     fidelity = Fidelity()
     generator = torch.Generator().manual_seed(seed)
@@ -241,8 +261,13 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
             real = compress_posteriors(log_probs.exp().cpu(), lengths.cpu(), compress_cfg.topk,
                                        enabled=compress_cfg.enabled, threshold=compress_cfg.threshold,
                                        blank_id=encoder.blank_id)
-        simulated = simulator(references, generator=generator)
-        for reference, r, s in zip(references, rows_of(real), rows_of(simulated)):
+        real_rows = rows_of(real)
+        wer = None
+        if match_wer:
+            lo, hi = simulator.wer_range
+            wer = [min(max(token_error_rate(ref, r.emitted()), lo), hi) for ref, r in zip(references, real_rows)]
+        simulated = simulator(references, generator=generator, wer=wer)
+        for reference, r, s in zip(references, real_rows, rows_of(simulated)):
             fidelity.add(reference, r, s)
         progress.update(len(batch))
         batch.clear()
@@ -258,7 +283,7 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
 
 
 def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = None, batch_size: int = 8,
-                seed: int = 0, allow_pipes: bool = False, device: str = "cpu") -> dict:
+                seed: int = 0, allow_pipes: bool = False, device: str = "cpu", match_wer: bool = False) -> dict:
     """``tasu analyze``: the records of ``data`` (JSONL) -> ``out_dir`` (summary, report, plots)."""
     import itertools
 
@@ -284,9 +309,9 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
     fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
-                       batch_size=batch_size, seed=seed, total=total)
+                       batch_size=batch_size, seed=seed, total=total, match_wer=match_wer)
     summary = fidelity.summary()
-    summary["settings"] = {"data": list(data), "encoder": cfg.encoder.path, "seed": seed,
+    summary["settings"] = {"data": list(data), "encoder": cfg.encoder.path, "seed": seed, "match_wer": match_wer,
                            "compress": _plain(cfg.compress), "simulation": _plain(cfg.simulation)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

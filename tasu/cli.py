@@ -170,7 +170,7 @@ def _analyze(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else [])
     cfg = load_config(ExperimentConfig, args.config, overrides)
     summary = run_analyze(cfg, args.data, args.out, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                          allow_pipes=args.allow_pipes, device=args.device)
+                          allow_pipes=args.allow_pipes, device=args.device, match_wer=args.match_wer)
     print(report(summary), end="")
     return 0
 
@@ -334,6 +334,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="analyze the first N records only")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
+    p.add_argument("--match-wer", action="store_true",
+                   help="simulate each utterance at the token error rate of its real rows (how the rows err, "
+                        "not how much)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. simulation.drop_prob=0.1")
     p.set_defaults(func=_analyze)

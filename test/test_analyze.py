@@ -73,10 +73,63 @@ def test_fidelity_counts_rows_errors_and_row_agreement_by_hand():
     # rows 5 0 1 7 vs 5 7: 5 and 7 pair and agree, the other two real rows are unpaired
     assert s["paired_rows"] == 2 and s["top1_agreement"] == 1.0
     assert s["mean_js_divergence_bits"] == pytest.approx(0.0)
+    # the row divergence counts the two unpaired rows as 1 bit each: (0 + 0 + 1 + 1) / 4
+    assert s["unpaired_rows"] == 2 and s["row_divergence_bits"] == pytest.approx(0.5)
     assert sum(s["real"]["entropy_histogram"]["counts"]) == 4
     assert sum(s["simulated"]["top1_mass_histogram"]["counts"]) == 2
     text = report(s)
     assert "rows per token" in text and "133" not in text and "1.33" in text and "0.67" in text
+    assert "row divergence (unpaired rows count 1 bit): 0.500 bits" in text
+
+
+def test_matched_wer_asks_the_simulator_for_each_utterances_real_error_rate(monkeypatch):
+    """--match-wer: each utterance simulated at its real rows' token error rate, clipped to what the
+    simulator serves; without it the simulator gets no rate (the config's own condition)."""
+    from tasu.analyze import analyze
+    from tasu.compress import CompressConfig
+
+    class Encoder:   # "audio" = the transcript's ids; real rows: all but the last token, then blanks
+        blank_id, device = 0, "cpu"
+
+        class tokenizer:
+            @staticmethod
+            def encode(text):
+                return [int(t) for t in text.split()]
+
+        def extract_features(self, waves):
+            return waves, None
+
+        def __call__(self, feats, _):
+            logp = torch.full((len(feats), 4, V), -30.0)
+            logp[:, :, 0] = 0.0
+            for b, wave in enumerate(feats):
+                for t, tok in enumerate(wave.long().tolist()[:-1]):
+                    logp[b, t, 0], logp[b, t, tok] = -30.0, 0.0
+            return logp, torch.full((len(feats),), 4)
+
+    class Simulator:
+        wer_range = (0.0, 0.4)
+
+        def __init__(self):
+            self.asked = []
+
+        def __call__(self, token_ids, generator=None, wer=None):
+            self.asked.append(wer)
+            return sparse([[(t, 1.0)] for t in token_ids[0]])
+
+    class Record:
+        def __init__(self, transcript):
+            self.path, self.key, self.start, self.end, self.transcript = "x", transcript, None, None, transcript
+
+    monkeypatch.setattr("tasu.data.audio.load_audio",
+                        lambda path, key, start, end: torch.tensor([float(t) for t in key.split()]).numpy())
+    compress = CompressConfig(threshold=0.9, topk=2)
+    for transcript, match, asked in (("5 6", True, 0.4),        # 1 of 2 tokens missing: 0.5, clipped to 0.4
+                                     ("1 2 3 4", True, 0.25),   # 1 of 4
+                                     ("5 6", False, None)):     # no rate: the simulator's own condition
+        sim = Simulator()
+        analyze(Encoder(), sim, [Record(transcript)], compress_cfg=compress, batch_size=1, match_wer=match)
+        assert sim.asked == [None if asked is None else [asked]]
 
 
 def test_analyze_runs_on_audio_and_writes_summary_report_and_plots(tmp_path):
@@ -131,5 +184,9 @@ def test_tasu_analyze_from_the_command_line(tmp_path, capsys):
                  "simulation.drop_prob=0.0"]) == 0
     assert "1 utterances" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]["simulation"]["drop_prob"] == 0.0
+    assert main(["analyze", "--encoder", str(enc), "--data", str(data), "--out", str(tmp_path / "matched"),
+                 "--match-wer"]) == 0
+    assert json.loads((tmp_path / "matched" / "summary.json").read_text())["settings"]["match_wer"] is True
+    assert "row divergence" in capsys.readouterr().out
     assert main(["analyze", "--encoder", str(enc), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 1
     assert "none.jsonl" in capsys.readouterr().err

@@ -97,8 +97,13 @@ def test_a_simulator_directory_is_config_and_safetensors(setup):
     assert set(load_file(sim / "model.safetensors")) and not list(sim.rglob("*.pt"))
     teacher = json.loads((sim / "teacher.json").read_text())
     assert teacher["examples"] == 6 * 3 and sum(teacher["bins"].values()) == 18
+    # 6 transcripts: the first 4 calibrate, the report reads the other 2
     report = json.loads((sim / "report.json").read_text())
-    assert report["utterances"] == 4 and all(row["asked"] >= lo for row in report["rows"])
+    assert report["utterances"] == 2 and report["held_out"] and all(row["asked"] >= lo for row in report["rows"])
+    cal = config["calibration"]
+    assert cal["temperature"] == 0.5 and len(cal["condition"]) == len(cal["wer"]) == 21
+    assert cal["condition"][0] == lo and cal["condition"][-1] == pytest.approx(hi)
+    assert cal["wer"] == sorted(cal["wer"])
     assert (sim / "checkpoints" / "last").read_text().strip() == "step_000010"
 
 
@@ -256,11 +261,12 @@ def test_the_condition_is_learned_from_a_rule_teacher():
     and a tiny model: on transcripts it never saw, asking for more errors gives more errors.
 
     Measured (600 steps, 14 s on one core): asked 0 / 10 / 20 / 30 % -> 10.6 / 15.6 / 21.1 / 25.2 % at
-    temperature 0.5; the offset at 0 % is the tiny model's own copying error.
+    temperature 0.5; the offset at 0 % is the tiny model's own copying error. Calibrated on 64 of the
+    fresh transcripts, asked rates inside what the model reaches are hit on the other 64.
     """
     from tasu.simulate import RuleSimulator
     from tasu.simulate.learned import LearnedSimulator, LearnedSimulatorConfig, SimulatorModel
-    from tasu.train.simulator import SimulatorLoopConfig, Teacher, batch_index, learning_rate
+    from tasu.train.simulator import SimulatorLoopConfig, Teacher, batch_index, calibrate, learning_rate, wer_report
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -297,9 +303,25 @@ def test_the_condition_is_learned_from_a_rule_teacher():
             out = sim(fresh, torch.Generator().manual_seed(1), wer=asked)
             errors = sum(token_error_rate(r, h) * len(r) for r, h in zip(fresh, row_tokens(out)))
             measured.append(errors / sum(len(r) for r in fresh))
+        c.calibration = calibrate(sim, fresh[:64])
+        report = wer_report(sim, fresh[64:], SimulatorLoopConfig(report_wers=[0.15, 0.2]))
     finally:
         torch.set_num_threads(threads)
     assert measured == sorted(measured) and measured[-1] > measured[0] + 0.08, measured
+    for row in report["rows"]:
+        assert abs(row["simulated"] - row["asked"]) < 0.04, report
+
+
+def test_asked_wers_are_read_backwards_through_the_calibration_curve():
+    from tasu.simulate.learned import invert_calibration
+
+    condition, wer = [0.0, 0.25, 0.5, 0.75, 1.0], [0.02, 0.05, 0.05, 0.20, 0.40]   # flat from 0.25 to 0.5
+    got = invert_calibration(torch.tensor([0.0, 0.02, 0.035, 0.05, 0.125, 0.3, 0.4, 0.9], dtype=torch.float64),
+                             condition, wer)
+    # below the curve: its first condition; 3.5 % halfway up the first segment; the flat stretch at its
+    # first condition; 12.5 % halfway from 0.25 to 0.75 in WER -> halfway in condition; beyond: the end
+    assert got.tolist() == pytest.approx([0.0, 0.0, 0.125, 0.25, 0.5, 0.875, 1.0, 1.0])
+    assert invert_calibration(torch.tensor([0.3]), [0.0, 1.0], [0.1, 0.1]).tolist() == [0.0]   # a flat curve
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ sys.path.insert(0, str(MINI / "local"))
 import study  # noqa: E402
 
 TEXT_CONFIG = {
+    "encoder": {"type": "small_ctc", "path": "exp/encoder"},
     "projector": {"name": "linear-silu", "options": {"hidden": 512}},
     "simulation": {"alpha": [0.0, 0.1], "drop_prob": 0.05, "insert_ratio": 0.3, "wer": None, "confusion": "random"},
     "data": {"train": [{"path": "dump/train/ASR.text_only.jsonl", "weight": 1.0}], "mode": "text"},
@@ -34,7 +35,8 @@ def run_dir(tmp_path) -> Path:
         write(post / test_set / "ASR.jsonl", "")
         write(root / "dump" / test_set / "ASR.jsonl", "")
     write(root / "data" / "train" / "text", "u000 what time is it\nu001 set an alarm for six am\n")
-    audio = {**TEXT_CONFIG, "data": {"mode": "posteriors", "train": [
+    audio = {**TEXT_CONFIG, "compress": {"enabled": True, "threshold": 0.9, "topk": 16},
+             "data": {"mode": "posteriors", "train": [
         {"path": str(post / "train" / "ASR.jsonl"), "weight": 1.0},
         {"path": str(post / "train" / "SLU_scenario.jsonl"), "weight": 1.0}]},
         "train": {"seed": 1, "max_steps": 200, "init_from": str(root / "exp" / "tasu_train_text")}}
@@ -97,6 +99,87 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert [len(t) for t in texts] == list(study.TEXT_SENTENCES) and texts[1][:1000] == texts[0]
     sentences = [json.loads(line)["target"] for line in texts[2]]
     assert len(set(sentences)) == len(sentences) and "what time is it" not in sentences
+
+
+def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir):
+    r = study.Recipe(run_dir)
+    cells = {c.name: c for c in study.plan(r, ["learned"], quick=False, seed=1)}
+    train_sim = cells["learned_simulator"].commands[0]
+    assert train_sim[:2] == ["tasu", "train-simulator"]
+    assert train_sim[train_sim.index("--data") + 1].endswith("dump/train/ASR.jsonl")   # training audio only
+    sim_conf = yaml.safe_load(Path(train_sim[train_sim.index("--config") + 1]).read_text())
+    assert sim_conf["encoder"] == TEXT_CONFIG["encoder"] and sim_conf["compress"]["topk"] == 16
+    simulator = train_sim[train_sim.index("--out") + 1]
+
+    # text-only training on the learned simulator's rows and on WER-controlled rules: the same schedule
+    learned, rules = conf(cells["learned_text"]), conf(cells["learned_rules_wer"])
+    assert cells["learned_text"].after == ("learned_simulator",)
+    assert learned["simulation"]["name"] == "learned" and learned["simulation"]["path"] == simulator
+    assert learned["simulation"]["wer"] == rules["simulation"]["wer"] == {**study.LEARNED_WER, "total_steps": 400}
+    assert rules["simulation"].get("name", "rules") == "rules"
+    for config in (learned, rules):
+        assert {k: v for k, v in config.items() if k != "simulation"} == \
+               {k: v for k, v in TEXT_CONFIG.items() if k != "simulation"}
+
+    # fidelity: the rules as stage 3 trained on them, the conditioned ones at each utterance's real rate
+    analyze = cells["learned_fidelity"].commands
+    assert [("--match-wer" in a, a[a.index("--config") + 1].split("/")[-1], a[a.index("--seed") + 1])
+            for a in analyze] == [(matched, config, str(seed))
+                                  for matched, config in ((False, "config.yaml"), (True, "learned_rules_wer.yaml"),
+                                                          (True, "learned_text.yaml")) for seed in study.SIM_SEEDS]
+    assert all(a[a.index("--data") + 1].endswith("dump/dev/ASR.jsonl") for a in analyze)
+
+    # few-utterance fine-tuning from the learned-simulator model, beside the curve's cells on the same utterances
+    for n in study.LEARNED_LOWRES_UTTS:
+        tuned = conf(cells[f"learned_lowres_{n}"])
+        assert tuned["train"]["init_from"].endswith("study/learned_text/model")
+        assert tuned["data"]["train"] == conf(cells[f"lowres_text_{n}"])["data"]["train"]
+        assert f"lowres_scratch_{n}" in cells
+    assert "lowres_text_0" in cells and "lowres_text_all" not in cells
+
+    # planned with the low-resource part, the cells both need appear once
+    both = study.plan(r, ["lowres", "learned"], quick=False, seed=1)
+    assert len({c.name for c in both}) == len(both)
+    assert {c.name for c in both} == {c.name for c in study.plan(r, ["lowres"], quick=False, seed=1)} | set(cells)
+
+
+def test_the_learned_report_tables_wer_control_fidelity_and_training(run_dir, tmp_path):
+    r = study.Recipe(run_dir)
+    cells = study.plan(r, ["learned"], quick=False, seed=1)
+    for i, c in enumerate(cells):
+        for test_set in c.info.get("sets", []):
+            write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
+    sim = r.study / "learned_simulator" / "simulator"
+    write(sim / "config.json", json.dumps({"d_model": 128, "encoder_layers": 2, "decoder_layers": 2, "heads": 4,
+                                           "topk": 10}))
+    asked = [0.0, 0.1, 0.2, 0.3]
+    write(sim / "report.json", json.dumps({"utterances": 200, "wer_range": [0.0, 0.9], "teacher_mean_ter": 0.25,
+                                           "rows": [{"asked": a, "simulated": a + 0.02} for a in asked]}))
+    side = {"rows_per_token": 1.2, "blank_row_rate": 0.1, "token_error_rate": 0.3}
+    for k, name in enumerate(("rules_iid", "rules_wer", "learned")):
+        for seed in study.SIM_SEEDS:   # row divergence 0.6, 0.5, 0.4 (+ 0.01 x seed: sd 0.01)
+            write(r.study / "learned_fidelity" / f"{name}_seed{seed}" / "summary.json",
+                  json.dumps({"real": side, "simulated": side, "top1_agreement": 0.5, "mean_js_divergence_bits": 0.4,
+                              "row_divergence_bits": 0.58 - 0.1 * k + 0.01 * seed}))
+    out = tmp_path / "STUDY.md"
+    study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
+    text = out.read_text()
+    assert "## The learned simulator (TASU2)" in text
+    assert "within ±3 points over 0-30 %: **met**" in text and "| 30 | 32.0 | +2.0 |" in text
+    assert ("| simulated: learned, matched WER | 1.20 ± 0.00 | 10.0 ± 0.0 | 30.0 ± 0.0 | 50.0 ± 0.0 | 0.400 ± 0.000 | "
+            "**0.400 ± 0.010** |") in text
+    names = [c.name for c in cells]
+    score = {n: f"{10.0 + names.index(n):.1f}" for n in names}
+    assert (f"| the learned simulator | {score['learned_text']} | {score['learned_text']} | "
+            f"{score['learned_lowres_50']} | {score['learned_lowres_50']} | "
+            f"{score['learned_lowres_200']} | {score['learned_lowres_200']} |") in text
+    assert f"| nothing (audio fine-tuning from scratch) | - | - | {score['lowres_scratch_50']} |" in text
+
+    # a simulator off by more than 3 points somewhere: missed
+    write(sim / "report.json", json.dumps({"utterances": 200, "wer_range": [0.0, 0.9], "teacher_mean_ter": 0.25,
+                                           "rows": [{"asked": a, "simulated": a + 0.05 * (a == 0.2)} for a in asked]}))
+    study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
+    assert "within ±3 points over 0-30 %: **missed**" in out.read_text()
 
 
 def test_each_start_of_the_low_resource_curve_fine_tunes_with_its_own_stage_4_config(run_dir):

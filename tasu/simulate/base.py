@@ -62,6 +62,7 @@ class PosteriorSimulator(abc.ABC):
 
     vocab_size: int
     blank_id: int
+    wer_range: tuple[float, float] = (0.0, 1.0)   # the target WERs it serves (a learned one: what it was trained on)
 
     @classmethod
     @abc.abstractmethod

@@ -25,12 +25,24 @@ can only follow in jumps of their width (5 to 10 points, wider than the ±3 poin
 meant to hit). The range the teacher covered is stored with the model, and asking outside it is
 an error rather than an extrapolation nobody measured.
 
+**Calibration.** The condition the model learns is the teacher's error rate, but the rows it writes
+are *sampled*, and at the usual temperature 0.5 sampling sharpens each row towards its top entry:
+asked for 30 % it writes rows that err at about half that (measured on egs/mini). So ``tasu
+train-simulator`` ends by measuring the sampled rows' token error rate at a grid of conditions over
+the trained range, at the temperature it is told (``train.temperature``, the simulation's default),
+and stores that curve in ``config.json``; the simulator then inverts it: asked for a WER it feeds
+the model the condition whose rows err at that rate. Sampled at another temperature the curve does
+not hold, and the raw condition is used (with a warning once).
+
 Sampling (batched, with ``temperature``): at each step the next row's token is drawn from the output
 distribution at that temperature (Gumbel noise from the caller's generator, drawn on the CPU so that
 the rows do not depend on the device); the end class ends the utterance (not before its first row,
 at the latest after ``max_rows_per_token * L + 8`` rows). The emitted row is the model's distribution
-with the drawn token's and the top entry's probabilities exchanged: the drawn token is the row's
-top-1 (what decides its error), the spread of the rest is the model's. Rows are kept sparse, top-k.
+at the same temperature with the drawn token's and the top entry's probabilities exchanged: the
+drawn token is the row's top-1 (what decides its error), the spread of the rest is the model's. The
+temperature applies to the row too because the model predicts the *mean* of the rows a context can
+have, flatter than any one of them: on egs/mini's dev set the untempered rows had 3.3 bits of
+entropy against the encoder's 0.9, the tempered ones 1.0 (``tasu analyze``). Rows are kept sparse, top-k.
 
 A simulator directory holds ``config.json`` (sizes, the encoder's vocabulary size, blank id and a
 digest of its pieces, the trained WER range) and ``model.safetensors``: loading reads tensors and
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -85,6 +98,9 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
     vocab_digest: str = ""                 # SHA-256 of the encoder's pieces, one per line
     wer_range: tuple[float, float] = (0.0, 1.0)   # the teacher's measured token error rates (min, max)
     encoder: dict = field(default_factory=dict)   # what the teacher was: backend, file digest, compress
+    # {"temperature": T, "condition": [...], "wer": [...]}: the sampled rows' token error rate at each
+    # condition, at temperature T (nondecreasing); empty: not calibrated, asked WER = condition
+    calibration: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -255,7 +271,7 @@ class SimulatorModel(nn.Module):
             if not bool(alive.any()):
                 break
             lengths += alive.long()
-            p = logits[:, :v].softmax(-1)
+            p = (logits[:, :v] / temperature).softmax(-1)                               # the row, as sharp as the draw
             token = drawn.clamp_max(v - 1)[:, None]
             top = p.argmax(-1, keepdim=True)
             p_token, p_top = p.gather(1, token), p.gather(1, top)
@@ -335,6 +351,22 @@ class LearnedSimulator(PosteriorSimulator):
         self.temperature = temperature
         self.source = source
         self.vocab_size, self.blank_id = self.c.vocab_size, self.c.blank_id
+        self._warned = False
+
+    def condition(self, rates: torch.Tensor) -> torch.Tensor:
+        """The model's condition for asked WERs: the inverse of the calibration curve when it was
+        measured at this temperature (see the module doc), else the asked WERs themselves."""
+        cal = self.c.calibration
+        if not cal:
+            return rates
+        if abs(cal["temperature"] - self.temperature) > 1e-9:
+            if not self._warned:
+                logging.getLogger("tasu.simulate").warning(
+                    "%s is calibrated for temperature %g, not %g: the asked WER is its raw condition",
+                    self.source, cal["temperature"], self.temperature)
+                self._warned = True
+            return rates
+        return invert_calibration(rates, cal["condition"], cal["wer"])
 
     @classmethod
     def load(cls, path: str | Path, tokenizer: Vocabulary | None = None, device: str | torch.device = "cpu",
@@ -357,6 +389,10 @@ class LearnedSimulator(PosteriorSimulator):
             for name in ("start", "end"):
                 sim.check_wer(getattr(config.wer, name), f"simulation.wer.{name}")
         return sim
+
+    @property
+    def wer_range(self) -> tuple[float, float]:
+        return tuple(self.c.wer_range)
 
     def check_wer(self, rates: Sequence[float], what: str = "wer") -> None:
         lo, hi = self.c.wer_range
@@ -383,9 +419,27 @@ class LearnedSimulator(PosteriorSimulator):
         for i, x in enumerate(token_ids):
             src[i, :len(x)] = torch.tensor(x, dtype=torch.long)
         ids, probs, floor, blank, out_len = self.model.sample(
-            src.to(device), lengths.to(device), rates.float().to(device), self.temperature, generator)
+            src.to(device), lengths.to(device), self.condition(rates).float().to(device), self.temperature, generator)
         return Posteriors(ids=ids, weights=probs - floor[:, :, None] * (probs > 0), floor=floor, blank=blank,
                           lengths=out_len, vocab_size=self.vocab_size, blank_id=self.blank_id)
+
+
+def invert_calibration(rates: torch.Tensor, condition: Sequence[float], wer: Sequence[float]) -> torch.Tensor:
+    """Conditions whose sampled rows err at ``rates``: linear interpolation of the measured curve
+    (``wer`` nondecreasing in ``condition``) read backwards; a flat stretch is read at its first
+    condition, and a rate beyond what the curve reaches gets its nearest end."""
+    xs, ys = [], []
+    for c, w in zip(condition, wer):
+        if not xs or w > xs[-1]:
+            xs.append(float(w))
+            ys.append(float(c))
+    if len(xs) == 1:
+        return torch.full_like(rates, ys[0])
+    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+    r = rates.double().clamp(x[0], x[-1])
+    i = torch.searchsorted(x, r, right=True).clamp(1, len(xs) - 1)
+    f = (r - x[i - 1]) / (x[i] - x[i - 1])
+    return (y[i - 1] + f * (y[i] - y[i - 1])).to(rates.dtype)
 
 
 def check_vocabulary(c: LearnedSimulatorConfig, tokenizer: Vocabulary, path) -> None:

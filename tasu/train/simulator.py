@@ -21,9 +21,13 @@ Steps, each named in the log:
    and cosine decay, gradient clipping; checkpoints ``OUT/checkpoints/step_N/`` (weights, optimizer
    moments, step; all safetensors and JSON) every ``save_interval`` steps, written under a
    temporary name and renamed, with ``OUT/checkpoints/last`` pointing at the newest.
-3. **the model**: ``OUT/config.json`` + ``OUT/model.safetensors`` (what ``simulation.path`` names),
-   and ``OUT/report.json``: the simulated token error rate at a grid of asked WERs, on transcripts
-   of the data, beside the teacher's own.
+3. **calibration**: the sampled rows' token error rate at 21 conditions over the trained range, at
+   ``train.temperature``, on the first ``report_utterances`` distinct transcripts of the data; the
+   curve goes into the model's config, and asked WERs are read through it (see
+   ``tasu.simulate.learned``: sampling at temperature 0.5 makes fewer errors than the condition says).
+4. **the model**: ``OUT/config.json`` + ``OUT/model.safetensors`` (what ``simulation.path`` names),
+   and ``OUT/report.json``: the simulated token error rate at a grid of asked WERs, on the next
+   ``report_utterances`` distinct transcripts (not those of the calibration), beside the teacher's own.
 
 Exact resume: the batches of a step are a function of (seed, step) (a seeded permutation per
 epoch), dropout is reseeded from (seed, step) every step, and the learning rate is computed from
@@ -94,12 +98,17 @@ class SimulatorLoopConfig:
     grad_clip: float = 1.0
     log_interval: int = 50
     save_interval: int = 200
-    report_utterances: int = 200        # transcripts the final report simulates (0: no report)
+    report_utterances: int = 200        # transcripts of the calibration, and as many others of the report
+                                        # (0: neither: asked WER = the raw condition)
+    temperature: float = 0.5            # the sampling temperature the calibration is measured at
+                                        # (simulation.temperature's default)
     report_wers: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
 
     def check(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.save_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, batch_size, save_interval and log_interval must be >= 1")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -497,11 +506,17 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
             window, started = [], time.time()
         if step % c.save_interval == 0 or step == c.max_steps:
             _save_checkpoint(ckpt_root, step, model, optimizer, sim_config)
-    write_simulator_dir(out, sim_config, model.state_dict())
-    log.info("wrote the learned simulator: %s (%s, %s)", out, "config.json", "model.safetensors")
     report = {}
     if c.report_utterances > 0:
-        report = wer_report(LearnedSimulator(model.eval(), source=str(out)), teacher, c)
+        transcripts = distinct_transcripts(teacher, 2 * c.report_utterances)
+        calibrating, held_out = transcripts[:c.report_utterances], transcripts[c.report_utterances:]
+        sim_config.calibration = calibrate(LearnedSimulator(model.eval(), temperature=c.temperature), calibrating)
+    write_simulator_dir(out, sim_config, model.state_dict())
+    log.info("wrote the learned simulator: %s (%s, %s)", out, "config.json", "model.safetensors")
+    if c.report_utterances > 0:
+        sim = LearnedSimulator(model.eval(), temperature=c.temperature, source=str(out))
+        report = wer_report(sim, held_out or calibrating, c)
+        report.update(held_out=bool(held_out), teacher_mean_ter=float(teacher.ter.mean()))
         write_atomic(out / REPORT, json.dumps(report, indent=1) + "\n")
         for row in report["rows"]:
             log.info("asked WER %5.1f %%: simulated token error rate %5.1f %%", 100 * row["asked"],
@@ -509,31 +524,57 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
     return report
 
 
-def wer_report(sim: LearnedSimulator, teacher: Teacher, c: SimulatorLoopConfig, seed: int = 0) -> dict:
-    """Asked WER -> the simulated rows' token error rate (edits over tokens), on the teacher's
-    distinct transcripts (the first ``report_utterances``), at each asked WER inside the trained range."""
+def distinct_transcripts(teacher: Teacher, n: int) -> list[list[int]]:
+    """The first ``n`` distinct transcripts (token ids) of the teacher's examples, in their order."""
     seen, transcripts = set(), []
     for i in range(len(teacher)):
         ids = teacher.src[teacher.src_offsets[i]:teacher.src_offsets[i + 1]].tolist()
         if tuple(ids) not in seen:
             seen.add(tuple(ids))
             transcripts.append(ids)
-        if len(transcripts) >= c.report_utterances:
-            break
+            if len(transcripts) >= n:
+                break
+    return transcripts
+
+
+def measured_ter(sim: LearnedSimulator, transcripts: list[list[int]], seed: str, **condition) -> float:
+    """The token error rate (edits over tokens) of the rows ``sim`` samples for ``transcripts``."""
+    g = torch.Generator().manual_seed(_seed(0, seed))
+    errors = tokens = 0
+    for first in range(0, len(transcripts), 32):
+        batch = transcripts[first:first + 32]
+        for ref, hyp in zip(batch, row_tokens(sim(batch, g, **condition))):
+            errors += edit_distance(ref, hyp)
+            tokens += len(ref)
+    return errors / max(tokens, 1)
+
+
+def calibrate(sim: LearnedSimulator, transcripts: list[list[int]], points: int = 21) -> dict:
+    """The sampled rows' token error rate at ``points`` conditions spanning the trained range, at the
+    simulator's temperature, made nondecreasing (a running maximum): the curve that asked WERs are read
+    through (``LearnedSimulator.condition``). ``sim`` must not be calibrated yet: it is asked for raw
+    conditions."""
+    if sim.c.calibration:
+        raise ValueError("calibrate() measures an uncalibrated simulator")
     lo, hi = sim.c.wer_range
-    rows = []
-    for asked in [w for w in c.report_wers if lo <= w <= hi]:
-        g = torch.Generator().manual_seed(_seed(seed, f"report{asked}"))
-        errors = tokens = 0
-        for first in range(0, len(transcripts), 32):
-            batch = transcripts[first:first + 32]
-            post = sim(batch, g, wer=asked)
-            for ref, hyp in zip(batch, row_tokens(post)):
-                errors += edit_distance(ref, hyp)
-                tokens += len(ref)
-        rows.append({"asked": asked, "simulated": errors / max(tokens, 1)})
-    return {"utterances": len(transcripts), "wer_range": list(sim.c.wer_range),
-            "teacher_mean_ter": float(teacher.ter.mean()), "rows": rows}
+    conditions = [lo + (hi - lo) * i / (points - 1) for i in range(points)]
+    wer, top = [], 0.0
+    for i, x in enumerate(conditions):
+        top = max(top, measured_ter(sim, transcripts, f"calibrate{i}", wer=x))
+        wer.append(top)
+    log.info("calibration at temperature %g on %d transcripts: %s", sim.temperature, len(transcripts),
+             ", ".join(f"{100 * x:.0f} -> {100 * w:.1f} %" for x, w in zip(conditions[::4], wer[::4])))
+    return {"temperature": sim.temperature, "condition": conditions, "wer": wer}
+
+
+def wer_report(sim: LearnedSimulator, transcripts: list[list[int]], c: SimulatorLoopConfig) -> dict:
+    """Asked WER -> the sampled rows' token error rate on ``transcripts``, at each of ``c.report_wers``
+    inside the trained range."""
+    lo, hi = sim.c.wer_range
+    rows = [{"asked": asked, "simulated": measured_ter(sim, transcripts, f"report{asked}", wer=asked)}
+            for asked in c.report_wers if lo <= asked <= hi]
+    return {"utterances": len(transcripts), "temperature": sim.temperature, "wer_range": list(sim.c.wer_range),
+            "rows": rows}
 
 
 def load_simulator_training_config(path: Optional[str], overrides: Sequence[str]) -> SimulatorTrainingConfig:

@@ -22,7 +22,12 @@ one thing. The parts:
   parameters, seconds per training step;
 - ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
   model vs from scratch, the same steps: the low-resource curve;
-- ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only).
+- ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only);
+- ``learned``: the learned simulator (TASU2), trained on the encoder's posteriors of the training audio
+  (``tasu train-simulator``): how well it hits the asked WER, how close its rows are to real dev rows
+  (``tasu analyze --match-wer``) against the rules', and text-only training on its posteriors vs the
+  rules' (i.i.d., as stage 3; WER-controlled with the same schedule): zero-shot WER, and as the start
+  of audio fine-tuning on 50 and 200 utterances (beside the low-resource curve's cells for them).
 
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
@@ -52,7 +57,7 @@ from report import machine, mean_sd  # noqa: E402  (the recipe's report, beside 
 
 from tasu.fileio import write_atomic  # noqa: E402
 
-PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale")
+PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale", "learned")
 DECODE = ["--beam", "1", "--batch-size", "32", "--max-new-tokens", "40"]   # as conf/decode_greedy.yaml
 SIM_SEEDS = (1, 2, 3)
 LOWRES_UTTS = (50, 200, 1000)
@@ -79,6 +84,19 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
 }
 SEEDED_SIMULATIONS = ("sim_insert_0",)   # no insertions (the original's default): the largest effect, three seeds
+# The learned part: both WER-conditioned simulations follow this schedule over stage 3's steps (easy to
+# hard, as TASU2's curriculum; the encoder's real test rows err at about 30 %). The learned simulator
+# is trained with the defaults of tasu/train/simulator.py (the tests: the smallest sizes).
+LEARNED_WER = {"start": [0.0, 0.05], "end": [0.1, 0.3]}
+LEARNED_LOWRES_UTTS = (50, 200)
+FIDELITY_ROWS = (   # tasu analyze of dev: (name, the config of its simulation (None: stage 3's), --match-wer)
+    ("rules_iid", None, False),
+    ("rules_wer", "learned_rules_wer.yaml", True),
+    ("learned", "learned_text.yaml", True),
+)
+SIMULATOR_TRAINING_QUICK = {"teacher": {"copies": 1}, "model": {"d_model": 32, "heads": 2, "ffn": 64},
+                            "train": {"max_steps": 10, "log_interval": 5, "save_interval": 5,
+                                      "report_utterances": 10}}
 COMPRESSIONS = {  # cell -> tasu decode --set overrides (the recipe's: PSD on, threshold 0.9, top-16)
     "psd_default": [],
     "psd_off": ["compress.enabled=false"],
@@ -316,6 +334,52 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
     return cells
 
 
+def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int, quick: bool) -> list[Cell]:
+    """The learned simulator, its fidelity against the rules', and text-only training on its rows."""
+    s = r.study
+    simulator = s / "learned_simulator" / "simulator"
+    sim_conf = s / "conf" / "learned_simulator.yaml"
+    training = {"encoder": {"type": r.text_config["encoder"]["type"], "path": r.text_config["encoder"]["path"]},
+                "compress": r.audio_config["compress"], "train": {"seed": r.text_config["train"]["seed"]}}
+    for section, values in (SIMULATOR_TRAINING_QUICK if quick else {}).items():
+        training[section] = {**training.get(section, {}), **values}
+    write_text(sim_conf, yaml.safe_dump(training, sort_keys=False))
+    cells = [Cell("learned_simulator", "learned", [[
+        "tasu", "train-simulator", "--config", str(sim_conf), "--data", str(r.dump / "train" / "ASR.jsonl"),
+        "--out", str(simulator), "--allow-pipes"]])]
+
+    wer = {**LEARNED_WER, "total_steps": r.text_config["train"]["max_steps"]}
+    sets = ("test", "test_ood")
+    learned = {"name": "learned", "path": str(simulator), "wer": wer, "temperature": 0.5}
+    cells.append(trained_cell(r, "learned_text", "learned", with_changes(r.text_config, simulation=learned),
+                              after=("learned_simulator",), sets=sets, info={"simulator": "learned"}))
+    cells.append(trained_cell(r, "learned_rules_wer", "learned",
+                              with_changes(r.text_config, simulation={"wer": wer, "confusion": "random"}),
+                              sets=sets, info={"simulator": "rules, WER-controlled"}))
+
+    # fidelity on dev: the rules as stage 3 trained on them; both conditioned ones at each utterance's real
+    # rate; three simulation seeds each
+    analyze = []
+    for name, config, matched in FIDELITY_ROWS:
+        config = r.text_model / "config.yaml" if config is None else s / "conf" / config
+        for seed in SIM_SEEDS:
+            analyze.append(["tasu", "analyze", "--config", str(config), "--data", str(r.dump / "dev" / "ASR.jsonl"),
+                            "--out", str(s / "learned_fidelity" / f"{name}_seed{seed}"), "--seed", str(seed),
+                            "--device", "cpu", "--allow-pipes", *(["--match-wer"] if matched else [])])
+    cells.append(Cell("learned_fidelity", "learned", analyze, after=("learned_simulator",)))
+
+    # audio fine-tuning from the learned-simulator model on few utterances; the rules' model and scratch
+    # on the same utterances are the low-resource curve's cells (planned here too when that part is not)
+    for n in lowres_sizes:
+        config = with_changes(r.audio_config, data={"train": lowres_subset(r, n, seed)},
+                              train={"init_from": str(s / "learned_text" / "model")})
+        cells.append(trained_cell(r, f"learned_lowres_{n}", "learned", config, after=("learned_text",), sets=sets,
+                                  info={"utterances": n}))
+    cells += [c for c in lowres_cells(r, lowres_sizes, seed) if c.name != "lowres_text_all"
+              and c.name != "lowres_scratch_all"]
+    return cells
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically, unless ``path`` holds it already (a re-run leaves inputs untouched)."""
     if not (path.exists() and path.read_text(encoding="utf-8") == text):
@@ -338,9 +402,16 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
             cells += lowres_cells(r, (10,) if quick else LOWRES_UTTS, seed)
         elif part == "textscale":
             cells += textscale_cells(r, (100,) if quick else TEXT_SENTENCES, seed)
+        elif part == "learned":
+            cells += learned_cells(r, (10,) if quick else LEARNED_LOWRES_UTTS, seed, quick)
         else:
             raise StudyError(f"unknown part {part!r}; the parts: {', '.join(PARTS)}")
-    return cells
+    unique: dict[str, Cell] = {}
+    for c in cells:   # a cell two parts need (the low-resource curve's, for the learned part) runs once
+        if c.name in unique and unique[c.name].commands != c.commands:
+            raise StudyError(f"two different cells are named {c.name}")
+        unique.setdefault(c.name, c)
+    return list(unique.values())
 
 
 # --- running cells: resumable, a few at a time ---------------------------------------------------------
@@ -361,8 +432,8 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str], steps: dict[str, str]
             if marker.exists():
                 continue
             argv = list(argv)
-            if argv[:2] == ["tasu", "train"]:
-                exp = Path(argv[argv.index("--exp-dir") + 1])
+            if argv[:2] in (["tasu", "train"], ["tasu", "train-simulator"]):
+                exp = Path(argv[argv.index("--exp-dir" if argv[1] == "train" else "--out") + 1])
                 if (exp / "checkpoints" / "last").exists():
                     argv.append("--resume")   # killed mid-training: go on from its last checkpoint
             log.write(f"# {datetime.now():%Y-%m-%dT%H:%M:%S} {' '.join(argv)}\n")
@@ -589,6 +660,10 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             lines.append(f"| {c.info['sentences']} | {fmt(wer(s / c.name))} |")
         lines.append("")
 
+    if any(c.part == "learned" for c in cells):
+        lines += learned_report(r, [c.info["utterances"] for c in cells if c.name.startswith("learned_lowres_")],
+                                baseline_sd)
+
     lines += ["## The commands", "",
               "Every cell's commands, as run (from egs/mini; `--resume` is added to a training that was "
               "killed). The configs are stage 3's or stage 4's `config.yaml` with the change, in "
@@ -597,6 +672,102 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines += [f"# {c.name}"] + [" ".join(a) for a in c.commands]
     lines += ["```", ""]
     write_text(out, "\n".join(lines))
+
+
+def learned_report(r: Recipe, sizes: list[int], baseline_sd: float | None) -> list[str]:
+    """The learned part's section: WER control, fidelity on dev, and text-only training on its rows."""
+    s = r.study
+    sim_dir = s / "learned_simulator" / "simulator"
+    lines = ["## The learned simulator (TASU2)", "",
+             "A small Transformer encoder-decoder (`tasu train-simulator`, `exp/study/learned_simulator/`) learns "
+             "to write the encoder's own compressed posterior rows for a transcript and a target WER, from the "
+             "encoder's rows of the training audio, clean and degraded (noise, low-pass, time masks), each "
+             "labelled with its measured token error rate. No dev or test audio is seen.", ""]
+    report_file, config_file = sim_dir / "report.json", sim_dir / "config.json"
+    if report_file.exists() and config_file.exists():
+        rep, cfg = json.loads(report_file.read_text()), json.loads(config_file.read_text())
+        lo, hi = rep["wer_range"]
+        off = [100 * (row["simulated"] - row["asked"]) for row in rep["rows"]]
+        within = all(abs(o) <= 3.0 for o in off) and any(row["asked"] <= 0.0 for row in rep["rows"]) \
+            and any(row["asked"] >= 0.3 for row in rep["rows"])
+        lines += [f"Sizes: d_model {cfg['d_model']}, {cfg['encoder_layers']} + {cfg['decoder_layers']} layers, "
+                  f"{cfg['heads']} heads, top-{cfg['topk']} rows. The teacher's token error rates span "
+                  f"{100 * lo:.1f}-{100 * hi:.1f} % (mean {100 * rep['teacher_mean_ter']:.1f} %), the range the "
+                  "simulator serves.", "",
+                  f"**WER control**: the token error rate of its rows (each row's top-1 against the transcript), "
+                  f"sampled at temperature {rep.get('temperature', 0.5):g}, at each asked WER, on {rep['utterances']} "
+                  "training transcripts" + (" other than those its calibration was measured on (the asked "
+                  "WER is read through that curve: `tasu/simulate/learned.py`)" if rep.get("held_out") else "") +
+                  f"; the target is within ±3 points over 0-30 %: **{'met' if within else 'missed'}**.", "",
+                  "| asked WER % | simulated token error rate % | off by (points) |", "|---:|---:|---:|"]
+        lines += [f"| {100 * row['asked']:.0f} | {100 * row['simulated']:.1f} | {o:+.1f} |"
+                  for row, o in zip(rep["rows"], off)]
+        lines.append("")
+
+    summaries = {name: [s / "learned_fidelity" / f"{name}_seed{k}" / "summary.json" for k in SIM_SEEDS]
+                 for name, _, _ in FIDELITY_ROWS}
+    if any(f.exists() for files in summaries.values() for f in files):
+        lines += ["**Fidelity on dev** (`tasu analyze`): the encoder's real compressed rows of the dev audio "
+                  "against rows simulated from the same transcripts. The conditioned simulators are asked, "
+                  "utterance by utterance, for the real rows' token error rate (`--match-wer`), so they are "
+                  "compared on *how* they err; the rules of stage 3 run as trained. The row divergence is the "
+                  "fidelity measure (README, `tasu analyze`): the real and simulated rows aligned, each paired "
+                  "row counting its Jensen-Shannon divergence, each unpaired one 1 bit; 0 = the same rows. "
+                  f"Each simulated row: the mean ± sd over {len(SIM_SEEDS)} simulation seeds.", "",
+                  "| rows | rows per token | blank rows % | token error rate % | top-1 agreement % | "
+                  "JS divergence, paired rows (bits) | **row divergence (bits)** |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        real = None
+        rows = []
+        labels = {"rules_iid": "simulated: rules, i.i.d. (stage 3's)",
+                  "rules_wer": "simulated: rules, WER-controlled, matched WER",
+                  "learned": "simulated: learned, matched WER"}
+        for name, files in summaries.items():
+            runs = [json.loads(f.read_text()) for f in files if f.exists()]
+            if not runs:
+                continue
+            real = real or runs[0]["real"]
+
+            def over_seeds(get, digits=1, scale=1.0):
+                m, sd = mean_sd([None if get(x) is None else scale * get(x) for x in runs])
+                return "-" if m is None else f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+            rows.append(f"| {labels[name]} | {over_seeds(lambda x: x['simulated']['rows_per_token'], 2)} | "
+                        f"{over_seeds(lambda x: x['simulated']['blank_row_rate'], scale=100)} | "
+                        f"{over_seeds(lambda x: x['simulated']['token_error_rate'], scale=100)} | "
+                        f"{over_seeds(lambda x: x['top1_agreement'], scale=100)} | "
+                        f"{over_seeds(lambda x: x['mean_js_divergence_bits'], 3)} | "
+                        f"**{over_seeds(lambda x: x['row_divergence_bits'], 3)}** |")
+        lines.append(f"| real: the encoder's, dev audio | {fmt(real['rows_per_token'], 2)} | "
+                     f"{fmt(pct(real['blank_row_rate']))} | {fmt(pct(real['token_error_rate']))} | - | - | - |")
+        lines += rows + [""]
+
+    def cell(name: str, test_set: str) -> str:
+        return fmt(wer(s / name, test_set))
+
+    head = "| text-only training on | zero-shot: test | zero-shot: test_ood |"
+    rule = "|---|---:|---:|"
+    for n in sizes:
+        head += f" {n} utts: test | {n} utts: test_ood |"
+        rule += "---:|---:|"
+    lines += ["**Text-only training on each simulation** (stage 3's config and steps, one seed; both conditioned "
+              f"ones follow the WER schedule {describe(LEARNED_WER)} over the run), decoded zero-shot and after "
+              "audio fine-tuning (stage 4's config and steps) on a few training utterances, the same "
+              "utterances as the low-resource curve's." + yardstick_note(baseline_sd), "", head, rule]
+    for label, zero, tuned in (("rules, i.i.d. (stage 3's model)", "lowres_text_0", "lowres_text_{n}"),
+                               ("rules, WER-controlled", "learned_rules_wer", None),
+                               ("the learned simulator", "learned_text", "learned_lowres_{n}"),
+                               ("nothing (audio fine-tuning from scratch)", None, "lowres_scratch_{n}")):
+        row = f"| {label} | " + " | ".join(cell(zero, t) if zero else "-" for t in ("test", "test_ood"))
+        for n in sizes:
+            row += " | " + " | ".join(cell(tuned.format(n=n), t) if tuned else "-" for t in ("test", "test_ood"))
+        lines.append(row + " |")
+    lines.append("")
+    return lines
+
+
+def pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
 
 
 def git_hash() -> str:

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 workdir=.       # the finished run's --workdir
-parts="gap simulation compression projectors lowres textscale"
+parts="gap simulation compression projectors lowres textscale learned"
 jobs=2          # cells at a time, one thread each
 seed=1          # draws the low-resource subsets and the new sentences of the text-scaling part
 quick=false     # the smallest sizes (tests)
