@@ -27,7 +27,7 @@ an error rather than an extrapolation nobody measured.
 
 **Calibration.** The condition the model learns is the teacher's error rate, but the rows it writes
 are *sampled*, and at the usual temperature 0.5 sampling sharpens each row towards its top entry:
-asked for 30 % it writes rows that err at about half that (measured on egs/mini). So ``tasu
+asked for 30 % it writes rows that err at 9 % (measured on egs/mini). So ``tasu
 train-simulator`` ends by measuring the sampled rows' token error rate at a grid of conditions over
 the trained range, at the temperature it is told (``train.temperature``, the simulation's default),
 and stores that curve in ``config.json``; the simulator then inverts it: asked for a WER it feeds
