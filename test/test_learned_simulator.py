@@ -202,6 +202,8 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
         one_line_error(tasu_in_process(capsys, *common, "--data", str(setup / "asr.jsonl"), "--out",
                                        str(tmp_path / "y"), "model.topk=8", "compress.topk=4"),
                        "model.topk 8 exceeds compress.topk 4")
+        one_line_error(tasu_in_process(capsys, *common, "--data", str(setup / "asr.jsonl"), "--out",
+                                       str(tmp_path / "z"), "train.temperature=0"), "temperature must be > 0")
     finally:
         log = logging.getLogger("tasu.train_simulator")
         for handler in log.handlers:

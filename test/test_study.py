@@ -137,6 +137,8 @@ def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir)
         assert f"lowres_scratch_{n}" in cells
     assert "lowres_text_0" in cells and "lowres_text_all" not in cells
 
+    assert study.plan(r, ["learned"], quick=True, seed=1) == []   # quick mode: no learned part
+
     # planned with the low-resource part, the cells both need appear once
     both = study.plan(r, ["lowres", "learned"], quick=False, seed=1)
     assert len({c.name for c in both}) == len(both)

@@ -507,14 +507,14 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
         if step % c.save_interval == 0 or step == c.max_steps:
             _save_checkpoint(ckpt_root, step, model, optimizer, sim_config)
     report = {}
+    sim = LearnedSimulator(model.eval(), temperature=c.temperature, source=str(out))   # its config is sim_config
     if c.report_utterances > 0:
         transcripts = distinct_transcripts(teacher, 2 * c.report_utterances)
         calibrating, held_out = transcripts[:c.report_utterances], transcripts[c.report_utterances:]
-        sim_config.calibration = calibrate(LearnedSimulator(model.eval(), temperature=c.temperature), calibrating)
+        sim_config.calibration = calibrate(sim, calibrating)   # from here on, sim reads asked WERs through it
     write_simulator_dir(out, sim_config, model.state_dict())
     log.info("wrote the learned simulator: %s (%s, %s)", out, "config.json", "model.safetensors")
     if c.report_utterances > 0:
-        sim = LearnedSimulator(model.eval(), temperature=c.temperature, source=str(out))
         report = wer_report(sim, held_out or calibrating, c)
         report.update(held_out=bool(held_out), teacher_mean_ter=float(teacher.ter.mean()))
         write_atomic(out / REPORT, json.dumps(report, indent=1) + "\n")
@@ -537,9 +537,10 @@ def distinct_transcripts(teacher: Teacher, n: int) -> list[list[int]]:
     return transcripts
 
 
-def measured_ter(sim: LearnedSimulator, transcripts: list[list[int]], seed: str, **condition) -> float:
-    """The token error rate (edits over tokens) of the rows ``sim`` samples for ``transcripts``."""
-    g = torch.Generator().manual_seed(_seed(0, seed))
+def measured_ter(sim: LearnedSimulator, transcripts: list[list[int]], what: str, **condition) -> float:
+    """The token error rate (edits over tokens) of the rows ``sim`` samples for ``transcripts``, with a
+    generator seeded from ``what`` (the measurement's name)."""
+    g = torch.Generator().manual_seed(_seed(0, what))
     errors = tokens = 0
     for first in range(0, len(transcripts), 32):
         batch = transcripts[first:first + 32]
