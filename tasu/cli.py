@@ -336,7 +336,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     p.add_argument("--match-wer", action="store_true",
                    help="simulate each utterance at the token error rate of its real rows (how the rows err, "
-                        "not how much)")
+                        "not how much; the rules then make exact-count edits, as with simulation.wer)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. simulation.drop_prob=0.1")
     p.set_defaults(func=_analyze)
