@@ -3,7 +3,7 @@
 # with espeak-ng and flite (the train audio speed-perturbed and noised with sox) into Kaldi data dirs data/{train,dev,test,test_ood}/{wav.scp,text,utt2spk,spk2utt,
 # utt2dur,scenario} and writes the text-only text to data/text_only/{text,scenario}.
 #
-#   local/data.sh                 # full: 3000/200/200/200 utterances + 4000 text-only sentences (~2 min)
+#   local/data.sh                 # full: 6000/200/200/200 utterances + 4000 text-only sentences (~2 min)
 #   local/data.sh --quick true    # tests: 300/40/40/40 + 600 (~15 s)
 #
 # Re-running with the same options is a no-op (data/.done records them); other options remake all.

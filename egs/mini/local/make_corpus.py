@@ -3,7 +3,7 @@
 
 Usage (from egs/mini):
 
-    python local/make_corpus.py --data-dir data            # full: 3000/200/200/200 utts, 4000 text-only
+    python local/make_corpus.py --data-dir data            # full: 6000/200/200/200 utts, 4000 text-only
     python local/make_corpus.py --data-dir data --quick    # tests: 300/40/40/40 utts, 600 text-only
     python local/make_corpus.py --data-dir data --num-train 16 --num-dev 4 --num-test 4 --num-text-only 20
 
@@ -92,7 +92,7 @@ OUT_OF_DOMAIN = {
 SPEEDS = (0.9, 1.0, 1.1)
 # 15-30 dB: at 5-30 dB the encoder learned slower (dev greedy CTC WER after 2 epochs 79.5 % vs 77.0 %).
 NOISE = {"prob": 0.5, "snr_db": (15.0, 30.0), "colours": ("white", "pink", "brown")}
-FULL = {"train": 3000, "dev": 200, "test": 200, "text_only": 4000}
+FULL = {"train": 6000, "dev": 200, "test": 200, "text_only": 4000}
 QUICK = {"train": 300, "dev": 40, "test": 40, "text_only": 600}
 
 

@@ -21,17 +21,22 @@ shortest first (SortaGrad), with a warm-up + cosine learning rate (so the result
 only; ``--max-minutes`` stops early on a slow machine and says so), then greedy CTC decoding of dev,
 test and test_ood: the baseline that TASU's LLM-side decoding has to beat.
 
-Why these defaults (full corpus, seed 1, dev greedy CTC WER / CER): the corpus has many voices and
-the budget is a few epochs, so the encoder underfits and regularisers slow it down. With dropout 0.1,
-SpecAugment, 5-30 dB noise and lr 2e-3 it was at 87 / 85 after 3 epochs; without dropout and
-SpecAugment at lr 3e-3, 70 / 50 after 3 and 51 / 26 after 6; with SortaGrad 46 / 25 after 6 and
-38 / 19 after 9 (the default; training loss 2.6 a sentence by then, so longer runs will want
-SpecAugment or dropout). Tried and not kept: lr 6e-3 and batches of ~10 utterances (no faster),
-SpecAugment at 9 epochs (training loss at epoch 5: 63 vs 24), BPE 100 (dev 47 / 21 after 6 epochs,
-but the LLM read its longer spellings worse: 4.8 vs 3.4 % WER), BPE 500 (slower). 60 ms frames cost
-two thirds of the compute of 40 ms ones, and 200-piece units need no finer steps. SpecAugment and
-dropout stay available (``--spec-augment true``, ``--encoder-conf '{"dropout_rate": 0.1}'``).
-The recipe trains it on one core beside the LLM (local/train_models.sh): ~12 min.
+Why these defaults (seed 1, one core each, two runs at a time; dev / test / test_ood greedy CTC WER):
+the corpus has many voices and few sentences a voice, and what limits the encoder is how much
+distinct speech it hears, not the epochs. On 3000 training utterances, 9 epochs drove the training
+loss to 2.4 a sentence (it learned the recordings) and gave 38.8 / 39.9 / 60.8; SpecAugment on the
+same run kept the loss at 46 and gave 64.2 / 65.1 / 73.3. On 6000 utterances (the corpus default)
+the same number of steps generalises: 5 epochs 28.5 / 27.8 / 48.5, 6 epochs 24.2 / 23.8 / 44.6,
+8 epochs 20.0 / 17.7 / 41.0; 9000 utterances for 3 epochs (about as many steps as 6000 for 5)
+gave 30.0 / 29.0 / 49.5, no better (each corpus size deals its own dev and test sentences). 7
+epochs (the default) cost about what the LLM beside it costs.
+Earlier settings (3000 utterances): dropout 0.1 with SpecAugment and 5-30 dB noise at lr 2e-3 was at
+87 / 85 WER / CER after 3 epochs; SortaGrad took 6 epochs from 51 to 46 WER; lr 6e-3 and batches of
+~10 utterances learned no faster; BPE 100 (dev 47 / 21 after 6 epochs) was read worse by the LLM
+(4.8 vs 3.4 % WER), BPE 500 learned slower. 60 ms frames cost two thirds of the compute of 40 ms
+ones, and 200-piece units need no finer steps. SpecAugment and dropout stay available
+(``--spec-augment true``, ``--encoder-conf '{"dropout_rate": 0.1}'``) for longer runs.
+The recipe trains it on one core beside the LLM (local/train_models.sh): ~10 min.
 """
 from __future__ import annotations
 
@@ -48,8 +53,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from tasu.data.audio import load_audio
 from tasu.data.kaldi_dir import DataDirError, read_data_dir
+from tasu.data.records import Record
 from tasu.encoders import load_encoder
-from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
+from tasu.encoders.fbank import wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
 from tasu.encoders.tokenizers import SentencePieceTokenizer
 from tasu.score import score_files
@@ -68,10 +74,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frontend-conf", type=json.loads, default={"lfr_m": 6, "lfr_n": 6},
                         help='JSON overrides of SmallCTCEncoder frontend_conf (default: \'{"lfr_m": 6, "lfr_n": 6}\': '
                              '60 ms frames, as SenseVoice\'s 7/6 stacking gives)')
-    parser.add_argument("--epochs", type=int, default=9, help="training epochs (default: 9)")
+    parser.add_argument("--epochs", type=int, default=7, help="training epochs (default: 7)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop training after this much wall time, even mid-epoch: a cap for very slow "
-                             "machines, far above the ~12 min on one core (default: 30; 0 = none)")
+                             "machines, far above the ~10 min on one core (default: 30; 0 = none)")
     parser.add_argument("--batch-frames", type=int, default=800,
                         help="batch budget: utterances x longest LFR frame count (default: 800, ~20 utterances)")
     parser.add_argument("--sorted-epochs", type=int, default=1,
@@ -92,31 +98,40 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_set(data_dir: Path, name: str) -> tuple[list[str], list[str], list[torch.Tensor]]:
-    """Keys, transcripts and 16 kHz waveforms of one data dir."""
-    records = read_data_dir(data_dir / name)
-    waves = [torch.from_numpy(load_audio(r.path, key=r.key)) for r in records]
-    return [r.key for r in records], [r.target for r in records], waves
+def read_set(data_dir: Path, name: str) -> list[Record]:
+    """The records (key, transcript, audio path) of one data dir."""
+    return read_data_dir(data_dir / name)
 
 
-def compute_features(encoder: SmallCTCEncoder, waves: list[torch.Tensor], chunk: int = 64) -> list[torch.Tensor]:
+def compute_features(encoder: SmallCTCEncoder, records: list[Record],
+                     chunk: int = 64) -> tuple[list[torch.Tensor], float]:
     """Features of each utterance, unpadded, through the encoder's frontend as it stands (LFR,
-    plus CMVN once it has one): computed once, reused every epoch."""
-    feats = []
-    for i in range(0, len(waves), chunk):
-        padded, lengths = wav_frontend_features(encoder.frontend, waves[i:i + chunk])
+    plus CMVN once it has one): computed once, reused every epoch; and the hours of audio. The
+    audio is read a chunk at a time, so only the features stay in memory (half the size of the
+    waveforms: 0.5 GB for the 4.4 h of the full train set)."""
+    feats, samples = [], 0
+    for i in range(0, len(records), chunk):
+        waves = [torch.from_numpy(load_audio(r.path, key=r.key)) for r in records[i:i + chunk]]
+        samples += sum(len(w) for w in waves)
+        padded, lengths = wav_frontend_features(encoder.frontend, waves)
         feats.extend(padded[b, :n].clone() for b, n in enumerate(lengths.tolist()))
-    return feats
+    return feats, samples / 16000 / 3600
 
 
 def fit_cmvn(encoder: SmallCTCEncoder, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Global CMVN estimated from un-normalised train features, given to the encoder's frontend and
-    applied to them, so the train audio goes through the fbank once (``fit_cmvn(waveforms)`` would
-    compute every feature twice). Same arithmetic as funasr's ``apply_cmvn``: (x + shift) * scale."""
-    cat = torch.cat(raw)
-    encoder.frontend.cmvn = estimate_cmvn(cat[None], torch.tensor([len(cat)]))
+    """Global CMVN from un-normalised train features (funasr's convention, as
+    ``tasu.encoders.fbank.estimate_cmvn``: shift = -mean, scale = 1 / std), given to the encoder's
+    frontend and applied to them in place, so the train audio goes through the fbank once. The
+    statistics are summed utterance by utterance in float64: concatenating the features first would
+    double the stage's peak memory."""
+    frames = sum(len(f) for f in raw)
+    mean = sum(f.double().sum(0) for f in raw) / frames
+    std = (sum(((f.double() - mean) ** 2).sum(0) for f in raw) / frames).sqrt().clamp_min(1e-5)
+    encoder.frontend.cmvn = torch.stack([-mean, 1.0 / std]).float()
     shift, scale = encoder.frontend.cmvn
-    return [(f + shift) * scale for f in raw]
+    for f in raw:  # the same arithmetic as funasr's apply_cmvn: (x + shift) * scale
+        f.add_(shift).mul_(scale)
+    return raw
 
 
 def make_batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
@@ -239,17 +254,18 @@ def main() -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. units (blank = 0) and the train set's labels in them
-    keys, texts, waves = read_set(data_dir, "train")
+    train_set = read_set(data_dir, "train")
     tokenizer = SentencePieceTokenizer(args.units)
-    labels = [tokenizer.encode(t) for t in texts]
+    labels = [tokenizer.encode(r.target) for r in train_set]
     logging.info("units: %s, %d incl. blank", args.units, tokenizer.vocab_size)
 
     # 2. model, CMVN from the train audio, features once
     encoder = SmallCTCEncoder(tokenizer, {"encoder_conf": args.encoder_conf, "frontend_conf": args.frontend_conf})
-    feats = fit_cmvn(encoder, compute_features(encoder, waves))
+    raw, hours = compute_features(encoder, train_set)
+    feats = fit_cmvn(encoder, raw)
     n_params = sum(p.numel() for p in encoder.parameters())
     logging.info("encoder: %.2f M parameters; %d train utterances (%.2f h), features after %.1f s",
-                 n_params / 1e6, len(feats), sum(len(w) for w in waves) / 16000 / 3600, time.time() - t0)
+                 n_params / 1e6, len(feats), hours, time.time() - t0)
 
     # 3. train, save
     info = train(encoder, feats, labels, args)
@@ -259,8 +275,9 @@ def main() -> None:
     encoder = load_encoder(exp_dir)
     info.update(vocab_size=tokenizer.vocab_size, parameters=n_params, results={})
     for name in args.eval_sets:
-        keys, refs, waves = read_set(data_dir, name)
-        hyps = greedy_decode(encoder, compute_features(encoder, waves), args.batch_frames)
+        records = read_set(data_dir, name)
+        keys, refs = [r.key for r in records], [r.target for r in records]
+        hyps = greedy_decode(encoder, compute_features(encoder, records)[0], args.batch_frames)
         out = exp_dir / "ctc_greedy" / name
         write_trn(out / "hyp.trn", keys, hyps)
         write_trn(out / "ref.trn", keys, refs)

@@ -2,9 +2,9 @@
 # Stage 1 (+) of egs/mini: the frozen models, trained here. The units first (the encoder emits them,
 # the LLM learns to read them), then the encoder and the LLM at the same time, as two jobs of half the
 # CPU threads each: neither reads the other, and small models use a second thread poorly. Measured
-# on 2 cores: an encoder epoch takes 64 s alone on two threads, ~71 s on one beside the LLM; an LLM
-# step 0.40 s and ~0.6 s. So the pair takes ~14 min where one after the other took 16 (with 6
-# encoder epochs instead of today's 9).
+# on 2 cores (an earlier setting): an encoder epoch took 64 s alone on two threads, ~71 s on one beside
+# the LLM; an LLM step 0.40 s and ~0.6 s: the pair took ~14 min where one after the other took 16.
+# Today's defaults (7 encoder epochs of 6000 utterances, 1800 LLM steps) take about as long each.
 #
 #   local/train_models.sh --datadir data --expdir exp --seed 1234
 #   local/train_models.sh --datadir data --expdir exp --quick true    # tiny models, a few steps
