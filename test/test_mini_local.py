@@ -244,3 +244,31 @@ def test_usage_keeps_the_figures_of_the_run_that_did_the_work(tmp_path):
     assert note("stage 4", "sleep", "0.3")["stage 4"] >= 0.3   # the longer run replaces the line
     assert subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), "stage 5", "--", "false"]).returncode == 1
     assert "stage 5" not in table.read_text()   # a failed step is not noted
+
+
+def test_encoder_cmvn_summed_by_utterance_matches_the_library():
+    """train_encoder.fit_cmvn sums its statistics utterance by utterance (no concatenated copy): it must
+    give tasu's estimate_cmvn of all the frames at once, and normalise the features in place with it."""
+    import torch
+
+    from tasu.encoders.fbank import estimate_cmvn
+
+    spec = importlib.util.spec_from_file_location("mini_train_encoder", LOCAL / "train_encoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gen = torch.Generator().manual_seed(0)
+    raw = [torch.randn(n, 12, generator=gen) * torch.linspace(0.5, 8, 12) + torch.linspace(-20, 5, 12)
+           for n in (7, 30, 1, 64)]
+    cat = torch.cat(raw)
+    expected = estimate_cmvn(cat[None], torch.tensor([len(cat)]))
+
+    class Frontend:
+        cmvn = None
+
+    encoder = type("Encoder", (), {"frontend": Frontend()})()
+    feats = module.fit_cmvn(encoder, [f.clone() for f in raw])
+    torch.testing.assert_close(encoder.frontend.cmvn, expected, rtol=1e-6, atol=1e-6)
+    normalised = torch.cat(feats)
+    torch.testing.assert_close(normalised, (cat + expected[0]) * expected[1])
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(12), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised.std(0, unbiased=False), torch.ones(12), atol=1e-4, rtol=0)

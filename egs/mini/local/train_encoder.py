@@ -23,13 +23,13 @@ test and test_ood: the baseline that TASU's LLM-side decoding has to beat.
 
 Why these defaults (seed 1, one core each, two runs at a time; dev / test / test_ood greedy CTC WER):
 the corpus has many voices and few sentences a voice, and what limits the encoder is how much
-distinct speech it hears, not the epochs. On 3000 training utterances, 9 epochs drove the training
-loss to 2.4 a sentence (it learned the recordings) and gave 38.8 / 39.9 / 60.8; SpecAugment on the
-same run kept the loss at 46 and gave 64.2 / 65.1 / 73.3. On 6000 utterances (the corpus default)
-the same number of steps generalises: 5 epochs 28.5 / 27.8 / 48.5, 6 epochs 24.2 / 23.8 / 44.6,
-8 epochs 20.0 / 17.7 / 41.0; 9000 utterances for 3 epochs (about as many steps as 6000 for 5)
-gave 30.0 / 29.0 / 49.5, no better (each corpus size deals its own dev and test sentences). 7
-epochs (the default) cost about what the LLM beside it costs.
+distinct speech it hears. On 3000 training utterances, 9 epochs fitted the recordings (training loss
+2.4 a sentence) at 38.8 / 39.9 / 60.8; SpecAugment on the same run kept the loss at 46 and gave
+64.2 / 65.1 / 73.3. On 6000 utterances (the corpus default) about the same number of steps
+generalises: 5 epochs 28.5 / 27.8 / 48.5, 6 epochs 24.2 / 23.8 / 44.6, 8 epochs 20.0 / 17.7 / 41.0
+(training loss 0.9); 9000 utterances for 3 epochs (about as many steps as 6000 for 5) gave 30.0 /
+29.0 / 49.5, no better (each corpus size deals its own dev and test sentences). 7 epochs (the
+default) cost about what the LLM beside it costs.
 Earlier settings (3000 utterances): dropout 0.1 with SpecAugment and 5-30 dB noise at lr 2e-3 was at
 87 / 85 WER / CER after 3 epochs; SortaGrad took 6 epochs from 51 to 46 WER; lr 6e-3 and batches of
 ~10 utterances learned no faster; BPE 100 (dev 47 / 21 after 6 epochs) was read worse by the LLM
