@@ -291,6 +291,23 @@ def test_small_ctc_needs_cmvn(small_ctc):
 
 # --- the command line ----------------------------------------------------------------------------
 
+def test_cmvn_is_estimated_utterance_by_utterance_as_over_all_frames():
+    """estimate_cmvn sums per utterance (no concatenated copy) and must give funasr's CMVN of all the
+    frames at once: shift = -mean, scale = 1 / the population deviation; no frames is an error."""
+    from tasu.encoders.fbank import estimate_cmvn
+
+    gen = torch.Generator().manual_seed(0)
+    utterances = [torch.randn(n, 6, generator=gen) * torch.linspace(0.5, 8, 6) + torch.linspace(-20, 5, 6)
+                  for n in (7, 30, 1, 64)]
+    frames = torch.cat(utterances).double()
+    expected = torch.stack([-frames.mean(0), 1.0 / frames.std(0, unbiased=False)]).float()
+    torch.testing.assert_close(estimate_cmvn(utterances), expected, rtol=1e-6, atol=1e-6)
+    constant = estimate_cmvn([torch.full((5, 6), 3.0)])  # a constant dimension: clamped, not infinite
+    assert torch.isfinite(constant).all() and constant[1].max() == pytest.approx(1e5)
+    with pytest.raises(ValueError, match="no feature frames"):
+        estimate_cmvn([torch.zeros(0, 6)])
+
+
 def test_tasu_simulate_on_sensevoice_dir(sensevoice_dir, capsys):
     from tasu.cli import main
 

@@ -43,12 +43,16 @@ def wav_frontend_features(frontend: WavFrontend, waveforms: Sequence[torch.Tenso
     return feats, feat_lengths.to(torch.long)
 
 
-def estimate_cmvn(feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """[2, D] CMVN in funasr's convention (row 0 added, row 1 multiplied) from padded features."""
-    mask = torch.arange(feats.shape[1])[None, :] < lengths[:, None]
-    valid = feats[mask].double()
-    mean = valid.mean(0)
-    std = valid.std(0, unbiased=False).clamp_min(1e-5)
+def estimate_cmvn(utterances: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[2, D] CMVN in funasr's convention (row 0 added, row 1 multiplied) from unpadded features
+    [T_i, D], one tensor an utterance. The statistics are summed utterance by utterance in float64
+    (mean first, then the deviation from it): no concatenated copy, since a training set's features
+    can be most of a process's memory."""
+    frames = sum(len(u) for u in utterances)
+    if frames == 0:
+        raise ValueError("estimate_cmvn: no feature frames")
+    mean = sum(u.double().sum(0) for u in utterances) / frames
+    std = (sum(((u.double() - mean) ** 2).sum(0) for u in utterances) / frames).sqrt().clamp_min(1e-5)
     return torch.stack([-mean, 1.0 / std]).float()
 
 

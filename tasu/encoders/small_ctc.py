@@ -108,7 +108,7 @@ class SmallCTCEncoder(CTCEncoder):
         """Estimate the global feature mean and deviation from ``waveforms`` and use them from now on."""
         self.frontend.cmvn = None
         feats, lengths = wav_frontend_features(self.frontend, waveforms)
-        self.frontend.cmvn = estimate_cmvn(feats, lengths)
+        self.frontend.cmvn = estimate_cmvn([feats[b, :n] for b, n in enumerate(lengths.tolist())])
 
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_cmvn:

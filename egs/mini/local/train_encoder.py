@@ -55,7 +55,7 @@ from tasu.data.audio import load_audio
 from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.data.records import Record
 from tasu.encoders import load_encoder
-from tasu.encoders.fbank import wav_frontend_features
+from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
 from tasu.encoders.tokenizers import SentencePieceTokenizer
 from tasu.score import score_files
@@ -98,11 +98,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_set(data_dir: Path, name: str) -> list[Record]:
-    """The records (key, transcript, audio path) of one data dir."""
-    return read_data_dir(data_dir / name)
-
-
 def compute_features(encoder: SmallCTCEncoder, records: list[Record],
                      chunk: int = 64) -> tuple[list[torch.Tensor], float]:
     """Features of each utterance, unpadded, through the encoder's frontend as it stands (LFR,
@@ -119,15 +114,9 @@ def compute_features(encoder: SmallCTCEncoder, records: list[Record],
 
 
 def fit_cmvn(encoder: SmallCTCEncoder, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Global CMVN from un-normalised train features (funasr's convention, as
-    ``tasu.encoders.fbank.estimate_cmvn``: shift = -mean, scale = 1 / std), given to the encoder's
-    frontend and applied to them in place, so the train audio goes through the fbank once. The
-    statistics are summed utterance by utterance in float64: concatenating the features first would
-    double the stage's peak memory."""
-    frames = sum(len(f) for f in raw)
-    mean = sum(f.double().sum(0) for f in raw) / frames
-    std = (sum(((f.double() - mean) ** 2).sum(0) for f in raw) / frames).sqrt().clamp_min(1e-5)
-    encoder.frontend.cmvn = torch.stack([-mean, 1.0 / std]).float()
+    """Global CMVN from un-normalised train features, given to the encoder's frontend and applied to
+    them in place, so the train audio goes through the fbank once and its features are held once."""
+    encoder.frontend.cmvn = estimate_cmvn(raw)
     shift, scale = encoder.frontend.cmvn
     for f in raw:  # the same arithmetic as funasr's apply_cmvn: (x + shift) * scale
         f.add_(shift).mul_(scale)
@@ -254,7 +243,7 @@ def main() -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. units (blank = 0) and the train set's labels in them
-    train_set = read_set(data_dir, "train")
+    train_set = read_data_dir(data_dir / "train")
     tokenizer = SentencePieceTokenizer(args.units)
     labels = [tokenizer.encode(r.target) for r in train_set]
     logging.info("units: %s, %d incl. blank", args.units, tokenizer.vocab_size)
@@ -275,7 +264,7 @@ def main() -> None:
     encoder = load_encoder(exp_dir)
     info.update(vocab_size=tokenizer.vocab_size, parameters=n_params, results={})
     for name in args.eval_sets:
-        records = read_set(data_dir, name)
+        records = read_data_dir(data_dir / name)
         keys, refs = [r.key for r in records], [r.target for r in records]
         hyps = greedy_decode(encoder, compute_features(encoder, records)[0], args.batch_frames)
         out = exp_dir / "ctc_greedy" / name
