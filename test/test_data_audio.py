@@ -71,6 +71,10 @@ def test_segments_of_files(wav):
         load_audio(wav, key="u1", start=0.5, end=1.6)
     with pytest.raises(AudioError, match=r"segment start 1\.000 s is not before the end of the audio"):
         audio_info(wav, start=1.0)
+    # a segment shorter than a 10 ms frame holds no speech: refused with its key
+    with pytest.raises(AudioError, match=r"^u1: .*a\.wav: 159 samples at 16000 Hz: shorter than one 10 ms frame"):
+        load_audio(wav, key="u1", start=0.5, end=0.5 + 159 / 16000)
+    assert load_audio(wav, start=0.5, end=0.51).shape == (160,)
 
 
 def test_missing_and_truncated_files(tmp_path, wav, flac):

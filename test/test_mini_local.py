@@ -269,3 +269,23 @@ def test_encoder_cmvn_normalises_the_train_features_in_place():
     torch.testing.assert_close(torch.cat(feats), (before + shift) * scale)
     torch.testing.assert_close(torch.cat(feats).mean(0), torch.zeros(12), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.cat(feats).std(0, unbiased=False), torch.ones(12), atol=1e-4, rtol=0)
+
+
+
+def test_encoder_refuses_a_recording_too_short_for_a_frame(recipe, tmp_path):
+    """A recording of a few samples holds no speech (and an empty waveform would crash the fbank
+    library): one line naming the recording, not a traceback."""
+    import numpy as np
+    import soundfile as sf
+
+    train = tmp_path / "data" / "train"
+    train.mkdir(parents=True)
+    sf.write(train / "u0.wav", np.zeros(8000, dtype=np.float32), 16000)
+    sf.write(train / "u1.wav", np.zeros(80, dtype=np.float32), 16000)   # 5 ms
+    (train / "wav.scp").write_text("".join(f"u{i} {train / f'u{i}.wav'}\n" for i in range(2)))
+    (train / "text").write_text("u0 hello\nu1 hi\n")
+    out = subprocess.run([sys.executable, str(LOCAL / "train_encoder.py"), "--data-dir", str(tmp_path / "data"),
+                          "--units", str(recipe / "exp" / "units" / "bpe.model"), "--exp-dir", str(tmp_path / "enc")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"u1: {train / 'u1.wav'}: 80 samples at 16000 Hz: shorter than one 10 ms frame" in out.stderr

@@ -43,6 +43,9 @@ import soxr
 
 SAMPLE_RATE = 16000
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
+# Shorter than one 10 ms frame shift, a recording holds no speech (and an empty waveform crashes
+# funasr's fbank, killing the process): refused with its key and path instead.
+MIN_SAMPLES = SAMPLE_RATE // 100
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
@@ -95,6 +98,9 @@ def load_audio(path: str, key: str | None = None, start: float | None = None,
         samples = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, rate, SAMPLE_RATE)
+    if len(samples) < MIN_SAMPLES:
+        raise AudioError(path, f"{len(samples)} samples at {SAMPLE_RATE} Hz: shorter than one 10 ms frame, "
+                               "no speech fits in it", key)
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 

@@ -38,6 +38,11 @@ def wav_frontend_features(frontend: WavFrontend, waveforms: Sequence[torch.Tenso
     """Mono float waveforms in [-1, 1] -> padded LFR(+CMVN) features [B, T, D] and lengths [B]."""
     waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waveforms]
     lengths = torch.tensor([w.numel() for w in waves])
+    shift = int(frontend.fs * frontend.frame_shift / 1000)
+    short = [i for i, n in enumerate(lengths.tolist()) if n < shift]
+    if short:  # the fbank library crashes the process on an empty waveform: refuse it here
+        raise ValueError(f"waveform(s) {short} of the batch are shorter than one {frontend.frame_shift} ms "
+                         f"frame shift ({shift} samples): no features")
     with torch.no_grad():
         feats, feat_lengths = frontend(pad_sequence(waves, batch_first=True), lengths)
     return feats, feat_lengths.to(torch.long)

@@ -51,13 +51,14 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from tasu.data.audio import load_audio
+from tasu.data.audio import AudioError, load_audio
 from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.data.records import Record
 from tasu.encoders import load_encoder
 from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
 from tasu.encoders.tokenizers import SentencePieceTokenizer
+from tasu.fileio import write_atomic
 from tasu.score import score_files
 
 EVAL_SETS = ("dev", "test", "test_ood")
@@ -228,8 +229,7 @@ def greedy_decode(encoder: SmallCTCEncoder, feats: list[torch.Tensor], batch_fra
 
 
 def write_trn(path: Path, keys: list[str], texts: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k}\t{t}\n" for k, t in zip(keys, texts)), encoding="utf-8")
+    write_atomic(path, "".join(f"{k}\t{t}\n" for k, t in zip(keys, texts)))
 
 
 def main() -> None:
@@ -274,7 +274,7 @@ def main() -> None:
             result = score_files(out / "ref.trn", out / "hyp.trn", metric, out_dir=out / metric)
             info["results"].setdefault(name, {})[metric] = round(result.value, 2)
     info["total_seconds"] = round(time.time() - t0, 1)
-    (exp_dir / "train_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    write_atomic(exp_dir / "train_info.json", json.dumps(info, indent=1) + "\n")
     logging.info("greedy CTC %s", " ".join(f"{n}: WER {r['wer']:.1f} % CER {r['cer']:.1f} %"
                                           for n, r in info["results"].items()))
     logging.info("train_encoder: done in %.1f s (%.1f s of CPU time) -> %s", info["total_seconds"],
@@ -284,5 +284,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (DataDirError, OSError) as e:  # a corpus that is not there or not readable: one line
+    except (DataDirError, AudioError, OSError) as e:  # a corpus that is missing, unreadable or empty: one line
         raise SystemExit(f"train_encoder.py: {e}") from None
