@@ -75,6 +75,8 @@ def test_segments_of_files(wav):
     with pytest.raises(AudioError, match=r"^u1: .*a\.wav: 159 samples at 16000 Hz: shorter than one 10 ms frame"):
         load_audio(wav, key="u1", start=0.5, end=0.5 + 159 / 16000)
     assert load_audio(wav, start=0.5, end=0.51).shape == (160,)
+    with pytest.raises(AudioError, match=r"^u1: .*a\.wav: 15\d samples at 16000 Hz: shorter than one 10 ms"):
+        audio_info(wav, key="u1", start=0.5, end=0.5 + 159 / 16000)
 
 
 def test_missing_and_truncated_files(tmp_path, wav, flac):

@@ -43,9 +43,6 @@ import soxr
 
 SAMPLE_RATE = 16000
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
-# Shorter than one 10 ms frame shift, a recording holds no speech (and an empty waveform crashes
-# funasr's fbank, killing the process): refused with its key and path instead.
-MIN_SAMPLES = SAMPLE_RATE // 100
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
@@ -81,7 +78,11 @@ class _Bad(Exception):
 
 def load_audio(path: str, key: str | None = None, start: float | None = None,
                end: float | None = None, matrix_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The samples of ``path`` (from ``start`` to ``end`` seconds) as 16 kHz mono float32."""
+    """The samples of ``path`` (from ``start`` to ``end`` seconds) as 16 kHz mono float32.
+
+    Shorter than one 10 ms frame, a recording holds no speech (and an empty waveform crashes
+    funasr's fbank, killing the process): it is refused with its key and path, here and by
+    :func:`audio_info`, so validation and batching refuse it before any encoder sees it."""
     try:
         kind, target = _parse(path)
         if kind == "file":
@@ -98,9 +99,7 @@ def load_audio(path: str, key: str | None = None, start: float | None = None,
         samples = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
         samples = soxr.resample(samples, rate, SAMPLE_RATE)
-    if len(samples) < MIN_SAMPLES:
-        raise AudioError(path, f"{len(samples)} samples at {SAMPLE_RATE} Hz: shorter than one 10 ms frame, "
-                               "no speech fits in it", key)
+    _refuse_too_short(len(samples), SAMPLE_RATE, path, key)
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
@@ -121,7 +120,14 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
         raise AudioError(path, str(e), key) from None
     except _READ_ERRORS as e:
         raise AudioError(path, f"cannot read: {e}", key) from None
+    _refuse_too_short(last - first, rate, path, key)
     return AudioInfo(last - first, rate)
+
+
+def _refuse_too_short(samples: int, rate: int, path: str, key: str | None) -> None:
+    if samples * 100 < rate:
+        raise AudioError(path, f"{samples} samples at {rate} Hz: shorter than one 10 ms frame, "
+                               "no speech fits in it", key)
 
 
 def is_command(path: str) -> bool:
