@@ -64,7 +64,8 @@ def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
         line("u8", "ASRX"),                                     # 8 unknown task
         line("u9", path=audio["good"], start=0.5, end=3.0),     # 9 segment past the end
         line("u10", path=audio["ark"]),                         # 10 good
-    ]).encode() + b'\n{"key": "u11", "task": "ASR", "target": "na\xefve"}\n')  # 11 not UTF-8
+    ]).encode() + b'\n{"key": "u11", "task": "ASR", "target": "na\xefve"}\n'  # 11 not UTF-8
+                     + line("u12", path=audio["good"], start=0.5, end=0.505).encode() + b"\n")  # 12 5 ms: no speech
     ark_size = os.path.getsize(tmp_path / "a.ark")
     status, out = run(capsys, str(path), "--check-audio")
     assert status == 1
@@ -81,12 +82,14 @@ def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
     ]
     assert out[8:] == [
         f"{path}:11: encoding: byte 0xef at column 44 is not valid UTF-8",
-        "validate: 9 problems; 1 file, 2 good records (ASR 2), 1.5 s of audio",
+        f"{path}:12: path: 80 samples at 16000 Hz: shorter than one 10 ms frame, no speech fits in it "
+        f"({audio['good']})",
+        "validate: 10 problems; 1 file, 2 good records (ASR 2), 1.5 s of audio",
     ]
 
     # Without --check-audio the audio problems are not looked for.
     status, out = run(capsys, str(path))
-    assert status == 1 and len(out) == 6 and out[-1].startswith("validate: 5 problems; 1 file, 6 good records (ASR 6)")
+    assert status == 1 and len(out) == 6 and out[-1].startswith("validate: 5 problems; 1 file, 7 good records (ASR 7)")
 
 
 def test_prompt_set_option_and_files_that_cannot_be_read(tmp_path, capsys):

@@ -289,13 +289,13 @@ def test_small_ctc_needs_cmvn(small_ctc):
         fresh.extract_features(batch(1.0))
 
 
-
 def test_a_waveform_shorter_than_a_frame_shift_is_refused_not_a_crash(small_ctc):
     """funasr's fbank kills the process on an empty waveform; the features refuse it by index."""
     with pytest.raises(ValueError, match=r"waveform\(s\) \[1\] of the batch are shorter than one 10 ms frame"):
         small_ctc.extract_features([waveform(0.5, 0), torch.zeros(0)])
     feats, lengths = small_ctc.extract_features([torch.zeros(160)])   # one frame shift: features
     assert lengths.tolist() == [1] and torch.isfinite(feats).all()
+
 
 # --- the command line ----------------------------------------------------------------------------
 

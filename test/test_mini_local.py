@@ -271,7 +271,6 @@ def test_encoder_cmvn_normalises_the_train_features_in_place():
     torch.testing.assert_close(torch.cat(feats).std(0, unbiased=False), torch.ones(12), atol=1e-4, rtol=0)
 
 
-
 def test_encoder_refuses_a_recording_too_short_for_a_frame(recipe, tmp_path):
     """A recording of a few samples holds no speech (and an empty waveform would crash the fbank
     library): one line naming the recording, not a traceback."""
