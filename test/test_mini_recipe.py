@@ -137,6 +137,7 @@ def test_the_study_runs_on_the_finished_run_and_resumes(mini):
     out = sh(recipe, "local/study.sh", "--quick", "true", "--parts", "textscale")
     assert "1 cell, 0 done, 1 to run" in out.stdout
     study = (recipe / "STUDY.md").read_text()
+    assert 'Made by `local/study.sh --parts "textscale"`' in study   # a study of some parts says which
     row = study[study.index("| 100 |"):].splitlines()[0]
     assert row.split("|")[2].strip() != "-"   # trained, decoded and scored
     assert (recipe / "exp" / "study" / "text_100" / "model" / "checkpoints" / "last").exists()

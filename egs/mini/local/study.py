@@ -863,6 +863,8 @@ def main() -> int:
                 raise StudyError(f"{len(failures)} cell(s) failed; first: {failures[0]}")
         else:
             command = "local/study.sh" + (f" --workdir {args.workdir}" if args.workdir != "." else "")
+            if set(args.parts.split()) != set(PARTS):   # a study of some parts says which
+                command += f' --parts "{args.parts}"'
             report(recipe, cells, Path(args.out), Path(args.plot), command)
     except (StudyError, OSError, ValueError) as e:
         print(f"study.py: error: {e}", file=sys.stderr)
