@@ -72,6 +72,17 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert cells["sim_drop_0"].commands[1][cells["sim_drop_0"].commands[1].index("--input") + 1] == "posteriors"
     assert "compress.topk=1" in cells["psd_top1"].commands[0] and "audio" in cells["psd_top1"].commands[0]
     assert "--seed" in cells["gap_simulated_2"].commands[0]
+    # each text-only model of the part also decodes simulated test input, once it is trained
+    simulated = cells["sim_drop_0_simulated"]
+    assert simulated.after == ("sim_drop_0",)
+    decode = simulated.commands[0]
+    assert decode[decode.index("--exp") + 1].endswith("study/sim_drop_0/model")
+    assert decode[decode.index("--input") + 1] == "simulated" and decode[decode.index("--data") + 1].endswith(
+        "dump/test/ASR.jsonl")
+    # stage 3's model: the gap part's first simulation seed, planned by this part alone too
+    alone = {c.name: c for c in study.plan(r, ["simulation"], quick=False, seed=1)}
+    assert alone["gap_simulated_1"].commands == cells["gap_simulated_1"].commands
+    assert alone["gap_simulated_1"].after == ()
 
     # projectors: the recipe's own is decoded, not trained again; each other one is trained, then its curriculum
     assert [c[:2] for c in cells["proj_linear-silu_text"].commands] == [["tasu", "decode"], ["tasu", "score"]]
@@ -274,11 +285,21 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     for title in ("## The text-to-audio gap", "## Simulation settings", "## Compression at inference",
                   "## Projectors", "## How much audio the text-only stage saves", "## Text scaling", "## The commands"):
         assert title in text
-    assert "| simulated from the transcript (3 simulation seeds) | 12.0 ± 1.0 |" in text   # cells 1-3: 11, 12, 13
-    assert "| the recipe's (3 training seeds) | 13.7 ± 3.2 |" in text    # cells 0, 5, 6: 10, 15, 16
-    assert "| alpha [0.0, 0.0] | 17.0 | +3.3 | no |" in text                  # within 2 sd
-    # three seeds against three: beyond twice the pooled sd (3.2 and 1.0)
-    assert "| insert_ratio 0.0 (3 training seeds) | 22.0 ± 1.0 | +8.3 | **yes** |" in text   # cells 11-13
+    value = {c.name: 10.0 + i for i, c in enumerate(cells)}
+    assert [value[f"gap_simulated_{k}"] for k in (1, 2, 3)] == [11, 12, 13]
+    assert "| simulated from the transcript (3 simulation seeds) | 12.0 ± 1.0 |" in text
+    # the yardstick: stage 3's model (gap_real) and two more seeds, each beside its simulated input
+    assert [value[n] for n in ("gap_real", "sim_recipe_seed2", "sim_recipe_seed3")] == [10, 15, 17]
+    assert [value[n] for n in ("gap_simulated_1", "sim_recipe_seed2_simulated", "sim_recipe_seed3_simulated")] == \
+           [11, 16, 18]
+    assert "| the recipe's (3 training seeds) | 14.0 ± 3.6 | | | 15.0 ± 3.6 | 0.93 |" in text
+    assert value["sim_alpha_none"] == 19 and value["sim_alpha_none_simulated"] == 20
+    assert "| alpha [0.0, 0.0] | 19.0 | +5.0 | no | 20.0 | 0.95 |" in text        # within 2 sd (7.2)
+    # three seeds against three: beyond twice the pooled sd (3.6 and 4.0)
+    names = ["sim_insert_0", "sim_insert_0_seed2", "sim_insert_0_seed3"]
+    assert [value[n] for n in names] == [27, 29, 31]
+    assert [value[f"{n}_simulated"] for n in names] == [28, 30, 32]
+    assert "| insert_ratio 0.0 (3 training seeds) | 29.0 ± 2.0 | +15.0 | **yes** | 30.0 ± 2.0 | 0.97 |" in text
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
     assert ("The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d., after each "
             "token Poisson(0.3) inserted rows (a repeat or a blank row).") in text   # from stage 3's config

@@ -13,7 +13,7 @@ one thing. The parts:
 - ``gap``: the text-only model on test posteriors simulated from the test text (three simulation seeds)
   vs the encoder's real ones; ``tasu analyze`` of dev (how real rows differ from simulated ones);
 - ``simulation``: text-only training with another simulation (alpha range, drop rate, insertions, a WER
-  schedule with random or spelling confusions): zero-shot WER; the recipe's own training with two more
+  schedule with random or spelling confusions, i.i.d. substitutions at the encoder's rate): zero-shot WER; the recipe's own training with two more
   seeds is the yardstick (a change counts beyond twice their sd), and ``SEEDED_SIMULATIONS`` get two
   more seeds too;
 - ``compression``: the text-only model decoding test audio with PSD off, another threshold, or another
@@ -82,8 +82,15 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
     "sim_insert_0.6": {"insert_ratio": 0.6},
     "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
+    # substitutions at about the encoder's rate on dev (7.8 %, the gap part's analysis), where the recipe's
+    # rows have almost none: uniform, spelt alike, and spelt alike with half the inserted rows
+    "sim_sub_0.08_random": {"sub_prob": 0.08, "confusion": "random"},
+    "sim_sub_0.08_spelling": {"sub_prob": 0.08, "confusion": "spelling"},
+    "sim_sub_0.08_spelling_insert_0.15": {"sub_prob": 0.08, "confusion": "spelling", "insert_ratio": 0.15},
 }
-SEEDED_SIMULATIONS = ("sim_insert_0",)   # no insertions (the original's default): the largest effect, three seeds
+# three training seeds: no insertions (the original's default, the largest effect), and the simulation
+# closest to the encoder's errors on dev (substitutions at its rate, fewer inserted rows)
+SEEDED_SIMULATIONS = ("sim_insert_0", "sim_sub_0.08_spelling_insert_0.15")
 # The learned part: both WER-conditioned simulations follow this schedule over stage 3's steps (easy to
 # hard, as TASU2's curriculum; the encoder's real test rows err at about 30 %). The learned simulator
 # is trained with the defaults of tasu/train/simulator.py. Quick mode has no learned part: its 2-epoch
@@ -201,35 +208,45 @@ def gap_cells(r: Recipe) -> list[Cell]:
     real = r.study / "gap_real"
     cells.append(Cell("gap_real", "gap", decode_and_score(r.text_model, real / "decode" / "test", r.test_input("test")),
                       info={"sets": ["test"]}))
-    for seed in SIM_SEEDS:
-        out = r.study / f"gap_simulated_{seed}" / "decode" / "test"
-        cells.append(Cell(f"gap_simulated_{seed}", "gap",
-                          decode_and_score(r.text_model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"),
-                                                               "--input", "simulated"], "--seed", str(seed)),
-                          info={"sets": ["test"], "seed": seed}))
+    cells += [simulated_cell(r, f"gap_simulated_{seed}", "gap", r.text_model, seed) for seed in SIM_SEEDS]
     cells.append(Cell("gap_analyze", "gap", [[
         "tasu", "analyze", "--config", str(r.text_model / "config.yaml"), "--data", str(r.dump / "dev" / "ASR.jsonl"),
         "--out", str(r.study / "gap_analyze" / "analyze"), "--device", "cpu", "--allow-pipes"]]))
     return cells
 
 
+def simulated_cell(r: Recipe, name: str, part: str, model: Path, seed: int, info=None) -> Cell:
+    """``model`` decoding posteriors simulated from the test text with its own training's simulation."""
+    out = r.study / name / "decode" / "test"
+    return Cell(name, part, decode_and_score(model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"),
+                                                          "--input", "simulated"], "--seed", str(seed)),
+                after=() if model == r.text_model else (model.parent.name,),
+                info={"sets": ["test"], "simulation_seed": seed, **(info or {})})
+
+
 def simulation_cells(r: Recipe) -> list[Cell]:
     """The recipe's text-only training again with two other seeds (the yardstick: a one-seed change
-    smaller than twice their spread is noise), then each simulation change."""
+    smaller than twice their spread is noise), then each simulation change. Every model also decodes
+    posteriors simulated from the test text as it was trained (``<cell>_simulated``; stage 3's model:
+    the gap part's first seed), so that each row shows how much harder speech is than its training input."""
     seed = r.text_config["train"]["seed"]
-    cells = [trained_cell(r, f"sim_recipe_seed{seed + k}", "simulation",
-                       with_changes(r.text_config, train={"seed": seed + k}), info={"seed": seed + k})
-             for k in (1, 2)]
+    cells = [simulated_cell(r, f"gap_simulated_{SIM_SEEDS[0]}", "gap", r.text_model, SIM_SEEDS[0])]
+    trained = [trained_cell(r, f"sim_recipe_seed{seed + k}", "simulation",
+                            with_changes(r.text_config, train={"seed": seed + k}), info={"seed": seed + k})
+               for k in (1, 2)]
     for name, changes in SIMULATIONS.items():
         sim = dict(changes)
         if "wer" in sim:   # the schedule spans the run: 0 % at the start, 30 % at the end
             sim["wer"] = {**sim["wer"], "total_steps": r.text_config["train"]["max_steps"]}
-        cells.append(trained_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
-                                  info={"setting": changes}))
+        trained.append(trained_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
+                                    info={"setting": changes}))
         if name in SEEDED_SIMULATIONS:
-            cells += [trained_cell(r, f"{name}_seed{seed + k}", "simulation",
-                                   with_changes(r.text_config, simulation=sim, train={"seed": seed + k}),
-                                   info={"repeat_of": name}) for k in (1, 2)]
+            trained += [trained_cell(r, f"{name}_seed{seed + k}", "simulation",
+                                     with_changes(r.text_config, simulation=sim, train={"seed": seed + k}),
+                                     info={"repeat_of": name}) for k in (1, 2)]
+    for c in trained:
+        cells += [c, simulated_cell(r, f"{c.name}_simulated", "simulation", r.study / c.name / "model",
+                                    SIM_SEEDS[0], info={"simulated_of": c.name})]
     return cells
 
 
@@ -573,10 +590,11 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                       "transcripts; `exp/study/gap_analyze/analyze/`):", "", "```",
                       (s / "gap_analyze" / "analyze" / "report.txt").read_text(encoding="utf-8").rstrip(), "```", ""]
 
-    sim = [c for c in cells if c.part == "simulation"]
+    sim = [c for c in cells if c.part == "simulation" and "simulated_of" not in c.info]
     baseline_sd = None
     if sim:
-        seeds = [baseline] + [wer(s / c.name) for c in sim if "seed" in c.info]
+        recipe_rows = [c.name for c in sim if "seed" in c.info]
+        seeds = [baseline] + [wer(s / n) for n in recipe_rows]
         mean, sd = mean_sd(seeds)
         baseline_sd = sd
         lines += ["## Simulation settings (text-only training, zero-shot)", "",
@@ -584,19 +602,26 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "Each row below the first trains the text-only model with one change, the same steps and "
                   "seed as stage 3. The first row is stage 3's training with three seeds: its spread is the "
                   "yardstick, and a change is called an effect only when it moves the WER by more than twice "
-                  "that standard deviation (twice the pooled one for a row of three seeds too).", "",
-                  "| simulation | WER test | Δ vs the recipe's mean | beyond 2 sd? |", "|---|---:|---:|---|",
-                  f"| the recipe's (3 training seeds) | {fmt_mean_sd(seeds)} | | |"]
+                  "that standard deviation (twice the pooled one for a row of three seeds too). Each model also "
+                  "decodes posteriors simulated from the test text as it was trained (one simulation seed): the "
+                  "last column is how much harder speech is than the model's own training input (recipe target: "
+                  "at most 1.5).", "",
+                  "| simulation | WER test | Δ vs the recipe's mean | beyond 2 sd? | WER on simulated test input "
+                  "| speech / simulated |", "|---|---:|---:|---|---:|---:|",
+                  f"| the recipe's (3 training seeds) | {fmt_mean_sd(seeds)} | | | "
+                  + simulated_columns(s, seeds, [f"gap_simulated_{SIM_SEEDS[0]}"] + [f"{n}_simulated" for n in recipe_rows])]
         for c in sim:
             if "seed" in c.info or "repeat_of" in c.info:
                 continue
-            values = [wer(s / c.name)] + [wer(s / o.name) for o in sim if o.info.get("repeat_of") == c.name]
+            names = [c.name] + [o.name for o in sim if o.info.get("repeat_of") == c.name]
+            values = [wer(s / n) for n in names]
             m, sd_c = mean_sd(values)
             delta = None if m is None or mean is None else m - mean
             yardstick = sd if sd_c is None or sd is None else ((sd ** 2 + sd_c ** 2) / 2) ** 0.5
             verdict = "-" if delta is None or yardstick is None else ("**yes**" if abs(delta) > 2 * yardstick else "no")
             label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
-            lines.append(f"| {label} | {fmt_mean_sd(values)} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
+            lines.append(f"| {label} | {fmt_mean_sd(values)} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} | "
+                         + simulated_columns(s, values, [f"{n}_simulated" for n in names]))
         lines.append("")
 
     comp = [c for c in cells if c.part == "compression"]
@@ -762,6 +787,14 @@ def learned_report(r: Recipe, sizes: list[int], baseline_sd: float | None) -> li
         lines.append(row + " |")
     lines.append("")
     return lines
+
+
+def simulated_columns(study: Path, speech: list[float | None], simulated_cells: list[str]) -> str:
+    """The last two columns of a simulation row: WER on simulated test input, and speech / simulated."""
+    simulated = [wer(study / n) for n in simulated_cells]
+    m_speech, m_sim = mean_sd(speech)[0], mean_sd(simulated)[0]
+    ratio = None if m_speech is None or not m_sim else m_speech / m_sim
+    return f"{fmt_mean_sd(simulated)} | {fmt(ratio, 2)} |"
 
 
 def pct(x: float | None) -> float | None:
