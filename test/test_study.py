@@ -311,12 +311,24 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
-    from datetime import datetime
-    import os
-    spans = {"a": ("02:00:00", "02:10:00"), "b": ("02:05:00", "02:12:00"), "c": ("03:00:00", "03:01:00")}
-    for name, (start, end) in spans.items():
-        write(tmp_path / name / "log", f"# 2026-12-02T{start} tasu train ...\n")
-        write(tmp_path / name / "done", "")
-        t = datetime.fromisoformat(f"2026-12-02T{end}").timestamp()
-        os.utime(tmp_path / name / "done", (t, t))
-    assert study.wall_seconds([tmp_path / n for n in spans]) == (12 + 1) * 60
+    # command spans: each command's last start (the log) for as long as its done.<i> says it took
+    cells = {"a": [("02:00:00", 600)],                      # 02:00-02:10
+             "b": [("02:05:00", 300), ("02:10:00", 120)],   # 02:05-02:12, two commands
+             "c": [("03:00:00", 60)]}                       # 03:00-03:01, after a pause
+    for name, runs in cells.items():
+        commands = [["tasu", "train", "--config", f"{name}{i}.yaml"] for i in range(len(runs))]
+        write(tmp_path / name / "commands.json", json.dumps(commands))
+        write(tmp_path / name / "log", "".join(f"# 2026-12-02T{start} {' '.join(argv)}\nsome output\n"
+                                               for (start, _), argv in zip(runs, commands)))
+        for i, (_, seconds) in enumerate(runs):
+            write(tmp_path / name / f"done.{i}", f"{seconds}\n")
+    assert study.wall_seconds([tmp_path / n for n in cells]) == (12 + 1) * 60
+    # a training killed at 04:00 and resumed at 06:00 for 5 minutes counts 5 minutes, not the night
+    write(tmp_path / "d" / "commands.json", json.dumps([["tasu", "train", "--config", "d.yaml"]]))
+    write(tmp_path / "d" / "log", "# 2026-12-02T04:00:00 tasu train --config d.yaml\n"
+                                  "# 2026-12-02T06:00:00 tasu train --config d.yaml --resume\n")
+    write(tmp_path / "d" / "done.0", "300.0\n")
+    assert study.wall_seconds([tmp_path / "d"]) == 300
+    # an unfinished command (no done.<i>) counts nothing yet
+    (tmp_path / "d" / "done.0").unlink()
+    assert study.wall_seconds([tmp_path / "d"]) == 0

@@ -542,14 +542,23 @@ def cell_seconds(cell_dir: Path) -> float:
 
 
 def wall_seconds(cell_dirs: list[Path]) -> float:
-    """How long the study ran: the union of the cells' running spans (first command's start, from the
-    cell's log, to its ``done`` marker), so the time between two runs of the study does not count."""
+    """How long the study ran: the union of its commands' running spans. A command's span starts at its
+    last start in the cell's log and lasts what its ``done.<i>`` marker recorded, so neither the time
+    between two runs of the study nor an attempt that was killed (and resumed later) counts."""
     spans = []
     for d in cell_dirs:
-        if (d / "done").exists() and (d / "log").exists():
-            m = re.search(r"^# (\S+) ", (d / "log").read_text(encoding="utf-8"), re.M)
-            if m:
-                spans.append((datetime.fromisoformat(m.group(1)).timestamp(), (d / "done").stat().st_mtime))
+        if not ((d / "log").exists() and (d / "commands.json").exists()):
+            continue
+        commands = [" ".join(argv) for argv in json.loads((d / "commands.json").read_text(encoding="utf-8"))]
+        starts: dict[int, float] = {}
+        for m in re.finditer(r"^# (\S+) (.*)$", (d / "log").read_text(encoding="utf-8"), re.M):
+            for i, command in enumerate(commands):
+                if m.group(2) == command or m.group(2).startswith(command + " "):   # " --resume"
+                    starts[i] = datetime.fromisoformat(m.group(1)).timestamp()
+        for i, start in starts.items():
+            marker = d / f"done.{i}"
+            if marker.exists():
+                spans.append((start, start + float(marker.read_text() or 0)))
     total, end = 0.0, float("-inf")
     for a, b in sorted(spans):
         if b > end:
@@ -568,13 +577,13 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
              "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
-             "seed (each takes minutes), except the two rows of the simulation table that say three; cells "
+             "seed (each takes minutes), except the rows of the simulation table that say three; cells "
              "that take under a minute and depend on a seed are the mean ± sd of three; decoding with fixed "
              "settings is deterministic.", ""]
     total = sum(cell_seconds(s / c.name) for c in cells)
     wall = wall_seconds([s / c.name for c in cells])
-    lines += [f"Time: {wall / 60:.0f} min from the first cell's start to the last one's end (not counting "
-              f"pauses between runs), {total / 60:.0f} min of commands in all (cells ran side by side).", ""]
+    lines += [f"Time: {wall / 60:.0f} min while cells ran (neither the pauses between runs nor attempts that "
+              f"were killed and resumed count), {total / 60:.0f} min of commands in all (cells ran side by side).", ""]
 
     if "gap_real" in by_name:
         sims = [wer(s / f"gap_simulated_{k}") for k in SIM_SEEDS]
