@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The TASU study: which parts of TASU matter, measured on a finished ./run.sh (see local/study.py).
 #
-#   local/study.sh                              # every part (70-110 min on 2 cores), then STUDY.md and STUDY.png
+#   local/study.sh                              # every part (about 2 hours on 2 cores), then STUDY.md and STUDY.png
 #   local/study.sh --parts "gap compression"    # some parts (decoding only: a few minutes)
 #   local/study.sh --workdir seeds/seed1        # on a run of ./run.sh --seeds
 #
