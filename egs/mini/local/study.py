@@ -13,9 +13,10 @@ one thing. The parts:
 - ``gap``: the text-only model on test posteriors simulated from the test text (three simulation seeds)
   vs the encoder's real ones; ``tasu analyze`` of dev (how real rows differ from simulated ones);
 - ``simulation``: text-only training with another simulation (alpha range, drop rate, insertions, a WER
-  schedule with random or spelling confusions, i.i.d. substitutions at the encoder's rate): zero-shot WER; the recipe's own training with two more
-  seeds is the yardstick (a change counts beyond twice their sd), and ``SEEDED_SIMULATIONS`` get two
-  more seeds too;
+  schedule with random or spelling confusions, i.i.d. substitutions at the encoder's rate): zero-shot
+  WER, and WER on the model's own simulated test input; the recipe's own training with two more seeds
+  is the yardstick (a change counts beyond twice their sd), and ``SEEDED_SIMULATIONS`` get two more
+  seeds too;
 - ``compression``: the text-only model decoding test audio with PSD off, another threshold, or another
   number of entries kept per row;
 - ``projectors``: every registered projector, text-only and then the audio curriculum: WER, trainable
@@ -83,7 +84,7 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
     "sim_wer_random": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "random"},
     "sim_wer_spelling": {"wer": {"start": [0.0, 0.0], "end": [0.3, 0.3]}, "confusion": "spelling"},
     # substitutions at about the encoder's rate on dev (7.8 %, the gap part's analysis), where the recipe's
-    # rows have almost none: uniform, spelt alike, and spelt alike with half the inserted rows
+    # simulation draws none: uniform, spelt alike, and spelt alike with half the inserted rows
     "sim_sub_0.08_random": {"sub_prob": 0.08, "confusion": "random"},
     "sim_sub_0.08_spelling": {"sub_prob": 0.08, "confusion": "spelling"},
     "sim_sub_0.08_spelling_insert_0.15": {"sub_prob": 0.08, "confusion": "spelling", "insert_ratio": 0.15},
