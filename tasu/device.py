@@ -44,13 +44,31 @@ def available_device() -> str:
     return "cpu"
 
 
+def flush_denormals() -> None:
+    """Make this process's CPU arithmetic treat denormal floats (below ~1.2e-38) as zero.
+
+    Training drives some values there (attention weights of masked or unlikely frames, Adam moments
+    of unused rows), and x86 CPUs take a slow path for every operation that touches one: a trained
+    mini-recipe encoder's training step took 0.52 s on a 2-core Intel Xeon and 0.27 s with denormals
+    flushed. Their size is below anything a float32 model can use, so nothing is lost but bit-for-bit
+    equality with runs that kept them. Threads inherit the setting when they are created, so it is
+    set before torch's thread pool first runs (``resolve_device`` does it for ``cpu``). A no-op where
+    torch does not support it.
+    """
+    torch.set_flush_denormal(True)
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``/``cpu``/``cuda``/``npu`` -> the torch device this process (of rank ``local_rank``) uses."""
+    """``auto``/``cpu``/``cuda``/``npu`` -> the torch device this process (of rank ``local_rank``) uses.
+
+    For ``cpu`` it also flushes denormal floats to zero (:func:`flush_denormals`): up to twice as fast.
+    """
     if name == "auto":
         name = available_device()
     if name not in DEVICES:
         raise DeviceError(f"unknown device '{name}': choose one of auto, {', '.join(DEVICES)}")
     if name == "cpu":
+        flush_denormals()
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():

@@ -96,6 +96,19 @@ def test_device_names_and_backends():
     assert distributed_backend(torch.device("cuda", 0)) == "nccl"
 
 
+def test_cpu_device_flushes_denormal_floats():
+    """resolve_device("cpu") turns on flush-to-zero: a denormal float counts as 0 in arithmetic."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        denormal = torch.tensor([1e-39])   # below float32's smallest normal number, 1.2e-38
+        assert (denormal * 1.0).item() != 0.0
+        assert resolve_device("cpu") == torch.device("cpu")
+        assert (denormal * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_tasu_command_is_installed():
     out = subprocess.run(["tasu", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

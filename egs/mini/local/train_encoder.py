@@ -62,6 +62,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tasu.data.audio import AudioError, load_audio
 from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.data.records import Record
+from tasu.device import flush_denormals
 from tasu.encoders import load_encoder
 from tasu.encoders.fbank import estimate_cmvn, wav_frontend_features
 from tasu.encoders.small_ctc import SmallCTCEncoder
@@ -247,6 +248,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     t0 = time.time()
     torch.manual_seed(args.seed)
+    flush_denormals()  # a trained model's steps run up to twice as fast on x86 (tasu.device)
     data_dir, exp_dir = Path(args.data_dir), Path(args.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
 
