@@ -4,8 +4,7 @@
 # CPU threads each: neither reads the other, and small models use a second thread poorly. Measured
 # on 2 cores (an earlier setting): an encoder epoch took 64 s alone on two threads, ~71 s on one beside
 # the LLM; an LLM step 0.40 s and ~0.6 s: the pair took ~14 min where one after the other took 16.
-# With 7 encoder epochs of 6000 utterances and 1800 LLM steps they took about as long each (AMD EPYC);
-# the default 8 epochs make the encoder the longer one.
+# Today's defaults (7 encoder epochs of 6000 utterances, 1800 LLM steps) take about as long each.
 #
 #   local/train_models.sh --datadir data --expdir exp --seed 1234
 #   local/train_models.sh --datadir data --expdir exp --quick true    # tiny models, a few steps
