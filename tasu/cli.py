@@ -13,7 +13,8 @@
     tasu results exp > RESULTS.md
 
 Each subcommand parses its arguments here and calls one library function; imports are done inside
-the subcommand so that ``tasu validate`` does not pay for torch or transformers.
+the subcommand so that ``tasu validate`` does not pay for torch or transformers, and funasr's
+classes are imported without funasr's import of all its models (:mod:`tasu.funasr_import`).
 
 Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, and exit status 1: a
 user reading a failed recipe's log needs the bad file and line, not a traceback through DeepSpeed.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from tasu.funasr_import import use_lean_import
 
 DEBUG_ENV = "TASU_DEBUG"
 # The text a DataLoader worker's exception carries to the main process, before the worker's traceback.
@@ -366,6 +369,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_lean_import()
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.command == "train" and not args.dry_run and not args.exp_dir:

@@ -48,9 +48,10 @@ def write_sensevoice_dir(root: Path) -> Path:
     SenseVoice's does; config.yaml leaves ``bpemodel`` and ``cmvn_file`` null and
     configuration.json names them, as in the release.
     """
-    from funasr.models.sense_voice.model import SenseVoiceSmall
-
     from tasu.encoders.fbank import write_cmvn
+    from tasu.funasr_import import full_funasr
+
+    SenseVoiceSmall = full_funasr().models.sense_voice.model.SenseVoiceSmall
 
     root.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(

@@ -281,6 +281,41 @@ def test_small_ctc_save_load(small_ctc, tmp_path):
     torch.testing.assert_close(log_probs, small_ctc(*small_ctc.extract_features(waves))[0])
 
 
+def test_tasu_programs_import_funasr_lean_and_complete_it_on_use(small_ctc, sensevoice_dir, tmp_path):
+    """After use_lean_import (the tasu command does it) a small CTC encoder loads without funasr's
+    import of all its models; the first use of anything else of the package completes that import
+    in the same module objects, and a SenseVoice model (which needs the registry) still loads."""
+    small_ctc.save(tmp_path / "enc")
+    probe = textwrap.dedent(f"""
+        import sys
+        from tasu.encoders import load_encoder
+        from tasu.funasr_import import use_lean_import
+        def everything():  # what funasr's own __init__ imports, AutoModel's module among them
+            return "funasr.auto.auto_model" in sys.modules
+        use_lean_import()
+        encoder = load_encoder({str(tmp_path / "enc")!r})
+        assert not everything(), sorted(m for m in sys.modules if m.startswith("funasr"))
+        import funasr
+        assert not everything()
+        from funasr import AutoModel                          # completes the package
+        assert everything() and AutoModel.__name__ == "AutoModel" and funasr.__version__
+        from funasr.models.sense_voice.model import SenseVoiceEncoderSmall
+        assert type(encoder.encoder) is SenseVoiceEncoderSmall   # its module was not imported twice
+        assert load_encoder({str(sensevoice_dir)!r}).vocab_size > 0
+    """)
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_sensevoice_completes_funasr_first(sensevoice_dir, monkeypatch):
+    """SenseVoiceSmall finds its encoder by registry name: loading it completes a lean funasr."""
+    import tasu.encoders.sensevoice as sensevoice_module
+
+    calls = []
+    original = sensevoice_module.full_funasr
+    monkeypatch.setattr(sensevoice_module, "full_funasr", lambda: calls.append(1) or original())
+    assert load_encoder(sensevoice_dir).vocab_size > 0 and calls == [1]
+
+
 def test_small_ctc_needs_cmvn(small_ctc):
     from tasu.encoders.small_ctc import SmallCTCEncoder
 

@@ -8,12 +8,12 @@ standard deviation), which is what funasr's ``load_cmvn`` reads and what :func:`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+
+from tasu.funasr_import import funasr_class
 
 if TYPE_CHECKING:
     from funasr.frontends.wav_frontend import WavFrontend
@@ -28,8 +28,7 @@ def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> Wav
     """
     conf = {k: v for k, v in frontend_conf.items() if k != "cmvn_file"}
     conf["dither"] = 0.0
-    from funasr.frontends.wav_frontend import WavFrontend
-
+    WavFrontend = funasr_class("funasr.frontends.wav_frontend", "WavFrontend")
     return WavFrontend(cmvn_file=None if cmvn_file is None else str(cmvn_file), **conf)
 
 

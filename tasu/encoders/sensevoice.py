@@ -29,6 +29,7 @@ from tasu.encoders.fbank import build_wav_frontend, wav_frontend_features
 from tasu.encoders.layout import FunASRDir, funasr_model, load_weights
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
+from tasu.funasr_import import full_funasr, funasr_class
 
 # config.yaml sections that are SenseVoiceSmall constructor arguments (funasr's AutoModel passes the
 # whole merged config; the dataset/optimiser/training sections are irrelevant to the network).
@@ -72,7 +73,8 @@ class SenseVoiceEncoder(CTCEncoder):
         ``input_size`` from the frontend (80 x lfr_m), ``vocab_size`` from the tokenizer, the rest of
         the constructor arguments from ``model_conf`` and the encoder sections of config.yaml.
         """
-        from funasr.models.sense_voice.model import SenseVoiceSmall
+        full_funasr()  # SenseVoiceSmall builds its encoder (and normalize) by registry name
+        SenseVoiceSmall = funasr_class("funasr.models.sense_voice.model", "SenseVoiceSmall")
 
         d = FunASRDir(path)
         tokenizer = SentencePieceTokenizer.from_funasr_dir(d.root)

@@ -33,6 +33,7 @@ from tasu.encoders.fbank import build_wav_frontend, estimate_cmvn, wav_frontend_
 from tasu.encoders.layout import FunASRDir, funasr_model, load_weights, write_configuration_json
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
+from tasu.funasr_import import funasr_class
 
 MODEL_NAME = "TasuSmallCTC"
 BPE_FILE = "bpe.model"
@@ -70,8 +71,8 @@ class SmallCTCEncoder(CTCEncoder):
 
     def __init__(self, tokenizer: SentencePieceTokenizer, config: dict | None = None,
                  cmvn_file: str | Path | None = None):
-        from funasr.models.ctc.ctc import CTC
-        from funasr.models.sense_voice.model import SenseVoiceEncoderSmall
+        CTC = funasr_class("funasr.models.ctc.ctc", "CTC")
+        SenseVoiceEncoderSmall = funasr_class("funasr.models.sense_voice.model", "SenseVoiceEncoderSmall")
 
         super().__init__()
         self.config = merge_config(config)
