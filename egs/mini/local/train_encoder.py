@@ -33,7 +33,9 @@ default) cost about what the LLM beside it costs. An eighth, on the recipe's see
 20.9 / 20.1 / 43.1 against 24.0 / 21.0 / 44.2: one point on test, where three seeds of 7 epochs
 spread by 0.7, for ~1.5 min more of stage 1 on the AMD EPYC machine.
 80 ms frames (LFR 8/8, a quarter less compute) lost 4-5 points: test 25.0 with the same batch budget,
-25.4 with batches of 600 frames (as many steps), against 20.5 (seed 1, Intel Xeon).
+25.4 with batches of 600 frames (as many steps), against 20.5 (seed 1, Intel Xeon). Batches of 400 and
+600 frames lost (test 26.0, 22.8); 1200 gave 19.5 and 23.0 on seeds 1 and 2 against 20.5 and 22.2,
+test_ood 1.4 and 2.0 points better, ~10 % faster: a candidate for the default, after three seeds.
 Earlier settings (3000 utterances): dropout 0.1 with SpecAugment and 5-30 dB noise at lr 2e-3 was at
 87 / 85 WER / CER after 3 epochs; SortaGrad took 6 epochs from 51 to 46 WER; lr 6e-3 and batches of
 ~10 utterances learned no faster; BPE 100 (dev 47 / 21 after 6 epochs) was read worse by the LLM
