@@ -24,7 +24,6 @@ import sys
 from types import ModuleType
 
 _lean = False
-_UNINITIALISED = "_tasu_uninitialised"  # set on the package while its __init__ has not run
 
 
 def use_lean_import(enabled: bool = True) -> None:
@@ -43,8 +42,8 @@ def funasr_class(module: str, name: str) -> type:
 def full_funasr() -> ModuleType:
     """funasr as its own import makes it (every submodule, the registry complete), whatever came before."""
     package = sys.modules.get("funasr")
-    if package is not None and package.__dict__.pop(_UNINITIALISED, False):
-        del package.__dict__["__getattr__"]
+    if package is not None and package.__dict__.get("__getattr__") is _initialise_then_get:  # not yet run
+        del package.__getattr__
         try:
             package.__spec__.loader.exec_module(package)
         except BaseException:
@@ -58,7 +57,6 @@ def _install_uninitialised_package() -> None:
     if spec is None:
         raise ModuleNotFoundError("No module named 'funasr'", name="funasr")
     package = importlib.util.module_from_spec(spec)  # __path__ and __spec__ set, __init__ not run
-    setattr(package, _UNINITIALISED, True)
     package.__getattr__ = _initialise_then_get  # a module __getattr__ (PEP 562): what the package lacks
     sys.modules["funasr"] = package
 
