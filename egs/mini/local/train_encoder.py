@@ -93,8 +93,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop training after this much wall time, even mid-epoch: a cap for very slow "
                              "machines, far above the ~10 min on one core (default: 30; 0 = none)")
-    parser.add_argument("--batch-frames", type=int, default=800,
-                        help="batch budget: utterances x longest LFR frame count (default: 800, ~20 utterances)")
+    parser.add_argument("--batch-frames", type=int, default=1200,
+                        help="batch budget: utterances x longest LFR frame count (default: 1200, ~30 "
+                             "utterances: as accurate as 800 over four corpora and ~5 %% faster; see README)")
     parser.add_argument("--sorted-epochs", type=int, default=1,
                         help="epochs that go through the batches shortest first, before shuffled ones "
                              "(SortaGrad; default: 1)")
