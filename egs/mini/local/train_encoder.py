@@ -35,7 +35,7 @@ spread by 0.7, for ~1.5 min more of stage 1 on the AMD EPYC machine.
 80 ms frames (LFR 8/8, a quarter less compute) lost 4-5 points: test 25.0 with the same batch budget,
 25.4 with batches of 600 frames (as many steps), against 20.5 (seed 1, Intel Xeon). Batches of 400 and
 600 frames lost (test 26.0, 22.8); 1200 is as accurate (test on seeds 1, 2, 3, 1234: -1.0, +0.8,
--1.6, +1.4 points against 800) and 5 % faster (two epochs side by side on one host): not adopted.
+-1.6, +1.4 points against 800) and 5 % faster (two epochs side by side on one host): the default.
 Earlier settings (3000 utterances): dropout 0.1 with SpecAugment and 5-30 dB noise at lr 2e-3 was at
 87 / 85 WER / CER after 3 epochs; SortaGrad took 6 epochs from 51 to 46 WER; lr 6e-3 and batches of
 ~10 utterances learned no faster; BPE 100 (dev 47 / 21 after 6 epochs) was read worse by the LLM
