@@ -89,7 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frontend-conf", type=json.loads, default={"lfr_m": 6, "lfr_n": 6},
                         help='JSON overrides of SmallCTCEncoder frontend_conf (default: \'{"lfr_m": 6, "lfr_n": 6}\': '
                              '60 ms frames, as SenseVoice\'s 7/6 stacking gives)')
-    parser.add_argument("--epochs", type=int, default=7, help="training epochs (default: 7)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop training after this much wall time, even mid-epoch: a cap for very slow "
                              "machines, far above the ~10 min on one core (default: 30; 0 = none)")
