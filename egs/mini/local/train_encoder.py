@@ -29,12 +29,12 @@ distinct speech it hears. On 3000 training utterances, 9 epochs fitted the recor
 generalises: 5 epochs 28.5 / 27.8 / 48.5, 6 epochs 24.2 / 23.8 / 44.6, 8 epochs 20.0 / 17.7 / 41.0
 (training loss 0.9); 9000 utterances for 3 epochs (about as many steps as 6000 for 5) gave 30.0 /
 29.0 / 49.5, no better (each corpus size deals its own dev and test sentences). 10 epochs are the
-default: with 1200-frame batches each epoch from 7 to 10 lowered the test WER of the recipe's three
-seeds (egs/mini/README.md, "Epochs"): test / test_ood 17.7 ± 1.3 / 39.4 ± 2.6 with 9, 19.3 ± 1.2 /
-41.8 ± 3.0 with 8, 20.6 ± 2.0 / 44.5 ± 1.9 with 7, and the text-only TASU model read speech better
-with each (zero-shot test 5.3 ± 0.1, 5.8 ± 0.4, 6.6 ± 0.1); a tenth epoch, encoder alone, took seeds
-1 and 2 from test 17.6 and 19.0 to 15.8 and 15.4. Each epoch costs ~1 min (~53 s on the fast Intel
-Xeon host of those runs).
+default: with 1200-frame batches each epoch from 7 to 10 lowered the test WER of every one of the
+recipe's three seeds (egs/mini/README.md, "Epochs"): test / test_ood 15.6 ± 0.2 / 39.3 ± 2.7 with 10,
+17.7 ± 1.3 / 39.4 ± 2.6 with 9, 19.3 ± 1.2 / 41.8 ± 3.0 with 8, 20.6 ± 2.0 / 44.5 ± 1.9 with 7, and
+the text-only TASU model read speech better with each (zero-shot test 4.9 ± 0.1, 5.3 ± 0.1, 5.8 ±
+0.4, 6.6 ± 0.1). The tenth no longer helped unseen voices and took the training loss to 0.1. Each
+epoch costs ~1 min (~50 s on the fast Intel Xeon host of those runs).
 80 ms frames (LFR 8/8, a quarter less compute) lost 4-5 points: test 25.0 with the same batch budget,
 25.4 with batches of 600 frames (as many steps), against 20.5 (seed 1, Intel Xeon). Batches of 400 and
 600 frames lost (test 26.0, 22.8); 1200 is as accurate (test on seeds 1, 2, 3, 1234: -1.0, +0.8,

@@ -4,7 +4,7 @@
 # CPU threads each: neither reads the other, and small models use a second thread poorly. Measured
 # on 2 cores (an earlier setting): an encoder epoch took 64 s alone on two threads, ~71 s on one beside
 # the LLM; an LLM step 0.40 s and ~0.6 s: the pair took ~14 min where one after the other took 16.
-# Today's defaults (9 encoder epochs of 6000 utterances, 1800 LLM steps) take 8.4 and 6.4 min on a fast
+# Today's defaults (10 encoder epochs of 6000 utterances, 1800 LLM steps) take 9.0 and 6.2 min on a fast
 # Intel Xeon host.
 #
 #   local/train_models.sh --datadir data --expdir exp --seed 1234
