@@ -220,6 +220,48 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     assert "All 3 runs" in text
 
 
+def _report(root: Path, encoder: list[float], text_only: list[float]) -> Path:
+    """RESULTS.md as local/report.py writes it over one fake run per value."""
+    runs = [_fake_run(root / f"seed{i}", i, {"encoder": e, "tasu_train_text": t,
+                                             "tasu_train_text_then_train_audio_sft": 10.0,
+                                             "train_audio_sft_from_scratch": 12.0, "simulated": 4.0})
+            for i, (e, t) in enumerate(zip(encoder, text_only), start=1)]
+    results = root / "RESULTS.md"
+    results.write_text("# RESULTS\n## Environments\n- Git hash: `abc1234`\n\n## encoder\n")
+    subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results", str(results),
+                    "--plot", str(root / "results.png")], check=True, capture_output=True)
+    return results
+
+
+def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):
+    """Two machines' reports: a mean that moved by less than the seeds' spread agrees, one that moved by
+    more is apart; cells the explaining rows repeat are counted once."""
+    a = _report(tmp_path / "a", [19.0, 20.0, 21.0], [7.0, 8.0, 9.0])
+    b = _report(tmp_path / "b", [19.5, 20.5, 21.5], [11.0, 12.0, 13.0])
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {tuple(ln.split("|")[1:3]): ln.split("|")[3:-1] for ln in out.splitlines() if ln.startswith("|")}
+    assert rows[("encoder CTC greedy", "WER test")] == ["20.0 ± 1.0", "20.5 ± 1.0", "+0.5", "1.0", "within 1 sd"]
+    assert rows[("TASU text-only (zero-shot)", "WER test")] == ["8.0 ± 1.0", "12.0 ± 1.0", "+4.0", "1.0", "**apart**"]
+    assert ("encoder CTC greedy", "WER dev") in rows and not any(r[0].startswith("TASU text-only, from") for r in rows)
+    assert "A: " in out and "(abc1234; 3 run(s);" in out
+    apart = [key for key, cells in rows.items() if cells[-1] == "**apart**"]
+    assert apart == [("TASU text-only (zero-shot)", "WER test"), ("TASU text-only (zero-shot)", "WER test_ood")]
+    cells = len(rows) - 2  # less the header and its rule
+    assert out.rstrip().endswith(f"{cells - 2} of {cells} cells agree within one pooled standard deviation, "
+                                 f"{cells - 2} within two.")
+
+
+def test_compare_results_refuses_a_file_without_a_summary(tmp_path):
+    other = tmp_path / "README.md"
+    other.write_text("# not a report\n")
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(other), str(other)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"compare_results.py: {other} has no '## Summary (egs/mini)' section " \
+                                 "(made by local/report.py at the end of ./run.sh)"
+
+
 @pytest.mark.parametrize("script,args", [("train_units.py", ["--data-dir", "missing"]),
                                          ("train_encoder.py", ["--units", "missing.model"]),
                                          ("train_llm.py", ["--units", "missing.model"])])

@@ -50,8 +50,9 @@ Vocal tract length perturbation (each utterance's mel axis warped by a factor fr
 24.0 / 21.0 / 44.3 without: no gain, so it is not here. Half of test_ood is the held-out flite voice
 (rms, 56 % WER against ~32 % for the held-out espeak-ng variants): training hears only three other
 flite speakers.
-The recipe trains it on one core beside the LLM (local/train_models.sh): ~11 min on the AMD EPYC
-machine, ~16 on the Intel Xeon one (~24 before denormals were flushed to zero: tasu.device).
+The recipe trains it on one core beside the LLM (local/train_models.sh): 10 epochs took 9.0 min on
+a fast Intel Xeon host, 13.6-16.1 on a 2-core AMD EPYC (flushing denormals to zero, tasu.device,
+once took an older setting from ~24 min to ~16 on a slow Intel Xeon host).
 """
 from __future__ import annotations
 

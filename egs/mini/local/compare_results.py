@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Compare the summaries of two RESULTS.md of this recipe, e.g. the committed one and your own run on
+another machine: does the table survive the move?
+
+    python3 local/compare_results.py RESULTS.md seeds-elsewhere/RESULTS.md
+    git show 736eee6:egs/mini/RESULTS.md > /tmp/theirs.md && python3 local/compare_results.py /tmp/theirs.md RESULTS.md
+
+Every cell that both summaries hold (the systems table and the rows that explain it, as local/report.py
+writes them: ``mean ± sd`` over the seeds of ``./run.sh --seeds``) is printed with both means, their
+difference and the pooled standard deviation sqrt((sd_a^2 + sd_b^2) / 2), then how many cells agree
+within one and two pooled standard deviations. Float sums differ across CPU models, so two machines
+never give the same digits; what should hold is the means within the spread the seeds already show.
+A report of one run has no spread, so its cells can only be compared as numbers: run three seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+CELL = re.compile(r"^(-?\d+(?:\.\d+)?)(?: ± (\d+(?:\.\d+)?))?$")
+
+
+class Report(NamedTuple):
+    path: Path
+    commit: str
+    machine: str
+    runs: int
+    cells: dict[tuple[str, str], tuple[float, float]]  # (row, column) -> (mean, sd)
+
+
+def read_report(path: Path) -> Report:
+    """The summary section of a RESULTS.md written by local/report.py; a clear error if it has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"compare_results.py: cannot read {path}: {e.strerror}")
+    lines = text.splitlines()
+    try:
+        start = lines.index("## Summary (egs/mini)")
+    except ValueError:
+        raise SystemExit(f"compare_results.py: {path} has no '## Summary (egs/mini)' section "
+                         "(made by local/report.py at the end of ./run.sh)")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = lines[start:end]
+    commit = re.search(r"- Git hash: `([^`]*)`", text)
+    machine = re.search(r"measured by run.sh on this machine \((.*)\):", "\n".join(section))
+    runs = re.search(r": (\d+) whole runs, one per seed", "\n".join(section))
+    cells, header = {}, None
+    for lineno, line in enumerate(section, start + 1):
+        if not line.startswith("|"):
+            header = None
+            continue
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = row
+        elif header[0] == "system" and not set(row[0]) <= set("-:"):  # the tables of results, not of costs
+            values = {}
+            for column, value in zip(header[1:], row[1:]):
+                if value == "-":
+                    continue
+                match = CELL.match(value)
+                if match is None:
+                    raise SystemExit(f"compare_results.py: {path}:{lineno}: column '{column}' of '{row[0]}' "
+                                     f"is '{value}', not 'mean ± sd'")
+                values[column] = (float(match[1]), float(match[2] or 0.0))
+            # the rows that explain the table repeat some cells of the systems table: count each once
+            if not any(all(cells.get((name, c)) == v for c, v in values.items()) for name, _ in cells):
+                cells.update({(row[0], c): v for c, v in values.items() if (row[0], c) not in cells})
+    if not cells:
+        raise SystemExit(f"compare_results.py: {path}: the summary holds no table of results")
+    return Report(path, commit[1] if commit else "?", machine[1] if machine else "machine not stated",
+                  int(runs[1]) if runs else 1, cells)
+
+
+def compare(a: Report, b: Report) -> str:
+    shared = [key for key in a.cells if key in b.cells]
+    if not shared:
+        raise SystemExit(f"compare_results.py: {a.path} and {b.path} share no cell")
+    out = [f"A: {a.path} ({a.commit}; {a.runs} run(s); {a.machine})",
+           f"B: {b.path} ({b.commit}; {b.runs} run(s); {b.machine})", "",
+           "|system|column|A|B|B - A|pooled sd|agree|", "|---|---|---|---|---|---|---|"]
+    within = {1: 0, 2: 0}
+    for key in shared:
+        (ma, sa), (mb, sb) = a.cells[key], b.cells[key]
+        diff, pooled = mb - ma, math.sqrt((sa ** 2 + sb ** 2) / 2)
+        # a difference below the printed precision is agreement whatever the spread
+        k = next((k for k in (1, 2) if abs(diff) <= k * pooled + 0.05), None)
+        for level in within:
+            within[level] += k is not None and k <= level
+        verdict = {1: "within 1 sd", 2: "within 2 sd", None: "**apart**"}[k]
+        out.append(f"|{key[0]}|{key[1]}|{ma:.1f} ± {sa:.1f}|{mb:.1f} ± {sb:.1f}|{diff:+.1f}|{pooled:.1f}|{verdict}|")
+    out += ["", f"{within[1]} of {len(shared)} cells agree within one pooled standard deviation, "
+                f"{within[2]} within two."]
+    if min(a.runs, b.runs) < 2:
+        out.append("A report of one run has no spread: compare reports of several seeds (./run.sh --seeds).")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="a RESULTS.md (e.g. the committed one)")
+    parser.add_argument("b", type=Path, help="another RESULTS.md (e.g. your run's)")
+    args = parser.parse_args()
+    print(compare(read_report(args.a), read_report(args.b)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
