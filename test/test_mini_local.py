@@ -260,6 +260,13 @@ def test_compare_results_refuses_a_file_without_a_summary(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"compare_results.py: {other} has no '## Summary (egs/mini)' section " \
                                  "(made by local/report.py at the end of ./run.sh)"
+    broken = tmp_path / "broken.md"
+    broken.write_text("## Summary (egs/mini)\n\n|system|WER test|\n|---|---|\n|encoder CTC greedy|15.6 +- 0.2|\n")
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(broken), str(broken)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"compare_results.py: {broken}:5: column 'WER test' of 'encoder CTC greedy' " \
+                                 "is '15.6 +- 0.2', not 'mean ± sd'"
 
 
 @pytest.mark.parametrize("script,args", [("train_units.py", ["--data-dir", "missing"]),

@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import FROM_SPEECH  # noqa: E402  (the row that repeats the zero-shot system's cells)
+
 CELL = re.compile(r"^(-?\d+(?:\.\d+)?)(?: ± (\d+(?:\.\d+)?))?$")
 
 
@@ -67,8 +70,8 @@ def read_report(path: Path) -> Report:
                     raise SystemExit(f"compare_results.py: {path}:{lineno}: column '{column}' of '{row[0]}' "
                                      f"is '{value}', not 'mean ± sd'")
                 values[column] = (float(match[1]), float(match[2] or 0.0))
-            # the rows that explain the table repeat some cells of the systems table: count each once
-            if not any(all(cells.get((name, c)) == v for c, v in values.items()) for name, _ in cells):
+            # the rows that explain the table repeat cells of the systems table: count each once
+            if row[0] != FROM_SPEECH:
                 cells.update({(row[0], c): v for c, v in values.items() if (row[0], c) not in cells})
     if not cells:
         raise SystemExit(f"compare_results.py: {path}: the summary holds no table of results")
@@ -109,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
