@@ -60,6 +60,13 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): only there can bf16 autocast
+    on CPU be expected to pay (``bench/encoder_bf16.py`` measures it on the CPU at hand)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``/``cpu``/``cuda``/``npu`` -> the torch device this process (of rank ``local_rank``) uses.
 

@@ -128,9 +128,12 @@ def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
 def test_encoder_loads_through_tasu_and_was_scored(recipe):
     import torch
 
+    from tasu.device import cpu_has_bf16
     from tasu.encoders import load_encoder, load_tokenizer
 
     exp = recipe / "exp" / "encoder"
+    # --precision auto: bf16 autocast only where this CPU has it natively
+    assert json.loads((exp / "train_info.json").read_text())["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     tokenizer = load_tokenizer(exp)
     encoder = load_encoder(exp)
     assert tokenizer.vocab_size == encoder.vocab_size and tokenizer.blank_id == 0

@@ -122,7 +122,10 @@ class SmallCTCEncoder(CTCEncoder):
         # cached, reused every epoch) features intact.
         feats = feats.to(self.device, copy=True)
         out, out_lengths = self.encoder(feats, feat_lengths.to(self.device))
-        return self.ctc.log_softmax(out), out_lengths.to(torch.long)
+        # The CTC head stays float32 under autocast (bf16 training): log-posteriors rounded to bf16
+        # are off by ~1 %, and the loss sums them over every frame. The head is a small part of a step.
+        with torch.autocast(self.device.type, enabled=False):
+            return self.ctc.log_softmax(out.float()), out_lengths.to(torch.long)
 
     def ctc_loss(self, feats: torch.Tensor, feat_lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor) -> torch.Tensor:
