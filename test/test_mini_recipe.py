@@ -71,6 +71,13 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
                      "stage 5: simulated input", "stage 6", "stage 7"]
     # the rows that explain the table: the LLM's ceiling, simulated vs real input, the encoder on every set
     assert rows["TASU text-only, on posteriors simulated from the text"][1] != "-"  # test
+    # ... the mean of its draws (two in quick mode), scored together over keys made unique per draw
+    simulated = recipe / "exp" / "tasu_train_text" / "decode_simulated" / "test" / "ASR"
+    pooled = json.loads((simulated / "score.json").read_text())
+    draws = [json.loads((simulated / f"draw{k}" / "score.json").read_text()) for k in (0, 1)]
+    assert pooled["snt"] == sum(d["snt"] for d in draws) == 80 and not pooled["missing_keys"]
+    assert pooled["value"] == pytest.approx(sum(d["value"] for d in draws) / 2)
+    assert "(2 draws, scored together" in summary
     assert "-" not in rows["LLM reading the clean encoder units of the text (its ceiling)"][:2]  # dev, test
     assert "-" not in rows["encoder CTC greedy"][:3]  # dev, test, test_ood (the explaining table's row)
     assert "|**all**|" in summary

@@ -18,7 +18,7 @@
 #   4. audio fine-tuning from it (the curriculum)     -> exp/tasu_train_text_then_train_audio_sft
 #      and, at the same time, the same from scratch (audio-only baseline) -> exp/train_audio_sft_from_scratch
 #   5. decoding test and test_ood with the three; (+) the text-only model also decodes posteriors
-#      simulated from the test text (what it was trained on); 6. scoring
+#      simulated from the test text (what it was trained on; local/decode_simulated.sh); 6. scoring
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
 #      resources each stage used; every table of 'tasu results'; (+) RESULTS.png, the plot it shows
 set -euo pipefail
@@ -80,12 +80,14 @@ train_audio_args=${train_args}
 decode_args=
 decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 40)  # as conf/decode_greedy.yaml
 posterior_dumps=true  # stages 4-5 read the encoder's posteriors from dumps made once
+sim_draws=5           # stage 5's draws of simulated test posteriors (local/decode_simulated.sh)
 if ${quick}; then
   quick_train="train.log_interval=5 train.valid_interval=10 train.save_interval=10 optim.warmup_steps=2"
   train_text_args+=" ${quick_train} train.max_steps=20 optim.total_steps=20"
   train_audio_args+=" ${quick_train} train.max_steps=10 optim.total_steps=10"
   decode_args="--max-new-tokens 16"
   decode_opts=(--beam 1 --batch-size 32 --max-new-tokens 16)
+  sim_draws=2
   # a dump is one more process per set, which costs more than the encoder on 10 quick batches
   # (the SLURP recipe's test covers the dumps)
   posterior_dumps=false
@@ -115,14 +117,11 @@ for n in 1 2 3 4 5 6 7; do
       local/train_models.sh --datadir "${data}" --expdir "${exp}" --quick "${quick}" --seed "${seed}"
   fi
   if [ "${n}" = 5 ]; then
-    # The text-only model on what it was trained on: posteriors simulated from the test text (with the
-    # training's simulation settings) instead of the encoder's on the test audio; the gap between the
-    # two is the text-to-speech gap that TASU has to close.
-    out=${exp}/tasu_train_text/decode_simulated/test/ASR
+    # The text-only model on what it was trained on: posteriors simulated from the test text, several
+    # draws scored together; against the real test audio, the text-to-speech gap TASU has to close.
     python3 local/usage.py "${exp}/usage.tsv" "stage 5: simulated input" -- \
-      tasu decode --exp "${exp}/tasu_train_text" --data "${dump}/test/ASR.jsonl" --out "${out}" \
-      --input simulated --checkpoint best --device cpu "${decode_opts[@]}"
-    tasu score --ref "${out}/ref.trn" --hyp "${out}/hyp.trn" --metric wer --out "${out}" >/dev/null
+      local/decode_simulated.sh --exp "${exp}/tasu_train_text" --data "${dump}/test/ASR.jsonl" \
+      --out "${exp}/tasu_train_text/decode_simulated/test/ASR" --draws "${sim_draws}" --decode_opts "${decode_opts[*]}"
   fi
   if [ "${n}" = 7 ]; then
     python3 local/report.py --exp "${exp}" --data "${data}" --results "${results}"

@@ -16,7 +16,8 @@ Systems, all scored on the same test sets:
 
 Rows that explain the table: the frozen LLM reading the clean encoder units of the dev and test text
 (the ceiling of every system), the text-only system on posteriors simulated from the test text (its
-training distribution) beside real test audio, and the encoder's greedy CTC on every set.
+training distribution; the mean of several draws) beside real test audio, and the encoder's greedy CTC
+on every set.
 
 With several runs (``--runs``, one per seed), every cell is the mean +- the standard deviation over the
 runs, and a target is met only when the mean clears it by more than twice the pooled standard
@@ -248,8 +249,10 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
             "What explains it (WER, %):", ""]
     out += table(agg, [LLM_READING, SIMULATED, FROM_SPEECH, ENCODER],
                  [(f"WER {s}", s, "ASR") for s in EXPLAIN_SETS])
+    draws = len(list((exp_roots[0] / SYSTEMS[TEXT_ONLY] / "decode_simulated" / "test" / "ASR").glob("draw*/")))
     out += ["", "The LLM reads units spelled from the text (no speech, no projector); the simulated posteriors",
-            "are drawn as in text-only training (the simulation section of conf/train_text.yaml) from the test text."]
+            "are drawn as in text-only training (the simulation section of conf/train_text.yaml) from the test text",
+            f"({draws} draws, scored together: their mean WER; local/decode_simulated.sh)."]
     tenths = loss_by_tenth(exp_roots[0] / SYSTEMS[TEXT_ONLY] / "loss.tsv")
     if tenths:
         out += ["", "Text-only training loss, mean of each tenth of the run (first run; its batches mix both tasks "

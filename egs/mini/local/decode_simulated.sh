@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Stage 5 (+) of egs/mini: the text-only model on what it was trained on, posteriors simulated from the
+# test text (with the training's simulation settings) instead of the encoder's on the test audio. The
+# gap between the two is the text-to-speech gap that TASU has to close.
+#
+#   local/decode_simulated.sh --exp exp/tasu_train_text --data dump/test/ASR.jsonl \
+#     --out exp/tasu_train_text/decode_simulated/test/ASR --draws 5 --decode_opts "--beam 1 --max-new-tokens 40"
+#
+# One draw of the simulation is a noisy measurement on a small test set: five draws for one model of the
+# recipe (200 sentences) gave 2.9, 3.5, 4.6, 4.1 and 3.8 % WER, a spread as large as the spread over
+# seeds. So the model decodes --draws draws (tasu decode --seed 0, 1, ...; draw 0 is the one a plain
+# decode makes), each in <out>/draw<k>/ with its own score, and <out>/{ref,hyp}.trn pool them under
+# keys made unique per draw: their WER (<out>/score.json) is the mean of the draws' WERs, the figure
+# the report reads.
+set -euo pipefail
+
+. ./path.sh
+
+exp=
+data=
+out=
+draws=5
+decode_opts=   # more options of tasu decode, e.g. "--beam 1 --batch-size 32"
+
+help_message="Usage: $0 [options]
+  --exp <dir>     the text-only experiment (required)
+  --data <jsonl>  the ASR records whose transcripts are simulated (required)
+  --out <dir>     where the draws and the pooled score go (required)
+  --draws <n>     draws of the simulation, scored together (default: ${draws})
+  --decode_opts <opts>  more options of tasu decode (default: none)"
+. parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
+[ -n "${exp}" ] && [ -n "${data}" ] && [ -n "${out}" ] || { echo "$0: --exp, --data and --out are required" >&2; exit 1; }
+[[ "${draws}" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --draws '${draws}': expected a positive number" >&2; exit 1; }
+
+mkdir -p "${out}"
+for ((k = 0; k < draws; k++)); do
+  tasu decode --exp "${exp}" --data "${data}" --out "${out}/draw${k}" --input simulated --seed "${k}" \
+    --checkpoint best --device cpu ${decode_opts}  # word-split on purpose: several options
+  tasu score --ref "${out}/draw${k}/ref.trn" --hyp "${out}/draw${k}/hyp.trn" --metric wer >/dev/null
+done
+for f in ref hyp; do
+  for ((k = 0; k < draws; k++)); do
+    awk -F '\t' -v OFS='\t' -v d="${k}" '{ $1 = $1 "#draw" d; print }' "${out}/draw${k}/${f}.trn"
+  done > "${out}/${f}.trn.tmp"
+  mv "${out}/${f}.trn.tmp" "${out}/${f}.trn"
+done
+tasu score --ref "${out}/ref.trn" --hyp "${out}/hyp.trn" --metric wer --out "${out}" >/dev/null
