@@ -55,9 +55,10 @@ The recipe trains it on one core beside the LLM (local/train_models.sh): 10 epoc
 tasu.device, once took an older setting from ~24 min to ~16 on a slow Intel Xeon host). Where the CPU
 has native bf16 (AVX512-BF16 or AMX; both hosts do) the steps run under bf16 autocast, with weights,
 optimizer and the CTC head in float32 (``--precision``): a step 1.7x as fast on the AMD host
-(bench/encoder_bf16.py), the encoder's whole run 614 s against 906 s there, with dev / test /
-test_ood 18.4 / 15.7 / 35.4 and 17.1 / 16.6 / 41.9 against float32's 17.4 / 14.9 / 35.7 and
-15.5 / 16.9 / 40.9 on seeds 1 and 2 (an earlier trial with a bf16 head; the recipe's seeds, README).
+(bench/encoder_bf16.py), the whole run 556-569 s there against 816-966 s in float32, and the recipe's
+three seeds read test / test_ood at 15.2 +- 0.3 / 38.9 +- 3.2 against float32's 15.8 +- 1.0 /
+38.2 +- 2.6 (egs/mini/README.md, "Precision and machines"). Its process holds ~0.7 GB more: oneDNN
+keeps bf16 kernels and reordered weights per batch shape.
 """
 from __future__ import annotations
 
