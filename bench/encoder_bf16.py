@@ -7,8 +7,8 @@ Prints ``name: value`` lines. The mini recipe's encoder (tasu's SmallCTCEncoder 
 12 labels each; random features and labels) on one thread, as the recipe runs it beside the LLM:
 forward, CTC loss, backward and an AdamW step, in float32 and under bf16 autocast, the two
 interleaved ``--rounds`` times in one process. encoder_step_bf16_speedup is the float32 median over
-the bf16 one; cpu_has_bf16 (1 or 0) is what the recipe's ``--precision auto`` decides by. Where the
-CPU has no native bf16 a ratio at or below 1 is expected.
+the bf16 one; cpu_has_bf16 (1 or 0) is what the recipe's ``--precision auto`` decides by (on a CPU
+without native bf16 the ratio shows what forcing ``--precision bf16`` there would gain or cost).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 # the frozen encoder and LLM are trained here, and the recipe shows the claim: a projector aligned
 # from text alone gives working recognition and understanding from speech.
 #
-#   ./run.sh                  # everything (~18 min and 2.7 GB on 2 cores); ends by printing the results table
+#   ./run.sh                  # everything (~18 min and 2.1 GB on 2 cores); ends by printing the results table
 #   ./run.sh --stage 3        # from the text-only training on
 #   ./run.sh --quick true     # every stage on a tiny corpus with tiny models (~6 min; the tests run it)
 #   ./run.sh --seeds "1 2 3"  # the whole run once per seed, in seeds/seed<N>/; RESULTS.md: mean +- sd
