@@ -277,6 +277,33 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
     assert f"{script}: " in out.stderr and "missing" in out.stderr
 
 
+@pytest.mark.parametrize("args,error", [(["--draws", "0"], "--draws '0': expected a positive number"),
+                                        (["--draws", "1"], "tasu decode: error: ")])
+def test_decode_simulated_refuses_bad_input_with_one_line(tmp_path, args, error):
+    """Stage 5's simulated draws: a bad option or a missing experiment stops with tasu's one line, before
+    any score is written."""
+    out = subprocess.run(["local/decode_simulated.sh", "--exp", str(tmp_path / "exp"), "--data",
+                          str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"), *args],
+                         cwd=LOCAL.parent, capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and error in out.stderr
+    assert not (tmp_path / "out" / "score.json").exists()
+
+
+def test_encoder_caps_onednn_kernel_cache_unless_the_caller_set_it():
+    """bf16 steps leave oneDNN kernels per batch shape (memory, not results): train_encoder keeps 64,
+    set before torch starts, and a caller's own setting wins."""
+    import os
+
+    probe = (f"import os, runpy; runpy.run_path({str(LOCAL / 'train_encoder.py')!r}); "
+             "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    for given, kept in ((None, "64"), ("8", "8")):
+        if given:
+            env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == [kept]
+
+
 def test_usage_keeps_the_figures_of_the_run_that_did_the_work(tmp_path):
     """A re-run that finds a step done takes seconds: its line must not replace the real one."""
     table = tmp_path / "usage.tsv"

@@ -125,7 +125,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-width", type=int, default=5,
                         help="longest time mask, in LFR frames (at most a fifth of the utterance)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="training arithmetic: bf16 autocast (weights, optimizer and the CTC loss stay "
+                        help="training arithmetic: bf16 autocast (weights, optimizer and the CTC head stay "
                              "float32) or fp32; auto = bf16 where the CPU has it natively (default: auto)")
     parser.add_argument("--eval-sets", nargs="*", default=list(EVAL_SETS))
     parser.add_argument("--seed", type=int, default=1234)
