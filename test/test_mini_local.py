@@ -346,6 +346,38 @@ def test_encoder_cmvn_normalises_the_train_features_in_place():
     torch.testing.assert_close(torch.cat(feats).std(0, unbiased=False), torch.ones(12), atol=1e-4, rtol=0)
 
 
+def test_encoder_default_augmentation_masks_frequency_bands_of_every_stacked_frame():
+    """The encoder's default SpecAugment: two bands of at most 8 mel bins, the same bins in each of
+    the LFR-stacked fbank frames, set to 0 (the CMVN mean); no time masks; the cached features
+    are left as they were, and each call draws new bands (every epoch masks anew)."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("mini_train_encoder", LOCAL / "train_encoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.get_parser().parse_args([])
+    assert args.spec_augment and args.time_masks == 0
+    n_mels, lfr_m, frames = 80, 6, 40
+    feats = torch.randn(frames, lfr_m * n_mels, generator=torch.Generator().manual_seed(0)) + 3.0
+    before = feats.clone()
+    gen = torch.Generator().manual_seed(1)
+    draws = []
+    for _ in range(20):
+        out = module.spec_augment(feats, n_mels, args, gen)
+        zero = (out == 0).view(frames, lfr_m, n_mels)
+        masked = zero.all(0)                         # [lfr_m, n_mels]: a bin masked in every frame
+        assert torch.equal(zero, masked.expand_as(zero))   # whole bands, never a stretch of time
+        assert torch.equal(masked, masked[:1].expand_as(masked))  # the same bins in each stacked frame
+        bins = masked[0].nonzero().flatten().tolist()
+        runs = [b for i, b in enumerate(bins) if i == 0 or bins[i - 1] != b - 1]
+        assert len(runs) <= 2 and len(bins) <= 2 * args.freq_width
+        keep = ~zero.view(frames, -1)
+        assert torch.equal(out[keep], before[keep])
+        draws.append(tuple(bins))
+    assert torch.equal(feats, before)
+    assert len(set(draws)) > 10 and any(draws)
+
+
 def test_encoder_refuses_a_recording_too_short_for_a_frame(recipe, tmp_path):
     """A recording of a few samples holds no speech (and an empty waveform would crash the fbank
     library): one line naming the recording, not a traceback."""
