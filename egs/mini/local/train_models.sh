@@ -4,9 +4,9 @@
 # CPU threads each: neither reads the other, and small models use a second thread poorly. Measured
 # on 2 cores (an earlier setting): an encoder epoch took 64 s alone on two threads, ~71 s on one beside
 # the LLM; an LLM step 0.40 s and ~0.6 s: the pair took ~14 min where one after the other took 16.
-# Today's defaults (10 encoder epochs of 6000 utterances, 1800 LLM steps) took 9.3-9.5 and 10.0-10.5 min
-# on a 2-core AMD EPYC (the encoder's steps in bf16; in float32 13.6-16.1 min there, 9.0 on a fast
-# Intel Xeon host, whose LLM took 6.2).
+# Today's defaults (12 encoder epochs of 6000 utterances, 1800 LLM steps) took 10.6-10.7 and 9.4-9.8 min
+# on a 2-core AMD EPYC (the encoder's steps in bf16). 10 epochs took 9.3-9.5 there (in float32
+# 13.6-16.1, and 9.0 on a fast Intel Xeon host, whose LLM took 6.2).
 #
 #   local/train_models.sh --datadir data --expdir exp --seed 1234
 #   local/train_models.sh --datadir data --expdir exp --quick true    # tiny models, a few steps
