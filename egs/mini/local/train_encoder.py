@@ -42,7 +42,7 @@ voices gain most: on the corpora of the three-seed run at 292fabf (AMD EPYC, bf1
 test / test_ood 15.2 / 29.5 and 15.8 / 35.7 for seeds 1 and 2 against 14.8 / 35.3 and 15.3 / 41.1,
 the held-out flite voice 35.5 and 44.0 against 46.8 and 53.4. With 10 epochs the masks cost test
 WER (three seeds 17.6 ± 1.7 / 34.5 ± 1.2 against 15.2 ± 0.3 / 38.9 ± 3.2): the two more epochs buy it
-back, for ~1.5 min. On the same corpora, SpecAugment with two time masks of up to 5 frames (300 ms)
+back, for ~1.3 min. On the same corpora, SpecAugment with two time masks of up to 5 frames (300 ms)
 as well kept the loss at 18 and gave 28.6 / 40.3 and 32.6 / 46.1; dropout 0.1 (seed 1) 14.5 / 34.8
 in 20 % more time; per-utterance mean normalisation after the global CMVN (seeds 1, 2) 16.6 / 34.1
 and 19.1 / 39.4: what the frequency masks give, neither of these does (egs/mini/README.md, "Frequency
