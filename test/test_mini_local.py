@@ -65,11 +65,18 @@ def test_corpus_ood_voices_and_rates_are_unseen_in_training(recipe):
     assert "flite_rms" not in speakers["train"] | speakers["dev"] | speakers["test"]
 
 
+def _local_module(name: str):
+    """One of the recipe's local/*.py scripts, imported as a module (``mini_<name>``)."""
+    spec = importlib.util.spec_from_file_location(f"mini_{name}", LOCAL / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_corpus_augments_train_only():
     """Speed perturbation and noise are drawn for train utterances alone (checked on a larger draw)."""
-    spec = importlib.util.spec_from_file_location("mini_make_corpus", LOCAL / "make_corpus.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _local_module("make_corpus")
     sentences = [(f"sentence {i}", "iot") for i in range(300)]
     rng = random.Random(0)
     train = module.assign_voices("train", sentences, Path("wav"), rng)
@@ -103,16 +110,8 @@ def test_corpus_is_reproducible(recipe, tmp_path):
     assert (tmp_path / wav).read_bytes() == (recipe / wav).read_bytes()
 
 
-def _grammar():
-    spec = importlib.util.spec_from_file_location("mini_grammar", LOCAL / "grammar.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
-    grammar = _grammar()
+    grammar = _local_module("grammar")
     small = grammar.Grammar([("iot", "turn on the {device} in the {room}"), ("weather", "do i need {clothing} {day}")])
     capacity = len(grammar.SLOTS["device"]) * len(grammar.SLOTS["room"]) + \
         len(grammar.SLOTS["clothing"]) * len(grammar.SLOTS["day"])
@@ -326,9 +325,7 @@ def test_encoder_cmvn_normalises_the_train_features_in_place():
     same tensors (no second copy of the train set's features)."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("mini_train_encoder", LOCAL / "train_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _local_module("train_encoder")
     gen = torch.Generator().manual_seed(0)
     raw = [torch.randn(n, 12, generator=gen) * torch.linspace(0.5, 8, 12) + torch.linspace(-20, 5, 12)
            for n in (7, 30, 1, 64)]
@@ -352,9 +349,7 @@ def test_encoder_default_augmentation_masks_frequency_bands_of_every_stacked_fra
     are left as they were, and each call draws new bands (every epoch masks anew)."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("mini_train_encoder", LOCAL / "train_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _local_module("train_encoder")
     args = module.get_parser().parse_args([])
     assert args.spec_augment and args.time_masks == 0
     n_mels, lfr_m, frames = 80, 6, 40
