@@ -59,7 +59,8 @@ ones, and 200-piece units need no finer steps. Time masks and dropout stay avail
 (``--time-masks 2``, ``--encoder-conf '{"dropout_rate": 0.1}'``) for longer runs.
 Vocal tract length perturbation (each utterance's mel axis warped by a factor from [0.9, 1.1] or
 [0.8, 1.2], anew each epoch; seed 1) gave 23.6 / 21.4 / 43.5 and 25.9 / 21.8 / 43.7 against
-24.0 / 21.0 / 44.3 without: no gain, so it is not here. Half of test_ood is the held-out flite voice
+24.0 / 21.0 / 44.3 without: no gain, so it is not here. Nor is weight averaging over the last epochs
+(icefall's --avg): with the masks it moved each seed by about a point either way (README). Half of test_ood is the held-out flite voice
 (rms: 35-44 % WER over the three seeds with the masks, 47-53 without, against 21-29 % for the held-out
 espeak-ng variants): training hears only three other flite speakers.
 The recipe trains it on one core beside the LLM (local/train_models.sh): 10 epochs in float32 took
