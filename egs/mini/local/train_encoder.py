@@ -72,10 +72,11 @@ optimizer and the CTC head in float32 (``--precision``): a step 1.7x as fast on 
 (bench/encoder_bf16.py), the whole run 556-569 s there against 816-966 s in float32, and the recipe's
 three seeds read test / test_ood at 15.2 +- 0.3 / 38.9 +- 3.2 against float32's 15.8 +- 1.0 /
 38.2 +- 2.6 (egs/mini/README.md, "Precision and machines"; 10 epochs, no masks). The 12 masked epochs
-take 608-642 s there (two three-seed runs), and read 15.3 +- 0.5 / 32.6 +- 3.1. oneDNN keeps the bf16 kernels and
-reordered weights of every batch shape it meets (up to 1024): two epochs on the AMD host peaked at
-1.78 GB. With at most 64 kept (ONEDNN_PRIMITIVE_CACHE_CAPACITY, set below unless the caller set it)
-they peaked at 1.40 GB, as float32 does, in the same time and with a bit-identical model.
+take 608-642 s there (two three-seed runs), and read 15.3 +- 0.5 / 32.6 +- 3.1. oneDNN keeps the
+bf16 kernels and reordered weights of every batch shape it meets (up to 1024): two epochs on the AMD
+host peaked at 1.78 GB. With at most 64 kept (ONEDNN_PRIMITIVE_CACHE_CAPACITY, set below unless the
+caller set it) they peaked at 1.40 GB, as float32 does, in the same time and with a bit-identical
+model.
 """
 from __future__ import annotations
 
