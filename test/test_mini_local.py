@@ -276,17 +276,19 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
     assert f"{script}: " in out.stderr and "missing" in out.stderr
 
 
-@pytest.mark.parametrize("made,args,error", [(False, ["--draws", "0"], "--draws '0': expected a positive number"),
-                                             (False, ["--nj", "x"], "--nj 'x': expected a positive number"),
-                                             (False, [], "/exp: no such experiment directory"),
-                                             (True, ["--draws", "2"], "tasu decode: error: ")])
+@pytest.mark.parametrize("made,args,error", [((), ["--draws", "0"], "--draws '0': expected a positive number"),
+                                             ((), ["--nj", "x"], "--nj 'x': expected a positive number"),
+                                             ((), [], "/exp: no such experiment directory"),
+                                             (("exp",), [], "/data.jsonl: no such file"),
+                                             (("exp", "data"), ["--draws", "2"], "tasu decode: error: ")])
 def test_decode_simulated_refuses_bad_input_with_one_line(tmp_path, made, args, error):
-    """Stage 5's simulated draws: a bad option or a missing experiment stops with the script's one line;
-    one tasu cannot decode (``made``: an empty directory) with tasu's, in the end of each draw's log
-    that run_local.sh prints. No score is written."""
+    """Stage 5's simulated draws: a bad option, a missing experiment or data stops with the script's one
+    line; an experiment tasu cannot decode (an empty directory) with tasu's, in the end of each draw's
+    log that run_local.sh prints. No score is written."""
     data = tmp_path / "data.jsonl"
-    if made:
+    if "exp" in made:
         (tmp_path / "exp").mkdir()
+    if "data" in made:
         data.write_text('{"key": "a", "task": "ASR", "target": "hi", "path": "a.wav"}\n')
     out = subprocess.run(["local/decode_simulated.sh", "--exp", str(tmp_path / "exp"), "--data", str(data),
                           "--out", str(tmp_path / "out"), *args],

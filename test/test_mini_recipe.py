@@ -77,6 +77,8 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     draws = [json.loads((simulated / f"draw{k}" / "score.json").read_text()) for k in (0, 1)]
     assert pooled["snt"] == sum(d["snt"] for d in draws) == 80 and not pooled["missing_keys"]
     assert pooled["value"] == pytest.approx(sum(d["value"] for d in draws) / 2)
+    for k in (0, 1):  # each draw a job of cmd.sh's decode_cmd, with its own log
+        assert (simulated / "log" / f"draw.{k}.log").read_text().splitlines()[-1].startswith("# Ended (code 0)")
     assert "(2 draws, scored together" in summary
     assert "-" not in rows["LLM reading the clean encoder units of the text (its ceiling)"][:2]  # dev, test
     assert "-" not in rows["encoder CTC greedy"][:3]  # dev, test, test_ood (the explaining table's row)
