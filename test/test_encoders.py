@@ -263,6 +263,33 @@ def test_small_ctc_training_steps_reduce_loss(small_ctc, precision):
     torch.testing.assert_close(feats, before)     # funasr scales its input in place; we don't let it
 
 
+def test_small_ctc_intermediate_ctc_loss_reads_the_lower_blocks_through_the_same_head(small_ctc):
+    """Intermediate CTC: (1 - w) x the final CTC loss + w x the CTC loss of block 1's output through
+    the final norm and head, which is what a one-block encoder with the same weights emits."""
+    from tasu.encoders.small_ctc import SmallCTCEncoder
+
+    model = small_ctc.eval()
+    feats, lengths = model.extract_features(batch(1.0, 1.3))
+    labels = [torch.tensor(model.tokenizer.encode(s)) for s in SENTENCES[:2]]
+    targets = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True)
+    target_lengths = torch.tensor([len(x) for x in labels])
+    lower = SmallCTCEncoder(model.tokenizer, {**TINY_SMALL_CTC, "encoder_conf": {
+        **TINY_SMALL_CTC["encoder_conf"], "num_blocks": 1}}).eval()
+    lower.frontend.cmvn = model.frontend.cmvn
+    missing, unexpected = lower.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("encoder.encoders.") for k in unexpected)
+    with torch.no_grad():
+        final = model.ctc_loss(feats, lengths, targets, target_lengths)
+        inter = lower.ctc_loss(feats, lengths, targets, target_lengths)
+        mixed = model.ctc_loss(feats, lengths, targets, target_lengths, inter_weight=0.3, inter_block=1)
+    assert abs(final - inter) > 1e-3  # the two heads' inputs differ: the test can tell them apart
+    torch.testing.assert_close(mixed, 0.7 * final + 0.3 * inter)
+    assert all(not block._forward_hooks for block in [*model.encoder.encoders0, *model.encoder.encoders])
+    for bad in (0, 2):  # blocks are counted from 1, and the last one's output is the final CTC's
+        with pytest.raises(ValueError, match=f"inter_block {bad}: the encoder has blocks 1 to 2"):
+            model.ctc_loss(feats, lengths, targets, target_lengths, inter_weight=0.3, inter_block=bad)
+
+
 def test_small_ctc_log_posteriors_stay_float32_under_bf16_autocast(small_ctc):
     """bf16 training autocasts the encoder body; its CTC head still gives float32 log-posteriors
     that normalise to float32 accuracy (bf16 ones are off by ~1 %, summed over every frame)."""

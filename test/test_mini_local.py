@@ -38,7 +38,8 @@ def recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mini")
     run("make_corpus.py", "--data-dir", "data", *SIZES, cwd=root)
     run("train_units.py", cwd=root)
-    run("train_encoder.py", "--epochs", "1", "--encoder-conf", '{"num_blocks": 2}', cwd=root)
+    run("train_encoder.py", "--epochs", "1", "--encoder-conf", '{"num_blocks": 2}', "--inter-ctc-block", "1",
+        cwd=root)
     run("train_llm.py", "--steps", "2", "--num-layers", "1", "--hidden-size", "64",
         "--intermediate-size", "128", "--num-heads", "2", "--batch-size", "4", cwd=root)
     return root
@@ -132,7 +133,9 @@ def test_encoder_loads_through_tasu_and_was_scored(recipe):
 
     exp = recipe / "exp" / "encoder"
     # --precision auto: bf16 autocast only where this CPU has it natively
-    assert json.loads((exp / "train_info.json").read_text())["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    info = json.loads((exp / "train_info.json").read_text())
+    assert info["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert info["inter_ctc"] == {"weight": 0.3, "block": 1}
     tokenizer = load_tokenizer(exp)
     encoder = load_encoder(exp)
     assert tokenizer.vocab_size == encoder.vocab_size and tokenizer.blank_id == 0
@@ -380,6 +383,19 @@ def test_encoder_default_augmentation_masks_frequency_bands_of_every_stacked_fra
         draws.append(tuple(bins))
     assert torch.equal(feats, before)
     assert len(set(draws)) > 10 and any(draws)
+
+
+@pytest.mark.parametrize("args,bad", [(["--inter-ctc-block", "2"], "--inter-ctc-block 2"),
+                                      (["--inter-ctc-weight", "1", "--inter-ctc-block", "1"], "--inter-ctc-weight 1.0")])
+def test_encoder_refuses_an_intermediate_ctc_it_cannot_train_with_one_line(recipe, tmp_path, args, bad):
+    """The last block's output is the final CTC's, and a weight of 1 would leave the final head
+    untrained: said before any feature is computed, in one line."""
+    out = subprocess.run([sys.executable, str(LOCAL / "train_encoder.py"), "--data-dir", str(recipe / "data"),
+                          "--units", str(recipe / "exp" / "units" / "bpe.model"), "--exp-dir", str(tmp_path / "enc"),
+                          "--encoder-conf", '{"num_blocks": 2}', *args], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert bad in out.stderr and "the weight must lie in (0, 1) and the block in 1..1 (the encoder has 2)" in out.stderr
+    assert not (tmp_path / "enc" / "model.pt").exists()
 
 
 def test_encoder_refuses_a_recording_too_short_for_a_frame(recipe, tmp_path):

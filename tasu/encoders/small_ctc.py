@@ -128,17 +128,42 @@ class SmallCTCEncoder(CTCEncoder):
             return self.ctc.log_softmax(out.float()), out_lengths.to(torch.long)
 
     def ctc_loss(self, feats: torch.Tensor, feat_lengths: torch.Tensor, targets: torch.Tensor,
-                 target_lengths: torch.Tensor) -> torch.Tensor:
+                 target_lengths: torch.Tensor, inter_weight: float = 0.0, inter_block: int = 3) -> torch.Tensor:
         """CTC loss: the negative log-likelihood of each utterance's labels, averaged over the batch.
 
         ``targets`` [B, L] are padded label ids (any padding value), ``target_lengths`` [B] their
         lengths. Impossible alignments (more labels than frames) give zero loss instead of inf.
+
+        Intermediate CTC (Lee and Watanabe, 2021; ESPnet's ``interctc_weight``): with
+        ``inter_weight`` w > 0, the output of block ``inter_block`` (counted from 1) goes through the
+        final layer norm and the same CTC head, and the loss is (1 - w) x the final CTC loss + w x
+        that one. The lower blocks learn to spell the units themselves; a training regulariser that
+        adds no parameter and changes neither the saved model nor its decoding.
         """
-        log_probs, lengths = self(feats, feat_lengths)
+        if not inter_weight:
+            return self._ctc(*self(feats, feat_lengths), targets, target_lengths)
+        blocks = [*self.encoder.encoders0, *self.encoder.encoders]  # funasr keeps the first apart
+        if not 1 <= inter_block < len(blocks):
+            raise ValueError(f"inter_block {inter_block}: the encoder has blocks 1 to {len(blocks)}, "
+                             f"and the intermediate one must come before the last")
+        captured = []
+        hook = blocks[inter_block - 1].register_forward_hook(lambda block, args, out: captured.append(out[0]))
+        try:
+            log_probs, lengths = self(feats, feat_lengths)
+        finally:
+            hook.remove()
+        hidden = self.encoder.after_norm(captured[0])
+        with torch.autocast(self.device.type, enabled=False):  # the head in float32, as in forward
+            inter_log_probs = self.ctc.log_softmax(hidden.float())
+        return ((1 - inter_weight) * self._ctc(log_probs, lengths, targets, target_lengths)
+                + inter_weight * self._ctc(inter_log_probs, lengths, targets, target_lengths))
+
+    def _ctc(self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+             target_lengths: torch.Tensor) -> torch.Tensor:
         loss = F.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device), lengths,
                           target_lengths.to(self.device), blank=self.blank_id, reduction="sum",
                           zero_infinity=True)
-        return loss / feats.shape[0]
+        return loss / log_probs.shape[0]
 
     def save(self, path: str | Path) -> None:
         """Write the directory :meth:`from_dir` (and ``tasu.encoders.load_encoder``) reads."""

@@ -141,6 +141,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-masks", type=int, default=0)
     parser.add_argument("--time-width", type=int, default=5,
                         help="longest time mask, in LFR frames (at most a fifth of the utterance)")
+    parser.add_argument("--inter-ctc-weight", type=float, default=0.3,
+                        help="weight of the intermediate CTC loss (Lee and Watanabe, 2021; 0 = none; default: "
+                             "0.3: every seed read every set better; see README)")
+    parser.add_argument("--inter-ctc-block", type=int, default=3,
+                        help="the block whose output the intermediate CTC loss reads (of 6; default: 3)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="training arithmetic: bf16 autocast (weights, optimizer and the CTC head stay "
                              "float32) or fp32; auto = bf16 where the CPU has it natively (default: auto)")
@@ -244,7 +249,7 @@ def train(encoder: SmallCTCEncoder, feats: list[torch.Tensor], labels: list[list
         for batch in batches:
             x, x_len, y, y_len = collate(feats, labels, batch, augment)
             with autocast():
-                loss = encoder.ctc_loss(x, x_len, y, y_len)
+                loss = encoder.ctc_loss(x, x_len, y, y_len, args.inter_ctc_weight, args.inter_ctc_block)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), 5.0)
@@ -265,6 +270,7 @@ def train(encoder: SmallCTCEncoder, feats: list[torch.Tensor], labels: list[list
             break
     encoder.eval()
     return {"epochs": epoch, "steps": step, "stopped_early": stopped_early, "precision": args.precision,
+            "inter_ctc": {"weight": args.inter_ctc_weight, "block": args.inter_ctc_block},
             "train_seconds": round(time.time() - start, 1)}
 
 
@@ -307,11 +313,17 @@ def main() -> None:
 
     # 2. model, CMVN from the train audio, features once
     encoder = SmallCTCEncoder(tokenizer, {"encoder_conf": args.encoder_conf, "frontend_conf": args.frontend_conf})
+    blocks = encoder.config["encoder_conf"]["num_blocks"]
+    if args.inter_ctc_weight and not (0 < args.inter_ctc_weight < 1 and 1 <= args.inter_ctc_block < blocks):
+        raise SystemExit(f"train_encoder.py: --inter-ctc-weight {args.inter_ctc_weight} --inter-ctc-block "
+                         f"{args.inter_ctc_block}: the weight must lie in (0, 1) and the block in 1..{blocks - 1} "
+                         f"(the encoder has {blocks})")
     raw, hours = compute_features(encoder, train_set)
     feats = fit_cmvn(encoder, raw)
     n_params = sum(p.numel() for p in encoder.parameters())
     logging.info("encoder: %.2f M parameters; %d train utterances (%.2f h), features after %.1f s; "
-                 "training in %s", n_params / 1e6, len(feats), hours, time.time() - t0, args.precision)
+                 "training in %s, intermediate CTC weight %g at block %d", n_params / 1e6, len(feats), hours,
+                 time.time() - t0, args.precision, args.inter_ctc_weight, args.inter_ctc_block)
 
     # 3. train, save
     info = train(encoder, feats, labels, args)
