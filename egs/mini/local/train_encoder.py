@@ -69,9 +69,9 @@ Vocal tract length perturbation (each utterance's mel axis warped by a factor fr
 [0.8, 1.2], anew each epoch; seed 1) gave 23.6 / 21.4 / 43.5 and 25.9 / 21.8 / 43.7 against
 24.0 / 21.0 / 44.3 without: no gain, so it is not here. Nor is weight averaging over the last
 epochs (icefall's --avg): with the masks it moved each seed by about a point either way (README).
-Half of test_ood is the held-out flite voice (rms: 35-44 % WER over the three seeds with the masks,
-47-53 without, against 21-29 % for the held-out espeak-ng variants): training hears only three other
-flite speakers.
+Half of test_ood is the held-out flite voice (rms: 34-41 % WER over the three seeds with the masks
+and intermediate CTC, 35-44 with the masks alone, 47-53 without, against 22-23 % for the held-out
+espeak-ng variants): training hears only three other flite speakers.
 The recipe trains it on one core beside the LLM (local/train_models.sh): 10 epochs in float32 took
 9.0 min on a fast Intel Xeon host, 13.6-16.1 on a 2-core AMD EPYC (flushing denormals to zero,
 tasu.device, once took an older setting from ~24 min to ~16 on a slow Intel Xeon host). Where the CPU
@@ -80,7 +80,8 @@ optimizer and the CTC head in float32 (``--precision``): a step 1.7x as fast on 
 (bench/encoder_bf16.py), the whole run 556-569 s there against 816-966 s in float32, and the recipe's
 three seeds read test / test_ood at 15.2 +- 0.3 / 38.9 +- 3.2 against float32's 15.8 +- 1.0 /
 38.2 +- 2.6 (egs/mini/README.md, "Precision and machines"; 10 epochs, no masks). The 12 masked epochs
-take 608-642 s there (two three-seed runs), and read 15.3 +- 0.5 / 32.6 +- 3.1. oneDNN keeps the
+take 608-642 s there (two three-seed runs), and read 15.3 +- 0.5 / 32.6 +- 3.1; with intermediate
+CTC 647-661 s, 13.5 +- 1.4 / 30.3 +- 1.6 (b44e705). oneDNN keeps the
 bf16 kernels and reordered weights of every batch shape it meets (up to 1024): two epochs on the AMD
 host peaked at 1.78 GB. With at most 64 kept (ONEDNN_PRIMITIVE_CACHE_CAPACITY, set below unless the
 caller set it) they peaked at 1.40 GB, as float32 does, in the same time and with a bit-identical
