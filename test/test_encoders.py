@@ -284,10 +284,13 @@ def test_small_ctc_intermediate_ctc_loss_reads_the_lower_blocks_through_the_same
         mixed = model.ctc_loss(feats, lengths, targets, target_lengths, inter_weight=0.3, inter_block=1)
     assert abs(final - inter) > 1e-3  # the two heads' inputs differ: the test can tell them apart
     torch.testing.assert_close(mixed, 0.7 * final + 0.3 * inter)
-    assert all(not block._forward_hooks for block in [*model.encoder.encoders0, *model.encoder.encoders])
-    for bad in (0, 2):  # blocks are counted from 1, and the last one's output is the final CTC's
-        with pytest.raises(ValueError, match=f"inter_block {bad}: the encoder has blocks 1 to 2"):
-            model.ctc_loss(feats, lengths, targets, target_lengths, inter_weight=0.3, inter_block=bad)
+    assert all(not block._forward_hooks for block in model.blocks)
+    # blocks are counted from 1, the last one's output is the final CTC's, and the final head must train
+    for weight, block in ((0.3, 0), (0.3, 2), (1.0, 1), (-0.3, 1)):
+        with pytest.raises(ValueError, match=rf"intermediate CTC weight {weight:g} at block {block}: the weight "
+                                             r"must lie in \(0, 1\) and the block in 1..1 \(the encoder has 2 blocks\)"):
+            model.ctc_loss(feats, lengths, targets, target_lengths, inter_weight=weight, inter_block=block)
+    model.check_inter_ctc(0.0, 7)  # no intermediate CTC: any block
 
 
 def test_small_ctc_log_posteriors_stay_float32_under_bf16_autocast(small_ctc):

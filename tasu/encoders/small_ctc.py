@@ -140,14 +140,11 @@ class SmallCTCEncoder(CTCEncoder):
         that one. The lower blocks learn to spell the units themselves; a training regulariser that
         adds no parameter and changes neither the saved model nor its decoding.
         """
+        self.check_inter_ctc(inter_weight, inter_block)
         if not inter_weight:
             return self._ctc(*self(feats, feat_lengths), targets, target_lengths)
-        blocks = [*self.encoder.encoders0, *self.encoder.encoders]  # funasr keeps the first apart
-        if not 1 <= inter_block < len(blocks):
-            raise ValueError(f"inter_block {inter_block}: the encoder has blocks 1 to {len(blocks)}, "
-                             f"and the intermediate one must come before the last")
         captured = []
-        hook = blocks[inter_block - 1].register_forward_hook(lambda block, args, out: captured.append(out[0]))
+        hook = self.blocks[inter_block - 1].register_forward_hook(lambda block, args, out: captured.append(out[0]))
         try:
             log_probs, lengths = self(feats, feat_lengths)
         finally:
@@ -157,6 +154,19 @@ class SmallCTCEncoder(CTCEncoder):
             inter_log_probs = self.ctc.log_softmax(hidden.float())
         return ((1 - inter_weight) * self._ctc(log_probs, lengths, targets, target_lengths)
                 + inter_weight * self._ctc(inter_log_probs, lengths, targets, target_lengths))
+
+    @property
+    def blocks(self) -> list[torch.nn.Module]:
+        """The encoder's SANM blocks in order (funasr keeps the first, of another input width, apart)."""
+        return [*self.encoder.encoders0, *self.encoder.encoders]
+
+    def check_inter_ctc(self, weight: float, block: int) -> None:
+        """Refuse an intermediate CTC that cannot train: a weight of 1 or more leaves the final head
+        untrained, and the last block's output is the final CTC's own. Weight 0 is none at all."""
+        n = len(self.blocks)
+        if weight and not (0 < weight < 1 and 1 <= block < n):
+            raise ValueError(f"intermediate CTC weight {weight:g} at block {block}: the weight must lie in "
+                             f"(0, 1) and the block in 1..{n - 1} (the encoder has {n} blocks)")
 
     def _ctc(self, log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
              target_lengths: torch.Tensor) -> torch.Tensor:

@@ -322,11 +322,10 @@ def main() -> None:
 
     # 2. model, CMVN from the train audio, features once
     encoder = SmallCTCEncoder(tokenizer, {"encoder_conf": args.encoder_conf, "frontend_conf": args.frontend_conf})
-    blocks = encoder.config["encoder_conf"]["num_blocks"]
-    if args.inter_ctc_weight and not (0 < args.inter_ctc_weight < 1 and 1 <= args.inter_ctc_block < blocks):
-        raise SystemExit(f"train_encoder.py: --inter-ctc-weight {args.inter_ctc_weight} --inter-ctc-block "
-                         f"{args.inter_ctc_block}: the weight must lie in (0, 1) and the block in 1..{blocks - 1} "
-                         f"(the encoder has {blocks})")
+    try:  # before the features are computed: a bad setting costs no time
+        encoder.check_inter_ctc(args.inter_ctc_weight, args.inter_ctc_block)
+    except ValueError as e:
+        raise SystemExit(f"train_encoder.py: --inter-ctc-weight / --inter-ctc-block: {e}") from None
     raw, hours = compute_features(encoder, train_set)
     feats = fit_cmvn(encoder, raw)
     n_params = sum(p.numel() for p in encoder.parameters())
