@@ -76,6 +76,27 @@ def test_setup_rejects_unknown_device_and_npu_without_cann():
     assert npu.returncode == 1 and "needs the Ascend CANN toolkit" in npu.stderr
 
 
+def test_setup_stops_before_an_install_that_cannot_fit(tmp_path):
+    """With too little disk, setup.sh says so in one line and creates nothing (pip would stop half-way)."""
+    for name in ("tools/setup.sh", "tools/constraints.txt", "tools/requirements.txt",
+                 "utils/parse_options.sh", "setup.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "df").write_text(   # one GiB free, as df -Pk prints it
+        "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+        "echo '/dev/x 1000000000 998951424 1048576 100% /'\n")
+    (fake_bin / "df").chmod(0o755)
+    out = subprocess.run(["bash", str(tmp_path / "tools/setup.sh"), "--device", "cpu", "--system_packages", "false"],
+                         capture_output=True, text=True, env={"PATH": f"{fake_bin}:/usr/bin:/bin"})
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"setup.sh: error: tools/venv (CPU torch) needs about 3 GiB free beside {tmp_path}/tools; "
+        "1 GiB are: free some and re-run"]
+    assert not (tmp_path / "tools/venv").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="torch_npu is installed")
 def test_npu_without_torch_npu_is_a_clear_error():
     with pytest.raises(DeviceError, match=r"needs torch_npu.*tools/setup.sh --device npu"):

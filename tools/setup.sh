@@ -31,6 +31,16 @@ help_message="Usage: $0 [options]
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
 die() { echo "setup.sh: error: $*" >&2; exit 1; }
 
+# Stop before an install that cannot fit, with one line, rather than half-way through it with pip's
+# "No space left on device" and an environment that is neither the old one nor the new.
+need_space() {  # <GiB> <what>: free space on the file system of tools/ (pip unpacks on the same disk)
+  local free_kib
+  free_kib=$(df -Pk "${tools_dir}" | awk 'NR == 2 {print $4}')
+  if [ -n "${free_kib}" ] && [ "${free_kib}" -lt $(( $1 * 1024 * 1024 )) ]; then
+    die "$2 needs about $1 GiB free beside ${tools_dir}; $(( free_kib / 1024 / 1024 )) GiB are: free some and re-run"
+  fi
+}
+
 if [ "${device}" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=cuda
   elif command -v npu-smi >/dev/null 2>&1 && npu-smi info >/dev/null 2>&1; then device=npu
@@ -73,6 +83,7 @@ main_venv() {  # tools/venv: the pinned TASU stack and tasu (editable)
     return
   fi
 
+  if [ "${device}" = cpu ]; then need_space 3 "tools/venv (CPU torch)"; else need_space 10 "tools/venv (${device} torch)"; fi
   if [ ! -x "${venv}/bin/python" ]; then
     log "creating tools/venv with $(${python} --version 2>&1)"
     "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "${python} is older than Python 3.10"
@@ -125,7 +136,7 @@ espnet_venv() {  # tools/espnet-venv: espnet, the torch build it runs with, and 
   # espnet 202511 imports torchaudio, which loads only beside its own torch release (none beside the
   # main environment's), so ESPnet encoders get an environment of their own: tasu dump-posteriors
   # runs there, and the main environment trains and decodes from the dumps. PyPI's torch for it is a
-  # CUDA build (~9 GB installed with its libraries) that also runs on the CPU.
+  # CUDA build (~7.5 GB installed with its libraries; the install needs ~12 GB free) that also runs on the CPU.
   local venv="${tools_dir}/espnet-venv" stamp want pip
   stamp="${venv}/.tasu-setup"
   want=$(cat "${tools_dir}/espnet-constraints.txt" "${root_dir}/setup.py" | sha256sum | cut -d' ' -f1)
@@ -134,9 +145,11 @@ espnet_venv() {  # tools/espnet-venv: espnet, the torch build it runs with, and 
     log "tools/espnet-venv is up to date"
     return
   fi
+  need_space 12 "tools/espnet-venv"
   [ -x "${venv}/bin/python" ] || { log "creating tools/espnet-venv"; "${python}" -m venv "${venv}"; }
   rm -f "${stamp}"
-  pip=("${venv}/bin/python" -m pip --disable-pip-version-check)
+  # (no wheel cache: it would keep another ~4 GB of CUDA libraries beside the installed ones)
+  pip=("${venv}/bin/python" -m pip --disable-pip-version-check --no-cache-dir)
   log "installing tools/espnet-constraints.txt's espnet, torch and torchaudio, and tasu (editable)"
   "${pip[@]}" install -c "${tools_dir}/espnet-constraints.txt" espnet torch torchaudio matplotlib tensorboard \
     soxr tqdm setuptools wheel   # (espnet's trainer plots and logs with the two; tasu reads audio with soxr)
