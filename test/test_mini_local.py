@@ -7,6 +7,7 @@ tasu's own loaders.
 """
 import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -225,7 +226,7 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     assert "All 3 runs" in text
 
 
-def _report(root: Path, encoder: list[float], text_only: list[float]) -> Path:
+def _report(root: Path, encoder: list[float], text_only: list[float], env: dict | None = None) -> Path:
     """RESULTS.md as local/report.py writes it over one fake run per value."""
     runs = [_fake_run(root / f"seed{i}", i, {"encoder": e, "tasu_train_text": t,
                                              "tasu_train_text_then_train_audio_sft": 10.0,
@@ -234,8 +235,22 @@ def _report(root: Path, encoder: list[float], text_only: list[float]) -> Path:
     results = root / "RESULTS.md"
     results.write_text("# RESULTS\n## Environments\n- Git hash: `abc1234`\n\n## encoder\n")
     subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results", str(results),
-                    "--plot", str(root / "results.png")], check=True, capture_output=True)
+                    "--plot", str(root / "results.png")], check=True, capture_output=True, env=env)
     return results
+
+
+def test_report_names_the_cpu_kernel_limits_a_run_was_made_with(tmp_path):
+    """A run with torch's or oneDNN's kernels capped sums floats as another CPU would: the report says so,
+    and compare_results shows it beside the machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    plain = _report(tmp_path / "plain", [20.0, 21.0], [8.0, 9.0], env=env)
+    capped = _report(tmp_path / "capped", [20.0, 21.0], [8.0, 9.0],
+                     env={**env, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert "kernels:" not in plain.read_text()
+    assert "; kernels: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2):" in capped.read_text()
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(plain), str(capped)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1].endswith("GiB memory; kernels: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
 
 
 def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):

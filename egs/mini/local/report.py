@@ -205,6 +205,12 @@ def usage_table(paths: list[Path]) -> list[str]:
     return out
 
 
+# Variables that choose which CPU kernels torch, oneDNN and MKL run: a run made with one of them set
+# sums floats as another CPU would, so the report names them beside the machine.
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR",
+                    "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine() -> str:
     model = ""
     if Path("/proc/cpuinfo").exists():
@@ -213,7 +219,8 @@ def machine() -> str:
     if Path("/proc/meminfo").exists():
         kb = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")))
         mem = f", {kb / 2**20:.0f} GiB memory"
-    return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}"
+    limits = ", ".join(f"{name}={os.environ[name]}" for name in KERNEL_VARIABLES if os.environ.get(name))
+    return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}" + (f"; kernels: {limits}" if limits else "")
 
 
 def table(agg: dict, names: list[str], columns: list[tuple[str, str, str]]) -> list[str]:
