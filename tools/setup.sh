@@ -35,8 +35,8 @@ die() { echo "setup.sh: error: $*" >&2; exit 1; }
 # "No space left on device" and an environment that is neither the old one nor the new.
 need_space() {  # <GiB> <what>: free space on the file system of tools/ (pip unpacks on the same disk)
   local free_kib
-  free_kib=$(df -Pk "${tools_dir}" | awk 'NR == 2 {print $4}')
-  if [ -n "${free_kib}" ] && [ "${free_kib}" -lt $(( $1 * 1024 * 1024 )) ]; then
+  free_kib=$(df -Pk "${tools_dir}" 2>/dev/null | awk 'NR == 2 {print $4}') || free_kib=""  # no df: no check
+  if [[ "${free_kib}" =~ ^[0-9]+$ ]] && [ "${free_kib}" -lt $(( $1 * 1024 * 1024 )) ]; then
     die "$2 needs about $1 GiB free beside ${tools_dir}; $(( free_kib / 1024 / 1024 )) GiB are: free some and re-run"
   fi
 }
