@@ -97,6 +97,29 @@ def test_setup_stops_before_an_install_that_cannot_fit(tmp_path):
     assert not (tmp_path / "tools/venv").exists()
 
 
+@pytest.mark.parametrize("free_kib,calls", [
+    (1048576 * 40, ["setup.sh --with espnet", "python -m pytest TASU_REQUIRE_ESPNET=1"]),
+    (1048576 * 14, ["setup.sh ", "python -m pytest TASU_REQUIRE_ESPNET="]),
+])
+def test_ci_makes_the_espnet_environment_only_where_it_fits(tmp_path, free_kib, calls):
+    """.ci/run with stand-ins for setup.sh and the venv's python: which it calls, with what."""
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci/run").write_bytes((ROOT / ".ci/run").read_bytes())
+    log = tmp_path / "calls"
+    for name, body in (("tools/setup.sh", f'echo "setup.sh $*" >> {log}'),
+                       ("tools/venv/bin/python", f'echo "python $* TASU_REQUIRE_ESPNET=${{TASU_REQUIRE_ESPNET:-}}" >> {log}'),
+                       ("bin/df", "echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                                  f"echo '/dev/x 100000000 1 {free_kib} 1% /'")):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    out = subprocess.run(["bash", str(tmp_path / ".ci/run")], capture_output=True, text=True,
+                         env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert log.read_text().splitlines() == calls
+    assert ("under the 15 the two environments need" in out.stdout) == (free_kib < 1048576 * 15)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="torch_npu is installed")
 def test_npu_without_torch_npu_is_a_clear_error():
     with pytest.raises(DeviceError, match=r"needs torch_npu.*tools/setup.sh --device npu"):
