@@ -76,24 +76,29 @@ def test_setup_rejects_unknown_device_and_npu_without_cann():
     assert npu.returncode == 1 and "needs the Ascend CANN toolkit" in npu.stderr
 
 
-def test_setup_stops_before_an_install_that_cannot_fit(tmp_path):
-    """With too little disk, setup.sh says so in one line and creates nothing (pip would stop half-way)."""
+@pytest.mark.parametrize("df_body,error", [
+    # one GiB free, as df -Pk prints it: stop before anything is made
+    ("echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\necho '/dev/x 1000000000 998951424 1048576 100% /'",
+     "tools/venv (CPU torch) needs about 3 GiB free beside {tools}; 1 GiB are: free some and re-run"),
+    # df that cannot tell: no check, so set-up goes on (to the interpreter check, here a python that fails)
+    ("echo 'df: cannot read table of mounted file systems' >&2\nexit 1", "false is older than Python 3.10"),
+])
+def test_setup_stops_before_an_install_that_cannot_fit(tmp_path, df_body, error):
+    """With too little disk, setup.sh says so in one line and creates nothing (pip would stop half-way);
+    where df gives no number the check steps aside rather than stopping the set-up."""
     for name in ("tools/setup.sh", "tools/constraints.txt", "tools/requirements.txt",
                  "utils/parse_options.sh", "setup.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes((ROOT / name).read_bytes())
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "df").write_text(   # one GiB free, as df -Pk prints it
-        "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
-        "echo '/dev/x 1000000000 998951424 1048576 100% /'\n")
+    (fake_bin / "df").write_text(f"#!/bin/sh\n{df_body}\n")
     (fake_bin / "df").chmod(0o755)
-    out = subprocess.run(["bash", str(tmp_path / "tools/setup.sh"), "--device", "cpu", "--system_packages", "false"],
+    out = subprocess.run(["bash", str(tmp_path / "tools/setup.sh"), "--device", "cpu", "--system_packages", "false",
+                          "--python", "false"],
                          capture_output=True, text=True, env={"PATH": f"{fake_bin}:/usr/bin:/bin"})
     assert out.returncode == 1
-    assert out.stderr.splitlines() == [
-        f"setup.sh: error: tools/venv (CPU torch) needs about 3 GiB free beside {tmp_path}/tools; "
-        "1 GiB are: free some and re-run"]
+    assert out.stderr.splitlines() == ["setup.sh: error: " + error.format(tools=tmp_path / "tools")]
     assert not (tmp_path / "tools/venv").exists()
 
 
