@@ -89,6 +89,21 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     assert (recipe / "RESULTS.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("args,error", [
+    (["--seeds", "1 a"], "seed 'a': expected a whole number >= 0"),
+    (["--seed", "-5"], "seed '-5': expected a whole number >= 0"),
+    (["--seeds", "2 1 2"], "--seeds '2 1 2' names a seed twice: each would count as another run in the mean and sd"),
+    (["--stage", "6", "--stop_stage", "5"], "--stage 6 comes after --stop_stage 5: nothing to run"),
+])
+def test_bad_seeds_and_stages_stop_before_anything_runs(tmp_path, args, error):
+    """A bad seed late in --seeds would otherwise stop the run after the good ones (an hour later)."""
+    recipe = copy_recipe("mini", tmp_path)
+    out = sh(recipe, "./run.sh", *args, ok=False)
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr.splitlines() == [f"./run.sh: {error}"]
+    assert sorted(p.name for p in recipe.iterdir()) == sorted(p.name for p in copy_recipe("mini", tmp_path / "b").iterdir())
+
+
 def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
     recipe, _ = mini
     usage = recipe / "exp" / "usage.tsv"

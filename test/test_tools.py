@@ -43,6 +43,16 @@ def test_boolean_option_accepts_only_true_or_false(tmp_path):
     assert "takes true or false, not 'yes'" in out.stderr
 
 
+def test_whole_number_option_accepts_only_a_whole_number(tmp_path):
+    for bad in ("x", "3.5", "", "1 2"):
+        out = run_script(tmp_path, "echo ran", "--stage", bad)
+        assert (out.returncode, out.stdout) == (1, "")
+        assert out.stderr.splitlines() == [f"prog.sh: option '--stage' takes a whole number, not '{bad}'"]
+    assert run_script(tmp_path, 'echo "$stage"', "--stage", "-2").stdout == "-2\n"
+    # a variable declared empty or as text takes anything
+    assert run_script(tmp_path, 'echo "$encoder_path"', "--encoder_path", "12").stdout == "12\n"
+
+
 def test_missing_value_and_equals_form_are_errors(tmp_path):
     assert "needs a value" in run_script(tmp_path, "true", "--stage").stderr
     assert "not '--stage=3'" in run_script(tmp_path, "true", "--stage=3").stderr

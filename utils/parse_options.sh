@@ -4,7 +4,8 @@
 # Source it after declaring defaults:   stage=1; use_lora=false; . utils/parse_options.sh
 #   --stop-stage 5 and --stop_stage 5 both set $stop_stage;
 #   an option whose variable was not declared is an error (typos never pass silently);
-#   a variable declared as true/false accepts only true or false;
+#   a variable declared as true/false accepts only true or false, one declared as a whole number
+#   only a whole number (so --stage x stops here, not in a test deep inside the script);
 #   --config FILE sources FILE (shell assignments) at that point of the command line;
 #   --help / -h prints $help_message and exits 0.
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
@@ -36,6 +37,9 @@ while [ $# -gt 0 ]; do
       _po_old=${!_po_name}
       if { [ "${_po_old}" = true ] || [ "${_po_old}" = false ]; } && [ "$2" != true ] && [ "$2" != false ]; then
         echo "${_po_prog}: option '$1' takes true or false, not '$2'" >&2; exit 1
+      fi
+      if [[ "${_po_old}" =~ ^-?[0-9]+$ ]] && ! [[ "$2" =~ ^-?[0-9]+$ ]]; then
+        echo "${_po_prog}: option '$1' takes a whole number, not '$2'" >&2; exit 1
       fi
       printf -v "${_po_name}" '%s' "$2"
       shift 2 ;;

@@ -43,6 +43,13 @@ help_message="Usage: $0 [options]
 . ./path.sh
 . parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
+# Checked before anything runs: a bad seed in --seeds would otherwise stop the run after the seeds before it.
+[ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
+for s in ${seed} ${seeds}; do
+  [[ "${s}" =~ ^[0-9]+$ ]] || { echo "$0: seed '${s}': expected a whole number >= 0" >&2; exit 1; }
+done
+[ -z "$(tr ' ' '\n' <<< "${seeds}" | grep . | sort | uniq -d)" ] || \
+  { echo "$0: --seeds '${seeds}' names a seed twice: each would count as another run in the mean and sd" >&2; exit 1; }
 
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
