@@ -112,6 +112,53 @@ def test_corpus_is_reproducible(recipe, tmp_path):
     assert (tmp_path / wav).read_bytes() == (recipe / wav).read_bytes()
 
 
+def fake_tools(bin_dir: Path, **scripts: str) -> dict:
+    """An environment whose PATH finds ``bin_dir`` first, holding the given shell stand-ins."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (bin_dir / name.replace("_", "-")).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name.replace("_", "-")).chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+ESPEAK, FLITE = shutil.which("espeak-ng"), shutil.which("flite")
+
+
+@pytest.mark.parametrize("case,error", [
+    ("espeak-ng", "espeak-ng here lacks the voice variants m7 ('espeak-ng --voices=variant' lists those it has)"),
+    ("flite", "flite here lacks the voices rms ('flite -lv' lists those it has)"),
+    ("missing", "espeak-ng, sox not found on PATH (tools/setup.sh installs espeak-ng, flite and sox when run as root)"),
+])
+def test_corpus_refuses_synthesisers_that_lack_a_voice_it_names(tmp_path, case, error):
+    """Both synthesisers speak a name they lack in their default voice, exit 0 and say nothing."""
+    if case == "espeak-ng":
+        env = fake_tools(tmp_path / "bin", espeak_ng=f'[ "$1" = --voices=variant ] || exec {ESPEAK} "$@"\n'
+                                                      f'{ESPEAK} "$@" | grep -v "!v/m7 "')
+    elif case == "flite":
+        env = fake_tools(tmp_path / "bin", flite=f'[ "$1" = -lv ] || exec {FLITE} "$@"\n'
+                                                 'echo "Voices available: kal kal16 awb slt "')
+    else:  # a PATH with flite alone
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "flite").symlink_to(FLITE)
+        env = dict(os.environ, PATH=str(tmp_path / "bin"))
+    out = subprocess.run([sys.executable, str(LOCAL / "make_corpus.py"), "--data-dir", "data", *SIZES], cwd=tmp_path,
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith(f"make_corpus.py: {error}")
+    assert not (tmp_path / "data").exists()
+
+
+def test_corpus_names_the_utterance_a_synthesiser_failed_on(tmp_path):
+    env = fake_tools(tmp_path / "bin", espeak_ng=f'case "$1" in --voices*) exec {ESPEAK} "$@";; esac; '
+                                                  'echo "unknown phoneme table" >&2; exit 2')
+    out = subprocess.run([sys.executable, str(LOCAL / "make_corpus.py"), "--data-dir", "data", *SIZES, "--nj", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+    line = out.stderr.strip()
+    assert line.startswith("make_corpus.py: ") and "-train" in line.split(":")[1]  # the utterance's key
+    assert "espeak-ng failed (unknown phoneme table): espeak-ng -v " in line
+
+
 def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
     grammar = _local_module("grammar")
     small = grammar.Grammar([("iot", "turn on the {device} in the {room}"), ("weather", "do i need {clothing} {day}")])

@@ -188,6 +188,45 @@ def coloured_noise(colour: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
 
 
+class SynthesisError(Exception):
+    """A synthesiser or sox missing, lacking a voice, or failing on an utterance: one line says which."""
+
+
+def check_synthesizers() -> None:
+    """The tools and every voice the corpus names, before anything is drawn or written.
+
+    Asked for a voice or variant they lack, espeak-ng and flite both speak in their default voice,
+    exit 0 and say nothing: a machine with another espeak-ng release would then make a corpus whose
+    "unseen" test_ood voices are the default one, which training hears. So the names are checked here
+    against what the installed synthesisers list (the corpus of the recipe's reports: espeak-ng 1.51,
+    flite 2.2).
+    """
+    missing = [tool for tool in ("espeak-ng", "flite", "sox") if shutil.which(tool) is None]
+    if missing:
+        raise SynthesisError(f"{', '.join(missing)} not found on PATH (tools/setup.sh installs espeak-ng, flite and "
+                             "sox when run as root)")
+
+    def listing(*cmd: str) -> list[list[str]]:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SynthesisError(f"'{' '.join(cmd)}' failed: {(out.stderr.strip() or 'no message').splitlines()[-1]}")
+        return [line.split() for line in out.stdout.splitlines()]
+
+    variants = {f.removeprefix("!v/") for row in listing("espeak-ng", "--voices=variant") for f in row
+                if f.startswith("!v/")}
+    accents = {row[1] for row in listing("espeak-ng", "--voices=en")[1:] if len(row) > 1}
+    flite = {name for row in listing("flite", "-lv") for name in row[2:] if row[:2] == ["Voices", "available:"]}
+    lacking = [("espeak-ng", "accents", sorted(set(ESPEAK_ACCENTS) - accents), "espeak-ng --voices=en"),
+               ("espeak-ng", "voice variants", sorted(set(ESPEAK_VARIANTS + ESPEAK_OOD_VARIANTS) - variants),
+                "espeak-ng --voices=variant"),
+               ("flite", "voices", sorted(set(FLITE_VOICES + FLITE_OOD_VOICES) - flite), "flite -lv")]
+    for tool, what, names, command in lacking:
+        if names:
+            raise SynthesisError(f"{tool} here lacks the {what} {', '.join(names)} ('{command}' lists those it "
+                                 f"has): it would speak them in its default voice without a word, so the corpus "
+                                 f"would not have the voices it claims")
+
+
 def synthesize(utt: Utterance) -> float:
     """Speak one utterance, then sox: speed perturbation and resampling to 16 kHz; add noise; its duration."""
     if utt.engine == "flite":
@@ -195,11 +234,10 @@ def synthesize(utt: Utterance) -> float:
                "-o", "/dev/stdout"]
     else:
         cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch), "--stdout", utt.text]
-    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
+    raw = _run(cmd, utt.key).stdout
     effects = (["speed", f"{utt.speed:g}"] if utt.speed != 1.0 else []) + ["rate", "-h", str(SAMPLE_RATE)]
     # -D: no dither (sox dithers at random by default), so a seed always gives the same bytes
-    subprocess.run(["sox", "-V1", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", utt.wav, *effects], input=raw,
-                   check=True)
+    _run(["sox", "-V1", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", utt.wav, *effects], utt.key, raw)
     wave, rate = soundfile.read(utt.wav, dtype="float64")
     if utt.noise is not None:
         power = np.mean(wave ** 2)
@@ -210,6 +248,14 @@ def synthesize(utt: Utterance) -> float:
             wave *= 0.99 / peak
         soundfile.write(utt.wav, wave, SAMPLE_RATE, subtype="PCM_16")
     return len(wave) / SAMPLE_RATE
+
+
+def _run(cmd: list[str], key: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, input=stdin, capture_output=True)
+    if out.returncode != 0 or (cmd[0] != "sox" and not out.stdout):
+        message = out.stderr.decode(errors="replace").strip() or f"exit {out.returncode}, no output"
+        raise SynthesisError(f"{key}: {cmd[0]} failed ({message.splitlines()[-1]}): {' '.join(cmd)}")
+    return out
 
 
 def synthesize_all(utts: list[Utterance], nj: int) -> list[float]:
@@ -258,6 +304,7 @@ def main() -> None:
     t0 = time.time()
     data_dir = Path(args.data_dir)
     rng = random.Random(args.seed)
+    check_synthesizers()
 
     # 1. sentences: one pool of distinct sentences, dealt into disjoint splits
     grammar = Grammar()
@@ -303,4 +350,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SynthesisError as e:  # the workers' too: Pool.map raises the first one here
+        raise SystemExit(f"make_corpus.py: {e}") from None
