@@ -103,6 +103,14 @@ def test_corpus_data_dirs_are_complete_with_scenarios(recipe):
     assert set(table(recipe / "data" / "text_only" / "scenario").values()) <= SLURP_SCENARIOS
 
 
+def test_corpus_records_the_synthesiser_releases_that_spoke_it(recipe):
+    versions = json.loads((recipe / "data" / "local" / "corpus.json").read_text())["synthesizers"]
+    assert set(versions) == {"espeak-ng", "flite", "sox"}
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    assert f"text-to-speech: {versions['espeak-ng']} " in out
+    assert all(v and " " not in v for v in versions.values()), versions
+
+
 def test_corpus_is_reproducible(recipe, tmp_path):
     run("make_corpus.py", "--data-dir", "data", *SIZES, "--nj", "1", cwd=tmp_path)
     for name in ("train/text", "train/utt2spk", "test_ood/scenario", "text_only/text"):
@@ -222,7 +230,7 @@ def test_llm_loads_through_tasu_and_reads_units(recipe):
     assert "ppl_plain" in (exp / "ppl.txt").read_text()
 
 
-def _fake_run(root: Path, seed: int, wer: dict[str, float]) -> Path:
+def _fake_run(root: Path, seed: int, wer: dict[str, float], synthesizers: dict | None = None) -> Path:
     """A run directory as run.sh --seeds leaves it, with only what local/report.py reads."""
     exp, data = root / "exp", root / "data"
 
@@ -244,7 +252,9 @@ def _fake_run(root: Path, seed: int, wer: dict[str, float]) -> Path:
     (data / "test").mkdir(parents=True)
     (data / "test" / "scenario").write_text("a iot\nb weather\n")
     (data / "local").mkdir()
-    (data / "local" / "corpus.json").write_text(json.dumps({"grammar": {"scenarios": ["iot", "weather"]}}))
+    corpus = {"grammar": {"scenarios": ["iot", "weather"]}}
+    (data / "local" / "corpus.json").write_text(json.dumps(corpus | ({"synthesizers": synthesizers} if synthesizers
+                                                                    else {})))
     (data / ".done").write_text(f"quick=false seed={seed}\n")
     return root
 
@@ -273,11 +283,12 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     assert "All 3 runs" in text
 
 
-def _report(root: Path, encoder: list[float], text_only: list[float], env: dict | None = None) -> Path:
+def _report(root: Path, encoder: list[float], text_only: list[float], env: dict | None = None,
+            synthesizers: dict | None = None) -> Path:
     """RESULTS.md as local/report.py writes it over one fake run per value."""
     runs = [_fake_run(root / f"seed{i}", i, {"encoder": e, "tasu_train_text": t,
                                              "tasu_train_text_then_train_audio_sft": 10.0,
-                                             "train_audio_sft_from_scratch": 12.0, "simulated": 4.0})
+                                             "train_audio_sft_from_scratch": 12.0, "simulated": 4.0}, synthesizers)
             for i, (e, t) in enumerate(zip(encoder, text_only), start=1)]
     results = root / "RESULTS.md"
     results.write_text("# RESULTS\n## Environments\n- Git hash: `abc1234`\n\n## encoder\n")
@@ -298,6 +309,26 @@ def test_report_names_the_cpu_kernel_limits_a_run_was_made_with(tmp_path):
     out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(plain), str(capped)],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[1].endswith("GiB memory; kernels: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
+
+
+def test_report_names_the_synthesiser_releases_and_compare_results_flags_other_ones(tmp_path):
+    """Another espeak-ng or flite release speaks other audio: a comparison across them is not of float sums."""
+    here = {"espeak-ng": "1.51", "flite": "2.2-current", "sox": "14.4.2"}
+    a = _report(tmp_path / "a", [20.0, 21.0], [8.0, 9.0], synthesizers=here)
+    b = _report(tmp_path / "b", [20.0, 21.0], [8.0, 9.0], synthesizers=here | {"espeak-ng": "1.52.0"})
+    old = _report(tmp_path / "old", [20.0, 21.0], [8.0, 9.0])
+    assert ("The corpus was spoken by espeak-ng 1.51, flite 2.2-current and sox 14.4.2 (data/local/corpus.json)"
+            in a.read_text())
+    assert "The corpus was spoken by" not in old.read_text()
+
+    def compare(x: Path, y: Path) -> list[str]:
+        return subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(x), str(y)],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    out = compare(a, b)
+    assert out[0].endswith("; spoken by espeak-ng 1.51, flite 2.2-current and sox 14.4.2)")
+    assert out[2] == "The corpora were spoken by other synthesiser releases: the audio differs, not only the float sums."
+    assert compare(a, a)[2] == ""
+    assert compare(a, old)[2].startswith(f"The report does not say which synthesiser releases spoke {old}'s corpus")
 
 
 def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):
@@ -342,7 +373,7 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
 
 
 @pytest.mark.parametrize("made,args,error", [((), ["--draws", "0"], "--draws '0': expected a positive number"),
-                                             ((), ["--nj", "x"], "--nj 'x': expected a positive number"),
+                                             ((), ["--nj", "0"], "--nj '0': expected a positive number"),
                                              ((), [], "/exp: no such experiment directory"),
                                              (("exp",), [], "/data.jsonl: no such file"),
                                              (("exp", "data"), ["--draws", "2"], "tasu decode: error: ")])

@@ -11,6 +11,8 @@ difference and the pooled standard deviation sqrt((sd_a^2 + sd_b^2) / 2), then h
 within one and two pooled standard deviations. Float sums differ across CPU models, so two machines
 never give the same digits; what should hold is the means within the spread the seeds already show.
 A report of one run has no spread, so its cells can only be compared as numbers: run three seeds.
+The synthesiser releases that spoke each corpus (data/local/corpus.json) are shown where the report
+names them: with another espeak-ng or flite release the audio itself differs.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class Report(NamedTuple):
     path: Path
     commit: str
     machine: str
+    synthesizers: str  # the releases that spoke its corpus, or "" where the report does not say
     runs: int
     cells: dict[tuple[str, str], tuple[float, float]]  # (row, column) -> (mean, sd)
 
@@ -52,6 +55,7 @@ def read_report(path: Path) -> Report:
     commit = re.search(r"- Git hash: `([^`]*)`", text)
     machine = re.search(r"measured by run.sh on this machine \((.*)\):", "\n".join(section))
     runs = re.search(r": (\d+) whole runs, one per seed", "\n".join(section))
+    spoken = re.search(r"The corpus was spoken by (.*) \(data/local/corpus.json\)", "\n".join(section))
     cells, header = {}, None
     for lineno, line in enumerate(section, start + 1):
         if not line.startswith("|"):
@@ -76,16 +80,26 @@ def read_report(path: Path) -> Report:
     if not cells:
         raise SystemExit(f"compare_results.py: {path}: the summary holds no table of results")
     return Report(path, commit[1] if commit else "?", machine[1] if machine else "machine not stated",
-                  int(runs[1]) if runs else 1, cells)
+                  spoken[1] if spoken else "", int(runs[1]) if runs else 1, cells)
 
 
 def compare(a: Report, b: Report) -> str:
     shared = [key for key in a.cells if key in b.cells]
     if not shared:
         raise SystemExit(f"compare_results.py: {a.path} and {b.path} share no cell")
-    out = [f"A: {a.path} ({a.commit}; {a.runs} run(s); {a.machine})",
-           f"B: {b.path} ({b.commit}; {b.runs} run(s); {b.machine})", "",
-           "|system|column|A|B|B - A|pooled sd|agree|", "|---|---|---|---|---|---|---|"]
+
+    def said(r: Report) -> str:
+        spoken = f"; spoken by {r.synthesizers}" if r.synthesizers else ""
+        return f"{r.path} ({r.commit}; {r.runs} run(s); {r.machine}{spoken})"
+
+    out = [f"A: {said(a)}", f"B: {said(b)}"]
+    if a.synthesizers and b.synthesizers and a.synthesizers != b.synthesizers:
+        out.append("The corpora were spoken by other synthesiser releases: the audio differs, not only the float sums.")
+    elif not (a.synthesizers and b.synthesizers):
+        which = f"{(b if a.synthesizers else a).path}'s corpus" if a.synthesizers or b.synthesizers else "either corpus"
+        out.append(f"The report does not say which synthesiser releases spoke {which} (made before reports said so): "
+                   "compare `espeak-ng --version` and `flite --version` on the two machines.")
+    out += ["", "|system|column|A|B|B - A|pooled sd|agree|", "|---|---|---|---|---|---|---|"]
     within = {1: 0, 2: 0}
     for key in shared:
         (ma, sa), (mb, sb) = a.cells[key], b.cells[key]

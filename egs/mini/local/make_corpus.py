@@ -39,6 +39,7 @@ import io
 import json
 import logging
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -227,6 +228,19 @@ def check_synthesizers() -> None:
                                  f"would not have the voices it claims")
 
 
+def synthesizer_versions() -> dict[str, str]:
+    """The releases that speak the corpus: another release speaks other audio, so a report made from
+    it differs for more than the float sums (local/report.py names them)."""
+    versions = {}
+    for tool, cmd, pattern in (("espeak-ng", ["espeak-ng", "--version"], r"text-to-speech: (\S+)"),
+                               ("flite", ["flite", "--version"], r"version: flite-(\S+)"),
+                               ("sox", ["sox", "--version"], r"SoX v(\S+)")):
+        text = subprocess.run(cmd, capture_output=True, text=True).stdout
+        found = re.search(pattern, text)
+        versions[tool] = found[1] if found else (text.strip().splitlines() or ["unknown"])[0]
+    return versions
+
+
 def synthesize(utt: Utterance) -> float:
     """Speak one utterance, then sox: speed perturbation and resampling to 16 kHz; add noise; its duration."""
     if utt.engine == "flite":
@@ -336,6 +350,7 @@ def main() -> None:
         "augmented": {"speed": dict(Counter(f"{u.speed:g}" for u in utts["train"])),
                       "noise": dict(Counter(u.noise or "none" for u in utts["train"]))},
         "seed": args.seed,
+        "synthesizers": synthesizer_versions(),
     }
     (data_dir / "local").mkdir(parents=True, exist_ok=True)
     (data_dir / "local" / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

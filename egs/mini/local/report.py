@@ -223,6 +223,22 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}" + (f"; kernels: {limits}" if limits else "")
 
 
+def corpus_synthesizers(data_dirs: list[Path]) -> str:
+    """'espeak-ng 1.51, flite 2.2-current and sox 14.4.2' from the runs' corpus.json, or '' where a run's
+    corpus does not say (made before it recorded them); runs on several releases list each."""
+    seen = []
+    for data_dir in data_dirs:
+        try:
+            versions = json.loads((data_dir / "local" / "corpus.json").read_text(encoding="utf-8"))["synthesizers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        named = [f"{tool} {version}" for tool, version in versions.items()]
+        text = ", ".join(named[:-1]) + f" and {named[-1]}" if len(named) > 1 else "".join(named)
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen)
+
+
 def table(agg: dict, names: list[str], columns: list[tuple[str, str, str]]) -> list[str]:
     out = ["|system|" + "|".join(c[0] for c in columns) + "|", "|---" * (len(columns) + 1) + "|"]
     for name in names:
@@ -276,6 +292,10 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
                 which = f"the {what}" + (f" of {exp_root.parent}" if n > 1 else "")
                 out += ["", f"**Warning**: {which} stopped at its --max-minutes cap on this machine, "
                         "so these numbers depend on its speed and another run may differ."]
+    spoken = corpus_synthesizers(data_dirs)
+    if spoken:
+        out += ["", f"The corpus was spoken by {spoken} (data/local/corpus.json): another release speaks "
+                "other audio, so a report made with another one differs for more than the float sums."]
     out += ["", f"Resources, measured by run.sh on this machine ({machine()}):", ""]
     out += usage_table([e / "usage.tsv" for e in exp_roots])
     out += ["", "Peak memory: of the step's whole process tree (proportional set size: shared pages counted once), "
