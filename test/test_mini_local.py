@@ -103,7 +103,7 @@ def test_corpus_data_dirs_are_complete_with_scenarios(recipe):
     assert set(table(recipe / "data" / "text_only" / "scenario").values()) <= SLURP_SCENARIOS
 
 
-def test_corpus_records_the_synthesiser_releases_that_spoke_it(recipe):
+def test_corpus_records_the_synthesizer_releases_that_spoke_it(recipe):
     versions = json.loads((recipe / "data" / "local" / "corpus.json").read_text())["synthesizers"]
     assert set(versions) == {"espeak-ng", "flite", "sox"}
     out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
@@ -137,8 +137,8 @@ ESPEAK, FLITE = shutil.which("espeak-ng"), shutil.which("flite")
     ("flite", "flite here lacks the voices rms ('flite -lv' lists those it has)"),
     ("missing", "espeak-ng, sox not found on PATH (tools/setup.sh installs espeak-ng, flite and sox when run as root)"),
 ])
-def test_corpus_refuses_synthesisers_that_lack_a_voice_it_names(tmp_path, case, error):
-    """Both synthesisers speak a name they lack in their default voice, exit 0 and say nothing."""
+def test_corpus_refuses_synthesizers_that_lack_a_voice_it_names(tmp_path, case, error):
+    """Both synthesizers speak a name they lack in their default voice, exit 0 and say nothing."""
     if case == "espeak-ng":
         env = fake_tools(tmp_path / "bin", espeak_ng=f'[ "$1" = --voices=variant ] || exec {ESPEAK} "$@"\n'
                                                       f'{ESPEAK} "$@" | grep -v "!v/m7 "')
@@ -156,7 +156,7 @@ def test_corpus_refuses_synthesisers_that_lack_a_voice_it_names(tmp_path, case, 
     assert not (tmp_path / "data").exists()
 
 
-def test_corpus_names_the_utterance_a_synthesiser_failed_on(tmp_path):
+def test_corpus_names_the_utterance_a_synthesizer_failed_on(tmp_path):
     env = fake_tools(tmp_path / "bin", espeak_ng=f'case "$1" in --voices*) exec {ESPEAK} "$@";; esac; '
                                                   'echo "unknown phoneme table" >&2; exit 2')
     out = subprocess.run([sys.executable, str(LOCAL / "make_corpus.py"), "--data-dir", "data", *SIZES, "--nj", "1"],
@@ -311,7 +311,7 @@ def test_report_names_the_cpu_kernel_limits_a_run_was_made_with(tmp_path):
     assert out.splitlines()[1].endswith("GiB memory; kernels: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
 
 
-def test_report_names_the_synthesiser_releases_and_compare_results_flags_other_ones(tmp_path):
+def test_report_names_the_synthesizer_releases_and_compare_results_flags_other_ones(tmp_path):
     """Another espeak-ng or flite release speaks other audio: a comparison across them is not of float sums."""
     here = {"espeak-ng": "1.51", "flite": "2.2-current", "sox": "14.4.2"}
     a = _report(tmp_path / "a", [20.0, 21.0], [8.0, 9.0], synthesizers=here)
@@ -326,9 +326,9 @@ def test_report_names_the_synthesiser_releases_and_compare_results_flags_other_o
                               capture_output=True, text=True, check=True).stdout.splitlines()
     out = compare(a, b)
     assert out[0].endswith("; spoken by espeak-ng 1.51, flite 2.2-current and sox 14.4.2)")
-    assert out[2] == "The corpora were spoken by other synthesiser releases: the audio differs, not only the float sums."
+    assert out[2] == "The corpora were spoken by other synthesizer releases: the audio differs, not only the float sums."
     assert compare(a, a)[2] == ""
-    assert compare(a, old)[2].startswith(f"The report does not say which synthesiser releases spoke {old}'s corpus")
+    assert compare(a, old)[2].startswith(f"The report does not say which synthesizer releases spoke {old}'s corpus")
 
 
 def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):

@@ -11,7 +11,7 @@ difference and the pooled standard deviation sqrt((sd_a^2 + sd_b^2) / 2), then h
 within one and two pooled standard deviations. Float sums differ across CPU models, so two machines
 never give the same digits; what should hold is the means within the spread the seeds already show.
 A report of one run has no spread, so its cells can only be compared as numbers: run three seeds.
-The synthesiser releases that spoke each corpus (data/local/corpus.json) are shown where the report
+The synthesizer releases that spoke each corpus (data/local/corpus.json) are shown where the report
 names them: with another espeak-ng or flite release the audio itself differs.
 """
 from __future__ import annotations
@@ -94,10 +94,10 @@ def compare(a: Report, b: Report) -> str:
 
     out = [f"A: {said(a)}", f"B: {said(b)}"]
     if a.synthesizers and b.synthesizers and a.synthesizers != b.synthesizers:
-        out.append("The corpora were spoken by other synthesiser releases: the audio differs, not only the float sums.")
+        out.append("The corpora were spoken by other synthesizer releases: the audio differs, not only the float sums.")
     elif not (a.synthesizers and b.synthesizers):
         which = f"{(b if a.synthesizers else a).path}'s corpus" if a.synthesizers or b.synthesizers else "either corpus"
-        out.append(f"The report does not say which synthesiser releases spoke {which} (made before reports said so): "
+        out.append(f"The report does not say which synthesizer releases spoke {which} (made before reports said so): "
                    "compare `espeak-ng --version` and `flite --version` on the two machines.")
     out += ["", "|system|column|A|B|B - A|pooled sd|agree|", "|---|---|---|---|---|---|---|"]
     within = {1: 0, 2: 0}

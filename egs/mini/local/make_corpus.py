@@ -190,7 +190,7 @@ def coloured_noise(colour: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class SynthesisError(Exception):
-    """A synthesiser or sox missing, lacking a voice, or failing on an utterance: one line says which."""
+    """A synthesizer or sox missing, lacking a voice, or failing on an utterance: one line says which."""
 
 
 def check_synthesizers() -> None:
@@ -199,7 +199,7 @@ def check_synthesizers() -> None:
     Asked for a voice or variant they lack, espeak-ng and flite both speak in their default voice,
     exit 0 and say nothing: a machine with another espeak-ng release would then make a corpus whose
     "unseen" test_ood voices are the default one, which training hears. So the names are checked here
-    against what the installed synthesisers list (the corpus of the recipe's reports: espeak-ng 1.51,
+    against what the installed synthesizers list (the corpus of the recipe's reports: espeak-ng 1.51,
     flite 2.2).
     """
     missing = [tool for tool in ("espeak-ng", "flite", "sox") if shutil.which(tool) is None]
