@@ -48,7 +48,7 @@ help_message="Usage: $0 [options]
 for s in ${seed} ${seeds}; do
   [[ "${s}" =~ ^[0-9]+$ ]] || { echo "$0: seed '${s}': expected a whole number >= 0" >&2; exit 1; }
 done
-[ -z "$(tr ' ' '\n' <<< "${seeds}" | grep . | sort | uniq -d)" ] || \
+[ -z "$(printf '%s\n' ${seeds} | sort | uniq -d)" ] || \
   { echo "$0: --seeds '${seeds}' names a seed twice: each would count as another run in the mean and sd" >&2; exit 1; }
 
 if [ -n "${seeds}" ]; then

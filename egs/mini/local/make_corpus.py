@@ -208,10 +208,7 @@ def check_synthesizers() -> None:
                              "sox when run as root)")
 
     def listing(*cmd: str) -> list[list[str]]:
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SynthesisError(f"'{' '.join(cmd)}' failed: {(out.stderr.strip() or 'no message').splitlines()[-1]}")
-        return [line.split() for line in out.stdout.splitlines()]
+        return [line.split() for line in _run(list(cmd), "the voice check").decode(errors="replace").splitlines()]
 
     variants = {f.removeprefix("!v/") for row in listing("espeak-ng", "--voices=variant") for f in row
                 if f.startswith("!v/")}
@@ -248,7 +245,9 @@ def synthesize(utt: Utterance) -> float:
                "-o", "/dev/stdout"]
     else:
         cmd = ["espeak-ng", "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch), "--stdout", utt.text]
-    raw = _run(cmd, utt.key).stdout
+    raw = _run(cmd, utt.key)
+    if not raw:
+        raise SynthesisError(f"{utt.key}: {cmd[0]} wrote no audio: {' '.join(cmd)}")
     effects = (["speed", f"{utt.speed:g}"] if utt.speed != 1.0 else []) + ["rate", "-h", str(SAMPLE_RATE)]
     # -D: no dither (sox dithers at random by default), so a seed always gives the same bytes
     _run(["sox", "-V1", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", utt.wav, *effects], utt.key, raw)
@@ -264,12 +263,14 @@ def synthesize(utt: Utterance) -> float:
     return len(wave) / SAMPLE_RATE
 
 
-def _run(cmd: list[str], key: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], what: str, stdin: bytes | None = None) -> bytes:
+    """The command's output; a failure is a SynthesisError naming ``what`` (an utterance's key), the
+    last line the command wrote to stderr and the command."""
     out = subprocess.run(cmd, input=stdin, capture_output=True)
-    if out.returncode != 0 or (cmd[0] != "sox" and not out.stdout):
-        message = out.stderr.decode(errors="replace").strip() or f"exit {out.returncode}, no output"
-        raise SynthesisError(f"{key}: {cmd[0]} failed ({message.splitlines()[-1]}): {' '.join(cmd)}")
-    return out
+    if out.returncode != 0:
+        message = out.stderr.decode(errors="replace").strip() or f"exit {out.returncode}"
+        raise SynthesisError(f"{what}: {cmd[0]} failed ({message.splitlines()[-1]}): {' '.join(cmd)}")
+    return out.stdout
 
 
 def synthesize_all(utts: list[Utterance], nj: int) -> list[float]:
