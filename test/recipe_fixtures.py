@@ -128,23 +128,40 @@ TRANSLATIONS = {  # English (as in SENTENCES) -> (Chinese, German)
 }
 
 
-def write_covost(root: Path, counts: dict[str, int] | None = None) -> tuple[Path, Path]:
-    """CoVoST 2 en->zh and en->de: ``root/covost2/covost_v2.en_zh-CN.tsv`` and ``covost_v2.en_de.tsv``
-    (path, sentence, translation, client_id, split) over the clips of a Common Voice release written
-    by ``write_commonvoice``. Returns (the tsv directory, the Common Voice directory)."""
+def write_covost(root: Path, counts: dict[str, int] | None = None, layout: str = "release") -> tuple[Path, Path]:
+    """CoVoST 2 en->zh and en->de over the clips of a Common Voice release written by
+    ``write_commonvoice`` (with its ``validated.tsv``: every clip, the speakers).
+
+    ``layout="release"``: as CoVoST 2 is released, ``root/covost2/covost_v2.en_zh-CN.tsv`` and
+    ``covost_v2.en_de.tsv`` (path, sentence, translation, split; the second training clip's split is
+    train_covost, CoVoST 2's additional training data); ``layout="splits"``: as its
+    ``get_covost_splits.py`` writes them, ``covost_v2.<pair>.{train,dev,test}.tsv`` (path, sentence,
+    translation, client_id). Returns (the tsv directory, the Common Voice directory)."""
     counts = counts or {"train": 6, "dev": 2, "test": 2}
     cv = write_commonvoice(root, counts)
     rows = []
     for split in counts:
         with open(cv / f"{split}.tsv", encoding="utf-8", newline="") as f:
             rows += [(r, split) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    with open(cv / "validated.tsv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE)
+        w.writerow(CV_COLUMNS)
+        w.writerows([r[c] for c in CV_COLUMNS] for r, _ in rows)
     tsv_dir = root / "covost2"
     tsv_dir.mkdir(parents=True, exist_ok=True)
     for pair, lang in (("en_zh-CN", 0), ("en_de", 1)):
-        with open(tsv_dir / f"covost_v2.{pair}.tsv", "w", encoding="utf-8", newline="") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(["path", "sentence", "translation", "client_id", "split"])
-            for r, split in rows:
-                english = r["sentence"].rstrip(".?").lower()
-                w.writerow([r["path"], r["sentence"], TRANSLATIONS[english][lang], r["client_id"], split])
+        table = [(r, split, TRANSLATIONS[r["sentence"].rstrip(".?").lower()][lang]) for r, split in rows]
+        if layout == "release":
+            files = {f"covost_v2.{pair}.tsv": (["path", "sentence", "translation", "split"],
+                                               [[r["path"], r["sentence"], t, "train_covost" if i == 1 else split]
+                                                for i, (r, split, t) in enumerate(table)])}
+        else:
+            files = {f"covost_v2.{pair}.{s}.tsv": (["path", "sentence", "translation", "client_id"],
+                                                   [[r["path"], r["sentence"], t, r["client_id"]]
+                                                    for r, split, t in table if split == s]) for s in counts}
+        for name, (header, lines) in files.items():
+            with open(tsv_dir / name, "w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
+                w.writerow(header)
+                w.writerows(lines)
     return tsv_dir, cv

@@ -376,8 +376,12 @@ if runs 2; then
     target=$(task_target_file "$2")
     if $3; then out=${dumpdir}/${set}/${task}.text_only.jsonl; else out=${dumpdir}/${set}/${task}.jsonl; fi
     if [ -f "${out%.jsonl}.done" ]; then
-      log "${out}: already made (${out%.jsonl}.done), skipping"
-      return
+      if [ -z "$(find "${datadir}/${set}" -newer "${out%.jsonl}.done" -type f 2> /dev/null | head -n 1)" ]; then
+        log "${out}: already made (${out%.jsonl}.done), skipping"
+        return
+      fi
+      log "${datadir}/${set} changed after ${out} was made: making it again (experiments that read it are not)"
+      rm "${out%.jsonl}.done"
     fi
     [ -d "${datadir}/${set}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
     log "${datadir}/${set}/{text${target:+,${target}}} -> ${out} (task ${task})"

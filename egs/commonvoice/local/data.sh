@@ -50,23 +50,20 @@ for set in ${sets//,/ }; do
   fi
   log "${COMMONVOICE}/${set}.tsv + clips/ -> ${dir} (mp3 read by ${mp3_reader})"
   python3 - "${COMMONVOICE}" "${set}" "${dir}" "${mp3_reader}" <<'PY'
-import csv
 import sys
 from pathlib import Path
 
+from tasu.data.corpus_tsv import read_tsv
 from tasu.data.kaldi_dir import wav_scp_entry, write_tables
+from tasu.data.records import DataError
 
 root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 tsv = root / f"{name}.tsv"
 wav, text, spk = {}, {}, {}
-missing = 0
-with open(tsv, encoding="utf-8", newline="") as f:
-    rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    lacking = {"client_id", "path", "sentence"} - set(rows.fieldnames or [])
-    if lacking:
-        sys.exit(f"{tsv}: no column {', '.join(sorted(lacking))} in the header")
-    for lineno, row in enumerate(rows, 2):
-        sentence = " ".join((row["sentence"] or "").split())
+missing = repeated = 0
+try:
+    for lineno, row in read_tsv(tsv, {"client_id", "path", "sentence"}):
+        sentence = " ".join(row["sentence"].split())
         clip = root / "clips" / row["path"]
         if not sentence:
             print(f"{tsv}:{lineno}: empty sentence, skipped", file=sys.stderr)
@@ -75,12 +72,16 @@ with open(tsv, encoding="utf-8", newline="") as f:
             missing += 1
             continue
         utt = Path(row["path"]).stem
-        path = wav_scp_entry(clip, reader)
-        wav[utt], text[utt], spk[utt] = path, sentence, row["client_id"]
+        repeated += utt in text
+        wav[utt], text[utt], spk[utt] = wav_scp_entry(clip, reader), sentence, row["client_id"]
+except DataError as e:
+    sys.exit(f"local/data.sh: {e}")
 if missing:
     print(f"{tsv}: {missing} clips are not in {root / 'clips'}: skipped", file=sys.stderr)
+if repeated:
+    print(f"{tsv}: {repeated} rows repeat a clip named before: the last one kept", file=sys.stderr)
 if not text:
-    sys.exit(f"{tsv}: no utterances")
+    sys.exit(f"local/data.sh: {tsv}: no utterances")
 n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
 print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stderr)
 PY

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # CoVoST 2 (English speech -> other languages) -> Kaldi data dirs with the translations beside the
-# transcripts.
+# transcripts (local/data_prep.py does the reading).
 #
-#   <COVOST2>/covost_v2.en_<lang>.tsv: header 'path sentence translation client_id split', split
-#                                      being train, dev or test
-#   <COMMONVOICE>/clips/<path>:        the English clips (mp3)
+#   <COVOST2>/covost_v2.en_<lang>.tsv:  the release's table: header 'path sentence translation split',
+#                                       split being train, train_covost (joined to train), dev or test;
+#                                       or, where it is absent, get_covost_splits.py's output,
+#                                       covost_v2.en_<lang>.{train,dev,test}.tsv ('path sentence
+#                                       translation client_id')
+#   <COMMONVOICE>/validated.tsv:        the speakers (client_id) of the release's table, joined on path
+#   <COMMONVOICE>/clips/<path>:         the English clips (mp3)
 #
 # writes data/{train,dev,test} with text (the English sentence), utt2spk (client_id) and one
 # translation_<lang> file per --pairs entry (the region is dropped: en_zh-CN -> translation_zh), so
@@ -50,55 +54,7 @@ for set in ${sets//,/ }; do
 done
 if [ -n "${todo}" ]; then
   log "${COVOST2}/covost_v2.{${pairs}}.tsv + ${COMMONVOICE}/clips -> ${datadir}/{${todo}} (mp3 read by ${mp3_reader})"
-  python3 - "${COVOST2}" "${COMMONVOICE}/clips" "${datadir}" "${todo}" "${pairs}" "${mp3_reader}" <<'PY'
-import csv
-import sys
-from pathlib import Path
-
-from tasu.data.kaldi_dir import wav_scp_entry, write_tables
-
-tsv_dir, clips, datadir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-sets, pairs, reader = sys.argv[4].split(","), sys.argv[5].split(","), sys.argv[6]
-data = {s: {"wav.scp": {}, "text": {}, "utt2spk": {}} for s in sets}
-missing = 0
-for pair in pairs:
-    target = "translation_" + pair.split("_", 1)[1].split("-")[0]
-    tsv = tsv_dir / f"covost_v2.{pair}.tsv"
-    if not tsv.is_file():
-        sys.exit(f"local/data.sh: {tsv}: no such file (see --pairs)")
-    with open(tsv, encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        lacking = {"path", "sentence", "translation", "client_id", "split"} - set(rows.fieldnames or [])
-        if lacking:
-            sys.exit(f"{tsv}: no column {', '.join(sorted(lacking))} in the header")
-        for lineno, row in enumerate(rows, 2):
-            split = row["split"]
-            if split not in data:
-                continue
-            sentence, translation = " ".join(row["sentence"].split()), " ".join(row["translation"].split())
-            clip = clips / row["path"]
-            if not sentence or not translation:
-                print(f"{tsv}:{lineno}: empty sentence or translation, skipped", file=sys.stderr)
-                continue
-            if not clip.is_file():
-                missing += 1
-                continue
-            utt = Path(row["path"]).stem
-            path = wav_scp_entry(clip, reader)
-            tables = data[split]
-            tables["wav.scp"][utt], tables["text"][utt], tables["utt2spk"][utt] = path, sentence, row["client_id"]
-            tables.setdefault(target, {})[utt] = translation
-if missing:
-    print(f"{missing} tsv rows name clips that are not in {clips}: skipped", file=sys.stderr)
-for split, tables in data.items():
-    out = datadir / split
-    utts = sorted(tables["text"])
-    if not utts:
-        sys.exit(f"local/data.sh: no {split} utterances in covost_v2.{{{','.join(pairs)}}}.tsv")
-    write_tables(out, tables)
-    (out / ".done").touch()
-    print(f"{out}: {len(utts)} utterances; " + ", ".join(f"{n} {len(t)}" for n, t in tables.items()
-                                                          if n.startswith("translation_")), file=sys.stderr)
-PY
+  python3 local/data_prep.py "${COVOST2}" "${COMMONVOICE}" "${datadir}" --sets "${todo}" --pairs "${pairs}" \
+    --mp3-reader "${mp3_reader}"
 fi
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

@@ -9,7 +9,7 @@
 # LM corpus as numbered lines, for text-only training). Without --eval_subsets, the evaluation sets
 # are the ones the run names (--valid_set and --test_sets of the stage script, which passes them in
 # TASU_DATA_SETS), else all four. Speakers are <speaker>-<chapter>, as in Kaldi's recipe. A finished
-# dir has a .done marker and is not made again.
+# dir has a .done marker naming its subsets and is not made again (another --train_subsets is refused).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -35,6 +35,10 @@ help_message="Usage: $0 [options]
 
 [ -d "${LIBRISPEECH}" ] || { log "ERROR: LibriSpeech not found at '${LIBRISPEECH}': set LIBRISPEECH in db.sh"; exit 1; }
 
+if [ -n "${lm_text}" ] && [ ! -f "${datadir}/lm_norm/.done" ] && [ ! -f "${lm_text}" ]; then
+  log "ERROR: --lm_text ${lm_text}: no such file"; exit 1   # said before the audio subsets take their time
+fi
+
 if [ -z "${eval_subsets}" ]; then
   for set in ${TASU_DATA_SETS:-}; do   # the run's data dirs: dev_clean -> subset dev-clean
     case ${set} in train|lm_norm) ;; *) eval_subsets+="${eval_subsets:+,}${set//_/-}" ;; esac
@@ -42,9 +46,13 @@ if [ -z "${eval_subsets}" ]; then
   eval_subsets=${eval_subsets:-dev-clean,dev-other,test-clean,test-other}
 fi
 
-make_dir() {  # make_dir <name> <subset,...>
+make_dir() {  # make_dir <name> <subset,...>; .done names the subsets
   local dir=${datadir}/$1
   if [ -f "${dir}/.done" ]; then
+    if [ -s "${dir}/.done" ] && [ "$(cat "${dir}/.done")" != "$2" ]; then
+      log "ERROR: ${dir} was made from $(cat "${dir}/.done"), not $2: remove it (rm -r ${dir}) to make it again"
+      exit 1
+    fi
     log "${dir}: already prepared (${dir}/.done), skipping"
     return
   fi
@@ -72,12 +80,17 @@ for subset in subsets:
                 sys.exit(f"{trans}:{lineno}: {'no transcript' if not words.strip() else f'{audio} is missing'}")
             wav[utt], text[utt] = str(audio.resolve()), " ".join(words.split())
             spk[utt] = "-".join(utt.split("-")[:2])
+    # a chapter without its trans.txt (a partial extraction) would otherwise vanish without a word
+    unlisted = sorted(f for f in (root / subset).glob("*/*/*.flac") if f.stem not in text)
+    if unlisted:
+        print(f"{root / subset}: {len(unlisted)} .flac files are in no *.trans.txt (e.g. {unlisted[0]}): skipped",
+              file=sys.stderr)
 if not text:
     sys.exit(f"local/data.sh: no *.trans.txt under {root}/{{{','.join(subsets)}}}")
 n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
 print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stderr)
 PY
-  touch "${dir}/.done"
+  echo "$2" > "${dir}/.done"
 }
 
 make_dir train "${train_subsets}"
@@ -90,11 +103,10 @@ if [ -n "${lm_text}" ]; then
   if [ -f "${dir}/.done" ]; then
     log "${dir}: already prepared (${dir}/.done), skipping"
   else
-    [ -f "${lm_text}" ] || { log "ERROR: --lm_text ${lm_text}: no such file"; exit 1; }
     log "${lm_text} -> ${dir}/text (ids lm_<line>)"
     mkdir -p "${dir}"
     if [ "${lm_max_lines}" -gt 0 ]; then head -n "${lm_max_lines}" "${lm_text}"; else cat "${lm_text}"; fi \
-      | awk 'NF { printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"
+      | awk 'NF { $1 = $1; printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"   # $1 = $1: single spaces, as the other sets
     touch "${dir}/.done"
   fi
 fi

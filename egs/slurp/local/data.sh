@@ -49,7 +49,14 @@ missing = 0
 for split in splits:
     sub = audio / ("slurp_synth" if split == "train_synthetic" else "slurp_real")
     path = meta / f"{split}.jsonl"
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    if not path.is_file():
+        hint = " (--use_synth false leaves the synthetic recordings out)" if split == "train_synthetic" else ""
+        sys.exit(f"local/data.sh: {path}: no such file{hint}")
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            sys.exit(f"local/data.sh: {path}:{lineno}: not UTF-8")
         if not line.strip():
             continue
         try:
@@ -57,13 +64,16 @@ for split in splits:
             labels = {"text": " ".join(item["sentence"].split()), "scenario": item["scenario"],
                       "action": item["action"], "intent": item["intent"]}
             recordings = [r["file"] for r in item["recordings"]]
-        except (ValueError, KeyError, TypeError) as e:
-            sys.exit(f"{path}:{lineno}: not a SLURP record ({e!r})")
+            slurp_id = item["slurp_id"]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            sys.exit(f"local/data.sh: {path}:{lineno}: not a SLURP record ({e!r})")
+        if not labels["text"]:
+            sys.exit(f"local/data.sh: {path}:{lineno}: sentence: empty")
         for name in recordings:
             if not (sub / name).is_file():
                 missing += 1
                 continue
-            utt = f"{item['slurp_id']}-{Path(name).stem}"
+            utt = f"{slurp_id}-{Path(name).stem}"
             files["wav.scp"][utt] = str((sub / name).resolve())
             for key, value in labels.items():
                 files[key][utt] = value

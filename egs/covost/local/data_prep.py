@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""CoVoST 2 tables + Common Voice clips -> Kaldi data dirs (called by local/data.sh; see there).
+
+Two layouts are read, the one CoVoST 2 is released in and the one its split script writes:
+
+- the release: ``covost_v2.<pair>.tsv`` (path, sentence, translation, split) beside nothing else;
+  the speaker (client_id) comes from the Common Voice release's ``validated.tsv``, joined on
+  ``path``, as CoVoST's own loaders do. ``split`` is train, train_covost (CoVoST 2's additional
+  training clips: joined to train, as those loaders do), dev or test;
+- ``get_covost_splits.py``'s output: ``covost_v2.<pair>.{train,dev,test}.tsv`` (path, sentence,
+  translation, client_id), used when the release's file is not there.
+
+Both are read as CoVoST's tools write them: tabs only, ``\\`` escaping. Nothing is dropped in
+silence: rows with an empty sentence or translation are named by line, clips that are missing,
+rows that validated.tsv lacks and rows of another split are counted in one line each.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tasu.data.corpus_tsv import read_tsv
+from tasu.data.kaldi_dir import wav_scp_entry, write_tables
+from tasu.data.records import DataError
+
+SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
+
+
+def speakers(validated: Path) -> dict[str, str]:
+    """Common Voice's ``validated.tsv``: clip -> client_id."""
+    if not validated.is_file():
+        raise DataError(str(validated), None, None, "no such file: the release's covost_v2.<pair>.tsv names no "
+                                                    "speaker, Common Voice's validated.tsv does (see db.sh)")
+    return {row["path"]: row["client_id"]
+            for _, row in read_tsv(validated, {"path", "client_id"}, escapechar="\\")}
+
+
+def rows(tsv_dir: Path, pair: str, validated: Path):
+    """Yield (file, line, split, row) of one pair in whichever layout is there; row has path,
+    sentence, translation and client_id (None: not in validated.tsv)."""
+    release = tsv_dir / f"covost_v2.{pair}.tsv"
+    if release.is_file():
+        spk = speakers(validated)
+        for line, row in read_tsv(release, {"path", "sentence", "translation", "split"}, escapechar="\\"):
+            yield release, line, row["split"], {**row, "client_id": spk.get(row["path"])}
+        return
+    split_files = [tsv_dir / f"covost_v2.{pair}.{split}.tsv" for split in ("train", "dev", "test")]
+    if not all(f.is_file() for f in split_files):
+        raise DataError(str(release), None, None, f"no such file, nor {tsv_dir}/covost_v2.{pair}.{{train,dev,test}}.tsv "
+                                                  "(see --pairs, and COVOST2 in db.sh)")
+    for f in split_files:
+        split = f.name.split(".")[-2]
+        for line, row in read_tsv(f, {"path", "sentence", "translation", "client_id"}, escapechar="\\"):
+            yield f, line, split, row
+
+
+def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list[str], reader: str) -> None:
+    clips = cv / "clips"
+    data = {s: {"wav.scp": {}, "text": {}, "utt2spk": {}} for s in sets}
+    missing: set[str] = set()
+    other_split: dict[str, int] = {}
+    no_speaker = 0
+    for pair in pairs:
+        target = "translation_" + pair.split("_", 1)[1].split("-")[0]
+        for tsv, line, split, row in rows(tsv_dir, pair, cv / "validated.tsv"):
+            if split not in SPLITS:
+                other_split[split] = other_split.get(split, 0) + 1
+                continue
+            if SPLITS[split] not in data:   # a set already prepared
+                continue
+            sentence, translation = " ".join(row["sentence"].split()), " ".join(row["translation"].split())
+            if not sentence or not translation:
+                print(f"{tsv}:{line}: empty sentence or translation, skipped", file=sys.stderr)
+                continue
+            if row["client_id"] is None:
+                no_speaker += 1
+                continue
+            clip = clips / row["path"]
+            if not clip.is_file():
+                missing.add(row["path"])
+                continue
+            utt = Path(row["path"]).stem
+            tables = data[SPLITS[split]]
+            tables["wav.scp"][utt], tables["text"][utt] = wav_scp_entry(clip, reader), sentence
+            tables["utt2spk"][utt] = row["client_id"]
+            tables.setdefault(target, {})[utt] = translation
+    if missing:
+        print(f"{len(missing)} clips named by the tsv files are not in {clips}: skipped", file=sys.stderr)
+    if no_speaker:
+        print(f"{no_speaker} tsv rows name clips that are not in {cv / 'validated.tsv'} (another Common Voice "
+              "release than CoVoST 2's?): skipped", file=sys.stderr)
+    for split, n in sorted(other_split.items()):
+        print(f"{n} tsv rows of split '{split}' (not train, train_covost, dev or test): skipped", file=sys.stderr)
+    for split, tables in data.items():
+        if not tables["text"]:
+            raise DataError(str(tsv_dir), None, None, f"no {split} utterances in the covost_v2.{{{','.join(pairs)}}} tables")
+    for split, tables in data.items():
+        out = datadir / split
+        n = write_tables(out, tables)
+        (out / ".done").touch()
+        print(f"{out}: {n} utterances; " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()
+                                                     if name.startswith("translation_")), file=sys.stderr)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("tsv_dir", type=Path)
+    p.add_argument("commonvoice", type=Path)
+    p.add_argument("datadir", type=Path)
+    p.add_argument("--sets", required=True, help="comma separated: the data dirs to make")
+    p.add_argument("--pairs", required=True, help="comma separated, e.g. en_zh-CN,en_de")
+    p.add_argument("--mp3-reader", required=True, choices=("soundfile", "ffmpeg"))
+    a = p.parse_args()
+    try:
+        prepare(a.tsv_dir, a.commonvoice, a.datadir, a.sets.split(","), a.pairs.split(","), a.mp3_reader)
+    except DataError as e:
+        sys.exit(f"local/data.sh: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Each corpus recipe's ``local/data.sh`` on the layouts its corpus ships in, and on the damage a
+download or an edit leaves: no models and no training, seconds a case.
+
+What a user must get: every utterance that should be there; anything left out counted in one line;
+bad input stopped with one line naming the file (and line), exit 1, never a traceback.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recipe_fixtures import copy_recipe, write_commonvoice, write_covost, write_librispeech, write_slurp
+from test_recipes import lines, sh
+
+
+def data_sh(recipe: Path, env: dict, *options: str, ok: bool = True):
+    return sh(recipe, "local/data.sh", *options, env=env, ok=ok)
+
+
+def one_line_error(out, *parts: str) -> None:
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr and all(p in last for p in parts), out.stderr
+
+
+def tables(datadir: Path) -> dict[str, str]:
+    return {str(p.relative_to(datadir)): p.read_text(encoding="utf-8") for p in sorted(datadir.glob("*/*"))
+            if p.name != ".done"}
+
+
+# --- CoVoST 2 ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def covost(tmp_path):
+    tsv_dir, cv = write_covost(tmp_path / "corpora")
+    return copy_recipe("covost", tmp_path), {"COVOST2": str(tsv_dir), "COMMONVOICE": str(cv)}, tsv_dir, cv
+
+
+def edit_rows(tsv: Path, edit) -> None:
+    """Rewrite a CoVoST table as its tools write it (tabs, backslash escapes); ``edit(rows)`` in place."""
+    with open(tsv, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
+    edit(rows)
+    with open(tsv, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\").writerows(rows)
+
+
+def test_covost_release_tables_take_speakers_from_common_voice_and_train_covost_into_train(covost):
+    recipe, env, tsv_dir, _ = covost
+    edit_rows(tsv_dir / "covost_v2.en_de.tsv", lambda rows: rows[9].__setitem__(2, 'Er sagte: "Licht an"'))
+    data_sh(recipe, env)
+    train = recipe / "data" / "train"
+    assert len(lines(train / "text")) == 6   # the train_covost clip (common_voice_en_1001) included
+    assert lines(train / "utt2spk")[1] == f"common_voice_en_1001 {1:064x}"   # from validated.tsv
+    assert lines(recipe / "data" / "test" / "translation_de")[0] == 'common_voice_en_1008 Er sagte: "Licht an"'
+
+
+def test_covost_split_script_output_gives_the_same_data_dirs(tmp_path, covost):
+    recipe, env, _, _ = covost
+    data_sh(recipe, env)
+    tsv_dir, cv = write_covost(tmp_path / "split", layout="splits")
+    split = copy_recipe("covost", tmp_path / "split_recipe")
+    data_sh(split, {"COVOST2": str(tsv_dir), "COMMONVOICE": str(cv)})
+    release = {name: text.replace(str(tmp_path / "corpora"), "<root>") for name, text in tables(recipe / "data").items()}
+    assert {name: text.replace(str(tmp_path / "split"), "<root>") for name, text in tables(split / "data").items()} == release
+    assert set(release) >= {"train/wav.scp", "train/text", "train/utt2spk", "train/translation_zh", "dev/translation_de"}
+
+
+def test_covost_counts_what_it_leaves_out(covost):
+    recipe, env, tsv_dir, cv = covost
+    def damage(rows):
+        rows[3][3] = "train_unused"          # a split the recipe does not read
+        rows[4][2] = " "                     # no translation
+    edit_rows(tsv_dir / "covost_v2.en_zh-CN.tsv", damage)
+    (cv / "clips" / "common_voice_en_1005.mp3").unlink()
+    edit_rows(cv / "validated.tsv", lambda rows: rows.pop(5))   # common_voice_en_1004: no speaker
+    out = data_sh(recipe, env)
+    assert f"{tsv_dir}/covost_v2.en_zh-CN.tsv:5: empty sentence or translation, skipped" in out.stderr
+    assert "1 tsv rows of split 'train_unused' (not train, train_covost, dev or test): skipped" in out.stderr
+    assert f"1 clips named by the tsv files are not in {cv}/clips: skipped" in out.stderr
+    assert f"2 tsv rows name clips that are not in {cv}/validated.tsv" in out.stderr   # one a pair
+    utts = [x.split()[0] for x in lines(recipe / "data" / "train" / "text")]
+    assert utts == [f"common_voice_en_{n}" for n in (1000, 1001, 1002, 1003)]
+    assert len(lines(recipe / "data" / "train" / "translation_zh")) == 2   # zh lacks 1002-1005
+    assert len(lines(recipe / "data" / "train" / "translation_de")) == 4
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda tsv, cv: (cv / "validated.tsv").unlink(),
+     "validated.tsv: no such file: the release's covost_v2.<pair>.tsv names no speaker"),
+    (lambda tsv, cv: [(tsv / f"covost_v2.en_de.tsv").unlink()],
+     "covost_v2.en_de.tsv: no such file, nor"),
+    (lambda tsv, cv: (tsv / "covost_v2.en_de.tsv").write_bytes(
+        (tsv / "covost_v2.en_de.tsv").read_bytes().replace(b"\ttrain\n", b"\n", 1)),
+     "covost_v2.en_de.tsv:2: 3 tab-separated fields where the header has 4"),
+    (lambda tsv, cv: (tsv / "covost_v2.en_de.tsv").write_bytes(
+        (tsv / "covost_v2.en_de.tsv").read_bytes().replace("Küche".encode(), "K\xfcche".encode("latin-1"), 1)),
+     "covost_v2.en_de.tsv:2: encoding: not UTF-8"),
+    (lambda tsv, cv: (tsv / "covost_v2.en_de.tsv").write_text("path\tsentence\tsplit\n", encoding="utf-8"),
+     "covost_v2.en_de.tsv:1: no column translation in the header (path sentence split)"),
+])
+def test_covost_bad_tables_stop_in_one_line(covost, damage, error):
+    recipe, env, tsv_dir, cv = covost
+    damage(tsv_dir, cv)
+    one_line_error(data_sh(recipe, env, ok=False), error)
+    assert not (recipe / "data" / "train" / ".done").exists()
+
+
+# --- Common Voice ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def commonvoice(tmp_path):
+    corpus = write_commonvoice(tmp_path / "corpora")
+    return copy_recipe("commonvoice", tmp_path), {"COMMONVOICE": str(corpus)}, corpus
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda cv: (cv / "dev.tsv").unlink(), "dev.tsv: cannot read it (No such file or directory)"),
+    (lambda cv: (cv / "test.tsv").open("a").write("abc\n"), "test.tsv:4: 1 tab-separated fields where the header has 13"),
+    (lambda cv: (cv / "train.tsv").write_bytes((cv / "train.tsv").read_bytes().replace(b"Turn on", b"Turn \xf6n", 1)),
+     "train.tsv:2: encoding: not UTF-8"),
+])
+def test_commonvoice_bad_tables_stop_in_one_line(commonvoice, damage, error):
+    recipe, env, corpus = commonvoice
+    damage(corpus)
+    one_line_error(data_sh(recipe, env, ok=False), error)
+
+
+def test_commonvoice_says_what_it_leaves_out(commonvoice):
+    recipe, env, corpus = commonvoice
+    train = (corpus / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (corpus / "train.tsv").write_text("\n".join(train + train[-1:]) + "\n", encoding="utf-8")
+    (corpus / "clips" / "common_voice_en_1001.mp3").unlink()
+    out = data_sh(recipe, env)
+    assert f"{corpus}/train.tsv: 1 clips are not in {corpus}/clips: skipped" in out.stderr
+    assert f"{corpus}/train.tsv: 1 rows repeat a clip named before: the last one kept" in out.stderr
+    assert len(lines(recipe / "data" / "train" / "text")) == 5
+
+
+# --- SLURP -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def slurp(tmp_path):
+    corpus = write_slurp(tmp_path / "corpora")
+    return copy_recipe("slurp", tmp_path), {"SLURP": str(corpus)}, corpus / "dataset" / "slurp"
+
+
+def edit_first_record(jsonl: Path, edit) -> None:
+    records = [json.loads(x) for x in lines(jsonl)]
+    edit(records[0])
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda meta: (meta / "train_synthetic.jsonl").unlink(),
+     "train_synthetic.jsonl: no such file (--use_synth false leaves the synthetic recordings out)"),
+    (lambda meta: (meta / "devel.jsonl").unlink(), "devel.jsonl: no such file"),
+    (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.pop("slurp_id")),
+     "test.jsonl:1: not a SLURP record (KeyError('slurp_id'))"),
+    (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(sentence=" ")), "test.jsonl:1: sentence: empty"),
+    (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(sentence=None)), "test.jsonl:1: not a SLURP record"),
+    (lambda meta: (meta / "test.jsonl").write_bytes(b"\n\xff\n"), "test.jsonl:2: not UTF-8"),
+])
+def test_slurp_bad_metadata_stops_in_one_line(slurp, damage, error):
+    recipe, env, meta = slurp
+    damage(meta)
+    one_line_error(data_sh(recipe, env, ok=False), error)
+
+
+# --- LibriSpeech -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def librispeech(tmp_path):
+    corpus = write_librispeech(tmp_path / "corpora")
+    env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": str(tmp_path / "corpora" / "librispeech-lm-norm.txt")}
+    return copy_recipe("librispeech", tmp_path), env, corpus
+
+
+def test_librispeech_counts_audio_no_transcript_names(librispeech):
+    recipe, env, corpus = librispeech
+    trans, = sorted((corpus / "train-clean-100").glob("*/*/*.trans.txt"))[:1]
+    trans.unlink()   # a chapter extracted without its transcript
+    flacs = sorted(trans.parent.glob("*.flac"))
+    out = data_sh(recipe, env, "--eval_subsets", "dev-clean")
+    assert (f"{corpus}/train-clean-100: {len(flacs)} .flac files are in no *.trans.txt (e.g. {flacs[0]}): skipped"
+            in out.stderr)
+    assert len(lines(recipe / "data" / "train" / "text")) == 6 - len(flacs)
+
+
+def test_librispeech_refuses_a_data_dir_made_from_other_subsets(librispeech):
+    recipe, env, _ = librispeech
+    data_sh(recipe, env, "--eval_subsets", "dev-clean")
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets", "train-clean-100,dev-clean",
+                           ok=False),
+                   "data/train was made from train-clean-100, not train-clean-100,dev-clean: remove it (rm -r data/train)")
+
+
+def test_librispeech_a_missing_lm_text_is_said_before_the_audio(librispeech, tmp_path):
+    recipe, env, _ = librispeech
+    out = data_sh(recipe, {**env, "LIBRISPEECH_LM_NORM": str(tmp_path / "nope.txt")}, ok=False)
+    one_line_error(out, f"--lm_text {tmp_path}/nope.txt: no such file")
+    assert not (recipe / "data").exists()
+
+
+def test_lm_text_lines_get_single_spaces(librispeech):
+    recipe, env, _ = librispeech
+    Path(env["LIBRISPEECH_LM_NORM"]).write_text("A  SPACED\tLINE \n\nTWO\n", encoding="utf-8")
+    data_sh(recipe, env, "--eval_subsets", "dev-clean")
+    assert lines(recipe / "data" / "lm_norm" / "text") == ["lm_000000001 A SPACED LINE", "lm_000000003 TWO"]
+
+
+# --- the shared stage 2 ------------------------------------------------------------------------------
+
+def test_stage_2_remakes_the_jsonl_of_a_data_dir_made_again(librispeech):
+    recipe, env, corpus = librispeech
+    run = ("./run.sh", "--stage", "1", "--stop_stage", "2", "--test_sets", "test_clean")
+    sh(recipe, *run, env=env)
+    assert len(lines(recipe / "dump" / "train" / "ASR.jsonl")) == 6
+    trans = sorted((corpus / "train-clean-100").glob("*/*/*.trans.txt"))[0]
+    trans.write_text("\n".join(lines(trans)[:-1]) + "\n", encoding="utf-8")   # one utterance fewer
+    shutil.rmtree(recipe / "data" / "train")
+    out = sh(recipe, *run, env=env)
+    assert "data/train changed after dump/train/ASR.jsonl was made: making it again" in out.stderr
+    assert "dump/dev_clean/ASR.jsonl: already made" in out.stderr
+    assert len(lines(recipe / "dump" / "train" / "ASR.jsonl")) == 5
+    assert len(lines(recipe / "dump" / "train" / "ASR.text_only.jsonl")) == 5
