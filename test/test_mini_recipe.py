@@ -105,6 +105,20 @@ def test_bad_seeds_and_stages_stop_before_anything_runs(tmp_path, args, error):
     assert sorted(p.name for p in recipe.iterdir()) == before  # no data/, exp/ or seeds/
 
 
+def test_seeds_go_under_the_workdir(mini, tmp_path):
+    """--seeds with --workdir W: each seed in W/seeds/seed<N>/, the report in W/RESULTS.md, nothing in
+    the recipe's own directory (the finished quick run stands in for seed 1234's, so only stage 7 runs)."""
+    recipe, _ = mini
+    work = tmp_path / "work"
+    for name in ("data", "dump", "exp"):
+        shutil.copytree(recipe / name, work / "seeds" / "seed1234" / name, symlinks=True)
+    before = (recipe / "RESULTS.md").read_bytes()
+    sh(recipe, "./run.sh", "--quick", "true", "--seeds", "1234", "--stage", "7", "--workdir", str(work))
+    assert f"{work}/seeds/seed1234/exp" in (work / "RESULTS.md").read_text()
+    assert (work / "RESULTS.png").exists() and (work / "seeds" / "seed1234" / "RESULTS.md").exists()
+    assert (recipe / "RESULTS.md").read_bytes() == before and not (recipe / "seeds").exists()
+
+
 def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
     recipe, _ = mini
     usage = recipe / "exp" / "usage.tsv"

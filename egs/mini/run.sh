@@ -27,8 +27,8 @@ stage=1
 stop_stage=7
 quick=false     # tiny corpus and models, a few steps each: checks every stage, proves nothing
 seed=1234       # corpus, encoder, LLM and TASU training; the same seed gives the same table
-seeds=          # e.g. "1 2 3": one whole run per seed (in seeds/seed<N>/), then a report of mean +- sd
-workdir=.       # where data/, dump/ and exp/ go (--seeds gives each seed its own)
+seeds=          # e.g. "1 2 3": one whole run per seed (in <workdir>/seeds/seed<N>/), then a report of mean +- sd
+workdir=.       # where data/, dump/, exp/ and RESULTS.md go (with --seeds: seeds/ and the report)
 tasu_opts=      # more options of ../TEMPLATE/tasu.sh, e.g. "--ngpu 2 --device cpu"
 
 help_message="Usage: $0 [options]
@@ -37,7 +37,8 @@ help_message="Usage: $0 [options]
   --quick <bool>     tiny corpus and models, a few steps each: checks every stage (default: ${quick})
   --seed <n>         corpus, encoder, LLM and TASU training (default: ${seed})
   --seeds <list>     e.g. \"1 2 3\": the whole run once per seed, then mean +- sd (default: none)
-  --workdir <dir>    where data/, dump/ and exp/ go (default: ${workdir})
+  --workdir <dir>    where data/, dump/, exp/ and RESULTS.md go; with --seeds, seeds/seed<N>/ and the
+                     report of mean +- sd (default: ${workdir})
   --tasu_opts <opts> more options of ../TEMPLATE/tasu.sh, e.g. \"--ngpu 2 --device cpu\" (default: none)"
 
 . ./path.sh
@@ -54,15 +55,17 @@ done
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
   # in its own directory; the report gives each cell's mean and standard deviation over the seeds.
+  base=${workdir%/}/    # each seed in <workdir>/seeds/seed<N>/, the report in <workdir>/RESULTS.md
+  [ "${workdir}" = . ] && base=
   runs=()
   for s in ${seeds}; do
-    runs+=("seeds/seed${s}")
+    runs+=("${base}seeds/seed${s}")
     "$0" --stage "${stage}" --stop_stage "${stop_stage}" --quick "${quick}" --seed "${s}" \
-      --workdir "seeds/seed${s}" --tasu_opts "${tasu_opts}"
+      --workdir "${base}seeds/seed${s}" --tasu_opts "${tasu_opts}"
   done
   if [ "${stop_stage}" -ge 7 ]; then
-    cp "${runs[0]}/RESULTS.md" RESULTS.md  # its environment block and tables; the summary goes in
-    python3 local/report.py --runs "${runs[@]}" --results RESULTS.md
+    cp "${runs[0]}/RESULTS.md" "${base}RESULTS.md"  # its environment block and tables; the summary goes in
+    python3 local/report.py --runs "${runs[@]}" --results "${base}RESULTS.md"
   fi
   exit 0
 fi
