@@ -138,9 +138,11 @@ def _dump_posteriors(args: argparse.Namespace) -> int:
 
 def _transcribe(args: argparse.Namespace) -> int:
     from tasu.api import Speech2Text
-    from tasu.data.audio import audio_info
+    from tasu.data.audio import NOT_RUN, AudioError, audio_info, is_command
 
     for path in args.audio:   # every file readable, from its header, before the model loads
+        if is_command(path) and not args.allow_pipes:   # a file named "x; rm y |" in a folder a glob read
+            raise AudioError(path, NOT_RUN)
         audio_info(path)
     s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
                                       overrides=tuple(args.overrides), beam=args.beam,
@@ -312,7 +314,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_dump_posteriors)
 
     p = sub.add_parser("transcribe", help="print a trained model's output for audio files, one line each",
-                       parents=[common, trained])
+                       parents=[common, trained, pipes])
     p.add_argument("--exp", required=True, help="experiment, checkpoint or exported directory")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate and channels)")
     p.add_argument("--task", default="ASR", help="a task of the model's prompt set (default: ASR)")

@@ -172,12 +172,15 @@ class DumpReader:
 
     def load(self, entry: str) -> Posteriors:
         """The posteriors of one recording, a batch of one."""
-        import kaldiio
+        from kaldiio.matio import read_kaldi
 
         self.check(entry)
         info = self.info(entry)
         k, vocab = info["topk"], info["vocab_size"]
-        mat = torch.from_numpy(np.array(kaldiio.load_mat(entry), dtype=np.float32))   # a copy: the ark may be read-only memory
+        ark, offset = _parse_entry(entry)
+        with open(ark, "rb") as f:   # opened here: kaldiio.load_mat would run a name that begins or ends in '|'
+            f.seek(offset)
+            mat = torch.from_numpy(np.array(read_kaldi(f), dtype=np.float32))   # a copy: the ark may be read-only memory
         ids = mat[:, :k]
         if not bool(torch.isfinite(mat).all()) or bool(((ids != ids.round()) | (ids < 0) | (ids >= vocab)).any()):
             raise DumpError(f"{entry}: corrupt: its ids are not integers below {vocab}, or a value is not finite")

@@ -122,7 +122,8 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
         export(exp / "exp", moved)
 
 
-def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line(exp, s2t, tmp_path, capsys):
+def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line(exp, s2t, tmp_path, capsys,
+                                                                                monkeypatch):
     from tasu.cli import main
 
     files = [str(exp / "rec0.wav"), str(exp / "rec1.wav")]
@@ -139,6 +140,17 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
     assert main(["transcribe", "--exp", str(exp / "exp"), str(tmp_path / "none.wav")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tasu transcribe: error: ") and "none.wav" in err and len(err.splitlines()) == 1
+    # a file name a shell glob picked up is not a command to run, unless asked
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "x; touch ran |"
+    odd.write_bytes((exp / "rec0.wav").read_bytes())
+    assert main(["transcribe", "--exp", str(exp / "exp"), files[0], str(odd)]) == 1
+    assert capsys.readouterr().err == (f"tasu transcribe: error: {odd}: a shell command (it ends in '|'), not run "
+                                       "unless asked: pass --allow-pipes to run the commands of data you trust\n")
+    assert not (tmp_path / "ran").exists()
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--allow-pipes",
+                 f"cat {files[0]} |"]) == 0
+    assert capsys.readouterr().out == f"cat {files[0]} |\t{one_line(s2t(files[0]))}\n"
 
     assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "llm" / "config.json").is_file()

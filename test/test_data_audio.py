@@ -171,6 +171,18 @@ def test_ark_offset_past_the_end_truncation_and_bad_offsets(tmp_path, arks):
         audio_info(str(tmp_path / "nope.ark:0"))
 
 
+@pytest.mark.parametrize("name", ["sh payload.sh |", "|sh payload.sh #", "-"])
+def test_an_ark_named_like_a_command_is_read_as_a_file(arks, tmp_path, monkeypatch, name):
+    """kaldiio opens an ark name that ends or begins with '|' as a shell command ('-' as stdin):
+    an ark entry is a file, whatever its name, and a data file cannot run anything through it."""
+    monkeypatch.chdir(tmp_path)
+    ark, offset = arks["mono8k"].rsplit(":", 1)
+    shutil.copy(ark, tmp_path / name)
+    (tmp_path / "payload.sh").write_text(f"touch {tmp_path}/ran\ncat {ark}\n")
+    np.testing.assert_array_equal(load_audio(f"{name}:{offset}"), load_audio(arks["mono8k"]))
+    assert not (tmp_path / "ran").exists()
+
+
 def test_pipe_commands(wav, tmp_path):
     x = load_audio(f"cat {wav} |")
     np.testing.assert_array_equal(x, load_audio(wav))

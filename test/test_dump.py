@@ -223,6 +223,19 @@ def test_a_dump_entry_is_never_unpickled(setup, dump, tmp_path):
         reader.load(f"{ark}:3")
 
 
+def test_a_dump_ark_named_like_a_command_is_read_as_a_file(setup, dump, tmp_path, monkeypatch):
+    """kaldiio opens an ark whose name ends in '|' as a shell command: the reader opens the file."""
+    entry = json.loads((dump / "ASR.jsonl").read_text().splitlines()[0])[FIELD]
+    ark, offset = entry.rsplit(":", 1)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ark, tmp_path / "sh payload.sh |")
+    (tmp_path / "payload.sh").write_text(f"touch {tmp_path}/ran\ncat '{ark}'\n")
+    shutil.copy(Path(ark).parent / "dump.json", tmp_path / "dump.json")
+    reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
+    assert torch.equal(reader.load(f"sh payload.sh |:{offset}").ids, reader.load(entry).ids)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_recipe_names_a_dump_directory_by_what_made_it(setup, tmp_path, capsys):
     from tasu.recipe import main as recipe_main
 

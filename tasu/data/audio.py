@@ -36,10 +36,10 @@ import struct
 import subprocess
 from typing import NamedTuple
 
-import kaldiio
 import numpy as np
 import soundfile
 import soxr
+from kaldiio.matio import read_kaldi
 
 SAMPLE_RATE = 16000
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
@@ -135,10 +135,13 @@ def is_command(path: str) -> bool:
     return path.rstrip().endswith("|")
 
 
+NOT_RUN = ("a shell command (it ends in '|'), not run unless asked: "
+           "pass --allow-pipes to run the commands of data you trust")
+
+
 def command_refused(path: str) -> str:
     """Why a command ``path`` is not run: the message of the ``path`` problem it becomes."""
-    return (f"{path!r} is a shell command (it ends in '|'), not run unless asked: "
-            "pass --allow-pipes to run the commands of data you trust")
+    return f"{path!r} is {NOT_RUN}"
 
 
 def _parse(path: str) -> tuple[str, object]:
@@ -328,7 +331,11 @@ def _kaldiio_audio_bytes(f, size: int) -> bytes:
 
 def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]:
     _ark_info(ark, offset, matrix_rate)  # the header checks: offset, truncation, features
-    value = kaldiio.load_mat(f"{ark}:{offset}")
+    # Opened here, not by kaldiio.load_mat: kaldiio runs an ark name that begins or ends in '|' as a
+    # shell command, and a data file's ark name is untrusted ("cmd |:3" is a valid file name).
+    with open(ark, "rb") as f:
+        f.seek(offset)
+        value = read_kaldi(f)
     if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16) or AUDIO (float64)
         rate, samples = value
         return _to_float(samples), rate
