@@ -284,9 +284,13 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
 
 def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = None, batch_size: int = 8,
                 seed: int = 0, allow_pipes: bool = False, device: str = "cpu", match_wer: bool = False) -> dict:
-    """``tasu analyze``: the records of ``data`` (JSONL) -> ``out_dir`` (summary, report, plots)."""
+    """``tasu analyze``: the records of ``data`` (JSONL) -> ``out_dir`` (summary, report, plots).
+
+    Nothing is written unless some utterance was compared: an empty summary would read as a result.
+    """
     import itertools
 
+    from tasu.config import ConfigError
     from tasu.data.audio import command_refused, is_command
     from tasu.data.records import DataError, iter_records_with_lines
     from tasu.encoders import load_encoder
@@ -301,6 +305,8 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
                     raise DataError(path, line, "path", command_refused(record.path))
                 yield record
 
+    if limit is not None and limit < 1:   # 0 would analyze nothing; islice refuses a negative one unhelpfully
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
     total = sum(1 for _ in records())
     if total == 0:
         raise DataError(", ".join(data), None, None, "no records to analyze")
@@ -310,6 +316,8 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
     fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
                        batch_size=batch_size, seed=seed, total=total, match_wer=match_wer)
+    if fidelity.utterances == 0:
+        raise DataError(", ".join(data), None, None, "no utterance was analyzed: nothing written")
     summary = fidelity.summary()
     summary["settings"] = {"data": list(data), "encoder": cfg.encoder.path, "seed": seed, "match_wer": match_wer,
                            "compress": _plain(cfg.compress), "simulation": _plain(cfg.simulation)}

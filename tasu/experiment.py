@@ -7,6 +7,7 @@ model moved to another machine).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -105,6 +106,8 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def check(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):   # a negative rate climbs the loss; NaN fails both
+            raise ValueError(f"lr must be a number > 0, got {self.lr}")
         if not 1 <= self.warmup_steps < self.total_steps:
             raise ValueError(f"need 1 <= warmup_steps < total_steps, got {self.warmup_steps} and {self.total_steps}")
 
@@ -130,6 +133,17 @@ class TrainConfig:
     save_interval: int = 500
     keep_best: int = 3                       # checkpoints kept by validation loss (plus the last)
     init_from: Optional[str] = None          # a previous stage's checkpoint dir: its trained weights
+
+    def check(self) -> None:
+        """Zero steps or epochs would save an untrained checkpoint and exit 0 as if it had trained;
+        an interval of 0 passes here but divides by zero after step 1. Both stop before anything runs."""
+        for name in ("epochs", "log_interval", "valid_interval", "save_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null: as many as the epochs take), got {self.max_steps}")
+        if self.keep_best < 0:   # 0 keeps the last checkpoint only
+            raise ValueError(f"keep_best must be >= 0, got {self.keep_best}")
 
 
 @dataclass

@@ -66,6 +66,17 @@ def last_checkpoint(ckpt_root: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+def refuse_lost_pointer(ckpt_root: Path) -> None:
+    """Checkpoints with no ``last`` pointing at one of them: stop before a run takes the directory
+    for empty, starts from step 0 and, at its first save, deletes them as old ones."""
+    steps = sorted(p.name for p in ckpt_root.glob("step_*") if p.is_dir())
+    if steps and last_checkpoint(ckpt_root) is None:
+        raise CheckpointError(
+            f"{ckpt_root} holds {', '.join(steps)}, but {ckpt_root / 'last'} is missing or names none of "
+            f"them: write the name of the one to continue from into it (e.g. echo {steps[-1]} > "
+            f"{ckpt_root / 'last'}) and pass --resume, or choose another directory")
+
+
 def read_best(ckpt_root: Path) -> list[dict]:
     path = ckpt_root / "best.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
@@ -126,9 +137,20 @@ def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def load_trainable(ckpt: Path) -> dict:
+    """The trained weights of checkpoint ``ckpt``, read as safetensors (never unpickled).
+
+    A file cut short by a full disk or an interrupted copy, or another format under this name,
+    is a ``CheckpointError`` naming the file: safetensors' own error names neither.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(ckpt / MODEL_DIR / WEIGHTS))
+    path = ckpt / MODEL_DIR / WEIGHTS
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: damaged: truncated, or not a safetensors file ({e}); "
+                              "use another checkpoint, or train again") from None
 
 
 def check_fits(model_shapes: dict, state: dict, source: Path) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -179,6 +180,49 @@ def is_looping(hyp: list[str] | str, ref: list[str] | str) -> bool:
     return _has_repeat(hyp) and not _has_repeat(ref)
 
 
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 0   # bool is an int subclass but not a count
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _is_keys(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(k, str) for k in v)
+
+
+_COUNT, _NUMBER, _STRING, _OBJECT = ((_is_count, "a count"), (_is_number, "a number"),
+                                     (lambda v: isinstance(v, str), "a string"),
+                                     (lambda v: isinstance(v, dict), "an object"))
+# What score.json's fields must be, then per metric what its table rows read of counts and details
+# (``ScoreResult.to_markdown_row``, the BLEU signature note of ``tasu results``).
+_FIELDS = {"norm": _STRING, "snt": _COUNT, "value": _NUMBER, "counts": _OBJECT, "details": _OBJECT,
+           "missing_keys": (_is_keys, "a list of keys"), "extra_keys": (_is_keys, "a list of keys"),
+           "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING}
+_ERROR_COUNTS = {key: _COUNT for key in ("wrd", "corr", "sub", "del", "ins", "s_err")}
+_COUNTS = {"wer": _ERROR_COUNTS, "cer": _ERROR_COUNTS, "acc": {"correct": _COUNT}, "bleu": {}}
+_DETAILS = {"wer": {}, "cer": {}, "acc": {}, "bleu": {"chrf": _NUMBER, "tokenize": _STRING, "signature": _STRING}}
+
+
+def _check_fields(obj: dict, checks: dict, prefix: str = "", optional: tuple[str, ...] = ()) -> None:
+    """A ValueError naming the first key of ``obj`` that is missing (and not ``optional``) or not
+    what ``checks`` asks."""
+    for key, (ok, what) in checks.items():
+        if key not in obj:
+            if key in optional:
+                continue
+            raise ValueError(f"{prefix}{key}: missing")
+        if not ok(obj[key]):
+            raise ValueError(f"{prefix}{key}: must be {what}, not {_shown(obj[key])}")
+
+
+def _shown(value: Any) -> str:
+    """A JSON value for an error message, cut short: a tampered field may hold a long list."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclasses.dataclass
 class ScoreResult:
     """One scored hypothesis file. ``value`` is WER/CER %, BLEU, or accuracy %; counts are per metric:
@@ -202,8 +246,22 @@ class ScoreResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ScoreResult":
-        """Rebuild from score.json."""
+    def from_dict(cls, d: Any) -> "ScoreResult":
+        """Rebuild from score.json, checking every field that ``tasu results`` reads.
+
+        A hand-edited or half-written file is a ValueError naming the field (the caller adds the
+        path), not a KeyError or TypeError from deep inside a table.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, not {_shown(d)}")
+        unknown = [k for k in d if k not in {f.name for f in dataclasses.fields(cls)}]
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}")
+        if d.get("metric") not in METRICS:
+            raise ValueError(f"metric: must be one of {', '.join(METRICS)}, not {_shown(d.get('metric'))}")
+        _check_fields(d, _FIELDS, optional=("ref", "hyp"))   # they have defaults: a score.json may lack them
+        _check_fields(d["counts"], _COUNTS[d["metric"]], "counts.")
+        _check_fields(d["details"], _DETAILS[d["metric"]], "details.")
         return cls(**d)
 
     def to_markdown_row(self, dataset: str) -> str:
@@ -354,6 +412,8 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     """Score a hypothesis file and write score.json, result.txt, the per-utterance file and the
     missing/extra key lists into ``out_dir`` (default: the hypothesis file's directory)."""
     refs, hyps = read_text_file(ref_path), read_text_file(hyp_path)
+    if not refs:  # score() cannot name the file it came from
+        raise ScoreError(f"{ref_path}: no references (the file is empty): nothing to score against")
     if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
         raise ScoreError(f"{hyp_path}: no hypotheses (the file is empty): did its decode fail or not run?")
     result, lines = score(refs, hyps, metric, norm, bleu_tokenize)

@@ -190,3 +190,27 @@ def test_tasu_analyze_from_the_command_line(tmp_path, capsys):
     assert "row divergence" in capsys.readouterr().out
     assert main(["analyze", "--encoder", str(enc), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 1
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_a_limit_below_one_or_no_utterance_writes_nothing(tmp_path, capsys, monkeypatch):
+    import tasu.analyze
+    import tasu.encoders
+    import tasu.simulate
+    from tasu.cli import main
+    from tasu.config import ConfigError
+
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"key": "a", "task": "ASR", "target": "hello", "path": "a.wav"}) + "\n")
+    cfg = load_config(ExperimentConfig)
+    for limit in (0, -1):
+        with pytest.raises(ConfigError, match=f"^--limit must be at least 1, got {limit}$"):
+            run_analyze(cfg, [str(data)], str(tmp_path / "out"), limit=limit)
+        assert main(["analyze", "--data", str(data), "--out", str(tmp_path / "out"), "--limit", str(limit)]) == 1
+        assert capsys.readouterr().err == f"tasu analyze: error: --limit must be at least 1, got {limit}\n"
+    # records that yield no utterance (a file changed between the count and the run): no empty summary
+    monkeypatch.setattr(tasu.encoders, "load_encoder", lambda *a, **k: type("Encoder", (), {"tokenizer": None}))
+    monkeypatch.setattr(tasu.simulate, "build_simulator", lambda *a, **k: None)
+    monkeypatch.setattr(tasu.analyze, "analyze", lambda *a, **k: Fidelity())
+    with pytest.raises(DataError, match="dev.jsonl: no utterance was analyzed: nothing written"):
+        run_analyze(cfg, [str(data)], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -1,9 +1,12 @@
-"""Which checkpoint a name means: best, last, step_N with or without zero padding, a checkpoint dir itself."""
+"""Which checkpoint a name means: best, last, step_N with or without zero padding, a checkpoint dir itself;
+and a damaged weights file named as such."""
 import json
+import pickle
+import re
 
 import pytest
 
-from tasu.model_io import MODEL_DIR, WEIGHTS, checkpoint_name, resolve_checkpoint
+from tasu.model_io import MODEL_DIR, WEIGHTS, CheckpointError, checkpoint_name, load_trainable, resolve_checkpoint
 
 
 @pytest.fixture
@@ -28,3 +31,20 @@ def test_step_names_with_or_without_padding(exp):
 def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step_3 in .* \(it has best, last, step_000002, step_000040\)"):
         resolve_checkpoint(exp, "step_3")
+
+
+def test_a_damaged_weights_file_is_named_and_never_unpickled(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / checkpoint_name(2)
+    (ckpt / MODEL_DIR).mkdir(parents=True)
+    weights = ckpt / MODEL_DIR / WEIGHTS
+    save_file({"projector.weight": torch.ones(4, 4)}, str(weights))
+    assert load_trainable(ckpt)["projector.weight"].shape == (4, 4)
+    whole = weights.read_bytes()
+    for content in (b"", whole[:-10], whole[:5], pickle.dumps({"projector.weight": [1.0]})):
+        weights.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: damaged: truncated, or not a "
+                                                  r"safetensors file \(.+\); use another checkpoint"):
+            load_trainable(ckpt)

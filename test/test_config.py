@@ -1,4 +1,5 @@
 """Typed configs: YAML + overrides checked against dataclasses, errors naming file and key."""
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -91,3 +92,30 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
                          ("{path: b.jsonl, weight: 0}", r"data.train\[0\]: b.jsonl: weight must be a number > 0")):
         with pytest.raises(ConfigError, match=message):
             load_config(ExperimentConfig, None, [f"data.train=[{bad}]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=0", "train: max_steps must be >= 1 (or null: as many as the epochs take), got 0"),
+    ("train.epochs=0", "train: epochs must be >= 1, got 0"),
+    ("train.log_interval=0", "train: log_interval must be >= 1, got 0"),
+    ("train.save_interval=0", "train: save_interval must be >= 1, got 0"),
+    ("train.valid_interval=-5", "train: valid_interval must be >= 1, got -5"),
+    ("train.keep_best=-1", "train: keep_best must be >= 0, got -1"),
+    ("optim.lr=-1", "optim: lr must be a number > 0, got -1.0"),
+    ("optim.lr=0", "optim: lr must be a number > 0, got 0.0"),
+    ("optim.lr=.nan", "optim: lr must be a number > 0, got nan"),
+])
+def test_a_run_that_would_not_train_is_refused_by_its_key(override, message):
+    """Zero steps or epochs saved an untrained checkpoint and exited 0; a zero interval divided by zero."""
+    from tasu.experiment import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=f"^overrides: {re.escape(message)}$"):
+        load_config(ExperimentConfig, None, [override])
+
+
+def test_the_train_loop_defaults_and_limits_that_mean_something_pass():
+    from tasu.experiment import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, None, ["train.max_steps=null", "train.keep_best=0", "train.epochs=1",
+                                               "train.log_interval=1", "optim.lr=1e-4"])
+    assert (cfg.train.max_steps, cfg.train.keep_best, cfg.optim.lr) == (None, 0, 1e-4)

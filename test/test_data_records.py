@@ -150,3 +150,22 @@ def test_records_without_target_are_read_only_when_asked(tmp_path):
     path.write_text('{"key": "a", "task": "ASR", "target": 3, "path": "a.wav"}\n')   # still a bad target
     with pytest.raises(DataError, match="target: must be a non-empty string"):
         list(iter_records(str(path), require_target=False))
+
+
+def test_segment_times_must_be_finite_and_at_most_a_day(tmp_path):
+    def seg(key, times):
+        return f'{{"key": "{key}", "task": "ASR", "target": "x", "path": "a.wav", {times}}}'
+
+    path = write(tmp_path, seg("a", '"end": Infinity'), seg("b", '"start": Infinity'), seg("c", '"end": NaN'),
+                 seg("d", '"start": NaN'), seg("e", '"start": 1, "end": 1e308'), seg("f", '"start": 86401'),
+                 seg("g", '"start": 86000, "end": 86400'))
+    records, problems = collect(path)
+    assert [r.key for _, r in records] == ["g"]
+    assert problems == [
+        f"{path}:1: end: must be at most 86400 seconds (a day), not Infinity",
+        f"{path}:2: start: must be at most 86400 seconds (a day), not Infinity",
+        f"{path}:3: end: must be a number of seconds > start (0), not NaN",
+        f"{path}:4: start: must be a number of seconds >= 0, not NaN",
+        f"{path}:5: end: must be at most 86400 seconds (a day), not 1e+308",
+        f"{path}:6: start: must be at most 86400 seconds (a day), not 86401",
+    ]

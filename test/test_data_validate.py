@@ -142,3 +142,14 @@ def test_a_shell_pipe_path_is_refused_unless_allowed(tmp_path, audio, capsys):
     assert run(capsys, str(path), "--check-audio", "--allow-pipes") == (
         0, ["validate: ok: 1 file, 1 good record (ASR 1), 1.0 s of audio"])
     assert marker.exists()
+
+
+def test_a_file_without_records_is_a_problem(tmp_path, capsys):
+    empty, blank, good = tmp_path / "empty.jsonl", tmp_path / "blank.jsonl", tmp_path / "good.jsonl"
+    empty.write_text("")
+    blank.write_text("\n   \n\r\n")
+    good.write_text(line("u1") + "\n")
+    assert run(capsys, str(empty), str(blank), str(good)) == (1, [
+        f"{empty}: no records (the file is empty or holds blank lines only)",
+        f"{blank}: no records (the file is empty or holds blank lines only)",
+        "validate: 2 problems; 3 files, 1 good record (ASR 1)"])

@@ -212,6 +212,26 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
     assert (setup / "sim" / "checkpoints" / "last").read_text().strip() == "step_000010"   # left as it was
 
 
+def test_a_lost_last_pointer_is_not_a_fresh_start(setup, tmp_path, capsys):
+    """Without checkpoints/last, --resume would start at step 0 and delete the checkpoint at its first save."""
+    import logging
+    import shutil
+
+    out = tmp_path / "sim"
+    shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")
+    (out / "checkpoints" / "last").unlink()
+    try:
+        one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                                       str(setup / "asr.jsonl"), "--out", str(out), "--resume", *TINY),
+                       f"{out}/checkpoints holds step_000010, but {out}/checkpoints/last is missing")
+    finally:
+        log = logging.getLogger("tasu.train_simulator")
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000010"]
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     options = [*TINY, "train.max_steps=60", "train.save_interval=3", "train.report_utterances=0"]

@@ -171,3 +171,31 @@ def test_environment_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['Git hash', 'date', 'python version', 'tasu version', 'torch version']"
     assert set(environment()) == set(ENV)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"metric": "xyz"}, 'metric: must be one of wer, cer, bleu, acc, not "xyz"'),
+    ({"counts": {}}, "counts.wrd: missing"),
+    ({"snt": "x"}, 'snt: must be a count, not "x"'),
+    ({"value": None}, "value: must be a number, not null"),
+    ({"missing_keys": "u1"}, 'missing_keys: must be a list of keys, not "u1"'),
+    ({"surprise": 1}, "unknown field 'surprise'"),
+])
+def test_a_tampered_score_json_is_named_with_its_field(tmp_path, capsys, change, message):
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    score_files(ref, write(tmp_path / "exp/a/test/hyp", ["u1\thello"]), "wer")
+    path = tmp_path / "exp/a/test/score.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    assert run_results(str(tmp_path / "exp")) == 1
+    assert capsys.readouterr().err == (f"tasu results: error: {path}: not a score.json written by 'tasu score' "
+                                       f"({message})\n")
+
+
+def test_a_bleu_score_json_needs_its_details(tmp_path):
+    zh = write(tmp_path / "zh", ["u1\t我今天去公园散步。"])
+    score_files(zh, write(tmp_path / "exp/a/test/hyp", ["u1\t我今天去公园散步。"]), "bleu")
+    path = tmp_path / "exp/a/test/score.json"
+    assert [r.result.metric for r in collect_results(tmp_path / "exp")] == ["bleu"]
+    path.write_text(json.dumps({**json.loads(path.read_text()), "details": {"chrf": 1.0}}))
+    with pytest.raises(ScoreError, match=r"score.json: not a score.json .*\(details.tokenize: missing\)"):
+        collect_results(tmp_path / "exp")

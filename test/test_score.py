@@ -242,3 +242,12 @@ def test_an_empty_hypothesis_file_is_refused(tmp_path, capsys):
         score_files(tmp_path / "ref.trn", tmp_path / "hyp.trn", "wer")
     assert run_score(str(tmp_path / "ref.trn"), str(tmp_path / "hyp.trn"), "wer") == 1
     assert not (tmp_path / "score.json").exists()
+
+
+def test_an_empty_reference_file_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "ref.trn").write_text("")
+    (tmp_path / "hyp.trn").write_text("a\thello\n")
+    assert run_score(str(tmp_path / "ref.trn"), str(tmp_path / "hyp.trn"), "wer") == 1
+    assert capsys.readouterr().err == (f"tasu score: error: {tmp_path / 'ref.trn'}: no references (the file is "
+                                       "empty): nothing to score against\n")
+    assert not (tmp_path / "score.json").exists()

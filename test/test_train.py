@@ -171,6 +171,28 @@ def test_curriculum_text_then_audio(setup, straight, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
 
 
+@pytest.mark.parametrize("pointer", [None, "step_0000I2"])
+def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory(setup, straight, tmp_path, pointer):
+    """A lost or mistyped checkpoints/last would make the run start at step 0 and delete the checkpoints
+    at its first save; it stops instead, with and without --resume, and leaves them as they were."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(straight / "checkpoints", exp / "checkpoints")
+    (exp / "checkpoints" / "last").unlink()
+    if pointer:
+        (exp / "checkpoints" / "last").write_text(pointer + "\n")
+    steps = sorted(p.name for p in (exp / "checkpoints").glob("step_*"))
+    for resume in ([], ["--resume"]):
+        out = subprocess.run([sys.executable, "-m", "tasu.cli", "train", "--config", str(setup / "text.yaml"),
+                              "--exp-dir", str(exp), *resume], env=ENV, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert (f"{exp}/checkpoints holds {', '.join(steps)}, but {exp}/checkpoints/last is missing or names none "
+                f"of them: write the name of the one to continue from into it (e.g. echo {steps[-1]} > "
+                f"{exp}/checkpoints/last) and pass --resume") in out.stderr
+        assert sorted(p.name for p in (exp / "checkpoints").glob("step_*")) == steps
+
+
 @pytest.mark.slow
 def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
     out = run(train_cmd(setup, tmp_path / "mixed", "data.mode=mixed", "data.audio_ratio=0.5", "train.max_steps=6",

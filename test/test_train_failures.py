@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -173,10 +174,34 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     assert "Traceback" not in resumed.stderr
     assert "tasu train: error: " in resumed.stderr and "refused to load" in resumed.stderr
 
+    # ... and so is a damaged state file (a copy cut short), named, not an EOFError without a message.
+    state = exp / "checkpoints" / "step_000002" / "engine" / "state_rank0.pt"
+    state.write_bytes(b"")
+    resumed = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
+    assert "state_rank0.pt: damaged: truncated, or not a torch.save file (0 bytes)" in resumed.stderr
+
     # A plain re-run of a started experiment says what to do, in one line.
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert f"tasu train: error: {exp} already holds checkpoints: pass --resume" in again.stderr
+
+
+def test_a_damaged_engine_file_is_named_and_not_unpickled(tmp_path):
+    from tasu.model_io import CheckpointError
+    from tasu.train.checkpoint import load_engine_file
+
+    good = tmp_path / "good.pt"
+    torch.save({"step": 2, "position": {"epoch": 0, "consumed": 2}, "best": []}, good)
+    whole = good.read_bytes()
+    assert load_engine_file(good)["step"] == 2
+    for name, content in (("empty", b""), ("cut", whole[:len(whole) // 2]), ("text", b"hello world\n"),
+                          ("bytes", bytes(range(256)))):
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: damaged: truncated, or not a "
+                                                  rf"torch.save file \({len(content)} bytes\); resume from"):
+            load_engine_file(path)
 
 
 class Payload:

@@ -7,9 +7,9 @@ One JSON object per line::
 ``key``, ``task`` and ``target`` are required non-empty strings (decoding also reads records
 without ``target``: unlabelled audio); ``path`` (audio), ``GT`` (the
 transcript the text-only stage simulates posteriors from) and ``start``/``end`` (a segment of
-``path``, in seconds; ``end`` absent means "to the end of the audio") are optional. Every other
-field is kept in ``Record.extra`` and passed through untouched (SLU labels, ``prevtext``,
-``hotword``, ...).
+``path``, in seconds, at most a day; ``end`` absent means "to the end of the audio") are optional.
+Every other field is kept in ``Record.extra`` and passed through untouched (SLU labels,
+``prevtext``, ``hotword``, ...).
 
 The reader streams (a training set of millions of lines is never held in memory) and turns every
 problem in the data into a ``FILE:LINE: FIELD: message`` line instead of a traceback. It has two
@@ -37,6 +37,10 @@ ASR_LIKE_TASKS = frozenset({"ASR", "prevtext", "hotword"})
 _FIELDS = ("key", "task", "target", "path", "GT", "start", "end")
 _BOM = b"\xef\xbb\xbf"
 _BAD_KEY_CHAR = re.compile(r"[\s/]")
+# The latest a segment may start or end, in seconds: a day. Corpora segment recordings of minutes to
+# hours; a time past a day is a unit mistake (milliseconds or samples written as seconds), and
+# JSON's Infinity or 1e308 would overflow the sample offsets computed from it when the audio is read.
+MAX_SECONDS = 24 * 3600
 
 
 class DataError(ValueError):
@@ -267,11 +271,16 @@ def _check_segment(obj: dict[str, Any]) -> list[tuple[str, str]]:
     start, end = obj.get("start"), obj.get("end")
     if "path" not in obj:
         problems.append(("path", "missing: start/end select a segment of path"))
-    if start is not None and not (_is_number(start) and start >= 0):
+    if start is not None and not (_is_number(start) and start >= 0):   # NaN fails every comparison
         problems.append(("start", f"must be a number of seconds >= 0, not {json.dumps(start)}"))
     elif end is not None and not (_is_number(end) and end > (start or 0)):
         problems.append(("end", f"must be a number of seconds > start ({start or 0}), "
                                 f"not {json.dumps(end)}"))
+    else:
+        for name, value in (("start", start), ("end", end)):
+            if value is not None and not value <= MAX_SECONDS:
+                problems.append((name, f"must be at most {MAX_SECONDS} seconds (a day), not {json.dumps(value)}"))
+                break
     return problems
 
 

@@ -9,9 +9,10 @@ header read per record (an ark entry: the header at its offset; a ``|`` command 
 is refused unless ``allow_pipes``: see ``tasu.data.audio``).
 
 Each problem is one line on stdout, ``FILE:LINE: FIELD: message``, and the exit status is 1 if
-there was any. A clean run prints one summary line: records per task and, with audio checked,
-hours of audio. Records that the text-only stage cannot use (no transcript: a non-ASR task
-without ``GT``) are not an error, but the summary counts them.
+there was any; a file without a single record (empty, or blank lines only) is one too, ``FILE: no
+records``, since training on it would stop on it. A clean run prints one summary line: records per
+task and, with audio checked, hours of audio. Records that the text-only stage cannot use (no
+transcript: a non-ASR task without ``GT``) are not an error, but the summary counts them.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
     no_transcript = 0
     seconds = 0.0
     for path in paths:
+        before = (problems, sum(tasks.values()))
         for line, record in iter_records_with_lines(path, prompt_set, on_error=report):
             if check_audio and record.path is not None:
                 if is_command(record.path) and not allow_pipes:
@@ -55,6 +57,8 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
             tasks[record.task] += 1
             if record.transcript is None:
                 no_transcript += 1
+        if (problems, sum(tasks.values())) == before:   # not one line, good or bad: training would find nothing
+            report(DataError(path, None, None, "no records (the file is empty or holds blank lines only)"))
 
     records = sum(tasks.values())
     summary = f"{_count(len(paths), 'file')}, {_count(records, 'good record')}"

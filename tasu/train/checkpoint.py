@@ -49,7 +49,12 @@ def _engine_safe_globals() -> list:
 
 
 def load_engine_file(path: str | Path, map_location=None):
-    """``torch.load`` of a file of ``engine/``, refusing any object that could run code when loaded."""
+    """``torch.load`` of a file of ``engine/``, refusing any object that could run code when loaded.
+
+    A file torch cannot parse (empty or cut short by a full disk or a killed copy, or another kind
+    of file) is a ``CheckpointError`` naming it too: torch says ``EOFError`` with no message, or
+    that its zip reader failed, and names no file.
+    """
     import torch
 
     with torch.serialization.safe_globals(_engine_safe_globals()):
@@ -57,11 +62,24 @@ def load_engine_file(path: str | Path, map_location=None):
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the first object it refused
+            if found is None and "Unsupported operand" in str(e):   # bytes that are no pickle at all
+                raise _damaged(path) from e
             what = f"it names {found.group(1)}" if found else "see --debug"
             raise CheckpointError(
                 f"{path}: refused to load: it holds Python objects that a checkpoint written by tasu does "
                 f"not ({what}), and loading them could run code. Resume from a checkpoint you trust, "
                 "or train again in a new --exp-dir") from None
+        except OSError:
+            raise   # missing or unreadable: its own message names the file
+        except Exception as e:  # noqa: BLE001 - EOFError, the zip reader's RuntimeError, a KeyError...
+            raise _damaged(path) from e
+
+
+def _damaged(path: str | Path) -> CheckpointError:
+    """The error for an ``engine/`` file that torch cannot parse. Its size tells empty from cut short;
+    torch's own error (chained: ``--debug`` shows it) depends on where the bytes stop making sense."""
+    return CheckpointError(f"{path}: damaged: truncated, or not a torch.save file ({Path(path).stat().st_size} "
+                           "bytes); resume from another checkpoint, or train again in a new --exp-dir")
 
 
 def use_safe_engine_loads(engine) -> None:

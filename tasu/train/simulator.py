@@ -445,8 +445,11 @@ def _setup_log(out: Path) -> None:
 
 def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_tokenizer) -> dict:
     _setup_log(out)
+    from tasu.model_io import last_checkpoint, refuse_lost_pointer
+
     ckpt_root = out / "checkpoints"
-    last = ckpt_root / (ckpt_root / "last").read_text(encoding="utf-8").strip() if (ckpt_root / "last").exists() else None
+    refuse_lost_pointer(ckpt_root)
+    last = last_checkpoint(ckpt_root)
     if last is not None and not resume:
         raise SimulatorError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose "
                              "another --out")

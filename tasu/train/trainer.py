@@ -44,7 +44,8 @@ from tasu.dump import check_records as check_dump_records
 from tasu.fileio import write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, dump_config, encoder_tokenizer,
-                           last_checkpoint, load_trainable, read_best, resolve_checkpoint, write_model)
+                           last_checkpoint, load_trainable, read_best, refuse_lost_pointer, resolve_checkpoint,
+                           write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import ENGINE_DIR, load_engine_file, set_last, use_safe_engine_loads, write_best
 from tasu.train.collate import Collator, StepBatch
@@ -163,6 +164,7 @@ class Trainer:
         self.lock = DirLock(self.exp_dir, "training")
         self._on_all_ranks(self._take_lock, "the experiment directory is in use")
         self._setup_logging()
+        refuse_lost_pointer(self.ckpt_root)
         if not resume and last_checkpoint(self.ckpt_root) is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
