@@ -47,8 +47,8 @@ so a decode that fails before it leaves no empty file for scoring to mistake for
 
 Resuming: run the same command again. Keys already in ``hyp.trn`` are skipped; a partial last line (a
 run killed in the middle of writing it) is cut off first, so its utterance is decoded again. A run whose
-settings differ from the ``decode.json`` of the hypotheses already there stops with an error rather
-than mix two decodes in one file. Nothing is lost when a run is killed: every finished line is on disk.
+settings differ from the ``decode.json`` of the hypotheses already there, or whose data lacks keys that
+``hyp.trn`` holds (another file's decode), stops with an error rather than mix two decodes in one file. Nothing is lost when a run is killed: every finished line is on disk.
 """
 from __future__ import annotations
 
@@ -290,7 +290,8 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
             report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,
             ModelFilesError, DumpError, OSError) as e:
-        print(f"tasu decode: error: {e}", file=sys.stderr)
+        message = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())   # a YAML error spans lines
+        print(f"tasu decode: error: {message}", file=sys.stderr)
         return 1
     print(report, end="")
     return 0
@@ -320,6 +321,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             raise DataError(data, line, "path", command_refused(record.path))
         records.append(record)
         lines.append(line)
+    if not records:   # an empty run would exit 0 with no hyp.trn, which scoring then misses
+        raise DataError(data, None, None, "no records: nothing to decode")
     dumps = None
     if options.input == "posteriors":   # every entry there and made for this model, before it is loaded
         dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
@@ -329,6 +332,10 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     # 2. The output directory: settings, references, and what an earlier run has done.
     out.mkdir(parents=True, exist_ok=True)
     done = decoded_keys(out / HYP)
+    foreign = sorted(done - {r.key for r in records})
+    if foreign:   # another file's decode: its ref.trn would be replaced by this one's, hyp.trn mixed
+        raise DecodeError(f"{out / HYP} holds {len(foreign)} hypotheses of keys that are not in {data} (e.g. "
+                          f"{foreign[0]}): another data file was decoded there; use another --out, or remove it")
     _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
     labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
     if labelled:
@@ -374,9 +381,6 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                      f"real-time factor {stats.real_time_factor:.4g}")
     if stats.utterances:
         lines.append(f"empty hypotheses: {stats.empty}")
-    extra = len(done - keys)
-    if extra:
-        lines.append(f"note: {HYP} holds {extra} keys that are not in {data} (left as they are)")
     if len(labelled) < len(records):
         lines.append(f"unlabelled: {len(records) - len(labelled)} records have no target: in {HYP}, not in {REF}")
     lines.append(f"output: {out / HYP}" + (f", {out / REF}" if labelled else " (no targets: nothing to score)"))

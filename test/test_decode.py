@@ -166,6 +166,34 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
     assert rc == 1 and "pass --set llm.path=DIR" in capsys.readouterr().err
 
 
+def test_another_data_file_into_a_finished_decode_is_refused_and_changes_nothing(exp, audio_decode, tmp_path, capsys):
+    """Its ref.trn would replace the finished one's and hyp.trn mix two decodes: scoring would read nonsense."""
+    before = {name: (audio_decode / name).read_bytes() for name in ("hyp.trn", "ref.trn", "decode.json")}
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**json.loads(line), "key": f"w{i}"}) + "\n"
+                             for i, line in enumerate((exp / "test.jsonl").read_text().splitlines())))
+    assert run_decode(str(exp / "exp"), str(other), str(audio_decode), **FAST) == 1
+    assert capsys.readouterr().err == (f"tasu decode: error: {audio_decode}/hyp.trn holds 7 hypotheses of keys that "
+                                       f"are not in {other} (e.g. t0): another data file was decoded there; use "
+                                       "another --out, or remove it\n")
+    assert {name: (audio_decode / name).read_bytes() for name in before} == before
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert run_decode(str(exp / "exp"), str(empty), str(tmp_path / "out"), **FAST) == 1
+    assert capsys.readouterr().err == f"tasu decode: error: {empty}: no records: nothing to decode\n"
+    assert not any((tmp_path / "out").glob("*.trn"))
+
+
+def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(exp / "exp" / "checkpoints" / "step_000004", ckpt)
+    (ckpt / "model" / "config.yaml").write_text("encoder: [unclosed\n")
+    assert run_decode(str(ckpt), str(exp / "test.jsonl"), str(tmp_path / "out"), **FAST) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "config.yaml: not valid YAML" in err, err
+
+
 def test_trn_lines_hold_one_utterance():
     assert trn_line("k", " two\nlines\tand  tabs ") == "k\ttwo lines and tabs\n"
     assert trn_line("k", "") == "k\t\n"
