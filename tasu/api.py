@@ -62,9 +62,12 @@ class Speech2Text:
         ``overrides`` change the saved config (``llm.path=...`` for base models moved elsewhere);
         ``decoding``: ``beam``, ``max_new_tokens``, ``no_repeat_ngram_size``, ``repetition_penalty``.
         """
+        from tasu.decode import DecodeOptions
         from tasu.device import resolve_device
         from tasu.export import ENCODER_DIR, LLM_DIR, is_export
         from tasu.model_io import load_trained
+
+        DecodeOptions(**decoding)   # a beam of 0 and the like: refused before the model loads
 
         if is_export(path):   # its base models travel with it
             root = Path(path).resolve()

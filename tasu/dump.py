@@ -223,6 +223,8 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     compress = compress or CompressConfig()
     if nj < 1 or (job is not None and not 1 <= job <= nj):
         raise DumpError(f"need nj >= 1 and 1 <= job <= nj, got nj {nj}, job {job}")
+    if batch_size < 1:
+        raise DumpError(f"batch size must be at least 1, got {batch_size}")
     names = [Path(p).name for p in data]
     if len(set(names)) < len(names):
         raise DumpError(f"input files must have distinct names (each becomes DIR/<name>): {' '.join(data)}")

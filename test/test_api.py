@@ -154,3 +154,11 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
 
     assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "llm" / "config.json").is_file()
+
+
+def test_decoding_options_are_checked_before_the_model_loads(tmp_path):
+    from tasu import Speech2Text
+    from tasu.decode import DecodeError
+
+    with pytest.raises(DecodeError, match="^beam must be at least 1, got 0$"):
+        Speech2Text.from_pretrained(tmp_path / "no_model_here", beam=0)

@@ -223,6 +223,13 @@ def test_a_dump_entry_is_never_unpickled(setup, dump, tmp_path):
         reader.load(f"{ark}:3")
 
 
+def test_a_batch_size_below_one_is_refused(setup, tmp_path):
+    with pytest.raises(DumpError, match="^batch size must be at least 1, got 0$"):
+        dump_posteriors([str(setup / "data" / "ASR.jsonl")], str(tmp_path / "post"), str(setup / "enc"),
+                        compress=COMPRESS, batch_size=0)
+    assert not (tmp_path / "post").exists()
+
+
 def test_a_dump_ark_named_like_a_command_is_read_as_a_file(setup, dump, tmp_path, monkeypatch):
     """kaldiio opens an ark whose name ends in '|' as a shell command: the reader opens the file."""
     entry = json.loads((dump / "ASR.jsonl").read_text().splitlines()[0])[FIELD]
