@@ -144,7 +144,11 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{key}' is not a mapping")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:   # e.g. an unclosed [: its message spans lines and names no key
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override '{override}': the value is not valid YAML ({problem})") from None
     node[keys[-1]] = value
 
 

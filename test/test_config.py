@@ -77,6 +77,10 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(Experiment, None, ["optim.lr"])
     with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
         load_config(Experiment, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(Experiment, None, ["optim.lr=[1"])
+    assert str(err.value) == ("override 'optim.lr=[1': the value is not valid YAML "
+                              "(expected ',' or ']', but got '<stream end>')")
 
 
 def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
