@@ -110,6 +110,12 @@ def test_covost_bad_tables_stop_in_one_line(covost, damage, error):
     assert not (recipe / "data" / "train" / ".done").exists()
 
 
+def test_covost_an_unknown_mp3_reader_is_one_line(covost):
+    recipe, env, _, _ = covost
+    one_line_error(data_sh(recipe, env, "--mp3_reader", "nope", ok=False),
+                   "ERROR: --mp3_reader must be auto, soundfile or ffmpeg, not 'nope'")
+
+
 # --- Common Voice ------------------------------------------------------------------------------------
 
 @pytest.fixture

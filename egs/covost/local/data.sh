@@ -42,6 +42,11 @@ if [ "${mp3_reader}" = auto ]; then
     log "this libsndfile cannot read MP3 (needs >= 1.1): wav.scp decodes the clips with ffmpeg"
   fi
 fi
+case ${mp3_reader} in
+  soundfile) ;;
+  ffmpeg) command -v ffmpeg > /dev/null || { log "ERROR: --mp3_reader ffmpeg: ffmpeg is not installed"; exit 1; } ;;
+  *) log "ERROR: --mp3_reader must be auto, soundfile or ffmpeg, not '${mp3_reader}'"; exit 1 ;;
+esac
 
 sets=train,dev,test
 todo=
