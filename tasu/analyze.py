@@ -291,10 +291,12 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     import itertools
 
     from tasu.config import ConfigError
-    from tasu.data.audio import command_refused, is_command
+    from tasu.data.audio import AudioError, command_refused, is_command
     from tasu.data.records import DataError, iter_records_with_lines
     from tasu.encoders import load_encoder
     from tasu.simulate import build_simulator
+
+    where: dict[str, tuple[str, int]] = {}   # key -> its file and line, for an audio error
 
     def records():
         for path in data:
@@ -303,6 +305,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
                     raise DataError(path, line, "path", "missing: analyze compares posteriors of the audio")
                 if is_command(record.path) and not allow_pipes:
                     raise DataError(path, line, "path", command_refused(record.path))
+                where.setdefault(record.key, (path, line))
                 yield record
 
     if limit is not None and limit < 1:   # 0 would analyze nothing; islice refuses a negative one unhelpfully
@@ -314,8 +317,13 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
         total = min(total, limit)
     encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
-    fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
-                       batch_size=batch_size, seed=seed, total=total, match_wer=match_wer)
+    try:
+        fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
+                           batch_size=batch_size, seed=seed, total=total, match_wer=match_wer)
+    except AudioError as e:   # placed at its record's line, as training places it
+        if e.key not in where:
+            raise
+        raise DataError(*where[e.key], "path", f"{e.message} ({e.path})") from None
     if fidelity.utterances == 0:
         raise DataError(", ".join(data), None, None, "no utterance was analyzed: nothing written")
     summary = fidelity.summary()

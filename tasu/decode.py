@@ -346,6 +346,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
 
     # 3. Decode the rest, one flushed line per hypothesis.
     stats = DecodeStats()
+    line_of = dict(zip((r.key for r in records), lines))
     if todo:
         model, cfg, prompts, _ = load_trained(ckpt, audio=audio, device=str(device), overrides=overrides)
         hyp_file = None  # opened with the first hypothesis: a failure before it leaves no empty hyp.trn
@@ -358,6 +359,10 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                     hyp_file.write(trn_line(key, hyp))
                     hyp_file.flush()
                     bar.update(1)
+        except AudioError as e:   # placed at its record's line, as training places it
+            if e.key not in line_of:
+                raise
+            raise DataError(data, line_of[e.key], "path", f"{e.message} ({e.path})") from None
         finally:
             if hyp_file is not None:
                 hyp_file.close()

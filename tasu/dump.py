@@ -217,7 +217,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     ``job``: run only that job (1..nj) and merge nothing; otherwise run every job not yet done, then
     merge. A directory already made from other inputs, ``nj`` or another encoder is refused.
     """
-    from tasu.data.audio import audio_info, command_refused, is_command
+    from tasu.data.audio import AudioError, audio_info, command_refused, is_command
     from tasu.encoders import load_tokenizer
 
     compress = compress or CompressConfig()
@@ -230,6 +230,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         raise DumpError(f"input files must have distinct names (each becomes DIR/<name>): {' '.join(data)}")
     inputs = {path: list(iter_records_with_lines(path, require_target=False)) for path in data}
     recordings: dict[tuple, str] = {}   # (path, start, end) -> its ark key
+    where: dict[str, tuple[str, int]] = {}   # ark key -> the file and line of its first record
     taken: set[str] = set()
     for path, records in inputs.items():
         for line, r in records:
@@ -241,6 +242,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
                 key = r.key if r.key not in taken else next(f"{r.key}-{n}" for n in range(2, len(taken) + 3)
                                                             if f"{r.key}-{n}" not in taken)
                 recordings[(r.path, r.start, r.end)] = key
+                where[key] = (path, line)
                 taken.add(key)
     if not recordings:
         raise DumpError(f"{', '.join(data)}: no records: nothing to dump")
@@ -267,11 +269,16 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         with torch.random.fork_rng():   # building a model draws from the global stream: leave it as it was
             encoder = load_encoder(encoder_path, encoder_type, device=str(dev))
         items = list(recordings.items())
-        for j in todo:
-            mine = items[j - 1::nj]
-            seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
-            _run_job(root, out, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
-                     compress, batch_size)
+        try:
+            for j in todo:
+                mine = items[j - 1::nj]
+                seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
+                _run_job(root, out, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
+                         compress, batch_size)
+        except AudioError as e:   # placed at its record's line, as training places it
+            if e.key not in where:
+                raise
+            raise DataError(*where[e.key], "path", f"{e.message} ({e.path})") from None
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
     _merge(root, out, nj, inputs, recordings)

@@ -160,6 +160,11 @@ def test_analyze_runs_on_audio_and_writes_summary_report_and_plots(tmp_path):
     bad.write_text(json.dumps({"key": "y", "task": "ASR", "target": "hi", "path": "gen.sh |"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: path: .*shell command"):
         run_analyze(cfg, [str(bad)], str(tmp_path / "o2"))
+    bad.write_text(data.read_text() + json.dumps({"key": "z", "task": "ASR", "target": "hi", "path": "gone.wav"}) + "\n")
+    with pytest.raises(DataError) as e:   # an audio error names the record's file and line
+        run_analyze(cfg, [str(bad)], str(tmp_path / "o2"))
+    assert str(e.value) == f"{bad}:6: path: no such file (gone.wav)"
+    assert not (tmp_path / "o2").exists()
 
 
 def test_paired_rows_follow_the_alignment():

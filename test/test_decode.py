@@ -150,7 +150,7 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
         "task.jsonl": ({"key": "a", "task": "NOPE", "target": "x", **wav}, "task.jsonl:1: task: unknown task 'NOPE'"),
         "nopath.jsonl": ({"key": "a", "task": "ASR", "target": "x"}, "nopath.jsonl:1: path: missing"),
         "nogt.jsonl": ({"key": "a", "task": "EN2DE", "target": "x"}, "nogt.jsonl:1: GT: missing"),
-        "nowav.jsonl": ({"key": "a", "task": "ASR", "target": "x", **wav}, "a: gone.wav: no such file"),
+        "nowav.jsonl": ({"key": "a", "task": "ASR", "target": "x", **wav}, "nowav.jsonl:1: path: no such file (gone.wav)"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")

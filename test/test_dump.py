@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
 from tasu.cli import main as tasu_main
 from tasu.compress import CompressConfig, encoder_posteriors
+from tasu.data.records import DataError
 from tasu.dump import DONE, FIELD, SECONDS, DumpError, DumpReader, dump_posteriors, identity
 
 BIN = Path(sys.executable).parent
@@ -221,6 +222,15 @@ def test_a_dump_entry_is_never_unpickled(setup, dump, tmp_path):
     reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
     with pytest.raises(DumpError, match="not a float matrix"):
         reader.load(f"{ark}:3")
+
+
+def test_missing_audio_is_named_by_its_file_and_line(setup, tmp_path):
+    lines = (setup / "data" / "ASR.jsonl").read_text().splitlines()
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join([lines[0], json.dumps({**json.loads(lines[1]), "path": str(tmp_path / "gone.wav")})]) + "\n")
+    with pytest.raises(DataError) as e:
+        dump_posteriors([str(data)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
+    assert str(e.value) == f"{data}:2: path: no such file ({tmp_path}/gone.wav)"
 
 
 def test_a_batch_size_below_one_is_refused(setup, tmp_path):
