@@ -186,7 +186,7 @@ def librispeech(tmp_path):
     return copy_recipe("librispeech", tmp_path), env, corpus
 
 
-def test_librispeech_counts_audio_no_transcript_names(librispeech):
+def test_librispeech_counts_audio_that_no_transcript_names(librispeech):
     recipe, env, corpus = librispeech
     trans, = sorted((corpus / "train-clean-100").glob("*/*/*.trans.txt"))[:1]
     trans.unlink()   # a chapter extracted without its transcript
