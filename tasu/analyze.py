@@ -323,7 +323,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     except AudioError as e:   # placed at its record's line, as training places it
         if e.key not in where:
             raise
-        raise DataError(*where[e.key], "path", f"{e.message} ({e.path})") from None
+        raise e.located(*where[e.key]) from None
     if fidelity.utterances == 0:
         raise DataError(", ".join(data), None, None, "no utterance was analyzed: nothing written")
     summary = fidelity.summary()

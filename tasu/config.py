@@ -146,10 +146,16 @@ def apply_override(data: dict, override: str) -> None:
             raise ConfigError(f"override '{override}': '{key}' is not a mapping")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:   # e.g. an unclosed [: its message spans lines and names no key
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"override '{override}': the value is not valid YAML ({problem})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{override}': the value is not valid YAML ({_yaml_problem(err)})") from None
     node[keys[-1]] = value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: its message spans several, quoting the context and the mark."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def to_dict(obj: Any) -> Any:
@@ -175,7 +181,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     for override in overrides:

@@ -48,7 +48,8 @@ so a decode that fails before it leaves no empty file for scoring to mistake for
 Resuming: run the same command again. Keys already in ``hyp.trn`` are skipped; a partial last line (a
 run killed in the middle of writing it) is cut off first, so its utterance is decoded again. A run whose
 settings differ from the ``decode.json`` of the hypotheses already there, or whose data lacks keys that
-``hyp.trn`` holds (another file's decode), stops with an error rather than mix two decodes in one file. Nothing is lost when a run is killed: every finished line is on disk.
+``hyp.trn`` holds (another file's decode), stops with an error rather than mix two decodes in one file.
+Nothing is lost when a run is killed: every finished line is on disk.
 """
 from __future__ import annotations
 
@@ -290,8 +291,7 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
             report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,
             ModelFilesError, DumpError, OSError) as e:
-        message = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())   # a YAML error spans lines
-        print(f"tasu decode: error: {message}", file=sys.stderr)
+        print(f"tasu decode: error: {e}", file=sys.stderr)
         return 1
     print(report, end="")
     return 0
@@ -332,7 +332,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     # 2. The output directory: settings, references, and what an earlier run has done.
     out.mkdir(parents=True, exist_ok=True)
     done = decoded_keys(out / HYP)
-    foreign = sorted(done - {r.key for r in records})
+    line_of = dict(zip((r.key for r in records), lines))   # key -> its line in data
+    foreign = sorted(done - line_of.keys())
     if foreign:   # another file's decode: its ref.trn would be replaced by this one's, hyp.trn mixed
         raise DecodeError(f"{out / HYP} holds {len(foreign)} hypotheses of keys that are not in {data} (e.g. "
                           f"{foreign[0]}): another data file was decoded there; use another --out, or remove it")
@@ -346,7 +347,6 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
 
     # 3. Decode the rest, one flushed line per hypothesis.
     stats = DecodeStats()
-    line_of = dict(zip((r.key for r in records), lines))
     if todo:
         model, cfg, prompts, _ = load_trained(ckpt, audio=audio, device=str(device), overrides=overrides)
         hyp_file = None  # opened with the first hypothesis: a failure before it leaves no empty hyp.trn
@@ -362,17 +362,16 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in line_of:
                 raise
-            raise DataError(data, line_of[e.key], "path", f"{e.message} ({e.path})") from None
+            raise e.located(data, line_of[e.key]) from None
         finally:
             if hyp_file is not None:
                 hyp_file.close()
 
     # 4. The report, on stdout and appended to decode.log.
-    keys = {r.key for r in records}
     o = options
     lines = [f"# {datetime.now().isoformat(timespec='seconds')} tasu decode",
              f"checkpoint: {ckpt.resolve()} (--checkpoint {which})",
-             f"data: {data}: {len(records)} records; {len(done & keys)} already in {HYP}, "
+             f"data: {data}: {len(records)} records; {len(done & line_of.keys())} already in {HYP}, "
              f"{stats.utterances} decoded now",
              f"input: {o.input}; device: {device}; beam {o.beam}, batch size {o.batch_size}, max new tokens "
              f"{o.max_new_tokens}, no-repeat n-gram {o.no_repeat_ngram_size}, repetition penalty "

@@ -278,7 +278,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in where:
                 raise
-            raise DataError(*where[e.key], "path", f"{e.message} ({e.path})") from None
+            raise e.located(*where[e.key]) from None
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
     _merge(root, out, nj, inputs, recordings)

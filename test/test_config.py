@@ -65,7 +65,7 @@ def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
     ("use_bf16: yes please\n", r"train.yaml: use_bf16: expected true or false"),
     ("optim:\n  lr: -1\n", r"train.yaml: optim: lr must be positive, got -1.0"),
     ("- a\n- b\n", r"train.yaml: the top level must be a mapping"),
-    ("mode: [\n", r"train.yaml: not valid YAML"),
+    ("mode: [\n", r"train.yaml: not valid YAML: [^\n]* \(line 2, column 1\)$"),
 ])
 def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -80,7 +80,7 @@ def test_bad_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(Experiment, None, ["optim.lr=[1"])
     assert str(err.value) == ("override 'optim.lr=[1': the value is not valid YAML "
-                              "(expected ',' or ']', but got '<stream end>')")
+                              "(expected ',' or ']', but got '<stream end>' (line 1, column 3))")
 
 
 def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):

@@ -41,6 +41,8 @@ import soundfile
 import soxr
 from kaldiio.matio import read_kaldi
 
+from tasu.data.records import DataError
+
 SAMPLE_RATE = 16000
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
 
@@ -59,6 +61,10 @@ class AudioError(Exception):
     def __str__(self) -> str:
         where = f"{self.key}: {self.path}" if self.key else self.path
         return f"{where}: {self.message}"
+
+    def located(self, file: str, line: int) -> DataError:
+        """The same problem as the ``path`` field of the record at ``file``:``line``."""
+        return DataError(file, line, "path", f"{self.message} ({self.path})")
 
 
 class AudioInfo(NamedTuple):

@@ -238,7 +238,7 @@ class Trainer:
                     try:
                         audio_info(record.path, record.key, record.start, record.end)
                     except AudioError as e:
-                        raise DataError(path, line, "path", f"{e.message} ({record.path})") from None
+                        raise e.located(path, line) from None
                 index += 1
 
     def _check_dumps(self, prompts: PromptSet, dumps: DumpReader) -> None:
