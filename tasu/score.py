@@ -24,7 +24,8 @@ number scored with unshipped normalisation cannot):
 - A reference key missing from the hypotheses is scored as an empty hypothesis (all deletions, wrong,
   empty string) and listed. A hypothesis key absent from the references is not scored and is listed;
   if no hypothesis key is in the references at all, the files do not belong together: an error. A
-  hypothesis file with no line at all is an error too (a decode that failed is not a WER of 100).
+  hypothesis file with no line at all is an error too (a decode that failed is not a WER of 100),
+  and so is a WER/CER whose references hold no word (character) after normalisation.
 - empty: a hypothesis that is present but empty after normalisation. looping: some n-gram of units
   (words; characters for cer and for zh BLEU) repeated 4 times in a row when the reference has no such
   repeat, or a hypothesis >= 3x the reference length and >= 10 units long. Speech LLMs fail this way.
@@ -334,9 +335,12 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     details: dict[str, Any] = {}
     if metric in ("wer", "cer"):
         t = ops_total
+        if not t["wrd"]:  # every error would count against nothing: 3 inserted words gave "300 %"
+            raise ScoreError(f"every reference is empty after the {norm!r} normaliser: a {metric.upper()} "
+                             f"over no {'characters' if by_char else 'words'} means nothing")
         counts = {"wrd": t["wrd"], "corr": t["C"], "sub": t["S"], "del": t["D"], "ins": t["I"],
                   "s_err": t["s_err"]}
-        value = 100 * (t["S"] + t["D"] + t["I"]) / max(t["wrd"], 1)
+        value = 100 * (t["S"] + t["D"] + t["I"]) / t["wrd"]
     elif metric == "acc":
         counts = {"correct": sum(ok for ok, _ in per_class.values())}
         value = 100 * counts["correct"] / len(refs)
@@ -416,7 +420,10 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
         raise ScoreError(f"{ref_path}: no references (the file is empty): nothing to score against")
     if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
         raise ScoreError(f"{hyp_path}: no hypotheses (the file is empty): did its decode fail or not run?")
-    result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
+    try:
+        result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
+    except ScoreError as e:  # name the files the problem is in
+        raise ScoreError(f"{hyp_path} against {ref_path}: {e}") from None
     result.ref, result.hyp = str(ref_path), str(hyp_path)
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
     out.mkdir(parents=True, exist_ok=True)

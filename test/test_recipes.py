@@ -219,6 +219,11 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     assert not (recipe / "exp").exists()  # checked before anything ran
     out = sh(recipe, "./run.sh", "--stage", "5", "--stop_stage", "5", "--decode_config", "conf/nope.yaml", ok=False)
     assert out.returncode == 1 and "config file conf/nope.yaml does not exist" in out.stderr
+    # a stage range with nothing in it is a mistake, not a run that did nothing and exited 0
+    out = sh(recipe, "./run.sh", "--stage", "6", "--stop_stage", "5", ok=False)
+    assert out.returncode == 1 and "--stage 6 comes after --stop_stage 5: nothing to run" in out.stderr
+    out = sh(recipe, "./run.sh", "--stage", "8", ok=False)
+    assert out.returncode == 1 and "--stage 8: there is no such stage (the stages are 1-7)" in out.stderr
 
 
 def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):

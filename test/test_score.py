@@ -153,6 +153,16 @@ def test_hypotheses_from_another_test_set_are_an_error():
         score({"a": "x"}, {"b": "x"}, "wer")
 
 
+def test_references_without_a_word_are_refused(tmp_path, capsys):
+    with pytest.raises(ScoreError, match="every reference is empty after the 'basic' normaliser: a WER over no words"):
+        score({"a": "", "b": "?!"}, {"a": "one two", "b": "three"}, "wer")
+    assert score({"a": "", "b": "hi"}, {"a": "one", "b": "hi"}, "wer")[0].value == 100.0  # some empty: fine
+    ref, hyp = write(tmp_path / "ref.trn", ["a\t..."]), write(tmp_path / "hyp.trn", ["a\tone"])
+    assert run_score(str(ref), str(hyp), "cer") == 1
+    assert capsys.readouterr().err.startswith(f"tasu score: error: {hyp} against {ref}: every reference is empty")
+    assert not (tmp_path / "score.json").exists()
+
+
 def test_empty_and_looping_counts():
     refs = {"e": "hello there", "k": "okay", "s": "i am sorry", "l": "yes", "n": "no no no no", "f": "fine"}
     hyps = {"e": "", "k": "okay okay okay okay",  # a 1-gram four times: looping

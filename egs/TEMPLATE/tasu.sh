@@ -164,6 +164,9 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # What will run, and what it needs: checked before anything runs.
 
+[ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run"
+[ "${stage}" -le 7 ] || die "--stage ${stage}: there is no such stage (the stages are 1-7)"
+
 runs() {  # runs <stage>: whether the stage is in [stage, stop_stage] and not skipped
   local n=$1
   [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || return 1
