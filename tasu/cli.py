@@ -1,14 +1,14 @@
 """The ``tasu`` command: one subcommand per step of a recipe.
 
-    tasu validate data/test/asr.jsonl --check-audio
+    tasu validate dump/test/ASR.jsonl --check-audio
     tasu simulate --encoder /models/SenseVoiceSmall --text "turn on the kitchen lights"
     tasu train --config conf/train_text.yaml --exp-dir exp/text
     tasu train-simulator --encoder exp/encoder --data dump/train/ASR.jsonl --out exp/simulator
-    tasu dump-posteriors --config conf/train_audio.yaml --data dump/test/ASR.jsonl --out dump/posteriors/test
-    tasu decode --exp exp/text --data dump/test/asr.jsonl --out exp/text/decode/test
+    tasu dump-posteriors --config exp/curriculum/config.yaml --data dump/test/ASR.jsonl --out dump/posteriors/test
+    tasu decode --exp exp/text --data dump/test/ASR.jsonl --out exp/text/decode/test
     tasu transcribe --exp exp/text recording.wav other.flac
     tasu export --exp exp/text --out exported/text
-    tasu analyze --config conf/train_text.yaml --data dump/dev/ASR.jsonl --out exp/analyze/dev
+    tasu analyze --config exp/text/config.yaml --data dump/dev/ASR.jsonl --out exp/analyze/dev
     tasu score --ref exp/x/decode/test/ref.trn --hyp exp/x/decode/test/hyp.trn --metric wer
     tasu results exp > RESULTS.md
 
@@ -227,8 +227,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript",
                        parents=[common])
     p.add_argument("--encoder", required=True, help="encoder directory (its tokenizer is all that is read)")
-    p.add_argument("--encoder-type", default="auto", choices=["auto", "sensevoice", "hf_ctc", "small_ctc"],
-                   help="layout of --encoder (default: detected from its files)")
+    p.add_argument("--encoder-type", default="auto",
+                   help="a registered encoder backend (sensevoice, small_ctc, hf_ctc, espnet, ...) "
+                        "or auto: detected from the files of --encoder (default)")
     p.add_argument("--text", required=True, help="the transcript to simulate")
     p.add_argument("--topk", type=int, default=3, help="entries to print per row")
     p.add_argument("--seed", type=int, default=0)

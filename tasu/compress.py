@@ -29,7 +29,7 @@ from tasu.posteriors import Posteriors, length_mask
 
 @dataclass
 class CompressConfig:
-    """How real posteriors are compressed (audio batches and decoding): the ``compression`` section of an
+    """How real posteriors are compressed (audio batches and decoding): the ``compress`` section of an
     experiment config, as ``SimulationConfig`` is for the text-only side."""
 
     enabled: bool = True

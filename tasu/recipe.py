@@ -5,8 +5,8 @@
     python -m tasu.recipe split exp/x/decode 4 test ASR test SLU_scenario
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
-    python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio.yaml encoder.path=/models/enc
-    python -m tasu.recipe encoder-env conf/train_audio.yaml encoder.path=exp/asr_espnet   # espnet-venv
+    python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio_sft.yaml encoder.path=/models/enc
+    python -m tasu.recipe encoder-env conf/train_audio_sft.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
     srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...

@@ -103,6 +103,15 @@ def test_the_tokenizer_spells_text_as_the_model_s_token_list(exp):
     assert not {0, tokens.index("<unk>"), tokens.index("<sos/eos>")} & set(tok.encode("turn on the 日本 lights"))
 
 
+def test_tasu_simulate_shows_an_espnet_model_s_rows_named_or_detected(exp, capsys):
+    from tasu.cli import main
+    for encoder_type in ("espnet", "auto"):
+        assert main(["simulate", "--encoder", str(exp), "--encoder-type", encoder_type, "--text", "turn on"]) == 0
+        assert "token error rate" in capsys.readouterr().out
+    assert main(["simulate", "--encoder", str(exp), "--encoder-type", "nope", "--text", "turn on"]) == 1
+    assert "unknown encoder type 'nope'; known encoder types: espnet, " in capsys.readouterr().err
+
+
 def test_an_upper_case_model_reads_lower_case_text_and_a_char_model_spells_spaces(tmp_path):
     upper = load_tokenizer(write_recipe(tmp_path / "upper", upper=True))
     assert upper.encode("turn on the lights") == upper.encode("TURN ON THE LIGHTS") != []

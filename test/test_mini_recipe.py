@@ -94,6 +94,10 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     (["--seed", "-5"], "seed '-5': expected a whole number >= 0"),
     (["--seeds", "2 1 2"], "--seeds '2 1 2' names a seed twice: each would count as another run in the mean and sd"),
     (["--stage", "6", "--stop_stage", "5"], "--stage 6 comes after --stop_stage 5: nothing to run"),
+    # last on tasu.sh's command line, it would drop the seed that run.sh's own --train_text_args carry
+    (["--tasu_opts", "--ngpu 0 --train-text-args optim.lr=3e-3"], "--tasu_opts: --train-text-args is set by "
+     "run.sh itself (the seed and quick settings ride on it, or the later stages read it): edit conf/ or "
+     "run.sh instead"),
 ])
 def test_bad_seeds_and_stages_stop_before_anything_runs(tmp_path, args, error):
     """A bad seed late in --seeds would otherwise stop the run after the good ones (an hour later)."""
@@ -131,7 +135,7 @@ def test_rerun_skips_what_is_done_and_another_setting_is_refused(mini):
     assert stage_1_lines() == before and len(before) == 2
     assert "--quick" in sh(recipe, "./run.sh", "--help").stdout
     refused = sh(recipe, "./run.sh", "--stop_stage", "1", ok=False)  # full mode over quick-mode data
-    assert refused.returncode != 0 and "rm -r data dump exp" in refused.stderr
+    assert refused.returncode != 0 and "rm -r data dump exp RESULTS.md)" in refused.stderr
 
 
 def test_the_exp_dir_decodes_other_speech_from_anywhere(mini, tmp_path):

@@ -159,10 +159,12 @@ def test_commonvoice(tmp_path, models):
     """Stages 1-2 only: stages 3-7 for one ASR task are librispeech's (the same shared code)."""
     corpus = write_commonvoice(tmp_path / "corpora")
     recipe = copy_recipe("commonvoice", tmp_path)
-    prepare(recipe, {"COMMONVOICE": str(corpus)}, "--test_sets", "test")
-    assert lines(recipe / "data" / "train" / "text")[0] == "common_voice_en_1000 Turn on the kitchen lights?"
-    assert lines(recipe / "data" / "train" / "wav.scp")[0].endswith("clips/common_voice_en_1000.mp3")
-    assert lines(recipe / "data" / "train" / "utt2spk")[0] == f"common_voice_en_1000 {0:064x}"
+    # --datadir moves the data dirs: stage 1 writes them there, stage 2 reads them there
+    prepare(recipe, {"COMMONVOICE": str(corpus)}, "--test_sets", "test", "--datadir", "prepared")
+    assert not (recipe / "data").exists()
+    assert lines(recipe / "prepared" / "train" / "text")[0] == "common_voice_en_1000 Turn on the kitchen lights?"
+    assert lines(recipe / "prepared" / "train" / "wav.scp")[0].endswith("clips/common_voice_en_1000.mp3")
+    assert lines(recipe / "prepared" / "train" / "utt2spk")[0] == f"common_voice_en_1000 {0:064x}"
     record = json.loads(lines(recipe / "dump" / "test" / "ASR.jsonl")[0])
     assert record["task"] == "ASR" and record["path"].endswith(".mp3")
     analyzed(recipe, "test/ASR.jsonl", models["encoder"])   # mp3

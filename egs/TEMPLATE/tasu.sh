@@ -14,7 +14,7 @@
 #   5. decoding every test set and task     -> exp/<tag>/decode_<decode config name>_<checkpoint>/<set>/<task>
 #   Stages 4 and 5 run the frozen encoder once per recording into posterior dumps
 #   (dump/posteriors/<encoder and compression tag>/<set>/) and read those (--posterior_dumps false: it
-#   runs on every batch instead; the numbers are the same).
+#   runs on every batch instead: the same numbers up to float rounding, which moves with the batch).
 #   6. scoring: WER (ASR), BLEU (translation), accuracy (SLU) -> score.json beside hyp.trn
 #   7. RESULTS.md: tables of every score.json under exp/, and the commands that made them
 set -euo pipefail
@@ -46,8 +46,8 @@ launcher=deepspeed        # how training starts on several nodes: deepspeed (--h
 hostfile=                 # --launcher deepspeed: DeepSpeed's hostfile, lines 'host slots=<ngpu>'
 master_addr=              # address of the node of rank 0 (default: the first host or node)
 master_port=              # its rendezvous port (default: a port free here when the stage starts)
-inference_nj=1            # decoding jobs per test set and task
-datadir=data              # Kaldi data dirs (stage 1)
+inference_nj=1            # decoding jobs per model (all its test sets and tasks in one list)
+datadir=data              # Kaldi data dirs (stage 1 writes them: local/data.sh --datadir)
 dumpdir=dump              # JSONL files (stage 2)
 expdir=exp                # experiments (stages 3-6)
 
@@ -105,7 +105,7 @@ Options (default in parentheses):
                               the first --num_nodes hosts train ('${hostfile}')
   --master_addr <addr>        address of rank 0's node (default: the first host) ('${master_addr}')
   --master_port <port>        rendezvous port (default: one free here at each stage) ('${master_port}')
-  --inference_nj <n>          decoding jobs per test set and task (${inference_nj})
+  --inference_nj <n>          decoding jobs per model, over all its test sets and tasks (${inference_nj})
   --datadir <dir>             Kaldi data dirs (${datadir})
   --dumpdir <dir>             JSONL files (${dumpdir})
   --expdir <dir>              experiments (${expdir})
@@ -368,7 +368,8 @@ if runs 1; then
   log "Stage 1: data preparation: the corpus release -> ${datadir}/<set>/{wav.scp,text,utt2spk,spk2utt,...}"
   # the sets this run names, for a local/data.sh that prepares only what is used (LibriSpeech)
   # shellcheck disable=SC2086
-  TASU_DATA_SETS="${train_set} ${valid_set} ${test_sets} ${extra_text_sets}" local/data.sh ${local_data_opts}
+  TASU_DATA_SETS="${train_set} ${valid_set} ${test_sets} ${extra_text_sets}" \
+    local/data.sh --datadir "${datadir}" ${local_data_opts}
 fi
 
 if runs 2; then

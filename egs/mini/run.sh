@@ -51,6 +51,18 @@ for s in ${seed} ${seeds}; do
 done
 [ -z "$(printf '%s\n' ${seeds} | sort | uniq -d)" ] || \
   { echo "$0: --seeds '${seeds}' names a seed twice: each would count as another run in the mean and sd" >&2; exit 1; }
+# --tasu_opts come last, so they would replace what run.sh sets: the seed and quick settings travel in
+# --train_*_args, and stages 5-7 read the directories run.sh names.
+set_here=" stage stop_stage datadir dumpdir expdir local_data_opts train_set valid_set test_sets tasks
+  extra_text_sets encoder_path llm_path train_text_config train_audio_config audio_sft audio_baseline
+  baseline_at_once decode_config train_text_args train_audio_args decode_args results "
+for opt in ${tasu_opts}; do
+  name=${opt#--}
+  [ "${opt}" != "${name}" ] && [[ "${set_here}" == *[[:space:]]"${name//-/_}"[[:space:]]* ]] || continue
+  echo "$0: --tasu_opts: ${opt} is set by run.sh itself (the seed and quick settings ride on it, or the" \
+    "later stages read it): edit conf/ or run.sh instead" >&2
+  exit 1
+done
 
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
@@ -80,7 +92,7 @@ results=${workdir%/}/RESULTS.md
 setting="quick=${quick} seed=${seed}"
 if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
   echo "$0: ${data}, ${dump} and ${exp} were made with '$(cat "${data}/.done")', not '${setting}':" \
-    "remove them (rm -r ${data} ${dump} ${exp} RESULTS.md) to run with this setting" >&2
+    "remove them (rm -r ${data} ${dump} ${exp} ${results}) to run with this setting" >&2
   exit 1
 fi
 
@@ -107,7 +119,7 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
   python3 local/usage.py "${exp}/usage.tsv" "stage $1" -- ../TEMPLATE/tasu.sh \
     --stage "$1" --stop_stage "$1" \
     --datadir "${data}" --dumpdir "${dump}" --expdir "${exp}" \
-    --local_data_opts "--datadir ${data} --quick ${quick} --seed ${seed}" \
+    --local_data_opts "--quick ${quick} --seed ${seed}" \
     --train_set train --valid_set dev --test_sets "test test_ood" \
     --tasks "ASR SLU_scenario:scenario" --extra_text_sets text_only \
     --encoder_path "${exp}/encoder" --llm_path "${exp}/llm" \
