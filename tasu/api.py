@@ -5,6 +5,7 @@
     s2t = Speech2Text.from_pretrained("egs/mini/exp/tasu_train_text")   # experiment, checkpoint or export dir
     s2t("recording.flac")                                    # 'turn on the kitchen lights'
     s2t(samples, sample_rate=8000)                           # a numpy/torch waveform, any rate, mono or [T, C]
+    s2t("/data/an4/wav/cen1.ark:44")                         # a Kaldi ark entry, as a wav.scp gives it
     s2t("recording.flac", task="SLU_scenario")               # any task of the model's prompt set
     s2t("recording.flac", nbest=3)                           # [Hypothesis(text=..., score=...), ...]
 
@@ -13,6 +14,11 @@ LLM, with the prompt set the model was trained with (a task's first prompt, as `
 uses) and the decoding settings given to ``from_pretrained``. Prompts filled from record fields
 (``prevtext``, ``hotword``) take them as keyword arguments: ``s2t(audio, task="hotword",
 hotword="Qwen")``.
+
+A file name is read as ``tasu.data.audio.load_audio`` reads a record's ``path``. One ending in ``|``
+is a shell command there, and a name from a folder listing can end in ``|`` (``"x; rm y |"``), so it
+is refused, as ``tasu transcribe`` refuses it, unless the model was loaded with
+``from_pretrained(..., allow_pipes=True)``: then ``s2t("sox in.sph -t wav - |")`` runs the command.
 """
 from __future__ import annotations
 
@@ -48,19 +54,21 @@ class Speech2Text:
     """A trained model, ready to transcribe (or translate, classify...) audio; see the module doc."""
 
     def __init__(self, model, cfg, prompts, beam: int = 4, max_new_tokens: int = 200,
-                 no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0):
-        self.model, self.cfg, self.prompts = model, cfg, prompts
+                 no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0, allow_pipes: bool = False):
+        self.model, self.cfg, self.prompts, self.allow_pipes = model, cfg, prompts, allow_pipes
         self.beam, self.max_new_tokens = beam, max_new_tokens
         self.no_repeat_ngram_size, self.repetition_penalty = no_repeat_ngram_size, repetition_penalty
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
-                        overrides: tuple[str, ...] = (), **decoding) -> "Speech2Text":
+                        overrides: tuple[str, ...] = (), allow_pipes: bool = False, **decoding) -> "Speech2Text":
         """Load an experiment dir (its ``best`` or ``last`` checkpoint, or ``step_N``), a checkpoint dir
         or a directory written by ``tasu export``.
 
         ``overrides`` change the saved config (``llm.path=...`` for base models moved elsewhere);
-        ``decoding``: ``beam``, ``max_new_tokens``, ``no_repeat_ngram_size``, ``repetition_penalty``.
+        ``allow_pipes``: run file names ending in ``|`` as shell commands (``--allow-pipes``; only for
+        names you wrote yourself, see the module doc); ``decoding``: ``beam``, ``max_new_tokens``,
+        ``no_repeat_ngram_size``, ``repetition_penalty``.
         """
         from tasu.decode import DecodeOptions
         from tasu.device import resolve_device
@@ -74,7 +82,7 @@ class Speech2Text:
             overrides = (f"encoder.path={root / ENCODER_DIR}", f"llm.path={root / LLM_DIR}", *overrides)
         model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
                                               overrides=overrides)
-        return cls(model, cfg, prompts, **decoding)
+        return cls(model, cfg, prompts, allow_pipes=allow_pipes, **decoding)
 
     @property
     def tasks(self) -> list[str]:
@@ -89,7 +97,7 @@ class Speech2Text:
     def batch(self, audios: list[Audio], task: str = "ASR", sample_rate: int | None = None,
               nbest: int | None = None, **fields: str) -> list[str] | list[list[Hypothesis]]:
         """``__call__`` for several recordings at once (one padded batch through the model)."""
-        waves = [waveform(a, sample_rate) for a in audios]
+        waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
         from tasu.decode import first_prompt
 
         prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
@@ -105,24 +113,22 @@ class Speech2Text:
         return [[Hypothesis(text, score) for text, score in h] for h in hyps]
 
 
-def waveform(audio: Audio, sample_rate: int | None = None) -> torch.Tensor:
-    """16 kHz mono float32 samples of a file (any format soundfile reads) or of an array at ``sample_rate``."""
-    from tasu.data.audio import SAMPLE_RATE, load_audio
+def waveform(audio: Audio, sample_rate: int | None = None, allow_pipes: bool = False) -> torch.Tensor:
+    """16 kHz mono float32 samples of a file (any ``path`` that ``load_audio`` reads; a shell command
+    only with ``allow_pipes``) or of an array at ``sample_rate``, converted as ``load_audio`` converts
+    a file's samples (``to_16k_mono``), so an int16 array and the WAV file it came from agree."""
+    from tasu.data.audio import NOT_RUN, AudioError, is_command, load_audio, to_16k_mono
 
     if isinstance(audio, (str, os.PathLike)):
         if sample_rate is not None:
             raise ValueError("sample_rate is for arrays: a file says its own")
-        return torch.from_numpy(load_audio(str(Path(audio))))
+        path = str(Path(audio))
+        if is_command(path) and not allow_pipes:
+            raise AudioError(path, NOT_RUN)
+        return torch.from_numpy(load_audio(path))
     if sample_rate is None:
         raise ValueError("an array needs its sample_rate (e.g. sample_rate=16000)")
     samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-    if samples.ndim == 2:   # [T, C]
-        samples = samples.mean(axis=1)
-    if samples.ndim != 1 or samples.size == 0:
+    if samples.ndim not in (1, 2) or samples.size == 0:
         raise ValueError(f"expected a non-empty waveform of shape [T] or [T, C], got {tuple(samples.shape)}")
-    samples = samples.astype(np.float32, copy=False)
-    if sample_rate != SAMPLE_RATE:
-        import soxr
-
-        samples = soxr.resample(samples, sample_rate, SAMPLE_RATE)
-    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    return torch.from_numpy(to_16k_mono(samples, sample_rate, f"array of shape {tuple(samples.shape)}"))

@@ -146,7 +146,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         audio_info(path)
     s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
                                       overrides=tuple(args.overrides), beam=args.beam,
-                                      max_new_tokens=args.max_new_tokens)
+                                      max_new_tokens=args.max_new_tokens, allow_pipes=args.allow_pipes)
+
     def line(text: str) -> str:  # one line per answer, as in hyp.trn
         return " ".join(text.split())
 
@@ -343,7 +344,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-wer", action="store_true",
                    help="simulate each utterance at the token error rate of its real rows (how the rows err, "
                         "not how much; the rules then make exact-count edits, as with simulation.wer)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "npu"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "npu"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. simulation.drop_prob=0.1")
     p.set_defaults(func=_analyze)
 

@@ -7,7 +7,9 @@ The directory holds everything decoding needs, and nothing of training::
 
     llm/        the LLM with its LoRA adapters merged into its weights (Hugging Face layout:
                 config.json, model.safetensors, tokenizer files), loadable by any transformers code
-    encoder/    a copy of the frozen encoder's directory
+    encoder/    the frozen encoder's files (the backend's ``copy_model``: for ESPnet and Hugging Face
+                models the files the model is made from, not an experiment's checkpoints and decodes;
+                for the funasr layouts the whole directory)
     model/      trainable.safetensors (the projector), config.yaml (llm.path: llm, encoder.path:
                 encoder, no LoRA section: the adapters are in llm/), prompts.jsonl
 
@@ -50,6 +52,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``."""
     from transformers import AutoTokenizer
 
+    from tasu.encoders.registry import backend
     from tasu.model_io import MODEL_DIR, PROMPTS, load_trained, write_model
 
     out = Path(out)
@@ -65,7 +68,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         model.llm.requires_grad_(False)
         model.llm.save_pretrained(tmp / LLM_DIR)
         AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
-        shutil.copytree(cfg.encoder.path, tmp / ENCODER_DIR)
+        backend(cfg.encoder.path, cfg.encoder.type).copy_model(Path(cfg.encoder.path), tmp / ENCODER_DIR)
         exported = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=LLM_DIR, lora=None),
                                        encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR))
         (tmp / MODEL_DIR).mkdir()

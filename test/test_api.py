@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
 
@@ -86,6 +87,49 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
         s2t(np.zeros((2, 2, 2)), sample_rate=16000)
     with pytest.raises(PromptError, match="no prompt for task 'SING'"):
         s2t(exp / "rec0.wav", task="SING")
+
+
+def test_a_file_name_ending_in_a_pipe_is_run_only_when_the_model_was_loaded_to_allow_it(exp, s2t, tmp_path):
+    from tasu import Speech2Text
+    from tasu.data.audio import AudioError
+
+    ran = tmp_path / "ran"
+    command = f"touch {ran} |"   # a name a folder listing can hold: read as a file name, the shell would run it
+    refused = re.escape(f"{command}: a shell command (it ends in '|'), not run unless asked")
+    with pytest.raises(AudioError, match=refused):
+        s2t(command)
+    with pytest.raises(AudioError, match=refused):
+        s2t.batch([exp / "rec0.wav", command])
+    assert not ran.exists()
+    trusting = Speech2Text.from_pretrained(exp / "exp", allow_pipes=True, beam=3, max_new_tokens=8)
+    with pytest.raises(AudioError, match="command wrote no audio"):
+        trusting(command)
+    assert ran.exists()
+    assert trusting(f"cat {exp / 'rec0.wav'} |") == s2t(exp / "rec0.wav")
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (8000, 2)])
+def test_an_int16_array_gives_the_samples_of_the_wav_file_it_was_read_from(tmp_path, rate, channels):
+    from scipy.io import wavfile
+
+    from tasu import api
+
+    pcm = np.random.default_rng(0).integers(-20000, 20000, size=(rate // 2, channels), dtype=np.int16)
+    wavfile.write(tmp_path / "a.wav", rate, pcm if channels > 1 else pcm[:, 0])
+    read_rate, samples = wavfile.read(tmp_path / "a.wav")   # int16, as scipy gives a PCM file
+    assert samples.dtype == np.int16 and read_rate == rate
+    from_file = api.waveform(tmp_path / "a.wav")
+    assert from_file.abs().max() < 1
+    assert torch.equal(api.waveform(samples, sample_rate=rate), from_file)
+    assert torch.equal(api.waveform(torch.from_numpy(samples), sample_rate=rate), from_file)
+
+
+def test_an_array_shorter_than_a_frame_is_refused_as_a_file_would_be():
+    from tasu import api
+    from tasu.data.audio import AudioError
+
+    with pytest.raises(AudioError, match=r"^array of shape \(100,\): 100 samples at 16000 Hz: shorter than one 10 ms"):
+        api.waveform(np.zeros(100, dtype=np.float32), sample_rate=16000)
 
 
 def test_the_readme_example_runs(exp, tmp_path):

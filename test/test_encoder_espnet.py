@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,14 +23,15 @@ import yaml
 
 from fixtures import SENTENCES
 from tasu.dump import encoder_digest
-from tasu.encoders import detect_layout, load_encoder, load_tokenizer
+from tasu.encoders import detect, load_encoder, load_tokenizer
 from tasu.encoders.espnet import ESPnetCTCEncoder, ESPnetDir, ESPnetTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ESPNET_VENV = ROOT / "tools" / "espnet-venv"
 
 
-def write_recipe(recipe: Path, token_type: str = "bpe", upper: bool = False, inline_tokens: bool = True) -> Path:
+def write_recipe(recipe: Path, token_type: str = "bpe", upper: bool = False, inline_tokens: bool = True,
+                 fs: str = "16k") -> Path:
     """An ESPnet2 recipe's files as asr.sh leaves them: data/token_list, exp/asr_stats, exp/asr_train.
 
     The token list is ESPnet's: <blank>, <unk>, the units, <sos/eos>; config.yaml names the BPE model
@@ -59,7 +61,7 @@ def write_recipe(recipe: Path, token_type: str = "bpe", upper: bool = False, inl
         "token_list": tokens if inline_tokens else str(units.relative_to(recipe) / "tokens.txt"),
         "token_type": token_type,
         "bpemodel": str(units.relative_to(recipe) / "bpe.model") if token_type == "bpe" else None,
-        "cleaner": None, "g2p": None, "frontend": "default", "frontend_conf": {"fs": "16k"},
+        "cleaner": None, "g2p": None, "frontend": "default", "frontend_conf": {"fs": fs},
         "normalize": "global_mvn", "normalize_conf": {"stats_file": str(stats.relative_to(recipe) / "feats_stats.npz")},
         "encoder": "transformer", "ctc_conf": {"dropout_rate": 0.0}, "model_conf": {"ctc_weight": 1.0},
     }
@@ -75,7 +77,7 @@ def exp(tmp_path) -> Path:
 
 
 def test_an_espnet_dir_is_recognised_and_its_files_found_relative_to_the_recipe(exp, tmp_path, monkeypatch):
-    assert detect_layout(exp) == "espnet"
+    assert detect(exp) == "espnet"
     monkeypatch.chdir(tmp_path)   # not the recipe: config.yaml's paths are found from the model dir
     d = ESPnetDir(exp)
     assert d.model_file.name == "valid.acc.ave.pth"
@@ -119,6 +121,48 @@ def test_an_upper_case_model_reads_lower_case_text_and_a_char_model_spells_space
     tokens = ESPnetDir(tmp_path / "char" / "exp" / "asr_train_raw").token_list
     assert chars.encode("on it") == [tokens.index(c) for c in ("o", "n", "<space>", "i", "t")]
     assert chars.decode(chars.encode("on it")) == "on it"
+
+
+def test_an_upper_case_char_model_reads_lower_case_text_though_its_list_holds_lower_case_space(tmp_path):
+    # <blank> <unk> <space> A E ... <sos/eos>: the control tokens are not letters of the vocabulary
+    chars = load_tokenizer(write_recipe(tmp_path / "char", token_type="char", upper=True))
+    tokens = ESPnetDir(tmp_path / "char" / "exp" / "asr_train_raw").token_list
+    assert "<space>" in tokens and "O" in tokens and "o" not in tokens
+    assert chars.encode("turn on the lights") == chars.encode("TURN ON THE LIGHTS")
+    assert chars.encode("on it") == [tokens.index(c) for c in ("O", "N", "<space>", "I", "T")]
+
+
+def test_a_model_for_another_sample_rate_is_refused_with_its_config(tmp_path):
+    # tasu feeds every encoder 16 kHz audio: an 8 kHz model is refused before anything is built on it
+    exp = write_recipe(tmp_path / "recipe", fs="8k")
+    message = (rf"^{re.escape(str(exp))}/config.yaml \(frontend_conf.fs\): the model takes 8000 Hz audio, "
+               r"and tasu feeds encoders 16000 Hz audio only")
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(exp)
+    with pytest.raises(ValueError, match=message):   # before espnet is imported
+        load_encoder(exp)
+    assert load_tokenizer(write_recipe(tmp_path / "16000", fs="16000")).vocab_size > 2
+
+
+def test_a_copy_holds_the_model_files_side_by_side_and_reads_as_the_original(tmp_path, monkeypatch):
+    from tasu.encoders.registry import backend
+
+    monkeypatch.chdir(tmp_path)   # not the recipe: the copy's files are found beside its config.yaml
+    for inline in (True, False):
+        exp = write_recipe(tmp_path / f"recipe{inline}", inline_tokens=inline)   # + checkpoint.pth, 1epoch.pth
+        (exp / "decode_asr_valid.acc.ave").mkdir()
+        (exp / "decode_asr_valid.acc.ave" / "hyp.trn").write_text("a decode\n")
+        (exp / "train.log").write_text("a log\n")
+        copy = tmp_path / f"copy{inline}"
+        backend(exp).copy_model(exp, copy)
+        assert sorted(p.name for p in copy.iterdir()) == sorted(
+            ["config.yaml", "valid.acc.ave.pth", "bpe.model", "feats_stats.npz", *([] if inline else ["tokens.txt"])])
+        assert encoder_digest(copy) == encoder_digest(exp)   # the original's posterior dumps serve the copy
+        assert load_tokenizer(copy).encode("turn on the lights") == load_tokenizer(exp).encode("turn on the lights")
+        d = ESPnetDir(copy)
+        assert (d.model_file, d.bpe_model, d.stats_file) == (copy / "valid.acc.ave.pth", copy / "bpe.model",
+                                                            copy / "feats_stats.npz")
+        assert d.token_list == ESPnetDir(exp).token_list
 
 
 def test_what_tasu_cannot_read_is_refused_with_the_file_and_key(exp, tmp_path):
@@ -171,12 +215,12 @@ class _Model(torch.nn.Module):
 def test_a_model_without_ctc_or_with_another_token_count_is_refused(exp):
     tok = load_tokenizer(exp)
     with pytest.raises(ValueError, match="no CTC branch"):
-        ESPnetCTCEncoder(_Model(None), tok, 16000)
+        ESPnetCTCEncoder(_Model(None), tok)
     with pytest.raises(ValueError, match=f"the CTC head has {tok.vocab_size + 1} outputs but token_list has {tok.vocab_size}"):
-        ESPnetCTCEncoder(_Model(tok.vocab_size + 1), tok, 16000)
+        ESPnetCTCEncoder(_Model(tok.vocab_size + 1), tok)
     with pytest.raises(ValueError, match="frontend null"):
-        ESPnetCTCEncoder(_Model(tok.vocab_size, frontend=False), tok, 16000)
-    assert ESPnetCTCEncoder(_Model(tok.vocab_size), tok, 16000).vocab_size == tok.vocab_size
+        ESPnetCTCEncoder(_Model(tok.vocab_size, frontend=False), tok)
+    assert ESPnetCTCEncoder(_Model(tok.vocab_size), tok).vocab_size == tok.vocab_size
 
 
 # --- a real ESPnet2 model, trained by espnet, as TASU's encoder -----------------------------------
@@ -326,7 +370,7 @@ def test_an_espnet_model_trained_by_espnet_drives_a_tasu_recipe(tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is missing (tools/setup.sh installs it)")
     exp = train_espnet_model(python, tmp_path / "asr1")
-    assert detect_layout(exp) == "espnet" and ESPnetDir(exp).model_file.name == "valid.acc.ave.pth"
+    assert detect(exp) == "espnet" and ESPnetDir(exp).model_file.name == "valid.acc.ave.pth"
 
     corpus = write_librispeech(tmp_path / "corpora")
     recipe = copy_recipe("librispeech", tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
 
-from tasu.encoders import detect_layout, load_encoder, load_tokenizer, train_sentencepiece
+from tasu.encoders import detect, load_encoder, load_tokenizer, train_sentencepiece
 from tasu.simulate import Vocabulary
 
 TEXT = "turn on the kitchen lights"
@@ -68,8 +69,8 @@ def assert_log_probs(log_probs, lengths, vocab_size):
 # --- layouts -------------------------------------------------------------------------------------
 
 def test_layout_is_detected_from_files(sensevoice_dir, hf_dir, tmp_path):
-    assert detect_layout(sensevoice_dir) == "sensevoice"
-    assert detect_layout(hf_dir) == "hf_ctc"
+    assert detect(sensevoice_dir) == "sensevoice"
+    assert detect(hf_dir) == "hf_ctc"
     (tmp_path / "notes.txt").write_text("no model here")
     with pytest.raises(ValueError, match="matches no encoder layout"):
         load_tokenizer(tmp_path)
@@ -101,7 +102,7 @@ def test_a_registered_backend_is_found_from_its_files_and_loaded(sensevoice_dir,
 
     try:
         (tmp_path / "chars.txt").write_text("abc")
-        assert detect_layout(tmp_path) == "test-char"
+        assert detect(tmp_path) == "test-char"
         assert load_tokenizer(tmp_path).vocab_size == load_tokenizer(sensevoice_dir).vocab_size
         assert load_encoder(tmp_path, device="meta", x=1) == ("loaded", tmp_path, "meta", {"x": 1})
         with pytest.raises(ValueError, match="already taken"):
@@ -228,6 +229,43 @@ def test_hf_frames_and_posteriors(hf_dir):
         torch.testing.assert_close(log_probs[0, :49], alone[0], atol=1e-4, rtol=1e-4)
 
 
+def test_an_hf_model_for_another_sample_rate_is_refused_when_it_loads(hf_dir, tmp_path):
+    # tasu feeds every encoder 16 kHz audio; an 8 kHz model would read it at the wrong speed
+    other = tmp_path / "8k"
+    shutil.copytree(hf_dir, other)
+    config = json.loads((other / "preprocessor_config.json").read_text())
+    (other / "preprocessor_config.json").write_text(json.dumps({**config, "sampling_rate": 8000}))
+    message = (rf"^{re.escape(str(other))}/preprocessor_config.json \(sampling_rate\): the model takes 8000 Hz "
+               r"audio, and tasu feeds encoders 16000 Hz audio only")
+    with pytest.raises(ValueError, match=message):
+        load_encoder(other)
+
+
+def test_an_hf_model_copies_its_own_files_only_and_the_copy_gives_the_same_posteriors(hf_dir, tmp_path):
+    from tasu.encoders.registry import backend
+
+    source = tmp_path / "trained"
+    shutil.copytree(hf_dir, source)
+    (source / "checkpoint-500").mkdir()                    # what a Trainer leaves beside the model
+    (source / "checkpoint-500" / "optimizer.pt").write_bytes(b"state")
+    (source / ".done").write_text("")
+    backend(source).copy_model(source, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(p.name for p in hf_dir.iterdir())
+    original, copy = load_encoder(source), load_encoder(tmp_path / "copy")
+    feats, lengths = original.extract_features(batch(1.0, 1.5))
+    torch.testing.assert_close(copy(feats, lengths), original(feats, lengths), atol=0, rtol=0)
+
+
+def test_a_flat_copy_refuses_two_files_of_one_name(tmp_path):
+    from tasu.encoders.base import copy_flat
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "tokens.txt").write_text(d)
+    with pytest.raises(ValueError, match=r"b/tokens.txt and .*a/tokens.txt are both named tokens.txt"):
+        copy_flat([tmp_path / "a" / "tokens.txt", tmp_path / "b" / "tokens.txt"], tmp_path / "copy")
+
+
 # --- the small trainable encoder -----------------------------------------------------------------
 
 def test_train_sentencepiece_reserves_blank(small_ctc):
@@ -309,7 +347,7 @@ def test_small_ctc_save_load(small_ctc, tmp_path):
     small_ctc.save(tmp_path / "enc")
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
         "am.mvn", "bpe.model", "config.yaml", "configuration.json", "model.pt", "tokens.json"]
-    assert detect_layout(tmp_path / "enc") == "small_ctc"
+    assert detect(tmp_path / "enc") == "small_ctc"
     loaded = load_encoder(tmp_path / "enc")
     assert isinstance(loaded, SmallCTCEncoder) and not loaded.training
     assert load_tokenizer(tmp_path / "enc").encode(TEXT) == small_ctc.tokenizer.encode(TEXT)

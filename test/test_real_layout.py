@@ -6,7 +6,7 @@ import torch
 from fixtures import waveform
 from real_layout import (QWEN25_1P5B, SENSEVOICE_VOCAB, read_json, sensevoice_small_shapes, write_qwen25_1p5b,
                          write_sensevoice_small)
-from tasu.encoders import detect_layout, load_encoder, load_tokenizer
+from tasu.encoders import detect, load_encoder, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def qwen(tmp_path_factory):
 
 
 def test_sensevoice_small_loads_with_the_released_keys_and_shapes(sensevoice_small):
-    assert detect_layout(sensevoice_small) == "sensevoice"
+    assert detect(sensevoice_small) == "sensevoice"
     tokenizer = load_tokenizer(sensevoice_small)
     assert (tokenizer.vocab_size, tokenizer.blank_id) == (SENSEVOICE_VOCAB, 0)
     assert tokenizer.id_to_piece(4) == "<|en|>" and tokenizer.encode("hello") and 0 not in tokenizer.encode("hi")

@@ -14,7 +14,8 @@ here, on the fly, once: channels are averaged and other rates resampled with sox
   standard output must be audio that soundfile reads. Running a data file's commands is running
   whatever its author wrote, so the commands that read records (``tasu validate --check-audio``,
   ``tasu decode``, audio training) refuse such a path (``command_refused``) unless the user passes
-  ``--allow-pipes``: recipes do, for the data they wrote themselves.
+  ``--allow-pipes``: recipes do, for the data they wrote themselves. ``tasu transcribe`` and the
+  Python API (``Speech2Text``, ``allow_pipes=True``) refuse a file name ending in ``|`` the same way.
 
 A segment (``start``/``end`` in seconds, Kaldi's ``segments``) is cut after reading; files are
 read from ``start`` to ``end`` only. As Kaldi's ``extract-segments`` does, an ``end`` at most
@@ -101,6 +102,19 @@ def load_audio(path: str, key: str | None = None, start: float | None = None,
         raise AudioError(path, str(e), key) from None
     except _READ_ERRORS as e:
         raise AudioError(path, f"cannot read: {e}", key) from None
+    return to_16k_mono(samples, rate, path, key)
+
+
+def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = None) -> np.ndarray:
+    """Samples ``[T]`` or ``[T, C]`` at ``rate`` as the encoders take them: 16 kHz mono float32.
+
+    The one conversion of all audio, read here or handed over as an array (``Speech2Text``), so the
+    same recording gives the same samples however it arrives: integer PCM is scaled to [-1, 1) as
+    soundfile scales a WAV file's samples, channels are averaged, other rates resampled with soxr, and
+    a result shorter than one 10 ms frame is refused (see :func:`load_audio`) as an ``AudioError``
+    naming ``path`` (and ``key``).
+    """
+    samples = _to_float(np.asarray(samples))
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
@@ -342,9 +356,9 @@ def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]
     with open(ark, "rb") as f:
         f.seek(offset)
         value = read_kaldi(f)
-    if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16) or AUDIO (float64)
+    if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16, scaled later) or AUDIO (float64)
         rate, samples = value
-        return _to_float(samples), rate
+        return samples, rate
     return np.asarray(value, dtype=np.float32).reshape(-1), matrix_rate
 
 

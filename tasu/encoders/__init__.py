@@ -23,10 +23,8 @@ from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.encoders.registry import ENCODERS, backend, detect, register
 from tasu.encoders.tokenizers import train_sentencepiece
 
-__all__ = ["CTCEncoder", "ENCODERS", "EncoderTokenizer", "detect_layout", "load_encoder", "load_tokenizer",
+__all__ = ["CTCEncoder", "ENCODERS", "EncoderTokenizer", "detect", "load_encoder", "load_tokenizer",
            "register", "train_sentencepiece"]
-
-detect_layout = detect
 
 
 def load_tokenizer(path: str | Path, encoder_type: str = "auto") -> EncoderTokenizer:

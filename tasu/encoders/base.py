@@ -7,6 +7,7 @@ transformers' audio models). The audio stage needs the frontend and ``forward``.
 from __future__ import annotations
 
 import abc
+import shutil
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -40,7 +41,9 @@ class CTCEncoder(nn.Module, abc.ABC):
     ``tasu.encoders.registry.register``: the class methods find, tokenise and load its directories.
     """
 
-    sample_rate: int = 16000
+    # What every caller feeds (tasu.data.audio's output); a backend refuses a model made for another
+    # rate (require_16k) rather than give it samples it would read at the wrong speed.
+    sample_rate: ClassVar[int] = 16000
     tokenizer: EncoderTokenizer
     files: ClassVar[str]   # what a directory of this kind holds, for messages
     # The Python environment under tools/ that loads this backend's models, when it is not the main
@@ -70,6 +73,15 @@ class CTCEncoder(nn.Module, abc.ABC):
         return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
     @classmethod
+    def copy_model(cls, root: Path, dest: Path) -> None:
+        """Make ``dest`` (new) a copy of ``root`` that loads the same model (``tasu export``).
+
+        By default the whole directory, subdirectories included: a backend copies less only when its
+        :meth:`model_files` lists every file its loaders read (:func:`copy_flat`).
+        """
+        shutil.copytree(root, dest)
+
+    @classmethod
     def from_dir(cls, root: Path, device: str | torch.device = "cpu", **options) -> "CTCEncoder":
         """The frozen encoder of directory ``root`` (eval mode, no gradients), on ``device``."""
         raise NotImplementedError(f"{cls.__name__} loads no directories")
@@ -89,7 +101,7 @@ class CTCEncoder(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frontend: mono float waveforms at ``sample_rate`` -> padded features [B, F, ...], lengths [B].
+        """Frontend: mono float waveforms at 16 kHz -> padded features [B, F, ...], lengths [B].
 
         Runs on the CPU. Features are frames x dims for fbank frontends, samples for waveform models.
         """
@@ -98,3 +110,29 @@ class CTCEncoder(nn.Module, abc.ABC):
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (any device) -> CTC log-posteriors [B, T, V] over ``tokenizer``'s ids, and frame
         lengths [B], both on :attr:`device`."""
+
+
+def require_16k(rate: int, where: str) -> None:
+    """Refuse a model made for audio at another rate than the 16 kHz every caller feeds.
+
+    Nothing resamples for the encoder (``load_audio`` and ``Speech2Text`` convert everything to
+    16 kHz), so an 8 kHz model would silently read 16 kHz samples as if they were its own rate.
+    """
+    if rate != CTCEncoder.sample_rate:
+        raise ValueError(f"{where}: the model takes {rate} Hz audio, and tasu feeds encoders "
+                         f"{CTCEncoder.sample_rate} Hz audio only: use a {CTCEncoder.sample_rate} Hz model")
+
+
+def copy_flat(files: list[Path], dest: Path) -> None:
+    """Copy ``files`` (from wherever they are) side by side into new directory ``dest``.
+
+    Two of them with one name would need two places; that is refused rather than one silently lost.
+    """
+    dest.mkdir(parents=True)
+    sources: dict[str, Path] = {}
+    for file in files:
+        if file.name in sources:
+            raise ValueError(f"{file} and {sources[file.name]} are both named {file.name}: "
+                             f"a copy of the model cannot hold both side by side")
+        sources[file.name] = file
+        shutil.copy2(file, dest / file.name)

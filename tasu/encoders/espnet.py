@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from tasu.encoders.base import CTCEncoder, EncoderTokenizer
+from tasu.encoders.base import CTCEncoder, EncoderTokenizer, copy_flat, require_16k
 from tasu.encoders.layout import read_yaml, require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import vocabulary_case
@@ -93,6 +93,15 @@ class ESPnetDir:
             f"(checkpoint.pth is not a model file), found {[p.name for p in found]}")
 
     @property
+    def sample_rate(self) -> int:
+        """The rate of the audio the model's front-end was trained on (ESPnet's default: 16 kHz)."""
+        return _sample_rate((self.config.get("frontend_conf") or {}).get("fs", 16000), f"{self.root}/config.yaml")
+
+    def require_16k(self) -> None:
+        """Refuse a model of another rate: tasu's audio is 16 kHz (see :func:`require_16k`)."""
+        require_16k(self.sample_rate, f"{self.root}/config.yaml (frontend_conf.fs)")
+
+    @property
     def stats_file(self) -> Path | None:
         """The feature statistics global_mvn normalises with (other normalisations read no file)."""
         stats = (self.config.get("normalize_conf") or {}).get("stats_file")
@@ -122,9 +131,9 @@ class ESPnetTokenizer(EncoderTokenizer):
 
     Ids are positions in the token list, which are the CTC head's outputs; ``<blank>`` (id 0),
     ``<unk>`` and ``<sos/eos>`` are never labels, and text the list cannot spell is dropped, as the
-    other tokenizers do. Case: when every letter in the list has one case (ESPnet's LibriSpeech
-    models are upper-case), text is mapped to that case first. ESPnet's text ``cleaner`` is not
-    applied: recipes normalise transcripts themselves.
+    other tokenizers do. Case: when every letter in the list (control tokens such as ``<space>``
+    aside) has one case (ESPnet's LibriSpeech models are upper-case), text is mapped to that case
+    first. ESPnet's text ``cleaner`` is not applied: recipes normalise transcripts themselves.
     """
 
     blank_id = 0
@@ -142,7 +151,9 @@ class ESPnetTokenizer(EncoderTokenizer):
         self.vocab_size = len(self.token_list)
         self._index = {t: i for i, t in enumerate(self.token_list)}
         self._not_labels = {self.blank_id} | {self._index[t] for t in SPECIAL if t in self._index}
-        self._case = vocabulary_case(t for t in self.token_list if t not in SPECIAL)
+        # Control tokens (<blank>, <unk>, <space>, <sos/eos>, <noise>...) are lower-case words that say
+        # nothing about the case of the units: an upper-case char list holds <space>.
+        self._case = vocabulary_case(t for t in self.token_list if not _is_control(t))
         self._sp = None
         if token_type == "bpe":
             import sentencepiece as spm
@@ -184,11 +195,15 @@ class ESPnetTokenizer(EncoderTokenizer):
         self.__init__(state["token_list"], state["token_type"], state["bpe_model"])
 
 
-def _sample_rate(fs) -> int:
+def _is_control(token: str) -> bool:
+    return len(token) > 2 and token.startswith("<") and token.endswith(">")
+
+
+def _sample_rate(fs, where: str) -> int:
     """ESPnet writes the front-end's rate as 16000 or "16k"."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", str(fs))
     if not match:
-        raise ValueError(f"frontend_conf.fs {fs!r} is not a sample rate")
+        raise ValueError(f"{where}: frontend_conf.fs {fs!r} is not a sample rate")
     return int(float(match.group(1)) * (1000 if match.group(2) else 1))
 
 
@@ -208,13 +223,22 @@ class ESPnetCTCEncoder(CTCEncoder):
 
     @classmethod
     def load_tokenizer(cls, root: Path) -> ESPnetTokenizer:
-        return ESPnetTokenizer.from_dir(ESPnetDir(root))
+        d = ESPnetDir(root)
+        d.require_16k()   # config.yaml is read anyway: a text-only model for an unusable encoder is refused now
+        return ESPnetTokenizer.from_dir(d)
 
     @classmethod
     def model_files(cls, root: Path) -> list[Path]:
         return ESPnetDir(root).files()
 
-    def __init__(self, model, tokenizer: ESPnetTokenizer, sample_rate: int, where: str = "ESPnet model"):
+    @classmethod
+    def copy_model(cls, root: Path, dest: Path) -> None:
+        """config.yaml and the files it names, side by side: not the checkpoints, logs and decodes of the
+        experiment, nor the recipe around it. config.yaml's paths are kept as written (the copy hashes as
+        the original, so posterior dumps of one serve the other); they are found by file name."""
+        copy_flat(cls.model_files(root), dest)
+
+    def __init__(self, model, tokenizer: ESPnetTokenizer, where: str = "ESPnet model"):
         super().__init__()
         if getattr(model, "ctc", None) is None:
             raise ValueError(f"{where}: the model has no CTC branch (ctc_weight 0): tasu needs CTC posteriors")
@@ -227,12 +251,12 @@ class ESPnetCTCEncoder(CTCEncoder):
                              "tasu feeds it waveforms")
         self.model = model
         self.tokenizer = tokenizer
-        self.sample_rate = sample_rate
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> "ESPnetCTCEncoder":
         d = ESPnetDir(path)
         where = f"{d.root}/config.yaml"
+        d.require_16k()
         try:
             from espnet2.tasks.asr import ASRTask
         except ImportError as e:
@@ -250,8 +274,7 @@ class ESPnetCTCEncoder(CTCEncoder):
         if missing:
             raise ValueError(f"{d.model_file} lacks {len(missing)} parameters of the model config.yaml "
                              f"describes, e.g. {missing[:5]}")
-        rate = _sample_rate((config.get("frontend_conf") or {}).get("fs", 16000))
-        encoder = cls(model, tokenizer, rate, where=where)
+        encoder = cls(model, tokenizer, where=where)
         return encoder.to(device).eval().requires_grad_(False)
 
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from tasu.encoders.base import CTCEncoder
+from tasu.encoders.base import CTCEncoder, copy_flat, require_16k
 from tasu.encoders.layout import require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import HFCTCTokenizer
@@ -37,6 +37,12 @@ class HFCTCEncoder(CTCEncoder):
     def load_tokenizer(cls, root: Path) -> HFCTCTokenizer:
         return HFCTCTokenizer.from_pretrained(root)
 
+    @classmethod
+    def copy_model(cls, root: Path, dest: Path) -> None:
+        """The directory's own files: ``from_pretrained`` reads no subdirectory, so a training run's
+        ``checkpoint-*/`` folders (optimizer states) stay behind."""
+        copy_flat(cls.model_files(root), dest)
+
     def __init__(self, model, feature_extractor, tokenizer: HFCTCTokenizer):
         super().__init__()
         if model.config.vocab_size != tokenizer.vocab_size:
@@ -45,7 +51,6 @@ class HFCTCEncoder(CTCEncoder):
         self.model = model
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
-        self.sample_rate = feature_extractor.sampling_rate
         self._use_attention_mask = bool(feature_extractor.return_attention_mask)
 
     @classmethod
@@ -56,6 +61,7 @@ class HFCTCEncoder(CTCEncoder):
         require(root / "preprocessor_config.json", "feature extractor config")
         tokenizer = HFCTCTokenizer.from_pretrained(root)
         feature_extractor = AutoFeatureExtractor.from_pretrained(str(root))
+        require_16k(feature_extractor.sampling_rate, f"{root}/preprocessor_config.json (sampling_rate)")
         model = AutoModelForCTC.from_pretrained(str(root))
         return cls(model, feature_extractor, tokenizer).to(device).eval().requires_grad_(False)
 

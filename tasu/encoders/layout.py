@@ -104,14 +104,15 @@ class FunASRDir:
             return json.load(f)
 
 
-def load_weights(module: nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+def load_weights(module: nn.Module, path: Path) -> None:
     """Load a funasr ``model.pt`` into ``module``: every parameter must be there.
 
     funasr saves either a bare state dict or one wrapped under ``state_dict`` / ``model_state_dict``
     / ``model``. Extra entries are ignored, as funasr does; a missing one is an error (funasr only
-    prints a warning and keeps the random initialisation).
+    prints a warning and keeps the random initialisation). Read onto the CPU: the loaders move the
+    whole encoder to its device afterwards.
     """
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
