@@ -72,16 +72,17 @@ def _setup(seed: int = 0):
     """Build the model and one batch; return the two step closures: TASU, baseline."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tasu.llm import LoRA, TextBatch, add_lora
+    from tasu.experiment import LoRAConfig
+    from tasu.llm import TextBatch, add_lora
     from tasu.model import SpeechLLM, causal_lm_loss, splice
     from tasu.projectors import build_projector
-    from tasu.simulate import Simulator, SimulationConfig
+    from tasu.simulate import RuleSimulator, SimulationConfig
 
     torch.manual_seed(seed)
     llm = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=LLM_VOCAB, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True)).requires_grad_(False)
-    add_lora(llm, LoRA(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
+    add_lora(llm, LoRAConfig(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
     projector = build_projector("linear-silu", ENC_VOCAB, 512, hidden=2048)
     model = SpeechLLM(llm, _tokenizer(), projector).train()
     eos = model.tokenizer.eos_token_id
@@ -97,7 +98,7 @@ def _setup(seed: int = 0):
     tasu_text = TextBatch.from_lists([b + a for b, a in zip(before, after)], [PROMPT_BEFORE] * BATCH, targets, eos)
     base_text = TextBatch.from_lists([b + t + a for b, t, a in zip(before, transcripts_llm, after)],
                                      [PROMPT_BEFORE] * BATCH, targets, eos)
-    simulator = Simulator(SimulationConfig(), ENC_VOCAB)
+    simulator = RuleSimulator(SimulationConfig(), ENC_VOCAB)
     generator = torch.Generator().manual_seed(seed)
     no_speech = torch.zeros(BATCH, 0, 512)
     no_speech_lengths = torch.zeros(BATCH, dtype=torch.long)

@@ -73,10 +73,11 @@ def build(root: Path, layers: int):
 
 def bench(layers: int, batch: int) -> dict[str, float]:
     from tasu.compress import compress_posteriors
-    from tasu.llm import LoRA, TextBatch, add_lora
+    from tasu.experiment import LoRAConfig
+    from tasu.llm import TextBatch, add_lora
     from tasu.model import SpeechLLM, causal_lm_loss, splice
     from tasu.projectors import build_projector
-    from tasu.simulate import SimulationConfig, Simulator
+    from tasu.simulate import RuleSimulator, SimulationConfig
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,13 +93,13 @@ def bench(layers: int, batch: int) -> dict[str, float]:
     base_text = TextBatch.from_lists([b + ids(TRANSCRIPT_LLM) + a for b, a in zip(before, after)],
                                      [PROMPT_BEFORE] * batch, targets, eos)
     transcripts = [ids(TRANSCRIPT_ENC, ENC_VOCAB) for _ in range(batch)]
-    simulator = Simulator(SimulationConfig(), ENC_VOCAB)
+    simulator = RuleSimulator(SimulationConfig(), ENC_VOCAB)
     generator = torch.Generator().manual_seed(0)
     no_speech, no_lengths = torch.zeros(batch, 0, LLM_HIDDEN), torch.zeros(batch, dtype=torch.long)
 
     def model_with(lora: bool) -> SpeechLLM:
         if lora:
-            add_lora(llm, LoRA(r=8, alpha=16))
+            add_lora(llm, LoRAConfig(r=8, alpha=16))
         projector = build_projector("linear-silu", ENC_VOCAB, LLM_HIDDEN, hidden=2048)
         return SpeechLLM(llm, tokenizer, projector, encoder=encoder).train()
 

@@ -243,7 +243,7 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
     ``match_wer``: simulate each utterance at its real rows' token error rate (see the module doc)."""
     from tqdm import tqdm
 
-    from tasu.compress import compress_posteriors
+    from tasu.compress import encoder_posteriors
     from tasu.data.audio import load_audio
     from tasu.simulate.base import token_error_rate
 
@@ -255,13 +255,9 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
     def flush() -> None:
         waves = [torch.from_numpy(load_audio(r.path, r.key, r.start, r.end)) for r in batch]
         references = [tokenizer.encode(r.transcript) for r in batch]
-        with torch.no_grad():
-            feats, feat_lengths = encoder.extract_features([w.to(encoder.device) for w in waves])
-            log_probs, lengths = encoder(feats, feat_lengths)
-            real = compress_posteriors(log_probs.exp().cpu(), lengths.cpu(), compress_cfg.topk,
-                                       enabled=compress_cfg.enabled, threshold=compress_cfg.threshold,
-                                       blank_id=encoder.blank_id)
-        real_rows = rows_of(real)
+        real = encoder_posteriors(encoder, [w.to(encoder.device) for w in waves], compress_cfg.topk,
+                                  enabled=compress_cfg.enabled, threshold=compress_cfg.threshold)
+        real_rows = rows_of(real.to("cpu"))
         wer = None
         if match_wer:
             lo, hi = simulator.wer_range
@@ -286,13 +282,16 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
                 seed: int = 0, allow_pipes: bool = False, device: str = "cpu", match_wer: bool = False) -> dict:
     """``tasu analyze``: the records of ``data`` (JSONL) -> ``out_dir`` (summary, report, plots).
 
-    Nothing is written unless some utterance was compared: an empty summary would read as a result.
+    ``device``: ``auto``, ``cpu``, ``cuda`` or ``npu``, through ``tasu.device.resolve_device`` as
+    decoding and dumps take it. Nothing is written unless some utterance was compared: an empty
+    summary would read as a result.
     """
     import itertools
 
     from tasu.config import ConfigError
     from tasu.data.audio import AudioError, command_refused, is_command
     from tasu.data.records import DataError, iter_records_with_lines
+    from tasu.device import resolve_device
     from tasu.encoders import load_encoder
     from tasu.simulate import build_simulator
 
@@ -310,12 +309,15 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
 
     if limit is not None and limit < 1:   # 0 would analyze nothing; islice refuses a negative one unhelpfully
         raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if not cfg.encoder.path:   # else the encoder would be looked for in the working directory
+        raise ConfigError("encoder.path is not set: pass --encoder DIR (or set it in the config)")
+    torch_device = resolve_device(device)   # before the data is read: a wrong --device says so at once
     total = sum(1 for _ in records())
     if total == 0:
         raise DataError(", ".join(data), None, None, "no records to analyze")
     if limit is not None:
         total = min(total, limit)
-    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
+    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(torch_device))
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
     try:
         fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,

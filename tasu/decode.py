@@ -65,16 +65,15 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 import torch
 
-from tasu.config import ConfigError, to_dict
+from tasu.config import to_dict
 from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused, is_command, load_audio
-from tasu.data.prompts import PromptError, PromptSet, load_prompts
+from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
-from tasu.device import DeviceError, resolve_device
-from tasu.dump import FIELD, SECONDS, DumpError, DumpReader, check_records, identity
+from tasu.device import resolve_device
+from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
 from tasu.fileio import write_atomic
-from tasu.llm import ModelFilesError
-from tasu.lock import DirLock, LockError
-from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
+from tasu.lock import DirLock
+from tasu.model_io import MODEL_DIR, PROMPTS, encoder_tokenizer, read_model_config, resolve_checkpoint
 from tasu.posteriors import stack
 from tasu.simulate import build_simulator
 
@@ -280,19 +279,16 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
                batch_size: int = 8, max_new_tokens: int = 200, no_repeat_ngram_size: int = 0,
                repetition_penalty: float = 1.0, device: str = "auto", overrides: Sequence[str] = (),
                allow_pipes: bool = False, seed: int = 0) -> int:
-    """``tasu decode``: decode ``data`` into ``out`` (resuming), report; the exit status.
+    """``tasu decode``: decode ``data`` into ``out`` (resuming) and print the report; the exit status.
 
+    A failure raises (its message names the file, line or setting): ``tasu.cli.main`` makes it the
+    one line ``tasu decode: error: ...``, or shows the traceback under ``--debug``.
     ``allow_pipes`` lets audio paths that are shell commands be run (data you trust only)."""
-    try:
-        options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
-                                seed=seed)
-        with DirLock(out, "tasu decode"):
-            report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
-    except (DecodeError, DataError, PromptError, AudioError, ConfigError, DeviceError, LockError, CheckpointError,
-            ModelFilesError, DumpError, OSError) as e:
-        print(f"tasu decode: error: {e}", file=sys.stderr)
-        return 1
+    options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+                            seed=seed)
+    with DirLock(out, "tasu decode"):
+        report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     print(report, end="")
     return 0
 

@@ -31,7 +31,8 @@ class EncoderConfig:
 
 @dataclass
 class LoRAConfig:
-    """LoRA adapters on the LLM's Linear layers named in ``target_modules``."""
+    """LoRA adapters (peft) on the LLM's Linear layers named in ``target_modules``: the ``llm.lora``
+    section, and what ``tasu.llm.load_llm`` / ``SpeechLLM.from_pretrained`` take from code."""
 
     r: int = 8
     alpha: float = 16.0

@@ -16,22 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+if TYPE_CHECKING:   # the config's own section: one description of the adapters, for configs and code alike
+    from tasu.experiment import LoRAConfig
+
 SPEECH_TOKEN = "<speech>"
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class LoRA:
-    """LoRA adapters on the LLM (peft): rank, scaling numerator, dropout, which Linear layers."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class ModelFilesError(ValueError):
@@ -59,7 +53,7 @@ def load_llm_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
-             lora: LoRA | dict | None = None, gradient_checkpointing: bool = False) -> PreTrainedModel:
+             lora: LoRAConfig | None = None, gradient_checkpointing: bool = False) -> PreTrainedModel:
     """A causal LM from a local directory, every weight frozen, LoRA adapters added when asked.
 
     ``gradient_checkpointing`` recomputes each decoder layer in the backward pass (in training mode
@@ -72,7 +66,7 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
     llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     llm.requires_grad_(False)
     if lora is not None:
-        add_lora(llm, lora if isinstance(lora, LoRA) else LoRA(**lora))
+        add_lora(llm, lora)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(llm, "activation_checkpointing_enable"):   # its name from transformers 5 on
@@ -82,7 +76,7 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
     return llm
 
 
-def add_lora(llm: PreTrainedModel, lora: LoRA) -> PreTrainedModel:
+def add_lora(llm: PreTrainedModel, lora: LoRAConfig) -> PreTrainedModel:
     """Inject trainable LoRA adapters into ``llm`` in place (the rest stays as it was: frozen)."""
     from peft import LoraConfig, inject_adapter_in_model
 

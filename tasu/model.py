@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasu.compress import encoder_posteriors
 from tasu.encoders.base import CTCEncoder
-from tasu.llm import IGNORE_INDEX, LoRA, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
+from tasu.llm import IGNORE_INDEX, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
 from tasu.posteriors import Posteriors
 from tasu.projectors import Projector, build_projector
+
+if TYPE_CHECKING:
+    from tasu.experiment import LoRAConfig
 
 
 class LossOutput(NamedTuple):
@@ -139,7 +142,7 @@ class SpeechLLM(nn.Module):
         return self
 
     @classmethod
-    def from_pretrained(cls, llm_path: str | Path, projector: str, vocab_size: int, lora: LoRA | dict | None = None,
+    def from_pretrained(cls, llm_path: str | Path, projector: str, vocab_size: int, lora: LoRAConfig | None = None,
                         projector_options: dict | None = None, dtype: torch.dtype | str = torch.float32,
                         encoder: CTCEncoder | None = None, gradient_checkpointing: bool = False) -> "SpeechLLM":
         """LLM and tokenizer from the directory ``llm_path``; a fresh projector (registry name
@@ -203,10 +206,14 @@ class SpeechLLM(nn.Module):
         texts = [s.strip() for s in self.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)]
         if num_beams > 1:
             scores = out.sequences_scores.tolist()
-        else:  # greedy: the mean log-probability of the chosen tokens
+        else:  # greedy: the mean log-probability of the chosen tokens, EOS included as beam search counts it
             steps = torch.stack(out.scores, 1).log_softmax(-1)
-            chosen = steps.gather(2, out.sequences[:, -steps.shape[1]:, None]).squeeze(2)
-            done = out.sequences[:, -steps.shape[1]:] == self.tokenizer.pad_token_id
+            new = out.sequences[:, -steps.shape[1]:]
+            chosen = steps.gather(2, new[:, :, None]).squeeze(2)
+            # after its EOS a sequence is padded: past the first EOS, not wherever the pad id appears
+            # (the pad id is the EOS itself for tokenizers that have no pad token)
+            eos = (new == self.tokenizer.eos_token_id).long()
+            done = (eos.cumsum(1) - eos) > 0
             lengths = (~done).sum(1).clamp_min(1)
             scores = (chosen.masked_fill(done, 0).sum(1) / lengths).tolist()
         return [list(zip(texts[i:i + nbest], scores[i:i + nbest])) for i in range(0, len(texts), nbest)]

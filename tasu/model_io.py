@@ -184,7 +184,6 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
     import torch
 
     from tasu.encoders import load_encoder
-    from tasu.llm import LoRA
     from tasu.model import SpeechLLM
 
     if not cfg.encoder.path:
@@ -199,11 +198,7 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
         with torch.random.fork_rng(devices=[]):
             encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
     vocab_size = (encoder.tokenizer if encoder is not None else encoder_tokenizer(cfg)).vocab_size
-    lora = None
-    if cfg.llm.lora is not None:
-        lo = cfg.llm.lora
-        lora = LoRA(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=tuple(lo.target_modules))
-    model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=lora,
+    model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=cfg.llm.lora,
                                       projector_options=cfg.projector.options, dtype=cfg.llm.dtype,
                                       encoder=encoder, gradient_checkpointing=cfg.llm.gradient_checkpointing)
     return model.to(device)

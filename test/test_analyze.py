@@ -190,11 +190,29 @@ def test_tasu_analyze_from_the_command_line(tmp_path, capsys):
     assert "1 utterances" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]["simulation"]["drop_prob"] == 0.0
     assert main(["analyze", "--encoder", str(enc), "--data", str(data), "--out", str(tmp_path / "matched"),
-                 "--match-wer"]) == 0
+                 "--match-wer", "--device", "auto"]) == 0   # auto: whatever this machine has, as decode takes it
     assert json.loads((tmp_path / "matched" / "summary.json").read_text())["settings"]["match_wer"] is True
     assert "row divergence" in capsys.readouterr().out
     assert main(["analyze", "--encoder", str(enc), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 1
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_no_encoder_or_an_unusable_device_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Without --encoder (nor encoder.path) the encoder is not looked for in the working directory;
+    a device this torch cannot drive is tasu.device's message, as for decode and dump-posteriors."""
+    from tasu.cli import main
+
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"key": "a", "task": "ASR", "target": "hello", "path": "a.wav"}) + "\n")
+    assert main(["analyze", "--data", str(data), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == ("tasu analyze: error: encoder.path is not set: pass --encoder DIR "
+                                       "(or set it in the config)\n")
+    if not torch.cuda.is_available():
+        assert main(["analyze", "--encoder", str(tmp_path / "enc"), "--data", str(data), "--out",
+                     str(tmp_path / "out"), "--device", "cuda"]) == 1
+        assert capsys.readouterr().err == ("tasu analyze: error: device 'cuda' was asked for but torch sees no "
+                                           f"CUDA GPU (torch {torch.__version__}; CPU-only build or no driver?)\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_limit_below_one_or_no_utterance_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -217,5 +235,6 @@ def test_a_limit_below_one_or_no_utterance_writes_nothing(tmp_path, capsys, monk
     monkeypatch.setattr(tasu.simulate, "build_simulator", lambda *a, **k: None)
     monkeypatch.setattr(tasu.analyze, "analyze", lambda *a, **k: Fidelity())
     with pytest.raises(DataError, match="dev.jsonl: no utterance was analyzed: nothing written"):
-        run_analyze(cfg, [str(data)], str(tmp_path / "out"))
+        run_analyze(load_config(ExperimentConfig, None, [f"encoder.path={tmp_path}/enc"]), [str(data)],
+                    str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -23,4 +23,5 @@ def test_a_failing_command_prints_one_line_and_exits_1(tmp_path, capsys):
     assert err.startswith("tasu results: error: ") and err.count("\n") == 1
     out = subprocess.run(["tasu", "score", "--ref", str(tmp_path / "r"), "--hyp", str(tmp_path / "h"),
                           "--metric", "wer", "--debug"], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.startswith("tasu score: error: ")  # handled errors stay one line
+    assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr   # --debug: where it failed
+    assert "tasu score: error: " not in out.stderr   # no command prints its own errors past --debug

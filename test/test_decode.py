@@ -19,11 +19,19 @@ import torch
 from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
                       write_sensevoice_dir)
 from tasu.cli import main as tasu_main
+from tasu.data.records import DataError
 from tasu.decode import _key_generator, decoded_keys, run_decode, trn_line
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 FAST = dict(beam=2, max_new_tokens=6, batch_size=3, device="cpu")
+
+
+def tasu_decode(exp: Path, data: Path, out: Path, *args: str) -> int:
+    """``tasu decode`` with FAST's settings through the command's entry point, as a user runs it: a
+    failure is one line on stderr and exit status 1."""
+    return tasu_main(["decode", "--exp", str(exp), "--data", str(data), "--out", str(out), "--beam", "2",
+                      "--max-new-tokens", "6", "--batch-size", "3", "--device", "cpu", *args])
 
 
 def read_trn(path: Path) -> list[tuple[str, str]]:
@@ -102,7 +110,7 @@ def test_a_partial_last_line_is_cut_off_and_the_rest_decoded(exp, audio_decode, 
     assert dict(hyp) == dict(read_trn(audio_decode / "hyp.trn"))  # the same model decodes the same way
 
     # Other settings into the same directory would mix two decodes in one file: refused.
-    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path), **{**FAST, "beam": 3}) == 1
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path, "--beam", "3") == 1
 
 
 def test_simulated_input_loads_no_encoder(exp, tmp_path):
@@ -131,8 +139,7 @@ def test_simulated_input_loads_no_encoder(exp, tmp_path):
     assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again / "s5"), input_kind="simulated",
                       seed=5, **FAST) == 0
     assert json.loads((again / "s5" / "decode.json").read_text())["seed"] == 5
-    assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(again), input_kind="simulated",
-                      seed=5, **FAST) == 1
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", again, "--input", "simulated", "--seed", "5") == 1
 
 
 def test_tasu_score_reads_the_outputs(audio_decode, capsys):
@@ -154,15 +161,14 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")
-        extra = {"input_kind": "simulated"} if name == "nogt.jsonl" else {}
-        rc = run_decode(str(exp / "exp"), str(tmp_path / name), str(tmp_path / f"out_{name}"), **{**FAST, **extra})
+        extra = ["--input", "simulated"] if name == "nogt.jsonl" else []
+        rc = tasu_decode(exp / "exp", tmp_path / name, tmp_path / f"out_{name}", *extra)
         err = capsys.readouterr().err
         assert rc == 1 and message in err, err
     assert not (tmp_path / "out_json.jsonl" / "hyp.trn").exists()
 
     # Base models that moved: the message says how to point at them.
-    rc = run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path / "moved"), **FAST,
-                    overrides=[f"llm.path={tmp_path / 'gone'}"])
+    rc = tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "moved", "--set", f"llm.path={tmp_path / 'gone'}")
     assert rc == 1 and "pass --set llm.path=DIR" in capsys.readouterr().err
 
 
@@ -172,7 +178,7 @@ def test_another_data_file_into_a_finished_decode_is_refused_and_changes_nothing
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({**json.loads(line), "key": f"w{i}"}) + "\n"
                              for i, line in enumerate((exp / "test.jsonl").read_text().splitlines())))
-    assert run_decode(str(exp / "exp"), str(other), str(audio_decode), **FAST) == 1
+    assert tasu_decode(exp / "exp", other, audio_decode) == 1
     assert capsys.readouterr().err == (f"tasu decode: error: {audio_decode}/hyp.trn holds 7 hypotheses of keys that "
                                        f"are not in {other} (e.g. t0): another data file was decoded there; use "
                                        "another --out, or remove it\n")
@@ -180,16 +186,20 @@ def test_another_data_file_into_a_finished_decode_is_refused_and_changes_nothing
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert run_decode(str(exp / "exp"), str(empty), str(tmp_path / "out"), **FAST) == 1
+    assert tasu_decode(exp / "exp", empty, tmp_path / "out") == 1
     assert capsys.readouterr().err == f"tasu decode: error: {empty}: no records: nothing to decode\n"
     assert not any((tmp_path / "out").glob("*.trn"))
+
+    # --debug: the error itself, with its traceback, as for every other command
+    with pytest.raises(DataError, match="no records: nothing to decode"):
+        tasu_decode(exp / "exp", empty, tmp_path / "out", "--debug")
 
 
 def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exp / "exp" / "checkpoints" / "step_000004", ckpt)
     (ckpt / "model" / "config.yaml").write_text("encoder: [unclosed\n")
-    assert run_decode(str(ckpt), str(exp / "test.jsonl"), str(tmp_path / "out"), **FAST) == 1
+    assert tasu_decode(ckpt, exp / "test.jsonl", tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "config.yaml: not valid YAML" in err, err
 
@@ -204,7 +214,7 @@ def test_a_shell_pipe_path_is_refused_unless_allowed(exp, tmp_path, capsys):
     wav = exp / "wav" / "t0.wav"
     data = tmp_path / "pipe.jsonl"
     data.write_text(json.dumps({"key": "p", "task": "ASR", "target": "x", "path": f"touch {marker}; cat {wav} |"}) + "\n")
-    assert run_decode(str(exp / "exp"), str(data), str(tmp_path / "refused"), **FAST) == 1
+    assert tasu_decode(exp / "exp", data, tmp_path / "refused") == 1
     assert f"{data}:1: path: 'touch {marker}; cat {wav} |' is a shell command" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "refused" / "hyp.trn").exists()
     assert run_decode(str(exp / "exp"), str(data), str(tmp_path / "allowed"), **FAST, allow_pipes=True) == 0
@@ -219,7 +229,7 @@ def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_on
     data.write_text(json.dumps({"key": "f", "task": "ASR", "target": "x",
                                 "path": f"test -e {once} && exit 3; touch {once}; cat {wav} |"}) + "\n")
     out = tmp_path / "out"
-    assert run_decode(str(exp / "exp"), str(data), str(out), **FAST, allow_pipes=True) == 1
+    assert tasu_decode(exp / "exp", data, out, "--allow-pipes") == 1
     assert "command failed (exit status 3)" in capsys.readouterr().err
     assert (out / "ref.trn").exists() and not (out / "hyp.trn").exists()
 
@@ -233,7 +243,7 @@ def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_on
 def test_a_second_decode_into_one_out_dir_is_refused_with_the_first_ones_pid(exp, tmp_path, capsys):
     out = tmp_path / "out"
     with lock_held_elsewhere(out, "tasu decode") as pid:
-        assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(out), **FAST) == 1
+        assert tasu_decode(exp / "exp", exp / "test.jsonl", out) == 1
     assert f"{out} is in use: tasu decode by pid {pid} on " in capsys.readouterr().err
     assert not (out / "hyp.trn").exists() and not (out / "ref.trn").exists()
 
@@ -266,6 +276,5 @@ def test_unlabelled_audio_is_decoded_and_only_labelled_records_are_referenced(ex
     assert run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "none"), **FAST) == 0
     assert not (tmp_path / "none" / "ref.trn").exists() and (tmp_path / "none" / "hyp.trn").exists()
     # simulation needs a transcript: an unlabelled ASR record has none
-    rc = run_decode(str(exp / "exp"), str(tmp_path / "none.jsonl"), str(tmp_path / "sim"),
-                    **{**FAST, "input_kind": "simulated"})
+    rc = tasu_decode(exp / "exp", tmp_path / "none.jsonl", tmp_path / "sim", "--input", "simulated")
     assert rc == 1 and "GT: missing" in capsys.readouterr().err

@@ -232,6 +232,36 @@ def test_a_lost_last_pointer_is_not_a_fresh_start(setup, tmp_path, capsys):
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000010"]
 
 
+def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, capsys):
+    """On resuming, the curve's steps after the checkpoint are dropped (they are redone), and so are
+    lines a crash left unreadable (a blank line, NUL bytes where the disk lost a block), rather than
+    the run stopping on them. In-process, as above."""
+    import logging
+    import shutil
+
+    out = tmp_path / "sim"
+    shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")   # step_000010
+    for name in ("teacher.safetensors", "teacher.json"):   # the same inputs and settings: reused
+        shutil.copy(setup / "sim" / name, out / name)
+    lines = (setup / "sim" / "loss.tsv").read_text().splitlines(keepends=True)
+    assert [int(line.split("\t")[0]) for line in lines] == list(range(1, 11))
+    (out / "loss.tsv").write_text("".join(lines[:4]) + "\n" + "\0\0\0\0" + "".join(lines[4:]) + "11\t0.5")
+    try:
+        result = tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                                 str(setup / "asr.jsonl"), "--out", str(out), "--resume", *TINY,
+                                 "train.max_steps=11", "train.report_utterances=0")
+    finally:
+        log = logging.getLogger("tasu.train_simulator")
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+    assert result.returncode == 0, result.stderr[-2000:]
+    curve = (out / "loss.tsv").read_text().splitlines(keepends=True)
+    assert curve[:-1] == lines[:4] + lines[5:] and curve[-1].startswith("11\t")   # step 5's line was garbled
+    assert (out / "checkpoints" / "last").read_text() == "step_000011\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000011"]   # 10 removed
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     options = [*TINY, "train.max_steps=60", "train.save_interval=3", "train.report_utterances=0"]
@@ -346,26 +376,50 @@ def test_asked_wers_are_read_backwards_through_the_calibration_curve():
     assert invert_calibration(torch.tensor([0.3]), [0.0, 1.0], [0.1, 0.1]).tolist() == [0.0]   # a flat curve
 
 
-@pytest.mark.slow
-def test_the_clean_teacher_rows_come_from_a_posterior_dump_when_given(setup, tmp_path):
-    """A dump holds what the live encoder computes (one recording per batch on both sides: the
-    encoder's last bits depend on the batch), so the teacher made from it is the teacher made from audio.
-    The dump is made in-process (tasu dump-posteriors' own function; test_dump.py runs the command), on
-    one thread as the subprocesses run."""
+@pytest.fixture(scope="module")
+def dump(setup, tmp_path_factory) -> Path:
+    """A posterior dump of setup's records, made as the teacher's clean rows are: one recording per batch
+    (the encoder's last bits depend on the batch), on one thread as the subprocesses run. It is made
+    in-process (tasu dump-posteriors' own function; test_dump.py runs the command)."""
     from tasu.compress import CompressConfig
     from tasu.dump import dump_posteriors
 
+    out = tmp_path_factory.mktemp("dump")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dump_posteriors([str(setup / "asr.jsonl")], str(tmp_path / "dump"), str(setup / "enc"),
+        dump_posteriors([str(setup / "asr.jsonl")], str(out), str(setup / "enc"),
                         compress=CompressConfig(threshold=0.99, topk=4), batch_size=1)
     finally:
         torch.set_num_threads(threads)
-    options = [*TINY, "teacher.copies=0", "teacher.batch_size=1", "train.max_steps=1", "train.report_utterances=0"]
-    for name, data in (("audio", setup / "asr.jsonl"), ("dump", tmp_path / "dump" / "asr.jsonl")):
+    return out
+
+
+DUMP_OPTIONS = [*TINY, "teacher.copies=0", "teacher.batch_size=1", "train.max_steps=1", "train.report_utterances=0"]
+
+
+def same_teacher(a: Path, b: Path) -> bool:
+    a, b = load_file(a / "teacher.safetensors"), load_file(b / "teacher.safetensors")
+    return (torch.equal(a["row_ids"], b["row_ids"]) and torch.equal(a["row_offsets"], b["row_offsets"])
+            and torch.allclose(a["row_probs"], b["row_probs"], atol=1e-6) and torch.equal(a["ter"], b["ter"]))
+
+
+@pytest.mark.slow
+def test_the_clean_teacher_rows_come_from_a_posterior_dump_when_given(setup, dump, tmp_path):
+    """A dump holds what the live encoder computes, so the teacher made from it is the teacher made
+    from audio."""
+    for name, data in (("audio", setup / "asr.jsonl"), ("dump", dump / "asr.jsonl")):
         tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(data), "--out", str(tmp_path / name),
-             *options)
-    a, b = load_file(tmp_path / "audio" / "teacher.safetensors"), load_file(tmp_path / "dump" / "teacher.safetensors")
-    assert torch.equal(a["row_ids"], b["row_ids"]) and torch.equal(a["row_offsets"], b["row_offsets"])
-    assert torch.allclose(a["row_probs"], b["row_probs"], atol=1e-6) and torch.equal(a["ter"], b["ter"])
+             *DUMP_OPTIONS)
+    assert same_teacher(tmp_path / "audio", tmp_path / "dump")
+
+    # Records from a dump alone (no audio) beside records with audio only: without degraded copies
+    # neither needs more, and the teacher is the same.
+    dumped = [json.loads(line) for line in (dump / "asr.jsonl").read_text().splitlines()]
+    audio = (setup / "asr.jsonl").read_text().splitlines(keepends=True)
+    for record in dumped[:3]:
+        del record["path"]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dumped[:3]) + "".join(audio[3:]))
+    tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(tmp_path / "mixed.jsonl"), "--out",
+         str(tmp_path / "mixed"), *DUMP_OPTIONS)
+    assert same_teacher(tmp_path / "audio", tmp_path / "mixed")

@@ -16,6 +16,7 @@ import torch
 
 from tasu.compress import compress_posteriors
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer
+from tasu.experiment import LoRAConfig
 from tasu.llm import IGNORE_INDEX, SPEECH_TOKEN, PromptTokenizer, TextBatch, load_llm_tokenizer
 from tasu.model import SpeechLLM, causal_lm_loss, splice
 from tasu.posteriors import Posteriors
@@ -148,7 +149,7 @@ def test_frozen_llm_gets_no_gradients(chat_dir):
 
 
 def test_lora_trains_adapters_only_and_round_trips(chat_dir):
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     model = build(chat_dir, lora=lora)
     out = model(simulated(SPEECH), model.prompt_tokenizer(PROMPTS, TARGETS))
     out.loss.backward()
@@ -167,7 +168,7 @@ def test_lora_trains_adapters_only_and_round_trips(chat_dir):
 
 
 def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradients(chat_dir):
-    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    lora = LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     runs = []
     for checkpointing in (False, True):
         model = build(chat_dir, lora=lora, gradient_checkpointing=checkpointing).train()
@@ -186,7 +187,7 @@ def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradient
 
 
 def test_loss_decreases_when_overfitting_one_batch(plain_dir):
-    model = build(plain_dir, lora={"r": 4})
+    model = build(plain_dir, lora=LoRAConfig(r=4))
     post, text = simulated(SPEECH), model.prompt_tokenizer(PROMPTS, TARGETS)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     losses = []
@@ -224,6 +225,29 @@ def test_generate_beam_1_and_4_with_guards(chat_dir):
     alone = [model.generate(simulated(SPEECH[b:b + 1], errors=False), PROMPTS[b:b + 1], num_beams=1,
                             max_new_tokens=6)[0] for b in range(2)]
     assert alone == greedy
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_greedy_nbest_scores_count_the_eos_step_whatever_the_pad_token(chat_dir, pad_is_eos):
+    """A greedy hypothesis' score is the mean log-probability of its new tokens up to and including
+    its EOS, as beam search counts (length penalty 1), also for a tokenizer without a pad token of
+    its own, which pads with its EOS. The LLM's generate is replaced by fixed steps so that one
+    utterance ends with EOS after two tokens and the other runs to the length limit."""
+    from types import SimpleNamespace
+
+    model = build(chat_dir).eval()
+    tok = model.tokenizer
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
+    a, b = tok("hello world", add_special_tokens=False)["input_ids"][:2]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    new = torch.tensor([[a, b, eos, pad], [a, b, a, b]])
+    logits = torch.randn(2, 4, model.llm.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    model.llm.generate = lambda **_: SimpleNamespace(sequences=new, scores=tuple(logits.unbind(1)))
+    [[(_, ended)], [(_, cut)]] = model.generate_nbest(simulated(SPEECH, errors=False), PROMPTS, 1, num_beams=1)
+    logp = logits.log_softmax(-1).gather(2, new[:, :, None]).squeeze(2)
+    assert ended == pytest.approx(float(logp[0, :3].mean()))   # a, b and the EOS; not the padding
+    assert cut == pytest.approx(float(logp[1].mean()))
 
 
 # ---------------------------------------------------------------- text-only stays text-only

@@ -258,3 +258,65 @@ def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path):
     assert clear_stale_build_locks(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
     assert clear_stale_build_locks(tmp_path / "no such dir") == []
+
+
+def test_a_checkpoint_is_put_in_place_and_the_curve_cut_back_to_it(tmp_path):
+    """What both training loops do at a save and a resume (tasu.train.checkpoint)."""
+    from tasu.train.checkpoint import finalize_checkpoint, partial_dir, truncate_curve
+
+    root = tmp_path / "checkpoints"
+    for name in ("step_000002", "step_000004", "step_000006"):   # step 6: left by a run that was resumed
+        (root / name).mkdir(parents=True)
+    partial_dir(root, "step_000006").mkdir()
+    (partial_dir(root, "step_000006") / "weights").write_text("new")
+    best = [{"name": "step_000002", "step": 2, "valid_loss": 1.0}]
+    assert finalize_checkpoint(root, "step_000006", best) == root / "step_000006"
+    assert sorted(p.name for p in root.iterdir()) == ["best.json", "last", "step_000002", "step_000006"]
+    assert (root / "step_000006" / "weights").read_text() == "new" and (root / "last").read_text() == "step_000006\n"
+    assert json.loads((root / "best.json").read_text()) == best
+    partial_dir(root, "step_000008").mkdir()
+    finalize_checkpoint(root, "step_000008")   # no ranking (the learned simulator's loop): the newest only
+    assert sorted(p.name for p in root.iterdir()) == ["best.json", "last", "step_000008"]
+
+    curve = tmp_path / "loss.tsv"
+    curve.write_text("1\t2.0\n2\t1.5\n\n\0\0\0\x003\t1.2\n4\tgarbled\n4\t1.1\n5\t1.0\n6\t0.9\n7\t0.")
+    truncate_curve(curve, 5)   # after the checkpoint of step 5: later steps, blank and garbled lines go
+    assert curve.read_text() == "1\t2.0\n2\t1.5\n4\t1.1\n5\t1.0\n"
+    truncate_curve(tmp_path / "none.tsv", 5)   # no curve yet: nothing to do
+    assert not (tmp_path / "none.tsv").exists()
+
+
+def test_the_batch_budget_counts_a_prompt_filled_from_the_record(tmp_path):
+    """A prevtext (or hotword) prompt holds the record's field, which may be long: batching budgets
+    the prompt as filled, so a batch stays within data.max_tokens. Prompts without fields are
+    budgeted as before: their task's longest, the same for every record."""
+    from tasu.data.prompts import PromptSet
+    from tasu.data.records import Record
+    from tasu.llm import PromptTokenizer, load_llm_tokenizer
+    from tasu.train.collate import Collator
+
+    llm = load_llm_tokenizer(save_tiny_llm(tmp_path / "llm"))
+    prompts = PromptSet({"ASR": ["Transcribe the audio.", "Write down what is said in the recording."],
+                         "prevtext": ["Transcribe.", "The previous sentence was: {prevtext} Transcribe the next."]})
+
+    class Encoder:   # one encoder token a word
+        @staticmethod
+        def encode(text):
+            return text.split()
+
+    collator = Collator(prompts, PromptTokenizer(llm), Encoder())
+    target = "turn on the lights"
+    record = Record(key="p", task="prevtext", target=target, extra={"prevtext": " ".join(SENTENCES)})
+    budget = collator.length(record)
+    used = []
+    for seed in range(16):   # both prompts get drawn
+        batch = collator([record], seed)
+        used.append(int(batch.text.lengths[0]) + len(batch.token_ids[0]))   # LLM tokens + speech rows
+    assert len(set(used)) == 2 and max(used) <= budget
+
+    def tokens(text):
+        return len(llm(text, add_special_tokens=False)["input_ids"])
+
+    asr = Record(key="a", task="ASR", target=target)
+    assert collator.length(asr) == (tokens(PromptTokenizer(llm).render("")) + max(map(tokens, prompts.prompts("ASR")))
+                                    + len(target.split()) + tokens(target) + 1)

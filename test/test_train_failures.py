@@ -187,6 +187,37 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     assert f"tasu train: error: {exp} already holds checkpoints: pass --resume" in again.stderr
 
 
+# Builds the trainer (the prompts are read), edits the prompts file as a user preparing the next run
+# would, then trains: argv[1] the config, argv[2] the experiment dir, argv[3] the prompts file.
+EDIT_PROMPTS_WHILE_TRAINING = """
+import sys
+from pathlib import Path
+from tasu.config import load_config
+from tasu.experiment import ExperimentConfig
+from tasu.train.trainer import Trainer
+
+config, exp, prompts = sys.argv[1:]
+trainer = Trainer(load_config(ExperimentConfig, config, [f"data.prompts={prompts}"]), exp)
+Path(prompts).write_text('{"task": "ASR", "prompt": "Edited for another run."}\\n', encoding="utf-8")
+try:
+    trainer.fit()
+finally:
+    trainer.lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_records_the_prompts_the_run_read_not_a_later_edit(setup, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"task": "ASR", "prompt": "Transcribe the audio."}\n', encoding="utf-8")
+    read = prompts.read_text(encoding="utf-8")
+    out = subprocess.run([sys.executable, "-c", EDIT_PROMPTS_WHILE_TRAINING, str(setup / "train.yaml"),
+                          str(tmp_path / "exp"), str(prompts)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Edited" in prompts.read_text(encoding="utf-8")
+    assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
+
+
 def test_a_damaged_engine_file_is_named_and_not_unpickled(tmp_path):
     from tasu.model_io import CheckpointError
     from tasu.train.checkpoint import load_engine_file

@@ -66,7 +66,10 @@ class PromptSet:
 
     def render(self, record: _HasFields, rng: random.Random) -> str:
         """A prompt for ``record``: one of its task's prompts drawn with ``rng``, filled in."""
-        template = rng.choice(self.prompts(record.task))
+        return self.fill(rng.choice(self.prompts(record.task)), record)
+
+    def fill(self, template: str, record: _HasFields) -> str:
+        """``template`` (one of the prompts of ``record``'s task) filled from ``record``'s fields."""
         values = {}
         for name in self._names[template]:
             value = record.get(name)

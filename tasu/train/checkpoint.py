@@ -2,12 +2,14 @@
 
 The layout of an experiment directory, and everything decoding reads (``model/``), is in
 ``tasu.model_io``; training writes ``model/`` with its ``write_model``. Here: ``engine/`` (what
-``--resume`` needs: DeepSpeed's optimizer and scheduler state, our own state) and the ``last`` and
-``best.json`` pointers.
+``--resume`` needs: DeepSpeed's optimizer and scheduler state, our own state), the ``last`` and
+``best.json`` pointers, and the steps both training loops (``tasu train``, ``tasu train-simulator``)
+take to put a checkpoint in place and to forget, on resuming, the loss curve's steps after it.
 
-A checkpoint is written under a temporary name and renamed into place when complete, and ``last``
-is replaced atomically afterwards, so a run killed at any moment leaves either the previous or the
-new checkpoint, never a half-written one that resuming would trust.
+A checkpoint is written under a temporary name (``partial_dir``) and renamed into place when
+complete, and ``last`` is replaced atomically afterwards (``finalize_checkpoint``), so a run killed
+at any moment leaves either the previous or the new checkpoint, never a half-written one that
+resuming would trust.
 
 Nothing read back from a checkpoint can run code: the weights are safetensors, and the ``engine/``
 files (DeepSpeed writes them with ``torch.save``, i.e. pickle) are read by ``load_engine_file``,
@@ -17,8 +19,10 @@ and refuses anything else. A checkpoint copied from elsewhere, or altered, canno
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 from tasu.fileio import write_atomic
@@ -33,6 +37,62 @@ def set_last(ckpt_root: Path, name: str) -> None:
 
 def write_best(ckpt_root: Path, best: list[dict]) -> None:
     write_atomic(ckpt_root / "best.json", json.dumps(best, indent=1) + "\n")
+
+
+def partial_dir(ckpt_root: Path, name: str) -> Path:
+    """Where checkpoint ``name`` is written before ``finalize_checkpoint`` renames it into place (a
+    hidden name: ``step_*`` globs and ``last`` never see a half-written checkpoint)."""
+    return ckpt_root / f".{name}.partial"
+
+
+def finalize_checkpoint(ckpt_root: Path, name: str, best: list[dict] | None = None) -> Path:
+    """Put the complete ``partial_dir(ckpt_root, name)`` in place as ``name``, point ``last`` at it,
+    write ``best`` (when the run ranks checkpoints), and remove every other ``step_*`` but the best.
+
+    The order is what makes a kill at any moment harmless: the new checkpoint is whole before
+    ``last`` names it, ``best.json`` never names a checkpoint that is not there, and old ones go last.
+    """
+    final = ckpt_root / name
+    shutil.rmtree(final, ignore_errors=True)   # a checkpoint of this step from a run that was resumed
+    os.replace(partial_dir(ckpt_root, name), final)
+    set_last(ckpt_root, name)
+    keep = {name}
+    if best is not None:
+        write_best(ckpt_root, best)
+        keep |= {b["name"] for b in best}
+    for old in ckpt_root.glob("step_*"):
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def truncate_curve(curve: Path, step: int) -> None:
+    """Keep the lines of a loss curve (``STEP<TAB>LOSS`` a line) up to ``step``: on resuming from the
+    checkpoint of ``step``, the steps after it are redone and appended again.
+
+    A line that is not whole (a run killed while writing it) or not of that form (a disk that kept
+    garbage after a crash) is dropped too, rather than stopping the resume with a parse error.
+    """
+    if not curve.exists():
+        return
+    kept = []
+    for line in curve.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        at = _curve_step(line)
+        if at is not None and at <= step:
+            kept.append(line)
+    write_atomic(curve, "".join(kept))
+
+
+def _curve_step(line: str) -> int | None:
+    """The step of a whole ``STEP<TAB>LOSS`` line, else None."""
+    fields = line.split("\t")
+    if not line.endswith("\n") or len(fields) != 2 or not (fields[0].isascii() and fields[0].isdigit()):
+        return None
+    try:
+        float(fields[1])
+    except ValueError:
+        return None
+    return int(fields[0])
 
 
 def _engine_safe_globals() -> list:

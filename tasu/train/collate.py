@@ -59,8 +59,10 @@ class Collator:
         self.mode, self.audio_ratio, self.dumps = mode, audio_ratio, dumps
         llm = prompt_tokenizer.tokenizer
         # A record's prompt is drawn at collate time, so its length budget uses the task's longest.
+        # Prompts filled from the record's fields (prevtext, hotword) are measured filled, per record;
+        # the others are the same for every record of their task, measured once.
         self._prompt_len = {task: max(len(llm(p, add_special_tokens=False)["input_ids"]) for p in prompts.prompts(task))
-                            for task in prompts.tasks}
+                            for task in prompts.tasks if not prompts.fields(task)}
         self._template_len = len(llm(prompt_tokenizer.render(""), add_special_tokens=False)["input_ids"])
 
     def length(self, record: Record) -> int:
@@ -74,7 +76,15 @@ class Collator:
         else:
             info = audio_info(record.path, key=record.key, start=record.start, end=record.end)
             speech = math.ceil(info.duration * ROWS_PER_SECOND)
-        return self._template_len + self._prompt_len.get(record.task, 0) + speech + target
+        return self._template_len + self._prompt_length(record) + speech + target
+
+    def _prompt_length(self, record: Record) -> int:
+        """The tokens of the longest prompt ``record`` may be given."""
+        if record.task in self.prompts.tasks and self.prompts.fields(record.task):
+            llm = self.prompt_tokenizer.tokenizer
+            return max(len(llm(self.prompts.fill(t, record), add_special_tokens=False)["input_ids"])
+                       for t in self.prompts.prompts(record.task))
+        return self._prompt_len.get(record.task, 0)
 
     def __call__(self, records: list[Record], seed: int) -> StepBatch:
         rng = random.Random(seed)

@@ -45,7 +45,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -226,12 +225,17 @@ def _recordings(data: Sequence[str], tokenizer, allow_pipes: bool) -> list[dict]
     return out
 
 
-def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device) -> tuple[Teacher, list[float]]:
-    """The teacher examples of every recording (clean + copies) and their rates; see the module doc."""
+def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
+                  encoder_identity: dict) -> tuple[Teacher, list[float]]:
+    """The teacher examples of every recording (clean + copies) and their rates; see the module doc.
+
+    ``encoder_identity`` is ``tasu.dump.identity`` of the config's encoder and compression: what a
+    posterior dump's entries must have been made with (a digest of every encoder file, computed once
+    a run)."""
     from tasu.compress import encoder_posteriors
     from tasu.data.audio import load_audio
     from tasu.data.records import DataError
-    from tasu.dump import DumpReader, identity
+    from tasu.dump import DumpReader
     from tasu.encoders import load_encoder
     from tasu.posteriors import stack
 
@@ -247,7 +251,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device) 
     if needs_audio:
         with torch.random.fork_rng(devices=[]):
             encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device))
-    dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+    dumps = DumpReader(encoder_identity)
     c = cfg.compress
 
     def run(waves):
@@ -258,10 +262,10 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device) 
     started = time.time()
     for first in range(0, len(recordings), t.batch_size):
         chunk = recordings[first:first + t.batch_size]
-        waves = None
-        if needs_audio:
-            waves = [torch.from_numpy(load_audio(r["path"], key=r["key"], start=r["start"], end=r["end"]))
-                     for r in chunk]
+        # the audio of every recording when copies are made; else only of those without a dump entry
+        # (a record from a dump alone may have no audio)
+        waves = [torch.from_numpy(load_audio(r["path"], key=r["key"], start=r["start"], end=r["end"]))
+                 if t.copies > 0 or r["dump"] is None else None for r in chunk]
         clean = [None] * len(chunk)
         for i, r in enumerate(chunk):
             if r["dump"] is not None:
@@ -317,29 +321,27 @@ def bin_counts(rates: Sequence[float]) -> dict[str, int]:
     return counts
 
 
-def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str]) -> dict:
-    from tasu.dump import identity
-
+def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], encoder_identity: dict) -> dict:
     digests = []
     for path in data:
         with open(path, "rb") as f:
             digests.append({"path": str(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()})
-    return {"encoder": identity(cfg.encoder.path, cfg.encoder.type, cfg.compress), "data": digests,
-            "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
+    return {"encoder": encoder_identity, "data": digests, "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
 
 
-def load_or_build_teacher(cfg, data, out: Path, recordings_of, device) -> Teacher:
-    """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new one."""
+def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, encoder_identity: dict) -> Teacher:
+    """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new
+    one made from ``recordings`` (``_recordings`` of ``data``)."""
     from safetensors.torch import load_file
 
-    ident = _teacher_identity(cfg, data)
+    ident = _teacher_identity(cfg, data, encoder_identity)
     info_path = out / TEACHER_INFO
     if info_path.exists() and (out / TEACHER).exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))
         if info.get("identity") == json.loads(json.dumps(ident)):
             log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
             return Teacher(**load_file(str(out / TEACHER)))
-    teacher, rates = build_teacher(cfg, recordings_of(), device)
+    teacher, rates = build_teacher(cfg, recordings, device, encoder_identity)
     save_safetensors_atomic(out / TEACHER, teacher.tensors())
     counts = bin_counts(rates)
     write_atomic(info_path, json.dumps({"identity": ident, "examples": len(teacher), "bins": counts,
@@ -376,8 +378,11 @@ def learning_rate(step: int, c: SimulatorLoopConfig) -> float:
 
 
 def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: LearnedSimulatorConfig) -> None:
-    name = f"step_{step:06d}"
-    final, partial = root / name, root / f".{name}.partial"
+    from tasu.model_io import checkpoint_name
+    from tasu.train.checkpoint import finalize_checkpoint, partial_dir
+
+    name = checkpoint_name(step)
+    partial = partial_dir(root, name)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     write_simulator_dir(partial, sim_config, model.state_dict())
@@ -387,12 +392,7 @@ def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: Learne
             moments[f"{i}.{key}"] = torch.as_tensor(value)
     save_safetensors_atomic(partial / OPTIMIZER, moments)
     write_atomic(partial / "state.json", json.dumps({"step": step}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    write_atomic(root / "last", name + "\n")
-    for old in root.glob("step_*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    finalize_checkpoint(root, name)
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
@@ -417,7 +417,6 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
                     allow_pipes: bool = False) -> dict:
     """Train into ``out`` (see the module doc); the report (asked WER -> simulated token error rate)."""
     from tasu.device import resolve_device
-    from tasu.encoders import load_tokenizer
     from tasu.lock import DirLock
 
     if not cfg.encoder.path or not Path(cfg.encoder.path).is_dir():
@@ -428,7 +427,7 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
     lock = DirLock(out, "simulator training")
     lock.acquire()
     try:
-        return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device), load_tokenizer)
+        return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device))
     finally:
         lock.release()
 
@@ -443,9 +442,12 @@ def _setup_log(out: Path) -> None:
         log.addHandler(handler)
 
 
-def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_tokenizer) -> dict:
+def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dict:
     _setup_log(out)
+    from tasu.dump import identity
+    from tasu.encoders import load_tokenizer
     from tasu.model_io import last_checkpoint, refuse_lost_pointer
+    from tasu.train.checkpoint import truncate_curve
 
     ckpt_root = out / "checkpoints"
     refuse_lost_pointer(ckpt_root)
@@ -455,14 +457,13 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
                              "another --out")
     tokenizer = load_tokenizer(cfg.encoder.path, cfg.encoder.type)
     recordings = _recordings(data, tokenizer, allow_pipes)   # every record checked before anything runs
-    teacher = load_or_build_teacher(cfg, data, out, lambda: recordings, device)
+    encoder_identity = identity(cfg.encoder.path, cfg.encoder.type, cfg.compress)   # reads every encoder file
+    teacher = load_or_build_teacher(cfg, data, out, recordings, device, encoder_identity)
     rates = teacher.ter
-    from tasu.dump import identity
-
     sim_config = LearnedSimulatorConfig(
         **asdict(cfg.model), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id,
         vocab_digest=vocab_digest(tokenizer), wer_range=(float(rates.min()), float(rates.max())),
-        encoder=identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+        encoder=encoder_identity)
     c = cfg.train
     torch.manual_seed(_seed(c.seed, "init"))
     model = SimulatorModel(sim_config).to(device)
@@ -474,10 +475,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device, load_t
     curve = out / "loss.tsv"
     if last is not None:
         step = _load_checkpoint(last, model, optimizer)
-        if curve.exists():   # the steps after the checkpoint are redone
-            lines = [ln for ln in curve.read_text(encoding="utf-8").splitlines(keepends=True)
-                     if ln.endswith("\n") and int(ln.split("\t")[0]) <= step]
-            write_atomic(curve, "".join(lines))
+        truncate_curve(curve, step)   # the steps after the checkpoint are redone
         log.info("resumed from %s: step %d", last, step)
     elif curve.exists():
         curve.unlink()

@@ -47,7 +47,8 @@ from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, 
                            last_checkpoint, load_trainable, read_best, refuse_lost_pointer, resolve_checkpoint,
                            write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
-from tasu.train.checkpoint import ENGINE_DIR, load_engine_file, set_last, use_safe_engine_loads, write_best
+from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, partial_dir, truncate_curve,
+                                   use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
 from tasu.experiment import ExperimentConfig
 
@@ -155,9 +156,11 @@ class Trainer:
             section.path = str(Path(section.path).resolve())
         self.cfg, self.exp_dir = cfg, Path(exp_dir)
         self.ckpt_root = self.exp_dir / "checkpoints"
-        self.prompts_path = cfg.data.prompts
         prompts = load_prompts(cfg.data.prompts)
-        counts = check_records(cfg.data, prompts, allow_pipes)
+        # What every checkpoint records as the run's prompts: the file as the run read it, not as an
+        # edit made while it runs would leave it.
+        self.prompts_text = Path(prompts.source).read_text(encoding="utf-8")
+        counts = check_training_records(cfg.data, prompts, allow_pipes)
 
         self.rank, self.world, local_rank = _init_distributed(cfg.engine.device)
         self.device = resolve_device(cfg.engine.device, local_rank)
@@ -462,7 +465,7 @@ class Trainer:
         import torch.distributed as dist
 
         name = checkpoint_name(self.step)
-        final, partial = self.ckpt_root / name, self.ckpt_root / f".{name}.partial"
+        partial = partial_dir(self.ckpt_root, name)
         if self.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
             (partial / MODEL_DIR).mkdir(parents=True)
@@ -477,23 +480,14 @@ class Trainer:
                                         exclude_frozen_parameters=True)
             torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
             if self.rank == 0:
-                prompts_text = Path(self.collator.prompts.source).read_text(encoding="utf-8")
-                write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, prompts_text)
+                write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, self.prompts_text)
         except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear" or so
             message = self._save_failure(name, e)  # the free space before the partial files are removed
             shutil.rmtree(partial, ignore_errors=True)
             raise TrainingError(message) from e
         dist.barrier()
         if self.rank == 0:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            set_last(self.ckpt_root, name)
-            write_best(self.ckpt_root, self.best)
-            keep = {name} | {b["name"] for b in self.best}
-            for old in self.ckpt_root.glob("step_*"):
-                if old.name not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
-            log.info("saved %s", final)
+            log.info("saved %s", finalize_checkpoint(self.ckpt_root, name, self.best))
         dist.barrier()
 
     def _save_failure(self, name: str, error: BaseException) -> str:
@@ -517,11 +511,8 @@ class Trainer:
         self.step = state["step"]
         self.position = DataPosition(**state["position"])
         self.best = state["best"] or read_best(self.ckpt_root)
-        curve = self.exp_dir / "loss.tsv"
-        if self.rank == 0 and curve.exists():  # forget the steps after the checkpoint: they are redone
-            lines = curve.read_text(encoding="utf-8").splitlines(keepends=True)
-            complete = [ln for ln in lines if ln.endswith("\n") and ln.count("\t") == 1]
-            write_atomic(curve, "".join(ln for ln in complete if int(ln.split("\t")[0]) <= self.step))
+        if self.rank == 0:  # forget the steps after the checkpoint: they are redone
+            truncate_curve(self.exp_dir / "loss.tsv", self.step)
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", ckpt, self.step,
                  self.position.epoch, self.position.consumed)
 
@@ -540,7 +531,7 @@ def _data_files(d) -> list[str]:
     return [str(getattr(source, "path", source)) for source in (*d.train, *d.valid)]
 
 
-def check_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str, int]:
+def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str, int]:
     """Read every training and validation record once with the strict reader; the counts.
 
     Bad data stops the run here, at step 0, as ``FILE:LINE: FIELD: message`` (one JSON parse a
