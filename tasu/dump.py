@@ -38,7 +38,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +46,7 @@ import torch
 
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
-from tasu.fileio import write_atomic
+from tasu.fileio import atomic_replace, write_atomic
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
@@ -311,30 +310,21 @@ def _run_job(root: Path, out: str, j: int, mine: list, seconds: dict, encoder, d
     from tasu.data.audio import load_audio
 
     ark = os.path.join(out, f"post.{j}.ark")
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".post.{j}.ark.")
     scp = []
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for first in range(0, len(mine), batch_size):
-                batch = mine[first:first + batch_size]
-                waves = [torch.from_numpy(load_audio(p, key=key, start=s, end=e)).to(device)
-                         for (p, s, e), key in batch]
-                post = encoder_posteriors(encoder, waves, compress.topk, enabled=compress.enabled,
-                                          threshold=compress.threshold).to("cpu", torch.float32)
-                for b, (_, key) in enumerate(batch):
-                    n = int(post.lengths[b])
-                    mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],
-                                     post.blank[b, :n, None]], 1)
-                    offset = f.tell() + len(key.encode()) + 1   # the value starts after "key "
-                    kaldiio.save_ark(f, {key: mat.numpy()})
-                    scp.append(f"{key} {ark}:{offset}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, ark)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_replace(root / f"post.{j}.ark") as tmp, open(tmp, "wb") as f:
+        for first in range(0, len(mine), batch_size):
+            batch = mine[first:first + batch_size]
+            waves = [torch.from_numpy(load_audio(p, key=key, start=s, end=e)).to(device)
+                     for (p, s, e), key in batch]
+            post = encoder_posteriors(encoder, waves, compress.topk, enabled=compress.enabled,
+                                      threshold=compress.threshold).to("cpu", torch.float32)
+            for b, (_, key) in enumerate(batch):
+                n = int(post.lengths[b])
+                mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],
+                                 post.blank[b, :n, None]], 1)
+                offset = f.tell() + len(key.encode()) + 1   # the value starts after "key "
+                kaldiio.save_ark(f, {key: mat.numpy()})
+                scp.append(f"{key} {ark}:{offset}\n")
     write_atomic(root / f"{DURATIONS}.{j}", "".join(f"{key} {seconds[key]!r}\n" for _, key in mine))
     write_atomic(root / f"post.{j}.scp", "".join(scp))
 

@@ -18,10 +18,11 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from tasu.fileio import atomic_replace
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,9 @@ class Kernels:
     def _compile(self, compiler: str, target: Path) -> None:
         """Write the library to ``target`` atomically: concurrent ranks each compile to a temp file."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            subprocess.run([compiler, *FLAGS, str(self.source), "-o", tmp], check=True, capture_output=True, text=True)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_replace(target) as tmp:
+            subprocess.run([compiler, *FLAGS, str(self.source), "-o", str(tmp)], check=True, capture_output=True,
+                           text=True)
 
     def library(self) -> ctypes.CDLL | None:
         """The loaded library, compiling it if needed; None (after one warning) when that fails."""

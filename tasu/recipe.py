@@ -43,6 +43,7 @@ from typing import Mapping, Sequence
 from tasu.fileio import write_atomic
 
 Part = tuple[str, str]   # (test set, task)
+DECODE_OUTPUTS = ("hyp.trn", "ref.trn")   # what each decode job writes and ``split`` sorts back
 
 
 def pairs(names: Sequence[str]) -> list[Part]:
@@ -86,14 +87,14 @@ def owner(line: str, parts: Sequence[Part]) -> Part:
     return max(matching, key=lambda p: len(p[0]) + len(p[1]))
 
 
-def split(decode_dir: str | Path, nj: int, parts: Sequence[Part],
-          names: Sequence[str] = ("hyp.trn", "ref.trn")) -> None:
-    """``output.{1..nj}/<name>`` -> ``<set>/<task>/<name>``, keys unprefixed, lines sorted.
+def split(decode_dir: str | Path, nj: int, parts: Sequence[Part]) -> None:
+    """``output.{1..nj}/<name>`` -> ``<set>/<task>/<name>`` for each of ``DECODE_OUTPUTS``, keys
+    unprefixed, lines sorted.
 
     Every part gets its files, empty when no line is its own.
     """
     decode_dir = Path(decode_dir)
-    for name in names:
+    for name in DECODE_OUTPUTS:
         lines: dict[Part, list[str]] = {part: [] for part in parts}
         for job in range(1, nj + 1):
             with open(decode_dir / f"output.{job}" / name, encoding="utf-8") as f:

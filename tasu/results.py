@@ -18,7 +18,6 @@ import datetime
 import json
 import platform
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -60,14 +59,20 @@ def environment() -> dict[str, str]:
             return version(name)
         except PackageNotFoundError:
             return "not installed"
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        git = "unknown"
     return {"date": datetime.datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y"),
             "python version": platform.python_version(), "torch version": pkg("torch"),
-            "tasu version": pkg("tasu"), "Git hash": git}
+            "tasu version": pkg("tasu"), "Git hash": git_hash(Path(__file__).parent)}
+
+
+def git_hash(directory: str | Path) -> str:
+    """The short hash of the commit checked out where ``directory`` is; "unknown" outside a checkout,
+    in one without a commit, or without git. Reports name it so that a number can be traced to code."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def _notes(rows: list[Row]) -> list[str]:
@@ -132,13 +137,12 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
 
 
 def run_results(exp_root: str, compare: list[str] | None = None) -> int:
-    """``tasu results``: print RESULTS.md (or the comparison of two experiments); the exit status."""
-    try:
-        rows = collect_results(exp_root)
-        if not rows:
-            raise ScoreError(f"{exp_root}: no score.json found (run 'tasu score' first)")
-        print(render_comparison(rows, *compare) if compare else render_results(rows), end="")
-    except ScoreError as e:
-        print(f"tasu results: error: {e}", file=sys.stderr)
-        return 1
+    """``tasu results``: print RESULTS.md (or the comparison of two experiments); the exit status.
+
+    Problems are raised (``ScoreError``), not printed: ``tasu.cli.main`` turns every error into its
+    one line, or shows the traceback with ``--debug``."""
+    rows = collect_results(exp_root)
+    if not rows:
+        raise ScoreError(f"{exp_root}: no score.json found (run 'tasu score' first)")
+    print(render_comparison(rows, *compare) if compare else render_results(rows), end="")
     return 0

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import re
-import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -440,11 +439,10 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
 
 def run_score(ref: str, hyp: str, metric: str, norm: str | None = None, out_dir: str | None = None,
               bleu_tokenize: str = "auto") -> int:
-    """``tasu score``: score, print result.txt, return the exit status."""
-    try:
-        result = score_files(ref, hyp, metric, norm, out_dir, bleu_tokenize)
-    except (ScoreError, OSError) as e:
-        print(f"tasu score: error: {e}", file=sys.stderr)
-        return 1
+    """``tasu score``: score, print result.txt, return the exit status.
+
+    Problems are raised (``ScoreError``, ``OSError``), not printed: ``tasu.cli.main`` turns every error
+    into its one line, or shows the traceback with ``--debug``."""
+    result = score_files(ref, hyp, metric, norm, out_dir, bleu_tokenize)
     print(render_summary(result, Path(out_dir or Path(hyp).parent).resolve().name), end="")
     return 0

@@ -145,6 +145,25 @@ def test_shell_wrappers_convert_both_ways(tmp_path):
     assert out.stderr == f"{src}/text:2: 'u2' must be followed by a transcript\n"
 
 
+def test_text_only_conversion_leaves_no_output_when_a_late_line_is_bad(tmp_path, capsys):
+    """--text-only streams text: the records before a bad line are not left in OUT as if it were done,
+    and an OUT of an earlier run stays as it was."""
+    from tasu.data.kaldi_dir import main
+
+    src = make_dir(tmp_path / "src", text="".join(f"u{i} sentence {i}\n" for i in range(50)) + "u50\n")
+    out = tmp_path / "text.jsonl"
+    assert main(["to-jsonl", "--text-only", str(src), str(out)]) == 1
+    assert capsys.readouterr().err == f"{src}/text:51: 'u50' must be followed by a transcript\n"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    out.write_text("earlier\n")
+    assert main(["to-jsonl", "--text-only", str(src), str(out)]) == 1
+    assert out.read_text() == "earlier\n"
+    (src / "text").write_text("u1 one\nu2 two\n")
+    assert main(["to-jsonl", "--text-only", "--task", "QA", str(src), str(out)]) == 0
+    assert out.read_text() == ('{"key": "u1", "task": "QA", "target": "one"}\n'
+                               '{"key": "u2", "task": "QA", "target": "two"}\n')
+
+
 def test_write_tables_sorts_every_table_and_derives_spk2utt(tmp_path):
     from tasu.data.kaldi_dir import write_tables
 

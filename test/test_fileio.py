@@ -3,7 +3,8 @@ import stat
 
 import pytest
 
-from tasu.fileio import write_atomic
+from tasu import fileio
+from tasu.fileio import atomic_replace, write_atomic
 
 
 def test_write_atomic_replaces_the_file_with_the_umasks_mode(tmp_path):
@@ -26,3 +27,60 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomic(path, b"not text")
     assert path.read_text() == "step_000001\n"
     assert os.listdir(tmp_path) == ["last"]
+
+
+def test_atomic_replace_renames_the_finished_file_with_the_umasks_mode(tmp_path):
+    """Any writer that takes a file name (a library's save, a compiler's -o) gets the same guarantees."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"old")
+    old = os.umask(0o077)
+    try:
+        with atomic_replace(path) as tmp:
+            assert tmp.parent == tmp_path and tmp != path
+            tmp.write_bytes(b"new")
+            assert path.read_bytes() == b"old"   # nothing is replaced before the block ends
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["model.bin"]
+
+
+def test_atomic_replace_removes_its_temporary_and_keeps_the_target_on_an_exception(tmp_path):
+    path = tmp_path / "post.1.ark"
+    path.write_bytes(b"complete")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_replace(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt   # a killed job: not an Exception
+    assert path.read_bytes() == b"complete"
+    assert os.listdir(tmp_path) == ["post.1.ark"]
+    with pytest.raises(RuntimeError):   # a writer that never made the file at all (a failed compiler)
+        with atomic_replace(tmp_path / "lib.so") as tmp:
+            tmp.unlink()
+            raise RuntimeError("cc failed")
+    assert os.listdir(tmp_path) == ["post.1.ark"]
+
+
+def test_the_umask_is_read_without_being_changed(monkeypatch):
+    """Setting the umask to read it races with threads creating files (the study runs cells in threads)."""
+    if not os.path.exists(fileio._PROC_STATUS):
+        pytest.skip("no /proc here: the umask can only be read by setting it")
+    expected = os.umask(0o022)
+    os.umask(expected)
+
+    def refuse(mask):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    assert fileio._umask() == expected
+
+
+def test_the_umask_is_set_and_put_back_where_proc_does_not_show_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "_PROC_STATUS", str(tmp_path / "absent"))
+    old = os.umask(0o027)
+    try:
+        assert fileio._umask() == 0o027
+        assert os.umask(0o027) == 0o027   # put back
+    finally:
+        os.umask(old)

@@ -181,6 +181,15 @@ def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
     assert len(full.scenarios) >= 10 and full.capacity() > 100_000
 
 
+def test_corpus_refuses_more_sentences_than_the_grammar_has_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, str(LOCAL / "make_corpus.py"), "--data-dir", "data", *SIZES[:-1],
+                          str(10**12)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith(f"make_corpus.py: asked for {10**12 + 24} unique sentences, but the grammar has only ")
+    assert not (tmp_path / "data").exists()
+
+
 def test_encoder_loads_through_tasu_and_was_scored(recipe):
     import torch
 
@@ -309,6 +318,18 @@ def test_report_names_the_cpu_kernel_limits_a_run_was_made_with(tmp_path):
     out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(plain), str(capped)],
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[1].endswith("GiB memory; kernels: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2)")
+
+
+def test_report_closes_the_proc_files_it_reads_for_the_machine():
+    import gc
+    import warnings
+
+    report = _local_module("report")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        line = report.machine()
+        gc.collect()
+    assert "CPU cores" in line and not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_report_names_the_synthesizer_releases_and_compare_results_flags_other_ones(tmp_path):

@@ -2,12 +2,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import sacrebleu
 
-from tasu.results import (collect_results, environment, render_comparison, render_results,
-                          run_results)
+from tasu import results
+from tasu.cli import DEBUG_ENV, main
+from tasu.results import collect_results, environment, git_hash, render_comparison, render_results
 from tasu.score import ScoreError, score_files
 
 ENV = {"date": "Mon Jan 01 00:00:00 UTC 2024", "python version": "3.11.7", "torch version": "2.4.0",
@@ -18,6 +20,16 @@ def write(path, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def tasu_results(*args: str) -> int:
+    """``tasu results`` as the command runs it (errors become one line in tasu.cli.main); the exit status."""
+    return main(["results", *args])
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)   # errors as one line, whatever the caller's environment
 
 
 @pytest.fixture
@@ -147,8 +159,10 @@ def test_any_depth_and_rows_only_one_side_has(tmp_path):
 
 
 def test_bad_inputs(tmp_path, capsys):
-    assert run_results(str(tmp_path)) == 1
-    assert "no score.json found" in capsys.readouterr().err
+    assert tasu_results(str(tmp_path)) == 1
+    assert capsys.readouterr().err == f"tasu results: error: {tmp_path}: no score.json found (run 'tasu score' first)\n"
+    with pytest.raises(ScoreError, match="no score.json found"):   # --debug: the traceback, from run_results
+        tasu_results(str(tmp_path), "--debug")
     (tmp_path / "x").mkdir()
     (tmp_path / "x/score.json").write_text(json.dumps({"metric": "wer"}))
     with pytest.raises(ScoreError, match="not a score.json written by 'tasu score'"):
@@ -158,9 +172,9 @@ def test_bad_inputs(tmp_path, capsys):
 
 
 def test_run_results_prints(exp_root, capsys):
-    assert run_results(str(exp_root), ["asr_a", "asr_b"]) == 0
+    assert tasu_results(str(exp_root), "--compare", "asr_a", "asr_b") == 0
     assert capsys.readouterr().out.startswith("## asr_a vs asr_b\n")
-    assert run_results(str(exp_root)) == 0
+    assert tasu_results(str(exp_root)) == 0
     assert "## Environments\n- date: `" in capsys.readouterr().out
 
 
@@ -186,7 +200,7 @@ def test_a_tampered_score_json_is_named_with_its_field(tmp_path, capsys, change,
     score_files(ref, write(tmp_path / "exp/a/test/hyp", ["u1\thello"]), "wer")
     path = tmp_path / "exp/a/test/score.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
-    assert run_results(str(tmp_path / "exp")) == 1
+    assert tasu_results(str(tmp_path / "exp")) == 1
     assert capsys.readouterr().err == (f"tasu results: error: {path}: not a score.json written by 'tasu score' "
                                        f"({message})\n")
 
@@ -199,3 +213,9 @@ def test_a_bleu_score_json_needs_its_details(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "details": {"chrf": 1.0}}))
     with pytest.raises(ScoreError, match=r"score.json: not a score.json .*\(details.tokenize: missing\)"):
         collect_results(tmp_path / "exp")
+
+
+def test_git_hash_names_the_checkout_or_says_unknown(tmp_path):
+    """One lookup for RESULTS.md's environment and the mini study's report."""
+    assert git_hash(tmp_path) == "unknown"   # not a checkout
+    assert environment()["Git hash"] == git_hash(Path(results.__file__).parent)

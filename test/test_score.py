@@ -8,13 +8,23 @@ import stat
 import pytest
 import sacrebleu
 
-from tasu.score import (ScoreError, align, is_looping, normalise, read_text_file, run_score, score,
-                        score_files)
+from tasu.cli import DEBUG_ENV, main
+from tasu.score import ScoreError, align, is_looping, normalise, read_text_file, score, score_files
 
 
 def write(path, lines):
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def tasu_score(ref, hyp, metric, *options):
+    """``tasu score`` as the command runs it (errors become one line in tasu.cli.main); the exit status."""
+    return main(["score", "--ref", str(ref), "--hyp", str(hyp), "--metric", metric, *options])
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)   # errors as one line, whatever the caller's environment
 
 
 def counts(ops):
@@ -158,7 +168,7 @@ def test_references_without_a_word_are_refused(tmp_path, capsys):
         score({"a": "", "b": "?!"}, {"a": "one two", "b": "three"}, "wer")
     assert score({"a": "", "b": "hi"}, {"a": "one", "b": "hi"}, "wer")[0].value == 100.0  # some empty: fine
     ref, hyp = write(tmp_path / "ref.trn", ["a\t..."]), write(tmp_path / "hyp.trn", ["a\tone"])
-    assert run_score(str(ref), str(hyp), "cer") == 1
+    assert tasu_score(ref, hyp, "cer") == 1
     assert capsys.readouterr().err.startswith(f"tasu score: error: {hyp} against {ref}: every reference is empty")
     assert not (tmp_path / "score.json").exists()
 
@@ -238,11 +248,24 @@ def test_alignment_file_and_outputs(tmp_path):
 def test_run_score(tmp_path, capsys):
     ref = write(tmp_path / "ref", ["u1\thello world"])
     hyp = write(tmp_path / "hyp", ["u1\thello word"])
-    assert run_score(str(ref), str(hyp), "wer", out_dir=str(tmp_path / "o")) == 0
+    assert tasu_score(ref, hyp, "wer", "--out", str(tmp_path / "o")) == 0
     assert "%WER 50.00 [ 1 / 2, 0 ins, 0 del, 1 sub ]" in capsys.readouterr().out
     write(hyp, ["u1\thello", "u1\tagain"])
-    assert run_score(str(ref), str(hyp), "wer") == 1
+    assert tasu_score(ref, hyp, "wer") == 1
     assert capsys.readouterr().err == f"tasu score: error: {hyp}:2: duplicate key 'u1'\n"
+
+
+def test_score_errors_are_reported_by_the_command_once(tmp_path, capsys):
+    """A file that cannot be read is one line in the command's format (not Python's ``[Errno 2] ...``),
+    and ``--debug`` shows the traceback: run_score raises, tasu.cli.main reports."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    assert tasu_score(ref, tmp_path / "missing", "wer") == 1
+    assert capsys.readouterr().err == f"tasu score: error: {tmp_path / 'missing'}: No such file or directory\n"
+    with pytest.raises(FileNotFoundError):
+        tasu_score(ref, tmp_path / "missing", "wer", "--debug")
+    write(tmp_path / "hyp", ["u1\thello", "u1\tagain"])
+    with pytest.raises(ScoreError, match="duplicate key"):
+        tasu_score(ref, tmp_path / "hyp", "wer", "--debug")
 
 
 def test_an_empty_hypothesis_file_is_refused(tmp_path, capsys):
@@ -250,14 +273,15 @@ def test_an_empty_hypothesis_file_is_refused(tmp_path, capsys):
     (tmp_path / "hyp.trn").write_text("")
     with pytest.raises(ScoreError, match="hyp.trn: no hypotheses"):
         score_files(tmp_path / "ref.trn", tmp_path / "hyp.trn", "wer")
-    assert run_score(str(tmp_path / "ref.trn"), str(tmp_path / "hyp.trn"), "wer") == 1
+    assert tasu_score(tmp_path / "ref.trn", tmp_path / "hyp.trn", "wer") == 1
+    assert capsys.readouterr().err.startswith(f"tasu score: error: {tmp_path / 'hyp.trn'}: no hypotheses")
     assert not (tmp_path / "score.json").exists()
 
 
 def test_an_empty_reference_file_is_refused_by_name(tmp_path, capsys):
     (tmp_path / "ref.trn").write_text("")
     (tmp_path / "hyp.trn").write_text("a\thello\n")
-    assert run_score(str(tmp_path / "ref.trn"), str(tmp_path / "hyp.trn"), "wer") == 1
+    assert tasu_score(tmp_path / "ref.trn", tmp_path / "hyp.trn", "wer") == 1
     assert capsys.readouterr().err == (f"tasu score: error: {tmp_path / 'ref.trn'}: no references (the file is "
                                        "empty): nothing to score against\n")
     assert not (tmp_path / "score.json").exists()

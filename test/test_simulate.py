@@ -7,7 +7,7 @@ import torch
 
 import tasu.encoders
 from tasu.encoders.base import EncoderTokenizer
-from tasu.simulate import (Confusion, SimulationConfig, Simulator, Vocabulary, WERSchedule, edit_distance,
+from tasu.simulate import (Confusion, RuleSimulator, SimulationConfig, Vocabulary, WERSchedule, edit_distance,
                            row_tokens, show_simulation, simulate, token_error_rate)
 
 V = 1000
@@ -110,7 +110,7 @@ WORDS = ["cat", "bat", "cart", "at", "▁cat", "dog", "dig", "zebra", "xylophone
 
 def test_substitution_is_never_the_same_nor_special():
     tok = ToyTokenizer(WORDS)
-    sim = Simulator.from_tokenizer(tok, SimulationConfig(drop_prob=0.0, sub_prob=1.0, alpha=(0.0, 0.0)))
+    sim = RuleSimulator.from_tokenizer(tok, SimulationConfig(drop_prob=0.0, sub_prob=1.0, alpha=(0.0, 0.0)))
     batch = [list(range(1, tok.vocab_size))] * 200
     rows = sim(batch, gen()).ids[..., 0]
     assert (rows != torch.tensor(batch)).all()
@@ -159,7 +159,7 @@ def test_spelling_confusion_scales_to_a_real_vocabulary():
 
 
 def test_owners_is_repeat_interleave():
-    from tasu.simulate import _owners
+    from tasu.simulate.rules import _owners
 
     for counts in ([2, 0, 3], [0, 0], [1], [0, 4, 0], []):
         c = torch.tensor(counts, dtype=torch.long)
@@ -186,7 +186,7 @@ def test_wer_control_hits_the_range(split):
     lo, hi = 0.1, 0.3
     cfg = SimulationConfig(wer=WERSchedule(start=(lo, hi), end=(lo, hi)), wer_split=split)
     g = gen()
-    sim = Simulator(cfg, V)
+    sim = RuleSimulator(cfg, V)
     rates = []
     for _ in range(25):
         batch = random_batch(g, 16, max_len=40)
@@ -205,7 +205,7 @@ def test_wer_edit_kinds_follow_the_split():
     batch = [list(range(1, 21))] * 8
     for split, length in (((1, 0, 0), 20), ((0, 1, 0), 15), ((0, 0, 1), 25)):
         cfg = SimulationConfig(wer=WERSchedule(start=(0.25, 0.25), end=(0.25, 0.25)), wer_split=split)
-        post = Simulator(cfg, V)(batch, gen())
+        post = RuleSimulator(cfg, V)(batch, gen())
         assert post.lengths.tolist() == [length] * 8
         assert all(edit_distance(r, h) == 5 for r, h in zip(batch, row_tokens(post)))
 
@@ -215,7 +215,7 @@ def test_wer_distance_is_exact_with_a_small_alphabet(split):
     # references use ids 1-4 of V = 8: a substitute or insertion reusing one of them could make a
     # cheaper alignment (e.g. delete x, substitute its neighbour by x); fresh ids keep it exact
     cfg = SimulationConfig(wer=WERSchedule(start=(0.3, 0.3), end=(0.3, 0.3)), wer_split=split)
-    g, sim = gen(), Simulator(cfg, 8)
+    g, sim = gen(), RuleSimulator(cfg, 8)
     for _ in range(30):
         batch = torch.randint(1, 5, (16, 10), generator=g).tolist()
         assert [edit_distance(r, h) for r, h in zip(batch, row_tokens(sim(batch, g)))] == [3] * 16
@@ -223,7 +223,7 @@ def test_wer_distance_is_exact_with_a_small_alphabet(split):
 
 def test_wer_exact_at_full_rate_and_empty():
     cfg = SimulationConfig(wer=WERSchedule(start=(1.0, 1.0), end=(1.0, 1.0)), wer_split=(0, 1, 0))
-    post = Simulator(cfg, V)([[4, 4, 5], []], gen())
+    post = RuleSimulator(cfg, V)([[4, 4, 5], []], gen())
     assert post.lengths.tolist() == [1, 1] and row_tokens(post) == [[], []]  # one blank row each
 
 
@@ -243,7 +243,7 @@ def test_schedule():
 
 def test_simulator_follows_the_schedule_step():
     cfg = SimulationConfig(wer=WERSchedule(start=(0.0, 0.0), end=(0.5, 0.5), total_steps=10), wer_split=(1, 0, 0))
-    sim, batch = Simulator(cfg, V), [list(range(1, 11))] * 4
+    sim, batch = RuleSimulator(cfg, V), [list(range(1, 11))] * 4
     assert [edit_distance(r, h) for r, h in zip(batch, row_tokens(sim(batch, gen(), step=0)))] == [0] * 4
     assert [edit_distance(r, h) for r, h in zip(batch, row_tokens(sim(batch, gen(), step=10)))] == [5] * 4
 
@@ -254,7 +254,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         SimulationConfig(drop_prob=1.5)
     with pytest.raises(ValueError):
-        Simulator(SimulationConfig(confusion="spelling"), V)
+        RuleSimulator(SimulationConfig(confusion="spelling"), V)
     with pytest.raises(ValueError):
         simulate([[V]], V)
 
@@ -301,3 +301,15 @@ def test_tasu_simulate_takes_every_simulation_option_or_a_config(monkeypatch, tm
     assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml"),
                  "--drop-prob", "0.1"]) == 1
     assert "override it as simulation.KEY=VALUE, not --drop-prob" in capsys.readouterr().err
+
+
+def test_an_unknown_simulator_is_refused_in_one_wording():
+    """The config check and the registry's lookup name the simulators the same way."""
+    from tasu.simulate import lookup
+
+    with pytest.raises(ValueError) as by_lookup:
+        lookup("nope")
+    with pytest.raises(ValueError) as by_config:
+        SimulationConfig(name="nope")
+    assert str(by_lookup.value) == "unknown simulator 'nope'; known simulators: learned, rules"
+    assert str(by_config.value) == f"name: {by_lookup.value}"

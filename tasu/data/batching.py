@@ -59,10 +59,9 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tasu.data.line_index import line_number, line_offsets, read_line
-from tasu.data.records import DataError, Record, iter_records, parse_record
+from tasu.data.records import DataError, Record, iter_records, parse_record, without_bom
 
 Order = Literal["shuffle", "stream", "sequential"]
-_BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 16   # records of the epoch's order turned into Python ints at a time
 
 
@@ -191,8 +190,8 @@ class StreamingBatches(IterableDataset):
             which = np.searchsorted(starts, chunk, side="right") - 1
             for source, offset in zip(which.tolist(), every_offset[chunk].tolist()):
                 raw = read_line(handles[source], offset)
-                if offset == 0 and raw.startswith(_BOM):
-                    raw = raw[3:]
+                if offset == 0:
+                    raw = without_bom(raw)
                 try:
                     record = parse_record(raw, **self.read_kwargs)
                 except DataError as e:
@@ -293,8 +292,10 @@ def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Genera
         _, i, k = heapq.heappop(heap)
         if k + 1 < lines[i]:
             heapq.heappush(heap, ((k + 1 + coin.random()) / lines[i], i, k + 1))
+        # None: the source is exhausted. Its blank lines are counted in ``lines`` but yield no record,
+        # so its last places find nothing left.
         record = next(streams[i], None)
-        if record is not None:   # None: a blank line, counted but holding no record
+        if record is not None:
             whole, part = copies[i]
             for _ in range(int(whole) + (coin.random() < part)):
                 yield record

@@ -25,7 +25,9 @@ What is an error and what is skipped:
 - a malformed line is an error reported as ``FILE:LINE: message`` (an id with nothing after it, e.g.
   a ``text`` line without a transcript; a ``segments`` line without 4 fields, with a time that is
   not a number or an end not after its start; a repeated id; an id that is not a valid key). All
-  errors of a dir are reported together and nothing is written;
+  errors of a dir are reported together and nothing is written. ``--text-only`` streams ``text``, so
+  it stops at the first malformed line (the only one reported); the output file is then not written
+  either, but on standard output the records before that line have gone out;
 - an utterance that is not in every file it needs (``text`` and its audio in ``wav.scp``, through
   ``segments`` when there is one, and ``utt2spk`` when there is one) is skipped, and each kind of
   mismatch is logged once with a count and examples, as Kaldi's ``fix_data_dir.sh`` would do.
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tasu.data.records import DataError, Record, iter_records, key_problem, write_records
+from tasu.fileio import atomic_replace
 
 logger = logging.getLogger(__name__)
 
@@ -210,13 +213,10 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     speaker = {r.key: str(r.extra.get("speaker", r.key)) for r in records}
-    spk2utt: dict[str, list[str]] = {}
-    for utt, spk in speaker.items():
-        spk2utt.setdefault(spk, []).append(utt)
     _write_lines(data_dir / "wav.scp", (f"{rec} {path}" for rec, path in sorted(wav.items())))
     _write_lines(data_dir / "text", (f"{r.key} {r.target}" for r in records))
     _write_lines(data_dir / "utt2spk", (f"{utt} {speaker[utt]}" for utt in speaker))
-    _write_lines(data_dir / "spk2utt", (f"{spk} {' '.join(utts)}" for spk, utts in sorted(spk2utt.items())))
+    _write_spk2utt(data_dir, speaker)
     if has_segments:
         _write_lines(data_dir / "segments",
                      (f"{r.key} {r.extra.get('recording', r.key)} {r.start or 0:.3f} "
@@ -251,10 +251,7 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, table in {**tables, "utt2spk": speaker}.items():
         _write_lines(data_dir / name, (f"{u} {table[u]}" for u in utts if u in table))
-    spk2utt: dict[str, list[str]] = {}
-    for u in utts:
-        spk2utt.setdefault(speaker[u], []).append(u)
-    _write_lines(data_dir / "spk2utt", (f"{spk} {' '.join(us)}" for spk, us in sorted(spk2utt.items())))
+    _write_spk2utt(data_dir, {u: speaker[u] for u in utts})
     return len(utts)
 
 
@@ -327,6 +324,15 @@ def _skip(ids: set[str], path: Path, why: str) -> None:
                        "" if len(ids) == 1 else "s", why, examples)
 
 
+def _write_spk2utt(data_dir: Path, speaker: dict[str, str]) -> None:
+    """``spk2utt``, the inverse of ``utt2spk`` (``speaker``, in utterance order): speakers sorted, each
+    with its utterances in that order."""
+    spk2utt: dict[str, list[str]] = {}
+    for utt, spk in speaker.items():
+        spk2utt.setdefault(spk, []).append(utt)
+    _write_lines(data_dir / "spk2utt", (f"{spk} {' '.join(utts)}" for spk, utts in sorted(spk2utt.items())))
+
+
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for line in lines:
@@ -356,19 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        if args.command == "to-jsonl" and args.text_only:
-            records = iter_text_records(args.data_dir, args.task, args.target_file)
+        if args.command == "to-jsonl":
+            read = iter_text_records if args.text_only else read_data_dir
+            records = read(args.data_dir, args.task, args.target_file)
             if args.output == "-":
                 write_records(records, sys.stdout)
-            else:
-                with open(args.output, "w", encoding="utf-8") as f:
-                    write_records(records, f)
-        elif args.command == "to-jsonl":
-            records = read_data_dir(args.data_dir, args.task, args.target_file)
-            if args.output == "-":
-                write_records(records, sys.stdout)
-            else:
-                with open(args.output, "w", encoding="utf-8") as f:
+            else:   # --text-only streams: a bad line late in text must not leave the lines before it behind
+                with atomic_replace(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
                     write_records(records, f)
         else:
             problems: list[DataError] = []

@@ -1,7 +1,8 @@
 """Where each line of a JSONL file starts: 8 bytes a record, built once, cached beside the file.
 
     offsets = line_offsets("dump/train/ASR.jsonl")      # numpy uint64, one per non-empty line
-    record = read_line("dump/train/ASR.jsonl", offsets[41])
+    with open("dump/train/ASR.jsonl", "rb") as f:
+        record = read_line(f, offsets[41])                # one seek, one read
 
 An epoch in a shuffled order jumps from line to line; with the offsets that is one seek and one
 read per record, and the whole index of a million-record file is 8 MB. The index is stored as
@@ -12,11 +13,14 @@ the file at disk speed).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from tasu.fileio import atomic_replace
 
 _MAGIC = b"TASUIDX1"
 _HEADER = struct.Struct("<8sQQQ")  # magic, file size, file mtime in ns, number of offsets
@@ -83,11 +87,6 @@ def _read_cache(cache: Path, stat: os.stat_result) -> np.ndarray | None:
 
 def _write_cache(cache: Path, stat: os.stat_result, offsets: np.ndarray) -> None:
     """Write the index atomically (readers never see half of one); skip quietly where we cannot."""
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(_MAGIC, stat.st_size, stat.st_mtime_ns, len(offsets)))
-            f.write(offsets.astype("<u8", copy=False).tobytes())
-        os.replace(tmp, cache)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError), atomic_replace(cache) as tmp, open(tmp, "wb") as f:
+        f.write(_HEADER.pack(_MAGIC, stat.st_size, stat.st_mtime_ns, len(offsets)))
+        f.write(offsets.astype("<u8", copy=False).tobytes())

@@ -169,8 +169,8 @@ def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
     seen: dict[str, int] = {}
     with f:
         for lineno, raw in enumerate(f, 1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
+            if lineno == 1:
+                raw = without_bom(raw)
             key, record, problems = _parse_line(raw, prompts, require_transcript, require_target)
             if key is not None:
                 first = seen.setdefault(key, lineno)
@@ -180,6 +180,12 @@ def iter_records_with_lines(path: str, prompts: PromptSet | None = None,
                 report(lineno, field_name, message)
             if record is not None and not problems:
                 yield lineno, record
+
+
+def without_bom(first_line: bytes) -> bytes:
+    """A file's first line without its UTF-8 byte order mark, if it has one (editors on Windows write
+    it): for every reader of JSONL files, streaming or jumping to offsets."""
+    return first_line[len(_BOM):] if first_line.startswith(_BOM) else first_line
 
 
 def parse_record(raw: bytes, prompts: PromptSet | None = None,

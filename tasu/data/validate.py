@@ -52,7 +52,7 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
                 try:
                     seconds += audio_info(record.path, record.key, record.start, record.end).duration
                 except AudioError as e:
-                    report(DataError(path, line, "path", f"{e.message} ({record.path})"))
+                    report(e.located(path, line))
                     continue
             tasks[record.task] += 1
             if record.transcript is None:

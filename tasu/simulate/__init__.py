@@ -19,10 +19,9 @@ from tasu.simulate.base import (LAZY_SIMULATORS, SIMULATORS, PosteriorSimulator,
                                 edit_distance, lookup, register, row_tokens, simulator_names, target_rates,
                                 token_error_rate)
 from tasu.simulate.config import SimulationConfig, WERSchedule
-from tasu.simulate.rules import Confusion, RuleSimulator, Simulator, _owners, simulate  # registers "rules"
+from tasu.simulate.rules import Confusion, RuleSimulator, simulate  # registers "rules"
 from tasu.simulate.show import format_simulation, show_simulation
 
 __all__ = ["Confusion", "LAZY_SIMULATORS", "PosteriorSimulator", "RuleSimulator", "SIMULATORS", "SimulationConfig",
-           "Simulator", "Vocabulary", "WERSchedule", "build_simulator", "edit_distance", "format_simulation",
-           "lookup", "register", "row_tokens", "show_simulation", "simulate", "simulator_names", "target_rates",
-           "token_error_rate"]
+           "Vocabulary", "WERSchedule", "build_simulator", "edit_distance", "format_simulation", "lookup", "register",
+           "row_tokens", "show_simulation", "simulate", "simulator_names", "target_rates", "token_error_rate"]

@@ -85,12 +85,17 @@ def simulator_names() -> list[str]:
     return sorted(set(SIMULATORS) | set(LAZY_SIMULATORS))
 
 
+def unknown_simulator(name: str) -> str:
+    """Why ``name`` is refused, with the names there are: one wording for the config check and ``lookup``."""
+    return f"unknown simulator {name!r}; known simulators: {', '.join(simulator_names())}"
+
+
 def lookup(name: str) -> type[PosteriorSimulator]:
     """The class registered as ``name``, importing its module first if it is a lazy one."""
     if name not in SIMULATORS and name in LAZY_SIMULATORS:
         importlib.import_module(LAZY_SIMULATORS[name])
     if name not in SIMULATORS:
-        raise ValueError(f"unknown simulator {name!r}; known simulators: {', '.join(simulator_names())}")
+        raise ValueError(unknown_simulator(name))
     return SIMULATORS[name]
 
 

@@ -90,10 +90,10 @@ class SimulationConfig:
             raise ValueError(f"confusion must be 'random' or 'spelling', got {self.confusion!r}")
         if min(self.wer_split) < 0.0 or sum(self.wer_split) <= 0.0:
             raise ValueError(f"wer_split = {self.wer_split} must be non-negative with a positive sum")
-        from tasu.simulate.base import simulator_names
+        from tasu.simulate.base import simulator_names, unknown_simulator
 
         if self.name not in simulator_names():
-            raise ValueError(f"name: unknown simulator {self.name!r}; known simulators: {', '.join(simulator_names())}")
+            raise ValueError(f"name: {unknown_simulator(self.name)}")
         if not self.temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.name == "learned" and not self.path:

@@ -320,23 +320,15 @@ def write_simulator_dir(path: str | Path, config: LearnedSimulatorConfig, state:
 
 
 def save_safetensors_atomic(path: Path, state: dict) -> None:
-    import os
-    import tempfile
-
+    """Save ``state`` as safetensors through ``tasu.fileio.atomic_replace``: a reader (a resumed run)
+    finds the old file or the whole new one. Missing parent directories are created."""
     from safetensors.torch import save_file
 
+    from tasu.fileio import atomic_replace
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_replace(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
 
 
 @register("learned")

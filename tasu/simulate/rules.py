@@ -311,9 +311,6 @@ class RuleSimulator(PosteriorSimulator):
                           vocab_size=self.vocab_size, blank_id=self.blank_id)
 
 
-Simulator = RuleSimulator   # the name before simulators were plug-ins
-
-
 def simulate(token_ids: Sequence[Sequence[int]], vocab_size: int, config: SimulationConfig | None = None,
              blank_id: int = 0, generator: torch.Generator | None = None, step: int = 0) -> Posteriors:
     """One-off ``RuleSimulator(config, vocab_size, blank_id)(token_ids, generator, step)`` (uniform confusion)."""

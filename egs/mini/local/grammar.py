@@ -6,12 +6,12 @@ templates (``"wake me up at {time} on {day}"``) whose ``{slot}`` fields are fill
 SLURP's 18, so the SLU_scenario prompt of ``tasu/data/prompt_sets/en.jsonl`` applies unchanged and
 chance accuracy is about 1/18.
 
-The number of distinct sentences is finite and :func:`Grammar.capacity` counts it exactly per
-template (the product of its slot list sizes), so a caller asking for more unique sentences than
-exist is refused instead of looping forever. :meth:`Grammar.sample_unique` draws without
-replacement: a scenario uniformly, then one of its templates, then an unused combination of that
-template (templates that run out are retired), so every scenario is about equally frequent however
-large its templates' slot products are.
+The number of distinct sentences is finite and :func:`Grammar.capacity` bounds it from above (the
+sum over templates of the product of their slot list sizes; two templates may fill to one sentence),
+so a caller asking for more unique sentences than that is refused instead of looping forever.
+:meth:`Grammar.sample_unique` draws without replacement: a scenario uniformly, then one of its
+templates, then an unused combination of that template (templates that run out are retired), so
+every scenario is about equally frequent however large its templates' slot products are.
 """
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ Why the splits look as they do (they are what the TASU claim is tested on):
 - test_ood speaks the test sentences again with voices that no training or dev utterance uses (a
   flite voice, espeak-ng variants, espeak-ng rates outside the training range): comparing test with
   test_ood isolates the acoustic shift to an unseen voice;
-- the sentence count a request needs is checked against the grammar's exact capacity
-  (``local/grammar.py``), so an impossible request fails at once instead of looping.
+- the sentence count a request needs is checked against the grammar's capacity, an upper bound on its
+  distinct sentences (``local/grammar.py``), so an impossible request fails at once instead of looping.
 
 Seeded (``--seed``): the sentences, their voices, rates, pitches and augmentation are fixed before synthesis, and
 each utterance is synthesised independently, so the corpus is the same for any ``--nj``.
@@ -324,7 +324,10 @@ def main() -> None:
     # 1. sentences: one pool of distinct sentences, dealt into disjoint splits
     grammar = Grammar()
     sizes = split_sizes(args)
-    splits = draw_splits(grammar, sizes, rng)
+    try:
+        splits = draw_splits(grammar, sizes, rng)
+    except ValueError as e:   # more sentences than the grammar can give (Grammar.sample_unique)
+        raise SystemExit(f"make_corpus.py: {e}") from None
 
     # 2. voices, rates and pitches, fixed here so that synthesis order does not matter
     wav_dir = (data_dir / "wav").resolve()  # wav.scp holds absolute paths, as Kaldi dirs should

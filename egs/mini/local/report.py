@@ -33,6 +33,8 @@ import platform
 from collections import Counter
 from pathlib import Path
 
+from tasu.fileio import atomic_replace, write_atomic
+
 TEST_SETS = ("test", "test_ood")
 ENCODER = "encoder CTC greedy"
 TEXT_ONLY = "TASU text-only (zero-shot)"
@@ -214,10 +216,12 @@ KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_I
 def machine() -> str:
     model = ""
     if Path("/proc/cpuinfo").exists():
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "")
     mem = ""
     if Path("/proc/meminfo").exists():
-        kb = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")))
+        kb = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")))
         mem = f", {kb / 2**20:.0f} GiB memory"
     limits = ", ".join(f"{name}={os.environ[name]}" for name in KERNEL_VARIABLES if os.environ.get(name))
     return f"{os.cpu_count()} CPU cores ({model or platform.machine()}){mem}" + (f"; kernels: {limits}" if limits else "")
@@ -364,9 +368,8 @@ def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)
+    with atomic_replace(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def insert_summary(results: Path, text: str) -> None:
@@ -379,9 +382,7 @@ def insert_summary(results: Path, text: str) -> None:
     env = next((i for i, ln in enumerate(lines) if ln.startswith("## Environments")), 0)
     at = next((i for i in range(env + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     lines[at:at] = [*text.rstrip("\n").splitlines(), ""]
-    tmp = results.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(results)
+    write_atomic(results, "\n".join(lines) + "\n")
 
 
 def main() -> None:

@@ -54,9 +54,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, mean_sd  # noqa: E402  (the recipe's report, beside this script)
+# the recipe's report, beside this script (its fmt formats a (mean, sd) cell; fmt here, one value)
+from report import fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
 
-from tasu.fileio import write_atomic  # noqa: E402
+from tasu.fileio import atomic_replace, write_atomic  # noqa: E402
+from tasu.results import git_hash  # noqa: E402
 
 PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale", "learned")
 DECODE = ["--beam", "1", "--batch-size", "32", "--max-new-tokens", "40"]   # as conf/decode_greedy.yaml
@@ -432,7 +434,7 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
 
 # --- running cells: resumable, a few at a time ---------------------------------------------------------
 
-def run_cell(cell: Cell, study: Path, env: dict[str, str], steps: dict[str, str]) -> None:
+def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
     """Run the cell's commands not yet done; a finished command leaves ``done.<i>`` behind."""
     cell_dir = study / cell.name
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -458,7 +460,6 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str], steps: dict[str, str]
             rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
             if rc != 0:
                 raise StudyError(f"{cell.name}: '{' '.join(argv[:2])}' failed (exit {rc}): see {cell_dir / 'log'}")
-            steps[f"{cell.name}.{i}"] = f"{time.time() - start:.1f}"
             marker.write_text(f"{time.time() - start:.1f}\n", encoding="utf-8")
     write_text(cell_dir / "done", "")
 
@@ -476,7 +477,6 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
     pending = [c for c in cells if not (study / c.name / "done").exists()]
     done = {c.name for c in cells if (study / c.name / "done").exists()}
     failed: dict[str, str] = {}
-    steps: dict[str, str] = {}
     print(f"study: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(done)} done, {len(pending)} to run, "
           f"{jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -488,7 +488,7 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
             ready = [c for c in pending if all(a in done for a in c.after)]
             for c in ready[:max(0, jobs - len(running))]:
                 pending.remove(c)
-                running[pool.submit(run_cell, c, study, env, steps)] = c
+                running[pool.submit(run_cell, c, study, env)] = c
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -507,8 +507,7 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
 # --- the report ------------------------------------------------------------------------------------------
 
 def wer(cell_dir: Path, test_set: str = "test") -> float | None:
-    score = cell_dir / "decode" / test_set / "score.json"
-    return json.loads(score.read_text())["value"] if score.exists() else None
+    return read_score(cell_dir / "decode" / test_set / "score.json")
 
 
 def train_figures(model: Path) -> tuple[int | None, float | None]:
@@ -531,11 +530,6 @@ def train_figures(model: Path) -> tuple[int | None, float | None]:
 
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def fmt_mean_sd(values: list[float | None]) -> str:
-    m, sd = mean_sd(values)
-    return "-" if m is None else (f"{m:.1f}" if sd is None else f"{m:.1f} ± {sd:.1f}")
 
 
 def cell_seconds(cell_dir: Path) -> float:
@@ -572,8 +566,9 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     by_name = {c.name: c for c in cells}
     s = r.study
     baseline = wer(s / "gap_real")
+    code = git_hash(Path(__file__).resolve().parent)
     lines = ["# The TASU study on egs/mini", "",
-             f"Made by `{command}` (study code at git {git_hash()}) from a finished `./run.sh` (`{r.root}`), "
+             f"Made by `{command}` (study code at git {code}) from a finished `./run.sh` (`{r.root}`), "
              f"on {machine()}. Every cell changes "
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
@@ -592,7 +587,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "The text-only model (stage 3) decoding posteriors simulated from the test text with its own "
                   "training settings, against the encoder's real posteriors of the test audio.", "",
                   "| input | WER test |", "|---|---:|",
-                  f"| simulated from the transcript (3 simulation seeds) | {fmt_mean_sd(sims)} |",
+                  f"| simulated from the transcript (3 simulation seeds) | {fmt_cell(mean_sd(sims))} |",
                   f"| the encoder's, from the audio | {fmt(baseline)} |", ""]
         summary = s / "gap_analyze" / "analyze" / "summary.json"
         if summary.exists():
@@ -618,7 +613,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "at most 1.5).", "",
                   "| simulation | WER test | Δ vs the recipe's mean | beyond 2 sd? | WER on simulated test input "
                   "| speech / simulated |", "|---|---:|---:|---|---:|---:|",
-                  f"| the recipe's (3 training seeds) | {fmt_mean_sd(seeds)} | | | "
+                  f"| the recipe's (3 training seeds) | {fmt_cell(mean_sd(seeds))} | | | "
                   + simulated_columns(s, seeds, [f"gap_simulated_{SIM_SEEDS[0]}"] + [f"{n}_simulated" for n in recipe_rows])]
         for c in sim:
             if "seed" in c.info or "repeat_of" in c.info:
@@ -630,7 +625,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             yardstick = sd if sd_c is None or sd is None else ((sd ** 2 + sd_c ** 2) / 2) ** 0.5
             verdict = "-" if delta is None or yardstick is None else ("**yes**" if abs(delta) > 2 * yardstick else "no")
             label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
-            lines.append(f"| {label} | {fmt_mean_sd(values)} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} | "
+            lines.append(f"| {label} | {fmt_cell(mean_sd(values))} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} | "
                          + simulated_columns(s, values, [f"{n}_simulated" for n in names]))
         lines.append("")
 
@@ -804,17 +799,11 @@ def simulated_columns(study: Path, speech: list[float | None], simulated_cells: 
     simulated = [wer(study / n) for n in simulated_cells]
     m_speech, m_sim = mean_sd(speech)[0], mean_sd(simulated)[0]
     ratio = None if m_speech is None or not m_sim else m_speech / m_sim
-    return f"{fmt_mean_sd(simulated)} | {fmt(ratio, 2)} |"
+    return f"{fmt_cell(mean_sd(simulated))} | {fmt(ratio, 2)} |"
 
 
 def pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
-
-
-def git_hash() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def yardstick_note(sd: float | None) -> str:
@@ -872,9 +861,8 @@ def lowres_plot(study: Path, sizes: list, total: int, out: Path) -> None:
     fig.suptitle("audio fine-tuning on a subset of the training utterances, the same steps (one seed a point)",
                  fontsize=10)
     fig.tight_layout()
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)
+    with atomic_replace(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main() -> int:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from tasu.fileio import write_atomic
+
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -66,7 +68,6 @@ def main() -> int:
     wall = time.time() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode == 0:
-        table.parent.mkdir(parents=True, exist_ok=True)
         lines = table.read_text(encoding="utf-8").splitlines() if table.exists() else []
         line = f"{name}\t{wall:.1f}\t{usage.ru_utime + usage.ru_stime:.1f}\t{peak:.0f}"
         names = [ln.split("\t")[0] for ln in lines]
@@ -76,9 +77,7 @@ def main() -> int:
                 lines[i] = line
         else:
             lines.append(line)
-        tmp = table.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(table)
+        write_atomic(table, "\n".join(lines) + "\n")
     return process.returncode
 
 
