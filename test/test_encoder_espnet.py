@@ -165,6 +165,18 @@ def test_a_copy_holds_the_model_files_side_by_side_and_reads_as_the_original(tmp
         assert d.token_list == ESPnetDir(exp).token_list
 
 
+def test_a_copy_inside_another_recipe_reads_its_own_files_not_the_recipe_s(tmp_path, monkeypatch):
+    exp = write_recipe(tmp_path / "trained", upper=True)   # another BPE model: other pieces
+    other = write_recipe(tmp_path / "other").parents[1]    # the recipe the copy is put in and run from
+    copy = other / "exp" / "tasu_export" / "encoder"
+    copy.parent.mkdir()
+    ESPnetCTCEncoder.copy_model(exp, copy)
+    monkeypatch.chdir(other)   # data/token_list/bpe_unigram40/bpe.model here is the other model's
+    d = ESPnetDir(copy)
+    assert (d.bpe_model, d.stats_file) == (copy / "bpe.model", copy / "feats_stats.npz")
+    assert load_tokenizer(copy).encode("TURN ON THE LIGHTS") == load_tokenizer(exp).encode("TURN ON THE LIGHTS")
+
+
 def test_what_tasu_cannot_read_is_refused_with_the_file_and_key(exp, tmp_path):
     config = yaml.safe_load((exp / "config.yaml").read_text())
     with pytest.raises(ValueError, match=r"config.yaml: token_type 'phn' is not one tasu reads"):

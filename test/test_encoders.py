@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
 
 from tasu.encoders import detect, load_encoder, load_tokenizer, train_sentencepiece
@@ -239,6 +240,28 @@ def test_an_hf_model_for_another_sample_rate_is_refused_when_it_loads(hf_dir, tm
                r"audio, and tasu feeds encoders 16000 Hz audio only")
     with pytest.raises(ValueError, match=message):
         load_encoder(other)
+
+
+@pytest.mark.parametrize("layout", ["sensevoice", "small_ctc"])
+def test_a_funasr_layout_for_another_sample_rate_is_refused_before_anything_is_built_on_it(
+        layout, sensevoice_dir, small_ctc, tmp_path):
+    if layout == "sensevoice":
+        shutil.copytree(sensevoice_dir, tmp_path / "16k")
+    else:
+        small_ctc.save(tmp_path / "16k")
+    assert load_tokenizer(tmp_path / "16k").vocab_size > 2
+    for fs, message in ((8000, "the model takes 8000 Hz audio, and tasu feeds encoders 16000 Hz audio only"),
+                        ("8k", "'8k' is not a sample rate in Hz")):
+        other = tmp_path / str(fs)
+        shutil.copytree(tmp_path / "16k", other)
+        config = yaml.safe_load((other / "config.yaml").read_text())
+        config["frontend_conf"]["fs"] = fs
+        (other / "config.yaml").write_text(yaml.safe_dump(config))
+        where = rf"^{re.escape(str(other))}/config.yaml \(frontend_conf.fs\): "
+        with pytest.raises(ValueError, match=where + re.escape(message)):
+            load_tokenizer(other)   # the text-only stage: before a model is trained for it
+        with pytest.raises(ValueError, match=where + re.escape(message)):
+            load_encoder(other)
 
 
 def test_an_hf_model_copies_its_own_files_only_and_the_copy_gives_the_same_posteriors(hf_dir, tmp_path):

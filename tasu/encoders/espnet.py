@@ -13,9 +13,9 @@ its own front-end, normalisation and encoder (``ESPnetASRModel.encode``), so the
 waveform itself and ``encode`` makes the frames, as in ESPnet's ``Speech2Text``.
 
 Paths inside config.yaml (the BPE model, the token list when it is a file, the normalisation
-statistics) are relative to the recipe directory that trained the model; they are looked up as
-written, then under the model directory and its two parents (``<recipe>/exp/asr_x``, or
-``<archive>/exp/asr_x`` for a model-zoo archive), then by file name in the model directory.
+statistics) are relative to the recipe directory that trained the model; they are looked up by file
+name in the model directory (a copy holds them there), then under the model directory and its two
+parents (``<recipe>/exp/asr_x``, or ``<archive>/exp/asr_x`` for a model-zoo archive), then as written.
 
 The tokenizer needs only config.yaml, the token list and the BPE model (read with sentencepiece), so
 the text-only stage runs without espnet. Loading the model imports espnet, which lives in its own
@@ -55,9 +55,12 @@ class ESPnetDir:
     def find(self, key: str, value: str) -> Path:
         """The file ``value`` (the config's ``key``), relative to the recipe that wrote the config."""
         written = Path(value)
-        candidates = [written] if written.is_absolute() else [
-            written, self.root / written, self.root.parent / written, self.root.parent.parent / written]
-        candidates.append(self.root / written.name)
+        # The model's own directory first: a copy (``tasu export``) holds the files beside config.yaml,
+        # and a path as written may name another model's file when run from inside another recipe.
+        candidates = [self.root / written.name]
+        if not written.is_absolute():
+            candidates += [self.root / written, self.root.parent / written, self.root.parent.parent / written]
+        candidates.append(written)
         for c in candidates:
             if c.is_file():
                 return c

@@ -31,6 +31,8 @@ import torch
 import yaml
 from torch import nn
 
+from tasu.encoders.base import require_16k
+
 def funasr_model(root: Path) -> str | None:
     """The ``model:`` entry of ``root/config.yaml`` (what marks the funasr-style layouts), or None."""
     if not (root / "config.yaml").is_file():
@@ -70,6 +72,15 @@ class FunASRDir:
     @property
     def model(self) -> str:
         return self.config["model"]
+
+    def require_16k(self) -> None:
+        """Refuse a model whose front-end takes another rate than the 16 kHz tasu feeds (funasr's
+        ``WavFrontend`` reads ``frontend_conf.fs``, 16000 when absent; see :func:`require_16k`)."""
+        fs = (self.config.get("frontend_conf") or {}).get("fs", 16000)
+        where = f"{self.root}/config.yaml (frontend_conf.fs)"
+        if isinstance(fs, bool) or not isinstance(fs, (int, float)) or fs != int(fs):
+            raise ValueError(f"{where}: {fs!r} is not a sample rate in Hz")
+        require_16k(int(fs), where)
 
     def _named(self, section: str, key: str) -> str | None:
         return (self._metas.get(section) or {}).get(key)

@@ -49,6 +49,7 @@ class SenseVoiceEncoder(CTCEncoder):
 
     @classmethod
     def load_tokenizer(cls, root: Path) -> SentencePieceTokenizer:
+        FunASRDir(root).require_16k()   # a text-only model for an encoder tasu cannot feed is refused now
         return SentencePieceTokenizer.from_funasr_dir(root)
 
     def __init__(self, model: "SenseVoiceSmall", frontend, tokenizer: SentencePieceTokenizer,
@@ -77,6 +78,7 @@ class SenseVoiceEncoder(CTCEncoder):
         SenseVoiceSmall = funasr_class("funasr.models.sense_voice.model", "SenseVoiceSmall")
 
         d = FunASRDir(path)
+        d.require_16k()
         tokenizer = SentencePieceTokenizer.from_funasr_dir(d.root)
         frontend = build_wav_frontend(d.config["frontend_conf"], d.cmvn_file)
         conf = dict(d.config.get("model_conf") or {})

@@ -88,12 +88,14 @@ class SmallCTCEncoder(CTCEncoder):
 
     @classmethod
     def load_tokenizer(cls, root: Path) -> SentencePieceTokenizer:
+        FunASRDir(root).require_16k()   # a text-only model for an encoder tasu cannot feed is refused now
         return SentencePieceTokenizer.from_funasr_dir(root)
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> "SmallCTCEncoder":
         """A saved encoder, frozen (eval mode, no gradients); ``.train()`` it to train on."""
         d = FunASRDir(path)
+        d.require_16k()
         if d.model != MODEL_NAME:
             raise ValueError(f"{d.root}/config.yaml holds model {d.model!r}, not {MODEL_NAME}")
         config = {k: {n: v for n, v in d.config[k].items() if n != "cmvn_file"} for k in DEFAULT_CONFIG}
