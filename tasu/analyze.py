@@ -288,8 +288,8 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     """
     import itertools
 
-    from tasu.config import ConfigError
-    from tasu.data.audio import AudioError, command_refused, is_command
+    from tasu.config import ConfigError, require_dir
+    from tasu.data.audio import AudioError, require_audio_path
     from tasu.data.records import DataError, iter_records_with_lines
     from tasu.device import resolve_device
     from tasu.encoders import load_encoder
@@ -300,17 +300,13 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     def records():
         for path in data:
             for line, record in iter_records_with_lines(path, require_transcript=True):
-                if record.path is None:
-                    raise DataError(path, line, "path", "missing: analyze compares posteriors of the audio")
-                if is_command(record.path) and not allow_pipes:
-                    raise DataError(path, line, "path", command_refused(record.path))
+                require_audio_path(record.path, path, line, allow_pipes, "analyze compares posteriors of the audio")
                 where.setdefault(record.key, (path, line))
                 yield record
 
     if limit is not None and limit < 1:   # 0 would analyze nothing; islice refuses a negative one unhelpfully
         raise ConfigError(f"--limit must be at least 1, got {limit}")
-    if not cfg.encoder.path:   # else the encoder would be looked for in the working directory
-        raise ConfigError("encoder.path is not set: pass --encoder DIR (or set it in the config)")
+    require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
     torch_device = resolve_device(device)   # before the data is read: a wrong --device says so at once
     total = sum(1 for _ in records())
     if total == 0:

@@ -120,16 +120,13 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _dump_posteriors(args: argparse.Namespace) -> int:
-    from tasu.config import load_config
+    from tasu.config import load_config, require_dir
     from tasu.dump import dump_posteriors
     from tasu.experiment import ExperimentConfig
 
     overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else [])
     cfg = load_config(ExperimentConfig, args.config, overrides)
-    if not cfg.encoder.path:
-        from tasu.config import ConfigError
-
-        raise ConfigError("encoder.path is not set: pass --encoder DIR (or set it in the config)")
+    require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
     print(dump_posteriors(args.data, args.out, cfg.encoder.path, cfg.encoder.type, cfg.compress, nj=args.nj,
                           job=args.job, batch_size=args.batch_size, device=args.device,
                           allow_pipes=args.allow_pipes))

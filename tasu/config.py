@@ -25,6 +25,19 @@ class ConfigError(ValueError):
     """A config value that does not fit its schema; the message names the file and the key."""
 
 
+def require_dir(key: str, path: str | None, hint: str) -> Path:
+    """``path``, the config's ``key`` (``encoder.path``, ``llm.path``), as a directory that is here.
+
+    Checked before anything is built on it: an empty path would be read as the working directory,
+    and a missing one by Hugging Face as a hub repository name. ``hint`` says what to do about it.
+    """
+    if not path:
+        raise ConfigError(f"{key} is not set: {hint}")
+    if not Path(path).is_dir():
+        raise ConfigError(f"{key} {path!r} is not a directory: {hint}")
+    return Path(path)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:

@@ -65,8 +65,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 import torch
 
-from tasu.config import to_dict
-from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused, is_command, load_audio
+from tasu.config import require_dir, to_dict
+from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, require_audio_path
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import resolve_device
@@ -303,18 +303,16 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     ckpt = resolve_checkpoint(exp, which)
     cfg = read_model_config(ckpt, overrides)
     prompts = load_prompts(ckpt / MODEL_DIR / PROMPTS)
-    for name, path in (("llm.path", cfg.llm.path), ("encoder.path", cfg.encoder.path)):
-        if not Path(path).is_dir():  # typically: the base models live elsewhere on this machine
-            raise DecodeError(f"{name} {path!r} (the checkpoint's config) is not a directory here: "
-                              f"pass --set {name}=DIR with the directory on this machine")
+    for key, path in (("llm.path", cfg.llm.path), ("encoder.path", cfg.encoder.path)):
+        # typically: the base models live elsewhere on this machine
+        require_dir(key, path, f"the checkpoint's config names it: pass --set {key}=DIR with the directory "
+                               "on this machine")
     simulated, audio = options.input == "simulated", options.input == "audio"
     records, lines = [], []
     for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated,
                                                 require_target=False):
-        if audio and record.path is None:
-            raise DataError(data, line, "path", "missing: decoding audio needs it (or use --input simulated)")
-        if audio and is_command(record.path) and not allow_pipes:
-            raise DataError(data, line, "path", command_refused(record.path))
+        if audio:
+            require_audio_path(record.path, data, line, allow_pipes, "decoding audio needs it (or use --input simulated)")
         records.append(record)
         lines.append(line)
     if not records:   # an empty run would exit 0 with no hyp.trn, which scoring then misses

@@ -216,7 +216,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     ``job``: run only that job (1..nj) and merge nothing; otherwise run every job not yet done, then
     merge. A directory already made from other inputs, ``nj`` or another encoder is refused.
     """
-    from tasu.data.audio import AudioError, audio_info, command_refused, is_command
+    from tasu.data.audio import AudioError, audio_info, require_audio_path
     from tasu.encoders import load_tokenizer
 
     compress = compress or CompressConfig()
@@ -233,10 +233,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     taken: set[str] = set()
     for path, records in inputs.items():
         for line, r in records:
-            if r.path is None:
-                raise DataError(path, line, "path", "missing: posteriors are computed from the audio")
-            if is_command(r.path) and not allow_pipes:
-                raise DataError(path, line, "path", command_refused(r.path))
+            require_audio_path(r.path, path, line, allow_pipes, "posteriors are computed from the audio")
             if (r.path, r.start, r.end) not in recordings:   # another file's key may name other audio
                 key = r.key if r.key not in taken else next(f"{r.key}-{n}" for n in range(2, len(taken) + 3)
                                                             if f"{r.key}-{n}" not in taken)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from tasu.config import load_config, to_dict
+from tasu.config import load_config, require_dir, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.experiment import ExperimentConfig
 
@@ -179,6 +179,12 @@ def encoder_tokenizer(cfg: ExperimentConfig):
     return load_tokenizer(cfg.encoder.path, cfg.encoder.type)
 
 
+def check_model_dirs(cfg: ExperimentConfig) -> None:
+    """``encoder.path`` and ``llm.path`` are directories here (see :func:`tasu.config.require_dir`)."""
+    require_dir("encoder.path", cfg.encoder.path, "the encoder's directory is needed (its tokenizer at least)")
+    require_dir("llm.path", cfg.llm.path, "the directory of a Hugging Face causal LM is needed")
+
+
 def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> SpeechLLM:
     """The speech LLM the config describes, with an untrained projector (and LoRA adapters)."""
     import torch
@@ -186,10 +192,7 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
     from tasu.encoders import load_encoder
     from tasu.model import SpeechLLM
 
-    if not cfg.encoder.path:
-        raise ValueError("encoder.path is not set: the encoder directory (its tokenizer at least) is needed")
-    if not cfg.llm.path:
-        raise ValueError("llm.path is not set: the directory of a Hugging Face causal LM is needed")
+    check_model_dirs(cfg)
     encoder = None
     if audio:
         # Building the encoder's modules draws from the global random stream; the fresh projector's

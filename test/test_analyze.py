@@ -207,6 +207,7 @@ def test_no_encoder_or_an_unusable_device_is_one_line_and_writes_nothing(tmp_pat
     assert main(["analyze", "--data", str(data), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == ("tasu analyze: error: encoder.path is not set: pass --encoder DIR "
                                        "(or set it in the config)\n")
+    (tmp_path / "enc").mkdir()
     if not torch.cuda.is_available():
         assert main(["analyze", "--encoder", str(tmp_path / "enc"), "--data", str(data), "--out",
                      str(tmp_path / "out"), "--device", "cuda"]) == 1
@@ -231,6 +232,7 @@ def test_a_limit_below_one_or_no_utterance_writes_nothing(tmp_path, capsys, monk
         assert main(["analyze", "--data", str(data), "--out", str(tmp_path / "out"), "--limit", str(limit)]) == 1
         assert capsys.readouterr().err == f"tasu analyze: error: --limit must be at least 1, got {limit}\n"
     # records that yield no utterance (a file changed between the count and the run): no empty summary
+    (tmp_path / "enc").mkdir()
     monkeypatch.setattr(tasu.encoders, "load_encoder", lambda *a, **k: type("Encoder", (), {"tokenizer": None}))
     monkeypatch.setattr(tasu.simulate, "build_simulator", lambda *a, **k: None)
     monkeypatch.setattr(tasu.analyze, "analyze", lambda *a, **k: Fidelity())

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from tasu.config import ConfigError, load_config, to_dict
+from tasu.config import ConfigError, load_config, require_dir, to_dict
 
 
 @dataclass
@@ -123,3 +123,14 @@ def test_the_train_loop_defaults_and_limits_that_mean_something_pass():
     cfg = load_config(ExperimentConfig, None, ["train.max_steps=null", "train.keep_best=0", "train.epochs=1",
                                                "train.log_interval=1", "optim.lr=1e-4"])
     assert (cfg.train.max_steps, cfg.train.keep_best, cfg.optim.lr) == (None, 0, 1e-4)
+
+
+def test_a_model_directory_is_required_by_its_key_with_what_to_do(tmp_path):
+    hint = "pass --encoder DIR"
+    for path, message in ((None, "encoder.path is not set: pass --encoder DIR"),
+                          ("", "encoder.path is not set: pass --encoder DIR"),   # would be the working directory
+                          (str(tmp_path / "gone"), f"encoder.path '{tmp_path}/gone' is not a directory: pass --encoder DIR"),
+                          (__file__, f"encoder.path '{__file__}' is not a directory: pass --encoder DIR")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            require_dir("encoder.path", path, hint)
+    assert require_dir("encoder.path", str(tmp_path), hint) == tmp_path

@@ -164,6 +164,15 @@ def command_refused(path: str) -> str:
     return f"{path!r} is {NOT_RUN}"
 
 
+def require_audio_path(path: str | None, file: str, line: int, allow_pipes: bool, needed_for: str) -> None:
+    """What a reader of records checks before it reads any audio: the record's ``path`` is there
+    (``needed_for`` says what needs it) and is no shell command unless the user allowed commands."""
+    if path is None:
+        raise DataError(file, line, "path", f"missing: {needed_for}")
+    if is_command(path) and not allow_pipes:
+        raise DataError(file, line, "path", command_refused(path))
+
+
 def _parse(path: str) -> tuple[str, object]:
     """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
     if is_command(path):

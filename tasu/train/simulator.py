@@ -55,7 +55,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from tasu.compress import CompressConfig
-from tasu.config import ConfigError, to_dict
+from tasu.config import require_dir, to_dict
 from tasu.experiment import EncoderConfig
 from tasu.fileio import write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
@@ -419,9 +419,7 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
     from tasu.device import resolve_device
     from tasu.lock import DirLock
 
-    if not cfg.encoder.path or not Path(cfg.encoder.path).is_dir():
-        raise ConfigError(f"encoder.path {cfg.encoder.path!r} is not a directory: the teacher encoder is needed "
-                          "(--encoder DIR)")
+    require_dir("encoder.path", cfg.encoder.path, "the teacher encoder is needed (--encoder DIR)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = DirLock(out, "simulator training")

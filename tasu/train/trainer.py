@@ -43,9 +43,9 @@ from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
 from tasu.fileio import write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import (MODEL_DIR, build_model, check_fits, checkpoint_name, dump_config, encoder_tokenizer,
-                           last_checkpoint, load_trainable, read_best, refuse_lost_pointer, resolve_checkpoint,
-                           write_model)
+from tasu.model_io import (MODEL_DIR, build_model, check_fits, check_model_dirs, checkpoint_name, dump_config,
+                           encoder_tokenizer, last_checkpoint, load_trainable, read_best, refuse_lost_pointer,
+                           resolve_checkpoint, write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, partial_dir, truncate_curve,
                                    use_safe_engine_loads)
@@ -515,16 +515,6 @@ class Trainer:
             truncate_curve(self.exp_dir / "loss.tsv", self.step)
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", ckpt, self.step,
                  self.position.epoch, self.position.consumed)
-
-
-def check_model_dirs(cfg: ExperimentConfig) -> None:
-    """``encoder.path`` and ``llm.path`` are directories here (else Hugging Face takes a missing
-    path for a hub repository name and fails with a message about repository ids)."""
-    for name, path in (("encoder.path", cfg.encoder.path), ("llm.path", cfg.llm.path)):
-        if not path:
-            raise TrainingError(f"{name} is not set: the directory of the {name.split('.')[0]} is needed")
-        if not Path(path).is_dir():
-            raise TrainingError(f"{name} {path!r} is not a directory")
 
 
 def _data_files(d) -> list[str]:
