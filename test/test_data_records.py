@@ -81,6 +81,28 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
     ]
 
 
+def test_a_field_named_twice_is_refused_whatever_the_spacing_and_lookalikes_are_not(tmp_path):
+    from tasu.data.records import parse_record
+
+    path = write(tmp_path,
+                 '{"key": "u1", "task": "ASR", "target": "turn on", "target": "turn off"}',
+                 '{"key":"u2","task":"ASR","target":"x","GT":"y","GT":"z"}',
+                 '{"key" : "u3", "task" : "ASR", "target" : "x", "key" : "u4"}',
+                 '{"key": "u5", "task": "ASR", "target": "x", "meta": {"a": 1, "a": 2}}',
+                 # not repeated: a value that is a name, a colon after an escaped quote, a nested name
+                 '{"key": "u6", "task": "ASR", "target": "key", "GT": "he said \\"target\\": no"}',
+                 '{"key": "u7", "task": "ASR", "target": "x", "meta": {"key": "task"}}',
+                 '{"key" : "u8", "task" : "ASR", "target" : "x"}')
+    records, problems = collect(path)
+    assert [r.key for _, r in records] == ["u6", "u7", "u8"]
+    assert records[0][1].transcript == 'he said "target": no'
+    why = "named twice in the line's object: which value is meant? (JSON readers keep the last one silently)"
+    assert problems == [f"{path}:1: target: {why}", f"{path}:2: GT: {why}", f"{path}:3: key: {why}",
+                        f"{path}:4: a: {why}"]
+    with pytest.raises(DataError, match="target: named twice"):   # the epoch reader checks it too
+        parse_record(b'{"key": "u1", "task": "ASR", "target": "a", "target": "b"}')
+
+
 def test_non_utf8_bytes_name_line_and_column(tmp_path):
     path = write(tmp_path, raw=(GOOD + "\n").encode() + b'{"key": "caf\xe9", "task": "ASR"}\n')
     records, problems = collect(path)

@@ -223,6 +223,10 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
         return None, None, [("json", f"{e.msg} (column {e.pos + 1})")]
     if type(obj) is not dict:
         return None, None, [("json", f"expected an object {{...}}, got {_json_type(obj)}")]
+    repeated = _repeated_name(text, obj)
+    if repeated is not None:
+        return None, None, [(repeated, "named twice in the line's object: which value is meant? "
+                                       "(JSON readers keep the last one silently)")]
     key = obj.get("key")
     key = key if type(key) is str and key else None
     if not require_target and obj.get("target", "") == "":
@@ -238,6 +242,26 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
         return key, None, [("GT", f"missing: this {record.task} record needs a GT transcript "
                                   "for the text-only stage")]
     return key, record, []
+
+
+def _repeated_name(text: str, obj: dict[str, Any]) -> str | None:
+    """A name the object ``text`` holds twice (``json.loads`` keeps its last value), or None.
+
+    Cheap for the usual line: each name is written ``"name":``, so when ``":`` occurs exactly as
+    often as the object has names, none is repeated. Only other lines (nested objects, an escaped
+    quote before a colon in a value, a space before a colon) are parsed again, pair by pair.
+    """
+    if text.count('":') == len(obj):
+        return None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in items]
+        repeated.extend(name for i, name in enumerate(names) if name in names[:i])
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return repeated[0] if repeated else None
 
 
 def _check(obj: dict[str, Any], prompts: PromptSet | None,
