@@ -312,7 +312,8 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     for line, record in iter_records_with_lines(data, prompts=prompts, require_transcript=simulated,
                                                 require_target=False):
         if audio:
-            require_audio_path(record.path, data, line, allow_pipes, "decoding audio needs it (or use --input simulated)")
+            require_audio_path(record.path, data, line, allow_pipes,
+                               "decoding audio needs it (or use --input simulated)")
         records.append(record)
         lines.append(line)
     if not records:   # an empty run would exit 0 with no hyp.trn, which scoring then misses

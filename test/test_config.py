@@ -127,9 +127,10 @@ def test_the_train_loop_defaults_and_limits_that_mean_something_pass():
 
 def test_a_model_directory_is_required_by_its_key_with_what_to_do(tmp_path):
     hint = "pass --encoder DIR"
+    gone = str(tmp_path / "gone")
     for path, message in ((None, "encoder.path is not set: pass --encoder DIR"),
                           ("", "encoder.path is not set: pass --encoder DIR"),   # would be the working directory
-                          (str(tmp_path / "gone"), f"encoder.path '{tmp_path}/gone' is not a directory: pass --encoder DIR"),
+                          (gone, f"encoder.path '{gone}' is not a directory: pass --encoder DIR"),
                           (__file__, f"encoder.path '{__file__}' is not a directory: pass --encoder DIR")):
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             require_dir("encoder.path", path, hint)

@@ -33,6 +33,7 @@ from torch import nn
 
 from tasu.encoders.base import require_16k
 
+
 def funasr_model(root: Path) -> str | None:
     """The ``model:`` entry of ``root/config.yaml`` (what marks the funasr-style layouts), or None."""
     if not (root / "config.yaml").is_file():
