@@ -16,22 +16,17 @@ Each subcommand parses its arguments here and calls one library function; import
 the subcommand so that ``tasu validate`` does not pay for torch or transformers, and funasr's
 classes are imported without funasr's import of all its models (:mod:`tasu.funasr_import`).
 
-Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, and exit status 1: a
-user reading a failed recipe's log needs the bad file and line, not a traceback through DeepSpeed.
-``--debug`` (or ``TASU_DEBUG=1`` in the environment, which reaches every process of a DeepSpeed
-launch) lets the traceback through instead.
+Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, and exit status 1
+(:mod:`tasu.errors`); ``--debug`` (or ``TASU_DEBUG=1``) lets the traceback through instead.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from tasu.errors import DEBUG_ENV, run_reporting
 from tasu.funasr_import import use_lean_import
 
-DEBUG_ENV = "TASU_DEBUG"
-# The text a DataLoader worker's exception carries to the main process, before the worker's traceback.
-_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -375,45 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and not args.dry_run and not args.exp_dir:
         parser.error("train: --exp-dir is required")
-    if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-        return args.func(args)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"tasu {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - every error becomes one line, see the module doc
-        print(f"tasu {args.command}: error: {describe_error(err)}", file=sys.stderr)
-        return 1
-
-
-def describe_error(err: BaseException) -> str:
-    """One line saying what went wrong.
-
-    tasu's own errors (and OSError) carry a message written for the user: it is the line. Anything
-    else is named by its type, with a pointer to ``--debug``. An exception raised in a DataLoader
-    worker reaches the main process with the worker's traceback as its message: its last line is
-    the original error.
-    """
-    message = str(err)
-    if _WORKER_TRACEBACK in message:
-        last = [ln for ln in message.splitlines() if ln.strip()][-1]
-        name, _, rest = last.partition(": ")
-        return rest.strip() if name.rsplit(".", 1)[-1] in _OWN_ERRORS else last.strip()
-    if isinstance(err, OSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror}"
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    message = "; ".join(lines) if lines else "(no message)"
-    if type(err).__name__ in _OWN_ERRORS or isinstance(err, OSError):
-        return message
-    return f"{type(err).__name__}: {message} (--debug shows the traceback)"
-
-
-# Errors whose message is written for the user (file, line, field, what to do).
-_OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError", "DeviceError", "TrainingError",
-                         "DecodeError", "ScoreError", "LockError", "ModelFilesError",
-                         "CheckpointError", "DumpError", "SimulatorError"})
+    return run_reporting(f"tasu {args.command}", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -182,21 +182,24 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def read_mapping(path: str | Path) -> dict:
+    """The YAML file ``path`` as a mapping (empty: ``{}``), or a ConfigError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
     """Read YAML ``path`` (optional), apply ``overrides``, check everything against ``cls``."""
-    data: dict = {}
-    name = "overrides"
-    if path is not None:
-        name = str(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    data = {} if path is None else read_mapping(path)
+    name = "overrides" if path is None else str(path)
     for override in overrides:
         apply_override(data, override)
     try:

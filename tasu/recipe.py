@@ -40,6 +40,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from tasu.errors import run_reporting
 from tasu.fileio import write_atomic
 
 Part = tuple[str, str]   # (test set, task)
@@ -59,9 +60,9 @@ def prefix(part: Part) -> str:
 
 def decode_flags(config: str | Path) -> list[str]:
     """A decode YAML (``batch_size: 8``) as ``tasu decode`` options (``--batch-size 8``)."""
-    import yaml
+    from tasu.config import read_mapping
 
-    conf = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    conf = read_mapping(config)
     return [word for key, value in conf.items() for word in (f"--{key.replace('_', '-')}", str(value))]
 
 
@@ -318,7 +319,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """A failure is one line, ``tasu.recipe COMMAND: error: ...`` (see :mod:`tasu.errors`): the stage
+    script stops on it, and the user reads which config or file is wrong, not a traceback."""
     args = get_parser().parse_args(argv)
+    return run_reporting(f"tasu.recipe {args.command}", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "decode-flags":
         print(" ".join(decode_flags(args.config)))
     elif args.command == "merge":
@@ -334,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command in ("check-launch", "check-resume", "slurm-exec"):
         try:
             return _launch_command(args)
-        except LaunchError as e:
+        except LaunchError as e:   # the stage script shows the problem itself, as its own error
             print(e, file=sys.stderr)
             return 1
     else:

@@ -1,7 +1,8 @@
 """The ``tasu`` command's error lines: one line a failure, the traceback only when asked for."""
 import subprocess
 
-from tasu.cli import describe_error, main
+from tasu.cli import main
+from tasu.errors import describe_error
 
 
 def test_errors_become_one_line():
@@ -14,7 +15,7 @@ def test_errors_become_one_line():
     assert describe_error(FileNotFoundError("exp/x holds no complete checkpoint yet")) == \
         "exp/x holds no complete checkpoint yet"
     assert describe_error(RuntimeError("size mismatch\n  for w")) == \
-        "RuntimeError: size mismatch; for w (--debug shows the traceback)"
+        "RuntimeError: size mismatch; for w (--debug or TASU_DEBUG=1 shows the traceback)"
 
 
 def test_a_failing_command_prints_one_line_and_exits_1(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """tasu.recipe: the stage script's merging and splitting of decode data, and its small conversions."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -63,6 +64,24 @@ def test_decode_flags_and_pairs(tmp_path):
     assert pairs(["test", "ASR", "dev", "SLU"]) == [("test", "ASR"), ("dev", "SLU")]
     with pytest.raises(ValueError, match="odd number"):
         pairs(["test", "ASR", "dev"])
+
+
+def test_a_helper_that_fails_says_so_in_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """The stage script stops on a helper's failure: the user reads which file is wrong, no traceback."""
+    monkeypatch.delenv("TASU_DEBUG", raising=False)
+    (tmp_path / "list.yaml").write_text("- beam\n- 4\n")
+    (tmp_path / "bad.yaml").write_text("beam: [\n")
+    cases = {("decode-flags", f"{tmp_path}/list.yaml"): f"{tmp_path}/list.yaml: the top level must be a mapping",
+             ("decode-flags", f"{tmp_path}/bad.yaml"): f"{tmp_path}/bad.yaml: not valid YAML: ",
+             ("posterior-dir", "dump", f"{tmp_path}/gone.yaml"): f"{tmp_path}/gone.yaml: cannot read config: ",
+             ("merge", str(tmp_path), "out.jsonl", "test", "ASR"): f"{tmp_path}/test/ASR.jsonl: No such file"}
+    for argv, message in cases.items():
+        assert main(list(argv)) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"tasu.recipe {argv[0]}: error: {message}") and err.count("\n") == 1, err
+    out = subprocess.run([sys.executable, "-m", "tasu.recipe", "decode-flags", f"{tmp_path}/list.yaml"],
+                         capture_output=True, text=True, env={**os.environ, "TASU_DEBUG": "1"})
+    assert out.returncode == 1 and "Traceback" in out.stderr   # asked for: the traceback
 
 
 def test_command_line(tmp_path, capsys):

@@ -8,7 +8,8 @@ import pytest
 import sacrebleu
 
 from tasu import results
-from tasu.cli import DEBUG_ENV, main
+from tasu.cli import main
+from tasu.errors import DEBUG_ENV
 from tasu.results import collect_results, environment, git_hash, render_comparison, render_results
 from tasu.score import ScoreError, score_files
 

@@ -8,7 +8,8 @@ import stat
 import pytest
 import sacrebleu
 
-from tasu.cli import DEBUG_ENV, main
+from tasu.cli import main
+from tasu.errors import DEBUG_ENV
 from tasu.score import ScoreError, align, is_looping, normalise, read_text_file, score, score_files
 
 
