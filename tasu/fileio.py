@@ -43,7 +43,10 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
     was. The directory must exist.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:   # say which file could not be written, not which temporary name
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:

@@ -192,3 +192,20 @@ def test_wav_scp_entry_is_a_path_or_an_ffmpeg_pipe_that_load_audio_reads(tmp_pat
         assert load_audio(pipe).shape[0] == 16000  # 8 kHz, 1 s -> 16 kHz
     with pytest.raises(ValueError, match="soundfile or ffmpeg"):
         wav_scp_entry(clip, "sox")
+
+
+def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys):
+    from tasu.data.kaldi_dir import main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "wav.scp").write_text("u1 a.wav\n")
+    (data / "text").write_text("u1 hello\n")
+    out = tmp_path / "missing" / "x.jsonl"
+    assert main(["to-jsonl", str(data), str(out)]) == 1
+    assert capsys.readouterr().err == f"{out}: No such file or directory\n"
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"key": "u1", "task": "ASR", "target": "hello", "path": "a.wav"}\n')
+    (tmp_path / "taken").write_text("a file, not a directory")
+    assert main(["to-dir", str(records), str(tmp_path / "taken" / "d")]) == 1
+    assert capsys.readouterr().err == f"{tmp_path}/taken/d: Not a directory\n"

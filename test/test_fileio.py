@@ -84,3 +84,11 @@ def test_the_umask_is_set_and_put_back_where_proc_does_not_show_it(tmp_path, mon
         assert os.umask(0o027) == 0o027   # put back
     finally:
         os.umask(old)
+
+
+def test_a_file_that_cannot_be_made_is_named_not_its_temporary(tmp_path):
+    target = tmp_path / "no_such_dir" / "hyp.trn"
+    with pytest.raises(FileNotFoundError) as caught:
+        with atomic_replace(target):
+            pass
+    assert (caught.value.filename, caught.value.strerror) == (str(target), "No such file or directory")

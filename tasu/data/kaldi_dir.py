@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataDirError as e:
         print(e, file=sys.stderr)
         return 1
+    except OSError as e:   # an output directory that cannot be made or written: one line, no traceback
+        print(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e), file=sys.stderr)
+        return 1
     return 0
 
 
