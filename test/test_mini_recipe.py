@@ -94,6 +94,7 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     (["--seed", "-5"], "seed '-5': expected a whole number >= 0"),
     (["--seeds", "2 1 2"], "--seeds '2 1 2' names a seed twice: each would count as another run in the mean and sd"),
     (["--stage", "6", "--stop_stage", "5"], "--stage 6 comes after --stop_stage 5: nothing to run"),
+    (["--workdir", ""], "--workdir is empty: name a directory (default: .)"),   # '' would write /data, /exp
     # last on tasu.sh's command line, it would drop the seed that run.sh's own --train_text_args carry
     (["--tasu_opts", "--ngpu 0 --train-text-args optim.lr=3e-3"], "--tasu_opts: --train-text-args is set by "
      "run.sh itself (the seed and quick settings ride on it, or the later stages read it): edit conf/ or "

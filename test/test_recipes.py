@@ -226,6 +226,9 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     assert out.returncode == 1 and "--stage 6 comes after --stop_stage 5: nothing to run" in out.stderr
     out = sh(recipe, "./run.sh", "--stage", "8", ok=False)
     assert out.returncode == 1 and "--stage 8: there is no such stage (the stages are 1-7)" in out.stderr
+    for empty in ("--datadir", "--dumpdir", "--expdir"):   # '' would put the run's files under /
+        out = sh(recipe, "./run.sh", empty, "", ok=False)
+        assert out.returncode == 1 and f"{empty} is empty: name a directory" in out.stderr
 
 
 def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):

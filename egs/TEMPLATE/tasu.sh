@@ -166,6 +166,9 @@ fi
 
 [ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run"
 [ "${stage}" -le 7 ] || die "--stage ${stage}: there is no such stage (the stages are 1-7)"
+for dir in datadir dumpdir expdir; do   # "" would put every file of the run under /
+  [ -n "${!dir}" ] || die "--${dir} is empty: name a directory"
+done
 
 runs() {  # runs <stage>: whether the stage is in [stage, stop_stage] and not skipped
   local n=$1

@@ -64,6 +64,8 @@ for opt in ${tasu_opts}; do
   exit 1
 done
 
+[ -n "${workdir}" ] || { echo "$0: --workdir is empty: name a directory (default: .)" >&2; exit 1; }
+
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each
   # in its own directory; the report gives each cell's mean and standard deviation over the seeds.
