@@ -229,6 +229,12 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     for empty in ("--datadir", "--dumpdir", "--expdir"):   # '' would put the run's files under /
         out = sh(recipe, "./run.sh", empty, "", ok=False)
         assert out.returncode == 1 and f"{empty} is empty: name a directory" in out.stderr
+    for option, value, message in (("--inference_nj", "0", "--inference_nj must be at least 1, not 0"),
+                                   ("--dump_nj", "-2", "--dump_nj must be at least 1, not -2"),
+                                   ("--num_nodes", "0", "--num_nodes must be at least 1, not 0"),
+                                   ("--ngpu", "-1", "--ngpu must be 0 (CPU) or more, not -1")):
+        out = sh(recipe, "./run.sh", option, value, ok=False)
+        assert out.returncode == 1 and message in out.stderr
 
 
 def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):

@@ -169,6 +169,10 @@ fi
 for dir in datadir dumpdir expdir; do   # "" would put every file of the run under /
   [ -n "${!dir}" ] || die "--${dir} is empty: name a directory"
 done
+for n in inference_nj dump_nj num_nodes; do
+  [ "${!n}" -ge 1 ] || die "--${n} must be at least 1, not ${!n}"
+done
+[ "${ngpu}" -ge 0 ] || die "--ngpu must be 0 (CPU) or more, not ${ngpu}"
 
 runs() {  # runs <stage>: whether the stage is in [stage, stop_stage] and not skipped
   local n=$1
