@@ -20,8 +20,11 @@ _OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError"
                          "CheckpointError", "DumpError", "SimulatorError"})
 
 
-def run_reporting(prog: str, call: Callable[[], int], debug: bool = False) -> int:
-    """``call()``'s exit status; a failure printed as ``PROG: error: <one line>`` (status 1)."""
+def run_reporting(prog: str, call: Callable[[], int], debug: bool | None = False) -> int:
+    """``call()``'s exit status; a failure printed as ``PROG: error: <one line>`` (status 1).
+
+    ``debug``: the command's ``--debug`` flag, or None where the command has none (the hint then
+    names the environment variable alone)."""
     if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return call()
     try:
@@ -30,17 +33,18 @@ def run_reporting(prog: str, call: Callable[[], int], debug: bool = False) -> in
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error becomes one line, see the module doc
-        print(f"{prog}: error: {describe_error(err)}", file=sys.stderr)
+        hint = f"{DEBUG_ENV}=1" if debug is None else f"--debug or {DEBUG_ENV}=1"
+        print(f"{prog}: error: {describe_error(err, hint)}", file=sys.stderr)
         return 1
 
 
-def describe_error(err: BaseException) -> str:
+def describe_error(err: BaseException, hint: str = f"--debug or {DEBUG_ENV}=1") -> str:
     """One line saying what went wrong.
 
     tasu's own errors (and OSError) carry a message written for the user: it is the line. Anything
-    else is named by its type, with a pointer to ``--debug``. An exception raised in a DataLoader
-    worker reaches the main process with the worker's traceback as its message: its last line is
-    the original error.
+    else is named by its type, with ``hint``: how to see the traceback. An exception raised in a
+    DataLoader worker reaches the main process with the worker's traceback as its message: its last
+    line is the original error.
     """
     message = str(err)
     if _WORKER_TRACEBACK in message:
@@ -54,4 +58,4 @@ def describe_error(err: BaseException) -> str:
     message = "; ".join(lines) if lines else "(no message)"
     if type(err).__name__ in _OWN_ERRORS or isinstance(err, OSError):
         return message
-    return f"{type(err).__name__}: {message} (--debug or {DEBUG_ENV}=1 shows the traceback)"
+    return f"{type(err).__name__}: {message} ({hint} shows the traceback)"

@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """A failure is one line, ``tasu.recipe COMMAND: error: ...`` (see :mod:`tasu.errors`): the stage
     script stops on it, and the user reads which config or file is wrong, not a traceback."""
     args = get_parser().parse_args(argv)
-    return run_reporting(f"tasu.recipe {args.command}", lambda: _run(args))
+    return run_reporting(f"tasu.recipe {args.command}", lambda: _run(args), debug=None)
 
 
 def _run(args: argparse.Namespace) -> int:

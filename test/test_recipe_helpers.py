@@ -74,7 +74,9 @@ def test_a_helper_that_fails_says_so_in_one_line_naming_the_file(tmp_path, capsy
     cases = {("decode-flags", f"{tmp_path}/list.yaml"): f"{tmp_path}/list.yaml: the top level must be a mapping",
              ("decode-flags", f"{tmp_path}/bad.yaml"): f"{tmp_path}/bad.yaml: not valid YAML: ",
              ("posterior-dir", "dump", f"{tmp_path}/gone.yaml"): f"{tmp_path}/gone.yaml: cannot read config: ",
-             ("merge", str(tmp_path), "out.jsonl", "test", "ASR"): f"{tmp_path}/test/ASR.jsonl: No such file"}
+             ("merge", str(tmp_path), "out.jsonl", "test", "ASR"): f"{tmp_path}/test/ASR.jsonl: No such file",
+             ("merge", "dump", "out.jsonl", "test"): "ValueError: expected SET TASK pairs, got an odd number of "
+                                                      "names: test (TASU_DEBUG=1 shows the traceback)"}
     for argv, message in cases.items():
         assert main(list(argv)) == 1
         err = capsys.readouterr().err
