@@ -12,6 +12,8 @@ import sys
 from typing import Callable
 
 DEBUG_ENV = "TASU_DEBUG"
+# How to see the traceback, for commands with a --debug flag and for those without one.
+_TRACEBACK_HINTS = {True: f"--debug or {DEBUG_ENV}=1", False: f"{DEBUG_ENV}=1"}
 # The text a DataLoader worker's exception carries to the main process, before the worker's traceback.
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 # Errors whose message is written for the user (file, line, field, what to do).
@@ -33,12 +35,11 @@ def run_reporting(prog: str, call: Callable[[], int], debug: bool | None = False
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error becomes one line, see the module doc
-        hint = f"{DEBUG_ENV}=1" if debug is None else f"--debug or {DEBUG_ENV}=1"
-        print(f"{prog}: error: {describe_error(err, hint)}", file=sys.stderr)
+        print(f"{prog}: error: {describe_error(err, _TRACEBACK_HINTS[debug is not None])}", file=sys.stderr)
         return 1
 
 
-def describe_error(err: BaseException, hint: str = f"--debug or {DEBUG_ENV}=1") -> str:
+def describe_error(err: BaseException, hint: str = _TRACEBACK_HINTS[True]) -> str:
     """One line saying what went wrong.
 
     tasu's own errors (and OSError) carry a message written for the user: it is the line. Anything
