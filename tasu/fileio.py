@@ -5,12 +5,14 @@ reports are read by other processes (a resumed run, ``tasu results``, a decode o
 that may start while the writer is killed. Writing to a temporary file in the same directory and
 renaming it over the target leaves either the old file or the new one, never a mix: a rename within
 a directory is atomic on POSIX file systems. ``atomic_replace`` is that for any writer (a library's
-``save`` that takes a file name, a compiler's ``-o``); ``write_atomic`` is the common case of text.
+``save`` that takes a file name, a compiler's ``-o``); ``write_atomic`` is the common case of text;
+``atomic_files`` is it for a writer that fills a directory (``save_pretrained``, a model's ``save``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +32,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _flush(path: Path) -> None:
+    """Put the file at ``path`` on disk, so that a crash after its rename cannot leave it empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -52,11 +63,7 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        fd = os.open(tmp, os.O_RDONLY)   # the writer may have replaced the file: flush what is there now
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _flush(tmp)   # by name: the writer may have replaced the file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -69,3 +76,29 @@ def write_atomic(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_replace(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str | Path) -> Iterator[Path]:
+    """A fresh directory to write files in, each then moved into ``directory`` whole when the block ends.
+
+    A model saved in place (``save_pretrained(exp/llm)``) and killed half-way leaves a truncated
+    weights file beside the config that names it. Written here instead, every file lands by a rename
+    (flushed first, as ``atomic_replace`` does), replacing its namesake; files of ``directory`` the
+    writer does not write (a training log still open) stay. On an exception nothing is moved. The
+    scratch directory sits inside ``directory``, so the renames never cross a file system.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=directory, prefix=".partial."))
+    try:
+        yield scratch
+        files = sorted(p for p in scratch.rglob("*") if p.is_file())
+        for file in files:
+            _flush(file)
+        for file in files:
+            target = directory / file.relative_to(scratch)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -209,3 +209,20 @@ def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys
     (tmp_path / "taken").write_text("a file, not a directory")
     assert main(["to-dir", str(records), str(tmp_path / "taken" / "d")]) == 1
     assert capsys.readouterr().err == f"{tmp_path}/taken/d: Not a directory\n"
+
+
+def test_a_table_is_replaced_whole_or_not_at_all(tmp_path):
+    from tasu.data import kaldi_dir
+
+    table = tmp_path / "text"
+    table.write_text("a old\n")
+
+    def lines():
+        yield "a new"
+        raise KeyboardInterrupt   # the writer killed after its first line
+
+    with pytest.raises(KeyboardInterrupt):
+        kaldi_dir._write_lines(table, lines())
+    assert table.read_text() == "a old\n" and [p.name for p in tmp_path.iterdir()] == ["text"]
+    kaldi_dir._write_lines(table, iter(["a new", "b two"]))
+    assert table.read_text() == "a new\nb two\n"

@@ -384,6 +384,22 @@ def test_small_ctc_save_load(small_ctc, tmp_path):
     torch.testing.assert_close(log_probs, small_ctc(*small_ctc.extract_features(waves))[0])
 
 
+def test_a_small_ctc_save_killed_half_way_leaves_the_saved_encoder(small_ctc, tmp_path, monkeypatch):
+    small_ctc.save(tmp_path / "enc")
+    for file in (tmp_path / "enc").iterdir():
+        file.write_text(f"the earlier {file.name}")   # what a save that replaced it would lose
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)   # after config.yaml, before model.pt
+    with pytest.raises(KeyboardInterrupt):
+        small_ctc.save(tmp_path / "enc")
+    assert {p.name: p.read_text() for p in (tmp_path / "enc").iterdir()} == {
+        name: f"the earlier {name}" for name in ["am.mvn", "bpe.model", "config.yaml", "configuration.json",
+                                                 "model.pt", "tokens.json"]}
+
+
 def test_tasu_programs_import_funasr_lean_and_complete_it_on_use(small_ctc, sensevoice_dir, tmp_path):
     """After use_lean_import (the tasu command does it) a small CTC encoder loads without funasr's
     import of all its models; the first use of anything else of the package completes that import

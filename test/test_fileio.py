@@ -4,7 +4,7 @@ import stat
 import pytest
 
 from tasu import fileio
-from tasu.fileio import atomic_replace, write_atomic
+from tasu.fileio import atomic_files, atomic_replace, write_atomic
 
 
 def test_write_atomic_replaces_the_file_with_the_umasks_mode(tmp_path):
@@ -92,3 +92,34 @@ def test_a_file_that_cannot_be_made_is_named_not_its_temporary(tmp_path):
         with atomic_replace(target):
             pass
     assert (caught.value.filename, caught.value.strerror) == (str(target), "No such file or directory")
+
+
+def test_atomic_files_moves_each_written_file_in_and_keeps_the_others(tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "train.log").write_text("still being written\n")
+    (out / "model.bin").write_text("old weights")
+    with atomic_files(out) as scratch:
+        assert scratch.parent == out and scratch.name.startswith(".")
+        (scratch / "model.bin").write_text("new weights")
+        (scratch / "sub").mkdir()
+        (scratch / "sub" / "vocab.txt").write_text("a\nb\n")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["model.bin", "sub", "sub/vocab.txt",
+                                                                       "train.log"]
+    assert (out / "model.bin").read_text() == "new weights"
+    assert (out / "train.log").read_text() == "still being written\n"
+    with atomic_files(tmp_path / "new" / "dir") as scratch:   # made where missing
+        (scratch / "a").write_text("x")
+    assert (tmp_path / "new" / "dir" / "a").read_text() == "x"
+
+
+def test_atomic_files_moves_nothing_when_the_writer_fails(tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "config.yaml").write_text("old config")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_files(out) as scratch:
+            (scratch / "config.yaml").write_text("new config")
+            (scratch / "model.bin").write_text("half of the weig")
+            raise KeyboardInterrupt   # killed while the weights were being written
+    assert [p.name for p in out.iterdir()] == ["config.yaml"] and (out / "config.yaml").read_text() == "old config"

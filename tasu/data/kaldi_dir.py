@@ -334,7 +334,8 @@ def _write_spk2utt(data_dir: Path, speaker: dict[str, str]) -> None:
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    """One table, whole or not at all: a writer killed half-way leaves the table it was replacing."""
+    with atomic_replace(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for line in lines:
             f.write(line + "\n")
 

@@ -33,6 +33,7 @@ from tasu.encoders.fbank import build_wav_frontend, estimate_cmvn, wav_frontend_
 from tasu.encoders.layout import FunASRDir, funasr_model, load_weights, write_configuration_json
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
+from tasu.fileio import atomic_files
 from tasu.funasr_import import funasr_class
 
 MODEL_NAME = "TasuSmallCTC"
@@ -181,8 +182,6 @@ class SmallCTCEncoder(CTCEncoder):
         """Write the directory :meth:`from_dir` (and ``tasu.encoders.load_encoder``) reads."""
         if not self.has_cmvn:
             raise RuntimeError("fit_cmvn before saving: the saved encoder must normalise its features")
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
         config = {
             "model": MODEL_NAME,
             "model_conf": {"blank_id": self.blank_id},
@@ -193,13 +192,13 @@ class SmallCTCEncoder(CTCEncoder):
             "tokenizer": "SentencepiecesTokenizer",
             "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>"},
         }
-        with open(root / "config.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump(config, f, sort_keys=False)
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, root / "model.pt")
-        if self.tokenizer.model_file.resolve() != (root / BPE_FILE).resolve():
+        with atomic_files(path) as root:   # a save killed half-way leaves the files it was replacing
+            with open(root / "config.yaml", "w", encoding="utf-8") as f:
+                yaml.safe_dump(config, f, sort_keys=False)
+            torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, root / "model.pt")
             shutil.copyfile(self.tokenizer.model_file, root / BPE_FILE)
-        with open(root / "tokens.json", "w", encoding="utf-8") as f:
-            json.dump([self.tokenizer.sp.id_to_piece(i) for i in range(self.vocab_size)], f,
-                      ensure_ascii=False)
-        write_cmvn(root / "am.mvn", self.frontend.cmvn)
-        write_configuration_json(root, BPE_FILE)
+            with open(root / "tokens.json", "w", encoding="utf-8") as f:
+                json.dump([self.tokenizer.sp.id_to_piece(i) for i in range(self.vocab_size)], f,
+                          ensure_ascii=False)
+            write_cmvn(root / "am.mvn", self.frontend.cmvn)
+            write_configuration_json(root, BPE_FILE)

@@ -35,7 +35,6 @@ each utterance is synthesised independently, so the corpus is the same for any `
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import random
@@ -57,6 +56,7 @@ from grammar import Grammar  # noqa: E402  (the recipe-local grammar beside this
 
 from tasu.data.kaldi_dir import write_data_dir  # noqa: E402
 from tasu.data.records import Record  # noqa: E402
+from tasu.fileio import write_atomic  # noqa: E402
 
 SAMPLE_RATE = 16000
 AUDIO_SETS = ("train", "dev", "test", "test_ood")
@@ -296,8 +296,7 @@ def write_text_only(data_dir: Path, sentences: list[tuple[str, str]]) -> None:
 
 def write_table(path: Path, table: dict[str, str]) -> None:
     """A Kaldi table (``key value`` lines, sorted by key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k} {table[k]}\n" for k in sorted(table)), encoding="utf-8")
+    write_atomic(path, "".join(f"{k} {table[k]}\n" for k in sorted(table)))
 
 
 def check_invariants(splits: dict[str, list[tuple[str, str]]], utts: dict[str, list[Utterance]]) -> None:
@@ -356,8 +355,7 @@ def main() -> None:
         "seed": args.seed,
         "synthesizers": synthesizer_versions(),
     }
-    (data_dir / "local").mkdir(parents=True, exist_ok=True)
-    (data_dir / "local" / "corpus.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_atomic(data_dir / "local" / "corpus.json", json.dumps(summary, indent=1) + "\n")
 
     mean_dur = sum(durations) / len(durations)
     logging.info("grammar: %d templates, %d scenarios, %d distinct sentences, %d words",

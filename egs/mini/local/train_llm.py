@@ -66,6 +66,7 @@ from tasu.data.prompts import load_prompts
 from tasu.device import flush_denormals
 from tasu.encoders import load_tokenizer as load_encoder_tokenizer
 from tasu.encoders.tokenizers import SentencePieceTokenizer
+from tasu.fileio import atomic_files, write_atomic
 from tasu.score import score
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -376,19 +377,19 @@ def main() -> None:
     info = train(model, examples, training, args)
 
     # 4. save where tasu.llm.load_llm / load_llm_tokenizer read it
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "encoder_units.json").write_text(json.dumps(unit_ids) + "\n", encoding="utf-8")
+    with atomic_files(out_dir) as scratch:   # a save killed half-way leaves the files it was replacing
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        (scratch / "encoder_units.json").write_text(json.dumps(unit_ids) + "\n", encoding="utf-8")
 
     # 5. dev numbers
     result = evaluate(model, examples, dev, test)
     info.update(parameters=n_params, vocab_size=len(tokenizer), dev_tokens_per_word=round(per_word, 3),
                 **{k: round(v, 3) for k, v in result.items()})
     lines = [f"{k} {v}" for k, v in info.items()]
-    (out_dir / "ppl.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(out_dir / "ppl.txt", "\n".join(lines) + "\n")
     logging.info("dev: perplexity %.2f (plain), %.3f (ASR answer given units); reading units: WER %.1f %%, "
                  "scenario accuracy %.1f %%", result["ppl_plain"], result["ppl_asr_given_units"],
                  result["wer_reading_units"], result["acc_scenario_from_units"])
