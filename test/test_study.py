@@ -110,6 +110,12 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert [len(t) for t in texts] == list(study.TEXT_SENTENCES) and texts[1][:1000] == texts[0]
     sentences = [json.loads(line)["target"] for line in texts[2]]
     assert len(set(sentences)) == len(sentences) and "what time is it" not in sentences
+    for k in (2, 3):   # each size again with two more training seeds, on the same sentences
+        again = conf(cells[f"text_4000_seed{k}"])
+        assert again["train"]["seed"] == k and again["data"] == conf(cells["text_4000"])["data"]
+        assert {x: v for x, v in again["train"].items() if x != "seed"} == \
+               {x: v for x, v in conf(cells["text_4000"])["train"].items() if x != "seed"}
+    assert not [c for c in study.plan(r, ["textscale"], quick=True, seed=1) if "seed" in c.name]   # quick: one
 
 
 def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir):
@@ -235,7 +241,7 @@ def test_cells_resume_and_a_failure_stops_only_what_needs_it(tmp_path):
     failures = study.run_cells(cells, tmp_path / "study", jobs=2)
     assert len(failures) == 2 and "exit 3" in failures[0] and "b: not run, it needs a" in failures[1]
     assert (tmp_path / "a.runs").read_text() == "01" and not (tmp_path / "b.runs").exists()
-    assert (tmp_path / "study" / "c" / "done").exists()
+    assert study.made_by(tmp_path / "study" / "c") == (study.git_hash(study.HERE), study.machine())
 
     flag.touch()   # run again: a's first command is not repeated, c is not run again, b runs now
     assert study.run_cells(cells, tmp_path / "study", jobs=2) == []
@@ -273,6 +279,8 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
         for test_set in c.info.get("sets", []):
             write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
         write(r.study / c.name / "done.0", "60.0\n")
+        made = ("def5678", "machine B") if c.info.get("repeat_of", "").startswith("text_") else ("abc1234", "machine A")
+        write(r.study / c.name / "done", json.dumps(dict(zip(("commit", "machine"), made))))
     write(r.study / "proj_qformer_text" / "model" / "train.log",
           "2026-12-02 00:43:05,279 [rank 0] INFO training x: 1234 trainable parameters, text mode\n"
           "2026-12-02 00:43:10,000 [rank 0] INFO step 20 epoch 0: loss 1.6\n"
@@ -308,6 +316,14 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{len(cells)} min of commands in all" in text
+    # text scaling: three training seeds a size, each size against the smallest
+    assert [value[f"text_1000{k}"] for k in ("", "_seed2", "_seed3")] == [value["text_1000"] + i for i in range(3)]
+    m = value["text_1000"] + 1
+    assert f"| 1000 (3 training seeds) | {m:.1f} ± 1.0 | | |" in text
+    assert f"| 4000 (3 training seeds) | {m + 3:.1f} ± 1.0 | +3.0 | **yes** |" in text   # 3 > 2 x 1.0
+    # a study made in two sittings says which code and machine made how many cells
+    assert (f"from a finished `./run.sh` (`{r.root}`): {len(cells) - 6} cells by the study code at git abc1234 on "
+            f"machine A; 6 cells by the study code at git def5678 on machine B (this report: git ") in text
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):

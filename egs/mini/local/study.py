@@ -23,7 +23,8 @@ one thing. The parts:
   parameters, seconds per training step;
 - ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
   model vs from scratch, the same steps: the low-resource curve;
-- ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only);
+- ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only), each
+  with three training seeds (the sizes differ by less than the recipe's seeds do otherwise);
 - ``learned``: the learned simulator (TASU2), trained on the encoder's posteriors of the training audio
   (``tasu train-simulator``): how well it hits the asked WER, how close its rows are to real dev rows
   (``tasu analyze --match-wer``) against the rules', and text-only training on its posteriors vs the
@@ -40,12 +41,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +56,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 # the recipe's report, beside this script (its fmt formats a (mean, sd) cell; fmt here, one value)
 from report import fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
 
@@ -341,8 +345,11 @@ def new_sentences(r: Recipe, n: int, seed: int) -> list[str]:
     return fresh[:n]
 
 
-def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
+def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int = 2) -> list[Cell]:
+    """Text-only training on the first n of one draw of new sentences, for each size n: stage 3's training
+    seed, and ``repeats`` more training seeds (``text_<n>_seed<k>``, the same sentences)."""
     sentences = new_sentences(r, max(sizes), seed)
+    train_seed = r.text_config["train"]["seed"]
     cells = []
     for n in sizes:   # nested: the first n of one draw
         path = r.study / "data" / f"text_{n}" / "ASR.text_only.jsonl"
@@ -350,6 +357,9 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
                                  for i, s in enumerate(sentences[:n])))
         config = with_changes(r.text_config, data={"train": [{"path": str(path), "weight": 1.0}]})
         cells.append(trained_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
+        cells += [trained_cell(r, f"text_{n}_seed{train_seed + k}", "textscale",
+                               with_changes(config, train={"seed": train_seed + k}),
+                               info={"sentences": n, "repeat_of": f"text_{n}"}) for k in range(1, repeats + 1)]
     return cells
 
 
@@ -418,7 +428,7 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
         elif part == "lowres":
             cells += lowres_cells(r, (10,) if quick else LOWRES_UTTS, seed)
         elif part == "textscale":
-            cells += textscale_cells(r, (100,) if quick else TEXT_SENTENCES, seed)
+            cells += textscale_cells(r, (100,) if quick else TEXT_SENTENCES, seed, repeats=0 if quick else 2)
         elif part == "learned":
             if not quick:   # see LEARNED_WER
                 cells += learned_cells(r, LEARNED_LOWRES_UTTS, seed)
@@ -461,7 +471,17 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
             if rc != 0:
                 raise StudyError(f"{cell.name}: '{' '.join(argv[:2])}' failed (exit {rc}): see {cell_dir / 'log'}")
             marker.write_text(f"{time.time() - start:.1f}\n", encoding="utf-8")
-    write_text(cell_dir / "done", "")
+    # which code and machine made the cell: a study grows over sessions, and its report says so
+    write_text(cell_dir / "done", json.dumps({"commit": git_hash(HERE), "machine": machine()}) + "\n")
+
+
+def made_by(cell_dir: Path) -> tuple[str, str]:
+    """(commit, machine) a finished cell's ``done`` marker records; "unknown" where it records none."""
+    try:
+        made = json.loads((cell_dir / "done").read_text(encoding="utf-8"))
+        return str(made["commit"]), str(made["machine"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return "unknown", "unknown"
 
 
 def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
@@ -566,10 +586,16 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     by_name = {c.name: c for c in cells}
     s = r.study
     baseline = wer(s / "gap_real")
-    code = git_hash(Path(__file__).resolve().parent)
+    makers = Counter(made_by(s / c.name) for c in cells if (s / c.name / "done").exists())
+    if len(makers) <= 1:
+        (code, host), = makers or [(git_hash(HERE), machine())]
+        made = f"Made by `{command}` (study code at git {code}) from a finished `./run.sh` (`{r.root}`), on {host}."
+    else:
+        made = (f"Made by `{command}` from a finished `./run.sh` (`{r.root}`): " + "; ".join(
+            f"{n} cell{'s' * (n != 1)} by the study code at git {code} on {host}"
+            for (code, host), n in makers.most_common()) + f" (this report: git {git_hash(HERE)}).")
     lines = ["# The TASU study on egs/mini", "",
-             f"Made by `{command}` (study code at git {code}) from a finished `./run.sh` (`{r.root}`), "
-             f"on {machine()}. Every cell changes "
+             made + " Every cell changes "
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
              "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
@@ -622,8 +648,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             values = [wer(s / n) for n in names]
             m, sd_c = mean_sd(values)
             delta = None if m is None or mean is None else m - mean
-            yardstick = sd if sd_c is None or sd is None else ((sd ** 2 + sd_c ** 2) / 2) ** 0.5
-            verdict = "-" if delta is None or yardstick is None else ("**yes**" if abs(delta) > 2 * yardstick else "no")
+            verdict = beyond_two_sd(delta, sd, sd_c if sd is not None else None)
             label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
             lines.append(f"| {label} | {fmt_cell(mean_sd(values))} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} | "
                          + simulated_columns(s, values, [f"{n}_simulated" for n in names]))
@@ -677,15 +702,29 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines.append("")
         lowres_plot(s, sizes, len(utterance_keys(r)), plot)
 
-    text = [c for c in cells if c.part == "textscale"]
+    text = [c for c in cells if c.part == "textscale" and "repeat_of" not in c.info]
     if text:
+        rows = [(c.info["sentences"], mean_sd([wer(s / n) for n in [c.name] + [o.name for o in cells
+                                                                          if o.info.get("repeat_of") == c.name]]),
+                 1 + sum(o.info.get("repeat_of") == c.name for o in cells)) for c in text]
+        smallest, (m0, sd0), _ = rows[0]
         lines += ["## Text scaling (text-only training on new sentences, ASR text only)", "",
                   "New grammar sentences that no set of the recipe holds, nested (the 1k are the first of the "
                   "4k); the same steps as stage 3, so fewer sentences are seen more often. Not comparable "
-                  "with stage 3's model, which also learns the scenario task." + yardstick_note(baseline_sd), "",
-                  "| sentences | zero-shot WER test |", "|---:|---:|"]
-        for c in text:
-            lines.append(f"| {c.info['sentences']} | {fmt(wer(s / c.name))} |")
+                  "with stage 3's model, which also learns the scenario task. Each size is trained with the "
+                  "training seeds its row says (the same sentences); a size differs from the smallest when "
+                  "their means are more than twice their pooled sd apart (one seed each: the recipe's "
+                  "yardstick)." + yardstick_note(baseline_sd), "",
+                  f"| sentences | zero-shot WER test | Δ vs {smallest} | beyond 2 sd? |", "|---:|---:|---:|---|"]
+        for n, (m, sd), seeds in rows:
+            label = f"{n}" + (f" ({seeds} training seeds)" if seeds > 1 else "")
+            if n == smallest:
+                lines.append(f"| {label} | {fmt_cell((m, sd))} | | |")
+                continue
+            delta = None if m is None or m0 is None else m - m0
+            verdict = beyond_two_sd(delta, sd, sd0) if sd is not None or sd0 is not None else \
+                beyond_two_sd(delta, baseline_sd)
+            lines.append(f"| {label} | {fmt_cell((m, sd))} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
         lines.append("")
 
     if any(c.part == "learned" for c in cells):
@@ -804,6 +843,15 @@ def simulated_columns(study: Path, speech: list[float | None], simulated_cells: 
 
 def pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
+
+
+def beyond_two_sd(delta: float | None, *sds: float | None) -> str:
+    """Whether a difference of means is an effect: more than twice the pooled sd of the rows compared
+    (those whose sd is known); "-" when the difference or every sd is unknown."""
+    known = [sd for sd in sds if sd is not None]
+    if delta is None or not known:
+        return "-"
+    return "**yes**" if abs(delta) > 2 * math.sqrt(sum(sd * sd for sd in known) / len(known)) else "no"
 
 
 def yardstick_note(sd: float | None) -> str:
