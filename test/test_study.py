@@ -323,7 +323,14 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert f"| 4000 (3 training seeds) | {m + 3:.1f} ± 1.0 | +3.0 | **yes** |" in text   # 3 > 2 x 1.0
     # a study made in two sittings says which code and machine made how many cells
     assert (f"from a finished `./run.sh` (`{r.root}`): {len(cells) - 6} cells by the study code at git abc1234 on "
-            f"machine A; 6 cells by the study code at git def5678 on machine B (this report: git ") in text
+            f"machine A, 6 cells by the study code at git def5678 on machine B (this report: git ") in text
+    for c in cells:   # the same machine: named once
+        write(r.study / c.name / "done", json.dumps({"commit": "def5678" if c.name.startswith("text_") else "abc1234",
+                                                      "machine": "machine A"}))
+    study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
+    assert (f"from a finished `./run.sh` (`{r.root}`), on machine A: {len(cells) - 9} cells by the study code at "
+            "git abc1234, 9 cells by the study code at git def5678 (this report: git ") in out.read_text()
+    assert [study.signed(d) for d in (-0.04, -0.06, 3.0, None)] == ["+0.0", "-0.1", "+3.0", "-"]   # never "-0.0"
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):

@@ -587,19 +587,22 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     s = r.study
     baseline = wer(s / "gap_real")
     makers = Counter(made_by(s / c.name) for c in cells if (s / c.name / "done").exists())
+    hosts = {host for _, host in makers}
     if len(makers) <= 1:
         (code, host), = makers or [(git_hash(HERE), machine())]
         made = f"Made by `{command}` (study code at git {code}) from a finished `./run.sh` (`{r.root}`), on {host}."
-    else:
-        made = (f"Made by `{command}` from a finished `./run.sh` (`{r.root}`): " + "; ".join(
-            f"{n} cell{'s' * (n != 1)} by the study code at git {code} on {host}"
-            for (code, host), n in makers.most_common()) + f" (this report: git {git_hash(HERE)}).")
+    else:   # a study that grew over sittings: which code (and machine) made how many cells
+        parts = [f"{n} cell{'s' * (n != 1)} by the study code at git {code}" + (f" on {host}" if len(hosts) > 1 else "")
+                 for (code, host), n in makers.most_common()]
+        made = (f"Made by `{command}` from a finished `./run.sh` (`{r.root}`)"
+                + (f", on {next(iter(hosts))}" if len(hosts) == 1 else "")
+                + f": {', '.join(parts)} (this report: git {git_hash(HERE)}).")
     lines = ["# The TASU study on egs/mini", "",
              made + " Every cell changes "
              "one thing of the recipe's run and keeps the rest (the encoder, the LLM, the text-only model, "
              "stage 3's and stage 4's configs, greedy decoding as stage 5). WER in %, on `test` (in-domain "
              "voices) unless a column says `test_ood` (unseen voices). Cells that involve a training are one "
-             "seed (each takes minutes), except the rows of the simulation table that say three; cells "
+             "seed (each takes minutes), except the rows that say three; cells "
              "that take under a minute and depend on a seed are the mean ± sd of three; decoding with fixed "
              "settings is deterministic.", ""]
     total = sum(cell_seconds(s / c.name) for c in cells)
@@ -650,7 +653,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             delta = None if m is None or mean is None else m - mean
             verdict = beyond_two_sd(delta, sd, sd_c if sd is not None else None)
             label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
-            lines.append(f"| {label} | {fmt_cell(mean_sd(values))} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} | "
+            lines.append(f"| {label} | {fmt_cell(mean_sd(values))} | {signed(delta)} | {verdict} | "
                          + simulated_columns(s, values, [f"{n}_simulated" for n in names]))
         lines.append("")
 
@@ -724,7 +727,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             delta = None if m is None or m0 is None else m - m0
             verdict = beyond_two_sd(delta, sd, sd0) if sd is not None or sd0 is not None else \
                 beyond_two_sd(delta, baseline_sd)
-            lines.append(f"| {label} | {fmt_cell((m, sd))} | {'-' if delta is None else f'{delta:+.1f}'} | {verdict} |")
+            lines.append(f"| {label} | {fmt_cell((m, sd))} | {signed(delta)} | {verdict} |")
         lines.append("")
 
     if any(c.part == "learned" for c in cells):
@@ -843,6 +846,11 @@ def simulated_columns(study: Path, speech: list[float | None], simulated_cells: 
 
 def pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
+
+
+def signed(delta: float | None) -> str:
+    """A difference to one decimal with its sign ("+0.0", never "-0.0"); "-" when unknown."""
+    return "-" if delta is None else f"{round(delta, 1) + 0.0:+.1f}"
 
 
 def beyond_two_sd(delta: float | None, *sds: float | None) -> str:
