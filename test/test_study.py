@@ -3,6 +3,7 @@ failures, and the report. The real commands run in test_mini_recipe (quick mode)
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -89,6 +90,12 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     assert cells["proj_qformer_curriculum"].after == ("proj_qformer_text",)
     curriculum = conf(cells["proj_qformer_curriculum"])
     assert curriculum["projector"]["name"] == "qformer"
+    for p in study.SEEDED_PROJECTORS:   # text-only again with two more training seeds; nothing else changes
+        first = conf(cells[f"proj_{p}_text"])
+        for k in (2, 3):
+            again = conf(cells[f"proj_{p}_text_seed{k}"])
+            assert again["train"] == {**first["train"], "seed": k} and again["projector"] == first["projector"]
+    assert "proj_qformer_text_seed2" not in cells and "proj_linear-silu_text_seed2" not in cells
     assert curriculum["train"]["init_from"].endswith("study/proj_qformer_text/model")
 
     # low-resource: n utterances with every task of each; from the text-only model or from scratch
@@ -309,6 +316,15 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert [value[f"{n}_simulated"] for n in names] == [28, 30, 32]
     assert "| insert_ratio 0.0 (3 training seeds) | 29.0 ± 2.0 | +15.0 | **yes** | 30.0 ± 2.0 | 0.97 |" in text
     assert "| qformer |" in text and "| 1234 | 0.50 |" in text   # the median step time: 0.5 s
+    # the projectors next to the recipe's get three training seeds, judged against the recipe's three
+    own = [value[n] for n in ("proj_linear-silu_text", "sim_recipe_seed2", "sim_recipe_seed3")]
+    conv = [value[f"proj_conv1d_text{k}"] for k in ("", "_seed2", "_seed3")]
+    delta = statistics.mean(conv) - statistics.mean(own)
+    pooled = ((statistics.stdev(own) ** 2 + statistics.stdev(conv) ** 2) / 2) ** 0.5
+    assert (f"| {statistics.mean(own):.1f} ± {statistics.stdev(own):.1f} (3 training seeds) | | | "
+            f"{value['proj_linear-silu_curriculum']:.1f} |") in text
+    assert (f"| {statistics.mean(conv):.1f} ± {statistics.stdev(conv):.1f} (3 training seeds) | {delta:+.1f} | "
+            f"{'**yes**' if abs(delta) > 2 * pooled else 'no'} | {value['proj_conv1d_curriculum']:.1f} |") in text
     assert ("The recipe's simulation: alpha ~ U(0, 0.1) smoothing, 5 % of the tokens dropped i.i.d., after each "
             "token Poisson(0.3) inserted rows (a repeat or a blank row).") in text   # from stage 3's config
     zero = 10.0 + [c.name for c in cells].index("lowres_text_0")   # no audio: the text-only model itself

@@ -20,7 +20,7 @@ one thing. The parts:
 - ``compression``: the text-only model decoding test audio with PSD off, another threshold, or another
   number of entries kept per row;
 - ``projectors``: every registered projector, text-only and then the audio curriculum: WER, trainable
-  parameters, seconds per training step;
+  parameters, seconds per training step; ``SEEDED_PROJECTORS`` get two more text-only training seeds;
 - ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
   model vs from scratch, the same steps: the low-resource curve;
 - ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only), each
@@ -98,6 +98,9 @@ SIMULATIONS = {   # cell -> changes to the text-only config's simulation section
 # three training seeds: no insertions (the original's default, the largest effect), and the simulation
 # closest to the encoder's errors on dev (substitutions at its rate, fewer inserted rows)
 SEEDED_SIMULATIONS = ("sim_insert_0", "sim_sub_0.08_spelling_insert_0.15")
+# three training seeds of the text-only stage: the projectors within a point of the recipe's (one seed
+# each put them 0.4-0.5 behind it); the recipe's own gets its seeds from the simulation part
+SEEDED_PROJECTORS = ("concat-mlp", "conv1d")
 # The learned part: both WER-conditioned simulations follow this schedule over stage 3's steps (easy to
 # hard, as TASU2's curriculum; the encoder's real test rows err at about 30 %). The learned simulator
 # is trained with the defaults of tasu/train/simulator.py. Quick mode has no learned part: its 2-epoch
@@ -271,6 +274,7 @@ def compression_cells(r: Recipe) -> list[Cell]:
 def projector_cells(r: Recipe) -> list[Cell]:
     from tasu.projectors import PROJECTORS
 
+    seed = r.text_config["train"]["seed"]
     cells = []
     for proj in sorted(PROJECTORS):
         projector = {"name": proj, "options": MINI_PROJECTORS.get(proj, {})}
@@ -286,6 +290,11 @@ def projector_cells(r: Recipe) -> list[Cell]:
         audio = trained_cell(r, audio_name, "projectors", audio_config, after=(text_name,),
                            info={"projector": proj, "stage": "curriculum"})
         cells += [text, audio]
+        if proj in SEEDED_PROJECTORS:
+            cells += [trained_cell(r, f"{text_name}_seed{seed + k}", "projectors",
+                                   with_changes(r.text_config, projector=projector, train={"seed": seed + k}),
+                                   info={"projector": proj, "stage": "text-only", "repeat_of": text_name})
+                      for k in (1, 2)]
     return cells
 
 
@@ -651,7 +660,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             values = [wer(s / n) for n in names]
             m, sd_c = mean_sd(values)
             delta = None if m is None or mean is None else m - mean
-            verdict = beyond_two_sd(delta, sd, sd_c if sd is not None else None)
+            verdict = beyond_two_sd(delta, sd, sd_c)
             label = describe(c.info["setting"]) + (f" ({len(values)} training seeds)" if len(values) > 1 else "")
             lines.append(f"| {label} | {fmt_cell(mean_sd(values))} | {signed(delta)} | {verdict} | "
                          + simulated_columns(s, values, [f"{n}_simulated" for n in names]))
@@ -670,20 +679,39 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     if proj:
         lines += ["## Projectors", "",
                   "Text-only training (stage 3's settings) and the curriculum (stage 4's audio fine-tuning from "
-                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py), one seed. "
-                  "Seconds per step: the median over the training's log intervals, one thread beside another "
-                  "job." + yardstick_note(baseline_sd), "",
-                  "| projector | options | trainable parameters | s / text step | zero-shot WER | curriculum WER |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  "it), each projector sized for this LLM (`MINI_PROJECTORS` in local/study.py), one seed "
+                  "unless the zero-shot column says three (the recipe's projector: stage 3's model and the "
+                  "simulation table's two other seeds). A projector differs from the recipe's when the "
+                  "zero-shot means are more than twice their pooled sd apart (the recipe's sd for a one-seed "
+                  "row). Seconds per step: the median over the training's log intervals, one thread beside "
+                  "another job." + yardstick_note(baseline_sd), "",
+                  "| projector | options | trainable parameters | s / text step | zero-shot WER | Δ vs the recipe's "
+                  "| beyond 2 sd? | curriculum WER |", "|---|---|---:|---:|---:|---:|---|---:|"]
+        own = next((p for p in proj if "model" in by_name[f"proj_{p}_text"].info), None)
+
+        def zero_shot(p: str) -> tuple[list[float | None], bool]:
+            """The zero-shot WERs of projector p over its training seeds; whether it is the recipe's."""
+            if p == own:
+                return [wer(s / f"proj_{p}_text")] + [wer(s / c.name) for c in sim if "seed" in c.info], True
+            return [wer(s / f"proj_{p}_text")] + [wer(s / c.name) for c in cells
+                                                  if c.info.get("repeat_of") == f"proj_{p}_text"], False
+
+        m0, sd0 = mean_sd(zero_shot(own)[0]) if own else (None, None)
         for p in proj:
             params, step = train_figures(s / f"proj_{p}_text" / "model")
-            if "model" in by_name[f"proj_{p}_text"].info:   # the recipe's projector: stage 3's model, and
-                params, _ = train_figures(r.text_model)      # its step time from a run beside another job,
-                for c in sim:                                # as every other cell ran (stage 3 ran alone)
+            values, is_own = zero_shot(p)
+            if is_own:   # stage 3's model, and its step time from a run beside another job, as every other
+                params, _ = train_figures(r.text_model)      # cell ran (stage 3 ran alone)
+                for c in sim:
                     if "seed" in c.info:
                         step = train_figures(s / c.name / "model")[1]
+            m, sd = mean_sd(values)
+            seeds = f" ({len(values)} training seeds)" if len(values) > 1 else ""
+            delta = None if is_own or m is None or m0 is None else m - m0
+            compared = "| |" if is_own else f"{signed(delta)} | {beyond_two_sd(delta, sd0, sd)} |"
             lines.append(f"| {p} | {describe(MINI_PROJECTORS.get(p, {}))} | {params if params is not None else '-'} | "
-                         f"{fmt(step, 2)} | {fmt(wer(s / f'proj_{p}_text'))} | {fmt(wer(s / f'proj_{p}_curriculum'))} |")
+                         f"{fmt(step, 2)} | {fmt_cell((m, sd))}{seeds} | {compared} "
+                         f"{fmt(wer(s / f'proj_{p}_curriculum'))} |")
         lines.append("")
 
     low = [c for c in cells if c.part == "lowres"]
@@ -725,8 +753,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                 lines.append(f"| {label} | {fmt_cell((m, sd))} | | |")
                 continue
             delta = None if m is None or m0 is None else m - m0
-            verdict = beyond_two_sd(delta, sd, sd0) if sd is not None or sd0 is not None else \
-                beyond_two_sd(delta, baseline_sd)
+            verdict = beyond_two_sd(delta, sd0 if sd0 is not None else baseline_sd, sd)
             lines.append(f"| {label} | {fmt_cell((m, sd))} | {signed(delta)} | {verdict} |")
         lines.append("")
 
@@ -853,13 +880,14 @@ def signed(delta: float | None) -> str:
     return "-" if delta is None else f"{round(delta, 1) + 0.0:+.1f}"
 
 
-def beyond_two_sd(delta: float | None, *sds: float | None) -> str:
-    """Whether a difference of means is an effect: more than twice the pooled sd of the rows compared
-    (those whose sd is known); "-" when the difference or every sd is unknown."""
-    known = [sd for sd in sds if sd is not None]
-    if delta is None or not known:
+def beyond_two_sd(delta: float | None, sd_ref: float | None, sd_row: float | None = None) -> str:
+    """Whether a difference of means is an effect: more than twice the pooled sd of the reference row and
+    the row compared (the reference's alone for a one-seed row); "-" when the difference or the
+    reference's sd is unknown."""
+    if delta is None or sd_ref is None:
         return "-"
-    return "**yes**" if abs(delta) > 2 * math.sqrt(sum(sd * sd for sd in known) / len(known)) else "no"
+    sd = sd_ref if sd_row is None else math.sqrt((sd_ref ** 2 + sd_row ** 2) / 2)
+    return "**yes**" if abs(delta) > 2 * sd else "no"
 
 
 def yardstick_note(sd: float | None) -> str:
