@@ -24,7 +24,7 @@ one thing. The parts:
 - ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
   model vs from scratch, the same steps: the low-resource curve;
 - ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only), each
-  with three training seeds (the sizes differ by less than the recipe's seeds do otherwise);
+  with three training seeds (these models spread from seed to seed far more than stage 3's);
 - ``learned``: the learned simulator (TASU2), trained on the encoder's posteriors of the training audio
   (``tasu train-simulator``): how well it hits the asked WER, how close its rows are to real dev rows
   (``tasu analyze --match-wer``) against the rules', and text-only training on its posteriors vs the
@@ -656,7 +656,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         for c in sim:
             if "seed" in c.info or "repeat_of" in c.info:
                 continue
-            names = [c.name] + [o.name for o in sim if o.info.get("repeat_of") == c.name]
+            names = with_repeats(c.name, sim)
             values = [wer(s / n) for n in names]
             m, sd_c = mean_sd(values)
             delta = None if m is None or mean is None else m - mean
@@ -689,22 +689,22 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "| beyond 2 sd? | curriculum WER |", "|---|---|---:|---:|---:|---:|---|---:|"]
         own = next((p for p in proj if "model" in by_name[f"proj_{p}_text"].info), None)
 
-        def zero_shot(p: str) -> tuple[list[float | None], bool]:
-            """The zero-shot WERs of projector p over its training seeds; whether it is the recipe's."""
-            if p == own:
-                return [wer(s / f"proj_{p}_text")] + [wer(s / c.name) for c in sim if "seed" in c.info], True
-            return [wer(s / f"proj_{p}_text")] + [wer(s / c.name) for c in cells
-                                                  if c.info.get("repeat_of") == f"proj_{p}_text"], False
+        recipe_seeds = [c.name for c in sim if "seed" in c.info]   # the recipe's projector, other seeds
 
-        m0, sd0 = mean_sd(zero_shot(own)[0]) if own else (None, None)
+        def zero_shot(p: str) -> list[float | None]:
+            """The zero-shot WERs of projector p over its training seeds."""
+            return [wer(s / n) for n in ([f"proj_{p}_text"] + recipe_seeds if p == own
+                                         else with_repeats(f"proj_{p}_text", cells))]
+
+        m0, sd0 = mean_sd(zero_shot(own)) if own else (None, None)
         for p in proj:
+            is_own = p == own
             params, step = train_figures(s / f"proj_{p}_text" / "model")
-            values, is_own = zero_shot(p)
-            if is_own:   # stage 3's model, and its step time from a run beside another job, as every other
-                params, _ = train_figures(r.text_model)      # cell ran (stage 3 ran alone)
-                for c in sim:
-                    if "seed" in c.info:
-                        step = train_figures(s / c.name / "model")[1]
+            if is_own:   # stage 3's model; its step time from a study cell, which ran beside another job as
+                params, _ = train_figures(r.text_model)   # every other cell did (stage 3 ran alone)
+                for name in recipe_seeds:
+                    step = train_figures(s / name / "model")[1]
+            values = zero_shot(p)
             m, sd = mean_sd(values)
             seeds = f" ({len(values)} training seeds)" if len(values) > 1 else ""
             delta = None if is_own or m is None or m0 is None else m - m0
@@ -735,9 +735,8 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
 
     text = [c for c in cells if c.part == "textscale" and "repeat_of" not in c.info]
     if text:
-        rows = [(c.info["sentences"], mean_sd([wer(s / n) for n in [c.name] + [o.name for o in cells
-                                                                          if o.info.get("repeat_of") == c.name]]),
-                 1 + sum(o.info.get("repeat_of") == c.name for o in cells)) for c in text]
+        rows = [(c.info["sentences"], [wer(s / n) for n in with_repeats(c.name, cells)]) for c in text]
+        rows = [(n, mean_sd(values), len(values)) for n, values in rows]
         smallest, (m0, sd0), _ = rows[0]
         lines += ["## Text scaling (text-only training on new sentences, ASR text only)", "",
                   "New grammar sentences that no set of the recipe holds, nested (the 1k are the first of the "
@@ -873,6 +872,11 @@ def simulated_columns(study: Path, speech: list[float | None], simulated_cells: 
 
 def pct(x: float | None) -> float | None:
     return None if x is None else 100 * x
+
+
+def with_repeats(name: str, cells: list[Cell]) -> list[str]:
+    """Cell ``name`` and the cells that repeat it with other training seeds."""
+    return [name] + [c.name for c in cells if c.info.get("repeat_of") == name]
 
 
 def signed(delta: float | None) -> str:
