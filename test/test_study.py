@@ -105,6 +105,12 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
         assert len(keys[0]) == n and keys[0] == keys[1]
         assert conf(cells[f"lowres_scratch_{n}"])["train"]["init_from"] is None
         assert conf(cells[f"lowres_text_{n}"])["train"]["init_from"].endswith("tasu_train_text")
+    for n in study.LOWRES_UTTS:   # from the text-only model: two more training seeds on the same utterances
+        first = conf(cells[f"lowres_text_{n}"])
+        for k in (2, 3):
+            assert conf(cells[f"lowres_text_{n}_seed{k}"]) == {**first, "train": {**first["train"], "seed": k}}
+        assert f"lowres_scratch_{n}_seed2" not in cells
+    assert not [c for c in study.plan(r, ["learned"], quick=False, seed=1) if "_seed" in c.name]
     zero = cells["lowres_text_0"]   # the curve's start: the text-only model decoded as it is, no training
     assert [c[:2] for c in zero.commands] == [["tasu", "decode"], ["tasu", "score"]] * 2
     assert zero.commands[0][zero.commands[0].index("--exp") + 1].endswith("exp/tasu_train_text")
@@ -330,6 +336,9 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     zero = 10.0 + [c.name for c in cells].index("lowres_text_0")   # no audio: the text-only model itself
     assert f"| 0 | {zero:.1f} | - | {zero:.1f} | - |" in text
     assert "| all |" in text and "![low-resource curve](STUDY.png)" in text
+    fifty = [value[f"lowres_text_50{k}"] for k in ("", "_seed2", "_seed3")]   # test and test_ood: the same value
+    row = f"{statistics.mean(fifty):.1f} ± {statistics.stdev(fifty):.1f}"
+    assert f"| 50 | {row} | {value['lowres_scratch_50']:.1f} | {row} | {value['lowres_scratch_50']:.1f} |" in text
     assert (tmp_path / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{len(cells)} min of commands in all" in text
     # text scaling: three training seeds a size, each size against the smallest

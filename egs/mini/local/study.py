@@ -22,7 +22,8 @@ one thing. The parts:
 - ``projectors``: every registered projector, text-only and then the audio curriculum: WER, trainable
   parameters, seconds per training step; ``SEEDED_PROJECTORS`` get two more text-only training seeds;
 - ``lowres``: audio fine-tuning on 50, 200 and 1,000 training utterances (and all) from the text-only
-  model vs from scratch, the same steps: the low-resource curve;
+  model vs from scratch, the same steps: the low-resource curve; from the text-only model with three
+  training seeds (the same utterances), as it is compared with the text-only model itself;
 - ``textscale``: text-only training on 1k, 4k and 16k new grammar sentences (ASR text only), each
   with three training seeds (these models spread from seed to seed far more than stage 3's);
 - ``learned``: the learned simulator (TASU2), trained on the encoder's posteriors of the training audio
@@ -321,7 +322,10 @@ def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
     return out
 
 
-def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
+def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int = 2) -> list[Cell]:
+    """Audio fine-tuning on ``n`` utterances for each size, from the text-only model (and ``repeats`` more
+    training seeds of it, ``lowres_text_<n>_seed<k>``) and from scratch, and the curve's two ends."""
+    train_seed = r.audio_config["train"]["seed"]
     cells = []
     sets = ("test", "test_ood")
     subsets = {n: lowres_subset(r, n, seed) for n in sizes}   # the same utterances for both starts
@@ -332,6 +336,11 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int) -> list[Cell]:
                                   train={"init_from": str(model) if model else None})
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
+            if model:
+                cells += [trained_cell(r, f"lowres_{tag}_{n}_seed{train_seed + k}", "lowres",
+                                       with_changes(config, train={"seed": train_seed + k}), sets=sets,
+                                       info={"init": init, "utterances": n, "repeat_of": f"lowres_{tag}_{n}"})
+                          for k in range(1, repeats + 1)]
         if model:   # no audio at all: the text-only model as stage 3 left it, the curve's starting point
             cells.append(decoded_cell(r, "lowres_text_0", "lowres", model, sets, {"init": init, "utterances": 0}))
         full = r.audio_model if model else r.scratch_model
@@ -411,7 +420,7 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
                               train={"init_from": str(s / "learned_text" / "model")})
         cells.append(trained_cell(r, f"learned_lowres_{n}", "learned", config, after=("learned_text",), sets=sets,
                                   info={"utterances": n}))
-    cells += [c for c in lowres_cells(r, lowres_sizes, seed) if c.name != "lowres_text_all"
+    cells += [c for c in lowres_cells(r, lowres_sizes, seed, repeats=0) if c.name != "lowres_text_all"
               and c.name != "lowres_scratch_all"]
     return cells
 
@@ -435,7 +444,7 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
         elif part == "projectors":
             cells += projector_cells(r)
         elif part == "lowres":
-            cells += lowres_cells(r, (10,) if quick else LOWRES_UTTS, seed)
+            cells += lowres_cells(r, (10,) if quick else LOWRES_UTTS, seed, repeats=0 if quick else 2)
         elif part == "textscale":
             cells += textscale_cells(r, (100,) if quick else TEXT_SENTENCES, seed, repeats=0 if quick else 2)
         elif part == "learned":
@@ -717,10 +726,17 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     low = [c for c in cells if c.part == "lowres"]
     if low:
         sizes = [c.info["utterances"] for c in low if c.info["init"] == "scratch"]
+
+        def point(tag: str, n, test_set: str) -> tuple[float | None, float | None]:
+            """One point of the curve: the mean and sd over the cell's training seeds."""
+            return mean_sd([wer(s / name, test_set) for name in with_repeats(f"lowres_{tag}_{n}", low)])
+
         lines += ["## How much audio the text-only stage saves", "",
                   "Audio fine-tuning (stage 4's config and steps) on a random subset of the training "
                   "utterances, from the text-only model and from scratch. `all` is stage 4's own pair; 0 is the "
-                  "text-only model with no audio at all (the dashed line of the plot).", "",
+                  "text-only model with no audio at all (the dashed line of the plot). A mean ± sd is over "
+                  "training seeds on the same utterances (the recipe's text-only model itself moves by the "
+                  "simulation table's sd from seed to seed); other points are one seed.", "",
                   "![low-resource curve](STUDY.png)", "",
                   "| audio utterances | from text-only: test | from scratch: test | from text-only: test_ood | from scratch: test_ood |",
                   "|---:|---:|---:|---:|---:|"]
@@ -728,10 +744,11 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
             lines.append("| 0 | " + " | ".join([fmt(wer(s / "lowres_text_0", "test")), "-",
                                                   fmt(wer(s / "lowres_text_0", "test_ood")), "-"]) + " |")
         for n in sizes:
-            lines.append(f"| {n} | " + " | ".join(fmt(wer(s / f"lowres_{tag}_{n}", t)) for t in ("test", "test_ood")
+            lines.append(f"| {n} | " + " | ".join(fmt_cell(point(tag, n, t)) for t in ("test", "test_ood")
                                                   for tag in ("text", "scratch")) + " |")
         lines.append("")
-        lowres_plot(s, sizes, len(utterance_keys(r)), plot)
+        lowres_plot(sizes, len(utterance_keys(r)), point, wer(s / "lowres_text_0", "test"),
+                    wer(s / "lowres_text_0", "test_ood"), plot)
 
     text = [c for c in cells if c.part == "textscale" and "repeat_of" not in c.info]
     if text:
@@ -920,34 +937,38 @@ def describe(setting) -> str:
     return str(setting)
 
 
-def lowres_plot(study: Path, sizes: list, total: int, out: Path) -> None:
+def lowres_plot(sizes: list, total: int, point, zero_test: float | None, zero_ood: float | None,
+                out: Path) -> None:
     """WER against the audio utterances fine-tuned on (``total`` for all): from text-only vs from scratch,
-    test and test_ood."""
+    test and test_ood; ``point(tag, n, test_set)`` gives each point's mean and sd (error bars where there
+    is one), ``zero_*`` the text-only model's own WER (the dashed lines)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, test_set in zip(axes, ("test", "test_ood")):
+    seeded = False
+    for ax, test_set, zero in zip(axes, ("test", "test_ood"), (zero_test, zero_ood)):
         for tag, label, colour in (("text", "from the text-only model", "tab:green"),
                                    ("scratch", "from scratch", "tab:grey")):
-            xs, ys = [], []
+            xs, ys, sds = [], [], []
             for n in sizes:
-                w = wer(study / f"lowres_{tag}_{n}", test_set)
-                if w is None:
+                m, sd = point(tag, n, test_set)
+                if m is None:
                     continue
                 xs.append(total if n == "all" else n)
-                ys.append(w)
-            ax.plot(xs, ys, marker="o", label=label, color=colour)
-        zero = wer(study / "lowres_text_0", test_set)
+                ys.append(m)
+                sds.append(sd or 0.0)
+                seeded |= sd is not None
+            ax.errorbar(xs, ys, yerr=sds, marker="o", label=label, color=colour, capsize=3)
         if zero is not None:
             ax.axhline(zero, color="tab:green", linestyle="--", linewidth=1, label="the text-only model, no audio")
         ax.set(xscale="log", xlabel="audio utterances in fine-tuning", title=f"WER (%) on {test_set}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("WER (%)")
     axes[0].legend()
-    fig.suptitle("audio fine-tuning on a subset of the training utterances, the same steps (one seed a point)",
-                 fontsize=10)
+    seeds = "error bars: sd over training seeds; points without one are one seed" if seeded else "one seed a point"
+    fig.suptitle(f"audio fine-tuning on a subset of the training utterances, the same steps ({seeds})", fontsize=10)
     fig.tight_layout()
     with atomic_replace(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
