@@ -49,7 +49,6 @@ import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -604,14 +603,18 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     by_name = {c.name: c for c in cells}
     s = r.study
     baseline = wer(s / "gap_real")
-    makers = Counter(made_by(s / c.name) for c in cells if (s / c.name / "done").exists())
-    hosts = {host for _, host in makers}
-    if len(makers) <= 1:
-        (code, host), = makers or [(git_hash(HERE), machine())]
+    finished: dict[tuple[str, str], list[float]] = {}   # (commit, machine) -> when each of its cells finished
+    for c in cells:
+        if (s / c.name / "done").exists():
+            finished.setdefault(made_by(s / c.name), []).append((s / c.name / "done").stat().st_mtime)
+    hosts = {host for _, host in finished}
+    if len(finished) <= 1:
+        (code, host), = finished or [(git_hash(HERE), machine())]
         made = f"Made by `{command}` (study code at git {code}) from a finished `./run.sh` (`{r.root}`), on {host}."
-    else:   # a study that grew over sittings: which code (and machine) made how many cells
-        parts = [f"{n} cell{'s' * (n != 1)} by the study code at git {code}" + (f" on {host}" if len(hosts) > 1 else "")
-                 for (code, host), n in makers.most_common()]
+    else:   # a study that grew over sittings: which code (and machine) made how many cells, in order
+        parts = [f"{len(times)} cell{'s' * (len(times) != 1)} by the study code at git {code}"
+                 + (f" on {host}" if len(hosts) > 1 else "")
+                 for (code, host), times in sorted(finished.items(), key=lambda item: min(item[1]))]
         made = (f"Made by `{command}` from a finished `./run.sh` (`{r.root}`)"
                 + (f", on {next(iter(hosts))}" if len(hosts) == 1 else "")
                 + f": {', '.join(parts)} (this report: git {git_hash(HERE)}).")
