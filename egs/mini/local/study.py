@@ -29,8 +29,9 @@ one thing. The parts:
 - ``learned``: the learned simulator (TASU2), trained on the encoder's posteriors of the training audio
   (``tasu train-simulator``): how well it hits the asked WER, how close its rows are to real dev rows
   (``tasu analyze --match-wer``) against the rules', and text-only training on its posteriors vs the
-  rules' (i.i.d., as stage 3; WER-controlled with the same schedule): zero-shot WER, and as the start
-  of audio fine-tuning on 50 and 200 utterances (beside the low-resource curve's cells for them).
+  rules' (i.i.d., as stage 3; WER-controlled with the same schedule): zero-shot WER (the learned one
+  with three training seeds), and as the start of audio fine-tuning on 50 and 200 utterances (beside
+  the low-resource curve's cells for them).
 
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
@@ -397,6 +398,11 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
     learned = {"name": "learned", "path": str(simulator), "wer": wer, "temperature": 0.5}
     cells.append(trained_cell(r, "learned_text", "learned", with_changes(r.text_config, simulation=learned),
                               after=("learned_simulator",), sets=sets, info={"simulator": "learned"}))
+    seed = r.text_config["train"]["seed"]   # two more training seeds: it is compared with the recipe's three
+    cells += [trained_cell(r, f"learned_text_seed{seed + k}", "learned",
+                           with_changes(r.text_config, simulation=learned, train={"seed": seed + k}),
+                           after=("learned_simulator",), sets=sets,
+                           info={"simulator": "learned", "repeat_of": "learned_text"}) for k in (1, 2)]
     cells.append(trained_cell(r, "learned_rules_wer", "learned",
                               with_changes(r.text_config, simulation={"wer": wer, "confusion": "random"}),
                               sets=sets, info={"simulator": "rules, WER-controlled"}))
@@ -777,7 +783,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
         lines.append("")
 
     if any(c.part == "learned" for c in cells):
-        lines += learned_report(r, [c.info["utterances"] for c in cells if c.name.startswith("learned_lowres_")],
+        lines += learned_report(r, cells, [c.info["utterances"] for c in cells if c.name.startswith("learned_lowres_")],
                                 baseline_sd)
 
     lines += ["## The commands", "",
@@ -790,7 +796,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     write_text(out, "\n".join(lines))
 
 
-def learned_report(r: Recipe, sizes: list[int], baseline_sd: float | None) -> list[str]:
+def learned_report(r: Recipe, cells: list[Cell], sizes: list[int], baseline_sd: float | None) -> list[str]:
     """The learned part's section: WER control, fidelity on dev, and text-only training on its rows."""
     s = r.study
     sim_dir = s / "learned_simulator" / "simulator"
@@ -859,14 +865,15 @@ def learned_report(r: Recipe, sizes: list[int], baseline_sd: float | None) -> li
         lines += rows + [""]
 
     def cell(name: str, test_set: str) -> str:
-        return fmt(wer(s / name, test_set))
+        return fmt_cell(mean_sd([wer(s / n, test_set) for n in with_repeats(name, cells)]))
 
     head = "| text-only training on | zero-shot: test | zero-shot: test_ood |"
     rule = "|---|---:|---:|"
     for n in sizes:
         head += f" {n} utts: test | {n} utts: test_ood |"
         rule += "---:|---:|"
-    lines += ["**Text-only training on each simulation** (stage 3's config and steps, one seed; both conditioned "
+    lines += ["**Text-only training on each simulation** (stage 3's config and steps, one seed unless a cell is a "
+              "mean ± sd over training seeds; both conditioned "
               f"ones follow the WER schedule {describe(LEARNED_WER)} over the run), decoded zero-shot and after "
               "audio fine-tuning (stage 4's config and steps) on a few training utterances, the same "
               "utterances as the low-resource curve's." + yardstick_note(baseline_sd), "", head, rule]
