@@ -204,6 +204,16 @@ def trained_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=(
     return Cell(name, part, commands, after=tuple(after), info={"sets": list(sets), **(info or {})})
 
 
+def other_seeds(r: Recipe, name: str, part: str, config: dict, repeats: int = 2, after=(), sets=("test",),
+                info=None) -> list[Cell]:
+    """Cell ``name``'s training (``config``) again with ``repeats`` more training seeds, the ones after its
+    own: ``<name>_seed<k>``, each marked as repeating it (the report gives their mean ± sd)."""
+    seed = config["train"]["seed"]
+    return [trained_cell(r, f"{name}_seed{seed + k}", part, with_changes(config, train={"seed": seed + k}),
+                         after=after, sets=sets, info={**(info or {}), "repeat_of": name})
+            for k in range(1, repeats + 1)]
+
+
 def decoded_cell(r: Recipe, name: str, part: str, model: Path, sets=("test",), info=None) -> Cell:
     """The decodes of ``sets`` by a model the recipe made (no training)."""
     commands = []
@@ -249,12 +259,10 @@ def simulation_cells(r: Recipe) -> list[Cell]:
         sim = dict(changes)
         if "wer" in sim:   # the schedule spans the run: 0 % at the start, 30 % at the end
             sim["wer"] = {**sim["wer"], "total_steps": r.text_config["train"]["max_steps"]}
-        trained.append(trained_cell(r, name, "simulation", with_changes(r.text_config, simulation=sim),
-                                    info={"setting": changes}))
+        config = with_changes(r.text_config, simulation=sim)
+        trained.append(trained_cell(r, name, "simulation", config, info={"setting": changes}))
         if name in SEEDED_SIMULATIONS:
-            trained += [trained_cell(r, f"{name}_seed{seed + k}", "simulation",
-                                     with_changes(r.text_config, simulation=sim, train={"seed": seed + k}),
-                                     info={"repeat_of": name}) for k in (1, 2)]
+            trained += other_seeds(r, name, "simulation", config)
     for c in trained:
         cells += [c, simulated_cell(r, f"{c.name}_simulated", "simulation", r.study / c.name / "model",
                                     SIM_SEEDS[0], info={"simulated_of": c.name})]
@@ -275,7 +283,6 @@ def compression_cells(r: Recipe) -> list[Cell]:
 def projector_cells(r: Recipe) -> list[Cell]:
     from tasu.projectors import PROJECTORS
 
-    seed = r.text_config["train"]["seed"]
     cells = []
     for proj in sorted(PROJECTORS):
         projector = {"name": proj, "options": MINI_PROJECTORS.get(proj, {})}
@@ -284,18 +291,16 @@ def projector_cells(r: Recipe) -> list[Cell]:
             for name, model, stage in ((text_name, r.text_model, "text-only"), (audio_name, r.audio_model, "curriculum")):
                 cells.append(decoded_cell(r, name, "projectors", model, info={"projector": proj, "stage": stage}))
             continue
-        text = trained_cell(r, text_name, "projectors", with_changes(r.text_config, projector=projector),
-                         info={"projector": proj, "stage": "text-only"})
+        text_config = with_changes(r.text_config, projector=projector)
+        text = trained_cell(r, text_name, "projectors", text_config, info={"projector": proj, "stage": "text-only"})
         audio_config = with_changes(r.audio_config, projector=projector,
                                     train={"init_from": str(r.study / text_name / "model")})
         audio = trained_cell(r, audio_name, "projectors", audio_config, after=(text_name,),
                            info={"projector": proj, "stage": "curriculum"})
         cells += [text, audio]
         if proj in SEEDED_PROJECTORS:
-            cells += [trained_cell(r, f"{text_name}_seed{seed + k}", "projectors",
-                                   with_changes(r.text_config, projector=projector, train={"seed": seed + k}),
-                                   info={"projector": proj, "stage": "text-only", "repeat_of": text_name})
-                      for k in (1, 2)]
+            cells += other_seeds(r, text_name, "projectors", text_config,
+                                 info={"projector": proj, "stage": "text-only"})
     return cells
 
 
@@ -325,7 +330,6 @@ def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
 def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int = 2) -> list[Cell]:
     """Audio fine-tuning on ``n`` utterances for each size, from the text-only model (and ``repeats`` more
     training seeds of it, ``lowres_text_<n>_seed<k>``) and from scratch, and the curve's two ends."""
-    train_seed = r.audio_config["train"]["seed"]
     cells = []
     sets = ("test", "test_ood")
     subsets = {n: lowres_subset(r, n, seed) for n in sizes}   # the same utterances for both starts
@@ -337,10 +341,8 @@ def lowres_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int = 2)
             cells.append(trained_cell(r, f"lowres_{tag}_{n}", "lowres", config, sets=sets,
                                     info={"init": init, "utterances": n}))
             if model:
-                cells += [trained_cell(r, f"lowres_{tag}_{n}_seed{train_seed + k}", "lowres",
-                                       with_changes(config, train={"seed": train_seed + k}), sets=sets,
-                                       info={"init": init, "utterances": n, "repeat_of": f"lowres_{tag}_{n}"})
-                          for k in range(1, repeats + 1)]
+                cells += other_seeds(r, f"lowres_{tag}_{n}", "lowres", config, repeats, sets=sets,
+                                     info={"init": init, "utterances": n})
         if model:   # no audio at all: the text-only model as stage 3 left it, the curve's starting point
             cells.append(decoded_cell(r, "lowres_text_0", "lowres", model, sets, {"init": init, "utterances": 0}))
         full = r.audio_model if model else r.scratch_model
@@ -367,7 +369,6 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int =
     """Text-only training on the first n of one draw of new sentences, for each size n: stage 3's training
     seed, and ``repeats`` more training seeds (``text_<n>_seed<k>``, the same sentences)."""
     sentences = new_sentences(r, max(sizes), seed)
-    train_seed = r.text_config["train"]["seed"]
     cells = []
     for n in sizes:   # nested: the first n of one draw
         path = r.study / "data" / f"text_{n}" / "ASR.text_only.jsonl"
@@ -375,9 +376,7 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int =
                                  for i, s in enumerate(sentences[:n])))
         config = with_changes(r.text_config, data={"train": [{"path": str(path), "weight": 1.0}]})
         cells.append(trained_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
-        cells += [trained_cell(r, f"text_{n}_seed{train_seed + k}", "textscale",
-                               with_changes(config, train={"seed": train_seed + k}),
-                               info={"sentences": n, "repeat_of": f"text_{n}"}) for k in range(1, repeats + 1)]
+        cells += other_seeds(r, f"text_{n}", "textscale", config, repeats, info={"sentences": n})
     return cells
 
 
@@ -396,13 +395,12 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
     wer = {**LEARNED_WER, "total_steps": r.text_config["train"]["max_steps"]}
     sets = ("test", "test_ood")
     learned = {"name": "learned", "path": str(simulator), "wer": wer, "temperature": 0.5}
-    cells.append(trained_cell(r, "learned_text", "learned", with_changes(r.text_config, simulation=learned),
-                              after=("learned_simulator",), sets=sets, info={"simulator": "learned"}))
-    seed = r.text_config["train"]["seed"]   # two more training seeds: it is compared with the recipe's three
-    cells += [trained_cell(r, f"learned_text_seed{seed + k}", "learned",
-                           with_changes(r.text_config, simulation=learned, train={"seed": seed + k}),
-                           after=("learned_simulator",), sets=sets,
-                           info={"simulator": "learned", "repeat_of": "learned_text"}) for k in (1, 2)]
+    learned_config = with_changes(r.text_config, simulation=learned)
+    cells.append(trained_cell(r, "learned_text", "learned", learned_config, after=("learned_simulator",),
+                              sets=sets, info={"simulator": "learned"}))
+    # two more training seeds: it is compared with the recipe's three
+    cells += other_seeds(r, "learned_text", "learned", learned_config, after=("learned_simulator",), sets=sets,
+                         info={"simulator": "learned"})
     cells.append(trained_cell(r, "learned_rules_wer", "learned",
                               with_changes(r.text_config, simulation={"wer": wer, "confusion": "random"}),
                               sets=sets, info={"simulator": "rules, WER-controlled"}))
