@@ -167,6 +167,14 @@ def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir)
         assert tuned["data"]["train"] == conf(cells[f"lowres_text_{n}"])["data"]["train"]
         assert f"lowres_scratch_{n}" in cells
     assert "lowres_text_0" in cells and "lowres_text_all" not in cells
+    # the study's --seed draws those utterances, whatever the training seed (here 1)
+    def keys(cell: study.Cell) -> set[str]:
+        first = Path(conf(cell)["data"]["train"][0]["path"])
+        return {json.loads(line)["key"] for line in first.read_text().splitlines()}
+
+    drawn = keys({c.name: c for c in study.plan(r, ["learned"], quick=False, seed=5)}["learned_lowres_50"])
+    assert drawn == keys({c.name: c for c in study.plan(r, ["lowres"], quick=False, seed=5)}["lowres_text_50"])
+    assert drawn != keys({c.name: c for c in study.plan(r, ["lowres"], quick=False, seed=1)}["lowres_text_50"])
 
     assert study.plan(r, ["learned"], quick=True, seed=1) == []   # quick mode: no learned part
 

@@ -410,9 +410,9 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
     analyze = []
     for name, config, matched in FIDELITY_ROWS:
         config = r.text_model / "config.yaml" if config is None else s / "conf" / config
-        for seed in SIM_SEEDS:
+        for sim_seed in SIM_SEEDS:   # not ``seed``: that one draws the fine-tuning utterances below
             analyze.append(["tasu", "analyze", "--config", str(config), "--data", str(r.dump / "dev" / "ASR.jsonl"),
-                            "--out", str(s / "learned_fidelity" / f"{name}_seed{seed}"), "--seed", str(seed),
+                            "--out", str(s / "learned_fidelity" / f"{name}_seed{sim_seed}"), "--seed", str(sim_seed),
                             "--device", "cpu", "--allow-pipes", *(["--match-wer"] if matched else [])])
     cells.append(Cell("learned_fidelity", "learned", analyze, after=("learned_simulator",)))
 
