@@ -3,6 +3,8 @@ failures, and the report. The real commands run in test_mini_recipe (quick mode)
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -167,14 +169,6 @@ def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir)
         assert tuned["data"]["train"] == conf(cells[f"lowres_text_{n}"])["data"]["train"]
         assert f"lowres_scratch_{n}" in cells
     assert "lowres_text_0" in cells and "lowres_text_all" not in cells
-    # the study's --seed draws those utterances, whatever the training seed (here 1)
-    def keys(cell: study.Cell) -> set[str]:
-        first = Path(conf(cell)["data"]["train"][0]["path"])
-        return {json.loads(line)["key"] for line in first.read_text().splitlines()}
-
-    drawn = keys({c.name: c for c in study.plan(r, ["learned"], quick=False, seed=5)}["learned_lowres_50"])
-    assert drawn == keys({c.name: c for c in study.plan(r, ["lowres"], quick=False, seed=5)}["lowres_text_50"])
-    assert drawn != keys({c.name: c for c in study.plan(r, ["lowres"], quick=False, seed=1)}["lowres_text_50"])
 
     assert study.plan(r, ["learned"], quick=True, seed=1) == []   # quick mode: no learned part
 
@@ -182,6 +176,18 @@ def test_the_learned_part_trains_a_simulator_then_text_only_on_its_rows(run_dir)
     both = study.plan(r, ["lowres", "learned"], quick=False, seed=1)
     assert len({c.name for c in both}) == len(both)
     assert {c.name for c in both} == {c.name for c in study.plan(r, ["lowres"], quick=False, seed=1)} | set(cells)
+
+    # the study's --seed draws those utterances, whatever the training seed (here 1)
+    def keys(cell: study.Cell) -> set[str]:
+        first = Path(conf(cell)["data"]["train"][0]["path"])
+        return {json.loads(line)["key"] for line in first.read_text().splitlines()}
+
+    with pytest.raises(study.StudyError, match="lowres_50/ASR.jsonl holds another draw"):
+        study.plan(r, ["learned"], quick=False, seed=5)   # cells of the seed-1 draw are not mixed with others
+    shutil.rmtree(r.study / "data")
+    drawn = keys({c.name: c for c in study.plan(r, ["learned"], quick=False, seed=5)}["learned_lowres_50"])
+    assert drawn == keys({c.name: c for c in study.plan(r, ["lowres"], quick=False, seed=5)}["lowres_text_50"])
+    assert drawn == set(random.Random("lowres/5/50").sample(study.utterance_keys(r), 50))
 
 
 def test_the_learned_report_tables_wer_control_fidelity_and_training(run_dir, tmp_path):

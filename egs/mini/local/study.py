@@ -322,7 +322,7 @@ def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
         dest = r.study / "data" / f"lowres_{n}" / f.name
         lines = [line for line in f.read_text(encoding="utf-8").splitlines()
                  if line.strip() and json.loads(line)["key"] in chosen]
-        write_text(dest, "".join(line + "\n" for line in lines))
+        write_input(dest, "".join(line + "\n" for line in lines))
         out.append({"path": str(dest), "weight": 1.0})
     return out
 
@@ -372,7 +372,7 @@ def textscale_cells(r: Recipe, sizes: tuple[int, ...], seed: int, repeats: int =
     cells = []
     for n in sizes:   # nested: the first n of one draw
         path = r.study / "data" / f"text_{n}" / "ASR.text_only.jsonl"
-        write_text(path, "".join(json.dumps({"key": f"studytext-{i:05d}", "task": "ASR", "target": s}) + "\n"
+        write_input(path, "".join(json.dumps({"key": f"studytext-{i:05d}", "task": "ASR", "target": s}) + "\n"
                                  for i, s in enumerate(sentences[:n])))
         config = with_changes(r.text_config, data={"train": [{"path": str(path), "weight": 1.0}]})
         cells.append(trained_cell(r, f"text_{n}", "textscale", config, info={"sentences": n}))
@@ -426,6 +426,15 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
     cells += [c for c in lowres_cells(r, lowres_sizes, seed, repeats=0) if c.name != "lowres_text_all"
               and c.name != "lowres_scratch_all"]
     return cells
+
+
+def write_input(path: Path, text: str) -> None:
+    """Write a data file that cells train on (a drawn subset, new sentences); refuse to replace one that
+    holds another draw (another ``--seed``), which would mix cells trained on either."""
+    if path.exists() and path.read_text(encoding="utf-8") != text:
+        raise StudyError(f"{path} holds another draw than this plan's (another --seed?): remove it and the "
+                         "cells trained on it to draw again")
+    write_text(path, text)
 
 
 def write_text(path: Path, text: str) -> None:
