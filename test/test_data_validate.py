@@ -77,7 +77,8 @@ def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
         f"{path}:6: path: truncated: the WAV header announces 32000 bytes of samples, 1000 follow it ({audio['cut']})",
         f"{path}:7: path: offset {ark_size + 5} is past the end of the ark ({ark_size} bytes) ({audio['past_end']})",
         f"{path}:8: task: unknown task 'ASRX': the prompt set has ASR, EN2DE, EN2ZH, QA, SLU_action, "
-        "SLU_scenario, ZH2EN, hotword, prevtext, sentiment",
+        "SLU_scenario, ZH2EN, hotword, prevtext, sentiment (another task needs its prompts in a prompts file: "
+        "--prompts, data.prompts)",
         f"{path}:9: path: segment end 3.000 s is past the end of the audio (1.000 s) ({audio['good']})",
     ]
     assert out[8:] == [
@@ -90,6 +91,32 @@ def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
     # Without --check-audio the audio problems are not looked for.
     status, out = run(capsys, str(path))
     assert status == 1 and len(out) == 6 and out[-1].startswith("validate: 5 problems; 1 file, 7 good records (ASR 7)")
+
+
+def test_a_problem_of_every_record_is_printed_once_and_counted(tmp_path, capsys):
+    """A task missing from the prompt set makes every record of a corpus bad: one line and a count,
+    not a line per record; and a file prints at most SHOWN_PER_FILE problems of different kinds."""
+    from tasu.data.validate import SHOWN_PER_FILE
+
+    intents = tmp_path / "SLU_intent.jsonl"
+    intents.write_text("".join(line(f"u{i}", "SLU_intent", "set") + "\n" for i in range(30)))
+    asr = tmp_path / "ASR.jsonl"
+    asr.write_text(line("a", "SLU_intent") + "\n" + line("b") + "\n")
+    status, out = run(capsys, str(intents), str(asr))
+    assert status == 1 and len(out) == 4, out
+    assert out[0].startswith(f"{intents}:1: task: unknown task 'SLU_intent': the prompt set has ASR, ")
+    assert out[1] == f"{intents}: 29 more lines with the problem of line 1"
+    assert out[2].startswith(f"{asr}:1: task: unknown task 'SLU_intent'")   # each file shows its own
+    assert out[3] == "validate: 31 problems; 2 files, 1 good record (ASR 1)"
+
+    keys = tmp_path / "keys.jsonl"   # a key repeated: another message each time
+    keys.write_text("".join(line(f"k{i % 25}") + "\n" for i in range(50)))
+    status, out = run(capsys, str(keys))
+    assert status == 1 and len(out) == SHOWN_PER_FILE + 2
+    assert out[0] == f"{keys}:26: key: duplicate key 'k0' (first on line 1)"
+    assert out[-2] == (f"{keys}: {25 - SHOWN_PER_FILE} more problems not shown "
+                       f"(the first {SHOWN_PER_FILE} different ones are)")
+    assert out[-1] == "validate: 25 problems; 1 file, 25 good records (ASR 25)"
 
 
 def test_prompt_set_option_and_files_that_cannot_be_read(tmp_path, capsys):

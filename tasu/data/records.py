@@ -286,7 +286,8 @@ def _check(obj: dict[str, Any], prompts: PromptSet | None,
     if prompts is not None and type(task) is str and task:
         if task not in prompts.tasks:
             problems.append(("task", f"unknown task {task!r}: the prompt set has "
-                                     f"{', '.join(sorted(prompts.tasks))}"))
+                                     f"{', '.join(sorted(prompts.tasks))} (another task needs its prompts "
+                                     "in a prompts file: --prompts, data.prompts)"))
         else:
             for name in prompts.fields(task):
                 value = obj.get(name)

@@ -10,7 +10,11 @@ is refused unless ``allow_pipes``: see ``tasu.data.audio``).
 
 Each problem is one line on stdout, ``FILE:LINE: FIELD: message``, and the exit status is 1 if
 there was any; a file without a single record (empty, or blank lines only) is one too, ``FILE: no
-records``, since training on it would stop on it. A clean run prints one summary line: records per
+records``, since training on it would stop on it. A problem that recurs word for word (a task
+missing from the prompt set: every record of a corpus) is printed at its first line and then
+counted, ``FILE: N more lines with the problem of line L``, and a file prints at most
+``SHOWN_PER_FILE`` different problems (audio missing names each file) and counts the rest: a
+million-line file never floods the terminal. A clean run prints one summary line: records per
 task and, with audio checked, hours of audio. Records that the text-only stage cannot use (no
 transcript: a non-ASR task without ``GT``) are not an error, but the summary counts them.
 """
@@ -23,6 +27,9 @@ from tasu.data.prompts import load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 
 
+SHOWN_PER_FILE = 20
+
+
 def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool = False,
                  allow_pipes: bool = False) -> int:
     """Check the JSONL files ``paths``; print problems and a summary; return the exit status."""
@@ -33,11 +40,32 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
         return 1
 
     problems = 0
+    first: dict[tuple, int | None] = {}   # a problem of the file being read (field, message) -> its first line
+    again: Counter[tuple] = Counter()    # ... -> how many more lines have it
+    unshown = 0                          # problems of kinds past the file's SHOWN_PER_FILE
 
     def report(error: DataError) -> None:
-        nonlocal problems
+        nonlocal problems, unshown
         problems += 1
-        print(error)
+        kind = (error.field, error.message)
+        if kind in first:
+            again[kind] += 1
+        elif len(first) < SHOWN_PER_FILE:
+            first[kind] = error.line
+            print(error)
+        else:
+            unshown += 1
+
+    def summarise(path: str) -> None:   # the problems of ``path`` that were counted, not printed
+        nonlocal unshown
+        for kind, n in again.items():
+            print(f"{path}: {_count(n, 'more line')} with the problem of line {first[kind]}")
+        if unshown:
+            print(f"{path}: {_count(unshown, 'more problem')} not shown "
+                  f"(the first {SHOWN_PER_FILE} different ones are)")
+        first.clear()
+        again.clear()
+        unshown = 0
 
     tasks: Counter[str] = Counter()
     no_transcript = 0
@@ -59,6 +87,7 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
                 no_transcript += 1
         if (problems, sum(tasks.values())) == before:   # not one line, good or bad: training would find nothing
             report(DataError(path, None, None, "no records (the file is empty or holds blank lines only)"))
+        summarise(path)
 
     records = sum(tasks.values())
     summary = f"{_count(len(paths), 'file')}, {_count(records, 'good record')}"
