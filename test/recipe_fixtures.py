@@ -31,6 +31,14 @@ def copy_recipe(name: str, dest: Path) -> Path:
     return dest / "egs" / name
 
 
+def stand_in_for_stage_2(recipe: Path, train: str = "train", valid: str = "dev_clean") -> None:
+    """Empty files where stage 2 puts the JSONL of the ASR task, for tests of stage 3's command line
+    (its job runner only prints the command): stage 3 stops at once when stage 2 has not run."""
+    for path in (f"dump/{train}/ASR.text_only.jsonl", f"dump/{valid}/ASR.jsonl"):
+        (recipe / path).parent.mkdir(parents=True, exist_ok=True)
+        (recipe / path).touch()
+
+
 def _audio(path: Path, seed: int, rate: int = 16000, fmt: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, waveform(0.6 + 0.1 * (seed % 3), seed=seed).numpy(), rate, format=fmt)
@@ -165,3 +173,24 @@ def write_covost(root: Path, counts: dict[str, int] | None = None, layout: str =
                 w.writerow(header)
                 w.writerows(lines)
     return tsv_dir, cv
+
+
+def write_template_corpus(root: Path, counts: dict[str, int] | None = None) -> Path:
+    """The layout egs/TEMPLATE/local/data.sh reads: ``root/corpus/<set>.tsv`` (path, text, speaker;
+    the columns in another order than the template names them) and the audio in
+    ``<set>/<speaker>/take<n>.wav``: every speaker has a take01, so only the path tells them apart."""
+    counts = counts or {"train": 6, "dev": 2, "test": 2}
+    corpus = root / "corpus"
+    n = 0
+    for split, count in counts.items():
+        rows = []
+        for i in range(count):
+            path = f"{split}/spk{i % 2}/take{i // 2 + 1:02d}.wav"
+            _audio(corpus / path, n)
+            rows.append([f"spk{i % 2}", SENTENCES[n % len(SENTENCES)], path])
+            n += 1
+        with open(corpus / f"{split}.tsv", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE)
+            w.writerow(["speaker", "text", "path"])
+            w.writerows(rows)
+    return corpus

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe_fixtures import copy_recipe, write_commonvoice, write_covost, write_librispeech, write_slurp
+from recipe_fixtures import (copy_recipe, write_commonvoice, write_covost, write_librispeech, write_slurp,
+                             write_template_corpus)
 from test_recipes import lines, sh
 
 
@@ -217,6 +218,50 @@ def test_lm_text_lines_get_single_spaces(librispeech):
     Path(env["LIBRISPEECH_LM_NORM"]).write_text("A  SPACED\tLINE \n\nTWO\n", encoding="utf-8")
     data_sh(recipe, env, "--eval_subsets", "dev-clean")
     assert lines(recipe / "data" / "lm_norm" / "text") == ["lm_000000001 A SPACED LINE", "lm_000000003 TWO"]
+
+
+# --- egs/TEMPLATE: the data.sh a new recipe starts from ----------------------------------------------
+
+@pytest.fixture
+def template(tmp_path):
+    corpus = write_template_corpus(tmp_path / "corpora")
+    return copy_recipe("TEMPLATE", tmp_path), {"CORPUS": str(corpus)}, corpus
+
+
+def append_row(tsv: Path, row: str) -> None:
+    with open(tsv, "a", encoding="utf-8") as f:
+        f.write(row + "\n")
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda c: (c / "dev.tsv").unlink(), "dev.tsv: cannot read it (No such file or directory)"),
+    (lambda c: append_row(c / "test.tsv", "spk0\tturn it up"),
+     "test.tsv:4: 2 tab-separated fields where the header has 3"),
+    (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\ttest/spk0/take01.wav"),
+     "test.tsv:4: path: 'test/spk0/take01.wav' gives utterance id 'test-spk0-take01', as line 2 did "
+     "(the same recording)"),
+    (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\ttest/spk0 take01.flac"),
+     "test.tsv:4: path: 'test/spk0 take01.flac' gives utterance id 'test-spk0-take01', as line 2 did "
+     "('test/spk0/take01.wav', another path with the same id)"),
+    (lambda c: (c / "train.tsv").write_text("speaker\tpath\nspk0\ttrain/spk0/take01.wav\n"),
+     "train.tsv:1: no column text in the header (speaker path)"),
+])
+def test_template_bad_tables_stop_in_one_line(template, damage, error):
+    recipe, env, corpus = template
+    damage(corpus)
+    one_line_error(data_sh(recipe, env, ok=False), error)
+
+
+def test_template_says_what_it_leaves_out_and_prepares_the_run_s_sets(template):
+    recipe, env, corpus = template
+    (corpus / "train" / "spk1" / "take02.wav").unlink()
+    append_row(corpus / "train.tsv", "spk1\t \ttrain/spk1/take01.wav.copy")
+    (corpus / "train" / "spk1" / "take01.wav.copy").write_bytes(b"")
+    out = data_sh(recipe, {**env, "TASU_DATA_SETS": "train test train"})
+    assert "data/train: 1 rows of " in out.stderr and "train.tsv name audio that is not there: left out" in out.stderr
+    assert "data/train: 1 rows of " in out.stderr and "train.tsv have an empty text: left out" in out.stderr
+    assert len(lines(recipe / "data" / "train" / "text")) == 5
+    assert sorted(p.name for p in (recipe / "data").iterdir()) == ["test", "train"]   # the run's sets only
 
 
 # --- the shared stage 2 ------------------------------------------------------------------------------

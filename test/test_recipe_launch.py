@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe_fixtures import ROOT, copy_recipe
+from recipe_fixtures import ROOT, copy_recipe, stand_in_for_stage_2
 from tasu.recipe import (LaunchError, check_launch, check_resume, checkpoint_world, first_host, free_port, main,
                          read_hostfile, slurm_rank_env)
 
@@ -150,6 +150,7 @@ def recipe(tmp_path) -> Path:
     recipe = copy_recipe("librispeech", tmp_path)
     for name in ("enc", "llm"):
         (tmp_path / name).mkdir()
+    stand_in_for_stage_2(recipe)
     return recipe
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 
 from fixtures import save_tiny_llm, write_sensevoice_dir
-from recipe_fixtures import ROOT, copy_recipe, write_commonvoice, write_covost, write_librispeech, write_slurp
+from recipe_fixtures import (ROOT, copy_recipe, stand_in_for_stage_2, write_commonvoice, write_covost,
+                             write_librispeech, write_slurp, write_template_corpus)
 from tasu.cli import main as tasu_main
 
-RECIPES = ["librispeech", "commonvoice", "slurp", "covost"]
 EGS = ROOT / "egs"
+# every corpus recipe (a db.sh says where its corpus is; egs/mini makes its own), a new one included
+RECIPES = sorted(p.parent.name for p in EGS.glob("*/db.sh") if p.parent.name != "TEMPLATE")
 QUICK_TRAIN = " ".join([
     "llm.dtype=float32", "engine.precision=fp32", "engine.zero_stage=0", "projector.options.hidden=16",
     "data.max_tokens=400", "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_window=8",
@@ -188,6 +190,67 @@ def test_covost(tmp_path, models):
     analyzed(recipe, "test/EN2DE.jsonl", models["encoder"])   # the transcript in GT, the target a translation
 
 
+@pytest.mark.slow
+def test_template_recipe_with_a_task_and_prompts_of_its_own(tmp_path, models):
+    """A new corpus as egs/TEMPLATE/README.md says to add one: the template's local/data.sh on its own
+    layout, a label file of the corpus, and a task no prompt set of tasu has (--prompts), through every
+    stage; stage 2 makes a task's file again when --tasks gives it another target file."""
+    corpus = write_template_corpus(tmp_path / "corpora")
+    recipe = copy_recipe("TEMPLATE", tmp_path)
+    env = {"CORPUS": str(corpus)}
+    sh(recipe, "./run.sh", "--stop_stage", "1", env=env)
+    assert [x.split()[0] for x in lines(recipe / "data" / "train" / "text")] == [   # the path tells takes apart
+        "train-spk0-take01", "train-spk0-take02", "train-spk0-take03",
+        "train-spk1-take01", "train-spk1-take02", "train-spk1-take03"]
+    assert lines(recipe / "data" / "train" / "utt2spk")[3] == "train-spk1-take01 spk1"
+
+    paths = ["--encoder_path", models["encoder"], "--llm_path", models["llm"]]
+    early = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", *paths, env=env, ok=False)
+    assert early.returncode == 1 and "dump/train/ASR.text_only.jsonl does not exist: run stage 2 first" in early.stderr
+    line = int(re.search(r"\(tasu\.sh:(\d+)\) ERROR:", early.stderr).group(1))   # where it stopped, not die()
+    assert "die " in (recipe.parent / "TEMPLATE" / "tasu.sh").read_text().splitlines()[line - 1]
+    assert not (recipe / "exp").exists()
+    missing = sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", "--test_sets", "test eval", env=env, ok=False)
+    assert missing.returncode == 1 and not (recipe / "dump").exists()
+    assert "data/eval does not exist: stage 1 (local/data.sh) made dev test train; is 'eval' one of its sets?" \
+        in missing.stderr
+
+    for d in (recipe / "data").iterdir():   # the corpus's own labels: the first word of each sentence
+        labels = [f"{utt} {words[0]}" for utt, *words in (x.split() for x in lines(d / "text"))]
+        (d / "intent").write_text("".join(x + "\n" for x in labels))
+        (d / "intent_v2").write_text("".join(x.replace(" ", " v2-", 1) + "\n" for x in labels))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"task": t, "prompt": p}) + "\n" for t, p in [
+        ("ASR", "Transcribe the speech."), ("ASR", "Write down what is said."),
+        ("SLU_intent", "Which intent does the speaker have? Answer with one word.")]))
+    tasks = ["--tasks", "ASR SLU_intent:intent", "--prompts", str(prompts)]
+    builtin = sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", "--tasks", "ASR SLU_intent:intent",
+                 env=env, ok=False)
+    assert builtin.returncode == 1 and "unknown task 'SLU_intent'" in builtin.stdout
+    assert "dump/train/SLU_intent.jsonl: 5 more lines with the problem of line 1" in builtin.stdout   # not six lines
+    sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", *tasks, env=env)
+    assert json.loads(lines(recipe / "dump" / "test" / "SLU_intent.jsonl")[0])["target"] == "turn"
+    for d in (recipe / "data").iterdir():   # older than the files stage 2 made: only --tasks changes
+        for name in ("intent", "intent_v2"):
+            os.utime(d / name, (0, 0))
+    tasks[1] = "ASR SLU_intent:intent_v2"
+    again = sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", *tasks, env=env)
+    assert ("dump/test/SLU_intent.jsonl was made from 'task SLU_intent, targets from data/test/intent', not "
+            "'task SLU_intent, targets from data/test/intent_v2': making it again") in again.stderr
+    assert "dump/test/ASR.jsonl: already made" in again.stderr
+    assert json.loads(lines(recipe / "dump" / "test" / "SLU_intent.jsonl")[0])["target"] == "v2-turn"
+    assert json.loads(lines(recipe / "dump" / "train" / "SLU_intent.text_only.jsonl")[0])["target"] == "v2-turn"
+
+    sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "7", *tasks, *paths,
+       "--train_text_args", QUICK_TRAIN, "--decode_args", QUICK_DECODE, env=env)
+    assert f"data.prompts={prompts}" in lines(recipe / "exp" / "tasu_train_text" / "log" / "train.log")[0]
+    found = scores(recipe)
+    assert set(found) == {f"tasu_train_text/{DECODE}/test/{t}" for t in ("ASR", "SLU_intent")}
+    assert found[f"tasu_train_text/{DECODE}/test/SLU_intent"]["metric"] == "acc"
+    ref = lines(recipe / "exp" / "tasu_train_text" / DECODE / "test" / "SLU_intent" / "ref.trn")
+    assert ref == ["test-spk0-take01\tv2-turn", "test-spk1-take01\tv2-turn"]
+
+
 # --------------------------------------------------------------------------------------------------
 # The shared stage script and files
 
@@ -240,6 +303,7 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
 def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):
     recipe = copy_recipe("librispeech", tmp_path)
     (recipe / "cmd.sh").write_text('cuda_cmd="echo"\ndecode_cmd="echo"\n')   # print the training command
+    stand_in_for_stage_2(recipe)
     for name in ("enc", "llm"):
         (tmp_path / name).mkdir()
     paths = ["--encoder_path", str(tmp_path / "enc"), "--llm_path", str(tmp_path / "llm")]

@@ -19,8 +19,10 @@
 #   7. RESULTS.md: tables of every score.json under exp/, and the commands that made them
 set -euo pipefail
 
-log() {
-  echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2
+log() {  # the message, with the time and the line that logs it (for die: the line that calls die)
+  local i=0
+  [ "${FUNCNAME[1]:-}" = die ] && i=1
+  echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[i+1]##*/}:${BASH_LINENO[i]}) $*" >&2
 }
 die() {
   log "ERROR: $*"
@@ -58,6 +60,7 @@ valid_set=                # data set for validation during training
 test_sets=                # data sets to decode, space separated
 tasks=ASR                 # TASK[:target_file[:metric]] ..., e.g. "ASR SLU_scenario:scenario"
 extra_text_sets=          # data dirs holding only 'text': more text-only ASR training text
+prompts=                  # prompt set (JSONL of task/prompt lines) holding every task; empty: tasu's English set
 check_audio=true          # stage 2: open every audio file while validating
 
 # Models
@@ -120,6 +123,10 @@ Options (default in parentheses):
                               SLU and sentiment, bleu for translation ('${tasks}')
   --extra_text_sets "<set>"   data dirs holding only 'text': more text-only ASR training
                               text, e.g. an LM corpus ('${extra_text_sets}')
+  --prompts <jsonl>           the prompt set, '{"task": ..., "prompt": ...}' lines, several per task:
+                              a task of your own is a few lines of it; stage 2 checks every task
+                              against it, stages 3-4 train with it (data.prompts), and decoding uses
+                              the copy each checkpoint keeps (default: tasu's English set) ('${prompts}')
   --check_audio <bool>        stage 2: open every audio file while validating (${check_audio})
   # Models
   --encoder_path <dir>        the frozen CTC encoder's directory ('${encoder_path}')
@@ -189,6 +196,14 @@ need() {  # need <option> <why>: stop with a clear message when an option is emp
   [ -n "${!1}" ] || die "--$1 is required by ${2}; see --help"
 }
 
+need_files() {  # need_files <stage> <file> ...: stop before the stage starts when stage 2 has not made one
+  local n=$1 f
+  shift
+  for f in "$@"; do
+    [ -f "${f}" ] || die "${f} does not exist: run stage 2 first (stage ${n} reads it)"
+  done
+}
+
 for n in 3 4; do
   if runs ${n}; then
     what="stage ${n} ($([ ${n} = 3 ] && echo text-only training || echo audio fine-tuning))"
@@ -226,6 +241,13 @@ fi
 for f in "${train_text_config}" "${train_audio_config}" "${decode_config}"; do
   [ -z "${f}" ] || [ -f "${f}" ] || die "config file ${f} does not exist"
 done
+[ -z "${prompts}" ] || [ -f "${prompts}" ] || die "--prompts ${prompts}: no such file"
+prompt_opts=()        # tasu validate's
+prompt_overrides=()   # tasu train's
+if [ -n "${prompts}" ]; then
+  prompt_opts=(--prompts "${prompts}")
+  prompt_overrides=(data.prompts="${prompts}")
+fi
 
 # Names derived from the configs.
 if [ -n "${train_text_config}" ] && [ -z "${text_tag}" ]; then
@@ -323,7 +345,8 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   # shellcheck disable=SC2086
   ${cuda_cmd} --gpu "$([ "${device}" = cpu ] && echo 0 || echo "${ngpu}")" "${runner_opts[@]}" "${exp}/log/train.log" \
     "${train_cmd[@]}" --config "${config}" --exp-dir "${exp}" "${resume[@]}" --allow-pipes \
-      encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" "$@"
+      encoder.path="${encoder_path}" llm.path="${llm_path}" engine.device="${engine_device}" \
+      "${prompt_overrides[@]}" "$@"
   log "stage ${n} done: $(cat "${exp}/checkpoints/last" 2>/dev/null || echo '?') is the last checkpoint of ${exp}"
 }
 
@@ -386,15 +409,22 @@ if runs 2; then
     task=$(task_name "$2")
     target=$(task_target_file "$2")
     if $3; then out=${dumpdir}/${set}/${task}.text_only.jsonl; else out=${dumpdir}/${set}/${task}.jsonl; fi
+    # .done holds what the file was made from: another target file for the task makes it again
+    made_from[${out}]="task ${task}, targets from ${datadir}/${set}/${target:-text}"
     if [ -f "${out%.jsonl}.done" ]; then
-      if [ -z "$(find "${datadir}/${set}" -newer "${out%.jsonl}.done" -type f 2> /dev/null | head -n 1)" ]; then
+      if [ ! -s "${out%.jsonl}.done" ]; then
+        log "${out}: its .done does not say what it was made from (an older tasu.sh wrote it): making it again"
+      elif [ "$(cat "${out%.jsonl}.done")" != "${made_from[${out}]}" ]; then
+        log "${out} was made from '$(cat "${out%.jsonl}.done")', not '${made_from[${out}]}': making it" \
+          "again (experiments that read it are not)"
+      elif [ -n "$(find "${datadir}/${set}" -newer "${out%.jsonl}.done" -type f 2> /dev/null | head -n 1)" ]; then
+        log "${datadir}/${set} changed after ${out} was made: making it again (experiments that read it are not)"
+      else
         log "${out}: already made (${out%.jsonl}.done), skipping"
         return
       fi
-      log "${datadir}/${set} changed after ${out} was made: making it again (experiments that read it are not)"
       rm "${out%.jsonl}.done"
     fi
-    [ -d "${datadir}/${set}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
     log "${datadir}/${set}/{text${target:+,${target}}} -> ${out} (task ${task})"
     mkdir -p "${dumpdir}/${set}"
     data2jsonl.sh --task "${task}" --target_file "${target}" --text_only "$3" \
@@ -402,8 +432,16 @@ if runs 2; then
     mv "${out}.tmp" "${out}"
     if $3 || ! ${check_audio}; then new_text+=("${out}"); else new_audio+=("${out}"); fi
   }
+  # shellcheck disable=SC2086
+  for set in ${train_set} ${valid_set} ${test_sets} ${extra_text_sets}; do   # all there before any is made
+    [ -d "${datadir}/${set}" ] && continue
+    made=$(cd "${datadir}" 2> /dev/null && ls -d -- */ 2> /dev/null | tr -d / | paste -sd' ') || true
+    [ -n "${made}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
+    die "${datadir}/${set} does not exist: stage 1 (local/data.sh) made ${made}; is '${set}' one of its sets?"
+  done
   new_audio=()
   new_text=()
+  declare -A made_from=()
   # shellcheck disable=SC2086
   for set in $(echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
     for spec in ${tasks}; do
@@ -420,13 +458,13 @@ if runs 2; then
   # --allow-pipes (here, in training and in decoding): the wav.scp commands in these files are the
   # ones local/data.sh wrote, so running them is running the recipe; tasu refuses them otherwise.
   if [ ${#new_audio[@]} -gt 0 ]; then
-    tasu validate --check-audio --allow-pipes "${new_audio[@]}"
+    tasu validate --check-audio --allow-pipes "${prompt_opts[@]}" "${new_audio[@]}"
   fi
   if [ ${#new_text[@]} -gt 0 ]; then
-    tasu validate "${new_text[@]}"
+    tasu validate "${prompt_opts[@]}" "${new_text[@]}"
   fi
   for f in "${new_audio[@]}" "${new_text[@]}"; do
-    touch "${f%.jsonl}.done"
+    echo "${made_from[${f}]}" > "${f%.jsonl}.done"
   done
 fi
 
@@ -436,6 +474,7 @@ if runs 3; then
   for set in ${extra_text_sets}; do train_files+=("${dumpdir}/${set}/ASR.text_only.jsonl"); done
   valid_files=()
   for spec in ${tasks}; do valid_files+=("${dumpdir}/${valid_set}/$(task_name "${spec}").jsonl"); done
+  need_files 3 "${train_files[@]}" "${valid_files[@]}"
   log "Stage 3: text-only training: ${train_files[*]} -> ${text_exp}"
   # shellcheck disable=SC2086
   train_stage 3 "${text_exp}" "${train_text_config}" data.mode=text \
@@ -445,6 +484,10 @@ fi
 
 if runs 4; then
   [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
+  for set in ${train_set} ${valid_set}; do
+    # shellcheck disable=SC2046
+    need_files 4 $(for spec in ${tasks}; do echo "${dumpdir}/${set}/$(task_name "${spec}").jsonl"; done)
+  done
   audio_data=${dumpdir}
   audio_mode=audio
   # shellcheck disable=SC2086

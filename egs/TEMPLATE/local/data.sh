@@ -3,10 +3,13 @@
 # utt2spk,spk2utt} (plus one file per extra label, e.g. scenario, translation_de: 'utt label' lines).
 #
 # This template reads a simple layout; rewrite the part marked below for your corpus's release:
-#   <CORPUS>/<set>.tsv: a header 'path<TAB>text[<TAB>speaker]', then one utterance a line, path
-#                       relative to <CORPUS>
+#   <CORPUS>/<set>.tsv: a header naming the columns 'path' and 'text' (and, where known, 'speaker'),
+#                       then one utterance a line, path relative to <CORPUS>
+# An utterance's id is its path without the extension, '/' and spaces made '-' (spk1/take01.wav ->
+# spk1-take01): ids from the file name alone would make two speakers' take01 one utterance.
 # Keep: the options, the .done marker per dir (re-running is a no-op), sorted files, absolute audio
-# paths (or Kaldi '... |' commands) in wav.scp, utterance ids without '/' or spaces.
+# paths (or Kaldi '... |' commands) in wav.scp, utterance ids without '/' or spaces, one line for
+# anything left out (clips missing, empty sentences) and one line naming file and line for bad input.
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -15,38 +18,65 @@ log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[
 . ./path.sh
 
 datadir=data
-sets=train,dev,test
+# shellcheck disable=SC2086
+sets=$(printf '%s\n' ${TASU_DATA_SETS:-train dev test} | awk '!seen[$0]++' | paste -sd,)
 
 help_message="Usage: $0 [options]
   --datadir <dir>   where the data dirs go (default: ${datadir})
-  --sets <a,b>      sets to prepare, comma separated (default: ${sets})"
+  --sets <a,b>      sets to prepare, comma separated (default: ${sets}; tasu.sh passes the run's
+                    sets in TASU_DATA_SETS)"
 . parse_options.sh
-
-[ -d "${CORPUS}" ] || { log "ERROR: corpus not found at '${CORPUS}': set CORPUS in db.sh"; exit 1; }
 
 for set in ${sets//,/ }; do
   dir=${datadir}/${set}
-  if [ -f "${dir}/.done" ]; then
+  if [ -f "${dir}/.done" ]; then   # prepared sets need no corpus: it may be unmounted now
     log "${dir}: already prepared (${dir}/.done), skipping"
     continue
   fi
+  [ -d "${CORPUS}" ] || { log "ERROR: corpus not found at '${CORPUS}': set CORPUS in db.sh"; exit 1; }
   log "${CORPUS}/${set}.tsv -> ${dir}"
   # ---- corpus-specific: rewrite this for your release ----------------------------------------------
   python3 - "${CORPUS}" "${set}" "${dir}" <<'PY'
-import csv
+import re
 import sys
 from pathlib import Path
 
+from tasu.data.corpus_tsv import read_tsv
 from tasu.data.kaldi_dir import write_tables
+from tasu.data.records import DataError
 
 root, name, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-wav, text, spk = {}, {}, {}
-with open(root / f"{name}.tsv", encoding="utf-8", newline="") as f:
-    for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-        utt = Path(row["path"]).stem
-        wav[utt] = str((root / row["path"]).resolve())
-        text[utt] = " ".join(row["text"].split())
+table = root / f"{name}.tsv"
+wav, text, spk, first = {}, {}, {}, {}  # first: utt -> (line, path)
+missing, empty = 0, 0
+try:
+    for line, row in read_tsv(table, {"path", "text"}):
+        utt = re.sub(r"[/\s]+", "-", str(Path(row["path"]).with_suffix("")).strip("/"))
+        if utt in first:
+            seen, path = first[utt]
+            why = "the same recording" if path == row["path"] else f"{path!r}, another path with the same id"
+            raise DataError(str(table), line, "path", f"{row['path']!r} gives utterance id {utt!r}, as line "
+                                                      f"{seen} did ({why})")
+        first[utt] = (line, row["path"])
+        audio = root / row["path"]
+        if not audio.is_file():
+            missing += 1
+            continue
+        words = " ".join(row["text"].split())
+        if not words:
+            empty += 1
+            continue
+        wav[utt] = str(audio.resolve())
+        text[utt] = words
         spk[utt] = row.get("speaker") or utt
+except DataError as e:
+    sys.exit(f"local/data.sh: {e}")
+if missing:
+    print(f"{out}: {missing} rows of {table} name audio that is not there: left out", file=sys.stderr)
+if empty:
+    print(f"{out}: {empty} rows of {table} have an empty text: left out", file=sys.stderr)
+if not text:
+    sys.exit(f"local/data.sh: {table}: no utterance to prepare")
 n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
 print(f"{out}: {n} utterances", file=sys.stderr)
 PY
