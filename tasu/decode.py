@@ -47,9 +47,10 @@ so a decode that fails before it leaves no empty file for scoring to mistake for
 
 Resuming: run the same command again. Keys already in ``hyp.trn`` are skipped; a partial last line (a
 run killed in the middle of writing it) is cut off first, so its utterance is decoded again. A run whose
-settings differ from the ``decode.json`` of the hypotheses already there, or whose data lacks keys that
-``hyp.trn`` holds (another file's decode), stops with an error rather than mix two decodes in one file.
-Nothing is lost when a run is killed: every finished line is on disk.
+settings differ from the ``decode.json`` of the hypotheses already there, whose data lacks keys that
+``hyp.trn`` holds (another file's decode), or that finds a ``hyp.trn`` without ``decode.json`` (not a
+decode's, or its settings removed) stops with an error rather than mix two decodes in one file, and
+leaves that file as it was. Nothing is lost when a run is killed: every finished line is on disk.
 """
 from __future__ import annotations
 
@@ -230,19 +231,30 @@ def trn_line(key: str, text: str) -> str:
     return f"{key}\t{' '.join(text.split())}\n"
 
 
-def decoded_keys(hyp_path: Path) -> set[str]:
-    """Keys of the complete lines of ``hyp_path``, after cutting off a partial last line."""
+def decoded_keys(hyp_path: Path) -> tuple[set[str], int]:
+    """Keys of the complete lines of ``hyp_path`` and their length in bytes; the file is only read
+    (whether it may be resumed is decided after, by ``_decode``'s checks)."""
     if not hyp_path.exists():
-        return set()
-    with open(hyp_path, "rb+") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a run was killed in the middle of this line
-            f.truncate(end)
-    if end == 0:  # nothing complete (an older tasu's failed run left it empty): no file, no false result
+        return set(), 0
+    data = hyp_path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    try:
+        return {line.split(b"\t", 1)[0].decode("utf-8") for line in data[:end].splitlines() if line.strip()}, end
+    except UnicodeDecodeError:
+        raise DecodeError(f"{hyp_path} is not UTF-8: not a tasu decode's hypotheses; use another --out, "
+                          "or remove it") from None
+
+
+def keep_complete_lines(hyp_path: Path, end: int) -> None:
+    """Cut off a partial last line of ``hyp_path`` (a run killed while writing it: its utterance is decoded
+    again) from byte ``end`` on; a file with no complete line is removed (no empty file, no false result)."""
+    if not hyp_path.exists():
+        return
+    if end == 0:
         hyp_path.unlink()
-        return set()
-    return {line.split(b"\t", 1)[0].decode("utf-8") for line in data[:end].splitlines() if line.strip()}
+        return
+    with open(hyp_path, "rb+") as f:
+        f.truncate(end)
 
 
 def _checkpoint_step(ckpt: Path) -> int:
@@ -326,13 +338,18 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
 
     # 2. The output directory: settings, references, and what an earlier run has done.
     out.mkdir(parents=True, exist_ok=True)
-    done = decoded_keys(out / HYP)
+    # Nothing in it is changed before these checks: a hyp.trn that is not this decode's stays as it was.
+    done, complete = decoded_keys(out / HYP)
     line_of = dict(zip((r.key for r in records), lines))   # key -> its line in data
     foreign = sorted(done - line_of.keys())
     if foreign:   # another file's decode: its ref.trn would be replaced by this one's, hyp.trn mixed
         raise DecodeError(f"{out / HYP} holds {len(foreign)} hypotheses of keys that are not in {data} (e.g. "
                           f"{foreign[0]}): another data file was decoded there; use another --out, or remove it")
+    if (out / HYP).exists() and (out / HYP).stat().st_size and not (out / SETTINGS).exists():
+        raise DecodeError(f"{out / HYP} is there without {SETTINGS}, which says how a decode made it: its "
+                          "settings cannot be checked against this run's; use another --out, or remove it")
     _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
+    keep_complete_lines(out / HYP, complete)
     labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
     if labelled:
         write_atomic(out / REF, "".join(trn_line(r.key, r.target) for r in labelled))

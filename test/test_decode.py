@@ -20,7 +20,7 @@ from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer
                       write_sensevoice_dir)
 from tasu.cli import main as tasu_main
 from tasu.data.records import DataError
-from tasu.decode import _key_generator, decoded_keys, run_decode, trn_line
+from tasu.decode import _key_generator, decoded_keys, keep_complete_lines, run_decode, trn_line
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -100,8 +100,8 @@ def test_a_partial_last_line_is_cut_off_and_the_rest_decoded(exp, audio_decode, 
     lines = (audio_decode / "hyp.trn").read_text().splitlines(keepends=True)
     shutil.copy(audio_decode / "decode.json", tmp_path / "decode.json")
     (tmp_path / "hyp.trn").write_text("".join(lines[:3]) + lines[3][:4], encoding="utf-8")  # killed mid-line
-    assert decoded_keys(tmp_path / "hyp.trn") == {k for k, _ in map(lambda ln: ln.split("\t"), lines[:3])}
-    assert (tmp_path / "hyp.trn").read_text() == "".join(lines[:3])
+    keys, end = decoded_keys(tmp_path / "hyp.trn")
+    assert keys == {k for k, _ in map(lambda ln: ln.split("\t"), lines[:3])} and end == len("".join(lines[:3]).encode())
 
     assert run_decode(str(exp / "exp"), str(exp / "test.jsonl"), str(tmp_path), **FAST) == 0
     hyp = read_trn(tmp_path / "hyp.trn")
@@ -111,6 +111,24 @@ def test_a_partial_last_line_is_cut_off_and_the_rest_decoded(exp, audio_decode, 
 
     # Other settings into the same directory would mix two decodes in one file: refused.
     assert tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path, "--beam", "3") == 1
+
+
+def test_a_hyp_trn_that_is_not_this_decode_s_is_refused_and_left_as_it_was(exp, tmp_path, capsys):
+    """Whether an existing hyp.trn may be resumed is checked before anything in it changes: another
+    file's hypotheses, a hyp.trn without the decode.json that says how it was made, bytes that are not
+    UTF-8 -- each one line, exit 1, the file byte for byte as it was (a partial last line included)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = {b"x1\thello\nt0\tworld": "holds 1 hypotheses of keys that are not in",
+             b"t0\thello\nt1\twor": "hyp.trn is there without decode.json",
+             b"only line": "hyp.trn is there without decode.json",
+             b"t\xef0\thello\n": "hyp.trn is not UTF-8"}
+    for content, message in cases.items():
+        (out / "hyp.trn").write_bytes(content)
+        assert tasu_decode(exp / "exp", exp / "test.jsonl", out) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert (out / "hyp.trn").read_bytes() == content
 
 
 def test_simulated_input_loads_no_encoder(exp, tmp_path):
@@ -237,7 +255,9 @@ def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_on
     rc = tasu_main(["score", "--ref", str(out / "ref.trn"), "--hyp", str(out / "hyp.trn"), "--metric", "wer"])
     assert rc == 1 and f"{out / 'hyp.trn'}: no hypotheses" in capsys.readouterr().err
     assert not (out / "score.json").exists()
-    assert decoded_keys(out / "hyp.trn") == set() and not (out / "hyp.trn").exists()
+    assert decoded_keys(out / "hyp.trn") == (set(), 0)
+    keep_complete_lines(out / "hyp.trn", 0)
+    assert not (out / "hyp.trn").exists()
 
 
 def test_a_second_decode_into_one_out_dir_is_refused_with_the_first_ones_pid(exp, tmp_path, capsys):
