@@ -34,7 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tasu.compress import encoder_posteriors
 from tasu.encoders.base import CTCEncoder
 from tasu.llm import IGNORE_INDEX, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
-from tasu.posteriors import Posteriors
+from tasu.posteriors import Posteriors, stack
 from tasu.projectors import Projector, build_projector
 
 if TYPE_CHECKING:
@@ -159,6 +159,8 @@ class SpeechLLM(nn.Module):
 
     def splice(self, post: Posteriors, text: TextBatch, pad_left: bool = False) -> Spliced:
         """Project ``post`` and splice it into ``text`` (see ``splice``): the LLM's input."""
+        if post.max_len == 0:   # no utterance kept a row (silence, all blank): one padding row, masked as
+            post = stack([post], min_len=1)   # in any batch, so no projector meets an empty tensor
         speech, speech_lengths = self.projector(post)
         return splice(text, speech, speech_lengths, self.llm.get_input_embeddings(), pad_left=pad_left)
 

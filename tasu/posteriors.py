@@ -129,10 +129,11 @@ class Posteriors:
         )
 
 
-def stack(posts: Sequence[Posteriors]) -> Posteriors:
-    """One batch from single-utterance ones (simulated per record, or read from a posterior dump);
-    padding rows hold the blank id and no mass (weights and floor 0), which projectors mask."""
-    width = max(p.max_len for p in posts)
+def stack(posts: Sequence[Posteriors], min_len: int = 0) -> Posteriors:
+    """One batch from single-utterance ones (simulated per record, or read from a posterior dump),
+    at least ``min_len`` rows wide; padding rows hold the blank id and no mass (weights and floor 0),
+    which projectors mask."""
+    width = max(min_len, *(p.max_len for p in posts))
 
     def cat(name: str, value) -> torch.Tensor:
         tensors = [getattr(p, name) for p in posts]

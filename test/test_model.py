@@ -19,7 +19,7 @@ from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.experiment import LoRAConfig
 from tasu.llm import IGNORE_INDEX, SPEECH_TOKEN, PromptTokenizer, TextBatch, load_llm_tokenizer
 from tasu.model import SpeechLLM, causal_lm_loss, splice
-from tasu.posteriors import Posteriors
+from tasu.posteriors import Posteriors, stack
 from tasu.simulate import SimulationConfig, simulate
 
 from fixtures import CHAT_TEMPLATE, save_tiny_llm
@@ -225,6 +225,21 @@ def test_generate_beam_1_and_4_with_guards(chat_dir):
     alone = [model.generate(simulated(SPEECH[b:b + 1], errors=False), PROMPTS[b:b + 1], num_beams=1,
                             max_new_tokens=6)[0] for b in range(2)]
     assert alone == greedy
+
+
+def test_an_utterance_without_rows_decodes_alone_as_in_a_batch(chat_dir):
+    """Silence, or a recording whose every frame is blank, keeps no row after compression: a batch of
+    such utterances alone reaches the projector empty (T = 0), which the sparse projector cannot take."""
+    model = build(chat_dir).eval()
+    one = simulated(SPEECH[:1], errors=False)
+    empty = Posteriors(ids=one.ids[:, :0], weights=one.weights[:, :0], floor=one.floor[:, :0],
+                       blank=one.blank[:, :0], lengths=torch.tensor([0]), vocab_size=one.vocab_size,
+                       blank_id=one.blank_id)
+    for beams in (1, 4):
+        mixed = model.generate(stack([empty, one]), PROMPTS, num_beams=beams, max_new_tokens=6)
+        assert model.generate(empty, PROMPTS[:1], num_beams=beams, max_new_tokens=6) == mixed[:1]
+    text = PromptTokenizer(model.tokenizer)(PROMPTS[:1], TARGETS[:1])
+    assert torch.isfinite(model(empty, text).loss)
 
 
 @pytest.mark.parametrize("pad_is_eos", [False, True])
