@@ -122,6 +122,15 @@ def arks(tmp_path):
     return scp
 
 
+def test_samples_that_are_not_numbers_are_refused(tmp_path):
+    """A float WAV can hold NaN or infinite samples; every row the encoder makes of them is NaN."""
+    samples = np.zeros(8000, np.float32)
+    samples[[10, 20]] = [np.nan, np.inf]
+    soundfile.write(tmp_path / "nan.wav", samples, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"^u1: .*nan\.wav: 2 samples are not finite numbers \(NaN or infinite\)$"):
+        load_audio(str(tmp_path / "nan.wav"), key="u1")
+
+
 def test_wav_in_ark(arks):
     x = load_audio(arks["mono8k"])
     assert x.dtype == np.float32 and x.shape == (RATE,)

@@ -111,10 +111,13 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     The one conversion of all audio, read here or handed over as an array (``Speech2Text``), so the
     same recording gives the same samples however it arrives: integer PCM is scaled to [-1, 1) as
     soundfile scales a WAV file's samples, channels are averaged, other rates resampled with soxr, and
-    a result shorter than one 10 ms frame is refused (see :func:`load_audio`) as an ``AudioError``
-    naming ``path`` (and ``key``).
+    a result shorter than one 10 ms frame, or samples that are NaN or infinite (a float file can hold
+    them), are refused (see :func:`load_audio`) as an ``AudioError`` naming ``path`` (and ``key``).
     """
     samples = _to_float(np.asarray(samples))
+    if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise AudioError(path, f"{bad} samples are not finite numbers (NaN or infinite)", key)
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
