@@ -7,6 +7,7 @@ model moved to another machine).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -39,6 +40,14 @@ class LoRAConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
+    def check(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a number > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:   # NaN fails it too
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class LLMConfig:
@@ -59,6 +68,19 @@ class ProjectorConfig:
 
     name: str = "linear-silu"
     options: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """The name and the option names, against the registry and the projector's constructor: either
+        would otherwise stop only after the LLM has loaded, in a message that names no config key."""
+        from tasu.projectors import PROJECTORS
+
+        cls = PROJECTORS.lookup(self.name)
+        known = [n for n in inspect.signature(cls.__init__).parameters
+                 if n not in ("self", "vocab_size", "llm_dim", "llm_embedding")]
+        unknown = sorted(set(map(str, self.options)) - set(known))
+        if unknown:
+            raise ValueError(f"options: {', '.join(unknown)}: not an option of projector {self.name!r} "
+                             f"(its options: {', '.join(known) or 'none'})")
 
 
 @dataclass
@@ -92,6 +114,11 @@ class DataConfig:
     def check(self) -> None:
         if not 0.0 <= self.audio_ratio <= 1.0:
             raise ValueError(f"audio_ratio must be in [0, 1], got {self.audio_ratio}")
+        for name, least in (("max_tokens", 1), ("max_batch_size", 1), ("min_length", 0), ("max_length", 1),
+                            ("shuffle_buffer", 0), ("sort_window", 0), ("num_workers", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
 @dataclass
@@ -109,6 +136,13 @@ class OptimConfig:
     def check(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):   # a negative rate climbs the loss; NaN fails both
             raise ValueError(f"lr must be a number > 0, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):   # Adam's moments decay by them: 1 or more never forgets
+            raise ValueError(f"betas must both be in [0, 1), got {list(self.betas)}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a number > 0, got {self.eps}")
+        for name in ("weight_decay", "grad_clip"):   # grad_clip 0: no clipping
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
         if not 1 <= self.warmup_steps < self.total_steps:
             raise ValueError(f"need 1 <= warmup_steps < total_steps, got {self.warmup_steps} and {self.total_steps}")
 

@@ -108,9 +108,28 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     ("optim.lr=-1", "optim: lr must be a number > 0, got -1.0"),
     ("optim.lr=0", "optim: lr must be a number > 0, got 0.0"),
     ("optim.lr=.nan", "optim: lr must be a number > 0, got nan"),
+    ("optim.betas=[1.5,-1]", "optim: betas must both be in [0, 1), got [1.5, -1.0]"),
+    ("optim.eps=-1e-8", "optim: eps must be a number > 0, got -1e-08"),
+    ("optim.weight_decay=.nan", "optim: weight_decay must be a number >= 0, got nan"),
+    ("optim.grad_clip=-1", "optim: grad_clip must be a number >= 0, got -1.0"),
+    ("compress.topk=0", "compress: topk must be >= 1 (or null: every entry), got 0"),
+    ("compress.threshold=0", "compress: threshold must be in (0, 1] (a frame whose blank probability is above it "
+                             "is dropped), got 0.0"),
+    ("data.num_workers=-1", "data: num_workers must be >= 0, got -1"),
+    ("data.max_batch_size=0", "data: max_batch_size must be >= 1, got 0"),
+    ("data.shuffle_buffer=-1", "data: shuffle_buffer must be >= 0, got -1"),
+    ("llm.lora={r: 0}", "llm.lora: r must be >= 1, got 0"),
+    ("llm.lora={dropout: 1.0}", "llm.lora: dropout must be in [0, 1), got 1.0"),
+    ("projector.name=nope", "projector: unknown projector 'nope'; known projectors: concat-mlp, conv1d, "
+                            "cross-attention, legoslm, linear-silu, qformer"),
+    ("projector.options={hiden: 8}", "projector: options: hiden: not an option of projector 'linear-silu' "
+                                     "(its options: hidden, sparse)"),
 ])
 def test_a_run_that_would_not_train_is_refused_by_its_key(override, message):
-    """Zero steps or epochs saved an untrained checkpoint and exited 0; a zero interval divided by zero."""
+    """Zero steps or epochs saved an untrained checkpoint and exited 0; a zero interval divided by zero;
+    compress.topk 0 trained a model no decode could use; a bad projector or LoRA setting, or an
+    optimizer setting that makes the loss non-finite, stopped only after the models loaded (or, with
+    weight_decay NaN, not at all)."""
     from tasu.experiment import ExperimentConfig
 
     with pytest.raises(ConfigError, match=f"^overrides: {re.escape(message)}$"):
