@@ -89,6 +89,7 @@ def test_a_field_named_twice_is_refused_whatever_the_spacing_and_lookalikes_are_
                  '{"key":"u2","task":"ASR","target":"x","GT":"y","GT":"z"}',
                  '{"key" : "u3", "task" : "ASR", "target" : "x", "key" : "u4"}',
                  '{"key": "u5", "task": "ASR", "target": "x", "meta": {"a": 1, "a": 2}}',
+                 '{"key": "u9", "task": "ASR", "target": "x", "key" : "u10"}',   # counted '":' as often as names
                  # not repeated: a value that is a name, a colon after an escaped quote, a nested name
                  '{"key": "u6", "task": "ASR", "target": "key", "GT": "he said \\"target\\": no"}',
                  '{"key": "u7", "task": "ASR", "target": "x", "meta": {"key": "task"}}',
@@ -98,7 +99,7 @@ def test_a_field_named_twice_is_refused_whatever_the_spacing_and_lookalikes_are_
     assert records[0][1].transcript == 'he said "target": no'
     why = "named twice in the line's object: which value is meant? (JSON readers keep the last one silently)"
     assert problems == [f"{path}:1: target: {why}", f"{path}:2: GT: {why}", f"{path}:3: key: {why}",
-                        f"{path}:4: a: {why}"]
+                        f"{path}:4: a: {why}", f"{path}:5: key: {why}"]
     with pytest.raises(DataError, match="target: named twice"):   # the epoch reader checks it too
         parse_record(b'{"key": "u1", "task": "ASR", "target": "a", "target": "b"}')
 
