@@ -25,6 +25,8 @@ from pathlib import Path
 
 from torch import nn
 
+from tasu.fileio import readable_by_others
+
 LLM_DIR, ENCODER_DIR = "llm", "encoder"
 
 
@@ -68,6 +70,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         model.llm.requires_grad_(False)
         model.llm.save_pretrained(tmp / LLM_DIR)
         AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
+        for file in (tmp / LLM_DIR).rglob("*.safetensors"):   # safetensors writes them 0600
+            readable_by_others(file)
         backend(cfg.encoder.path, cfg.encoder.type).copy_model(Path(cfg.encoder.path), tmp / ENCODER_DIR)
         exported = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=LLM_DIR, lora=None),
                                        encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR))

@@ -62,12 +62,19 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        readable_by_others(tmp)
         _flush(tmp)   # by name: the writer may have replaced the file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def readable_by_others(path: str | Path) -> None:
+    """Give ``path`` the mode an ordinary ``open`` would (0666 less the umask). Temporary files and the
+    files safetensors writes (weights: ``save_file``, ``save_pretrained``) are private (0600), but
+    outputs are meant to be read by others: a colleague decoding with a model, a web server."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -84,7 +91,7 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
 
     A model saved in place (``save_pretrained(exp/llm)``) and killed half-way leaves a truncated
     weights file beside the config that names it. Written here instead, every file lands by a rename
-    (flushed first, as ``atomic_replace`` does), replacing its namesake; files of ``directory`` the
+    (flushed first and readable by others, as ``atomic_replace`` does), replacing its namesake; files of ``directory`` the
     writer does not write (a training log still open) stay. On an exception nothing is moved. The
     scratch directory sits inside ``directory``, so the renames never cross a file system.
     """
@@ -95,6 +102,7 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
         yield scratch
         files = sorted(p for p in scratch.rglob("*") if p.is_file())
         for file in files:
+            readable_by_others(file)
             _flush(file)
         for file in files:
             target = directory / file.relative_to(scratch)

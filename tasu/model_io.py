@@ -37,6 +37,7 @@ import yaml
 from tasu.config import load_config, require_dir, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.experiment import ExperimentConfig
+from tasu.fileio import readable_by_others
 
 if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is built, not to find a checkpoint
     from tasu.model import SpeechLLM
@@ -127,6 +128,7 @@ def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS))
+    readable_by_others(model_dir / WEIGHTS)   # safetensors writes it 0600
     (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
     (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
 

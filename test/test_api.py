@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -151,12 +152,18 @@ def test_the_readme_example_runs(exp, tmp_path):
 def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path):
     from tasu import Speech2Text
     from tasu.export import export
+    from tasu.model_io import resolve_checkpoint
 
     out = export(exp / "exp", tmp_path / "exported")
     assert sorted(p.name for p in out.iterdir()) == ["encoder", "llm", "model"]
     assert not list(tmp_path.glob(".*partial"))
     config = (out / "model" / "config.yaml").read_text()
     assert "path: llm" in config and "path: encoder" in config and "lora: null" in config
+    umask = os.umask(0)
+    os.umask(umask)
+    for weights in (out / "llm" / "model.safetensors", out / "model" / "trainable.safetensors",
+                    resolve_checkpoint(exp / "exp", "best") / "model" / "trainable.safetensors"):
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask, weights   # not safetensors' 0600
     moved = out.rename(tmp_path / "moved")
     exported = Speech2Text.from_pretrained(moved, beam=3, max_new_tokens=8)
     assert not any("lora" in name for name, _ in exported.model.llm.named_parameters())   # merged into llm/

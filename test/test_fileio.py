@@ -108,6 +108,11 @@ def test_atomic_files_moves_each_written_file_in_and_keeps_the_others(tmp_path):
                                                                        "train.log"]
     assert (out / "model.bin").read_text() == "new weights"
     assert (out / "train.log").read_text() == "still being written\n"
+    private = tmp_path / "private"   # a writer that makes its files 0600 (safetensors does)
+    with atomic_files(private) as scratch:
+        (scratch / "model.safetensors").write_bytes(b"w")
+        os.chmod(scratch / "model.safetensors", 0o600)
+    assert stat.S_IMODE((private / "model.safetensors").stat().st_mode) == 0o666 & ~fileio._umask()
     with atomic_files(tmp_path / "new" / "dir") as scratch:   # made where missing
         (scratch / "a").write_text("x")
     assert (tmp_path / "new" / "dir" / "a").read_text() == "x"
