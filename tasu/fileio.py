@@ -91,9 +91,10 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
 
     A model saved in place (``save_pretrained(exp/llm)``) and killed half-way leaves a truncated
     weights file beside the config that names it. Written here instead, every file lands by a rename
-    (flushed first and readable by others, as ``atomic_replace`` does), replacing its namesake; files of ``directory`` the
-    writer does not write (a training log still open) stay. On an exception nothing is moved. The
-    scratch directory sits inside ``directory``, so the renames never cross a file system.
+    (flushed first and readable by others, as ``atomic_replace`` does), replacing its namesake; files
+    of ``directory`` the writer does not write (a training log still open) stay. On an exception
+    nothing is moved. The scratch directory sits inside ``directory``, so the renames never cross a
+    file system.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
