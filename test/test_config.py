@@ -66,6 +66,11 @@ def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
     ("optim:\n  lr: -1\n", r"train.yaml: optim: lr must be positive, got -1.0"),
     ("- a\n- b\n", r"train.yaml: the top level must be a mapping"),
     ("mode: [\n", r"train.yaml: not valid YAML: [^\n]* \(line 2, column 1\)$"),
+    # PyYAML keeps the last of a key given twice: a second optim: section would silently win
+    ("optim:\n  lr: 1\nmode: text\noptim:\n  lr: 5\n",
+     r"train.yaml: not valid YAML: key 'optim' given twice in one mapping \(first on line 1\) \(line 4, column 1\)$"),
+    ("optim: {lr: 1, lr: 2}\n",
+     r"train.yaml: not valid YAML: key 'lr' given twice in one mapping \(first on line 1\) \(line 1, column 16\)$"),
 ])
 def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -81,6 +86,12 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(Experiment, None, ["optim.lr=[1"])
     assert str(err.value) == ("override 'optim.lr=[1': the value is not valid YAML "
                               "(expected ',' or ']', but got '<stream end>' (line 1, column 3))")
+    with pytest.raises(ConfigError, match=r"the value is not valid YAML \(key 'lr' given twice"):
+        load_config(Experiment, None, ["optim={lr: 1, lr: 2}"])
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("optim:\n  lr: 1 # r\xe9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9\)$"):
+        load_config(Experiment, bad)
 
 
 def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
