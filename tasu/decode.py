@@ -72,7 +72,7 @@ from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import resolve_device
 from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
-from tasu.fileio import write_atomic
+from tasu.fileio import read_json, write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import MODEL_DIR, PROMPTS, encoder_tokenizer, read_model_config, resolve_checkpoint
 from tasu.posteriors import stack
@@ -278,7 +278,7 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> di
 def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
     path = out / SETTINGS
     if resuming and path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
+        before = read_json(path)
         changed = [f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
                    for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
         if changed:

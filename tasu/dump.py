@@ -46,7 +46,7 @@ import torch
 
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
-from tasu.fileio import atomic_replace, write_atomic
+from tasu.fileio import atomic_replace, read_json, write_atomic
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
@@ -95,6 +95,17 @@ def identity_tag(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def read_info(path: Path) -> dict:
+    """A dump's ``dump.json``, with every field a reader of the dump uses."""
+    def whole(info: dict) -> bool:
+        ident = info["identity"]
+        return (isinstance(ident["encoder"]["type"], str) and isinstance(ident["encoder"]["sha256"], str)
+                and isinstance(ident["compress"], dict)
+                and all(type(info[k]) is int for k in ("topk", "vocab_size", "blank_id")))
+
+    return read_json(path, whole, "a dump.json (identity: encoder, compress; topk, vocab_size, blank_id)")
+
+
 def _differences(made: dict, wanted: dict) -> str:
     out = []
     if made["encoder"]["type"] != wanted["encoder"]["type"]:
@@ -132,10 +143,10 @@ class DumpReader:
         directory = Path(ark).parent
         if directory not in self._infos:
             try:
-                info = json.loads((directory / INFO).read_text(encoding="utf-8"))
+                info = read_info(directory / INFO)
             except FileNotFoundError:
                 raise DumpError(f"{ark} is not in a posterior dump (no {directory / INFO})") from None
-            except (OSError, ValueError) as e:
+            except OSError as e:
                 raise DumpError(f"{directory / INFO}: unreadable ({e})") from None
             differ = _differences(info["identity"], self.expected)
             if differ:
@@ -290,7 +301,7 @@ def _claim(root: Path, info: dict) -> None:
     """Write ``dump.json``, or check that the one there describes this same dump."""
     path = root / INFO
     if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
+        before = read_info(path)
         differ = _differences(before["identity"], info["identity"])
         if not differ and (before.get("inputs") != info["inputs"] or before.get("nj") != info["nj"]):
             differ = "other input files (or contents) or --nj"

@@ -7,15 +7,18 @@ renaming it over the target leaves either the old file or the new one, never a m
 a directory is atomic on POSIX file systems. ``atomic_replace`` is that for any writer (a library's
 ``save`` that takes a file name, a compiler's ``-o``); ``write_atomic`` is the common case of text;
 ``atomic_files`` is it for a writer that fills a directory (``save_pretrained``, a model's ``save``).
+``read_json`` reads such a small file back, a damaged one (edited by hand, cut short by an older
+writer, another program's) one ``MetadataError`` naming it rather than a bare ``JSONDecodeError``.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 # Where Linux (4.7 and later) shows a process's umask without it having to be changed to be read.
 _PROC_STATUS = "/proc/self/status"
@@ -111,3 +114,33 @@ def atomic_files(directory: str | Path) -> Iterator[Path]:
             os.replace(file, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+class MetadataError(ValueError):
+    """A small JSON file tasu writes beside its outputs that does not read as one."""
+
+
+def read_json(path: str | Path, check: Callable[[Any], bool] = lambda value: isinstance(value, dict),
+              expected: str = "a JSON object") -> Any:
+    """The JSON document in ``path`` (``best.json``, ``decode.json``, ``dump.json``), which ``check``
+    accepts; else a ``MetadataError`` naming the file and what is wrong, with ``expected`` (what
+    ``check`` looks for) in the message. A missing file is the caller's case (``FileNotFoundError``)."""
+    path = Path(path)
+    problem = None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        problem = f"not JSON ({e.msg}, line {e.lineno} column {e.colno})"
+    else:
+        try:
+            accepted = check(value)
+        except (KeyError, TypeError, AttributeError):
+            accepted = False
+        if not accepted:
+            problem = f"not {expected}"
+    if problem:
+        raise MetadataError(f"{path}: {problem}: tasu writes this file; was it edited, or cut short? "
+                            "Remove it (with what it describes) to make it again")
+    return value

@@ -27,7 +27,6 @@ its weights are not loaded, and funasr is not imported.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +36,7 @@ import yaml
 from tasu.config import load_config, require_dir, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.experiment import ExperimentConfig
-from tasu.fileio import readable_by_others
+from tasu.fileio import read_json, readable_by_others
 
 if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is built, not to find a checkpoint
     from tasu.model import SpeechLLM
@@ -79,8 +78,12 @@ def refuse_lost_pointer(ckpt_root: Path) -> None:
 
 
 def read_best(ckpt_root: Path) -> list[dict]:
+    """The checkpoints kept by validation loss, best first: ``[{"name": ..., "step": ..., "valid_loss": ...}]``."""
     path = ckpt_root / "best.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    if not path.exists():
+        return []
+    return read_json(path, lambda best: isinstance(best, list) and all(isinstance(b["name"], str) for b in best),
+                     'a list of {"name": <checkpoint>, ...} entries')
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tasu.fileio import MetadataError
 from tasu.model_io import MODEL_DIR, WEIGHTS, CheckpointError, checkpoint_name, load_trainable, resolve_checkpoint
 
 
@@ -31,6 +32,24 @@ def test_step_names_with_or_without_padding(exp):
 def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step_3 in .* \(it has best, last, step_000002, step_000040\)"):
         resolve_checkpoint(exp, "step_3")
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[{", r"not JSON \(Expecting property name enclosed in double quotes, line 1 column 3\)"),
+    ('{"name": "step_000002"}', 'not a list of {"name": <checkpoint>, ...} entries'),
+    ("[{}]", 'not a list of {"name": <checkpoint>, ...} entries'),
+    (b"[\xff]", "not UTF-8 text"),
+])
+def test_a_damaged_best_json_is_named_by_its_file(exp, capsys, content, problem):
+    from tasu.cli import main
+
+    best = exp / "checkpoints" / "best.json"
+    best.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(MetadataError, match=f"^{re.escape(str(best))}: {problem}: tasu writes this file"):
+        resolve_checkpoint(exp)
+    assert resolve_checkpoint(exp, "last") == exp / "checkpoints" / "step_000040"   # the other names still work
+    assert main(["decode", "--exp", str(exp), "--data", str(exp / "none.jsonl"), "--out", str(exp / "d")]) == 1
+    assert capsys.readouterr().err.startswith(f"tasu decode: error: {best}: ")   # one line, the file named
 
 
 def test_a_damaged_weights_file_is_named_and_never_unpickled(tmp_path):

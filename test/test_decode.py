@@ -129,6 +129,12 @@ def test_a_hyp_trn_that_is_not_this_decode_s_is_refused_and_left_as_it_was(exp, 
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
         assert (out / "hyp.trn").read_bytes() == content
+    (out / "hyp.trn").write_bytes(b"t0\thello\n")
+    for settings in ("[]", '{"beam": 2'):   # decode.json damaged: named, not a bare JSONDecodeError
+        (out / "decode.json").write_text(settings)
+        assert tasu_decode(exp / "exp", exp / "test.jsonl", out) == 1
+        assert f"error: {out / 'decode.json'}: not " in capsys.readouterr().err
+        assert (out / "hyp.trn").read_bytes() == b"t0\thello\n"
 
 
 def test_simulated_input_loads_no_encoder(exp, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tasu.cli import main as tasu_main
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError
 from tasu.dump import DONE, FIELD, SECONDS, DumpError, DumpReader, dump_posteriors, identity
+from tasu.fileio import MetadataError
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -251,6 +253,17 @@ def test_a_dump_ark_named_like_a_command_is_read_as_a_file(setup, dump, tmp_path
     reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
     assert torch.equal(reader.load(f"sh payload.sh |:{offset}").ids, reader.load(entry).ids)
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("info", ["[]", "{}", '{"identity": 5}', "{"])
+def test_a_damaged_dump_json_is_named_by_its_file(setup, dump, tmp_path, info):
+    entry = json.loads((dump / "ASR.jsonl").read_text().splitlines()[0])[FIELD]
+    ark, offset = entry.rsplit(":", 1)
+    shutil.copy(ark, tmp_path / "post.1.ark")
+    (tmp_path / "dump.json").write_text(info)
+    reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
+    with pytest.raises(MetadataError, match=f"^{re.escape(str(tmp_path / 'dump.json'))}: not "):
+        reader.load(f"{tmp_path / 'post.1.ark'}:{offset}")
 
 
 def test_recipe_names_a_dump_directory_by_what_made_it(setup, tmp_path, capsys):
