@@ -66,6 +66,8 @@ def _simulation_config(args: argparse.Namespace):
     def value(name, default):
         return default if getattr(args, name) is None else getattr(args, name)
 
+    if args.wer is not None and not 0 <= args.wer[0] <= args.wer[1] <= 1:   # NaN fails it too
+        raise ConfigError(f"--wer {args.wer[0]} {args.wer[1]}: need 0 <= LO <= HI <= 1 (rates: 0.1 is 10 %)")
     wer = None if args.wer is None else WERSchedule(start=tuple(args.wer), end=tuple(args.wer))
     try:
         return SimulationConfig(alpha=(value("alpha_min", 0.0), value("alpha_max", 0.1)),
@@ -186,6 +188,20 @@ def _results(args: argparse.Namespace) -> int:
     return run_results(args.exp_root, compare=args.compare)
 
 
+def at_least(least: int):
+    """An argparse type: a whole number of at least ``least``, refused while the command line is read
+    (before any model loads) with the option named."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return whole_number
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,8 +218,8 @@ def get_parser() -> argparse.ArgumentParser:
     trained = argparse.ArgumentParser(add_help=False)   # decode and transcribe: a trained model, beam search
     trained.add_argument("--checkpoint", default="best",
                          help="best (lowest validation loss; last when never validated), last, or step_N")
-    trained.add_argument("--beam", type=int, default=4, help="beam size")
-    trained.add_argument("--max-new-tokens", type=int, default=200, help="hard cap on each output's length")
+    trained.add_argument("--beam", type=at_least(1), default=4, help="beam size")
+    trained.add_argument("--max-new-tokens", type=at_least(1), default=200, help="hard cap on each output's length")
     trained.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
     trained.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                          help="change the saved config, e.g. llm.path=DIR when the base models moved")
@@ -224,12 +240,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="a registered encoder backend (sensevoice, small_ctc, hf_ctc, espnet, ...) "
                         "or auto: detected from the files of --encoder (default)")
     p.add_argument("--text", required=True, help="the transcript to simulate")
-    p.add_argument("--topk", type=int, default=3, help="entries to print per row")
+    p.add_argument("--topk", type=at_least(1), default=3, help="entries to print per row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None,
                    help="experiment YAML whose simulation section to show (KEY=VALUE overrides after it)")
-    p.add_argument("--step", type=int, default=0, help="training step (where a WER schedule stands)")
-    p.add_argument("--samples", type=int, default=1, help="draws the mean token error rate is taken over")
+    p.add_argument("--step", type=at_least(0), default=0, help="training step (where a WER schedule stands)")
+    p.add_argument("--samples", type=at_least(1), default=1, help="draws the mean token error rate is taken over")
     p.add_argument("--alpha-min", type=float, default=None, help="smoothing alpha ~ U(min, max) (0)")
     p.add_argument("--alpha-max", type=float, default=None, help="(0.1)")
     p.add_argument("--drop-prob", type=float, default=None, help="probability of dropping a token row (0.05)")
@@ -280,8 +296,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="simulated: posteriors simulated from each record's transcript; posteriors: the "
                         "encoder's, read from a dump (the JSONL tasu dump-posteriors writes); neither loads "
                         "encoder weights")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (sorted by length)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="> 0: no n-gram repeats in an output")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="utterances per batch (sorted by length)")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, help="> 0: no n-gram repeats in an output")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1: penalise tokens already generated")
     p.add_argument("--seed", type=int, default=0,
                    help="--input simulated: which draw of the simulated posteriors (each record's rows are "
@@ -297,11 +313,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dump directory: ark/scp, one JSONL per input with each "
                    "record's entry, dump.json, .done; run again to resume")
     p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
-    p.add_argument("--nj", type=int, default=1, help="jobs the recordings are split over")
+    p.add_argument("--nj", type=at_least(1), default=1, help="jobs the recordings are split over")
     p.add_argument("--job", type=int, default=None,
                    help="run only this job (1..NJ), e.g. one of a job runner's array; without it every "
                         "unfinished job runs, then the JSONL files and .done are written")
-    p.add_argument("--batch-size", type=int, default=8, help="recordings per encoder batch")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="recordings per encoder batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. compress.topk=16")
@@ -312,7 +328,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", required=True, help="experiment, checkpoint or exported directory")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate and channels)")
     p.add_argument("--task", default="ASR", help="a task of the model's prompt set (default: ASR)")
-    p.add_argument("--nbest", type=int, default=0,
+    p.add_argument("--nbest", type=at_least(0), default=0,
                    help="> 0: print the n best hypotheses, as FILE<TAB>rank<TAB>score<TAB>text")
     p.set_defaults(func=_transcribe)
 
@@ -330,8 +346,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="experiment YAML whose simulation and compress sections are compared (default: tasu's)")
     p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
-    p.add_argument("--limit", type=int, default=None, help="analyze the first N records only")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=at_least(1), default=None, help="analyze the first N records only")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     p.add_argument("--match-wer", action="store_true",
                    help="simulate each utterance at the token error rate of its real rows (how the rows err, "

@@ -55,6 +55,7 @@ leaves that file as it was. Nothing is lost when a run is killed: every finished
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import sys
@@ -110,7 +111,7 @@ class DecodeOptions:
                 raise DecodeError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.no_repeat_ngram_size < 0:
             raise DecodeError(f"no_repeat_ngram_size must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
-        if self.repetition_penalty <= 0:
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):   # NaN fails both
             raise DecodeError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}")
 
 

@@ -26,3 +26,28 @@ def test_a_failing_command_prints_one_line_and_exits_1(tmp_path, capsys):
                           "--metric", "wer", "--debug"], capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr   # --debug: where it failed
     assert "tasu score: error: " not in out.stderr   # no command prints its own errors past --debug
+
+
+def test_counts_and_sizes_are_checked_while_the_command_line_is_read(tmp_path, capsys):
+    """A beam of 0, a batch of -5 or --nbest -1 stopped only after the model had loaded, or (analyze's
+    batch size) was taken as 'everything in one batch'; --repetition-penalty nan and --wer HI < LO
+    named no option. Nothing here exists: each is refused before anything is opened."""
+    import pytest
+
+    nothing = str(tmp_path / "none")
+    cases = [(["decode", "--exp", nothing, "--data", nothing, "--out", nothing, "--beam", "0"],
+              "argument --beam: must be at least 1, got 0"),
+             (["analyze", "--config", nothing, "--data", nothing, "--out", nothing, "--batch-size", "-5"],
+              "argument --batch-size: must be at least 1, got -5"),
+             (["transcribe", "--exp", nothing, "--nbest", "-1", nothing],
+              "argument --nbest: must be at least 0, got -1"),
+             (["dump-posteriors", "--config", nothing, "--data", nothing, "--out", nothing, "--nj", "x"],
+              "argument --nj: expected a whole number, got 'x'")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+    assert main(["decode", "--exp", nothing, "--data", nothing, "--out", nothing, "--repetition-penalty", "nan"]) == 1
+    assert capsys.readouterr().err == "tasu decode: error: repetition_penalty must be > 0 (1: off), got nan\n"
+    assert main(["simulate", "--encoder", nothing, "--text", "a", "--wer", "0.5", "0.1"]) == 1
+    assert "--wer 0.5 0.1: need 0 <= LO <= HI <= 1" in capsys.readouterr().err
