@@ -131,6 +131,19 @@ def test_samples_that_are_not_numbers_are_refused(tmp_path):
         load_audio(str(tmp_path / "nan.wav"), key="u1")
 
 
+def test_a_sample_rate_no_audio_has_is_refused(tmp_path):
+    """A damaged header (or sample_rate=1 handed to Speech2Text) would be resampled to 16,000 times the
+    samples: many gigabytes for a second of audio."""
+    from tasu.data.audio import to_16k_mono
+
+    soundfile.write(tmp_path / "slow.wav", np.zeros(100, np.int16), 100)
+    for read in (load_audio, audio_info):   # validation finds it from the header
+        with pytest.raises(AudioError, match=r"slow\.wav: sample rate 100 Hz: not audio \(tasu reads 1000-384000"):
+            read(str(tmp_path / "slow.wav"))
+    with pytest.raises(AudioError, match="sample rate 1 Hz"):
+        to_16k_mono(np.zeros(16000, np.float32), 1, "<array>")
+
+
 def test_wav_in_ark(arks):
     x = load_audio(arks["mono8k"])
     assert x.dtype == np.float32 and x.shape == (RATE,)

@@ -45,6 +45,7 @@ from kaldiio.matio import read_kaldi
 from tasu.data.records import DataError
 
 SAMPLE_RATE = 16000
+RATES = (1000, 384000)   # sample rates read as audio: anything else is a damaged header or a wrong argument
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
@@ -114,6 +115,7 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     a result shorter than one 10 ms frame, or samples that are NaN or infinite (a float file can hold
     them), are refused (see :func:`load_audio`) as an ``AudioError`` naming ``path`` (and ``key``).
     """
+    _refuse_odd_rate(rate, path, key)
     samples = _to_float(np.asarray(samples))
     if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
         bad = int(np.count_nonzero(~np.isfinite(samples)))
@@ -143,8 +145,14 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
         raise AudioError(path, str(e), key) from None
     except _READ_ERRORS as e:
         raise AudioError(path, f"cannot read: {e}", key) from None
+    _refuse_odd_rate(rate, path, key)
     _refuse_too_short(last - first, rate, path, key)
     return AudioInfo(last - first, rate)
+
+
+def _refuse_odd_rate(rate: int, path: str, key: str | None) -> None:
+    if not RATES[0] <= rate <= RATES[1]:   # resampling 1 Hz to 16 kHz would ask for 16,000 times the samples
+        raise AudioError(path, f"sample rate {rate} Hz: not audio (tasu reads {RATES[0]}-{RATES[1]} Hz)", key)
 
 
 def _refuse_too_short(samples: int, rate: int, path: str, key: str | None) -> None:
