@@ -61,7 +61,7 @@ def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
         f"{d}/segments:2: start and end must be numbers of seconds, not 'x' and '1'",
         f"{d}/segments:3: start 2 and end 1 do not make a segment (0 <= start < end, or end -1)",
         f"{d}/segments:4: needs recording, start and end after the utterance id, not 2 fields",
-        f"{d}/text:5: utterance id 'u/4' contains '/'; keys may not contain '/' or whitespace",
+        f"{d}/text:5: utterance id 'u/4' contains '/'; keys may not contain '/', whitespace or control characters",
     ]
     with pytest.raises(DataDirError, match=r"nowhere/wav\.scp: cannot open: No such file or directory"):
         read_data_dir(tmp_path / "nowhere")

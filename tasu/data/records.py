@@ -36,7 +36,7 @@ ASR_LIKE_TASKS = frozenset({"ASR", "prevtext", "hotword"})
 
 _FIELDS = ("key", "task", "target", "path", "GT", "start", "end")
 _BOM = b"\xef\xbb\xbf"
-_BAD_KEY_CHAR = re.compile(r"[\s/]")
+_BAD_KEY_CHAR = re.compile(r"[\s/\x00-\x1f\x7f]")   # a NUL cannot be in a file name, nor any in a Kaldi table
 # The latest a segment may start or end, in seconds: a day. Corpora segment recordings of minutes to
 # hours; a time past a day is a unit mistake (milliseconds or samples written as seconds), and
 # JSON's Infinity or 1e308 would overflow the sample offsets computed from it when the audio is read.
@@ -121,8 +121,9 @@ def key_problem(key: str) -> str | None:
     bad = _BAD_KEY_CHAR.search(key)
     if bad is None:
         return None
-    what = "'/'" if bad.group() == "/" else f"whitespace ({bad.group()!r})"
-    return f"{key!r} contains {what}; keys may not contain '/' or whitespace"
+    c = bad.group()
+    what = "'/'" if c == "/" else f"whitespace ({c!r})" if c.isspace() else f"a control character ({c!r})"
+    return f"{key!r} contains {what}; keys may not contain '/', whitespace or control characters"
 
 
 def _is_number(value: Any) -> bool:
