@@ -317,6 +317,15 @@ def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(t
     cpus = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", "--ngpu", "2", "--device", "cpu", *paths).stdout
     assert re.match(r"--gpu 0 \S+ deepspeed --num_gpus 2 ", cpus) and "engine.device=cpu" in cpus, cpus
 
+    # a run again (resuming a killed one) keeps the earlier runs' logs: why they stopped
+    logs = recipe / "exp" / "tasu_train_text" / "log"
+    logs.mkdir(parents=True, exist_ok=True)   # (echo, the job runner here, writes none)
+    for run in ("first", "second"):
+        (logs / "train.log").write_text(f"the {run} run\n")
+        assert "the earlier run's log is now" in sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3",
+                                                    *paths).stderr
+    assert [(logs / f"train.log.{i}").read_text() for i in (1, 2)] == ["the first run\n", "the second run\n"]
+
 
 def test_librispeech_prepares_the_run_s_sets_and_names_the_missing_subset(tmp_path):
     corpus = write_librispeech(tmp_path / "corpora")   # train-clean-100, dev-clean, test-clean only

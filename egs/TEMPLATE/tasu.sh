@@ -341,6 +341,12 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
     train_cmd+=(--module tasu.cli train)
   fi
   write_reentry "${exp}" "${n}" "training ${exp}"
+  local kept=1   # an earlier run's log (why it stopped, its losses) is kept, not overwritten: train.log.1, .2, ...
+  if [ -e "${exp}/log/train.log" ]; then
+    while [ -e "${exp}/log/train.log.${kept}" ]; do kept=$((kept + 1)); done
+    mv "${exp}/log/train.log" "${exp}/log/train.log.${kept}"
+    log "the earlier run's log is now ${exp}/log/train.log.${kept}"
+  fi
   log "training log: ${exp}/log/train.log (re-enter with ${exp}/run.sh)"
   # shellcheck disable=SC2086
   ${cuda_cmd} --gpu "$([ "${device}" = cpu ] && echo 0 || echo "${ngpu}")" "${runner_opts[@]}" "${exp}/log/train.log" \
