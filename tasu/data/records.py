@@ -251,11 +251,14 @@ _SPACED_COLON = re.compile(r'"[ \t\r\n]+:')   # a name written '"name" :' (or a 
 def _repeated_name(text: str, obj: dict[str, Any]) -> str | None:
     """A name the object ``text`` holds twice (``json.loads`` keeps its last value), or None.
 
-    Cheap for the usual line: each name is written ``"name":``, so when ``":`` occurs exactly as
-    often as the object has names and no name is written with space before its colon, none is
-    repeated. Only other lines (nested objects, an escaped quote before a colon in a value, a space
-    before a colon) are parsed again, pair by pair.
+    Cheap for the usual line: every name is followed by a colon, so a line with no more colons than
+    the object has names holds no name twice; nor does one (a value with a colon: an ark offset, a
+    time) where ``":`` occurs exactly as often as the object has names and no name is written with
+    space before its colon. Only other lines (nested objects, an escaped quote before a colon in a
+    value, a space before a colon) are parsed again, pair by pair.
     """
+    if text.count(":") == len(obj):
+        return None
     if text.count('":') == len(obj) and _SPACED_COLON.search(text) is None:
         return None
     repeated: list[str] = []
