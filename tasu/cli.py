@@ -346,7 +346,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="experiment YAML whose simulation and compress sections are compared (default: tasu's)")
     p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
-    p.add_argument("--limit", type=at_least(1), default=None, help="analyze the first N records only")
+    p.add_argument("--limit", type=int, default=None, help="analyze the first N records only")
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation")
     p.add_argument("--match-wer", action="store_true",
