@@ -425,15 +425,22 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
         raise ScoreError(f"{hyp_path} against {ref_path}: {e}") from None
     result.ref, result.hyp = str(ref_path), str(hyp_path)
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
+    files = {"alignment.txt" if metric in ("wer", "cer") else "per_utt.tsv":
+             "".join(lines) if metric in ("wer", "cer") else "key\tflags\tref\thyp\n" + "".join(lines),
+             "missing_keys.txt": "".join(k + "\n" for k in result.missing_keys),
+             "extra_keys.txt": "".join(k + "\n" for k in result.extra_keys),
+             "result.txt": render_summary(result, out.resolve().name),
+             "score.json": json.dumps(result.as_dict(), indent=1, ensure_ascii=False) + "\n"}
+    # Checked before any is written: a directory in the way would otherwise stop the writes half-way,
+    # leaving this run's first files beside an earlier run's score.json.
+    if out.exists() and not out.is_dir():
+        raise ScoreError(f"{out}: not a directory (score writes {', '.join(files)} into it)")
+    for name in files:
+        if (out / name).is_dir():
+            raise ScoreError(f"{out / name} is a directory: score writes a file of that name; remove it")
     out.mkdir(parents=True, exist_ok=True)
-    if metric in ("wer", "cer"):
-        write_atomic(out / "alignment.txt", "".join(lines))
-    else:
-        write_atomic(out / "per_utt.tsv", "key\tflags\tref\thyp\n" + "".join(lines))
-    write_atomic(out / "missing_keys.txt", "".join(k + "\n" for k in result.missing_keys))
-    write_atomic(out / "extra_keys.txt", "".join(k + "\n" for k in result.extra_keys))
-    write_atomic(out / "result.txt", render_summary(result, out.resolve().name))
-    write_atomic(out / "score.json", json.dumps(result.as_dict(), indent=1, ensure_ascii=False) + "\n")
+    for name, text in files.items():
+        write_atomic(out / name, text)
     return result
 
 

@@ -256,6 +256,25 @@ def test_run_score(tmp_path, capsys):
     assert capsys.readouterr().err == f"tasu score: error: {hyp}:2: duplicate key 'u1'\n"
 
 
+def test_an_output_path_in_the_way_stops_scoring_before_anything_is_written(tmp_path, capsys):
+    """--out naming a file said only 'File exists'; a directory named score.json stopped the writes after
+    alignment.txt and result.txt had replaced an earlier run's, beside its score.json."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    hyp = write(tmp_path / "hyp", ["u1\thello word"])
+    (tmp_path / "file").write_text("x")
+    assert tasu_score(ref, hyp, "wer", "--out", str(tmp_path / "file")) == 1
+    assert capsys.readouterr().err == (f"tasu score: error: {tmp_path / 'file'}: not a directory (score writes "
+                                       "alignment.txt, missing_keys.txt, extra_keys.txt, result.txt, score.json "
+                                       "into it)\n")
+    out = tmp_path / "o"
+    (out / "score.json").mkdir(parents=True)
+    (out / "result.txt").write_text("an earlier run's\n")
+    assert tasu_score(ref, hyp, "wer", "--out", str(out)) == 1
+    assert f"{out / 'score.json'} is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["result.txt", "score.json"]
+    assert (out / "result.txt").read_text() == "an earlier run's\n"
+
+
 def test_score_errors_are_reported_by_the_command_once(tmp_path, capsys):
     """A file that cannot be read is one line in the command's format (not Python's ``[Errno 2] ...``),
     and ``--debug`` shows the traceback: run_score raises, tasu.cli.main reports."""
