@@ -490,10 +490,11 @@ fi
 
 if runs 4; then
   [ -e "${text_exp}/checkpoints/last" ] || die "${text_exp} has no checkpoint: run stage 3 first"
+  stage2_files=()   # stage 2's audio task files of the training and validation sets
   for set in ${train_set} ${valid_set}; do
-    # shellcheck disable=SC2046
-    need_files 4 $(for spec in ${tasks}; do echo "${dumpdir}/${set}/$(task_name "${spec}").jsonl"; done)
+    for spec in ${tasks}; do stage2_files+=("${dumpdir}/${set}/$(task_name "${spec}").jsonl"); done
   done
+  need_files 4 "${stage2_files[@]}"
   audio_data=${dumpdir}
   audio_mode=audio
   # shellcheck disable=SC2086
@@ -560,7 +561,7 @@ if runs 5; then
     for set in ${test_sets}; do
       for spec in ${tasks}; do
         parts+=("${set}" "$(task_name "${spec}")")
-        [ -f "${dumpdir}/${set}/${parts[-1]}.jsonl" ] || die "${dumpdir}/${set}/${parts[-1]}.jsonl does not exist: run stage 2 first"
+        need_files 5 "${dumpdir}/${set}/${parts[-1]}.jsonl"
       done
     done
     audio_data=${dumpdir}
