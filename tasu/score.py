@@ -425,8 +425,11 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
         raise ScoreError(f"{hyp_path} against {ref_path}: {e}") from None
     result.ref, result.hyp = str(ref_path), str(hyp_path)
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
-    files = {"alignment.txt" if metric in ("wer", "cer") else "per_utt.tsv":
-             "".join(lines) if metric in ("wer", "cer") else "key\tflags\tref\thyp\n" + "".join(lines),
+    if metric in ("wer", "cer"):
+        per_utterance = {"alignment.txt": "".join(lines)}
+    else:
+        per_utterance = {"per_utt.tsv": "key\tflags\tref\thyp\n" + "".join(lines)}
+    files = {**per_utterance,
              "missing_keys.txt": "".join(k + "\n" for k in result.missing_keys),
              "extra_keys.txt": "".join(k + "\n" for k in result.extra_keys),
              "result.txt": render_summary(result, out.resolve().name),
