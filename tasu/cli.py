@@ -202,6 +202,15 @@ def at_least(least: int):
     return whole_number
 
 
+def key_value(text: str) -> str:
+    """The argparse type of ``--set``: one ``KEY=VALUE``. ``--set`` takes every word after it, so an
+    audio file written after it would be taken as an override and the files reported missing."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (put --set after the other arguments, "
+                                         "or '--' between its last KEY=VALUE and them)")
+    return text
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,7 +230,8 @@ def get_parser() -> argparse.ArgumentParser:
     trained.add_argument("--beam", type=at_least(1), default=4, help="beam size")
     trained.add_argument("--max-new-tokens", type=at_least(1), default=200, help="hard cap on each output's length")
     trained.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
-    trained.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+    trained.add_argument("--set", dest="overrides", nargs="+", action="extend", type=key_value, default=[],
+                         metavar="KEY=VALUE",
                          help="change the saved config, e.g. llm.path=DIR when the base models moved")
 
     p = sub.add_parser("validate", help="check JSONL data files (and their audio) before training",
@@ -319,7 +329,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "unfinished job runs, then the JSONL files and .done are written")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="recordings per encoder batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", type=key_value, default=[],
+                   metavar="KEY=VALUE",
                    help="config overrides, e.g. compress.topk=16")
     p.set_defaults(func=_dump_posteriors)
 

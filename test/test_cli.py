@@ -51,3 +51,26 @@ def test_counts_and_sizes_are_checked_while_the_command_line_is_read(tmp_path, c
     assert capsys.readouterr().err == "tasu decode: error: repetition_penalty must be > 0 (1: off), got nan\n"
     assert main(["simulate", "--encoder", nothing, "--text", "a", "--wer", "0.5", "0.1"]) == 1
     assert "--wer 0.5 0.1: need 0 <= LO <= HI <= 1" in capsys.readouterr().err
+
+
+def test_set_takes_only_key_value_words(tmp_path, capsys):
+    """'tasu transcribe --exp E --set k=v a.wav': --set took the audio file too, and the command said
+    'the following arguments are required: audio'. A word without '=' is now refused with the remedy;
+    after '--', or with --set last, the same command line parses."""
+    import pytest
+
+    from tasu.cli import get_parser
+
+    nothing = str(tmp_path / "none")
+    for argv in (["transcribe", "--exp", nothing, "--set", "llm.path=/m", "a.wav"],
+                 ["dump-posteriors", "--config", nothing, "--data", nothing, "--out", nothing, "--set", "topk"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().endswith(
+            f"argument --set: {argv[-1]!r} is not KEY=VALUE (put --set after the other arguments, "
+            "or '--' between its last KEY=VALUE and them)")
+    for argv in (["transcribe", "--exp", nothing, "--set", "llm.path=/m", "b=1", "--", "a.wav"],
+                 ["transcribe", "--exp", nothing, "a.wav", "--set", "llm.path=/m", "b=1"]):
+        args = get_parser().parse_args(argv)
+        assert (args.audio, args.overrides) == (["a.wav"], ["llm.path=/m", "b=1"])
