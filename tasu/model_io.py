@@ -145,17 +145,28 @@ def load_trainable(ckpt: Path) -> dict:
     """The trained weights of checkpoint ``ckpt``, read as safetensors (never unpickled).
 
     A file cut short by a full disk or an interrupted copy, or another format under this name,
-    is a ``CheckpointError`` naming the file: safetensors' own error names neither.
+    is a ``CheckpointError`` naming the file: safetensors' own error names neither. So is a tensor
+    that no training writes: whole numbers (loaded into a float model they would pass silently) or
+    NaN/inf (every output would be garbage).
     """
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = ckpt / MODEL_DIR / WEIGHTS
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except SafetensorError as e:
         raise CheckpointError(f"{path}: damaged: truncated, or not a safetensors file ({e}); "
                               "use another checkpoint, or train again") from None
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path}: {name} holds {str(t.dtype).removeprefix('torch.')} values, "
+                                  "where trained weights are floating point: not a checkpoint tasu wrote")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: {name} holds NaN or infinite values: use another checkpoint, "
+                                  "or train again")
+    return state
 
 
 def check_fits(model_shapes: dict, state: dict, source: Path) -> None:

@@ -67,3 +67,25 @@ def test_a_damaged_weights_file_is_named_and_never_unpickled(tmp_path):
         with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: damaged: truncated, or not a "
                                                   r"safetensors file \(.+\); use another checkpoint"):
             load_trainable(ckpt)
+
+
+@pytest.mark.parametrize("tensor, problem", [
+    ("int64", "holds int64 values, where trained weights are floating point: not a checkpoint tasu wrote"),
+    ("nan", "holds NaN or infinite values: use another checkpoint, or train again"),
+    ("inf", "holds NaN or infinite values: use another checkpoint, or train again"),
+])
+def test_weights_no_training_writes_are_refused(tmp_path, tensor, problem):
+    """Whole numbers would load into the float model without a word; NaN would make every output garbage."""
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / checkpoint_name(2)
+    (ckpt / MODEL_DIR).mkdir(parents=True)
+    weights = ckpt / MODEL_DIR / WEIGHTS
+    bad = {"int64": torch.ones(4, 4, dtype=torch.int64), "nan": torch.tensor([[0.5, float("nan")]]),
+           "inf": torch.tensor([float("-inf")], dtype=torch.bfloat16)}[tensor]
+    save_file({"projector.bias": torch.zeros(4), "projector.weight": bad}, str(weights))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: projector.weight {re.escape(problem)}$"):
+        load_trainable(ckpt)
+    save_file({"projector.weight": torch.ones(2, dtype=torch.bfloat16)}, str(weights))
+    assert load_trainable(ckpt)["projector.weight"].dtype == torch.bfloat16   # any float type a run trains in
