@@ -21,7 +21,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from tasu.score import HEADERS, METRICS, ScoreError, ScoreResult, separator
+from tasu.score import HEADERS, METRICS, ScoreError, ScoreResult, markdown_cell, separator
 
 TITLES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "acc": "Accuracy"}
 
@@ -114,7 +114,8 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
             raise ScoreError(f"no experiment {name!r} (have: {', '.join(exps) or 'none'})")
     side = {(r.exp, r.dataset, r.result.metric): r.result for r in rows if r.exp in (a, b)}
     keys = dict.fromkeys((d, m) for _, d, m in sorted(side, key=lambda k: (METRICS.index(k[2]), k[1])))
-    out = [f"## {a} vs {b}", "", f"|dataset|metric|Snt|{a}|{b}|{b} - {a}|better|",
+    ca, cb = markdown_cell(a), markdown_cell(b)
+    out = [f"## {a} vs {b}", "", f"|dataset|metric|Snt|{ca}|{cb}|{cb} - {ca}|better|",
            "|---|---|---|---|---|---|---|"]
     mismatch = False
     for dataset, metric in keys:
@@ -123,10 +124,10 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
             snt, mismatch = f"{ra.snt}/{rb.snt}", True
         else:
             snt = str((ra or rb).snt)
-        cells = [dataset, TITLES[metric], snt, *(f"{x.value:.2f}" if x else "-" for x in (ra, rb))]
+        cells = [markdown_cell(dataset), TITLES[metric], snt, *(f"{x.value:.2f}" if x else "-" for x in (ra, rb))]
         if ra and rb:
             diff = rb.value - ra.value
-            better = "=" if abs(diff) < 5e-3 else b if (diff < 0) == (metric in ("wer", "cer")) else a
+            better = "=" if abs(diff) < 5e-3 else cb if (diff < 0) == (metric in ("wer", "cer")) else ca
             cells += [f"{diff:+.2f}", better]
         else:
             cells += ["-", "-"]

@@ -217,6 +217,37 @@ def _check_fields(obj: dict, checks: dict, prefix: str = "", optional: tuple[str
             raise ValueError(f"{prefix}{key}: must be {what}, not {_shown(obj[key])}")
 
 
+def _check_sums(d: dict) -> None:
+    """A ValueError when the counts of a score.json disagree with each other or with its value: a
+    hand-edited file would otherwise print a table such as "Corr 300 %" as if it had been scored."""
+    snt, value, counts = d["snt"], d["value"], d["counts"]
+    if snt < 1:
+        raise ValueError(f"snt: {snt}: a score is over one utterance or more")
+    for key, n in (("empty", d["empty"]), ("looping", d["looping"]), ("missing_keys", len(d["missing_keys"])),
+                   ("counts.s_err", counts.get("s_err", 0)), ("counts.correct", counts.get("correct", 0))):
+        if n > snt:
+            raise ValueError(f"{key}: {n} utterances of snt {snt}")
+    if d["metric"] in ("wer", "cer"):
+        wrd, scored = counts["wrd"], counts["corr"] + counts["sub"] + counts["del"]
+        if wrd < 1 or scored != wrd:
+            raise ValueError(f"counts: corr + sub + del is {scored} and wrd {wrd}: every reference unit is "
+                             "correct, substituted or deleted, and a score is over one unit or more")
+        expected = 100 * (counts["sub"] + counts["del"] + counts["ins"]) / wrd
+    elif d["metric"] == "acc":
+        expected = 100 * counts["correct"] / snt
+    elif not -0.005 <= value <= 100.005:   # sacrebleu's own sums may give 100.00000000000004
+        raise ValueError(f"value: BLEU is between 0 and 100, not {value}")
+    else:
+        expected = value
+    if abs(value - expected) > 0.005:
+        raise ValueError(f"value: {value}, where the counts give {expected:.2f}")
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as one markdown table cell: a ``|`` in it would otherwise start another column."""
+    return text.replace("|", "\\|")
+
+
 def _shown(value: Any) -> str:
     """A JSON value for an error message, cut short: a tampered field may hold a long list."""
     text = json.dumps(value, ensure_ascii=False)
@@ -262,10 +293,12 @@ class ScoreResult:
         _check_fields(d, _FIELDS, optional=("ref", "hyp"))   # they have defaults: a score.json may lack them
         _check_fields(d["counts"], _COUNTS[d["metric"]], "counts.")
         _check_fields(d["details"], _DETAILS[d["metric"]], "details.")
+        _check_sums(d)
         return cls(**d)
 
     def to_markdown_row(self, dataset: str) -> str:
-        """One row under ``HEADERS[metric]`` (one decimal as in ESPnet's RESULTS.md; BLEU two)."""
+        """One row under ``HEADERS[metric]`` (one decimal as in ESPnet's RESULTS.md; BLEU two); a ``|``
+        in ``dataset`` is escaped, as it would end the cell."""
         if self.metric in ("wer", "cer"):
             c, n = self.counts, max(self.counts["wrd"], 1)
             pct = [100 * c[k] / n for k in ("corr", "sub", "del", "ins")]
@@ -276,7 +309,7 @@ class ScoreResult:
             cells = [self.snt, f"{self.value:.2f}", f"{self.details['chrf']:.2f}", self.details["tokenize"]]
         else:
             cells = [self.snt, f"{self.value:.1f}"]
-        return "|" + "|".join(str(x) for x in [dataset, *cells]) + "|"
+        return "|" + "|".join(str(x) for x in [markdown_cell(dataset), *cells]) + "|"
 
     def diagnostics(self) -> str:
         """Missing/extra/empty/looping counts in one line (the failures a speech LLM has)."""

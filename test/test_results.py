@@ -195,6 +195,15 @@ def test_environment_never_imports_torch():
     ({"value": None}, "value: must be a number, not null"),
     ({"missing_keys": "u1"}, 'missing_keys: must be a list of keys, not "u1"'),
     ({"surprise": 1}, "unknown field 'surprise'"),
+    # counts that no scoring writes: 'Corr 300 %' would be printed as if it had been scored
+    ({"counts": {"wrd": 2, "corr": 6, "sub": 0, "del": 0, "ins": 0, "s_err": 1}},
+     "counts: corr + sub + del is 6 and wrd 2: every reference unit is correct, substituted or deleted, "
+     "and a score is over one unit or more"),
+    ({"value": 10.0}, "value: 10.0, where the counts give 50.00"),
+    ({"snt": 0}, "snt: 0: a score is over one utterance or more"),
+    ({"empty": 3}, "empty: 3 utterances of snt 1"),
+    ({"counts": {"wrd": 2, "corr": 1, "sub": 0, "del": 1, "ins": 0, "s_err": 2}},
+     "counts.s_err: 2 utterances of snt 1"),
 ])
 def test_a_tampered_score_json_is_named_with_its_field(tmp_path, capsys, change, message):
     ref = write(tmp_path / "ref", ["u1\thello world"])
@@ -204,6 +213,39 @@ def test_a_tampered_score_json_is_named_with_its_field(tmp_path, capsys, change,
     assert tasu_results(str(tmp_path / "exp")) == 1
     assert capsys.readouterr().err == (f"tasu results: error: {path}: not a score.json written by 'tasu score' "
                                        f"({message})\n")
+
+
+def test_an_accuracy_or_bleu_score_json_must_agree_with_its_value(tmp_path):
+    label = write(tmp_path / "label", ["u1\tiot", "u2\tmusic"])
+    score_files(label, write(tmp_path / "exp/a/test/hyp", ["u1\tiot", "u2\tiot"]), "acc")
+    path = tmp_path / "exp/a/test/score.json"
+    scored = json.loads(path.read_text())
+    assert collect_results(tmp_path / "exp")[0].result.value == 50.0
+    for change, message in [({"value": 100.0}, r"value: 100.0, where the counts give 50.00"),
+                            ({"counts": {"correct": 3}}, r"counts.correct: 3 utterances of snt 2")]:
+        path.write_text(json.dumps({**scored, **change}))
+        with pytest.raises(ScoreError, match=rf"score.json: not a score.json .*\({message}\)"):
+            collect_results(tmp_path / "exp")
+    zh = write(tmp_path / "zh", ["u1\t我今天去公园散步。"])
+    score_files(zh, write(tmp_path / "exp/a/test/hyp", ["u1\t我今天去公园散步。"]), "bleu")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "value": 120.0}))
+    with pytest.raises(ScoreError, match=r"\(value: BLEU is between 0 and 100, not 120.0\)"):
+        collect_results(tmp_path / "exp")
+
+
+def test_a_bar_in_a_name_stays_inside_its_cell(tmp_path):
+    """Experiment and directory names may hold '|', which would otherwise start another column."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    score_files(ref, write(tmp_path / "exp/lr|1e-4/dev|clean/hyp", ["u1\thello"]), "wer")
+    score_files(ref, write(tmp_path / "exp/b/dev|clean/hyp", ["u1\thello world"]), "wer")
+    rows = collect_results(tmp_path / "exp")
+    table = render_results(rows, ENV)
+    assert "|dev\\|clean|1|2|50.0|0.0|50.0|0.0|50.0|100.0|" in table.splitlines()
+    comparison = render_comparison(rows, "lr|1e-4", "b").splitlines()
+    assert comparison[2] == "|dataset|metric|Snt|lr\\|1e-4|b|b - lr\\|1e-4|better|"
+    assert comparison[4] == "|dev\\|clean|WER|1|50.00|0.00|-50.00|b|"
+    for lines, bars in ((table.splitlines(), 10), (comparison, 8)):   # as many cells as the header
+        assert all(line.replace("\\|", "").count("|") == bars for line in lines if line.startswith("|"))
 
 
 def test_a_bleu_score_json_needs_its_details(tmp_path):
