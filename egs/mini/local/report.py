@@ -33,8 +33,6 @@ import platform
 from collections import Counter
 from pathlib import Path
 
-from tasu.fileio import atomic_replace, write_atomic
-
 TEST_SETS = ("test", "test_ood")
 ENCODER = "encoder CTC greedy"
 TEXT_ONLY = "TASU text-only (zero-shot)"
@@ -339,6 +337,10 @@ def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # tasu is imported here and in insert_summary, not at the top: compare_results.py imports this
+    # module for its row names and must run with any python3, in a shell where tasu is not installed.
+    from tasu.fileio import atomic_replace
+
     agg = aggregate([collect(e) for e in exp_roots])
     fig, (ax_loss, ax_wer, ax_acc) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, tag in SYSTEMS.items():
@@ -374,6 +376,8 @@ def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
 
 def insert_summary(results: Path, text: str) -> None:
     """The summary goes after RESULTS.md's environment block; a re-run replaces its own section."""
+    from tasu.fileio import write_atomic   # here, not at the top: see plot()
+
     lines = results.read_text(encoding="utf-8").splitlines() if results.exists() else ["# RESULTS"]
     start = next((i for i, ln in enumerate(lines) if ln.startswith("## Summary")), None)
     if start is not None:
