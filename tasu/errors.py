@@ -19,7 +19,7 @@ _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 # Errors whose message is written for the user (file, line, field, what to do).
 _OWN_ERRORS = frozenset({"ConfigError", "DataError", "AudioError", "PromptError", "DeviceError", "TrainingError",
                          "DecodeError", "ScoreError", "LockError", "ModelFilesError",
-                         "CheckpointError", "DumpError", "SimulatorError", "MetadataError"})
+                         "CheckpointError", "DumpError", "SimulatorError", "MetadataError", "ResumeError"})
 
 
 def run_reporting(prog: str, call: Callable[[], int], debug: bool | None = False) -> int:

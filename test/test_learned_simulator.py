@@ -232,6 +232,32 @@ def test_a_lost_last_pointer_is_not_a_fresh_start(setup, tmp_path, capsys):
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000010"]
 
 
+def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_path, capsys):
+    """A resumed run whose --data has changed since its teacher set was made would go on from the old
+    run's weights on another set; it stops with one line instead, and leaves the run as it was."""
+    import logging
+    import shutil
+
+    out = tmp_path / "sim"
+    shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")   # step_000010
+    for name in ("teacher.safetensors", "teacher.json"):
+        shutil.copy(setup / "sim" / name, out / name)
+    data = tmp_path / "asr.jsonl"
+    data.write_text((setup / "asr.jsonl").read_text().replace('"target": "', '"target": "please ', 1))
+    try:
+        one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                                       str(data), "--out", str(out), "--resume", *TINY),
+                       f"cannot resume {out}: changed since its run's teacher set was made ({out}/teacher.json): "
+                       "--data (its files or their contents); train into a new --out")
+    finally:
+        log = logging.getLogger("tasu.train_simulator")
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+    assert (out / "teacher.json").read_text() == (setup / "sim" / "teacher.json").read_text()
+    assert (out / "checkpoints" / "last").read_text().strip() == "step_000010"
+
+
 def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, capsys):
     """On resuming, the curve's steps after the checkpoint are dropped (they are redone), and so are
     lines a crash left unreadable (a blank line, NUL bytes where the disk lost a block), rather than

@@ -7,7 +7,10 @@ the cases that need a trained run share one short run.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -73,6 +76,20 @@ def run_cases(cases: list[list[str]]) -> list[dict]:
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"status"')]
+
+
+@contextlib.contextmanager
+def caplog_of(name: str):
+    """The messages logger ``name`` emits inside the block (tasu's loggers do not propagate to pytest's)."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: messages.append(r.getMessage())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
 
 
 def record(key: str, **fields) -> dict:
@@ -185,6 +202,68 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert f"tasu train: error: {exp} already holds checkpoints: pass --resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(setup, tmp_path):
+    """Exact resume holds only for the run that wrote the checkpoint. A training file remade since (as
+    stage 2 remakes one), or a setting changed since, stops the resume with one line that names it: a
+    finished run would otherwise end at once with its old model and exit 0. The run's length may
+    change, and data moved elsewhere (the same bytes) resumes (test_train.py resumes a killed run)."""
+    from tasu.config import load_config
+    from tasu.experiment import ExperimentConfig
+    from tasu.train.same_run import ResumeError, check_same_run, data_record
+
+    train = tmp_path / "train.jsonl"
+    train.write_bytes((setup / "train.jsonl").read_bytes())
+    exp = tmp_path / "exp"
+    cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
+    out = subprocess.run(cmd + [f"data.train=[{train}]"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = exp / "checkpoints" / "step_000002"
+    recorded = json.loads((ckpt / "engine" / "data.json").read_text())
+    assert recorded["train"][0]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
+    prompts = (ckpt / "model" / "prompts.jsonl").read_text()
+
+    def check(*overrides: str) -> None:
+        cfg = load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]", *overrides])
+        for section in (cfg.encoder, cfg.llm):   # as the trainer saves them
+            section.path = str(Path(section.path).resolve())
+        check_same_run(ckpt, cfg, prompts, data_record(cfg))
+
+    check("train.max_steps=5", "train.save_interval=1", "data.num_workers=1")   # the same run, longer
+    with pytest.raises(ResumeError, match=r"optim.lr: 0.001 then, 0.0005 now.*Train into a new --exp-dir"):
+        check("optim.lr=5e-4")
+    with pytest.raises(ResumeError, match=r"data.train weights: \[1.0\] then, \[2.0\] now"):
+        check(f"data.train=[{{path: {train}, weight: 2.0}}]")
+    with pytest.raises(ResumeError, match=r"data.train: 1 file\(s\) then, 2 now"):
+        check(f"data.train=[{train}, {train}]")
+    with pytest.raises(ResumeError, match="the prompt set .* is not the one the run read"):
+        check_same_run(ckpt, load_config(ExperimentConfig, ckpt / "model" / "config.yaml"), prompts + "\n",
+                       recorded)
+
+    # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
+    moved = tmp_path / "elsewhere" / "train.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes(train.read_bytes())
+    check(f"data.train=[{moved}]")
+    train.write_text(train.read_text().replace("turn on the", "turn off the", 1))
+    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume"], env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert (f"tasu train: error: cannot resume {exp} from step_000002: its run read other data or settings: "
+            f"{train}: not the file the run read ({train}, {moved.stat().st_size} bytes") in out.stderr
+    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000002"
+
+    # a damaged record is refused, not trusted; a checkpoint of an older tasu has none: that is said, not refused
+    for damaged in ("{", '{"train": [{"path": 1}], "valid": []}', "[]"):
+        (ckpt / "engine" / "data.json").write_text(damaged)
+        with pytest.raises(ResumeError, match=r"data.json: damaged \(not the record of files a run writes there\)"):
+            check()
+    (ckpt / "engine" / "data.json").unlink()
+    with caplog_of("tasu.train") as records:
+        check()
+    assert any("did not record the run's data" in r for r in records)
 
 
 # Builds the trainer (the prompts are read), edits the prompts file as a user preparing the next run

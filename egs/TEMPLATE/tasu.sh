@@ -422,9 +422,9 @@ if runs 2; then
         log "${out}: its .done does not say what it was made from (an older tasu.sh wrote it): making it again"
       elif [ "$(cat "${out%.jsonl}.done")" != "${made_from[${out}]}" ]; then
         log "${out} was made from '$(cat "${out%.jsonl}.done")', not '${made_from[${out}]}': making it" \
-          "again (experiments that read it are not)"
+          "again (${stale_exps})"
       elif [ -n "$(find "${datadir}/${set}" -newer "${out%.jsonl}.done" -type f 2> /dev/null | head -n 1)" ]; then
-        log "${datadir}/${set} changed after ${out} was made: making it again (experiments that read it are not)"
+        log "${datadir}/${set} changed after ${out} was made: making it again (${stale_exps})"
       else
         log "${out}: already made (${out%.jsonl}.done), skipping"
         return
@@ -445,6 +445,8 @@ if runs 2; then
     [ -n "${made}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
     die "${datadir}/${set} does not exist: stage 1 (local/data.sh) made ${made}; is '${set}' one of its sets?"
   done
+  # an experiment trained on the old file is not trained again: its stage refuses to resume on the new one
+  stale_exps="an experiment that read the old one will not resume on it: remove it to train again"
   new_audio=()
   new_text=()
   declare -A made_from=()

@@ -2,7 +2,8 @@
 
 The layout of an experiment directory, and everything decoding reads (``model/``), is in
 ``tasu.model_io``; training writes ``model/`` with its ``write_model``. Here: ``engine/`` (what
-``--resume`` needs: DeepSpeed's optimizer and scheduler state, our own state), the ``last`` and
+``--resume`` needs: DeepSpeed's optimizer and scheduler state, our own state, and ``data.json``, the
+files the run read, which ``tasu.train.same_run`` checks before resuming), the ``last`` and
 ``best.json`` pointers, and the steps both training loops (``tasu train``, ``tasu train-simulator``)
 take to put a checkpoint in place and to forget, on resuming, the loss curve's steps after it.
 

@@ -32,7 +32,9 @@ Steps, each named in the log:
 Exact resume: the batches of a step are a function of (seed, step) (a seeded permutation per
 epoch), dropout is reseeded from (seed, step) every step, and the learning rate is computed from
 the step, so weights + optimizer moments + the step are everything; a killed run resumed with
-``--resume`` ends with the uninterrupted run's weights, bit for bit (tested).
+``--resume`` ends with the uninterrupted run's weights, bit for bit (tested). A run resumed on
+other inputs than its teacher set's (``teacher.json`` keeps the data files' sha256, the encoder's
+identity and the teacher settings) stops instead of training the old weights on another set.
 
 Why a plain torch loop and not the DeepSpeed engine of ``tasu train``: the simulator is a few
 million parameters trained in one process, where DeepSpeed adds start-up time and nothing else (no
@@ -329,18 +331,28 @@ def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], encoder
     return {"encoder": encoder_identity, "data": digests, "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
 
 
-def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, encoder_identity: dict) -> Teacher:
+def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, encoder_identity: dict,
+                          resuming: bool = False) -> Teacher:
     """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new
-    one made from ``recordings`` (``_recordings`` of ``data``)."""
+    one made from ``recordings`` (``_recordings`` of ``data``). A run ``resuming`` on other inputs than
+    its teacher's would go on training on another set from the old run's weights: it stops instead."""
     from safetensors.torch import load_file
 
-    ident = _teacher_identity(cfg, data, encoder_identity)
+    ident = json.loads(json.dumps(_teacher_identity(cfg, data, encoder_identity)))
     info_path = out / TEACHER_INFO
     if info_path.exists() and (out / TEACHER).exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("identity") == json.loads(json.dumps(ident)):
+        if info.get("identity") == ident:
             log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
             return Teacher(**load_file(str(out / TEACHER)))
+        if resuming:
+            then = info.get("identity") or {}
+            changed = [name for name in ("data", "encoder", "teacher", "topk") if then.get(name) != ident[name]]
+            what = {"data": "--data (its files or their contents)", "encoder": "the encoder (--encoder and compress.*)",
+                    "teacher": "teacher.*", "topk": "model.topk"}
+            raise SimulatorError(f"cannot resume {out}: changed since its run's teacher set was made "
+                                 f"({info_path}): {', '.join(what[n] for n in changed) or 'its inputs'}; train "
+                                 "into a new --out (or remove this one) to use them, or put back what the run read")
     teacher, rates = build_teacher(cfg, recordings, device, encoder_identity)
     save_safetensors_atomic(out / TEACHER, teacher.tensors())
     counts = bin_counts(rates)
@@ -456,7 +468,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
     tokenizer = load_tokenizer(cfg.encoder.path, cfg.encoder.type)
     recordings = _recordings(data, tokenizer, allow_pipes)   # every record checked before anything runs
     encoder_identity = identity(cfg.encoder.path, cfg.encoder.type, cfg.compress)   # reads every encoder file
-    teacher = load_or_build_teacher(cfg, data, out, recordings, device, encoder_identity)
+    teacher = load_or_build_teacher(cfg, data, out, recordings, device, encoder_identity, resuming=last is not None)
     rates = teacher.ter
     sim_config = LearnedSimulatorConfig(
         **asdict(cfg.model), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id,

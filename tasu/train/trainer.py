@@ -12,6 +12,8 @@ steps. Only the trainable weights (projector, LoRA) are in the optimizer and in 
 Exact resume: the data order is a function of (seed, epoch) and the checkpoint stores the batches
 consumed; every step reseeds torch and the simulator from (seed, step, rank). So a run killed with
 SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's losses step for step.
+That holds for the run that wrote the checkpoint only: ``--resume`` first compares its data files (by
+content), prompt set and settings with the checkpoint's, and stops on a difference (``tasu.train.same_run``).
 
 Before the engine starts, the run takes the experiment directory's lock (a second run into it
 stops, naming the first one's pid) and reads every training and validation record once with the
@@ -50,6 +52,7 @@ from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, partial_dir, truncate_curve,
                                    use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
+from tasu.train.same_run import check_same_run, data_record, write_data_record
 from tasu.experiment import ExperimentConfig
 
 log = logging.getLogger("tasu.train")
@@ -168,9 +171,13 @@ class Trainer:
         self._on_all_ranks(self._take_lock, "the experiment directory is in use")
         self._setup_logging()
         refuse_lost_pointer(self.ckpt_root)
-        if not resume and last_checkpoint(self.ckpt_root) is not None:
+        last = last_checkpoint(self.ckpt_root)
+        if not resume and last is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
+        self.data_record = data_record(cfg) if self.rank == 0 else None   # kept in every checkpoint
+        if resume and last is not None:  # before anything loads: a stale run must not go on, nor finish at once
+            self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
         dumps = None
         if cfg.data.mode == "posteriors":
             dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
@@ -226,6 +233,10 @@ class Trainer:
     def _take_lock(self) -> None:
         if self.rank == 0:  # one run, one holder: rank 0 stands for all its processes
             self.lock.acquire()
+
+    def _check_same_run(self, ckpt: Path) -> None:
+        if self.rank == 0:   # the files are the same for every process: one reads them
+            check_same_run(ckpt, self.cfg, self.prompts_text, self.data_record)
 
     def _check_audio(self, prompts: PromptSet) -> None:
         """Every audio header of this rank's share of the records: there, whole, within its segment.
@@ -481,6 +492,7 @@ class Trainer:
             torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
             if self.rank == 0:
                 write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, self.prompts_text)
+                write_data_record(partial / ENGINE_DIR, self.data_record)
         except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear" or so
             message = self._save_failure(name, e)  # the free space before the partial files are removed
             shutil.rmtree(partial, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""What ``--resume`` checks first: that the run it continues is this one, on the same data and settings.
+
+Exact resume replays the data order from (seed, epoch) and the batches the checkpoint consumed, and
+the optimizer from its saved state. That holds only for the run that wrote the checkpoint. Resumed on
+a JSONL file that has been remade since (stage 2 remakes one whose ``data/<set>`` changed), or with a
+config edited since, it would go on from the old run's position on other records and with other
+settings, and a run that had already finished would stop at once: an old model, exit 0, nothing said.
+
+So every checkpoint keeps what its run read (``engine/data.json``: each training and validation
+file's size and sha256) beside the resolved config and prompt set it already keeps, and a resumed run
+compares them with its own before it loads anything; a difference stops it with one line that names
+it. Files are compared by content, not by path, so an experiment moved with its data resumes.
+
+Some settings may change on resume because they leave what is already trained as it is:
+``RESUMABLE`` (the run's length, its logging and checkpoint intervals, the data loader's processes,
+the device) and the locations of the models and the prompt file (logged when they differ). A
+checkpoint an older tasu wrote has no ``data.json``: its data cannot be checked, and the log says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from tasu.config import ConfigError, load_config, to_dict
+from tasu.experiment import ExperimentConfig
+from tasu.fileio import write_atomic
+from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS
+from tasu.train.checkpoint import ENGINE_DIR
+
+log = logging.getLogger("tasu.train")
+
+DATA_RECORD = "data.json"   # in a checkpoint's engine/ directory
+RESUMABLE = frozenset({"train.max_steps", "train.epochs", "train.log_interval", "train.valid_interval",
+                       "train.save_interval", "train.keep_best", "train.init_from", "data.num_workers",
+                       "engine.device"})
+MOVABLE = frozenset({"encoder.path", "llm.path", "data.prompts"})   # locations: logged when they differ
+SHOWN = 3   # differences named in the message; the rest are counted
+
+
+class ResumeError(RuntimeError):
+    """A resume onto other data or settings than the checkpoint's run; the message names the difference."""
+
+
+def data_record(cfg: ExperimentConfig) -> dict:
+    """Each training and validation file of ``cfg`` as the run reads it: path, size and sha256."""
+    def entry(path: str) -> dict:
+        with open(path, "rb") as f:
+            return {"path": path, "bytes": os.fstat(f.fileno()).st_size,
+                    "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+    return {"train": [entry(s.path) for s in cfg.data.train], "valid": [entry(p) for p in cfg.data.valid]}
+
+
+def write_data_record(engine_dir: Path, record: dict) -> None:
+    write_atomic(engine_dir / DATA_RECORD, json.dumps(record, indent=1) + "\n")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as dotted keys; the data files are compared by content (``data_record``), so only
+    each training file's weight stays here."""
+    tree = to_dict(cfg)
+    weights = [source["weight"] for source in tree["data"].pop("train")]
+    tree["data"].pop("valid")
+    return {**_flat(tree), "data.train weights": weights}
+
+
+def _read_data_record(path: Path) -> dict:
+    """A checkpoint's ``data.json``, checked: it is read back from disk, which may have damaged it."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        for role in ("train", "valid"):
+            for entry in record[role]:
+                if not (isinstance(entry["path"], str) and isinstance(entry["bytes"], int)
+                        and isinstance(entry["sha256"], str)):
+                    raise TypeError
+    except (ValueError, TypeError, KeyError):
+        raise ResumeError(f"{path}: damaged (not the record of files a run writes there), so the run's data "
+                          "cannot be compared; resume from another checkpoint or train into a new --exp-dir") from None
+    return record
+
+
+def _data_differences(then: dict, now: dict) -> list[str]:
+    found = []
+    for role in ("train", "valid"):
+        if len(then[role]) != len(now[role]):
+            found.append(f"data.{role}: {len(then[role])} file(s) then, {len(now[role])} now")
+            continue
+        for old, new in zip(then[role], now[role]):
+            if old["sha256"] != new["sha256"]:
+                found.append(f"{new['path']}: not the file the run read ({old['path']}, {old['bytes']} bytes, "
+                             f"sha256 {old['sha256'][:12]}...; now {new['bytes']} bytes, {new['sha256'][:12]}...)")
+    return found
+
+
+def check_same_run(ckpt: Path, cfg: ExperimentConfig, prompts_text: str, data: dict) -> None:
+    """Raise ``ResumeError`` unless ``ckpt``'s run read the same data, prompts and settings as this one.
+
+    ``data`` is this run's ``data_record``; ``prompts_text`` the prompt file as this run read it.
+    """
+    try:
+        then = load_config(ExperimentConfig, ckpt / MODEL_DIR / CONFIG)
+    except (ConfigError, OSError) as e:
+        raise ResumeError(f"cannot resume from {ckpt}: its config cannot be read, so nothing can be compared "
+                          f"with it ({e})") from None
+    old, new = _settings(then), _settings(cfg)
+    found = [f"{key}: {old.get(key)!r} then, {new.get(key)!r} now" for key in sorted(old.keys() | new.keys())
+             if key not in RESUMABLE | MOVABLE and old.get(key) != new.get(key)]
+    if (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8") != prompts_text:
+        found.append(f"the prompt set ({cfg.data.prompts or 'the one shipped with tasu'}) is not the one the run "
+                     f"read ({ckpt / MODEL_DIR / PROMPTS})")
+    recorded = ckpt / ENGINE_DIR / DATA_RECORD
+    if recorded.is_file():
+        found += _data_differences(_read_data_record(recorded), data)
+    else:
+        log.warning("%s was written by an older tasu, which did not record the run's data: resuming without "
+                    "checking that the data files are the ones it read", ckpt)
+    if found:
+        more = f"; and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
+        raise ResumeError(
+            f"cannot resume {ckpt.parent.parent} from {ckpt.name}: its run read other data or settings: "
+            f"{'; '.join(found[:SHOWN])}{more}. Train into a new --exp-dir (or remove this one) to use them, "
+            "or put back what the run read to resume it")
+    for key in sorted(MOVABLE):
+        if old.get(key) != new.get(key):
+            log.info("resuming with %s %s (the checkpoint's run: %s)", key, new.get(key), old.get(key))
