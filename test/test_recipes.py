@@ -389,6 +389,19 @@ def test_recipes_have_the_standard_files():
                 f"{script} holds an absolute path"
 
 
+def test_a_recipe_run_from_another_directory_says_where_to_run_it(tmp_path):
+    """Its paths (path.sh, local/, conf/, ../TEMPLATE) are relative to the recipe: from elsewhere,
+    one line saying where to run it, before anything runs (it was 'No such file', status 127)."""
+    for recipe in ["TEMPLATE", *RECIPES, "mini"]:
+        for cwd in (tmp_path, EGS, EGS / recipe / "conf"):
+            where = os.path.relpath(EGS / recipe, cwd)   # the recipe as the user named it
+            out = subprocess.run(["bash", f"{where}/run.sh", "--help"], cwd=cwd, capture_output=True, text=True,
+                                 timeout=60)
+            assert (out.returncode, out.stdout) == (1, ""), (recipe, cwd, out.stderr)
+            assert out.stderr == f"{where}/run.sh: run it from its own directory: cd {where} && ./run.sh\n", recipe
+    assert list(tmp_path.iterdir()) == []
+
+
 TRAIN_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if not p.name.startswith("decode_"))
 DECODE_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if p.name.startswith("decode_"))
 

@@ -4,6 +4,8 @@
 #   ./run.sh --encoder_path /models/SenseVoiceSmall --llm_path /models/Qwen2.5-1.5B-Instruct
 # All options: ../TEMPLATE/tasu.sh --help.
 set -euo pipefail
+[ "$(cd "$(dirname "$0")" && pwd -P)" = "$(pwd -P)" ] || \
+  { echo "$0: run it from its own directory: cd $(dirname "$0") && ./run.sh" >&2; exit 1; }
 
 train_set=train
 valid_set=dev

@@ -22,6 +22,8 @@
 #   7. RESULTS.md: (+) the summary table with the encoder's own greedy CTC scores, the targets and the
 #      resources each stage used; every table of 'tasu results'; (+) RESULTS.png, the plot it shows
 set -euo pipefail
+[ "$(cd "$(dirname "$0")" && pwd -P)" = "$(pwd -P)" ] || \
+  { echo "$0: run it from its own directory: cd $(dirname "$0") && ./run.sh" >&2; exit 1; }
 
 stage=1
 stop_stage=7
