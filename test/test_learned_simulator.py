@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,30 @@ def test_a_simulator_directory_is_config_and_safetensors(setup):
     assert cal["condition"][0] == lo and cal["condition"][-1] == pytest.approx(hi)
     assert cal["wer"] == sorted(cal["wer"])
     assert (sim / "checkpoints" / "last").read_text().strip() == "step_000010"
+
+
+def test_bad_weights_in_a_simulator_directory_are_refused_by_name(setup, tmp_path):
+    """Cut short, whole numbers or NaN: each names the file and the tensor, where they would have
+    loaded into the float model without a word (or, cut short, with safetensors' message alone)."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from tasu.simulate.learned import SimulatorError, read_simulator_dir
+
+    sim = tmp_path / "sim"
+    shutil.copytree(setup / "sim", sim, ignore=shutil.ignore_patterns("checkpoints"))
+    weights = sim / "model.safetensors"
+    state = load_file(weights)
+    name = sorted(state)[0]
+    read_simulator_dir(sim)
+    for bad, message in ((state[name].long(), f"{weights}: {name} holds int64 values, where a trained simulator"),
+                         (torch.full_like(state[name], float("nan")), f"{weights}: {name} holds NaN or infinite")):
+        save_file({**state, name: bad}, str(weights))
+        with pytest.raises(SimulatorError, match=re.escape(message)):
+            read_simulator_dir(sim)
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(SimulatorError, match=re.escape(f"{weights}: damaged: truncated, or not a safetensors file")):
+        read_simulator_dir(sim)
 
 
 def test_the_factory_builds_it_and_it_samples_batched_seeded_rows(setup):

@@ -295,7 +295,11 @@ class SimulatorModel(nn.Module):
 
 
 def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
-    """(config, weights) of a learned simulator's directory; safetensors and JSON only."""
+    """(config, weights) of a learned simulator's directory; safetensors and JSON only.
+
+    Weights cut short, whole numbers (they would load into the float model without a word) or NaN/inf
+    (every simulated row would be garbage) are refused, naming the file and the tensor."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     root = Path(path)
@@ -305,7 +309,18 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
                                  "tasu train-simulator --out writes one")
     config = LearnedSimulatorConfig.from_json((root / CONFIG_FILE).read_text(encoding="utf-8"),
                                               str(root / CONFIG_FILE))
-    return config, load_file(str(root / WEIGHTS_FILE))
+    weights = root / WEIGHTS_FILE
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:
+        raise SimulatorError(f"{weights}: damaged: truncated, or not a safetensors file ({e})") from None
+    for name, t in state.items():
+        if not t.is_floating_point():
+            raise SimulatorError(f"{weights}: {name} holds {str(t.dtype).removeprefix('torch.')} values, where "
+                                 "a trained simulator's weights are floating point")
+        if not torch.isfinite(t).all():
+            raise SimulatorError(f"{weights}: {name} holds NaN or infinite values: train the simulator again")
+    return config, state
 
 
 def write_simulator_dir(path: str | Path, config: LearnedSimulatorConfig, state: dict) -> None:
