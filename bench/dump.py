@@ -45,7 +45,6 @@ def bench_train(cfg, records, dumped, reader) -> dict[str, float]:
     model = build_model(cfg, audio=True).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokenizer = model.encoder.tokenizer
-    c = cfg.compress
     out, steps = {}, {}
     for mode, recs in (("audio", records), ("dump", dumped)):
         collator = Collator(load_prompts(), model.prompt_tokenizer, tokenizer,
@@ -56,7 +55,7 @@ def bench_train(cfg, records, dumped, reader) -> dict[str, float]:
         def step(batch=batch) -> None:
             post = batch.posteriors
             if post is None:
-                post = model.encode_audio(batch.waveforms, topk=c.topk, compress=c.enabled, threshold=c.threshold)
+                post = model.encode_audio(batch.waveforms, cfg.compress)
             model(post, batch.text).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

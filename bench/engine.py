@@ -92,7 +92,6 @@ def bench_train(cfg, records) -> dict[str, float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokenizer = model.encoder.tokenizer
     simulator = build_simulator(cfg.simulation, tokenizer)
-    c = cfg.compress
     steps, tokens = {}, {}
     for mode in ("text", "audio"):
         batch = Collator(load_prompts(), model.prompt_tokenizer, tokenizer, mode=mode)(records[:BATCH], seed=0)
@@ -101,7 +100,7 @@ def bench_train(cfg, records) -> dict[str, float]:
             if mode == "text":
                 post = simulator(batch.token_ids, torch.Generator().manual_seed(0))
             else:
-                post = model.encode_audio(batch.waveforms, topk=c.topk, compress=c.enabled, threshold=c.threshold)
+                post = model.encode_audio(batch.waveforms, cfg.compress)
             model(post, batch.text).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -255,8 +255,7 @@ def analyze(encoder, simulator, records: Iterable, *, compress_cfg, batch_size: 
     def flush() -> None:
         waves = [torch.from_numpy(load_audio(r.path, r.key, r.start, r.end)) for r in batch]
         references = [tokenizer.encode(r.transcript) for r in batch]
-        real = encoder_posteriors(encoder, [w.to(encoder.device) for w in waves], compress_cfg.topk,
-                                  enabled=compress_cfg.enabled, threshold=compress_cfg.threshold)
+        real = encoder_posteriors(encoder, [w.to(encoder.device) for w in waves], compress_cfg)
         real_rows = rows_of(real.to("cpu"))
         wer = None
         if match_wer:

@@ -101,10 +101,8 @@ class Speech2Text:
         from tasu.decode import first_prompt
 
         prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
-        c = self.cfg.compress
         device = self.model.llm.device
-        post = self.model.encode_audio([w.to(device) for w in waves], topk=c.topk, compress=c.enabled,
-                                       threshold=c.threshold)
+        post = self.model.encode_audio([w.to(device) for w in waves], self.cfg.compress)
         options = dict(num_beams=self.beam, max_new_tokens=self.max_new_tokens,
                        no_repeat_ngram_size=self.no_repeat_ngram_size, repetition_penalty=self.repetition_penalty)
         if nbest is None:

@@ -127,17 +127,17 @@ def compress_posteriors(probs: torch.Tensor, lengths: torch.Tensor, topk: int | 
 
 
 @torch.no_grad()
-def encoder_posteriors(encoder, waveforms, topk: int | None = None, *, enabled: bool = True,
-                       threshold: float = 0.9) -> Posteriors:
-    """A frozen CTC encoder's compressed posteriors of a batch of waveforms: what an audio batch feeds
-    the projector.
+def encoder_posteriors(encoder, waveforms, compress: CompressConfig | None = None) -> Posteriors:
+    """A frozen CTC encoder's posteriors of a batch of waveforms, compressed as ``compress`` says (None:
+    the defaults): what an audio batch feeds the projector.
 
     ``encoder`` is a ``tasu.encoders.CTCEncoder``. Training, decoding, the API and posterior dumps
     (``tasu.dump``) all call this one function, so a dump holds exactly what the live path computes.
     """
+    c = compress or CompressConfig()
     feats, feat_lengths = encoder.extract_features(waveforms)
     log_probs, lengths = encoder(feats, feat_lengths)
-    return compress_posteriors(log_probs.exp(), lengths, topk, enabled=enabled, threshold=threshold,
+    return compress_posteriors(log_probs.exp(), lengths, c.topk, enabled=c.enabled, threshold=c.threshold,
                                blank_id=encoder.blank_id)
 
 

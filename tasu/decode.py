@@ -189,9 +189,7 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
         else:
             waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
             stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
-            c = cfg.compress
-            post = model.encode_audio([w.to(device) for w in waves], topk=c.topk, compress=c.enabled,
-                                      threshold=c.threshold)
+            post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
         hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
                               max_new_tokens=options.max_new_tokens,
                               no_repeat_ngram_size=options.no_repeat_ngram_size,

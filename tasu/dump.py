@@ -324,8 +324,7 @@ def _run_job(root: Path, out: str, j: int, mine: list, seconds: dict, encoder, d
             batch = mine[first:first + batch_size]
             waves = [torch.from_numpy(load_audio(p, key=key, start=s, end=e)).to(device)
                      for (p, s, e), key in batch]
-            post = encoder_posteriors(encoder, waves, compress.topk, enabled=compress.enabled,
-                                      threshold=compress.threshold).to("cpu", torch.float32)
+            post = encoder_posteriors(encoder, waves, compress).to("cpu", torch.float32)
             for b, (_, key) in enumerate(batch):
                 n = int(post.lengths[b])
                 mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tasu.compress import encoder_posteriors
+from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.encoders.base import CTCEncoder
 from tasu.llm import IGNORE_INDEX, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
 from tasu.posteriors import Posteriors, stack
@@ -221,17 +221,17 @@ class SpeechLLM(nn.Module):
         return [list(zip(texts[i:i + nbest], scores[i:i + nbest])) for i in range(0, len(texts), nbest)]
 
     @torch.no_grad()
-    def encode_audio(self, waveforms: Sequence[torch.Tensor], topk: int | None = None, compress: bool = True,
-                     threshold: float = 0.9) -> Posteriors:
+    def encode_audio(self, waveforms: Sequence[torch.Tensor], compress: CompressConfig | None = None) -> Posteriors:
         """Audio batch -> CTC posteriors through the encoder interface, label-synchronously compressed.
 
-        ``topk`` explicit entries are kept per row (None: all V, exact; a small k keeps the
-        projector's sparse path cheap); ``compress=False`` keeps every frame; ``threshold``: rows
-        whose blank probability reaches it are dropped.
+        ``compress`` (an experiment's ``compress`` section; None: the defaults) says how: ``topk``
+        explicit entries per row (None: all V, exact; a small k keeps the projector's sparse path
+        cheap), ``enabled: false`` keeps every frame, and rows whose blank probability reaches
+        ``threshold`` are dropped.
         """
         if self.encoder is None:
             raise RuntimeError("this SpeechLLM has no encoder: audio needs SpeechLLM(..., encoder=...)")
-        return encoder_posteriors(self.encoder, waveforms, topk, enabled=compress, threshold=threshold)
+        return encoder_posteriors(self.encoder, waveforms, compress)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights only (projector, LoRA adapters): what a checkpoint needs to store."""

@@ -110,7 +110,7 @@ def test_a_dump_holds_the_live_paths_posteriors_once_per_recording(setup, tmp_pa
     for record in asr:
         wave = torch.from_numpy(load_audio(record["path"]))
         assert record[SECONDS] == len(wave) / 16000
-        live = encoder_posteriors(encoder, [wave], 4, threshold=0.99)
+        live = encoder_posteriors(encoder, [wave], COMPRESS)
         got = reader.load(record[FIELD])
         assert got.lengths.tolist() == live.lengths.tolist() and got.lengths.item() > 0
         for name in ("ids", "weights", "floor", "blank"):

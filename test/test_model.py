@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasu.compress import compress_posteriors
+from tasu.compress import CompressConfig, compress_posteriors
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.experiment import LoRAConfig
 from tasu.llm import IGNORE_INDEX, SPEECH_TOKEN, PromptTokenizer, TextBatch, load_llm_tokenizer
@@ -336,7 +336,7 @@ def test_audio_goes_through_the_encoder_interface_and_compression(chat_dir):
     model = SpeechLLM(plain.llm, plain.tokenizer, plain.projector, encoder=ToyEncoder()).eval()
     torch.manual_seed(2)
     waves = [torch.randn(40), torch.randn(24)]
-    post = model.encode_audio(waves, topk=5)
+    post = model.encode_audio(waves, CompressConfig(topk=5))
     log_probs, lengths = model.encoder(*model.encoder.extract_features(waves))
     expected = compress_posteriors(log_probs.exp(), lengths, 5)
     assert torch.equal(post.lengths, expected.lengths) and torch.equal(post.ids, expected.ids)

@@ -254,11 +254,9 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         with torch.random.fork_rng(devices=[]):
             encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device))
     dumps = DumpReader(encoder_identity)
-    c = cfg.compress
 
     def run(waves):
-        return encoder_posteriors(encoder, [w.to(device) for w in waves], c.topk, enabled=c.enabled,
-                                  threshold=c.threshold).to("cpu", torch.float32)
+        return encoder_posteriors(encoder, [w.to(device) for w in waves], cfg.compress).to("cpu", torch.float32)
 
     src, row_ids, row_probs, ter = [], [], [], []
     started = time.time()

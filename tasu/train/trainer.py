@@ -322,9 +322,7 @@ class Trainer:
             return self.simulator(batch.token_ids, generator=generator, step=self.step)
         if batch.posteriors is not None:   # the encoder ran when the dump was made
             return batch.posteriors
-        c = self.cfg.compress
-        waves = [w.to(self.device) for w in batch.waveforms]
-        return self.model.encode_audio(waves, topk=c.topk, compress=c.enabled, threshold=c.threshold)
+        return self.model.encode_audio([w.to(self.device) for w in batch.waveforms], self.cfg.compress)
 
     def loss(self, batch: StepBatch, seed: int):
         """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch.
