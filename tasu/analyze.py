@@ -312,7 +312,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
         raise DataError(", ".join(data), None, None, "no records to analyze")
     if limit is not None:
         total = min(total, limit)
-    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(torch_device))
+    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(torch_device), **cfg.encoder.options)
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
     try:
         fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,

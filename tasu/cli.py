@@ -126,7 +126,7 @@ def _dump_posteriors(args: argparse.Namespace) -> int:
     require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
     print(dump_posteriors(args.data, args.out, cfg.encoder.path, cfg.encoder.type, cfg.compress, nj=args.nj,
                           job=args.job, batch_size=args.batch_size, device=args.device,
-                          allow_pipes=args.allow_pipes))
+                          allow_pipes=args.allow_pipes, encoder_options=cfg.encoder.options))
     return 0
 
 

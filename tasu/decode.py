@@ -171,7 +171,8 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
         token_ids = {r.key: tokenizer.encode(_transcript(r)) for r in records}
         length = {key: len(ids) for key, ids in token_ids.items()}
     elif options.input == "posteriors":
-        dumps = dumps or DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+        dumps = dumps or DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress,
+                                             cfg.encoder.options))
         length = {r.key: r.get(SECONDS) for r in records}   # the audio's duration: the audio decode's order
     else:
         length = {r.key: _audio_seconds(r) for r in records}
@@ -331,7 +332,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
         raise DataError(data, None, None, "no records: nothing to decode")
     dumps = None
     if options.input == "posteriors":   # every entry there and made for this model, before it is loaded
-        dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+        dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))
         check_records(data, list(zip(lines, records)), dumps)
     device = resolve_device(device_name)
 

@@ -81,12 +81,18 @@ def encoder_digest(path: str | Path, encoder_type: str = "auto") -> str:
     return digest.hexdigest()
 
 
-def identity(encoder_path: str | Path, encoder_type: str, compress: CompressConfig) -> dict:
-    """What a dump's numbers depend on: the encoder's backend and files, and the compression."""
+def identity(encoder_path: str | Path, encoder_type: str, compress: CompressConfig,
+             encoder_options: dict | None = None) -> dict:
+    """What a dump's numbers depend on: the encoder's backend, files and load options (say, SenseVoice's
+    language), and the compression. Options appear only when given, so a dump made before they could be
+    keeps its identity."""
     from tasu.encoders.registry import detect
 
     name = detect(encoder_path) if encoder_type == "auto" else encoder_type
-    return {"encoder": {"type": name, "sha256": encoder_digest(encoder_path, name)},
+    encoder = {"type": name, "sha256": encoder_digest(encoder_path, name)}
+    if encoder_options:
+        encoder["options"] = dict(sorted(encoder_options.items()))
+    return {"encoder": encoder,
             "compress": {"enabled": compress.enabled, "threshold": compress.threshold, "topk": compress.topk}}
 
 
@@ -113,6 +119,9 @@ def _differences(made: dict, wanted: dict) -> str:
     if made["encoder"]["sha256"] != wanted["encoder"]["sha256"]:
         out.append(f"encoder files sha256 {made['encoder']['sha256'][:12]}... (dump) vs "
                    f"{wanted['encoder']['sha256'][:12]}...")
+    if made["encoder"].get("options", {}) != wanted["encoder"].get("options", {}):
+        out.append(f"encoder options {json.dumps(made['encoder'].get('options', {}))} (dump) vs "
+                   f"{json.dumps(wanted['encoder'].get('options', {}))}")
     if made["compress"] != wanted["compress"]:
         out.append(f"compress {json.dumps(made['compress'])} (dump) vs {json.dumps(wanted['compress'])}")
     return "; ".join(out)
@@ -221,7 +230,8 @@ def check_records(path: str, records: Sequence[tuple[int, Record]], reader: Dump
 
 def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_type: str = "auto",
                     compress: CompressConfig | None = None, nj: int = 1, job: int | None = None,
-                    batch_size: int = 8, device: str = "cpu", allow_pipes: bool = False) -> str:
+                    batch_size: int = 8, device: str = "cpu", allow_pipes: bool = False,
+                    encoder_options: dict | None = None) -> str:
     """Dump the posteriors of the records of ``data`` (JSONL files) into ``out``; a report line.
 
     ``job``: run only that job (1..nj) and merge nothing; otherwise run every job not yet done, then
@@ -258,7 +268,8 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     if tokenizer.vocab_size > _EXACT_IDS:
         raise DumpError(f"a vocabulary of {tokenizer.vocab_size} ids does not fit the dump's float32 ids")
     topk = tokenizer.vocab_size if compress.topk is None else min(compress.topk, tokenizer.vocab_size)
-    info = {"identity": identity(encoder_path, encoder_type, compress), "encoder_path": str(Path(encoder_path).resolve()),
+    info = {"identity": identity(encoder_path, encoder_type, compress, encoder_options),
+            "encoder_path": str(Path(encoder_path).resolve()),
             "vocab_size": tokenizer.vocab_size, "blank_id": tokenizer.blank_id, "topk": topk,
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
             "inputs": [{"path": p, "sha256": _file_digest(p)} for p in data]}
@@ -274,7 +285,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
 
         dev = resolve_device(device)
         with torch.random.fork_rng():   # building a model draws from the global stream: leave it as it was
-            encoder = load_encoder(encoder_path, encoder_type, device=str(dev))
+            encoder = load_encoder(encoder_path, encoder_type, device=str(dev), **(encoder_options or {}))
         items = list(recordings.items())
         try:
             for j in todo:

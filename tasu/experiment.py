@@ -23,6 +23,7 @@ class EncoderConfig:
 
     path: str = ""
     type: str = "auto"      # a registered backend (tasu.encoders.registry), or auto: detected from the files
+    options: dict = field(default_factory=dict)   # the backend's load options, e.g. SenseVoice's {language: en}
 
     def check(self) -> None:
         from tasu.encoders.registry import check_name

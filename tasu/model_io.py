@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from tasu.config import load_config, require_dir, to_dict
+from tasu.config import ConfigError, load_config, require_dir, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.experiment import ExperimentConfig
 from tasu.fileio import read_json, readable_by_others
@@ -196,9 +196,18 @@ def encoder_tokenizer(cfg: ExperimentConfig):
 
 
 def check_model_dirs(cfg: ExperimentConfig) -> None:
-    """``encoder.path`` and ``llm.path`` are directories here (see :func:`tasu.config.require_dir`)."""
+    """``encoder.path`` and ``llm.path`` are directories here (see :func:`tasu.config.require_dir`), and
+    the encoder's backend takes the ``encoder.options`` given (a text-only run too: a misspelt option
+    would otherwise wait for the first audio stage)."""
     require_dir("encoder.path", cfg.encoder.path, "the encoder's directory is needed (its tokenizer at least)")
     require_dir("llm.path", cfg.llm.path, "the directory of a Hugging Face causal LM is needed")
+    if cfg.encoder.options:
+        from tasu.encoders import check_options
+
+        try:
+            check_options(cfg.encoder.path, cfg.encoder.type, cfg.encoder.options)
+        except ValueError as e:
+            raise ConfigError(f"encoder.options: {e}") from None
 
 
 def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> SpeechLLM:
@@ -215,7 +224,7 @@ def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> Spee
         # weights must not depend on it, so that training from posterior dumps (no encoder) starts
         # from the same weights as training on audio.
         with torch.random.fork_rng(devices=[]):
-            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device)
+            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device, **cfg.encoder.options)
     vocab_size = (encoder.tokenizer if encoder is not None else encoder_tokenizer(cfg)).vocab_size
     model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=cfg.llm.lora,
                                       projector_options=cfg.projector.options, dtype=cfg.llm.dtype,

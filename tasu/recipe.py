@@ -108,14 +108,15 @@ def split(decode_dir: str | Path, nj: int, parts: Sequence[Part]) -> None:
 
 def posterior_dir(root: str, config: str | Path, overrides: Sequence[str] = ()) -> str:
     """Where a recipe keeps the posterior dumps an experiment config reads: ``root/<tag>``, the tag
-    naming its encoder (files) and compression settings, so that the dumps of another encoder or
+    naming its encoder (files and options) and compression settings, so that the dumps of another encoder or
     setting never mix and a config with the same ones shares them (``tasu.dump``)."""
     from tasu.config import load_config
     from tasu.dump import identity, identity_tag
     from tasu.experiment import ExperimentConfig
 
     cfg = load_config(ExperimentConfig, config, list(overrides))
-    return f"{root.rstrip('/')}/{identity_tag(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))}"
+    tag = identity_tag(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))
+    return f"{root.rstrip('/')}/{tag}"
 
 
 def encoder_environment(config: str | Path, overrides: Sequence[str] = ()) -> str:

@@ -182,10 +182,31 @@ def test_a_dump_of_another_encoder_or_compression_is_refused_in_one_line(setup, 
                    "encoder files sha256", "tasu dump-posteriors")
     assert tasu_main([*common, "--out", str(tmp_path / "d2"), "--set", "compress.topk=8"]) == 1
     one_line_error(capsys.readouterr().err, f"{data}:1: posteriors: ", '"topk": 4} (dump) vs')
+    assert tasu_main([*common, "--out", str(tmp_path / "d3"), "--set", "encoder.options={text_norm: woitn}"]) == 1
+    one_line_error(capsys.readouterr().err, f"{data}:1: posteriors: ",
+                   'encoder options {} (dump) vs {"text_norm": "woitn"}')
 
     out = tasu("train", "--config", str(setup / "audio.yaml"), "--exp-dir", str(tmp_path / "exp"),
                "data.mode=posteriors", f"data.train=[{data}]", "data.valid=[]", f"encoder.path={other}")
     one_line_error(out, "tasu train: error: ", f"{data}:1: posteriors: ", "another encoder")
+
+
+def test_an_experiment_s_encoder_options_reach_the_encoder_and_a_wrong_one_is_one_line(setup, tmp_path, capsys):
+    """``encoder.options`` (here SenseVoice's text normalisation query) build the experiment's encoder;
+    an option the backend does not take stops even a text-only run before anything loads."""
+    from tasu.config import load_config
+    from tasu.experiment import ExperimentConfig
+    from tasu.model_io import build_model
+
+    model = build_model(load_config(ExperimentConfig, setup / "audio.yaml", ["encoder.options={text_norm: woitn}"]),
+                        audio=True)
+    assert model.encoder.query_rows.tolist()[3] == model.encoder.model.textnorm_dict["woitn"]
+    for mode in ("audio", "text"):
+        assert tasu_main(["train", "--config", str(setup / "audio.yaml"), "--exp-dir", str(tmp_path / mode),
+                          f"data.mode={mode}", "encoder.options={lang: en}"]) == 1
+        one_line_error(capsys.readouterr().err, "tasu train: error: encoder.options: lang: not an option of the "
+                       "sensevoice encoder (its options: language, text_norm)")
+        assert not (tmp_path / mode).exists()
 
 
 def test_a_missing_or_corrupt_entry_is_one_line(setup, dump, trained, tmp_path, capsys):
@@ -276,6 +297,7 @@ def test_recipe_names_a_dump_directory_by_what_made_it(setup, tmp_path, capsys):
     same = tag()
     assert same.startswith("dump/posteriors/") and tag("train.seed=3", "optim.lr=0.1") == same
     assert tag("compress.topk=8") != same
+    assert tag("encoder.options={}") == same != tag("encoder.options={text_norm: woitn}")   # dumps made before options
     other = tmp_path / "enc"
     shutil.copytree(setup / "enc", other)
     (other / "am.mvn").write_text((other / "am.mvn").read_text() + "\n")

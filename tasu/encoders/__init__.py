@@ -14,6 +14,7 @@ loading a tokenizer stay cheap.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tasu.encoders.base import CTCEncoder, EncoderTokenizer
 from tasu.encoders.registry import ENCODERS, backend, detect, register
 from tasu.encoders.tokenizers import train_sentencepiece
 
-__all__ = ["CTCEncoder", "ENCODERS", "EncoderTokenizer", "detect", "load_encoder", "load_tokenizer",
+__all__ = ["CTCEncoder", "ENCODERS", "EncoderTokenizer", "check_options", "detect", "load_encoder", "load_tokenizer",
            "register", "train_sentencepiece"]
 
 
@@ -39,8 +40,23 @@ def load_encoder(path: str | Path, encoder_type: str = "auto", device: str | tor
                  **options) -> CTCEncoder:
     """The frozen encoder in directory ``path`` (eval mode, no gradients), on ``device``.
 
-    ``options`` go to the backend's ``from_dir``; only SenseVoice has any: ``language`` (default
-    ``"auto"``) and ``text_norm`` (``"withitn"`` or ``"woitn"``, default ``"withitn"``), the values
-    of its language and text-normalisation query embeddings.
+    ``options`` go to the backend's ``from_dir`` (an experiment's ``encoder.options``); only SenseVoice
+    has any: ``language`` (default ``"auto"``) and ``text_norm`` (``"withitn"`` or ``"woitn"``, default
+    ``"withitn"``), the values of its language and text-normalisation query embeddings.
     """
+    check_options(path, encoder_type, options)
     return backend(path, encoder_type).from_dir(Path(path), device=device, **options)
+
+
+def check_options(path: str | Path, encoder_type: str, options: dict) -> None:
+    """A ValueError naming the options of ``options`` that the backend of ``path`` does not take, and
+    those it takes; before a model is built, so a misspelt option costs no load."""
+    name = detect(path) if encoder_type == "auto" else encoder_type
+    params = list(inspect.signature(ENCODERS.lookup(name).from_dir).parameters.values())[1:]   # after the directory
+    if any(p.kind is p.VAR_KEYWORD for p in params):   # it takes any option and checks its own
+        return
+    known = [p.name for p in params if p.name != "device"]
+    unknown = sorted(set(map(str, options)) - set(known))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an option of the {name} encoder "
+                         f"(its options: {', '.join(known) or 'none'})")

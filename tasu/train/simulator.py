@@ -252,7 +252,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
     encoder = None
     if needs_audio:
         with torch.random.fork_rng(devices=[]):
-            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device))
+            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device), **cfg.encoder.options)
     dumps = DumpReader(encoder_identity)
 
     def run(waves):
@@ -465,7 +465,8 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
                              "another --out")
     tokenizer = load_tokenizer(cfg.encoder.path, cfg.encoder.type)
     recordings = _recordings(data, tokenizer, allow_pipes)   # every record checked before anything runs
-    encoder_identity = identity(cfg.encoder.path, cfg.encoder.type, cfg.compress)   # reads every encoder file
+    encoder_identity = identity(cfg.encoder.path, cfg.encoder.type, cfg.compress,   # reads every encoder file
+                                cfg.encoder.options)
     teacher = load_or_build_teacher(cfg, data, out, recordings, device, encoder_identity, resuming=last is not None)
     rates = teacher.ter
     sim_config = LearnedSimulatorConfig(

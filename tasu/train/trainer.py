@@ -180,7 +180,7 @@ class Trainer:
             self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
         dumps = None
         if cfg.data.mode == "posteriors":
-            dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress))
+            dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))
             self._on_all_ranks(lambda: self._check_dumps(prompts, dumps), "the posterior dump check failed")
         elif cfg.data.mode != "text":
             self._on_all_ranks(lambda: self._check_audio(prompts), "the audio check failed")
