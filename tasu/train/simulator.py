@@ -346,8 +346,8 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
         if resuming:
             then = info.get("identity") or {}
             changed = [name for name in ("data", "encoder", "teacher", "topk") if then.get(name) != ident[name]]
-            what = {"data": "--data (its files or their contents)", "encoder": "the encoder (--encoder and compress.*)",
-                    "teacher": "teacher.*", "topk": "model.topk"}
+            what = {"data": "--data (its files or their contents)", "teacher": "teacher.*", "topk": "model.topk",
+                    "encoder": "the encoder (--encoder, encoder.options, compress.*)"}
             raise SimulatorError(f"cannot resume {out}: changed since its run's teacher set was made "
                                  f"({info_path}): {', '.join(what[n] for n in changed) or 'its inputs'}; train "
                                  "into a new --out (or remove this one) to use them, or put back what the run read")
