@@ -133,6 +133,8 @@ def read_json(path: str | Path, check: Callable[[Any], bool] = lambda value: isi
         problem = "not UTF-8 text"
     except json.JSONDecodeError as e:
         problem = f"not JSON ({e.msg}, line {e.lineno} column {e.colno})"
+    except (ValueError, RecursionError):   # a number of over 4300 digits; nesting deeper than the stack
+        problem = "not JSON that can be read (a number of more than 4300 digits, or nested too deeply)"
     else:
         try:
             accepted = check(value)

@@ -47,6 +47,8 @@ def collect_results(exp_root: str | Path) -> list[Row]:
             result = ScoreResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as e:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' ({e})") from None
+        except RecursionError:
+            raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
         rows.append(Row(exp, dataset, result))
     return sorted(rows, key=lambda r: (r.exp, METRICS.index(r.result.metric), r.dataset))
 

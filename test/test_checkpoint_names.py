@@ -39,6 +39,8 @@ def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
     ('{"name": "step_000002"}', 'not a list of {"name": <checkpoint>, ...} entries'),
     ("[{}]", 'not a list of {"name": <checkpoint>, ...} entries'),
     (b"[\xff]", "not UTF-8 text"),
+    *[(text, r"not JSON that can be read \(a number of more than 4300 digits, or nested too deeply\)")
+      for text in ("[" * 100_000 + "]" * 100_000, "[1" + "0" * 5000 + "]")],
 ])
 def test_a_damaged_best_json_is_named_by_its_file(exp, capsys, content, problem):
     from tasu.cli import main

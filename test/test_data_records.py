@@ -114,6 +114,28 @@ def test_non_utf8_bytes_name_line_and_column(tmp_path):
     assert problems == [f"{path}:2: encoding: byte 0xe9 at column 13 is not valid UTF-8"]
 
 
+def test_json_that_parses_into_no_text_or_does_not_parse_names_its_line(tmp_path):
+    """Half of a UTF-16 surrogate pair (written as an escape) is no character: once read, decoding or
+    tokenising the record failed with no file or line. A number of more than 4300 digits and nesting
+    deeper than Python's stack made json raise what its own errors are not. A valid pair is an emoji."""
+    deep = '{"key": "u5", "task": "ASR", "target": "x", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write(tmp_path,
+                 '{"key": "u1", "task": "ASR", "target": "turn \\ud800 on"}',
+                 '{"key": "u2\\udc80", "task": "ASR", "target": "x"}',
+                 '{"key": "u3", "task": "ASR", "target": "x", "meta": {"a": ["\\uDBFF"]}}',
+                 '{"key": "u4", "task": "ASR", "target": "x", "start": 1' + "0" * 5000 + "}",
+                 deep,
+                 '{"key": "u6", "task": "ASR", "target": "smile \\ud83d\\ude00"}')
+    records, problems = collect(path)
+    assert [(r.key, r.target) for _, r in records] == [("u6", "smile \U0001f600")]
+    why = "half of a UTF-16 surrogate pair without its other half: not a character"
+    assert [p.split(" (was")[0] for p in problems] == [
+        f"{path}:1: target: holds \\ud800, {why}", f"{path}:2: key: holds \\udc80, {why}",
+        f"{path}:3: meta: holds \\udbff, {why}",
+        f"{path}:4: json: holds a number of more than 4300 digits, which cannot be read",
+        f"{path}:5: json: nested too deeply to be read"]
+
+
 def test_unknown_task_and_template_fields_against_a_prompt_set(tmp_path):
     path = write(tmp_path,
                  '{"key": "a", "task": "ASRR", "target": "x"}',

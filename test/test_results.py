@@ -52,7 +52,7 @@ def exp_root(tmp_path):
     # u4: play C, some->play S, jazz->play S, play I: 3 errors / 15 words, and a looping output
     score_files(ref, write(d / "asr/hyp", ["u1\tthe cat sat on the mat", "u2\tgood morning",
                                            "u3\tturn on the lights", "u4\tplay play play play"]), "wer")
-    score_files(label, write(d / "slu/hyp", ["u1\tcalendar", "u2\tiot", "u3\tiot"]), "acc")
+    score_files(label, write(d / "slu/hyp", ["u1\tcalendar", "u2\tiot", "u3\tiot"]), "acc", missing="empty")
     score_files(write(tmp_path / "data/zh1", ["u1\t我今天去公园散步。"]),
                 write(d / "en2zh/hyp", ["u1\t我今天去公园散步。"]), "bleu")
     return exp
@@ -167,6 +167,9 @@ def test_bad_inputs(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x/score.json").write_text(json.dumps({"metric": "wer"}))
     with pytest.raises(ScoreError, match="not a score.json written by 'tasu score'"):
+        collect_results(tmp_path)
+    (tmp_path / "x/score.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ScoreError, match=r"x/score.json: not a score.json written by 'tasu score' \(nested too deeply"):
         collect_results(tmp_path)
     with pytest.raises(ScoreError, match="not a directory"):
         collect_results(tmp_path / "missing")

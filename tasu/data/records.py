@@ -204,6 +204,18 @@ def parse_record(raw: bytes, prompts: PromptSet | None = None,
     return record
 
 
+def _lone_surrogate(value) -> str | None:
+    """The first lone surrogate (U+D800-U+DFFF) in a JSON value's strings, keys included, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return value[e.start]
+        return None
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return next(filter(None, map(_lone_surrogate, items)), None)
+
+
 def _parse_line(raw: bytes, prompts: PromptSet | None,
                 require_transcript: bool,
                 require_target: bool) -> tuple[str | None, Record | None, list[tuple[str, str]]]:
@@ -222,8 +234,19 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return None, None, [("json", f"{e.msg} (column {e.pos + 1})")]
+    except ValueError:   # int() refuses to read a number of more than 4300 digits
+        return None, None, [("json", "holds a number of more than 4300 digits, which cannot be read")]
+    except RecursionError:
+        return None, None, [("json", "nested too deeply to be read")]
     if type(obj) is not dict:
         return None, None, [("json", f"expected an object {{...}}, got {_json_type(obj)}")]
+    if "\\u" in text:   # only an escape can write half of a UTF-16 pair, which no text can hold
+        for name, value in obj.items():
+            half = _lone_surrogate(name) or _lone_surrogate(value)
+            if half:
+                field = name.encode("utf-8", "backslashreplace").decode("utf-8")   # printable, whatever it holds
+                return None, None, [(field, f"holds \\u{ord(half):04x}, half of a UTF-16 surrogate pair without "
+                                            "its other half: not a character (was the text cut or converted badly?)")]
     repeated = _repeated_name(text, obj)
     if repeated is not None:
         return None, None, [(repeated, "named twice in the line's object: which value is meant? "
