@@ -179,7 +179,7 @@ def _score(args: argparse.Namespace) -> int:
     from tasu.score import run_score
 
     return run_score(args.ref, args.hyp, args.metric, norm=args.norm, out_dir=args.out,
-                     bleu_tokenize=args.bleu_tokenize)
+                     bleu_tokenize=args.bleu_tokenize, missing=args.missing)
 
 
 def _results(args: argparse.Namespace) -> int:
@@ -380,6 +380,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "else 13a), zh, 13a, intl, char, none")
     p.add_argument("--out", default=None, help="directory for score.json, result.txt, alignment.txt "
                    "(default: the hypothesis file's directory)")
+    p.add_argument("--missing", default="error", choices=["error", "empty"],
+                   help="a reference with no hypothesis: an error (default: its decode stopped partway), or "
+                        "scored as an empty hypothesis (all deletions) and listed")
     p.set_defaults(func=_score)
 
     p = sub.add_parser("results", help="collect every score.json under EXP_ROOT into RESULTS.md tables",
@@ -397,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and not args.dry_run and not args.exp_dir:
         parser.error("train: --exp-dir is required")
+    if args.command == "transcribe" and args.nbest > args.beam:   # before the model loads
+        parser.error(f"transcribe: --nbest {args.nbest} is more hypotheses than --beam {args.beam} keeps: "
+                     f"raise --beam to {args.nbest} or more")
     return run_reporting(f"tasu {args.command}", lambda: args.func(args), debug=args.debug)
 
 

@@ -188,6 +188,11 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
     lines = [line.split("\t") for line in capsys.readouterr().out.split("\n")[:-1]]
     assert [(f, rank) for f, rank, _, _ in lines] == [(files[0], "1"), (files[0], "2")]
     assert lines[0][3] == one_line(s2t(files[0]))
+    with pytest.raises(SystemExit) as usage:   # a usage error, said before the model loads
+        main(["transcribe", "--exp", str(tmp_path / "no_model_here"), "--beam", "2", "--nbest", "5", files[0]])
+    assert usage.value.code == 2
+    assert capsys.readouterr().err.endswith("error: transcribe: --nbest 5 is more hypotheses than --beam 2 keeps: "
+                                            "raise --beam to 5 or more\n")
     assert main(["transcribe", "--exp", str(exp / "exp"), str(tmp_path / "none.wav")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tasu transcribe: error: ") and "none.wav" in err and len(err.splitlines()) == 1
