@@ -21,8 +21,10 @@ number scored with unshipped normalisation cannot):
 - BLEU and chrF come from sacrebleu on the (by default unnormalised) text; ``--bleu-tokenize auto``
   picks ``zh`` when most references contain Han characters, else ``13a``.
 - acc: exact match of the whole normalised hypothesis with the normalised reference label.
-- A reference key missing from the hypotheses is scored as an empty hypothesis (all deletions, wrong,
-  empty string) and listed. A hypothesis key absent from the references is not scored and is listed;
+- A reference key missing from the hypotheses stops ``score_files`` (``tasu score``): a decode that
+  stopped partway keeps what it made, to resume from it. With ``missing="empty"`` (``--missing
+  empty``; ``score`` always) it is scored as an empty hypothesis (all deletions, wrong, empty string)
+  and listed. A hypothesis key absent from the references is not scored and is listed;
   if no hypothesis key is in the references at all, the files do not belong together: an error. A
   hypothesis file with no line at all is an error too (a decode that failed is not a WER of 100),
   and so is a WER/CER whose references hold no word (character) after normalisation.
@@ -53,6 +55,7 @@ from typing import Any
 from tasu.fileio import write_atomic
 
 METRICS = ("wer", "cer", "bleu", "acc")
+MISSING = ("error", "empty")   # what score_files makes of a reference without a hypothesis
 NORMS = ("basic", "whisper", "none")
 DEFAULT_NORM = {"wer": "basic", "cer": "basic", "acc": "basic", "bleu": "none"}
 HEADERS = {
@@ -447,14 +450,26 @@ def render_summary(result: ScoreResult, dataset: str) -> str:
 
 def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric: str,
                 norm: str | None = None, out_dir: str | os.PathLike | None = None,
-                bleu_tokenize: str = "auto") -> ScoreResult:
+                bleu_tokenize: str = "auto", missing: str = "error") -> ScoreResult:
     """Score a hypothesis file and write score.json, result.txt, the per-utterance file and the
-    missing/extra key lists into ``out_dir`` (default: the hypothesis file's directory)."""
+    missing/extra key lists into ``out_dir`` (default: the hypothesis file's directory).
+
+    ``missing``: what a reference without a hypothesis is. ``"error"`` (the default, Kaldi
+    compute-wer's strict mode): a decode that stopped partway keeps the hypotheses it made (it
+    resumes from them), and its score would be a number of a decode that did not happen. ``"empty"``:
+    scored as an empty hypothesis (all deletions, wrong) and listed, as sclite does."""
+    if missing not in MISSING:
+        raise ScoreError(f"missing: {missing!r} is not one of {', '.join(MISSING)}")
     refs, hyps = read_text_file(ref_path), read_text_file(hyp_path)
     if not refs:  # score() cannot name the file it came from
         raise ScoreError(f"{ref_path}: no references (the file is empty): nothing to score against")
     if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
         raise ScoreError(f"{hyp_path}: no hypotheses (the file is empty): did its decode fail or not run?")
+    absent = [k for k in refs if k not in hyps]
+    if absent and missing == "error" and len(absent) < len(refs):   # none in common: score() says so
+        raise ScoreError(f"{hyp_path}: no hypothesis for {len(absent)} of the {len(refs)} references in {ref_path} "
+                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): did its decode stop "
+                         "partway? Run it again to finish it, or score them as empty hypotheses (--missing empty)")
     try:
         result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
     except ScoreError as e:  # name the files the problem is in
@@ -484,11 +499,11 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
 
 
 def run_score(ref: str, hyp: str, metric: str, norm: str | None = None, out_dir: str | None = None,
-              bleu_tokenize: str = "auto") -> int:
+              bleu_tokenize: str = "auto", missing: str = "error") -> int:
     """``tasu score``: score, print result.txt, return the exit status.
 
     Problems are raised (``ScoreError``, ``OSError``), not printed: ``tasu.cli.main`` turns every error
     into its one line, or shows the traceback with ``--debug``."""
-    result = score_files(ref, hyp, metric, norm, out_dir, bleu_tokenize)
+    result = score_files(ref, hyp, metric, norm, out_dir, bleu_tokenize, missing)
     print(render_summary(result, Path(out_dir or Path(hyp).parent).resolve().name), end="")
     return 0

@@ -1,6 +1,7 @@
 """tasu.score: hand-checked alignments, normalisation, BLEU against sacrebleu, missing keys,
 empty/looping counts, malformed input and the files written."""
 import json
+import re
 import os
 import random
 import stat
@@ -142,7 +143,11 @@ def test_accuracy_and_per_class():
 def test_missing_keys_are_deletions_and_listed(tmp_path):
     ref = write(tmp_path / "ref", [f"u{i}\tone two" for i in range(8)])
     hyp = write(tmp_path / "hyp", ["u0\tone two", "u1\tone", "zz\tstray"])
-    r = score_files(ref, hyp, "wer", out_dir=tmp_path / "out")
+    with pytest.raises(ScoreError, match=re.escape(f"{hyp}: no hypothesis for 6 of the 8 references in {ref} (u2, "
+                                                   "u3, u4, ...): did its decode stop partway?")):
+        score_files(ref, hyp, "wer", out_dir=tmp_path / "out")   # by default: not a result
+    assert not (tmp_path / "out").exists()
+    r = score_files(ref, hyp, "wer", out_dir=tmp_path / "out", missing="empty")
     # u2..u7 missing: 6 x 2 reference words deleted, plus "two" deleted in u1
     assert r.counts == {"wrd": 16, "corr": 3, "sub": 0, "del": 13, "ins": 0, "s_err": 7}
     assert r.missing_keys == [f"u{i}" for i in range(2, 8)] and r.extra_keys == ["zz"]
@@ -213,7 +218,7 @@ def test_alignment_file_and_outputs(tmp_path):
     hyp = write(tmp_path / "hyp", ["u1\tthe cat sat on mat mat too", "u2"])
     old = os.umask(0o022)
     try:
-        score_files(ref, hyp, "wer")
+        score_files(ref, hyp, "wer", missing="empty")
     finally:
         os.umask(old)
     assert (tmp_path / "alignment.txt").read_text() == (
@@ -251,6 +256,13 @@ def test_run_score(tmp_path, capsys):
     hyp = write(tmp_path / "hyp", ["u1\thello word"])
     assert tasu_score(ref, hyp, "wer", "--out", str(tmp_path / "o")) == 0
     assert "%WER 50.00 [ 1 / 2, 0 ins, 0 del, 1 sub ]" in capsys.readouterr().out
+    two = write(tmp_path / "ref2", ["u1\thello world", "u2\tgood morning"])
+    assert tasu_score(two, hyp, "wer") == 1   # a decode that stopped partway is not a result ...
+    assert capsys.readouterr().err == (f"tasu score: error: {hyp}: no hypothesis for 1 of the 2 references in {two} "
+                                       "(u2): did its decode stop partway? Run it again to finish it, or score them "
+                                       "as empty hypotheses (--missing empty)\n")
+    assert tasu_score(two, hyp, "wer", "--missing", "empty") == 0   # ... unless asked
+    assert "%WER 75.00 [ 3 / 4, 0 ins, 2 del, 1 sub ]" in capsys.readouterr().out
     write(hyp, ["u1\thello", "u1\tagain"])
     assert tasu_score(ref, hyp, "wer") == 1
     assert capsys.readouterr().err == f"tasu score: error: {hyp}:2: duplicate key 'u1'\n"
