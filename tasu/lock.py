@@ -35,6 +35,8 @@ class DirLock:
         """Take the lock or raise ``LockError`` naming the holder; a no-op when already held."""
         if self._fd is not None:
             return self
+        if self.directory.exists() and not self.directory.is_dir():
+            raise LockError(f"{self.directory}: a file, not a directory: {self.what} writes into a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:

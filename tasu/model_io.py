@@ -97,6 +97,9 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     if (path / WEIGHTS).exists() and path.name == MODEL_DIR:
         return path.parent
     root = path / "checkpoints"
+    if (path / MODEL_DIR).is_dir() and not root.is_dir():
+        raise FileNotFoundError(f"{path}: a checkpoint without {MODEL_DIR}/{WEIGHTS}, its trained weights "
+                                "(cut short, or removed?): use another checkpoint")
     if not root.is_dir():
         raise FileNotFoundError(f"{path} is neither an experiment dir (no checkpoints/) nor a checkpoint")
     if which == "best":

@@ -256,6 +256,9 @@ def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_on
     assert tasu_decode(exp / "exp", data, out, "--allow-pipes") == 1
     assert "command failed (exit status 3)" in capsys.readouterr().err
     assert (out / "ref.trn").exists() and not (out / "hyp.trn").exists()
+    assert tasu_decode(exp / "exp", data, out / "ref.trn", "--allow-pipes") == 1   # --out a file
+    assert capsys.readouterr().err == (f"tasu decode: error: {out / 'ref.trn'}: a file, not a directory: tasu decode "
+                                       "writes into a directory\n")
 
     (out / "hyp.trn").write_text("")  # what a failed decode used to leave
     rc = tasu_main(["score", "--ref", str(out / "ref.trn"), "--hyp", str(out / "hyp.trn"), "--metric", "wer"])
