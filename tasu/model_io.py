@@ -110,6 +110,10 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     if which == "last":
         last = last_checkpoint(root)
         if last is None:
+            have = sorted(p.name for p in root.glob("step_*") if (p / MODEL_DIR / WEIGHTS).exists())
+            if have:   # a pointer lost or edited: say so, and which checkpoints there are
+                raise FileNotFoundError(f"{root / 'last'} is missing or names no checkpoint there, which holds "
+                                        f"{', '.join(have)}: name one with --checkpoint")
             raise FileNotFoundError(f"{root} holds no complete checkpoint yet")
         return last
     step = re.fullmatch(r"step_(\d+)", which)

@@ -32,6 +32,10 @@ def test_step_names_with_or_without_padding(exp):
 def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
     with pytest.raises(FileNotFoundError, match=r"no checkpoint step_3 in .* \(it has best, last, step_000002, step_000040\)"):
         resolve_checkpoint(exp, "step_3")
+    (exp / "checkpoints" / "last").write_text("step_000099\n")   # a pointer edited or lost, checkpoints there
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/last is missing or names no checkpoint there, which "
+                                                r"holds step_000002, step_000040: name one with --checkpoint"):
+        resolve_checkpoint(exp, "last")
     step = exp / "checkpoints" / "step_000002"
     (step / MODEL_DIR / WEIGHTS).unlink()   # a checkpoint named directly, without its weights, says so
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(step))}: a checkpoint without model/trainable"):
