@@ -299,6 +299,7 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
     options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                             seed=seed)
+    resolve_checkpoint(Path(exp), checkpoint)   # before the lock makes --out: a wrong --exp leaves none behind
     with DirLock(out, "tasu decode"):
         report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     print(report, end="")

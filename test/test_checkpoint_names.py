@@ -60,6 +60,7 @@ def test_a_damaged_best_json_is_named_by_its_file(exp, capsys, content, problem)
     assert resolve_checkpoint(exp, "last") == exp / "checkpoints" / "step_000040"   # the other names still work
     assert main(["decode", "--exp", str(exp), "--data", str(exp / "none.jsonl"), "--out", str(exp / "d")]) == 1
     assert capsys.readouterr().err.startswith(f"tasu decode: error: {best}: ")   # one line, the file named
+    assert not (exp / "d").exists()   # no --out made for a decode that cannot start
 
 
 def test_a_damaged_weights_file_is_named_and_never_unpickled(tmp_path):
