@@ -27,7 +27,7 @@ from typing import Any
 
 from tasu.config import ConfigError, load_config, to_dict
 from tasu.experiment import ExperimentConfig
-from tasu.fileio import write_atomic
+from tasu.fileio import read_json, write_atomic
 from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS
 from tasu.train.checkpoint import ENGINE_DIR
 
@@ -77,19 +77,9 @@ def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
     return {**_flat(tree), "data.train weights": weights}
 
 
-def _read_data_record(path: Path) -> dict:
-    """A checkpoint's ``data.json``, checked: it is read back from disk, which may have damaged it."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        for role in ("train", "valid"):
-            for entry in record[role]:
-                if not (isinstance(entry["path"], str) and isinstance(entry["bytes"], int)
-                        and isinstance(entry["sha256"], str)):
-                    raise TypeError
-    except (ValueError, TypeError, KeyError):
-        raise ResumeError(f"{path}: damaged (not the record of files a run writes there), so the run's data "
-                          "cannot be compared; resume from another checkpoint or train into a new --exp-dir") from None
-    return record
+def _whole_record(record: dict) -> bool:
+    return all(isinstance(e["path"], str) and isinstance(e["bytes"], int) and isinstance(e["sha256"], str)
+               for role in ("train", "valid") for e in record[role])
 
 
 def _data_differences(then: dict, now: dict) -> list[str]:
@@ -123,7 +113,7 @@ def check_same_run(ckpt: Path, cfg: ExperimentConfig, prompts_text: str, data: d
                      f"read ({ckpt / MODEL_DIR / PROMPTS})")
     recorded = ckpt / ENGINE_DIR / DATA_RECORD
     if recorded.is_file():
-        found += _data_differences(_read_data_record(recorded), data)
+        found += _data_differences(read_json(recorded, _whole_record, "the record of the files a run read"), data)
     else:
         log.warning("%s was written by an older tasu, which did not record the run's data: resuming without "
                     "checking that the data files are the ones it read", ckpt)
