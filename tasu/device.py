@@ -52,7 +52,7 @@ def flush_denormals() -> None:
     training step took 0.52 s on a 2-core Intel Xeon and 0.27 s with denormals flushed, and its
     seven epochs 24 min against 15. What is lost is bit-for-bit equality with runs that kept them:
     that encoder's training loss was the same to three decimals for six epochs, and the recipe's
-    three-seed means moved by less than their standard deviations (egs/mini/README.md).
+    three-seed means moved by less than their standard deviations (egs/mini/NOTES.md, "Precision and machines").
     ``bench/denormals.py`` measures the slow path on the CPU at hand. Threads inherit the setting when they are created, so it is
     set before torch's thread pool first runs (``resolve_device`` does it for ``cpu``). A no-op where
     torch does not support it.

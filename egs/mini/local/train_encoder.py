@@ -30,7 +30,7 @@ generalises: 5 epochs 28.5 / 27.8 / 48.5, 6 epochs 24.2 / 23.8 / 44.6, 8 epochs 
 (training loss 0.9); 9000 utterances for 3 epochs (about as many steps as 6000 for 5) gave 30.0 /
 29.0 / 49.5, no better (each corpus size deals its own dev and test sentences). Without masks, 10
 epochs were the default: with 1200-frame batches each epoch from 7 to 10 lowered the test WER of every one of the
-recipe's three seeds (egs/mini/README.md, "Epochs"): test / test_ood 15.6 ± 0.2 / 39.3 ± 2.7 with 10,
+recipe's three seeds (egs/mini/NOTES.md, "Epochs"): test / test_ood 15.6 ± 0.2 / 39.3 ± 2.7 with 10,
 17.7 ± 1.3 / 39.4 ± 2.6 with 9, 19.3 ± 1.2 / 41.8 ± 3.0 with 8, 20.6 ± 2.0 / 44.5 ± 1.9 with 7, and
 the text-only TASU model read speech better with each (zero-shot test 4.9 ± 0.1, 5.3 ± 0.1, 5.8 ±
 0.4, 6.6 ± 0.1). The tenth no longer helped unseen voices and took the training loss to 0.1. Each
@@ -45,7 +45,7 @@ WER (three seeds 17.6 ± 1.7 / 34.5 ± 1.2 against 15.2 ± 0.3 / 38.9 ± 3.2): t
 back, for ~1.3 min. On the same corpora, SpecAugment with two time masks of up to 5 frames (300 ms)
 as well kept the loss at 18 and gave 28.6 / 40.3 and 32.6 / 46.1; dropout 0.1 (seed 1) 14.5 / 34.8
 in 20 % more time; per-utterance mean normalisation after the global CMVN (seeds 1, 2) 16.6 / 34.1
-and 19.1 / 39.4: what the frequency masks give, neither of these does (egs/mini/README.md, "Frequency
+and 19.1 / 39.4: what the frequency masks give, neither of these does (egs/mini/NOTES.md, "Frequency
 masks").
 Since b44e705 the output of block 3 of 6 also goes through the final norm and the CTC head, and its
 CTC loss weighs 0.3 beside the final one's 0.7 (intermediate CTC, Lee and Watanabe 2021; in
@@ -53,7 +53,7 @@ SmallCTCEncoder.ctc_loss): a regulariser that adds no parameter and leaves the s
 decoding as they were. On the dc49c5f run's corpora (the same as today's), every seed read every set
 better: dev / test / test_ood 14.4 / 12.0 / 28.4, 13.6 / 14.0 / 31.4, 15.5 / 14.6 / 30.9 against
 15.0 / 15.2 / 29.5, 14.5 / 15.8 / 35.7, 16.4 / 14.8 / 32.6; more masking (three masks of up to 8 bins,
-or two of up to 12) read test worse in every seed and unseen voices no better (README, "Intermediate
+or two of up to 12) read test worse in every seed and unseen voices no better (NOTES.md, "Intermediate
 CTC").
 80 ms frames (LFR 8/8, a quarter less compute) lost 4-5 points: test 25.0 with the same batch budget,
 25.4 with batches of 600 frames (as many steps), against 20.5 (seed 1, Intel Xeon). Batches of 400 and
@@ -68,7 +68,7 @@ ones, and 200-piece units need no finer steps. Time masks and dropout stay avail
 Vocal tract length perturbation (each utterance's mel axis warped by a factor from [0.9, 1.1] or
 [0.8, 1.2], anew each epoch; seed 1) gave 23.6 / 21.4 / 43.5 and 25.9 / 21.8 / 43.7 against
 24.0 / 21.0 / 44.3 without: no gain, so it is not here. Nor is weight averaging over the last
-epochs (icefall's --avg): with the masks it moved each seed by about a point either way (README).
+epochs (icefall's --avg): with the masks it moved each seed by about a point either way (NOTES.md).
 Half of test_ood is the held-out flite voice (rms: 34-41 % WER over the three seeds with the masks
 and intermediate CTC, 35-44 with the masks alone, 47-53 without, against 22-23 % for the held-out
 espeak-ng variants): training hears only three other flite speakers.
@@ -79,7 +79,7 @@ has native bf16 (AVX512-BF16 or AMX; both hosts do) the steps run under bf16 aut
 optimizer and the CTC head in float32 (``--precision``): a step 1.7x as fast on the AMD host
 (bench/encoder_bf16.py), the whole run 556-569 s there against 816-966 s in float32, and the recipe's
 three seeds read test / test_ood at 15.2 +- 0.3 / 38.9 +- 3.2 against float32's 15.8 +- 1.0 /
-38.2 +- 2.6 (egs/mini/README.md, "Precision and machines"; 10 epochs, no masks). The 12 masked epochs
+38.2 +- 2.6 (egs/mini/NOTES.md, "Precision and machines"; 10 epochs, no masks). The 12 masked epochs
 take 608-642 s there (two three-seed runs), and read 15.3 +- 0.5 / 32.6 +- 3.1; with intermediate
 CTC 647-661 s, 13.5 +- 1.4 / 30.3 +- 1.6 (b44e705). oneDNN keeps the
 bf16 kernels and reordered weights of every batch shape it meets (up to 1024): two epochs on the AMD
@@ -135,7 +135,7 @@ def get_parser() -> argparse.ArgumentParser:
                              "machines, far above the ~10 min on one core (default: 30; 0 = none)")
     parser.add_argument("--batch-frames", type=int, default=1200,
                         help="batch budget: utterances x longest LFR frame count (default: 1200, ~30 "
-                             "utterances: as accurate as 800 over four corpora and ~5 %% faster; see README)")
+                             "utterances: as accurate as 800 over four corpora and ~5 %% faster; see NOTES.md)")
     parser.add_argument("--sorted-epochs", type=int, default=1,
                         help="epochs that go through the batches shortest first, before shuffled ones "
                              "(SortaGrad; default: 1)")
@@ -144,7 +144,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spec-augment", type=lambda v: v.lower() == "true", default=True,
                         help="SpecAugment the training features (default: true, with the defaults below: two "
                              "frequency masks of up to 8 mel bins and no time masks, which read unseen voices "
-                             "better; see README)")
+                             "better; see NOTES.md)")
     parser.add_argument("--freq-masks", type=int, default=2)
     parser.add_argument("--freq-width", type=int, default=8, help="widest frequency mask, in mel bins")
     parser.add_argument("--time-masks", type=int, default=0)
@@ -152,7 +152,7 @@ def get_parser() -> argparse.ArgumentParser:
                         help="longest time mask, in LFR frames (at most a fifth of the utterance)")
     parser.add_argument("--inter-ctc-weight", type=float, default=0.3,
                         help="weight of the intermediate CTC loss (Lee and Watanabe, 2021; 0 = none; default: "
-                             "0.3: every seed read every set better; see README)")
+                             "0.3: every seed read every set better; see NOTES.md)")
     parser.add_argument("--inter-ctc-block", type=int, default=3,
                         help="the block whose output the intermediate CTC loss reads (of 6; default: 3)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -94,7 +94,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1800,
                         help="optimizer steps (default: 1800: reading clean dev units fell from 3.4 %% WER "
                              "at 1200 to 0.8 %% at 1800; on the current corpus 1.9 %% at 1400, 1.3 %% at "
-                             "1550, 0.6 %% at 1800; see README)")
+                             "1550, 0.6 %% at 1800; see NOTES.md)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop after this much wall time: a cap for very slow machines, far above the ~10 min "
                              "on one core beside the encoder (default: 30; 0 = none)")
