@@ -194,6 +194,63 @@ def test_wav_scp_entry_is_a_path_or_an_ffmpeg_pipe_that_load_audio_reads(tmp_pat
         wav_scp_entry(clip, "sox")
 
 
+@pytest.mark.parametrize("name,why", [
+    ("clip.wav |", "ending in '|' is a shell command"),
+    ("a;touch${IFS}x;#|", "ending in '|' is a shell command"),
+    ("clip:123", "read as an offset into a Kaldi archive"),
+    ("clip.wav ", "whitespace at the end of a file name"),
+    ("two\nlines.wav", "a line break in a file name"),
+])
+def test_wav_scp_entry_refuses_a_file_name_that_wav_scp_would_read_as_something_else(tmp_path, name, why):
+    """A corpus's file names are data: a name that its wav.scp readers would run as a command (the
+    recipes read their own wav.scp with --allow-pipes) or take for an ark offset is refused, named."""
+    from tasu.data.kaldi_dir import wav_scp_entry
+    from tasu.data.records import DataError
+
+    clip = tmp_path / name
+    soundfile.write(clip, np.zeros(1600, dtype=np.float32), 16000, format="WAV")
+    with pytest.raises(DataError, match=why) as e:
+        wav_scp_entry(clip)
+    assert str(e.value).startswith(str(clip.resolve()))
+    if "\n" not in name:   # the ffmpeg pipe quotes the name: only a line break cannot be written
+        assert wav_scp_entry(clip, "ffmpeg").endswith("-f wav - |")
+
+
+@pytest.mark.parametrize("tables,error", [
+    ({"text": {"a b": "hi"}}, "d/text: utterance 'a b': 'a b' contains whitespace (' '); keys may not contain "
+                              "'/', whitespace or control characters"),
+    ({"text": {"a": "hi"}, "utt2spk": {"a": ""}}, "d/utt2spk: utterance 'a': an empty value"),
+    ({"text": {"a": "hi"}, "utt2spk": {"a": "abc def"}}, "d/utt2spk: utterance 'a': speaker id 'abc def' is not one word"),
+    ({"text": {"a": "hi", "b": "ho"}, "intent": {"a": "x\ny", "b": "z\r"}},
+     "d/intent: utterance 'a': 'x\\ny' spans lines (1 more utterances of this table have problems)"),
+    ({"text": {"a": "hi"}, "scenario": {"a": None}}, "d/scenario: utterance 'a': None is not text"),
+])
+def test_write_tables_refuses_what_a_kaldi_table_cannot_hold_and_writes_nothing(tmp_path, tables, error):
+    from tasu.data.kaldi_dir import write_tables
+
+    with pytest.raises(DataDirError) as e:
+        write_tables(tmp_path / "d", tables)
+    assert str(e.value) == f"{tmp_path}/{error}"
+    assert not (tmp_path / "d").exists()
+
+
+def test_read_tsv_refuses_a_shifted_row_and_a_column_named_twice(tmp_path):
+    """A tab inside a field shifts the fields after it into the next columns: refused, as a row cut
+    short is, even when the field it adds is empty (a release's rows end in empty columns)."""
+    from tasu.data.corpus_tsv import read_tsv
+    from tasu.data.records import DataError
+
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("path\tsentence\tsegment\n1.mp3\thello\t\n2.mp3\tfirst\thalf\t\n", encoding="utf-8")
+    rows = read_tsv(tsv, {"path", "sentence"})
+    assert next(rows) == (2, {"path": "1.mp3", "sentence": "hello", "segment": ""})
+    with pytest.raises(DataError, match=r"t.tsv:3: 4 tab-separated fields where the header has 3"):
+        next(rows)
+    tsv.write_text("path\tsentence\tsentence\n1.mp3\ta\tb\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"t.tsv:1: the header names sentence twice"):
+        list(read_tsv(tsv, {"path", "sentence"}))
+
+
 def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys):
     from tasu.data.kaldi_dir import main
 

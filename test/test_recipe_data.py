@@ -111,6 +111,28 @@ def test_covost_bad_tables_stop_in_one_line(covost, damage, error):
     assert not (recipe / "data" / "train" / ".done").exists()
 
 
+@pytest.mark.parametrize("pairs,error", [
+    ("ende", "--pairs: 'ende' is not <source>_<target>, e.g. en_de or en_zh-CN"),
+    ("en_zh-CN,en_zh-TW", "--pairs: en_zh-CN and en_zh-TW would both write translation_zh"),
+])
+def test_covost_pairs_that_cannot_make_label_files_are_one_line(covost, pairs, error):
+    recipe, env, _, _ = covost
+    one_line_error(data_sh(recipe, env, "--pairs", pairs, ok=False), error)
+
+
+def test_covost_a_clip_repeated_or_in_two_sets_is_said_and_two_translations_refused(covost):
+    recipe, env, tsv_dir, _ = covost
+    tsv = tsv_dir / "covost_v2.en_de.tsv"
+    edit_rows(tsv, lambda rows: rows.extend([rows[1], rows[1][:3] + ["test"]]))   # train clip: again, and in test
+    out = data_sh(recipe, env)
+    assert "1 tsv rows repeat a clip of their pair word for word: kept once" in out.stderr
+    assert f"1 clips are in two sets, kept in both (e.g. common_voice_en_1000.mp3: train at {tsv}:2, test at" in out.stderr
+    shutil.rmtree(recipe / "data")
+    edit_rows(tsv, lambda rows: rows.append(rows[1][:2] + ["Etwas anderes"] + rows[1][3:]))
+    one_line_error(data_sh(recipe, env, ok=False), f"{tsv}:", "path: common_voice_en_1000.mp3 again, with another "
+                   f"sentence or translation than at {tsv}:2")
+
+
 def test_covost_an_unknown_mp3_reader_is_one_line(covost):
     recipe, env, _, _ = covost
     one_line_error(data_sh(recipe, env, "--mp3_reader", "nope", ok=False),
@@ -135,6 +157,49 @@ def test_commonvoice_bad_tables_stop_in_one_line(commonvoice, damage, error):
     recipe, env, corpus = commonvoice
     damage(corpus)
     one_line_error(data_sh(recipe, env, ok=False), error)
+
+
+def edit_tsv(tsv: Path, old: str, new: str) -> None:
+    text = tsv.read_text(encoding="utf-8")
+    assert old in text
+    tsv.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def rename_clip(cv: Path, old: str, new: str) -> None:
+    (cv / "clips" / old).rename(cv / "clips" / new)
+    edit_tsv(cv / "train.tsv", old, new)
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda cv: edit_tsv(cv / "train.tsv", "Turn on", "Turn\ton"), "train.tsv:2: 14 tab-separated fields where the "
+                                                                    "header has 13"),
+    (lambda cv: edit_tsv(cv / "train.tsv", "sentence_domain", "sentence"), "train.tsv:1: the header names sentence twice"),
+    (lambda cv: rename_clip(cv, "common_voice_en_1001.mp3", "a;touch${IFS}PWNED;#|"),
+     ("train.tsv:3: path: ", "clips/a;touch${IFS}PWNED;#|: a wav.scp entry ending in '|' is a shell command")),
+    (lambda cv: edit_tsv(cv / "train.tsv", "common_voice_en_1001.mp3", "/etc/passwd"),
+     "train.tsv:3: path: '/etc/passwd': not a file of clips/"),
+    (lambda cv: edit_tsv(cv / "train.tsv", f"{1:064x}\tcommon_voice_en_1001", "abc def\tcommon_voice_en_1001"),
+     ("train.tsv: ", "data/train/utt2spk: utterance 'common_voice_en_1001': speaker id 'abc def' is not one word")),
+])
+def test_commonvoice_rows_that_would_make_a_wrong_data_dir_stop_it(commonvoice, damage, error):
+    """Each of these used to give exit 0: a shifted or ambiguous row silently wrong, a file name run
+    as a command by stage 2, or a data dir marked done that stage 2 then refused, naming its own file."""
+    recipe, env, corpus = commonvoice
+    damage(corpus)
+    one_line_error(data_sh(recipe, env, ok=False), *error if isinstance(error, tuple) else (error,))
+    assert not (recipe / "data" / "train" / ".done").exists() and not (recipe / "PWNED").exists()
+
+
+def test_commonvoice_refuses_data_dirs_made_from_another_release(tmp_path, commonvoice):
+    recipe, env, corpus = commonvoice
+    data_sh(recipe, env)
+    other = write_commonvoice(tmp_path / "other")
+    one_line_error(data_sh(recipe, {"COMMONVOICE": str(other)}, ok=False),
+                   f"ERROR: data/train was made from {corpus}, not {other}: remove it (rm -r data/train)")
+    (recipe / "data" / "train" / ".done").write_text("")   # a marker of an older recipe: trusted
+    (recipe / "data" / "dev" / ".done").write_text("")
+    (recipe / "data" / "test" / ".done").write_text("")
+    assert "already prepared" in data_sh(recipe, {"COMMONVOICE": str(other)}).stderr
 
 
 def test_commonvoice_says_what_it_leaves_out(commonvoice):
@@ -171,11 +236,31 @@ def edit_first_record(jsonl: Path, edit) -> None:
     (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(sentence=" ")), "test.jsonl:1: sentence: empty"),
     (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(sentence=None)), "test.jsonl:1: not a SLURP record"),
     (lambda meta: (meta / "test.jsonl").write_bytes(b"\n\xff\n"), "test.jsonl:2: not UTF-8"),
+    (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(scenario=None)),
+     "test.jsonl:1: scenario: None is not a label"),
+    (lambda meta: edit_first_record(meta / "test.jsonl", lambda r: r.update(intent="iot\nalarm")),
+     "test.jsonl:1: intent: 'iot\\nalarm' is not a label"),
+    (lambda meta: (meta / "test.jsonl").write_text((meta / "test.jsonl").read_text() + json.dumps(
+        {**json.loads(lines(meta / "test.jsonl")[0]), "scenario": "alarm"}) + "\n"),
+     "test.jsonl:3: recording audio-1490000005-headset.flac of slurp_id 4005 again, with other labels than at"),
 ])
 def test_slurp_bad_metadata_stops_in_one_line(slurp, damage, error):
     recipe, env, meta = slurp
     damage(meta)
     one_line_error(data_sh(recipe, env, ok=False), error)
+    assert not (recipe / "data" / "test" / ".done").exists()
+
+
+def test_slurp_says_what_it_leaves_out_and_reads_a_byte_order_mark(slurp):
+    recipe, env, meta = slurp
+    test = meta / "test.jsonl"
+    records = test.read_text().splitlines()
+    test.write_text("\ufeff" + "\n".join(records + records[:1]) + "\n", encoding="utf-8")  # BOM; a record again
+    edit_first_record(meta / "train.jsonl", lambda r: r.update(recordings=[]))
+    out = data_sh(recipe, env)
+    assert "data/test: 2 recordings are named again in the metadata, with the same labels: kept once" in out.stderr
+    assert "data/train: 1 prompts of the metadata list no recording: no utterance" in out.stderr
+    assert len(lines(recipe / "data" / "test" / "text")) == 4
 
 
 # --- LibriSpeech -------------------------------------------------------------------------------------
@@ -198,12 +283,39 @@ def test_librispeech_counts_audio_that_no_transcript_names(librispeech):
     assert len(lines(recipe / "data" / "train" / "text")) == 6 - len(flacs)
 
 
-def test_librispeech_refuses_a_data_dir_made_from_other_subsets(librispeech):
-    recipe, env, _ = librispeech
+def test_librispeech_refuses_a_data_dir_made_from_other_subsets_or_another_corpus(tmp_path, librispeech):
+    recipe, env, corpus = librispeech
     data_sh(recipe, env, "--eval_subsets", "dev-clean")
     one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets", "train-clean-100,dev-clean",
                            ok=False),
-                   "data/train was made from train-clean-100, not train-clean-100,dev-clean: remove it (rm -r data/train)")
+                   f"data/train was made from train-clean-100 of {corpus}, not train-clean-100,dev-clean of {corpus}: "
+                   "remove it (rm -r data/train)")
+    other = write_librispeech(tmp_path / "other")
+    one_line_error(data_sh(recipe, {**env, "LIBRISPEECH": str(other)}, "--eval_subsets", "dev-clean", ok=False),
+                   f"data/train was made from train-clean-100 of {corpus}, not train-clean-100 of {other}")
+    (recipe / "data" / "train" / ".done").write_text("train-clean-100\n")   # the marker of an older recipe
+    (recipe / "data" / "dev_clean" / ".done").write_text("dev-clean\n")
+    data_sh(recipe, env, "--eval_subsets", "dev-clean")
+
+
+def test_librispeech_reads_what_editors_and_other_tools_write_and_refuses_the_rest(librispeech):
+    recipe, env, corpus = librispeech
+    trans = sorted((corpus / "train-clean-100").glob("*/*/*.trans.txt"))
+    first = trans[0].read_text(encoding="utf-8").splitlines()
+    utt, words = first[0].split(" ", 1)
+    trans[0].write_text("\ufeff" + f"{utt}\t{words}\r\n" + "".join(x + "\r\n" for x in first[1:]), encoding="utf-8")
+    data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets", "train-clean-100,train-clean-100")
+    assert f"{utt} {words}" in lines(recipe / "data" / "train" / "text")
+    assert len(lines(recipe / "data" / "train" / "text")) == 6
+    shutil.rmtree(recipe / "data")
+    shutil.copytree(corpus / "train-clean-100", corpus / "train-clean-360")   # the same ids in two subsets
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets",
+                           "train-clean-100,train-clean-360", ok=False),
+                   f"train-clean-360/", f": utterance {utt} again ({trans[0]}:1 named it)")
+    shutil.rmtree(corpus / "train-clean-360")
+    trans[0].write_bytes(trans[0].read_bytes().replace(b"\r\n", "\r\nÄ\n".encode("latin-1"), 1))
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", ok=False),
+                   f"local/data.sh: {trans[0]}:2: not UTF-8 (byte 1 of the line)")
 
 
 def test_librispeech_a_missing_lm_text_is_said_before_the_audio(librispeech, tmp_path):
@@ -215,7 +327,7 @@ def test_librispeech_a_missing_lm_text_is_said_before_the_audio(librispeech, tmp
 
 def test_lm_text_lines_get_single_spaces(librispeech):
     recipe, env, _ = librispeech
-    Path(env["LIBRISPEECH_LM_NORM"]).write_text("A  SPACED\tLINE \n\nTWO\n", encoding="utf-8")
+    Path(env["LIBRISPEECH_LM_NORM"]).write_text("A  SPACED\tLINE \r\n\r\nTWO\n", encoding="utf-8")
     data_sh(recipe, env, "--eval_subsets", "dev-clean")
     assert lines(recipe / "data" / "lm_norm" / "text") == ["lm_000000001 A SPACED LINE", "lm_000000003 TWO"]
 

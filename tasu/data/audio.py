@@ -184,6 +184,13 @@ def require_audio_path(path: str | None, file: str, line: int, allow_pipes: bool
         raise DataError(file, line, "path", command_refused(path))
 
 
+def path_kind(path: str) -> str:
+    """How a record's ``path`` (a ``wav.scp`` entry) is read: ``"pipe"`` (run as a shell command),
+    ``"ark"`` (an offset into a Kaldi archive) or ``"file"``. A writer of entries asks it, so that a
+    file whose name ends in ``|`` or ``:123`` is refused rather than written as something else."""
+    return _parse(path)[0]
+
+
 def _parse(path: str) -> tuple[str, object]:
     """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
     if is_command(path):

@@ -6,8 +6,10 @@
 A recipe's ``local/data.sh`` reads a release's tables once; what it must not do is stop on a bad
 byte or a truncated row with a Python traceback, or skip such a row without a word. Every problem
 is a ``DataError`` naming the file and line: the file missing, a header without a column the
-recipe needs, a line with fewer fields than the header (a row cut short, often a tab lost in an
-edit), bytes that are not UTF-8. A UTF-8 byte-order mark is accepted, empty lines are skipped.
+recipe needs or naming a column twice, a line with fewer fields than the header (a row cut short,
+often a tab lost in an edit) or more (a tab inside a field: the fields after it would shift into the
+next columns, even where the extra field is empty, since releases end rows with empty columns),
+bytes that are not UTF-8. A UTF-8 byte-order mark is accepted, empty lines are skipped.
 
 Quoting: these tables are written without quoting (a sentence may hold a bare ``"``), so fields
 are split on tabs only. CoVoST's own tools write them with ``\\`` escaping a tab, a newline or a
@@ -38,6 +40,10 @@ def read_tsv(path: str | Path, columns: Iterable[str], escapechar: str | None = 
             header = next(reader, None)
             if header is None:
                 raise DataError(str(path), None, None, "empty file: expected a header line")
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:
+                raise DataError(str(path), 1, None, f"the header names {', '.join(twice)} twice: which column "
+                                                    "is it?")
             lacking = sorted(set(columns) - set(header))
             if lacking:
                 raise DataError(str(path), 1, None, f"no column {', '.join(lacking)} in the header "
@@ -46,7 +52,7 @@ def read_tsv(path: str | Path, columns: Iterable[str], escapechar: str | None = 
                 if not fields:
                     continue
                 line = reader.line_num
-                if len(fields) < len(header):
+                if len(fields) != len(header):
                     raise DataError(str(path), line, None, f"{len(fields)} tab-separated fields where the "
                                                            f"header has {len(header)}")
                 yield line, dict(zip(header, fields))

@@ -229,13 +229,33 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
 def wav_scp_entry(audio: str | Path, reader: str = "soundfile") -> str:
     """The ``wav.scp`` entry of an audio file: its absolute path (``reader="soundfile"``), or, for a
     format this machine's libsndfile cannot read (MP3 before libsndfile 1.1), an ffmpeg pipe that
-    decodes it to 16 kHz mono wav (``reader="ffmpeg"``)."""
+    decodes it to 16 kHz mono wav (``reader="ffmpeg"``).
+
+    A corpus names its files, so a name is data: one that the entry's readers would take for
+    something else is a ``DataError`` naming the file. A name ending in ``|`` would be run as a shell
+    command (recipes read their own ``wav.scp`` with ``--allow-pipes``), one ending in ``:123`` read
+    as an offset into a Kaldi archive, and a line break or whitespace at either end cannot survive a
+    table line. The ffmpeg pipe quotes the name, so only the line break matters there."""
+    from tasu.data.audio import path_kind   # audio libraries load only where audio is prepared
+
     path = str(Path(audio).resolve())
-    if reader == "soundfile":
-        return path
+    why = None
+    if "\n" in path or "\r" in path:
+        why = "a line break in a file name cannot go into a wav.scp line"
+    elif reader == "soundfile":
+        if path != path.strip():
+            why = "whitespace at the end of a file name is lost in a wav.scp line"
+        elif path_kind(path) == "pipe":
+            why = "a wav.scp entry ending in '|' is a shell command, which the readers of wav.scp would run"
+        elif path_kind(path) == "ark":
+            why = "a wav.scp entry ending in ':<digits>' is read as an offset into a Kaldi archive"
+    elif reader != "ffmpeg":
+        raise ValueError(f"reader must be soundfile or ffmpeg, not {reader!r}")
+    if why is not None:
+        raise DataError(path, None, None, f"{why}: rename the file")
     if reader == "ffmpeg":
         return f"ffmpeg -nostdin -loglevel error -i {shlex.quote(path)} -ac 1 -ar 16000 -f wav - |"
-    raise ValueError(f"reader must be soundfile or ffmpeg, not {reader!r}")
+    return path
 
 
 def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int:
@@ -244,15 +264,48 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
     Every table is written sorted, holding the utterances of ``text`` that it has; ``spk2utt`` is
     derived from ``utt2spk`` (each utterance its own speaker when there is none). This is the last
     step of every recipe's ``local/data.sh``. Returns the number of utterances.
+
+    The tables come from a corpus's own files, so they are checked before anything is written: an
+    utterance id must be a record key, a value must be there and on one line, and a speaker id one
+    word. Otherwise the dir would be made, marked done, and refused by the JSONL stage, naming a line
+    of a file tasu wrote instead of the corpus's. Raises ``DataDirError``: one line per bad table, its
+    first bad utterance and how many more.
     """
     data_dir = Path(data_dir)
     utts = sorted(tables["text"])
     speaker = tables.get("utt2spk") or {u: u for u in utts}
+    problems = []
+    for name, table in tables.items():
+        bad = [(u, why) for u, value in table.items()
+               if (why := _table_entry_problem(u, value, one_word=name == "utt2spk"))]
+        if bad:
+            more = f" ({len(bad) - 1} more utterances of this table have problems)" if len(bad) > 1 else ""
+            problems.append(DataError(str(data_dir / name), None, None, f"utterance {bad[0][0]!r}: {bad[0][1]}{more}"))
+    if problems:
+        raise DataDirError(problems)
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, table in {**tables, "utt2spk": speaker}.items():
         _write_lines(data_dir / name, (f"{u} {table[u]}" for u in utts if u in table))
     _write_spk2utt(data_dir, {u: speaker[u] for u in utts})
     return len(utts)
+
+
+def _table_entry_problem(utt: str, value: object, one_word: bool) -> str | None:
+    """Why ``utt value`` cannot be a line of a Kaldi table, or None."""
+    if not utt:
+        return "an empty utterance id"
+    why = key_problem(utt)
+    if why:
+        return why
+    if not isinstance(value, str):
+        return f"{value!r} is not text"
+    if not value.strip():
+        return "an empty value"
+    if "\n" in value or "\r" in value:
+        return f"{value!r} spans lines"
+    if one_word and len(value.split()) != 1:
+        return f"speaker id {value!r} is not one word"
+    return None
 
 
 def _read_table(path: Path, problems: list[DataError], what: str,

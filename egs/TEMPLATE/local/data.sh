@@ -7,7 +7,8 @@
 #                       then one utterance a line, path relative to <CORPUS>
 # An utterance's id is its path without the extension, '/' and spaces made '-' (spk1/take01.wav ->
 # spk1-take01): ids from the file name alone would make two speakers' take01 one utterance.
-# Keep: the options, the .done marker per dir (re-running is a no-op), sorted files, absolute audio
+# Keep: the options, the .done marker per dir naming the corpus (re-running is a no-op, another corpus
+# is refused), sorted files, absolute audio
 # paths (or Kaldi '... |' commands) in wav.scp, utterance ids without '/' or spaces, one line for
 # anything left out (clips missing, empty sentences) and one line naming file and line for bad input.
 set -euo pipefail
@@ -30,6 +31,11 @@ help_message="Usage: $0 [options]
 for set in ${sets//,/ }; do
   dir=${datadir}/${set}
   if [ -f "${dir}/.done" ]; then   # prepared sets need no corpus: it may be unmounted now
+    was=$(cat "${dir}/.done")
+    if [ -n "${was}" ] && [ "${was}" != "${CORPUS}" ]; then   # wav.scp holds the other corpus's paths
+      log "ERROR: ${dir} was made from ${was}, not ${CORPUS}: remove it (rm -r ${dir}) to make it again"
+      exit 1
+    fi
     log "${dir}: already prepared (${dir}/.done), skipping"
     continue
   fi
@@ -42,7 +48,7 @@ import sys
 from pathlib import Path
 
 from tasu.data.corpus_tsv import read_tsv
-from tasu.data.kaldi_dir import write_tables
+from tasu.data.kaldi_dir import DataDirError, wav_scp_entry, write_tables
 from tasu.data.records import DataError
 
 root, name, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -66,7 +72,10 @@ try:
         if not words:
             empty += 1
             continue
-        wav[utt] = str(audio.resolve())
+        try:
+            wav[utt] = wav_scp_entry(audio)   # refuses a file name that wav.scp would read as a command
+        except DataError as e:
+            raise DataError(str(table), line, "path", str(e)) from None
         text[utt] = words
         spk[utt] = row.get("speaker") or utt
 except DataError as e:
@@ -77,10 +86,13 @@ if empty:
     print(f"{out}: {empty} rows of {table} have an empty text: left out", file=sys.stderr)
 if not text:
     sys.exit(f"local/data.sh: {table}: no utterance to prepare")
-n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+try:
+    n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})   # checks ids and values first
+except DataDirError as e:
+    sys.exit(f"local/data.sh: {table}: {e}")
 print(f"{out}: {n} utterances", file=sys.stderr)
 PY
   # ---------------------------------------------------------------------------------------------------
-  touch "${dir}/.done"
+  echo "${CORPUS}" > "${dir}/.done"
 done
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

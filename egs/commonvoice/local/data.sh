@@ -8,7 +8,8 @@
 # writes data/{train,dev,test}: utterance = the clip's name without .mp3, speaker = client_id, text
 # = the sentence as released (cased, punctuated: the scorer normalises). The mp3 files are read
 # directly by soundfile (libsndfile >= 1.1); with an older libsndfile wav.scp pipes them through
-# ffmpeg instead (see --mp3_reader). A finished dir has a .done marker and is not made again.
+# ffmpeg instead (see --mp3_reader). A finished dir has a .done marker naming the release directory
+# and is not made again (another COMMONVOICE is refused: wav.scp holds the old release's paths).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -45,6 +46,11 @@ esac
 for set in ${sets//,/ }; do
   dir=${datadir}/${set}
   if [ -f "${dir}/.done" ]; then
+    was=$(cat "${dir}/.done")
+    if [ -n "${was}" ] && [ "${was}" != "${COMMONVOICE}" ]; then   # empty: an older marker
+      log "ERROR: ${dir} was made from ${was}, not ${COMMONVOICE}: remove it (rm -r ${dir}) to make it again"
+      exit 1
+    fi
     log "${dir}: already prepared (${dir}/.done), skipping"
     continue
   fi
@@ -54,7 +60,7 @@ import sys
 from pathlib import Path
 
 from tasu.data.corpus_tsv import read_tsv
-from tasu.data.kaldi_dir import wav_scp_entry, write_tables
+from tasu.data.kaldi_dir import DataDirError, wav_scp_entry, write_tables
 from tasu.data.records import DataError
 
 root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
@@ -64,6 +70,8 @@ missing = repeated = 0
 try:
     for lineno, row in read_tsv(tsv, {"client_id", "path", "sentence"}):
         sentence = " ".join(row["sentence"].split())
+        if Path(row["path"]).is_absolute() or ".." in Path(row["path"]).parts:
+            raise DataError(str(tsv), lineno, "path", f"{row['path']!r}: not a file of clips/")
         clip = root / "clips" / row["path"]
         if not sentence:
             print(f"{tsv}:{lineno}: empty sentence, skipped", file=sys.stderr)
@@ -73,7 +81,11 @@ try:
             continue
         utt = Path(row["path"]).stem
         repeated += utt in text
-        wav[utt], text[utt], spk[utt] = wav_scp_entry(clip, reader), sentence, row["client_id"]
+        try:
+            wav[utt] = wav_scp_entry(clip, reader)
+        except DataError as e:
+            raise DataError(str(tsv), lineno, "path", str(e)) from None
+        text[utt], spk[utt] = sentence, row["client_id"]
 except DataError as e:
     sys.exit(f"local/data.sh: {e}")
 if missing:
@@ -82,9 +94,12 @@ if repeated:
     print(f"{tsv}: {repeated} rows repeat a clip named before: the last one kept", file=sys.stderr)
 if not text:
     sys.exit(f"local/data.sh: {tsv}: no utterances")
-n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+try:
+    n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+except DataDirError as e:
+    sys.exit(f"local/data.sh: {tsv}: {e}")
 print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stderr)
 PY
-  touch "${dir}/.done"
+  echo "${COMMONVOICE}" > "${dir}/.done"
 done
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

@@ -49,9 +49,16 @@ case ${mp3_reader} in
 esac
 
 sets=train,dev,test
+made="${pairs} of ${COVOST2} and ${COMMONVOICE}"   # what .done records: another one is refused
 todo=
 for set in ${sets//,/ }; do
   if [ -f "${datadir}/${set}/.done" ]; then
+    was=$(cat "${datadir}/${set}/.done")
+    if [ -n "${was}" ] && [ "${was}" != "${made}" ]; then   # empty: an older marker
+      log "ERROR: ${datadir}/${set} was made from ${was}, not ${made}:" \
+          "remove it (rm -r ${datadir}/${set}) to make it again"
+      exit 1
+    fi
     log "${datadir}/${set}: already prepared (${datadir}/${set}/.done), skipping"
   else
     todo+=${todo:+,}${set}
@@ -60,6 +67,6 @@ done
 if [ -n "${todo}" ]; then
   log "${COVOST2}/covost_v2.{${pairs}}.tsv + ${COMMONVOICE}/clips -> ${datadir}/{${todo}} (mp3 read by ${mp3_reader})"
   python3 local/data_prep.py "${COVOST2}" "${COMMONVOICE}" "${datadir}" --sets "${todo}" --pairs "${pairs}" \
-    --mp3-reader "${mp3_reader}"
+    --mp3-reader "${mp3_reader}" --done "${made}"
 fi
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

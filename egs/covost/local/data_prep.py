@@ -12,7 +12,10 @@ Two layouts are read, the one CoVoST 2 is released in and the one its split scri
 
 Both are read as CoVoST's tools write them: tabs only, ``\\`` escaping. Nothing is dropped in
 silence: rows with an empty sentence or translation are named by line, clips that are missing,
-rows that validated.tsv lacks and rows of another split are counted in one line each.
+rows that validated.tsv lacks, rows of another split and rows that repeat a clip of their pair word
+for word are counted in one line each; a clip that a pair gives two transcripts or translations is
+an error, and a clip in two sets (train and test) is counted with an example, since the sets should
+not share one. Each finished set's ``.done`` holds ``--done``, what it was made from.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 
 from tasu.data.corpus_tsv import read_tsv
-from tasu.data.kaldi_dir import wav_scp_entry, write_tables
+from tasu.data.kaldi_dir import DataDirError, wav_scp_entry, write_tables
 from tasu.data.records import DataError
 
 SPLITS = {"train": "train", "train_covost": "train", "dev": "dev", "test": "test"}
@@ -55,14 +58,32 @@ def rows(tsv_dir: Path, pair: str, validated: Path):
             yield f, line, split, row
 
 
-def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list[str], reader: str) -> None:
+def translation_files(pairs: list[str]) -> dict[str, str]:
+    """pair -> the label file of its translations (``en_zh-CN`` -> ``translation_zh``)."""
+    files: dict[str, str] = {}
+    for pair in pairs:
+        source, _, target = pair.partition("_")
+        if not source or not target:
+            raise DataError("--pairs", None, None, f"{pair!r} is not <source>_<target>, e.g. en_de or en_zh-CN")
+        name = "translation_" + target.split("-")[0]
+        clash = [p for p, n in files.items() if n == name]
+        if clash:
+            raise DataError("--pairs", None, None, f"{clash[0]} and {pair} would both write {name}: run them in "
+                                                   "two recipe directories")
+        files[pair] = name
+    return files
+
+
+def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list[str], reader: str,
+            done: str) -> None:
     clips = cv / "clips"
     data = {s: {"wav.scp": {}, "text": {}, "utt2spk": {}} for s in sets}
     missing: set[str] = set()
     other_split: dict[str, int] = {}
-    no_speaker = 0
-    for pair in pairs:
-        target = "translation_" + pair.split("_", 1)[1].split("-")[0]
+    no_speaker = repeated = 0
+    seen: dict[tuple[str, str], tuple[str, str, str, str]] = {}   # (pair, clip) -> (where, set, sentence, translation)
+    two_sets: list[str] = []
+    for pair, target in translation_files(pairs).items():
         for tsv, line, split, row in rows(tsv_dir, pair, cv / "validated.tsv"):
             if split not in SPLITS:
                 other_split[split] = other_split.get(split, 0) + 1
@@ -76,13 +97,28 @@ def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list
             if row["client_id"] is None:
                 no_speaker += 1
                 continue
+            first = seen.setdefault((pair, row["path"]), (f"{tsv}:{line}", SPLITS[split], sentence, translation))
+            if first[0] != f"{tsv}:{line}":
+                if first[2:] != (sentence, translation):
+                    raise DataError(str(tsv), line, "path", f"{row['path']} again, with another sentence or "
+                                                            f"translation than at {first[0]}")
+                if first[1] == SPLITS[split]:
+                    repeated += 1
+                    continue
+                two_sets.append(f"{row['path']}: {first[1]} at {first[0]}, {SPLITS[split]} at {tsv}:{line}")
             clip = clips / row["path"]
+            if Path(row["path"]).is_absolute() or ".." in Path(row["path"]).parts:
+                raise DataError(str(tsv), line, "path", f"{row['path']!r}: not a file of clips/")
             if not clip.is_file():
                 missing.add(row["path"])
                 continue
             utt = Path(row["path"]).stem
             tables = data[SPLITS[split]]
-            tables["wav.scp"][utt], tables["text"][utt] = wav_scp_entry(clip, reader), sentence
+            try:
+                tables["wav.scp"][utt] = wav_scp_entry(clip, reader)
+            except DataError as e:
+                raise DataError(str(tsv), line, "path", str(e)) from None
+            tables["text"][utt] = sentence
             tables["utt2spk"][utt] = row["client_id"]
             tables.setdefault(target, {})[utt] = translation
     if missing:
@@ -90,6 +126,10 @@ def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list
     if no_speaker:
         print(f"{no_speaker} tsv rows name clips that are not in {cv / 'validated.tsv'} (another Common Voice "
               "release than CoVoST 2's?): skipped", file=sys.stderr)
+    if repeated:
+        print(f"{repeated} tsv rows repeat a clip of their pair word for word: kept once", file=sys.stderr)
+    if two_sets:
+        print(f"{len(two_sets)} clips are in two sets, kept in both (e.g. {two_sets[0]})", file=sys.stderr)
     for split, n in sorted(other_split.items()):
         print(f"{n} tsv rows of split '{split}' (not train, train_covost, dev or test): skipped", file=sys.stderr)
     for split, tables in data.items():
@@ -97,8 +137,11 @@ def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list
             raise DataError(str(tsv_dir), None, None, f"no {split} utterances in the covost_v2.{{{','.join(pairs)}}} tables")
     for split, tables in data.items():
         out = datadir / split
-        n = write_tables(out, tables)
-        (out / ".done").touch()
+        try:
+            n = write_tables(out, tables)
+        except DataDirError as e:
+            raise DataError(str(tsv_dir), None, None, str(e)) from None
+        (out / ".done").write_text(done + "\n", encoding="utf-8")
         print(f"{out}: {n} utterances; " + ", ".join(f"{name} {len(t)}" for name, t in tables.items()
                                                      if name.startswith("translation_")), file=sys.stderr)
 
@@ -111,9 +154,10 @@ def main() -> None:
     p.add_argument("--sets", required=True, help="comma separated: the data dirs to make")
     p.add_argument("--pairs", required=True, help="comma separated, e.g. en_zh-CN,en_de")
     p.add_argument("--mp3-reader", required=True, choices=("soundfile", "ffmpeg"))
+    p.add_argument("--done", required=True, help="what each finished set's .done says it was made from")
     a = p.parse_args()
     try:
-        prepare(a.tsv_dir, a.commonvoice, a.datadir, a.sets.split(","), a.pairs.split(","), a.mp3_reader)
+        prepare(a.tsv_dir, a.commonvoice, a.datadir, a.sets.split(","), a.pairs.split(","), a.mp3_reader, a.done)
     except DataError as e:
         sys.exit(f"local/data.sh: {e}")
 

@@ -9,7 +9,8 @@
 # LM corpus as numbered lines, for text-only training). Without --eval_subsets, the evaluation sets
 # are the ones the run names (--valid_set and --test_sets of the stage script, which passes them in
 # TASU_DATA_SETS), else all four. Speakers are <speaker>-<chapter>, as in Kaldi's recipe. A finished
-# dir has a .done marker naming its subsets and is not made again (another --train_subsets is refused).
+# dir has a .done marker naming its subsets and the corpus directory, and is not made again (another
+# --train_subsets or LIBRISPEECH is refused: wav.scp holds the old corpus's paths).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -41,16 +42,19 @@ fi
 
 if [ -z "${eval_subsets}" ]; then
   for set in ${TASU_DATA_SETS:-}; do   # the run's data dirs: dev_clean -> subset dev-clean
-    case ${set} in train|lm_norm) ;; *) eval_subsets+="${eval_subsets:+,}${set//_/-}" ;; esac
+    case ${set} in train|lm_norm) ;; *)   # a set both validated on and tested: once
+      case ,${eval_subsets}, in *,${set//_/-},*) ;; *) eval_subsets+="${eval_subsets:+,}${set//_/-}" ;; esac ;;
+    esac
   done
   eval_subsets=${eval_subsets:-dev-clean,dev-other,test-clean,test-other}
 fi
 
-make_dir() {  # make_dir <name> <subset,...>; .done names the subsets
-  local dir=${datadir}/$1
+make_dir() {  # make_dir <name> <subset,...>; .done names the subsets and the corpus
+  local dir=${datadir}/$1 made="$2 of ${LIBRISPEECH}"
   if [ -f "${dir}/.done" ]; then
-    if [ -s "${dir}/.done" ] && [ "$(cat "${dir}/.done")" != "$2" ]; then
-      log "ERROR: ${dir} was made from $(cat "${dir}/.done"), not $2: remove it (rm -r ${dir}) to make it again"
+    local was; was=$(cat "${dir}/.done")
+    if [ -n "${was}" ] && [ "${was}" != "${made}" ] && [ "${was}" != "$2" ]; then  # $2 alone: an older marker
+      log "ERROR: ${dir} was made from ${was}, not ${made}: remove it (rm -r ${dir}) to make it again"
       exit 1
     fi
     log "${dir}: already prepared (${dir}/.done), skipping"
@@ -61,25 +65,37 @@ make_dir() {  # make_dir <name> <subset,...>; .done names the subsets
 import sys
 from pathlib import Path
 
-from tasu.data.kaldi_dir import write_tables
+from tasu.data.kaldi_dir import DataDirError, wav_scp_entry, write_tables
+from tasu.data.records import DataError
 
-root, subsets, out = Path(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
-wav, text, spk = {}, {}, {}
+root, subsets, out = Path(sys.argv[1]), list(dict.fromkeys(sys.argv[2].split(","))), Path(sys.argv[3])
+wav, text, spk, where = {}, {}, {}, {}  # where: utt -> the trans.txt line that named it
 for subset in subsets:
     if not (root / subset).is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         sys.exit(f"local/data.sh: {root / subset}: no such subset directory; this run needs "
                  f"{', '.join(subsets)}, and {root} has {', '.join(found) or 'no subset'}")
     for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, raw in enumerate(trans.read_bytes().split(b"\n"), 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                sys.exit(f"local/data.sh: {trans}:{lineno}: not UTF-8 (byte {e.start + 1} of the line)")
             if not line.strip():
                 continue
-            utt, _, words = line.strip().partition(" ")
+            utt, *words = line.split(maxsplit=1)
             audio = trans.parent / f"{utt}.flac"
-            if not words.strip() or not audio.is_file():
-                sys.exit(f"{trans}:{lineno}: {'no transcript' if not words.strip() else f'{audio} is missing'}")
-            wav[utt], text[utt] = str(audio.resolve()), " ".join(words.split())
-            spk[utt] = "-".join(utt.split("-")[:2])
+            if not words or not audio.is_file():
+                sys.exit(f"local/data.sh: {trans}:{lineno}: {f'{audio} is missing' if words else 'no transcript'}")
+            if utt in where:
+                sys.exit(f"local/data.sh: {trans}:{lineno}: utterance {utt} again ({where[utt]} named it): "
+                         "is a subset in the list twice, under two names?")
+            try:
+                wav[utt] = wav_scp_entry(audio)
+            except DataError as e:
+                sys.exit(f"local/data.sh: {trans}:{lineno}: {e}")
+            text[utt], spk[utt] = " ".join(words[0].split()), "-".join(utt.split("-")[:2])
+            where[utt] = f"{trans}:{lineno}"
     # a chapter without its trans.txt (a partial extraction) would otherwise vanish without a word
     unlisted = sorted(f for f in (root / subset).glob("*/*/*.flac") if f.stem not in text)
     if unlisted:
@@ -87,10 +103,13 @@ for subset in subsets:
               file=sys.stderr)
 if not text:
     sys.exit(f"local/data.sh: no *.trans.txt under {root}/{{{','.join(subsets)}}}")
-n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+try:
+    n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
+except DataDirError as e:
+    sys.exit(f"local/data.sh: {e}")
 print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stderr)
 PY
-  echo "$2" > "${dir}/.done"
+  echo "${made}" > "${dir}/.done"
 }
 
 make_dir train "${train_subsets}"
@@ -99,15 +118,19 @@ for subset in ${eval_subsets//,/ }; do
 done
 
 if [ -n "${lm_text}" ]; then
-  dir=${datadir}/lm_norm
-  if [ -f "${dir}/.done" ]; then
+  dir=${datadir}/lm_norm made="${lm_text} (lines: ${lm_max_lines}, 0 for all)"
+  was=$(cat "${dir}/.done" 2>/dev/null || true)
+  if [ -n "${was}" ] && [ "${was}" != "${made}" ]; then
+    log "ERROR: ${dir} was made from ${was}, not ${made}: remove it (rm -r ${dir}) to make it again"
+    exit 1
+  elif [ -f "${dir}/.done" ]; then
     log "${dir}: already prepared (${dir}/.done), skipping"
   else
     log "${lm_text} -> ${dir}/text (ids lm_<line>)"
     mkdir -p "${dir}"
     if [ "${lm_max_lines}" -gt 0 ]; then head -n "${lm_max_lines}" "${lm_text}"; else cat "${lm_text}"; fi \
-      | awk 'NF { $1 = $1; printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"   # $1 = $1: single spaces, as the other sets
-    touch "${dir}/.done"
+      | awk '{ sub(/\r$/, "") } NF { $1 = $1; printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"  # single spaces
+    echo "${made}" > "${dir}/.done"
   fi
 fi
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"

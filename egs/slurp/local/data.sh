@@ -8,7 +8,9 @@
 #
 # Every recording is one utterance, <slurp_id>-<file name without .flac>, in data/{train,devel,test}
 # with text (the sentence), scenario, action and intent files (utterance -> label). data/train also
-# holds the synthetic recordings unless --use_synth false. A finished dir has a .done marker.
+# holds the synthetic recordings unless --use_synth false. A finished dir has a .done marker naming the
+# audio directory and is not made again (another --audio_dir or SLURP is refused: wav.scp holds the
+# old paths).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -32,6 +34,11 @@ make_dir() {  # make_dir <name> <split>...
   local dir=${datadir}/$1
   shift
   if [ -f "${dir}/.done" ]; then
+    local was; was=$(cat "${dir}/.done")
+    if [ -n "${was}" ] && [ "${was}" != "${audio_dir}" ]; then   # empty: an older marker
+      log "ERROR: ${dir} was made from ${was}, not ${audio_dir}: remove it (rm -r ${dir}) to make it again"
+      exit 1
+    fi
     log "${dir}: already prepared (${dir}/.done), skipping"
     return
   fi
@@ -41,11 +48,13 @@ import json
 import sys
 from pathlib import Path
 
-from tasu.data.kaldi_dir import write_tables
+from tasu.data.kaldi_dir import DataDirError, wav_scp_entry, write_tables
+from tasu.data.records import DataError
 
 meta, audio, out, splits = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 files = {name: {} for name in ("wav.scp", "text", "scenario", "action", "intent")}
-missing = 0
+missing = unrecorded = repeated = 0
+first = {}  # utterance -> (file:line, labels) of the record that named it
 for split in splits:
     sub = audio / ("slurp_synth" if split == "train_synthetic" else "slurp_real")
     path = meta / f"{split}.jsonl"
@@ -54,7 +63,7 @@ for split in splits:
         sys.exit(f"local/data.sh: {path}: no such file{hint}")
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError:
             sys.exit(f"local/data.sh: {path}:{lineno}: not UTF-8")
         if not line.strip():
@@ -69,22 +78,44 @@ for split in splits:
             sys.exit(f"local/data.sh: {path}:{lineno}: not a SLURP record ({e!r})")
         if not labels["text"]:
             sys.exit(f"local/data.sh: {path}:{lineno}: sentence: empty")
+        for key in ("scenario", "action", "intent"):   # labels are targets: one line of text each
+            if not isinstance(labels[key], str) or not labels[key].strip() or len(labels[key].splitlines()) > 1:
+                sys.exit(f"local/data.sh: {path}:{lineno}: {key}: {labels[key]!r} is not a label")
+        unrecorded += not recordings
         for name in recordings:
             if not (sub / name).is_file():
                 missing += 1
                 continue
             utt = f"{slurp_id}-{Path(name).stem}"
-            files["wav.scp"][utt] = str((sub / name).resolve())
+            if utt in first:
+                if first[utt][1] != labels:
+                    sys.exit(f"local/data.sh: {path}:{lineno}: recording {name} of slurp_id {slurp_id} again, with "
+                             f"other labels than at {first[utt][0]}")
+                repeated += 1
+                continue
+            first[utt] = (f"{path}:{lineno}", labels)
+            try:
+                files["wav.scp"][utt] = wav_scp_entry(sub / name)
+            except DataError as e:
+                sys.exit(f"local/data.sh: {path}:{lineno}: {e}")
             for key, value in labels.items():
                 files[key][utt] = value
 if missing:
     print(f"{out}: {missing} recordings named in the metadata are not in {audio}: skipped", file=sys.stderr)
+if unrecorded:
+    print(f"{out}: {unrecorded} prompts of the metadata list no recording: no utterance", file=sys.stderr)
+if repeated:
+    print(f"{out}: {repeated} recordings are named again in the metadata, with the same labels: kept once",
+          file=sys.stderr)
 if not files["text"]:
     sys.exit(f"local/data.sh: no recordings of {', '.join(splits)} found in {audio}")
-n = write_tables(out, files)  # every recording its own speaker
+try:
+    n = write_tables(out, files)  # every recording its own speaker
+except DataDirError as e:
+    sys.exit(f"local/data.sh: {e}")
 print(f"{out}: {n} utterances", file=sys.stderr)
 PY
-  touch "${dir}/.done"
+  echo "${audio_dir}" > "${dir}/.done"
 }
 
 if ${use_synth}; then make_dir train train train_synthetic; else make_dir train train; fi
