@@ -57,6 +57,22 @@ def test_every_stage_runs_and_the_table_is_printed(mini):
     assert "train: " not in (exp / SYSTEMS[0] / "log" / "train.log").read_text()  # no progress bar in logs
 
 
+def test_a_second_run_of_one_workdir_stops_at_once(mini):
+    """Two runs of one workdir would remake the corpus under each other (and mark it done over missing
+    audio); the second stops before it touches anything."""
+    import fcntl
+
+    recipe, _ = mini
+    lock = recipe / "exp" / ".run.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write_text("pid 1 on elsewhere\n")
+        out = sh(recipe, "./run.sh", "--quick", "true", "--stage", "7", ok=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("./run.sh: . is in use by another ./run.sh (pid 1 on elsewhere): wait for it to end "
+                                  "(or stop it), or give this one another --workdir")
+
+
 def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     recipe, _ = mini
     results = (recipe / "RESULTS.md").read_text()

@@ -326,6 +326,18 @@ def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(t
                                                     *paths).stderr
     assert [(logs / f"train.log.{i}").read_text() for i in (1, 2)] == ["the first run\n", "the second run\n"]
 
+    # a training still running keeps its log: the stage stops before it moves anything aside
+    from tasu.lock import DirLock
+
+    running = DirLock(recipe / "exp" / "tasu_train_text", "training").acquire()
+    try:
+        (logs / "train.log").write_text("the live run\n")
+        out = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", *paths, ok=False)
+    finally:
+        running.release()
+    assert out.returncode == 1 and "exp/tasu_train_text is in use: training by pid" in out.stderr.splitlines()[-1]
+    assert (logs / "train.log").read_text() == "the live run\n" and not (logs / "train.log.3").exists()
+
 
 def test_librispeech_prepares_the_run_s_sets_and_names_the_missing_subset(tmp_path):
     corpus = write_librispeech(tmp_path / "corpora")   # train-clean-100, dev-clean, test-clean only
@@ -337,6 +349,24 @@ def test_librispeech_prepares_the_run_s_sets_and_names_the_missing_subset(tmp_pa
     assert out.returncode != 0
     assert ("test-other: no such subset directory; this run needs test-other, and "
             f"{corpus} has dev-clean, test-clean, train-clean-100") in out.stderr, out.stderr
+
+
+def test_a_second_run_of_the_data_stages_stops_at_once(tmp_path):
+    """Two runs preparing one data/ (or dump/) would interleave their files; the second stops, naming
+    the first's process, and the first's lock goes when it does."""
+    from tasu.lock import DirLock
+
+    corpus = write_librispeech(tmp_path / "corpora")
+    recipe = copy_recipe("librispeech", tmp_path)
+    env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": ""}
+    for stage, directory, what in (("1", "data", "data preparation"), ("2", "dump", "the JSONL stage")):
+        first = DirLock(recipe / directory, what).acquire()
+        out = sh(recipe, "./run.sh", "--stage", stage, "--stop_stage", stage, "--test_sets", "test_clean", env=env,
+                 ok=False)
+        first.release()
+        assert out.returncode == 1, out.stderr
+        assert f"ERROR: {directory} is in use: {what} by pid {os.getpid()} on " in out.stderr.splitlines()[-1]
+        sh(recipe, "./run.sh", "--stage", stage, "--stop_stage", stage, "--test_sets", "test_clean", env=env)
 
 
 def test_job_runner_logs_each_job_and_reports_the_failing_one(tmp_path):

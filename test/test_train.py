@@ -171,6 +171,62 @@ def test_curriculum_text_then_audio(setup, straight, tmp_path):
     assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
 
 
+@pytest.mark.slow
+def test_curriculum_starts_only_from_a_finished_text_stage_and_the_same_model(setup, straight, tmp_path):
+    """A text stage killed half-way leaves a half-trained model: the audio stage must not start from
+    it, nor, once the text stage has finished, resume the run it started from the half-trained one.
+    Either way it used to end with exit 0 and the curriculum's results of another model."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    text_exp = tmp_path / "text"
+    shutil.copytree(straight, text_exp)
+    ckpts = text_exp / "checkpoints"
+    assert (ckpts / "finished").read_text() == "step_000012\n"   # the run ended with its last checkpoint
+    killed = tmp_path / "killed"   # as a kill leaves it: last at an earlier checkpoint, no "finished"
+    shutil.copytree(text_exp, killed)
+    earlier = json.loads((ckpts / "best.json").read_text())[0]["name"]
+    assert earlier != "step_000012"
+    (killed / "checkpoints" / "last").write_text(earlier + "\n")
+    (killed / "checkpoints" / "finished").unlink()
+    audio = ["data.mode=audio", "train.max_steps=2", "train.valid_interval=100", "train.save_interval=2"]
+    out = subprocess.run(train_cmd(setup, tmp_path / "a", *audio, f"train.init_from={killed}", procs=1), env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert (f"train.init_from {killed}: its training has not finished (its last checkpoint is {earlier}): finish it "
+            f"(run it again with --resume), or name a checkpoint to start from that one on purpose "
+            f"(train.init_from={killed}/checkpoints/{earlier})") in out.stdout + out.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists()
+
+    run(train_cmd(setup, tmp_path / "b", *audio, f"train.init_from={text_exp}", procs=1))
+    weights = ckpts / earlier / "model" / "trainable.safetensors"   # what init_from resolves to: the best
+    save_file({k: v + 1 for k, v in load_file(weights).items()}, weights)   # that experiment trained on
+    out = subprocess.run(train_cmd(setup, tmp_path / "b", *audio, f"train.init_from={text_exp}", "train.max_steps=4",
+                                   "--resume", procs=1), env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert (f"its run read other data or settings: train.init_from: the run started from {weights} (sha256 "
+            in out.stdout + out.stderr)
+    assert "; it names" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_missing_an_engine_file_is_named(setup, straight, tmp_path):
+    """DeepSpeed asserts, with no message, when a file of its state is gone; the resume says which
+    checkpoint and what it holds, and how to resume from another."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(straight, exp)
+    (exp / "checkpoints" / "step_000012" / "engine" / "ds" / "mp_rank_00_model_states.pt").unlink()
+    out = subprocess.run(train_cmd(setup, exp, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    best = json.loads((exp / "checkpoints" / "best.json").read_text())[0]["name"]
+    assert (f"{exp}/checkpoints/step_000012: DeepSpeed cannot load its engine state (AssertionError: no message), "
+            "so a file of it is missing or damaged (it holds engine/") in out.stdout + out.stderr
+    assert (f"resume from another checkpoint ({best}: write its name into {exp}/checkpoints/last), or train into a "
+            "new --exp-dir") in out.stdout + out.stderr
+
 @pytest.mark.parametrize("pointer", [None, "step_0000I2"])
 def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory(setup, straight, tmp_path, pointer):
     """A lost or mistyped checkpoints/last would make the run start at step 0 and delete the checkpoints

@@ -28,6 +28,18 @@ die() {
   log "ERROR: $*"
   exit 1
 }
+hold_lock() {  # hold_lock <dir> <what>: this run is <dir>'s one writer until release_lock (or its exit)
+  # flock on <dir>/.lock, the file tasu's own writers lock (tasu.lock): the kernel drops it when its
+  # holder dies, so a killed run leaves nothing to clean up, and two runs cannot interleave their files
+  mkdir -p "$1"
+  exec {lock_fd}>>"$1/.lock"
+  if ! flock -n "${lock_fd}"; then
+    local holder; holder=$(cat "$1/.lock")
+    die "$1 is in use: $2 by ${holder:-another run} is writing into it; wait for it to end (or stop it)"
+  fi
+  echo "pid $$ on $(uname -n)" > "$1/.lock"
+}
+release_lock() { exec {lock_fd}>&-; }
 invocation="$0 $(printf '%q ' "$@")"
 tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 
@@ -341,6 +353,9 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
     train_cmd+=(--module tasu.cli train)
   fi
   write_reentry "${exp}" "${n}" "training ${exp}"
+  if [ -e "${exp}/.lock" ] && ! flock -n "${exp}/.lock" true; then   # said before its live log is moved aside
+    die "${exp} is in use: training by $(cat "${exp}/.lock") is writing into it; wait for it to end (or stop it)"
+  fi
   local kept=1   # an earlier run's log (why it stopped, its losses) is kept, not overwritten: train.log.1, .2, ...
   if [ -e "${exp}/log/train.log" ]; then
     while [ -e "${exp}/log/train.log.${kept}" ]; do kept=$((kept + 1)); done
@@ -404,12 +419,15 @@ if runs 1; then
   log "Stage 1: data preparation: the corpus release -> ${datadir}/<set>/{wav.scp,text,utt2spk,spk2utt,...}"
   # the sets this run names, for a local/data.sh that prepares only what is used (LibriSpeech)
   # shellcheck disable=SC2086
+  hold_lock "${datadir}" "data preparation"
   TASU_DATA_SETS="${train_set} ${valid_set} ${test_sets} ${extra_text_sets}" \
     local/data.sh --datadir "${datadir}" ${local_data_opts}
+  release_lock
 fi
 
 if runs 2; then
   log "Stage 2: JSONL: ${datadir}/<set> -> ${dumpdir}/<set>/<task>.jsonl and <task>.text_only.jsonl"
+  hold_lock "${dumpdir}" "the JSONL stage"
   make_jsonl() {  # make_jsonl <set> <spec> <text_only>: one JSONL file (not yet validated)
     local set=$1 task target out
     task=$(task_name "$2")
@@ -474,6 +492,7 @@ if runs 2; then
   for f in "${new_audio[@]}" "${new_text[@]}"; do
     echo "${made_from[${f}]}" > "${f%.jsonl}.done"
   done
+  release_lock
 fi
 
 if runs 3; then

@@ -135,6 +135,16 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
 }
 
 mkdir -p "${exp}"
+# One run a workdir: a second would remake the corpus under the first (make_corpus.py clears data/wav)
+# and mark it done over missing files. flock, as tasu's writers: a killed run holds nothing.
+exec {run_lock}>>"${exp}/.run.lock"
+if ! flock -n "${run_lock}"; then
+  holder=$(cat "${exp}/.run.lock")
+  echo "$0: ${workdir} is in use by another ./run.sh (${holder:-its pid not written yet}): wait for it to end" \
+    "(or stop it), or give this one another --workdir" >&2
+  exit 1
+fi
+echo "pid $$ on $(uname -n)" > "${exp}/.run.lock"
 for n in 1 2 3 4 5 6 7; do
   [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || continue
   tasu_sh "${n}"

@@ -4,7 +4,8 @@ The layout of an experiment directory, and everything decoding reads (``model/``
 ``tasu.model_io``; training writes ``model/`` with its ``write_model``. Here: ``engine/`` (what
 ``--resume`` needs: DeepSpeed's optimizer and scheduler state, our own state, and ``data.json``, the
 files the run read, which ``tasu.train.same_run`` checks before resuming), the ``last`` and
-``best.json`` pointers, and the steps both training loops (``tasu train``, ``tasu train-simulator``)
+``best.json`` pointers, ``finished`` (the checkpoint a run ended with: what a later stage's
+``train.init_from`` checks), and the steps both training loops (``tasu train``, ``tasu train-simulator``)
 take to put a checkpoint in place and to forget, on resuming, the loss curve's steps after it.
 
 A checkpoint is written under a temporary name (``partial_dir``) and renamed into place when
@@ -30,10 +31,32 @@ from tasu.fileio import write_atomic
 from tasu.model_io import CheckpointError
 
 ENGINE_DIR = "engine"
+FINISHED = "finished"   # in checkpoints/: the name of the checkpoint the run ended with
 
 
 def set_last(ckpt_root: Path, name: str) -> None:
     write_atomic(ckpt_root / "last", name + "\n")
+
+
+def mark_finished(ckpt_root: Path, name: str) -> None:
+    write_atomic(ckpt_root / FINISHED, name + "\n")
+
+
+def training_finished(ckpt_root: Path, last: Path) -> bool:
+    """Whether the run that wrote ``ckpt_root`` ended with ``last``, its newest checkpoint.
+
+    A run records that when it ends (``mark_finished``); one resumed for more steps and stopped again
+    has moved on from the checkpoint it names. A run of an older tasu recorded nothing: then the last
+    checkpoint's own state and config say it (its step reached ``max_steps``, or its epochs ran out).
+    """
+    marker = ckpt_root / FINISHED
+    if marker.is_file():
+        return marker.read_text(encoding="utf-8").strip() == last.name
+    from tasu.model_io import read_model_config
+
+    state = load_engine_file(last / ENGINE_DIR / "state_rank0.pt")
+    t = read_model_config(last).train
+    return (t.max_steps is not None and state["step"] >= t.max_steps) or state["position"]["epoch"] >= t.epochs
 
 
 def write_best(ckpt_root: Path, best: list[dict]) -> None:

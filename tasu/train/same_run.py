@@ -11,9 +11,14 @@ file's size and sha256) beside the resolved config and prompt set it already kee
 compares them with its own before it loads anything; a difference stops it with one line that names
 it. Files are compared by content, not by path, so an experiment moved with its data resumes.
 
+A run that starts from another's model (``train.init_from``, the curriculum) records that model
+too, the checkpoint and the sha256 of its weights: resumed after that experiment trained on (its
+stage had been killed, then finished), it would go on from one model and report another.
+
 Some settings may change on resume because they leave what is already trained as it is:
 ``RESUMABLE`` (the run's length, its logging and checkpoint intervals, the data loader's processes,
-the device) and the locations of the models and the prompt file (logged when they differ). A
+the device, where ``train.init_from`` is: its model is compared by content) and the locations of the
+models and the prompt file (logged when they differ). A
 checkpoint an older tasu wrote has no ``data.json``: its data cannot be checked, and the log says so.
 """
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 from tasu.config import ConfigError, load_config, to_dict
 from tasu.experiment import ExperimentConfig
 from tasu.fileio import read_json, write_atomic
-from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS
+from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS
 from tasu.train.checkpoint import ENGINE_DIR
 
 log = logging.getLogger("tasu.train")
@@ -45,14 +50,16 @@ class ResumeError(RuntimeError):
     """A resume onto other data or settings than the checkpoint's run; the message names the difference."""
 
 
-def data_record(cfg: ExperimentConfig) -> dict:
-    """Each training and validation file of ``cfg`` as the run reads it: path, size and sha256."""
-    def entry(path: str) -> dict:
+def data_record(cfg: ExperimentConfig, init_ckpt: Path | None = None) -> dict:
+    """Each training and validation file of ``cfg`` as the run reads it (path, size and sha256), and
+    the checkpoint it starts from (``init_ckpt``, ``train.init_from`` resolved), its weights' sha256."""
+    def entry(path: str | Path) -> dict:
         with open(path, "rb") as f:
-            return {"path": path, "bytes": os.fstat(f.fileno()).st_size,
+            return {"path": str(path), "bytes": os.fstat(f.fileno()).st_size,
                     "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
-    return {"train": [entry(s.path) for s in cfg.data.train], "valid": [entry(p) for p in cfg.data.valid]}
+    return {"train": [entry(s.path) for s in cfg.data.train], "valid": [entry(p) for p in cfg.data.valid],
+            "init_from": None if init_ckpt is None else entry(init_ckpt / MODEL_DIR / WEIGHTS)}
 
 
 def write_data_record(engine_dir: Path, record: dict) -> None:
@@ -77,9 +84,14 @@ def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
     return {**_flat(tree), "data.train weights": weights}
 
 
+def _whole_entry(e: dict) -> bool:
+    return isinstance(e["path"], str) and isinstance(e["bytes"], int) and isinstance(e["sha256"], str)
+
+
 def _whole_record(record: dict) -> bool:
-    return all(isinstance(e["path"], str) and isinstance(e["bytes"], int) and isinstance(e["sha256"], str)
-               for role in ("train", "valid") for e in record[role])
+    init = record.get("init_from")   # absent: a record of an older tasu
+    return all(_whole_entry(e) for role in ("train", "valid") for e in record[role]) and (
+        init is None or _whole_entry(init))
 
 
 def _data_differences(then: dict, now: dict) -> list[str]:
@@ -92,7 +104,15 @@ def _data_differences(then: dict, now: dict) -> list[str]:
             if old["sha256"] != new["sha256"]:
                 found.append(f"{new['path']}: not the file the run read ({old['path']}, {old['bytes']} bytes, "
                              f"sha256 {old['sha256'][:12]}...; now {new['bytes']} bytes, {new['sha256'][:12]}...)")
+    if "init_from" in then:   # older records did not say
+        old, new = then["init_from"], now["init_from"]
+        if (old and old["sha256"]) != (new and new["sha256"]):
+            found.append(f"train.init_from: the run started from {_model(old)}; it names {_model(new)} now")
     return found
+
+
+def _model(entry: dict | None) -> str:
+    return "no model" if entry is None else f"{entry['path']} (sha256 {entry['sha256'][:12]}...)"
 
 
 def check_same_run(ckpt: Path, cfg: ExperimentConfig, prompts_text: str, data: dict) -> None:

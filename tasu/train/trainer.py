@@ -45,12 +45,12 @@ from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
 from tasu.fileio import write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import (MODEL_DIR, build_model, check_fits, check_model_dirs, checkpoint_name, dump_config,
-                           encoder_tokenizer, last_checkpoint, load_trainable, read_best, refuse_lost_pointer,
-                           resolve_checkpoint, write_model)
+from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, checkpoint_name,
+                           dump_config, encoder_tokenizer, last_checkpoint, load_trainable, read_best,
+                           refuse_lost_pointer, resolve_checkpoint, write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
-from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, partial_dir, truncate_curve,
-                                   use_safe_engine_loads)
+from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
+                                   training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.same_run import check_same_run, data_record, write_data_record
 from tasu.experiment import ExperimentConfig
@@ -175,7 +175,8 @@ class Trainer:
         if not resume and last is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
-        self.data_record = data_record(cfg) if self.rank == 0 else None   # kept in every checkpoint
+        self.init_ckpt = self._init_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        self.data_record = data_record(cfg, self.init_ckpt) if self.rank == 0 else None   # kept in every checkpoint
         if resume and last is not None:  # before anything loads: a stale run must not go on, nor finish at once
             self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
         dumps = None
@@ -188,8 +189,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)  # the fresh projector (and LoRA) weights
         self.model = build_model(cfg, audio=cfg.data.mode in ("audio", "mixed"), device=str(self.device))
-        if cfg.train.init_from:
-            self._init_from(cfg.train.init_from)
+        if self.init_ckpt is not None:
+            self._init_from(self.init_ckpt)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
         self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
@@ -285,9 +286,28 @@ class Trainer:
                 handler.setFormatter(fmt)
                 log.addHandler(handler)
 
-    def _init_from(self, path: str) -> None:
+    @staticmethod
+    def _init_checkpoint(path: str) -> Path:
+        """The checkpoint ``train.init_from`` names: an experiment's trained model, or a checkpoint.
+
+        An experiment dir names the model its training ended with, so that training must have
+        finished: a stage killed half-way would otherwise hand on a half-trained model, and the next
+        stage would report its results as the curriculum's, with exit 0. A checkpoint named directly
+        is taken as it is, finished or not."""
+        exp = Path(path)
+        last = last_checkpoint(exp / "checkpoints")
+        if last is not None and not (exp / MODEL_DIR).is_dir() and not training_finished(exp / "checkpoints", last):
+            raise TrainingError(
+                f"train.init_from {path}: its training has not finished (its last checkpoint is {last.name}): "
+                f"finish it (run it again with --resume), or name a checkpoint to start from that one on purpose "
+                f"(train.init_from={last})")
+        try:
+            return resolve_checkpoint(path)
+        except FileNotFoundError as e:
+            raise TrainingError(f"train.init_from: {e}") from None
+
+    def _init_from(self, ckpt: Path) -> None:
         """Curriculum: start from a previous stage's trained weights (new LoRA adapters stay fresh)."""
-        ckpt = resolve_checkpoint(path)
         state = load_trainable(ckpt)
         own = {n for n, p in self.model.named_parameters() if p.requires_grad}
         unexpected = sorted(set(state) - own)
@@ -388,6 +408,8 @@ class Trainer:
             self.save(validated=True)
         elif not self._saved_at_step():
             self.save(validated=False)
+        if self.rank == 0:   # what train.init_from of a later stage checks: this model is the run's last
+            mark_finished(self.ckpt_root, checkpoint_name(self.step))
         bar.close()
         if writer is not None:
             writer.close()
@@ -516,8 +538,17 @@ class Trainer:
             return
         use_safe_engine_loads(self.engine)
         state = load_engine_file(ckpt / ENGINE_DIR / f"state_rank{self.rank}.pt")
-        self.engine.load_checkpoint(str(ckpt / ENGINE_DIR), tag="ds", load_module_strict=False,
-                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        try:
+            self.engine.load_checkpoint(str(ckpt / ENGINE_DIR), tag="ds", load_module_strict=False,
+                                        load_optimizer_states=True, load_lr_scheduler_states=True)
+        except (AssertionError, OSError, KeyError) as e:   # DeepSpeed asserts, with no message, on a file gone
+            held = sorted(str(f.relative_to(ckpt)) for f in (ckpt / ENGINE_DIR).rglob("*") if f.is_file())
+            others = sorted(p.name for p in self.ckpt_root.glob("step_*") if p != ckpt)
+            raise CheckpointError(
+                f"{ckpt}: DeepSpeed cannot load its engine state ({type(e).__name__}: {str(e) or 'no message'}), so "
+                f"a file of it is missing or damaged (it holds {', '.join(held) or 'nothing'}): resume from "
+                f"another checkpoint ({', '.join(others) or 'there is none'}: write its name into "
+                f"{self.ckpt_root / 'last'}), or train into a new --exp-dir") from None
         self.step = state["step"]
         self.position = DataPosition(**state["position"])
         self.best = state["best"] or read_best(self.ckpt_root)

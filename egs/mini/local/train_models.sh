@@ -61,7 +61,9 @@ for name in encoder llm; do
 done
 [ ${#jobs[@]} -gt 0 ] || exit 0
 
-threads=$(( $(nproc) / ${#jobs[@]} > 0 ? $(nproc) / ${#jobs[@]} : 1 ))
+# Half the cores each, also when one job is left to train (a resumed stage): a model's float sums depend
+# on its thread count, and a resumed run must compute what the uninterrupted one did.
+threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM   # a stopped stage stops its jobs too
 for name in "${jobs[@]}"; do
