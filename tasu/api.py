@@ -97,6 +97,8 @@ class Speech2Text:
     def batch(self, audios: list[Audio], task: str = "ASR", sample_rate: int | None = None,
               nbest: int | None = None, **fields: str) -> list[str] | list[list[Hypothesis]]:
         """``__call__`` for several recordings at once (one padded batch through the model)."""
+        if not audios:
+            return []
         waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
         from tasu.decode import first_prompt
 
@@ -126,7 +128,11 @@ def waveform(audio: Audio, sample_rate: int | None = None, allow_pipes: bool = F
         return torch.from_numpy(load_audio(path))
     if sample_rate is None:
         raise ValueError("an array needs its sample_rate (e.g. sample_rate=16000)")
-    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if isinstance(audio, torch.Tensor):   # numpy has no bfloat16: a tensor of it is widened first
+        audio = audio.detach().cpu()
+        samples = (audio.float() if audio.dtype in (torch.bfloat16, torch.float16) else audio).numpy()
+    else:
+        samples = np.asarray(audio)
     if samples.ndim not in (1, 2) or samples.size == 0:
         raise ValueError(f"expected a non-empty waveform of shape [T] or [T, C], got {tuple(samples.shape)}")
     return torch.from_numpy(to_16k_mono(samples, sample_rate, f"array of shape {tuple(samples.shape)}"))

@@ -75,7 +75,7 @@ from tasu.device import resolve_device
 from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
 from tasu.fileio import read_json, write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import MODEL_DIR, PROMPTS, encoder_tokenizer, read_model_config, resolve_checkpoint
+from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
 from tasu.posteriors import stack
 from tasu.simulate import build_simulator
 
@@ -299,7 +299,11 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
     options = DecodeOptions(input=input_kind, beam=beam, batch_size=batch_size, max_new_tokens=max_new_tokens,
                             no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                             seed=seed)
-    resolve_checkpoint(Path(exp), checkpoint)   # before the lock makes --out: a wrong --exp leaves none behind
+    ckpt = resolve_checkpoint(Path(exp), checkpoint)   # before the lock makes --out: a wrong --exp leaves none behind
+    for inside in (ckpt, ckpt.parent if ckpt.parent.name == "checkpoints" else ckpt):   # its model, its siblings
+        if Path(out).resolve().is_relative_to(inside.resolve()):
+            raise CheckpointError(f"--out {out} is inside {inside}: decoding writes beside a model, not into it "
+                             "(training replaces and removes checkpoints)")
     with DirLock(out, "tasu decode"):
         report = _decode(Path(exp), data, Path(out), checkpoint, options, device, list(overrides), allow_pipes)
     print(report, end="")

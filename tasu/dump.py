@@ -107,9 +107,11 @@ def read_info(path: Path) -> dict:
         ident = info["identity"]
         return (isinstance(ident["encoder"]["type"], str) and isinstance(ident["encoder"]["sha256"], str)
                 and isinstance(ident["compress"], dict)
-                and all(type(info[k]) is int for k in ("topk", "vocab_size", "blank_id")))
+                and all(type(info[k]) is int for k in ("topk", "vocab_size", "blank_id"))
+                and info["topk"] >= 1 and 0 <= info["blank_id"] < info["vocab_size"])
 
-    return read_json(path, whole, "a dump.json (identity: encoder, compress; topk, vocab_size, blank_id)")
+    return read_json(path, whole, "a dump.json (identity: encoder, compress; topk >= 1, vocab_size, blank_id "
+                                  "below it)")
 
 
 def _differences(made: dict, wanted: dict) -> str:
@@ -170,13 +172,13 @@ class DumpReader:
         ark, offset = _parse_entry(entry)
         try:
             size = os.path.getsize(ark)
+            if offset >= size:   # before seeking: an offset of 20 digits is no file position at all
+                raise DumpError(f"{entry}: no entry there: the ark has {size} bytes")
             with open(ark, "rb") as f:
                 f.seek(offset)
                 head = f.read(_HEADER.size)
         except OSError as e:
             raise DumpError(f"{entry}: cannot read: {e.strerror or e}") from None
-        if offset >= size:
-            raise DumpError(f"{entry}: no entry there: the ark has {size} bytes")
         if head[:5] != b"\0BFM ":
             raise DumpError(f"{entry}: not a float matrix (starts with {head[:5]!r}): a corrupt ark or a wrong offset")
         if len(head) < _HEADER.size:
@@ -200,9 +202,11 @@ class DumpReader:
         with open(ark, "rb") as f:   # opened here: kaldiio.load_mat would run a name that begins or ends in '|'
             f.seek(offset)
             mat = torch.from_numpy(np.array(read_kaldi(f), dtype=np.float32))   # a copy: the ark may be read-only memory
-        ids = mat[:, :k]
+        ids, probs = mat[:, :k], mat[:, k:]
         if not bool(torch.isfinite(mat).all()) or bool(((ids != ids.round()) | (ids < 0) | (ids >= vocab)).any()):
             raise DumpError(f"{entry}: corrupt: its ids are not integers below {vocab}, or a value is not finite")
+        if bool(((probs < 0) | (probs > 1 + 1e-3)).any()):   # weights, floor and blank are probabilities
+            raise DumpError(f"{entry}: corrupt: a weight, floor or blank value is not a probability (0 to 1)")
         rows = mat.shape[0]
         return Posteriors(ids=ids.long()[None], weights=mat[None, :, k:2 * k].contiguous(),
                           floor=mat[None, :, 2 * k].contiguous(), blank=mat[None, :, 2 * k + 1].contiguous(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -82,6 +83,27 @@ class ProjectorConfig:
         if unknown:
             raise ValueError(f"options: {', '.join(unknown)}: not an option of projector {self.name!r} "
                              f"(its options: {', '.join(known) or 'none'})")
+        hints = typing.get_type_hints(cls.__init__)
+        for name, value in self.options.items():
+            problem = _option_problem(value, hints.get(name))
+            if problem:
+                raise ValueError(f"options.{name}: {value!r}: {problem}")
+
+
+def _option_problem(value, hint) -> str | None:
+    """Why ``value`` cannot be a projector option annotated ``hint`` (None when it can, or the hint
+    says nothing checkable). A projector's whole-number options are sizes and counts: at least 1. A
+    YAML typo such as ``sparse: flase`` is a string, which Python would take for true."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    if value is None:
+        return None if type(None) in kinds else "must be given (null is not one of its values)"
+    if bool in kinds:
+        return None if isinstance(value, bool) else "must be true or false"
+    if int in kinds:
+        return None if type(value) is int and value >= 1 else "must be a whole number, at least 1"
+    if float in kinds:
+        return None if type(value) in (int, float) else "must be a number"
+    return None
 
 
 @dataclass

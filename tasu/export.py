@@ -72,7 +72,13 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
         for file in (tmp / LLM_DIR).rglob("*.safetensors"):   # safetensors writes them 0600
             readable_by_others(file)
-        backend(cfg.encoder.path, cfg.encoder.type).copy_model(Path(cfg.encoder.path), tmp / ENCODER_DIR)
+        try:
+            backend(cfg.encoder.path, cfg.encoder.type).copy_model(Path(cfg.encoder.path), tmp / ENCODER_DIR)
+        except (shutil.Error, RecursionError) as e:   # a link loop in it: copytree's own errors name no link
+            first = e.args[0][0] if isinstance(e, shutil.Error) and e.args and e.args[0] else None
+            why = f"cannot copy {first[0]} ({first[2]})" if first else "a symbolic link in it loops"
+            raise OSError(f"encoder.path {cfg.encoder.path}: {why}: export copies the encoder's files, "
+                          "and links that loop or lead out of the directory cannot be copied") from None
         exported = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=LLM_DIR, lora=None),
                                        encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR))
         (tmp / MODEL_DIR).mkdir()

@@ -57,13 +57,21 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a pointer (``last``, an entry of ``best.json``) names a directory of ``checkpoints/``
+    itself: an edited one must not lead to another experiment's model (``../../other/...``), nor, when
+    empty, to ``checkpoints/`` itself."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 def last_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete checkpoint, or None when there is none yet."""
+    """The newest complete checkpoint, or None when there is none yet (or ``last`` names none)."""
     pointer = ckpt_root / "last"
     if not pointer.exists():
         return None
-    path = ckpt_root / pointer.read_text(encoding="utf-8").strip()
-    return path if path.is_dir() else None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = ckpt_root / name
+    return path if is_checkpoint_name(name) and path.is_dir() else None
 
 
 def refuse_lost_pointer(ckpt_root: Path) -> None:
@@ -82,8 +90,9 @@ def read_best(ckpt_root: Path) -> list[dict]:
     path = ckpt_root / "best.json"
     if not path.exists():
         return []
-    return read_json(path, lambda best: isinstance(best, list) and all(isinstance(b["name"], str) for b in best),
-                     'a list of {"name": <checkpoint>, ...} entries')
+    return read_json(path, lambda best: isinstance(best, list) and all(
+                         isinstance(b["name"], str) and is_checkpoint_name(b["name"]) for b in best),
+                     'a list of {"name": <a checkpoint of this directory>, ...} entries')
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
@@ -208,6 +217,10 @@ def check_model_dirs(cfg: ExperimentConfig) -> None:
     would otherwise wait for the first audio stage)."""
     require_dir("encoder.path", cfg.encoder.path, "the encoder's directory is needed (its tokenizer at least)")
     require_dir("llm.path", cfg.llm.path, "the directory of a Hugging Face causal LM is needed")
+    llm_config = Path(cfg.llm.path) / "config.json"   # transformers' own error names neither key nor file
+    if not llm_config.is_file() or "model_type" not in read_json(llm_config, expected="a model's config.json"):
+        raise ConfigError(f"llm.path {cfg.llm.path}: not a Hugging Face causal LM's directory ({llm_config} "
+                          "is missing or names no model_type)")
     if cfg.encoder.options:
         from tasu.encoders import check_options
 

@@ -68,6 +68,9 @@ def test_a_file_and_the_same_samples_as_an_array_give_what_tasu_decode_gives(exp
     options = DecodeOptions(beam=3, max_new_tokens=8)
     assert dict(decode_records(s2t.model, s2t.cfg, s2t.prompts, [record], options)) == {"rec0": text}
     assert s2t.batch([exp / "rec0.wav", exp / "rec1.wav"])[0] == text
+    assert s2t(torch.from_numpy(samples).bfloat16(), sample_rate=rate) == s2t(
+        torch.from_numpy(samples).bfloat16().float(), sample_rate=rate)   # numpy has no bfloat16: widened
+    assert s2t.batch([]) == []
 
 
 def test_nbest_gives_ranked_hypotheses_with_scores(exp, s2t):
@@ -171,6 +174,22 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
         assert exported(exp / rec) == s2t(exp / rec)
     with pytest.raises(FileExistsError, match="export writes a new directory"):
         export(exp / "exp", moved)
+
+
+def test_an_encoder_directory_whose_links_loop_is_one_line_and_leaves_nothing(exp, tmp_path):
+    """copytree follows a link to '..' until Python's recursion limit, and names no link."""
+    from tasu.export import export
+    from tasu.model_io import read_model_config, resolve_checkpoint
+
+    encoder = Path(read_model_config(resolve_checkpoint(exp / "exp")).encoder.path)
+    loop = encoder / "up"
+    loop.symlink_to("..")
+    try:
+        with pytest.raises(OSError, match=f"^encoder.path {re.escape(str(encoder))}: .*: export copies the encoder's"):
+            export(exp / "exp", tmp_path / "exported")
+    finally:
+        loop.unlink()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line(exp, s2t, tmp_path, capsys,

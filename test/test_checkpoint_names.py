@@ -42,10 +42,26 @@ def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
         resolve_checkpoint(step)
 
 
+def test_a_pointer_names_a_checkpoint_of_its_own_directory_only(exp, tmp_path):
+    """An edited best.json or last could lead to another experiment's model, which decoding would then
+    report as this one's; an empty last used to name checkpoints/ itself."""
+    other = tmp_path / "other" / "checkpoints" / "step_000003"
+    (other / MODEL_DIR).mkdir(parents=True)
+    (other / MODEL_DIR / WEIGHTS).write_bytes(b"")
+    root = exp / "checkpoints"
+    (root / "best.json").write_text(json.dumps([{"name": "../../other/checkpoints/step_000003"}]))
+    with pytest.raises(MetadataError, match=r"best\.json: not a list of \{\"name\": <a checkpoint of this directory>"):
+        resolve_checkpoint(exp)
+    for pointer in ("../../other/checkpoints/step_000003\n", "\n"):
+        (root / "last").write_text(pointer)
+        with pytest.raises(FileNotFoundError, match="checkpoints/last is missing or names no checkpoint there"):
+            resolve_checkpoint(exp, "last")
+
+
 @pytest.mark.parametrize("content, problem", [
     ("[{", r"not JSON \(Expecting property name enclosed in double quotes, line 1 column 3\)"),
-    ('{"name": "step_000002"}', 'not a list of {"name": <checkpoint>, ...} entries'),
-    ("[{}]", 'not a list of {"name": <checkpoint>, ...} entries'),
+    ('{"name": "step_000002"}', 'not a list of {"name": <a checkpoint of this directory>, ...} entries'),
+    ("[{}]", 'not a list of {"name": <a checkpoint of this directory>, ...} entries'),
     (b"[\xff]", "not UTF-8 text"),
     *[(text, r"not JSON that can be read \(a number of more than 4300 digits, or nested too deeply\)")
       for text in ("[" * 100_000 + "]" * 100_000, "[1" + "0" * 5000 + "]")],

@@ -131,6 +131,25 @@ def test_samples_that_are_not_numbers_are_refused(tmp_path):
         load_audio(str(tmp_path / "nan.wav"), key="u1")
 
 
+def test_arrays_of_any_pcm_type_are_scaled_and_what_is_not_audio_is_refused():
+    """Unsigned PCM (8-bit WAV's kind, and 16- or 32-bit from other tools) is centred and scaled as
+    signed PCM is; bool, complex or text arrays and a rate that is no whole number of Hz are refused."""
+    from tasu.data.audio import to_16k_mono
+
+    ramp = np.linspace(-0.5, 0.5, 1600)
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        half = 2 ** (8 * np.dtype(dtype).itemsize - 1)
+        unsigned = (ramp * half + half).astype(dtype)
+        assert np.allclose(to_16k_mono(unsigned, 16000, "<array>"), ramp, atol=1 / 64)
+    for samples, kind in ((np.zeros(1600, bool), "bool"), (np.zeros(1600, complex), "complex128")):
+        with pytest.raises(AudioError, match=f"samples of type {kind}: not audio"):
+            to_16k_mono(samples, 16000, "<array>")
+    for rate in (16000.7, "16000", True):
+        with pytest.raises(AudioError, match="not a whole number of Hz"):
+            to_16k_mono(np.zeros(1600, np.float32), rate, "<array>")
+    assert to_16k_mono(np.zeros(1600, np.float32), 16000.0, "<array>").shape == (1600,)
+
+
 def test_a_sample_rate_no_audio_has_is_refused(tmp_path):
     """A damaged header (or sample_rate=1 handed to Speech2Text) would be resampled to 16,000 times the
     samples: many gigabytes for a second of audio."""

@@ -277,10 +277,25 @@ def test_a_second_decode_into_one_out_dir_is_refused_with_the_first_ones_pid(exp
     assert not (out / "hyp.trn").exists() and not (out / "ref.trn").exists()
 
 
+def test_an_out_dir_inside_the_experiment_s_checkpoints_is_refused(exp, tmp_path, capsys):
+    """Training replaces and removes checkpoints: hypotheses written into one would go with it, and
+    a decode's files in checkpoints/ would sit among the models."""
+    ckpts = exp / "exp" / "checkpoints"
+    last = (ckpts / "last").read_text().strip()   # the run never validated: best is its last
+    for out in (ckpts / last / "model", ckpts / "decode"):
+        assert tasu_decode(exp / "exp", exp / "test.jsonl", out) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"tasu decode: error: --out {out} is inside ") and len(err.splitlines()) == 1, err
+        assert not (out / "hyp.trn").exists() and not (ckpts / "decode").exists()
+
+
 def test_a_model_that_does_not_fit_its_checkpoint_is_one_line(exp, tmp_path, capsys):
     no_tokenizer = save_llm_without_tokenizer(exp / "llm", tmp_path / "llm")
+    (tmp_path / "empty").mkdir()
     cases = {"projector.options.hidden=16": "the trained weights do not fit the model its config builds",
-             f"llm.path={no_tokenizer}": "the LLM tokenizer is empty"}
+             f"llm.path={no_tokenizer}": "the LLM tokenizer is empty",
+             f"llm.path={tmp_path / 'empty'}": f"llm.path {tmp_path / 'empty'}: not a Hugging Face causal LM's "
+                                               f"directory ({tmp_path / 'empty' / 'config.json'} is missing"}
     for override, message in cases.items():
         rc = tasu_main(["decode", "--exp", str(exp / "exp"), "--data", str(exp / "test.jsonl"), "--out",
                         str(tmp_path / "out"), "--input", "simulated", "--beam", "1", "--set", override])

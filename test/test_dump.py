@@ -221,6 +221,7 @@ def test_a_missing_or_corrupt_entry_is_one_line(setup, dump, trained, tmp_path, 
         "a wrong offset": (f"{ark}:{int(offset) + 3}", "not a float matrix"),
         "a truncated ark": (f"{cut_ark}:{offset}", "truncated"),
         "no dump": (f"{setup}/nowhere.ark:0", "is not in a posterior dump"),
+        "an offset past any file": (f"{ark}:{10 ** 20}", "no entry there"),
     }
     for i, (entry, message) in enumerate(cases.values()):
         bad = [dict(r) for r in records]
@@ -235,6 +236,24 @@ def test_a_missing_or_corrupt_entry_is_one_line(setup, dump, trained, tmp_path, 
     assert tasu_main(["decode", "--exp", str(trained / "audio"), "--data", str(no_field), "--out",
                       str(tmp_path / "dx"), "--input", "posteriors", "--device", "cpu"]) == 1
     one_line_error(capsys.readouterr().err, f"{no_field}:1: posteriors: missing")
+
+
+def test_an_entry_whose_probabilities_are_not_probabilities_is_refused(setup, dump, tmp_path):
+    """ids are checked against the vocabulary; the weights, floor and blank columns are probabilities."""
+    from kaldiio import WriteHelper
+
+    entry = json.loads((dump / "ASR.jsonl").read_text().splitlines()[0])[FIELD]
+    reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
+    good = reader.load(entry)
+    k = good.ids.shape[-1]
+    shutil.copy(dump / "dump.json", tmp_path / "dump.json")
+    for column, value in ((k, -5.0), (2 * k, -1.0), (2 * k + 1, 7.0)):
+        mat = torch.cat([good.ids[0].float(), good.weights[0], good.floor[0, :, None], good.blank[0, :, None]], 1)
+        mat[0, column] = value
+        with WriteHelper(f"ark:{tmp_path}/post.1.ark") as w:
+            w("u0", mat.numpy())
+        with pytest.raises(DumpError, match="corrupt: a weight, floor or blank value is not a probability"):
+            reader.load(f"{tmp_path}/post.1.ark:3")
 
 
 def test_a_dump_entry_is_never_unpickled(setup, dump, tmp_path):
@@ -276,11 +295,14 @@ def test_a_dump_ark_named_like_a_command_is_read_as_a_file(setup, dump, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize("info", ["[]", "{}", '{"identity": 5}', "{"])
+@pytest.mark.parametrize("info", ["[]", "{}", '{"identity": 5}', "{", {"blank_id": 999}, {"blank_id": -1},
+                                  {"topk": 0}])
 def test_a_damaged_dump_json_is_named_by_its_file(setup, dump, tmp_path, info):
     entry = json.loads((dump / "ASR.jsonl").read_text().splitlines()[0])[FIELD]
     ark, offset = entry.rsplit(":", 1)
     shutil.copy(ark, tmp_path / "post.1.ark")
+    if isinstance(info, dict):   # a field edited out of range
+        info = json.dumps({**json.loads((dump / "dump.json").read_text()), **info})
     (tmp_path / "dump.json").write_text(info)
     reader = DumpReader(identity(setup / "enc", "auto", COMPRESS))
     with pytest.raises(MetadataError, match=f"^{re.escape(str(tmp_path / 'dump.json'))}: not "):

@@ -132,6 +132,63 @@ def test_bad_weights_in_a_simulator_directory_are_refused_by_name(setup, tmp_pat
         read_simulator_dir(sim)
 
 
+@pytest.mark.parametrize("edit, problem", [
+    ({"topk": "ten"}, "topk 'ten': not a whole number of at least 1"),
+    ({"d_model": 0}, "d_model 0: not a whole number of at least 1"),
+    ({"dropout": 5}, "dropout 5: not a probability below 1"),
+    ({"max_rows_per_token": -1}, "max_rows_per_token -1: not a number of at least 1"),
+    ({"calibration": {"temperature": 0.5, "condition": [0.3, 0.1], "wer": [0.1, 0.2]}}, "calibration: not"),
+    ({"calibration": {"temperature": 0.5, "condition": [0.1, 0.3], "wer": [0.1]}}, "calibration: not"),
+    ({"d_model": 16}, "the weights do not fit its config.json"),
+])
+def test_an_edited_simulator_config_is_refused_by_name(setup, tmp_path, edit, problem):
+    """config.json is checked field by field before a model is built of it: a type or range nothing
+    would write fails in torch naming nothing, or, out of range, samples nonsense with exit 0."""
+    import shutil
+
+    from tasu.simulate.learned import LearnedSimulator, SimulatorError
+
+    sim = tmp_path / "sim"
+    shutil.copytree(setup / "sim", sim, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((sim / "config.json").read_text())
+    (sim / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(SimulatorError, match=re.escape(problem)):
+        LearnedSimulator.load(sim, tokenizer(setup))
+
+
+def test_a_resume_on_damaged_or_other_files_is_one_line(setup, tmp_path, capsys):
+    """What train-simulator --resume reads back (teacher.json, the teacher set, the checkpoint's state
+    and weights) names its file when damaged, and a resume with other model.* settings says so."""
+    import logging
+    import shutil
+
+    cases = {
+        "teacher.json": ('{"identity": ', "teacher.json: not JSON"),
+        "teacher.safetensors": (b"\x00" * 300, "teacher.safetensors: damaged: truncated, or not a safetensors file"),
+        "checkpoints/step_000010/state.json": ('{"stp": 10}',
+                                               'state.json: not a state.json ({"step": <steps trained>})'),
+        "model": ("model.d_model=16", "its weights do not fit this model (model.* settings other than the run's?)"),
+    }
+    try:
+        for i, (name, (content, message)) in enumerate(cases.items()):
+            out = tmp_path / f"sim{i}"
+            shutil.copytree(setup / "sim", out)
+            overrides = []
+            if name == "model":
+                overrides = [content]
+            else:
+                (out / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+            args = [a for a in TINY if not a.startswith("model.d_model=")] if overrides else list(TINY)
+            one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                                           str(setup / "asr.jsonl"), "--out", str(out), "--resume", *args,
+                                           *overrides, "train.max_steps=12"), message)
+    finally:
+        log = logging.getLogger("tasu.train_simulator")
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+
+
 def test_the_factory_builds_it_and_it_samples_batched_seeded_rows(setup):
     tok = tokenizer(setup)
     lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -337,3 +338,22 @@ def test_an_id_outside_the_vocabulary_is_an_error_not_a_read_out_of_bounds():
     ln, linear = nn.LayerNorm(V), nn.Linear(V, 16)         # float32: the CPU kernel's path
     with pytest.raises(IndexError):
         layernorm_linear(post, ln, linear)
+
+
+@pytest.mark.parametrize("name, options, problem", [
+    ("linear-silu", {"sparse": "maybe"}, "options.sparse: 'maybe': must be true or false"),
+    ("linear-silu", {"hidden": -4}, "options.hidden: -4: must be a whole number, at least 1"),
+    ("linear-silu", {"hidden": 1.5}, "options.hidden: 1.5: must be a whole number, at least 1"),
+    ("conv1d", {"stride": 0}, "options.stride: 0: must be a whole number, at least 1"),
+    ("concat-mlp", {"stack": True}, "options.stack: True: must be a whole number, at least 1"),
+    ("qformer", {"num_heads": None}, "options.num_heads: None: must be given (null is not one of its values)"),
+])
+def test_projector_option_values_are_checked_against_their_annotations(name, options, problem):
+    """A YAML typo (sparse: flase) is a string, which the projector would take for true; a size of -4
+    fails deep in torch, naming nothing. Both stop at the config, naming the option."""
+    from tasu.experiment import ProjectorConfig
+
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)}$"):
+        ProjectorConfig(name, options).check()
+    ProjectorConfig("cross-attention", {"topk": None, "hidden": 8}).check()   # null where the option allows it
+    ProjectorConfig("linear-silu", {"sparse": False, "hidden": 8}).check()

@@ -215,7 +215,7 @@ def test_template_recipe_with_a_task_and_prompts_of_its_own(tmp_path, models):
     assert "data/eval does not exist: stage 1 (local/data.sh) made dev test train; is 'eval' one of its sets?" \
         in missing.stderr
 
-    for d in (recipe / "data").iterdir():   # the corpus's own labels: the first word of each sentence
+    for d in filter(Path.is_dir, (recipe / "data").iterdir()):   # the corpus's labels: each sentence's first word
         labels = [f"{utt} {words[0]}" for utt, *words in (x.split() for x in lines(d / "text"))]
         (d / "intent").write_text("".join(x + "\n" for x in labels))
         (d / "intent_v2").write_text("".join(x.replace(" ", " v2-", 1) + "\n" for x in labels))
@@ -230,7 +230,7 @@ def test_template_recipe_with_a_task_and_prompts_of_its_own(tmp_path, models):
     assert "dump/train/SLU_intent.jsonl: 5 more lines with the problem of line 1" in builtin.stdout   # not six lines
     sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", *tasks, env=env)
     assert json.loads(lines(recipe / "dump" / "test" / "SLU_intent.jsonl")[0])["target"] == "turn"
-    for d in (recipe / "data").iterdir():   # older than the files stage 2 made: only --tasks changes
+    for d in filter(Path.is_dir, (recipe / "data").iterdir()):   # older than stage 2's files: only --tasks changes
         for name in ("intent", "intent_v2"):
             os.utime(d / name, (0, 0))
     tasks[1] = "ASR SLU_intent:intent_v2"
@@ -344,7 +344,7 @@ def test_librispeech_prepares_the_run_s_sets_and_names_the_missing_subset(tmp_pa
     recipe = copy_recipe("librispeech", tmp_path)
     env = {"LIBRISPEECH": str(corpus), "LIBRISPEECH_LM_NORM": ""}
     sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "1", "--test_sets", "test_clean", env=env)
-    assert sorted(p.name for p in (recipe / "data").iterdir()) == ["dev_clean", "test_clean", "train"]
+    assert sorted(p.name for p in (recipe / "data").iterdir() if p.is_dir()) == ["dev_clean", "test_clean", "train"]
     out = sh(recipe, "./run.sh", "--stage", "1", "--stop_stage", "1", "--test_sets", "test_other", env=env, ok=False)
     assert out.returncode != 0
     assert ("test-other: no such subset directory; this run needs test-other, and "

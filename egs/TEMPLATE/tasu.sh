@@ -427,7 +427,6 @@ fi
 
 if runs 2; then
   log "Stage 2: JSONL: ${datadir}/<set> -> ${dumpdir}/<set>/<task>.jsonl and <task>.text_only.jsonl"
-  hold_lock "${dumpdir}" "the JSONL stage"
   make_jsonl() {  # make_jsonl <set> <spec> <text_only>: one JSONL file (not yet validated)
     local set=$1 task target out
     task=$(task_name "$2")
@@ -463,6 +462,7 @@ if runs 2; then
     [ -n "${made}" ] || die "${datadir}/${set} does not exist: run stage 1 (local/data.sh) first"
     die "${datadir}/${set} does not exist: stage 1 (local/data.sh) made ${made}; is '${set}' one of its sets?"
   done
+  hold_lock "${dumpdir}" "the JSONL stage"   # after the checks: a run refused at them makes no dump/
   # an experiment trained on the old file is not trained again: its stage refuses to resume on the new one
   stale_exps="an experiment that read the old one will not resume on it: remove it to train again"
   new_audio=()

@@ -116,7 +116,10 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     them), are refused (see :func:`load_audio`) as an ``AudioError`` naming ``path`` (and ``key``).
     """
     _refuse_odd_rate(rate, path, key)
-    samples = _to_float(np.asarray(samples))
+    samples = np.asarray(samples)
+    if samples.dtype.kind not in "iuf":   # bool, complex, text, objects: no scale makes them audio
+        raise AudioError(path, f"samples of type {samples.dtype}: not audio (PCM integers or floats)", key)
+    samples = _to_float(samples)
     if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioError(path, f"{bad} samples are not finite numbers (NaN or infinite)", key)
@@ -151,6 +154,8 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
 
 
 def _refuse_odd_rate(rate: int, path: str, key: str | None) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or rate != int(rate):
+        raise AudioError(path, f"sample rate {rate!r}: not a whole number of Hz", key)
     if not RATES[0] <= rate <= RATES[1]:   # resampling 1 Hz to 16 kHz would ask for 16,000 times the samples
         raise AudioError(path, f"sample rate {rate} Hz: not audio (tasu reads {RATES[0]}-{RATES[1]} Hz)", key)
 
@@ -390,9 +395,10 @@ def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:
-    """Integer PCM scaled to [-1, 1); floats as they are."""
-    if samples.dtype == np.uint8:  # 8-bit WAV is unsigned
-        return (samples.astype(np.float32) - 128.0) / 128.0
+    """Integer PCM scaled to [-1, 1) (unsigned PCM, 8-bit WAV's kind, centred first); floats as they are."""
+    if samples.dtype.kind == "u":
+        half = float(2 ** (8 * samples.dtype.itemsize - 1))
+        return ((samples.astype(np.float64) - half) / half).astype(np.float32)
     if samples.dtype.kind == "i":
         return samples.astype(np.float32) / float(2 ** (8 * samples.dtype.itemsize - 1))
     return samples.astype(np.float32, copy=False)

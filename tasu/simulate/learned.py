@@ -103,6 +103,19 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
     calibration: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # config.json is a file on disk, edited or not: each field is checked before a model is built of it
+        for name in ("topk", "d_model", "heads", "encoder_layers", "decoder_layers", "ffn", "vocab_size"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} {value!r}: not a whole number of at least 1")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout {self.dropout!r}: not a probability below 1")
+        if type(self.max_rows_per_token) not in (int, float) or self.max_rows_per_token < 1:
+            raise ValueError(f"max_rows_per_token {self.max_rows_per_token!r}: not a number of at least 1")
+        if type(self.blank_id) is not int:
+            raise ValueError(f"blank_id {self.blank_id!r}: not a whole number")
+        if self.calibration:
+            _check_calibration(self.calibration)
         if self.d_model % self.heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}")
         if not 0 <= self.blank_id < self.vocab_size:
@@ -123,6 +136,21 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
             return cls(**data)
         except (ValueError, TypeError) as e:
             raise SimulatorError(f"{source}: not a learned simulator's config: {e}") from None
+
+
+def _is_number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _check_calibration(cal: dict) -> None:
+    """``{"temperature": T, "condition": [...], "wer": [...]}``: two nondecreasing lists of rates of one
+    length, as calibration writes them (inverting it interpolates between their points)."""
+    cond, wer = cal.get("condition"), cal.get("wer")
+    if not (_is_number(cal.get("temperature")) and isinstance(cond, list) and isinstance(wer, list)
+            and len(cond) == len(wer) >= 2 and all(map(_is_number, cond + wer))
+            and all(a <= b for a, b in zip(cond, cond[1:])) and all(a <= b for a, b in zip(wer, wer[1:]))):
+        raise ValueError("calibration: not {temperature, condition, wer} with two nondecreasing lists of numbers "
+                         "of one length")
 
 
 def vocab_digest(tokenizer: Vocabulary) -> str:
@@ -382,7 +410,11 @@ class LearnedSimulator(PosteriorSimulator):
         if tokenizer is not None:
             check_vocabulary(c, tokenizer, path)
         model = SimulatorModel(c)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError:   # tensors of other sizes: torch lists each, over many lines
+            raise SimulatorError(f"{path}: the weights do not fit its config.json (tensors of other sizes than "
+                                 "its model.* settings give)") from None
         if missing or unexpected:
             raise SimulatorError(f"{path}: the weights do not fit its config.json "
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

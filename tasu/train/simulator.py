@@ -59,7 +59,7 @@ import torch
 from tasu.compress import CompressConfig
 from tasu.config import require_dir, to_dict
 from tasu.experiment import EncoderConfig
-from tasu.fileio import write_atomic
+from tasu.fileio import read_json, write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
 from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture, SimulatorError,
                                    SimulatorModel, save_safetensors_atomic, vocab_digest, write_simulator_dir)
@@ -334,15 +334,14 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
     """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new
     one made from ``recordings`` (``_recordings`` of ``data``). A run ``resuming`` on other inputs than
     its teacher's would go on training on another set from the old run's weights: it stops instead."""
-    from safetensors.torch import load_file
-
     ident = json.loads(json.dumps(_teacher_identity(cfg, data, encoder_identity)))
     info_path = out / TEACHER_INFO
     if info_path.exists() and (out / TEACHER).exists():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = read_json(info_path, lambda i: isinstance(i, dict) and type(i.get("examples")) is int,
+                         "a teacher.json (identity, examples)")
         if info.get("identity") == ident:
             log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
-            return Teacher(**load_file(str(out / TEACHER)))
+            return Teacher(**_load_tensors(out / TEACHER))
         if resuming:
             then = info.get("identity") or {}
             changed = [name for name in ("data", "encoder", "teacher", "topk") if then.get(name) != ident[name]]
@@ -405,14 +404,29 @@ def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: Learne
     finalize_checkpoint(root, name)
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
+def _load_tensors(path: Path) -> dict:
+    """A safetensors file this training wrote, or a ``SimulatorError`` naming it (cut short, or not one)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise SimulatorError(f"{path}: damaged: truncated, or not a safetensors file ({e}); remove the run's "
+                             "directory to train anew") from None
+
+
+def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
     from tasu.simulate.learned import read_simulator_dir
 
     _, weights = read_simulator_dir(ckpt)
-    model.load_state_dict(weights)
-    moments = load_file(str(ckpt / OPTIMIZER))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:   # torch lists every mismatched tensor, over many lines
+        raise SimulatorError(f"cannot resume from {ckpt}: its weights do not fit this model (model.* settings "
+                             "other than the run's?): resume with the run's settings, or train into another "
+                             "directory") from None
+    moments = _load_tensors(ckpt / OPTIMIZER)
     state = optimizer.state_dict()
     per_param: dict[int, dict] = {}
     for key, value in moments.items():
@@ -420,7 +434,9 @@ def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
         per_param.setdefault(int(i), {})[name] = value
     state["state"] = per_param
     optimizer.load_state_dict(state)
-    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["step"]
+    state = read_json(ckpt / "state.json", lambda s: isinstance(s, dict) and type(s.get("step")) is int
+                      and s["step"] >= 0, 'a state.json ({"step": <steps trained>})')
+    return state["step"]
 
 
 def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str | Path, resume: bool = False,
