@@ -205,7 +205,7 @@ class DumpReader:
         ids, probs = mat[:, :k], mat[:, k:]
         if not bool(torch.isfinite(mat).all()) or bool(((ids != ids.round()) | (ids < 0) | (ids >= vocab)).any()):
             raise DumpError(f"{entry}: corrupt: its ids are not integers below {vocab}, or a value is not finite")
-        if bool(((probs < 0) | (probs > 1 + 1e-3)).any()):   # weights, floor and blank are probabilities
+        if bool(((probs < -1e-3) | (probs > 1 + 1e-3)).any()):   # probabilities, to float rounding (-1e-10 occurs)
             raise DumpError(f"{entry}: corrupt: a weight, floor or blank value is not a probability (0 to 1)")
         rows = mat.shape[0]
         return Posteriors(ids=ids.long()[None], weights=mat[None, :, k:2 * k].contiguous(),

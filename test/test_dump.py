@@ -247,11 +247,14 @@ def test_an_entry_whose_probabilities_are_not_probabilities_is_refused(setup, du
     good = reader.load(entry)
     k = good.ids.shape[-1]
     shutil.copy(dump / "dump.json", tmp_path / "dump.json")
-    for column, value in ((k, -5.0), (2 * k, -1.0), (2 * k + 1, 7.0)):
+    for column, value in ((k, -5.0), (2 * k, -1.0), (2 * k + 1, 7.0), (2 * k - 1, -1.8e-10)):
         mat = torch.cat([good.ids[0].float(), good.weights[0], good.floor[0, :, None], good.blank[0, :, None]], 1)
         mat[0, column] = value
         with WriteHelper(f"ark:{tmp_path}/post.1.ark") as w:
             w("u0", mat.numpy())
+        if value == -1.8e-10:   # float rounding of an encoder's renormalised tail, as real dumps hold
+            reader.load(f"{tmp_path}/post.1.ark:3")
+            continue
         with pytest.raises(DumpError, match="corrupt: a weight, floor or blank value is not a probability"):
             reader.load(f"{tmp_path}/post.1.ark:3")
 
