@@ -327,9 +327,6 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
 
     Weights cut short, whole numbers (they would load into the float model without a word) or NaN/inf
     (every simulated row would be garbage) are refused, naming the file and the tensor."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     root = Path(path)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (root / name).is_file():
@@ -338,10 +335,7 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
     config = LearnedSimulatorConfig.from_json((root / CONFIG_FILE).read_text(encoding="utf-8"),
                                               str(root / CONFIG_FILE))
     weights = root / WEIGHTS_FILE
-    try:
-        state = load_file(str(weights))
-    except SafetensorError as e:
-        raise SimulatorError(f"{weights}: damaged: truncated, or not a safetensors file ({e})") from None
+    state = read_safetensors(weights)
     for name, t in state.items():
         if not t.is_floating_point():
             raise SimulatorError(f"{weights}: {name} holds {str(t.dtype).removeprefix('torch.')} values, where "
@@ -349,6 +343,18 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
         if not torch.isfinite(t).all():
             raise SimulatorError(f"{weights}: {name} holds NaN or infinite values: train the simulator again")
     return config, state
+
+
+def read_safetensors(path: Path, remedy: str = "") -> dict:
+    """A safetensors file of a learned simulator or its training, or a ``SimulatorError`` naming it
+    (cut short, or not one: safetensors' own error names no file); ``remedy`` ends the message."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise SimulatorError(f"{path}: damaged: truncated, or not a safetensors file ({e}){remedy}") from None
 
 
 def write_simulator_dir(path: str | Path, config: LearnedSimulatorConfig, state: dict) -> None:

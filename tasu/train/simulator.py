@@ -62,9 +62,11 @@ from tasu.experiment import EncoderConfig
 from tasu.fileio import read_json, write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
 from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture, SimulatorError,
-                                   SimulatorModel, save_safetensors_atomic, vocab_digest, write_simulator_dir)
+                                   SimulatorModel, read_safetensors, save_safetensors_atomic, vocab_digest,
+                                   write_simulator_dir)
 
 log = logging.getLogger("tasu.train_simulator")
+RESTART = "; remove the run's directory to train anew"   # what a damaged file of a training run leaves
 
 TEACHER, TEACHER_INFO, REPORT = "teacher.safetensors", "teacher.json", "report.json"
 OPTIMIZER = "optimizer.safetensors"
@@ -341,7 +343,7 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
                          "a teacher.json (identity, examples)")
         if info.get("identity") == ident:
             log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
-            return Teacher(**_load_tensors(out / TEACHER))
+            return Teacher(**read_safetensors(out / TEACHER, RESTART))
         if resuming:
             then = info.get("identity") or {}
             changed = [name for name in ("data", "encoder", "teacher", "topk") if then.get(name) != ident[name]]
@@ -404,18 +406,6 @@ def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: Learne
     finalize_checkpoint(root, name)
 
 
-def _load_tensors(path: Path) -> dict:
-    """A safetensors file this training wrote, or a ``SimulatorError`` naming it (cut short, or not one)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except SafetensorError as e:
-        raise SimulatorError(f"{path}: damaged: truncated, or not a safetensors file ({e}); remove the run's "
-                             "directory to train anew") from None
-
-
 def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
     from tasu.simulate.learned import read_simulator_dir
 
@@ -426,7 +416,7 @@ def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
         raise SimulatorError(f"cannot resume from {ckpt}: its weights do not fit this model (model.* settings "
                              "other than the run's?): resume with the run's settings, or train into another "
                              "directory") from None
-    moments = _load_tensors(ckpt / OPTIMIZER)
+    moments = read_safetensors(ckpt / OPTIMIZER, RESTART)
     state = optimizer.state_dict()
     per_param: dict[int, dict] = {}
     for key, value in moments.items():
