@@ -40,16 +40,17 @@ def _simulate(args: argparse.Namespace) -> int:
     from tasu.encoders import load_tokenizer
     from tasu.simulate import show_simulation
 
-    config = _simulation_config(args)
-    tokenizer = load_tokenizer(args.encoder, encoder_type=args.encoder_type)   # no weights, no framework
+    config, encoder, encoder_type = _simulation_config(args)
+    tokenizer = load_tokenizer(encoder, encoder_type=encoder_type)   # no weights, no framework
     print(show_simulation(tokenizer, args.text, config, topk=args.topk, seed=args.seed, step=args.step,
                           samples=args.samples))
     return 0
 
 
 def _simulation_config(args: argparse.Namespace):
-    """The simulation to show: a training config's (with overrides), or the one the flags describe."""
-    from tasu.config import ConfigError, load_config
+    """The simulation to show and the encoder whose tokenizer it uses: a training config's (with
+    overrides; ``--encoder`` replaces its ``encoder.path``), or the ones the flags describe."""
+    from tasu.config import ConfigError, load_config, require_dir
     from tasu.simulate import SimulationConfig, WERSchedule
     from tasu.experiment import ExperimentConfig
 
@@ -59,9 +60,15 @@ def _simulation_config(args: argparse.Namespace):
         if flags:
             raise ConfigError(f"--config gives the simulation: override it as simulation.KEY=VALUE, not "
                               f"--{flags[0].replace('_', '-')}")
-        return load_config(ExperimentConfig, args.config, args.overrides).simulation
+        overrides = list(args.overrides) + ([f"encoder.path={args.encoder}"] if args.encoder else []) + \
+            ([f"encoder.type={args.encoder_type}"] if args.encoder_type != "auto" else [])
+        cfg = load_config(ExperimentConfig, args.config, overrides)
+        require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
+        return cfg.simulation, cfg.encoder.path, cfg.encoder.type
     if args.overrides:
         raise ConfigError("KEY=VALUE overrides need --config")
+    if not args.encoder:
+        raise ConfigError("--encoder DIR is needed (its tokenizer), or --config with an encoder.path")
 
     def value(name, default):
         return default if getattr(args, name) is None else getattr(args, name)
@@ -74,7 +81,7 @@ def _simulation_config(args: argparse.Namespace):
                                 drop_prob=value("drop_prob", 0.05), insert_ratio=value("insert_ratio", 0.0),
                                 sub_prob=value("sub_prob", 0.0), confusion=value("confusion", "random"), wer=wer,
                                 name=value("simulator", "rules"), path=args.simulator_path,
-                                temperature=value("temperature", 0.5))
+                                temperature=value("temperature", 0.5)), args.encoder, args.encoder_type
     except ValueError as e:   # e.g. --simulator learned without --simulator-path or --wer
         raise ConfigError(f"simulation: {e}") from None
 
@@ -245,7 +252,8 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript",
                        parents=[common])
-    p.add_argument("--encoder", required=True, help="encoder directory (its tokenizer is all that is read)")
+    p.add_argument("--encoder", default=None,
+                   help="encoder directory, its tokenizer all that is read (else the config's encoder.path)")
     p.add_argument("--encoder-type", default="auto",
                    help="a registered encoder backend (sensevoice, small_ctc, hf_ctc, espnet, ...) "
                         "or auto: detected from the files of --encoder (default)")

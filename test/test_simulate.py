@@ -287,20 +287,34 @@ def test_tasu_simulate_takes_every_simulation_option_or_a_config(monkeypatch, tm
     from tasu.cli import main
 
     tok = ToyTokenizer(WORDS)
-    monkeypatch.setattr(tasu.encoders, "load_tokenizer", lambda path, encoder_type="auto": tok, raising=False)
+    asked = []
+    monkeypatch.setattr(tasu.encoders, "load_tokenizer",
+                        lambda path, encoder_type="auto": asked.append((path, encoder_type)) or tok, raising=False)
     text = "cat dog zebra cat dog zebra cat dog zebra cat"
     assert main(["simulate", "--encoder", "unused", "--text", text, "--wer", "0.2", "0.2", "--confusion",
                  "spelling", "--samples", "10"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "mean over 10 draws: 20.0 %"
-    (tmp_path / "train.yaml").write_text("simulation:\n  drop_prob: 0.0\n  alpha: [0.0, 0.0]\n")
-    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml")]) == 0
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "other").mkdir()
+    config = tmp_path / "train.yaml"
+    config.write_text(f"encoder:\n  path: {tmp_path / 'enc'}\n  type: small_ctc\n"
+                      "simulation:\n  drop_prob: 0.0\n  alpha: [0.0, 0.0]\n")
+    # the config's encoder, unless --encoder (and --encoder-type) replace it
+    assert main(["simulate", "--text", text, "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(": 0.0 %")
-    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml"),
-                 "simulation.wer={start: [0.5, 0.5], end: [0.5, 0.5]}", "--samples", "4"]) == 0
+    assert main(["simulate", "--encoder", str(tmp_path / "other"), "--encoder-type", "hf_ctc", "--text", text,
+                 "--config", str(config), "simulation.wer={start: [0.5, 0.5], end: [0.5, 0.5]}", "--samples", "4"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "mean over 4 draws: 50.0 %"
-    assert main(["simulate", "--encoder", "unused", "--text", text, "--config", str(tmp_path / "train.yaml"),
-                 "--drop-prob", "0.1"]) == 1
+    assert asked[1:] == [(str(tmp_path / "enc"), "small_ctc"), (str(tmp_path / "other"), "hf_ctc")]
+    assert main(["simulate", "--text", text, "--config", str(config), "--drop-prob", "0.1"]) == 1
     assert "override it as simulation.KEY=VALUE, not --drop-prob" in capsys.readouterr().err
+    # no encoder anywhere: one line, before any tokenizer is looked for
+    config.write_text("simulation:\n  drop_prob: 0.0\n")
+    assert main(["simulate", "--text", text, "--config", str(config)]) == 1
+    assert "encoder.path is not set: pass --encoder DIR" in capsys.readouterr().err
+    assert main(["simulate", "--text", text]) == 1
+    assert "--encoder DIR is needed" in capsys.readouterr().err
+    assert len(asked) == 3
 
 
 def test_an_unknown_simulator_is_refused_in_one_wording():
