@@ -93,7 +93,7 @@ def test_covost_counts_what_it_leaves_out(covost):
 @pytest.mark.parametrize("damage,error", [
     (lambda tsv, cv: (cv / "validated.tsv").unlink(),
      "validated.tsv: no such file: the release's covost_v2.<pair>.tsv names no speaker"),
-    (lambda tsv, cv: [(tsv / f"covost_v2.en_de.tsv").unlink()],
+    (lambda tsv, cv: [(tsv / "covost_v2.en_de.tsv").unlink()],
      "covost_v2.en_de.tsv: no such file, nor"),
     (lambda tsv, cv: (tsv / "covost_v2.en_de.tsv").write_bytes(
         (tsv / "covost_v2.en_de.tsv").read_bytes().replace(b"\ttrain\n", b"\n", 1)),
@@ -211,6 +211,20 @@ def test_commonvoice_says_what_it_leaves_out(commonvoice):
     assert f"{corpus}/train.tsv: 1 clips are not in {corpus}/clips: skipped" in out.stderr
     assert f"{corpus}/train.tsv: 1 rows repeat a clip named before: the last one kept" in out.stderr
     assert len(lines(recipe / "data" / "train" / "text")) == 5
+    assert "WARNING" not in out.stderr
+
+
+def test_commonvoice_says_when_sets_share_clips(commonvoice):
+    """A train.tsv cut from validated.tsv holds the test clips: the data is made, and the leak said."""
+    recipe, env, corpus = commonvoice
+    test_rows = (corpus / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    with open(corpus / "train.tsv", "a", encoding="utf-8") as f:
+        f.write("\n".join(test_rows) + "\n")
+    out = data_sh(recipe, env)
+    first = sorted(line.split("\t")[1].removesuffix(".mp3") for line in test_rows)[0]
+    assert (f"WARNING: {len(test_rows)} clips are in both data/train and data/test (e.g. {first}): scores on one "
+            "are of audio the other trains or tunes on") in out.stderr
+    assert out.stderr.count("WARNING") == 1
 
 
 # --- SLURP -------------------------------------------------------------------------------------------
@@ -311,7 +325,7 @@ def test_librispeech_reads_what_editors_and_other_tools_write_and_refuses_the_re
     shutil.copytree(corpus / "train-clean-100", corpus / "train-clean-360")   # the same ids in two subsets
     one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets",
                            "train-clean-100,train-clean-360", ok=False),
-                   f"train-clean-360/", f": utterance {utt} again ({trans[0]}:1 named it)")
+                   "train-clean-360/", f": utterance {utt} again ({trans[0]}:1 named it)")
     shutil.rmtree(corpus / "train-clean-360")
     trans[0].write_bytes(trans[0].read_bytes().replace(b"\r\n", "\r\nÄ\n".encode("latin-1"), 1))
     one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", ok=False),

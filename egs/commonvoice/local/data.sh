@@ -102,4 +102,20 @@ print(f"{out}: {n} utterances, {len(set(spk.values()))} speakers", file=sys.stde
 PY
   echo "${COMMONVOICE}" > "${dir}/.done"
 done
+
+# A release's sets share no clip; a train.tsv made from validated.tsv holds dev and test. Said, not refused.
+python3 - "${datadir}" ${sets//,/ } <<'PY'
+import sys
+from pathlib import Path
+
+datadir, sets = Path(sys.argv[1]), list(dict.fromkeys(sys.argv[2:]))
+utts = {s: {line.split(maxsplit=1)[0] for line in open(datadir / s / "text", encoding="utf-8") if line.strip()}
+        for s in sets}
+for i, a in enumerate(sets):
+    for b in sets[i + 1:]:
+        shared = sorted(utts[a] & utts[b])
+        if shared:
+            print(f"WARNING: {len(shared)} clips are in both {datadir / a} and {datadir / b} (e.g. {shared[0]}): "
+                  f"scores on one are of audio the other trains or tunes on", file=sys.stderr)
+PY
 log "done: $(ls -d "${datadir}"/*/ | tr '\n' ' ')"
