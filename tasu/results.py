@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -34,19 +35,43 @@ class Row:
     result: ScoreResult
 
 
+def score_files_under(root: Path) -> list[Path]:
+    """Every ``score.json`` under ``root``, following linked directories (an experiment on another disk
+    is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
+    found, seen, todo = [], set(), [root]
+    while todo:
+        directory = todo.pop()
+        try:
+            info = directory.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            raise ScoreError(f"{directory}: cannot list it ({e.strerror or e}): its scores would be left out") from None
+        for entry in entries:
+            if entry.name == "score.json":
+                found.append(Path(entry.path))
+            elif entry.is_dir():   # follows links
+                todo.append(Path(entry.path))
+    return found
+
+
 def collect_results(exp_root: str | Path) -> list[Row]:
     """Every score.json under ``exp_root``, sorted by experiment, metric and dataset."""
     root = Path(exp_root)
     if not root.is_dir():
         raise ScoreError(f"{root}: not a directory")
     rows = []
-    for path in root.rglob("score.json"):
+    for path in score_files_under(root):
         parts = path.parent.relative_to(root).parts
         exp, dataset = (parts[0], "/".join(parts[1:]) or ".") if parts else (root.resolve().name, ".")
         try:
             result = ScoreResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as e:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' ({e})") from None
+        except OSError as e:   # a dangling link, a directory of that name, no permission
+            raise ScoreError(f"{path}: cannot read it ({e.strerror or e})") from None
         except RecursionError:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
         rows.append(Row(exp, dataset, result))
@@ -119,7 +144,7 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
     ca, cb = markdown_cell(a), markdown_cell(b)
     out = [f"## {a} vs {b}", "", f"|dataset|metric|Snt|{ca}|{cb}|{cb} - {ca}|better|",
            "|---|---|---|---|---|---|---|"]
-    mismatch = False
+    mismatch, unlike = False, []
     for dataset, metric in keys:
         ra, rb = side.get((a, dataset, metric)), side.get((b, dataset, metric))
         if ra and rb and ra.snt != rb.snt:
@@ -127,16 +152,31 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
         else:
             snt = str((ra or rb).snt)
         cells = [markdown_cell(dataset), TITLES[metric], snt, *(f"{x.value:.2f}" if x else "-" for x in (ra, rb))]
-        if ra and rb:
+        how = ra and rb and _how_scored(ra, rb)
+        if how:   # two normalisers (or BLEU tokenizers) give two numbers of one output: no winner
+            unlike.append(f"- {dataset} {TITLES[metric]}: scored with {how}: not compared")
+            cells += ["-", "-"]
+        elif ra and rb:
             diff = rb.value - ra.value
             better = "=" if abs(diff) < 5e-3 else cb if (diff < 0) == (metric in ("wer", "cer")) else ca
             cells += [f"{diff:+.2f}", better]
         else:
             cells += ["-", "-"]
         out.append("|" + "|".join(cells) + "|")
+    if mismatch or unlike:
+        out.append("")
     if mismatch:
-        out += ["", "- Snt a/b: the two experiments were not scored on the same utterances"]
-    return "\n".join(out) + "\n"
+        out.append("- Snt a/b: the two experiments were not scored on the same utterances")
+    return "\n".join(out + unlike) + "\n"
+
+
+def _how_scored(a: ScoreResult, b: ScoreResult) -> str:
+    """How two scores of one dataset were made differently ("" when alike): their normalisers, BLEU
+    signatures."""
+    differ = [f"norm {a.norm} against {b.norm}"] if a.norm != b.norm else []
+    if a.details.get("signature") != b.details.get("signature"):
+        differ.append(f"BLEU {a.details['signature']} against {b.details['signature']}")
+    return "; ".join(differ)
 
 
 def run_results(exp_root: str, compare: list[str] | None = None) -> int:

@@ -3,12 +3,16 @@
     tasu score --ref data/test/text --hyp exp/asr_x/decode_beam4/test/ASR/hyp.trn --metric wer
 
 Both files hold ``key<TAB>text`` lines; a line without a tab is split at its first space (a Kaldi
-``text`` file); a key with no text is an empty hypothesis. Blank lines, keys with whitespace and
-duplicate keys stop with ``FILE:LINE: message``. The rules are fixed here and every summary names the
-normaliser (and sacrebleu signature) it used, so a number can always be reproduced (a headline
-number scored with unshipped normalisation cannot):
+``text`` file); a key with no text is an empty hypothesis. A file none of whose lines has a tab and
+every line of which ends in ``(id)`` is sclite's ``trn`` (``text (id)``, as ESPnet writes it): the id
+is the key. Blank lines, keys with whitespace, duplicate keys and a carriage return inside a line
+(old Mac line ends would make one utterance of the file) stop with ``FILE:LINE: message``; a byte
+order mark is dropped wherever a line starts with one (files joined with ``cat``). The rules are
+fixed here and every summary names the normaliser (and sacrebleu signature) it used, so a number can
+always be reproduced (a headline number scored with unshipped normalisation cannot):
 
-- ``--norm basic`` (default for wer/cer/acc): lower-case; every Unicode punctuation character (category
+- ``--norm basic`` (default for wer/cer/acc): Unicode NFKC (one spelling of "é" whether composed or
+  not, of Hangul syllables, of fullwidth and ligature forms); lower-case; every Unicode punctuation character (category
   P*, ASCII and CJK alike) becomes a space, except an apostrophe (' or ’, written ') between two letters
   or digits ("don't" stays); whitespace runs collapse to one space. Symbols (S*: $ + = ^) are kept.
   ``whisper``: whisper-normalizer's EnglishTextNormalizer (English only: spells out contractions,
@@ -20,7 +24,8 @@ number scored with unshipped normalisation cannot):
   deletion. Err = Sub + Del + Ins over the reference words; S.Err = utterances with any error.
 - BLEU and chrF come from sacrebleu on the (by default unnormalised) text; ``--bleu-tokenize auto``
   picks ``zh`` when most references contain Han characters, else ``13a``.
-- acc: exact match of the whole normalised hypothesis with the normalised reference label.
+- acc: exact match of the whole normalised hypothesis with the normalised reference label (a missing
+  hypothesis is wrong, whatever the label).
 - A reference key missing from the hypotheses stops ``score_files`` (``tasu score``): a decode that
   stopped partway keeps what it made, to resume from it. With ``missing="empty"`` (``--missing
   empty``; ``score`` always) it is scored as an empty hypothesis (all deletions, wrong, empty string)
@@ -37,7 +42,8 @@ full missing/extra key lists too); ``result.txt`` (the summary); ``alignment.txt
 sclite's ``pra``: per utterance ``id:``, ``Flags:`` when missing/empty/looping, ``Scores: (#C #S #D
 #I)``, then REF/HYP/Eval columns with ``***`` for a gap and S/D/I under each error; ``per_utt.tsv``
 for bleu/acc: key, flags, normalised ref, normalised hyp; ``missing_keys.txt`` and
-``extra_keys.txt``: one key a line, empty when there are none.
+``extra_keys.txt``: one key a line, empty when there are none. None of them may be the ref or hyp
+file itself, and a directory holding another metric's score.json is refused (its table row would go).
 """
 from __future__ import annotations
 
@@ -72,21 +78,34 @@ class ScoreError(ValueError):
     """Unusable input; the message starts with ``FILE:LINE:`` where one line is to blame."""
 
 
+_TRN_ID = re.compile(r"\(([^\s()]+)\)\Z")   # sclite trn: the utterance id in brackets ends the line
+
+
 def read_text_file(path: str | os.PathLike) -> dict[str, str]:
-    """Read ``key<TAB>text`` lines (or Kaldi ``key text``) into an ordered dict."""
-    out: dict[str, str] = {}
+    """Read ``key<TAB>text`` lines (or Kaldi ``key text``, or sclite ``text (key)``) into an ordered dict."""
+    lines = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8-sig").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 raise ScoreError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
+            if "\r" in line:
+                raise ScoreError(f"{path}:{n}: a carriage return inside the line (lines must end in '\\n')")
+            lines.append(line)
+    sclite = bool(lines) and all("\t" not in line and _TRN_ID.search(line.rstrip()) for line in lines)
+    out: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        if sclite:
+            found = _TRN_ID.search(line.rstrip())
+            key, text = found.group(1), line.rstrip()[:found.start()]
+        else:
             key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
-            if not key or any(c.isspace() for c in key):
-                raise ScoreError(f"{path}:{n}: expected 'key<TAB>text', got {line!r}")
-            if key in out:
-                raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
-            out[key] = text.strip()
+        if not key or any(c.isspace() for c in key):
+            raise ScoreError(f"{path}:{n}: expected 'key<TAB>text', got {line!r}")
+        if key in out:
+            raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
+        out[key] = text.strip()
     return out
 
 
@@ -98,7 +117,7 @@ def normalise(text: str, norm: str) -> str:
         return " ".join(_whisper()(text).split())
     if norm != "basic":
         raise ScoreError(f"unknown normaliser {norm!r} (choose from {', '.join(NORMS)})")
-    text = _INWORD_APOSTROPHE.sub("\0", text.lower()).translate(_PUNCT_TO_SPACE)
+    text = _INWORD_APOSTROPHE.sub("\0", unicodedata.normalize("NFKC", text).lower()).translate(_PUNCT_TO_SPACE)
     return " ".join(text.replace("\0", "'").split())
 
 
@@ -250,8 +269,9 @@ def _check_sums(d: dict) -> None:
 
 
 def markdown_cell(text: str) -> str:
-    """``text`` as one markdown table cell: a ``|`` in it would otherwise start another column."""
-    return text.replace("|", "\\|")
+    """``text`` as one markdown table cell: a ``|`` would start another column (and a ``\\`` before
+    one would escape it instead), a line break end the row."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def _shown(value: Any) -> str:
@@ -333,6 +353,8 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     if not refs:
         raise ScoreError("no references to score against")
     norm = norm or DEFAULT_NORM[metric]
+    if metric != "bleu" and bleu_tokenize != "auto":
+        raise ScoreError(f"a BLEU tokenizer ({bleu_tokenize}) is for --metric bleu, not {metric}")
     missing = [k for k in refs if k not in hyps]
     extra = [k for k in hyps if k not in refs]
     if hyps and len(extra) == len(hyps):
@@ -365,9 +387,10 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
             lines.append(_pra(key, ops, c, flags))
             continue
         if metric == "acc":
-            per_class.setdefault(ref, [0, 0])[0] += ref == hyp
+            correct = ref == hyp and key in hyps   # a missing hypothesis is wrong, even for an empty label
+            per_class.setdefault(ref, [0, 0])[0] += correct
             per_class[ref][1] += 1
-            flags.insert(0, "correct" if ref == hyp else "wrong")
+            flags.insert(0, "correct" if correct else "wrong")
         pairs.append((ref, hyp))
         lines.append("\t".join([key, ",".join(flags) or "-", ref, hyp]) + "\n")
     details: dict[str, Any] = {}
@@ -492,6 +515,17 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     for name in files:
         if (out / name).is_dir():
             raise ScoreError(f"{out / name} is a directory: score writes a file of that name; remove it")
+        for given in (ref_path, hyp_path):
+            if (out / name).exists() and os.path.samefile(out / name, given):
+                raise ScoreError(f"{given}: score would write its {name} over it: give --out another directory")
+    if (out / "score.json").is_file():
+        try:
+            before = json.loads((out / "score.json").read_text(encoding="utf-8")).get("metric", metric)
+        except (OSError, ValueError, AttributeError):   # not a score of ours: replaced, as any other file here
+            before = metric
+        if before != metric:
+            raise ScoreError(f"{out / 'score.json'} is a score of metric {before}: scoring {metric} there would "
+                             "replace it; give --out another directory (or remove it)")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         write_atomic(out / name, text)

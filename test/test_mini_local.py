@@ -386,6 +386,82 @@ def test_compare_results_refuses_a_file_it_cannot_read_as_a_report(tmp_path, tex
     assert out.stderr.strip() == f"compare_results.py: {report}{'' if error.startswith(':') else ' '}{error}"
 
 
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda r: _write(r / "exp/tasu_train_text/decode_greedy_best/test/ASR/score.json", "{"),
+     "decode_greedy_best/test/ASR/score.json: not a score.json of tasu score (Expecting"),
+    (lambda r: _write(r / "exp/tasu_train_text/decode_greedy_best/test/ASR/score.json", '{"value": null}'),
+     "decode_greedy_best/test/ASR/score.json: value None is not a number"),
+    (lambda r: (r / "data/test/scenario").unlink(), "data/test/scenario: cannot read it (No such file or directory)"),
+    (lambda r: _write(r / "data/test/scenario", ""), "data/test/scenario: expected 'utterance scenario' lines"),
+    (lambda r: _write(r / "exp/llm/ppl.txt", "parameters 4000000\nppl_plain\n"),
+     "exp/llm/ppl.txt:2: expected 'name value', got 'ppl_plain'"),
+    (lambda r: _write(r / "exp/llm/ppl.txt", "parameters 4000000\nacc_scenario_from_units 99.0\n"),
+     "exp/llm/ppl.txt: no ppl_plain (local/train_llm.py writes it)"),
+    (lambda r: _write(r / "exp/usage.tsv", "stage 1\t10\n"),
+     "exp/usage.tsv:1: expected 'step<TAB>wall s<TAB>CPU s<TAB>peak MB', got 'stage 1\\t10'"),
+    (lambda r: (r / "exp/tasu_train_text/decode_greedy_last").mkdir(),
+     "exp/tasu_train_text holds 2 decodings (decode_greedy_best, decode_greedy_last): the report reads one a model"),
+])
+def test_report_stops_in_one_line_on_a_run_it_cannot_read(tmp_path, damage, error):
+    """Each was a traceback, or (a null score, a second decoding) a table with exit 0 that was not the
+    run's; RESULTS.md keeps what it held."""
+    run = _fake_run(tmp_path / "seed1", 1, {"encoder": 20.0, "tasu_train_text": 8.0, "simulated": 4.0,
+                                             "tasu_train_text_then_train_audio_sft": 10.0,
+                                             "train_audio_sft_from_scratch": 12.0})
+    damage(run)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# RESULTS\n## Environments\n")
+    out = subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", str(run), "--results", str(results)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("local/report.py: ") and error in out.stderr and len(out.stderr.splitlines()) == 1
+    assert results.read_text() == "# RESULTS\n## Environments\n"
+
+
+def test_report_refuses_a_run_that_is_not_there_and_keeps_sections_it_does_not_own(tmp_path):
+    """A misspelt --runs directory gave a summary of '-' cells and 'not measured' targets, exit 0; an
+    experiment named Summary... lost its section to the summary's."""
+    runs = [_fake_run(tmp_path / f"seed{i}", i, {"encoder": 20.0, "tasu_train_text": 8.0, "simulated": 4.0,
+                                                  "tasu_train_text_then_train_audio_sft": 10.0,
+                                                  "train_audio_sft_from_scratch": 12.0}) for i in (1, 2)]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# RESULTS\n## Environments\n\n## Summary_runs\n|a|\n")
+    out = subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), str(tmp_path / "seed3"),
+                          "--results", str(results)], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr == (f"local/report.py: {tmp_path / 'seed3' / 'exp'}: no such directory "
+                                                  "(--runs names run directories, each with data/ and exp/)\n")
+    subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results", str(results)],
+                   check=True, capture_output=True)
+    text = results.read_text()
+    assert "## Summary (egs/mini)" in text and "## Summary_runs\n|a|" in text
+
+
+def test_compare_results_says_which_cells_only_one_report_has(tmp_path):
+    a = _report(tmp_path / "a", [19.0, 20.0], [7.0, 8.0])
+    b = _report(tmp_path / "b", [19.0, 20.0], [7.0, 8.0])
+    text = b.read_text()
+    b.write_text(text.replace("|curriculum: text-only, then audio|", "|curriculum, renamed|"))
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-2].startswith("Only in A (4 cells, not compared): curriculum: text-only, then audio / WER test; ")
+    assert out[-1].startswith("Only in B (4 cells, not compared): curriculum, renamed / WER test; ")
+    assert "|curriculum: text-only, then audio|10.0 ± 0.0|" in text
+    b.write_text(text.replace("|curriculum: text-only, then audio|10.0 ± 0.0|", "|curriculum: text-only, then audio|"))
+    short = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                           capture_output=True, text=True)
+    assert short.returncode == 1 and "4 cells where the header has 5" in short.stderr
+    b.write_bytes(b"\xff\xfe" + text.encode())
+    binary = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                            capture_output=True, text=True)
+    assert binary.returncode == 1
+    assert binary.stderr == f"compare_results.py: {b}: not UTF-8 text (invalid start byte at byte 0)\n"
+
+
 @pytest.mark.parametrize("script,args", [("train_units.py", ["--data-dir", "missing"]),
                                          ("train_encoder.py", ["--units", "missing.model"]),
                                          ("train_llm.py", ["--units", "missing.model"])])

@@ -230,7 +230,9 @@ def test_an_accuracy_or_bleu_score_json_must_agree_with_its_value(tmp_path):
         with pytest.raises(ScoreError, match=rf"score.json: not a score.json .*\({message}\)"):
             collect_results(tmp_path / "exp")
     zh = write(tmp_path / "zh", ["u1\t我今天去公园散步。"])
-    score_files(zh, write(tmp_path / "exp/a/test/hyp", ["u1\t我今天去公园散步。"]), "bleu")
+    score_files(zh, write(tmp_path / "exp/a/zh/hyp", ["u1\t我今天去公园散步。"]), "bleu")
+    path.unlink()
+    path = tmp_path / "exp/a/zh/score.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "value": 120.0}))
     with pytest.raises(ScoreError, match=r"\(value: BLEU is between 0 and 100, not 120.0\)"):
         collect_results(tmp_path / "exp")
@@ -249,6 +251,42 @@ def test_a_bar_in_a_name_stays_inside_its_cell(tmp_path):
     assert comparison[4] == "|dev\\|clean|WER|1|50.00|0.00|-50.00|b|"
     for lines, bars in ((table.splitlines(), 10), (comparison, 8)):   # as many cells as the header
         assert all(line.replace("\\|", "").count("|") == bars for line in lines if line.startswith("|"))
+
+
+def test_a_backslash_or_line_break_in_a_name_keeps_the_table_whole(tmp_path):
+    """``dev\\`` escaped the cell's closing bar and shifted the columns; a line break split the row."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    score_files(ref, write(tmp_path / "exp/a/dev\\/hyp", ["u1\thello"]), "wer")
+    score_files(ref, write(tmp_path / "exp/a/two\nlines/hyp", ["u1\thello world"]), "wer")
+    rows = [line for line in render_results(collect_results(tmp_path / "exp"), ENV).splitlines()
+            if line.startswith("|") and "Snt" not in line and "---" not in line]
+    assert rows == ["|dev\\\\|1|2|50.0|0.0|50.0|0.0|50.0|100.0|", "|two lines|1|2|100.0|0.0|0.0|0.0|0.0|0.0|"]
+
+
+def test_linked_experiments_are_collected_and_link_loops_end(tmp_path):
+    """Path.rglob did not follow a linked experiment (one kept on another disk): its rows were left
+    out with exit 0. A loop of links must still end."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    score_files(ref, write(tmp_path / "elsewhere/b/decode/test/hyp", ["u1\thello"]), "wer")
+    score_files(ref, write(tmp_path / "exp/a/decode/test/hyp", ["u1\thello world"]), "wer")
+    (tmp_path / "exp/b").symlink_to(tmp_path / "elsewhere/b")
+    (tmp_path / "exp/a/decode/loop").symlink_to(tmp_path / "exp/a")
+    rows = collect_results(tmp_path / "exp")
+    assert [(r.exp, r.dataset) for r in rows] == [("a", "decode/test"), ("b", "decode/test")]
+    (tmp_path / "exp/a/decode/gone").mkdir()
+    (tmp_path / "exp/a/decode/gone/score.json").symlink_to(tmp_path / "nothing")   # dangling: said, not skipped
+    with pytest.raises(ScoreError, match=r"gone/score.json: cannot read it \(No such file or directory\)"):
+        collect_results(tmp_path / "exp")
+
+
+def test_a_comparison_of_two_normalisers_names_no_winner(tmp_path):
+    """One output scored with two normalisers is two numbers of one thing: 'better' was printed."""
+    ref = write(tmp_path / "ref", ["u1\tHe won't pay twenty five dollars."])
+    score_files(ref, write(tmp_path / "exp/a/test/hyp", ["u1\the will not pay $25"]), "wer", norm="basic")
+    score_files(ref, write(tmp_path / "exp/b/test/hyp", ["u1\the will not pay $25"]), "wer", norm="whisper")
+    lines = render_comparison(collect_results(tmp_path / "exp"), "a", "b").splitlines()
+    assert lines[4].endswith("|-|-|")
+    assert lines[-1] == "- test WER: scored with norm basic against whisper: not compared"
 
 
 def test_a_bleu_score_json_needs_its_details(tmp_path):

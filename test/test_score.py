@@ -95,6 +95,9 @@ def test_cer_chinese_ignores_spaces_and_punctuation():
     ("He won't pay twenty five dollars.", "whisper", "he will not pay $25"),
     ("Um, the colour [noise]", "whisper", "the color"),
     ("  Keep, THIS\tas is ", "none", "Keep, THIS as is"),
+    ("cafe\u0301 cre\u0300me's", "basic", "café crème's"),         # decomposed: the same words as composed
+    ("\u1112\u1161\u11ab\u1100\u116e\u11a8", "basic", "한국"),     # Hangul jamo: the syllables
+    ("ＡＢＣ ﬁne", "basic", "abc fine"),                             # fullwidth and ligature forms
 ])
 def test_normalise(text, norm, expected):
     assert normalise(text, norm) == expected
@@ -138,6 +141,9 @@ def test_accuracy_and_per_class():
     assert r.details["per_class"] == {"calendar": [1, 1], "iot": [1, 2], "weather": [0, 1]}
     assert lines[2] == "3\twrong\tiot\tmusic\n" and lines[3] == "4\twrong,missing\tweather\t\n"
     assert r.to_markdown_row("slurp/slu") == "|slurp/slu|4|50.0|"
+    # a missing hypothesis is wrong even where the label is empty (it matched the empty string)
+    r, lines = score({"1": "", "2": "iot"}, {"2": "iot"}, "acc")
+    assert r.value == 50.0 and lines[0] == "1\twrong,missing\t\t\n"
 
 
 def test_missing_keys_are_deletions_and_listed(tmp_path):
@@ -198,6 +204,8 @@ def test_empty_and_looping_counts():
     (b"u1\thello\nutt 2\tworld\n", 2, "expected 'key<TAB>text'"),
     (b"u1\thello\nu1\tagain\n", 2, "duplicate key 'u1'"),
     (b"u1\thello\nu2\t\xff\xfe\n", 2, "not UTF-8"),
+    (b"u1\thello world\ru2\tfoo bar\r\n", 1, "a carriage return inside the line"),   # old Mac line ends
+    (b"the cat (u1)\nhello there (u1)\n", 2, "duplicate key 'u1'"),
 ])
 def test_malformed_lines(tmp_path, content, line, message):
     path = tmp_path / "hyp"
@@ -211,6 +219,49 @@ def test_key_only_lines_and_kaldi_text(tmp_path):
     path = tmp_path / "text"
     path.write_bytes("\ufeffu1 hello world\nu2\nu3\tkey\twith tab\n".encode())
     assert read_text_file(path) == {"u1": "hello world", "u2": "", "u3": "key\twith tab"}
+    path.write_bytes("u1 hello\n\ufeffu2 world\n".encode())   # two files joined: the second's BOM
+    assert read_text_file(path) == {"u1": "hello", "u2": "world"}
+
+
+def test_sclite_trn_files_are_read_by_their_ids(tmp_path):
+    """ESPnet writes ``text (id)``: read as a Kaldi text, the first word was the key and the id a
+    correct word (3 errors over 12 words instead of 9), with exit 0."""
+    ref = write(tmp_path / "ref.trn", ["the cat sat (spk1-utt1)", "hello there world (spk1-utt2)", "(spk1-utt3)"])
+    hyp = write(tmp_path / "hyp.trn", ["the cat sad (spk1-utt1)", "hello their word (spk1-utt2)",
+                                       "this is (spk1-utt3)"])
+    assert read_text_file(ref) == {"spk1-utt1": "the cat sat", "spk1-utt2": "hello there world", "spk1-utt3": ""}
+    r = score_files(ref, hyp, "wer", out_dir=tmp_path / "o")
+    assert (r.counts["wrd"], r.counts["sub"], r.counts["ins"]) == (6, 3, 2)
+    # one line without its id, or any tab: not trn, each line's first word is its key as before
+    mixed = write(tmp_path / "mixed", ["u1 hello (laughs)", "u2 there"])
+    assert read_text_file(mixed) == {"u1": "hello (laughs)", "u2": "there"}
+    tabbed = write(tmp_path / "tabbed", ["u1\thello (laughs)", "u2\tthere (a)"])
+    assert read_text_file(tabbed) == {"u1": "hello (laughs)", "u2": "there (a)"}
+
+
+def test_score_never_writes_over_its_inputs_nor_another_metric(tmp_path, capsys):
+    """A hypothesis file named result.txt was replaced by the summary (which still named it); a BLEU
+    scored into the directory of a WER replaced its score.json, and the WER left the tables."""
+    d = tmp_path / "decode"
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    d.mkdir()
+    hyp = write(d / "result.txt", ["u1\thello word"])
+    assert tasu_score(ref, hyp, "wer") == 1
+    assert capsys.readouterr().err == (f"tasu score: error: {hyp}: score would write its result.txt over it: "
+                                       "give --out another directory\n")
+    assert hyp.read_text() == "u1\thello word\n" and sorted(p.name for p in d.iterdir()) == ["result.txt"]
+    assert tasu_score(hyp, ref, "wer", "--out", str(d)) == 1   # the reference too
+    capsys.readouterr()
+    hyp = write(d / "hyp.trn", ["u1\thello word"])
+    assert tasu_score(ref, hyp, "wer", "--out", str(tmp_path / "o")) == 0
+    assert tasu_score(ref, hyp, "bleu", "--out", str(tmp_path / "o")) == 1
+    assert capsys.readouterr().err.endswith(f"{tmp_path / 'o' / 'score.json'} is a score of metric wer: scoring "
+                                            "bleu there would replace it; give --out another directory (or remove "
+                                            "it)\n")
+    assert json.loads((tmp_path / "o" / "score.json").read_text())["metric"] == "wer"
+    assert tasu_score(ref, hyp, "wer", "--out", str(tmp_path / "o"), "--norm", "none") == 0   # the same metric: again
+    assert tasu_score(ref, hyp, "wer", "--bleu-tokenize", "zh", "--out", str(tmp_path / "o")) == 1
+    assert "a BLEU tokenizer (zh) is for --metric bleu, not wer" in capsys.readouterr().err
 
 
 def test_alignment_file_and_outputs(tmp_path):

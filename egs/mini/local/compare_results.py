@@ -44,6 +44,8 @@ def read_report(path: Path) -> Report:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SystemExit(f"compare_results.py: cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"compare_results.py: {path}: not UTF-8 text ({e.reason} at byte {e.start})")
     lines = text.splitlines()
     try:
         start = lines.index("## Summary (egs/mini)")
@@ -65,6 +67,9 @@ def read_report(path: Path) -> Report:
         if header is None:
             header = row
         elif header[0] == "system" and not set(row[0]) <= set("-:"):  # the tables of results, not of costs
+            if len(row) != len(header):
+                raise SystemExit(f"compare_results.py: {path}:{lineno}: {len(row)} cells where the header has "
+                                 f"{len(header)}")
             values = {}
             for column, value in zip(header[1:], row[1:]):
                 if value == "-":
@@ -112,6 +117,10 @@ def compare(a: Report, b: Report) -> str:
         out.append(f"|{key[0]}|{key[1]}|{ma:.1f} ± {sa:.1f}|{mb:.1f} ± {sb:.1f}|{diff:+.1f}|{pooled:.1f}|{verdict}|")
     out += ["", f"{within[1]} of {len(shared)} cells agree within one pooled standard deviation, "
                 f"{within[2]} within two."]
+    for mine, other, name in ((a, b, "A"), (b, a, "B")):   # a system or set one report lacks is said, not dropped
+        alone = [f"{row} / {column}" for row, column in mine.cells if (row, column) not in other.cells]
+        if alone:
+            out.append(f"Only in {name} ({len(alone)} cells, not compared): {'; '.join(alone)}.")
     if min(a.runs, b.runs) < 2:
         out.append("A report of one run has no spread: compare reports of several seeds (./run.sh --seeds).")
     return "\n".join(out)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -50,21 +51,67 @@ FROM_SPEECH = "TASU text-only, from speech"
 EXPLAIN_SETS = ("dev", "test", "test_ood")
 
 
+SUMMARY = "## Summary (egs/mini)"   # the section this script owns in RESULTS.md
+LLM_FIELDS = ("parameters", "ppl_plain", "acc_scenario_from_units")   # what the summary reads of ppl.txt
+
+
+class ReportError(Exception):
+    """A file of the run that the report cannot read; the message names it (main prints one line)."""
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_score(path: Path) -> float | None:
-    return json.loads(path.read_text(encoding="utf-8"))["value"] if path.exists() else None
+    """The value of a score.json, None where the stage that writes it did not run."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(read_text(path))["value"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"{path}: not a score.json of tasu score ({e})") from None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ReportError(f"{path}: value {value!r} is not a number")
+    return float(value)
 
 
 def decode_dir(exp: Path) -> Path | None:
-    """The experiment's decode_* directory of real audio (the newest when there are several)."""
-    found = sorted((p for p in exp.glob("decode_*/") if p.name != "decode_simulated"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    """The experiment's decode_* directory of real audio; two (another checkpoint or config) are
+    refused, since the report would have to guess which one its table is of."""
+    found = sorted(p for p in exp.glob("decode_*/") if p.name != "decode_simulated")
+    if len(found) > 1:
+        raise ReportError(f"{exp} holds {len(found)} decodings ({', '.join(p.name for p in found)}): the report "
+                          "reads one a model; move the others out of it")
+    return found[0] if found else None
 
 
 def llm_info(exp_root: Path) -> dict[str, str]:
+    """exp/llm/ppl.txt (``name value`` lines, local/train_llm.py), {} where it is not there."""
     path = exp_root / "llm" / "ppl.txt"
     if not path.exists():
         return {}
-    return dict(ln.split(maxsplit=1) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
+    info = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            name, _, value = line.strip().partition(" ")
+            if not value.strip():
+                raise ReportError(f"{path}:{n}: expected 'name value', got {line!r}")
+            info[name] = value.strip()
+    return info
+
+
+def number(info: dict[str, str], name: str, path: Path) -> float | None:
+    """``info[name]`` as a number (None when absent); anything else names the file and field."""
+    if name not in info:
+        return None
+    try:
+        return float(info[name])
+    except ValueError:
+        raise ReportError(f"{path}: {name} {info[name]!r} is not a number") from None
 
 
 def collect(exp_root: Path) -> dict[str, dict[tuple[str, str], float | None]]:
@@ -76,8 +123,8 @@ def collect(exp_root: Path) -> dict[str, dict[tuple[str, str], float | None]]:
         d = decode_dir(exp_root / tag)
         scores[name] = {(s, t): read_score(d / s / t / "score.json") if d else None
                         for s in TEST_SETS for t in ("ASR", "SLU_scenario")}
-    info = llm_info(exp_root)
-    scores[LLM_READING] = {(s, "ASR"): float(info[k]) if k in info else None
+    info, ppl = llm_info(exp_root), exp_root / "llm" / "ppl.txt"
+    scores[LLM_READING] = {(s, "ASR"): number(info, k, ppl)
                            for s, k in (("dev", "wer_reading_units"), ("test", "wer_reading_units_test"))}
     scores[SIMULATED] = {("test", "ASR"): read_score(exp_root / SYSTEMS[TEXT_ONLY] / "decode_simulated" / "test"
                                                      / "ASR" / "score.json")}
@@ -103,11 +150,19 @@ def aggregate(runs: list[dict]) -> dict[str, dict[tuple[str, str], tuple[float |
 
 def chance(data: Path) -> tuple[float, float, int]:
     """Scenario accuracy of guessing: uniform over the scenarios, and always the test set's commonest."""
-    labels = [ln.split(maxsplit=1)[1].strip() for ln in (data / "test" / "scenario").read_text(encoding="utf-8").splitlines()
-              if ln.strip()]
-    grammar = json.loads((data / "local" / "corpus.json").read_text(encoding="utf-8"))["grammar"]
-    n_scenarios = len(grammar["scenarios"])
-    return 100.0 / n_scenarios, 100.0 * Counter(labels).most_common(1)[0][1] / len(labels), n_scenarios
+    path = data / "test" / "scenario"
+    labels = [ln.split(maxsplit=1)[1:] for ln in read_text(path).splitlines() if ln.strip()]
+    if not labels or not all(labels):
+        raise ReportError(f"{path}: expected 'utterance scenario' lines (local/data.sh writes it)")
+    corpus = data / "local" / "corpus.json"
+    try:
+        n_scenarios = len(json.loads(read_text(corpus))["grammar"]["scenarios"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"{corpus}: no grammar.scenarios list ({e})") from None
+    if not n_scenarios:
+        raise ReportError(f"{corpus}: grammar.scenarios is empty")
+    top = Counter(label[0].strip() for label in labels).most_common(1)[0][1]
+    return 100.0 / n_scenarios, 100.0 * top / len(labels), n_scenarios
 
 
 def stopped_early(exp_root: Path) -> dict[str, bool]:
@@ -115,7 +170,10 @@ def stopped_early(exp_root: Path) -> dict[str, bool]:
     out = {}
     info = exp_root / "encoder" / "train_info.json"
     if info.exists():
-        out["encoder"] = bool(json.loads(info.read_text(encoding="utf-8")).get("stopped_early"))
+        try:
+            out["encoder"] = bool(json.loads(read_text(info)).get("stopped_early"))
+        except (ValueError, AttributeError) as e:
+            raise ReportError(f"{info}: not the encoder's training summary ({e})") from None
     if llm_info(exp_root):
         out["LLM"] = llm_info(exp_root).get("stopped_early") == "True"
     return out
@@ -174,7 +232,21 @@ def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]
 
 
 def usage_rows(path: Path) -> list[list[str]]:
-    return [ln.split("\t") for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()] if path.exists() else []
+    """exp/usage.tsv (local/usage.py): step, wall s, CPU s, peak MB; [] where it is not there."""
+    if not path.exists():
+        return []
+    rows = [(n, line.split("\t")) for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
+    for n, row in rows:
+        if len(row) < 4 or not all(is_number(x) for x in row[1:4]):
+            raise ReportError(f"{path}:{n}: expected 'step<TAB>wall s<TAB>CPU s<TAB>peak MB', got {chr(9).join(row)!r}")
+    return [row for _, row in rows]
+
+
+def is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def usage_table(paths: list[Path]) -> list[str]:
@@ -254,7 +326,7 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
     uniform, majority, n_scenarios = chance(data_dirs[0])
     n = len(exp_roots)
     quick = "quick=true" in setting
-    out = ["## Summary (egs/mini)", ""]
+    out = [SUMMARY, ""]
     if n > 1:
         out += [f"Made by `./run.sh --seeds` ({setting}): {n} whole runs, one per seed (corpus, encoder, LLM and "
                 "TASU training all depend on it); each cell is the mean ± the standard deviation over the runs. "
@@ -304,9 +376,13 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
             "sampled every 0.2 s."]
     infos = [llm_info(e) for e in exp_roots]
     if all(infos):
-        ppl = mean_sd([float(i["ppl_plain"]) for i in infos])
-        acc = mean_sd([float(i["acc_scenario_from_units"]) for i in infos])
-        out += ["", f"The frozen LLM ({int(infos[0]['parameters']) / 1e6:.1f} M parameters): dev perplexity "
+        values = [{k: number(i, k, e / "llm" / "ppl.txt") for k in LLM_FIELDS} for i, e in zip(infos, exp_roots)]
+        lacking = next(((e, k) for v, e in zip(values, exp_roots) for k in LLM_FIELDS if v[k] is None), None)
+        if lacking:
+            raise ReportError(f"{lacking[0] / 'llm' / 'ppl.txt'}: no {lacking[1]} (local/train_llm.py writes it)")
+        ppl = mean_sd([v["ppl_plain"] for v in values])
+        acc = mean_sd([v["acc_scenario_from_units"] for v in values])
+        out += ["", f"The frozen LLM ({values[0]['parameters'] / 1e6:.1f} M parameters): dev perplexity "
                 f"{fmt(ppl)} on plain sentences; reading the clean encoder units of dev sentences, WER "
                 f"{fmt(agg[LLM_READING][('dev', 'ASR')])} %, scenario accuracy {fmt(acc)} % (exp/llm/ppl.txt)."]
     return "\n".join(out) + "\n"
@@ -378,8 +454,8 @@ def insert_summary(results: Path, text: str) -> None:
     """The summary goes after RESULTS.md's environment block; a re-run replaces its own section."""
     from tasu.fileio import write_atomic   # here, not at the top: see plot()
 
-    lines = results.read_text(encoding="utf-8").splitlines() if results.exists() else ["# RESULTS"]
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("## Summary")), None)
+    lines = read_text(results).splitlines() if results.exists() else ["# RESULTS"]
+    start = next((i for i, ln in enumerate(lines) if ln == SUMMARY), None)
     if start is not None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         del lines[start:end]
@@ -401,12 +477,20 @@ def main() -> None:
     args = parser.parse_args()
     exp_roots = [r / "exp" for r in args.runs] or [args.exp]
     data_dirs = [r / "data" for r in args.runs] or [args.data]
-    done = [d / ".done" for d in data_dirs]
-    setting = "; ".join(p.read_text().strip() for p in done if p.exists()) or "setting unknown"
-    plot_path = args.plot or args.results.with_suffix(".png")
-    text = summary(exp_roots, data_dirs, setting, os.path.relpath(plot_path, args.results.parent))
-    insert_summary(args.results, text)
-    plot(exp_roots, chance(data_dirs[0])[1], plot_path)
+    try:
+        # a run that is not there would be a column of '-' and "not measured" targets, with exit 0
+        missing = next((d for d in [*exp_roots, *data_dirs] if not d.is_dir()), None)
+        if missing:
+            raise ReportError(f"{missing}: no such directory" + (" (--runs names run directories, each with "
+                                                                  "data/ and exp/)" if args.runs else ""))
+        done = [d / ".done" for d in data_dirs]
+        setting = "; ".join(read_text(p).strip() for p in done if p.exists()) or "setting unknown"
+        plot_path = args.plot or args.results.with_suffix(".png")
+        text = summary(exp_roots, data_dirs, setting, os.path.relpath(plot_path, args.results.parent))
+        insert_summary(args.results, text)
+        plot(exp_roots, chance(data_dirs[0])[1], plot_path)
+    except ReportError as e:
+        sys.exit(f"local/report.py: {e}")
     print(text + f"\nAll tables: {args.results}; plot: {plot_path}")
 
 
