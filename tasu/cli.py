@@ -89,14 +89,15 @@ def _simulation_config(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from tasu.config import load_config
     from tasu.experiment import ExperimentConfig
-    from tasu.train.trainer import train
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
-    if args.dry_run:
+    if args.dry_run:   # a config check (recipes run one before their first stage): the trainer is not imported
         from tasu.model_io import dump_config
 
         print(dump_config(cfg), end="")
         return 0
+    from tasu.train.trainer import train
+
     train(cfg, args.exp_dir, resume=args.resume, allow_pipes=args.allow_pipes)
     return 0
 

@@ -72,7 +72,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):   # true == 1 and 2.0 == 2 in Python
             raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
@@ -154,7 +154,9 @@ def apply_override(data: dict, override: str) -> None:
     keys = path.strip().split(".")
     node = data
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:   # absent, or a section saved as null (llm.lora): made a mapping
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{key}' is not a mapping")
     try:
@@ -189,6 +191,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         first: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # '<<: *base': the base class merges it, keys here win
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 again = key in first
@@ -226,5 +230,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         apply_override(data, override)
     try:
         return from_dict(cls, data)
-    except ConfigError as err:
-        raise ConfigError(f"{name}: {err}") from None
+    except ConfigError as err:   # named after the override that set the key, else the file
+        where = str(err).split(":", 1)[0]
+        blamed = [o for o in overrides if _related(o.split("=", 1)[0].strip(), where)]
+        raise ConfigError(f"override '{blamed[-1]}': {err}" if blamed else f"{name}: {err}") from None
+
+
+def _related(key: str, where: str) -> bool:
+    """Whether the override of ``key`` (``optim.lr``) set what an error at ``where`` (``optim.lr``,
+    ``optim``, ``data.train[0]``) is about."""
+    return key == where or key.startswith(where + ".") or where.startswith((key + ".", key + "["))

@@ -137,6 +137,8 @@ class DataConfig:
     def check(self) -> None:
         if not 0.0 <= self.audio_ratio <= 1.0:
             raise ValueError(f"audio_ratio must be in [0, 1], got {self.audio_ratio}")
+        if self.prompts is not None and not self.prompts.strip():
+            raise ValueError("prompts is empty: name a prompts JSONL, or null for the English set")
         for name, least in (("max_tokens", 1), ("max_batch_size", 1), ("min_length", 0), ("max_length", 1),
                             ("shuffle_buffer", 0), ("sort_window", 0), ("num_workers", 0)):
             value = getattr(self, name)
@@ -202,6 +204,11 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 1 (or null: as many as the epochs take), got {self.max_steps}")
         if self.keep_best < 0:   # 0 keeps the last checkpoint only
             raise ValueError(f"keep_best must be >= 0, got {self.keep_best}")
+        if self.init_from is not None and not self.init_from.strip():   # an unset shell variable: not "from scratch"
+            raise ValueError("init_from is empty: name a checkpoint or experiment directory, or null to start "
+                             "from scratch")
+        if not -2**63 <= self.seed < 2**63:   # torch's generators take a 64-bit seed
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
 
 
 @dataclass
@@ -215,3 +222,11 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        """The learning-rate schedule ends at ``optim.total_steps`` (a rate of 0 after it): steps past
+        it would train nothing, with exit 0. A run limited by epochs alone is warned when it gets there."""
+        if self.train.max_steps is not None and self.train.max_steps > self.optim.total_steps:
+            raise ValueError(f"train.max_steps {self.train.max_steps} is past optim.total_steps "
+                             f"{self.optim.total_steps}, where the learning rate has decayed to 0: raise "
+                             "optim.total_steps with it")

@@ -58,12 +58,33 @@ def prefix(part: Part) -> str:
     return f"{part[0]}-{part[1]}-"
 
 
-def decode_flags(config: str | Path) -> list[str]:
-    """A decode YAML (``batch_size: 8``) as ``tasu decode`` options (``--batch-size 8``)."""
-    from tasu.config import read_mapping
+# tasu decode options the stage script sets itself: from a decode YAML they would fight its own
+SET_BY_STAGE = ("exp", "data", "out", "checkpoint", "device", "input", "set", "allow_pipes", "debug")
+_KEY = re.compile(r"[a-z][a-z0-9_]*")
+_WORD = re.compile(r"[A-Za-z0-9_.+,:/=@%-]+")   # one word, none of the shell's operators or quotes
 
-    conf = read_mapping(config)
-    return [word for key, value in conf.items() for word in (f"--{key.replace('_', '-')}", str(value))]
+
+def decode_flags(config: str | Path) -> list[str]:
+    """A decode YAML (``batch_size: 8``) as ``tasu decode`` options (``--batch-size 8``).
+
+    The stage script splits them into words and its job runner keeps shell operators (``;``, ``|``)
+    unquoted, so each value must be one plain word: a YAML ``beam: "1 ; rm ..."`` is refused here,
+    as are lists, mappings and the options the script sets itself (``SET_BY_STAGE``). An unknown
+    option is left to ``tasu decode``'s own parser, which names it."""
+    from tasu.config import ConfigError, read_mapping
+
+    flags = []
+    for key, value in read_mapping(config).items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ConfigError(f"{config}: {key!r} is not an option name (a tasu decode option: beam, batch_size, ...)")
+        if key in SET_BY_STAGE:
+            raise ConfigError(f"{config}: {key}: the stage script sets it (see tasu.sh --help), not a decode config")
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _WORD.fullmatch(str(value)):
+            raise ConfigError(f"{config}: {key}: must be a number or one plain word, not {value!r}")
+        if isinstance(value, str) and value.startswith("-"):
+            raise ConfigError(f"{config}: {key}: {value!r} would be read as an option, not a value")
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
 
 
 def merge(dump: str | Path, out: str | Path, parts: Sequence[Part]) -> int:

@@ -53,7 +53,8 @@ def test_yaml_and_overrides_fill_the_dataclasses(tmp_path):
 def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
     assert load_config(Experiment, None, ["optim.lr=1"]).optim.lr == 1.0
     assert load_config(Experiment, write(tmp_path, "optim:\n  lr: 5e-5\n")).optim.lr == 5e-5  # YAML 1.1: a string
-    with pytest.raises(ConfigError, match=r"^overrides: optim.warmup_steps: expected an integer, got 2.5$"):
+    with pytest.raises(ConfigError, match=r"^override 'optim.warmup_steps=2.5': optim.warmup_steps: expected an "
+                                          r"integer, got 2.5$"):
         load_config(Experiment, None, ["optim.warmup_steps=2.5"])
 
 
@@ -75,6 +76,36 @@ def test_integers_are_accepted_as_floats_but_not_the_reverse(tmp_path):
 def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Experiment, write(tmp_path, text))
+
+
+def test_yaml_merge_keys_merge_and_the_keys_beside_them_win(tmp_path):
+    """'<<: *base' was refused ('could not determine a constructor for the tag ...merge')."""
+    from tasu.experiment import ExperimentConfig
+
+    text = "base: &base {lr: 1.0e-3, warmup_steps: 10, total_steps: 100}\n"
+    cfg = load_config(Experiment, write(tmp_path, "optim: {<<: {lr: 2, betas: [0.5, 0.5]}, lr: 3}\n"))
+    assert (cfg.optim.lr, cfg.optim.betas) == (3.0, (0.5, 0.5))
+    path = tmp_path / "anchor.yaml"
+    path.write_text(text.replace("base:", "optim:") + "train: {max_steps: 5}\n")
+    assert load_config(ExperimentConfig, path).optim.total_steps == 100
+    with pytest.raises(ConfigError, match="key 'lr' given twice"):   # twice beside the merge: still refused
+        load_config(Experiment, write(tmp_path, "optim: {<<: {lr: 2}, lr: 3, lr: 4}\n"))
+
+
+def test_an_error_names_the_override_that_set_the_key_and_an_override_fills_a_null_section(tmp_path):
+    """'optim.lr=' was blamed on the file (a checkpoint's config.yaml looked damaged); llm.lora.r=4 on a
+    config saved with 'lora: null' was "'lora' is not a mapping"."""
+    from tasu.experiment import ExperimentConfig
+
+    path = write(tmp_path, "optim: {lr: 1.0e-3}\nllm: {lora: null}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(ExperimentConfig, path, ["train.seed=3", "optim.lr="])
+    assert str(e.value) == "override 'optim.lr=': optim.lr: expected a number, got ''"
+    cfg = load_config(ExperimentConfig, path, ["llm.lora.r=4"])
+    assert cfg.llm.lora.r == 4 and cfg.llm.lora.alpha == 16.0
+    with pytest.raises(ConfigError) as e:
+        load_config(ExperimentConfig, write(tmp_path, "optim: {lr: fast}\n"), ["train.seed=3"])
+    assert str(e.value) == f"{tmp_path / 'train.yaml'}: optim.lr: expected a number, got 'fast'"
 
 
 def test_bad_override_and_missing_file(tmp_path):
@@ -111,6 +142,14 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.max_steps=0", "train: max_steps must be >= 1 (or null: as many as the epochs take), got 0"),
+    ("train.max_steps=20000", "top level: train.max_steps 20000 is past optim.total_steps 15000, where the learning "
+                              "rate has decayed to 0: raise optim.total_steps with it"),
+    ("train.init_from=", "train: init_from is empty: name a checkpoint or experiment directory, or null to start "
+                         "from scratch"),
+    ("train.seed=100000000000000000000", "train: seed must fit in 64 bits, got 100000000000000000000"),
+    ("data.prompts=", "data: prompts is empty: name a prompts JSONL, or null for the English set"),
+    ("engine.zero_stage=true", "engine.zero_stage: expected one of 0, 1, 2, got True"),
+    ("engine.zero_stage=2.0", "engine.zero_stage: expected one of 0, 1, 2, got 2.0"),
     ("train.epochs=0", "train: epochs must be >= 1, got 0"),
     ("train.log_interval=0", "train: log_interval must be >= 1, got 0"),
     ("train.save_interval=0", "train: save_interval must be >= 1, got 0"),
@@ -143,8 +182,13 @@ def test_a_run_that_would_not_train_is_refused_by_its_key(override, message):
     weight_decay NaN, not at all)."""
     from tasu.experiment import ExperimentConfig
 
-    with pytest.raises(ConfigError, match=f"^overrides: {re.escape(message)}$"):
+    with pytest.raises(ConfigError, match=f"^{re.escape(blamed(override))}: {re.escape(message)}$"):
         load_config(ExperimentConfig, None, [override])
+
+
+def blamed(override: str) -> str:
+    """Whom an error names: the override that set the key, or (an error across sections) all of them."""
+    return "overrides" if override == "train.max_steps=20000" else f"override '{override}'"
 
 
 def test_the_train_loop_defaults_and_limits_that_mean_something_pass():

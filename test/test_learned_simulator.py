@@ -156,6 +156,32 @@ def test_an_edited_simulator_config_is_refused_by_name(setup, tmp_path, edit, pr
         LearnedSimulator.load(sim, tokenizer(setup))
 
 
+@pytest.mark.parametrize("override, problem", [
+    ("train.lr=0", "train: lr must be a number > 0, got 0.0"),   # trained nothing, wrote a simulator, exit 0
+    ("train.lr=.nan", "train: lr must be a number > 0, got nan"),
+    ("train.warmup_steps=-5", "train: warmup_steps and report_utterances must be >= 0"),
+    ("train.weight_decay=-1", "train: weight_decay must be a number >= 0, got -1.0"),
+    ("train.grad_clip=-1", "train: grad_clip must be a number >= 0, got -1.0"),
+    ("train.report_wers=[.nan, 5]", "train: report_wers must be rates in [0, 1], got [nan, 5.0]"),
+    ("train.temperature=.inf", "train: temperature must be a number > 0, got inf"),
+    ("model.heads=3", "model: d_model 128 is not a multiple of heads 3"),   # found after the teacher was built
+    ("model.d_model=0", "model: d_model 0: not a whole number of at least 1"),
+    ("model.dropout=1.5", "model: dropout 1.5: not a probability below 1"),
+    ("model.max_rows_per_token=-1", "model: max_rows_per_token -1.0: not a number of at least 1"),
+    ("teacher.lowpass_hz=[0, 99999]", "teacher: lowpass_hz must be two cut-offs in (0, 8000) Hz, the lower first, "
+                                      "got [0.0, 99999.0]"),
+    ("teacher.snr_db=[.nan, .inf]", "teacher: snr_db must be two numbers, the lower first, got [nan, inf]"),
+    ("teacher.time_mask_s=-1", "teacher: time_mask_s must be a number >= 0, got -1.0"),
+])
+def test_a_simulator_training_config_is_checked_field_by_field(override, problem):
+    from tasu.config import ConfigError
+    from tasu.train.simulator import load_simulator_training_config
+
+    with pytest.raises(ConfigError) as e:
+        load_simulator_training_config(None, [override])
+    assert str(e.value) == f"override '{override}': {problem}"
+
+
 def test_a_resume_on_damaged_or_other_files_is_one_line(setup, tmp_path, capsys):
     """What train-simulator --resume reads back (teacher.json, the teacher set, the checkpoint's state
     and weights) names its file when damaged, and a resume with other model.* settings says so."""
@@ -285,7 +311,7 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
                                        str(tmp_path / "y"), "model.topk=8", "compress.topk=4"),
                        "model.topk 8 exceeds compress.topk 4")
         one_line_error(tasu_in_process(capsys, *common, "--data", str(setup / "asr.jsonl"), "--out",
-                                       str(tmp_path / "z"), "train.temperature=0"), "temperature must be > 0")
+                                       str(tmp_path / "z"), "train.temperature=0"), "temperature must be a number > 0")
     finally:
         log = logging.getLogger("tasu.train_simulator")
         for handler in log.handlers:

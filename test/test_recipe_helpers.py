@@ -55,15 +55,40 @@ def test_split_sorts_the_jobs_lines_back_into_set_and_task(tmp_path):
     assert (tmp_path / "dev" / "SLU" / "hyp.trn").read_text() == ""   # every part gets its files
 
 
-def test_decode_flags_and_pairs(tmp_path):
+def test_pairs():
+    assert pairs(["test", "ASR", "dev", "SLU"]) == [("test", "ASR"), ("dev", "SLU")]
+    with pytest.raises(ValueError, match="odd number"):
+        pairs(["test", "ASR", "dev"])
+
+
+def test_decode_flags(tmp_path):
     conf = tmp_path / "decode.yaml"
     conf.write_text("beam: 4\nbatch_size: 8\nrepetition_penalty: 1.1\n")
     assert decode_flags(conf) == ["--beam", "4", "--batch-size", "8", "--repetition-penalty", "1.1"]
     conf.write_text("# nothing set\n")
     assert decode_flags(conf) == []
-    assert pairs(["test", "ASR", "dev", "SLU"]) == [("test", "ASR"), ("dev", "SLU")]
-    with pytest.raises(ValueError, match="odd number"):
-        pairs(["test", "ASR", "dev"])
+
+
+@pytest.mark.parametrize("text,error", [
+    ('beam: "1 ; touch PWNED ;"\n', "beam: must be a number or one plain word, not '1 ; touch PWNED ;'"),
+    ("beam: ';'\n", "beam: must be a number or one plain word, not ';'"),
+    ("beam: 1 --out /elsewhere\n", "beam: must be a number or one plain word, not '1 --out /elsewhere'"),
+    ("out: /elsewhere\n", "out: the stage script sets it (see tasu.sh --help), not a decode config"),
+    ("input: simulated\n", "input: the stage script sets it"),
+    ("beam: [1, 2]\n", "beam: must be a number or one plain word, not [1, 2]"),
+    ("nbest: true\n", "nbest: must be a number or one plain word, not True"),
+    ("batch_size: --out\n", "batch_size: '--out' would be read as an option, not a value"),
+    ("1: 2\n", "1 is not an option name"),
+])
+def test_a_decode_config_gives_plain_options_or_stops(tmp_path, text, error):
+    """The stage script splits the flags into words and the job runner keeps ';' and '|' as shell
+    operators: a value with them ran a command in every decode job, one with an option in it
+    replaced the script's own --out."""
+    conf = tmp_path / "decode.yaml"
+    conf.write_text(text)
+    with pytest.raises(ValueError) as e:
+        decode_flags(conf)
+    assert str(e.value).startswith(f"{conf}: ") and error in str(e.value)
 
 
 def test_a_helper_that_fails_says_so_in_one_line_naming_the_file(tmp_path, capsys, monkeypatch):

@@ -433,6 +433,26 @@ def test_a_recipe_run_from_another_directory_says_where_to_run_it(tmp_path):
 
 
 TRAIN_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if not p.name.startswith("decode_"))
+def test_configs_and_their_options_are_checked_before_the_first_stage_runs(tmp_path):
+    """A typo in the audio config or its options stopped stage 4 after stage 3's training; a decode
+    config that did not parse was ignored (tasu decode's defaults, exit 0), and one whose value held
+    '; cmd' ran the command in every decode job."""
+    recipe = copy_recipe("slurp", tmp_path)
+    models = ("--encoder_path", str(tmp_path), "--llm_path", str(tmp_path))
+    (recipe / "conf" / "bad_audio.yaml").write_text("optim:\n  warmup_step: 5\n")
+    (recipe / "conf" / "decode_bad.yaml").write_text("beam: 1 ; touch PWNED ;\n")
+    for options, message in (
+            (("--train_audio_config", "conf/bad_audio.yaml"),
+             "conf/bad_audio.yaml: optim: unknown key 'warmup_step' (did you mean 'warmup_steps'?)"),
+            (("--decode_config", "conf/decode_bad.yaml"),
+             "conf/decode_bad.yaml: beam: must be a number or one plain word, not '1 ; touch PWNED ;'"),
+            (("--inference_checkpoint", "bset"), "--inference_checkpoint must be best, last or step_N, not 'bset'"),
+            (("--tasks", "ASR::bleuu"), "--tasks ASR::bleuu: the metric must be wer, cer, bleu or acc, not 'bleuu'")):
+        out = sh(recipe, "./run.sh", "--stage", "3", "--audio_sft", "true", *models, *options, ok=False)
+        assert out.returncode == 1 and message in out.stderr.strip().splitlines()[-1], out.stderr
+        assert not (recipe / "exp").exists() and not (recipe / "PWNED").exists()
+
+
 DECODE_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if p.name.startswith("decode_"))
 
 

@@ -253,6 +253,13 @@ def test_config_validation():
         SimulationConfig(alpha=(0.2, 0.1))
     with pytest.raises(ValueError):
         SimulationConfig(drop_prob=1.5)
+    # NaN inserted nothing with exit 0, inf was a RuntimeError of torch, 1e7 never ended
+    for ratio in (float("nan"), float("inf"), 1e7, -0.1):
+        with pytest.raises(ValueError, match=r"insert_ratio must be in \[0, 10\] \(rows per token\)"):
+            SimulationConfig(insert_ratio=ratio)
+    for split in ((float("nan"), 0.2, 0.2), (0.6, 0.2, float("inf"))):
+        with pytest.raises(ValueError, match="must be non-negative with a positive sum"):
+            SimulationConfig(wer_split=split)
     with pytest.raises(ValueError):
         RuleSimulator(SimulationConfig(confusion="spelling"), V)
     with pytest.raises(ValueError):

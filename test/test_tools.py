@@ -35,6 +35,9 @@ def test_unknown_option_is_an_error(tmp_path):
     assert out.returncode == 1
     assert "unknown option '--stgae'" in out.stderr
     assert "ran" not in out.stdout
+    # the environment's variables are set too, but are no options: --PATH /x broke every command after it
+    out = run_script(tmp_path, "echo ran", "--PATH", "/x")
+    assert (out.returncode, out.stderr) == (1, "prog.sh: invalid option '--PATH'\n")
 
 
 def test_boolean_option_accepts_only_true_or_false(tmp_path):
@@ -65,6 +68,10 @@ def test_config_file_is_sourced_in_order(tmp_path):
     assert out.stdout.strip() == "5 6"
     missing = run_script(tmp_path, "true", "--config", str(tmp_path / "nope.sh"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+    (tmp_path / "train.yaml").write_text("encoder:\n  path: x\n")   # sourced, it ran 'encoder:' as a command
+    out = run_script(tmp_path, "echo ran", "--config", str(tmp_path / "train.yaml"))
+    assert out.returncode == 1 and out.stdout == "" and "--config takes a shell file of name=value lines, not " \
+        f"the YAML '{tmp_path / 'train.yaml'}'" in out.stderr
 
 
 def test_help_prints_the_help_message(tmp_path):

@@ -277,7 +277,8 @@ def test_train_dry_run_checks_the_config(setup):
     bad = subprocess.run([str(BIN / "tasu"), "train", "--config", str(setup / "text.yaml"), "--dry-run",
                           "data.mode=speech"], capture_output=True, text=True)
     assert bad.returncode == 1
-    assert "text.yaml: data.mode: expected one of 'text', 'audio', 'mixed', 'posteriors', got 'speech'" in bad.stderr
+    assert ("override 'data.mode=speech': data.mode: expected one of 'text', 'audio', 'mixed', 'posteriors', "
+            "got 'speech'") in bad.stderr
 
 
 def test_deepspeed_ops_are_cached_in_this_environment():

@@ -6,7 +6,8 @@
 #   an option whose variable was not declared is an error (typos never pass silently);
 #   a variable declared as true/false accepts only true or false, one declared as a whole number
 #   only a whole number (so --stage x stops here, not in a test deep inside the script);
-#   --config FILE sources FILE (shell assignments) at that point of the command line;
+#   option names are lower case (--PATH would replace the environment's);
+#   --config FILE sources FILE (shell assignments, never a .yaml) at that point of the command line;
 #   --help / -h prints $help_message and exits 0.
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
 
@@ -20,6 +21,10 @@ while [ $# -gt 0 ]; do
     --config)
       [ $# -ge 2 ] || { echo "${_po_prog}: --config needs a file" >&2; exit 1; }
       [ -f "$2" ] || { echo "${_po_prog}: config file '$2' does not exist" >&2; exit 1; }
+      case "$2" in *.yaml|*.yml)   # sourced, a YAML file ran its lines as commands
+        echo "${_po_prog}: --config takes a shell file of name=value lines, not the YAML '$2' (training and" \
+          "decoding configs have options of their own: see --help)" >&2; exit 1 ;;
+      esac
       # shellcheck disable=SC1090
       . "$2"
       shift 2 ;;
@@ -27,7 +32,7 @@ while [ $# -gt 0 ]; do
       echo "${_po_prog}: write options as '--name value', not '$1'" >&2; exit 1 ;;
     --*)
       _po_name=$(echo "${1#--}" | sed 's/-/_/g')
-      if ! [[ "${_po_name}" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
+      if ! [[ "${_po_name}" =~ ^[a-z][a-z0-9_]*$ ]]; then   # options are lower case: not PATH, HOME, _po_*
         echo "${_po_prog}: invalid option '$1'" >&2; exit 1
       fi
       if [ -z "${!_po_name+set}" ]; then

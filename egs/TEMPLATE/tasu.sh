@@ -260,6 +260,21 @@ if [ -n "${prompts}" ]; then
   prompt_opts=(--prompts "${prompts}")
   prompt_overrides=(data.prompts="${prompts}")
 fi
+# The configs and their options are checked now, not when their stage comes after hours of the others.
+check_config() {  # check_config <config> <override> ...: tasu train's own check (--dry-run), one line on error
+  local problem
+  problem=$(tasu train --config "$@" "${prompt_overrides[@]}" --dry-run 2>&1 > /dev/null) || die "${problem}"
+}
+# shellcheck disable=SC2086
+if runs 3; then check_config "${train_text_config}" ${train_text_args}; fi
+# shellcheck disable=SC2086
+if runs 4; then check_config "${train_audio_config}" ${train_audio_args}; fi
+if runs 5; then
+  # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8), one word each
+  decode_flags=$(python3 -m tasu.recipe decode-flags "${decode_config}" 2>&1) || die "${decode_flags}"
+  [[ "${inference_checkpoint}" =~ ^(best|last|step_[0-9]+)$ ]] || \
+    die "--inference_checkpoint must be best, last or step_N, not '${inference_checkpoint}'"
+fi
 
 # Names derived from the configs.
 if [ -n "${train_text_config}" ] && [ -z "${text_tag}" ]; then
@@ -300,6 +315,12 @@ task_metric() {
     *) echo wer ;;
   esac
 }
+if runs 6; then
+  for spec in ${tasks}; do
+    case $(task_metric "${spec}") in wer|cer|bleu|acc) ;;
+      *) die "--tasks ${spec}: the metric must be wer, cer, bleu or acc, not '$(task_metric "${spec}")'" ;; esac
+  done
+fi
 
 # Training runs as one CPU process, or under the DeepSpeed launcher on --ngpu devices.
 if [ "${ngpu}" -eq 0 ] || [ "${device}" = cpu ]; then
@@ -565,8 +586,7 @@ if runs 4; then
 fi
 
 if runs 5; then
-  # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8).
-  read -r -a decode_opts <<< "$(python3 -m tasu.recipe decode-flags "${decode_config}")"
+  read -r -a decode_opts <<< "${decode_flags}"   # checked above: one word each
   model_opts=()
   [ -n "${encoder_path}" ] && model_opts+=(--set encoder.path="${encoder_path}")
   [ -n "${llm_path}" ] && model_opts+=(--set llm.path="${llm_path}")

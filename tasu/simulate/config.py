@@ -9,6 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+MAX_INSERT_RATIO = 10.0   # inserted rows per token: speech's compressed rows hold ~0.1 to 0.3
+
+
 
 @dataclass
 class WERSchedule:
@@ -84,17 +87,18 @@ class SimulationConfig:
         for name in ("drop_prob", "sub_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
-        if self.insert_ratio < 0.0:
-            raise ValueError("insert_ratio must be >= 0")
+        if not 0.0 <= self.insert_ratio <= MAX_INSERT_RATIO:   # NaN inserted nothing; 1e7 never ended
+            raise ValueError(f"insert_ratio must be in [0, {MAX_INSERT_RATIO:g}] (rows per token), "
+                             f"got {self.insert_ratio}")
         if self.confusion not in ("random", "spelling"):
             raise ValueError(f"confusion must be 'random' or 'spelling', got {self.confusion!r}")
-        if min(self.wer_split) < 0.0 or sum(self.wer_split) <= 0.0:
+        if not all(0.0 <= x < math.inf for x in self.wer_split) or sum(self.wer_split) <= 0.0:
             raise ValueError(f"wer_split = {self.wer_split} must be non-negative with a positive sum")
         from tasu.simulate.base import simulator_names, unknown_simulator
 
         if self.name not in simulator_names():
             raise ValueError(f"name: {unknown_simulator(self.name)}")
-        if not self.temperature > 0.0:
+        if not 0.0 < self.temperature < math.inf:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.name == "learned" and not self.path:
             raise ValueError("path: the learned simulator needs its directory (tasu train-simulator's --out)")

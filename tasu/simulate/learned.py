@@ -88,6 +88,19 @@ class SimulatorArchitecture:
     dropout: float = 0.1
     max_rows_per_token: float = 3.0        # sampling stops at max_rows_per_token * L + 8 rows
 
+    def check(self) -> None:
+        """Each size before a model is built of it (a config's ``model:``, a saved ``config.json``)."""
+        for name in ("topk", "d_model", "heads", "encoder_layers", "decoder_layers", "ffn"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} {value!r}: not a whole number of at least 1")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout {self.dropout!r}: not a probability below 1")
+        if type(self.max_rows_per_token) not in (int, float) or not 1 <= self.max_rows_per_token < math.inf:
+            raise ValueError(f"max_rows_per_token {self.max_rows_per_token!r}: not a number of at least 1")
+
 
 @dataclass(kw_only=True)
 class LearnedSimulatorConfig(SimulatorArchitecture):
@@ -104,20 +117,13 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
 
     def __post_init__(self) -> None:
         # config.json is a file on disk, edited or not: each field is checked before a model is built of it
-        for name in ("topk", "d_model", "heads", "encoder_layers", "decoder_layers", "ffn", "vocab_size"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} {value!r}: not a whole number of at least 1")
-        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout!r}: not a probability below 1")
-        if type(self.max_rows_per_token) not in (int, float) or self.max_rows_per_token < 1:
-            raise ValueError(f"max_rows_per_token {self.max_rows_per_token!r}: not a number of at least 1")
+        self.check()
+        if type(self.vocab_size) is not int or self.vocab_size < 1:
+            raise ValueError(f"vocab_size {self.vocab_size!r}: not a whole number of at least 1")
         if type(self.blank_id) is not int:
             raise ValueError(f"blank_id {self.blank_id!r}: not a whole number")
         if self.calibration:
             _check_calibration(self.calibration)
-        if self.d_model % self.heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}")
         if not 0 <= self.blank_id < self.vocab_size:
             raise ValueError(f"blank_id {self.blank_id} outside a vocabulary of {self.vocab_size}")
         self.wer_range = tuple(self.wer_range)

@@ -86,8 +86,15 @@ class TeacherConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.copies < 0 or self.batch_size < 1:
-            raise ValueError("copies must be >= 0 and batch_size >= 1")
+        if self.copies < 0 or self.batch_size < 1 or self.time_masks < 0:
+            raise ValueError("copies and time_masks must be >= 0, batch_size >= 1")
+        if not all(math.isfinite(x) for x in self.snr_db) or self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"snr_db must be two numbers, the lower first, got {list(self.snr_db)}")
+        if not 0 < self.lowpass_hz[0] <= self.lowpass_hz[1] < 8000:   # below the Nyquist frequency of 16 kHz audio
+            raise ValueError(f"lowpass_hz must be two cut-offs in (0, 8000) Hz, the lower first, got "
+                             f"{list(self.lowpass_hz)}")
+        if not 0 <= self.time_mask_s < math.inf:
+            raise ValueError(f"time_mask_s must be a number >= 0, got {self.time_mask_s}")
 
 
 @dataclass
@@ -108,10 +115,19 @@ class SimulatorLoopConfig:
     report_wers: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
 
     def check(self) -> None:
+        """A rate of 0 trained nothing and wrote a 'learned simulator' with exit 0: every field is checked."""
         if self.max_steps < 1 or self.batch_size < 1 or self.save_interval < 1 or self.log_interval < 1:
             raise ValueError("max_steps, batch_size, save_interval and log_interval must be >= 1")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.warmup_steps < 0 or self.report_utterances < 0:
+            raise ValueError("warmup_steps and report_utterances must be >= 0")
+        for name in ("lr", "temperature"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
+        if not all(0 <= w <= 1 for w in self.report_wers):   # rates: 0.1 is 10 %; NaN fails
+            raise ValueError(f"report_wers must be rates in [0, 1], got {self.report_wers}")
 
 
 @dataclass

@@ -393,6 +393,10 @@ class Trainer:
                 empty_epoch = False
                 self._train_step(batch, window)
                 bar.update(1)
+                if self.step == self.cfg.optim.total_steps and not self._done() and self.rank == 0:
+                    log.warning("step %d is optim.total_steps: the learning rate is 0 from here on, and the %d "
+                                "epochs go on without training (raise optim.total_steps, or set train.max_steps)",
+                                self.step, t.epochs)
                 if self.step % t.log_interval == 0:
                     self._log(window, writer, skipped=batch.skipped)
                 if self.valid_data is not None and self.step % t.valid_interval == 0:
