@@ -280,6 +280,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulator-path", default=None, help="the learned simulator's directory (tasu train-simulator)")
     p.add_argument("--temperature", type=float, default=None, help="the learned simulator's sampling temperature (0.5)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --config: e.g. simulation.drop_prob=0.1")
+    p.set_defaults(late_overrides=True)   # KEY=VALUE anywhere on the line (main)
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train", help="train a speech LLM (text-only, audio or mixed) on DeepSpeed",
@@ -290,6 +291,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="continue from the last checkpoint in --exp-dir (optimizer, scheduler, data position)")
     p.add_argument("--dry-run", action="store_true", help="check the config and print it resolved; train nothing")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-4")
+    p.set_defaults(late_overrides=True)   # KEY=VALUE anywhere on the line (main)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("train-simulator", help="train the learned posterior simulator on a frozen encoder's "
@@ -303,6 +305,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "npu"])
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=500")
+    p.set_defaults(late_overrides=True)   # KEY=VALUE anywhere on the line (main)
     p.set_defaults(func=_train_simulator)
 
     p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn",
@@ -374,6 +377,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "not how much; the rules then make exact-count edits, as with simulation.wer)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "npu"])
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. simulation.drop_prob=0.1")
+    p.set_defaults(late_overrides=True)   # KEY=VALUE anywhere on the line (main)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("score", help="score hypotheses: WER/CER with alignments, BLEU/chrF, accuracy",
@@ -406,7 +410,15 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     use_lean_import()
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may stand anywhere ('--resume train.max_steps=3'): argparse takes positionals
+    # in one run only and would call the later ones unrecognized
+    late = [a for a in rest if "=" in a and not a.startswith("-")]
+    if late and getattr(args, "late_overrides", False):
+        args.overrides += late
+        rest = [a for a in rest if a not in late]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "train" and not args.dry_run and not args.exp_dir:
         parser.error("train: --exp-dir is required")
     if args.command == "transcribe" and args.nbest > args.beam:   # before the model loads

@@ -74,3 +74,18 @@ def test_set_takes_only_key_value_words(tmp_path, capsys):
                  ["transcribe", "--exp", nothing, "a.wav", "--set", "llm.path=/m", "b=1"]):
         args = get_parser().parse_args(argv)
         assert (args.audio, args.overrides) == (["a.wav"], ["llm.path=/m", "b=1"])
+
+
+def test_key_value_overrides_may_follow_the_options(tmp_path, capsys):
+    """'--resume train.max_steps=3' was 'unrecognized arguments': argparse reads positionals in one run.
+    Where overrides are an option (--set) a stray KEY=VALUE stays an error."""
+    import pytest
+
+    config = tmp_path / "train.yaml"
+    config.write_text("optim: {lr: 1.0e-3}\n")
+    assert main(["train", "--config", str(config), "optim.lr=0.02", "--dry-run", "train.seed=5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.02" in out and "seed: 5" in out
+    with pytest.raises(SystemExit):
+        main(["decode", "--exp", "e", "--data", "d", "--out", "o", "llm.path=x"])
+    assert "unrecognized arguments: llm.path=x" in capsys.readouterr().err

@@ -33,6 +33,20 @@ def test_plain_dir_becomes_sorted_records(tmp_path):
     ]
 
 
+def test_a_bom_opening_a_table_is_dropped_and_an_invisible_character_in_an_id_refused(tmp_path):
+    """The BOM joined the first id ('\\ufeffutt1'): that utterance had 'no entry in wav.scp', dropped
+    with a warning whose id printed like the real one; text-only, it became the key."""
+    from tasu.data.kaldi_dir import iter_text_records
+
+    d = make_dir(tmp_path / "d", **{"wav.scp": "\ufeffu1 a.wav\nu2 b.wav\n", "text": "\ufeffu1 hello world\r\nu2 hi\n"})
+    assert [r.key for r in read_data_dir(d)] == ["u1", "u2"]
+    assert [r.key for r in iter_text_records(d)] == ["u1", "u2"]
+    (d / "text").write_text("u1 hello\nu\u200b2 hi\n")
+    with pytest.raises(DataDirError, match=r"text:2: utterance id 'u\\u200b2' contains an invisible format character "
+                                           r"\(U\+200B\)"):
+        read_data_dir(d)
+
+
 def test_segments_become_start_end_that_the_audio_reader_cuts(tmp_path):
     rate = 16000
     samples = np.linspace(-0.5, 0.5, 2 * rate, dtype=np.float32)
@@ -61,7 +75,8 @@ def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
         f"{d}/segments:2: start and end must be numbers of seconds, not 'x' and '1'",
         f"{d}/segments:3: start 2 and end 1 do not make a segment (0 <= start < end, or end -1)",
         f"{d}/segments:4: needs recording, start and end after the utterance id, not 2 fields",
-        f"{d}/text:5: utterance id 'u/4' contains '/'; keys may not contain '/', whitespace or control characters",
+        f"{d}/text:5: utterance id 'u/4' contains '/'; keys may not contain '/', whitespace, control or format "
+        "characters",
     ]
     with pytest.raises(DataDirError, match=r"nowhere/wav\.scp: cannot open: No such file or directory"):
         read_data_dir(tmp_path / "nowhere")
@@ -103,6 +118,9 @@ def test_write_then_read_round_trip(tmp_path, caplog):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]
     assert (tmp_path / "out" / "wav.scp").read_text() == "a a.wav\nb b.wav\n"
     assert (tmp_path / "out" / "spk2utt").read_text() == "a a\nb b\n"
+    (tmp_path / "out" / "utt2dur").write_text("a 1.0\nb 2.0\n")   # of the dir written before: goes too
+    write_data_dir([Record("c", "ASR", "three", "c.wav")], tmp_path / "out")
+    assert not (tmp_path / "out" / "utt2dur").exists()
 
 
 def test_records_a_data_dir_cannot_hold(tmp_path):
@@ -116,6 +134,21 @@ def test_records_a_data_dir_cannot_hold(tmp_path):
         f"{out}: path: a: missing (a data dir needs audio)",
         f"{out}: target: b: a line break cannot go into text",
         f"{out}: path: d: recording 'r' is 'c.wav' in another record, 'd.wav' here",
+    ]
+    assert not out.exists()
+    # each was written with exit 0 into a dir that data2jsonl.sh then refused, or that named another file
+    with pytest.raises(DataDirError) as e:
+        write_data_dir([Record("e", "ASR", "x", "e.wav", extra={"speaker": "two words"}),
+                        Record("f", "ASR", "x", "f.wav", extra={"speaker": None}),
+                        Record("g", "ASR", "x", "/x/g.wav "),
+                        Record("h", "ASR", "x", "h.wav", start=1.0001, end=1.0004, extra={"recording": "r 1"})],
+                       tmp_path / "out")
+    assert str(e.value).splitlines() == [
+        f"{out}: speaker: e: speaker 'two words' is not one word",
+        f"{out}: speaker: f: None is not text",
+        f"{out}: path: g: '/x/g.wav ' begins or ends in whitespace",
+        f"{out}: recording: h: recording 'r 1' is not one word",
+        f"{out}: end: h: the segment 1.0001-1.0004 s is empty at the millisecond segments are written in",
     ]
     assert not out.exists()
 
@@ -218,7 +251,7 @@ def test_wav_scp_entry_refuses_a_file_name_that_wav_scp_would_read_as_something_
 
 @pytest.mark.parametrize("tables,error", [
     ({"text": {"a b": "hi"}}, "d/text: utterance 'a b': 'a b' contains whitespace (' '); keys may not contain "
-                              "'/', whitespace or control characters"),
+                              "'/', whitespace, control or format characters"),
     ({"text": {"a": "hi"}, "utt2spk": {"a": ""}}, "d/utt2spk: utterance 'a': an empty value"),
     ({"text": {"a": "hi"}, "utt2spk": {"a": "abc def"}}, "d/utt2spk: utterance 'a': speaker id 'abc def' is not one word"),
     ({"text": {"a": "hi", "b": "ho"}, "intent": {"a": "x\ny", "b": "z\r"}},

@@ -71,16 +71,17 @@ def test_every_problem_is_reported_with_file_line_and_field(tmp_path):
         f"{path}:3: json: expected an object {{...}}, got an array",
         f"{path}:4: key: duplicate key 'utt1' (first on line 1)",
         f"{path}:5: target: missing",
-        f"{path}:6: key: 'a b' contains whitespace (' '); keys may not contain '/', whitespace or control characters",
+        f"{path}:6: key: 'a b' contains whitespace (' '); keys may not contain '/', whitespace, control or "
+        "format characters",
         f"{path}:6: target: empty",
-        f"{path}:7: key: 'dir/utt4' contains '/'; keys may not contain '/', whitespace or control characters",
+        f"{path}:7: key: 'dir/utt4' contains '/'; keys may not contain '/', whitespace, control or format characters",
         f"{path}:7: task: must be a non-empty string, not a number",
         f"{path}:7: path: must be a non-empty string, not null",
         f"{path}:8: start: must be a number of seconds >= 0, not -1",
         f"{path}:9: end: must be a number of seconds > start (2), not 1",
         f"{path}:10: path: missing: start/end select a segment of path",
         f"{path}:12: key: 'utt\\x009' contains a control character ('\\x00'); keys may not contain '/', "
-        "whitespace or control characters",
+        "whitespace, control or format characters",
     ]
 
 

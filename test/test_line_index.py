@@ -52,6 +52,13 @@ def test_the_index_is_built_once_and_rebuilt_when_the_file_changes(tmp_path, mon
     (tmp_path / "a.jsonl.idx").write_bytes(b"TASUIDX1 garbage")   # a torn or foreign file is rebuilt
     assert len(line_offsets(path)) == 3 and len(scans) == 4
 
+    # the same size and its modification time put back (cp -p, rsync -a, touch -r): read a stale
+    # index, a record was lost with exit 0; the change time (and inode) tell it apart
+    stat = path.stat()
+    path.write_text("a\nbcd\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert lines_at(path, line_offsets(path)) == [b"a\n", b"bcd\n"] and len(scans) == 5
+
 
 def test_a_read_only_folder_gets_an_index_in_memory(tmp_path, monkeypatch):
     path = tmp_path / "a.jsonl"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -132,6 +133,8 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
         "task": (case("task", f"data.train=[{files['task']}]"), f"{files['task']}:1: task: unknown task 'NOPE'"),
         "late": (case("late", f"data.train=[{files['late']}]"), f"{files['late']}:300: json: "),
         "empty": (case("empty", f"data.train=[{files['empty']}]"), f"{files['empty']} holds no records"),
+        "beside": (case("beside", f"data.train=[{setup / 'train.jsonl'}, {files['empty']}]"),   # was trained, exit 0
+                   f"data.train: {files['empty']} holds no records"),
         "blank": (case("blank", f"data.train=[{files['blank']}]"),
                   f"{files['blank']}:1: target: blank (whitespace only)"),
         "encoder": (case("encoder", f"encoder.path={tmp_path}/no_encoder"),
@@ -157,6 +160,18 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
         exp = tmp_path / f"exp_{name}"
         assert not (exp / "loss.tsv").exists() and not (exp / "checkpoints").exists(), name
     assert not marker.exists()
+
+
+def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
+    """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
+    keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""
+    long = " ".join([SENTENCES[0]] * 40)
+    valid = data_file(tmp_path, "valid.jsonl", *(record(f"v{i}", target=long) for i in range(3)))
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"]])
+    assert result["status"] == 1 and "step 2 validation covered no token: every validation record was skipped" \
+        in result["stderr"], result["stderr"]
+    assert not (tmp_path / "exp" / "checkpoints" / "best.json").exists()
 
 
 @pytest.mark.slow
@@ -242,6 +257,14 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     with pytest.raises(ResumeError, match="the prompt set .* is not the one the run read"):
         check_same_run(ckpt, load_config(ExperimentConfig, ckpt / "model" / "config.yaml"), prompts + "\n",
                        recorded)
+
+    # written by 2 processes, resumed by 1: its batch count was of a 2-process plan (ZeRO-0 went on, exit 0)
+    shutil.copy(ckpt / "engine" / "state_rank0.pt", ckpt / "engine" / "state_rank1.pt")
+    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=3"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and (f"{ckpt} was written by 2 process(es) and this run has 1: resume with as many"
+                                    in out.stderr), out.stderr[-2000:]
+    (ckpt / "engine" / "state_rank1.pt").unlink()
 
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"

@@ -48,7 +48,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tasu.data.records import DataError, Record, iter_records, key_problem, write_records
+from tasu.data.records import DataError, Record, iter_records, key_problem, without_bom, write_records
 from tasu.fileio import atomic_replace
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
     with f:
         for lineno, raw in enumerate(f, 1):
             problems = []
-            parsed = _parse_line(path, lineno, raw, problems, "a transcript")
+            parsed = _parse_line(path, lineno, without_bom(raw) if lineno == 1 else raw, problems, "a transcript")
             if parsed is None and not problems:
                 continue
             if parsed is not None:
@@ -195,6 +195,15 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
         if "\n" in r.target or "\r" in r.target:
             problems.append(DataError(where, None, "target", f"{r.key}: a line break cannot go into text"))
         recording = r.extra.get("recording", r.key) if has_segments else r.key
+        for field, value in (("speaker", r.extra.get("speaker", r.key)), ("recording", recording)):
+            why = _table_entry_problem(r.key, value, one_word=True)   # each is one word of a table line
+            if why:
+                problems.append(DataError(where, None, field, f"{r.key}: {why.replace('speaker id', field)}"))
+        if r.path != r.path.strip():   # wav.scp's reader strips it: another file
+            problems.append(DataError(where, None, "path", f"{r.key}: {r.path!r} begins or ends in whitespace"))
+        if has_segments and r.end is not None and round(r.end, 3) <= round(r.start or 0, 3):
+            problems.append(DataError(where, None, "end", f"{r.key}: the segment {r.start or 0}-{r.end} s is "
+                                      "empty at the millisecond segments are written in"))
         if wav.setdefault(recording, r.path) != r.path:
             problems.append(DataError(where, None, "path", f"{r.key}: recording {recording!r} is "
                                       f"{wav[recording]!r} in another record, {r.path!r} here"))
@@ -223,6 +232,11 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
                       f"{-1 if r.end is None else format(r.end, '.3f')}" for r in records))
     elif (data_dir / "segments").exists():
         os.remove(data_dir / "segments")  # a stale one would re-cut the new recordings
+    stale = [name for name in ("utt2dur", "feats.scp", "reco2dur", "utt2num_frames") if (data_dir / name).exists()]
+    for name in stale:   # of the utterances written before: Kaldi tools would read them as these ones'
+        os.remove(data_dir / name)
+    if stale:
+        logger.warning("%s: removed %s, made for the data dir written there before", data_dir, ", ".join(stale))
     return len(records)
 
 
@@ -318,8 +332,8 @@ def _read_table(path: Path, problems: list[DataError], what: str,
         problems.append(DataError(str(path), None, None, f"cannot open: {e.strerror or e}"))
         return table
     with f:
-        for lineno, raw in enumerate(f, 1):
-            fields = _parse_line(path, lineno, raw, problems, what, one_word)
+        for lineno, raw in enumerate(f, 1):   # a BOM (an editor on Windows) would join the first id
+            fields = _parse_line(path, lineno, without_bom(raw) if lineno == 1 else raw, problems, what, one_word)
             if fields is None:
                 continue
             if fields[0] in table:

@@ -6,10 +6,11 @@
 
 An epoch in a shuffled order jumps from line to line; with the offsets that is one seek and one
 read per record, and the whole index of a million-record file is 8 MB. The index is stored as
-``<file>.idx`` (a header with the file's size and modification time, then the offsets) and
-rebuilt whenever either differs, so an edited or replaced file is never read through a stale
-index. Where the file's folder is read-only the index is built in memory every time (a pass over
-the file at disk speed).
+``<file>.idx`` (a header with the file's size, modification and change times and inode, then
+the offsets) and rebuilt whenever one differs, so an edited or replaced file is never read through
+a stale index: not even one rewritten to the same size with its modification time put back (``cp -p``,
+``rsync -a``, ``touch -r``), whose inode or change time differs. Where the file's folder is
+read-only the index is built in memory every time (a pass over the file at disk speed).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import numpy as np
 
 from tasu.fileio import atomic_replace
 
-_MAGIC = b"TASUIDX1"
-_HEADER = struct.Struct("<8sQQQ")  # magic, file size, file mtime in ns, number of offsets
+_MAGIC = b"TASUIDX2"
+_HEADER = struct.Struct("<8sQQQQQ")  # magic, the file's size, mtime and ctime in ns, inode; number of offsets
 _CHUNK = 1 << 24
 
 
@@ -76,8 +77,8 @@ def _scan(path: Path) -> np.ndarray:
 def _read_cache(cache: Path, stat: os.stat_result) -> np.ndarray | None:
     try:
         with open(cache, "rb") as f:
-            magic, size, mtime, count = _HEADER.unpack(f.read(_HEADER.size))
-            if (magic, size, mtime) != (_MAGIC, stat.st_size, stat.st_mtime_ns):
+            magic, *made_of, count = _HEADER.unpack(f.read(_HEADER.size))
+            if magic != _MAGIC or made_of != _identity(stat):
                 return None
             offsets = np.fromfile(f, dtype="<u8", count=count)
     except (OSError, struct.error):
@@ -85,8 +86,13 @@ def _read_cache(cache: Path, stat: os.stat_result) -> np.ndarray | None:
     return offsets.astype(np.uint64, copy=False) if len(offsets) == count else None
 
 
+def _identity(stat: os.stat_result) -> list[int]:
+    """What an index is valid for: this file's size, times and inode."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
 def _write_cache(cache: Path, stat: os.stat_result, offsets: np.ndarray) -> None:
     """Write the index atomically (readers never see half of one); skip quietly where we cannot."""
     with contextlib.suppress(OSError), atomic_replace(cache) as tmp, open(tmp, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, stat.st_size, stat.st_mtime_ns, len(offsets)))
+        f.write(_HEADER.pack(_MAGIC, *_identity(stat), len(offsets)))
         f.write(offsets.astype("<u8", copy=False).tobytes())

@@ -36,7 +36,9 @@ ASR_LIKE_TASKS = frozenset({"ASR", "prevtext", "hotword"})
 
 _FIELDS = ("key", "task", "target", "path", "GT", "start", "end")
 _BOM = b"\xef\xbb\xbf"
-_BAD_KEY_CHAR = re.compile(r"[\s/\x00-\x1f\x7f]")   # a NUL cannot be in a file name, nor any in a Kaldi table
+# a NUL cannot be in a file name, nor any in a Kaldi table; the invisible format characters (a BOM, a
+# zero-width space, direction marks) would make two keys that print alike differ
+_BAD_KEY_CHAR = re.compile(r"[\s/\x00-\x1f\x7f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 # The latest a segment may start or end, in seconds: a day. Corpora segment recordings of minutes to
 # hours; a time past a day is a unit mistake (milliseconds or samples written as seconds), and
 # JSON's Infinity or 1e308 would overflow the sample offsets computed from it when the audio is read.
@@ -122,8 +124,9 @@ def key_problem(key: str) -> str | None:
     if bad is None:
         return None
     c = bad.group()
-    what = "'/'" if c == "/" else f"whitespace ({c!r})" if c.isspace() else f"a control character ({c!r})"
-    return f"{key!r} contains {what}; keys may not contain '/', whitespace or control characters"
+    what = ("'/'" if c == "/" else f"whitespace ({c!r})" if c.isspace() else f"a control character ({c!r})"
+            if c < "\x80" else f"an invisible format character (U+{ord(c):04X})")
+    return f"{key!r} contains {what}; keys may not contain '/', whitespace, control or format characters"
 
 
 def _is_number(value: Any) -> bool:

@@ -52,7 +52,7 @@ from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
-from tasu.train.same_run import check_same_run, data_record, write_data_record
+from tasu.train.same_run import ResumeError, check_same_run, data_record, write_data_record
 from tasu.experiment import ExperimentConfig
 
 log = logging.getLogger("tasu.train")
@@ -238,6 +238,12 @@ class Trainer:
     def _check_same_run(self, ckpt: Path) -> None:
         if self.rank == 0:   # the files are the same for every process: one reads them
             check_same_run(ckpt, self.cfg, self.prompts_text, self.data_record)
+            # each process saved its own state (and ZeRO its share of the optimizer); the data position
+            # counts batches of a plan for that many processes (the recipe checks it too: check-resume)
+            written = len(list((ckpt / ENGINE_DIR).glob("state_rank*.pt")))
+            if written and written != self.world:
+                raise ResumeError(f"{ckpt} was written by {written} process(es) and this run has {self.world}: "
+                                  "resume with as many, or train into a new experiment")
 
     def _check_audio(self, prompts: PromptSet) -> None:
         """Every audio header of this rank's share of the records: there, whole, within its segment.
@@ -485,6 +491,10 @@ class Trainer:
                                    out.num_tokens], dtype=torch.float64)
         dist.all_reduce(total)
         self.engine.train()
+        if total[2] == 0:   # a NaN loss would be ranked, and keep_best keep a checkpoint by it
+            raise TrainingError(f"step {self.step} validation covered no token: every validation record was "
+                                "skipped as too long or too short (data.min_length, data.max_length, "
+                                "data.max_tokens); change them or the validation files")
         loss, acc = (total[0] / total[2]).item(), (total[1] / total[2]).item()
         log.info("step %d validation: loss %.4f, accuracy %.4f over %d tokens", self.step, loss, acc, int(total[2]))
         if writer is not None:
@@ -507,8 +517,10 @@ class Trainer:
             (partial / ENGINE_DIR).mkdir()
         dist.barrier()
         if validated:
+            # a non-finite loss (a diverged model) ranks last: sorted() leaves a NaN wherever it stands
             self.best = sorted(self.best + [{"name": name, "step": self.step, "valid_loss": self._last_valid}],
-                               key=lambda b: b["valid_loss"])[:self.cfg.train.keep_best]
+                               key=lambda b: (not math.isfinite(b["valid_loss"]), b["valid_loss"]))
+            self.best = self.best[:self.cfg.train.keep_best]
         state = {"step": self.step, "position": to_dict(self.position), "best": self.best}
         try:
             self.engine.save_checkpoint(str(partial / ENGINE_DIR), tag="ds", client_state=state,
@@ -582,6 +594,7 @@ def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False) -> 
         counts[role] = 0
         files = [str(getattr(source, "path", source)) for source in sources]
         for path in files:
+            before = counts[role]
             for line, record in iter_records_with_lines(path, prompts,
                                                         require_transcript=d.mode in ("text", "mixed")):
                 if d.mode in ("audio", "mixed") and record.path is None:
@@ -589,9 +602,9 @@ def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False) -> 
                 if d.mode in ("audio", "mixed") and is_command(record.path) and not allow_pipes:
                     raise DataError(path, line, "path", command_refused(record.path))
                 counts[role] += 1
-        if files and counts[role] == 0:
-            raise TrainingError(f"data.{role}: {', '.join(files)} holds no records: there is nothing to "
-                                f"{'train' if role == 'train' else 'validate'} on")
+            if counts[role] == before:   # each file: an empty one beside others is a stage that made nothing
+                raise TrainingError(f"data.{role}: {path} holds no records: a file listed to "
+                                    f"{'train' if role == 'train' else 'validate'} on must hold some")
     return counts
 
 
