@@ -49,6 +49,9 @@ class LoRAConfig:
             raise ValueError(f"alpha must be a number > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:   # NaN fails it too
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or not all(name.strip() for name in self.target_modules):
+            raise ValueError(f"target_modules must name the LLM's Linear layers to adapt (q_proj, ...), got "
+                             f"{self.target_modules}")
 
 
 @dataclass

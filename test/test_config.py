@@ -170,6 +170,8 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     ("data.shuffle_buffer=-1", "data: shuffle_buffer must be >= 0, got -1"),
     ("llm.lora={r: 0}", "llm.lora: r must be >= 1, got 0"),
     ("llm.lora={dropout: 1.0}", "llm.lora: dropout must be in [0, 1), got 1.0"),
+    ("llm.lora={target_modules: []}", "llm.lora: target_modules must name the LLM's Linear layers to adapt "
+                                      "(q_proj, ...), got []"),
     ("projector.name=nope", "projector: unknown projector 'nope'; known projectors: concat-mlp, conv1d, "
                             "cross-attention, legoslm, linear-silu, qformer"),
     ("projector.options={hiden: 8}", "projector: options: hiden: not an option of projector 'linear-silu' "

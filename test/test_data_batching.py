@@ -173,6 +173,19 @@ def test_weights_repeat_or_subsample_a_source_each_epoch(tmp_path):
         StreamingBatches([Source(a, 0.0)], length, max_tokens=60)
 
 
+def test_a_fraction_of_a_record_is_given_with_its_probability(tmp_path):
+    """Rounded per epoch, a 1-record source of weight 0.4 never came in shuffled order (17 of 50 epochs
+    in stream order), so a small source weighed 0."""
+    a = write_source(tmp_path / "a.jsonl", "a", 20)
+    b = write_source(tmp_path / "b.jsonl", "b", 1)
+    seen = 0
+    for epoch in range(100):
+        batches = StreamingBatches([Source(a, 1.0), Source(b, 0.4)], length, max_tokens=60, seed=6)
+        batches.set_position(DataPosition(epoch=epoch))
+        seen += sum(r.key.startswith("b") for g in batches for r in g.records)
+    assert 25 <= seen <= 55   # 40 expected; binomial sd 4.9
+
+
 def test_stream_order_gives_each_source_its_weighted_share(tmp_path):
     a = write_source(tmp_path / "a.jsonl", "a", 4000)
     b = write_source(tmp_path / "b.jsonl", "b", 4000)
