@@ -388,3 +388,19 @@ def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk):
             "0.0 MiB free on that disk") in result["stderr"]
     assert "no checkpoint was written" in result["stderr"]
     assert not list((small_disk / "exp" / "checkpoints").iterdir())  # no partial checkpoint left behind
+
+
+def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
+    """Upper-case transcripts for a lower-case vocabulary trained on rows of word boundaries alone
+    ('TURN ON THE LIGHTS' -> 4 ids of one piece), with no word of warning."""
+    from tasu.data.prompts import load_prompts
+    from tasu.encoders.tokenizers import SentencePieceTokenizer
+    from tasu.train.trainer import warn_unspelled
+
+    tokenizer = SentencePieceTokenizer.from_funasr_dir(setup / "enc")
+    upper = data_file(tmp_path, "upper.jsonl", *(record(f"u{i}", target=s.upper()) for i, s in enumerate(SENTENCES)))
+    with caplog_of("tasu.train") as messages:
+        warn_unspelled([upper, str(setup / "train.jsonl")], tokenizer, load_prompts())
+    assert len(messages) == 1, messages
+    assert messages[0].startswith(f"{len(SENTENCES)} of the first {len(SENTENCES)} transcripts of {upper} lose over "
+                                  f"half their characters to the encoder's vocabulary (e.g. {upper}:1 ")

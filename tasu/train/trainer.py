@@ -195,6 +195,8 @@ class Trainer:
         self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
+        if cfg.data.mode in ("text", "mixed") and self.rank == 0:
+            warn_unspelled(cfg.data.train, enc_tokenizer, prompts)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
         self.valid_data = self._batches(cfg.data.valid, order="sequential") if cfg.data.valid else None
 
@@ -572,6 +574,31 @@ class Trainer:
             truncate_curve(self.exp_dir / "loss.tsv", self.step)
         log.info("resumed from %s: step %d, epoch %d, %d batches into it", ckpt, self.step,
                  self.position.epoch, self.position.consumed)
+
+
+SPELLING_SAMPLE = 200   # records read of each training file for warn_unspelled
+
+
+def warn_unspelled(sources: list, tokenizer, prompts: PromptSet) -> None:
+    """Warn where the encoder's vocabulary cannot spell the transcripts: text it cannot spell is dropped
+    (a CTC head never emits it), so "TURN ON THE LIGHTS" for a lower-case vocabulary trains on nearly
+    empty rows. The first ``SPELLING_SAMPLE`` records of each file: a transcript whose spelling keeps
+    under half its characters is counted."""
+    for source in sources:
+        path = str(getattr(source, "path", source))
+        poor, example = 0, None
+        for n, (line, record) in enumerate(iter_records_with_lines(path, prompts)):
+            if n == SPELLING_SAMPLE:
+                break
+            text = record.transcript or ""
+            kept = "".join(tokenizer.decode(tokenizer.encode(text)).split())
+            if len(kept) < len("".join(text.split())) / 2:
+                poor += 1
+                example = example or f"{path}:{line} {text[:40]!r} is spelt {kept[:40]!r}"
+        if poor:
+            log.warning("%d of the first %d transcripts of %s lose over half their characters to the encoder's "
+                        "vocabulary (e.g. %s): its case or script may not be the vocabulary's", poor,
+                        min(n + 1, SPELLING_SAMPLE), path, example)
 
 
 def _data_files(d) -> list[str]:
