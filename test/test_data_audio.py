@@ -144,7 +144,10 @@ def test_arrays_of_any_pcm_type_are_scaled_and_what_is_not_audio_is_refused():
     for samples, kind in ((np.zeros(1600, bool), "bool"), (np.zeros(1600, complex), "complex128")):
         with pytest.raises(AudioError, match=f"samples of type {kind}: not audio"):
             to_16k_mono(samples, 16000, "<array>")
-    for rate in (16000.7, "16000", True):
+    # np.array of Python ints is int64: int16 values were scaled by 2**63, to silence, and decoded as such
+    with pytest.raises(AudioError, match="samples of type int64: no PCM format is 64-bit"):
+        to_16k_mono((ramp * 30000).astype(np.int64), 16000, "<array>")
+    for rate in (16000.7, "16000", True, float("nan"), float("inf")):
         with pytest.raises(AudioError, match="not a whole number of Hz"):
             to_16k_mono(np.zeros(1600, np.float32), rate, "<array>")
     assert to_16k_mono(np.zeros(1600, np.float32), 16000.0, "<array>").shape == (1600,)

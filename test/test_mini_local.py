@@ -473,6 +473,9 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
 
 @pytest.mark.parametrize("made,args,error", [((), ["--draws", "0"], "--draws '0': expected a positive number"),
                                              ((), ["--nj", "0"], "--nj '0': expected a positive number"),
+                                             # every draw decoded with seed 3: one draw scored as a mean of two
+                                             ((), ["--decode_opts", "--beam 1 --seed 3"],
+                                              "--decode_opts: --seed is set for each draw by this script"),
                                              ((), [], "/exp: no such experiment directory"),
                                              (("exp",), [], "/data.jsonl: no such file"),
                                              (("exp", "data"), ["--draws", "2"], "tasu decode: error: ")])
@@ -522,6 +525,14 @@ def test_usage_keeps_the_figures_of_the_run_that_did_the_work(tmp_path):
     assert note("stage 4", "sleep", "0.3")["stage 4"] >= 0.3   # the longer run replaces the line
     assert subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), "stage 5", "--", "false"]).returncode == 1
     assert "stage 5" not in table.read_text()   # a failed step is not noted
+    # a missing command: one line and a shell's status (a traceback); a killed one: 128 + signal (247)
+    gone = subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), "s", "--", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert (gone.returncode, gone.stderr) == (127, f"usage.py: {tmp_path / 'nope'}: No such file or directory\n")
+    killed = subprocess.run([sys.executable, str(LOCAL / "usage.py"), str(table), "s", "--", "sh", "-c", "kill -9 $$"])
+    assert killed.returncode == 137
+    table.write_text("stage 3\n")   # a damaged line (an IndexError) is replaced
+    assert note("stage 3", "true")["stage 3"] >= 0
 
 
 def test_encoder_cmvn_normalises_the_train_features_in_place():

@@ -105,11 +105,19 @@ def test_results_md_holds_the_summary_the_targets_and_the_resources(mini):
     assert (recipe / "RESULTS.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+WHOLE = "expected a whole number from 0 to 999999999, without leading zeros"
+
+
 @pytest.mark.parametrize("args,error", [
-    (["--seeds", "1 a"], "seed 'a': expected a whole number >= 0"),
-    (["--seed", "-5"], "seed '-5': expected a whole number >= 0"),
+    (["--seeds", "1 a"], f"seed 'a': {WHOLE}"),
+    (["--seed", "-5"], f"seed '-5': {WHOLE}"),
+    (["--seeds", "01 1"], f"seed '01': {WHOLE}"),   # the same seed 1 twice, as Python and YAML read it
+    (["--seed", "18446744073709551616"], f"seed '18446744073709551616': {WHOLE}"),   # torch failed, later
+    (["--seeds", " "], "--seeds is blank: name the seeds, e.g. \"1 2 3\""),
     (["--seeds", "2 1 2"], "--seeds '2 1 2' names a seed twice: each would count as another run in the mean and sd"),
     (["--stage", "6", "--stop_stage", "5"], "--stage 6 comes after --stop_stage 5: nothing to run"),
+    (["--stage", "8", "--stop_stage", "9"], "stage 8: there is no such stage (the stages are 1-7)"),   # exit 0 before
+    (["--tasu_opts", "--config opts.sh"], "--tasu_opts: --config is not taken here: give tasu.sh's options one by one"),
     (["--workdir", ""], "--workdir is empty: name a directory (default: .)"),   # '' would write /data, /exp
     # last on tasu.sh's command line, it would drop the seed that run.sh's own --train_text_args carry
     (["--tasu_opts", "--ngpu 0 --train-text-args optim.lr=3e-3"], "--tasu_opts: --train-text-args is set by "

@@ -404,3 +404,20 @@ def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
     # an unfinished command (no done.<i>) counts nothing yet
     (tmp_path / "d" / "done.0").unlink()
     assert study.wall_seconds([tmp_path / "d"]) == 0
+
+
+def test_a_report_of_nothing_is_refused_and_study_md_kept(run_dir, tmp_path, monkeypatch, capsys):
+    """--parts '' reported 0 cells and replaced STUDY.md with an empty one, exit 0; a report of parts
+    whose cells never ran wrote '-' in every cell, exit 0; --jobs 0 was a ZeroDivisionError."""
+    out = tmp_path / "STUDY.md"
+    out.write_text("the study of before\n")
+    for args, error in ((["--parts", ""], "--parts is empty: name some of"),
+                        (["--jobs", "0"], "--jobs must be at least 1, not 0"),
+                        (["--parts", "gap"], "no cell of --parts 'gap' has finished in ")):
+        monkeypatch.setattr(sys, "argv", ["study.py", "report", "--workdir", str(run_dir), "--out", str(out), *args])
+        try:
+            status = study.main()
+        except SystemExit as e:   # argparse's own errors
+            status = e.code
+        assert status != 0 and error in capsys.readouterr().err
+    assert out.read_text() == "the study of before\n"

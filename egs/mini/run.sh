@@ -48,9 +48,18 @@ help_message="Usage: $0 [options]
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 # Checked before anything runs: a bad seed in --seeds would otherwise stop the run after the seeds before it.
 [ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
-for s in ${seed} ${seeds}; do
-  [[ "${s}" =~ ^[0-9]+$ ]] || { echo "$0: seed '${s}': expected a whole number >= 0" >&2; exit 1; }
+for n in "${stage}" "${stop_stage}"; do
+  [ "${n}" -ge 1 ] && [ "${n}" -le 7 ] || \
+    { echo "$0: stage ${n}: there is no such stage (the stages are 1-7)" >&2; exit 1; }
 done
+# a seed as Python and YAML read it: 01 is 1 (counted twice in the mean), and torch takes 64 bits
+for s in ${seed} ${seeds}; do
+  [[ "${s}" =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "$0: seed '${s}': expected a whole number from 0 to 999999999," \
+    "without leading zeros" >&2; exit 1; }
+done
+if [ -n "${seeds}" ] && [ -z "${seeds// /}" ]; then
+  echo "$0: --seeds is blank: name the seeds, e.g. \"1 2 3\"" >&2; exit 1
+fi
 [ -z "$(printf '%s\n' ${seeds} | sort | uniq -d)" ] || \
   { echo "$0: --seeds '${seeds}' names a seed twice: each would count as another run in the mean and sd" >&2; exit 1; }
 # --tasu_opts come last, so they would replace what run.sh sets: the seed and quick settings travel in
@@ -60,6 +69,10 @@ set_here=" stage stop_stage datadir dumpdir expdir local_data_opts train_set val
   baseline_at_once decode_config train_text_args train_audio_args decode_args results "
 for opt in ${tasu_opts}; do
   name=${opt#--}
+  if [ "${name}" = config ]; then   # a file of assignments would get past the check of the names below
+    echo "$0: --tasu_opts: --config is not taken here: give tasu.sh's options one by one" >&2
+    exit 1
+  fi
   [ "${opt}" != "${name}" ] && [[ "${set_here}" == *[[:space:]]"${name//-/_}"[[:space:]]* ]] || continue
   echo "$0: --tasu_opts: ${opt} is set by run.sh itself (the seed and quick settings ride on it, or the" \
     "later stages read it): edit conf/ or run.sh instead" >&2

@@ -119,6 +119,9 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     samples = np.asarray(samples)
     if samples.dtype.kind not in "iuf":   # bool, complex, text, objects: no scale makes them audio
         raise AudioError(path, f"samples of type {samples.dtype}: not audio (PCM integers or floats)", key)
+    if samples.dtype.kind in "iu" and samples.dtype.itemsize > 4:   # np.array of Python ints: int16 values
+        raise AudioError(path, f"samples of type {samples.dtype}: no PCM format is 64-bit, so no scale is "   # at 1e-15
+                               "known; give int16/int32 PCM (e.g. .astype(np.int16)) or floats in [-1, 1]", key)
     samples = _to_float(samples)
     if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
         bad = int(np.count_nonzero(~np.isfinite(samples)))
@@ -154,7 +157,8 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
 
 
 def _refuse_odd_rate(rate: int, path: str, key: str | None) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or rate != int(rate):
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or \
+            not np.isfinite(rate) or rate != int(rate):   # NaN: int() raised "cannot convert float NaN"
         raise AudioError(path, f"sample rate {rate!r}: not a whole number of Hz", key)
     if not RATES[0] <= rate <= RATES[1]:   # resampling 1 Hz to 16 kHz would ask for 16,000 times the samples
         raise AudioError(path, f"sample rate {rate} Hz: not audio (tasu reads {RATES[0]}-{RATES[1]} Hz)", key)

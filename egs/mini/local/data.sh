@@ -24,6 +24,7 @@ help_message="Usage: $0 [options]
   --nj <n>          parallel synthesis processes (default: ${nj})
   --seed <n>        sentences, voices, rates and pitches (default: ${seed})"
 . parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 
 opts=(--data-dir "${datadir}" --nj "${nj}" --seed "${seed}")
 [ "${quick}" = true ] && opts+=(--quick)

@@ -38,6 +38,11 @@ help_message="Usage: $0 [options]
 [ -n "${exp}" ] && [ -n "${data}" ] && [ -n "${out}" ] || { echo "$0: --exp, --data and --out are required" >&2; exit 1; }
 [[ "${draws}" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --draws '${draws}': expected a positive number" >&2; exit 1; }
 [[ "${nj}" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --nj '${nj}': expected a positive number" >&2; exit 1; }
+for opt in ${decode_opts}; do   # each draw sets these: '--seed 3' made every draw one draw, scored as five
+  case ${opt} in --seed|--input|--exp|--data|--out|--checkpoint|--seed=*|--input=*)
+    echo "$0: --decode_opts: ${opt%%=*} is set for each draw by this script" >&2; exit 1 ;;
+  esac
+done
 # checked here, once, rather than by each of the draws' jobs
 [ -d "${exp}" ] || { echo "$0: --exp ${exp}: no such experiment directory" >&2; exit 1; }
 [ -f "${data}" ] || { echo "$0: --data ${data}: no such file" >&2; exit 1; }

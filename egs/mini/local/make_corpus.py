@@ -313,7 +313,10 @@ def check_invariants(splits: dict[str, list[tuple[str, str]]], utts: dict[str, l
 
 
 def main() -> None:
-    args = get_parser().parse_args()
+    parser = get_parser()
+    args = parser.parse_args()
+    if args.nj < 1:
+        parser.error(f"--nj must be at least 1, not {args.nj}")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     t0 = time.time()
     data_dir = Path(args.data_dir)
@@ -371,3 +374,5 @@ if __name__ == "__main__":
         main()
     except SynthesisError as e:  # the workers' too: Pool.map raises the first one here
         raise SystemExit(f"make_corpus.py: {e}") from None
+    except OSError as e:   # a --data-dir that is a file, a full disk, no permission
+        raise SystemExit(f"make_corpus.py: {e.filename or ''}: {e.strerror or e}") from None

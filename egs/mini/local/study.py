@@ -1004,6 +1004,10 @@ def main() -> int:
     parser.add_argument("--out", default="STUDY.md", help="report: the Markdown file (default: STUDY.md)")
     parser.add_argument("--plot", default="STUDY.png", help="report: the low-resource plot (default: STUDY.png)")
     args = parser.parse_args()
+    if not args.parts.split():   # nothing planned: a report of it replaced STUDY.md with an empty one
+        parser.error(f"--parts is empty: name some of {' '.join(PARTS)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
     try:
         recipe = Recipe(Path(args.workdir))
         if args.quick and "learned" in args.parts.split():
@@ -1019,6 +1023,9 @@ def main() -> int:
             if failures:
                 raise StudyError(f"{len(failures)} cell(s) failed; first: {failures[0]}")
         else:
+            if not any((recipe.study / c.name / "done").exists() for c in cells):   # '-' in every cell, exit 0
+                raise StudyError(f"no cell of --parts '{args.parts}' has finished in {recipe.study}: run them "
+                                 f"first (local/study.sh); {args.out} is left as it is")
             command = "local/study.sh" + (f" --workdir {args.workdir}" if args.workdir != "." else "")
             if set(args.parts.split()) != set(PARTS):   # a study of some parts says which
                 command += f' --parts "{args.parts}"'

@@ -31,6 +31,7 @@ help_message="Usage: $0 [options]
   --quick <bool>    tiny settings that check the stage (default: ${quick})
   --seed <n>        the encoder's and the LLM's training (default: ${seed})"
 . parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 
 encoder_opts=(--seed "${seed}")
 llm_opts=(--seed "${seed}")

@@ -60,7 +60,11 @@ def main() -> int:
         return 2
     table, name, command = Path(args[0]), args[1], args[3:]
     start = time.time()
-    process = subprocess.Popen(command)
+    try:
+        process = subprocess.Popen(command)
+    except OSError as e:   # no such command: said as a shell says it, and its status (127)
+        print(f"usage.py: {command[0]}: {e.strerror or e}", file=sys.stderr)
+        return 127
     peak = 0.0
     while process.poll() is None:
         peak = max(peak, tree_memory_mb(process.pid))
@@ -73,12 +77,13 @@ def main() -> int:
         names = [ln.split("\t")[0] for ln in lines]
         if name in names:
             i = names.index(name)
-            if wall >= float(lines[i].split("\t")[1]):
-                lines[i] = line
+            fields = lines[i].split("\t")
+            if len(fields) < 2 or not fields[1].replace(".", "", 1).isdigit() or wall >= float(fields[1]):
+                lines[i] = line   # a damaged line (a killed write of an older tasu) is replaced
         else:
             lines.append(line)
         write_atomic(table, "\n".join(lines) + "\n")
-    return process.returncode
+    return process.returncode if process.returncode >= 0 else 128 - process.returncode   # killed: 128 + signal
 
 
 if __name__ == "__main__":
