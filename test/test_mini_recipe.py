@@ -119,6 +119,9 @@ WHOLE = "expected a whole number from 0 to 999999999, without leading zeros"
     (["--stage", "8", "--stop_stage", "9"], "stage 8: there is no such stage (the stages are 1-7)"),   # exit 0 before
     (["--tasu_opts", "--config opts.sh"], "--tasu_opts: --config is not taken here: give tasu.sh's options one by one"),
     (["--workdir", ""], "--workdir is empty: name a directory (default: .)"),   # '' would write /data, /exp
+    # the jobs' commands would name /data/my1s: other files read and written
+    (["--workdir", "myJOBs"], "--workdir myJOBs: the job runner makes every JOB of a job's command its number "
+                              "(utils/run_local.sh): a path with JOB in it would name another directory"),
     # last on tasu.sh's command line, it would drop the seed that run.sh's own --train_text_args carry
     (["--tasu_opts", "--ngpu 0 --train-text-args optim.lr=3e-3"], "--tasu_opts: --train-text-args is set by "
      "run.sh itself (the seed and quick settings ride on it, or the later stages read it): edit conf/ or "

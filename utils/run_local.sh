@@ -4,12 +4,12 @@
 #   run_local.sh exp/x/train.log tasu train --config conf/x.yaml --exp-dir exp/x
 #   run_local.sh --max_jobs_run 2 JOB=1:4 exp/x/log/decode.JOB.log tasu decode --data split/JOB.jsonl ...
 #
-# JOB=a:b runs one job per id in a..b; the word JOB in the log name and in the command becomes the
-# job's id (where no letter, digit or _ touches it: a directory named myJOBs keeps its name). Each
-# argument is passed as one word (quoted for the shell); the arguments '|', '||', '&&', ';', '>',
-# '>>', '<', '2>&1' stay shell operators, so a pipeline is written 'cmd1 \| cmd2'. The log holds the
-# command, start and end times, everything the job printed and its exit code. When a job fails, the
-# end of its log is printed and the exit status is 1.
+# JOB=a:b runs one job per id in a..b; every JOB in the log name and in the command becomes the
+# job's id, as in Kaldi (drawJOB is draw3), so no path of a job array may contain JOB otherwise: the
+# recipes refuse such directories. Each argument is passed as one word (quoted for the shell); the arguments '|', '||',
+# '&&', ';', '>', '>>', '<', '2>&1' stay shell operators, so a pipeline is written
+# 'cmd1 \| cmd2'. The log holds the command, start and end times, everything the job printed and
+# its exit code. When a job fails, the end of its log is printed and the exit status is 1.
 # --gpu, --mem and --num_threads are accepted for the same command line as run_slurm.sh and
 # ignored here: jobs see this machine's devices. Jobs that run at the same time share the CPU cores:
 # unless OMP_NUM_THREADS is set, each of N concurrent jobs gets OMP_NUM_THREADS = cores / N (at
@@ -48,15 +48,6 @@ if [ $# -lt 2 ]; then
   exit 1
 fi
 
-job_subst() {  # job_subst <text> <id>: every JOB of <text> that no letter, digit or _ touches becomes <id>
-  local rest=$1 after=""   # (a path such as /data/myJOBs keeps its name; log.JOB.txt and split/JOB.jsonl change)
-  while [[ "${rest}" =~ ^(.*[^A-Za-z0-9_]|)JOB([^A-Za-z0-9_].*|)$ ]]; do
-    after="$2${BASH_REMATCH[2]}${after}"
-    rest=${BASH_REMATCH[1]}
-  done
-  printf "%s" "${rest}${after}"
-}
-
 first=1 last=1 array=false
 if [[ "$1" =~ ^JOB=([0-9]+):([0-9]+)$ ]]; then
   first=${BASH_REMATCH[1]} last=${BASH_REMATCH[2]} array=true
@@ -72,7 +63,7 @@ fi
 [ $# -ge 2 ] || { echo "${prog}: no command after the log file" >&2; exit 1; }
 log_pattern=$1
 shift
-if ${array} && [ "$(job_subst "${log_pattern}" X)" = "${log_pattern}" ]; then
+if ${array} && [[ "${log_pattern}" != *JOB* ]]; then
   echo "${prog}: with JOB=${first}:${last} the log name must contain JOB: ${log_pattern}" >&2
   exit 1
 fi
@@ -90,8 +81,8 @@ cmd=${cmd% }
 run_job() {  # <id>: run the command of job <id> into its log, which ends with the exit code
   local id=$1 log job_cmd start rc
   if ${array}; then
-    log=$(job_subst "${log_pattern}" "${id}")
-    job_cmd=$(job_subst "${cmd}" "${id}")
+    log=${log_pattern//JOB/${id}}
+    job_cmd=${cmd//JOB/${id}}
   else
     log=${log_pattern}
     job_cmd=${cmd}
@@ -136,7 +127,7 @@ wait || true
 
 failed=0
 for id in $(seq "${first}" "${last}"); do
-  if ${array}; then log=$(job_subst "${log_pattern}" "${id}"); else log=${log_pattern}; fi
+  if ${array}; then log=${log_pattern//JOB/${id}}; else log=${log_pattern}; fi
   if ! tail -n 1 "${log}" 2>/dev/null | grep -q '^# Ended (code 0)'; then
     failed=$((failed + 1))
     {

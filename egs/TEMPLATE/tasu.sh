@@ -188,6 +188,10 @@ fi
 for dir in datadir dumpdir expdir; do   # "" would put every file of the run under /
   [ -n "${!dir}" ] || die "--${dir} is empty: name a directory"
 done
+for dir in datadir dumpdir expdir encoder_path llm_path; do   # job arrays' commands name them
+  [[ "${!dir}" != *JOB* ]] || die "--${dir} ${!dir}: the job runner makes every JOB of a job's command" \
+    "its number (as Kaldi's run.pl does): a path with JOB in it would name another directory; rename it"
+done
 for n in inference_nj dump_nj num_nodes; do
   [ "${!n}" -ge 1 ] || die "--${n} must be at least 1, not ${!n}"
 done

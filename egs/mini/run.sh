@@ -80,6 +80,8 @@ for opt in ${tasu_opts}; do
 done
 
 [ -n "${workdir}" ] || { echo "$0: --workdir is empty: name a directory (default: .)" >&2; exit 1; }
+[[ "${workdir}" != *JOB* ]] || { echo "$0: --workdir ${workdir}: the job runner makes every JOB of a job's" \
+  "command its number (utils/run_local.sh): a path with JOB in it would name another directory" >&2; exit 1; }
 
 if [ -n "${seeds}" ]; then
   # Everything that depends on the seed (corpus, encoder, LLM, TASU training) is repeated per seed, each

@@ -43,6 +43,10 @@ for opt in ${decode_opts}; do   # each draw sets these: '--seed 3' made every dr
     echo "$0: --decode_opts: ${opt%%=*} is set for each draw by this script" >&2; exit 1 ;;
   esac
 done
+for path in "${exp}" "${data}" "${out}"; do   # each draw's command: every JOB in it becomes the draw
+  [[ "${path}" != *JOB* ]] || { echo "$0: ${path}: a path with JOB in it would name another directory in" \
+    "the draws' commands (utils/run_local.sh)" >&2; exit 1; }
+done
 # checked here, once, rather than by each of the draws' jobs
 [ -d "${exp}" ] || { echo "$0: --exp ${exp}: no such experiment directory" >&2; exit 1; }
 [ -f "${data}" ] || { echo "$0: --data ${data}: no such file" >&2; exit 1; }
