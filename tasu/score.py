@@ -93,11 +93,11 @@ def read_text_file(path: str | os.PathLike) -> dict[str, str]:
             if "\r" in line:
                 raise ScoreError(f"{path}:{n}: a carriage return inside the line (lines must end in '\\n')")
             lines.append(line)
-    sclite = bool(lines) and all("\t" not in line and _TRN_ID.search(line.rstrip()) for line in lines)
+    ids = [None if "\t" in line else _TRN_ID.search(line.rstrip()) for line in lines]
+    sclite = bool(lines) and all(ids)
     out: dict[str, str] = {}
-    for n, line in enumerate(lines, 1):
+    for n, (line, found) in enumerate(zip(lines, ids), 1):
         if sclite:
-            found = _TRN_ID.search(line.rstrip())
             key, text = found.group(1), line.rstrip()[:found.start()]
         else:
             key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")

@@ -154,7 +154,7 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
     with f:
         for lineno, raw in enumerate(f, 1):
             problems = []
-            parsed = _parse_line(path, lineno, without_bom(raw) if lineno == 1 else raw, problems, "a transcript")
+            parsed = _parse_line(path, lineno, raw, problems, "a transcript")
             if parsed is None and not problems:
                 continue
             if parsed is not None:
@@ -332,8 +332,8 @@ def _read_table(path: Path, problems: list[DataError], what: str,
         problems.append(DataError(str(path), None, None, f"cannot open: {e.strerror or e}"))
         return table
     with f:
-        for lineno, raw in enumerate(f, 1):   # a BOM (an editor on Windows) would join the first id
-            fields = _parse_line(path, lineno, without_bom(raw) if lineno == 1 else raw, problems, what, one_word)
+        for lineno, raw in enumerate(f, 1):
+            fields = _parse_line(path, lineno, raw, problems, what, one_word)
             if fields is None:
                 continue
             if fields[0] in table:
@@ -346,9 +346,10 @@ def _read_table(path: Path, problems: list[DataError], what: str,
 
 def _parse_line(path: Path, lineno: int, raw: bytes, problems: list[DataError], what: str,
                 one_word: bool = False) -> tuple[str, str] | None:
-    """``(id, rest)`` of one table line; None for a blank line or a problem (appended)."""
+    """``(id, rest)`` of one table line; None for a blank line or a problem (appended). A BOM opening
+    the file (an editor on Windows) is dropped: it would join the first id."""
     try:
-        line = raw.decode("utf-8").strip()
+        line = (without_bom(raw) if lineno == 1 else raw).decode("utf-8").strip()
     except UnicodeDecodeError as e:
         problems.append(DataError(str(path), lineno, None, f"byte 0x{raw[e.start]:02x} at "
                                   f"column {e.start + 1} is not valid UTF-8"))
