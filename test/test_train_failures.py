@@ -404,3 +404,22 @@ def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
     assert len(messages) == 1, messages
     assert messages[0].startswith(f"{len(SENTENCES)} of the first {len(SENTENCES)} transcripts of {upper} lose over "
                                   f"half their characters to the encoder's vocabulary (e.g. {upper}:1 ")
+
+
+def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path):
+    """No max_steps and more batches than optim.total_steps: the rest of the epochs train at rate 0."""
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           "train.max_steps=null", "train.epochs=2", "optim.total_steps=2", "train.save_interval=100"]])
+    logged = result["stderr"] + "".join(p.read_text() for p in (tmp_path / "exp").rglob("train.log"))
+    assert result["status"] == 0 and "step 2 is optim.total_steps: the learning rate is 0 from here on" in logged
+
+
+def test_make_corpus_says_a_bad_option_in_one_line(tmp_path):
+    local = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
+    (tmp_path / "afile").write_text("")
+    for args, error in ((["--nj", "0"], "--nj must be at least 1, not 0"),
+                        (["--data-dir", str(tmp_path / "afile"), "--num-train", "2", "--num-dev", "1", "--num-test",
+                          "1", "--num-text-only", "2"], "make_corpus.py: ")):
+        out = subprocess.run([sys.executable, str(local / "make_corpus.py"), *args], capture_output=True, text=True,
+                             cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr and error in out.stderr, out.stderr
