@@ -474,6 +474,7 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
 @pytest.mark.parametrize("made,args,error", [((), ["--draws", "0"], "--draws '0': expected a positive number"),
                                              ((), ["--nj", "0"], "--nj '0': expected a positive number"),
                                              # every draw decoded with seed 3: one draw scored as a mean of two
+                                             ((), ["--out", "outJOBs"], "outJOBs: a path with JOB in it would name"),
                                              ((), ["--decode_opts", "--beam 1 --seed 3"],
                                               "--decode_opts: --seed is set for each draw by this script"),
                                              ((), [], "/exp: no such experiment directory"),
