@@ -117,7 +117,8 @@ class DataConfig:
     hold ``w`` times (up- or down-sampling it against the others); plain paths weigh 1.0, so sources
     are mixed in proportion to their sizes. ``order: shuffle`` permutes each whole epoch;
     ``order: stream`` is for sources too large to index (see the module doc), and only it uses
-    ``shuffle_buffer``.
+    ``shuffle_buffer``. ``valid`` files are read in order and batched as training is (``max_tokens``,
+    ``sort_window``).
     """
 
     train: list[Union[str, Source]] = field(default_factory=list)

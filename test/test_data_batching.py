@@ -51,6 +51,22 @@ def test_ranks_split_the_records_without_overlap(data, order):
         assert parts[1][:2] == ["u001", "u004"]
 
 
+@pytest.mark.parametrize("window", [0, 1])
+def test_no_sort_window_packs_batches_in_the_order_the_records_come(data, window):
+    # validation reads its files in order; a window of 0 or 1 used to give one-record batches
+    batches = keys(make(data, order="sequential", sort_window=window))
+    assert [k for group in batches for k in group] == [f"u{i:03d}" for i in range(203)]
+    lengths = [1 + (i * 7) % 23 for i in range(203)]
+    start = 0
+    for group in batches:   # each batch is as long as the budget allows: the next record would overflow it
+        end = start + len(group)
+        assert len(group) * max(lengths[start:end]) <= 60
+        if end < 203:
+            assert (len(group) + 1) * max(lengths[start:end + 1]) > 60
+        start = end
+    assert len(batches) < 203 / 2
+
+
 def test_length_filter_skips_and_counts(data):
     batches = list(make(data, min_length=3, max_length=20))
     kept = [r for b in batches for r in b.records]

@@ -30,7 +30,8 @@ windows of ``sort_window`` records are sorted by length and cut into batches who
 prompt + speech + target tokens as ``length_fn`` computes it); the batches of a window come in a
 random order that pairs short ones with long ones (``_short_with_long``: a source whose records are
 shorter than the others', like one-word SLU labels, does not come in runs of short batches).
-Records outside ``[min_length, max_length]`` are skipped and counted.
+A ``sort_window`` of 0 or 1 sorts nothing: batches are cut the same way from the records in the
+order they come. Records outside ``[min_length, max_length]`` are skipped and counted.
 
 Every DataLoader worker plans the same batch sequence (reading and measuring records is cheap) and
 collates only its share, batch ``n`` going to worker ``n mod num_workers``: the DataLoader's
@@ -53,7 +54,7 @@ import math
 import random
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -210,19 +211,17 @@ class StreamingBatches(IterableDataset):
                 stats["skipped"] += 1
 
     def _batches(self, records: Iterator[tuple[int, Record]], rng: random.Random) -> Iterator[list[Record]]:
-        window = max(self.sort_window, 1)
+        if self.sort_window <= 1:   # no sorting: batches packed in the order the records come
+            yield from self._cut(records)
+            return
         while True:
-            chunk = list(itertools.islice(records, window))
+            chunk = list(itertools.islice(records, self.sort_window))
             if not chunk:
                 return
-            if window > 1:
-                chunk.sort(key=lambda item: item[0])
-            groups = list(self._cut(chunk))
-            if window > 1:
-                groups = _short_with_long(groups, rng)
-            yield from groups
+            chunk.sort(key=lambda item: item[0])
+            yield from _short_with_long(list(self._cut(chunk)), rng)
 
-    def _cut(self, chunk: list[tuple[int, Record]]) -> Iterator[list[Record]]:
+    def _cut(self, chunk: Iterable[tuple[int, Record]]) -> Iterator[list[Record]]:
         """Greedy cut: a batch grows while its padded size (count x longest) fits the budget."""
         group: list[Record] = []
         longest = 0

@@ -326,11 +326,11 @@ class Trainer:
         log.info("initialised %d of %d trained tensors from %s", len(state), len(own), ckpt)
 
     def _batches(self, sources: list, order: str) -> StreamingBatches:
-        d, training = self.cfg.data, order != "sequential"
+        d = self.cfg.data
         return StreamingBatches(
             sources, self.collator.length, max_tokens=d.max_tokens, max_batch_size=d.max_batch_size,
             min_length=d.min_length, max_length=d.max_length, order=order,
-            shuffle_buffer=d.shuffle_buffer, sort_window=d.sort_window if training else 0,
+            shuffle_buffer=d.shuffle_buffer, sort_window=d.sort_window,
             seed=self.cfg.train.seed, rank=self.rank, world_size=self.world,
             read_kwargs={"prompts": self.collator.prompts, "require_transcript": d.mode == "text"},
             collate=self.collator)
