@@ -36,6 +36,19 @@ ASR_LIKE_TASKS = frozenset({"ASR", "prevtext", "hotword"})
 
 _FIELDS = ("key", "task", "target", "path", "GT", "start", "end")
 _BOM = b"\xef\xbb\xbf"
+_GZIP = b"\x1f\x8b"
+
+
+class _NotJSON(ValueError):
+    """NaN or Infinity: Python's JSON reader takes them, no other does, and writing them back would
+    make a file that other tools refuse."""
+
+
+def _refuse_constant(name: str):
+    raise _NotJSON(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)   # json.loads' own decoder, but for that
 # a NUL cannot be in a file name, nor any in a Kaldi table; the invisible format characters (a BOM, a
 # zero-width space, direction marks) would make two keys that print alike differ
 _BAD_KEY_CHAR = re.compile(r"[\s/\x00-\x1f\x7f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -230,13 +243,18 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return None, None, [("encoding", f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8")]
+        hint = " (the file is gzip-compressed: gunzip it first)" if raw.startswith(_GZIP) else ""
+        return None, None, [("encoding", f"byte 0x{raw[e.start]:02x} at column {e.start + 1} is not valid UTF-8"
+                                         + hint)]
     if not text or text.isspace():
         return None, None, []
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         return None, None, [("json", f"{e.msg} (column {e.pos + 1})")]
+    except _NotJSON as e:
+        return None, None, [(_constant_field(text), f"holds {e}, which is not JSON: a number must be finite "
+                                                    "(write null, or the value as a string)")]
     except ValueError:   # int() refuses to read a number of more than 4300 digits
         return None, None, [("json", "holds a number of more than 4300 digits, which cannot be read")]
     except RecursionError:
@@ -269,6 +287,23 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
         return key, None, [("GT", f"missing: this {record.task} record needs a GT transcript "
                                   "for the text-only stage")]
     return key, record, []
+
+
+def _constant_field(text: str) -> str:
+    """The name of the first field of the line's object that holds a NaN or Infinity ("json" when it
+    is not an object's)."""
+    marker = object()
+    obj = json.loads(text, parse_constant=lambda _: marker)
+
+    def holds(value) -> bool:
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        return value is marker or (isinstance(value, (dict, list)) and any(map(holds, items)))
+
+    if isinstance(obj, dict):
+        name = next((name for name, value in obj.items() if holds(value)), None)
+        if name is not None:
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "json"
 
 
 _SPACED_COLON = re.compile(r'"[ \t\r\n]+:')   # a name written '"name" :' (or a quote and colon in a value)
