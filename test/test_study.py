@@ -406,6 +406,31 @@ def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
     assert study.wall_seconds([tmp_path / "d"]) == 0
 
 
+def test_plan_writes_nothing_so_a_plan_of_another_seed_does_not_block_the_run(run_dir, monkeypatch, capsys):
+    monkeypatch.setattr(study, "WRITES", True)   # main() sets it; restored after the test
+    monkeypatch.setattr(sys, "argv", ["study.py", "plan", "--workdir", str(run_dir), "--seed", "2",
+                                      "--parts", "lowres textscale"])
+    assert study.main() == 0 and "# lowres_text_50 " in capsys.readouterr().out
+    assert not (run_dir / "exp" / "study").exists()
+    study.WRITES = True
+    cells = {c.name: c for c in study.plan(study.Recipe(run_dir), ["lowres"], quick=False, seed=1)}
+    assert len(conf(cells["lowres_text_50"])["data"]["train"]) == 2
+
+
+def test_low_resource_subsets_of_two_files_of_one_name_are_kept_apart(run_dir):
+    config_file = run_dir / "exp" / "tasu_train_text_then_train_audio_sft" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    for source in config["data"]["train"]:   # dump/<task>/train.jsonl instead of dump/train/<task>.jsonl
+        old = Path(source["path"])
+        new = old.parent.parent / old.stem / "train.jsonl"
+        write(new, old.read_text())
+        source["path"] = str(new)
+    config_file.write_text(yaml.safe_dump(config))
+    subset = study.lowres_subset(study.Recipe(run_dir), 10, seed=1)
+    tasks = [{json.loads(line)["task"] for line in Path(s["path"]).read_text().splitlines()} for s in subset]
+    assert tasks == [{"ASR"}, {"SLU_scenario"}]
+
+
 def test_a_report_of_nothing_is_refused_and_study_md_kept(run_dir, tmp_path, monkeypatch, capsys):
     """--parts '' reported 0 cells and replaced STUDY.md with an empty one, exit 0; a report of parts
     whose cells never ran wrote '-' in every cell, exit 0; --jobs 0 was a ZeroDivisionError."""

@@ -318,8 +318,9 @@ def lowres_subset(r: Recipe, n: int, seed: int) -> list[dict]:
         raise StudyError(f"{files[0]}: {len(keys)} utterances, fewer than the {n} the low-resource curve needs")
     chosen = set(random.Random(f"lowres/{seed}/{n}").sample(keys, n))
     out = []
-    for f in files:
-        dest = r.study / "data" / f"lowres_{n}" / f.name
+    named_alike = len({f.name for f in files}) < len(files)   # two tasks' files of one name, in two folders
+    for i, f in enumerate(files):
+        dest = r.study / "data" / f"lowres_{n}" / (f"{i}-{f.name}" if named_alike else f.name)
         lines = [line for line in f.read_text(encoding="utf-8").splitlines()
                  if line.strip() and json.loads(line)["key"] in chosen]
         write_input(dest, "".join(line + "\n" for line in lines))
@@ -428,6 +429,9 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
     return cells
 
 
+WRITES = True   # False for ``plan`` and ``report``: they compare their cells' inputs with what is there, write none
+
+
 def write_input(path: Path, text: str) -> None:
     """Write a data file that cells train on (a drawn subset, new sentences); refuse to replace one that
     holds another draw (another ``--seed``), which would mix cells trained on either."""
@@ -439,7 +443,7 @@ def write_input(path: Path, text: str) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically, unless ``path`` holds it already (a re-run leaves inputs untouched)."""
-    if not (path.exists() and path.read_text(encoding="utf-8") == text):
+    if WRITES and not (path.exists() and path.read_text(encoding="utf-8") == text):
         write_atomic(path, text)
 
 
@@ -800,7 +804,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     for c in cells:
         lines += [f"# {c.name}"] + [" ".join(a) for a in c.commands]
     lines += ["```", ""]
-    write_text(out, "\n".join(lines))
+    write_atomic(out, "\n".join(lines))
 
 
 def learned_report(r: Recipe, cells: list[Cell], sizes: list[int], baseline_sd: float | None) -> list[str]:
@@ -1008,6 +1012,8 @@ def main() -> int:
         parser.error(f"--parts is empty: name some of {' '.join(PARTS)}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
+    global WRITES
+    WRITES = args.action == "run"   # a plan with another --seed wrote its draws, and `run` then refused them
     try:
         recipe = Recipe(Path(args.workdir))
         if args.quick and "learned" in args.parts.split():
