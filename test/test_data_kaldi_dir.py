@@ -1,6 +1,7 @@
 """Kaldi data dirs <-> JSONL: reading, segments, malformed lines, skipped utterances, round trip."""
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import soundfile
 
 from tasu.data.audio import load_audio
-from tasu.data.kaldi_dir import DataDirError, read_data_dir, write_data_dir
+from tasu.data.kaldi_dir import DataDirError, main, read_data_dir, write_data_dir
 from tasu.data.records import Record, iter_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +173,19 @@ def test_shell_wrappers_convert_both_ways(tmp_path):
     assert (tmp_path / "back" / "text").read_text() == "u1 one\nu2 two\n"
     assert (tmp_path / "back" / "utt2spk").read_text() == "u1 u1\nu2 u2\n"
 
+    again = subprocess.run([str(ROOT / "utils/jsonl2data.sh"), str(jsonl), str(tmp_path / "back")],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and "holds a data dir already (wav.scp, text, utt2spk)" in again.stderr
+    again = subprocess.run([str(ROOT / "utils/jsonl2data.sh"), "--overwrite", "true", str(jsonl),
+                            str(tmp_path / "back")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+
+    # from outside a recipe, with no Python of the environment on PATH: the one tools/setup.sh made
+    bare = {**os.environ, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), str(src)], capture_output=True, text=True,
+                         cwd=tmp_path, env=bare)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 2, out.stderr
+
     (src / "text").write_text("u1 one\nu2\n")
     out = subprocess.run([str(ROOT / "utils/data2jsonl.sh"), str(src)], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (1, "")
@@ -181,7 +195,6 @@ def test_shell_wrappers_convert_both_ways(tmp_path):
 def test_text_only_conversion_leaves_no_output_when_a_late_line_is_bad(tmp_path, capsys):
     """--text-only streams text: the records before a bad line are not left in OUT as if it were done,
     and an OUT of an earlier run stays as it was."""
-    from tasu.data.kaldi_dir import main
 
     src = make_dir(tmp_path / "src", text="".join(f"u{i} sentence {i}\n" for i in range(50)) + "u50\n")
     out = tmp_path / "text.jsonl"
@@ -285,7 +298,6 @@ def test_read_tsv_refuses_a_shifted_row_and_a_column_named_twice(tmp_path):
 
 
 def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys):
-    from tasu.data.kaldi_dir import main
 
     data = tmp_path / "d"
     data.mkdir()
@@ -299,6 +311,23 @@ def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys
     (tmp_path / "taken").write_text("a file, not a directory")
     assert main(["to-dir", str(records), str(tmp_path / "taken" / "d")]) == 1
     assert capsys.readouterr().err == f"{tmp_path}/taken/d: Not a directory\n"
+
+
+def test_a_conversion_does_not_write_over_what_it_converts(tmp_path, capsys):
+    """data2jsonl into D/wav.scp replaced it with JSONL; jsonl2data of SLU records back into D replaced
+    the transcripts in D/text by intent labels: both with exit 0."""
+    src = make_dir(tmp_path / "d", **{"wav.scp": "u1 a.wav\n", "text": "u1 wake me up\n", "intent": "u1 alarm_set\n"})
+    for output, target in ((src / "wav.scp", []), (src / "intent", ["--target-file", "intent"])):
+        assert main(["to-jsonl", *target, str(src), str(output)]) == 1
+        assert capsys.readouterr().err == f"{output}: is a table of {src} that this conversion reads: " \
+                                          "write the records elsewhere\n"
+    assert main(["to-jsonl", "--target-file", "intent", str(src), str(src / "intent.jsonl")]) == 0
+    assert main(["to-dir", str(src / "intent.jsonl"), str(src)]) == 1
+    assert capsys.readouterr().err == f"{src}: holds a data dir already (wav.scp, text): write to a new " \
+                                      "directory, or --overwrite it\n"
+    assert ((src / "wav.scp").read_text(), (src / "text").read_text()) == ("u1 a.wav\n", "u1 wake me up\n")
+    assert main(["to-dir", "--overwrite", str(src / "intent.jsonl"), str(src)]) == 0
+    assert (src / "text").read_text() == "u1 alarm_set\n"
 
 
 def test_a_table_is_replaced_whole_or_not_at_all(tmp_path):

@@ -7,7 +7,8 @@
 #   utils/data2jsonl.sh --text_only true data/train train_text.jsonl                    # no path
 #
 # A malformed line stops it with FILE:LINE: message (nothing is written); utterances missing from
-# a file they need are skipped with a warning. Details: python -m tasu.data.kaldi_dir --help.
+# a file they need are skipped with a warning; an <out.jsonl> that is a table of <data-dir> is refused.
+# Details: python -m tasu.data.kaldi_dir --help.
 set -euo pipefail
 
 task=ASR
@@ -29,4 +30,10 @@ fi
 opts=(--task "${task}")
 [ -n "${target_file}" ] && opts+=(--target-file "${target_file}")
 [ "${text_only}" = true ] && opts+=(--text-only)
-exec python3 -m tasu.data.kaldi_dir to-jsonl "${opts[@]}" "$@"
+# the active Python when it has tasu, else the one tools/setup.sh made (run from outside a recipe)
+python=python3
+if ! python3 -c 'import tasu' 2> /dev/null; then
+  python=$(dirname "$0")/../tools/venv/bin/python
+  [ -x "${python}" ] || { echo "$0: no Python with tasu: run tools/setup.sh, or activate yours" >&2; exit 1; }
+fi
+exec "${python}" -m tasu.data.kaldi_dir to-jsonl "${opts[@]}" "$@"

@@ -4,15 +4,30 @@
 #
 #   utils/jsonl2data.sh data/train/asr.jsonl data/train_kaldi
 #
-# Fields a data dir cannot hold (GT, pass-through fields) are dropped with a warning.
-# Details: python -m tasu.data.kaldi_dir --help.
+# Fields a data dir cannot hold (GT, pass-through fields) are dropped with a warning. A <data-dir>
+# that holds a data dir already is refused unless --overwrite true (records whose target is a label
+# would replace its transcripts). Details: python -m tasu.data.kaldi_dir --help.
 set -euo pipefail
 
-help_message="Usage: $0 <in.jsonl> <data-dir>"
+overwrite=false
+
+help_message="Usage: $0 [--overwrite false] <in.jsonl> <data-dir>
+  --overwrite <bool>   replace the data dir that <data-dir> holds (default: ${overwrite})"
 . "$(dirname "$0")/parse_options.sh"
 
 if [ $# -ne 2 ]; then
   printf '%s\n' "${help_message}" >&2
   exit 1
 fi
-exec python3 -m tasu.data.kaldi_dir to-dir "$@"
+case ${overwrite} in
+  true) opts=(--overwrite) ;;
+  false) opts=() ;;
+  *) echo "$0: --overwrite must be true or false, not '${overwrite}'" >&2; exit 1 ;;
+esac
+# the active Python when it has tasu, else the one tools/setup.sh made (run from outside a recipe)
+python=python3
+if ! python3 -c 'import tasu' 2> /dev/null; then
+  python=$(dirname "$0")/../tools/venv/bin/python
+  [ -x "${python}" ] || { echo "$0: no Python with tasu: run tools/setup.sh, or activate yours" >&2; exit 1; }
+fi
+exec "${python}" -m tasu.data.kaldi_dir to-dir "${opts[@]}" "$@"

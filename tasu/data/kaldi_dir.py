@@ -36,7 +36,8 @@ Writing goes the other way: files sorted by id (C-locale order), ``spk2utt`` der
 ``utt2spk`` (the speaker is the utterance itself when a record has none), ``segments`` written when
 any record has a segment (a record without one covers its whole recording: ``0.000 -1``); times
 are written with millisecond precision. Fields a data dir cannot hold (``GT``, pass-through fields)
-are dropped with a log message.
+are dropped with a log message. The command refuses to write over what it converts: ``to-jsonl`` an
+output that is a table of its dir, ``to-dir`` a directory that holds a data dir (``--overwrite``).
 """
 from __future__ import annotations
 
@@ -424,13 +425,36 @@ def get_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("to-dir", help="JSONL records -> Kaldi data dir")
     p.add_argument("input", help="JSONL file")
     p.add_argument("data_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the data dir that data_dir holds (refused without it: its text, or the "
+                        "labels a task's records carry in their target, would be lost)")
     return parser
+
+
+_TABLES = ("wav.scp", "text", "segments", "utt2spk")   # what to-jsonl reads (with --target-file's file)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse to write over the files being converted: a JSONL named after a table of its data dir, or
+    a data dir that already holds one (``--overwrite`` to replace it)."""
+    if args.command == "to-jsonl" and args.output != "-":
+        read = [*_TABLES, *([args.target_file] if args.target_file else [])]
+        out = Path(args.output).resolve()
+        if any(out == (Path(args.data_dir) / name).resolve() for name in read):
+            raise DataDirError([DataError(args.output, None, None, f"is a table of {args.data_dir} that this "
+                                                                     "conversion reads: write the records elsewhere")])
+    if args.command == "to-dir" and not args.overwrite:
+        held = [name for name in _TABLES if (Path(args.data_dir) / name).exists()]
+        if held:
+            raise DataDirError([DataError(args.data_dir, None, None, f"holds a data dir already ({', '.join(held)}): "
+                                                                      "write to a new directory, or --overwrite it")])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
+        _check_paths(args)
         if args.command == "to-jsonl":
             read = iter_text_records if args.text_only else read_data_dir
             records = read(args.data_dir, args.task, args.target_file)
