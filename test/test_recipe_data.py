@@ -133,6 +133,21 @@ def test_covost_a_clip_repeated_or_in_two_sets_is_said_and_two_translations_refu
                    f"sentence or translation than at {tsv}:2")
 
 
+def test_covost_two_pairs_must_agree_on_a_clip_s_transcript_and_set(covost):
+    """Each pair was checked on its own: the second pair's transcript replaced the first's in text (the
+    GT of both tasks), and a clip in train for one pair and in test for the other was not said."""
+    recipe, env, tsv_dir, _ = covost
+    zh, de = tsv_dir / "covost_v2.en_zh-CN.tsv", tsv_dir / "covost_v2.en_de.tsv"
+    edit_rows(de, lambda rows: rows[1].__setitem__(3, "test"))
+    out = data_sh(recipe, env, "--pairs", "en_zh-CN,en_de")
+    assert f"1 clips are in two sets, kept in both (e.g. common_voice_en_1000.mp3: train at {zh}:2, test at {de}:2)" \
+        in out.stderr
+    shutil.rmtree(recipe / "data")
+    edit_rows(de, lambda rows: (rows[1].__setitem__(1, "Something else"), rows[1].__setitem__(3, "train")))
+    one_line_error(data_sh(recipe, env, "--pairs", "en_zh-CN,en_de", ok=False),
+                   f"{de}:2: path: common_voice_en_1000.mp3 again, with another sentence than at {zh}:2")
+
+
 def test_covost_an_unknown_mp3_reader_is_one_line(covost):
     recipe, env, _, _ = covost
     one_line_error(data_sh(recipe, env, "--mp3_reader", "nope", ok=False),
@@ -170,7 +185,16 @@ def rename_clip(cv: Path, old: str, new: str) -> None:
     edit_tsv(cv / "train.tsv", old, new)
 
 
+def repeat_first_row(cv: Path, old: str, new: str) -> None:
+    rows = (cv / "train.tsv").read_text(encoding="utf-8").splitlines()
+    assert old in rows[1]
+    (cv / "train.tsv").write_text("\n".join(rows + [rows[1].replace(old, new)]) + "\n", encoding="utf-8")
+
+
 @pytest.mark.parametrize("damage,error", [
+    (lambda cv: repeat_first_row(cv, "Turn on", "Turn off"),
+     "train.tsv:8: path: common_voice_en_1000.mp3 again, with another sentence or client_id than on line 2"),
+    (lambda cv: repeat_first_row(cv, f"{0:064x}", f"{9:064x}"), "train.tsv:8: path: common_voice_en_1000.mp3 again"),
     (lambda cv: edit_tsv(cv / "train.tsv", "Turn on", "Turn\ton"), "train.tsv:2: 14 tab-separated fields where the "
                                                                     "header has 13"),
     (lambda cv: edit_tsv(cv / "train.tsv", "sentence_domain", "sentence"), "train.tsv:1: the header names sentence twice"),
@@ -209,7 +233,7 @@ def test_commonvoice_says_what_it_leaves_out(commonvoice):
     (corpus / "clips" / "common_voice_en_1001.mp3").unlink()
     out = data_sh(recipe, env)
     assert f"{corpus}/train.tsv: 1 clips are not in {corpus}/clips: skipped" in out.stderr
-    assert f"{corpus}/train.tsv: 1 rows repeat a clip named before: the last one kept" in out.stderr
+    assert f"{corpus}/train.tsv: 1 rows repeat a clip named before, word for word: kept once" in out.stderr
     assert len(lines(recipe / "data" / "train" / "text")) == 5
     assert "WARNING" not in out.stderr
 
@@ -263,6 +287,32 @@ def test_slurp_bad_metadata_stops_in_one_line(slurp, damage, error):
     damage(meta)
     one_line_error(data_sh(recipe, env, ok=False), error)
     assert not (recipe / "data" / "test" / ".done").exists()
+
+
+def test_slurp_a_missing_audio_directory_or_a_recording_under_two_labels_stops_it(slurp, tmp_path):
+    """Only slurp_synth/ extracted: data/train was made of the synthetic recordings and marked done;
+    one recording under two slurp_ids with other labels became two utterances of one audio."""
+    recipe, env, meta = slurp
+    real = meta.parent.parent / "audio" / "slurp_real"
+    real.rename(tmp_path / "away")
+    one_line_error(data_sh(recipe, env, ok=False), f"{real}: no such directory, which train.jsonl's recordings are in")
+    real.mkdir()
+    one_line_error(data_sh(recipe, env, ok=False), f"none of the recordings {meta}/train.jsonl names is in {real}")
+    real.rmdir()
+    (tmp_path / "away").rename(real)
+    assert not (recipe / "data" / "train").exists()
+    records = [json.loads(x) for x in lines(meta / "test.jsonl")]
+    other = {**records[1], "slurp_id": 9999, "recordings": records[0]["recordings"]}
+    with open(meta / "test.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(other) + "\n" + json.dumps({**records[0], "slurp_id": 9998}) + "\n")
+    name = records[0]["recordings"][0]["file"]
+    one_line_error(data_sh(recipe, env, ok=False), f"test.jsonl:3: recording {name} of slurp_id 9999 again, "
+                                                   f"with other labels than at {meta}/test.jsonl:1")
+    repeated = records + [{**records[0], "slurp_id": 9998}]
+    (meta / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in repeated))
+    out = data_sh(recipe, env)
+    assert "data/test: 2 recordings are named again in the metadata, with the same labels: kept once" in out.stderr
+    assert len(lines(recipe / "data" / "test" / "text")) == 4
 
 
 def test_slurp_says_what_it_leaves_out_and_reads_a_byte_order_mark(slurp):
@@ -344,6 +394,39 @@ def test_lm_text_lines_get_single_spaces(librispeech):
     Path(env["LIBRISPEECH_LM_NORM"]).write_text("A  SPACED\tLINE \r\n\r\nTWO\n", encoding="utf-8")
     data_sh(recipe, env, "--eval_subsets", "dev-clean")
     assert lines(recipe / "data" / "lm_norm" / "text") == ["lm_000000001 A SPACED LINE", "lm_000000003 TWO"]
+
+
+def test_librispeech_an_empty_or_misplaced_subset_stops_it(librispeech):
+    """A subset extracted one level too deep, or an empty one, added no utterance to data/train: exit 0."""
+    recipe, env, corpus = librispeech
+    (corpus / "train-other-500").mkdir()
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets",
+                           "train-clean-100,train-other-500", ok=False),
+                   f"local/data.sh: {corpus}/train-other-500: no <speaker>/<chapter>/*.trans.txt")
+    shutil.copytree(corpus / "train-clean-100", corpus / "train-clean-360" / "LibriSpeech" / "train-clean-360")
+    trans = sorted((corpus / "train-clean-360").rglob("*.trans.txt"))[0]
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets",
+                           "train-clean-100,train-clean-360", ok=False),
+                   f"{corpus}/train-clean-360: no <speaker>/<chapter>/*.trans.txt; {trans} is not at "
+                   "<subset>/<speaker>/<chapter>/ (extracted one level too deep?)")
+    assert not (recipe / "data" / "train" / ".done").exists()
+
+
+def test_librispeech_lm_text_as_released_gzipped_and_a_subset_both_trained_and_scored(librispeech):
+    import gzip
+    recipe, env, _ = librispeech
+    released = Path(env["LIBRISPEECH_LM_NORM"] + ".gz")
+    released.write_bytes(gzip.compress(b"ONE LINE\nTWO\nTHREE\n"))
+    out = data_sh(recipe, {**env, "LIBRISPEECH_LM_NORM": str(released)}, "--eval_subsets", "dev-clean",
+                  "--train_subsets", "train-clean-100,dev-clean", "--lm_max_lines", "2")
+    assert lines(recipe / "data" / "lm_norm" / "text") == ["lm_000000001 ONE LINE", "lm_000000002 TWO"]
+    assert "WARNING: dev-clean is in --train_subsets and --eval_subsets" in out.stderr
+    shutil.rmtree(recipe / "data" / "lm_norm")
+    Path(env["LIBRISPEECH_LM_NORM"]).write_bytes(b"ONE\n\xff\xfe LINE\n")
+    one_line_error(data_sh(recipe, env, "--eval_subsets", "dev-clean", "--train_subsets",
+                           "train-clean-100,dev-clean", ok=False),
+                   f"--lm_text {env['LIBRISPEECH_LM_NORM']}: not UTF-8 text")
+    assert not (recipe / "data" / "lm_norm" / "text").exists()
 
 
 # --- egs/TEMPLATE: the data.sh a new recipe starts from ----------------------------------------------

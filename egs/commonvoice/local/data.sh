@@ -65,7 +65,7 @@ from tasu.data.records import DataError
 
 root, name, out, reader = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 tsv = root / f"{name}.tsv"
-wav, text, spk = {}, {}, {}
+wav, text, spk, where = {}, {}, {}, {}
 missing = repeated = 0
 try:
     for lineno, row in read_tsv(tsv, {"client_id", "path", "sentence"}):
@@ -80,7 +80,13 @@ try:
             missing += 1
             continue
         utt = Path(row["path"]).stem
-        repeated += utt in text
+        if utt in text:   # the same row again is harmless; another sentence or speaker is not
+            if (text[utt], spk[utt]) != (sentence, row["client_id"]):
+                raise DataError(str(tsv), lineno, "path", f"{row['path']} again, with another sentence or "
+                                                          f"client_id than on line {where[utt]}")
+            repeated += 1
+            continue
+        where[utt] = lineno
         try:
             wav[utt] = wav_scp_entry(clip, reader)
         except DataError as e:
@@ -91,7 +97,7 @@ except DataError as e:
 if missing:
     print(f"{tsv}: {missing} clips are not in {root / 'clips'}: skipped", file=sys.stderr)
 if repeated:
-    print(f"{tsv}: {repeated} rows repeat a clip named before: the last one kept", file=sys.stderr)
+    print(f"{tsv}: {repeated} rows repeat a clip named before, word for word: kept once", file=sys.stderr)
 if not text:
     sys.exit(f"local/data.sh: {tsv}: no utterances")
 try:

@@ -13,9 +13,10 @@ Two layouts are read, the one CoVoST 2 is released in and the one its split scri
 Both are read as CoVoST's tools write them: tabs only, ``\\`` escaping. Nothing is dropped in
 silence: rows with an empty sentence or translation are named by line, clips that are missing,
 rows that validated.tsv lacks, rows of another split and rows that repeat a clip of their pair word
-for word are counted in one line each; a clip that a pair gives two transcripts or translations is
-an error, and a clip in two sets (train and test) is counted with an example, since the sets should
-not share one. Each finished set's ``.done`` holds ``--done``, what it was made from.
+for word are counted in one line each; a clip that a pair gives two transcripts or translations, or
+two pairs two transcripts, is an error, and a clip in two sets (train and test; by one pair or two)
+is counted with an example, since the sets should not share one. Each finished set's ``.done`` holds
+``--done``, what it was made from.
 """
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list
     other_split: dict[str, int] = {}
     no_speaker = repeated = 0
     seen: dict[tuple[str, str], tuple[str, str, str, str]] = {}   # (pair, clip) -> (where, set, sentence, translation)
+    clip_first: dict[str, tuple[str, str, str]] = {}   # clip -> (where, set, sentence), over all pairs
     two_sets: list[str] = []
     for pair, target in translation_files(pairs).items():
         for tsv, line, split, row in rows(tsv_dir, pair, cv / "validated.tsv"):
@@ -106,6 +108,13 @@ def prepare(tsv_dir: Path, cv: Path, datadir: Path, sets: list[str], pairs: list
                     repeated += 1
                     continue
                 two_sets.append(f"{row['path']}: {first[1]} at {first[0]}, {SPLITS[split]} at {tsv}:{line}")
+            else:   # the clip's first row in this pair: do the pairs before agree on its transcript and set?
+                other = clip_first.setdefault(row["path"], (f"{tsv}:{line}", SPLITS[split], sentence))
+                if other[2] != sentence:   # text (the GT of every task) holds one transcript a clip
+                    raise DataError(str(tsv), line, "path", f"{row['path']} again, with another sentence than at "
+                                                            f"{other[0]}")
+                if other[1] != SPLITS[split]:
+                    two_sets.append(f"{row['path']}: {other[1]} at {other[0]}, {SPLITS[split]} at {tsv}:{line}")
             clip = clips / row["path"]
             if Path(row["path"]).is_absolute() or ".." in Path(row["path"]).parts:
                 raise DataError(str(tsv), line, "path", f"{row['path']!r}: not a file of clips/")

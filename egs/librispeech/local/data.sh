@@ -75,6 +75,7 @@ for subset in subsets:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         sys.exit(f"local/data.sh: {root / subset}: no such subset directory; this run needs "
                  f"{', '.join(subsets)}, and {root} has {', '.join(found) or 'no subset'}")
+    before = len(text)
     for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
         for lineno, raw in enumerate(trans.read_bytes().split(b"\n"), 1):
             try:
@@ -101,8 +102,11 @@ for subset in subsets:
     if unlisted:
         print(f"{root / subset}: {len(unlisted)} .flac files are in no *.trans.txt (e.g. {unlisted[0]}): skipped",
               file=sys.stderr)
-if not text:
-    sys.exit(f"local/data.sh: no *.trans.txt under {root}/{{{','.join(subsets)}}}")
+    if len(text) == before:   # an empty subset, or one extracted where it is not looked for
+        elsewhere = next((root / subset).rglob("*.trans.txt"), None)
+        hint = (f"; {elsewhere} is not at <subset>/<speaker>/<chapter>/ (extracted one level too deep?)"
+                if elsewhere else "")
+        sys.exit(f"local/data.sh: {root / subset}: no <speaker>/<chapter>/*.trans.txt{hint}")
 try:
     n = write_tables(out, {"wav.scp": wav, "text": text, "utt2spk": spk})
 except DataDirError as e:
@@ -112,10 +116,20 @@ PY
   echo "${made}" > "${dir}/.done"
 }
 
+for subset in ${eval_subsets//,/ }; do   # scores on audio the model trained on: allowed, said
+  case ,${train_subsets}, in *,${subset},*) log "WARNING: ${subset} is in --train_subsets and --eval_subsets" ;; esac
+done
 make_dir train "${train_subsets}"
 for subset in ${eval_subsets//,/ }; do
   make_dir "${subset//-/_}" "${subset}"
 done
+
+lm_lines() {  # the lines of --lm_text, the first --lm_max_lines of them (0: all)
+  local read=(cat)
+  [[ "${lm_text}" == *.gz ]] && read=(gzip -cd)   # OpenSLR 11 ships it gzipped
+  if [ "${lm_max_lines}" -eq 0 ]; then "${read[@]}" "${lm_text}"; return; fi
+  { "${read[@]}" "${lm_text}" || [ $? -eq 141 ]; } | head -n "${lm_max_lines}"   # 141: stopped by head's end
+}
 
 if [ -n "${lm_text}" ]; then
   dir=${datadir}/lm_norm made="${lm_text} (lines: ${lm_max_lines}, 0 for all)"
@@ -128,8 +142,11 @@ if [ -n "${lm_text}" ]; then
   else
     log "${lm_text} -> ${dir}/text (ids lm_<line>)"
     mkdir -p "${dir}"
-    if [ "${lm_max_lines}" -gt 0 ]; then head -n "${lm_max_lines}" "${lm_text}"; else cat "${lm_text}"; fi \
-      | awk '{ sub(/\r$/, "") } NF { $1 = $1; printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"  # single spaces
+    lm_lines | awk '{ sub(/\r$/, "") } NF { $1 = $1; printf "lm_%09d %s\n", NR, $0 }' > "${dir}/text"  # single spaces
+    if ! iconv -f UTF-8 -t UTF-8 "${dir}/text" > /dev/null 2>&1; then
+      rm "${dir}/text"
+      log "ERROR: --lm_text ${lm_text}: not UTF-8 text (compressed other than with gzip?)"; exit 1
+    fi
     echo "${made}" > "${dir}/.done"
   fi
 fi

@@ -8,9 +8,11 @@
 #
 # Every recording is one utterance, <slurp_id>-<file name without .flac>, in data/{train,devel,test}
 # with text (the sentence), scenario, action and intent files (utterance -> label). data/train also
-# holds the synthetic recordings unless --use_synth false. A finished dir has a .done marker naming the
-# audio directory and is not made again (another --audio_dir or SLURP is refused: wav.scp holds the
-# old paths).
+# holds the synthetic recordings unless --use_synth false. A recording named twice is kept once, and
+# stops it when the two records' labels differ; so does an audio directory that is not there, or that
+# holds none of a split's recordings (recordings missing here and there are counted). A finished dir
+# has a .done marker naming the audio directory and is not made again (another --audio_dir or SLURP
+# is refused: wav.scp holds the old paths).
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -54,13 +56,16 @@ from tasu.data.records import DataError
 meta, audio, out, splits = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 files = {name: {} for name in ("wav.scp", "text", "scenario", "action", "intent")}
 missing = unrecorded = repeated = 0
-first = {}  # utterance -> (file:line, labels) of the record that named it
+first = {}  # recording file -> (file:line, labels, utterance) of the record that named it
 for split in splits:
     sub = audio / ("slurp_synth" if split == "train_synthetic" else "slurp_real")
     path = meta / f"{split}.jsonl"
+    hint = " (--use_synth false leaves the synthetic recordings out)" if split == "train_synthetic" else ""
     if not path.is_file():
-        hint = " (--use_synth false leaves the synthetic recordings out)" if split == "train_synthetic" else ""
         sys.exit(f"local/data.sh: {path}: no such file{hint}")
+    if not sub.is_dir():   # half the corpus extracted: the data dir would be made, and kept, without it
+        sys.exit(f"local/data.sh: {sub}: no such directory, which {path.name}'s recordings are in{hint}")
+    found = len(first)
     for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -87,19 +92,21 @@ for split in splits:
                 missing += 1
                 continue
             utt = f"{slurp_id}-{Path(name).stem}"
-            if utt in first:
-                if first[utt][1] != labels:
+            if sub / name in first:   # one recording, two prompts: two utterances of one audio
+                if first[sub / name][1] != labels:
                     sys.exit(f"local/data.sh: {path}:{lineno}: recording {name} of slurp_id {slurp_id} again, with "
-                             f"other labels than at {first[utt][0]}")
+                             f"other labels than at {first[sub / name][0]}")
                 repeated += 1
                 continue
-            first[utt] = (f"{path}:{lineno}", labels)
+            first[sub / name] = (f"{path}:{lineno}", labels)
             try:
                 files["wav.scp"][utt] = wav_scp_entry(sub / name)
             except DataError as e:
                 sys.exit(f"local/data.sh: {path}:{lineno}: {e}")
             for key, value in labels.items():
                 files[key][utt] = value
+    if len(first) == found:
+        sys.exit(f"local/data.sh: none of the recordings {path} names is in {sub}")
 if missing:
     print(f"{out}: {missing} recordings named in the metadata are not in {audio}: skipped", file=sys.stderr)
 if unrecorded:
@@ -107,8 +114,6 @@ if unrecorded:
 if repeated:
     print(f"{out}: {repeated} recordings are named again in the metadata, with the same labels: kept once",
           file=sys.stderr)
-if not files["text"]:
-    sys.exit(f"local/data.sh: no recordings of {', '.join(splits)} found in {audio}")
 try:
     n = write_tables(out, files)  # every recording its own speaker
 except DataDirError as e:
