@@ -239,6 +239,10 @@ def test_pipe_commands(wav, tmp_path):
                             f"cat: {tmp_path}/nope.wav: No such file or directory")
     with pytest.raises(AudioError, match=r"command wrote no audio to its standard output$"):
         audio_info("true |")
+    with pytest.raises(AudioError) as e:   # libsndfile's message named a BytesIO object
+        audio_info("echo hello |", key="u2")
+    assert str(e.value) == ("u2: echo hello |: the command's output (6 bytes, starting b'hello\\n') is not audio "
+                            "(Format not recognised.)")
 
 
 @pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")

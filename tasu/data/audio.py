@@ -144,8 +144,8 @@ def audio_info(path: str, key: str | None = None, start: float | None = None,
         elif kind == "ark":
             frames, rate = _ark_info(*target, matrix_rate)
         else:
-            info = soundfile.info(io.BytesIO(_run(target)))
-            frames, rate = info.frames, info.samplerate
+            samples, rate = _read_pipe(target)   # the command has written it all: decoding it is cheap
+            frames = len(samples)
         first, last = _segment(frames, rate, start, end)
     except _Bad as e:
         raise AudioError(path, str(e), key) from None
@@ -423,5 +423,10 @@ def _run(command: str) -> bytes:
 
 
 def _read_pipe(command: str) -> tuple[np.ndarray, int]:
-    samples, rate = soundfile.read(io.BytesIO(_run(command)), dtype="float32", always_2d=True)
+    out = _run(command)
+    try:
+        samples, rate = soundfile.read(io.BytesIO(out), dtype="float32", always_2d=True)
+    except soundfile.LibsndfileError as e:   # its message names the BytesIO object, not the command
+        raise _Bad(f"the command's output ({len(out)} bytes, starting {out[:12]!r}) is not audio "
+                   f"({e.error_string})") from None
     return samples, rate
