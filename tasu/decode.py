@@ -33,8 +33,9 @@ Files in the output directory:
   unlabelled audio: decoded, not scored), in data order, written atomically at the start; absent
   when no record has a target;
 - ``hyp.trn``: ``key<TAB>hypothesis``, in decoding order, appended and flushed one line at a time;
-- ``decode.json``: the settings that determine the hypotheses (checkpoint, input, beam and guards,
-  compression or simulation settings);
+- ``decode.json``: what determines the hypotheses: the model (checkpoint, its weights' SHA-256, the
+  base models), the records (a SHA-256 of their audio, tasks and fields), the input, beam and guards,
+  compression or simulation settings;
 - ``decode.log``: one block per run: checkpoint, settings, ``--set`` overrides, counts, speed.
 
 In both ``.trn`` files every run of whitespace (a newline in a target or an output) becomes one space,
@@ -54,6 +55,7 @@ leaves that file as it was. Nothing is lost when a run is killed: every finished
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -75,7 +77,8 @@ from tasu.device import resolve_device
 from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
 from tasu.fileio import read_json, write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import MODEL_DIR, PROMPTS, CheckpointError, encoder_tokenizer, read_model_config, resolve_checkpoint
+from tasu.model_io import (MODEL_DIR, PROMPTS, WEIGHTS, CheckpointError, encoder_tokenizer, read_model_config,
+                           resolve_checkpoint)
 from tasu.posteriors import stack
 from tasu.simulate import build_simulator
 
@@ -262,9 +265,16 @@ def _checkpoint_step(ckpt: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> dict:
-    """What determines the hypotheses (``batch_size`` only changes padding, so it may differ)."""
-    settings = {"checkpoint": ckpt.name, **asdict(options)}
+def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, records: Sequence[Record]) -> dict:
+    """What determines the hypotheses (``batch_size`` only changes padding, so it may differ): the
+    model (the checkpoint's name is the same in a copied or retrained experiment: its weights' digest
+    is not), the records (other audio under the same keys) and the options."""
+    with open(ckpt / MODEL_DIR / WEIGHTS, "rb") as f:
+        weights = hashlib.file_digest(f, "sha256").hexdigest()
+    base = {name: {**to_dict(section), "path": str(Path(section.path).resolve())}
+            for name, section in (("llm", cfg.llm), ("encoder", cfg.encoder))}
+    settings = {"checkpoint": ckpt.name, "model": {"weights_sha256": weights, **base},
+                "data_sha256": _records_digest(records, options.input == "simulated"), **asdict(options)}
     del settings["batch_size"]
     if options.input != "simulated":
         del settings["seed"]   # nothing random to seed
@@ -275,11 +285,25 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions) -> di
     return json.loads(json.dumps(settings))  # as read back from decode.json (tuples become lists)
 
 
+def _records_digest(records: Sequence[Record], simulated: bool) -> str:
+    """SHA-256 of what the hypotheses depend on in each record: not its target, which only ref.trn
+    holds (a corrected reference is scored without decoding again), but the transcript it simulates."""
+    digest = hashlib.sha256()
+    for r in records:
+        item = [r.key, r.task, r.path, r.start, r.end, r.extra, r.transcript if simulated else None]
+        digest.update(json.dumps(item, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+_SAID = {"model": "another model (other trained weights, or other base models or their settings)",
+         "data_sha256": "other records under the same keys (other audio, segments, tasks or fields)"}
+
+
 def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
     path = out / SETTINGS
     if resuming and path.exists():
         before = read_json(path)
-        changed = [f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
+        changed = [_SAID[k] if k in _SAID and k in before else f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
                    for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
         if changed:
             raise DecodeError(f"{out / HYP} holds hypotheses decoded with other settings ({'; '.join(changed)}): "
@@ -353,7 +377,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     if (out / HYP).exists() and (out / HYP).stat().st_size and not (out / SETTINGS).exists():
         raise DecodeError(f"{out / HYP} is there without {SETTINGS}, which says how a decode made it: its "
                           "settings cannot be checked against this run's; use another --out, or remove it")
-    _check_settings(out, _settings(ckpt, cfg, options), resuming=bool(done))
+    _check_settings(out, _settings(ckpt, cfg, options, records), resuming=bool(done))
     keep_complete_lines(out / HYP, complete)
     labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
     if labelled:

@@ -219,6 +219,41 @@ def test_another_data_file_into_a_finished_decode_is_refused_and_changes_nothing
         tasu_decode(exp / "exp", empty, tmp_path / "out", "--debug")
 
 
+def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(exp, audio_decode, tmp_path, capsys):
+    """The checkpoint's name and the keys were all that was compared: a copied experiment with other
+    weights, or a noisy copy of the test set under the same keys, was resumed into the old hypotheses."""
+    from safetensors.torch import load_file, save_file
+
+    def partial(out: Path) -> Path:   # a decode killed after 3 hypotheses
+        out.mkdir()
+        shutil.copy(audio_decode / "decode.json", out / "decode.json")
+        lines = (audio_decode / "hyp.trn").read_text().splitlines(keepends=True)
+        (out / "hyp.trn").write_text("".join(lines[:3]))
+        return out
+
+    other = tmp_path / "exp2"
+    shutil.copytree(exp / "exp", other, symlinks=True)
+    weights = next(other.glob("checkpoints/step_000004/model/trainable.safetensors"))
+    save_file({k: -3 * v for k, v in load_file(weights).items()}, weights)
+    out = partial(tmp_path / "a")
+    assert tasu_decode(other, exp / "test.jsonl", out) == 1
+    err = capsys.readouterr().err
+    assert "holds hypotheses decoded with other settings (another model (other trained weights" in err
+    assert len(read_trn(out / "hyp.trn")) == 3
+
+    records = [json.loads(line) for line in (exp / "test.jsonl").read_text().splitlines()]
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_text("".join(json.dumps({**r, "path": records[-1 - i]["path"]}) + "\n" for i, r in enumerate(records)))
+    assert tasu_decode(exp / "exp", noisy, out) == 1
+    assert "(other records under the same keys (other audio, segments, tasks or fields))" in capsys.readouterr().err
+
+    corrected = tmp_path / "corrected.jsonl"   # a reference corrected: the hypotheses stand, ref.trn is new
+    corrected.write_text("".join(json.dumps({**r, "target": r["target"] + " x"}) + "\n" for r in records))
+    assert tasu_decode(exp / "exp", corrected, out) == 0
+    assert dict(read_trn(out / "hyp.trn")) == dict(read_trn(audio_decode / "hyp.trn"))
+    assert read_trn(out / "ref.trn")[0][1].endswith(" x")
+
+
 def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exp / "exp" / "checkpoints" / "step_000004", ckpt)
