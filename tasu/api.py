@@ -72,14 +72,9 @@ class Speech2Text:
         """
         from tasu.decode import DecodeOptions
         from tasu.device import resolve_device
-        from tasu.export import ENCODER_DIR, LLM_DIR, is_export
         from tasu.model_io import load_trained
 
         DecodeOptions(**decoding)   # a beam of 0 and the like: refused before the model loads
-
-        if is_export(path):   # its base models travel with it
-            root = Path(path).resolve()
-            overrides = (f"encoder.path={root / ENCODER_DIR}", f"llm.path={root / LLM_DIR}", *overrides)
         model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
                                               overrides=overrides)
         return cls(model, cfg, prompts, allow_pipes=allow_pipes, **decoding)

@@ -114,6 +114,11 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     if which == "best":
         best = read_best(root)
         if best:
+            if not (root / best[0]["name"] / MODEL_DIR / WEIGHTS).exists():   # edited, or the checkpoint removed
+                have = sorted(p.name for p in root.glob("step_*") if (p / MODEL_DIR / WEIGHTS).exists())
+                raise FileNotFoundError(f"{root / 'best.json'} names {best[0]['name']}, which is not a complete "
+                                        f"checkpoint there (it holds {', '.join(have) or 'none'}): name one "
+                                        "with --checkpoint")
             return root / best[0]["name"]
         which = "last"
     if which == "last":
@@ -153,7 +158,16 @@ def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts
 
 
 def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """The config a checkpoint was trained with; ``overrides`` such as ``llm.path=/models/qwen``."""
+    """The config a checkpoint was trained with; ``overrides`` such as ``llm.path=/models/qwen``.
+
+    An export's config names its own ``llm/`` and ``encoder/``: they are read from the export, wherever
+    it is (relative paths were read from the current directory, which may hold other models of those
+    names); ``overrides`` still come last."""
+    from tasu.export import ENCODER_DIR, LLM_DIR, is_export
+
+    if is_export(ckpt):
+        root = Path(ckpt).resolve()
+        overrides = (f"encoder.path={root / ENCODER_DIR}", f"llm.path={root / LLM_DIR}", *overrides)
     return load_config(ExperimentConfig, ckpt / MODEL_DIR / CONFIG, overrides)
 
 

@@ -152,7 +152,7 @@ def test_the_readme_example_runs(exp, tmp_path):
     # hypotheses are any tokens, line breaks included)
 
 
-def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path):
+def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path, monkeypatch):
     from tasu import Speech2Text
     from tasu.export import export
     from tasu.model_io import resolve_checkpoint
@@ -174,6 +174,20 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
         assert exported(exp / rec) == s2t(exp / rec)
     with pytest.raises(FileExistsError, match="export writes a new directory"):
         export(exp / "exp", moved)
+
+    # tasu decode read the export's `llm.path: llm` from the current directory, which may hold other models
+    from tasu.cli import main
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "llm").mkdir(parents=True)
+    (elsewhere / "encoder").mkdir()
+    data = tmp_path / "recs.jsonl"
+    data.write_text("".join(json.dumps({"key": rec, "task": "ASR", "target": "x", "path": str(exp / f"{rec}.wav")})
+                            + "\n" for rec in ("rec0", "rec1")))
+    monkeypatch.chdir(elsewhere)
+    assert main(["decode", "--exp", str(moved), "--data", str(data), "--out", str(tmp_path / "dec"), "--beam", "3",
+                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    hyps = dict(line.split("\t") for line in (tmp_path / "dec" / "hyp.trn").read_text().splitlines())
+    assert hyps == {rec: " ".join(s2t(exp / f"{rec}.wav").split()) for rec in ("rec0", "rec1")}
 
 
 def test_an_encoder_directory_whose_links_loop_is_one_line_and_leaves_nothing(exp, tmp_path):

@@ -36,6 +36,10 @@ def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
     with pytest.raises(FileNotFoundError, match=r"checkpoints/last is missing or names no checkpoint there, which "
                                                 r"holds step_000002, step_000040: name one with --checkpoint"):
         resolve_checkpoint(exp, "last")
+    (exp / "checkpoints" / "best.json").write_text(json.dumps([{"name": "step_000099", "loss": 1.0}]))
+    with pytest.raises(FileNotFoundError, match=r"best\.json names step_000099, which is not a complete checkpoint "
+                                                r"there \(it holds step_000002, step_000040\): name one with"):
+        resolve_checkpoint(exp, "best")   # it named a missing weights file, as if that file were the problem
     step = exp / "checkpoints" / "step_000002"
     (step / MODEL_DIR / WEIGHTS).unlink()   # a checkpoint named directly, without its weights, says so
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(step))}: a checkpoint without model/trainable"):
