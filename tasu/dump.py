@@ -12,8 +12,9 @@ posteriors`` then read them instead of the audio. A dump directory::
       post.J.ark           job J's rows: one Kaldi float matrix per recording (kaldiio)
       post.J.scp, utt2dur.J    job J's index and durations; the scp, written last, marks J done
       posteriors.scp, utt2dur  all jobs' (Kaldi style, for other tools)
-      <input>.jsonl        each input file's records, each with "posteriors": "DIR/post.J.ark:OFFSET"
-                           and "audio_seconds" (its duration, so batches are cut as from audio)
+      <input>.jsonl        each input file's records, each with "posteriors": "/.../DIR/post.J.ark:OFFSET"
+                           (absolute: a relative path, read from another directory, named another dump
+                           there) and "audio_seconds" (its duration, so batches are cut as from audio)
       .done                the dump is complete
 
 A recording's matrix is ``[rows, 2K + 2]``: K ids, K weights, the floor and the blank probability
@@ -54,6 +55,7 @@ FIELD, SECONDS = "posteriors", "audio_seconds"   # the fields a dump adds to eac
 _EXACT_IDS = 1 << 24
 _ENTRY = re.compile(r"(.+):(\d+)")
 _HEADER = struct.Struct("<2s3sBiBi")   # \0B, "FM ", \4, rows, \4, cols
+_JOB_FILE = re.compile(rf"post\.\d+\.(ark|scp)|{DURATIONS}\.\d+")
 
 
 class DumpError(ValueError):
@@ -156,7 +158,8 @@ class DumpReader:
             try:
                 info = read_info(directory / INFO)
             except FileNotFoundError:
-                raise DumpError(f"{ark} is not in a posterior dump (no {directory / INFO})") from None
+                raise DumpError(f"{ark} is not in a posterior dump (no {directory / INFO}): was the dump moved, "
+                                "or its entries written relative to another directory?") from None
             except OSError as e:
                 raise DumpError(f"{directory / INFO}: unreadable ({e})") from None
             differ = _differences(info["identity"], self.expected)
@@ -252,6 +255,12 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     names = [Path(p).name for p in data]
     if len(set(names)) < len(names):
         raise DumpError(f"input files must have distinct names (each becomes DIR/<name>): {' '.join(data)}")
+    for path, name in zip(data, names):   # DIR/<name> is written: it may be neither the dump's own file nor an input
+        if name in (INFO, DONE, SCP, DURATIONS) or _JOB_FILE.fullmatch(name):
+            raise DumpError(f"{path}: an input file may not be named {name}, a file of the dump itself: rename it")
+        if (Path(out) / name).resolve() == Path(path).resolve():
+            raise DumpError(f"{path} is in --out {out}, where its records with their entries would replace it: "
+                            "choose another --out")
     inputs = {path: list(iter_records_with_lines(path, require_target=False)) for path in data}
     recordings: dict[tuple, str] = {}   # (path, start, end) -> its ark key
     where: dict[str, tuple[str, int]] = {}   # ark key -> the file and line of its first record
@@ -295,7 +304,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             for j in todo:
                 mine = items[j - 1::nj]
                 seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
-                _run_job(root, out, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
+                _run_job(root, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
                          compress, batch_size)
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in where:
@@ -303,7 +312,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             raise e.located(*where[e.key]) from None
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
-    _merge(root, out, nj, inputs, recordings)
+    _merge(root, nj, inputs, recordings)
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
 
 
@@ -326,13 +335,13 @@ def _claim(root: Path, info: dict) -> None:
     write_atomic(path, json.dumps(info, indent=1) + "\n")
 
 
-def _run_job(root: Path, out: str, j: int, mine: list, seconds: dict, encoder, device, compress: CompressConfig,
+def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, compress: CompressConfig,
              batch_size: int) -> None:
     import kaldiio
 
     from tasu.data.audio import load_audio
 
-    ark = os.path.join(out, f"post.{j}.ark")
+    ark = str((root / f"post.{j}.ark").resolve())   # read from anywhere: a relative one names another dump there
     scp = []
     with atomic_replace(root / f"post.{j}.ark") as tmp, open(tmp, "wb") as f:
         for first in range(0, len(mine), batch_size):
@@ -351,18 +360,24 @@ def _run_job(root: Path, out: str, j: int, mine: list, seconds: dict, encoder, d
     write_atomic(root / f"post.{j}.scp", "".join(scp))
 
 
-def _merge(root: Path, out: str, nj: int, inputs: dict, recordings: dict) -> None:
+def _merge(root: Path, nj: int, inputs: dict, recordings: dict) -> None:
     entries, seconds = {}, {}
     for j in range(1, nj + 1):
         scp = root / f"post.{j}.scp"
         if not scp.exists():
             raise DumpError(f"{scp} is missing: job {j} has not finished; run it (--job {j}) or run without --job")
-        for line in scp.read_text(encoding="utf-8").splitlines():
-            key, entry = line.split(" ", 1)
-            entries[key] = entry
-        for line in (root / f"{DURATIONS}.{j}").read_text(encoding="utf-8").splitlines():
-            key, value = line.split(" ", 1)
-            seconds[key] = float(value)
+        if not (root / f"post.{j}.ark").is_file():
+            raise DumpError(f"{root / f'post.{j}.ark'} is missing beside {scp}: remove {scp} to run job {j} again")
+        for table, values in ((scp, entries), (root / f"{DURATIONS}.{j}", seconds)):
+            try:
+                values.update(_read_job_table(table, float if values is seconds else str))
+            except OSError as e:
+                raise DumpError(f"{table}: cannot read ({e.strerror or e}): remove {scp} to run job {j} "
+                                "again") from None
+    lost = [key for key in recordings.values() if key not in entries or key not in seconds]
+    if lost:
+        raise DumpError(f"{root}: the jobs' post.J.scp or utt2dur.J lack {len(lost)} recordings (e.g. {lost[0]}): "
+                        "damaged; remove the dump and make it again")
     for path, records in inputs.items():
         lines = []
         for _, r in records:
@@ -374,3 +389,17 @@ def _merge(root: Path, out: str, nj: int, inputs: dict, recordings: dict) -> Non
     write_atomic(root / DURATIONS, "".join(f"{k} {v!r}\n" for k, v in seconds.items()))
     write_atomic(root / DONE, "")
 
+
+def _read_job_table(path: Path, kind) -> dict:
+    """A job's ``key value`` lines (its scp or utt2dur), each checked: a damaged one is named by line."""
+    values = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        key, _, value = line.partition(" ")
+        try:
+            values[key] = kind(value) if key and value else None
+        except ValueError:
+            values[key] = None
+        if values[key] is None or (kind is str and _ENTRY.fullmatch(value) is None):
+            raise DumpError(f"{path}:{n}: not 'KEY {'ARK:OFFSET' if kind is str else 'SECONDS'}': damaged; "
+                            "remove the dump and make it again")
+    return values

@@ -278,6 +278,51 @@ def test_missing_audio_is_named_by_its_file_and_line(setup, tmp_path):
     assert str(e.value) == f"{data}:2: path: no such file ({tmp_path}/gone.wav)"
 
 
+def test_entries_are_absolute_whatever_out_was_given_as(setup, tmp_path, monkeypatch):
+    """A relative entry was read from the current directory: from another one it named another dump of
+    that name there (same keys, other audio), exit 0."""
+    monkeypatch.chdir(tmp_path)
+    dump_posteriors([str(setup / "data" / "ASR.jsonl")], "post", str(setup / "enc"), compress=COMPRESS, nj=2)
+    entries = [json.loads(ln)[FIELD] for ln in (tmp_path / "post" / "ASR.jsonl").read_text().splitlines()]
+    assert all(e.startswith(f"{tmp_path}/post/post.") for e in entries)
+    assert set((tmp_path / "post" / "posteriors.scp").read_text().split()[1::2]) == set(entries)
+
+
+def test_an_input_the_dump_would_write_over_is_refused(setup, tmp_path):
+    """Its records went to DIR/<its name>: an input named utt2dur or dump.json was replaced by the dump's
+    own file (or replaced it), and an input inside --out by its records with their entries."""
+    for name in ("utt2dur", "dump.json", "post.1.scp", ".done"):
+        data = tmp_path / "in" / name
+        data.parent.mkdir(exist_ok=True)
+        shutil.copy(setup / "data" / "ASR.jsonl", data)
+        with pytest.raises(DumpError, match=f"may not be named {re.escape(name)}, a file of the dump itself"):
+            dump_posteriors([str(data)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
+    inside = tmp_path / "post" / "ASR.jsonl"
+    inside.parent.mkdir()
+    shutil.copy(setup / "data" / "ASR.jsonl", inside)
+    with pytest.raises(DumpError, match="is in --out .*, where its records with their entries would replace it"):
+        dump_posteriors([str(inside)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
+    assert inside.read_bytes() == (setup / "data" / "ASR.jsonl").read_bytes()
+
+
+def test_a_damaged_job_is_named_when_the_dump_is_merged(setup, tmp_path):
+    data = [str(setup / "data" / "ASR.jsonl")]
+    out = tmp_path / "post"
+    dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    (out / DONE).unlink()
+    scp = (out / "post.1.scp").read_text()
+    for damage, message in (("garbage\n", "post.1.scp:4: not 'KEY ARK:OFFSET': damaged"),
+                            ("", "lack 3 recordings (e.g. u0): damaged")):
+        (out / "post.1.scp").write_text(scp + damage if damage else "")
+        with pytest.raises(DumpError, match=re.escape(message)):
+            dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    (out / "post.1.scp").write_text(scp)
+    (out / "post.2.ark").unlink()
+    with pytest.raises(DumpError, match=r"post\.2\.ark is missing beside .*post\.2\.scp: remove"):
+        dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    assert not (out / DONE).exists()
+
+
 def test_a_batch_size_below_one_is_refused(setup, tmp_path):
     with pytest.raises(DumpError, match="^batch size must be at least 1, got 0$"):
         dump_posteriors([str(setup / "data" / "ASR.jsonl")], str(tmp_path / "post"), str(setup / "enc"),
