@@ -189,7 +189,7 @@ def test_float_vectors_in_ark_are_waveforms_and_other_matrices_are_features(arks
                             "(a waveform is a vector or a one-row/one-column matrix)")
 
 
-def test_ark_offset_past_the_end_truncation_and_bad_offsets(tmp_path, arks):
+def test_ark_offset_past_the_end_truncation_and_bad_offsets(tmp_path, arks, wav):
     ark = arks["mono8k"].rsplit(":", 1)[0]
     size = os.path.getsize(ark)
     for fn in (load_audio, audio_info):
@@ -213,6 +213,9 @@ def test_ark_offset_past_the_end_truncation_and_bad_offsets(tmp_path, arks):
         audio_info(f"{ark}:1")
     with pytest.raises(AudioError, match=r"nope\.ark:0: no such ark file$"):
         audio_info(str(tmp_path / "nope.ark:0"))
+
+    shutil.copy(wav, tmp_path / "take:12")   # a file named like an entry was "no such ark file"
+    assert audio_info(str(tmp_path / "take:12")) == audio_info(wav)
 
 
 @pytest.mark.parametrize("name", ["sh payload.sh |", "|sh payload.sh #", "-"])

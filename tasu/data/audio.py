@@ -205,7 +205,7 @@ def _parse(path: str) -> tuple[str, object]:
     if is_command(path):
         return "pipe", path.rstrip()[:-1]
     match = _ARK_PATH.fullmatch(path)
-    if match:
+    if match and (os.path.exists(match.group(1)) or not os.path.isfile(path)):   # "take:12" may be a file's name
         return "ark", (match.group(1), int(match.group(2)))
     return "file", path
 
