@@ -14,6 +14,7 @@ embedding, whatever id the tokenizer gives it.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,12 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {name!r}: use e.g. float32, bfloat16, float16")
-    llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except pickle.UnpicklingError:   # torch's message, about weights_only, names no file
+        raise ModelFilesError(f"{path}: a weights file (pytorch_model.bin) holds Python objects besides tensors, "
+                              "and loading them could run code: refused. Use the model's safetensors "
+                              "release, or a copy you trust") from None
     llm.requires_grad_(False)
     if lora is not None:
         add_lora(llm, lora)
@@ -80,6 +86,12 @@ def add_lora(llm: PreTrainedModel, lora: LoRAConfig) -> PreTrainedModel:
     """Inject trainable LoRA adapters into ``llm`` in place (the rest stays as it was: frozen)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    names = [name for name, _ in llm.named_modules()]
+    unknown = [t for t in lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unknown:   # peft's own error names no setting
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"llm.lora.target_modules: {', '.join(unknown)} names no module of the LLM; its linear "
+                         f"layers are {', '.join(linear)}")
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules))
     return inject_adapter_in_model(config, llm)

@@ -477,3 +477,28 @@ def test_tasu_simulate_on_sensevoice_dir(sensevoice_dir, capsys):
     out = capsys.readouterr().out
     tokenizer = load_tokenizer(sensevoice_dir)
     assert any(tokenizer.id_to_piece(i) in out for i in tokenizer.encode(TEXT))
+
+
+class _RunsACommand:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch ran",))
+
+
+def test_released_weights_holding_python_objects_are_refused_naming_the_file(tmp_path, monkeypatch):
+    """torch refused them (weights_only) with a message about weights_only that named no file."""
+    from fixtures import save_tiny_llm
+
+    from tasu.llm import ModelFilesError, load_llm
+
+    monkeypatch.chdir(tmp_path)
+    write_sensevoice_dir(tmp_path / "enc")
+    torch.save({"encoder.weight": _RunsACommand()}, tmp_path / "enc" / "model.pt")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/enc/model.pt: holds Python objects besides tensors"):
+        load_encoder(tmp_path / "enc")
+    save_tiny_llm(tmp_path / "llm")
+    (tmp_path / "llm" / "model.safetensors").unlink()
+    torch.save({"lm_head.weight": _RunsACommand()}, tmp_path / "llm" / "pytorch_model.bin")
+    with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/llm: a weights file \(pytorch_model.bin\) holds Python"):
+        load_llm(tmp_path / "llm")
+    assert not (tmp_path / "ran").exists()

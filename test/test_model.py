@@ -165,6 +165,9 @@ def test_lora_trains_adapters_only_and_round_trips(chat_dir):
     assert all(torch.equal(v + 1, other.trainable_state_dict()[k]) for k, v in state.items())
     with pytest.raises(KeyError, match="missing"):
         other.load_trainable_state_dict({k: v for k, v in list(state.items())[1:]})
+    with pytest.raises(ValueError, match=r"^llm.lora.target_modules: nope names no module of the LLM; its linear "
+                                         r"layers are .*q_proj"):   # peft's error named no setting
+        build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "nope"]))
 
 
 def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradients(chat_dir):

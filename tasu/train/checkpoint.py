@@ -151,8 +151,8 @@ def load_engine_file(path: str | Path, map_location=None):
             what = f"it names {found.group(1)}" if found else "see --debug"
             raise CheckpointError(
                 f"{path}: refused to load: it holds Python objects that a checkpoint written by tasu does "
-                f"not ({what}), and loading them could run code. Resume from a checkpoint you trust, "
-                "or train again in a new --exp-dir") from None
+                f"not ({what}), and loading them could run code. Use a checkpoint you trust, or train "
+                "again in a new --exp-dir") from None
         except OSError:
             raise   # missing or unreadable: its own message names the file
         except Exception as e:  # noqa: BLE001 - EOFError, the zip reader's RuntimeError, a KeyError...
