@@ -183,31 +183,37 @@ def test_a_simulator_training_config_is_checked_field_by_field(override, problem
 
 
 def test_a_resume_on_damaged_or_other_files_is_one_line(setup, tmp_path, capsys):
-    """What train-simulator --resume reads back (teacher.json, the teacher set, the checkpoint's state
-    and weights) names its file when damaged, and a resume with other model.* settings says so."""
+    """What train-simulator --resume reads back (teacher.json, the teacher set, the checkpoint's state,
+    moments and weights) names its file when damaged, and a resume with other settings than the run's
+    says which (a changed train.lr or model.dropout was taken silently, as if the whole run had it)."""
     import logging
     import shutil
 
-    cases = {
-        "teacher.json": ('{"identity": ', "teacher.json: not JSON"),
-        "teacher.safetensors": (b"\x00" * 300, "teacher.safetensors: damaged: truncated, or not a safetensors file"),
-        "checkpoints/step_000010/state.json": ('{"stp": 10}',
-                                               'state.json: not a state.json ({"step": <steps trained>})'),
-        "model": ("model.d_model=16", "its weights do not fit this model (model.* settings other than the run's?)"),
-    }
+    from safetensors.torch import save_file
+
+    moments = setup / "sim" / "checkpoints" / "step_000010" / "optimizer.safetensors"
+    bad_moments = tmp_path / "bad_moments.safetensors"
+    save_file({k: (v[:1] if k == "0.exp_avg" else v) for k, v in load_file(moments).items()}, bad_moments)
+    cases = [   # (file, its new content, overrides, the message)
+        ("teacher.json", '{"identity": ', [], "teacher.json: not JSON"),
+        ("teacher.safetensors", b"\x00" * 300, [],
+         "teacher.safetensors: damaged: truncated, or not a safetensors file"),
+        ("checkpoints/step_000010/state.json", '{"stp": 10}', [], 'state.json: not a state.json ({"step": <steps'),
+        ("checkpoints/step_000010/optimizer.safetensors", bad_moments.read_bytes(), [],
+         "optimizer.safetensors: 0.exp_avg (shape [1, "),
+        (None, None, ["model.dropout=0.5", "train.lr=0.5"], "trained with other settings (model.dropout: 0.1 then, "
+                                                             "0.5 now; train.lr: 0.001 then, 0.5 now); only "),
+        (None, None, ["train.max_steps=5"], "it is at step 10, past train.max_steps 5"),
+    ]
     try:
-        for i, (name, (content, message)) in enumerate(cases.items()):
+        for i, (name, content, overrides, message) in enumerate(cases):
             out = tmp_path / f"sim{i}"
             shutil.copytree(setup / "sim", out)
-            overrides = []
-            if name == "model":
-                overrides = [content]
-            else:
+            if name is not None:
                 (out / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-            args = [a for a in TINY if not a.startswith("model.d_model=")] if overrides else list(TINY)
             one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
-                                           str(setup / "asr.jsonl"), "--out", str(out), "--resume", *args,
-                                           *overrides, "train.max_steps=12"), message)
+                                           str(setup / "asr.jsonl"), "--out", str(out), "--resume", *TINY,
+                                           "train.max_steps=12", *overrides), message)
     finally:
         log = logging.getLogger("tasu.train_simulator")
         for handler in log.handlers:

@@ -199,6 +199,15 @@ def test_curriculum_text_then_audio_starts_from_a_finished_stage_and_resumes_fro
             f"(train.init_from={killed}/checkpoints/{earlier})") in refused(tmp_path / "a", f"train.init_from={killed}")
     assert not (tmp_path / "a" / "checkpoints").exists()
 
+    cut = tmp_path / "cut"   # weights missing from its best checkpoint: it started from random ones, exit 0
+    shutil.copytree(text_exp, cut)
+    cut_weights = cut / "checkpoints" / earlier / "model" / "trainable.safetensors"
+    kept = load_file(cut_weights)
+    dropped = sorted(kept)[0]
+    save_file({k: v for k, v in kept.items() if k != dropped}, cut_weights)
+    assert (f"it lacks 1 of the 6 tensors this model trains (e.g. ['{dropped}']): cut short, or another model's"
+            in refused(tmp_path / "b", f"train.init_from={cut}"))
+
     weights = ckpts / earlier / "model" / "trainable.safetensors"   # what init_from resolves to: the best
     save_file({k: v + 1 for k, v in load_file(weights).items()}, weights)   # that experiment trained on
     err = refused(audio_exp, f"train.init_from={text_exp}", "train.max_steps=4", "--resume")

@@ -34,7 +34,9 @@ epoch), dropout is reseeded from (seed, step) every step, and the learning rate 
 the step, so weights + optimizer moments + the step are everything; a killed run resumed with
 ``--resume`` ends with the uninterrupted run's weights, bit for bit (tested). A run resumed on
 other inputs than its teacher set's (``teacher.json`` keeps the data files' sha256, the encoder's
-identity and the teacher settings) stops instead of training the old weights on another set.
+identity and the teacher settings) stops instead of training the old weights on another set, and so
+does one with other settings than its checkpoint records (all but ``RESUMABLE``: the run's length,
+logging and report, the device; a longer ``train.max_steps`` stretches the rest of the cosine).
 
 Why a plain torch loop and not the DeepSpeed engine of ``tasu train``: the simulator is a few
 million parameters trained in one process, where DeepSpeed adds start-up time and nothing else (no
@@ -404,7 +406,26 @@ def learning_rate(step: int, c: SimulatorLoopConfig) -> float:
     return c.lr * 0.5 * (1.0 + math.cos(math.pi * min(f, 1.0)))
 
 
-def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: LearnedSimulatorConfig) -> None:
+# What a resumed run may change: its length and logging, the report made at its end, the device, and
+# where the encoder is (its files are compared by content, with the teacher set). The rest shapes the
+# steps: a resume with another value would continue another run's weights and moments.
+RESUMABLE = frozenset({"train.max_steps", "train.log_interval", "train.save_interval", "train.report_utterances",
+                       "train.temperature", "train.report_wers", "device", "encoder.path"})
+
+
+def _run_settings(cfg: SimulatorTrainingConfig) -> dict:
+    """The settings a checkpoint records and a resume must match (all but ``RESUMABLE``), flattened."""
+    def flat(prefix: str, value) -> dict:
+        if isinstance(value, dict):
+            return {k: v for name, sub in value.items() for k, v in flat(f"{prefix}{name}.", sub).items()}
+        return {prefix[:-1]: value}
+
+    settings = flat("", json.loads(json.dumps(to_dict(cfg))))
+    return {k: v for k, v in settings.items() if k not in RESUMABLE}
+
+
+def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: LearnedSimulatorConfig,
+                     settings: dict) -> None:
     from tasu.model_io import checkpoint_name
     from tasu.train.checkpoint import finalize_checkpoint, partial_dir
 
@@ -418,13 +439,31 @@ def _save_checkpoint(root: Path, step: int, model, optimizer, sim_config: Learne
         for key, value in state.items():
             moments[f"{i}.{key}"] = torch.as_tensor(value)
     save_safetensors_atomic(partial / OPTIMIZER, moments)
-    write_atomic(partial / "state.json", json.dumps({"step": step}) + "\n")
+    write_atomic(partial / "state.json", json.dumps({"step": step, "settings": settings}) + "\n")
     finalize_checkpoint(root, name)
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
+def _load_checkpoint(ckpt: Path, model, optimizer, settings: dict, max_steps: int) -> int:
+    """Weights, optimizer moments and step of ``ckpt``, after checking that this run's settings are its
+    run's (see ``RESUMABLE``) and that each moment fits its parameter; the step."""
     from tasu.simulate.learned import read_simulator_dir
 
+    state = read_json(ckpt / "state.json", lambda s: isinstance(s, dict) and type(s.get("step")) is int
+                      and s["step"] >= 0 and isinstance(s.get("settings", {}), dict),
+                      'a state.json ({"step": <steps trained>, "settings": {...}})')
+    before = state.get("settings")
+    if before is None:
+        log.warning("%s was written by an older tasu, without its settings: they cannot be compared", ckpt)
+    else:
+        changed = [f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in sorted(set(before) | set(settings))
+                   if before.get(k) != settings.get(k)]
+        if changed:
+            raise SimulatorError(f"cannot resume from {ckpt}: the run was trained with other settings "
+                                 f"({'; '.join(changed)}); only {', '.join(sorted(RESUMABLE))} may change: "
+                                 "resume with the run's settings, or train into another directory")
+    if state["step"] > max_steps:
+        raise SimulatorError(f"cannot resume from {ckpt}: it is at step {state['step']}, past train.max_steps "
+                             f"{max_steps}: raise train.max_steps, or use the simulator written at the run's end")
     _, weights = read_simulator_dir(ckpt)
     try:
         model.load_state_dict(weights)
@@ -433,15 +472,21 @@ def _load_checkpoint(ckpt: Path, model, optimizer) -> int:
                              "other than the run's?): resume with the run's settings, or train into another "
                              "directory") from None
     moments = read_safetensors(ckpt / OPTIMIZER, RESTART)
-    state = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     per_param: dict[int, dict] = {}
     for key, value in moments.items():
-        i, name = key.split(".", 1)
+        i, _, name = key.partition(".")
+        shape = () if name == "step" else tuple(params[int(i)].shape) if i.isdigit() and int(i) < len(params) else None
+        if name not in ("step", "exp_avg", "exp_avg_sq") or shape is None or tuple(value.shape) != shape:
+            raise SimulatorError(f"{ckpt / OPTIMIZER}: {key} (shape {list(value.shape)}) is no AdamW moment of this "
+                                 f"model's {len(params)} parameters" + RESTART)
         per_param.setdefault(int(i), {})[name] = value
-    state["state"] = per_param
-    optimizer.load_state_dict(state)
-    state = read_json(ckpt / "state.json", lambda s: isinstance(s, dict) and type(s.get("step")) is int
-                      and s["step"] >= 0, 'a state.json ({"step": <steps trained>})')
+    if any(set(m) != {"step", "exp_avg", "exp_avg_sq"} for m in per_param.values()):
+        raise SimulatorError(f"{ckpt / OPTIMIZER}: a parameter's moments are incomplete (step, exp_avg, exp_avg_sq)"
+                             + RESTART)
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = per_param
+    optimizer.load_state_dict(optimizer_state)
     return state["step"]
 
 
@@ -505,7 +550,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
     step = 0
     curve = out / "loss.tsv"
     if last is not None:
-        step = _load_checkpoint(last, model, optimizer)
+        step = _load_checkpoint(last, model, optimizer, _run_settings(cfg), c.max_steps)
         truncate_curve(curve, step)   # the steps after the checkpoint are redone
         log.info("resumed from %s: step %d", last, step)
     elif curve.exists():
@@ -537,7 +582,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
                      learning_rate(step - 1, c), len(window) / max(time.time() - started, 1e-9))
             window, started = [], time.time()
         if step % c.save_interval == 0 or step == c.max_steps:
-            _save_checkpoint(ckpt_root, step, model, optimizer, sim_config)
+            _save_checkpoint(ckpt_root, step, model, optimizer, sim_config, _run_settings(cfg))
     report = {}
     sim = LearnedSimulator(model.eval(), temperature=c.temperature, source=str(out))   # its config is sim_config
     if c.report_utterances > 0:

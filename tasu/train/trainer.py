@@ -321,6 +321,12 @@ class Trainer:
         unexpected = sorted(set(state) - own)
         if unexpected:
             raise TrainingError(f"init_from {ckpt}: weights this model does not train: {unexpected[:5]}")
+        # only LoRA adapters may be missing, all of them, from a stage that had none: they start fresh
+        had_lora = any("lora_" in name for name in state)
+        missing = sorted(n for n in own - set(state) if had_lora or "lora_" not in n)
+        if missing:
+            raise TrainingError(f"init_from {ckpt}: it lacks {len(missing)} of the {len(own)} tensors this model "
+                                f"trains (e.g. {missing[:3]}): cut short, or another model's")
         check_fits({n: p.shape for n, p in self.model.named_parameters()}, state, ckpt)
         self.model.load_state_dict(state, strict=False)
         log.info("initialised %d of %d trained tensors from %s", len(state), len(own), ckpt)
