@@ -126,6 +126,7 @@ class DecodeStats:
     audio_seconds: float = 0.0   # audio decoded (0 for simulated input)
     seconds: float = 0.0         # wall time: sorting, reading audio, encoding or simulating, generating
     empty: int = 0               # hypotheses that are empty after stripping
+    no_speech: int = 0           # utterances with no row after compression: decoded from the prompt alone
 
     @property
     def real_time_factor(self) -> float:
@@ -200,6 +201,7 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
                               repetition_penalty=options.repetition_penalty)
         stats.utterances += len(batch)
         stats.empty += sum(not h for h in hyps)
+        stats.no_speech += int((post.lengths == 0).sum())
         stats.seconds += time.perf_counter() - timer
         yield from zip((r.key for r in batch), hyps)
         timer = time.perf_counter()
@@ -426,6 +428,9 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                      f"real-time factor {stats.real_time_factor:.4g}")
     if stats.utterances:
         lines.append(f"empty hypotheses: {stats.empty}")
+    if stats.no_speech:   # every frame blank to the encoder (silence, or audio it cannot hear): said, not hidden
+        lines.append(f"no speech: {stats.no_speech} utterances kept no posterior row after compression; their "
+                     "hypotheses come from the prompt alone")
     if len(labelled) < len(records):
         lines.append(f"unlabelled: {len(records) - len(labelled)} records have no target: in {HYP}, not in {REF}")
     lines.append(f"output: {out / HYP}" + (f", {out / REF}" if labelled else " (no targets: nothing to score)"))

@@ -254,6 +254,17 @@ def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(e
     assert read_trn(out / "ref.trn")[0][1].endswith(" x")
 
 
+def test_utterances_that_keep_no_posterior_row_are_counted_in_the_report(exp, tmp_path, capsys):
+    """Their hypotheses come from the prompt alone (the LLM writes some sentence): said, not hidden."""
+    one = tmp_path / "one.jsonl"
+    one.write_text((exp / "test.jsonl").read_text().splitlines()[0] + "\n")
+    assert tasu_decode(exp / "exp", one, tmp_path / "out", "--set", "compress.threshold=1e-9") == 0
+    assert ("no speech: 1 utterances kept no posterior row after compression; their hypotheses come from the "
+            "prompt alone") in capsys.readouterr().out
+    assert tasu_decode(exp / "exp", one, tmp_path / "out2") == 0
+    assert "no speech" not in capsys.readouterr().out
+
+
 def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exp / "exp" / "checkpoints" / "step_000004", ckpt)
