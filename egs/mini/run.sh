@@ -67,7 +67,8 @@ fi
 set_here=" stage stop_stage datadir dumpdir expdir local_data_opts train_set valid_set test_sets tasks
   extra_text_sets encoder_path llm_path train_text_config train_audio_config audio_sft audio_baseline
   baseline_at_once decode_config train_text_args train_audio_args decode_args results "
-for opt in ${tasu_opts}; do
+read -r -a tasu_args <<< "${tasu_opts}"   # split into words, but no word is a glob (--device *)
+for opt in "${tasu_args[@]}"; do
   name=${opt#--}
   if [ "${name}" = config ]; then   # a file of assignments would get past the check of the names below
     echo "$0: --tasu_opts: --config is not taken here: give tasu.sh's options one by one" >&2
@@ -146,7 +147,7 @@ tasu_sh() {  # tasu_sh <stage>: one stage of the shared script, its resources no
     --audio_sft true --audio_baseline true --baseline_at_once true --decode_config conf/decode_greedy.yaml \
     --dump_nj 2 --inference_nj 2 \
     --train_text_args "${train_text_args}" --train_audio_args "${train_audio_args}" \
-    --decode_args "${decode_args}" --posterior_dumps "${posterior_dumps}" --results "${results}" ${tasu_opts}  # word-split on purpose: several options
+    --decode_args "${decode_args}" --posterior_dumps "${posterior_dumps}" --results "${results}" "${tasu_args[@]}"
 }
 
 mkdir -p "${exp}"
