@@ -221,6 +221,19 @@ def test_wer_distance_is_exact_with_a_small_alphabet(split):
         assert [edit_distance(r, h) for r, h in zip(batch, row_tokens(sim(batch, g)))] == [3] * 16
 
 
+@pytest.mark.parametrize("split", [(1, 0, 0), (0, 0, 1), (0.6, 0.2, 0.2)])
+def test_wer_distance_is_exact_when_a_reference_holds_every_id(split):
+    """A character vocabulary and a long utterance: no fresh substitute or insertion exists, and the
+    distance fell short of the asked edits (asked 100 %, measured 90 %); they become deletions."""
+    cfg = SimulationConfig(wer=WERSchedule(start=(0.5, 1.0), end=(0.5, 1.0)), wer_split=split)
+    g, sim = gen(), RuleSimulator(cfg, 8)
+    for _ in range(10):
+        batch = [list(range(1, 8)) * 6 + torch.randint(1, 8, (20,), generator=g).tolist(), [1, 2, 3, 4] * 3]
+        wers = [1.0, 0.5]
+        for r, h, rate in zip(batch, row_tokens(sim(batch, g, wer=wers)), wers):
+            assert edit_distance(r, h) == round(rate * len(r))
+
+
 def test_wer_exact_at_full_rate_and_empty():
     cfg = SimulationConfig(wer=WERSchedule(start=(1.0, 1.0), end=(1.0, 1.0)), wer_split=(0, 1, 0))
     post = RuleSimulator(cfg, V)([[4, 4, 5], []], gen())

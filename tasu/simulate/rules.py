@@ -237,7 +237,8 @@ class RuleSimulator(PosteriorSimulator):
         tokens are *fresh* (they occur nowhere in the reference) and an utterance gets deletions or
         insertions, not both (which one is drawn with the odds D : I). Then a hypothesis keeps at most
         M = L - S - D reference tokens matched, so any alignment costs at least
-        max(L, L - D + I) - M = S + max(D, I) = S + D + I: the script is optimal.
+        max(L, L - D + I) - M = S + max(D, I) = S + D + I: the script is optimal. A reference that holds
+        every candidate id has no fresh one: its n edits are n deletions (also exactly n).
         """
         b = len(ref_len)
         p_s, p_d, p_i = (x / sum(self.config.wer_split) for x in self.config.wer_split)
@@ -256,30 +257,47 @@ class RuleSimulator(PosteriorSimulator):
         rank = key.argsort(1).argsort(1)[utt, pos]
         sub = rank < s[utt]
         keep = sub | (rank >= (s + d)[utt])
-        ref = torch.full(key.shape, -1, dtype=torch.long)
-        ref[utt, pos] = ids
-        ref[ref_len == 0] = -1  # an empty transcript's placeholder blank is not a reference token
+        # which ids each reference holds: a [B, V] table, so testing an edit is O(1) (a [edits, L] comparison
+        # was quadratic in the transcript's length); an empty transcript's placeholder blank is not one
+        present = torch.zeros(b, self.vocab_size, dtype=torch.bool)
+        real = ref_len[utt] > 0
+        present[utt[real], ids[real]] = True
+        reference = ids
         ids = ids.clone()
-        ids[sub] = self._fresh(self.confusion.sample(ids[sub], g), utt[sub], ref, g)
+        ids[sub], stuck_sub = self._fresh(self.confusion.sample(ids[sub], g), utt[sub], present, g)
         ins_utt = _owners(i)
         gap = (torch.rand(ins_utt.numel(), generator=g) * (ref_len[ins_utt] + 1)).long()
         left = ids[start[ins_utt] + (gap - 1).clamp_min(0)]  # inserted tokens resemble their left neighbour
-        ins_ids = self._fresh(self.confusion.sample(left, g), ins_utt, ref, g)
+        ins_ids, stuck_ins = self._fresh(self.confusion.sample(left, g), ins_utt, present, g)
+        stuck = torch.zeros(b, dtype=torch.bool)
+        stuck[utt[sub][stuck_sub]] = True
+        stuck[ins_utt[stuck_ins]] = True
+        if stuck.any():
+            # A reference that holds every id a substitute or insertion could be (a character vocabulary, a
+            # long utterance): no edit is fresh, and an alignment can match a stale one, so the distance fell
+            # short of n. Its n edits become n deletions of distinct tokens instead, which cost exactly n.
+            mine = stuck[utt]
+            ids = torch.where(mine, reference, ids)
+            keep = torch.where(mine, rank >= (s + d + i)[utt], keep)
+            ins_utt, gap, ins_ids = ins_utt[~stuck[ins_utt]], gap[~stuck[ins_utt]], ins_ids[~stuck[ins_utt]]
         return ids, keep, ins_utt, gap, ins_ids
 
-    def _fresh(self, values, utt, ref, g, rounds: int = 4):
-        """Redraw the values that occur in their utterance's reference (uniformly) until none does."""
+    def _fresh(self, values, utt, present, g, rounds: int = 4):
+        """Redraw the values that occur in their utterance's reference (``present[utt, id]``) until none
+        does; the values, and which of them could not be made fresh (every candidate is in that reference)."""
         for _ in range(rounds):
-            bad = (ref[utt] == values[:, None]).any(1)
+            bad = present[utt, values]
             if not bad.any():
-                return values
+                return values, bad
             values = values.clone()
             values[bad] = self.confusion.sample_uniform(values[bad], g)
-        for k in (ref[utt] == values[:, None]).any(1).nonzero().flatten().tolist():  # tiny vocabularies only
-            allowed = self.confusion.candidates[~torch.isin(self.confusion.candidates, ref[utt[k]])]
+        bad = present[utt, values]
+        for k in bad.nonzero().flatten().tolist():  # small vocabularies, or references using most of one
+            allowed = self.confusion.candidates[~present[utt[k], self.confusion.candidates]]
             if allowed.numel():
                 values[k] = allowed[torch.randint(allowed.numel(), (1,), generator=g)]
-        return values
+                bad[k] = False
+        return values, bad
 
     def _assemble(self, b, utt, pos, ids, keep, ins_utt, ins_gap, ins_ids):
         """Kept tokens and inserted rows in order -> padded ids [B, T] and lengths [B]."""
