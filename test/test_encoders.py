@@ -157,6 +157,7 @@ def test_sensevoice_tokenizer(sensevoice_dir):
     assert tokenizer.id_to_piece(0) == "<blank>"
     unknown = tokenizer.encode("turn on the ü lights")   # <unk> is the blank's id: dropped
     assert 0 not in unknown and tokenizer.decode(unknown).split() == ["turn", "on", "the", "lights"]
+    assert tokenizer.encode(TEXT.title()) == ids and tokenizer.encode(TEXT.upper()) == ids   # a lower-case vocabulary
 
 
 def test_sensevoice_tokens_json_must_match(sensevoice_dir, tmp_path):
@@ -215,6 +216,7 @@ def test_hf_tokenizer(hf_dir):
     assert [tokenizer.id_to_piece(i) for i in ids] == list("HELLO|WORLD'S")
     assert tokenizer.decode(ids) == "HELLO WORLD'S"             # upper-case vocabulary, double L kept
     assert tokenizer.encode("héllo") == tokenizer.encode("hllo")  # é is not in the vocabulary
+    assert tokenizer.encode("he\u0301llo") == tokenizer.encode("héllo")   # NFKC: decomposed spelt as composed
     assert tokenizer.id_to_piece(tokenizer.blank_id) == "<blank>"
 
 

@@ -16,6 +16,7 @@ SenseVoice the ``<unk>`` id is the blank.
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -43,7 +44,10 @@ def vocabulary_case(pieces: Iterable[str]):
 
 
 class SentencePieceTokenizer(EncoderTokenizer):
-    """A SentencePiece model whose piece ids are the CTC head's output ids (blank = 0)."""
+    """A SentencePiece model whose piece ids are the CTC head's output ids (blank = 0).
+
+    Case: text is mapped to the case of its text pieces (:func:`vocabulary_case`); SentencePiece's own
+    normalisation (the model's rules, NFKC by default) does the rest."""
 
     blank_id = 0
 
@@ -52,6 +56,10 @@ class SentencePieceTokenizer(EncoderTokenizer):
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
         self.vocab_size = self.sp.get_piece_size()
         self._not_labels = {self.blank_id, self.sp.unk_id()}
+        pieces = (self.sp.id_to_piece(i) for i in range(self.vocab_size)
+                  if not (self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_unused(i)))
+        # SenseVoice's <|en|>-style tags are not spelling: only the text pieces say the vocabulary's case
+        self._case = vocabulary_case(p for p in pieces if not (p.startswith("<") and p.endswith(">")))
 
     @classmethod
     def from_funasr_dir(cls, path: str | Path) -> "SentencePieceTokenizer":
@@ -69,6 +77,8 @@ class SentencePieceTokenizer(EncoderTokenizer):
         return tokenizer
 
     def encode(self, text: str) -> list[int]:
+        if self._case is not None:   # "Turn On" spelt "urn n" by a lower-case vocabulary
+            text = self._case(text)
         return [i for i in self.sp.encode(text) if i not in self._not_labels]
 
     def id_to_piece(self, i: int) -> str:
@@ -106,8 +116,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_prefix: str |
 class HFCTCTokenizer(EncoderTokenizer):
     """A ``Wav2Vec2CTCTokenizer`` (character vocabulary), with blank = its pad token.
 
-    Case: text is mapped to the vocabulary's case (:func:`vocabulary_case`, from its one-character
-    tokens). Runs of whitespace become one word delimiter ``|``.
+    Case: text is NFKC-normalised (composed and decomposed accents spell alike), then mapped to the
+    vocabulary's case (:func:`vocabulary_case`, from its one-character tokens). Runs of whitespace
+    become one word delimiter ``|``.
     """
 
     def __init__(self, tokenizer, vocab_size: int, blank_id: int):
@@ -138,7 +149,7 @@ class HFCTCTokenizer(EncoderTokenizer):
         return cls(tokenizer, vocab_size=config.get("vocab_size", len(tokenizer)), blank_id=blank)
 
     def encode(self, text: str) -> list[int]:
-        text = " ".join(text.split())
+        text = " ".join(unicodedata.normalize("NFKC", text).split())   # "cafe\u0301" spelt as "café"
         if self._case is not None:
             text = self._case(text)
         ids = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))
