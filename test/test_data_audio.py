@@ -254,3 +254,14 @@ def test_sox_pipe_resamples_and_converts(wav):
     assert x.shape == (RATE,)
     np.testing.assert_allclose(x[200:-200], tone(RATE)[200:-200], atol=0.02)
     assert audio_info(f"sox {wav} -r 8000 -t wav - |") == AudioInfo(8000, 8000)
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    """Opening a FIFO named like a wav blocked tasu validate --check-audio for ever."""
+    fifo = tmp_path / "ff.wav"
+    os.mkfifo(fifo)
+    for fn in (audio_info, load_audio):
+        with pytest.raises(AudioError, match="not a regular file but a pipe, socket or device"):
+            fn(str(fifo), key="u1")
+    with pytest.raises(AudioError, match="not a regular ark file but a pipe, socket or device"):
+        audio_info(f"{fifo}:0")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import subprocess
 from typing import NamedTuple
@@ -262,13 +263,21 @@ def _read_file(path: str, start: float | None, end: float | None) -> tuple[np.nd
         return samples, f.samplerate
 
 
+def _open_file(path: str, what: str = "file"):
+    """``(size, binary file)`` of ``path``; a FIFO, socket or device is refused (opening or reading one
+    can block for ever: a validation hung on a FIFO named like a wav)."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            raise _Bad(f"not a regular {what} but a pipe, socket or device: audio is read from files")
+        return os.path.getsize(path), open(path, "rb")
+    except FileNotFoundError:
+        raise _Bad(f"no such {what}") from None
+
+
 def _check_wav_header(path: str) -> None:
     """Missing file, or a RIFF/WAVE file shorter than its header says (soundfile hides that)."""
-    try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise _Bad("no such file") from None
+    size, f = _open_file(path)
     with f:
         if f.read(4) == b"RIFF":
             _wav_layout(f, 0, size)
@@ -320,11 +329,7 @@ _COMPRESSED = (b"CM", b"CM2", b"CM3")
 
 def _ark_info(ark: str, offset: int, matrix_rate: int) -> tuple[int, int]:
     """Length of the ark entry at ``offset``, read from its header, after checking it is whole."""
-    try:
-        size = os.path.getsize(ark)
-        f = open(ark, "rb")
-    except FileNotFoundError:
-        raise _Bad("no such ark file") from None
+    size, f = _open_file(ark, "ark file")
     with f:
         if offset >= size:
             raise _Bad(f"offset {offset} is past the end of the ark ({size} bytes)")
