@@ -63,6 +63,14 @@ def test_custom_prompt_file_and_its_errors(tmp_path):
         ('{"task": "ASR", "prompt": "a } b"}', "1: prompt: Single '}' encountered in format string"),
         ('{"task": "ASR"}', "1: prompt: must be a non-empty string"),
         ('{"task": "ASR", "prompt": "x"', "1: json: Expecting ',' delimiter"),
+        # each was loaded: a prompt for every record whatever its language, the last of two prompts, a
+        # task no record names, a prompt that fails when tokenised
+        ('{"task": "ASR", "prompt": "x", "language": "de"}', "1: language: not a field of a prompt line (task, "
+                                                             "prompt): prompts are chosen by task only"),
+        ('{"task": "ASR", "prompt": "x", "prompt": "y"}', "1: prompt: named twice"),
+        ('{"task": "ASR ", "prompt": "x"}', "1: task: 'ASR ' begins or ends in whitespace"),
+        ('{"task": "ASR", "prompt": "x \\ud800"}', "1: prompt: holds half of a UTF-16 surrogate pair"),
+        ("[]", "1: json: expected an object {...}"),
     ]:
         path.write_text(line + "\n", encoding="utf-8")
         with pytest.raises(DataError) as e:

@@ -113,9 +113,21 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
                 raise DataError(str(path), lineno, "json", f"{e.msg} (column {e.pos + 1})") from None
             if type(obj) is not dict:
                 raise DataError(str(path), lineno, "json", "expected an object {...}")
+            names = [name for name, _ in json.loads(line, object_pairs_hook=list)]
+            for name in names:   # a language or other field was ignored: the prompt served every record
+                if name not in ("task", "prompt") or names.count(name) > 1:
+                    raise DataError(str(path), lineno, name, "named twice" if names.count(name) > 1 else
+                                    "not a field of a prompt line (task, prompt): prompts are chosen by task only")
             for name in ("task", "prompt"):
                 if type(obj.get(name)) is not str or not obj[name].strip():
                     raise DataError(str(path), lineno, name, "must be a non-empty string")
+                try:
+                    obj[name].encode("utf-8")
+                except UnicodeEncodeError:
+                    raise DataError(str(path), lineno, name, "holds half of a UTF-16 surrogate pair (\\ud800-"
+                                                             "\\udfff), not a character") from None
+            if obj["task"] != obj["task"].strip():   # "ASR " is another task than ASR, which records never name
+                raise DataError(str(path), lineno, "task", f"{obj['task']!r} begins or ends in whitespace")
             try:
                 _template_fields(obj["prompt"])
             except ValueError as e:
