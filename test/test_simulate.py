@@ -270,9 +270,11 @@ def test_config_validation():
     for ratio in (float("nan"), float("inf"), 1e7, -0.1):
         with pytest.raises(ValueError, match=r"insert_ratio must be in \[0, 10\] \(rows per token\)"):
             SimulationConfig(insert_ratio=ratio)
-    for split in ((float("nan"), 0.2, 0.2), (0.6, 0.2, float("inf"))):
-        with pytest.raises(ValueError, match="must be non-negative with a positive sum"):
+    for split in ((float("nan"), 0.2, 0.2), (0.6, 0.2, float("inf")), (1e308, 1e308, 1)):   # the last: all inserts
+        with pytest.raises(ValueError, match="must be non-negative with a positive, finite sum"):
             SimulationConfig(wer_split=split)
+    post = RuleSimulator(SimulationConfig(insert_ratio=2), V)([[3, 4, 5]], gen())   # an int: torch.poisson failed
+    assert post.lengths.item() >= 3
     with pytest.raises(ValueError):
         RuleSimulator(SimulationConfig(confusion="spelling"), V)
     with pytest.raises(ValueError):

@@ -92,8 +92,9 @@ class SimulationConfig:
                              f"got {self.insert_ratio}")
         if self.confusion not in ("random", "spelling"):
             raise ValueError(f"confusion must be 'random' or 'spelling', got {self.confusion!r}")
-        if not all(0.0 <= x < math.inf for x in self.wer_split) or sum(self.wer_split) <= 0.0:
-            raise ValueError(f"wer_split = {self.wer_split} must be non-negative with a positive sum")
+        if not all(0.0 <= x < math.inf for x in self.wer_split) or not 0.0 < sum(self.wer_split) < math.inf:
+            raise ValueError(f"wer_split = {self.wer_split} must be non-negative with a positive, finite sum")
+        self.insert_ratio = float(self.insert_ratio)   # an int (from Python) made torch.poisson fail on a long tensor
         from tasu.simulate.base import simulator_names, unknown_simulator
 
         if self.name not in simulator_names():
