@@ -34,7 +34,7 @@ Files in the output directory:
   when no record has a target;
 - ``hyp.trn``: ``key<TAB>hypothesis``, in decoding order, appended and flushed one line at a time;
 - ``decode.json``: what determines the hypotheses: the model (checkpoint, its weights' SHA-256, the
-  base models), the records (a SHA-256 of their audio, tasks and fields), the input, beam and guards,
+  base models), each record (a digest of its audio, task and fields), the input, beam and guards,
   compression or simulation settings;
 - ``decode.log``: one block per run: checkpoint, settings, ``--set`` overrides, counts, speed.
 
@@ -275,8 +275,8 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, recor
         weights = hashlib.file_digest(f, "sha256").hexdigest()
     base = {name: {**to_dict(section), "path": str(Path(section.path).resolve())}
             for name, section in (("llm", cfg.llm), ("encoder", cfg.encoder))}
-    settings = {"checkpoint": ckpt.name, "model": {"weights_sha256": weights, **base},
-                "data_sha256": _records_digest(records, options.input == "simulated"), **asdict(options)}
+    settings = {"checkpoint": ckpt.name, "model": {"weights_sha256": weights, **base}, **asdict(options),
+                "records": _record_digests(records, options.input == "simulated")}
     del settings["batch_size"]
     if options.input != "simulated":
         del settings["seed"]   # nothing random to seed
@@ -287,26 +287,32 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, recor
     return json.loads(json.dumps(settings))  # as read back from decode.json (tuples become lists)
 
 
-def _records_digest(records: Sequence[Record], simulated: bool) -> str:
-    """SHA-256 of what the hypotheses depend on in each record: not its target, which only ref.trn
-    holds (a corrected reference is scored without decoding again), but the transcript it simulates."""
-    digest = hashlib.sha256()
-    for r in records:
-        item = [r.key, r.task, r.path, r.start, r.end, r.extra, r.transcript if simulated else None]
-        digest.update(json.dumps(item, sort_keys=True, ensure_ascii=False).encode() + b"\n")
-    return digest.hexdigest()
+def _record_digests(records: Sequence[Record], simulated: bool) -> dict[str, str]:
+    """Each record's key -> a digest of what its hypothesis depends on: not its target, which only
+    ref.trn holds (a corrected reference is scored without decoding again), but the transcript it
+    simulates. Per record, so that records added to the data resume the decode."""
+    return {r.key: hashlib.sha256(json.dumps([r.task, r.path, r.start, r.end, r.extra,
+                                              r.transcript if simulated else None],
+                                             sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+            for r in records}
 
 
-_SAID = {"model": "another model (other trained weights, or other base models or their settings)",
-         "data_sha256": "other records under the same keys (other audio, segments, tasks or fields)"}
+_SAID = {"model": "another model (other trained weights, or other base models or their settings)"}
 
 
-def _check_settings(out: Path, settings: dict, resuming: bool) -> None:
+def _check_settings(out: Path, settings: dict, done: set[str]) -> None:
+    """Refuse a resume whose settings, or whose records of the keys already decoded, are not those of
+    the hypotheses there; then write this run's ``decode.json``."""
     path = out / SETTINGS
-    if resuming and path.exists():
+    if done and path.exists():
         before = read_json(path)
+        records = before.pop("records", None)
         changed = [_SAID[k] if k in _SAID and k in before else f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
-                   for k in sorted(set(before) | set(settings)) if before.get(k) != settings.get(k)]
+                   for k in sorted((set(before) | set(settings)) - {"records"}) if before.get(k) != settings.get(k)]
+        moved = sorted(k for k in done if not isinstance(records, dict) or records.get(k) != settings["records"][k])
+        if moved:
+            changed.append(f"other records under {len(moved)} of the keys decoded (e.g. {moved[0]}: other audio, "
+                           "segments, tasks or fields)")
         if changed:
             raise DecodeError(f"{out / HYP} holds hypotheses decoded with other settings ({'; '.join(changed)}): "
                               "choose another --out, or delete hyp.trn to decode again")
@@ -379,7 +385,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
     if (out / HYP).exists() and (out / HYP).stat().st_size and not (out / SETTINGS).exists():
         raise DecodeError(f"{out / HYP} is there without {SETTINGS}, which says how a decode made it: its "
                           "settings cannot be checked against this run's; use another --out, or remove it")
-    _check_settings(out, _settings(ckpt, cfg, options, records), resuming=bool(done))
+    _check_settings(out, _settings(ckpt, cfg, options, records), done)
     keep_complete_lines(out / HYP, complete)
     labelled = [r for r in records if r.target]   # records without a target are decoded, not scored
     if labelled:
