@@ -127,6 +127,24 @@ def test_librispeech(tmp_path, models):
     assert "Stage 7" in log
     analyzed(recipe, "test_clean/ASR.jsonl", models["encoder"])   # flac
 
+    # another --inference_nj splits the records otherwise: the jobs decode anew (tasu decode refused
+    # to resume an output.J holding keys its new split lacks, and the run stopped)
+    again = sh(recipe, "./run.sh", "--stage", "5", "--stop_stage", "6", "--test_sets", "test_clean",
+               "--inference_nj", "2", "--encoder_path", models["encoder"], "--llm_path", models["llm"],
+               "--decode_args", QUICK_DECODE, env=env)
+    assert "output.1: decoded from other records (test sets, tasks, data or --inference_nj changed)" in again.stderr
+    assert [x.split("\t")[0] for x in lines(hyp)] == ["120-2002-0000", "121-2002-0001"]
+
+    # a training refused since (a resume with other settings) did not make the model: RESULTS.md showed its command
+    models_opts = ("--encoder_path", models["encoder"], "--llm_path", models["llm"])
+    refused = sh(recipe, "./run.sh", "--stage", "3", "--stop_stage", "3", "--test_sets", "test_clean", *models_opts,
+                 "--train_text_args", QUICK_TRAIN + " optim.lr=0.5", env=env, ok=False)
+    assert refused.returncode == 1 and "optim.lr" in refused.stderr
+    sh(recipe, "./run.sh", "--stage", "7", "--stop_stage", "7", "--test_sets", "test_clean", *models_opts,
+       "--decode_args", QUICK_DECODE, env=env)
+    results = (recipe / "RESULTS.md").read_text()
+    assert "tasu train --config conf/train_text.yaml" in results and "optim.lr=0.5" not in results
+
 
 @pytest.mark.slow
 def test_slurp(tmp_path, models):
@@ -449,7 +467,14 @@ def test_configs_and_their_options_are_checked_before_the_first_stage_runs(tmp_p
             (("--decode_config", "conf/decode_bad.yaml"),
              "conf/decode_bad.yaml: beam: must be a number or one plain word, not '1 ; touch PWNED ;'"),
             (("--inference_checkpoint", "bset"), "--inference_checkpoint must be best, last or step_N, not 'bset'"),
-            (("--tasks", "ASR::bleuu"), "--tasks ASR::bleuu: the metric must be wer, cer, bleu or acc, not 'bleuu'")):
+            (("--tasks", "ASR::bleuu"), "--tasks ASR::bleuu: the metric must be wer, cer, bleu or acc, not 'bleuu'"),
+            # the job runner keeps a ';' word as an operator: what followed ran in every decode job
+            (("--decode_args", "--beam 1 ; touch PWNED"), "--decode_args: ';' is a shell operator: the job runner "
+                                                          "would run what follows it as a command"),
+            (("--train_text_args", "optim.lr=1e-3 && touch PWNED"), "--train_text_args: '&&' is a shell operator"),
+            # the later option won: hypotheses of the transcripts (or another checkpoint) under the decode's name
+            (("--decode_args", "--input simulated"), "--decode_args: --input is set by stage 5 (see "),
+            (("--decode_args", "--checkpoint=last"), "--decode_args: --checkpoint is set by stage 5")):
         out = sh(recipe, "./run.sh", "--stage", "3", "--audio_sft", "true", *models, *options, ok=False)
         assert out.returncode == 1 and message in out.stderr.strip().splitlines()[-1], out.stderr
         assert not (recipe / "exp").exists() and not (recipe / "PWNED").exists()

@@ -265,6 +265,25 @@ if [ -n "${prompts}" ]; then
   prompt_overrides=(data.prompts="${prompts}")
 fi
 # The configs and their options are checked now, not when their stage comes after hours of the others.
+# --*_args are split into words (set -f: no word is a glob) for a command the job runner runs, which
+# keeps a word that is a shell operator (';', '&&', '|', '>') as one: the rest would run as a command.
+set -f
+for opts in "train_text_args:${train_text_args}" "train_audio_args:${train_audio_args}" "decode_args:${decode_args}"; do
+  for word in ${opts#*:}; do
+    case ${word} in
+      '|'|'||'|'&&'|';'|'>'|'>>'|'<'|'2>&1')
+        die "--${opts%%:*}: '${word}' is a shell operator: the job runner would run what follows it as a command" ;;
+    esac
+  done
+done
+for word in ${decode_args}; do   # what stage 5 sets itself: another value would win, unseen by the names
+  case ${word%%=*} in
+    --exp|--data|--out|--checkpoint|--device|--input|--allow-pipes|--debug)
+      die "--decode_args: ${word%%=*} is set by stage 5 (see --inference_checkpoint, --ngpu, --device," \
+        "--posterior_dumps); the directory named by the decode settings would hold another decode" ;;
+  esac
+done
+set +f
 check_config() {  # check_config <config> <override> ...: tasu train's own check (--dry-run), one line on error
   local problem
   problem=$(tasu train --config "$@" "${prompt_overrides[@]}" --dry-run 2>&1 > /dev/null) || die "${problem}"
@@ -627,8 +646,20 @@ if runs 5; then
     n=$(wc -l < "${dir}/data.jsonl")
     nj=$(( n < inference_nj ? n : inference_nj ))
     [ "${nj}" -ge 1 ] || die "${dumpdir}: no records to decode in ${test_sets}"
-    mkdir -p "${dir}/split${nj}"
-    awk -v n="${nj}" -v d="${dir}/split${nj}" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
+    # A job resumes its output.J only on the records it decoded before: another split (test sets, tasks
+    # or records changed, another --inference_nj) starts that job afresh, which tasu decode would refuse.
+    rm -rf "${dir}/split${nj}.new" && mkdir -p "${dir}/split${nj}.new" "${dir}/split${nj}"
+    awk -v n="${nj}" -v d="${dir}/split${nj}.new" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
+    for out in "${dir}"/output.*; do
+      [ -d "${out}" ] || continue
+      j=${out##*.}
+      if [[ ! "${j}" =~ ^[0-9]+$ ]] || [ "${j}" -gt "${nj}" ] || \
+          ! cmp -s "${dir}/split${nj}/${j}.jsonl" "${dir}/split${nj}.new/${j}.jsonl"; then
+        log "${out}: decoded from other records (test sets, tasks, data or --inference_nj changed): decoding anew"
+        rm -r "${out}"
+      fi
+    done
+    rm -r "${dir}/split${nj}" && mv "${dir}/split${nj}.new" "${dir}/split${nj}"
     # shellcheck disable=SC2086
     ${decode_cmd} --gpu "${decode_gpus}" JOB=1:"${nj}" "${dir}/log/decode.JOB.log" \
       tasu decode --exp "${exp}" --data "${dir}/split${nj}/JOB.jsonl" --out "${dir}/output.JOB" \
@@ -660,6 +691,25 @@ if runs 6; then
   done
 fi
 
+# The command of the newest of the job logs given that ended well: a run refused or failed since (a
+# resume with other settings) is not the one that made the model or the hypotheses.
+ok_command() {
+  local f
+  for f in "$@"; do
+    if [ -f "${f}" ] && tail -n 1 "${f}" | grep -q '^# Ended (code 0)'; then
+      head -n 1 "${f}" | sed 's/^# //'
+      return
+    fi
+  done
+  [ ! -f "$1" ] || echo "# ${1#"${expdir}"/}: its last run failed, and the command of the one before is not kept"
+}
+newest_first() {  # newest_first <log>: <log>, then the earlier runs' <log>.N ... <log>.1
+  local n=1
+  echo "$1"
+  while [ -e "$1.${n}" ]; do n=$((n + 1)); done
+  for ((n = n - 1; n >= 1; n--)); do echo "$1.${n}"; done
+}
+
 if runs 7; then
   log "Stage 7: every score.json under ${expdir}/ -> ${results}"
   {
@@ -677,11 +727,12 @@ if runs 7; then
       echo "### ${exp#"${expdir}"/}"
       echo
       echo '```bash'
-      [ -f "${exp}/log/train.log" ] && head -n 1 "${exp}/log/train.log" | sed 's/^# //'
+      mapfile -t train_logs < <(newest_first "${exp}/log/train.log")
+      ok_command "${train_logs[@]}"
       d=${exp}/${inference_tag}
-      [ -f "${d}/log/decode.1.log" ] && head -n 1 "${d}/log/decode.1.log" | sed 's/^# //'
+      ok_command "${d}/log/decode.1.log"
       for t in "${d}"/*/*/log/score.log; do
-        [ -f "${t}" ] && head -n 1 "${t}" | sed 's/^# //'
+        ok_command "${t}"
       done
       echo '```'
     done
