@@ -648,7 +648,10 @@ if runs 5; then
     [ "${nj}" -ge 1 ] || die "${dumpdir}: no records to decode in ${test_sets}"
     # A job resumes its output.J only on the records it decoded before: another split (test sets, tasks
     # or records changed, another --inference_nj) starts that job afresh, which tasu decode would refuse.
-    rm -rf "${dir}/split${nj}.new" && mkdir -p "${dir}/split${nj}.new" "${dir}/split${nj}"
+    for old in "${dir}"/split*; do   # another nj's split: its jobs' outputs are compared with nothing
+      [ "${old}" = "${dir}/split${nj}" ] || rm -rf "${old}"
+    done
+    mkdir -p "${dir}/split${nj}.new" "${dir}/split${nj}"
     awk -v n="${nj}" -v d="${dir}/split${nj}.new" '{ print > (d "/" ((NR - 1) % n + 1) ".jsonl") }' "${dir}/data.jsonl"
     for out in "${dir}"/output.*; do
       [ -d "${out}" ] || continue
