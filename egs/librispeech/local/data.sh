@@ -36,6 +36,10 @@ help_message="Usage: $0 [options]
 
 [ -d "${LIBRISPEECH}" ] || { log "ERROR: LibriSpeech not found at '${LIBRISPEECH}': set LIBRISPEECH in db.sh"; exit 1; }
 
+if [[ ! "${lm_max_lines}" =~ ^[0-9]+$ ]]; then
+  log "ERROR: --lm_max_lines must be a whole number, not '${lm_max_lines}'"; exit 1
+fi
+lm_max_lines=$((10#${lm_max_lines}))   # 007 is 7
 if [ -n "${lm_text}" ] && [ ! -f "${datadir}/lm_norm/.done" ] && [ ! -f "${lm_text}" ]; then
   log "ERROR: --lm_text ${lm_text}: no such file"; exit 1   # said before the audio subsets take their time
 fi
@@ -124,11 +128,15 @@ for subset in ${eval_subsets//,/ }; do
   make_dir "${subset//-/_}" "${subset}"
 done
 
-lm_lines() {  # the lines of --lm_text, the first --lm_max_lines of them (0: all)
-  local read=(cat)
-  [[ "${lm_text}" == *.gz ]] && read=(gzip -cd)   # OpenSLR 11 ships it gzipped
-  if [ "${lm_max_lines}" -eq 0 ]; then "${read[@]}" "${lm_text}"; return; fi
-  { "${read[@]}" "${lm_text}" || [ $? -eq 141 ]; } | head -n "${lm_max_lines}"   # 141: stopped by head's end
+lm_lines() {  # the lines of --lm_text, the first --lm_max_lines of them (0: all); OpenSLR 11 ships it gzipped
+  case ${lm_text}:${lm_max_lines} in
+    *.gz:0) gzip -cd "${lm_text}" ;;
+    *.gz:*) python3 -c 'import gzip, itertools, sys
+with gzip.open(sys.argv[1], "rb") as f:
+    sys.stdout.buffer.writelines(itertools.islice(f, int(sys.argv[2])))' "${lm_text}" "${lm_max_lines}" ;;
+    *:0) cat "${lm_text}" ;;
+    *) head -n "${lm_max_lines}" "${lm_text}" ;;   # no pipe: a writer cut off early fails where SIGPIPE is ignored
+  esac
 }
 
 if [ -n "${lm_text}" ]; then
