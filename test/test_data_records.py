@@ -128,11 +128,14 @@ def test_nan_and_infinity_are_not_json(tmp_path):
     other JSON readers refuse."""
     path = write(tmp_path, '{"key": "u1", "task": "ASR", "target": "x", "score": NaN}',
                  '{"key": "u2", "task": "ASR", "target": "x", "start": -Infinity}', GOOD,
-                 '{"key": "u3", "task": "ASR", "target": "NaN Infinity"}')
+                 '{"key": "u3", "task": "ASR", "target": "NaN Infinity", "n": 1e300}',
+                 '{"key": "u4", "task": "ASR", "target": "x", "meta": {"z": [1e400]}}')
     records, problems = collect(path)
     assert [r.key for _, r in records] == ["utt1", "u3"]
     why = "which is not JSON: a number must be finite (write null, or the value as a string)"
-    assert problems == [f"{path}:1: score: holds NaN, {why}", f"{path}:2: start: holds -Infinity, {why}"]
+    assert problems == [f"{path}:1: score: holds NaN, {why}", f"{path}:2: start: holds -Infinity, {why}",
+                        f"{path}:5: meta: holds 1e400, beyond the range of a double: a number must be finite "
+                        "(write null, or the value as a string)"]
 
 
 def test_json_that_parses_into_no_text_or_does_not_parse_names_its_line(tmp_path):

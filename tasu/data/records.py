@@ -23,6 +23,7 @@ modes sharing one code path:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TextIO
@@ -45,10 +46,17 @@ class _NotJSON(ValueError):
 
 
 def _refuse_constant(name: str):
-    raise _NotJSON(name)
+    raise _NotJSON(f"{name}, which is not JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)   # json.loads' own decoder, but for that
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):   # 1e400 reads as inf, and is written back as Infinity
+        raise _NotJSON(f"{text}, beyond the range of a double")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)   # json.loads' but these
 # a NUL cannot be in a file name, nor any in a Kaldi table; the invisible format characters (a BOM, a
 # zero-width space, direction marks) would make two keys that print alike differ
 _BAD_KEY_CHAR = re.compile(r"[\s/\x00-\x1f\x7f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
@@ -253,7 +261,7 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
     except json.JSONDecodeError as e:
         return None, None, [("json", f"{e.msg} (column {e.pos + 1})")]
     except _NotJSON as e:
-        return None, None, [(_constant_field(text), f"holds {e}, which is not JSON: a number must be finite "
+        return None, None, [(_constant_field(text), f"holds {e}: a number must be finite "
                                                     "(write null, or the value as a string)")]
     except ValueError:   # int() refuses to read a number of more than 4300 digits
         return None, None, [("json", "holds a number of more than 4300 digits, which cannot be read")]
@@ -290,10 +298,11 @@ def _parse_line(raw: bytes, prompts: PromptSet | None,
 
 
 def _constant_field(text: str) -> str:
-    """The name of the first field of the line's object that holds a NaN or Infinity ("json" when it
-    is not an object's)."""
+    """The name of the first field of the line's object that holds a NaN, an Infinity or a number
+    beyond a double ("json" when it is not an object's)."""
     marker = object()
-    obj = json.loads(text, parse_constant=lambda _: marker)
+    obj = json.loads(text, parse_constant=lambda _: marker,
+                     parse_float=lambda t: float(t) if math.isfinite(float(t)) else marker)
 
     def holds(value) -> bool:
         items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
