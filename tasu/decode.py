@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import re
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
 
 INPUTS = ("audio", "simulated", "posteriors")
 HYP, REF, SETTINGS, LOG = "hyp.trn", "ref.trn", "decode.json", "decode.log"
+log = logging.getLogger(__name__)
 
 
 class DecodeError(ValueError):
@@ -290,14 +292,22 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, recor
 def _record_digests(records: Sequence[Record], simulated: bool) -> dict[str, str]:
     """Each record's key -> a digest of what its hypothesis depends on: not its target, which only
     ref.trn holds (a corrected reference is scored without decoding again), but the transcript it
-    simulates. Per record, so that records added to the data resume the decode."""
-    return {r.key: hashlib.sha256(json.dumps([r.task, r.path, r.start, r.end, r.extra,
+    simulates; not its dump entry either (a dump made again, with the same encoder, holds the same rows
+    elsewhere; the encoder is checked with the dump). Per record, so that records added to the data
+    resume the decode."""
+    return {r.key: hashlib.sha256(json.dumps([r.task, r.path, r.start, r.end,
+                                              {k: v for k, v in r.extra.items() if k not in (FIELD, SECONDS)},
                                               r.transcript if simulated else None],
                                              sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
             for r in records}
 
 
-_SAID = {"model": "another model (other trained weights, or other base models or their settings)"}
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"llm": {"path": p}}`` -> ``{"llm.path": p}``: the settings a message names."""
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def _check_settings(out: Path, settings: dict, done: set[str]) -> None:
@@ -306,10 +316,20 @@ def _check_settings(out: Path, settings: dict, done: set[str]) -> None:
     path = out / SETTINGS
     if done and path.exists():
         before = read_json(path)
-        records = before.pop("records", None)
-        changed = [_SAID[k] if k in _SAID and k in before else f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
-                   for k in sorted((set(before) | set(settings)) - {"records"}) if before.get(k) != settings.get(k)]
-        moved = sorted(k for k in done if not isinstance(records, dict) or records.get(k) != settings["records"][k])
+        if "model" not in before or not isinstance(before.get("records"), dict):
+            log.warning("%s was written by an older tasu, without the model's and the records' digests: the "
+                        "hypotheses there are resumed without comparing them", path)
+            before.update(model=settings["model"], records=settings["records"])
+        records = before.pop("records")
+        changed = [f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
+                   for k in sorted((set(before) | set(settings)) - {"records", "model"})
+                   if before.get(k) != settings.get(k)]
+        was, now = _flat(before["model"]), _flat(settings["model"])
+        model = [f"{k} {was.get(k)!r} before, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
+                 if was.get(k) != now.get(k)]
+        if model:
+            changed.append(f"another model: {'; '.join(model)}")
+        moved = sorted(k for k in done if records.get(k) != settings["records"][k])
         if moved:
             changed.append(f"other records under {len(moved)} of the keys decoded (e.g. {moved[0]}: other audio, "
                            "segments, tasks or fields)")
@@ -441,6 +461,6 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
         lines.append(f"unlabelled: {len(records) - len(labelled)} records have no target: in {HYP}, not in {REF}")
     lines.append(f"output: {out / HYP}" + (f", {out / REF}" if labelled else " (no targets: nothing to score)"))
     report = "\n".join(lines) + "\n"
-    with open(out / LOG, "a", encoding="utf-8") as log:
-        log.write(report + "\n")
+    with open(out / LOG, "a", encoding="utf-8") as log_file:
+        log_file.write(report + "\n")
     return report

@@ -219,7 +219,8 @@ def test_another_data_file_into_a_finished_decode_is_refused_and_changes_nothing
         tasu_decode(exp / "exp", empty, tmp_path / "out", "--debug")
 
 
-def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(exp, audio_decode, tmp_path, capsys):
+def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(exp, audio_decode, tmp_path, capsys,
+                                                                            caplog):
     """The checkpoint's name and the keys were all that was compared: a copied experiment with other
     weights, or a noisy copy of the test set under the same keys, was resumed into the old hypotheses."""
     from safetensors.torch import load_file, save_file
@@ -238,7 +239,7 @@ def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(e
     out = partial(tmp_path / "a")
     assert tasu_decode(other, exp / "test.jsonl", out) == 1
     err = capsys.readouterr().err
-    assert "holds hypotheses decoded with other settings (another model (other trained weights" in err
+    assert "holds hypotheses decoded with other settings (another model: weights_sha256 '" in err
     assert len(read_trn(out / "hyp.trn")) == 3
 
     records = [json.loads(line) for line in (exp / "test.jsonl").read_text().splitlines()]
@@ -253,6 +254,14 @@ def test_another_model_or_other_audio_under_the_same_keys_is_refused_on_resume(e
     assert tasu_decode(exp / "exp", corrected, out) == 0
     assert dict(read_trn(out / "hyp.trn")) == dict(read_trn(audio_decode / "hyp.trn"))
     assert read_trn(out / "ref.trn")[0][1].endswith(" x")
+
+    older = partial(tmp_path / "older")   # a decode.json of a tasu before the digests: resumed, and said
+    settings = json.loads((older / "decode.json").read_text())
+    (older / "decode.json").write_text(json.dumps({k: v for k, v in settings.items() if k not in ("model", "records")}))
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", older) == 0
+    said = capsys.readouterr().err + caplog.text
+    assert "was written by an older tasu, without the model's and the records' digests" in said
+    assert dict(read_trn(older / "hyp.trn")) == dict(read_trn(audio_decode / "hyp.trn"))
 
 
 def test_utterances_that_keep_no_posterior_row_are_counted_in_the_report(exp, tmp_path, capsys):
