@@ -116,9 +116,10 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_prefix: str |
 class HFCTCTokenizer(EncoderTokenizer):
     """A ``Wav2Vec2CTCTokenizer`` (character vocabulary), with blank = its pad token.
 
-    Case: text is NFKC-normalised (composed and decomposed accents spell alike), then mapped to the
-    vocabulary's case (:func:`vocabulary_case`, from its one-character tokens). Runs of whitespace
-    become one word delimiter ``|``.
+    Case: text is NFKC-normalised (composed and decomposed accents spell alike; not for a vocabulary
+    of combining marks or jamo, made from decomposed text), then mapped to the vocabulary's case
+    (:func:`vocabulary_case`, from its one-character tokens). Runs of whitespace become one word
+    delimiter ``|``.
     """
 
     def __init__(self, tokenizer, vocab_size: int, blank_id: int):
@@ -127,6 +128,9 @@ class HFCTCTokenizer(EncoderTokenizer):
         self.blank_id = blank_id
         self._case = vocabulary_case(t for t in tokenizer.get_vocab() if len(t) == 1)
         self._not_labels = {blank_id, tokenizer.unk_token_id}
+        # NFKC composes: a vocabulary of combining marks or jamo (decomposed text) is fed text as it is
+        self._nfkc = not any(unicodedata.combining(c) or "\u1100" <= c <= "\u11ff" or "\u3130" <= c <= "\u318f"
+                             for t in tokenizer.get_vocab() for c in t)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "HFCTCTokenizer":
@@ -149,7 +153,9 @@ class HFCTCTokenizer(EncoderTokenizer):
         return cls(tokenizer, vocab_size=config.get("vocab_size", len(tokenizer)), blank_id=blank)
 
     def encode(self, text: str) -> list[int]:
-        text = " ".join(unicodedata.normalize("NFKC", text).split())   # "cafe\u0301" spelt as "café"
+        if self._nfkc:   # "cafe\u0301" spelt as "café", fullwidth letters as ASCII
+            text = unicodedata.normalize("NFKC", text)
+        text = " ".join(text.split())
         if self._case is not None:
             text = self._case(text)
         ids = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))
