@@ -423,3 +423,16 @@ def test_make_corpus_says_a_bad_option_in_one_line(tmp_path):
         out = subprocess.run([sys.executable, str(local / "make_corpus.py"), *args], capture_output=True, text=True,
                              cwd=tmp_path)
         assert out.returncode != 0 and "Traceback" not in out.stderr and error in out.stderr, out.stderr
+
+
+def test_init_from_may_lack_only_the_lora_adapters_of_layers_it_had_none_on():
+    """A checkpoint missing trained tensors started from random ones with exit 0; a curriculum stage
+    that adds LoRA, or widens it to more layers, starts those adapters fresh."""
+    from tasu.train.trainer import not_restorable
+
+    q, v = "llm.layers.0.q_proj", "llm.layers.0.v_proj"
+    own = {"projector.w", f"{q}.lora_A.default.weight", f"{q}.lora_B.default.weight", f"{v}.lora_A.default.weight"}
+    assert not_restorable(own, {"projector.w"}) == []                                   # LoRA added
+    assert not_restorable(own, {"projector.w", f"{q}.lora_A.default.weight", f"{q}.lora_B.default.weight"}) == []
+    assert not_restorable(own, {"projector.w", f"{q}.lora_A.default.weight"}) == [f"{q}.lora_B.default.weight"]
+    assert not_restorable(own, set()) == ["projector.w"]

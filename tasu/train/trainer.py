@@ -32,6 +32,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -146,6 +147,14 @@ def deepspeed_config(cfg: ExperimentConfig) -> dict:
     elif cfg.engine.precision == "fp16":
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
     return ds
+
+
+def not_restorable(own: set[str], state: Iterable[str]) -> list[str]:
+    """The trained tensors ``own`` that a checkpoint's ``state`` lacks and that cannot start fresh: all
+    but the LoRA adapters of layers it had none on (a curriculum stage that adds or widens LoRA)."""
+    state = set(state)
+    adapted = {name.split(".lora_")[0] for name in state if ".lora_" in name}
+    return sorted(n for n in own - state if ".lora_" not in n or n.split(".lora_")[0] in adapted)
 
 
 class Trainer:
@@ -321,9 +330,7 @@ class Trainer:
         unexpected = sorted(set(state) - own)
         if unexpected:
             raise TrainingError(f"init_from {ckpt}: weights this model does not train: {unexpected[:5]}")
-        # only LoRA adapters may be missing, all of them, from a stage that had none: they start fresh
-        had_lora = any("lora_" in name for name in state)
-        missing = sorted(n for n in own - set(state) if had_lora or "lora_" not in n)
+        missing = not_restorable(own, state)
         if missing:
             raise TrainingError(f"init_from {ckpt}: it lacks {len(missing)} of the {len(own)} tensors this model "
                                 f"trains (e.g. {missing[:3]}): cut short, or another model's")
