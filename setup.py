@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["tasu", "tasu.*"]),
     package_data={"tasu": ["data/prompt_sets/*.jsonl", "*.c", "projectors/*.c"]},
     install_requires=[

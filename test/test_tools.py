@@ -98,7 +98,7 @@ def test_setup_rejects_unknown_device_and_npu_without_cann():
     ("echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'\necho '/dev/x 1000000000 998951424 1048576 100% /'",
      "tools/venv (CPU torch) needs about 3 GiB free beside {tools}; 1 GiB are: free some and re-run"),
     # df that cannot tell: no check, so set-up goes on (to the interpreter check, here a python that fails)
-    ("echo 'df: cannot read table of mounted file systems' >&2\nexit 1", "false is older than Python 3.10"),
+    ("echo 'df: cannot read table of mounted file systems' >&2\nexit 1", "false is older than Python 3.11"),
 ])
 def test_setup_stops_before_an_install_that_cannot_fit(tmp_path, df_body, error):
     """With too little disk, setup.sh says so in one line and creates nothing (pip would stop half-way);

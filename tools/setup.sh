@@ -14,7 +14,7 @@ tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root_dir=$(dirname "${tools_dir}")
 
 device=auto          # auto | cpu | cuda | npu
-python=python3       # interpreter the venv is made from (3.10 or newer)
+python=python3       # interpreter the venv is made from (3.11 or newer)
 torch_index_url=""   # e.g. the PyTorch CPU wheel index, to avoid a CUDA download on a CPU-only machine
 system_packages=true # install missing system tools (sox, espeak-ng, flite, ffmpeg) with apt-get when root
 with=""              # optional environments: espnet
@@ -86,7 +86,8 @@ main_venv() {  # tools/venv: the pinned TASU stack and tasu (editable)
   if [ "${device}" = cpu ]; then need_space 3 "tools/venv (CPU torch)"; else need_space 10 "tools/venv (${device} torch)"; fi
   if [ ! -x "${venv}/bin/python" ]; then
     log "creating tools/venv with $(${python} --version 2>&1)"
-    "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "${python} is older than Python 3.10"
+    "${python}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+      die "${python} is older than Python 3.11"
     "${python}" -m venv "${venv}"
   fi
   rm -f "${stamp}"
