@@ -309,7 +309,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_simulator)
 
     p = sub.add_parser("decode", help="beam-search decode a JSONL file with a trained model into hyp.trn/ref.trn",
-                       parents=[common, pipes, trained])
+                       parents=[common, pipes, trained], allow_abbrev=False)   # the recipe refuses --input, not --inp
     p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
     p.add_argument("--data", required=True, help="JSONL records to decode, of any task")
     p.add_argument("--out", required=True,
