@@ -50,6 +50,16 @@ def test_templates_are_filled_from_the_record():
         prompts.render(Record("u3", "ASRR", "x"), random.Random(0))
 
 
+def test_a_field_prompts_are_not_chosen_by_is_said(tmp_path, caplog):
+    """A language field was ignored without a word: its prompt served every record, whatever its language.
+    It is said, not refused: a checkpoint keeps the prompt file its run read, which must stay loadable."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"task": "ASR", "prompt": "x", "language": "de"}\n{"task": "ASR", "prompt": "y", '
+                    '"language": "en"}\n', encoding="utf-8")
+    assert load_prompts(path).tasks == {"ASR"}
+    assert caplog.text.count("language: not a field of a prompt line (task, prompt), ignored") == 1
+
+
 def test_custom_prompt_file_and_its_errors(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('\ufeff{"task": "ASR", "prompt": "Write {{braces}} and {speaker}\'s words."}\r\n\r\n',
@@ -63,10 +73,7 @@ def test_custom_prompt_file_and_its_errors(tmp_path):
         ('{"task": "ASR", "prompt": "a } b"}', "1: prompt: Single '}' encountered in format string"),
         ('{"task": "ASR"}', "1: prompt: must be a non-empty string"),
         ('{"task": "ASR", "prompt": "x"', "1: json: Expecting ',' delimiter"),
-        # each was loaded: a prompt for every record whatever its language, the last of two prompts, a
-        # task no record names, a prompt that fails when tokenised
-        ('{"task": "ASR", "prompt": "x", "language": "de"}', "1: language: not a field of a prompt line (task, "
-                                                             "prompt): prompts are chosen by task only"),
+        # each was loaded: the last of two prompts, a task no record names, a prompt that fails when tokenised
         ('{"task": "ASR", "prompt": "x", "prompt": "y"}', "1: prompt: named twice"),
         ('{"task": "ASR ", "prompt": "x"}', "1: task: 'ASR ' begins or ends in whitespace"),
         ('{"task": "ASR", "prompt": "x \\ud800"}', "1: prompt: holds half of a UTF-16 surrogate pair"),

@@ -21,12 +21,15 @@ Two sets ship with the package (``tasu/data/prompt_sets/``):
 from __future__ import annotations
 
 import json
+import logging
 import random
 import string
 from pathlib import Path
 from typing import Any, Protocol
 
 from tasu.data.records import DataError
+
+log = logging.getLogger(__name__)
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompt_sets"
 DEFAULT_PROMPTS = PROMPTS_DIR / "en.jsonl"
@@ -93,6 +96,7 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
     """
     path = DEFAULT_PROMPTS if path is None else Path(path)
     by_task: dict[str, list[str]] = {}
+    ignored: set[str] = set()
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -114,10 +118,13 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
             if type(obj) is not dict:
                 raise DataError(str(path), lineno, "json", "expected an object {...}")
             names = [name for name, _ in json.loads(line, object_pairs_hook=list)]
-            for name in names:   # a language or other field was ignored: the prompt served every record
-                if name not in ("task", "prompt") or names.count(name) > 1:
-                    raise DataError(str(path), lineno, name, "named twice" if names.count(name) > 1 else
-                                    "not a field of a prompt line (task, prompt): prompts are chosen by task only")
+            for name in names:
+                if names.count(name) > 1:
+                    raise DataError(str(path), lineno, name, "named twice")
+                if name not in ("task", "prompt") and name not in ignored:   # said, not refused: a checkpoint
+                    ignored.add(name)   # keeps its run's prompt file, which must stay loadable
+                    log.warning("%s:%d: %s: not a field of a prompt line (task, prompt), ignored: prompts are "
+                                "chosen by task alone, whatever the record's language", path, lineno, name)
             for name in ("task", "prompt"):
                 if type(obj.get(name)) is not str or not obj[name].strip():
                     raise DataError(str(path), lineno, name, "must be a non-empty string")
