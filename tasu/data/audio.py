@@ -197,16 +197,18 @@ def require_audio_path(path: str | None, file: str, line: int, allow_pipes: bool
 def path_kind(path: str) -> str:
     """How a record's ``path`` (a ``wav.scp`` entry) is read: ``"pipe"`` (run as a shell command),
     ``"ark"`` (an offset into a Kaldi archive) or ``"file"``. A writer of entries asks it, so that a
-    file whose name ends in ``|`` or ``:123`` is refused rather than written as something else."""
-    return _parse(path)[0]
+    file whose name ends in ``|`` or ``:123`` is refused rather than written as something else. By the
+    entry's form alone, as Kaldi's readers go: tasu itself reads an existing file named ``take:12``
+    when there is no archive ``take``."""
+    return _parse(path, by_form=True)[0]
 
 
-def _parse(path: str) -> tuple[str, object]:
+def _parse(path: str, by_form: bool = False) -> tuple[str, object]:
     """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
     if is_command(path):
         return "pipe", path.rstrip()[:-1]
     match = _ARK_PATH.fullmatch(path)
-    if match and (os.path.exists(match.group(1)) or not os.path.isfile(path)):   # "take:12" may be a file's name
+    if match and (by_form or os.path.exists(match.group(1)) or not os.path.isfile(path)):   # a file "take:12"
         return "ark", (match.group(1), int(match.group(2)))
     return "file", path
 
