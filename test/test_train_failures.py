@@ -391,19 +391,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk):
 
 
 def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
-    """Upper-case transcripts for a lower-case vocabulary trained on rows of word boundaries alone
-    ('TURN ON THE LIGHTS' -> 4 ids of one piece), with no word of warning."""
+    """Transcripts the vocabulary cannot spell trained on rows of word boundaries alone (upper-case text
+    for a lower-case vocabulary did: 'TURN ON THE LIGHTS' -> 4 ids of one piece), with no word of warning.
+    Upper case is now mapped to the vocabulary's; a script it lacks (Greek letters here) is not."""
     from tasu.data.prompts import load_prompts
     from tasu.encoders.tokenizers import SentencePieceTokenizer
     from tasu.train.trainer import warn_unspelled
 
+    def greek(text: str) -> str:
+        return "".join(chr(0x3b1 + ord(c) % 24) if c.isalpha() else c for c in text)
+
     tokenizer = SentencePieceTokenizer.from_funasr_dir(setup / "enc")
     upper = data_file(tmp_path, "upper.jsonl", *(record(f"u{i}", target=s.upper()) for i, s in enumerate(SENTENCES)))
+    other = data_file(tmp_path, "greek.jsonl", *(record(f"g{i}", target=greek(s)) for i, s in enumerate(SENTENCES)))
     with caplog_of("tasu.train") as messages:
-        warn_unspelled([upper, str(setup / "train.jsonl")], tokenizer, load_prompts())
+        warn_unspelled([upper, other, str(setup / "train.jsonl")], tokenizer, load_prompts())
     assert len(messages) == 1, messages
-    assert messages[0].startswith(f"{len(SENTENCES)} of the first {len(SENTENCES)} transcripts of {upper} lose over "
-                                  f"half their characters to the encoder's vocabulary (e.g. {upper}:1 ")
+    assert messages[0].startswith(f"{len(SENTENCES)} of the first {len(SENTENCES)} transcripts of {other} lose over "
+                                  f"half their characters to the encoder's vocabulary (e.g. {other}:1 ")
 
 
 def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path):
