@@ -184,6 +184,17 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``{"llm": {"path": p}}`` -> ``{"llm.path": p}``): how settings
+    are compared and named in messages."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last value
     silently, so ``optim: {lr: 1e-3}`` then another ``optim:`` a page below would train with the second."""

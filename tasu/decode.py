@@ -70,13 +70,13 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Literal, Sequence
 
 import torch
 
-from tasu.config import require_dir, to_dict
+from tasu.config import flat_keys, require_dir, to_dict
 from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, require_audio_path
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import resolve_device
 from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
-from tasu.fileio import read_json, write_atomic
+from tasu.fileio import file_sha256, read_json, write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, PROMPTS, WEIGHTS, CheckpointError, encoder_tokenizer, read_model_config,
                            resolve_checkpoint)
@@ -273,11 +273,10 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, recor
     """What determines the hypotheses (``batch_size`` only changes padding, so it may differ): the
     model (the checkpoint's name is the same in a copied or retrained experiment: its weights' digest
     is not), the records (other audio under the same keys) and the options."""
-    with open(ckpt / MODEL_DIR / WEIGHTS, "rb") as f:
-        weights = hashlib.file_digest(f, "sha256").hexdigest()
     base = {name: {**to_dict(section), "path": str(Path(section.path).resolve())}
             for name, section in (("llm", cfg.llm), ("encoder", cfg.encoder))}
-    settings = {"checkpoint": ckpt.name, "model": {"weights_sha256": weights, **base}, **asdict(options),
+    model = {"weights_sha256": file_sha256(ckpt / MODEL_DIR / WEIGHTS), **base}
+    settings = {"checkpoint": ckpt.name, "model": model, **asdict(options),
                 "records": _record_digests(records, options.input == "simulated")}
     del settings["batch_size"]
     if options.input != "simulated":
@@ -302,14 +301,6 @@ def _record_digests(records: Sequence[Record], simulated: bool) -> dict[str, str
             for r in records}
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """``{"llm": {"path": p}}`` -> ``{"llm.path": p}``: the settings a message names."""
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def _check_settings(out: Path, settings: dict, done: set[str]) -> None:
     """Refuse a resume whose settings, or whose records of the keys already decoded, are not those of
     the hypotheses there; then write this run's ``decode.json``."""
@@ -324,7 +315,7 @@ def _check_settings(out: Path, settings: dict, done: set[str]) -> None:
         changed = [f"{k}: {before.get(k)!r} before, {settings.get(k)!r} now"
                    for k in sorted((set(before) | set(settings)) - {"records", "model"})
                    if before.get(k) != settings.get(k)]
-        was, now = _flat(before["model"]), _flat(settings["model"])
+        was, now = flat_keys(before["model"]), flat_keys(settings["model"])
         model = [f"{k} {was.get(k)!r} before, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
                  if was.get(k) != now.get(k)]
         if model:

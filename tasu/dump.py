@@ -47,7 +47,7 @@ import torch
 
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
-from tasu.fileio import atomic_replace, read_json, write_atomic
+from tasu.fileio import atomic_replace, file_sha256, read_json, write_atomic
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
@@ -285,7 +285,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "encoder_path": str(Path(encoder_path).resolve()),
             "vocab_size": tokenizer.vocab_size, "blank_id": tokenizer.blank_id, "topk": topk,
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
-            "inputs": [{"path": p, "sha256": _file_digest(p)} for p in data]}
+            "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data]}
     root = Path(out)
     _claim(root, info)
     if (root / DONE).exists():
@@ -314,11 +314,6 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
     _merge(root, nj, inputs, recordings)
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _claim(root: Path, info: dict) -> None:
@@ -396,10 +391,10 @@ def _read_job_table(path: Path, kind) -> dict:
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         key, _, value = line.partition(" ")
         try:
-            values[key] = kind(value) if key and value else None
-        except ValueError:
-            values[key] = None
-        if values[key] is None or (kind is str and _ENTRY.fullmatch(value) is None):
+            values[key] = kind(value)
+        except ValueError:   # not seconds
+            value = ""
+        if not key or not value or (kind is str and _ENTRY.fullmatch(value) is None):
             raise DumpError(f"{path}:{n}: not 'KEY {'ARK:OFFSET' if kind is str else 'SECONDS'}': damaged; "
                             "remove the dump and make it again")
     return values

@@ -13,6 +13,7 @@ writer, another program's) one ``MetadataError`` naming it rather than a bare ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -146,3 +147,9 @@ def read_json(path: str | Path, check: Callable[[Any], bool] = lambda value: isi
         raise MetadataError(f"{path}: {problem}: tasu writes this file; was it edited, or cut short? "
                             "Remove it (with what it describes) to make it again")
     return value
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex: how dumps, decodes and resumed runs tell a file changed."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

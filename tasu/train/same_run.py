@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasu.config import ConfigError, load_config, to_dict
+from tasu.config import ConfigError, flat_keys, load_config, to_dict
 from tasu.experiment import ExperimentConfig
 from tasu.fileio import read_json, write_atomic
 from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS
@@ -66,22 +66,13 @@ def write_data_record(engine_dir: Path, record: dict) -> None:
     write_atomic(engine_dir / DATA_RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as dotted keys; the data files are compared by content (``data_record``), so only
     each training file's weight stays here."""
     tree = to_dict(cfg)
     weights = [source["weight"] for source in tree["data"].pop("train")]
     tree["data"].pop("valid")
-    return {**_flat(tree), "data.train weights": weights}
+    return {**flat_keys(tree), "data.train weights": weights}
 
 
 def _whole_entry(e: dict) -> bool:

@@ -45,7 +45,6 @@ resuming must guard, while this loop's state is three kinds of tensors that safe
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -59,9 +58,9 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from tasu.compress import CompressConfig
-from tasu.config import require_dir, to_dict
+from tasu.config import flat_keys, require_dir, to_dict
 from tasu.experiment import EncoderConfig
-from tasu.fileio import read_json, write_atomic
+from tasu.fileio import file_sha256, read_json, write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
 from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture, SimulatorError,
                                    SimulatorModel, read_safetensors, save_safetensors_atomic, vocab_digest,
@@ -344,8 +343,7 @@ def bin_counts(rates: Sequence[float]) -> dict[str, int]:
 def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], encoder_identity: dict) -> dict:
     digests = []
     for path in data:
-        with open(path, "rb") as f:
-            digests.append({"path": str(path), "sha256": hashlib.file_digest(f, "sha256").hexdigest()})
+        digests.append({"path": str(path), "sha256": file_sha256(path)})
     return {"encoder": encoder_identity, "data": digests, "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
 
 
@@ -415,12 +413,7 @@ RESUMABLE = frozenset({"train.max_steps", "train.log_interval", "train.save_inte
 
 def _run_settings(cfg: SimulatorTrainingConfig) -> dict:
     """The settings a checkpoint records and a resume must match (all but ``RESUMABLE``), flattened."""
-    def flat(prefix: str, value) -> dict:
-        if isinstance(value, dict):
-            return {k: v for name, sub in value.items() for k, v in flat(f"{prefix}{name}.", sub).items()}
-        return {prefix[:-1]: value}
-
-    settings = flat("", json.loads(json.dumps(to_dict(cfg))))
+    settings = flat_keys(json.loads(json.dumps(to_dict(cfg))))
     return {k: v for k, v in settings.items() if k not in RESUMABLE}
 
 
