@@ -384,6 +384,8 @@ def test_librispeech_reads_what_editors_and_other_tools_write_and_refuses_the_re
 
 def test_librispeech_a_missing_lm_text_is_said_before_the_audio(librispeech, tmp_path):
     recipe, env, _ = librispeech
+    one_line_error(data_sh(recipe, env, "--lm_max_lines", "-5", ok=False),
+                   "--lm_max_lines must be 0 (all) or more, not -5")   # it read the whole text
     out = data_sh(recipe, {**env, "LIBRISPEECH_LM_NORM": str(tmp_path / "nope.txt")}, ok=False)
     one_line_error(out, f"--lm_text {tmp_path}/nope.txt: no such file")
     assert not (recipe / "data").exists()

@@ -36,10 +36,8 @@ help_message="Usage: $0 [options]
 
 [ -d "${LIBRISPEECH}" ] || { log "ERROR: LibriSpeech not found at '${LIBRISPEECH}': set LIBRISPEECH in db.sh"; exit 1; }
 
-if [[ ! "${lm_max_lines}" =~ ^[0-9]+$ ]]; then
-  log "ERROR: --lm_max_lines must be a whole number, not '${lm_max_lines}'"; exit 1
-fi
-lm_max_lines=$((10#${lm_max_lines}))   # 007 is 7
+[ "${lm_max_lines}" -ge 0 ] || { log "ERROR: --lm_max_lines must be 0 (all) or more, not ${lm_max_lines}"; exit 1; }
+lm_max_lines=$((10#${lm_max_lines}))   # a whole number (parse_options.sh checks that); 007 is 7
 if [ -n "${lm_text}" ] && [ ! -f "${datadir}/lm_norm/.done" ] && [ ! -f "${lm_text}" ]; then
   log "ERROR: --lm_text ${lm_text}: no such file"; exit 1   # said before the audio subsets take their time
 fi
