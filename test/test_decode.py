@@ -275,6 +275,14 @@ def test_utterances_that_keep_no_posterior_row_are_counted_in_the_report(exp, tm
     assert "no speech" not in capsys.readouterr().out
 
 
+def test_decode_options_are_not_abbreviated(exp, tmp_path, capsys):
+    """The recipe refuses --input in --decode_args; --inp got past it and decoded the transcripts."""
+    with pytest.raises(SystemExit):
+        tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "out", "--inp", "simulated")
+    assert "unrecognized arguments: --inp simulated" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(exp / "exp" / "checkpoints" / "step_000004", ckpt)

@@ -504,3 +504,16 @@ def test_released_weights_holding_python_objects_are_refused_naming_the_file(tmp
     with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/llm: a weights file \(pytorch_model.bin\) holds Python"):
         load_llm(tmp_path / "llm")
     assert not (tmp_path / "ran").exists()
+
+
+def test_hf_tokenizer_feeds_a_vocabulary_of_jamo_its_text_as_it_is(tmp_path):
+    """NFKC composes jamo into syllables: a jamo-level vocabulary lost every character of its text."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    from tasu.encoders.tokenizers import HFCTCTokenizer
+
+    vocab = ["<pad>", "<unk>", "|", "ㄱ", "ㅏ", "ㄴ"]
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+    hf = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                              word_delimiter_token="|")
+    assert HFCTCTokenizer(hf, len(vocab), 0).encode("ㄱㅏㄴ ㄱㅏ") == [3, 4, 5, 2, 3, 4]
