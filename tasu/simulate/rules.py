@@ -292,11 +292,13 @@ class RuleSimulator(PosteriorSimulator):
             values = values.clone()
             values[bad] = self.confusion.sample_uniform(values[bad], g)
         bad = present[utt, values]
-        for k in bad.nonzero().flatten().tolist():  # small vocabularies, or references using most of one
-            allowed = self.confusion.candidates[~present[utt[k], self.confusion.candidates]]
-            if allowed.numel():
-                values[k] = allowed[torch.randint(allowed.numel(), (1,), generator=g)]
-                bad[k] = False
+        stuck = bad.nonzero().flatten()   # small vocabularies, or references using most of one
+        for u in utt[stuck].unique_consecutive().tolist():   # the values come utterance by utterance
+            mine = stuck[utt[stuck] == u]
+            allowed = self.confusion.candidates[~present[u, self.confusion.candidates]]
+            if allowed.numel():   # one draw of all of them: the stream of one draw each, in a tensor op
+                values[mine] = allowed[torch.randint(allowed.numel(), (mine.numel(),), generator=g)]
+                bad[mine] = False
         return values, bad
 
     def _assemble(self, b, utt, pos, ids, keep, ins_utt, ins_gap, ins_ids):
