@@ -287,9 +287,44 @@ def test_report_over_seeds_gives_mean_and_sd_and_needs_twice_the_pooled_sd(tmp_p
     # 10.0 vs 11.0: a margin of 1.0, but the seeds spread by 2.0 each: not evidence
     assert "curriculum WER < audio-only WER (test): 10.0 vs 11.0: **missed**" in text
     # and each run's own gap beside it: (11 - 2d) - (10 + 2d) for d = -1, 0, 1
-    assert "2 x pooled sd 4.0; each run: +5.0, +1.0, -3.0)" in text
+    assert "2 x pooled sd 4.00; each run: +5.0, +1.0, -3.0)" in text
     assert text.index("## Environments") < text.index("## Summary") < text.index("## encoder")
     assert "All 3 runs" in text
+
+
+def test_report_meets_a_target_stated_with_or_equal_at_a_tie_and_misses_a_strict_one(tmp_path):
+    """The targets are stated with <=, >= and <: a tie meets the first two (also where the bound's float
+    product is 15.200000000000001) and misses the last; with one run and with seeds that agree."""
+    def targets(n_runs: int, encoder: float, text_only: float, curriculum: float) -> str:
+        runs = [_fake_run(tmp_path / f"{encoder}-{n_runs}" / f"seed{i}", i,
+                          {"encoder": encoder, "tasu_train_text": text_only, "simulated": 10.0,
+                           "tasu_train_text_then_train_audio_sft": curriculum, "train_audio_sft_from_scratch": 12.0})
+                for i in range(1, n_runs + 1)]
+        results = runs[0].parent / "RESULTS.md"
+        subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results",
+                        str(results), "--plot", str(runs[0].parent / "results.png")], check=True, capture_output=True)
+        return results.read_text()
+
+    for n_runs in (1, 3):
+        text = targets(n_runs, 20.0, 16.0, 12.0)
+        assert "encoder greedy CTC WER <= 20 (test): 20.0 vs 20.0: **met**" in text
+        assert "WER <= 0.8 x the encoder's greedy CTC WER (test): 16.0 vs 16.0: **met**" in text
+        assert "curriculum WER < audio-only WER (test): 12.0 vs 12.0: **missed**" in text
+        assert "0.8 x the encoder's greedy CTC WER (test): 15.2 vs 15.2: **met**" in targets(n_runs, 19.0, 15.2, 11.0)
+
+
+def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
+    """A seed whose audio-only decode of test_ood is missing would drop the cell from every seed, and the
+    target said 'a stage did not run': the report names the run that lacks it instead."""
+    runs = [_fake_run(tmp_path / f"seed{i}", i, {"encoder": 20.0, "tasu_train_text": 14.0, "simulated": 10.0,
+                                                 "tasu_train_text_then_train_audio_sft": 10.0,
+                                                 "train_audio_sft_from_scratch": 11.0}) for i in (1, 2, 3)]
+    (runs[1] / "exp/train_audio_sft_from_scratch/decode_greedy_best/test_ood/ASR/score.json").unlink()
+    out = subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results",
+                          str(tmp_path / "RESULTS.md")], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr == (
+        f"local/report.py: {runs[1] / 'exp'}: no score of audio-only (same steps, from scratch) on test_ood (ASR), "
+        f"which {runs[0] / 'exp'} has: its stage failed or was skipped; finish it, or leave that run out of --runs\n")
 
 
 def _report(root: Path, encoder: list[float], text_only: list[float], env: dict | None = None,
@@ -371,6 +406,20 @@ def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):
     cells = len(rows) - 2  # less the header and its rule
     assert out.rstrip().endswith(f"{cells - 2} of {cells} cells agree within one pooled standard deviation, "
                                  f"{cells - 2} within two.")
+
+
+def test_compare_results_judges_no_cell_of_a_one_run_report(tmp_path):
+    """A report of one run has no spread: its cells were taken as sd 0, so equal cells 'agreed within one sd'
+    and any 0.1 apart were '**apart**'. They are printed as numbers and not judged."""
+    a = _report(tmp_path / "a", [20.0], [8.0])
+    b = _report(tmp_path / "b", [20.5, 21.5], [8.0, 8.0])
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {tuple(ln.split("|")[1:3]): ln.split("|")[3:-1] for ln in out.splitlines() if ln.startswith("|")}
+    assert rows[("encoder CTC greedy", "WER test")] == ["20.0", "21.0 ± 0.7", "+1.0", "-", "no spread"]
+    assert "agree within" not in out
+    assert out.rstrip().endswith(f"{len(rows) - 2} cells have no spread (a report of one run): they are not judged; "
+                                 "compare reports of several seeds (./run.sh --seeds).")
 
 
 @pytest.mark.parametrize("text,error", [

@@ -35,7 +35,7 @@ class Report(NamedTuple):
     machine: str
     synthesizers: str  # the releases that spoke its corpus, or "" where the report does not say
     runs: int
-    cells: dict[tuple[str, str], tuple[float, float]]  # (row, column) -> (mean, sd)
+    cells: dict[tuple[str, str], tuple[float, float | None]]  # (row, column) -> (mean, sd; None for one run)
 
 
 def read_report(path: Path) -> Report:
@@ -78,7 +78,7 @@ def read_report(path: Path) -> Report:
                 if match is None:
                     raise SystemExit(f"compare_results.py: {path}:{lineno}: column '{column}' of '{row[0]}' "
                                      f"is '{value}', not 'mean ± sd'")
-                values[column] = (float(match[1]), float(match[2] or 0.0))
+                values[column] = (float(match[1]), float(match[2]) if match[2] is not None else None)
             # the rows that explain the table repeat cells of the systems table: count each once
             if row[0] != FROM_SPEECH:
                 cells.update({(row[0], c): v for c, v in values.items() if (row[0], c) not in cells})
@@ -105,25 +105,36 @@ def compare(a: Report, b: Report) -> str:
         out.append(f"The report does not say which synthesizer releases spoke {which} (made before reports said so): "
                    "compare `espeak-ng --version` and `flite --version` on the two machines.")
     out += ["", "|system|column|A|B|B - A|pooled sd|agree|", "|---|---|---|---|---|---|---|"]
-    within = {1: 0, 2: 0}
+    within, judged = {1: 0, 2: 0}, 0
     for key in shared:
         (ma, sa), (mb, sb) = a.cells[key], b.cells[key]
-        diff, pooled = mb - ma, math.sqrt((sa ** 2 + sb ** 2) / 2)
+        diff = mb - ma
+        if sa is None or sb is None:   # one run: its spread is unknown, not 0
+            out.append(f"|{key[0]}|{key[1]}|{cell(ma, sa)}|{cell(mb, sb)}|{diff:+.1f}|-|no spread|")
+            continue
+        pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
         # a difference below the printed precision is agreement whatever the spread
         k = next((k for k in (1, 2) if abs(diff) <= k * pooled + 0.05), None)
+        judged += 1
         for level in within:
             within[level] += k is not None and k <= level
         verdict = {1: "within 1 sd", 2: "within 2 sd", None: "**apart**"}[k]
-        out.append(f"|{key[0]}|{key[1]}|{ma:.1f} ± {sa:.1f}|{mb:.1f} ± {sb:.1f}|{diff:+.1f}|{pooled:.1f}|{verdict}|")
-    out += ["", f"{within[1]} of {len(shared)} cells agree within one pooled standard deviation, "
-                f"{within[2]} within two."]
+        out.append(f"|{key[0]}|{key[1]}|{cell(ma, sa)}|{cell(mb, sb)}|{diff:+.1f}|{pooled:.1f}|{verdict}|")
+    out += [""]
+    if judged:
+        out.append(f"{within[1]} of {judged} cells agree within one pooled standard deviation, {within[2]} within two.")
     for mine, other, name in ((a, b, "A"), (b, a, "B")):   # a system or set one report lacks is said, not dropped
         alone = [f"{row} / {column}" for row, column in mine.cells if (row, column) not in other.cells]
         if alone:
             out.append(f"Only in {name} ({len(alone)} cells, not compared): {'; '.join(alone)}.")
-    if min(a.runs, b.runs) < 2:
-        out.append("A report of one run has no spread: compare reports of several seeds (./run.sh --seeds).")
+    if judged < len(shared):
+        out.append(f"{len(shared) - judged} cells have no spread (a report of one run): they are not judged; "
+                   "compare reports of several seeds (./run.sh --seeds).")
     return "\n".join(out)
+
+
+def cell(mean: float, sd: float | None) -> str:
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
 
 
 def main() -> None:
