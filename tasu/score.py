@@ -83,6 +83,11 @@ _TRN_ID = re.compile(r"\(([^\s()]+)\)\Z")   # sclite trn: the utterance id in br
 
 def read_text_file(path: str | os.PathLike) -> dict[str, str]:
     """Read ``key<TAB>text`` lines (or Kaldi ``key text``, or sclite ``text (key)``) into an ordered dict."""
+    return _read_table(path)[0]
+
+
+def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str]:
+    """:func:`read_text_file`'s dict and the layout it was read as (``key text`` or ``sclite trn``)."""
     lines = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -106,7 +111,7 @@ def read_text_file(path: str | os.PathLike) -> dict[str, str]:
         if key in out:
             raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
         out[key] = text.strip()
-    return out
+    return out, "sclite trn" if sclite else "key text"
 
 
 def normalise(text: str, norm: str) -> str:
@@ -407,6 +412,8 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
         value = 100 * counts["correct"] / len(refs)
         details["per_class"] = dict(sorted(per_class.items()))
     else:
+        if not any(ref.strip() for ref, _ in pairs):   # sacrebleu gives 0.00 over no reference words
+            raise ScoreError(f"every reference is empty: a {metric.upper()} over no reference words means nothing")
         from sacrebleu.metrics import BLEU, CHRF
         bleu, chrf = BLEU(tokenize=bleu_tokenize), CHRF()
         hyp_list, ref_list = [h for _, h in pairs], [[r for r, _ in pairs]]
@@ -483,7 +490,7 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     scored as an empty hypothesis (all deletions, wrong) and listed, as sclite does."""
     if missing not in MISSING:
         raise ScoreError(f"missing: {missing!r} is not one of {', '.join(MISSING)}")
-    refs, hyps = read_text_file(ref_path), read_text_file(hyp_path)
+    (refs, ref_layout), (hyps, hyp_layout) = _read_table(ref_path), _read_table(hyp_path)
     if not refs:  # score() cannot name the file it came from
         raise ScoreError(f"{ref_path}: no references (the file is empty): nothing to score against")
     if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
@@ -495,8 +502,10 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
                          "partway? Run it again to finish it, or score them as empty hypotheses (--missing empty)")
     try:
         result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
-    except ScoreError as e:  # name the files the problem is in
-        raise ScoreError(f"{hyp_path} against {ref_path}: {e}") from None
+    except ScoreError as e:  # name the files the problem is in, and how each was read where keys disagree
+        read_as = (f" (read as {hyp_layout} and {ref_layout} lines)" if "do not belong together" in str(e)
+                   and hyp_layout != ref_layout else "")
+        raise ScoreError(f"{hyp_path} against {ref_path}: {e}{read_as}") from None
     result.ref, result.hyp = str(ref_path), str(hyp_path)
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
     if metric in ("wer", "cer"):

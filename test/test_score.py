@@ -183,6 +183,10 @@ def test_references_without_a_word_are_refused(tmp_path, capsys):
     assert tasu_score(ref, hyp, "cer") == 1
     assert capsys.readouterr().err.startswith(f"tasu score: error: {hyp} against {ref}: every reference is empty")
     assert not (tmp_path / "score.json").exists()
+    # BLEU too: sacrebleu gave 0.00 over references without a word, exit 0
+    with pytest.raises(ScoreError, match="every reference is empty: a BLEU over no reference words means nothing"):
+        score({"a": "", "b": " "}, {"a": "a", "b": "b"}, "bleu")
+    assert score({"a": "", "b": "b c d e"}, {"a": "a", "b": "b c d e"}, "bleu")[0].value > 0
 
 
 def test_empty_and_looping_counts():
@@ -237,6 +241,12 @@ def test_sclite_trn_files_are_read_by_their_ids(tmp_path):
     assert read_text_file(mixed) == {"u1": "hello (laughs)", "u2": "there"}
     tabbed = write(tmp_path / "tabbed", ["u1\thello (laughs)", "u2\tthere (a)"])
     assert read_text_file(tabbed) == {"u1": "hello (laughs)", "u2": "there (a)"}
+    # a Kaldi text whose every line ends in a bracketed word reads as trn: where the keys then disagree,
+    # the error names the layout each file was read as (it said only that the files do not belong together)
+    two = write(tmp_path / "two", ["u1 call mom (home)", "u2 call dad (work)"])
+    tab = write(tmp_path / "tab", ["u1\tcall mom", "u2\tcall dad"])
+    with pytest.raises(ScoreError, match=r"do not belong together \(read as key text and sclite trn lines\)"):
+        score_files(two, tab, "wer", out_dir=tmp_path / "o2")
 
 
 def test_score_never_writes_over_its_inputs_nor_another_metric(tmp_path, capsys):
