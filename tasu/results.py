@@ -3,6 +3,11 @@
     tasu results exp > RESULTS.md
     tasu results exp --compare asr_text_only asr_half_audio
 
+A score.json of a ref or hyp file that has changed since (a decode resumed or redone, a reference
+corrected, and not scored again) is refused: its number is no longer of that file. A ``hyp.trn``
+without a score.json beside it or in a directory in it (a decode not scored, or stopped) is said on
+stderr, not left out silently.
+
 Layout: ``EXP_ROOT/<exp_tag>/<any dirs>/score.json`` (recipes write
 ``exp/<exp_tag>/decode_<decode_tag>/<test_set>/<task>/score.json``). The first directory under
 EXP_ROOT names the experiment and the rest of the path is the row's ``dataset``
@@ -19,9 +24,11 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from tasu.fileio import file_sha256
 from tasu.score import HEADERS, METRICS, ScoreError, ScoreResult, markdown_cell, separator
 
 TITLES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "acc": "Accuracy"}
@@ -35,9 +42,20 @@ class Row:
     result: ScoreResult
 
 
+def unscored_hyps_under(root: Path) -> list[Path]:
+    """Every ``hyp.trn`` under ``root`` without a ``score.json`` in its directory or a directory in it."""
+    return [p for p in _files_under(root, "hyp.trn")
+            if not (p.parent / "score.json").exists() and not any(p.parent.glob("*/score.json"))]
+
+
 def score_files_under(root: Path) -> list[Path]:
-    """Every ``score.json`` under ``root``, following linked directories (an experiment on another disk
-    is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
+    """Every ``score.json`` under ``root`` (see :func:`_files_under`)."""
+    return _files_under(root, "score.json")
+
+
+def _files_under(root: Path, name: str) -> list[Path]:
+    """Every file named ``name`` under ``root``, following linked directories (an experiment on another
+    disk is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
     found, seen, todo = [], set(), [root]
     while todo:
         directory = todo.pop()
@@ -50,7 +68,7 @@ def score_files_under(root: Path) -> list[Path]:
         except OSError as e:
             raise ScoreError(f"{directory}: cannot list it ({e.strerror or e}): its scores would be left out") from None
         for entry in entries:
-            if entry.name == "score.json":
+            if entry.name == name:
                 found.append(Path(entry.path))
             elif entry.is_dir():   # follows links
                 todo.append(Path(entry.path))
@@ -74,8 +92,28 @@ def collect_results(exp_root: str | Path) -> list[Row]:
             raise ScoreError(f"{path}: cannot read it ({e.strerror or e})") from None
         except RecursionError:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
+        _check_still_of(path, result)
         rows.append(Row(exp, dataset, result))
+    for hyp in unscored_hyps_under(root):
+        print(f"tasu results: warning: {hyp} has no score.json beside it (not scored, or its decode stopped): "
+              "not in the tables", file=sys.stderr)
     return sorted(rows, key=lambda r: (r.exp, METRICS.index(r.result.metric), r.dataset))
+
+
+def _check_still_of(path: Path, result: ScoreResult) -> None:
+    """Refuse a score.json whose ref or hyp file has changed since it was scored. The file is looked
+    for by its name beside the score.json or one directory up (``DIR/hyp.trn`` scored into
+    ``DIR/wer/``), never at its recorded path: that was relative to another working directory, or
+    names the original of a copied experiment."""
+    for what, name, digest in (("hypotheses", result.hyp, result.hyp_sha256),
+                               ("references", result.ref, result.ref_sha256)):
+        if not (name and digest):   # written by an older tasu score
+            continue
+        scored = next((d / Path(name).name for d in (path.parent, path.parent.parent)
+                       if (d / Path(name).name).is_file()), None)
+        if scored is not None and file_sha256(scored) != digest:
+            raise ScoreError(f"{path}: {scored} has changed since it was scored (other {what}): "
+                             "score it again (tasu score, or the recipe's scoring stage)")
 
 
 def environment() -> dict[str, str]:

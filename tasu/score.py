@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -86,11 +87,13 @@ def read_text_file(path: str | os.PathLike) -> dict[str, str]:
     return _read_table(path)[0]
 
 
-def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str]:
-    """:func:`read_text_file`'s dict and the layout it was read as (``key text`` or ``sclite trn``)."""
-    lines = []
+def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str, str]:
+    """:func:`read_text_file`'s dict, the layout it was read as (``key text`` or ``sclite trn``) and
+    the SHA-256 of the bytes read (taken while reading: the path may be a pipe, read once)."""
+    lines, digest = [], hashlib.sha256()
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            digest.update(raw)
             try:
                 line = raw.decode("utf-8-sig").rstrip("\r\n")
             except UnicodeDecodeError as e:
@@ -111,7 +114,7 @@ def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str]:
         if key in out:
             raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
         out[key] = text.strip()
-    return out, "sclite trn" if sclite else "key text"
+    return out, "sclite trn" if sclite else "key text", digest.hexdigest()
 
 
 def normalise(text: str, norm: str) -> str:
@@ -226,7 +229,8 @@ _COUNT, _NUMBER, _STRING, _OBJECT = ((_is_count, "a count"), (_is_number, "a num
 # (``ScoreResult.to_markdown_row``, the BLEU signature note of ``tasu results``).
 _FIELDS = {"norm": _STRING, "snt": _COUNT, "value": _NUMBER, "counts": _OBJECT, "details": _OBJECT,
            "missing_keys": (_is_keys, "a list of keys"), "extra_keys": (_is_keys, "a list of keys"),
-           "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING}
+           "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING, "ref_sha256": _STRING,
+           "hyp_sha256": _STRING}
 _ERROR_COUNTS = {key: _COUNT for key in ("wrd", "corr", "sub", "del", "ins", "s_err")}
 _COUNTS = {"wer": _ERROR_COUNTS, "cer": _ERROR_COUNTS, "acc": {"correct": _COUNT}, "bleu": {}}
 _DETAILS = {"wer": {}, "cer": {}, "acc": {}, "bleu": {"chrf": _NUMBER, "tokenize": _STRING, "signature": _STRING}}
@@ -302,6 +306,8 @@ class ScoreResult:
     looping: int
     ref: str = ""
     hyp: str = ""
+    ref_sha256: str = ""   # of the files scored: tasu results refuses a score of a file changed since
+    hyp_sha256: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """The content of score.json."""
@@ -321,7 +327,7 @@ class ScoreResult:
             raise ValueError(f"unknown field {unknown[0]!r}")
         if d.get("metric") not in METRICS:
             raise ValueError(f"metric: must be one of {', '.join(METRICS)}, not {_shown(d.get('metric'))}")
-        _check_fields(d, _FIELDS, optional=("ref", "hyp"))   # they have defaults: a score.json may lack them
+        _check_fields(d, _FIELDS, optional=("ref", "hyp", "ref_sha256", "hyp_sha256"))   # defaults: may lack them
         _check_fields(d["counts"], _COUNTS[d["metric"]], "counts.")
         _check_fields(d["details"], _DETAILS[d["metric"]], "details.")
         _check_sums(d)
@@ -490,7 +496,7 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     scored as an empty hypothesis (all deletions, wrong) and listed, as sclite does."""
     if missing not in MISSING:
         raise ScoreError(f"missing: {missing!r} is not one of {', '.join(MISSING)}")
-    (refs, ref_layout), (hyps, hyp_layout) = _read_table(ref_path), _read_table(hyp_path)
+    (refs, ref_layout, ref_sha256), (hyps, hyp_layout, hyp_sha256) = _read_table(ref_path), _read_table(hyp_path)
     if not refs:  # score() cannot name the file it came from
         raise ScoreError(f"{ref_path}: no references (the file is empty): nothing to score against")
     if not hyps:  # a decode that failed or never ran; scoring it would report WER 100 as a result
@@ -506,7 +512,7 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
         read_as = (f" (read as {hyp_layout} and {ref_layout} lines)" if "do not belong together" in str(e)
                    and hyp_layout != ref_layout else "")
         raise ScoreError(f"{hyp_path} against {ref_path}: {e}{read_as}") from None
-    result.ref, result.hyp = str(ref_path), str(hyp_path)
+    result.ref, result.hyp, result.ref_sha256, result.hyp_sha256 = str(ref_path), str(hyp_path), ref_sha256, hyp_sha256
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
     if metric in ("wer", "cer"):
         per_utterance = {"alignment.txt": "".join(lines)}

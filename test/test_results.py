@@ -303,3 +303,42 @@ def test_git_hash_names_the_checkout_or_says_unknown(tmp_path):
     """One lookup for RESULTS.md's environment and the mini study's report."""
     assert git_hash(tmp_path) == "unknown"   # not a checkout
     assert environment()["Git hash"] == git_hash(Path(results.__file__).parent)
+
+
+def test_a_score_of_a_file_changed_since_is_refused_and_an_unscored_decode_said(tmp_path, capsys):
+    """A decode redone or resumed after scoring (or a corrected reference) left the old score.json,
+    which the tables showed as the new hypotheses' number, exit 0; a decode dir with hyp.trn and no
+    score.json was left out of the tables without a word."""
+    d = tmp_path / "exp/sys/decode_greedy/test/ASR"
+    write(d / "ref.trn", ["u1\tturn on the lights"])
+    write(d / "hyp.trn", ["u1\tturn on the lights"])
+    score_files(d / "ref.trn", d / "hyp.trn", "wer")
+    greedy = tmp_path / "exp/encoder/ctc_greedy/test"   # DIR/hyp.trn scored into DIR/wer/
+    write(greedy / "ref.trn", ["u1\tturn on the lights"])
+    write(greedy / "hyp.trn", ["u1\tturn of the lights"])
+    score_files(greedy / "ref.trn", greedy / "hyp.trn", "wer", out_dir=greedy / "wer")
+    assert tasu_results(str(tmp_path / "exp")) == 0 and capsys.readouterr().err == ""
+
+    write(d / "hyp.trn", ["u1\tturn off the light"])
+    assert tasu_results(str(tmp_path / "exp")) == 1
+    assert capsys.readouterr().err == (f"tasu results: error: {d / 'score.json'}: {d / 'hyp.trn'} has changed since "
+                                       "it was scored (other hypotheses): score it again (tasu score, or the recipe's "
+                                       "scoring stage)\n")
+    score_files(d / "ref.trn", d / "hyp.trn", "wer")
+    write(greedy / "ref.trn", ["u1\tturn on the light"])
+    assert tasu_results(str(tmp_path / "exp")) == 1
+    assert f"{greedy / 'wer' / 'score.json'}: {greedy / 'ref.trn'} has changed since it was scored (other " \
+           "references)" in capsys.readouterr().err
+    score_files(greedy / "ref.trn", greedy / "hyp.trn", "wer", out_dir=greedy / "wer")
+
+    stopped = tmp_path / "exp/sys/decode_greedy/test_ood/ASR"
+    write(stopped / "hyp.trn", ["u1\tturn"])
+    assert tasu_results(str(tmp_path / "exp")) == 0
+    assert capsys.readouterr().err == (f"tasu results: warning: {stopped / 'hyp.trn'} has no score.json beside it "
+                                       "(not scored, or its decode stopped): not in the tables\n")
+    # a score.json of an older tasu score has no digests: read as before
+    old = json.loads((d / "score.json").read_text())
+    del old["hyp_sha256"], old["ref_sha256"]
+    (d / "score.json").write_text(json.dumps(old))
+    write(d / "hyp.trn", ["u1\tturn on the lights"])
+    assert [r.dataset for r in collect_results(tmp_path / "exp")][-1] == "decode_greedy/test/ASR"
