@@ -196,6 +196,7 @@ def test_the_learned_report_tables_wer_control_fidelity_and_training(run_dir, tm
     for i, c in enumerate(cells):
         for test_set in c.info.get("sets", []):
             write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
+        write(r.study / c.name / "done", json.dumps({"commit": "abc1234", "machine": "machine A"}))
     sim = r.study / "learned_simulator" / "simulator"
     write(sim / "config.json", json.dumps({"d_model": 128, "encoder_layers": 2, "decoder_layers": 2, "heads": 4,
                                            "topk": 10}))
@@ -380,6 +381,12 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     assert (f"on machine A: 9 cells by the study code at git def5678, {len(cells) - 9} cells by the study code at "
             "git abc1234 (this report: git ") in out.read_text()
     assert [study.signed(d) for d in (-0.04, -0.06, 3.0, None)] == ["+0.0", "-0.1", "+3.0", "-"]   # never "-0.0"
+    # a cell that has not finished shows no score (its score.json may be an earlier attempt's) and is named
+    (r.study / "sim_alpha_none" / "done").unlink()
+    study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
+    text = out.read_text()
+    assert "| alpha [0.0, 0.0] | - |" in text
+    assert f"Not finished (1 of {len(cells)} cells; '-' in their rows): sim_alpha_none." in text
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):

@@ -132,9 +132,10 @@ def collect(exp_root: Path) -> dict[str, dict[tuple[str, str], float | None]]:
     return scores
 
 
-def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (None, None for no value; sd None for one run)."""
-    if not values:
+def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None when there is no value or a run lacks it; sd None for
+    one run)."""
+    if not values or any(v is None for v in values):
         return None, None
     m = sum(values) / len(values)
     if len(values) < 2:

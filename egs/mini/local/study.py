@@ -561,6 +561,10 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
 # --- the report ------------------------------------------------------------------------------------------
 
 def wer(cell_dir: Path, test_set: str = "test") -> float | None:
+    """The cell's WER, None until the cell has finished: a score.json of a cell that stopped (or of an
+    earlier attempt) is no result of it."""
+    if not (cell_dir / "done").exists():
+        return None
     return read_score(cell_dir / "decode" / test_set / "score.json")
 
 
@@ -647,6 +651,10 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
     wall = wall_seconds([s / c.name for c in cells])
     lines += [f"Time: {wall / 60:.0f} min while cells ran (neither the pauses between runs nor attempts that "
               f"were killed and resumed count), {total / 60:.0f} min of commands in all (cells ran side by side).", ""]
+    unfinished = [c.name for c in cells if not (s / c.name / "done").exists()]
+    if unfinished:   # their cells show '-': say why, rather than leave a '-' to read as "not part of the study"
+        lines += [f"Not finished ({len(unfinished)} of {len(cells)} cells; '-' in their rows): "
+                  f"{', '.join(unfinished)}.", ""]
 
     if "gap_real" in by_name:
         sims = [wer(s / f"gap_simulated_{k}") for k in SIM_SEEDS]
@@ -656,8 +664,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "| input | WER test |", "|---|---:|",
                   f"| simulated from the transcript (3 simulation seeds) | {fmt_cell(mean_sd(sims))} |",
                   f"| the encoder's, from the audio | {fmt(baseline)} |", ""]
-        summary = s / "gap_analyze" / "analyze" / "summary.json"
-        if summary.exists():
+        if (s / "gap_analyze" / "done").exists() and (s / "gap_analyze" / "analyze" / "summary.json").exists():
             lines += ["`tasu analyze` of dev (real rows after compression vs rows simulated from the same "
                       "transcripts; `exp/study/gap_analyze/analyze/`):", "", "```",
                       (s / "gap_analyze" / "analyze" / "report.txt").read_text(encoding="utf-8").rstrip(), "```", ""]
@@ -839,7 +846,7 @@ def learned_report(r: Recipe, cells: list[Cell], sizes: list[int], baseline_sd: 
 
     summaries = {name: [s / "learned_fidelity" / f"{name}_seed{k}" / "summary.json" for k in SIM_SEEDS]
                  for name, _, _ in FIDELITY_ROWS}
-    if any(f.exists() for files in summaries.values() for f in files):
+    if (s / "learned_fidelity" / "done").exists() and any(f.exists() for files in summaries.values() for f in files):
         lines += ["**Fidelity on dev** (`tasu analyze`): the encoder's real compressed rows of the dev audio "
                   "against rows simulated from the same transcripts. The conditioned simulators are asked, "
                   "utterance by utterance, for the real rows' token error rate (`--match-wer`), so they are "
