@@ -14,7 +14,6 @@ embedding, whatever id the tokenizer gives it.
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,15 +21,13 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasu.weights import ModelFilesError, from_pretrained
+
 if TYPE_CHECKING:   # the config's own section: one description of the adapters, for configs and code alike
     from tasu.experiment import LoRAConfig
 
 SPEECH_TOKEN = "<speech>"
 IGNORE_INDEX = -100
-
-
-class ModelFilesError(ValueError):
-    """A model directory that lacks what loading it needs; the message names the directory."""
 
 
 def load_llm_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -64,12 +61,7 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {name!r}: use e.g. float32, bfloat16, float16")
-    try:
-        llm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except pickle.UnpicklingError:   # torch's message, about weights_only, names no file
-        raise ModelFilesError(f"{path}: a weights file (pytorch_model.bin) holds Python objects besides tensors, "
-                              "and loading them could run code: refused. Use the model's safetensors "
-                              "release, or a copy you trust") from None
+    llm = from_pretrained(AutoModelForCausalLM, path, "LLM", dtype=dtype)
     llm.requires_grad_(False)
     if lora is not None:
         add_lora(llm, lora)

@@ -2,6 +2,7 @@
 saved in their real layouts and loaded through ``load_encoder`` / ``load_tokenizer``."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -504,6 +505,70 @@ def test_released_weights_holding_python_objects_are_refused_naming_the_file(tmp
     with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/llm: a weights file \(pytorch_model.bin\) holds Python"):
         load_llm(tmp_path / "llm")
     assert not (tmp_path / "ran").exists()
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")   # the Hugging Face CTC loader too (it gave torch's message)
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save({"lm_head.weight": _RunsACommand()}, tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/hf: a weights file \(pytorch_model.bin\) holds Python"):
+        load_encoder(tmp_path / "hf")
+    assert not (tmp_path / "ran").exists()
+
+
+def _drop(path, keep) -> None:
+    from safetensors.torch import load_file, save_file
+    save_file({k: v for k, v in load_file(path).items() if keep(k)}, path, metadata={"format": "pt"})
+
+
+def test_weights_that_lack_tensors_of_the_model_are_refused_not_initialised_at_random(tmp_path):
+    """transformers loaded a CTC model without its head (a pretraining-only release), or an LLM without a
+    layer, with those tensors random and a warning: a frozen encoder or LLM part noise, exit 0."""
+    from fixtures import save_tiny_llm
+
+    from tasu.llm import ModelFilesError, load_llm
+
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    _drop(tmp_path / "hf" / "model.safetensors", lambda k: not k.startswith("lm_head."))
+    with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/hf: the weights lack 2 tensors of the CTC encoder "
+                                              r"\(lm_head.bias, lm_head.weight\), which would start random"):
+        load_encoder(tmp_path / "hf")
+    save_tiny_llm(tmp_path / "llm")
+    load_llm(tmp_path / "llm")   # tied embeddings: lm_head.weight is not in the file, and is not missing
+    _drop(tmp_path / "llm" / "model.safetensors", lambda k: ".layers.1." not in k)
+    with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/llm: the weights lack \d+ tensors of the LLM "
+                                              r"\(model.layers.1.input_layernorm.weight, .*, \.\.\.\)"):
+        load_llm(tmp_path / "llm")
+    (tmp_path / "llm" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")   # cut short
+    with pytest.raises(ModelFilesError, match=rf"^{tmp_path}/llm: a safetensors weights file is damaged or cut short"):
+        load_llm(tmp_path / "llm")
+
+
+def test_a_bf16_hugging_face_ctc_release_is_read_in_float32(tmp_path):
+    """transformers kept it in bf16 (dtype "auto"), and its first batch of float32 samples failed in torch."""
+    from transformers import AutoModelForCTC
+
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    shutil.copytree(tmp_path / "hf", tmp_path / "bf16")
+    AutoModelForCTC.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    encoder = load_encoder(tmp_path / "bf16")
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+    feats, lengths = encoder.extract_features([waveform(0.5)])
+    assert encoder(feats, lengths)[0].dtype == torch.float32
+
+
+def test_a_damaged_or_mismatched_model_pt_is_named(tmp_path):
+    """An interrupted copy gave 'Invalid argument' or EOFError, a CTC head of another size torch's multi-line
+    size mismatch: none named the file."""
+    write_sensevoice_dir(tmp_path / "enc")
+    weights = tmp_path / "enc" / "model.pt"
+    good = weights.read_bytes()
+    for damaged in (good[:len(good) // 2], b""):
+        weights.write_bytes(damaged)
+        with pytest.raises(ValueError, match=rf"^{weights}: not a readable weights file, damaged or cut short"):
+            load_encoder(tmp_path / "enc")
+    state = torch.load(io.BytesIO(good), weights_only=True)
+    state["ctc.ctc_lo.weight"] = torch.zeros(7, state["ctc.ctc_lo.weight"].shape[1])
+    torch.save(state, weights)
+    with pytest.raises(ValueError, match=rf"^{weights}: does not fit .* \(size mismatch for ctc.ctc_lo.weight: "):
+        load_encoder(tmp_path / "enc")
 
 
 def test_hf_tokenizer_feeds_a_vocabulary_of_jamo_its_text_as_it_is(tmp_path):

@@ -33,7 +33,8 @@ from typing import Sequence
 import torch
 
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer, copy_flat, require_16k
-from tasu.encoders.layout import load_state_file, read_yaml, require
+from tasu.encoders.layout import read_yaml, require
+from tasu.weights import load_into, load_state_file
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import vocabulary_case
 
@@ -272,11 +273,7 @@ class ESPnetCTCEncoder(CTCEncoder):
         tokenizer = ESPnetTokenizer(config["token_list"], config.get("token_type", "bpe"),
                                     config.get("bpemodel"), where=where)
         model = ASRTask.build_model(argparse.Namespace(**config))
-        state = load_state_file(d.model_file)
-        missing, _ = model.load_state_dict(state, strict=False)
-        if missing:
-            raise ValueError(f"{d.model_file} lacks {len(missing)} parameters of the model config.yaml "
-                             f"describes, e.g. {missing[:5]}")
+        load_into(model, load_state_file(d.model_file), d.model_file)
         encoder = cls(model, tokenizer, where=where)
         return encoder.to(device).eval().requires_grad_(False)
 

@@ -21,6 +21,7 @@ from tasu.encoders.base import CTCEncoder, copy_flat, require_16k
 from tasu.encoders.layout import require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import HFCTCTokenizer
+from tasu.weights import from_pretrained
 
 
 @register("hf_ctc")
@@ -62,7 +63,7 @@ class HFCTCEncoder(CTCEncoder):
         tokenizer = HFCTCTokenizer.from_pretrained(root)
         feature_extractor = AutoFeatureExtractor.from_pretrained(str(root))
         require_16k(feature_extractor.sampling_rate, f"{root}/preprocessor_config.json (sampling_rate)")
-        model = AutoModelForCTC.from_pretrained(str(root))
+        model = from_pretrained(AutoModelForCTC, root, "CTC encoder")
         return cls(model, feature_extractor, tokenizer).to(device).eval().requires_grad_(False)
 
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

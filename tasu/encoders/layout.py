@@ -18,21 +18,20 @@ directory's name:
 
     config.json  model.safetensors  vocab.json  tokenizer_config.json  preprocessor_config.json
 
-Nothing here imports funasr or transformers, and only :func:`load_state_file` (called by the encoder
+Nothing here imports funasr or transformers, and only :func:`load_weights` (called by the encoder
 loaders) reads more than small text files, so the text-only stage can find and load a tokenizer
 without paying for (or having) the encoder.
 """
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
-import torch
 import yaml
 from torch import nn
 
 from tasu.encoders.base import require_16k
+from tasu.weights import load_into, load_state_file
 
 
 def funasr_model(root: Path) -> str | None:
@@ -117,19 +116,6 @@ class FunASRDir:
             return json.load(f)
 
 
-def load_state_file(path: Path) -> dict:
-    """``torch.load`` of a released weights file as tensors only: an object that could run code when
-    unpickled is refused in one line naming the file (torch's own message names none)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path}: holds Python objects besides tensors, and loading them could run code: "
-                         "refused; use a copy of the model you trust") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
-    return state
-
-
 def load_weights(module: nn.Module, path: Path) -> None:
     """Load a funasr ``model.pt`` into ``module``: every parameter must be there.
 
@@ -142,10 +128,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
-    missing, _ = module.load_state_dict(state, strict=False)
-    if missing:
-        raise ValueError(f"{path} lacks {len(missing)} parameters of {type(module).__name__}, "
-                         f"e.g. {missing[:5]}")
+    load_into(module, state, path)
 
 
 def write_configuration_json(root: Path, bpe_name: str) -> None:

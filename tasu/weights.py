@@ -1,0 +1,80 @@
+"""Reading released weights as untrusted input: every tensor there, nothing that runs code.
+
+A user's copy of a model directory is whatever was downloaded, converted or copied: a pickle that
+runs code when loaded, a file cut short by an interrupted copy, or a checkpoint of another model
+(wav2vec2-base without its CTC head, an LLM missing a layer). torch and transformers load the last
+one with the missing tensors initialised at random and a warning: a frozen encoder or LLM that is
+part noise, with exit 0. Each of these is refused here in one line naming the file or directory.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+# Missing tensors that inference never reads: wav2vec2's learned mask embedding (SpecAugment while
+# fine-tuning), absent from some releases.
+_UNUSED_AT_INFERENCE = ("masked_spec_embed",)
+
+
+class ModelFilesError(ValueError):
+    """A model directory or weights file that cannot be used as it is; the message names it."""
+
+
+def _code_refused(where: str) -> ModelFilesError:
+    return ModelFilesError(f"{where} holds Python objects besides tensors, and loading them could run code: "
+                           "refused; use the model's safetensors release, or a copy you trust")
+
+
+def load_state_file(path: Path) -> dict:
+    """``torch.load`` of a released weights file (``model.pt``, ``*.pth``) as tensors only."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:   # torch's message names no file and suggests weights_only=False
+        raise _code_refused(f"{path}:") from None
+    except (EOFError, RuntimeError, OSError) as e:   # "Invalid argument", EOFError: no file named
+        raise ModelFilesError(f"{path}: not a readable weights file, damaged or cut short "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}): "
+                              "copy it again") from None
+    if not isinstance(state, dict):
+        raise ModelFilesError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
+    return state
+
+
+def load_into(module: torch.nn.Module, state: dict, path: Path) -> None:
+    """``module.load_state_dict(state)``, every parameter required (extra entries are ignored, as
+    funasr does); a missing or misshapen one is refused naming ``path``."""
+    try:
+        missing, _ = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:   # size mismatches: torch's multi-line message names no file
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ModelFilesError(f"{path}: does not fit {type(module).__name__} ({first.rstrip('.')}): weights of "
+                              "another model, or a config of another size") from None
+    if missing:
+        raise ModelFilesError(f"{path} lacks {len(missing)} parameters of {type(module).__name__}, "
+                              f"e.g. {missing[:5]}")
+
+
+def from_pretrained(auto_class, path: str | Path, what: str, dtype: torch.dtype = torch.float32):
+    """``auto_class.from_pretrained(path, dtype=dtype)`` of a local directory, refusing what
+    transformers lets through: a tensor of the model missing from the files (it would start random;
+    tied embeddings are not missing), a pickle with code, a damaged safetensors file. ``what`` names
+    the model in messages ("LLM", "CTC encoder"). ``dtype`` is explicit: transformers' default
+    ("auto") keeps a bf16 release in bf16, whatever its caller feeds it."""
+    from safetensors import SafetensorError
+
+    try:
+        model, info = auto_class.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+    except pickle.UnpicklingError:
+        raise _code_refused(f"{path}: a weights file (pytorch_model.bin)") from None
+    except SafetensorError as e:
+        raise ModelFilesError(f"{path}: a safetensors weights file is damaged or cut short ({e}): copy it "
+                              "again") from None
+    missing = [k for k in info["missing_keys"] if not k.endswith(_UNUSED_AT_INFERENCE)]
+    if missing:
+        raise ModelFilesError(f"{path}: the weights lack {len(missing)} tensors of the {what} "
+                              f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}), which "
+                              "would start random: weights of another model (a release without its head?), or "
+                              "a file missing from the copy")
+    return model
