@@ -175,6 +175,11 @@ def test_a_copy_inside_another_recipe_reads_its_own_files_not_the_recipe_s(tmp_p
     d = ESPnetDir(copy)
     assert (d.bpe_model, d.stats_file) == (copy / "bpe.model", copy / "feats_stats.npz")
     assert load_tokenizer(copy).encode("TURN ON THE LIGHTS") == load_tokenizer(exp).encode("TURN ON THE LIGHTS")
+    # a model directory without the file is not served the current directory's file of that relative path
+    (copy / "bpe.model").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bpemodel data/token_list/bpe_unigram40/bpe.model not found "
+                                                r"\(looked in .* and its two parents\)"):
+        load_tokenizer(copy)
 
 
 def test_what_tasu_cannot_read_is_refused_with_the_file_and_key(exp, tmp_path):

@@ -15,7 +15,9 @@ waveform itself and ``encode`` makes the frames, as in ESPnet's ``Speech2Text``.
 Paths inside config.yaml (the BPE model, the token list when it is a file, the normalisation
 statistics) are relative to the recipe directory that trained the model; they are looked up by file
 name in the model directory (a copy holds them there), then under the model directory and its two
-parents (``<recipe>/exp/asr_x``, or ``<archive>/exp/asr_x`` for a model-zoo archive), then as written.
+parents (``<recipe>/exp/asr_x``, or ``<archive>/exp/asr_x`` for a model-zoo archive); an absolute
+path also as written. A relative one is never looked up in the current directory, where it would
+name another model's file.
 
 The tokenizer needs only config.yaml, the token list and the BPE model (read with sentencepiece), so
 the text-only stage runs without espnet. Loading the model imports espnet, which lives in its own
@@ -59,14 +61,15 @@ class ESPnetDir:
         # The model's own directory first: a copy (``tasu export``) holds the files beside config.yaml,
         # and a path as written may name another model's file when run from inside another recipe.
         candidates = [self.root / written.name]
-        if not written.is_absolute():
+        if written.is_absolute():
+            candidates.append(written)
+        else:   # never the current directory: there it names whatever model's file the caller stands beside
             candidates += [self.root / written, self.root.parent / written, self.root.parent.parent / written]
-        candidates.append(written)
         for c in candidates:
             if c.is_file():
                 return c
         raise FileNotFoundError(f"{self.root}/config.yaml: {key} {value} not found (looked in {self.root}, "
-                                f"its two parents and the current directory)")
+                                f"and its two parents)")
 
     @property
     def token_list(self) -> list[str]:
