@@ -541,6 +541,18 @@ def test_weights_that_lack_tensors_of_the_model_are_refused_not_initialised_at_r
         load_llm(tmp_path / "llm")
 
 
+def test_a_ctc_vocabulary_spelling_ids_the_head_lacks_is_refused(tmp_path):
+    """vocab.json with ids past config.json's vocab_size loaded; the first transcript spelling one failed in
+    simulation ("token ids must be in [0, 32)"), naming no file."""
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    vocab = json.loads((tmp_path / "hf" / "vocab.json").read_text())
+    size = json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"]
+    (tmp_path / "hf" / "vocab.json").write_text(json.dumps(vocab | {"\u00c9": size}))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/hf/vocab.json: spells ids up to {size}, but config.json "
+                                         rf"vocab_size is {size}"):
+        load_tokenizer(tmp_path / "hf")
+
+
 def test_a_bf16_hugging_face_ctc_release_is_read_in_float32(tmp_path):
     """transformers kept it in bf16 (dtype "auto"), and its first batch of float32 samples failed in torch."""
     from transformers import AutoModelForCTC

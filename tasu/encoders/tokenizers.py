@@ -24,6 +24,7 @@ import sentencepiece as spm
 
 from tasu.encoders.base import EncoderTokenizer
 from tasu.encoders.layout import FunASRDir, require
+from tasu.weights import ModelFilesError
 
 BLANK_PIECE = "<blank>"
 
@@ -150,7 +151,13 @@ class HFCTCTokenizer(EncoderTokenizer):
         if blank != tokenizer.pad_token_id:
             raise ValueError(f"{root}: config.json pad_token_id {blank} (the CTC blank) differs from the "
                              f"tokenizer's pad token id {tokenizer.pad_token_id}")
-        return cls(tokenizer, vocab_size=config.get("vocab_size", len(tokenizer)), blank_id=blank)
+        vocab_size = config.get("vocab_size", len(tokenizer))
+        spelt = max(tokenizer.encoder.values(), default=-1)   # vocab.json's own ids, not added special tokens
+        if spelt >= vocab_size:   # the first transcript with such a character failed deep in simulation
+            raise ModelFilesError(f"{root}/vocab.json: spells ids up to {spelt}, but config.json vocab_size is "
+                                  f"{vocab_size}: the CTC head has no output for them; a vocabulary of another "
+                                  "model?")
+        return cls(tokenizer, vocab_size=vocab_size, blank_id=blank)
 
     def encode(self, text: str) -> list[int]:
         if self._nfkc:   # "cafe\u0301" spelt as "café", fullwidth letters as ASCII
