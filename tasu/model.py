@@ -33,7 +33,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.encoders.base import CTCEncoder
-from tasu.llm import IGNORE_INDEX, PromptTokenizer, TextBatch, load_llm, load_llm_tokenizer
+from tasu.llm import (IGNORE_INDEX, SPEECH_TOKEN, ModelFilesError, PromptTokenizer, TextBatch, load_llm,
+                      load_llm_tokenizer)
 from tasu.posteriors import Posteriors, stack
 from tasu.projectors import Projector, build_projector
 
@@ -153,9 +154,15 @@ class SpeechLLM(nn.Module):
         """
         llm = load_llm(llm_path, dtype=dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         embedding = llm.get_input_embeddings()
+        tokenizer = load_llm_tokenizer(llm_path)
+        speech_id = tokenizer.convert_tokens_to_ids(SPEECH_TOKEN)   # removed from the ids: never embedded
+        top = max(i for i in tokenizer.get_vocab().values() if i != speech_id)
+        if top >= embedding.num_embeddings:   # the first text spelling one failed in torch: "index out of range"
+            raise ModelFilesError(f"{llm_path}: the tokenizer spells ids up to {top}, but the LLM's embedding has "
+                                  f"{embedding.num_embeddings} rows: a tokenizer of another model?")
         proj = build_projector(projector, vocab_size, embedding.embedding_dim, llm_embedding=embedding,
                                **(projector_options or {}))
-        return cls(llm, load_llm_tokenizer(llm_path), proj, encoder=encoder)
+        return cls(llm, tokenizer, proj, encoder=encoder)
 
     def splice(self, post: Posteriors, text: TextBatch, pad_left: bool = False) -> Spliced:
         """Project ``post`` and splice it into ``text`` (see ``splice``): the LLM's input."""

@@ -354,3 +354,22 @@ def test_textbatch_from_lists():
     batch = TextBatch.from_lists([[1, 2, 3], [4]], speech_at=[1, 0], targets=[[7, 9], [8]], pad_id=0)
     assert batch.ids.tolist() == [[1, 2, 3, 7, 9], [4, 8, 0, 0, 0]]
     assert batch.lengths.tolist() == [5, 2] and batch.target_at.tolist() == [3, 1]
+
+
+def test_a_tokenizer_spelling_ids_past_the_llm_embedding_is_refused(chat_dir, tmp_path):
+    """A tokenizer of another (larger) model loaded; its first text with such an id failed in torch
+    ("index out of range in self"), naming no file. A larger embedding than tokenizer (Qwen's) is fine."""
+    import json
+    import shutil
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tasu.llm import ModelFilesError
+
+    small = tmp_path / "llm"
+    shutil.copytree(chat_dir, small)
+    config = json.loads((chat_dir / "config.json").read_text())
+    Qwen2ForCausalLM(Qwen2Config(**{**config, "vocab_size": 200})).save_pretrained(small)
+    with pytest.raises(ModelFilesError, match=rf"^{small}: the tokenizer spells ids up to 29\d, but the LLM's "
+                                              "embedding has 200 rows"):
+        build(small)
