@@ -553,6 +553,20 @@ def test_a_ctc_vocabulary_spelling_ids_the_head_lacks_is_refused(tmp_path):
         load_tokenizer(tmp_path / "hf")
 
 
+def test_a_funasr_config_without_its_frontend_or_with_another_blank_is_named(tmp_path):
+    """No frontend_conf was a KeyError naming no file; model_conf.blank_id 5 was ignored (blank 0 used)."""
+    write_sensevoice_dir(tmp_path / "enc")
+    config = yaml.safe_load((tmp_path / "enc" / "config.yaml").read_text())
+    (tmp_path / "enc" / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in config.items()
+                                                                 if k != "frontend_conf"}))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/enc/config.yaml: no frontend_conf section"):
+        load_encoder(tmp_path / "enc")
+    config["model_conf"] = {**(config.get("model_conf") or {}), "blank_id": 5}
+    (tmp_path / "enc" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/enc/config.yaml: model_conf.blank_id is 5: tasu reads"):
+        load_tokenizer(tmp_path / "enc")
+
+
 def test_a_bf16_hugging_face_ctc_release_is_read_in_float32(tmp_path):
     """transformers kept it in bf16 (dtype "auto"), and its first batch of float32 samples failed in torch."""
     from transformers import AutoModelForCTC

@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 
 from tasu.encoders.base import require_16k
-from tasu.weights import load_into, load_state_file
+from tasu.weights import ModelFilesError, load_into, load_state_file
 
 
 def funasr_model(root: Path) -> str | None:
@@ -69,6 +69,19 @@ class FunASRDir:
             with open(self.root / "configuration.json", encoding="utf-8") as f:
                 metas = json.load(f).get("file_path_metas", {})
         self._metas = metas
+        conf = self.config.get("model_conf")
+        blank = conf.get("blank_id", 0) if isinstance(conf, dict) else 0
+        if blank != 0:   # tasu's simulation, compression and CTC loss take id 0 as blank, as funasr's CTC loss does
+            raise ModelFilesError(f"{self.root}/config.yaml: model_conf.blank_id is {blank!r}: tasu reads CTC "
+                                  "models whose blank is id 0")
+
+    def section(self, name: str) -> dict:
+        """The config's ``name`` section; its absence is named (a KeyError named no file)."""
+        value = self.config.get(name)
+        if not isinstance(value, dict):
+            raise ModelFilesError(f"{self.root}/config.yaml: no {name} section (a mapping): not the config of a "
+                                  f"{self.config.get('model', 'funasr')} release, or an edited one")
+        return value
 
     @property
     def model(self) -> str:

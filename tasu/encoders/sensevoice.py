@@ -80,7 +80,7 @@ class SenseVoiceEncoder(CTCEncoder):
         d = FunASRDir(path)
         d.require_16k()
         tokenizer = SentencePieceTokenizer.from_funasr_dir(d.root)
-        frontend = build_wav_frontend(d.config["frontend_conf"], d.cmvn_file)
+        frontend = build_wav_frontend(d.section("frontend_conf"), d.cmvn_file)
         conf = dict(d.config.get("model_conf") or {})
         conf.update({k: d.config[k] for k in _MODEL_SECTIONS if k in d.config})
         conf.update(input_size=frontend.output_size(), vocab_size=tokenizer.vocab_size)

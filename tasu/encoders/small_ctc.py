@@ -99,7 +99,7 @@ class SmallCTCEncoder(CTCEncoder):
         d.require_16k()
         if d.model != MODEL_NAME:
             raise ValueError(f"{d.root}/config.yaml holds model {d.model!r}, not {MODEL_NAME}")
-        config = {k: {n: v for n, v in d.config[k].items() if n != "cmvn_file"} for k in DEFAULT_CONFIG}
+        config = {k: {n: v for n, v in d.section(k).items() if n != "cmvn_file"} for k in DEFAULT_CONFIG}
         model = cls(SentencePieceTokenizer.from_funasr_dir(d.root), config, cmvn_file=d.cmvn_file)
         load_weights(model, d.weights)
         return model.to(device).eval().requires_grad_(False)
