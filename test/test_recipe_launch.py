@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,40 @@ def test_the_local_job_runner_refuses_jobs_of_several_nodes(tmp_path):
     assert out.returncode == 1 and not (tmp_path / "x.log").exists()
     assert "run_local.sh: runs one process per job on this machine; --num_nodes 2 --ntasks_per_node 8 needs a " \
            "cluster runner (run_slurm.sh in cmd.sh)" in out.stderr
+
+
+def test_a_stopped_job_runner_stops_its_jobs_and_starts_no_more(tmp_path):
+    """SIGTERM (kill, scancel) reached the job subshells only: their commands ran on, orphaned, and the
+    runner went on to start the jobs still to come, each ending with code 0."""
+    runner = subprocess.Popen([str(ROOT / "utils" / "run_local.sh"), "--max_jobs_run", "1", "JOB=1:3", "log/s.JOB.log",
+                               "bash", "-c", "echo started JOB; sleep 31.25 & wait"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log" / "s.1.log"
+    for _ in range(100):   # until job 1 runs
+        if log.exists() and "started 1" in log.read_text():
+            break
+        time.sleep(0.1)
+    runner.terminate()
+    assert runner.wait(timeout=20) == 143
+    assert "stopped by a signal; the running jobs were stopped" in runner.stderr.read()
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["s.1.log"]
+    assert log.read_text().splitlines()[-1].startswith("# Ended (code 143)")
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if b"31.25" in p.read_bytes()]
+    assert left == []
+
+
+def test_srun_options_are_words_never_globbed_nor_quoted(tmp_path):
+    """--srun_opts went through the shell unquoted: quotes reached srun inside its options and a value
+    like --nodelist=gpu[01-02] could be replaced by a file name it matched."""
+    record = tmp_path / "argv"
+    write(tmp_path / "bin" / "srun", f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {record}\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    write(tmp_path / "gpu0", "")   # what gpu[01-02]... would not match, but gpu[0] does
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    slurm = str(ROOT / "utils" / "run_slurm.sh")
+    subprocess.run([slurm, "--srun_opts", "--nodelist=gpu[0] --comment=two_words", "x.log", "true"], cwd=tmp_path,
+                   env=env, check=True)
+    assert record.read_text().splitlines()[-5:] == ["--nodelist=gpu[0]", "--comment=two_words", "bash", "-c", "true"]
+    out = subprocess.run([slurm, "--srun_opts", "--comment='two words'", "x.log", "true"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "options are split at spaces and quotes would reach srun" in out.stderr

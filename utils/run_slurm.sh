@@ -30,11 +30,16 @@ Options:
   --num_threads <n>    CPUs per job (default: ${num_threads})
   --partition <name>   slurm partition (default: '${partition}': the cluster's default)
   --time_limit <t>     slurm time limit, e.g. 2-00:00:00 (default: '${time_limit}')
-  --srun_opts <opts>   more srun options, one string (default: '${srun_opts}')
+  --srun_opts <opts>   more srun options, one string split at spaces, without quotes (default: '${srun_opts}')
   --num_nodes <n>      nodes of each job (default: ${num_nodes}); --gpu and --mem are per node
   --ntasks_per_node <n>  tasks on each node, each running the command (default: ${ntasks_per_node})"
 . "$(dirname "$0")/parse_options.sh"
 
+if [[ "${srun_opts}" == *[\"\'\\]* ]]; then   # run_local.sh splits the launcher at spaces: no shell quoting
+  echo "$(basename "$0"): --srun_opts '${srun_opts}': options are split at spaces and quotes would reach srun" \
+    "as part of them; write each option as one word without quotes (--comment=two_words)" >&2
+  exit 1
+fi
 if [ "${num_nodes}" -gt 1 ] || [ "${ntasks_per_node}" -gt 1 ]; then
   launcher="srun --quiet --nodes=${num_nodes} --ntasks-per-node=${ntasks_per_node} --kill-on-bad-exit=1"
 else
