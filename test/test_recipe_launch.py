@@ -180,6 +180,22 @@ def test_two_nodes_from_a_hostfile_run_deepspeed_s_launcher_on_them(recipe, tmp_
     assert argv[8:15] == ["--num_gpus", "8", "--master_port", "29617", "--master_addr", "10.0.0.7", "--module"]
 
 
+def test_one_node_trains_on_the_devices_cuda_visible_devices_names(recipe, tmp_path):
+    """DeepSpeed's --num_gpus ignores CUDA_VISIBLE_DEVICES and takes devices 0..N-1: with 2,3 set, training
+    ran on 0 and 1 (perhaps beside someone else's job), exit 0. The visible devices are named instead."""
+    record = tmp_path / "argv"
+    write(recipe / "cmd.sh", f'cuda_cmd="{recorder(tmp_path / "runner", record)}"\ndecode_cmd=run_local.sh\n')
+    assert stage3(recipe, "--ngpu", "2", env={"CUDA_VISIBLE_DEVICES": "2,3,5"}).returncode == 0
+    argv = record.read_text().splitlines()
+    assert argv[3:7] == ["deepspeed", "--include", "localhost:2,3", "--master_port"] and "--num_gpus" not in argv
+    assert stage3(recipe, "--ngpu", "2", "--device", "npu", env={"ASCEND_RT_VISIBLE_DEVICES": "4,6"}).returncode == 0
+    assert record.read_text().splitlines()[3:6] == ["deepspeed", "--include", "localhost:4,6"]
+    out = stage3(recipe, "--ngpu", "4", env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert out.returncode == 1 and "ERROR: --ngpu 4, but CUDA_VISIBLE_DEVICES=2,3 leaves 2 device(s)" in out.stderr
+    out = stage3(recipe, "--ngpu", "1", env={"CUDA_VISIBLE_DEVICES": "GPU-5f1c"})
+    assert out.returncode == 1 and "ERROR: CUDA_VISIBLE_DEVICES=GPU-5f1c: training names devices by index" in out.stderr
+
+
 def test_two_nodes_under_slurm_run_one_srun_task_per_device(recipe, tmp_path):
     record = tmp_path / "srun_argv"
     recorder(tmp_path / "bin" / "srun", record)

@@ -111,7 +111,8 @@ Options (default in parentheses):
   --skip_train <bool>         skip stages 3-4: training (${skip_train})
   --skip_eval <bool>          skip stages 5-7: decoding, scoring, RESULTS.md (${skip_eval})
   --results <file>            where stage 7 writes the tables ('${results}')
-  --ngpu <n>                  devices per training job and node; 0: CPU, one process (${ngpu})
+  --ngpu <n>                  devices per training job and node; 0: CPU, one process (${ngpu}); on
+                              one node, the first n of CUDA_VISIBLE_DEVICES (ASCEND_RT_VISIBLE_DEVICES)
   --device <kind>             what --ngpu counts: cuda, npu or cpu (processes) (${device})
   --num_nodes <n>             nodes per training job, --ngpu processes on each (${num_nodes})
   --launcher <name>           what starts training on the nodes: deepspeed (over ssh, from
@@ -392,7 +393,20 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
   elif [ "${ngpu}" -gt 0 ]; then
     train_cmd=(deepspeed)
     [ -n "${hostfile}" ] && train_cmd+=(--hostfile "${hostfile}" --num_nodes "${num_nodes}")
-    train_cmd+=(--num_gpus "${ngpu}" --master_port "${port}")
+    local visible_var=CUDA_VISIBLE_DEVICES ids
+    [ "${device}" = npu ] && visible_var=ASCEND_RT_VISIBLE_DEVICES
+    if [ -z "${hostfile}" ] && [ "${device}" != cpu ] && [ -n "${!visible_var:-}" ]; then
+      # DeepSpeed's --num_gpus ignores the variable and takes devices 0..N-1: name the visible ones
+      IFS=, read -r -a ids <<< "${!visible_var}"
+      [[ "${!visible_var}" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "${visible_var}=${!visible_var}: training names" \
+        "devices by index (0,1,...), as DeepSpeed's launcher does"
+      [ "${#ids[@]}" -ge "${ngpu}" ] || die "--ngpu ${ngpu}, but ${visible_var}=${!visible_var} leaves" \
+        "${#ids[@]} device(s)"
+      train_cmd+=(--include "localhost:$(IFS=,; echo "${ids[*]:0:${ngpu}}")")
+    else
+      train_cmd+=(--num_gpus "${ngpu}")
+    fi
+    train_cmd+=(--master_port "${port}")
     [ -n "${master_addr}" ] && train_cmd+=(--master_addr "${master_addr}")
     train_cmd+=(--module tasu.cli train)
   fi
