@@ -415,9 +415,13 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                       disable=not sys.stderr.isatty()) as bar:
                 for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
                                                simulation_step=_checkpoint_step(ckpt), dumps=dumps):
-                    hyp_file = hyp_file or open(out / HYP, "a", encoding="utf-8")
-                    hyp_file.write(trn_line(key, hyp))
-                    hyp_file.flush()
+                    try:
+                        hyp_file = hyp_file or open(out / HYP, "a", encoding="utf-8")
+                        hyp_file.write(trn_line(key, hyp))
+                        hyp_file.flush()
+                    except OSError as e:   # a full disk: ENOSPC names no file
+                        raise DecodeError(f"{out / HYP}: cannot write ({e.strerror or e}); run the same "
+                                          "command again to go on from the hypotheses it holds") from None
                     bar.update(1)
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in line_of:
@@ -425,7 +429,12 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             raise e.located(data, line_of[e.key]) from None
         finally:
             if hyp_file is not None:
-                hyp_file.close()
+                try:
+                    hyp_file.close()
+                except OSError:   # the failed write's buffer, on a full disk: the file holds whole lines
+                    pass
+                if not (out / HYP).stat().st_size:   # no hypothesis written: no empty file to score
+                    (out / HYP).unlink()
 
     # 4. The report, on stdout and appended to decode.log.
     o = options

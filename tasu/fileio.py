@@ -69,6 +69,11 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
         readable_by_others(tmp)
         _flush(tmp)   # by name: the writer may have replaced the file
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.strerror and e.filename in (None, name):   # writing, flushing or renaming the temporary file:
+            raise type(e)(e.errno, e.strerror, str(path)) from None   # name the file meant, not ".x.a8f2k1"
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

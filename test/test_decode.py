@@ -333,6 +333,32 @@ def test_a_failed_decode_leaves_no_hypothesis_file_and_score_refuses_an_empty_on
     assert not (out / "hyp.trn").exists()
 
 
+def test_a_full_disk_is_named_and_leaves_no_empty_hypothesis_file(exp, tmp_path, capsys, monkeypatch):
+    """ENOSPC at the first hypothesis was 'No space left on device' naming no file, and left hyp.trn empty."""
+    from tasu import decode
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    def opened(path, mode="r", **kwargs):   # the file is created; nothing reaches it
+        f = open(path, mode, **kwargs)
+        if str(path).endswith("hyp.trn"):
+            f.close()
+            return Full()
+        return f
+
+    monkeypatch.setattr(decode, "open", opened, raising=False)
+    out = tmp_path / "out"
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", out) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"tasu decode: error: {out / 'hyp.trn'}: cannot write (No space left on device); run the same command again")
+    assert not (out / "hyp.trn").exists()
+
+
 def test_a_second_decode_into_one_out_dir_is_refused_with_the_first_ones_pid(exp, tmp_path, capsys):
     out = tmp_path / "out"
     with lock_held_elsewhere(out, "tasu decode") as pid:

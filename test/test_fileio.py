@@ -46,6 +46,23 @@ def test_atomic_replace_renames_the_finished_file_with_the_umasks_mode(tmp_path)
     assert os.listdir(tmp_path) == ["model.bin"]
 
 
+def test_a_failed_write_names_the_file_meant_not_its_temporary(tmp_path):
+    """ENOSPC (no file named) or a directory in the way (the temporary's random name) named no useful file."""
+    (tmp_path / "post.2.ark").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        write_atomic(tmp_path / "post.2.ark", "x")
+    assert e.value.filename == str(tmp_path / "post.2.ark")
+    with pytest.raises(OSError) as e:
+        with atomic_replace(tmp_path / "a.txt"):
+            raise OSError(28, "No space left on device")
+    assert (e.value.errno, e.value.filename) == (28, str(tmp_path / "a.txt"))
+    with pytest.raises(OSError) as e:   # another file's error is its own
+        with atomic_replace(tmp_path / "a.txt"):
+            open(tmp_path / "missing.wav")
+    assert e.value.filename == str(tmp_path / "missing.wav")
+    assert sorted(os.listdir(tmp_path)) == ["post.2.ark"]
+
+
 def test_atomic_replace_removes_its_temporary_and_keeps_the_target_on_an_exception(tmp_path):
     path = tmp_path / "post.1.ark"
     path.write_bytes(b"complete")
