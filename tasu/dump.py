@@ -24,8 +24,10 @@ CTC vocabulary. Records that share audio (the ASR and SLU records of one utteran
 
 Resuming: recordings are dealt round-robin to ``nj`` jobs; a job writes its ark under a temporary
 name and renames it when complete, then its utt2dur and scp (atomically), so a killed run redoes only
-unfinished jobs. ``job=J`` runs one job (parallel jobs through a job runner); without it every
-missing job runs, then the merge writes the JSONL files and ``.done``.
+unfinished jobs (and removes the temporary ark the killed one left). ``job=J`` runs one job (parallel
+jobs through a job runner); without it every missing job runs, then the merge writes the JSONL files
+and ``.done``. A job, and the merge, is run by one process at a time (``.lock.J``, ``.lock``): a
+second run into the directory stops at once, naming the first one's pid.
 
 A dump is refused by an experiment whose encoder files or compression settings are not the ones it
 was made with (``DumpError`` says which differ). Entries are untrusted input: the bytes at an offset
@@ -34,6 +36,7 @@ unpickle an entry that starts with ``PKL``).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -48,6 +51,7 @@ import torch
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.fileio import atomic_replace, file_sha256, read_json, write_atomic
+from tasu.lock import LOCK_NAME, DirLock
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
@@ -287,7 +291,10 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
             "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data]}
     root = Path(out)
-    _claim(root, info)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock.claim", "a") as claim:   # two runs' claims, one after the other (a moment each)
+        fcntl.flock(claim, fcntl.LOCK_EX)
+        _claim(root, info)
     if (root / DONE).exists():
         return f"{out}: already complete ({len(recordings)} recordings), nothing to do"
 
@@ -302,17 +309,23 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         items = list(recordings.items())
         try:
             for j in todo:
-                mine = items[j - 1::nj]
-                seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
-                _run_job(root, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
-                         compress, batch_size)
+                with DirLock(root, f"job {j} of tasu dump-posteriors", name=f"{LOCK_NAME}.{j}"):
+                    if (root / f"post.{j}.scp").exists():   # done meanwhile by another run
+                        continue
+                    for stale in root.glob(f".post.{j}.ark.*"):   # a killed run's temporary ark
+                        stale.unlink()
+                    mine = items[j - 1::nj]
+                    seconds = {key: audio_info(p, key=key, start=s, end=e).duration for (p, s, e), key in mine}
+                    _run_job(root, j, sorted(mine, key=lambda it: -seconds[it[1]]), seconds, encoder, dev,
+                             compress, batch_size)
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in where:
                 raise
             raise e.located(*where[e.key]) from None
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
-    _merge(root, nj, inputs, recordings)
+    with DirLock(root, "the merge of tasu dump-posteriors"):
+        _merge(root, nj, inputs, recordings)
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
 
 

@@ -26,9 +26,10 @@ class LockError(RuntimeError):
 class DirLock:
     """An exclusive lock on a directory, held from ``acquire`` until ``release`` or process exit."""
 
-    def __init__(self, directory: str | Path, what: str):
+    def __init__(self, directory: str | Path, what: str, name: str = LOCK_NAME):
+        """``name``: the lock file's, for locks of parts of a directory (one job of several)."""
         self.directory, self.what = Path(directory), what
-        self.path = self.directory / LOCK_NAME
+        self.path = self.directory / name
         self._fd: int | None = None
 
     def acquire(self) -> "DirLock":

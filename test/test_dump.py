@@ -127,6 +127,7 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     first = (out / "post.1.ark").stat()
     assert "2 of 3 jobs run now" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
     assert (out / "post.1.ark").stat().st_mtime_ns == first.st_mtime_ns   # job 1 was not redone
+    assert not (out / ".post.2.ark.abc").exists()   # the killed job's temporary ark stayed for good
     assert "already complete" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
     with pytest.raises(DumpError, match="holds a dump made with compress"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=3)
@@ -321,6 +322,19 @@ def test_a_damaged_job_is_named_when_the_dump_is_merged(setup, tmp_path):
     with pytest.raises(DumpError, match=r"post\.2\.ark is missing beside .*post\.2\.scp: remove"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
     assert not (out / DONE).exists()
+
+
+def test_a_job_another_run_is_running_is_refused_naming_it(setup, tmp_path):
+    """Two dumps into one directory each ran every job and renamed their arks over the other's."""
+    from tasu.lock import DirLock, LockError
+
+    out = tmp_path / "post"
+    data = [str(setup / "data" / "ASR.jsonl")]
+    with DirLock(out, "job 2 of tasu dump-posteriors", name=".lock.2"):
+        with pytest.raises(LockError, match=rf"^{out} is in use: job 2 of tasu dump-posteriors by pid {os.getpid()}"):
+            dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    assert (out / "post.1.scp").exists() and not (out / "post.2.scp").exists()
+    assert "1 of 2 jobs run now" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
 
 
 def test_a_batch_size_below_one_is_refused(setup, tmp_path):

@@ -136,8 +136,10 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
 
     # (a re-run without --resume is refused in one line: test_train_failures.py checks it; that the
     # launcher passes a failing run's status on is checked by the diverging run below)
+    (killed / "checkpoints" / ".step_000099.partial" / "model").mkdir(parents=True)   # killed mid-save
     out = run(train_cmd(setup, killed, "--resume"))
     assert "resumed from" in out.stdout + out.stderr
+    assert not list((killed / "checkpoints").glob(".*.partial"))   # a finished run leaves no half checkpoint
     resumed = curve(killed)
     assert [s for s, _ in resumed] == list(range(1, 13))
     for (step, a), (_, b) in zip(expected, resumed):

@@ -180,6 +180,9 @@ class Trainer:
         self._on_all_ranks(self._take_lock, "the experiment directory is in use")
         self._setup_logging()
         refuse_lost_pointer(self.ckpt_root)
+        if self.rank == 0:   # a killed run's half-written checkpoints (the lock says no run writes them now)
+            for stale in self.ckpt_root.glob(".*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
         last = last_checkpoint(self.ckpt_root)
         if not resume and last is not None:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
