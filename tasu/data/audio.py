@@ -8,8 +8,8 @@ here, on the fly, once: channels are averaged and other rates resampled with sox
   holding one of: a wav file (Kaldi ``wav-copy``, ESPnet ``format_wav_scp.sh``); a kaldiio
   soundfile entry (``AUDIO``, ESPnet's ``flac.ark``); or a float vector, or a matrix with one row or
   one column, holding a waveform. Kaldi stores no sample rate with a vector, so the caller gives it
-  (``matrix_rate``, 16 kHz by default), and the values are taken as they are (expected in
-  [-1, 1]). Any other matrix is features, not audio, and is an error;
+  (``matrix_rate``, 16 kHz by default), and the values are taken as they are: in [-1, 1] (beyond
+  ``MAX_FLOAT_PEAK`` they are refused, as any float audio is: int16 values stored as floats). Any other matrix is features, not audio, and is an error;
 - a ``wav.scp`` command ending in ``|`` (``sox in.sph -t wav - |``): run by ``/bin/sh``; its
   standard output must be audio that soundfile reads. Running a data file's commands is running
   whatever its author wrote, so the commands that read records (``tasu validate --check-audio``,
@@ -48,6 +48,7 @@ from tasu.data.records import DataError
 SAMPLE_RATE = 16000
 RATES = (1000, 384000)   # sample rates read as audio: anything else is a damaged header or a wrong argument
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
+MAX_FLOAT_PEAK = 2.0  # float samples past it are not audio in [-1, 1] (a louder-than-full-scale float file reaches ~1.5)
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
@@ -113,8 +114,9 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     The one conversion of all audio, read here or handed over as an array (``Speech2Text``), so the
     same recording gives the same samples however it arrives: integer PCM is scaled to [-1, 1) as
     soundfile scales a WAV file's samples, channels are averaged, other rates resampled with soxr, and
-    a result shorter than one 10 ms frame, or samples that are NaN or infinite (a float file can hold
-    them), are refused (see :func:`load_audio`) as an ``AudioError`` naming ``path`` (and ``key``).
+    a result shorter than one 10 ms frame, samples that are NaN or infinite (a float file can hold
+    them), and floats beyond ``MAX_FLOAT_PEAK`` (int16 values stored as floats: a Kaldi float vector,
+    an array scaled by hand) are refused (see :func:`load_audio`) as an ``AudioError`` naming ``path`` (and ``key``).
     """
     _refuse_odd_rate(rate, path, key)
     samples = np.asarray(samples)
@@ -123,10 +125,15 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     if samples.dtype.kind in "iu" and samples.dtype.itemsize > 4:   # np.array of Python ints: int16 values
         raise AudioError(path, f"samples of type {samples.dtype}: no PCM format is 64-bit, so no scale is "   # at 1e-15
                                "known; give int16/int32 PCM (e.g. .astype(np.int16)) or floats in [-1, 1]", key)
+    was_float = samples.dtype.kind == "f"
     samples = _to_float(samples)
     if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioError(path, f"{bad} samples are not finite numbers (NaN or infinite)", key)
+    peak = float(np.abs(samples).max(initial=0.0))
+    if was_float and peak > MAX_FLOAT_PEAK:   # the encoder heard it ~32768 times too loud, and decoded noise
+        raise AudioError(path, f"float samples reach {peak:.6g}, and float audio lies in [-1, 1]: int16 values "
+                               "stored as floats? Divide them by 32768, or give int16 PCM", key)
     if samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
