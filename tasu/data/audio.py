@@ -9,7 +9,8 @@ here, on the fly, once: channels are averaged and other rates resampled with sox
   soundfile entry (``AUDIO``, ESPnet's ``flac.ark``); or a float vector, or a matrix with one row or
   one column, holding a waveform. Kaldi stores no sample rate with a vector, so the caller gives it
   (``matrix_rate``, 16 kHz by default), and the values are taken as they are: in [-1, 1] (beyond
-  ``MAX_FLOAT_PEAK`` they are refused, as any float audio is: int16 values stored as floats). Any other matrix is features, not audio, and is an error;
+  ``MAX_FLOAT_PEAK`` they are refused, as any float audio is: int16 values stored as floats). Any
+  other matrix is features, not audio, and is an error;
 - a ``wav.scp`` command ending in ``|`` (``sox in.sph -t wav - |``): run by ``/bin/sh``; its
   standard output must be audio that soundfile reads. Running a data file's commands is running
   whatever its author wrote, so the commands that read records (``tasu validate --check-audio``,
@@ -48,7 +49,7 @@ from tasu.data.records import DataError
 SAMPLE_RATE = 16000
 RATES = (1000, 384000)   # sample rates read as audio: anything else is a damaged header or a wrong argument
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
-MAX_FLOAT_PEAK = 2.0  # float samples past it are not audio in [-1, 1] (a louder-than-full-scale float file reaches ~1.5)
+MAX_FLOAT_PEAK = 2.0  # float samples past it are not audio in [-1, 1] (a float file over full scale: ~1.5)
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
