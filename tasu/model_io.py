@@ -98,13 +98,19 @@ def read_best(ckpt_root: Path) -> list[dict]:
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint directory from an experiment dir (``which``: best, last or step_N) or itself.
 
-    ``best`` falls back to ``last`` when the run never validated.
+    ``best`` falls back to ``last`` when the run never validated. A checkpoint or export directory is
+    itself, with ``which`` the default (best) or its own name: another name was ignored, and the
+    directory given decoded as if it were the checkpoint asked for.
     """
     path = Path(path)
-    if (path / MODEL_DIR / WEIGHTS).exists():
-        return path
-    if (path / WEIGHTS).exists() and path.name == MODEL_DIR:
-        return path.parent
+    found = path if (path / MODEL_DIR / WEIGHTS).exists() else \
+        path.parent if (path / WEIGHTS).exists() and path.name == MODEL_DIR else None
+    if found is not None:
+        step = re.fullmatch(r"step_(\d+)", which)
+        if which != "best" and (checkpoint_name(int(step.group(1))) if step else which) != found.resolve().name:
+            raise FileNotFoundError(f"{path} is a checkpoint (or export) itself, not an experiment dir: "
+                                    f"--checkpoint {which} names another; give the experiment dir to choose one")
+        return found
     root = path / "checkpoints"
     if (path / MODEL_DIR).is_dir() and not root.is_dir():
         raise FileNotFoundError(f"{path}: a checkpoint without {MODEL_DIR}/{WEIGHTS}, its trained weights "

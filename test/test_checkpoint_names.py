@@ -27,6 +27,13 @@ def test_step_names_with_or_without_padding(exp):
     assert resolve_checkpoint(exp, "step_000040") == root / "step_000040"
     assert resolve_checkpoint(exp, "last") == root / "step_000040"
     assert resolve_checkpoint(root / "step_000040") == root / "step_000040"
+    # a checkpoint dir itself: its own name is fine, another was ignored and the dir decoded as if it were that one
+    assert resolve_checkpoint(root / "step_000040", "step_40") == root / "step_000040"
+    assert resolve_checkpoint(root / "step_000040" / MODEL_DIR, "step_000040") == root / "step_000040"
+    for other in ("step_2", "last", "bogus"):
+        with pytest.raises(FileNotFoundError, match=rf"step_000040 is a checkpoint \(or export\) itself, not an "
+                                                    rf"experiment dir: --checkpoint {other} names another"):
+            resolve_checkpoint(root / "step_000040", other)
 
 
 def test_an_unknown_checkpoint_lists_the_ones_there_are(exp):
