@@ -3,11 +3,12 @@
     tasu score --ref data/test/text --hyp exp/asr_x/decode_beam4/test/ASR/hyp.trn --metric wer
 
 Both files hold ``key<TAB>text`` lines; a line without a tab is split at its first space (a Kaldi
-``text`` file); a key with no text is an empty hypothesis. A file none of whose lines has a tab and
-every line of which ends in ``(id)`` is sclite's ``trn`` (``text (id)``, as ESPnet writes it): the id
-is the key. Blank lines, keys with whitespace, duplicate keys and a carriage return inside a line
-(old Mac line ends would make one utterance of the file) stop with ``FILE:LINE: message``; a byte
-order mark is dropped wherever a line starts with one (files joined with ``cat``). The rules are
+``text`` file); a key with no text is an empty hypothesis. A file every line of which ends in
+``(id)``, after a space or after its only tab, is sclite's ``trn`` (``text (id)``; ESPnet's scoring
+writes ``text<TAB>(id)``): the id is the key. Blank lines, keys with whitespace, duplicate keys and
+a carriage return inside a line (old Mac line ends would make one utterance of the file) stop with
+``FILE:LINE: message``; a byte order mark is dropped wherever a line starts with one (files joined
+with ``cat``). The rules are
 fixed here and every summary names the normaliser (and sacrebleu signature) it used, so a number can
 always be reproduced (a headline number scored with unshipped normalisation cannot):
 
@@ -101,12 +102,12 @@ def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str, str]:
             if "\r" in line:
                 raise ScoreError(f"{path}:{n}: a carriage return inside the line (lines must end in '\\n')")
             lines.append(line)
-    ids = [None if "\t" in line else _TRN_ID.search(line.rstrip()) for line in lines]
+    ids = [_trn_id(line) for line in lines]
     sclite = bool(lines) and all(ids)
     out: dict[str, str] = {}
     for n, (line, found) in enumerate(zip(lines, ids), 1):
         if sclite:
-            key, text = found.group(1), line.rstrip()[:found.start()]
+            key, text = found.group(1), line.rstrip()[:found.start()].rstrip("\t")
         else:
             key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
         if not key or any(c.isspace() for c in key):
@@ -115,6 +116,15 @@ def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str, str]:
             raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
         out[key] = text.strip()
     return out, "sclite trn" if sclite else "key text", digest.hexdigest()
+
+
+def _trn_id(line: str) -> re.Match | None:
+    """The ``(id)`` that ends a sclite trn line: ``text (id)``, or ``text<TAB>(id)`` as ESPnet's scoring
+    writes it (``paste``); None for a line of another layout (a tab anywhere else: ``key<TAB>text``)."""
+    found = _TRN_ID.search(line.rstrip())
+    if found is None or ("\t" in line and (line.count("\t") > 1 or line[found.start() - 1:found.start()] != "\t")):
+        return None
+    return found
 
 
 def normalise(text: str, norm: str) -> str:

@@ -241,6 +241,11 @@ def test_sclite_trn_files_are_read_by_their_ids(tmp_path):
     assert read_text_file(mixed) == {"u1": "hello (laughs)", "u2": "there"}
     tabbed = write(tmp_path / "tabbed", ["u1\thello (laughs)", "u2\tthere (a)"])
     assert read_text_file(tabbed) == {"u1": "hello (laughs)", "u2": "there (a)"}
+    # ESPnet's scoring pastes text and id with a tab: read as trn (it was refused, or one-word labels became keys)
+    pasted = write(tmp_path / "pasted", ["turn on the lights\t(spk1-u1)", "weather\t(spk1-u2)", "\t(spk1-u3)"])
+    assert read_text_file(pasted) == {"spk1-u1": "turn on the lights", "spk1-u2": "weather", "spk1-u3": ""}
+    two_tabs = write(tmp_path / "two_tabs", ["u1\thello\t(a)", "u2\tthere\t(b)"])
+    assert list(read_text_file(two_tabs)) == ["u1", "u2"]   # key<TAB>text, a tab in the text
     # a Kaldi text whose every line ends in a bracketed word reads as trn: where the keys then disagree,
     # the error names the layout each file was read as (it said only that the files do not belong together)
     two = write(tmp_path / "two", ["u1 call mom (home)", "u2 call dad (work)"])
