@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+DECODING = ("beam", "max_new_tokens", "no_repeat_ngram_size", "repetition_penalty")   # what Speech2Text takes
 
 
 class Hypothesis(NamedTuple):
@@ -74,6 +75,9 @@ class Speech2Text:
         from tasu.device import resolve_device
         from tasu.model_io import load_trained
 
+        unknown = sorted(set(decoding) - set(DECODING))   # batch_size, input, seed are tasu decode's, not these
+        if unknown:
+            raise TypeError(f"Speech2Text takes the decoding options {', '.join(DECODING)}, not {', '.join(unknown)}")
         DecodeOptions(**decoding)   # a beam of 0 and the like: refused before the model loads
         model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
                                               overrides=overrides)
@@ -87,11 +91,16 @@ class Speech2Text:
     def __call__(self, audio: Audio, task: str = "ASR", sample_rate: int | None = None, nbest: int | None = None,
                  **fields: str) -> str | list[Hypothesis]:
         """The model's answer for one recording: text, or the ``nbest`` best hypotheses with scores."""
+        if isinstance(audio, (list, tuple)) and any(isinstance(a, (str, os.PathLike, np.ndarray, torch.Tensor,
+                                                                  list, tuple)) for a in audio):
+            raise TypeError("a call takes one recording (a list of samples is one); for several, use .batch([...])")
         return self.batch([audio], task=task, sample_rate=sample_rate, nbest=nbest, **fields)[0]
 
     def batch(self, audios: list[Audio], task: str = "ASR", sample_rate: int | None = None,
               nbest: int | None = None, **fields: str) -> list[str] | list[list[Hypothesis]]:
         """``__call__`` for several recordings at once (one padded batch through the model)."""
+        if isinstance(audios, (str, os.PathLike, np.ndarray, torch.Tensor)):   # a path was read letter by letter
+            raise TypeError("batch takes a list of recordings; for one, call the model itself")
         if not audios:
             return []
         waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
@@ -130,4 +139,7 @@ def waveform(audio: Audio, sample_rate: int | None = None, allow_pipes: bool = F
         samples = np.asarray(audio)
     if samples.ndim not in (1, 2) or samples.size == 0:
         raise ValueError(f"expected a non-empty waveform of shape [T] or [T, C], got {tuple(samples.shape)}")
+    if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:   # read as 1 or 2 samples of 12800 channels
+        raise ValueError(f"a waveform of shape {tuple(samples.shape)} is channels first ([C, T], as torchaudio.load "
+                         "gives it): pass it transposed ([T, C]) or one channel ([T])")
     return torch.from_numpy(to_16k_mono(samples, sample_rate, f"array of shape {tuple(samples.shape)}"))

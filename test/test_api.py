@@ -91,6 +91,13 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
         s2t(np.zeros((2, 2, 2)), sample_rate=16000)
     with pytest.raises(PromptError, match="no prompt for task 'SING'"):
         s2t(exp / "rec0.wav", task="SING")
+    # torchaudio.load's [C, T] was read as C samples of T channels ("shorter than one 10 ms frame")
+    with pytest.raises(ValueError, match=r"a waveform of shape \(1, 16000\) is channels first"):
+        s2t(np.zeros((1, 16000), dtype=np.float32), sample_rate=16000)
+    with pytest.raises(TypeError, match="for several, use .batch"):   # was taken as 2 samples of 16000 channels
+        s2t([np.zeros(16000), np.zeros(16000)], sample_rate=16000)
+    with pytest.raises(TypeError, match="batch takes a list of recordings"):   # a path read letter by letter
+        s2t.batch(str(exp / "rec0.wav"))
 
 
 def test_a_file_name_ending_in_a_pipe_is_run_only_when_the_model_was_loaded_to_allow_it(exp, s2t, tmp_path):
@@ -251,3 +258,6 @@ def test_decoding_options_are_checked_before_the_model_loads(tmp_path):
 
     with pytest.raises(DecodeError, match="^beam must be at least 1, got 0$"):
         Speech2Text.from_pretrained(tmp_path / "no_model_here", beam=0)
+    with pytest.raises(TypeError, match="^Speech2Text takes the decoding options beam, max_new_tokens, "
+                                        "no_repeat_ngram_size, repetition_penalty, not batch_size$"):
+        Speech2Text.from_pretrained(tmp_path / "no_model_here", batch_size=4)   # failed after the model loaded
