@@ -296,6 +296,8 @@ def test_show_simulation():
         f"   2  {floor:>9.3g}  zebra:{0.88 + floor:.4f}",
         "token error rate (top-1 of each row vs the transcript): 0.0 %",
     ]
+    with pytest.raises(ValueError, match="the text '' spells no token of the encoder's vocabulary"):
+        show_simulation(tok, "")   # printed one blank row and a token error rate of 0.0 %, exit 0
     dropped = show_simulation(tok, "cat dog zebra", SimulationConfig(drop_prob=1.0), seed=3)
     assert dropped.splitlines()[2].startswith("rows: 1,")
     assert dropped.splitlines()[-1].endswith(": 66.7 %")   # two of three tokens dropped (one is put back)

@@ -36,6 +36,8 @@ def show_simulation(tokenizer: Vocabulary, text: str, config: SimulationConfig |
         raise ValueError(f"samples must be at least 1, got {samples}")
     sim = build_simulator(config or SimulationConfig(), tokenizer)
     ids = tokenizer.encode(text)
+    if not ids:   # a table of one blank row and "token error rate 0.0 %", exit 0
+        raise ValueError(f"the text {text!r} spells no token of the encoder's vocabulary: nothing to simulate")
     generator = torch.Generator().manual_seed(seed)
     draws = [sim([ids], generator, step=step) for _ in range(samples)]
     rates = [token_error_rate(ids, row_tokens(post)[0]) for post in draws]
