@@ -17,12 +17,14 @@ the subcommand so that ``tasu validate`` does not pay for torch or transformers,
 classes are imported without funasr's import of all its models (:mod:`tasu.funasr_import`).
 
 Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, and exit status 1
-(:mod:`tasu.errors`); ``--debug`` (or ``TASU_DEBUG=1``) lets the traceback through instead.
+(:mod:`tasu.errors`; 2 for a command line that does not parse, as argparse has it); ``--debug`` (or
+``TASU_DEBUG=1``) lets the traceback through instead.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from tasu.errors import DEBUG_ENV, run_reporting
 from tasu.funasr_import import use_lean_import
@@ -219,8 +221,21 @@ def key_value(text: str) -> str:
     return text
 
 
+def usage_error(prog: str, message: str) -> NoReturn:
+    """A command line that does not parse: one line (argparse printed its usage block first), exit 2."""
+    print(f"{prog}: error: {message} ({prog} --help lists the options)", file=sys.stderr)
+    sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with its usage errors as one line (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(self.prog, message)
+
+
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tasu", description=__doc__,
+    parser = _Parser(prog="tasu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -417,13 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     if late and getattr(args, "late_overrides", False):
         args.overrides += late
         rest = [a for a in rest if a not in late]
+    prog = f"tasu {args.command}"
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        usage_error(prog, f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "train" and not args.dry_run and not args.exp_dir:
-        parser.error("train: --exp-dir is required")
+        usage_error(prog, "--exp-dir is required")
     if args.command == "transcribe" and args.nbest > args.beam:   # before the model loads
-        parser.error(f"transcribe: --nbest {args.nbest} is more hypotheses than --beam {args.beam} keeps: "
-                     f"raise --beam to {args.nbest} or more")
+        usage_error(prog, f"--nbest {args.nbest} is more hypotheses than --beam {args.beam} keeps: raise --beam "
+                          f"to {args.nbest} or more")
     return run_reporting(f"tasu {args.command}", lambda: args.func(args), debug=args.debug)
 
 

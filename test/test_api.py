@@ -231,8 +231,8 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
     with pytest.raises(SystemExit) as usage:   # a usage error, said before the model loads
         main(["transcribe", "--exp", str(tmp_path / "no_model_here"), "--beam", "2", "--nbest", "5", files[0]])
     assert usage.value.code == 2
-    assert capsys.readouterr().err.endswith("error: transcribe: --nbest 5 is more hypotheses than --beam 2 keeps: "
-                                            "raise --beam to 5 or more\n")
+    assert capsys.readouterr().err == ("tasu transcribe: error: --nbest 5 is more hypotheses than --beam 2 keeps: "
+                                       "raise --beam to 5 or more (tasu transcribe --help lists the options)\n")
     assert main(["transcribe", "--exp", str(exp / "exp"), str(tmp_path / "none.wav")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tasu transcribe: error: ") and "none.wav" in err and len(err.splitlines()) == 1

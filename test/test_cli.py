@@ -46,7 +46,9 @@ def test_counts_and_sizes_are_checked_while_the_command_line_is_read(tmp_path, c
     for argv, message in cases:
         with pytest.raises(SystemExit) as stop:
             main(argv)
-        assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith(message)
+        # one line (argparse's usage block is not printed), naming the command
+        assert stop.value.code == 2 and capsys.readouterr().err == (f"tasu {argv[0]}: error: {message} "
+                                                                    f"(tasu {argv[0]} --help lists the options)\n")
     assert main(["decode", "--exp", nothing, "--data", nothing, "--out", nothing, "--repetition-penalty", "nan"]) == 1
     assert capsys.readouterr().err == "tasu decode: error: repetition_penalty must be > 0 (1: off), got nan\n"
     assert main(["simulate", "--encoder", nothing, "--text", "a", "--wer", "0.5", "0.1"]) == 1
@@ -69,7 +71,7 @@ def test_set_takes_only_key_value_words(tmp_path, capsys):
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().endswith(
             f"argument --set: {argv[-1]!r} is not KEY=VALUE (put --set after the other arguments, "
-            "or '--' between its last KEY=VALUE and them)")
+            f"or '--' between its last KEY=VALUE and them) (tasu {argv[0]} --help lists the options)")
     for argv in (["transcribe", "--exp", nothing, "--set", "llm.path=/m", "b=1", "--", "a.wav"],
                  ["transcribe", "--exp", nothing, "a.wav", "--set", "llm.path=/m", "b=1"]):
         args = get_parser().parse_args(argv)
