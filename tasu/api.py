@@ -103,8 +103,15 @@ class Speech2Text:
             raise TypeError("batch takes a list of recordings; for one, call the model itself")
         if not audios:
             return []
-        waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
+        from tasu.data.prompts import PromptError
         from tasu.decode import first_prompt
+
+        unused = sorted(set(fields) - self.prompts.fields(task))   # a misspelt hotword= was dropped silently
+        if unused:
+            named = ", ".join(sorted(self.prompts.fields(task))) or "none"
+            raise PromptError(f"the {task} prompts are filled from no field {', '.join(map(repr, unused))} "
+                              f"(their fields: {named})")
+        waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
 
         prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
         device = self.model.llm.device

@@ -91,6 +91,8 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
         s2t(np.zeros((2, 2, 2)), sample_rate=16000)
     with pytest.raises(PromptError, match="no prompt for task 'SING'"):
         s2t(exp / "rec0.wav", task="SING")
+    with pytest.raises(PromptError, match=r"the ASR prompts are filled from no field 'hotwrod' \(their fields: none\)"):
+        s2t(exp / "rec0.wav", hotwrod="Qwen")   # a misspelt field was dropped, and the text came as if not given
     # torchaudio.load's [C, T] was read as C samples of T channels ("shorter than one 10 ms frame")
     with pytest.raises(ValueError, match=r"a waveform of shape \(1, 16000\) is channels first"):
         s2t(np.zeros((1, 16000), dtype=np.float32), sample_rate=16000)
