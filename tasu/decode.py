@@ -118,6 +118,9 @@ class DecodeOptions:
             raise DecodeError(f"no_repeat_ngram_size must be >= 0 (0: off), got {self.no_repeat_ngram_size}")
         if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):   # NaN fails both
             raise DecodeError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}")
+        if self.seed != 0 and self.input != "simulated":   # taken and ignored: nothing else is drawn
+            raise DecodeError(f"seed {self.seed} chooses a draw of simulated input (--input simulated); "
+                              f"{self.input} input has nothing random to seed")
 
 
 @dataclass

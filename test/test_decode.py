@@ -292,6 +292,17 @@ def test_a_config_error_of_several_lines_is_one(exp, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "config.yaml: not valid YAML" in err, err
 
 
+def test_a_seed_is_refused_where_nothing_is_drawn():
+    """--seed with audio or posteriors input was taken and ignored (a decode config's 'seed: 3' too)."""
+    from tasu.decode import DecodeError, DecodeOptions
+
+    assert DecodeOptions(input="simulated", seed=3).seed == 3
+    for source in ("audio", "posteriors"):
+        with pytest.raises(DecodeError, match=f"^seed 3 chooses a draw of simulated input .*; {source} input has "
+                                              "nothing random to seed$"):
+            DecodeOptions(input=source, seed=3)
+
+
 def test_trn_lines_hold_one_utterance():
     assert trn_line("k", " two\nlines\tand  tabs ") == "k\ttwo lines and tabs\n"
     assert trn_line("k", "") == "k\t\n"
