@@ -3,7 +3,7 @@
     tasu export --exp exp/tasu_train_text --out exported/mini_asr
     Speech2Text.from_pretrained("exported/mini_asr")
 
-The directory holds everything decoding needs, and nothing of training::
+The directory holds everything decoding needs, and of training only its settings::
 
     llm/        the LLM with its LoRA adapters merged into its weights (Hugging Face layout:
                 config.json, model.safetensors, tokenizer files), loadable by any transformers code
@@ -11,7 +11,9 @@ The directory holds everything decoding needs, and nothing of training::
                 models the files the model is made from, not an experiment's checkpoints and decodes;
                 for the funasr layouts the whole directory)
     model/      trainable.safetensors (the projector), config.yaml (llm.path: llm, encoder.path:
-                encoder, no LoRA section: the adapters are in llm/), prompts.jsonl
+                encoder, no LoRA section: the adapters are in llm/; the training settings, without the
+                paths of the training and validation data, which name files of the machine it was
+                trained on), prompts.jsonl
 
 so it is a checkpoint directory whose base models travel with it; ``Speech2Text.from_pretrained``
 reads it wherever it is moved (the config's model paths are relative to it). It is written under a
@@ -80,7 +82,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
             raise OSError(f"encoder.path {cfg.encoder.path}: {why}: export copies the encoder's files, "
                           "and links that loop or lead out of the directory cannot be copied") from None
         exported = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, path=LLM_DIR, lora=None),
-                                       encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR))
+                                       encoder=dataclasses.replace(cfg.encoder, path=ENCODER_DIR),
+                                       data=dataclasses.replace(cfg.data, train=[], valid=[]))
         (tmp / MODEL_DIR).mkdir()
         write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
                     (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"))

@@ -171,6 +171,7 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
     assert not list(tmp_path.glob(".*partial"))
     config = (out / "model" / "config.yaml").read_text()
     assert "path: llm" in config and "path: encoder" in config and "lora: null" in config
+    assert str(exp) not in config   # the training data's paths named files of the machine it was trained on
     umask = os.umask(0)
     os.umask(umask)
     for weights in (out / "llm" / "model.safetensors", out / "model" / "trainable.safetensors",
