@@ -12,8 +12,8 @@ steps. Only the trainable weights (projector, LoRA) are in the optimizer and in 
 Exact resume: the data order is a function of (seed, epoch) and the checkpoint stores the batches
 consumed; every step reseeds torch and the simulator from (seed, step, rank). So a run killed with
 SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's losses step for step
-(bit for bit from an unvalidated checkpoint; from one written after a validation pass, to within float
-rounding in the last digit: the pass the resumed run did not make moved some sums' rounding).
+(bit for bit from an unvalidated checkpoint; from one written after a validation pass, measured to
+differ in the last float digit, for a cause not yet found).
 That holds for the run that wrote the checkpoint only: ``--resume`` first compares its data files (by
 content), prompt set and settings with the checkpoint's, and stops on a difference (``tasu.train.same_run``).
 
