@@ -358,6 +358,17 @@ def test_a_second_run_into_one_experiment_is_refused_with_the_first_ones_pid(set
     assert not (exp / "checkpoints").exists()
 
 
+def test_a_file_where_the_checkpoints_go_stops_the_run_before_step_one(setup, tmp_path):
+    """It trained until its first save and failed there with '.step_000004.partial/model: Not a directory'."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "checkpoints").write_text("")
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]])
+    assert result["status"] == 1 and "Traceback" not in result["stderr"]
+    assert f"{exp / 'checkpoints'}: a file, not a directory: checkpoints are written into it" in result["stderr"]
+    assert not (exp / "loss.tsv").exists()
+
+
 def test_debug_lets_the_traceback_through(setup, tmp_path):
     argv = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "x"),
             f"llm.path={tmp_path}/none"]

@@ -181,6 +181,9 @@ class Trainer:
         self.lock = DirLock(self.exp_dir, "training")
         self._on_all_ranks(self._take_lock, "the experiment directory is in use")
         self._setup_logging()
+        if self.ckpt_root.exists() and not self.ckpt_root.is_dir():   # found at the first save, steps later
+            raise TrainingError(f"{self.ckpt_root}: a file, not a directory: checkpoints are written into it; "
+                                "move it away")
         refuse_lost_pointer(self.ckpt_root)
         if self.rank == 0:   # a killed run's half-written checkpoints (the lock says no run writes them now)
             for stale in self.ckpt_root.glob(".*.partial"):
