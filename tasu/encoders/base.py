@@ -14,6 +14,8 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
+from tasu.weights import ModelFilesError
+
 
 class EncoderTokenizer(abc.ABC):
     """The encoder's own output vocabulary: text <-> CTC label ids (blank included in the ids)."""
@@ -119,7 +121,7 @@ def require_16k(rate: int, where: str) -> None:
     16 kHz), so an 8 kHz model would silently read 16 kHz samples as if they were its own rate.
     """
     if rate != CTCEncoder.sample_rate:
-        raise ValueError(f"{where}: the model takes {rate} Hz audio, and tasu feeds encoders "
+        raise ModelFilesError(f"{where}: the model takes {rate} Hz audio, and tasu feeds encoders "
                          f"{CTCEncoder.sample_rate} Hz audio only: use a {CTCEncoder.sample_rate} Hz model")
 
 
@@ -132,7 +134,7 @@ def copy_flat(files: list[Path], dest: Path) -> None:
     sources: dict[str, Path] = {}
     for file in files:
         if file.name in sources:
-            raise ValueError(f"{file} and {sources[file.name]} are both named {file.name}: "
+            raise ModelFilesError(f"{file} and {sources[file.name]} are both named {file.name}: "
                              f"a copy of the model cannot hold both side by side")
         sources[file.name] = file
         shutil.copy2(file, dest / file.name)

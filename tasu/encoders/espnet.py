@@ -36,9 +36,9 @@ import torch
 
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer, copy_flat, require_16k
 from tasu.encoders.layout import read_yaml, require
-from tasu.weights import load_into, load_state_file
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import vocabulary_case
+from tasu.weights import ModelFilesError, load_into, load_state_file
 
 # In the order ESPnet's recipes prefer them for decoding.
 MODEL_FILES = ("valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.ave.pth", "valid.loss.best.pth")
@@ -53,7 +53,7 @@ class ESPnetDir:
         self.root = Path(path)
         self.config = read_yaml(require(self.root / "config.yaml", "ESPnet config"))
         if "token_list" not in self.config:
-            raise ValueError(f"{self.root}/config.yaml has no token_list: not an ESPnet2 ASR config")
+            raise ModelFilesError(f"{self.root}/config.yaml has no token_list: not an ESPnet2 ASR config")
 
     def find(self, key: str, value: str) -> Path:
         """The file ``value`` (the config's ``key``), relative to the recipe that wrote the config."""
@@ -78,7 +78,7 @@ class ESPnetDir:
             with open(self.find("token_list", tokens), encoding="utf-8") as f:
                 tokens = [line.rstrip("\n") for line in f if line.strip()]
         if not isinstance(tokens, list) or len(tokens) < 2:
-            raise ValueError(f"{self.root}/config.yaml: token_list must list the model's tokens")
+            raise ModelFilesError(f"{self.root}/config.yaml: token_list must list the model's tokens")
         return [str(t) for t in tokens]
 
     @property
@@ -148,10 +148,10 @@ class ESPnetTokenizer(EncoderTokenizer):
     def __init__(self, token_list: Sequence[str], token_type: str, bpe_model: str | Path | None = None,
                  where: str = "ESPnet model"):
         if token_type not in TOKEN_TYPES:
-            raise ValueError(f"{where}: token_type {token_type!r} is not one tasu reads ({', '.join(TOKEN_TYPES)}; "
+            raise ModelFilesError(f"{where}: token_type {token_type!r} is not one tasu reads ({', '.join(TOKEN_TYPES)}; "
                              "phoneme token lists need ESPnet's g2p)")
         if token_type == "bpe" and bpe_model is None:
-            raise ValueError(f"{where}: token_type bpe without a bpemodel")
+            raise ModelFilesError(f"{where}: token_type bpe without a bpemodel")
         self.token_list = list(token_list)
         self.token_type = token_type
         self.bpe_model = None if bpe_model is None else Path(bpe_model)
@@ -210,7 +210,7 @@ def _sample_rate(fs, where: str) -> int:
     """ESPnet writes the front-end's rate as 16000 or "16k"."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kK]?)\s*", str(fs))
     if not match:
-        raise ValueError(f"{where}: frontend_conf.fs {fs!r} is not a sample rate")
+        raise ModelFilesError(f"{where}: frontend_conf.fs {fs!r} is not a sample rate")
     return int(float(match.group(1)) * (1000 if match.group(2) else 1))
 
 
@@ -248,13 +248,13 @@ class ESPnetCTCEncoder(CTCEncoder):
     def __init__(self, model, tokenizer: ESPnetTokenizer, where: str = "ESPnet model"):
         super().__init__()
         if getattr(model, "ctc", None) is None:
-            raise ValueError(f"{where}: the model has no CTC branch (ctc_weight 0): tasu needs CTC posteriors")
+            raise ModelFilesError(f"{where}: the model has no CTC branch (ctc_weight 0): tasu needs CTC posteriors")
         outputs = model.ctc.ctc_lo.out_features
         if outputs != tokenizer.vocab_size:
-            raise ValueError(f"{where}: the CTC head has {outputs} outputs but token_list has "
+            raise ModelFilesError(f"{where}: the CTC head has {outputs} outputs but token_list has "
                              f"{tokenizer.vocab_size} tokens")
         if getattr(model, "frontend", None) is None:
-            raise ValueError(f"{where}: frontend null: the model reads features extracted outside it; "
+            raise ModelFilesError(f"{where}: frontend null: the model reads features extracted outside it; "
                              "tasu feeds it waveforms")
         self.model = model
         self.tokenizer = tokenizer

@@ -21,7 +21,7 @@ from tasu.encoders.base import CTCEncoder, copy_flat, require_16k
 from tasu.encoders.layout import require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import HFCTCTokenizer
-from tasu.weights import from_pretrained
+from tasu.weights import ModelFilesError, from_pretrained
 
 
 @register("hf_ctc")
@@ -47,7 +47,7 @@ class HFCTCEncoder(CTCEncoder):
     def __init__(self, model, feature_extractor, tokenizer: HFCTCTokenizer):
         super().__init__()
         if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"CTC head has {model.config.vocab_size} outputs, "
+            raise ModelFilesError(f"CTC head has {model.config.vocab_size} outputs, "
                              f"tokenizer {tokenizer.vocab_size}")
         self.model = model
         self.feature_extractor = feature_extractor

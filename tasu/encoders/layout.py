@@ -93,7 +93,7 @@ class FunASRDir:
         fs = (self.config.get("frontend_conf") or {}).get("fs", 16000)
         where = f"{self.root}/config.yaml (frontend_conf.fs)"
         if isinstance(fs, bool) or not isinstance(fs, (int, float)) or fs != int(fs):
-            raise ValueError(f"{where}: {fs!r} is not a sample rate in Hz")
+            raise ModelFilesError(f"{where}: {fs!r} is not a sample rate in Hz")
         require_16k(int(fs), where)
 
     def _named(self, section: str, key: str) -> str | None:

@@ -24,9 +24,11 @@ backend and loading its tokenizer stay cheap.
 from __future__ import annotations
 
 from pathlib import Path
+
 from tasu.encoders.base import CTCEncoder
 from tasu.encoders.layout import read_yaml
 from tasu.registry import Registry
+from tasu.weights import ModelFilesError
 
 ENCODERS = Registry("encoder type")
 register = ENCODERS.register   # class decorator: @register("name")
@@ -41,13 +43,13 @@ def detect(path: str | Path) -> str:
     if len(found) == 1:
         return found[0]
     if found:
-        raise ValueError(f"{root} looks like several encoder kinds ({', '.join(found)}): "
+        raise ModelFilesError(f"{root} looks like several encoder kinds ({', '.join(found)}): "
                          "say which with encoder.type")
     expected = "; ".join(f"{name}: {cls.files}" for name, cls in ENCODERS.items())
     named = ""
     if (root / "config.yaml").is_file():
         named = f"; its config.yaml names model {read_yaml(root / 'config.yaml').get('model')!r}"
-    raise ValueError(f"{root} matches no encoder layout tasu reads ({expected}){named}; "
+    raise ModelFilesError(f"{root} matches no encoder layout tasu reads ({expected}){named}; "
                      f"found {sorted(p.name for p in root.iterdir())}")
 
 

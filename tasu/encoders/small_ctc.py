@@ -35,6 +35,7 @@ from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import SentencePieceTokenizer
 from tasu.fileio import atomic_files
 from tasu.funasr_import import funasr_class
+from tasu.weights import ModelFilesError
 
 MODEL_NAME = "TasuSmallCTC"
 BPE_FILE = "bpe.model"
@@ -98,7 +99,7 @@ class SmallCTCEncoder(CTCEncoder):
         d = FunASRDir(path)
         d.require_16k()
         if d.model != MODEL_NAME:
-            raise ValueError(f"{d.root}/config.yaml holds model {d.model!r}, not {MODEL_NAME}")
+            raise ModelFilesError(f"{d.root}/config.yaml holds model {d.model!r}, not {MODEL_NAME}")
         config = {k: {n: v for n, v in d.section(k).items() if n != "cmvn_file"} for k in DEFAULT_CONFIG}
         model = cls(SentencePieceTokenizer.from_funasr_dir(d.root), config, cmvn_file=d.cmvn_file)
         load_weights(model, d.weights)

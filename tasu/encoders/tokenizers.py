@@ -73,7 +73,7 @@ class SentencePieceTokenizer(EncoderTokenizer):
         tokenizer = cls(d.bpe_model)
         tokens = d.token_list
         if tokens is not None and len(tokens) != tokenizer.vocab_size:
-            raise ValueError(f"{d.root}/tokens.json lists {len(tokens)} tokens but {d.bpe_model.name} "
+            raise ModelFilesError(f"{d.root}/tokens.json lists {len(tokens)} tokens but {d.bpe_model.name} "
                              f"has {tokenizer.vocab_size} pieces")
         return tokenizer
 
@@ -149,7 +149,7 @@ class HFCTCTokenizer(EncoderTokenizer):
         tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(str(root))
         blank = config.get("pad_token_id", tokenizer.pad_token_id)
         if blank != tokenizer.pad_token_id:
-            raise ValueError(f"{root}: config.json pad_token_id {blank} (the CTC blank) differs from the "
+            raise ModelFilesError(f"{root}: config.json pad_token_id {blank} (the CTC blank) differs from the "
                              f"tokenizer's pad token id {tokenizer.pad_token_id}")
         vocab_size = config.get("vocab_size", len(tokenizer))
         spelt = max(tokenizer.encoder.values(), default=-1)   # vocab.json's own ids, not added special tokens
