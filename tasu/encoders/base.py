@@ -122,7 +122,7 @@ def require_16k(rate: int, where: str) -> None:
     """
     if rate != CTCEncoder.sample_rate:
         raise ModelFilesError(f"{where}: the model takes {rate} Hz audio, and tasu feeds encoders "
-                         f"{CTCEncoder.sample_rate} Hz audio only: use a {CTCEncoder.sample_rate} Hz model")
+                              f"{CTCEncoder.sample_rate} Hz audio only: use a {CTCEncoder.sample_rate} Hz model")
 
 
 def copy_flat(files: list[Path], dest: Path) -> None:
@@ -135,6 +135,6 @@ def copy_flat(files: list[Path], dest: Path) -> None:
     for file in files:
         if file.name in sources:
             raise ModelFilesError(f"{file} and {sources[file.name]} are both named {file.name}: "
-                             f"a copy of the model cannot hold both side by side")
+                                  f"a copy of the model cannot hold both side by side")
         sources[file.name] = file
         shutil.copy2(file, dest / file.name)

@@ -148,8 +148,8 @@ class ESPnetTokenizer(EncoderTokenizer):
     def __init__(self, token_list: Sequence[str], token_type: str, bpe_model: str | Path | None = None,
                  where: str = "ESPnet model"):
         if token_type not in TOKEN_TYPES:
-            raise ModelFilesError(f"{where}: token_type {token_type!r} is not one tasu reads ({', '.join(TOKEN_TYPES)}; "
-                             "phoneme token lists need ESPnet's g2p)")
+            raise ModelFilesError(f"{where}: token_type {token_type!r} is not one tasu reads "
+                                  f"({', '.join(TOKEN_TYPES)}; phoneme token lists need ESPnet's g2p)")
         if token_type == "bpe" and bpe_model is None:
             raise ModelFilesError(f"{where}: token_type bpe without a bpemodel")
         self.token_list = list(token_list)
@@ -252,10 +252,10 @@ class ESPnetCTCEncoder(CTCEncoder):
         outputs = model.ctc.ctc_lo.out_features
         if outputs != tokenizer.vocab_size:
             raise ModelFilesError(f"{where}: the CTC head has {outputs} outputs but token_list has "
-                             f"{tokenizer.vocab_size} tokens")
+                                  f"{tokenizer.vocab_size} tokens")
         if getattr(model, "frontend", None) is None:
             raise ModelFilesError(f"{where}: frontend null: the model reads features extracted outside it; "
-                             "tasu feeds it waveforms")
+                                  "tasu feeds it waveforms")
         self.model = model
         self.tokenizer = tokenizer
 

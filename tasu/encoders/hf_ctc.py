@@ -48,7 +48,7 @@ class HFCTCEncoder(CTCEncoder):
         super().__init__()
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ModelFilesError(f"CTC head has {model.config.vocab_size} outputs, "
-                             f"tokenizer {tokenizer.vocab_size}")
+                                  f"tokenizer {tokenizer.vocab_size}")
         self.model = model
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer

@@ -44,13 +44,13 @@ def detect(path: str | Path) -> str:
         return found[0]
     if found:
         raise ModelFilesError(f"{root} looks like several encoder kinds ({', '.join(found)}): "
-                         "say which with encoder.type")
+                              "say which with encoder.type")
     expected = "; ".join(f"{name}: {cls.files}" for name, cls in ENCODERS.items())
     named = ""
     if (root / "config.yaml").is_file():
         named = f"; its config.yaml names model {read_yaml(root / 'config.yaml').get('model')!r}"
     raise ModelFilesError(f"{root} matches no encoder layout tasu reads ({expected}){named}; "
-                     f"found {sorted(p.name for p in root.iterdir())}")
+                          f"found {sorted(p.name for p in root.iterdir())}")
 
 
 def backend(path: str | Path, encoder_type: str = "auto") -> type[CTCEncoder]:

@@ -74,7 +74,7 @@ class SentencePieceTokenizer(EncoderTokenizer):
         tokens = d.token_list
         if tokens is not None and len(tokens) != tokenizer.vocab_size:
             raise ModelFilesError(f"{d.root}/tokens.json lists {len(tokens)} tokens but {d.bpe_model.name} "
-                             f"has {tokenizer.vocab_size} pieces")
+                                  f"has {tokenizer.vocab_size} pieces")
         return tokenizer
 
     def encode(self, text: str) -> list[int]:
@@ -150,7 +150,7 @@ class HFCTCTokenizer(EncoderTokenizer):
         blank = config.get("pad_token_id", tokenizer.pad_token_id)
         if blank != tokenizer.pad_token_id:
             raise ModelFilesError(f"{root}: config.json pad_token_id {blank} (the CTC blank) differs from the "
-                             f"tokenizer's pad token id {tokenizer.pad_token_id}")
+                                  f"tokenizer's pad token id {tokenizer.pad_token_id}")
         vocab_size = config.get("vocab_size", len(tokenizer))
         spelt = max(tokenizer.encoder.values(), default=-1)   # vocab.json's own ids, not added special tokens
         if spelt >= vocab_size:   # the first transcript with such a character failed deep in simulation
