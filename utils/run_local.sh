@@ -81,8 +81,8 @@ cmd=${cmd% }
 read -r -a launcher_words <<< "${launcher}"   # split at spaces, never globbed (--nodelist=gpu[01-02])
 
 run_job() {  # <id>: run the command of job <id> into its log, which ends with the exit code
-  local id=$1 log job_cmd start rc
-  trap 'true' INT TERM HUP   # stop() ends the command: wait for it, then write its end in the log
+  local id=$1 log job_cmd start rc stopped=
+  trap 'stopped=1' INT TERM HUP   # stop() signals the job's process group: the command ends, this writes its end
   if ${array}; then
     log=${log_pattern//JOB/${id}}
     job_cmd=${cmd//JOB/${id}}
@@ -98,8 +98,12 @@ run_job() {  # <id>: run the command of job <id> into its log, which ends with t
     echo "#"
   } > "${log}"
   set +e
-  ${launcher_words[@]+"${launcher_words[@]}"} bash -c "${job_cmd}" >> "${log}" 2>&1 < /dev/null
-  rc=$?
+  if [ -z "${stopped}" ]; then   # stopped before its command started: it never starts
+    ${launcher_words[@]+"${launcher_words[@]}"} bash -c "${job_cmd}" >> "${log}" 2>&1 < /dev/null
+    rc=$?
+  else
+    rc=143
+  fi
   set -e
   [ -z "$(tail -c 1 "${log}")" ] || echo >> "${log}"   # output without a last newline: the footer on its own line
   {
@@ -109,38 +113,22 @@ run_job() {  # <id>: run the command of job <id> into its log, which ends with t
   return "${rc}"
 }
 
-under() {  # <pid>...: those processes and every process under them (read from /proc; none without it)
-  local -A kids=()
-  local stat line rest pid ppid
-  for stat in /proc/[0-9]*/stat; do
-    read -r line 2> /dev/null < "${stat}" || continue   # gone meanwhile
-    pid=${line%% *} rest=${line##*) }   # "pid (comm) state ppid ...": comm may hold spaces and ')'
-    ppid=${rest#* } ppid=${ppid%% *}
-    kids[${ppid}]+=" ${pid}"
+stop() {  # <signal>: told to stop (Ctrl-C, kill, scancel, hang-up): stop the running jobs, start no more
+  local groups g
+  mapfile -t groups < <(jobs -p)   # each job is a process group (set -m): its command and all it started
+  trap 'for g in "${groups[@]}"; do kill -KILL -- "-${g}" 2> /dev/null; done' INT TERM HUP   # asked again
+  for g in "${groups[@]}"; do
+    kill -TERM -- "-${g}" 2> /dev/null || true
   done
-  local todo=("$@")
-  while [ ${#todo[@]} -gt 0 ]; do
-    pid=${todo[0]} todo=("${todo[@]:1}")
-    echo "${pid}"
-    read -r -a rest <<< "${kids[${pid}]:-}"
-    todo+=(${rest[@]+"${rest[@]}"})
-  done
-}
-
-stop() {  # <status>: told to stop (Ctrl-C, kill, scancel, hang-up): stop the running jobs, start no more
-  trap '' INT TERM HUP
-  local running
-  mapfile -t running < <(jobs -p)
-  # The job subshells wait for their commands and write their ends; kill reached only them before, and
-  # their commands (and what those started) ran on, and the loop started the jobs still to come.
-  [ ${#running[@]} -eq 0 ] || kill -TERM $(under "${running[@]}") 2> /dev/null || true
-  wait || true
+  while [ -n "$(jobs -rp)" ]; do wait || true; done
   echo "${prog}: stopped by a signal; the running jobs were stopped (their logs end with their exit codes)" >&2
-  exit "$1"
+  trap - "$1"
+  kill -s "$1" $$   # die of the signal, so that a calling script stops as it would (bash ignores an exit 130)
 }
-trap 'stop 130' INT
-trap 'stop 143' TERM
-trap 'stop 129' HUP
+set -m   # each job in a process group of its own, which stop() signals whole
+trap 'stop INT' INT
+trap 'stop TERM' TERM
+trap 'stop HUP' HUP
 
 at_once=$(( last - first + 1 ))
 [ "${max_jobs_run}" -gt 0 ] && [ "${max_jobs_run}" -lt "${at_once}" ] && at_once=${max_jobs_run}

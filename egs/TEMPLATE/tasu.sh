@@ -395,7 +395,10 @@ train_stage() {  # train_stage <stage> <exp dir> <config> <overrides ...>
     [ -n "${hostfile}" ] && train_cmd+=(--hostfile "${hostfile}" --num_nodes "${num_nodes}")
     local visible_var=CUDA_VISIBLE_DEVICES ids
     [ "${device}" = npu ] && visible_var=ASCEND_RT_VISIBLE_DEVICES
-    if [ -z "${hostfile}" ] && [ "${device}" != cpu ] && [ -n "${!visible_var:-}" ]; then
+    # Read here only where the job runs here (run_local.sh): a cluster runner's job sees the devices it
+    # was given, which the variable in this shell (a login node's) does not describe.
+    if [ -z "${hostfile}" ] && [ "${device}" != cpu ] && [ -n "${!visible_var:-}" ] \
+        && [ "$(basename "${cuda_cmd%% *}")" = run_local.sh ]; then
       # DeepSpeed's --num_gpus ignores the variable and takes devices 0..N-1: name the visible ones
       IFS=, read -r -a ids <<< "${!visible_var}"
       [[ "${!visible_var}" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "${visible_var}=${!visible_var}: training names" \
