@@ -43,9 +43,10 @@ class Row:
 
 
 def unscored_hyps_under(root: Path) -> list[Path]:
-    """Every ``hyp.trn`` under ``root`` without a ``score.json`` in its directory or a directory in it."""
-    return [p for p in _files_under(root, "hyp.trn")
-            if not (p.parent / "score.json").exists() and not any(p.parent.glob("*/score.json"))]
+    """Every ``hyp.trn`` under ``root`` with a ``ref.trn`` beside it (a decode of labelled data) and
+    without a ``score.json`` in its directory or a directory in it."""
+    return [p for p in _files_under(root, "hyp.trn") if (p.parent / "ref.trn").exists()   # else: nothing to score
+            and not (p.parent / "score.json").exists() and not any(p.parent.glob("*/score.json"))]
 
 
 def score_files_under(root: Path) -> list[Path]:
@@ -101,17 +102,13 @@ def collect_results(exp_root: str | Path) -> list[Row]:
 
 
 def _check_still_of(path: Path, result: ScoreResult) -> None:
-    """Refuse a score.json whose ref or hyp file has changed since it was scored. The file is looked
-    for by its name beside the score.json or one directory up (``DIR/hyp.trn`` scored into
-    ``DIR/wer/``), never at its recorded path: that was relative to another working directory, or
-    names the original of a copied experiment."""
-    for what, name, digest in (("hypotheses", result.hyp, result.hyp_sha256),
-                               ("references", result.ref, result.ref_sha256)):
-        if not (name and digest):   # written by an older tasu score
-            continue
-        scored = next((d / Path(name).name for d in (path.parent, path.parent.parent)
-                       if (d / Path(name).name).is_file()), None)
-        if scored is not None and file_sha256(scored) != digest:
+    """Refuse a score.json whose ref or hyp file has changed since it was scored: the file is found by
+    its path relative to the score's directory as scored, so a copied experiment checks its own files
+    (a file not there now is not checked: a score of a moved or removed file stays readable)."""
+    for role, entry in result.files.items():
+        scored = Path(os.path.normpath(path.parent / entry["path"]))
+        if scored.is_file() and file_sha256(scored) != entry["sha256"]:
+            what = "hypotheses" if role == "hyp" else "references"
             raise ScoreError(f"{path}: {scored} has changed since it was scored (other {what}): "
                              "score it again (tasu score, or the recipe's scoring stage)")
 

@@ -63,6 +63,7 @@ from typing import Any
 from tasu.fileio import write_atomic
 
 METRICS = ("wer", "cer", "bleu", "acc")
+NOT_TOGETHER = "the two files do not belong together"   # no hypothesis key among the references
 MISSING = ("error", "empty")   # what score_files makes of a reference without a hypothesis
 NORMS = ("basic", "whisper", "none")
 DEFAULT_NORM = {"wer": "basic", "cer": "basic", "acc": "basic", "bleu": "none"}
@@ -239,8 +240,11 @@ _COUNT, _NUMBER, _STRING, _OBJECT = ((_is_count, "a count"), (_is_number, "a num
 # (``ScoreResult.to_markdown_row``, the BLEU signature note of ``tasu results``).
 _FIELDS = {"norm": _STRING, "snt": _COUNT, "value": _NUMBER, "counts": _OBJECT, "details": _OBJECT,
            "missing_keys": (_is_keys, "a list of keys"), "extra_keys": (_is_keys, "a list of keys"),
-           "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING, "ref_sha256": _STRING,
-           "hyp_sha256": _STRING}
+           "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING,
+           "files": (lambda v: isinstance(v, dict) and all(
+               role in ("ref", "hyp") and isinstance(f, dict) and set(f) == {"path", "sha256"}
+               and all(isinstance(x, str) for x in f.values()) for role, f in v.items()),
+               'an object of {"path": ..., "sha256": ...} for ref and hyp')}
 _ERROR_COUNTS = {key: _COUNT for key in ("wrd", "corr", "sub", "del", "ins", "s_err")}
 _COUNTS = {"wer": _ERROR_COUNTS, "cer": _ERROR_COUNTS, "acc": {"correct": _COUNT}, "bleu": {}}
 _DETAILS = {"wer": {}, "cer": {}, "acc": {}, "bleu": {"chrf": _NUMBER, "tokenize": _STRING, "signature": _STRING}}
@@ -316,8 +320,9 @@ class ScoreResult:
     looping: int
     ref: str = ""
     hyp: str = ""
-    ref_sha256: str = ""   # of the files scored: tasu results refuses a score of a file changed since
-    hyp_sha256: str = ""
+    # The files scored, each's path relative to the score's directory and its SHA-256: tasu results
+    # refuses a score of a file changed since (the relative path holds when an experiment is copied)
+    files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The content of score.json."""
@@ -337,7 +342,7 @@ class ScoreResult:
             raise ValueError(f"unknown field {unknown[0]!r}")
         if d.get("metric") not in METRICS:
             raise ValueError(f"metric: must be one of {', '.join(METRICS)}, not {_shown(d.get('metric'))}")
-        _check_fields(d, _FIELDS, optional=("ref", "hyp", "ref_sha256", "hyp_sha256"))   # defaults: may lack them
+        _check_fields(d, _FIELDS, optional=("ref", "hyp", "files"))   # they have defaults: a score.json may lack them
         _check_fields(d["counts"], _COUNTS[d["metric"]], "counts.")
         _check_fields(d["details"], _DETAILS[d["metric"]], "details.")
         _check_sums(d)
@@ -380,7 +385,7 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     extra = [k for k in hyps if k not in refs]
     if hyps and len(extra) == len(hyps):
         raise ScoreError(f"no hypothesis key is in the references (first: {extra[0]!r}): "
-                         "the two files do not belong together")
+                         f"{NOT_TOGETHER}")
     if bleu_tokenize == "auto":
         han = sum(bool(_HAN.search(t)) for t in refs.values())
         bleu_tokenize = "zh" if han > len(refs) / 2 else "13a"
@@ -519,11 +524,13 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     try:
         result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
     except ScoreError as e:  # name the files the problem is in, and how each was read where keys disagree
-        read_as = (f" (read as {hyp_layout} and {ref_layout} lines)" if "do not belong together" in str(e)
+        read_as = (f" (read as {hyp_layout} and {ref_layout} lines)" if NOT_TOGETHER in str(e)
                    and hyp_layout != ref_layout else "")
         raise ScoreError(f"{hyp_path} against {ref_path}: {e}{read_as}") from None
-    result.ref, result.hyp, result.ref_sha256, result.hyp_sha256 = str(ref_path), str(hyp_path), ref_sha256, hyp_sha256
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
+    result.ref, result.hyp = str(ref_path), str(hyp_path)
+    result.files = {role: {"path": os.path.relpath(Path(given).resolve(), out.resolve()), "sha256": digest}
+                    for role, given, digest in (("ref", ref_path, ref_sha256), ("hyp", hyp_path, hyp_sha256))}
     if metric in ("wer", "cer"):
         per_utterance = {"alignment.txt": "".join(lines)}
     else:

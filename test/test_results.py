@@ -333,12 +333,28 @@ def test_a_score_of_a_file_changed_since_is_refused_and_an_unscored_decode_said(
 
     stopped = tmp_path / "exp/sys/decode_greedy/test_ood/ASR"
     write(stopped / "hyp.trn", ["u1\tturn"])
+    write(tmp_path / "exp/sys/decode_greedy/unlabelled/ASR/hyp.trn", ["u1\tturn"])   # no ref.trn: nothing to score
+    assert tasu_results(str(tmp_path / "exp")) == 0 and "unlabelled" not in capsys.readouterr().err
+    write(stopped / "ref.trn", ["u1\tturn on the lights"])
     assert tasu_results(str(tmp_path / "exp")) == 0
     assert capsys.readouterr().err == (f"tasu results: warning: {stopped / 'hyp.trn'} has no score.json beside it "
                                        "(not scored, or its decode stopped): not in the tables\n")
     # a score.json of an older tasu score has no digests: read as before
     old = json.loads((d / "score.json").read_text())
-    del old["hyp_sha256"], old["ref_sha256"]
+    del old["files"]
     (d / "score.json").write_text(json.dumps(old))
     write(d / "hyp.trn", ["u1\tturn on the lights"])
     assert [r.dataset for r in collect_results(tmp_path / "exp")][-1] == "decode_greedy/test/ASR"
+
+    # Kaldi and ESPnet name both files 'text': each is found by its own path, not by its name
+    kaldi = tmp_path / "exp" / "kaldi" / "decode" / "test"
+    write(tmp_path / "data" / "test" / "text", ["u1 turn on the lights"])
+    write(kaldi / "text", ["u1 turn on the light"])
+    score_files(tmp_path / "data" / "test" / "text", kaldi / "text", "wer")
+    assert tasu_results(str(tmp_path / "exp")) == 0
+    # a copied experiment checks its own files
+    import shutil
+    shutil.copytree(tmp_path / "exp", tmp_path / "copy")
+    write(tmp_path / "exp" / "kaldi" / "decode" / "test" / "text", ["u1 something else"])
+    assert tasu_results(str(tmp_path / "copy")) == 0
+    assert tasu_results(str(tmp_path / "exp")) == 1
