@@ -25,7 +25,7 @@ setup(
         "kaldiio",
         "sentencepiece",
         "safetensors",
-        "transformers>=4.45",
+        "transformers>=4.56",   # from_pretrained(dtype=...)
         "peft",
         "sacrebleu",
         "whisper-normalizer",

@@ -23,6 +23,7 @@ is refused, as ``tasu transcribe`` refuses it, unless the model was loaded with
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
-DECODING = ("beam", "max_new_tokens", "no_repeat_ngram_size", "repetition_penalty")   # what Speech2Text takes
 
 
 class Hypothesis(NamedTuple):
@@ -75,9 +75,10 @@ class Speech2Text:
         from tasu.device import resolve_device
         from tasu.model_io import load_trained
 
-        unknown = sorted(set(decoding) - set(DECODING))   # batch_size, input, seed are tasu decode's, not these
+        takes = [f.name for f in dataclasses.fields(DecodeOptions) if f.name not in ("input", "batch_size", "seed")]
+        unknown = sorted(set(decoding) - set(takes))   # batch_size, input, seed are tasu decode's: not for one call
         if unknown:
-            raise TypeError(f"Speech2Text takes the decoding options {', '.join(DECODING)}, not {', '.join(unknown)}")
+            raise TypeError(f"Speech2Text takes the decoding options {', '.join(takes)}, not {', '.join(unknown)}")
         DecodeOptions(**decoding)   # a beam of 0 and the like: refused before the model loads
         model, cfg, prompts, _ = load_trained(path, checkpoint, audio=True, device=str(resolve_device(device)),
                                               overrides=overrides)

@@ -430,14 +430,21 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             if e.key not in line_of:
                 raise
             raise e.located(data, line_of[e.key]) from None
-        finally:
+        except BaseException:
             if hyp_file is not None:
                 try:
                     hyp_file.close()
-                except OSError:   # the failed write's buffer, on a full disk: the file holds whole lines
+                except OSError:   # the failed write's buffer again: the error on its way says what failed
                     pass
                 if not (out / HYP).stat().st_size:   # no hypothesis written: no empty file to score
                     (out / HYP).unlink()
+            raise
+        if hyp_file is not None:
+            try:
+                hyp_file.close()   # NFS reports a full disk or quota here
+            except OSError as e:
+                raise DecodeError(f"{out / HYP}: cannot write ({e.strerror or e}); run the same command again "
+                                  "to go on from the hypotheses it holds") from None
 
     # 4. The report, on stdout and appended to decode.log.
     o = options

@@ -36,7 +36,6 @@ unpickle an entry that starts with ``PKL``).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -291,10 +290,8 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
             "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data]}
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock.claim", "a") as claim:   # two runs' claims, one after the other (a moment each)
-        fcntl.flock(claim, fcntl.LOCK_EX)
-        _claim(root, info)
+    with DirLock(root, "the claim of tasu dump-posteriors", name=f"{LOCK_NAME}.claim", wait=True):
+        _claim(root, info)   # two runs' claims one after the other: a moment each
     if (root / DONE).exists():
         return f"{out}: already complete ({len(recordings)} recordings), nothing to do"
 

@@ -13,6 +13,7 @@ writer, another program's) one ``MetadataError`` naming it rather than a bare ``
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -47,6 +48,9 @@ def _flush(path: Path) -> None:
         os.close(fd)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)   # a write's errors, no file named
+
+
 @contextlib.contextmanager
 def atomic_replace(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write the new file at, renamed over ``path`` when the block ends.
@@ -71,8 +75,9 @@ def atomic_replace(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.strerror and e.filename in (None, name):   # writing, flushing or renaming the temporary file:
-            raise type(e)(e.errno, e.strerror, str(path)) from None   # name the file meant, not ".x.a8f2k1"
+        # the temporary file's own failure (its name: ".x.a8f2k1"), or a full disk (no name): name the file meant
+        if e.strerror and (e.filename == name or (e.filename is None and e.errno in _DISK_FULL)):
+            raise type(e)(e.errno, e.strerror, str(path)) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -26,9 +26,10 @@ class LockError(RuntimeError):
 class DirLock:
     """An exclusive lock on a directory, held from ``acquire`` until ``release`` or process exit."""
 
-    def __init__(self, directory: str | Path, what: str, name: str = LOCK_NAME):
-        """``name``: the lock file's, for locks of parts of a directory (one job of several)."""
-        self.directory, self.what = Path(directory), what
+    def __init__(self, directory: str | Path, what: str, name: str = LOCK_NAME, wait: bool = False):
+        """``name``: the lock file's, for locks of parts of a directory (one job of several); ``wait``:
+        wait for the holder instead of stopping (for a moment's work, such as writing a claim)."""
+        self.directory, self.what, self.wait = Path(directory), what, wait
         self.path = self.directory / name
         self._fd: int | None = None
 
@@ -41,7 +42,7 @@ class DirLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)

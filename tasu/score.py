@@ -5,11 +5,12 @@
 Both files hold ``key<TAB>text`` lines; a line without a tab is split at its first space (a Kaldi
 ``text`` file); a key with no text is an empty hypothesis. A file every line of which ends in
 ``(id)``, after a space or after its only tab, is sclite's ``trn`` (``text (id)``; ESPnet's scoring
-writes ``text<TAB>(id)``): the id is the key. Blank lines, keys with whitespace, duplicate keys and
-a carriage return inside a line (old Mac line ends would make one utterance of the file) stop with
-``FILE:LINE: message``; a byte order mark is dropped wherever a line starts with one (files joined
-with ``cat``). The rules are
-fixed here and every summary names the normaliser (and sacrebleu signature) it used, so a number can
+writes ``text<TAB>(id)``): the id is the key (so a ``key<TAB>text`` file whose every text is one
+bracketed word, ``(noise)``, reads as trn too; keys that then match nothing say how each file was
+read). Blank lines, keys with whitespace, duplicate keys and a carriage return inside a line (old Mac
+line ends would make one utterance of the file) stop with ``FILE:LINE: message``; a byte order mark
+is dropped wherever a line starts with one (files joined with ``cat``). The rules are fixed here and
+every summary names the normaliser (and sacrebleu signature) it used, so a number can
 always be reproduced (a headline number scored with unshipped normalisation cannot):
 
 - ``--norm basic`` (default for wer/cer/acc): Unicode NFKC (one spelling of "é" whether composed or

@@ -33,6 +33,8 @@ def load_state_file(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:   # torch's message names no file and suggests weights_only=False
         raise _code_refused(f"{path}:") from None
+    except (FileNotFoundError, PermissionError):   # named by the error itself, and not damage
+        raise
     except (EOFError, RuntimeError, OSError) as e:   # "Invalid argument", EOFError: no file named
         raise ModelFilesError(f"{path}: not a readable weights file, damaged or cut short "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}): "

@@ -269,10 +269,10 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
 
 def test_float_samples_on_the_int16_scale_are_refused_naming_the_file(tmp_path):
     """A float WAV (or Kaldi float vector) holding int16 values reached the encoder ~32768 times too loud
-    and was decoded as noise, exit 0; floats a little past full scale are still audio."""
+    and was decoded as noise, exit 0; floats past full scale (a float recorder's headroom) are still audio."""
     tone = 0.5 * np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
-    soundfile.write(tmp_path / "loud.wav", 1.4 * tone / 0.5 * 0.99, 16000, subtype="FLOAT")
-    assert np.abs(load_audio(str(tmp_path / "loud.wav"))).max() > 1.3
+    soundfile.write(tmp_path / "loud.wav", 8 * tone, 16000, subtype="FLOAT")   # a 32-bit float recorder: +12 dBFS
+    assert np.abs(load_audio(str(tmp_path / "loud.wav"))).max() > 3.9
     soundfile.write(tmp_path / "scaled.wav", tone * 32767, 16000, subtype="FLOAT")
     with pytest.raises(AudioError, match=rf"{tmp_path / 'scaled.wav'}: float samples reach 16383.5, and float audio "
                                          r"lies in \[-1, 1\]: int16 values stored as floats\?"):

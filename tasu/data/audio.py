@@ -49,7 +49,8 @@ from tasu.data.records import DataError
 SAMPLE_RATE = 16000
 RATES = (1000, 384000)   # sample rates read as audio: anything else is a damaged header or a wrong argument
 MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
-MAX_FLOAT_PEAK = 2.0  # float samples past it are not audio in [-1, 1] (a float file over full scale: ~1.5)
+MAX_FLOAT_PEAK = 64.0  # past it, floats are int16 values (speech peaks in the thousands), not a 32-bit float
+#                       recording over full scale (field recorders keep headroom above 0 dBFS)
 
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).

@@ -145,7 +145,8 @@ def mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def aggregate(runs: list[dict], exp_roots: list[Path]) -> dict[str, dict[tuple[str, str], tuple]]:
     """system -> cell -> (mean, sd) over the runs. A cell some runs have and others lack is refused,
-    naming a run without it: a mean over the seeds that happened to finish is not the seeds' mean."""
+    naming a run without it: it showed '-' and its target "not measured (a stage did not run)", which
+    hid the failed stage of one seed (and a run made before a cell existed cannot join newer ones)."""
     agg = {}
     for name, cells in runs[0].items():
         agg[name] = {}
