@@ -4,9 +4,7 @@
     tasu results exp --compare asr_text_only asr_half_audio
 
 A score.json of a ref or hyp file that has changed since (a decode resumed or redone, a reference
-corrected, and not scored again) is refused: its number is no longer of that file. A ``hyp.trn``
-without a score.json beside it or in a directory in it (a decode not scored, or stopped) is said on
-stderr, not left out silently.
+corrected, and not scored again) is refused: its number is no longer of that file.
 
 Layout: ``EXP_ROOT/<exp_tag>/<any dirs>/score.json`` (recipes write
 ``exp/<exp_tag>/decode_<decode_tag>/<test_set>/<task>/score.json``). The first directory under
@@ -24,7 +22,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -42,21 +39,9 @@ class Row:
     result: ScoreResult
 
 
-def unscored_hyps_under(root: Path) -> list[Path]:
-    """Every ``hyp.trn`` under ``root`` with a ``ref.trn`` beside it (a decode of labelled data) and
-    without a ``score.json`` in its directory or a directory in it."""
-    return [p for p in _files_under(root, "hyp.trn") if (p.parent / "ref.trn").exists()   # else: nothing to score
-            and not (p.parent / "score.json").exists() and not any(p.parent.glob("*/score.json"))]
-
-
 def score_files_under(root: Path) -> list[Path]:
-    """Every ``score.json`` under ``root`` (see :func:`_files_under`)."""
-    return _files_under(root, "score.json")
-
-
-def _files_under(root: Path, name: str) -> list[Path]:
-    """Every file named ``name`` under ``root``, following linked directories (an experiment on another
-    disk is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
+    """Every ``score.json`` under ``root``, following linked directories (an experiment on another disk
+    is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
     found, seen, todo = [], set(), [root]
     while todo:
         directory = todo.pop()
@@ -69,7 +54,7 @@ def _files_under(root: Path, name: str) -> list[Path]:
         except OSError as e:
             raise ScoreError(f"{directory}: cannot list it ({e.strerror or e}): its scores would be left out") from None
         for entry in entries:
-            if entry.name == name:
+            if entry.name == "score.json":
                 found.append(Path(entry.path))
             elif entry.is_dir():   # follows links
                 todo.append(Path(entry.path))
@@ -95,9 +80,6 @@ def collect_results(exp_root: str | Path) -> list[Row]:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
         _check_still_of(path, result)
         rows.append(Row(exp, dataset, result))
-    for hyp in unscored_hyps_under(root):
-        print(f"tasu results: warning: {hyp} has no score.json beside it (not scored, or its decode stopped): "
-              "not in the tables", file=sys.stderr)
     return sorted(rows, key=lambda r: (r.exp, METRICS.index(r.result.metric), r.dataset))
 
 

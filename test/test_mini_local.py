@@ -314,16 +314,23 @@ def test_report_meets_a_target_stated_with_or_equal_at_a_tie_and_misses_a_strict
 
 
 def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
-    """A seed whose audio-only decode of test_ood is missing would drop the cell from every seed, and the
-    target said 'a stage did not run': the report names the run that lacks it instead."""
+    """A seed whose audio-only score of test_ood is missing dropped the cell from every seed (exit 0), and
+    the target said 'a stage did not run': the report names the missing score, or the run that lacks it."""
     runs = [_fake_run(tmp_path / f"seed{i}", i, {"encoder": 20.0, "tasu_train_text": 14.0, "simulated": 10.0,
                                                  "tasu_train_text_then_train_audio_sft": 10.0,
                                                  "train_audio_sft_from_scratch": 11.0}) for i in (1, 2, 3)]
-    (runs[1] / "exp/train_audio_sft_from_scratch/decode_greedy_best/test_ood/ASR/score.json").unlink()
+    decoded = runs[1] / "exp/train_audio_sft_from_scratch/decode_greedy_best"
+    (decoded / "test_ood/ASR/score.json").unlink()   # decoded, one score missing: scoring stopped
     out = subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results",
                           str(tmp_path / "RESULTS.md")], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr == (
-        f"local/report.py: {runs[1] / 'exp'}: no score of audio-only (same steps, from scratch) on test_ood (ASR), "
+        f"local/report.py: {decoded / 'test_ood/ASR/score.json'}: missing, though {decoded} was decoded: decoding "
+        "or scoring stopped (stages 5-6); run ./run.sh again to finish them\n")
+    shutil.rmtree(decoded)   # the system not decoded in one run only
+    out = subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results",
+                          str(tmp_path / "RESULTS.md")], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr == (
+        f"local/report.py: {runs[1] / 'exp'}: no score of audio-only (same steps, from scratch) on test (ASR), "
         f"which {runs[0] / 'exp'} has: its stage failed or was skipped; finish it, or leave that run out of --runs\n")
 
 

@@ -123,6 +123,10 @@ def collect(exp_root: Path) -> dict[str, dict[tuple[str, str], float | None]]:
         d = decode_dir(exp_root / tag)
         scores[name] = {(s, t): read_score(d / s / t / "score.json") if d else None
                         for s in TEST_SETS for t in ("ASR", "SLU_scenario")}
+        lacking = [d / s / t / "score.json" for (s, t), v in scores[name].items() if v is None] if d else []
+        if lacking:   # a system decoded but not wholly scored: its '-' read as "a stage did not run", exit 0
+            raise ReportError(f"{lacking[0]}: missing, though {d} was decoded: decoding or scoring stopped "
+                              "(stages 5-6); run ./run.sh again to finish them")
     info, ppl = llm_info(exp_root), exp_root / "llm" / "ppl.txt"
     scores[LLM_READING] = {(s, "ASR"): number(info, k, ppl)
                            for s, k in (("dev", "wer_reading_units"), ("test", "wer_reading_units_test"))}
