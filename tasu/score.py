@@ -340,7 +340,7 @@ class ScoreResult:
             raise ValueError(f"expected a JSON object, not {_shown(d)}")
         unknown = [k for k in d if k not in {f.name for f in dataclasses.fields(cls)}]
         if unknown:
-            raise ValueError(f"unknown field {unknown[0]!r}")
+            raise ValueError(f"unknown field {unknown[0]!r} (written by another tasu version? score it again)")
         if d.get("metric") not in METRICS:
             raise ValueError(f"metric: must be one of {', '.join(METRICS)}, not {_shown(d.get('metric'))}")
         _check_fields(d, _FIELDS, optional=("ref", "hyp", "files"))   # they have defaults: a score.json may lack them

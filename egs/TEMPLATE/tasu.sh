@@ -732,8 +732,9 @@ newest_first() {  # newest_first <log>: <log>, then the earlier runs' <log>.N ..
 
 if runs 7; then
   log "Stage 7: every score.json under ${expdir}/ -> ${results}"
+  # its own line says what failed; no half-written ${results}.tmp stays behind
+  tasu results "${expdir}" > "${results}.tmp" || { rm -f "${results}.tmp"; exit 1; }
   {
-    tasu results "${expdir}"
     echo
     echo "## Commands"
     echo
@@ -756,7 +757,7 @@ if runs 7; then
       done
       echo '```'
     done
-  } > "${results}.tmp"
+  } >> "${results}.tmp"
   mv "${results}.tmp" "${results}"
   log "wrote ${results}"
 fi

@@ -47,13 +47,14 @@ help_message="Usage: $0 [options]
 . parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 # Checked before anything runs: a bad seed in --seeds would otherwise stop the run after the seeds before it.
-[ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
 for n in "${stage}" "${stop_stage}"; do
   [ "${n}" -ge 1 ] && [ "${n}" -le 7 ] || \
     { echo "$0: stage ${n}: there is no such stage (the stages are 1-7)" >&2; exit 1; }
 done
+[ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
 # a seed as Python and YAML read it: 01 is 1 (counted twice in the mean), and torch takes 64 bits
-for s in ${seed} ${seeds}; do
+read -r -a seed_words <<< "${seed} ${seeds}"   # words, never globs ('*' named the files here)
+for s in "${seed_words[@]}"; do
   [[ "${s}" =~ ^(0|[1-9][0-9]{0,8})$ ]] || { echo "$0: seed '${s}': expected a whole number from 0 to 999999999," \
     "without leading zeros" >&2; exit 1; }
 done
@@ -110,11 +111,6 @@ exp=${workdir%/}/exp
 results=${workdir%/}/RESULTS.md
 [ "${workdir}" = . ] && results=RESULTS.md
 setting="quick=${quick} seed=${seed}"
-if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
-  echo "$0: ${data}, ${dump} and ${exp} were made with '$(cat "${data}/.done")', not '${setting}':" \
-    "remove them (rm -r ${data} ${dump} ${exp} ${results}) to run with this setting" >&2
-  exit 1
-fi
 
 train_args="train.seed=${seed}"
 train_text_args=${train_args}
@@ -161,6 +157,12 @@ if ! flock -n "${run_lock}"; then
   exit 1
 fi
 echo "pid $$ on $(uname -n)" > "${exp}/.run.lock"
+# after the lock: a run of another setting in progress is said as such, not as directories to remove
+if [ -f "${data}/.done" ] && [ "$(cat "${data}/.done")" != "${setting}" ]; then
+  echo "$0: ${data}, ${dump} and ${exp} were made with '$(cat "${data}/.done")', not '${setting}':" \
+    "remove them (rm -r ${data} ${dump} ${exp} ${results}) to run with this setting" >&2
+  exit 1
+fi
 for n in 1 2 3 4 5 6 7; do
   [ "${stage}" -le "${n}" ] && [ "${stop_stage}" -ge "${n}" ] || continue
   tasu_sh "${n}"

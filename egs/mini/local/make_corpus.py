@@ -40,6 +40,7 @@ import logging
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -277,7 +278,8 @@ def synthesize_all(utts: list[Utterance], nj: int) -> list[float]:
     for d in {Path(u.wav).parent for u in utts}:
         shutil.rmtree(d, ignore_errors=True)  # wavs of an earlier, different run would linger
         d.mkdir(parents=True)
-    with Pool(nj) as pool:
+    # Ctrl-C is the main process's to handle (the workers' tracebacks were ~30 lines): it stops the pool
+    with Pool(nj, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         return pool.map(synthesize, utts, chunksize=16)
 
 
@@ -374,5 +376,8 @@ if __name__ == "__main__":
         main()
     except SynthesisError as e:  # the workers' too: Pool.map raises the first one here
         raise SystemExit(f"make_corpus.py: {e}") from None
+    except KeyboardInterrupt:
+        print("make_corpus.py: interrupted", file=sys.stderr)
+        sys.exit(130)
     except OSError as e:   # a --data-dir that is a file, a full disk, no permission
         raise SystemExit(f"make_corpus.py: {e.filename or ''}: {e.strerror or e}") from None

@@ -65,8 +65,10 @@ done
 # Half the cores each, also when one job is left to train (a resumed stage): a model's float sums depend
 # on its thread count, and a resumed run must compute what the uninterrupted one did.
 threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM   # a stopped stage stops its jobs too
+pids=() stopped=
+for sig in INT TERM HUP; do   # a stopped stage stops its jobs too, and says so once (not as two failures)
+  trap "stopped=${sig}; kill \"\${pids[@]}\" 2> /dev/null || true" "${sig}"
+done
 for name in "${jobs[@]}"; do
   dir=${expdir}/${name}
   rm -f "${dir}/.done"
@@ -86,7 +88,12 @@ failed=0
 for i in "${!jobs[@]}"; do
   name=${jobs[$i]}
   dir=${expdir}/${name}
-  if wait "${pids[$i]}"; then
+  wait "${pids[$i]}" && rc=0 || rc=$?
+  if [ -n "${stopped}" ]; then
+    wait "${pids[$i]}" 2> /dev/null || true   # the trap interrupted the first wait
+    continue
+  fi
+  if [ "${rc}" -eq 0 ]; then
     echo "${opts[${name}]}" > "${dir}/.done"
     log "${dir}: $(tail -n 2 "${dir}/train.log" | head -n 1 | cut -d' ' -f4-)"
   else
@@ -95,4 +102,9 @@ for i in "${!jobs[@]}"; do
     failed=1
   fi
 done
+if [ -n "${stopped}" ]; then
+  echo "$0: stopped by a signal; the trainings were stopped (a rerun resumes them)" >&2
+  trap - "${stopped}"
+  kill -s "${stopped}" $$
+fi
 exit ${failed}

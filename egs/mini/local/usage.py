@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -66,9 +67,14 @@ def main() -> int:
         print(f"usage.py: {command[0]}: {e.strerror or e}", file=sys.stderr)
         return 127
     peak = 0.0
-    while process.poll() is None:
-        peak = max(peak, tree_memory_mb(process.pid))
-        time.sleep(0.2)
+    try:
+        while process.poll() is None:
+            peak = max(peak, tree_memory_mb(process.pid))
+            time.sleep(0.2)
+    except KeyboardInterrupt:   # Ctrl-C reached the command too: wait for it, and stop as it stops (no traceback)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        process.wait()
+        return process.returncode if process.returncode >= 0 else 128 - process.returncode
     wall = time.time() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode == 0:
