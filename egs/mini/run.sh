@@ -51,7 +51,8 @@ for n in "${stage}" "${stop_stage}"; do
   [ "${n}" -ge 1 ] && [ "${n}" -le 7 ] || \
     { echo "$0: stage ${n}: there is no such stage (the stages are 1-7)" >&2; exit 1; }
 done
-[ "${stage}" -le "${stop_stage}" ] || { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
+[ "${stage}" -le "${stop_stage}" ] || \
+  { echo "$0: --stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run" >&2; exit 1; }
 # a seed as Python and YAML read it: 01 is 1 (counted twice in the mean), and torch takes 64 bits
 read -r -a seed_words <<< "${seed} ${seeds}"   # words, never globs ('*' named the files here)
 for s in "${seed_words[@]}"; do
