@@ -197,7 +197,7 @@ def test_environment_never_imports_torch():
     ({"snt": "x"}, 'snt: must be a count, not "x"'),
     ({"value": None}, "value: must be a number, not null"),
     ({"missing_keys": "u1"}, 'missing_keys: must be a list of keys, not "u1"'),
-    ({"surprise": 1}, "unknown field 'surprise'"),
+    ({"surprise": 1}, "unknown field 'surprise' (written by another tasu version? score it again)"),
     # counts that no scoring writes: 'Corr 300 %' would be printed as if it had been scored
     ({"counts": {"wrd": 2, "corr": 6, "sub": 0, "del": 0, "ins": 0, "s_err": 1}},
      "counts: corr + sub + del is 6 and wrd 2: every reference unit is correct, substituted or deleted, "
