@@ -10,8 +10,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -590,6 +592,14 @@ def test_usage_keeps_the_figures_of_the_run_that_did_the_work(tmp_path):
     assert killed.returncode == 137
     table.write_text("stage 3\n")   # a damaged line (an IndexError) is replaced
     assert note("stage 3", "true")["stage 3"] >= 0
+    # Ctrl-C (SIGINT to the terminal's process group): its command stops, and so does usage.py, quietly and
+    # with the command's status (it printed a KeyboardInterrupt traceback at every stopped stage)
+    stopped = subprocess.Popen([sys.executable, str(LOCAL / "usage.py"), str(table), "s", "--", "sleep", "30"],
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(1.0)
+    os.killpg(stopped.pid, signal.SIGINT)
+    assert stopped.wait(timeout=20) == 130 and stopped.stderr.read() == ""
 
 
 def test_encoder_cmvn_normalises_the_train_features_in_place():

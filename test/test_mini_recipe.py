@@ -117,6 +117,8 @@ WHOLE = "expected a whole number from 0 to 999999999, without leading zeros"
     (["--seeds", "2 1 2"], "--seeds '2 1 2' names a seed twice: each would count as another run in the mean and sd"),
     (["--stage", "6", "--stop_stage", "5"], "--stage 6 comes after --stop_stage 5: nothing to run"),
     (["--stage", "8", "--stop_stage", "9"], "stage 8: there is no such stage (the stages are 1-7)"),   # exit 0 before
+    (["--stage", "08"], "stage 08: there is no such stage (the stages are 1-7)"),   # not "comes after --stop_stage 7"
+    (["--seeds", "*"], f"seed '*': {WHOLE}"),   # it named the files of the recipe ('NOTES.md')
     (["--tasu_opts", "--config opts.sh"], "--tasu_opts: --config is not taken here: give tasu.sh's options one by one"),
     (["--workdir", ""], "--workdir is empty: name a directory (default: .)"),   # '' would write /data, /exp
     # the jobs' commands would name /data/my1s: other files read and written
