@@ -225,6 +225,11 @@ def _audio_seconds(record: Record) -> float:
     return audio_info(record.path, key=record.key, start=record.start, end=record.end).duration
 
 
+def _cannot_write(path: Path, e: OSError) -> DecodeError:
+    return DecodeError(f"{path}: cannot write ({e.strerror or e}); run the same command again to go on from the "
+                       "hypotheses it holds")
+
+
 def _key_generator(key: str, seed: int = 0) -> torch.Generator:
     """A generator seeded by the key (and the decode's seed) alone: the rows do not depend on the batch
     (string seeds go through SHA-512: stable across runs)."""
@@ -423,8 +428,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
                         hyp_file.write(trn_line(key, hyp))
                         hyp_file.flush()
                     except OSError as e:   # a full disk: ENOSPC names no file
-                        raise DecodeError(f"{out / HYP}: cannot write ({e.strerror or e}); run the same "
-                                          "command again to go on from the hypotheses it holds") from None
+                        raise _cannot_write(out / HYP, e) from None
                     bar.update(1)
         except AudioError as e:   # placed at its record's line, as training places it
             if e.key not in line_of:
@@ -443,8 +447,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             try:
                 hyp_file.close()   # NFS reports a full disk or quota here
             except OSError as e:
-                raise DecodeError(f"{out / HYP}: cannot write ({e.strerror or e}); run the same command again "
-                                  "to go on from the hypotheses it holds") from None
+                raise _cannot_write(out / HYP, e) from None
 
     # 4. The report, on stdout and appended to decode.log.
     o = options

@@ -230,6 +230,11 @@ def _is_number(v: Any) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
+def _is_files(v: Any) -> bool:
+    return isinstance(v, dict) and all(role in ("ref", "hyp") and isinstance(f, dict) and set(f) == {"path", "sha256"}
+                                       and all(isinstance(x, str) for x in f.values()) for role, f in v.items())
+
+
 def _is_keys(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(k, str) for k in v)
 
@@ -242,10 +247,7 @@ _COUNT, _NUMBER, _STRING, _OBJECT = ((_is_count, "a count"), (_is_number, "a num
 _FIELDS = {"norm": _STRING, "snt": _COUNT, "value": _NUMBER, "counts": _OBJECT, "details": _OBJECT,
            "missing_keys": (_is_keys, "a list of keys"), "extra_keys": (_is_keys, "a list of keys"),
            "empty": _COUNT, "looping": _COUNT, "ref": _STRING, "hyp": _STRING,
-           "files": (lambda v: isinstance(v, dict) and all(
-               role in ("ref", "hyp") and isinstance(f, dict) and set(f) == {"path", "sha256"}
-               and all(isinstance(x, str) for x in f.values()) for role, f in v.items()),
-               'an object of {"path": ..., "sha256": ...} for ref and hyp')}
+           "files": (_is_files, 'an object of {"path": ..., "sha256": ...} for ref and hyp')}
 _ERROR_COUNTS = {key: _COUNT for key in ("wrd", "corr", "sub", "del", "ins", "s_err")}
 _COUNTS = {"wer": _ERROR_COUNTS, "cer": _ERROR_COUNTS, "acc": {"correct": _COUNT}, "bleu": {}}
 _DETAILS = {"wer": {}, "cer": {}, "acc": {}, "bleu": {"chrf": _NUMBER, "tokenize": _STRING, "signature": _STRING}}
@@ -386,7 +388,7 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     extra = [k for k in hyps if k not in refs]
     if hyps and len(extra) == len(hyps):
         raise ScoreError(f"no hypothesis key is in the references (first: {extra[0]!r}): "
-                         f"{NOT_TOGETHER}")
+                         + NOT_TOGETHER)
     if bleu_tokenize == "auto":
         han = sum(bool(_HAN.search(t)) for t in refs.values())
         bleu_tokenize = "zh" if han > len(refs) / 2 else "13a"

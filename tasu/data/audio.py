@@ -132,8 +132,8 @@ def to_16k_mono(samples: np.ndarray, rate: int, path: str, key: str | None = Non
     if not np.isfinite(samples).all():   # a float file can hold them; the encoder would write NaN rows
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioError(path, f"{bad} samples are not finite numbers (NaN or infinite)", key)
-    peak = float(np.abs(samples).max(initial=0.0))
-    if was_float and peak > MAX_FLOAT_PEAK:   # the encoder heard it ~32768 times too loud, and decoded noise
+    peak = float(max(samples.max(initial=0.0), -samples.min(initial=0.0))) if was_float else 0.0   # no |x| copy
+    if peak > MAX_FLOAT_PEAK:   # the encoder heard it ~32768 times too loud, and decoded noise
         raise AudioError(path, f"float samples reach {peak:.6g}, and float audio lies in [-1, 1]: int16 values "
                                "stored as floats? Divide them by 32768, or give int16 PCM", key)
     if samples.ndim == 2:
