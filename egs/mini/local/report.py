@@ -161,7 +161,7 @@ def aggregate(runs: list[dict], exp_roots: list[Path]) -> dict[str, dict[tuple[s
                                    exp_roots[next(i for i, v in enumerate(values) if v is not None)])
                 raise ReportError(f"{lacking}: no score of {name} on {cell[0]} ({cell[1]}), which {having} has: "
                                   "its stage failed or was skipped; finish it, or leave that run out of --runs")
-            agg[name][cell] = mean_sd([v for v in values if v is not None])
+            agg[name][cell] = mean_sd(values)   # every run's value, or none: (None, None)
     return agg
 
 
