@@ -41,10 +41,12 @@ class Row:
 
 def score_files_under(root: Path) -> list[Path]:
     """Every ``score.json`` under ``root``, following linked directories (an experiment on another disk
-    is often a link in ``exp/``) but never into one twice: a link loop ends. Iterative, so any depth."""
-    found, seen, todo = [], set(), [root]
-    while todo:
-        directory = todo.pop()
+    is often a link in ``exp/``) but never into one twice: a link loop ends. Links are followed after
+    every real directory has been read, so a link to a directory under ``root`` (``exp/latest -> A``)
+    adds nothing and A's scores stay A's. Iterative, so any depth."""
+    found, seen, todo, links = [], set(), [root], []
+    while todo or links:
+        directory = todo.pop() if todo else links.pop(0)
         try:
             info = directory.stat()
             if (info.st_dev, info.st_ino) in seen:
@@ -57,7 +59,7 @@ def score_files_under(root: Path) -> list[Path]:
             if entry.name == "score.json":
                 found.append(Path(entry.path))
             elif entry.is_dir():   # follows links
-                todo.append(Path(entry.path))
+                (links if entry.is_symlink() else todo).append(Path(entry.path))
     return found
 
 
@@ -153,6 +155,8 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
     """Experiments ``a`` and ``b`` side by side per (dataset, metric): values, b - a, and the better
     one (lower WER/CER, higher BLEU/accuracy). Rows only one side has show ``-`` for the other."""
     exps = sorted({r.exp for r in rows})
+    if a == b:
+        raise ScoreError(f"--compare {a} {b}: one experiment twice: name two (have: {', '.join(exps)})")
     for name in (a, b):
         if name not in exps:
             raise ScoreError(f"no experiment {name!r} (have: {', '.join(exps) or 'none'})")
@@ -180,17 +184,29 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
         else:
             cells += ["-", "-"]
         out.append("|" + "|".join(cells) + "|")
-    if mismatch or unlike:
+    # a number without its missing/empty/looping counts cannot be trusted, here as in RESULTS.md
+    trouble = [f"- {dataset} {TITLES[metric]}, {exp}: hypotheses {r.diagnostics()}"
+               for dataset, metric in keys for exp in (a, b)
+               for r in [side.get((exp, dataset, metric))]
+               if r and (r.missing_keys or r.extra_keys or r.empty or r.looping)]
+    if mismatch or unlike or trouble:
         out.append("")
     if mismatch:
         out.append("- Snt a/b: the two experiments were not scored on the same utterances")
-    return "\n".join(out + unlike) + "\n"
+    return "\n".join(out + unlike + trouble) + "\n"
 
 
 def _how_scored(a: ScoreResult, b: ScoreResult) -> str:
-    """How two scores of one dataset were made differently ("" when alike): their normalisers, BLEU
-    signatures."""
-    differ = [f"norm {a.norm} against {b.norm}"] if a.norm != b.norm else []
+    """How two scores of one dataset were made differently ("" when alike): their references (two test
+    sets under one name), normalisers, BLEU signatures."""
+    refs = [x.files.get("ref", {}).get("sha256") for x in (a, b)]
+    differ = []
+    if all(refs) and refs[0] != refs[1]:
+        differ.append("other reference files")
+    elif a.metric in ("wer", "cer") and a.norm == b.norm and a.counts["wrd"] != b.counts["wrd"]:
+        differ.append(f"other references ({a.counts['wrd']} against {b.counts['wrd']} reference units)")
+    if a.norm != b.norm:
+        differ.append(f"norm {a.norm} against {b.norm}")
     if a.details.get("signature") != b.details.get("signature"):
         differ.append(f"BLEU {a.details['signature']} against {b.details['signature']}")
     return "; ".join(differ)

@@ -137,16 +137,21 @@ def test_render_comparison(exp_root):
 |dataset|metric|Snt|asr_a|asr_b|asr_b - asr_a|better|
 |---|---|---|---|---|---|---|
 |decode_greedy/test/asr|WER|4|26.67|20.00|-6.67|asr_b|
-|decode_greedy/test/en2zh|BLEU|2/1|63.61|100.00|+36.39|asr_b|
+|decode_greedy/test/en2zh|BLEU|2/1|63.61|100.00|-|-|
 |decode_greedy/test/slu|Accuracy|4|75.00|75.00|+0.00|=|
 
 - Snt a/b: the two experiments were not scored on the same utterances
+- decode_greedy/test/en2zh BLEU: scored with other reference files: not compared
+- decode_greedy/test/asr WER, asr_b: hypotheses missing 0, extra 0, empty 0, looping 1
+- decode_greedy/test/slu Accuracy, asr_b: hypotheses missing 1 (u4), extra 0, empty 0, looping 0
 """
     # lower WER is better whichever side it is on
     swapped = render_comparison(rows, "asr_b", "asr_a")
     assert "|decode_greedy/test/asr|WER|4|20.00|26.67|+6.67|asr_b|" in swapped
     with pytest.raises(ScoreError, match=r"no experiment 'asr_c' \(have: asr_a, asr_b\)"):
         render_comparison(rows, "asr_a", "asr_c")
+    with pytest.raises(ScoreError, match=r"--compare asr_a asr_a: one experiment twice: name two"):
+        render_comparison(rows, "asr_a", "asr_a")  # every row "=": a comparison of nothing
 
 
 def test_any_depth_and_rows_only_one_side_has(tmp_path):
@@ -287,6 +292,35 @@ def test_a_comparison_of_two_normalisers_names_no_winner(tmp_path):
     lines = render_comparison(collect_results(tmp_path / "exp"), "a", "b").splitlines()
     assert lines[4].endswith("|-|-|")
     assert lines[-1] == "- test WER: scored with norm basic against whisper: not compared"
+
+
+def test_two_test_sets_under_one_name_are_not_compared(tmp_path):
+    """Same number of utterances, other references: a winner was named, exit 0."""
+    hyp = ["u1\tturn on the lights", "u2\tplay jazz"]
+    score_files(write(tmp_path / "ref_a", ["u1\tturn on the lights", "u2\tplay some jazz"]),
+                write(tmp_path / "exp/a/test/hyp", hyp), "wer")
+    score_files(write(tmp_path / "ref_b", ["u1\tturn off the light", "u2\tplay jazz"]),
+                write(tmp_path / "exp/b/test/hyp", hyp), "wer")
+    lines = render_comparison(collect_results(tmp_path / "exp"), "a", "b").splitlines()
+    assert lines[4] == "|test|WER|2|14.29|33.33|-|-|"
+    assert lines[-1] == "- test WER: scored with other reference files: not compared"
+    # a score.json without the files' digests (older tasu): the reference words tell
+    for side in "ab":
+        path = tmp_path / f"exp/{side}/test/score.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "files": {}}))
+    lines = render_comparison(collect_results(tmp_path / "exp"), "a", "b").splitlines()
+    assert lines[-1] == "- test WER: scored with other references (7 against 6 reference units): not compared"
+
+
+def test_a_linked_experiment_leaves_the_real_one_its_scores(tmp_path):
+    """exp/latest -> A: the walk entered the link first and skipped A as seen: A was not in the table."""
+    ref = write(tmp_path / "ref", ["u1\thello world"])
+    score_files(ref, write(tmp_path / "exp/A/decode/test/hyp", ["u1\thello world"]), "wer")
+    score_files(ref, write(tmp_path / "exp/C/decode/test/hyp", ["u1\thello"]), "wer")
+    (tmp_path / "exp/latest").symlink_to("A")
+    (tmp_path / "exp/C_best").symlink_to("C/decode")
+    rows = collect_results(tmp_path / "exp")
+    assert [(r.exp, r.dataset) for r in rows] == [("A", "decode/test"), ("C", "decode/test")]
 
 
 def test_a_bleu_score_json_needs_its_details(tmp_path):
