@@ -336,6 +336,28 @@ def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
         f"which {runs[0] / 'exp'} has: its stage failed or was skipped; finish it, or leave that run out of --runs\n")
 
 
+def test_report_refuses_runs_of_other_settings_or_one_seed_twice(tmp_path):
+    """One quick run and two full ones were averaged (45.3 +- 43.0) and judged, exit 0."""
+    runs = [_fake_run(tmp_path / f"run{i}", seed, {"encoder": 20.0, "tasu_train_text": 14.0, "simulated": 10.0,
+                                                   "tasu_train_text_then_train_audio_sft": 10.0,
+                                                   "train_audio_sft_from_scratch": 11.0})
+            for i, seed in enumerate((1, 2, 2))]
+
+    def report() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results",
+                               str(tmp_path / "RESULTS.md")], capture_output=True, text=True)
+    out = report()
+    assert out.returncode == 1 and out.stderr == (
+        f"local/report.py: --runs: {runs[1]} and {runs[2]} are both seed 2: each run is one seed "
+        "(a seed twice would count one run as two)\n")
+    (runs[2] / "data/.done").write_text("quick=true seed=3\n")
+    out = report()
+    assert out.returncode == 1 and out.stderr == (
+        f"local/report.py: --runs mixes settings: {runs[0]} quick=false, {runs[1]} quick=false, {runs[2]} quick=true"
+        ": a mean is over runs of one setting, one per seed\n")
+    assert not (tmp_path / "RESULTS.md").exists()
+
+
 def _report(root: Path, encoder: list[float], text_only: list[float], env: dict | None = None,
             synthesizers: dict | None = None) -> Path:
     """RESULTS.md as local/report.py writes it over one fake run per value."""

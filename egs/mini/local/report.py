@@ -486,6 +486,25 @@ def insert_summary(results: Path, text: str) -> None:
     write_atomic(results, "\n".join(lines) + "\n")
 
 
+def same_runs(runs: list[Path], done: list[Path]) -> None:
+    """Refuse runs that are not repeats of one setting over seeds: a mean over quick and full runs
+    (45.3 +- 43.0) is of nothing, and a seed counted twice halves no noise but shrinks the sd."""
+    made = {run: dict(w.partition("=")[::2] for w in read_text(p).split()) for run, p in zip(runs, done)
+            if p.exists()}
+    quick = {run: m.get("quick") for run, m in made.items()}
+    if len(set(quick.values())) > 1:
+        raise ReportError("--runs mixes settings: " + ", ".join(f"{r} quick={q}" for r, q in quick.items())
+                          + ": a mean is over runs of one setting, one per seed")
+    seen: dict[str, Path] = {}
+    for run, m in made.items():
+        seed = m.get("seed")
+        if seed in seen:
+            raise ReportError(f"--runs: {seen[seed]} and {run} are both seed {seed}: "
+                              "each run is one seed (a seed twice would count one run as two)")
+        if seed is not None:
+            seen[seed] = run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exp", type=Path, default=Path("exp"))
@@ -505,7 +524,10 @@ def main() -> None:
             raise ReportError(f"{missing}: no such directory" + (" (--runs names run directories, each with "
                                                                   "data/ and exp/)" if args.runs else ""))
         done = [d / ".done" for d in data_dirs]
-        setting = "; ".join(read_text(p).strip() for p in done if p.exists()) or "setting unknown"
+        settings = [read_text(p).strip() for p in done if p.exists()]
+        if args.runs:
+            same_runs(args.runs, done)
+        setting = "; ".join(settings) or "setting unknown"
         plot_path = args.plot or args.results.with_suffix(".png")
         text = summary(exp_roots, data_dirs, setting, os.path.relpath(plot_path, args.results.parent))
         insert_summary(args.results, text)
