@@ -14,9 +14,10 @@ every summary names the normaliser (and sacrebleu signature) it used, so a numbe
 always be reproduced (a headline number scored with unshipped normalisation cannot):
 
 - ``--norm basic`` (default for wer/cer/acc): Unicode NFKC (one spelling of "é" whether composed or
-  not, of Hangul syllables, of fullwidth and ligature forms); lower-case; every Unicode punctuation character (category
-  P*, ASCII and CJK alike) becomes a space, except an apostrophe (' or ’, written ') between two letters
-  or digits ("don't" stays); whitespace runs collapse to one space. Symbols (S*: $ + = ^) are kept.
+  not, of Hangul syllables, of fullwidth and ligature forms); lower-case (the dotted capital "İ" to "i":
+  Python's lower() makes it "i" and a combining dot, which matches no "i"); every Unicode punctuation
+  character (category P*, ASCII and CJK alike) becomes a space, except an apostrophe (' or ’, written ')
+  between two letters or digits ("don't" stays); whitespace runs collapse to one space. Symbols (S*: $ + = ^) are kept.
   ``whisper``: whisper-normalizer's EnglishTextNormalizer (English only: spells out contractions,
   writes numbers as digits, British→American spelling). ``none`` (default for bleu): text as written,
   whitespace runs collapsed. Note that Unicode counts % # & @ * _ as punctuation: basic removes them.
@@ -137,7 +138,8 @@ def normalise(text: str, norm: str) -> str:
         return " ".join(_whisper()(text).split())
     if norm != "basic":
         raise ScoreError(f"unknown normaliser {norm!r} (choose from {', '.join(NORMS)})")
-    text = _INWORD_APOSTROPHE.sub("\0", unicodedata.normalize("NFKC", text).lower()).translate(_PUNCT_TO_SPACE)
+    text = unicodedata.normalize("NFKC", text).replace("İ", "I").lower()
+    text = _INWORD_APOSTROPHE.sub("\0", text).translate(_PUNCT_TO_SPACE)
     return " ".join(text.replace("\0", "'").split())
 
 

@@ -97,6 +97,7 @@ def test_cer_chinese_ignores_spaces_and_punctuation():
     ("  Keep, THIS\tas is ", "none", "Keep, THIS as is"),
     ("cafe\u0301 cre\u0300me's", "basic", "café crème's"),         # decomposed: the same words as composed
     ("\u1112\u1161\u11ab\u1100\u116e\u11a8", "basic", "한국"),     # Hangul jamo: the syllables
+    ("İstanbul I\u0307zmir", "basic", "istanbul izmir"),  # not "i" and a combining dot
     ("ＡＢＣ ﬁne", "basic", "abc fine"),                             # fullwidth and ligature forms
 ])
 def test_normalise(text, norm, expected):
