@@ -27,3 +27,26 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     assert f"pid {holder.pid} " in (tmp_path / ".lock").read_text()  # what a dead run leaves behind
     with DirLock(tmp_path, "training"):
         assert f"pid {os.getpid()} " in (tmp_path / ".lock").read_text()
+
+
+def test_a_waiting_lock_waits_for_the_holder_instead_of_stopping(tmp_path):
+    """``wait=True`` (a dump's claim, written in a moment) blocks until the holder lets go."""
+    import threading
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tasu.lock import DirLock; "
+                               f"DirLock({str(tmp_path)!r}, 'x').acquire(); print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    waiter = DirLock(tmp_path, "a claim", wait=True)
+    taken = threading.Event()
+    thread = threading.Thread(target=lambda: (waiter.acquire(), taken.set()))
+    thread.start()
+    try:
+        assert not taken.wait(0.5), "took a lock another process holds"
+        holder.stdin.close()  # the holder ends, and with it its lock
+        assert taken.wait(30)
+        assert f"pid {os.getpid()} " in (tmp_path / ".lock").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+        thread.join(30)
+        waiter.release()
