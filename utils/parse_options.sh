@@ -12,6 +12,16 @@
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
 
 _po_prog=$(basename "$0")
+# Each option's kind is its declared default's, taken before any option or --config file sets it
+# (--seeds 1 --seeds "1 2" is two settings of a free-text option, not a number and then a mistake).
+declare -A _po_kind=()
+for _po_name in $(compgen -v); do
+  [[ "${_po_name}" =~ ^[a-z][a-z0-9_]*$ ]] || continue
+  case "${!_po_name}" in
+    true|false) _po_kind[${_po_name}]=bool ;;
+    *) [[ "${!_po_name}" =~ ^-?[0-9]+$ ]] && _po_kind[${_po_name}]=int ;;
+  esac
+done
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,11 +49,10 @@ while [ $# -gt 0 ]; do
         echo "${_po_prog}: unknown option '$1' (run with --help for the list)" >&2; exit 1
       fi
       [ $# -ge 2 ] || { echo "${_po_prog}: option '$1' needs a value" >&2; exit 1; }
-      _po_old=${!_po_name}
-      if { [ "${_po_old}" = true ] || [ "${_po_old}" = false ]; } && [ "$2" != true ] && [ "$2" != false ]; then
+      if [ "${_po_kind[${_po_name}]:-}" = bool ] && [ "$2" != true ] && [ "$2" != false ]; then
         echo "${_po_prog}: option '$1' takes true or false, not '$2'" >&2; exit 1
       fi
-      if [[ "${_po_old}" =~ ^-?[0-9]+$ ]] && ! [[ "$2" =~ ^-?[0-9]+$ ]]; then
+      if [ "${_po_kind[${_po_name}]:-}" = int ] && ! [[ "$2" =~ ^-?[0-9]+$ ]]; then
         echo "${_po_prog}: option '$1' takes a whole number, not '$2'" >&2; exit 1
       fi
       printf -v "${_po_name}" '%s' "$2"
@@ -52,5 +61,5 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-unset _po_prog _po_name _po_old
+unset _po_prog _po_name _po_kind
 true
