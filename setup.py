@@ -28,6 +28,7 @@ setup(
         "transformers>=4.56",   # from_pretrained(dtype=...)
         "peft",
         "sacrebleu",
+        "rapidfuzz",            # edit distances of token sequences (simulated error rates)
         "whisper-normalizer",
         "tensorboard",
     ],
@@ -35,7 +36,7 @@ setup(
         "train": ["deepspeed"],
         "sensevoice": ["funasr", "kaldi-native-fbank"],
         "plot": ["matplotlib"],
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],   # pyproject.toml runs the suite on two workers
     },
     entry_points={"console_scripts": ["tasu=tasu.cli:main"]},
 )

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by every recipe's path.sh: puts tools/venv (made by tools/setup.sh) on PATH.
+if [ -z "${BASH_VERSION:-}" ]; then   # sh, dash, zsh: no BASH_SOURCE to find tools/ by
+  echo "tools/activate_python.sh: source it from bash (or run tools/venv/bin/activate)" >&2
+  return 1 2>/dev/null || exit 1
+fi
 _tasu_tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ ! -f "${_tasu_tools}/venv/bin/activate" ]; then
   echo "tools/venv does not exist: run tools/setup.sh first" >&2

@@ -102,8 +102,12 @@ main_venv() {  # tools/venv: the pinned TASU stack and tasu (editable)
   "${pip[@]}" install -c "${tools_dir}/constraints.txt" --no-build-isolation --no-deps -e "${root_dir}"
 
   "${venv}/bin/python" - <<PY
-import torch, tasu
+import sys, torch, tasu
 assert torch.__version__.split("+")[0] == "${torch_version}", f"torch {torch.__version__} was installed, not ${torch_version}"
+# pip keeps an installed torch of the pinned version, whatever its build (a CPU one, for --device cuda)
+if "${device}" == "cuda" and torch.version.cuda is None:
+    sys.exit(f"setup.sh: error: tools/venv holds torch {torch.__version__}, a build without CUDA: remove tools/venv "
+             "and re-run with --device cuda (and --torch_index_url, to choose the CUDA wheels)")
 print(f"tasu {tasu.__version__}, torch {torch.__version__}, python {__import__('sys').version.split()[0]}")
 PY
   if [ "${device}" = cpu ]; then

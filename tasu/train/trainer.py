@@ -94,7 +94,11 @@ def clear_stale_build_locks(root: str | Path, max_age_s: float = STALE_BUILD_LOC
 
 def _init_distributed(device: str) -> tuple[int, int, int]:
     """Rank, world size and local rank; a single process without a launcher gets a world of one."""
-    import deepspeed
+    try:
+        import deepspeed
+    except ImportError:   # tasu without its [train] extra: it decodes, it does not train
+        raise TrainingError("training runs on DeepSpeed, which is not installed: pip install 'tasu[train]' "
+                            "(tools/setup.sh installs it)") from None
 
     clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
     if "RANK" not in os.environ:
