@@ -145,6 +145,13 @@ def test_librispeech(tmp_path, models):
     results = (recipe / "RESULTS.md").read_text()
     assert "tasu train --config conf/train_text.yaml" in results and "optim.lr=0.5" not in results
 
+    # a table that cannot be made (a hypothesis changed after its score) leaves RESULTS.md as it was
+    hyp.write_text(hyp.read_text() + "\n")
+    stale = sh(recipe, "./run.sh", "--stage", "7", "--stop_stage", "7", "--test_sets", "test_clean", *models_opts,
+               "--decode_args", QUICK_DECODE, env=env, ok=False)
+    assert stale.returncode == 1 and "hyp.trn" in stale.stderr
+    assert (recipe / "RESULTS.md").read_text() == results and not (recipe / "RESULTS.md.tmp").exists()
+
 
 @pytest.mark.slow
 def test_slurp(tmp_path, models):
@@ -318,6 +325,28 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
                                    ("--ngpu", "-1", "--ngpu must be 0 (CPU) or more, not -1")):
         out = sh(recipe, "./run.sh", option, value, ok=False)
         assert out.returncode == 1 and message in out.stderr
+    # a task names files: twice, stage 2 wrote one file twice (exit 0); with a '/', a bare "No such file"
+    out = sh(recipe, "./run.sh", "--stage", "6", "--tasks", "ASR SLU_action:action SLU_action:action_v2", ok=False)
+    assert out.returncode == 1 and "--tasks: SLU_action is named twice (SLU_action:action and " \
+        "SLU_action:action_v2): its files would be written twice" in out.stderr
+    out = sh(recipe, "./run.sh", "--stage", "6", "--tasks", "ASR intent/v2:intent", ok=False)
+    assert out.returncode == 1 and "--tasks intent/v2:intent: 'intent/v2' is no task name" in out.stderr
+
+
+def test_a_task_s_default_metric_follows_its_name():
+    """Any name with a 2 in it was scored with BLEU (L2ASR, Speech2Text), and only a *2ZH one with the
+    Chinese tokenizer: EN2CN or en2zh got 13a, BLEU 0.00 for a perfect translation. Stage 6 now leaves the
+    tokenizer to tasu score (the references' script) and a name is a translation if it is a language pair."""
+    script = (EGS / "TEMPLATE" / "tasu.sh").read_text()
+    functions = "".join(re.search(rf"^{f}\(\) {{.*?^}}\n", script, flags=re.M | re.S).group(0)
+                        for f in ("task_name", "task_metric"))
+    specs = {"ASR": "wer", "EN2ZH": "bleu", "en2de": "bleu", "EN2ZH_CN:translation": "bleu", "ZH2EN": "bleu",
+             "L2ASR": "wer", "Speech2Text": "wer", "SLU_scenario:scenario": "acc", "sentiment": "acc",
+             "emotion": "wer", "EN2DE:translation_de:chrf": "chrf", "ASR::cer": "cer"}
+    out = subprocess.run(["bash", "-c", functions + 'for s in "$@"; do task_metric "$s"; done', "-", *specs],
+                         capture_output=True, text=True, check=True)
+    assert dict(zip(specs, out.stdout.split())) == specs
+    assert "--bleu-tokenize" not in script
 
 
 def test_training_launcher_one_cpu_process_or_deepspeed_with_a_port_of_its_own(tmp_path):

@@ -335,10 +335,19 @@ task_metric() {
   case ${task} in
     ASR|prevtext|hotword) echo wer ;;
     SLU_*|sentiment) echo acc ;;
-    *2*) echo bleu ;;
-    *) echo wer ;;
+    *)  # a translation is <source>2<target> in language codes (EN2ZH, en2de, EN2ZH_CN), not L2ASR or Speech2Text
+      if [[ "${task}" =~ ^[A-Za-z]{2,3}2[A-Za-z]{2,3}([_-][A-Za-z0-9]+)?$ ]]; then echo bleu; else echo wer; fi ;;
   esac
 }
+declare -A task_specs=()
+for spec in ${tasks}; do   # a task names files (dump/<set>/<task>.jsonl, decode dirs): one each, a plain name
+  task=$(task_name "${spec}")
+  [[ "${task}" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || \
+    die "--tasks ${spec}: '${task}' is no task name: letters, digits and _ . - (it names the task's files)"
+  [ -z "${task_specs[${task}]:-}" ] || \
+    die "--tasks: ${task} is named twice (${task_specs[${task}]} and ${spec}): its files would be written twice"
+  task_specs[${task}]=${spec}
+done
 if runs 6; then
   for spec in ${tasks}; do
     case $(task_metric "${spec}") in wer|cer|bleu|acc) ;;
@@ -697,14 +706,10 @@ if runs 6; then
         metric=$(task_metric "${spec}")
         dir=${exp}/${inference_tag}/${set}/${task}
         [ -f "${dir}/hyp.trn" ] || die "${dir}/hyp.trn does not exist: run stage 5 first"
-        score_opts=()
-        if [ "${metric}" = bleu ]; then
-          # Chinese is scored on characters (sacrebleu's zh tokeniser), other languages with 13a.
-          case ${task} in *2ZH) score_opts=(--bleu-tokenize zh) ;; *) score_opts=(--bleu-tokenize 13a) ;; esac
-        fi
+        # (BLEU's tokenizer follows the references' script: tasu score's auto)
         log "Stage 6: scoring ${dir}/hyp.trn (${metric}) -> ${dir}/score.json"
         ${decode_cmd} "${dir}/log/score.log" tasu score --ref "${dir}/ref.trn" --hyp "${dir}/hyp.trn" \
-          --metric "${metric}" "${score_opts[@]}" --out "${dir}"
+          --metric "${metric}" --out "${dir}"
         grep -v '^#' "${dir}/log/score.log" >&2
       done
     done
