@@ -404,8 +404,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default=None, choices=["basic", "whisper", "none"],
                    help="text normaliser (default: basic for wer/cer/acc, none for bleu)")
     p.add_argument("--bleu-tokenize", default="auto",
-                   help="sacrebleu tokenizer: auto (zh when most references contain Han characters, "
-                        "else 13a), zh, 13a, intl, char, none")
+                   help="sacrebleu tokenizer: auto (char when most references are Japanese, Thai, Lao, Khmer "
+                        "or Myanmar, zh when most contain Han characters, else 13a), zh, 13a, intl, char, none")
     p.add_argument("--out", default=None, help="directory for score.json, result.txt, alignment.txt "
                    "(default: the hypothesis file's directory)")
     p.add_argument("--missing", default="error", choices=["error", "empty"],

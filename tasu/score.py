@@ -26,7 +26,10 @@ always be reproduced (a headline number scored with unshipped normalisation cann
   distance with unit costs; among equal-cost alignments a match/substitution is preferred, then a
   deletion. Err = Sub + Del + Ins over the reference words; S.Err = utterances with any error.
 - BLEU and chrF come from sacrebleu on the (by default unnormalised) text; ``--bleu-tokenize auto``
-  picks ``zh`` when most references contain Han characters, else ``13a``.
+  picks ``char`` when most references hold kana (Japanese) or Thai, Lao, Khmer or Myanmar letters
+  (scripts written without spaces between words: 13a would make each sentence one word and score a
+  good translation 0), else ``zh`` when most contain Han characters, else ``13a``. WER over such
+  references counts whole runs of characters as words: it is scored, with a warning to use CER.
 - acc: exact match of the whole normalised hypothesis with the normalised reference label (a missing
   hypothesis is wrong, whatever the label).
 - A reference key missing from the hypotheses stops ``score_files`` (``tasu score``): a decode that
@@ -54,13 +57,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from tasu.fileio import write_atomic
 
@@ -76,7 +80,12 @@ HEADERS = {
     "acc": "|dataset|Snt|Accuracy (%)|",
 }
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# kana, and Thai, Lao, Myanmar and Khmer letters: scripts written without spaces between words
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
 _EXAMPLES = 5  # keys shown in summaries; the full lists are in score.json and *_keys.txt
+
+
+log = logging.getLogger(__name__)
 
 
 class ScoreError(ValueError):
@@ -128,6 +137,18 @@ def _trn_id(line: str) -> re.Match | None:
     if found is None or ("\t" in line and (line.count("\t") > 1 or line[found.start() - 1:found.start()] != "\t")):
         return None
     return found
+
+
+def without_spaces(texts: Iterable[str]) -> str | None:
+    """The BLEU tokenizer for texts of a script written without spaces between words: ``char`` when
+    most hold kana or Thai, Lao, Myanmar or Khmer letters, ``zh`` when most hold Han characters (and
+    not kana: Japanese), None for the rest."""
+    texts = list(texts)
+    if sum(bool(_UNSPACED.search(t)) for t in texts) > len(texts) / 2:
+        return "char"
+    if sum(bool(_HAN.search(t)) for t in texts) > len(texts) / 2:
+        return "zh"
+    return None
 
 
 def normalise(text: str, norm: str) -> str:
@@ -391,15 +412,18 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     if hyps and len(extra) == len(hyps):
         raise ScoreError(f"no hypothesis key is in the references (first: {extra[0]!r}): "
                          + NOT_TOGETHER)
+    unspaced = without_spaces(refs.values())
     if bleu_tokenize == "auto":
-        han = sum(bool(_HAN.search(t)) for t in refs.values())
-        bleu_tokenize = "zh" if han > len(refs) / 2 else "13a"
+        bleu_tokenize = unspaced or "13a"
+    if metric == "wer" and unspaced:
+        log.warning("most references are written without spaces between words: WER takes each run of "
+                    "characters for one word (one wrong character, one wrong sentence); CER is the usual measure")
     if metric == "bleu":
         from sacrebleu.metrics import BLEU
         if bleu_tokenize not in BLEU.TOKENIZERS:
             raise ScoreError(f"unknown BLEU tokenizer {bleu_tokenize!r} (choose from auto, "
                              f"{', '.join(BLEU.TOKENIZERS)})")
-    by_char = metric == "cer" or (metric == "bleu" and bleu_tokenize == "zh")
+    by_char = metric == "cer" or (metric == "bleu" and bleu_tokenize in ("zh", "char"))
     ops_total: Counter = Counter()  # C S D I, plus wrd and s_err, summed over utterances (wer/cer)
     per_class: dict[str, list[int]] = {}  # label -> [correct, total] (acc)
     lines, pairs, empty, looping = [], [], 0, 0

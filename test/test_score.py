@@ -134,6 +134,31 @@ def test_bleu_matches_sacrebleu_and_uses_zh_for_chinese():
         score(refs, hyps, "bleu", bleu_tokenize="zh-fancy")
 
 
+@pytest.mark.parametrize("refs,hyps", [
+    ({"a": "きょうはこうえんにいきます", "b": "ほんをよむのがすきです"},      # kana
+     {"a": "きょうはこうえんにいきました", "b": "ほんをよむのがすきです"}),
+    ({"a": "วันนี้อากาศดีมาก", "b": "ฉันชอบอ่านหนังสือ"},                    # Thai
+     {"a": "วันนี้อากาศดี", "b": "ฉันชอบอ่านหนังสือ"}),
+])
+def test_bleu_of_a_script_without_spaces_is_on_characters(refs, hyps):
+    """Japanese kana and Thai went to 13a: each sentence one word, a near-perfect translation BLEU 0.00."""
+    r, _ = score(refs, hyps, "bleu")
+    h, rf = list(hyps.values()), [list(refs.values())]
+    assert r.details["tokenize"] == "char"
+    assert r.value == pytest.approx(sacrebleu.corpus_bleu(h, rf, tokenize="char").score) and r.value > 50
+
+
+def test_wer_over_unspaced_chinese_warns_to_use_cer(caplog):
+    refs = {"a": "我今天去公园散步", "b": "他们在图书馆看书"}
+    hyps = {"a": "我今天去公园走步", "b": "他们在图书馆看书"}
+    with caplog.at_level("WARNING"):
+        assert score(refs, hyps, "wer")[0].value == 50.0   # one wrong character: one wrong "word" of two
+    assert "CER is the usual measure" in caplog.text
+    caplog.clear()
+    score({"a": "the cat"}, {"a": "the cat"}, "wer")
+    assert caplog.text == ""
+
+
 def test_accuracy_and_per_class():
     refs = {"1": "calendar", "2": "iot", "3": "iot", "4": "weather"}
     hyps = {"1": "Calendar.", "2": "iot", "3": "music"}  # 4 is missing: wrong
