@@ -51,8 +51,16 @@ def edit_rows(tsv: Path, edit) -> None:
 
 
 def test_covost_release_tables_take_speakers_from_common_voice_and_train_covost_into_train(covost):
-    recipe, env, tsv_dir, _ = covost
+    recipe, env, tsv_dir, cv = covost
     edit_rows(tsv_dir / "covost_v2.en_de.tsv", lambda rows: rows[9].__setitem__(2, 'Er sagte: "Licht an"'))
+    # Common Voice's own table has no escape character: a sentence ending in a backslash is just that
+    # (read with CoVoST's escapes, it joined the next field and the recipe stopped on a short row)
+    validated = (cv / "validated.tsv").read_text(encoding="utf-8").splitlines()
+    at = validated[0].split("\t").index("sentence")
+    row = validated[3].split("\t")
+    row[at] += "\\"
+    validated[3] = "\t".join(row)
+    (cv / "validated.tsv").write_text("\n".join(validated) + "\n", encoding="utf-8")
     data_sh(recipe, env)
     train = recipe / "data" / "train"
     assert len(lines(train / "text")) == 6   # the train_covost clip (common_voice_en_1001) included
