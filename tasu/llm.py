@@ -78,12 +78,24 @@ def add_lora(llm: PreTrainedModel, lora: LoRAConfig) -> PreTrainedModel:
     """Inject trainable LoRA adapters into ``llm`` in place (the rest stays as it was: frozen)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = [name for name, _ in llm.named_modules()]
-    unknown = [t for t in lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if unknown:   # peft's own error names no setting
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"llm.lora.target_modules: {', '.join(unknown)} names no module of the LLM; its linear "
-                         f"layers are {', '.join(linear)}")
+    modules = dict(llm.named_modules())
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
+    for target in lora.target_modules:   # peft's own errors name no setting
+        matched = [m for n, m in modules.items() if n == target or n.endswith(f".{target}")]
+        if not matched:
+            raise ValueError(f"llm.lora.target_modules: {target} names no module of the LLM; its linear "
+                             f"layers are {', '.join(linear)}")
+        if not all(isinstance(m, torch.nn.Linear) for m in matched):
+            raise ValueError(f"llm.lora.target_modules: {target} is no linear layer ({type(matched[0]).__name__}); "
+                             f"the LLM's linear layers are {', '.join(linear)}")
+        # tied input and output embeddings are one tensor: an adapter on lm_head, merged by tasu export,
+        # would change the input embeddings too, and the exported model would decode otherwise
+        tied = llm.get_output_embeddings()
+        if tied is not None and any(m is tied for m in matched) \
+                and tied.weight is llm.get_input_embeddings().weight:
+            raise ValueError(f"llm.lora.target_modules: {target} is the output layer, whose weight this LLM shares "
+                             "with its input embeddings (tie_word_embeddings): an adapter there cannot be merged "
+                             "into one of them alone; adapt the attention or MLP layers")
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules))
     return inject_adapter_in_model(config, llm)

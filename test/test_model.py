@@ -137,6 +137,22 @@ def test_loss_equals_hf_loss_and_projector_output_is_spliced(chat_dir):
     assert 0.0 <= float(ours.accuracy) <= 1.0
 
 
+def test_a_projector_of_another_width_than_the_llm_is_named(chat_dir):
+    """A projector of one's own that ignores llm_dim stopped in torch: "shape mismatch: value tensor of
+    shape [62, 48] cannot be broadcast to indexing result of shape [62, 32]"."""
+    from tasu.projectors import Projector
+
+    class Wide(Projector):
+        def forward(self, post):
+            return torch.zeros(post.batch_size, post.max_len, self.llm_dim + 16), post.lengths
+
+    model = build(chat_dir)
+    model.projector = Wide(ENC_VOCAB, model.llm.get_input_embeddings().embedding_dim)
+    with pytest.raises(ValueError, match=r"^projector Wide gives vectors of 48, but the LLM's embeddings have 32: "
+                                         r"a projector outputs llm_dim$"):
+        model(simulated(SPEECH), model.prompt_tokenizer(PROMPTS, TARGETS))
+
+
 # ---------------------------------------------------------------- what trains
 
 def test_frozen_llm_gets_no_gradients(chat_dir):
@@ -168,6 +184,17 @@ def test_lora_trains_adapters_only_and_round_trips(chat_dir):
     with pytest.raises(ValueError, match=r"^llm.lora.target_modules: nope names no module of the LLM; its linear "
                                          r"layers are .*q_proj"):   # peft's error named no setting
         build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "nope"]))
+    # not a linear layer: peft's AttributeError or its long "not supported" named no setting
+    for target, kind in (("embed_tokens", "Embedding"), ("mlp", "Qwen2MLP")):
+        with pytest.raises(ValueError, match=rf"^llm.lora.target_modules: {target} is no linear layer \({kind}\); "
+                                             r"the LLM's linear layers are .*q_proj"):
+            build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=[target]))
+    # the output layer of an LLM with tied embeddings: tasu export merged the adapter into the input
+    # embeddings too, and the exported model decoded other hypotheses (exit 0)
+    assert build(chat_dir).llm.config.tie_word_embeddings
+    with pytest.raises(ValueError, match=r"^llm.lora.target_modules: lm_head is the output layer, whose weight this "
+                                         r"LLM shares with its input embeddings"):
+        build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"]))
 
 
 def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradients(chat_dir):
