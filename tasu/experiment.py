@@ -80,30 +80,35 @@ class ProjectorConfig:
         from tasu.projectors import PROJECTORS
 
         cls = PROJECTORS.lookup(self.name)
-        known = [n for n in inspect.signature(cls.__init__).parameters
-                 if n not in ("self", "vocab_size", "llm_dim", "llm_embedding")]
+        params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if n not in ("self", "vocab_size", "llm_dim", "llm_embedding")}
+        known = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         unknown = sorted(set(map(str, self.options)) - set(known))
-        if unknown:
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())   # **kwargs: it checks its own
+        if unknown and not takes_any:
             raise ValueError(f"options: {', '.join(unknown)}: not an option of projector {self.name!r} "
                              f"(its options: {', '.join(known) or 'none'})")
         hints = typing.get_type_hints(cls.__init__)
         for name, value in self.options.items():
-            problem = _option_problem(value, hints.get(name))
+            default = params[name].default if name in params else None
+            problem = _option_problem(value, hints.get(name), default)
             if problem:
                 raise ValueError(f"options.{name}: {value!r}: {problem}")
 
 
-def _option_problem(value, hint) -> str | None:
+def _option_problem(value, hint, default=None) -> str | None:
     """Why ``value`` cannot be a projector option annotated ``hint`` (None when it can, or the hint
-    says nothing checkable). A projector's whole-number options are sizes and counts: at least 1. A
-    YAML typo such as ``sparse: flase`` is a string, which Python would take for true."""
+    says nothing checkable). A projector's whole-number options are sizes and counts: at least 1, or
+    0 where that is the default (0 for "none"). A YAML typo such as ``sparse: flase`` is a string,
+    which Python would take for true."""
     kinds = set(typing.get_args(hint)) or {hint}
     if value is None:
         return None if type(None) in kinds else "must be given (null is not one of its values)"
     if bool in kinds:
         return None if isinstance(value, bool) else "must be true or false"
     if int in kinds:
-        return None if type(value) is int and value >= 1 else "must be a whole number, at least 1"
+        least = 0 if default == 0 and type(default) is int else 1
+        return None if type(value) is int and value >= least else f"must be a whole number, at least {least}"
     if float in kinds:
         return None if type(value) in (int, float) else "must be a number"
     return None

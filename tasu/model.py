@@ -169,7 +169,11 @@ class SpeechLLM(nn.Module):
         if post.max_len == 0:   # no utterance kept a row (silence, all blank): one padding row, masked as
             post = stack([post], min_len=1)   # in any batch, so no projector meets an empty tensor
         speech, speech_lengths = self.projector(post)
-        return splice(text, speech, speech_lengths, self.llm.get_input_embeddings(), pad_left=pad_left)
+        embedding = self.llm.get_input_embeddings()
+        if speech.shape[-1] != embedding.embedding_dim:   # (a projector of one's own: torch said "shape mismatch")
+            raise ValueError(f"projector {type(self.projector).__name__} gives vectors of {speech.shape[-1]}, but the "
+                             f"LLM's embeddings have {embedding.embedding_dim}: a projector outputs llm_dim")
+        return splice(text, speech, speech_lengths, embedding, pad_left=pad_left)
 
     def forward(self, post: Posteriors, text: TextBatch) -> LossOutput:
         """Loss of one batch: ``text`` from ``PromptTokenizer(prompts, targets)``, ``post`` its speech."""

@@ -357,3 +357,24 @@ def test_projector_option_values_are_checked_against_their_annotations(name, opt
         ProjectorConfig(name, options).check()
     ProjectorConfig("cross-attention", {"topk": None, "hidden": 8}).check()   # null where the option allows it
     ProjectorConfig("linear-silu", {"sparse": False, "hidden": 8}).check()
+
+
+def test_options_of_a_projector_of_ones_own_follow_its_signature():
+    """A projector taking **kwargs was refused every option ("its options: kwargs"), and an int option
+    whose own default is 0 (0 for none) could not be set to 0."""
+    from tasu.experiment import ProjectorConfig
+
+    @register("test-own-options")
+    class Own(Projector):
+        def __init__(self, vocab_size: int, llm_dim: int, extra_layers: int = 0, **kwargs):
+            super().__init__(vocab_size, llm_dim)
+
+        def forward(self, post):
+            return post.to_dense(), post.lengths
+
+    try:
+        ProjectorConfig("test-own-options", {"extra_layers": 0, "anything": "x"}).check()
+        with pytest.raises(ValueError, match=r"^options.extra_layers: -1: must be a whole number, at least 0$"):
+            ProjectorConfig("test-own-options", {"extra_layers": -1}).check()
+    finally:
+        del PROJECTORS["test-own-options"]
