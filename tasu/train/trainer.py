@@ -108,8 +108,12 @@ def _init_distributed(device: str) -> tuple[int, int, int]:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    backend = distributed_backend(resolve_device(device, local_rank))
-    deepspeed.init_distributed(dist_backend=backend)
+    torch_device = resolve_device(device, local_rank)
+    ops = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if torch_device.type == "cpu" and not (ops / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file():
+        # (tools/setup.sh builds them; in an environment made otherwise the run was silent for minutes)
+        log.warning("DeepSpeed builds its CPU ops into %s first: a minute or two, once", ops)
+    deepspeed.init_distributed(dist_backend=distributed_backend(torch_device))
     rank = int(os.environ["RANK"])
     _unlink_shared_memory(rank)
     return rank, int(os.environ["WORLD_SIZE"]), local_rank
