@@ -72,6 +72,9 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         model.llm.requires_grad_(False)
         model.llm.save_pretrained(tmp / LLM_DIR)
         AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
+        released = Path(cfg.llm.path) / "generation_config.json"   # (tasu sets it aside; other tools read it)
+        if released.is_file():
+            shutil.copyfile(released, tmp / LLM_DIR / released.name)
         for file in (tmp / LLM_DIR).rglob("*.safetensors"):   # safetensors writes them 0600
             readable_by_others(file)
         try:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from tasu.weights import ModelFilesError, from_pretrained
 
@@ -56,12 +57,18 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
 
     ``gradient_checkpointing`` recomputes each decoder layer in the backward pass (in training mode
     only) instead of keeping its activations: transformers' non-reentrant checkpointing, which needs
-    no input that requires a gradient (a frozen LLM's first layer has none but the spliced speech)."""
+    no input that requires a gradient (a frozen LLM's first layer has none but the spliced speech).
+
+    The release's ``generation_config.json`` is set aside: decoding is tasu's options alone (see
+    ``SpeechLLM.generate_nbest``). transformers fills every search setting a call leaves unset from
+    it, so a length penalty or suppressed tokens there changed the hypotheses and their scores, and
+    no decode recorded it."""
     if isinstance(dtype, str):
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {name!r}: use e.g. float32, bfloat16, float16")
     llm = from_pretrained(AutoModelForCausalLM, path, "LLM", dtype=dtype)
+    llm.generation_config = GenerationConfig()
     llm.requires_grad_(False)
     if lora is not None:
         add_lora(llm, lora)

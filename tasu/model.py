@@ -188,7 +188,7 @@ class SpeechLLM(nn.Module):
 
         The loop guards: ``max_new_tokens`` always; ``no_repeat_ngram_size`` (> 0: an n-gram never
         repeats within an output) and ``repetition_penalty`` (> 1: already generated tokens are
-        penalised) when set. Sampling settings in the LLM's own generation config are overridden.
+        penalised) when set. The LLM's own generation config is not read (``load_llm``).
         """
         nbest = self.generate_nbest(post, prompts, 1, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                     no_repeat_ngram_size=no_repeat_ngram_size,

@@ -257,6 +257,25 @@ def test_generate_beam_1_and_4_with_guards(chat_dir):
     assert alone == greedy
 
 
+def test_the_llm_s_own_generation_config_does_not_steer_decoding(chat_dir, tmp_path):
+    """A release's generation_config.json filled every search setting a call left unset: a length
+    penalty of 0 turned the scores into summed log-probabilities, suppressed tokens changed every
+    hypothesis, with exit 0 and nothing in decode.json."""
+    import json
+    import shutil
+
+    other = tmp_path / "llm"
+    shutil.copytree(chat_dir, other)
+    config = json.loads((other / "generation_config.json").read_text())
+    config.update(length_penalty=0.0, suppress_tokens=list(range(3, 300, 2)), do_sample=True, temperature=0.7,
+                  min_new_tokens=5)
+    (other / "generation_config.json").write_text(json.dumps(config))
+    post = simulated(SPEECH, errors=False)
+    nbest = [build(d).eval().generate_nbest(post, PROMPTS, 2, num_beams=2, max_new_tokens=6)
+             for d in (chat_dir, other)]
+    assert nbest[0] == nbest[1]
+
+
 def test_an_utterance_without_rows_decodes_alone_as_in_a_batch(chat_dir):
     """Silence, or a recording whose every frame is blank, keeps no row after compression: a batch of
     such utterances alone reaches the projector empty (T = 0), which the sparse projector cannot take."""
