@@ -114,7 +114,11 @@ class Speech2Text:
                               f"(their fields: {named})")
         waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
 
-        prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
+        try:
+            prompt = first_prompt(self.prompts, _Fields(task, "<input>", fields))
+        except PromptError as e:   # it spoke of a record, which a caller of the API never gave
+            raise PromptError(f"{str(e).split(': ', 1)[1].split(', which')[0]}: give it as a keyword "
+                              f"(s2t(audio, task={task!r}, NAME=...); tasu transcribe: --field NAME=VALUE)") from None
         device = self.model.llm.device
         post = self.model.encode_audio([w.to(device) for w in waves], self.cfg.compress)
         options = dict(num_beams=self.beam, max_new_tokens=self.max_new_tokens,

@@ -148,6 +148,12 @@ def _transcribe(args: argparse.Namespace) -> int:
         if is_command(path) and not args.allow_pipes:   # a file named "x; rm y |" in a folder a glob read
             raise AudioError(path, NOT_RUN)
         audio_info(path)
+    fields = {}
+    for field in args.field:
+        name, eq, value = field.partition("=")
+        if not eq or not name:
+            usage_error("tasu transcribe", f"--field {field}: write NAME=VALUE, e.g. --field hotword=Dublin")
+        fields[name] = value
     s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
                                       overrides=tuple(args.overrides), beam=args.beam,
                                       max_new_tokens=args.max_new_tokens, allow_pipes=args.allow_pipes)
@@ -157,10 +163,10 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     for path in args.audio:   # one at a time: a line appears as soon as its file is done
         if args.nbest:
-            for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest), 1):
+            for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest, **fields), 1):
                 print(f"{path}\t{rank}\t{hyp.score:.4f}\t{line(hyp.text)}", flush=True)
         else:
-            print(f"{path}\t{line(s2t(path, task=args.task))}", flush=True)
+            print(f"{path}\t{line(s2t(path, task=args.task, **fields))}", flush=True)
     return 0
 
 
@@ -366,6 +372,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", required=True, help="experiment, checkpoint or exported directory")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate and channels)")
     p.add_argument("--task", default="ASR", help="a task of the model's prompt set (default: ASR)")
+    p.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
+                   help="a field the task's prompts are filled from, the same for every file "
+                        "(e.g. --task hotword --field hotword=Dublin); repeatable")
     p.add_argument("--nbest", type=at_least(0), default=0,
                    help="> 0: print the n best hypotheses, as FILE<TAB>rank<TAB>score<TAB>text")
     p.set_defaults(func=_transcribe)

@@ -39,7 +39,7 @@ class CompressConfig:
     def check(self) -> None:
         """Values that would train a model no decode can use (topk 0) or drop every frame (threshold 0)."""
         if not 0.0 < self.threshold <= 1.0:   # NaN fails it too
-            raise ValueError(f"threshold must be in (0, 1] (a frame whose blank probability is above it is "
+            raise ValueError(f"threshold must be in (0, 1] (a frame whose blank probability reaches it is "
                              f"dropped), got {self.threshold}")
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"topk must be >= 1 (or null: every entry), got {self.topk}")

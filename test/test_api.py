@@ -93,6 +93,10 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
         s2t(exp / "rec0.wav", task="SING")
     with pytest.raises(PromptError, match=r"the ASR prompts are filled from no field 'hotwrod' \(their fields: none\)"):
         s2t(exp / "rec0.wav", hotwrod="Qwen")   # a misspelt field was dropped, and the text came as if not given
+    with pytest.raises(PromptError, match=r"^the hotword prompt needs field 'hotword': give it as a keyword "
+                                          r"\(s2t\(audio, task='hotword', NAME=...\); tasu transcribe: --field"):
+        s2t(exp / "rec0.wav", task="hotword")   # it spoke of "<input>" and "this record"
+    assert isinstance(s2t(exp / "rec0.wav", task="hotword", hotword="Dublin"), str)
     # torchaudio.load's [C, T] was read as C samples of T channels ("shorter than one 10 ms frame")
     with pytest.raises(ValueError, match=r"a waveform of shape \(1, 16000\) is channels first"):
         s2t(np.zeros((1, 16000), dtype=np.float32), sample_rate=16000)
@@ -250,6 +254,15 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
     assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--allow-pipes",
                  f"cat {files[0]} |"]) == 0
     assert capsys.readouterr().out == f"cat {files[0]} |\t{one_line(s2t(files[0]))}\n"
+
+    # a task whose prompts take a field: it could not be given, and the error spoke of a record
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--task", "hotword",
+                 "--field", "hotword=Dublin", files[0]]) == 0
+    assert capsys.readouterr().out == f"{files[0]}\t{one_line(s2t(files[0], task='hotword', hotword='Dublin'))}\n"
+    with pytest.raises(SystemExit) as usage:
+        main(["transcribe", "--exp", str(exp / "exp"), "--task", "hotword", "--field", "Dublin", files[0]])
+    assert usage.value.code == 2 and capsys.readouterr().err.startswith(
+        "tasu transcribe: error: --field Dublin: write NAME=VALUE, e.g. --field hotword=Dublin")
 
     assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "llm" / "config.json").is_file()

@@ -163,7 +163,7 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     ("optim.weight_decay=.nan", "optim: weight_decay must be a number >= 0, got nan"),
     ("optim.grad_clip=-1", "optim: grad_clip must be a number >= 0, got -1.0"),
     ("compress.topk=0", "compress: topk must be >= 1 (or null: every entry), got 0"),
-    ("compress.threshold=0", "compress: threshold must be in (0, 1] (a frame whose blank probability is above it "
+    ("compress.threshold=0", "compress: threshold must be in (0, 1] (a frame whose blank probability reaches it "
                              "is dropped), got 0.0"),
     ("data.num_workers=-1", "data: num_workers must be >= 0, got -1"),
     ("data.max_batch_size=0", "data: max_batch_size must be >= 1, got 0"),
