@@ -19,7 +19,8 @@ always be reproduced (a headline number scored with unshipped normalisation cann
   character (category P*, ASCII and CJK alike) becomes a space, except an apostrophe (' or ’, written ')
   between two letters or digits ("don't" stays); whitespace runs collapse to one space. Symbols (S*: $ + = ^) are kept.
   ``whisper``: whisper-normalizer's EnglishTextNormalizer (English only: spells out contractions,
-  writes numbers as digits, British→American spelling). ``none`` (default for bleu): text as written,
+  writes numbers as digits, British→American spelling; a warning when most references are in another
+  script). ``none`` (default for bleu): text as written,
   whitespace runs collapsed. Note that Unicode counts % # & @ * _ as punctuation: basic removes them.
 - WER counts words (whitespace-separated); CER counts characters with all whitespace removed (the
   Chinese convention: spaces between characters are not errors). The alignment is a minimum edit
@@ -149,6 +150,12 @@ def without_spaces(texts: Iterable[str]) -> str | None:
     if sum(bool(_HAN.search(t)) for t in texts) > len(texts) / 2:
         return "zh"
     return None
+
+
+def _mostly_latin(text: str) -> bool:
+    """Whether most letters of ``text`` are Latin (True for a text without letters)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(unicodedata.name(c, "").startswith("LATIN") for c in letters) * 2 >= len(letters)
 
 
 def normalise(text: str, norm: str) -> str:
@@ -418,6 +425,9 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     if metric == "wer" and unspaced:
         log.warning("most references are written without spaces between words: WER takes each run of "
                     "characters for one word (one wrong character, one wrong sentence); CER is the usual measure")
+    if norm == "whisper" and sum(not _mostly_latin(t) for t in refs.values()) > len(refs) / 2:
+        log.warning("the whisper normaliser is English-only: it drops the marks of other scripts (Devanagari's "
+                    "vowel signs, Arabic's vowels); basic is the normaliser for these references")
     if metric == "bleu":
         from sacrebleu.metrics import BLEU
         if bleu_tokenize not in BLEU.TOKENIZERS:

@@ -156,7 +156,11 @@ def test_wer_over_unspaced_chinese_warns_to_use_cer(caplog):
     assert "CER is the usual measure" in caplog.text
     caplog.clear()
     score({"a": "the cat"}, {"a": "the cat"}, "wer")
+    score({"a": "Café, naïve"}, {"a": "cafe naive"}, "wer", norm="whisper")
     assert caplog.text == ""
+    with caplog.at_level("WARNING"):   # whisper's English normaliser turned "क्या हाल है" into "कय ह ल ह"
+        score({"a": "क्या हाल है"}, {"a": "क्या हाल है"}, "wer", norm="whisper")
+    assert "the whisper normaliser is English-only" in caplog.text
 
 
 def test_accuracy_and_per_class():
