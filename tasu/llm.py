@@ -68,7 +68,9 @@ def load_llm(path: str | Path, dtype: torch.dtype | str = torch.float32,
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown dtype {name!r}: use e.g. float32, bfloat16, float16")
     llm = from_pretrained(AutoModelForCausalLM, path, "LLM", dtype=dtype)
-    llm.generation_config = GenerationConfig()
+    released = llm.generation_config   # its special tokens stay: an exported LLM still stops at EOS elsewhere
+    llm.generation_config = GenerationConfig(bos_token_id=released.bos_token_id, eos_token_id=released.eos_token_id,
+                                             pad_token_id=released.pad_token_id)
     llm.requires_grad_(False)
     if lora is not None:
         add_lora(llm, lora)
@@ -85,24 +87,27 @@ def add_lora(llm: PreTrainedModel, lora: LoRAConfig) -> PreTrainedModel:
     """Inject trainable LoRA adapters into ``llm`` in place (the rest stays as it was: frozen)."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    from transformers.pytorch_utils import Conv1D   # GPT-2's projections: peft adapts them as linear layers
+
     modules = dict(llm.named_modules())
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D))})
+    embeddings = (llm.get_input_embeddings(), llm.get_output_embeddings())
+    tied = embeddings[1] is not None and embeddings[1].weight is embeddings[0].weight
     for target in lora.target_modules:   # peft's own errors name no setting
         matched = [m for n, m in modules.items() if n == target or n.endswith(f".{target}")]
         if not matched:
             raise ValueError(f"llm.lora.target_modules: {target} names no module of the LLM; its linear "
                              f"layers are {', '.join(linear)}")
-        if not all(isinstance(m, torch.nn.Linear) for m in matched):
-            raise ValueError(f"llm.lora.target_modules: {target} is no linear layer ({type(matched[0]).__name__}); "
+        odd = next((m for m in matched if not isinstance(m, (torch.nn.Linear, Conv1D, torch.nn.Embedding))), None)
+        if odd is not None:
+            raise ValueError(f"llm.lora.target_modules: {target} is no linear layer ({type(odd).__name__}); "
                              f"the LLM's linear layers are {', '.join(linear)}")
-        # tied input and output embeddings are one tensor: an adapter on lm_head, merged by tasu export,
-        # would change the input embeddings too, and the exported model would decode otherwise
-        tied = llm.get_output_embeddings()
-        if tied is not None and any(m is tied for m in matched) \
-                and tied.weight is llm.get_input_embeddings().weight:
-            raise ValueError(f"llm.lora.target_modules: {target} is the output layer, whose weight this LLM shares "
-                             "with its input embeddings (tie_word_embeddings): an adapter there cannot be merged "
-                             "into one of them alone; adapt the attention or MLP layers")
+        # tied input and output embeddings are one tensor: an adapter on either, merged by tasu export,
+        # would change the other too, and the exported model would decode otherwise
+        if tied and any(m is e for m in matched for e in embeddings):
+            raise ValueError(f"llm.lora.target_modules: {target} is an embedding this LLM shares between its input "
+                             "and output layers (tie_word_embeddings): an adapter there cannot be merged into one of "
+                             "them alone; adapt the attention or MLP layers")
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules))
     return inject_adapter_in_model(config, llm)

@@ -185,16 +185,28 @@ def test_lora_trains_adapters_only_and_round_trips(chat_dir):
                                          r"layers are .*q_proj"):   # peft's error named no setting
         build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "nope"]))
     # not a linear layer: peft's AttributeError or its long "not supported" named no setting
-    for target, kind in (("embed_tokens", "Embedding"), ("mlp", "Qwen2MLP")):
-        with pytest.raises(ValueError, match=rf"^llm.lora.target_modules: {target} is no linear layer \({kind}\); "
-                                             r"the LLM's linear layers are .*q_proj"):
-            build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=[target]))
-    # the output layer of an LLM with tied embeddings: tasu export merged the adapter into the input
+    with pytest.raises(ValueError, match=r"^llm.lora.target_modules: mlp is no linear layer \(Qwen2MLP\); "
+                                         r"the LLM's linear layers are .*q_proj"):
+        build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["mlp"]))
+    # an embedding of an LLM with tied embeddings: tasu export merged an lm_head adapter into the input
     # embeddings too, and the exported model decoded other hypotheses (exit 0)
     assert build(chat_dir).llm.config.tie_word_embeddings
-    with pytest.raises(ValueError, match=r"^llm.lora.target_modules: lm_head is the output layer, whose weight this "
-                                         r"LLM shares with its input embeddings"):
-        build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "lm_head"]))
+    for target in ("lm_head", "embed_tokens"):
+        with pytest.raises(ValueError, match=rf"^llm.lora.target_modules: {target} is an embedding this LLM shares "
+                                             r"between its input and output layers"):
+            build(chat_dir, lora=LoRAConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", target]))
+
+
+def test_lora_takes_gpt2_s_conv1d_projections():
+    """GPT-2's c_attn, c_proj and c_fc are transformers' Conv1D, which peft adapts: they were refused."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tasu.llm import add_lora
+
+    torch.manual_seed(0)
+    llm = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    add_lora(llm, LoRAConfig(r=2, alpha=4, dropout=0.0, target_modules=["c_attn", "c_fc"]))
+    assert sum("lora_" in n for n, _ in llm.named_parameters()) == 4
 
 
 def test_gradient_checkpointing_recomputes_layers_for_the_same_loss_and_gradients(chat_dir):
@@ -268,12 +280,15 @@ def test_the_llm_s_own_generation_config_does_not_steer_decoding(chat_dir, tmp_p
     shutil.copytree(chat_dir, other)
     config = json.loads((other / "generation_config.json").read_text())
     config.update(length_penalty=0.0, suppress_tokens=list(range(3, 300, 2)), do_sample=True, temperature=0.7,
-                  min_new_tokens=5)
+                  min_new_tokens=5, eos_token_id=load_llm_tokenizer(chat_dir).eos_token_id)
     (other / "generation_config.json").write_text(json.dumps(config))
     post = simulated(SPEECH, errors=False)
     nbest = [build(d).eval().generate_nbest(post, PROMPTS, 2, num_beams=2, max_new_tokens=6)
              for d in (chat_dir, other)]
     assert nbest[0] == nbest[1]
+    # its special tokens stay (tasu export saves this config: other tools must still stop at EOS)
+    kept = build(other).llm.generation_config
+    assert (kept.eos_token_id, kept.length_penalty, kept.suppress_tokens) == (config["eos_token_id"], None, None)
 
 
 def test_an_utterance_without_rows_decodes_alone_as_in_a_batch(chat_dir):
