@@ -354,7 +354,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "compress sections")
     p.add_argument("--data", required=True, nargs="+", help="JSONL files with audio (distinct file names)")
     p.add_argument("--out", required=True, help="dump directory: ark/scp, one JSONL per input with each "
-                   "record's entry, dump.json, .done; run again to resume")
+                   "record's entry, dump.json, .done; run again to resume (finished jobs are kept, a killed "
+                        "job is redone whole: a large set is best split, --nj)")
     p.add_argument("--encoder", default=None, help="encoder directory (else the config's encoder.path)")
     p.add_argument("--nj", type=at_least(1), default=1, help="jobs the recordings are split over")
     p.add_argument("--job", type=int, default=None,

@@ -189,27 +189,43 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
 
     for first in range(0, len(order), options.batch_size):
         batch = order[first:first + options.batch_size]
-        if options.input == "simulated":
-            post = stack([simulator([token_ids[r.key]], _key_generator(r.key, options.seed),
-                                    step=simulation_step)
-                          for r in batch])
-        elif options.input == "posteriors":
-            post = stack([dumps.load(r.get(FIELD)) for r in batch])
-            stats.audio_seconds += sum(length[r.key] for r in batch)
-        else:
-            waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
-            stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
-            post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
-        hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
-                              max_new_tokens=options.max_new_tokens,
-                              no_repeat_ngram_size=options.no_repeat_ngram_size,
-                              repetition_penalty=options.repetition_penalty)
+        try:
+            if options.input == "simulated":
+                post = stack([simulator([token_ids[r.key]], _key_generator(r.key, options.seed),
+                                        step=simulation_step)
+                              for r in batch])
+            elif options.input == "posteriors":
+                post = stack([dumps.load(r.get(FIELD)) for r in batch])
+                stats.audio_seconds += sum(length[r.key] for r in batch)
+            else:
+                waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
+                stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
+                post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
+            hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
+                                  max_new_tokens=options.max_new_tokens,
+                                  no_repeat_ngram_size=options.no_repeat_ngram_size,
+                                  repetition_penalty=options.repetition_penalty)
+        except (RuntimeError, MemoryError) as e:
+            if not out_of_memory(e):
+                raise
+            longest = batch[0].key   # the batches go longest first
+            size = f"{length[longest]:.0f} s of audio" if options.input != "simulated" else f"{length[longest]} tokens"
+            raise DecodeError(f"out of memory decoding a batch of {len(batch)}, the longest {longest} ({size}): "
+                              "lower --batch-size, or cut long recordings into segments (start/end in the JSONL, "
+                              "or a Kaldi segments file); the encoder attends over a whole recording at once") from None
         stats.utterances += len(batch)
         stats.empty += sum(not h for h in hyps)
         stats.no_speech += int((post.lengths == 0).sum())
         stats.seconds += time.perf_counter() - timer
         yield from zip((r.key for r in batch), hyps)
         timer = time.perf_counter()
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the allocator giving up: torch's CPU "can't allocate memory", a device's
+    out-of-memory error, Python's MemoryError (they carry no record, so the caller names it)."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" \
+        or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
 
 def _transcript(record: Record) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -423,3 +424,19 @@ def test_unlabelled_audio_is_decoded_and_only_labelled_records_are_referenced(ex
     # simulation needs a transcript: an unlabelled ASR record has none
     rc = tasu_decode(exp / "exp", tmp_path / "none.jsonl", tmp_path / "sim", "--input", "simulated")
     assert rc == 1 and "GT: missing" in capsys.readouterr().err
+
+
+def test_running_out_of_memory_names_the_longest_record_and_what_to_do(exp, tmp_path, capsys, monkeypatch):
+    """A 25-minute recording ended in torch's "[enforce fail at alloc_cpu.cpp:127] ... can't allocate
+    memory: you tried to allocate 5001600128 bytes", naming no record."""
+    from tasu.model import SpeechLLM
+
+    def too_big(self, *args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 5001600128 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(SpeechLLM, "encode_audio", too_big)
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "out") == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert re.match(r"tasu decode: error: out of memory decoding a batch of \d+, the longest \S+ \(\d+ s of audio\): "
+                    r"lower --batch-size, or cut long recordings into segments", err), err

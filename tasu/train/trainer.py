@@ -110,7 +110,8 @@ def _init_distributed(device: str) -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     torch_device = resolve_device(device, local_rank)
     ops = Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    if torch_device.type == "cpu" and not (ops / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file():
+    if torch_device.type == "cpu" and not all((ops / op / f"{op}.so").is_file()
+                                              for op in ("deepspeed_shm_comm", "fused_adam")):
         # (tools/setup.sh builds them; in an environment made otherwise the run was silent for minutes)
         log.warning("DeepSpeed builds its CPU ops into %s first: a minute or two, once", ops)
     deepspeed.init_distributed(dist_backend=distributed_backend(torch_device))
