@@ -163,7 +163,30 @@ def apply_override(data: dict, override: str) -> None:
         value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{override}': the value is not valid YAML ({_yaml_problem(err)})") from None
+    if not _small(value):
+        raise ConfigError(f"override '{override[:60]}...': {TOO_BIG}")
     node[keys[-1]] = value
+
+
+# A config holds hundreds of values; nested aliases (a few hundred bytes of "billion laughs") expand to
+# billions, which the first message quoting a value would print, in minutes and gigabytes.
+MAX_VALUES = 100_000
+TOO_BIG = f"it expands to more than {MAX_VALUES:,} values (aliases nested in aliases?): not a config"
+
+
+def _small(value) -> bool:
+    """Whether ``value`` holds at most MAX_VALUES values, counted as expanded (a shared one each time)."""
+    todo, n = [value], 0
+    while todo:
+        v = todo.pop()
+        n += 1
+        if n > MAX_VALUES:
+            return False
+        if isinstance(v, dict):
+            todo += [*v.keys(), *v.values()]
+        elif isinstance(v, (list, tuple)):
+            todo += v
+    return True
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -230,6 +253,8 @@ def read_mapping(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    if not _small(data):
+        raise ConfigError(f"{path}: {TOO_BIG}")
     return data
 
 

@@ -92,6 +92,18 @@ def test_yaml_merge_keys_merge_and_the_keys_beside_them_win(tmp_path):
         load_config(Experiment, write(tmp_path, "optim: {<<: {lr: 2}, lr: 3, lr: 4}\n"))
 
 
+def test_aliases_nested_in_aliases_are_refused_before_a_message_expands_them(tmp_path):
+    """Seven lines of nested aliases (9**7 strings) in a list field hung tasu train, and tasu decode
+    reading a checkpoint's config, for minutes and gigabytes: the error message printed the value."""
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]'] + [
+        f"{b}: &{b} [{','.join(['*' + a] * 9)}]" for a, b in zip("abcdef", "bcdefg")]
+    bomb = "\n".join(lines) + "\noptim: {betas: *g}\n"
+    with pytest.raises(ConfigError, match=r"train.yaml: it expands to more than 100,000 values \(aliases nested"):
+        load_config(Experiment, write(tmp_path, bomb))
+    with pytest.raises(ConfigError, match=r"^override 'optim.betas=.*': it expands to more than 100,000 values"):
+        load_config(Experiment, None, ["optim.betas=" + "{" + bomb.replace("\n", ", ").rstrip(", ") + "}"])
+
+
 def test_an_error_names_the_override_that_set_the_key_and_an_override_fills_a_null_section(tmp_path):
     """'optim.lr=' was blamed on the file (a checkpoint's config.yaml looked damaged); llm.lora.r=4 on a
     config saved with 'lora: null' was "'lora' is not a mapping"."""

@@ -83,6 +83,10 @@ def test_missing_and_truncated_files(tmp_path, wav, flac):
     with pytest.raises(AudioError) as e:
         load_audio(str(tmp_path / "nope.wav"), key="u1")
     assert str(e.value) == f"u1: {tmp_path / 'nope.wav'}: no such file"
+    with pytest.raises(AudioError) as e:   # a newline in a path split the one-line message in two
+        load_audio(str(tmp_path / "a\nb.wav"), key="u1")
+    odd = str(tmp_path / "a\nb.wav")
+    assert str(e.value) == f"u1: {odd!r}: no such file" and "\n" not in str(e.value)
 
     cut = truncate(wav, tmp_path / "cut.wav", 44 + 10000)
     for fn in (load_audio, audio_info):

@@ -64,13 +64,18 @@ class AudioError(Exception):
         self.path, self.message, self.key = path, message, key
         super().__init__(str(self))
 
+    @property
+    def shown(self) -> str:
+        """The path as printed: quoted when it holds a newline or another control character (one line)."""
+        return self.path if self.path.isprintable() else repr(self.path)
+
     def __str__(self) -> str:
-        where = f"{self.key}: {self.path}" if self.key else self.path
+        where = f"{self.key}: {self.shown}" if self.key else self.shown
         return f"{where}: {self.message}"
 
     def located(self, file: str, line: int) -> DataError:
         """The same problem as the ``path`` field of the record at ``file``:``line``."""
-        return DataError(file, line, "path", f"{self.message} ({self.path})")
+        return DataError(file, line, "path", f"{self.message} ({self.shown})")
 
 
 class AudioInfo(NamedTuple):
