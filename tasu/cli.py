@@ -149,10 +149,13 @@ def _transcribe(args: argparse.Namespace) -> int:
             raise AudioError(path, NOT_RUN)
         audio_info(path)
     fields = {}
-    for field in args.field:
+    for field in args.field:   # before the model loads
         name, eq, value = field.partition("=")
-        if not eq or not name:
+        if not eq or not name.isidentifier() or not value.strip():
             usage_error("tasu transcribe", f"--field {field}: write NAME=VALUE, e.g. --field hotword=Dublin")
+        if name in ("task", "nbest", "sample_rate", "audio"):
+            usage_error("tasu transcribe", f"--field {field}: {name} is no prompt field"
+                        + (" (--task names the task)" if name == "task" else ""))
         fields[name] = value
     s2t = Speech2Text.from_pretrained(args.exp, checkpoint=args.checkpoint, device=args.device,
                                       overrides=tuple(args.overrides), beam=args.beam,

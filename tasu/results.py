@@ -33,10 +33,11 @@ TITLES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "acc": "Accuracy"}
 
 @dataclasses.dataclass
 class Row:
-    """One score.json: the experiment it belongs to, its dataset label and its content."""
+    """One score.json: the experiment it belongs to, its dataset label, its content and where it is."""
     exp: str
     dataset: str
     result: ScoreResult
+    source: Path | None = None
 
 
 def score_files_under(root: Path) -> list[Path]:
@@ -81,7 +82,7 @@ def collect_results(exp_root: str | Path) -> list[Row]:
         except RecursionError:
             raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
         _check_still_of(path, result)
-        rows.append(Row(exp, dataset, result))
+        rows.append(Row(exp, dataset, result, path))
     return sorted(rows, key=lambda r: (r.exp, METRICS.index(r.result.metric), r.dataset))
 
 
@@ -90,7 +91,7 @@ def _check_still_of(path: Path, result: ScoreResult) -> None:
     its path relative to the score's directory as scored, so a copied experiment checks its own files
     (a file not there now is not checked: a score of a moved or removed file stays readable)."""
     for role, entry in result.files.items():
-        scored = Path(os.path.normpath(path.parent / entry["path"]))
+        scored = _scored_file(path, entry)
         if scored.is_file() and file_sha256(scored) != entry["sha256"]:
             what = "hypotheses" if role == "hyp" else "references"
             raise ScoreError(f"{path}: {scored} has changed since it was scored (other {what}): "
@@ -160,20 +161,21 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
     for name in (a, b):
         if name not in exps:
             raise ScoreError(f"no experiment {name!r} (have: {', '.join(exps) or 'none'})")
-    side = {(r.exp, r.dataset, r.result.metric): r.result for r in rows if r.exp in (a, b)}
+    side = {(r.exp, r.dataset, r.result.metric): r for r in rows if r.exp in (a, b)}
     keys = dict.fromkeys((d, m) for _, d, m in sorted(side, key=lambda k: (METRICS.index(k[2]), k[1])))
     ca, cb = markdown_cell(a), markdown_cell(b)
     out = [f"## {a} vs {b}", "", f"|dataset|metric|Snt|{ca}|{cb}|{cb} - {ca}|better|",
            "|---|---|---|---|---|---|---|"]
     mismatch, unlike = False, []
     for dataset, metric in keys:
-        ra, rb = side.get((a, dataset, metric)), side.get((b, dataset, metric))
+        row_a, row_b = side.get((a, dataset, metric)), side.get((b, dataset, metric))
+        ra, rb = row_a and row_a.result, row_b and row_b.result
         if ra and rb and ra.snt != rb.snt:
             snt, mismatch = f"{ra.snt}/{rb.snt}", True
         else:
             snt = str((ra or rb).snt)
         cells = [markdown_cell(dataset), TITLES[metric], snt, *(f"{x.value:.2f}" if x else "-" for x in (ra, rb))]
-        how = ra and rb and _how_scored(ra, rb)
+        how = ra and rb and _how_scored(row_a, row_b)
         if how:   # two normalisers (or BLEU tokenizers) give two numbers of one output: no winner
             unlike.append(f"- {dataset} {TITLES[metric]}: scored with {how}: not compared")
             cells += ["-", "-"]
@@ -187,7 +189,7 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
     # a number without its missing/empty/looping counts cannot be trusted, here as in RESULTS.md
     trouble = [f"- {dataset} {TITLES[metric]}, {exp}: hypotheses {r.diagnostics()}"
                for dataset, metric in keys for exp in (a, b)
-               for r in [side.get((exp, dataset, metric))]
+               for r in [getattr(side.get((exp, dataset, metric)), "result", None)]
                if r and (r.missing_keys or r.extra_keys or r.empty or r.looping)]
     if mismatch or unlike or trouble:
         out.append("")
@@ -196,13 +198,14 @@ def render_comparison(rows: list[Row], a: str, b: str) -> str:
     return "\n".join(out + unlike + trouble) + "\n"
 
 
-def _how_scored(a: ScoreResult, b: ScoreResult) -> str:
+def _how_scored(row_a: Row, row_b: Row) -> str:
     """How two scores of one dataset were made differently ("" when alike): their references (two test
     sets under one name), normalisers, BLEU signatures."""
+    a, b = row_a.result, row_b.result
     refs = [x.files.get("ref", {}).get("sha256") for x in (a, b)]
     differ = []
-    if all(refs) and refs[0] != refs[1]:
-        differ.append("other reference files")
+    if all(refs) and refs[0] != refs[1] and not _same_references(row_a, row_b):
+        differ.append("other references")
     elif a.metric in ("wer", "cer") and a.norm == b.norm and a.counts["wrd"] != b.counts["wrd"]:
         differ.append(f"other references ({a.counts['wrd']} against {b.counts['wrd']} reference units)")
     if a.norm != b.norm:
@@ -210,6 +213,32 @@ def _how_scored(a: ScoreResult, b: ScoreResult) -> str:
     if a.details.get("signature") != b.details.get("signature"):
         differ.append(f"BLEU {a.details['signature']} against {b.details['signature']}")
     return "; ".join(differ)
+
+
+def _same_references(a: Row, b: Row) -> bool:
+    """Whether two scores' reference files, of other bytes, hold the same key -> text (in another order:
+    a recipe's ref.trn is sorted by key, a decode's is in data order); False when one cannot be read."""
+    from tasu.score import read_text_file
+
+    try:
+        return read_text_file(_scored_file(a.source, a.result.files["ref"])) == \
+            read_text_file(_scored_file(b.source, b.result.files["ref"]))
+    except (OSError, ScoreError, TypeError):
+        return False
+
+
+def _scored_file(score_json: Path, entry: dict[str, str]) -> Path:
+    """A file a score.json names (``files``): by its path relative to the score's directory."""
+    return Path(os.path.normpath(score_json.parent / entry["path"]))
+
+
+def _listed_name(root: Path, name: str, exps: list[str]) -> str:
+    """``name`` as the tables list it: a link in the experiment root to a listed experiment's directory
+    (exp/run1 and exp/best, one run) is shown once, under one name."""
+    if name in exps or not (root / name).is_dir():
+        return name
+    target = (root / name).resolve()
+    return next((e for e in exps if (root / e).resolve() == target), name)
 
 
 def run_results(exp_root: str, compare: list[str] | None = None) -> int:
@@ -220,5 +249,8 @@ def run_results(exp_root: str, compare: list[str] | None = None) -> int:
     rows = collect_results(exp_root)
     if not rows:
         raise ScoreError(f"{exp_root}: no score.json found (run 'tasu score' first)")
+    if compare:
+        exps = sorted({r.exp for r in rows})
+        compare = [_listed_name(Path(exp_root), name, exps) for name in compare]
     print(render_comparison(rows, *compare) if compare else render_results(rows), end="")
     return 0

@@ -83,7 +83,9 @@ HEADERS = {
 }
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # kana, and Thai, Lao, Myanmar and Khmer letters: scripts written without spaces between words
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+# (not the middle dot and the long-vowel mark, which Chinese text uses too)
+_UNSPACED = re.compile(r"[\u3041-\u3096\u30a1-\u30fa\u31f0-\u31ff\uff66-\uff9d\u0e00-\u0eff\u1000-\u109f"
+                       r"\u1780-\u17ff]")
 _EXAMPLES = 5  # keys shown in summaries; the full lists are in score.json and *_keys.txt
 
 

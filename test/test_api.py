@@ -263,6 +263,11 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
         main(["transcribe", "--exp", str(exp / "exp"), "--task", "hotword", "--field", "Dublin", files[0]])
     assert usage.value.code == 2 and capsys.readouterr().err.startswith(
         "tasu transcribe: error: --field Dublin: write NAME=VALUE, e.g. --field hotword=Dublin")
+    for bad, message in (("hotword=", "write NAME=VALUE"), ("task=ASR", "task is no prompt field (--task names"),
+                         ("nbest=2", "nbest is no prompt field")):   # a TypeError after the model had loaded
+        with pytest.raises(SystemExit):
+            main(["transcribe", "--exp", str(tmp_path / "no_model_here"), "--field", bad, files[0]])
+        assert capsys.readouterr().err.startswith(f"tasu transcribe: error: --field {bad}: {message}")
 
     assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "llm" / "config.json").is_file()

@@ -342,7 +342,8 @@ def test_a_task_s_default_metric_follows_its_name():
                         for f in ("task_name", "task_metric"))
     specs = {"ASR": "wer", "EN2ZH": "bleu", "en2de": "bleu", "EN2ZH_CN:translation": "bleu", "ZH2EN": "bleu",
              "L2ASR": "wer", "Speech2Text": "wer", "SLU_scenario:scenario": "acc", "sentiment": "acc",
-             "emotion": "wer", "EN2DE:translation_de:chrf": "chrf", "ASR::cer": "cer"}
+             "emotion": "wer", "EN2DE:translation_de:chrf": "chrf", "ASR::cer": "cer", "S2TT": "bleu", "X2EN": "bleu",
+             "zh-CN2en": "bleu", "L2ASR:text": "wer"}
     out = subprocess.run(["bash", "-c", functions + 'for s in "$@"; do task_metric "$s"; done', "-", *specs],
                          capture_output=True, text=True, check=True)
     assert dict(zip(specs, out.stdout.split())) == specs

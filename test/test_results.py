@@ -141,7 +141,7 @@ def test_render_comparison(exp_root):
 |decode_greedy/test/slu|Accuracy|4|75.00|75.00|+0.00|=|
 
 - Snt a/b: the two experiments were not scored on the same utterances
-- decode_greedy/test/en2zh BLEU: scored with other reference files: not compared
+- decode_greedy/test/en2zh BLEU: scored with other references: not compared
 - decode_greedy/test/asr WER, asr_b: hypotheses missing 0, extra 0, empty 0, looping 1
 - decode_greedy/test/slu Accuracy, asr_b: hypotheses missing 1 (u4), extra 0, empty 0, looping 0
 """
@@ -303,7 +303,12 @@ def test_two_test_sets_under_one_name_are_not_compared(tmp_path):
                 write(tmp_path / "exp/b/test/hyp", hyp), "wer")
     lines = render_comparison(collect_results(tmp_path / "exp"), "a", "b").splitlines()
     assert lines[4] == "|test|WER|2|14.29|33.33|-|-|"
-    assert lines[-1] == "- test WER: scored with other reference files: not compared"
+    # the same references in another order (a recipe sorts ref.trn by key, a decode keeps data order)
+    score_files(write(tmp_path / "ref_c", ["u2\tplay some jazz", "u1\tturn on the lights"]),
+                write(tmp_path / "exp/c/test/hyp", hyp), "wer")
+    assert render_comparison(collect_results(tmp_path / "exp"), "a", "c").splitlines()[4:] == [
+        "|test|WER|2|14.29|14.29|+0.00|=|"]
+    assert lines[-1] == "- test WER: scored with other references: not compared"
     # a score.json without the files' digests (older tasu): the reference words tell
     for side in "ab":
         path = tmp_path / f"exp/{side}/test/score.json"
@@ -321,6 +326,11 @@ def test_a_linked_experiment_leaves_the_real_one_its_scores(tmp_path):
     (tmp_path / "exp/C_best").symlink_to("C/decode")
     rows = collect_results(tmp_path / "exp")
     assert [(r.exp, r.dataset) for r in rows] == [("A", "decode/test"), ("C", "decode/test")]
+    # experiments that are links themselves, two names for one: either name compares
+    score_files(ref, write(tmp_path / "big/B/decode/test/hyp", ["u1\thello"]), "wer")
+    for name in ("best", "run1"):
+        (tmp_path / "exp" / name).symlink_to(tmp_path / "big/B")
+    assert tasu_results(str(tmp_path / "exp"), "--compare", "A", "run1") == 0
 
 
 def test_a_bleu_score_json_needs_its_details(tmp_path):

@@ -17,6 +17,7 @@ def run_script(tmp_path, body, *args):
     script.write_text(
         "#!/usr/bin/env bash\nset -euo pipefail\n"
         'stage=1\nstop_stage=100\nuse_lora=false\nencoder_path=""\n'
+        "extra_opts=()\n"   # an empty array before the options: "unbound variable" under set -u
         'help_message="Usage: prog.sh [--stage N] [--use_lora true|false]"\n'
         f". {ROOT}/utils/parse_options.sh\n{body}\n")
     return subprocess.run(["bash", str(script), *args], capture_output=True, text=True)

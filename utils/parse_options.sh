@@ -17,9 +17,9 @@ _po_prog=$(basename "$0")
 declare -A _po_kind=()
 for _po_name in $(compgen -v); do
   [[ "${_po_name}" =~ ^[a-z][a-z0-9_]*$ ]] || continue
-  case "${!_po_name}" in
+  case "${!_po_name-}" in   # (an empty array has no value: under set -u, "unbound variable")
     true|false) _po_kind[${_po_name}]=bool ;;
-    *) [[ "${!_po_name}" =~ ^-?[0-9]+$ ]] && _po_kind[${_po_name}]=int ;;
+    *) [[ "${!_po_name-}" =~ ^-?[0-9]+$ ]] && _po_kind[${_po_name}]=int ;;
   esac
 done
 

@@ -335,8 +335,13 @@ task_metric() {
   case ${task} in
     ASR|prevtext|hotword) echo wer ;;
     SLU_*|sentiment) echo acc ;;
-    *)  # a translation is <source>2<target> in language codes (EN2ZH, en2de, EN2ZH_CN), not L2ASR or Speech2Text
-      if [[ "${task}" =~ ^[A-Za-z]{2,3}2[A-Za-z]{2,3}([_-][A-Za-z0-9]+)?$ ]]; then echo bleu; else echo wer; fi ;;
+    *2ASR|*2asr) echo wer ;;
+    *)  # a translation is <source>2<target> in language codes (EN2ZH, en2de, zh-CN2en, X2EN, S2TT), not Speech2Text
+      if [[ "${task}" =~ ^[A-Za-z]{1,3}(-[A-Za-z]{2,4})?2[A-Za-z]{2,3}(-[A-Za-z]{2,4})?(_[A-Za-z0-9]+)?$ ]]; then
+        echo bleu
+      else
+        echo wer
+      fi ;;
   esac
 }
 declare -A task_specs=()

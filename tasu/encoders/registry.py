@@ -44,7 +44,7 @@ def detect(path: str | Path) -> str:
         return found[0]
     if found:
         raise ModelFilesError(f"{root} looks like several encoder kinds ({', '.join(found)}): "
-                              "say which with encoder.type (--encoder-type)")
+                              "say which with encoder.type (tasu simulate: --encoder-type)")
     expected = "; ".join(f"{name}: {cls.files}" for name, cls in ENCODERS.items())
     named = ""
     if (root / "config.yaml").is_file():
