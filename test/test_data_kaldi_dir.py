@@ -81,6 +81,20 @@ def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
     ]
     with pytest.raises(DataDirError, match=r"nowhere/wav\.scp: cannot open: No such file or directory"):
         read_data_dir(tmp_path / "nowhere")
+    # went into the JSONL as NaN, Infinity or 100000.0 s (exit 0), which every reader then refused there
+    d = make_dir(tmp_path / "times", **{"wav.scp": "r1 a.wav\n", "text": "u1 a\nu2 b\nu3 c\nu4 d\n",
+                                        "segments": "u1 r1 nan 1\nu2 r1 0 inf\nu3 r1 0 1e400\nu4 r1 16000 96000\n"})
+    with pytest.raises(DataDirError) as e:
+        read_data_dir(d)
+    assert str(e.value).splitlines() == [
+        f"{d}/segments:1: start nan and end 1 do not make a segment (0 <= start < end, or end -1)",
+        f"{d}/segments:2: start 0 and end inf do not make a segment (0 <= start < end, or end -1)",
+        f"{d}/segments:3: start 0 and end 1e400 do not make a segment (0 <= start < end, or end -1)",
+        f"{d}/segments:4: start 16000 and end 96000 are seconds past a day (86400): samples or milliseconds?"]
+    # CR-only line ends: one line, its other utterances gone without a word
+    d = make_dir(tmp_path / "cr", **{"wav.scp": "u1 a.wav\nu2 b.wav\n", "text": "u1 hello\ru2 world\r"})
+    with pytest.raises(DataDirError, match=r"text:1: a carriage return inside the line \(lines must end in '\\n'"):
+        read_data_dir(d)
 
 
 def test_utterances_missing_from_a_file_are_skipped_with_a_count(tmp_path, caplog):
@@ -119,9 +133,10 @@ def test_write_then_read_round_trip(tmp_path, caplog):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]
     assert (tmp_path / "out" / "wav.scp").read_text() == "a a.wav\nb b.wav\n"
     assert (tmp_path / "out" / "spk2utt").read_text() == "a a\nb b\n"
-    (tmp_path / "out" / "utt2dur").write_text("a 1.0\nb 2.0\n")   # of the dir written before: goes too
+    for name in ("utt2dur", "cmvn.scp", "spk2gender"):   # of the dir written before: they go too
+        (tmp_path / "out" / name).write_text("a 1.0\nb 2.0\n")
     write_data_dir([Record("c", "ASR", "three", "c.wav")], tmp_path / "out")
-    assert not (tmp_path / "out" / "utt2dur").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]
 
 
 def test_records_a_data_dir_cannot_hold(tmp_path):
@@ -141,13 +156,14 @@ def test_records_a_data_dir_cannot_hold(tmp_path):
     with pytest.raises(DataDirError) as e:
         write_data_dir([Record("e", "ASR", "x", "e.wav", extra={"speaker": "two words"}),
                         Record("f", "ASR", "x", "f.wav", extra={"speaker": None}),
-                        Record("g", "ASR", "x", "/x/g.wav "),
+                        Record("g", "ASR", "x", "/x/g.wav "), Record("g2", "ASR", "x", "/x/g\n.wav"),
                         Record("h", "ASR", "x", "h.wav", start=1.0001, end=1.0004, extra={"recording": "r 1"})],
                        tmp_path / "out")
     assert str(e.value).splitlines() == [
         f"{out}: speaker: e: speaker 'two words' is not one word",
         f"{out}: speaker: f: None is not text",
         f"{out}: path: g: '/x/g.wav ' begins or ends in whitespace",
+        f"{out}: path: g2: a line break cannot go into wav.scp",
         f"{out}: recording: h: recording 'r 1' is not one word",
         f"{out}: end: h: the segment 1.0001-1.0004 s is empty at the millisecond segments are written in",
     ]
@@ -204,6 +220,10 @@ def test_text_only_conversion_leaves_no_output_when_a_late_line_is_bad(tmp_path,
     out.write_text("earlier\n")
     assert main(["to-jsonl", "--text-only", str(src), str(out)]) == 1
     assert out.read_text() == "earlier\n"
+    capsys.readouterr()
+    (src / "text").write_text("u1 one\nu2 two\nu1 again\n")   # a repeated id passed with --text-only
+    assert main(["to-jsonl", "--text-only", str(src), str(out)]) == 1
+    assert capsys.readouterr().err == f"{src}/text:3: duplicate id 'u1' (first on line 1)\n"
     (src / "text").write_text("u1 one\nu2 two\n")
     assert main(["to-jsonl", "--text-only", "--task", "QA", str(src), str(out)]) == 0
     assert out.read_text() == ('{"key": "u1", "task": "QA", "target": "one"}\n'

@@ -43,13 +43,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tasu.data.records import DataError, Record, iter_records, key_problem, without_bom, write_records
+from tasu.data.records import (MAX_SECONDS, DataError, Record, iter_records, key_problem, without_bom,
+                               write_records)
 from tasu.fileio import atomic_replace
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,7 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
         f = open(path, "rb")
     except OSError as e:
         raise DataDirError([DataError(str(path), None, None, f"cannot open: {e.strerror or e}")]) from None
+    first_line: dict[str, int] = {}
     with f:
         for lineno, raw in enumerate(f, 1):
             problems = []
@@ -162,6 +165,10 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
                 message = key_problem(parsed[0])
                 if message:
                     problems.append(DataError(str(path), lineno, None, f"utterance id {message}"))
+                elif parsed[0] in first_line:
+                    problems.append(DataError(str(path), lineno, None, f"duplicate id {parsed[0]!r} "
+                                              f"(first on line {first_line[parsed[0]]})"))
+                first_line.setdefault(parsed[0], lineno)
             if problems:
                 raise DataDirError(problems)
             utt, transcript = parsed
@@ -172,6 +179,13 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
             else:
                 missing.add(utt)
     _skip(missing, path, f"with no entry in {target_file}")
+
+
+# Tables of the utterances, speakers or recordings a data dir held before: written over, it drops them
+# (Kaldi tools would read them as the new ones', a speaker's cmvn or gender for another speaker).
+STALE_TABLES = ("utt2dur", "feats.scp", "reco2dur", "utt2num_frames", "cmvn.scp", "spk2gender", "utt2lang",
+                "utt2uniq", "utt2warp", "spk2warp", "vad.scp", "utt2category", "reco2file_and_channel",
+                "reco2num_spk", "frame_shift")
 
 
 def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
@@ -200,7 +214,9 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
             why = _table_entry_problem(r.key, value, one_word=True)   # each is one word of a table line
             if why:
                 problems.append(DataError(where, None, field, f"{r.key}: {why.replace('speaker id', field)}"))
-        if r.path != r.path.strip():   # wav.scp's reader strips it: another file
+        if "\n" in r.path or "\r" in r.path:
+            problems.append(DataError(where, None, "path", f"{r.key}: a line break cannot go into wav.scp"))
+        elif r.path != r.path.strip():   # wav.scp's reader strips it: another file
             problems.append(DataError(where, None, "path", f"{r.key}: {r.path!r} begins or ends in whitespace"))
         if has_segments and r.end is not None and round(r.end, 3) <= round(r.start or 0, 3):
             problems.append(DataError(where, None, "end", f"{r.key}: the segment {r.start or 0}-{r.end} s is "
@@ -233,7 +249,7 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
                       f"{-1 if r.end is None else format(r.end, '.3f')}" for r in records))
     elif (data_dir / "segments").exists():
         os.remove(data_dir / "segments")  # a stale one would re-cut the new recordings
-    stale = [name for name in ("utt2dur", "feats.scp", "reco2dur", "utt2num_frames") if (data_dir / name).exists()]
+    stale = [name for name in STALE_TABLES if (data_dir / name).exists()]
     for name in stale:   # of the utterances written before: Kaldi tools would read them as these ones'
         os.remove(data_dir / name)
     if stale:
@@ -357,6 +373,10 @@ def _parse_line(path: Path, lineno: int, raw: bytes, problems: list[DataError], 
         return None
     if not line:
         return None
+    if "\r" in line:   # CR-only line ends: the whole file was one line, its other utterances gone
+        problems.append(DataError(str(path), lineno, None, "a carriage return inside the line (lines must end "
+                                  "in '\\n' or '\\r\\n')"))
+        return None
     fields = line.split(maxsplit=1)
     if len(fields) == 1 or (one_word and len(fields[1].split()) != 1):
         problems.append(DataError(str(path), lineno, None, f"{fields[0]!r} must be followed "
@@ -379,9 +399,13 @@ def _parse_segment(path: Path, line: int, rest: str,
         problems.append(DataError(str(path), line, None, "start and end must be numbers of seconds, "
                                   f"not {fields[1]!r} and {fields[2]!r}"))
         return None
-    if start < 0 or (end != -1 and end <= start):
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or (end != -1 and end <= start):
         problems.append(DataError(str(path), line, None, f"start {fields[1]} and end {fields[2]} do "
                                   "not make a segment (0 <= start < end, or end -1)"))
+        return None
+    if max(start, end) > MAX_SECONDS:   # samples or milliseconds written as seconds
+        problems.append(DataError(str(path), line, None, f"start {fields[1]} and end {fields[2]} are seconds past "
+                                  f"a day ({MAX_SECONDS}): samples or milliseconds?"))
         return None
     return fields[0], start, None if end == -1 else end
 
