@@ -23,6 +23,7 @@ Whatever goes wrong ends as one line on stderr, ``tasu COMMAND: error: ...``, an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -453,7 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "transcribe" and args.nbest > args.beam:   # before the model loads
         usage_error(prog, f"--nbest {args.nbest} is more hypotheses than --beam {args.beam} keeps: raise --beam "
                           f"to {args.nbest} or more")
-    return run_reporting(f"tasu {args.command}", lambda: args.func(args), debug=args.debug)
+    prog = f"tasu {args.command}"
+    if os.environ.get("WORLD_SIZE", "1") != "1":   # one process of several: whose line is whose
+        prog += f" (rank {os.environ.get('RANK', '?')})"
+    return run_reporting(prog, lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

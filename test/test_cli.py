@@ -28,6 +28,15 @@ def test_a_failing_command_prints_one_line_and_exits_1(tmp_path, capsys):
     assert "tasu score: error: " not in out.stderr   # no command prints its own errors past --debug
 
 
+def test_a_process_of_several_names_its_rank(tmp_path, capsys, monkeypatch):
+    """Two ranks of a failed training printed two 'tasu train: error:' lines, the cause and the other
+    rank's knock-on error, alike."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["results", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.startswith("tasu results (rank 1): error: ")
+
+
 def test_counts_and_sizes_are_checked_while_the_command_line_is_read(tmp_path, capsys):
     """A beam of 0, a batch of -5 or --nbest -1 stopped only after the model had loaded, or (analyze's
     batch size) was taken as 'everything in one batch'; --repetition-penalty nan and --wer HI < LO

@@ -310,16 +310,19 @@ def test_a_run_uses_the_ops_setup_built(straight):
         assert after[op] == before[op], f"the run compiled {op} again:\n" + "\n".join(after[op][len(before[op]):])
 
 
-def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path):
-    """torch's extension loader waits forever for a lock a killed process left in an op's build dir."""
+def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):
+    """torch's extension loader waits forever for a lock a killed process left in an op's build dir;
+    for a young one (a build going on, or just killed) it waited without a word."""
     stale, live = tmp_path / "fused_adam" / "lock", tmp_path / "deepspeed_shm_comm" / "lock"
     for lock in (stale, live):
         lock.parent.mkdir()
         lock.touch()
     old = time.time() - 3600
     os.utime(stale, (old, old))
-    assert clear_stale_build_locks(tmp_path) == [stale]
+    with caplog.at_level("WARNING", logger="tasu.train"):
+        assert clear_stale_build_locks(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
+    assert f"waiting for {live}: another run is building DeepSpeed's deepspeed_shm_comm op" in caplog.text
     assert clear_stale_build_locks(tmp_path / "no such dir") == []
 
 

@@ -24,7 +24,10 @@ A source's ``weight`` says how many times an epoch holds it (1.0: each record on
 to up-sample a small corpus; 0.3: a random 30 % of it, drawn anew each epoch), so by default
 sources are mixed in proportion to their sizes.
 
-The ``i``-th record of the epoch's order belongs to rank ``i mod world_size``. Within a rank,
+The ``i``-th record of the epoch's order belongs to rank ``i mod world_size``. Every step needs a
+batch on every rank, so with several processes an epoch ends when the first rank runs out: the
+other ranks' last batches (batches of one length budget hold different numbers of records) are not
+trained that epoch, and the next epoch draws a new order (101 records on 2 ranks: 7 wait). Within a rank,
 windows of ``sort_window`` records are sorted by length and cut into batches whose padded size
 ``batch size x longest length`` stays within ``max_tokens`` (the original's rule, with length =
 prompt + speech + target tokens as ``length_fn`` computes it); the batches of a window come in a
