@@ -42,6 +42,7 @@ if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is bu
     from tasu.model import SpeechLLM
 
 MODEL_DIR = "model"
+VOCAB_KEY = "encoder_vocab_sha256"   # in the weights file's metadata: see write_model
 WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
 
 
@@ -153,11 +154,15 @@ def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 
-def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str) -> None:
-    """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint."""
+def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str,
+                encoder_vocab: str) -> None:
+    """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint. The weights file
+    records ``encoder_vocab`` (``vocab_digest`` of the encoder's tokenizer): the projector reads ids of
+    that vocabulary, and another of the same size would load and decode nonsense, exit 0."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS))
+    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS),
+              metadata={VOCAB_KEY: encoder_vocab})
     readable_by_others(model_dir / WEIGHTS)   # safetensors writes it 0600
     (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
     (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
@@ -175,6 +180,29 @@ def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -
         root = Path(ckpt).resolve()
         overrides = (f"encoder.path={root / ENCODER_DIR}", f"llm.path={root / LLM_DIR}", *overrides)
     return load_config(ExperimentConfig, ckpt / MODEL_DIR / CONFIG, overrides)
+
+
+def trained_vocab(ckpt: Path) -> str | None:
+    """The encoder vocabulary's digest a checkpoint's weights record (None: written before they did)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(ckpt / MODEL_DIR / WEIGHTS), "pt") as f:
+            return (f.metadata() or {}).get(VOCAB_KEY)
+    except (SafetensorError, OSError):
+        return None   # load_trainable names the damage
+
+
+def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:
+    """Refuse an encoder whose vocabulary is not the one the checkpoint was trained on."""
+    from tasu.simulate.base import vocab_digest
+
+    trained = trained_vocab(ckpt)
+    if trained and trained != vocab_digest(tokenizer):
+        raise CheckpointError(f"{ckpt} was trained on the ids of another encoder vocabulary than encoder.path "
+                              f"{cfg.encoder.path}'s ({tokenizer.vocab_size} pieces, other ones or in another "
+                              "order): its projector would read these ids as those; use the encoder it was "
+                              "trained with")
 
 
 def load_trainable(ckpt: Path) -> dict:
@@ -282,6 +310,7 @@ def load_trained(path: str | Path, which: str = "best", audio: bool = True, devi
     ckpt = resolve_checkpoint(path, which)
     cfg = read_model_config(ckpt, overrides)
     model = build_model(cfg, audio=audio, device=device)
+    check_vocab(ckpt, cfg, model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg))
     trained = load_trainable(ckpt)
     check_fits({name: p.shape for name, p in model.named_parameters()}, trained, ckpt)
     try:

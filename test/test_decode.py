@@ -440,3 +440,24 @@ def test_running_out_of_memory_names_the_longest_record_and_what_to_do(exp, tmp_
     err = capsys.readouterr().err.splitlines()[-1]
     assert re.match(r"tasu decode: error: out of memory decoding a batch of \d+, the longest \S+ \(\d+ s of audio\): "
                     r"lower --batch-size, or cut long recordings into segments", err), err
+
+
+def test_an_encoder_of_another_vocabulary_of_the_same_size_is_refused(exp, tmp_path, capsys):
+    """The projector reads the ids of the vocabulary it was trained on: another BPE of the same size
+    (--set encoder.path=..., or the model replaced in place) loaded, and decoded nonsense with exit 0."""
+    import sentencepiece as spm
+
+    from fixtures import SENSEVOICE_BPE
+
+    other = tmp_path / "enc"
+    shutil.copytree(exp / "enc", other)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([s[::-1] for s in SENTENCES]), model_prefix=str(tmp_path / "bpe"), vocab_size=60,
+        model_type="bpe", character_coverage=1.0, minloglevel=2)
+    (tmp_path / "bpe.model").replace(other / SENSEVOICE_BPE)
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "out", "--input", "simulated",
+                       "--set", f"encoder.path={other}") == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("tasu decode: error: ") and "was trained on the ids of another encoder vocabulary than " \
+        f"encoder.path {other}'s (60 pieces" in err, err
+    assert tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "same", "--input", "simulated") == 0

@@ -15,6 +15,7 @@ the first time their name is built, so ``import tasu.simulate`` stays as light a
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib
 import math
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
@@ -97,6 +98,14 @@ def lookup(name: str) -> type[PosteriorSimulator]:
     if name not in SIMULATORS:
         raise ValueError(unknown_simulator(name))
     return SIMULATORS[name]
+
+
+def vocab_digest(tokenizer: Vocabulary) -> str:
+    """SHA-256 of the encoder's pieces, one per line (its ``id_to_piece``): what a model trained on the
+    encoder's ids (a projector, a learned simulator) records, so that another vocabulary of the same
+    size is refused rather than read as this one."""
+    text = "\n".join(tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def build_simulator(config: "SimulationConfig", tokenizer: Vocabulary,

@@ -50,7 +50,6 @@ JSON, never a pickle. A directory made for another encoder vocabulary is refused
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -63,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tasu.posteriors import Posteriors, length_mask
-from tasu.simulate.base import PosteriorSimulator, Vocabulary, register, target_rates
+from tasu.simulate.base import PosteriorSimulator, Vocabulary, register, target_rates, vocab_digest
 from tasu.simulate.config import SimulationConfig
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -157,11 +156,6 @@ def _check_calibration(cal: dict) -> None:
             and all(a <= b for a, b in zip(cond, cond[1:])) and all(a <= b for a, b in zip(wer, wer[1:]))):
         raise ValueError("calibration: not {temperature, condition, wer} with two nondecreasing lists of numbers "
                          "of one length")
-
-
-def vocab_digest(tokenizer: Vocabulary) -> str:
-    text = "\n".join(tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, 
                            dump_config, encoder_tokenizer, last_checkpoint, load_trainable, read_best,
                            refuse_lost_pointer, resolve_checkpoint, write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
+from tasu.simulate.base import vocab_digest
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
@@ -223,6 +224,7 @@ class Trainer:
             self._init_from(self.init_ckpt)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
         self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
+        self.encoder_vocab = vocab_digest(enc_tokenizer)   # what its checkpoints record (write_model)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
         if cfg.data.mode in ("text", "mixed") and self.rank == 0:
@@ -563,7 +565,8 @@ class Trainer:
                                         exclude_frozen_parameters=True)
             torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
             if self.rank == 0:
-                write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, self.prompts_text)
+                write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, self.prompts_text,
+                            self.encoder_vocab)
                 write_data_record(partial / ENGINE_DIR, self.data_record)
         except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear" or so
             message = self._save_failure(name, e)  # the free space before the partial files are removed
