@@ -420,6 +420,15 @@ def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
     assert len(messages) == 1, messages
     assert messages[0].startswith(f"{len(SENTENCES)} of the first {len(SENTENCES)} transcripts of {other} lose over "
                                   f"half their characters to the encoder's vocabulary (e.g. {other}:1 ")
+    # digits the vocabulary lacks: "7 am" trained on "am", the target keeping "7", with no word
+    digits = data_file(tmp_path, "digits.jsonl", record("d0", target=SENTENCES[0]),
+                       record("d1", target=SENTENCES[1] + " at 7 am"))
+    with caplog_of("tasu.train") as messages:
+        warn_unspelled([digits], tokenizer, load_prompts())
+    assert messages == [f"1 of the first 2 transcripts of {digits} hold characters the encoder's vocabulary cannot "
+                        f"spell (e.g. {digits}:2 {(SENTENCES[1] + ' at 7 am')[:40]!r} loses '7'): their simulated "
+                        "speech lacks them while the target keeps them, and the model learns to write what it never "
+                        "heard; write the text as the encoder spells it (numbers as words)"]
 
 
 def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path):

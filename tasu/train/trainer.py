@@ -34,6 +34,7 @@ import shutil
 import socket
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Iterable
 
@@ -228,7 +229,7 @@ class Trainer:
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
         if cfg.data.mode in ("text", "mixed") and self.rank == 0:
-            warn_unspelled(cfg.data.train, enc_tokenizer, prompts)
+            warn_unspelled([*cfg.data.train, *cfg.data.valid], enc_tokenizer, prompts)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
         self.valid_data = self._batches(cfg.data.valid, order="sequential") if cfg.data.valid else None
 
@@ -613,17 +614,18 @@ class Trainer:
                  self.position.epoch, self.position.consumed)
 
 
-SPELLING_SAMPLE = 200   # records read of each training file for warn_unspelled
+SPELLING_SAMPLE = 2000   # records read of each training and validation file for warn_unspelled
 
 
 def warn_unspelled(sources: list, tokenizer, prompts: PromptSet) -> None:
-    """Warn where the encoder's vocabulary cannot spell the transcripts: text it cannot spell is dropped
-    (a CTC head never emits it), so "TURN ON THE LIGHTS" for a lower-case vocabulary trains on nearly
-    empty rows. The first ``SPELLING_SAMPLE`` records of each file: a transcript whose spelling keeps
-    under half its characters is counted."""
+    """Warn where the encoder's vocabulary cannot spell the transcripts. Text it cannot spell is dropped
+    from the simulated speech (a CTC head never emits it) while the LLM's target keeps it, so the model
+    learns to write what it never heard: "TURN ON THE LIGHTS" for a lower-case vocabulary trains on
+    nearly empty rows, "7 am" on "am". The first ``SPELLING_SAMPLE`` records of each file: counted are
+    transcripts whose spelling keeps under half their characters, and those that lose a letter or digit."""
     for source in sources:
         path = str(getattr(source, "path", source))
-        poor, example = 0, None
+        poor, lossy, example, lost_example = 0, 0, None, None
         for n, (line, record) in enumerate(iter_records_with_lines(path, prompts)):
             if n == SPELLING_SAMPLE:
                 break
@@ -632,10 +634,22 @@ def warn_unspelled(sources: list, tokenizer, prompts: PromptSet) -> None:
             if len(kept) < len("".join(text.split())) / 2:
                 poor += 1
                 example = example or f"{path}:{line} {text[:40]!r} is spelt {kept[:40]!r}"
+                continue
+            spelt = set(unicodedata.normalize("NFKC", kept).casefold())
+            lost = sorted({c for c in unicodedata.normalize("NFKC", text).casefold() if c.isalnum()} - spelt)
+            if lost:
+                lossy += 1
+                lost_example = lost_example or f"{path}:{line} {text[:40]!r} loses {''.join(lost[:10])!r}"
+        seen = min(n + 1, SPELLING_SAMPLE)
         if poor:
             log.warning("%d of the first %d transcripts of %s lose over half their characters to the encoder's "
-                        "vocabulary (e.g. %s): its case or script may not be the vocabulary's", poor,
-                        min(n + 1, SPELLING_SAMPLE), path, example)
+                        "vocabulary (e.g. %s): its case or script may not be the vocabulary's", poor, seen, path,
+                        example)
+        if lossy:
+            log.warning("%d of the first %d transcripts of %s hold characters the encoder's vocabulary cannot "
+                        "spell (e.g. %s): their simulated speech lacks them while the target keeps them, and "
+                        "the model learns to write what it never heard; write the text as the encoder spells it "
+                        "(numbers as words)", lossy, seen, path, lost_example)
 
 
 def _data_files(d) -> list[str]:
