@@ -108,8 +108,10 @@ def add_lora(llm: PreTrainedModel, lora: LoRAConfig) -> PreTrainedModel:
             raise ValueError(f"llm.lora.target_modules: {target} is an embedding this LLM shares between its input "
                              "and output layers (tie_word_embeddings): an adapter there cannot be merged into one of "
                              "them alone; adapt the attention or MLP layers")
+    conv1d = any(isinstance(m, Conv1D) for n, m in modules.items()
+                 if any(n == t or n.endswith(f".{t}") for t in lora.target_modules))   # weights stored [in, out]
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules))
+                        target_modules=list(lora.target_modules), fan_in_fan_out=conv1d)
     return inject_adapter_in_model(config, llm)
 
 
