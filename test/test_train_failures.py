@@ -266,6 +266,26 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
                                     in out.stderr), out.stderr[-2000:]
     (ckpt / "engine" / "state_rank1.pt").unlink()
 
+    # encoder.path may move, but not to another vocabulary of the same size: a resume (or a curriculum's
+    # init_from) trained on, exit 0, and its checkpoints then recorded the new vocabulary
+    import sentencepiece as spm
+
+    from fixtures import SENSEVOICE_BPE
+
+    other = tmp_path / "enc"
+    shutil.copytree(setup / "enc", other)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([s[::-1] for s in SENTENCES]), model_prefix=str(tmp_path / "bpe"),
+        vocab_size=60, model_type="bpe", character_coverage=1.0, minloglevel=2)
+    (tmp_path / "bpe.model").replace(other / SENSEVOICE_BPE)
+    for argv in ([f"data.train=[{train}]", f"encoder.path={other}", "--resume", "train.max_steps=3"],
+                 [f"data.train=[{train}]", f"encoder.path={other}", f"train.init_from={exp}", "--exp-dir",
+                  str(tmp_path / "next")]):
+        out = subprocess.run(cmd + argv, env=ENV, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 1 and f"{ckpt} was trained on the ids of another encoder vocabulary than " \
+            f"encoder.path {other}'s" in out.stderr, out.stderr[-2000:]
+    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000002"
+
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"
     moved.parent.mkdir()

@@ -50,9 +50,9 @@ from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
 from tasu.fileio import write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, checkpoint_name,
-                           dump_config, encoder_tokenizer, last_checkpoint, load_trainable, read_best,
-                           refuse_lost_pointer, resolve_checkpoint, write_model)
+from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, check_vocab,
+                           checkpoint_name, dump_config, encoder_tokenizer, last_checkpoint, load_trainable,
+                           read_best, refuse_lost_pointer, resolve_checkpoint, write_model)
 from tasu.simulate import build_simulator, edit_distance, row_tokens
 from tasu.simulate.base import vocab_digest
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
@@ -211,6 +211,11 @@ class Trainer:
         self.data_record = data_record(cfg, self.init_ckpt) if self.rank == 0 else None   # kept in every checkpoint
         if resume and last is not None:  # before anything loads: a stale run must not go on, nor finish at once
             self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
+        tokenizer = encoder_tokenizer(cfg)   # (no weights)
+        self.encoder_vocab = vocab_digest(tokenizer)   # what its checkpoints record (write_model)
+        for earlier in (self.init_ckpt, last if resume else None):   # encoder.path may move, not its vocabulary
+            if earlier is not None:
+                check_vocab(earlier, cfg, tokenizer)
         dumps = None
         if cfg.data.mode == "posteriors":
             dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))
@@ -225,7 +230,6 @@ class Trainer:
             self._init_from(self.init_ckpt)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
         self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
-        self.encoder_vocab = vocab_digest(enc_tokenizer)   # what its checkpoints record (write_model)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
         if cfg.data.mode in ("text", "mixed") and self.rank == 0:
@@ -614,20 +618,23 @@ class Trainer:
                  self.position.epoch, self.position.consumed)
 
 
-SPELLING_SAMPLE = 2000   # records read of each training and validation file for warn_unspelled
+SPELLING_SAMPLE = 2000   # records read of each training and validation file for warn_unspelled,
+SPELLING_BUDGET = 20000  # and of them all (a corpus in 1000 shards: 20 of each, not minutes before step 1)
 
 
 def warn_unspelled(sources: list, tokenizer, prompts: PromptSet) -> None:
     """Warn where the encoder's vocabulary cannot spell the transcripts. Text it cannot spell is dropped
     from the simulated speech (a CTC head never emits it) while the LLM's target keeps it, so the model
     learns to write what it never heard: "TURN ON THE LIGHTS" for a lower-case vocabulary trains on
-    nearly empty rows, "7 am" on "am". The first ``SPELLING_SAMPLE`` records of each file: counted are
-    transcripts whose spelling keeps under half their characters, and those that lose a letter or digit."""
+    nearly empty rows, "7 am" on "am". The first ``SPELLING_SAMPLE`` records of each file (fewer for
+    many files: ``SPELLING_BUDGET`` in all): counted are transcripts whose spelling keeps under half
+    their characters, and those that lose a letter or digit."""
+    sample = min(SPELLING_SAMPLE, max(50, SPELLING_BUDGET // max(len(sources), 1)))
     for source in sources:
         path = str(getattr(source, "path", source))
-        poor, lossy, example, lost_example = 0, 0, None, None
+        poor, lossy, example, lost_example, n = 0, 0, None, None, -1
         for n, (line, record) in enumerate(iter_records_with_lines(path, prompts)):
-            if n == SPELLING_SAMPLE:
+            if n == sample:
                 break
             text = record.transcript or ""
             kept = "".join(tokenizer.decode(tokenizer.encode(text)).split())
@@ -640,7 +647,7 @@ def warn_unspelled(sources: list, tokenizer, prompts: PromptSet) -> None:
             if lost:
                 lossy += 1
                 lost_example = lost_example or f"{path}:{line} {text[:40]!r} loses {''.join(lost[:10])!r}"
-        seen = min(n + 1, SPELLING_SAMPLE)
+        seen = min(n + 1, sample)
         if poor:
             log.warning("%d of the first %d transcripts of %s lose over half their characters to the encoder's "
                         "vocabulary (e.g. %s): its case or script may not be the vocabulary's", poor, seen, path,
