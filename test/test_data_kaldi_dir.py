@@ -62,14 +62,19 @@ def test_segments_become_start_end_that_the_audio_reader_cuts(tmp_path):
     np.testing.assert_array_equal(load_audio(b.path, b.key, b.start, b.end), samples[24000:])
 
 
+def problems(data_dir) -> list[str]:
+    """The lines of the DataDirError that reading ``data_dir`` raises."""
+    with pytest.raises(DataDirError) as e:
+        read_data_dir(data_dir)
+    return str(e.value).splitlines()
+
+
 def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
     d = make_dir(tmp_path / "bad",
                  **{"wav.scp": "r1 a.wav\nr2\n",
                     "text": "u1 hi\nu2\nu3 yes\nu3 again\nu/4 slash\n",
                     "segments": "u1 r1 0 1\nu2 r1 x 1\nu3 r1 2 1\nu4 r1 0\n"})
-    with pytest.raises(DataDirError) as e:
-        read_data_dir(d)
-    assert str(e.value).splitlines() == [
+    assert problems(d) == [
         f"{d}/wav.scp:2: 'r2' must be followed by a path or command",
         f"{d}/text:2: 'u2' must be followed by a transcript",
         f"{d}/text:4: duplicate id 'u3' (first on line 3)",
@@ -84,9 +89,7 @@ def test_malformed_lines_are_all_reported_with_file_and_line(tmp_path):
     # went into the JSONL as NaN, Infinity or 100000.0 s (exit 0), which every reader then refused there
     d = make_dir(tmp_path / "times", **{"wav.scp": "r1 a.wav\n", "text": "u1 a\nu2 b\nu3 c\nu4 d\n",
                                         "segments": "u1 r1 nan 1\nu2 r1 0 inf\nu3 r1 0 1e400\nu4 r1 16000 96000\n"})
-    with pytest.raises(DataDirError) as e:
-        read_data_dir(d)
-    assert str(e.value).splitlines() == [
+    assert problems(d) == [
         f"{d}/segments:1: start nan and end 1 do not make a segment (0 <= start < end, or end -1)",
         f"{d}/segments:2: start 0 and end inf do not make a segment (0 <= start < end, or end -1)",
         f"{d}/segments:3: start 0 and end 1e400 do not make a segment (0 <= start < end, or end -1)",

@@ -228,7 +228,7 @@ class Trainer:
         self.model = build_model(cfg, audio=cfg.data.mode in ("audio", "mixed"), device=str(self.device))
         if self.init_ckpt is not None:
             self._init_from(self.init_ckpt)
-        enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else encoder_tokenizer(cfg)
+        enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else tokenizer
         self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
