@@ -149,8 +149,10 @@ class SpeechLLM(nn.Module):
         """LLM and tokenizer from the directory ``llm_path``; a fresh projector (registry name
         ``projector``) over the encoder's ``vocab_size`` ids.
 
-        ``dtype`` (a torch dtype or its name, e.g. ``"bfloat16"``) is the LLM's; the projector stays
-        float32 and its outputs are cast when spliced. ``gradient_checkpointing``: see ``load_llm``.
+        ``dtype`` (a torch dtype or its name, e.g. ``"bfloat16"``) is the LLM's; the projector is built
+        float32 and its outputs are cast when spliced. (Training under ``engine.precision`` bf16 or
+        fp16 casts the projector too, and its checkpoints hold the weights it ran with, in that
+        precision.) ``gradient_checkpointing``: see ``load_llm``.
         """
         llm = load_llm(llm_path, dtype=dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         embedding = llm.get_input_embeddings()

@@ -240,8 +240,14 @@ class Trainer:
         import deepspeed
 
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.model, model_parameters=trainable, config=deepspeed_config(cfg))
+        # Under bf16/fp16 DeepSpeed casts every parameter of the module it is given. The frozen encoder
+        # stays float32, as its features are and as decoding runs it: it is out of the module meanwhile.
+        encoder, self.model.encoder = self.model.encoder, None
+        try:
+            self.engine, _, _, self.scheduler = deepspeed.initialize(
+                model=self.model, model_parameters=trainable, config=deepspeed_config(cfg))
+        finally:
+            self.model.encoder = encoder
         self.step, self.position, self.best, self._last_valid = 0, DataPosition(), [], math.inf
         self.batches_by_mode = {"text": 0, "audio": 0}
         if resume:
@@ -269,6 +275,19 @@ class Trainer:
             raise error
         if int(failed):
             raise TrainingError(f"{what} on another process (its message says why)")
+
+    def _over_ranks(self, values: list[float], op=None) -> list[float]:
+        """``values`` summed (or reduced by ``op``) over every process.
+
+        The tensor is on this process's device: a NCCL (GPU) or HCCL (Ascend) process group reduces
+        no CPU tensor. float64 keeps token counts exact; HCCL reduces no float64, so there float32.
+        """
+        import torch.distributed as dist
+
+        dtype = torch.float32 if self.device.type == "npu" else torch.float64
+        reduced = torch.tensor(values, dtype=dtype, device=self.device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM if op is None else op)
+        return reduced.tolist()
 
     def _take_lock(self) -> None:
         if self.rank == 0:  # one run, one holder: rank 0 stands for all its processes
@@ -430,9 +449,8 @@ class Trainer:
             empty_epoch = self.position.consumed == 0
             while not self._done():
                 batch = next(batches, None)
-                have = torch.tensor([0 if batch is None else 1], dtype=torch.long)
-                dist.all_reduce(have, op=dist.ReduceOp.MIN)  # every rank stops when one runs dry
-                if int(have) == 0:
+                have, = self._over_ranks([0 if batch is None else 1], dist.ReduceOp.MIN)
+                if have == 0:   # every rank stops when one runs dry
                     if empty_epoch:
                         raise TrainingError(
                             f"epoch {self.position.epoch} held no batch for this process: every record was "
@@ -492,9 +510,9 @@ class Trainer:
         self.step += 1
         self.position.advance(batch)
         self.batches_by_mode[batch.data.mode] += 1
-        stats = torch.tensor([out.loss.item(), out.accuracy.item(), rows, sim_errors, sim_tokens], dtype=torch.float64)
-        torch.distributed.all_reduce(stats)  # the curve is the mean over ranks, the speed and counts their sums
-        loss, acc = stats[0].item() / self.world, stats[1].item() / self.world
+        # the curve is the mean over ranks, the speed and counts their sums
+        stats = self._over_ranks([out.loss.item(), out.accuracy.item(), rows, sim_errors, sim_tokens])
+        loss, acc = stats[0] / self.world, stats[1] / self.world
         window["loss"] += loss
         window["acc"] += acc
         window["tokens"] += int(stats[2])
@@ -522,23 +540,21 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, writer) -> float:
-        import torch.distributed as dist
-
         self.engine.eval()
-        total = torch.zeros(3, dtype=torch.float64)  # loss x tokens, correct tokens, tokens
+        total = [0.0, 0.0, 0]  # loss x tokens, correct tokens, tokens
         self.valid_data.set_position(DataPosition())
         for batch in self._loader(self.valid_data):
             seed = step_seed(self.cfg.train.seed, -1 - batch.index, self.rank)  # the same rows every time
             out, _, _ = self.loss(batch.data, seed)
-            total += torch.tensor([out.loss.item() * out.num_tokens, out.accuracy.item() * out.num_tokens,
-                                   out.num_tokens], dtype=torch.float64)
-        dist.all_reduce(total)
+            n = out.num_tokens
+            total = [total[0] + out.loss.item() * n, total[1] + out.accuracy.item() * n, total[2] + n]
+        total = self._over_ranks(total)
         self.engine.train()
         if total[2] == 0:   # a NaN loss would be ranked, and keep_best keep a checkpoint by it
             raise TrainingError(f"step {self.step} validation covered no token: every validation record was "
                                 "skipped as too long or too short (data.min_length, data.max_length, "
                                 "data.max_tokens); change them or the validation files")
-        loss, acc = (total[0] / total[2]).item(), (total[1] / total[2]).item()
+        loss, acc = total[0] / total[2], total[1] / total[2]
         log.info("step %d validation: loss %.4f, accuracy %.4f over %d tokens", self.step, loss, acc, int(total[2]))
         if writer is not None:
             writer.add_scalar("valid/loss", loss, self.step)
