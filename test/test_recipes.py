@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -446,6 +447,37 @@ def test_job_runner_shares_the_cores_between_concurrent_jobs(tmp_path):
     assert threads("--max_jobs_run", "1", "JOB=1:2") == ["threads=unset"] * 2  # one at a time: all cores
     env["OMP_NUM_THREADS"] = "3"  # the caller's choice stands
     assert threads("JOB=1:2") == ["threads=3"] * 2
+
+
+def test_job_runner_gives_each_job_of_an_array_its_own_devices(tmp_path):
+    """--gpu N: N decoding jobs loaded their models onto the first device, the others idle."""
+    runner = str(ROOT / "utils" / "run_local.sh")
+    smi = tmp_path / "bin" / "nvidia-smi"   # a machine with two GPUs, none named in the environment
+    smi.parent.mkdir()
+    smi.write_text('#!/bin/sh\necho "GPU 0: X (UUID: GPU-a)"\necho "GPU 1: X (UUID: GPU-b)"\n')
+    smi.chmod(0o755)
+    plain = {k: v for k, v in os.environ.items() if not k.endswith("VISIBLE_DEVICES")}
+
+    def devices(*args: str, jobs: int = 3, **env: str) -> list[str]:
+        shutil.rmtree(tmp_path / "log", ignore_errors=True)
+        subprocess.run([runner, *args, f"JOB=1:{jobs}", "log/d.JOB.log", "bash", "-c",
+                        "echo cuda=${CUDA_VISIBLE_DEVICES-unset} npu=${ASCEND_RT_VISIBLE_DEVICES-unset}"],
+                       cwd=tmp_path, env={**plain, **env}, check=True)
+        return [line for i in range(1, jobs + 1) for line in lines(tmp_path / "log" / f"d.{i}.log")
+                if line.startswith("cuda=")]
+
+    assert devices("--gpu", "1", CUDA_VISIBLE_DEVICES="4,6") == ["cuda=4 npu=unset", "cuda=6 npu=unset",
+                                                                  "cuda=4 npu=unset"]
+    assert devices("--gpu", "2", ASCEND_RT_VISIBLE_DEVICES="0,1,2,3", jobs=2) == ["cuda=unset npu=0,1",
+                                                                                   "cuda=unset npu=2,3"]
+    with_smi = dict(PATH=f"{smi.parent}:{os.environ['PATH']}")
+    assert devices("--gpu", "1", **with_smi) == ["cuda=0 npu=unset", "cuda=1 npu=unset", "cuda=0 npu=unset"]
+    assert devices("--gpu", "0", **with_smi) == ["cuda=unset npu=unset"] * 3   # CPU jobs: nothing dealt
+    assert devices("--gpu", "1") == ["cuda=unset npu=unset"] * 3   # no device to deal
+    # one job (a training's DeepSpeed launcher) sees every device
+    subprocess.run([runner, "--gpu", "1", "log/one.log", "bash", "-c", "echo cuda=$CUDA_VISIBLE_DEVICES"],
+                   cwd=tmp_path, env={**plain, "CUDA_VISIBLE_DEVICES": "0,1"}, check=True)
+    assert "cuda=0,1" in lines(tmp_path / "log" / "one.log")
 
 
 def test_cmd_and_path_copies_are_identical():

@@ -10,8 +10,11 @@
 # '&&', ';', '>', '>>', '<', '2>&1' stay shell operators, so a pipeline is written
 # 'cmd1 \| cmd2'. The log holds the command, start and end times, everything the job printed and
 # its exit code. When a job fails, the end of its log is printed and the exit status is 1.
-# --gpu, --mem and --num_threads are accepted for the same command line as run_slurm.sh and
-# ignored here: jobs see this machine's devices. Jobs that run at the same time share the CPU cores:
+# --mem and --num_threads are accepted for the same command line as run_slurm.sh and ignored here.
+# --gpu N gives each job of an array N devices of its own, taken in turn from those this machine shows
+# (ASCEND_RT_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists), so
+# that N decoding jobs do not all load their model onto the first device; one job sees them all.
+# Jobs that run at the same time share the CPU cores:
 # unless OMP_NUM_THREADS is set, each of N concurrent jobs gets OMP_NUM_THREADS = cores / N (at
 # least 1), so that N PyTorch processes do not each start a thread per core and contend.
 set -euo pipefail
@@ -28,7 +31,7 @@ tail_lines=30
 help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
 Options:
   --max_jobs_run <n>   jobs running at once, 0 for all (default: ${max_jobs_run})
-  --gpu <n>            devices per job (default: ${gpu}; ignored by the local runner)
+  --gpu <n>            devices per job of an array, each job its own in turn (default: ${gpu})
   --mem <size>         memory per job (default: '${mem}'; ignored by the local runner)
   --num_threads <n>    threads per job (default: ${num_threads}; ignored by the local runner)
   --launcher <prefix>  command prefix each job runs under (default: '${launcher}'; set by run_slurm.sh)
@@ -80,6 +83,28 @@ cmd=${cmd% }
 
 read -r -a launcher_words <<< "${launcher}"   # split at spaces, never globbed (--nodelist=gpu[01-02])
 
+# --gpu with a job array: the devices to deal out, and the variable that names a job's share
+device_var= devices=()
+if ${array} && [ -z "${launcher}" ] && [[ "${gpu}" =~ ^[1-9][0-9]*$ ]]; then   # (a cluster deals its own)
+  if [ -n "${ASCEND_RT_VISIBLE_DEVICES:-}" ]; then
+    device_var=ASCEND_RT_VISIBLE_DEVICES
+  elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    device_var=CUDA_VISIBLE_DEVICES
+  elif command -v nvidia-smi > /dev/null && n=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU') && [ "${n}" -gt 0 ]; then
+    device_var=CUDA_VISIBLE_DEVICES
+    mapfile -t devices < <(seq 0 $(( n - 1 )))
+  fi
+  [ -n "${device_var}" ] && [ "${#devices[@]}" -eq 0 ] && IFS=, read -r -a devices <<< "${!device_var}"
+fi
+
+job_devices() {  # <id>: the devices of job <id>, comma-separated: --gpu of them, dealt in turn
+  local first_device=$(( ($1 - first) * gpu )) k out=()
+  for (( k = 0; k < gpu; k++ )); do
+    out+=("${devices[$(( (first_device + k) % ${#devices[@]} ))]}")
+  done
+  (IFS=,; echo "${out[*]}")
+}
+
 run_job() {  # <id>: run the command of job <id> into its log, which ends with the exit code
   local id=$1 log job_cmd start rc stopped=
   trap 'stopped=1' INT TERM HUP   # stop() signals the job's process group: the command ends, this writes its end
@@ -91,6 +116,7 @@ run_job() {  # <id>: run the command of job <id> into its log, which ends with t
     job_cmd=${cmd}
   fi
   mkdir -p "$(dirname "${log}")"
+  if [ -n "${device_var}" ]; then export "${device_var}=$(job_devices "${id}")"; fi
   start=$(date +%s)
   {
     echo "# ${job_cmd}"
