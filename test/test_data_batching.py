@@ -213,6 +213,17 @@ def test_stream_order_gives_each_source_its_weighted_share(tmp_path):
         assert abs(shares["b"] - 1 / 3) <= 0.05
 
 
+def test_stream_order_keeps_the_shares_of_a_file_with_blank_lines(tmp_path):
+    """Its blank lines took places in the interleave: 75 % of the first six tenths, none of the last three."""
+    a = write_source(tmp_path / "a.jsonl", "a", 2000)
+    spaced = tmp_path / "c.jsonl"
+    spaced.write_text("".join(line + "\n \n" for line in open(write_source(tmp_path / "c0.jsonl", "c", 2000))))
+    batches = list(StreamingBatches([a, str(spaced)], length, max_tokens=60, order="stream", shuffle_buffer=0,
+                                    sort_window=0, seed=1))
+    for shares in window_shares(batches):
+        assert abs(shares.get("c", 0) - 0.5) <= 0.05, shares
+
+
 def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     lines = [json.dumps({"key": f"u{i}", "task": "ASR", "target": "w w"}) for i in range(50)]

@@ -290,30 +290,27 @@ def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Genera
     streams = [iter_records(s.path, **read_kwargs) for s in sources]
     copies = [divmod(s.weight, 1.0) for s in sources]
     coin = random.Random(int(rng.integers(2**63)))
-    lines = [_count_lines(s.path) for s in sources]
+    lines = [_count_records(s.path) for s in sources]
     heap = [(coin.random() / n, i, 0) for i, n in enumerate(lines) if n]
     heapq.heapify(heap)
     while heap:
         _, i, k = heapq.heappop(heap)
         if k + 1 < lines[i]:
             heapq.heappush(heap, ((k + 1 + coin.random()) / lines[i], i, k + 1))
-        # None: the source is exhausted. Its blank lines are counted in ``lines`` but yield no record,
-        # so its last places find nothing left.
-        record = next(streams[i], None)
+        record = next(streams[i], None)   # None: a line without a record was counted (see _count_records)
         if record is not None:
             whole, part = copies[i]
             for _ in range(int(whole) + (coin.random() < part)):
                 yield record
 
 
-def _count_lines(path: str) -> int:
-    """Lines in ``path`` (a streaming count, no index): what a source has to give in "stream" order."""
-    count, last = 0, b"\n"
+def _count_records(path: str) -> int:
+    """Lines of ``path`` that hold a record (a streaming count, no index): what a source has to give
+    in "stream" order. Blank lines hold none: counted, they took places in the interleave, and a file
+    with blank lines came early and ran out before the end of the epoch (a record line has a ``{``;
+    a line that is neither stops the run when it is read)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+        return sum(1 for line in f if b"{" in line)
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
