@@ -286,6 +286,25 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
             f"encoder.path {other}'s" in out.stderr, out.stderr[-2000:]
     assert (exp / "checkpoints" / "last").read_text().strip() == "step_000002"
 
+    # llm.path may move, but not to another LLM of the same shapes (a base release for its instruct one): a
+    # resume or a curriculum's next stage trained on, half one model and half the other, exit 0
+    from safetensors.torch import load_file, save_file
+
+    moved_llm, other_llm = tmp_path / "llm_copy", tmp_path / "llm_other"
+    shutil.copytree(setup / "llm", moved_llm)
+    shutil.copytree(setup / "llm", other_llm)
+    weights = load_file(other_llm / "model.safetensors")
+    save_file({k: v * 0.5 for k, v in weights.items()}, other_llm / "model.safetensors", metadata={"format": "pt"})
+    check(f"llm.path={moved_llm}")
+    with pytest.raises(ResumeError, match=rf"llm.path: the run trained for the LLM {setup / 'llm'} \(sha256 "
+                                          rf"[0-9a-f]{{12}}\.\.\.\); it is {other_llm} \(sha256"):
+        check(f"llm.path={other_llm}")
+    out = subprocess.run(cmd + [f"data.train=[{train}]", f"llm.path={other_llm}", f"train.init_from={exp}",
+                                "--exp-dir", str(tmp_path / "next")], env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 1 and f"train.init_from {ckpt}: it was trained for the LLM {setup / 'llm'} " \
+        f"(sha256" in out.stderr and "a projector is trained for one LLM" in out.stderr, out.stderr[-2000:]
+
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"
     moved.parent.mkdir()
@@ -339,6 +358,46 @@ def test_a_checkpoint_records_the_prompts_the_run_read_not_a_later_edit(setup, t
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Edited" in prompts.read_text(encoding="utf-8")
     assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
+
+
+# Builds the trainer, touches the training file (the same bytes) and trains; then appends a record to it, as a
+# data-preparation stage writing the next corpus into the same file would: argv[1] the config, argv[2] the
+# experiment dir, argv[3] the training file.
+CHANGE_DATA_WHILE_TRAINING = """
+import os, sys
+from tasu.config import load_config
+from tasu.experiment import ExperimentConfig
+from tasu.train.trainer import Trainer, TrainingError
+
+config, exp, data = sys.argv[1:]
+trainer = Trainer(load_config(ExperimentConfig, config, [f"data.train=[{data}]"]), exp)
+os.utime(data, ns=(0, 0))
+try:
+    trainer.fit()
+    with open(data, "a", encoding="utf-8") as f:
+        f.write(open(data, encoding="utf-8").readline())
+    trainer._check_data_unchanged()
+except TrainingError as e:
+    print(e)
+finally:
+    trainer.lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_a_data_file_changed_during_the_run_stops_it(setup, tmp_path):
+    """Each epoch reads the training files again: one appended to during a run trained its next epoch on
+    records never checked, and its checkpoints recorded the file as it was."""
+    data = tmp_path / "train.jsonl"
+    shutil.copy(setup / "train.jsonl", data)
+    size = data.stat().st_size
+    out = subprocess.run([sys.executable, "-c", CHANGE_DATA_WHILE_TRAINING, str(setup / "train.yaml"),
+                          str(tmp_path / "exp"), str(data)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "exp" / "checkpoints" / "step_000002").is_dir()   # touched: the same bytes, trained on
+    assert out.stdout.splitlines()[-1] == (f"{data} changed while this run was training ({size} bytes then, "
+                                  f"{data.stat().st_size} now): keep a run's data files as they are until it ends; "
+                                  "put the file back to --resume, or train a new experiment")
 
 
 def test_a_damaged_engine_file_is_named_and_not_unpickled(tmp_path):

@@ -13,7 +13,9 @@ it. Files are compared by content, not by path, so an experiment moved with its 
 
 A run that starts from another's model (``train.init_from``, the curriculum) records that model
 too, the checkpoint and the sha256 of its weights: resumed after that experiment trained on (its
-stage had been killed, then finished), it would go on from one model and report another.
+stage had been killed, then finished), it would go on from one model and report another. And every
+run records the frozen LLM's files by content (``llm_digest``): a resume, or a later stage's
+``train.init_from``, with another LLM of the same shapes is refused.
 
 Some settings may change on resume because they leave what is already trained as it is:
 ``RESUMABLE`` (the run's length, its logging and checkpoint intervals, the data loader's processes,
@@ -43,6 +45,7 @@ RESUMABLE = frozenset({"train.max_steps", "train.epochs", "train.log_interval", 
                        "train.save_interval", "train.keep_best", "train.init_from", "data.num_workers",
                        "engine.device"})
 MOVABLE = frozenset({"encoder.path", "llm.path", "data.prompts"})   # locations: logged when they differ
+LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"})
 SHOWN = 3   # differences named in the message; the rest are counted
 
 
@@ -51,15 +54,43 @@ class ResumeError(RuntimeError):
 
 
 def data_record(cfg: ExperimentConfig, init_ckpt: Path | None = None) -> dict:
-    """Each training and validation file of ``cfg`` as the run reads it (path, size and sha256), and
-    the checkpoint it starts from (``init_ckpt``, ``train.init_from`` resolved), its weights' sha256."""
+    """Each training and validation file of ``cfg`` as the run reads it (path, size and sha256), the
+    checkpoint it starts from (``init_ckpt``, ``train.init_from`` resolved), its weights' sha256, and
+    the frozen LLM it trains for (``llm_digest``)."""
     def entry(path: str | Path) -> dict:
         with open(path, "rb") as f:
             return {"path": str(path), "bytes": os.fstat(f.fileno()).st_size,
                     "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
     return {"train": [entry(s.path) for s in cfg.data.train], "valid": [entry(p) for p in cfg.data.valid],
-            "init_from": None if init_ckpt is None else entry(init_ckpt / MODEL_DIR / WEIGHTS)}
+            "init_from": None if init_ckpt is None else entry(init_ckpt / MODEL_DIR / WEIGHTS),
+            "llm": {"path": str(cfg.llm.path), "sha256": llm_digest(cfg.llm.path)}}
+
+
+def llm_digest(path: str | Path) -> str:
+    """SHA-256 of an LLM directory's config, tokenizer and weight files (names, sizes, contents).
+
+    A projector is trained for one LLM: continued on another release of the same shapes (a base model
+    for its instruct one) it loads, trains and decodes, half one model and half the other. The other
+    files (a README, generation_config.json) may change. A few seconds a run for a 1.5B model.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and (file.name in LLM_FILES or file.suffix in (".safetensors", ".bin")):
+            digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+            with open(file, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:
+    """How the LLM of the run that trained ``init_ckpt`` differs from this run's (``data``: its
+    ``data_record``), or None: the same, or not recorded (an older tasu, or an export)."""
+    recorded = init_ckpt / ENGINE_DIR / DATA_RECORD
+    then = read_json(recorded, _whole_record, "the record of the files a run read") if recorded.is_file() else {}
+    if "llm" not in then or then["llm"]["sha256"] == data["llm"]["sha256"]:
+        return None
+    return f"it was trained for the LLM {_model(then['llm'])}, and llm.path is {_model(data['llm'])}"
 
 
 def write_data_record(engine_dir: Path, record: dict) -> None:
@@ -80,9 +111,10 @@ def _whole_entry(e: dict) -> bool:
 
 
 def _whole_record(record: dict) -> bool:
-    init = record.get("init_from")   # absent: a record of an older tasu
+    init = record.get("init_from")   # absent: a record of an older tasu (as "llm")
+    llm = record.get("llm", {"path": "", "sha256": ""})
     return all(_whole_entry(e) for role in ("train", "valid") for e in record[role]) and (
-        init is None or _whole_entry(init))
+        init is None or _whole_entry(init)) and isinstance(llm["path"], str) and isinstance(llm["sha256"], str)
 
 
 def _data_differences(then: dict, now: dict) -> list[str]:
@@ -99,6 +131,8 @@ def _data_differences(then: dict, now: dict) -> list[str]:
         old, new = then["init_from"], now["init_from"]
         if (old and old["sha256"]) != (new and new["sha256"]):
             found.append(f"train.init_from: the run started from {_model(old)}; it names {_model(new)} now")
+    if "llm" in then and then["llm"]["sha256"] != now["llm"]["sha256"]:
+        found.append(f"llm.path: the run trained for the LLM {_model(then['llm'])}; it is {_model(now['llm'])} now")
     return found
 
 

@@ -26,6 +26,7 @@ data stops the run at step 0 with ``FILE:LINE: FIELD: message`` rather than hour
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -58,7 +59,7 @@ from tasu.simulate.base import vocab_digest
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
-from tasu.train.same_run import ResumeError, check_same_run, data_record, write_data_record
+from tasu.train.same_run import ResumeError, check_same_run, data_record, init_llm_difference, write_data_record
 from tasu.experiment import ExperimentConfig
 
 log = logging.getLogger("tasu.train")
@@ -144,6 +145,18 @@ def _unlink_shared_memory(rank: int) -> None:
         os.unlink(Path("/dev/shm", name))
 
 
+def _file_stats(cfg: ExperimentConfig) -> dict[str, tuple[int, int]]:
+    """Size and modification time of each training and validation file, by path."""
+    stats = {}
+    for path in [*(s.path for s in cfg.data.train), *cfg.data.valid]:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise TrainingError(f"{path}: cannot read it ({e.strerror})") from None
+        stats[str(path)] = (st.st_size, st.st_mtime_ns)
+    return stats
+
+
 def deepspeed_config(cfg: ExperimentConfig) -> dict:
     """The DeepSpeed config of a run: ZeRO stage, precision, AdamW and warm-up + cosine decay."""
     o = cfg.optim
@@ -208,7 +221,10 @@ class Trainer:
             raise TrainingError(f"{self.exp_dir} already holds checkpoints: pass --resume to continue "
                                 "that run, or choose another --exp-dir")
         self.init_ckpt = self._init_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        self.data_stats = _file_stats(cfg)   # before data_record reads them: a change from here on is seen
         self.data_record = data_record(cfg, self.init_ckpt) if self.rank == 0 else None   # kept in every checkpoint
+        if self.init_ckpt is not None:
+            self._on_all_ranks(self._check_init_llm, "train.init_from's model is of another LLM")
         if resume and last is not None:  # before anything loads: a stale run must not go on, nor finish at once
             self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
         tokenizer = encoder_tokenizer(cfg)   # (no weights)
@@ -288,6 +304,30 @@ class Trainer:
         reduced = torch.tensor(values, dtype=dtype, device=self.device)
         dist.all_reduce(reduced, op=dist.ReduceOp.SUM if op is None else op)
         return reduced.tolist()
+
+    def _check_data_unchanged(self) -> None:
+        """Every epoch reads the training files again, and every validation the validation files: one
+        changed during the run would train on records the start of the run never checked, under a
+        checkpoint that records the file as it was."""
+        for path, stats in _file_stats(self.cfg).items():
+            then = self.data_stats[path]
+            if stats == then:
+                continue
+            if stats[0] == then[0]:   # touched, or rewritten in place: rank 0 recorded the bytes, and decides
+                if self.rank != 0:
+                    continue
+                if self._same_bytes(path):
+                    self.data_stats[path] = stats
+                    continue
+            change = f"{then[0]} bytes then, {stats[0]} now" if stats[0] != then[0] else "rewritten, as long"
+            raise TrainingError(f"{path} changed while this run was training ({change}): keep a run's data files "
+                                "as they are until it ends; put the file back to --resume, or train a new experiment")
+
+    def _same_bytes(self, path: str) -> bool:
+        """Whether ``path`` still has the sha256 the run recorded for it (rank 0 only)."""
+        recorded = {e["path"]: e["sha256"] for role in ("train", "valid") for e in self.data_record[role]}
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == recorded[path]
 
     def _take_lock(self) -> None:
         if self.rank == 0:  # one run, one holder: rank 0 stands for all its processes
@@ -370,6 +410,12 @@ class Trainer:
         except FileNotFoundError as e:
             raise TrainingError(f"train.init_from: {e}") from None
 
+    def _check_init_llm(self) -> None:
+        other_llm = init_llm_difference(self.init_ckpt, self.data_record) if self.rank == 0 else None
+        if other_llm:
+            raise TrainingError(f"train.init_from {self.init_ckpt}: {other_llm}: a projector is trained for one "
+                                "LLM; start from a model of this one, or train from scratch")
+
     def _init_from(self, ckpt: Path) -> None:
         """Curriculum: start from a previous stage's trained weights (new LoRA adapters stay fresh)."""
         state = load_trainable(ckpt)
@@ -444,6 +490,7 @@ class Trainer:
         window = {"loss": 0.0, "acc": 0.0, "tokens": 0, "sim_errors": 0, "sim_tokens": 0, "steps": 0,
                   "start": time.time()}
         while self.position.epoch < t.epochs and not self._done():
+            self._on_all_ranks(self._check_data_unchanged, "a data file changed")
             self.train_data.set_position(self.position)
             batches = iter(self._loader(self.train_data))
             empty_epoch = self.position.consumed == 0
@@ -568,6 +615,7 @@ class Trainer:
         """Write checkpoint step_N atomically, point ``last`` at it, keep the best-k and the last."""
         import torch.distributed as dist
 
+        self._on_all_ranks(self._check_data_unchanged, "a data file changed")   # what the checkpoint records
         name = checkpoint_name(self.step)
         partial = partial_dir(self.ckpt_root, name)
         if self.rank == 0:
