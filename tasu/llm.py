@@ -191,6 +191,8 @@ class PromptTokenizer:
         if targets is not None:
             if len(targets) != len(prompts):
                 raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-            target_ids = [ids + [tok.eos_token_id]
-                          for ids in tok(list(targets), add_special_tokens=False)["input_ids"]]
+            # A target is text: one that spells a special token (the end of a turn, <speech>) keeps it as
+            # letters. Read as the token, an EOS mid-target taught the model to stop there.
+            target_ids = [ids + [tok.eos_token_id] for ids in
+                          tok(list(targets), add_special_tokens=False, split_special_tokens=True)["input_ids"]]
         return TextBatch.from_lists(prompt_ids, speech_at, target_ids, tok.pad_token_id)

@@ -81,6 +81,18 @@ def test_plain_prompt_without_chat_template(plain_dir):
         assert (batch.ids[b, n:] == tok.pad_token_id).all()
 
 
+def test_a_target_that_spells_a_special_token_is_text(chat_dir):
+    """'<|im_end|>' in a transcript put an EOS mid-target (the model learnt to stop there), and '<speech>'
+    an embedding row no one trains."""
+    tok = load_llm_tokenizer(chat_dir)
+    target = f"say {tok.eos_token} and {SPEECH_TOKEN} aloud"
+    batch = PromptTokenizer(tok)(PROMPTS[:1], [target])
+    ids = batch.ids[0, int(batch.target_at[0]):int(batch.lengths[0])].tolist()
+    assert ids.count(tok.eos_token_id) == 1 and ids[-1] == tok.eos_token_id
+    assert tok.convert_tokens_to_ids(SPEECH_TOKEN) not in ids
+    assert tok.decode(ids[:-1]) == target
+
+
 def test_prompt_containing_the_placeholder_is_refused(chat_dir):
     with pytest.raises(ValueError, match="must not contain"):
         PromptTokenizer(load_llm_tokenizer(chat_dir))([f"say {SPEECH_TOKEN}"])
