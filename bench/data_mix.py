@@ -48,7 +48,10 @@ def main() -> None:
     source_of = {}   # (key, task) -> file: keys are unique within a file, tasks tell the files of one set apart
     for source in d.train:
         for record in iter_records(source.path):
-            source_of[record.key, record.task] = source.path
+            other = source_of.setdefault((record.key, record.task), source.path)
+            if other != source.path:   # (the same file twice in data.train is one source here)
+                sys.exit(f"data_mix.py: key {record.key} (task {record.task}) is in {other} and in {source.path}: "
+                         "this tool tells the files apart by key and task, so their shares cannot be measured")
     plan = [[source_of[r.key, r.task] for r in b.records] for b in batches]
     overall = collections.Counter(s for b in plan for s in b)
     total = sum(overall.values())

@@ -235,3 +235,32 @@ def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):
     missing = tmp_path / "absent.jsonl"
     with pytest.raises(DataError, match="absent.jsonl: cannot open"):
         list(StreamingBatches([str(missing)], length, max_tokens=60))
+
+
+def test_the_data_mix_bench_refuses_files_it_cannot_tell_apart(tmp_path):
+    """It told the sources apart by key and task: a copy of a file took its share (0.0 % and 66.7 %)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures import save_tiny_llm, write_sensevoice_dir
+
+    a = write_source(tmp_path / "a.jsonl", "a", 30)
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(open(a).read())
+    b = write_source(tmp_path / "b.jsonl", "b", 30)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"encoder: {{path: {write_sensevoice_dir(tmp_path / 'enc')}}}\n"
+                      f"llm: {{path: {save_tiny_llm(tmp_path / 'llm')}}}\n")
+    bench = Path(__file__).parent.parent / "bench" / "data_mix.py"
+
+    def run(*files: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(bench), "--config", str(config), f"data.train=[{','.join(files)}]"],
+                              capture_output=True, text=True, timeout=300)
+
+    ok = run(a, b)
+    assert ok.returncode == 0 and f"{a}: global 50.0 %" in ok.stdout, ok.stderr[-2000:]
+    refused = run(a, str(copy), b)
+    assert refused.returncode == 1 and refused.stderr.strip().endswith(
+        f"key a-000-000000 (task ASR) is in {a} and in {copy}: this tool tells the files apart by key and task, "
+        "so their shares cannot be measured")
