@@ -280,13 +280,73 @@ def test_cells_resume_and_a_failure_stops_only_what_needs_it(tmp_path):
     assert (tmp_path / "a.runs").read_text() == "011" and (tmp_path / "b.runs").read_text() == "0"
     assert (tmp_path / "c.runs").read_text() == "0"
 
-    # a cell whose commands changed since it ran is refused, not mixed with the old outputs
-    (tmp_path / "study" / "c" / "done").unlink()
-    changed = [fake_cell(tmp_path, "c", "print('other')")]
-    failures = study.run_cells(changed, tmp_path / "study", jobs=1)
-    assert len(failures) == 1 and "was made by other commands" in failures[0]
+    # a cell whose commands changed since it ran is refused, not mixed with the old outputs: finished
+    # (it was skipped, and its old numbers reported under the new commands) or not
+    changed = [fake_cell(tmp_path, "c", "print('other')"), fake_cell(tmp_path, "e", "pass", after=["c"])]
+    for finished in (True, False):
+        if not finished:
+            (tmp_path / "study" / "c" / "done").unlink()
+        failures = study.run_cells(changed, tmp_path / "study", jobs=1)
+        assert len(failures) == 2 and "c was made by other commands" in failures[0]
+        assert "e: not run, it needs c" in failures[1]
+        assert (tmp_path / "c.runs").read_text() == "0"
     with pytest.raises(study.StudyError, match="needs x, which is not planned"):
         study.run_cells([fake_cell(tmp_path, "d", "pass", after=["x"])], tmp_path / "study", jobs=1)
+
+
+def test_a_finished_cell_is_refused_once_a_model_it_used_is_made_again(tmp_path):
+    """Its commands name the model's path alone: a decode of a model trained (or simulated) anew since
+    was kept, and reported as the new model's."""
+    model = tmp_path / "model"
+    weights = model / "checkpoints" / "step_000020" / "model" / "trainable.safetensors"
+    write(weights, "the first training")
+    write(model / "checkpoints" / "last", "step_000020\n")
+    write(model / "config.yaml", "simulation: {drop_prob: 0.05}\n")
+    cell = study.Cell(**{**vars(fake_cell(tmp_path, "decoded", "pass")), "models": (model,)})
+    assert study.run_cells([cell], tmp_path / "study", jobs=1) == []
+    assert study.run_cells([cell], tmp_path / "study", jobs=1) == []   # the same model: kept, not run again
+    for change in (lambda: write(weights, "another training"), lambda: write(model / "config.yaml", "{}\n"),
+                   lambda: shutil.rmtree(model)):
+        saved = {f: f.read_bytes() for f in model.rglob("*") if f.is_file()}
+        change()
+        assert study.run_cells([cell], tmp_path / "study", jobs=1) == [
+            f"{tmp_path / 'study' / 'decoded'} used another {model} than there is now (made again after the cell "
+            "finished): remove it to run the cell again"]
+        for f, data in saved.items():
+            write(f, data.decode())
+    assert study.run_cells([cell], tmp_path / "study", jobs=1) == [] and (tmp_path / "decoded.runs").read_text() == "0"
+    simulator = tmp_path / "simulator"   # a learned simulator: its model beside checkpoints that hold no model/
+    write(simulator / "checkpoints" / "step_000010" / "optimizer.safetensors", "moments")
+    write(simulator / "checkpoints" / "last", "step_000010\n")
+    write(simulator / "model.safetensors", "the simulator")
+    write(simulator / "config.json", "{}")
+    assert study.model_digest(simulator) is not None
+    # a cell finished before cells recorded their models is kept
+    write(tmp_path / "study" / "decoded" / "done", json.dumps({"commit": "abc1234", "machine": "machine A"}))
+    write(weights, "another training")
+    assert study.run_cells([cell], tmp_path / "study", jobs=1) == []
+
+
+@pytest.mark.parametrize("stale", ["commands", "model"])
+def test_plan_and_report_name_a_finished_cell_the_plan_cannot_reuse(run_dir, tmp_path, monkeypatch, capsys,
+                                                                     stale):
+    monkeypatch.setattr(study, "WRITES", True)   # main() sets it; restored after the test
+    gap_real = study.Recipe(run_dir).study / "gap_real"
+    cell = next(c for c in study.plan(study.Recipe(run_dir), ["gap"], quick=True, seed=1) if c.name == "gap_real")
+    commands = [["tasu", "decode", "--max-new-tokens", "8"]] if stale == "commands" else cell.commands
+    write(gap_real / "commands.json", json.dumps(commands, indent=1) + "\n")
+    write(gap_real / "decode" / "test" / "score.json", json.dumps({"value": 10.0}))
+    model = "the model before" if stale == "model" else None   # this made-up run's model has no weights
+    write(gap_real / "done", json.dumps({"commit": "abc1234", "machine": "machine A",
+                                         "models": {str(run_dir / "exp" / "tasu_train_text"): model}}))
+    why = f"{gap_real} {'was made by other commands' if stale == 'commands' else 'used another'}"
+    args = ["--workdir", str(run_dir), "--parts", "gap", "--out", str(tmp_path / "STUDY.md")]
+    monkeypatch.setattr(sys, "argv", ["study.py", "plan", *args])
+    assert study.main() == 0 and f"# gap_real (gap; refused: {why}" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["study.py", "report", *args, "--plot", str(tmp_path / "STUDY.png")])
+    assert study.main() == 1
+    assert f"study.py: error: 1 finished cell(s) are not the plan's; first: {why}" in capsys.readouterr().err
+    assert not (tmp_path / "STUDY.md").exists()
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):

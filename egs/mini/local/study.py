@@ -36,8 +36,9 @@ one thing. The parts:
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
 training with ``--resume``, a decode where ``hyp.trn`` ends); a cell whose commands have changed since
-it ran is refused, not mixed. Cells run ``--jobs`` at a time, sharing the cores (one thread each on 2
-cores with 2 jobs): the small models of this recipe keep about one core busy each.
+it ran is refused, not mixed, finished or not, and so is a finished cell whose model (the one it decodes
+or starts from) was made again since (``changed``). Cells run ``--jobs`` at a time, sharing the cores (one
+thread each on 2 cores with 2 jobs): the small models of this recipe keep about one core busy each.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ sys.path.insert(0, str(HERE))
 # the recipe's report, beside this script (its fmt formats a (mean, sd) cell; fmt here, one value)
 from report import fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
 
-from tasu.fileio import atomic_replace, write_atomic  # noqa: E402
+from tasu.fileio import atomic_replace, file_sha256, write_atomic  # noqa: E402
 from tasu.results import git_hash  # noqa: E402
 
 PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale", "learned")
@@ -137,6 +138,9 @@ class Cell:
     commands: list[list[str]]
     after: tuple[str, ...] = ()
     info: dict = field(default_factory=dict)   # what the report needs to know (the setting, the sets decoded)
+    # the models it decodes or starts from that it does not train itself: its commands name only their paths,
+    # so a finished cell records what they held (``model_digest``) and is refused once one is made again
+    models: tuple[Path, ...] = ()
 
 
 class Recipe:
@@ -201,7 +205,9 @@ def trained_cell(r: Recipe, name: str, part: str, config: dict, after=(), sets=(
     commands = [train(conf, cell_dir / "model")]
     for s in sets:
         commands += decode_and_score(cell_dir / "model", cell_dir / "decode" / s, r.test_input(s))
-    return Cell(name, part, commands, after=tuple(after), info={"sets": list(sets), **(info or {})})
+    starts_from = (config["train"].get("init_from"), (config.get("simulation") or {}).get("path"))
+    return Cell(name, part, commands, after=tuple(after), info={"sets": list(sets), **(info or {})},
+                models=tuple(Path(m) for m in starts_from if m))
 
 
 def other_seeds(r: Recipe, name: str, part: str, config: dict, repeats: int = 2, after=(), sets=("test",),
@@ -219,7 +225,8 @@ def decoded_cell(r: Recipe, name: str, part: str, model: Path, sets=("test",), i
     commands = []
     for s in sets:
         commands += decode_and_score(model, r.study / name / "decode" / s, r.test_input(s))
-    return Cell(name, part, commands, info={"sets": list(sets), "model": str(model), **(info or {})})
+    return Cell(name, part, commands, info={"sets": list(sets), "model": str(model), **(info or {})},
+                models=(model,))
 
 
 # --- the cells of each part -----------------------------------------------------------------------------
@@ -228,11 +235,12 @@ def gap_cells(r: Recipe) -> list[Cell]:
     cells = []
     real = r.study / "gap_real"
     cells.append(Cell("gap_real", "gap", decode_and_score(r.text_model, real / "decode" / "test", r.test_input("test")),
-                      info={"sets": ["test"]}))
+                      info={"sets": ["test"]}, models=(r.text_model,)))
     cells += [simulated_cell(r, f"gap_simulated_{seed}", "gap", r.text_model, seed) for seed in SIM_SEEDS]
     cells.append(Cell("gap_analyze", "gap", [[
         "tasu", "analyze", "--config", str(r.text_model / "config.yaml"), "--data", str(r.dump / "dev" / "ASR.jsonl"),
-        "--out", str(r.study / "gap_analyze" / "analyze"), "--device", "cpu", "--allow-pipes"]]))
+        "--out", str(r.study / "gap_analyze" / "analyze"), "--device", "cpu", "--allow-pipes"]],
+        models=(r.text_model,)))   # its config's simulation
     return cells
 
 
@@ -242,7 +250,7 @@ def simulated_cell(r: Recipe, name: str, part: str, model: Path, seed: int, info
     return Cell(name, part, decode_and_score(model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"),
                                                           "--input", "simulated"], "--seed", str(seed)),
                 after=() if model == r.text_model else (model.parent.name,),
-                info={"sets": ["test"], "simulation_seed": seed, **(info or {})})
+                info={"sets": ["test"], "simulation_seed": seed, **(info or {})}, models=(model,))
 
 
 def simulation_cells(r: Recipe) -> list[Cell]:
@@ -276,7 +284,7 @@ def compression_cells(r: Recipe) -> list[Cell]:
         out = r.study / name / "decode" / "test"
         cells.append(Cell(name, "compression", decode_and_score(
             r.text_model, out, ["--data", str(r.dump / "test" / "ASR.jsonl"), "--input", "audio"], *extra),
-            info={"sets": ["test"], "setting": sets}))
+            info={"sets": ["test"], "setting": sets}, models=(r.text_model,)))
     return cells
 
 
@@ -415,7 +423,7 @@ def learned_cells(r: Recipe, lowres_sizes: tuple[int, ...], seed: int) -> list[C
             analyze.append(["tasu", "analyze", "--config", str(config), "--data", str(r.dump / "dev" / "ASR.jsonl"),
                             "--out", str(s / "learned_fidelity" / f"{name}_seed{sim_seed}"), "--seed", str(sim_seed),
                             "--device", "cpu", "--allow-pipes", *(["--match-wer"] if matched else [])])
-    cells.append(Cell("learned_fidelity", "learned", analyze, after=("learned_simulator",)))
+    cells.append(Cell("learned_fidelity", "learned", analyze, after=("learned_simulator",), models=(simulator,)))
 
     # audio fine-tuning from the learned-simulator model on few utterances; the rules' model and scratch
     # on the same utterances are the low-resource curve's cells (planned here too when that part is not)
@@ -478,16 +486,60 @@ def plan(r: Recipe, parts: list[str], quick: bool, seed: int) -> list[Cell]:
 
 # --- running cells: resumable, a few at a time ---------------------------------------------------------
 
+def model_digest(model: Path) -> str | None:
+    """What identifies a model that cells decode or start from (None while there is none): the SHA-256 of
+    the weights ``--checkpoint best`` picks and of the run's config (its simulation is what ``--input
+    simulated`` draws), or of a learned simulator's files. A model made again keeps its path, not these."""
+    from tasu.model_io import MODEL_DIR, WEIGHTS, resolve_checkpoint   # (slow to import: only where needed)
+
+    if (model / "model.safetensors").exists():   # a learned simulator (its checkpoints hold no model/)
+        files = [model / "model.safetensors", model / "config.json"]
+    else:
+        try:
+            files = [resolve_checkpoint(model, "best") / MODEL_DIR / WEIGHTS, model / "config.yaml"]
+        except FileNotFoundError:   # not trained (yet), or removed
+            return None
+    return "+".join(file_sha256(f) for f in files) if all(f.exists() for f in files) else None
+
+
+def done_record(cell_dir: Path) -> dict:
+    """What a finished cell's ``done`` marker records (its code, machine and models); {} where it records none."""
+    try:
+        made = json.loads((cell_dir / "done").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def changed(cell: Cell, study: Path) -> str | None:
+    """Why ``exp/study/<cell>`` holds another cell than the plan's (None: it holds this one, or nothing yet):
+    other commands ran there, or a model it decoded or started from was made again after it finished.
+    Its results, reused, would be reported as the plan's: such a cell is refused, finished or not."""
+    cell_dir = study / cell.name
+    recorded = cell_dir / "commands.json"
+    if recorded.exists() and recorded.read_text(encoding="utf-8") != commands_json(cell):
+        return f"{cell_dir} was made by other commands (see its commands.json)"
+    used = done_record(cell_dir).get("models")
+    if not isinstance(used, dict):   # not finished, or finished before cells recorded their models
+        return None
+    for model in cell.models:
+        if used.get(str(model)) != model_digest(model):
+            return f"{cell_dir} used another {model} than there is now (made again after the cell finished)"
+    return None
+
+
+def commands_json(cell: Cell) -> str:
+    return json.dumps(cell.commands, indent=1) + "\n"
+
+
 def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
     """Run the cell's commands not yet done; a finished command leaves ``done.<i>`` behind."""
     cell_dir = study / cell.name
     cell_dir.mkdir(parents=True, exist_ok=True)
-    recorded = cell_dir / "commands.json"
-    wanted = json.dumps(cell.commands, indent=1) + "\n"
-    if recorded.exists() and recorded.read_text(encoding="utf-8") != wanted:
-        raise StudyError(f"{cell_dir} was made by other commands (see its commands.json): remove it to run "
-                         "the cell again")
-    write_text(recorded, wanted)
+    why = changed(cell, study)
+    if why:
+        raise StudyError(f"{why}: remove it to run the cell again")
+    write_text(cell_dir / "commands.json", commands_json(cell))
     with open(cell_dir / "log", "a", encoding="utf-8") as log:
         for i, argv in enumerate(cell.commands):
             marker = cell_dir / f"done.{i}"
@@ -505,17 +557,22 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
             if rc != 0:
                 raise StudyError(f"{cell.name}: '{' '.join(argv[:2])}' failed (exit {rc}): see {cell_dir / 'log'}")
             marker.write_text(f"{time.time() - start:.1f}\n", encoding="utf-8")
-    # which code and machine made the cell: a study grows over sessions, and its report says so
-    write_text(cell_dir / "done", json.dumps({"commit": git_hash(HERE), "machine": machine()}) + "\n")
+    # which code and machine made the cell (a study grows over sessions, and its report says so), and
+    # from which models (``changed``)
+    write_text(cell_dir / "done", json.dumps({"commit": git_hash(HERE), "machine": machine(),
+                                              "models": {str(m): model_digest(m) for m in cell.models}}) + "\n")
 
 
 def made_by(cell_dir: Path) -> tuple[str, str]:
     """(commit, machine) a finished cell's ``done`` marker records; "unknown" where it records none."""
-    try:
-        made = json.loads((cell_dir / "done").read_text(encoding="utf-8"))
-        return str(made["commit"]), str(made["machine"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return "unknown", "unknown"
+    made = done_record(cell_dir)
+    return str(made.get("commit", "unknown")), str(made.get("machine", "unknown"))
+
+
+def refused(cells: list[Cell], study: Path) -> dict[str, str]:
+    """The finished cells that the plan cannot reuse (``changed``), each with the line that says why."""
+    return {c.name: f"{why}: remove it to run the cell again" for c in cells
+            if (study / c.name / "done").exists() and (why := changed(c, study))}
 
 
 def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
@@ -528,11 +585,13 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
     # the cores (as nproc counts them) shared between the jobs, as utils/run_local.sh does, unless set
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // jobs))
     env = dict(os.environ, OMP_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false")
-    pending = [c for c in cells if not (study / c.name / "done").exists()]
-    done = {c.name for c in cells if (study / c.name / "done").exists()}
-    failed: dict[str, str] = {}
+    failed = refused(cells, study)
+    done = {c.name for c in cells if (study / c.name / "done").exists() and c.name not in failed}
+    pending = [c for c in cells if c.name not in done and c.name not in failed]
     print(f"study: {len(cells)} cell{'s' * (len(cells) != 1)}, {len(done)} done, {len(pending)} to run, "
-          f"{jobs} at a time", flush=True)
+          + (f"{len(failed)} refused, " if failed else "") + f"{jobs} at a time", flush=True)
+    for why in failed.values():
+        print(f"study: {why}", flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
         while pending or running:
@@ -1026,9 +1085,11 @@ def main() -> int:
         if args.quick and "learned" in args.parts.split():
             print("study: quick mode has no learned part (its encoder errs on every recording)", file=sys.stderr)
         cells = plan(recipe, args.parts.split(), args.quick, args.seed)
+        stale = refused(cells, recipe.study)
         if args.action == "plan":
             for c in cells:
-                state = "done" if (recipe.study / c.name / "done").exists() else "to run"
+                state = "to run" if not (recipe.study / c.name / "done").exists() else \
+                    "done" if c.name not in stale else "refused: " + stale[c.name]
                 print(f"# {c.name} ({c.part}; {state}{'; after ' + ', '.join(c.after) if c.after else ''})")
                 print("\n".join(" ".join(a) for a in c.commands))
         elif args.action == "run":
@@ -1039,6 +1100,9 @@ def main() -> int:
             if not any((recipe.study / c.name / "done").exists() for c in cells):   # '-' in every cell, exit 0
                 raise StudyError(f"no cell of --parts '{args.parts}' has finished in {recipe.study}: run them "
                                  f"first (local/study.sh); {args.out} is left as it is")
+            if stale:   # its numbers are another cell's than the commands the report would list
+                raise StudyError(f"{len(stale)} finished cell(s) are not the plan's; first: "
+                                 f"{next(iter(stale.values()))}; {args.out} is left as it is")
             command = "local/study.sh" + (f" --workdir {args.workdir}" if args.workdir != "." else "")
             if set(args.parts.split()) != set(PARTS):   # a study of some parts says which
                 command += f' --parts "{args.parts}"'
