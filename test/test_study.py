@@ -440,6 +440,12 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     study.report(r, cells, out, tmp_path / "STUDY.png", "local/study.sh")
     assert (f"on machine A: 9 cells by the study code at git def5678, {len(cells) - 9} cells by the study code at "
             "git abc1234 (this report: git ") in out.read_text()
+    # the plot linked is the one written beside (or near) this report, not the committed STUDY.png
+    mine = tmp_path / "mine" / "MINE.md"
+    for plot, link in ((mine.with_suffix(".png"), "MINE.png"), (tmp_path / "plots" / "low.png", "../plots/low.png")):
+        plot.parent.mkdir(exist_ok=True)
+        study.report(r, cells, mine, plot, "local/study.sh")
+        assert f"![low-resource curve]({link})" in mine.read_text() and plot.exists()
     assert [study.signed(d) for d in (-0.04, -0.06, 3.0, None)] == ["+0.0", "-0.1", "+3.0", "-"]   # never "-0.0"
     # a cell that has not finished shows no score (its score.json may be an earlier attempt's) and is named
     (r.study / "sim_alpha_none" / "done").unlink()

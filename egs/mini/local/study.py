@@ -823,7 +823,7 @@ def report(r: Recipe, cells: list[Cell], out: Path, plot: Path, command: str) ->
                   "text-only model with no audio at all (the dashed line of the plot). A mean ± sd is over "
                   "training seeds on the same utterances (the recipe's text-only model itself moves by the "
                   "simulation table's sd from seed to seed); other points are one seed.", "",
-                  "![low-resource curve](STUDY.png)", "",
+                  f"![low-resource curve]({Path(os.path.relpath(plot, out.parent)).as_posix()})", "",
                   "| audio utterances | from text-only: test | from scratch: test | from text-only: test_ood | from scratch: test_ood |",
                   "|---:|---:|---:|---:|---:|"]
         if "lowres_text_0" in by_name:
