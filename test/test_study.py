@@ -85,6 +85,7 @@ def test_every_cell_changes_one_thing_of_the_run(run_dir):
     # stage 3's model: the gap part's first simulation seed, planned by this part alone too
     alone = {c.name: c for c in study.plan(r, ["simulation"], quick=False, seed=1)}
     assert alone["gap_simulated_1"].commands == cells["gap_simulated_1"].commands
+    assert alone["gap_real"].commands == cells["gap_real"].commands   # the yardstick's first seed
     assert alone["gap_simulated_1"].after == ()
 
     # projectors: the recipe's own is decoded, not trained again; each other one is trained, then its curriculum
@@ -453,6 +454,21 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     text = out.read_text()
     assert "| alpha [0.0, 0.0] | - |" in text
     assert f"Not finished (1 of {len(cells)} cells; '-' in their rows): sim_alpha_none." in text
+
+
+def test_the_simulation_part_alone_has_its_yardstick(run_dir, tmp_path):
+    """Its first row (and every delta and verdict) needs stage 3's model on test audio, a cell of the gap
+    part: --parts simulation left them '-', and the 'Not finished' line did not say why."""
+    r = study.Recipe(run_dir)
+    cells = study.plan(r, ["simulation"], quick=False, seed=1)
+    for c in cells:
+        write(r.study / c.name / "decode" / "test" / "score.json", json.dumps({"value": 10.0}))
+        write(r.study / c.name / "done", "{}")
+    study.report(r, cells, tmp_path / "STUDY.md", tmp_path / "STUDY.png", "local/study.sh")
+    text = (tmp_path / "STUDY.md").read_text()
+    assert "| the recipe's (3 training seeds) | 10.0 ± 0.0 | | | 10.0 ± 0.0 | 1.00 |" in text
+    assert "| alpha [0.0, 0.0] | 10.0 | +0.0 | no |" in text
+    assert "## The text-to-audio gap" not in text   # two of its cells, not the part
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
