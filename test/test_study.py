@@ -471,6 +471,17 @@ def test_the_simulation_part_alone_has_its_yardstick(run_dir, tmp_path):
     assert "## The text-to-audio gap" not in text   # two of its cells, not the part
 
 
+def test_a_report_stops_in_one_line_on_a_score_it_cannot_read(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "WRITES", True)   # main() sets it; restored after the test
+    score = run_dir / "exp" / "study" / "psd_top4" / "decode" / "test" / "score.json"
+    write(score, json.dumps({"value": "nan"}))
+    write(score.parents[2] / "done", "{}")
+    monkeypatch.setattr(sys, "argv", ["study.py", "report", "--workdir", str(run_dir), "--parts", "compression",
+                                      "--out", str(tmp_path / "STUDY.md"), "--plot", str(tmp_path / "STUDY.png")])
+    assert study.main() == 1
+    assert capsys.readouterr().err == f"study.py: error: {score}: value 'nan' is not a number\n"
+
+
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
     # command spans: each command's last start (the log) for as long as its done.<i> says it took
     cells = {"a": [("02:00:00", 600)],                      # 02:00-02:10

@@ -61,7 +61,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 # the recipe's report, beside this script (its fmt formats a (mean, sd) cell; fmt here, one value)
-from report import fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
+from report import ReportError, fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
 
 from tasu.fileio import atomic_replace, file_sha256, write_atomic  # noqa: E402
 from tasu.results import git_hash  # noqa: E402
@@ -1113,7 +1113,7 @@ def main() -> int:
             if set(args.parts.split()) != set(PARTS):   # a study of some parts says which
                 command += f' --parts "{args.parts}"'
             report(recipe, cells, Path(args.out), Path(args.plot), command)
-    except (StudyError, OSError, ValueError) as e:
+    except (StudyError, ReportError, OSError, ValueError) as e:   # ReportError: a score.json it cannot read
         print(f"study.py: error: {e}", file=sys.stderr)
         return 1
     return 0
