@@ -3,10 +3,14 @@ failures, and the report. The real commands run in test_mini_recipe (quick mode)
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -348,6 +352,34 @@ def test_plan_and_report_name_a_finished_cell_the_plan_cannot_reuse(run_dir, tmp
     assert study.main() == 1
     assert f"study.py: error: 1 finished cell(s) are not the plan's; first: {why}" in capsys.readouterr().err
     assert not (tmp_path / "STUDY.md").exists()
+
+
+def test_a_signal_that_ends_the_run_stops_its_commands(tmp_path):
+    """SIGTERM (a kill, a batch system ending the job) ended study.py alone: its trainings ran on, orphaned,
+    beside the re-run that resumes the study, and wrote into the cells it finished."""
+    pid = tmp_path / "pid"
+    cell = fake_cell(tmp_path, "long", f"import os, time; pathlib.Path({str(pid)!r}).write_text(str(os.getpid())); "
+                                       "time.sleep(600)")
+
+    def kill_once_started():
+        while not (pid.exists() and pid.read_text()):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def before(signum, frame):   # this process's own handler (not the default, which would end the tests)
+        raise AssertionError("study.py's handler was not installed")
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        threading.Thread(target=kill_once_started, daemon=True).start()
+        with pytest.raises(study.Stopped, match="SIGTERM"):
+            study.run_cells([cell], tmp_path / "study", jobs=1)
+        assert signal.getsignal(signal.SIGTERM) is before   # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(ProcessLookupError):   # stopped and reaped, not orphaned
+        os.kill(int(pid.read_text()), 0)
+    assert not (tmp_path / "study" / "long" / "done").exists()
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):

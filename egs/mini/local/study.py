@@ -35,9 +35,10 @@ one thing. The parts:
 
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
-training with ``--resume``, a decode where ``hyp.trn`` ends); a cell whose commands have changed since
-it ran is refused, not mixed, finished or not, and so is a finished cell whose model (the one it decodes
-or starts from) was made again since (``changed``). Cells run ``--jobs`` at a time, sharing the cores (one
+training with ``--resume``, a decode where ``hyp.trn`` ends; SIGTERM or SIGHUP stops ``run``'s commands
+with it, as Ctrl-C does); a cell whose commands have changed since it ran is refused, not mixed,
+finished or not, and so is a finished cell whose model (the one it decodes or starts from) was made
+again since (``changed``). Cells run ``--jobs`` at a time, sharing the cores (one
 thread each on 2 cores with 2 jobs): the small models of this recipe keep about one core busy each.
 """
 from __future__ import annotations
@@ -48,10 +49,13 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -127,6 +131,14 @@ COMPRESSIONS = {  # cell -> tasu decode --set overrides (the recipe's: PSD on, t
 
 class StudyError(RuntimeError):
     """The study cannot go on; the message says why and what to do."""
+
+
+class Stopped(Exception):
+    """``run`` was sent SIGTERM or SIGHUP (a kill, a batch system ending the job); its commands were stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass
@@ -559,7 +571,7 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
             log.write(f"# {datetime.now():%Y-%m-%dT%H:%M:%S} {' '.join(argv)}\n")
             log.flush()
             start = time.time()
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            rc = run_command(argv, log, env)
             if rc != 0:
                 raise StudyError(f"{cell.name}: '{' '.join(argv[:2])}' failed (exit {rc}): see {cell_dir / 'log'}")
             marker.write_text(f"{time.time() - start:.1f}\n", encoding="utf-8")
@@ -567,6 +579,52 @@ def run_cell(cell: Cell, study: Path, env: dict[str, str]) -> None:
     # from which models (``changed``)
     write_text(cell_dir / "done", json.dumps({"commit": git_hash(HERE), "machine": machine(),
                                               "models": {str(m): model_digest(m) for m in cell.models}}) + "\n")
+
+
+# The commands running now, so that a signal that ends ``run`` stops them too: a re-run (how the study
+# resumes) would otherwise start the same cells beside them.
+CHILDREN: set[subprocess.Popen] = set()
+CHILDREN_LOCK = threading.Lock()
+STOPPING = threading.Event()
+
+
+def run_command(argv: list[str], log, env: dict[str, str]) -> int:
+    """Run one command of a cell (in a worker thread), its output to ``log``; its exit status."""
+    with CHILDREN_LOCK:
+        if STOPPING.is_set():   # a signal came between two commands
+            return -signal.SIGTERM
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        CHILDREN.add(child)
+    try:
+        return child.wait()
+    finally:
+        with CHILDREN_LOCK:
+            CHILDREN.discard(child)
+
+
+def stop_commands(signum: int, frame) -> None:
+    """SIGTERM or SIGHUP: stop the running commands, as Ctrl-C (sent to them too) does, then end ``run``."""
+    with CHILDREN_LOCK:
+        STOPPING.set()
+        for child in CHILDREN:
+            child.terminate()
+    raise Stopped(signum)
+
+
+@contextmanager
+def commands_stopped_on_signal():
+    """``stop_commands`` on SIGTERM and SIGHUP while cells run (not where nohup or a batch system set the
+    signal to be ignored)."""
+    STOPPING.clear()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in handlers.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, stop_commands)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def made_by(cell_dir: Path) -> tuple[str, str]:
@@ -598,7 +656,7 @@ def run_cells(cells: list[Cell], study: Path, jobs: int) -> list[str]:
           + (f"{len(failed)} refused, " if failed else "") + f"{jobs} at a time", flush=True)
     for why in failed.values():
         print(f"study: {why}", flush=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with commands_stopped_on_signal(), ThreadPoolExecutor(max_workers=jobs) as pool:
         running = {}
         while pending or running:
             for c in [c for c in pending if any(a in failed for a in c.after)]:
@@ -1116,6 +1174,9 @@ def main() -> int:
     except (StudyError, ReportError, OSError, ValueError) as e:   # ReportError: a score.json it cannot read
         print(f"study.py: error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        print(f"study.py: stopped by {e}, and so were the commands it ran: run it again to resume", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 
