@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tasu.lock import DirLock
+
 MINI = Path(__file__).resolve().parents[1] / "egs" / "mini"
 sys.path.insert(0, str(MINI / "local"))
 import study  # noqa: E402
@@ -380,6 +382,17 @@ def test_a_signal_that_ends_the_run_stops_its_commands(tmp_path):
     with pytest.raises(ProcessLookupError):   # stopped and reaped, not orphaned
         os.kill(int(pid.read_text()), 0)
     assert not (tmp_path / "study" / "long" / "done").exists()
+
+
+def test_a_second_run_of_one_study_is_refused(run_dir, monkeypatch, capsys):
+    """It ran the first's cells again beside them (each cell's own commands lock only their own output)."""
+    monkeypatch.setattr(study, "WRITES", True)   # main() sets it; restored after the test
+    monkeypatch.setattr(sys, "argv", ["study.py", "run", "--workdir", str(run_dir), "--parts", "gap"])
+    with DirLock(run_dir / "exp" / "study", "local/study.py run"):
+        assert study.main() == 1
+    assert f"study.py: error: {run_dir / 'exp' / 'study'} is in use: local/study.py run by pid {os.getpid()} " \
+           in capsys.readouterr().err
+    assert not (run_dir / "exp" / "study" / "gap_real").exists()
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):

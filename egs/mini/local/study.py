@@ -36,10 +36,11 @@ one thing. The parts:
 Each cell lives in ``exp/study/<cell>/``: its commands (``commands.json``), their log (``log``), one
 marker per finished command, the model and the decodes. A killed run resumes where it stopped (a
 training with ``--resume``, a decode where ``hyp.trn`` ends; SIGTERM or SIGHUP stops ``run``'s commands
-with it, as Ctrl-C does); a cell whose commands have changed since it ran is refused, not mixed,
-finished or not, and so is a finished cell whose model (the one it decodes or starts from) was made
-again since (``changed``). Cells run ``--jobs`` at a time, sharing the cores (one
-thread each on 2 cores with 2 jobs): the small models of this recipe keep about one core busy each.
+with it, as Ctrl-C does, and a second ``run`` of one workdir stops at once); a cell whose commands have
+changed since it ran is refused, not mixed, finished or not, and so is a finished cell whose model (the
+one it decodes or starts from) was made again since (``changed``). Cells run ``--jobs`` at a time,
+sharing the cores (one thread each on 2 cores with 2 jobs): the small models of this recipe keep about
+one core busy each.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ sys.path.insert(0, str(HERE))
 from report import ReportError, fmt as fmt_cell, machine, mean_sd, read_score  # noqa: E402
 
 from tasu.fileio import atomic_replace, file_sha256, write_atomic  # noqa: E402
+from tasu.lock import DirLock, LockError  # noqa: E402
 from tasu.results import git_hash  # noqa: E402
 
 PARTS = ("gap", "simulation", "compression", "projectors", "lowres", "textscale", "learned")
@@ -1144,8 +1146,11 @@ def main() -> int:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     global WRITES
     WRITES = args.action == "run"   # a plan with another --seed wrote its draws, and `run` then refused them
+    lock = None
     try:
         recipe = Recipe(Path(args.workdir))
+        if args.action == "run":   # one at a time: a second ran the first's cells again, beside them
+            lock = DirLock(recipe.study, "local/study.py run").acquire()
         if args.quick and "learned" in args.parts.split():
             print("study: quick mode has no learned part (its encoder errs on every recording)", file=sys.stderr)
         cells = plan(recipe, args.parts.split(), args.quick, args.seed)
@@ -1171,12 +1176,15 @@ def main() -> int:
             if set(args.parts.split()) != set(PARTS):   # a study of some parts says which
                 command += f' --parts "{args.parts}"'
             report(recipe, cells, Path(args.out), Path(args.plot), command)
-    except (StudyError, ReportError, OSError, ValueError) as e:   # ReportError: a score.json it cannot read
+    except (StudyError, ReportError, LockError, OSError, ValueError) as e:   # ReportError: a score.json
         print(f"study.py: error: {e}", file=sys.stderr)
         return 1
     except Stopped as e:
         print(f"study.py: stopped by {e}, and so were the commands it ran: run it again to resume", file=sys.stderr)
         return 128 + e.signum
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
