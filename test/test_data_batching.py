@@ -224,6 +224,24 @@ def test_stream_order_keeps_the_shares_of_a_file_with_blank_lines(tmp_path):
         assert abs(shares.get("c", 0) - 0.5) <= 0.05, shares
 
 
+@pytest.mark.parametrize("order", ["shuffle", "stream", "sequential"])
+def test_a_source_the_length_limits_leave_out_whole_is_named(tmp_path, caplog, order):
+    """Given weight 3, it gave nothing, and only a running count of skipped records named no file."""
+    short = write_source(tmp_path / "short.jsonl", "s", 300, words=lambda i: 2)
+    long = write_source(tmp_path / "long.jsonl", "l", 1500, words=lambda i: 30)
+    some = write_source(tmp_path / "some.jsonl", "m", 100, words=lambda i: 2 + 28 * (i % 2))
+    tiny = write_source(tmp_path / "tiny.jsonl", "t", 5, words=lambda i: 40)
+    with caplog.at_level("WARNING", logger="tasu.data"):
+        batches = StreamingBatches([short, Source(long, 3.0), some, tiny], length, max_tokens=60, max_length=20,
+                                   order=order, seed=1)
+        assert sum(len(b.records) for b in batches) == 350
+    said = [r.getMessage() for r in caplog.records]
+    assert [m.split(":")[0] for m in said] == [long, tiny]   # the long one as soon as 1,000 were, the tiny at the end
+    assert said[0].startswith(f"{long}: its first 1000 record(s) of this process are all outside the length limits "
+                              "(min_length 1, max_length 20: ")
+    assert said[1].startswith(f"{tiny}: its first 5 record(s)")
+
+
 def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     lines = [json.dumps({"key": f"u{i}", "task": "ASR", "target": "w w"}) for i in range(50)]

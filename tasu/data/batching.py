@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import logging
 import math
 import random
 from contextlib import ExitStack
@@ -67,6 +68,9 @@ from tasu.data.records import DataError, Record, iter_records, parse_record, wit
 
 Order = Literal["shuffle", "stream", "sequential"]
 _CHUNK = 1 << 16   # records of the epoch's order turned into Python ints at a time
+_LOST_AFTER = 1000   # a source's first records all outside the length limits: said then, not at the epoch's end
+
+log = logging.getLogger("tasu.data")
 
 
 @dataclass
@@ -144,7 +148,8 @@ class StreamingBatches(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         epoch, consumed = self.position.epoch, self.position.consumed  # the trainer advances it meanwhile
         rng = random.Random(f"{self.seed}/{epoch}/{self.rank}")
-        stats = {"skipped": 0}
+        stats = {"skipped": 0, "kept_of": [0] * len(self.sources), "skipped_of": [0] * len(self.sources),
+                 "say": worker == 0 and self.rank == 0}   # one process says a source gives nothing
         with ExitStack() as files:
             records = self._measured(self._records(epoch, files), stats)
             if self.order == "stream" and self.shuffle_buffer > 1:
@@ -157,9 +162,12 @@ class StreamingBatches(IterableDataset):
                     seed = random.Random(f"{self.seed}/{epoch}/{self.rank}/{index}").getrandbits(63)
                     batch.data = self.collate(group, seed)
                 yield batch
+        for i, skipped in enumerate(stats["skipped_of"]):   # the epoch planned whole: the small sources
+            if 0 < skipped < _LOST_AFTER and not stats["kept_of"][i] and stats["say"]:
+                self._say_lost(i, skipped)
 
-    def _records(self, epoch: int, files: ExitStack) -> Iterator[Record]:
-        """This rank's records of the epoch, in the epoch's order."""
+    def _records(self, epoch: int, files: ExitStack) -> Iterator[tuple[int, Record]]:
+        """This rank's records of the epoch, in the epoch's order, each with its source's number."""
         for source in self.sources:
             try:
                 open(source.path, "rb").close()
@@ -170,11 +178,11 @@ class StreamingBatches(IterableDataset):
         if self.order == "stream":
             records = _interleaved(self.sources, self.read_kwargs, _order_rng(self.seed, epoch))
         else:
-            records = itertools.chain.from_iterable(iter_records(s.path, **self.read_kwargs)
-                                                    for s in self.sources)
+            records = itertools.chain.from_iterable(((i, record) for record in iter_records(s.path, **self.read_kwargs))
+                                                    for i, s in enumerate(self.sources))
         return itertools.islice(records, self.rank, None, self.world_size)
 
-    def _shuffled_epoch(self, epoch: int, files: ExitStack) -> Iterator[Record]:
+    def _shuffled_epoch(self, epoch: int, files: ExitStack) -> Iterator[tuple[int, Record]]:
         """A seeded permutation of every source's records (``weight`` copies each), read by offset."""
         offsets = [line_offsets(s.path) for s in self.sources]
         starts = np.cumsum([0] + [len(o) for o in offsets])
@@ -202,16 +210,27 @@ class StreamingBatches(IterableDataset):
                     path = self.sources[source].path
                     raise e.located(path, line_number(path, offset)) from None
                 if record is not None:
-                    yield record
+                    yield source, record
 
-    def _measured(self, records: Iterator[Record], stats: dict) -> Iterator[tuple[int, Record]]:
-        """``(length, record)`` of the records within the length limits; the others are counted."""
-        for record in records:
+    def _measured(self, records: Iterator[tuple[int, Record]], stats: dict) -> Iterator[tuple[int, Record]]:
+        """``(length, record)`` of the records within the length limits; the others are counted, by source."""
+        for source, record in records:
             length = self.length_fn(record)
             if self.min_length <= length <= self.max_length:
+                stats["kept_of"][source] += 1
                 yield length, record
             else:
                 stats["skipped"] += 1
+                stats["skipped_of"][source] += 1
+                if stats["skipped_of"][source] == _LOST_AFTER and not stats["kept_of"][source] and stats["say"]:
+                    self._say_lost(source, _LOST_AFTER)
+
+    def _say_lost(self, source: int, skipped: int) -> None:
+        """A source whose records the length limits all leave out gives nothing, whatever its weight."""
+        log.warning("%s: its first %d record(s) of this process are all outside the length limits (min_length %d, "
+                    "max_length %d: prompt, speech rows and target tokens), so none is used, whatever its weight "
+                    "(a task's prompt too long? data.min_length, data.max_length, data.max_tokens)",
+                    self.sources[source].path, skipped, self.min_length, self.max_length)
 
     def _batches(self, records: Iterator[tuple[int, Record]], rng: random.Random) -> Iterator[list[Record]]:
         if self.sort_window <= 1:   # no sorting: batches packed in the order the records come
@@ -279,7 +298,8 @@ def _copies(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([np.tile(np.arange(n), int(whole)), extra])
 
 
-def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Generator) -> Iterator[Record]:
+def _interleaved(sources: list[Source], read_kwargs: dict,
+                 rng: np.random.Generator) -> Iterator[tuple[int, Record]]:
     """The sources' records mixed, each source read start to end (the "stream" order).
 
     The same stratified interleave as the shuffled order (``_spread``), computed as the files are
@@ -301,7 +321,7 @@ def _interleaved(sources: list[Source], read_kwargs: dict, rng: np.random.Genera
         if record is not None:
             whole, part = copies[i]
             for _ in range(int(whole) + (coin.random() < part)):
-                yield record
+                yield i, record
 
 
 def _count_records(path: str) -> int:

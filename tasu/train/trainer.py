@@ -382,13 +382,13 @@ class Trainer:
     def _setup_logging(self) -> None:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         fmt = logging.Formatter(f"%(asctime)s [rank {self.rank}] %(levelname)s %(message)s")
-        log.setLevel(logging.INFO)
-        log.handlers.clear()
-        log.propagate = False
-        if self.rank == 0:
-            for handler in (logging.FileHandler(self.exp_dir / "train.log"), logging.StreamHandler()):
-                handler.setFormatter(fmt)
-                log.addHandler(handler)
+        handlers = [logging.FileHandler(self.exp_dir / "train.log"), logging.StreamHandler()] if self.rank == 0 else []
+        for handler in handlers:
+            handler.setFormatter(fmt)
+        for logger in (log, logging.getLogger("tasu.data")):   # the trainer's, and its data's (batching)
+            logger.setLevel(logging.INFO)
+            logger.handlers[:] = handlers
+            logger.propagate = False
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
