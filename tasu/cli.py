@@ -43,16 +43,33 @@ def _simulate(args: argparse.Namespace) -> int:
     from tasu.encoders import load_tokenizer
     from tasu.simulate import show_simulation
 
-    config, encoder, encoder_type = _simulation_config(args)
+    config, encoder, encoder_type, cfg = _simulation_config(args)
     tokenizer = load_tokenizer(encoder, encoder_type=encoder_type)   # no weights, no framework
     print(show_simulation(tokenizer, args.text, config, topk=args.topk, seed=args.seed, step=args.step,
-                          samples=args.samples))
+                          samples=args.samples, encoder_identity=_simulated_for(config, encoder, encoder_type, cfg)))
     return 0
 
 
+def _simulated_for(config, encoder: str, encoder_type: str, cfg):
+    """What a learned simulator's teacher is compared with (``tasu.dump.identity``; hashing the encoder's
+    files is for it alone): the experiment's encoder and compression, or without ``--config`` the
+    encoder's files alone (no compression nor load options are given)."""
+    from tasu.compress import CompressConfig
+    from tasu.dump import identity
+
+    if config.name != "learned":
+        return None
+    if cfg is not None:
+        return identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options)
+    ident = identity(encoder, encoder_type, CompressConfig())
+    del ident["compress"]
+    return ident
+
+
 def _simulation_config(args: argparse.Namespace):
-    """The simulation to show and the encoder whose tokenizer it uses: a training config's (with
-    overrides; ``--encoder`` replaces its ``encoder.path``), or the ones the flags describe."""
+    """The simulation to show, the encoder whose tokenizer it uses and the experiment config: a training
+    config's (with overrides; ``--encoder`` replaces its ``encoder.path``), or the ones the flags describe
+    (no config: None)."""
     from tasu.config import ConfigError, load_config, require_dir
     from tasu.simulate import SimulationConfig, WERSchedule
     from tasu.experiment import ExperimentConfig
@@ -67,7 +84,7 @@ def _simulation_config(args: argparse.Namespace):
             ([f"encoder.type={args.encoder_type}"] if args.encoder_type != "auto" else [])
         cfg = load_config(ExperimentConfig, args.config, overrides)
         require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
-        return cfg.simulation, cfg.encoder.path, cfg.encoder.type
+        return cfg.simulation, cfg.encoder.path, cfg.encoder.type, cfg
     if args.overrides:
         raise ConfigError("KEY=VALUE overrides need --config")
     if not args.encoder:
@@ -84,7 +101,7 @@ def _simulation_config(args: argparse.Namespace):
                                 drop_prob=value("drop_prob", 0.05), insert_ratio=value("insert_ratio", 0.0),
                                 sub_prob=value("sub_prob", 0.0), confusion=value("confusion", "random"), wer=wer,
                                 name=value("simulator", "rules"), path=args.simulator_path,
-                                temperature=value("temperature", 0.5)), args.encoder, args.encoder_type
+                                temperature=value("temperature", 0.5)), args.encoder, args.encoder_type, None
     except ValueError as e:   # e.g. --simulator learned without --simulator-path or --wer
         raise ConfigError(f"simulation: {e}") from None
 

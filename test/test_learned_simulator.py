@@ -140,6 +140,10 @@ def test_bad_weights_in_a_simulator_directory_are_refused_by_name(setup, tmp_pat
     ({"calibration": {"temperature": 0.5, "condition": [0.3, 0.1], "wer": [0.1, 0.2]}}, "calibration: not"),
     ({"calibration": {"temperature": 0.5, "condition": [0.1, 0.3], "wer": [0.1]}}, "calibration: not"),
     ({"d_model": 16}, "the weights do not fit its config.json"),
+    ({"wer_range": "ab"}, "config.json: not a learned simulator's config: wer_range 'ab': not two rates"),
+    ({"wer_range": [0.9]}, "wer_range [0.9]: not two rates 0 <= lo <= hi <= 1"),
+    ({"wer_range": [0.95, 0.85]}, "wer_range [0.95, 0.85]: not two rates"),
+    ({"wer_range": [0.0, 1.0]}, "wer_range [0.0, 1.0]: not the range its calibration was measured over"),   # widened
 ])
 def test_an_edited_simulator_config_is_refused_by_name(setup, tmp_path, edit, problem):
     """config.json is checked field by field before a model is built of it: a type or range nothing
@@ -233,6 +237,10 @@ def test_the_factory_builds_it_and_it_samples_batched_seeded_rows(setup):
     dense = a.to_dense()
     assert torch.allclose(dense.sum(-1)[a.mask()], torch.ones(int(a.lengths.sum())), atol=1e-4)
     assert float(dense[~a.mask()].abs().sum()) == 0.0
+    # an empty transcript: one blank row, as the rules give (the model wrote 8 confident tokens of nothing)
+    assert int(a.lengths[3]) == 1 and int(a.ids[3, 0, 0]) == tok.blank_id and float(dense[3, 0, tok.blank_id]) == 1.0
+    alone = sim([[]], torch.Generator().manual_seed(1))
+    assert alone.lengths.tolist() == [1] and alone.ids.shape[1] == 1
     # the interface: a WER per utterance instead of the schedule's
     c = sim(ids, torch.Generator().manual_seed(1), wer=[hi] * 4)
     assert c.batch_size == 4 and all(token_error_rate(r, h) >= 0 for r, h in zip(ids[:3], row_tokens(c)))
@@ -258,18 +266,70 @@ def test_text_only_training_and_simulated_decoding_use_the_learned_simulator(set
 encoder: {{path: {setup}/enc}}
 llm: {{path: {tmp_path}/llm}}
 projector: {{name: linear-silu, options: {{hidden: 16}}}}
+compress: {{threshold: 0.99, topk: 4}}
 simulation: {{name: learned, path: {setup}/sim, wer: {{start: [{lo}, {lo}], end: [{hi}, {hi}], total_steps: 2}}}}
 data: {{mode: text, train: [{setup}/asr.jsonl], max_tokens: 400, num_workers: 0}}
 optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 2}}
 engine: {{device: cpu, zero_stage: 0}}
 train: {{epochs: 1, max_steps: 2, log_interval: 1, save_interval: 2}}
 """, encoding="utf-8")
+    # other compression than the simulator's teacher had: its rows are not what decoding will meet
+    one_line_error(tasu("train", "--config", str(tmp_path / "text.yaml"), "--exp-dir", str(tmp_path / "other"),
+                        "compress.threshold=0.5", check=False),
+                   "was trained on rows compressed with threshold 0.99, topk 4, but this training config "
+                   "compresses with threshold 0.5, topk 4")
     tasu("train", "--config", str(tmp_path / "text.yaml"), "--exp-dir", str(tmp_path / "exp"))
     assert "simulated_ter" in (tmp_path / "exp" / "train.log").read_text()
     tasu("decode", "--exp", str(tmp_path / "exp"), "--data", str(setup / "asr.jsonl"), "--out",
          str(tmp_path / "dec"), "--input", "simulated", "--beam", "1", "--max-new-tokens", "3")
     assert len((tmp_path / "dec" / "hyp.trn").read_text().splitlines()) == 6
     assert json.loads((tmp_path / "dec" / "decode.json").read_text())["simulation"]["name"] == "learned"
+
+
+def test_tasu_simulate_says_when_the_encoder_is_not_the_simulator_s_teacher(setup, tmp_path, capsys, caplog):
+    """A simulator trained on another encoder's posteriors (same vocabulary, other files: a fine-tuned
+    one, say) was used without a word; it may be meant, so it is one warning, not a refusal."""
+    import shutil
+
+    common = ["simulate", "--text", SENTENCES[0], "--simulator", "learned", "--simulator-path", str(setup / "sim"),
+              "--wer", "1.0", "1.0"]
+    caplog.set_level("WARNING", "tasu.simulate")
+    assert tasu_in_process(capsys, *common, "--encoder", str(setup / "enc")).returncode == 0
+    assert "another encoder" not in caplog.text
+    shutil.copytree(setup / "enc", tmp_path / "enc")
+    (tmp_path / "enc" / "fine_tuned.txt").write_text("other weights\n")   # another file: other encoder files
+    assert tasu_in_process(capsys, *common, "--encoder", str(tmp_path / "enc")).returncode == 0
+    assert "was trained on another encoder's posteriors than this encoder's (files sha256 " in caplog.text
+
+
+def test_asked_wers_the_calibration_does_not_reach_are_said_once(setup, caplog):
+    """Asked outside what the calibrated rows reach, the nearest end was served without a word."""
+    from tasu.simulate.learned import LearnedSimulator
+
+    caplog.set_level("WARNING", "tasu.simulate")
+    sim = LearnedSimulator.load(setup / "sim", tokenizer(setup))
+    lo, hi = sim.wer_range
+    assert hi - lo > 0.01
+    reached = [hi + 0.02, hi + 0.5]   # its rows err more than asked everywhere (as a random encoder's)
+    sim.c.calibration = {"temperature": 0.5, "condition": [lo, hi], "wer": reached}
+    sim([[5, 6]], torch.Generator().manual_seed(0), wer=hi)   # within 3 points: nothing said
+    assert "err at" not in caplog.text
+    for _ in range(2):
+        sim([[5, 6]], torch.Generator().manual_seed(0), wer=lo)
+    assert caplog.text.count(f"asked WER {100 * lo:.1f}-{100 * lo:.1f} %, but its sampled rows err at "
+                             f"{100 * reached[0]:.1f}-{100 * reached[1]:.1f} % only") == 1
+
+
+def test_an_uncalibrated_simulator_directory_is_said_to_be(setup, caplog):
+    """A checkpoint directory loads as a simulator, but reads asked WERs as raw conditions."""
+    from tasu.simulate.learned import LearnedSimulator
+
+    caplog.set_level("WARNING", "tasu.simulate")
+    LearnedSimulator.load(setup / "sim", tokenizer(setup))
+    assert "not calibrated" not in caplog.text
+    checkpoint = setup / "sim" / "checkpoints" / "step_000010"
+    LearnedSimulator.load(checkpoint, tokenizer(setup))
+    assert f"{checkpoint} is not calibrated: an asked WER is its raw condition" in caplog.text
 
 
 def test_bad_conditions_are_one_line_errors(setup, tmp_path, capsys):

@@ -76,6 +76,10 @@ class PosteriorSimulator(abc.ABC):
                  step: int = 0, wer: float | Sequence[float] | None = None) -> Posteriors:
         """Simulate one batch (see the class doc for the condition)."""
 
+    def check_teacher(self, ident: dict, where: str, refuse_compression: bool, say=None) -> None:
+        """Say when the rows of ``ident``'s encoder and compression (``tasu.dump.identity``) are not what
+        this simulator learned from; the rules learned from nothing, so nothing to say."""
+
 
 def register(name: str):
     """Class decorator: make a ``PosteriorSimulator`` available as ``simulation.name: <name>``."""

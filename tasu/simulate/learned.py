@@ -32,7 +32,9 @@ train-simulator`` ends by measuring the sampled rows' token error rate at a grid
 the trained range, at the temperature it is told (``train.temperature``, the simulation's default),
 and stores that curve in ``config.json``; the simulator then inverts it: asked for a WER it feeds
 the model the condition whose rows err at that rate. Sampled at another temperature the curve does
-not hold, and the raw condition is used (with a warning once).
+not hold, and the raw condition is used (with a warning once); so it is in a directory without a
+curve (a checkpoint's, or trained with ``train.report_utterances=0``: a warning on loading). An asked
+rate more than ``REACH`` outside what the curve reaches gets its nearest end (a warning once).
 
 Sampling (batched, with ``temperature``): at each step the next row's token is drawn from the output
 distribution at that temperature (Gumbel noise from the caller's generator, drawn on the CPU so that
@@ -46,7 +48,9 @@ entropy against the encoder's 0.88, the tempered ones 0.95 (``tasu analyze``). R
 
 A simulator directory holds ``config.json`` (sizes, the encoder's vocabulary size, blank id and a
 digest of its pieces, the trained WER range) and ``model.safetensors``: loading reads tensors and
-JSON, never a pickle. A directory made for another encoder vocabulary is refused.
+JSON, never a pickle. A directory made for another encoder vocabulary is refused. Its config also
+records the teacher (``tasu.dump.identity``: the encoder's backend, files and options, and the
+compression), compared with the encoder and compression it is used with (``check_teacher``).
 """
 from __future__ import annotations
 
@@ -66,6 +70,8 @@ from tasu.simulate.base import PosteriorSimulator, Vocabulary, register, target_
 from tasu.simulate.config import SimulationConfig
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+REACH = 0.03   # how far off an asked WER the calibrated rows may err (the ±3 points the simulation is meant to hit)
+log = logging.getLogger("tasu.simulate")
 
 
 class SimulatorError(ValueError):
@@ -125,6 +131,16 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
             _check_calibration(self.calibration)
         if not 0 <= self.blank_id < self.vocab_size:
             raise ValueError(f"blank_id {self.blank_id} outside a vocabulary of {self.vocab_size}")
+        # widened, the range would serve WERs the teacher never showed the model; reversed or cut short,
+        # every condition would fail in torch naming nothing
+        lo_hi = self.wer_range
+        if not (isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and all(map(_is_number, lo_hi))
+                and 0 <= lo_hi[0] <= lo_hi[1] <= 1):
+            raise ValueError(f"wer_range {lo_hi!r}: not two rates 0 <= lo <= hi <= 1")
+        cal = self.calibration.get("condition")
+        if cal and not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((cal[0], cal[-1]), lo_hi)):
+            raise ValueError(f"wer_range {list(lo_hi)}: not the range its calibration was measured over "
+                             f"({cal[0]:.4g}-{cal[-1]:.4g})")
         self.wer_range = tuple(self.wer_range)
 
     def to_json(self) -> str:
@@ -392,7 +408,7 @@ class LearnedSimulator(PosteriorSimulator):
         self.temperature = temperature
         self.source = source
         self.vocab_size, self.blank_id = self.c.vocab_size, self.c.blank_id
-        self._warned = False
+        self._warned = self._warned_reach = False
 
     def condition(self, rates: torch.Tensor) -> torch.Tensor:
         """The model's condition for asked WERs: the inverse of the calibration curve when it was
@@ -402,12 +418,24 @@ class LearnedSimulator(PosteriorSimulator):
             return rates
         if abs(cal["temperature"] - self.temperature) > 1e-9:
             if not self._warned:
-                logging.getLogger("tasu.simulate").warning(
-                    "%s is calibrated for temperature %g, not %g: the asked WER is its raw condition",
-                    self.source, cal["temperature"], self.temperature)
+                log.warning("%s is calibrated for temperature %g, not %g: the asked WER is its raw condition",
+                            self.source, cal["temperature"], self.temperature)
                 self._warned = True
             return rates
+        self._warn_unreached(rates, cal["wer"])
         return invert_calibration(rates, cal["condition"], cal["wer"])
+
+    def _warn_unreached(self, rates: torch.Tensor, reached: Sequence[float]) -> None:
+        """Once: asked WERs the calibration curve does not reach (beyond ``REACH``) get its nearest end,
+        rows that err at another rate than asked."""
+        lo, hi = float(rates.min()), float(rates.max())
+        if self._warned_reach or reached[0] - REACH <= lo and hi <= reached[-1] + REACH:
+            return
+        log.warning("%s: asked WER %.1f-%.1f %%, but its sampled rows err at %.1f-%.1f %% only (its calibration, "
+                    "config.json): outside that, rows err at the nearest end; ask inside it, or train the simulator "
+                    "on a teacher that covers the rest", self.source, 100 * lo, 100 * hi, 100 * reached[0],
+                    100 * reached[-1])
+        self._warned_reach = True
 
     @classmethod
     def load(cls, path: str | Path, tokenizer: Vocabulary | None = None, device: str | torch.device = "cpu",
@@ -424,6 +452,10 @@ class LearnedSimulator(PosteriorSimulator):
         if missing or unexpected:
             raise SimulatorError(f"{path}: the weights do not fit its config.json "
                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if not c.calibration:   # a checkpoint directory, or trained with train.report_utterances=0
+            log.warning("%s is not calibrated: an asked WER is its raw condition, whose rows err far less than "
+                        "asked; use the directory tasu train-simulator --out wrote, with train.report_utterances > 0",
+                        path)
         return cls(model.to(device), config, temperature, source=str(path))
 
     @classmethod
@@ -446,6 +478,34 @@ class LearnedSimulator(PosteriorSimulator):
             raise SimulatorError(f"{what}: asks for a WER of {100 * bad[0]:.1f} %, outside the range "
                                  f"{100 * lo:.1f}-{100 * hi:.1f} % that {self.source} was trained on")
 
+    def check_teacher(self, ident: dict, where: str, refuse_compression: bool, say=log.warning) -> None:
+        """Say when the encoder or compression of ``ident`` (``tasu.dump.identity``: what ``where`` uses)
+        are not those of this simulator's teacher (``encoder`` of its config.json; absent: not recorded).
+
+        Other compression settings keep other rows per token and blank rows than the simulator learned to
+        write: a text-only model trained on its rows would meet other rows at decoding, so training
+        refuses them (``refuse_compression``). Other encoder files may be deliberate (a fine-tuned encoder
+        with the same vocabulary): one line through ``say``, as is other compression anywhere else. An
+        ``ident`` without ``compress`` (``tasu simulate`` without a config) has only the encoder's files."""
+        teacher = self.c.encoder
+        if not teacher:
+            return
+        full = "compress" in ident
+        if full and teacher.get("compress") != ident["compress"]:
+            message = (f"{self.source} was trained on rows compressed with {_compress(teacher.get('compress'))}, "
+                       f"but {where} compresses with {_compress(ident['compress'])}: its rows are not the rows "
+                       "this compression keeps; set compress.* to the simulator's, or train one with these")
+            if refuse_compression:
+                raise SimulatorError(message)
+            say(message)
+        then, now = teacher.get("encoder") or {}, ident["encoder"]
+        changed = [f"{name} {_short(then.get(key))} vs {_short(now.get(key))}"
+                   for key, name in (("type", "type"), ("sha256", "files sha256"), ("options", "options"))
+                   if then.get(key) != now.get(key) and (full or key != "options")]
+        if changed:
+            say(f"{self.source} was trained on another encoder's posteriors than {where}'s ({', '.join(changed)}): "
+                "its rows imitate that encoder's errors; train one for this encoder unless that is meant")
+
     def __call__(self, token_ids: Sequence[Sequence[int]], generator: torch.Generator | None = None,
                  step: int = 0, wer: float | Sequence[float] | None = None) -> Posteriors:
         if len(token_ids) == 0:
@@ -465,8 +525,31 @@ class LearnedSimulator(PosteriorSimulator):
             src[i, :len(x)] = torch.tensor(x, dtype=torch.long)
         ids, probs, floor, blank, out_len = self.model.sample(
             src.to(device), lengths.to(device), self.condition(rates).float().to(device), self.temperature, generator)
+        empty = (lengths == 0).to(device)
+        if bool(empty.any()):   # the model writes confident tokens of nothing: one blank row, as the rules give
+            ids[empty], probs[empty], floor[empty], blank[empty] = self.blank_id, 0.0, 0.0, 0.0
+            probs[empty, 0, 0] = blank[empty, 0] = 1.0
+            out_len = torch.where(empty, 1, out_len)
+            t = int(out_len.max())
+            ids, probs, floor, blank = ids[:, :t], probs[:, :t], floor[:, :t], blank[:, :t]
         return Posteriors(ids=ids, weights=probs - floor[:, :, None] * (probs > 0), floor=floor, blank=blank,
                           lengths=out_len, vocab_size=self.vocab_size, blank_id=self.blank_id)
+
+
+def _compress(settings: dict | None) -> str:
+    """``threshold 0.9, topk 16`` of a compression identity (``compression disabled`` when it is off)."""
+    if not settings:
+        return "unrecorded settings"
+    if not settings.get("enabled", True):
+        return "compression disabled"
+    return f"threshold {settings.get('threshold')}, topk {settings.get('topk')}"
+
+
+def _short(value) -> str:
+    """A digest cut to its first 12 digits; anything else as it is (None: none)."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "..."
+    return "none" if value is None else str(value)
 
 
 def invert_calibration(rates: torch.Tensor, condition: Sequence[float], wer: Sequence[float]) -> torch.Tensor:

@@ -24,17 +24,21 @@ def format_simulation(tokenizer: Vocabulary, text: str, post: Posteriors, topk: 
 
 
 def show_simulation(tokenizer: Vocabulary, text: str, config: SimulationConfig | None = None, topk: int = 3,
-                    seed: int = 0, step: int = 0, samples: int = 1) -> str:
+                    seed: int = 0, step: int = 0, samples: int = 1, encoder_identity: dict | None = None) -> str:
     """Simulate ``text`` with the encoder's ``tokenizer`` and return the table of its rows.
 
     ``config`` chooses the simulator (``config.name``); ``step`` places a WER schedule, whose range at
     that step is printed as the asked WER; the token error rate (each row's top-1 id against the
     transcript's ids) is that of the table's draw and, with ``samples`` > 1, the mean over that many
-    draws: what the simulation does to the text, as a number.
+    draws: what the simulation does to the text, as a number. ``encoder_identity`` (``tasu.dump.identity``
+    of the encoder, without ``compress`` where none is configured): a learned simulator whose teacher
+    was another encoder or compression says so in one line.
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
     sim = build_simulator(config or SimulationConfig(), tokenizer)
+    if encoder_identity is not None:
+        sim.check_teacher(encoder_identity, "this encoder", refuse_compression=False)
     ids = tokenizer.encode(text)
     if not ids:   # a table of one blank row and "token error rate 0.0 %", exit 0
         raise ValueError(f"the text {text!r} spells no token of the encoder's vocabulary: nothing to simulate")
