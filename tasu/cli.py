@@ -129,8 +129,9 @@ def _train_simulator(args: argparse.Namespace) -> int:
         ([f"device={args.device}"] if args.device else [])
     cfg = load_simulator_training_config(args.config, overrides)
     report = train_simulator(cfg, args.data, args.out, resume=args.resume, allow_pipes=args.allow_pipes)
+    on = "" if report.get("held_out", True) else " (on the calibration transcripts: too few others)"
     for row in report.get("rows", []):
-        print(f"asked WER {100 * row['asked']:.1f} %: simulated token error rate {100 * row['simulated']:.1f} %")
+        print(f"asked WER {100 * row['asked']:.1f} %: simulated token error rate {100 * row['simulated']:.1f} %{on}")
     return 0
 
 

@@ -406,15 +406,18 @@ def test_a_lost_last_pointer_is_not_a_fresh_start(setup, tmp_path, capsys):
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000010"]
 
 
-def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_path, capsys):
+@pytest.mark.parametrize("kept", [("teacher.safetensors", "teacher.json"), ("teacher.json",)])
+def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_path, capsys, kept):
     """A resumed run whose --data has changed since its teacher set was made would go on from the old
-    run's weights on another set; it stops with one line instead, and leaves the run as it was."""
+    run's weights on another set; it stops with one line instead, and leaves the run as it was. So it
+    does when the teacher set is gone but its record (teacher.json) is there (it was rebuilt from the
+    new data)."""
     import logging
     import shutil
 
     out = tmp_path / "sim"
     shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")   # step_000010
-    for name in ("teacher.safetensors", "teacher.json"):
+    for name in kept:
         shutil.copy(setup / "sim" / name, out / name)
     data = tmp_path / "asr.jsonl"
     data.write_text((setup / "asr.jsonl").read_text().replace('"target": "', '"target": "please ', 1))
@@ -430,6 +433,45 @@ def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_pat
         log.handlers.clear()
     assert (out / "teacher.json").read_text() == (setup / "sim" / "teacher.json").read_text()
     assert (out / "checkpoints" / "last").read_text().strip() == "step_000010"
+
+
+def test_the_teacher_set_is_made_anew_when_its_audio_changed(setup, tmp_path, monkeypatch, caplog):
+    """The data files' digests do not see audio replaced under the same paths: the cached teacher set of
+    the old audio was reused. The audio's sizes and modification times are part of its identity now."""
+    import logging
+    import shutil
+
+    from tasu.dump import identity
+    from tasu.simulate.learned import SimulatorError
+    from tasu.train import simulator as training
+
+    shutil.copytree(setup / "wav", tmp_path / "wav")
+    data = tmp_path / "asr.jsonl"
+    data.write_text((setup / "asr.jsonl").read_text().replace(str(setup / "wav"), str(tmp_path / "wav")))
+    cfg = training.load_simulator_training_config(None, [f"encoder.path={setup / 'enc'}", *TINY])
+    recordings = training._recordings([str(data)], tokenizer(setup), allow_pipes=False)
+    ident = identity(cfg.encoder.path, cfg.encoder.type, cfg.compress)
+    out = tmp_path / "sim"
+    out.mkdir()
+    shutil.copy(setup / "sim" / "teacher.safetensors", out)   # as a run on this data and audio left them
+    teacher_json = {"identity": training._teacher_identity(cfg, [str(data)], recordings, ident), "examples": 18}
+    (out / "teacher.json").write_text(json.dumps(teacher_json))
+
+    def build(*args):
+        raise AssertionError("built anew")
+
+    monkeypatch.setattr(training, "build_teacher", build)
+    caplog.set_level("INFO", "tasu.train_simulator")
+    monkeypatch.setattr(logging.getLogger("tasu.train_simulator"), "propagate", True)
+    load = [cfg, [str(data)], out, recordings, "cpu", ident]
+    assert len(training.load_or_build_teacher(*load)) == 18   # the same audio: reused
+    wav = tmp_path / "wav" / "u0.wav"
+    sf.write(wav, 0 * waveform(0.5, seed=0).numpy(), 16000)   # new audio under the same path
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10 ** 9))
+    with pytest.raises(AssertionError, match="built anew"):
+        training.load_or_build_teacher(*load)
+    with pytest.raises(SimulatorError, match="the audio the records name"):
+        training.load_or_build_teacher(*load, resuming=True)
 
 
 def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, capsys):
@@ -460,6 +502,30 @@ def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, cap
     assert curve[:-1] == lines[:4] + lines[5:] and curve[-1].startswith("11\t")   # step 5's line was garbled
     assert (out / "checkpoints" / "last").read_text() == "step_000011\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000011"]   # 10 removed
+
+
+def test_a_report_on_the_calibration_transcripts_says_so(setup, tmp_path, capsys):
+    """With too few transcripts for a held-out report, its lines read as a held-out check; they say so."""
+    import logging
+    import shutil
+
+    out = tmp_path / "sim"
+    out.mkdir()
+    for name in ("teacher.safetensors", "teacher.json"):   # the same inputs and settings: reused
+        shutil.copy(setup / "sim" / name, out / name)
+    try:
+        result = tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                                 str(setup / "asr.jsonl"), "--out", str(out), *TINY, "train.max_steps=1",
+                                 "train.report_utterances=6", "train.report_wers=[1.0]")
+    finally:
+        log = logging.getLogger("tasu.train_simulator")
+        for handler in log.handlers:
+            handler.close()
+        log.handlers.clear()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not json.loads((out / "report.json").read_text())["held_out"]
+    assert result.stdout.splitlines()[-1].endswith("% (on the calibration transcripts: too few others)")
+    assert "% (on the calibration transcripts: too few others)" in (out / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -507,15 +573,18 @@ def test_degraded_copies_are_seeded_and_grow_with_severity():
     assert sum(hard) > 3 * sum(mild)
 
 
-def test_the_condition_is_learned_from_a_rule_teacher():
+def test_the_condition_is_learned_from_a_rule_teacher(monkeypatch, caplog):
     """A teacher whose error rates are known -- the rules' exact-count substitutions, four copies of
     each transcript at rates drawn from [0, 0.3], as the real teacher has copies at rising severity --
     and a tiny model: on transcripts it never saw, asking for more errors gives more errors.
 
     Measured (600 steps, 14 s on one core): asked 0 / 10 / 20 / 30 % -> 10.6 / 15.6 / 21.1 / 25.2 % at
     temperature 0.5; the offset at 0 % is the tiny model's own copying error. Calibrated on 64 of the
-    fresh transcripts, asked rates inside what the model reaches are hit on the other 64.
+    fresh transcripts, asked rates inside what the model reaches are hit on the other 64; that it does
+    not reach the bottom of the teacher's range is said (asked there, the curve's end was served silently).
     """
+    import logging
+
     from tasu.simulate import RuleSimulator
     from tasu.simulate.learned import LearnedSimulator, LearnedSimulatorConfig, SimulatorModel
     from tasu.train.simulator import SimulatorLoopConfig, Teacher, batch_index, calibrate, learning_rate, wer_report
@@ -555,6 +624,8 @@ def test_the_condition_is_learned_from_a_rule_teacher():
             out = sim(fresh, torch.Generator().manual_seed(1), wer=asked)
             errors = sum(token_error_rate(r, h) * len(r) for r, h in zip(fresh, row_tokens(out)))
             measured.append(errors / sum(len(r) for r in fresh))
+        monkeypatch.setattr(logging.getLogger("tasu.train_simulator"), "propagate", True)
+        caplog.set_level("WARNING", "tasu.train_simulator")
         c.calibration = calibrate(sim, fresh[:64])
         report = wer_report(sim, fresh[64:], SimulatorLoopConfig(report_wers=[0.15, 0.2]))
     finally:
@@ -562,6 +633,9 @@ def test_the_condition_is_learned_from_a_rule_teacher():
     assert measured == sorted(measured) and measured[-1] > measured[0] + 0.08, measured
     for row in report["rows"]:
         assert abs(row["simulated"] - row["asked"]) < 0.04, report
+    reached = c.calibration["wer"][0]
+    assert reached > 0.03 and (f"calibration: the sampled rows err at {100 * reached:.1f}-" in caplog.text
+                               and "not over all of the teacher's 0.0-30.0 %" in caplog.text), caplog.text
 
 
 def test_asked_wers_are_read_backwards_through_the_calibration_curve():

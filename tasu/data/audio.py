@@ -217,6 +217,12 @@ def path_kind(path: str) -> str:
     return _parse(path, by_form=True)[0]
 
 
+def audio_file(path: str) -> str | None:
+    """The file a record's ``path`` reads (an ark entry's archive), or None for a command."""
+    kind, target = _parse(path)
+    return None if kind == "pipe" else target[0] if kind == "ark" else target
+
+
 def _parse(path: str, by_form: bool = False) -> tuple[str, object]:
     """``("pipe", command)``, ``("ark", (file, offset))`` or ``("file", path)``."""
     if is_command(path):

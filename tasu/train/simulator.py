@@ -15,8 +15,9 @@ Steps, each named in the log:
    token error rate against the transcript: the condition the model learns. A record that points
    into a posterior dump (``tasu dump-posteriors``) takes its clean rows from there instead of
    running the encoder again; degraded copies always need the audio. The examples are cached in
-   ``OUT/teacher.safetensors`` (+ ``teacher.json``) and reused while the data, encoder and settings
-   are the same; the log tabulates them by error-rate bin (< 5, 5-10, 10-20, >= 20 %).
+   ``OUT/teacher.safetensors`` (+ ``teacher.json``) and reused while the data, its audio files (their
+   sizes and modification times), encoder and settings are the same; the log tabulates them by
+   error-rate bin (< 5, 5-10, 10-20, >= 20 %).
 2. **train**: teacher forcing, soft cross-entropy (``SimulatorModel.loss``), AdamW with linear warm-up
    and cosine decay, gradient clipping; checkpoints ``OUT/checkpoints/step_N/`` (weights, optimizer
    moments, step; all safetensors and JSON) every ``save_interval`` steps, written under a
@@ -33,10 +34,11 @@ Exact resume: the batches of a step are a function of (seed, step) (a seeded per
 epoch), dropout is reseeded from (seed, step) every step, and the learning rate is computed from
 the step, so weights + optimizer moments + the step are everything; a killed run resumed with
 ``--resume`` ends with the uninterrupted run's weights, bit for bit (tested). A run resumed on
-other inputs than its teacher set's (``teacher.json`` keeps the data files' sha256, the encoder's
-identity and the teacher settings) stops instead of training the old weights on another set, and so
-does one with other settings than its checkpoint records (all but ``RESUMABLE``: the run's length,
-logging and report, the device; a longer ``train.max_steps`` stretches the rest of the cosine).
+other inputs than its teacher set's (``teacher.json`` keeps the data files' sha256, a stamp of their
+audio files, the encoder's identity and the teacher settings; checked even when the teacher set itself
+is gone) stops instead of training the old weights on another set, and so does one with other
+settings than its checkpoint records (all but ``RESUMABLE``: the run's length, logging and report,
+the device; a longer ``train.max_steps`` stretches the rest of the cosine).
 
 Why a plain torch loop and not the DeepSpeed engine of ``tasu train``: the simulator is a few
 million parameters trained in one process, where DeepSpeed adds start-up time and nothing else (no
@@ -62,9 +64,9 @@ from tasu.config import flat_keys, require_dir, to_dict
 from tasu.experiment import EncoderConfig
 from tasu.fileio import file_sha256, read_json, write_atomic
 from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
-from tasu.simulate.learned import (LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture, SimulatorError,
-                                   SimulatorModel, read_safetensors, save_safetensors_atomic, vocab_digest,
-                                   write_simulator_dir)
+from tasu.simulate.learned import (REACH, LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture,
+                                   SimulatorError, SimulatorModel, read_safetensors, save_safetensors_atomic,
+                                   vocab_digest, write_simulator_dir)
 
 log = logging.getLogger("tasu.train_simulator")
 RESTART = "; remove the run's directory to train anew"   # what a damaged file of a training run leaves
@@ -340,11 +342,32 @@ def bin_counts(rates: Sequence[float]) -> dict[str, int]:
     return counts
 
 
-def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], encoder_identity: dict) -> dict:
+def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], recordings: list[dict],
+                      encoder_identity: dict) -> dict:
     digests = []
     for path in data:
         digests.append({"path": str(path), "sha256": file_sha256(path)})
-    return {"encoder": encoder_identity, "data": digests, "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
+    return {"encoder": encoder_identity, "data": digests, "audio": _audio_stamp(recordings),
+            "teacher": to_dict(cfg.teacher), "topk": cfg.model.topk}
+
+
+def _audio_stamp(recordings: list[dict]) -> str:
+    """SHA-256 of each audio file's path, size and modification time: audio replaced under the same
+    paths is another teacher set (the data files' digests do not see it). Cheap: the files are not
+    read; a command's output cannot be stamped."""
+    import hashlib
+    import os
+
+    from tasu.data.audio import audio_file
+
+    digest = hashlib.sha256()
+    for path in sorted({audio_file(r["path"]) or "" for r in recordings if r["path"] is not None} - {""}):
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:   # gone since the records were read: the teacher's build will say so
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
 
 
 def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, encoder_identity: dict,
@@ -352,19 +375,21 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
     """The cached teacher set of ``out`` when it was made from the same inputs and settings, else a new
     one made from ``recordings`` (``_recordings`` of ``data``). A run ``resuming`` on other inputs than
     its teacher's would go on training on another set from the old run's weights: it stops instead."""
-    ident = json.loads(json.dumps(_teacher_identity(cfg, data, encoder_identity)))
+    ident = json.loads(json.dumps(_teacher_identity(cfg, data, recordings, encoder_identity)))
     info_path = out / TEACHER_INFO
-    if info_path.exists() and (out / TEACHER).exists():
+    if info_path.exists():   # the record of the inputs: checked on resuming even if the teacher set is gone
         info = read_json(info_path, lambda i: isinstance(i, dict) and type(i.get("examples")) is int,
                          "a teacher.json (identity, examples)")
-        if info.get("identity") == ident:
+        then = info.get("identity") or {}
+        now = {k: v for k, v in ident.items() if k in then or k != "audio"}   # an older tasu stamped no audio
+        if then == now and (out / TEACHER).exists():
             log.info("teacher: %d examples from %s", info["examples"], out / TEACHER)
             return Teacher(**read_safetensors(out / TEACHER, RESTART))
-        if resuming:
-            then = info.get("identity") or {}
-            changed = [name for name in ("data", "encoder", "teacher", "topk") if then.get(name) != ident[name]]
+        if resuming and then != now:
+            changed = [name for name in now if then.get(name) != now[name]]
             what = {"data": "--data (its files or their contents)", "teacher": "teacher.*", "topk": "model.topk",
-                    "encoder": "the encoder (--encoder, encoder.options, compress.*)"}
+                    "encoder": "the encoder (--encoder, encoder.options, compress.*)",
+                    "audio": "the audio the records name (sizes or modification times)"}
             raise SimulatorError(f"cannot resume {out}: changed since its run's teacher set was made "
                                  f"({info_path}): {', '.join(what[n] for n in changed) or 'its inputs'}; train "
                                  "into a new --out (or remove this one) to use them, or put back what the run read")
@@ -588,9 +613,15 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
         report = wer_report(sim, held_out or calibrating, c)
         report.update(held_out=bool(held_out), teacher_mean_ter=float(teacher.ter.mean()))
         write_atomic(out / REPORT, json.dumps(report, indent=1) + "\n")
+        on = "" if held_out else " (on the calibration transcripts: too few others)"
         for row in report["rows"]:
-            log.info("asked WER %5.1f %%: simulated token error rate %5.1f %%", 100 * row["asked"],
-                     100 * row["simulated"])
+            log.info("asked WER %5.1f %%: simulated token error rate %5.1f %%%s", 100 * row["asked"],
+                     100 * row["simulated"], on)
+        missed = [f"{100 * row['asked']:.1f} -> {100 * row['simulated']:.1f} %" for row in report["rows"]
+                  if abs(row["simulated"] - row["asked"]) > REACH]
+        if missed:
+            log.warning("report: the simulated token error rate misses the asked WER by more than %.0f points (%s): "
+                        "ask for WERs it hits, or train the simulator longer", 100 * REACH, ", ".join(missed))
     return report
 
 
@@ -635,6 +666,10 @@ def calibrate(sim: LearnedSimulator, transcripts: list[list[int]], points: int =
         wer.append(top)
     log.info("calibration at temperature %g on %d transcripts: %s", sim.temperature, len(transcripts),
              ", ".join(f"{100 * x:.0f} -> {100 * w:.1f} %" for x, w in zip(conditions[::4], wer[::4])))
+    if wer[0] > lo + REACH or wer[-1] < hi - REACH:   # asked there, the simulator serves the curve's nearest end
+        log.warning("calibration: the sampled rows err at %.1f-%.1f %%, not over all of the teacher's %.1f-%.1f %%: "
+                    "a WER asked outside the first range gets rows at its nearest end; ask inside it, or train "
+                    "longer or on a teacher that covers the rest", 100 * wer[0], 100 * wer[-1], 100 * lo, 100 * hi)
     return {"temperature": sim.temperature, "condition": conditions, "wer": wer}
 
 
