@@ -330,47 +330,19 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
 
 
 # Builds the trainer (the prompts are read), edits the prompts file as a user preparing the next run
-# would, then trains: argv[1] the config, argv[2] the experiment dir, argv[3] the prompts file.
-EDIT_PROMPTS_WHILE_TRAINING = """
-import sys
-from pathlib import Path
-from tasu.config import load_config
-from tasu.experiment import ExperimentConfig
-from tasu.train.trainer import Trainer
-
-config, exp, prompts = sys.argv[1:]
-trainer = Trainer(load_config(ExperimentConfig, config, [f"data.prompts={prompts}"]), exp)
-Path(prompts).write_text('{"task": "ASR", "prompt": "Edited for another run."}\\n', encoding="utf-8")
-try:
-    trainer.fit()
-finally:
-    trainer.lock.release()
-"""
-
-
-@pytest.mark.slow
-def test_a_checkpoint_records_the_prompts_the_run_read_not_a_later_edit(setup, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"task": "ASR", "prompt": "Transcribe the audio."}\n', encoding="utf-8")
-    read = prompts.read_text(encoding="utf-8")
-    out = subprocess.run([sys.executable, "-c", EDIT_PROMPTS_WHILE_TRAINING, str(setup / "train.yaml"),
-                          str(tmp_path / "exp"), str(prompts)], env=ENV, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Edited" in prompts.read_text(encoding="utf-8")
-    assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
-
-
-# Builds the trainer, touches the training file (the same bytes) and trains; then appends a record to it, as a
-# data-preparation stage writing the next corpus into the same file would: argv[1] the config, argv[2] the
-# experiment dir, argv[3] the training file.
-CHANGE_DATA_WHILE_TRAINING = """
+# would, touches the training file (the same bytes) and trains; then appends a record to the training
+# file, as a data-preparation stage writing the next corpus into it would: argv[1] the config, argv[2]
+# the experiment dir, argv[3] the prompts file, argv[4] the training file.
+EDIT_FILES_WHILE_TRAINING = """
 import os, sys
+from pathlib import Path
 from tasu.config import load_config
 from tasu.experiment import ExperimentConfig
 from tasu.train.trainer import Trainer, TrainingError
 
-config, exp, data = sys.argv[1:]
-trainer = Trainer(load_config(ExperimentConfig, config, [f"data.train=[{data}]"]), exp)
+config, exp, prompts, data = sys.argv[1:]
+trainer = Trainer(load_config(ExperimentConfig, config, [f"data.prompts={prompts}", f"data.train=[{data}]"]), exp)
+Path(prompts).write_text('{"task": "ASR", "prompt": "Edited for another run."}\\n', encoding="utf-8")
 os.utime(data, ns=(0, 0))
 try:
     trainer.fit()
@@ -385,19 +357,26 @@ finally:
 
 
 @pytest.mark.slow
-def test_a_data_file_changed_during_the_run_stops_it(setup, tmp_path):
-    """Each epoch reads the training files again: one appended to during a run trained its next epoch on
-    records never checked, and its checkpoints recorded the file as it was."""
+def test_a_checkpoint_records_the_files_the_run_read_and_a_data_file_changed_stops_it(setup, tmp_path):
+    """The prompts are read once, at the start. The training files are read again each epoch: one appended
+    to during a run trained its next epoch on records never checked, and its checkpoints recorded the file
+    as it was."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"task": "ASR", "prompt": "Transcribe the audio."}\n', encoding="utf-8")
+    read = prompts.read_text(encoding="utf-8")
     data = tmp_path / "train.jsonl"
     shutil.copy(setup / "train.jsonl", data)
     size = data.stat().st_size
-    out = subprocess.run([sys.executable, "-c", CHANGE_DATA_WHILE_TRAINING, str(setup / "train.yaml"),
-                          str(tmp_path / "exp"), str(data)], env=ENV, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", EDIT_FILES_WHILE_TRAINING, str(setup / "train.yaml"),
+                          str(tmp_path / "exp"), str(prompts), str(data)], env=ENV, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "exp" / "checkpoints" / "step_000002").is_dir()   # touched: the same bytes, trained on
+    assert "Edited" in prompts.read_text(encoding="utf-8")
+    # touched (the same bytes): trained on, to the end
+    assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
     assert out.stdout.splitlines()[-1] == (f"{data} changed while this run was training ({size} bytes then, "
-                                  f"{data.stat().st_size} now): keep a run's data files as they are until it ends; "
-                                  "put the file back to --resume, or train a new experiment")
+                                           f"{data.stat().st_size} now): keep a run's data files as they are until "
+                                           "it ends; put the file back to --resume, or train a new experiment")
 
 
 def test_a_damaged_engine_file_is_named_and_not_unpickled(tmp_path):
