@@ -237,9 +237,9 @@ def test_a_source_the_length_limits_leave_out_whole_is_named(tmp_path, caplog, o
         assert sum(len(b.records) for b in batches) == 350
     said = [r.getMessage() for r in caplog.records]
     assert [m.split(":")[0] for m in said] == [long, tiny]   # the long one as soon as 1,000 were, the tiny at the end
-    assert said[0].startswith(f"{long}: its first 1000 record(s) of this process are all outside the length limits "
-                              "(min_length 1, max_length 20: ")
-    assert said[1].startswith(f"{tiny}: its first 5 record(s)")
+    assert said[0].startswith(f"{long}: its first 1000 records of this process are outside the length limits "
+                              "(min_length 1, max_length 20: ") and "so none of them is used" in said[0]
+    assert said[1].startswith(f"{tiny}: all its 5 record(s) of this process") and "so none is used" in said[1]
 
 
 def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):

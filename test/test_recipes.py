@@ -452,11 +452,13 @@ def test_job_runner_shares_the_cores_between_concurrent_jobs(tmp_path):
 def test_job_runner_gives_each_job_of_an_array_its_own_devices(tmp_path):
     """--gpu N: N decoding jobs loaded their models onto the first device, the others idle."""
     runner = str(ROOT / "utils" / "run_local.sh")
-    smi = tmp_path / "bin" / "nvidia-smi"   # a machine with two GPUs, none named in the environment
-    smi.parent.mkdir()
-    smi.write_text('#!/bin/sh\necho "GPU 0: X (UUID: GPU-a)"\necho "GPU 1: X (UUID: GPU-b)"\n')
-    smi.chmod(0o755)
+    smi, none = tmp_path / "bin" / "nvidia-smi", tmp_path / "none" / "nvidia-smi"   # two GPUs; none (this machine's?)
+    for stub, gpus in ((smi, 2), (none, 0)):
+        stub.parent.mkdir()
+        stub.write_text("#!/bin/sh\n" + "".join(f'echo "GPU {i}: X (UUID: GPU-{i})"\n' for i in range(gpus)))
+        stub.chmod(0o755)
     plain = {k: v for k, v in os.environ.items() if not k.endswith("VISIBLE_DEVICES")}
+    plain["PATH"] = f"{none.parent}:{os.environ['PATH']}"
 
     def devices(*args: str, jobs: int = 3, **env: str) -> list[str]:
         shutil.rmtree(tmp_path / "log", ignore_errors=True)
@@ -470,7 +472,9 @@ def test_job_runner_gives_each_job_of_an_array_its_own_devices(tmp_path):
                                                                   "cuda=4 npu=unset"]
     assert devices("--gpu", "2", ASCEND_RT_VISIBLE_DEVICES="0,1,2,3", jobs=2) == ["cuda=unset npu=0,1",
                                                                                    "cuda=unset npu=2,3"]
+    assert devices("--gpu", "2", CUDA_VISIBLE_DEVICES="3", jobs=2) == ["cuda=3 npu=unset"] * 2   # at most all
     with_smi = dict(PATH=f"{smi.parent}:{os.environ['PATH']}")
+    assert devices("--gpu", "1", CUDA_VISIBLE_DEVICES="", **with_smi) == ["cuda= npu=unset"] * 3   # hidden on purpose
     assert devices("--gpu", "1", **with_smi) == ["cuda=0 npu=unset", "cuda=1 npu=unset", "cuda=0 npu=unset"]
     assert devices("--gpu", "0", **with_smi) == ["cuda=unset npu=unset"] * 3   # CPU jobs: nothing dealt
     assert devices("--gpu", "1") == ["cuda=unset npu=unset"] * 3   # no device to deal

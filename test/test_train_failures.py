@@ -330,9 +330,9 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
 
 
 # Builds the trainer (the prompts are read), edits the prompts file as a user preparing the next run
-# would, touches the training file (the same bytes) and trains; then appends a record to the training
-# file, as a data-preparation stage writing the next corpus into it would: argv[1] the config, argv[2]
-# the experiment dir, argv[3] the prompts file, argv[4] the training file.
+# would, touches the training file (the same bytes) and trains; after step 3 it appends a record to the
+# training file, as a data-preparation stage writing the next corpus into it would: argv[1] the config,
+# argv[2] the experiment dir, argv[3] the prompts file, argv[4] the training file.
 EDIT_FILES_WHILE_TRAINING = """
 import os, sys
 from pathlib import Path
@@ -341,14 +341,23 @@ from tasu.experiment import ExperimentConfig
 from tasu.train.trainer import Trainer, TrainingError
 
 config, exp, prompts, data = sys.argv[1:]
-trainer = Trainer(load_config(ExperimentConfig, config, [f"data.prompts={prompts}", f"data.train=[{data}]"]), exp)
+trainer = Trainer(load_config(ExperimentConfig, config, [f"data.prompts={prompts}", f"data.train=[{data}]",
+                                                        "data.max_batch_size=2", "train.max_steps=6"]), exp)
 Path(prompts).write_text('{"task": "ASR", "prompt": "Edited for another run."}\\n', encoding="utf-8")
 os.utime(data, ns=(0, 0))
+step = trainer._train_step
+
+
+def append_after_step_3(batch, window):
+    step(batch, window)
+    if trainer.step == 3:
+        with open(data, "a", encoding="utf-8") as f:
+            f.write(open(data, encoding="utf-8").readline())
+
+
+trainer._train_step = append_after_step_3
 try:
     trainer.fit()
-    with open(data, "a", encoding="utf-8") as f:
-        f.write(open(data, encoding="utf-8").readline())
-    trainer._check_data_unchanged()
 except TrainingError as e:
     print(e)
 finally:
@@ -372,8 +381,9 @@ def test_a_checkpoint_records_the_files_the_run_read_and_a_data_file_changed_sto
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Edited" in prompts.read_text(encoding="utf-8")
-    # touched (the same bytes): trained on, to the end
     assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
+    # touched (the same bytes): trained on; appended to: no checkpoint records it as it was
+    assert sorted(p.name for p in (tmp_path / "exp" / "checkpoints").glob("step_*")) == ["step_000002"]
     assert out.stdout.splitlines()[-1] == (f"{data} changed while this run was training ({size} bytes then, "
                                            f"{data.stat().st_size} now): keep a run's data files as they are until "
                                            "it ends; put the file back to --resume, or train a new experiment")

@@ -86,20 +86,22 @@ read -r -a launcher_words <<< "${launcher}"   # split at spaces, never globbed (
 # --gpu with a job array: the devices to deal out, and the variable that names a job's share
 device_var= devices=()
 if ${array} && [ -z "${launcher}" ] && [[ "${gpu}" =~ ^[1-9][0-9]*$ ]]; then   # (a cluster deals its own)
-  if [ -n "${ASCEND_RT_VISIBLE_DEVICES:-}" ]; then
+  if [ -n "${ASCEND_RT_VISIBLE_DEVICES+set}" ]; then
     device_var=ASCEND_RT_VISIBLE_DEVICES
-  elif [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+  elif [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     device_var=CUDA_VISIBLE_DEVICES
   elif command -v nvidia-smi > /dev/null && n=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU') && [ "${n}" -gt 0 ]; then
     device_var=CUDA_VISIBLE_DEVICES
     mapfile -t devices < <(seq 0 $(( n - 1 )))
   fi
   [ -n "${device_var}" ] && [ "${#devices[@]}" -eq 0 ] && IFS=, read -r -a devices <<< "${!device_var}"
+  [ "${#devices[@]}" -gt 0 ] || device_var=   # set but empty: every device hidden on purpose, none to deal
 fi
 
-job_devices() {  # <id>: the devices of job <id>, comma-separated: --gpu of them, dealt in turn
-  local first_device=$(( ($1 - first) * gpu )) k out=()
-  for (( k = 0; k < gpu; k++ )); do
+job_devices() {  # <id>: the devices of job <id>, comma-separated: --gpu of them (at most all), dealt in turn
+  local count=$(( gpu < ${#devices[@]} ? gpu : ${#devices[@]} )) k out=()
+  local first_device=$(( ($1 - first) * count ))
+  for (( k = 0; k < count; k++ )); do
     out+=("${devices[$(( (first_device + k) % ${#devices[@]} ))]}")
   done
   (IFS=,; echo "${out[*]}")

@@ -164,7 +164,7 @@ class StreamingBatches(IterableDataset):
                 yield batch
         for i, skipped in enumerate(stats["skipped_of"]):   # the epoch planned whole: the small sources
             if 0 < skipped < _LOST_AFTER and not stats["kept_of"][i] and stats["say"]:
-                self._say_lost(i, skipped)
+                self._say_lost(i, skipped, whole=True)
 
     def _records(self, epoch: int, files: ExitStack) -> Iterator[tuple[int, Record]]:
         """This rank's records of the epoch, in the epoch's order, each with its source's number."""
@@ -223,14 +223,16 @@ class StreamingBatches(IterableDataset):
                 stats["skipped"] += 1
                 stats["skipped_of"][source] += 1
                 if stats["skipped_of"][source] == _LOST_AFTER and not stats["kept_of"][source] and stats["say"]:
-                    self._say_lost(source, _LOST_AFTER)
+                    self._say_lost(source, _LOST_AFTER, whole=False)
 
-    def _say_lost(self, source: int, skipped: int) -> None:
-        """A source whose records the length limits all leave out gives nothing, whatever its weight."""
-        log.warning("%s: its first %d record(s) of this process are all outside the length limits (min_length %d, "
-                    "max_length %d: prompt, speech rows and target tokens), so none is used, whatever its weight "
-                    "(a task's prompt too long? data.min_length, data.max_length, data.max_tokens)",
-                    self.sources[source].path, skipped, self.min_length, self.max_length)
+    def _say_lost(self, source: int, skipped: int, whole: bool) -> None:
+        """A source whose records the length limits all leave out gives nothing, whatever its weight
+        (``whole``: all its records of the epoch; else its first ones)."""
+        which = f"all its {skipped} record(s)" if whole else f"its first {skipped} records"
+        log.warning("%s: %s of this process are outside the length limits (min_length %d, max_length %d: prompt, "
+                    "speech rows and target tokens), so %s used, whatever its weight (a task's prompt too long? "
+                    "data.min_length, data.max_length, data.max_tokens)", self.sources[source].path, which,
+                    self.min_length, self.max_length, "none is" if whole else "none of them is")
 
     def _batches(self, records: Iterator[tuple[int, Record]], rng: random.Random) -> Iterator[list[Record]]:
         if self.sort_window <= 1:   # no sorting: batches packed in the order the records come

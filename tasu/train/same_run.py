@@ -45,7 +45,8 @@ RESUMABLE = frozenset({"train.max_steps", "train.epochs", "train.log_interval", 
                        "train.save_interval", "train.keep_best", "train.init_from", "data.num_workers",
                        "engine.device"})
 MOVABLE = frozenset({"encoder.path", "llm.path", "data.prompts"})   # locations: logged when they differ
-LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"})
+LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
+                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 SHOWN = 3   # differences named in the message; the rest are counted
 
 
@@ -71,7 +72,8 @@ def llm_digest(path: str | Path) -> str:
     """SHA-256 of an LLM directory's config, tokenizer and weight files (names, sizes, contents).
 
     A projector is trained for one LLM: continued on another release of the same shapes (a base model
-    for its instruct one) it loads, trains and decodes, half one model and half the other. The other
+    for its instruct one) it loads, trains and decodes, half one model and half the other; and with
+    another chat template or special tokens (tokenizer_config.json) it reads other prompts. The other
     files (a README, generation_config.json) may change. A few seconds a run for a 1.5B model.
     """
     digest = hashlib.sha256()

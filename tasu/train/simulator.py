@@ -16,7 +16,7 @@ Steps, each named in the log:
    into a posterior dump (``tasu dump-posteriors``) takes its clean rows from there instead of
    running the encoder again; degraded copies always need the audio. The examples are cached in
    ``OUT/teacher.safetensors`` (+ ``teacher.json``) and reused while the data, its audio files (their
-   sizes and modification times), encoder and settings are the same; the log tabulates them by
+   contents), encoder and settings are the same; the log tabulates them by
    error-rate bin (< 5, 5-10, 10-20, >= 20 %).
 2. **train**: teacher forcing, soft cross-entropy (``SimulatorModel.loss``), AdamW with linear warm-up
    and cosine decay, gradient clipping; checkpoints ``OUT/checkpoints/step_N/`` (weights, optimizer
@@ -352,19 +352,18 @@ def _teacher_identity(cfg: SimulatorTrainingConfig, data: Sequence[str], recordi
 
 
 def _audio_stamp(recordings: list[dict]) -> str:
-    """SHA-256 of each audio file's path, size and modification time: audio replaced under the same
-    paths is another teacher set (the data files' digests do not see it). Cheap: the files are not
-    read; a command's output cannot be stamped."""
+    """SHA-256 of each audio file's path and bytes: audio replaced under the same paths is another
+    teacher set (the data files' digests do not see it); a touched or copied file is the same. The
+    files are read once more (the teacher's encoder passes read them all anyway); a command's output
+    cannot be stamped."""
     import hashlib
-    import os
 
     from tasu.data.audio import audio_file
 
     digest = hashlib.sha256()
     for path in sorted({audio_file(r["path"]) or "" for r in recordings if r["path"] is not None} - {""}):
         try:
-            st = os.stat(path)
-            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(f"{path}\0{file_sha256(path)}\n".encode())
         except OSError:   # gone since the records were read: the teacher's build will say so
             digest.update(f"{path}\0missing\n".encode())
     return digest.hexdigest()
@@ -389,7 +388,7 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
             changed = [name for name in now if then.get(name) != now[name]]
             what = {"data": "--data (its files or their contents)", "teacher": "teacher.*", "topk": "model.topk",
                     "encoder": "the encoder (--encoder, encoder.options, compress.*)",
-                    "audio": "the audio the records name (sizes or modification times)"}
+                    "audio": "the audio the records name (its contents)"}
             raise SimulatorError(f"cannot resume {out}: changed since its run's teacher set was made "
                                  f"({info_path}): {', '.join(what[n] for n in changed) or 'its inputs'}; train "
                                  "into a new --out (or remove this one) to use them, or put back what the run read")

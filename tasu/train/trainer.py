@@ -390,7 +390,8 @@ class Trainer:
         handlers = [logging.FileHandler(self.exp_dir / "train.log"), logging.StreamHandler()] if self.rank == 0 else []
         for handler in handlers:
             handler.setFormatter(fmt)
-        for logger in (log, logging.getLogger("tasu.data")):   # the trainer's, and its data's (batching)
+        # the trainer's, its data's (batching) and its simulation's (a learned simulator's warnings)
+        for logger in (log, logging.getLogger("tasu.data"), logging.getLogger("tasu.simulate")):
             logger.setLevel(logging.INFO)
             logger.handlers[:] = handlers
             logger.propagate = False
