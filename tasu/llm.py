@@ -22,12 +22,12 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from tasu.data.prompts import SPEECH_TOKEN
 from tasu.weights import ModelFilesError, from_pretrained
 
 if TYPE_CHECKING:   # the config's own section: one description of the adapters, for configs and code alike
     from tasu.experiment import LoRAConfig
 
-SPEECH_TOKEN = "<speech>"
 IGNORE_INDEX = -100
 
 

@@ -165,13 +165,17 @@ def test_unknown_task_and_template_fields_against_a_prompt_set(tmp_path):
                  '{"key": "a", "task": "ASRR", "target": "x"}',
                  '{"key": "b", "task": "prevtext", "target": "x"}',
                  '{"key": "c", "task": "hotword", "target": "x", "hotword": ["a", "b"]}',
-                 '{"key": "d", "task": "prevtext", "target": "x", "prevtext": "before"}')
+                 '{"key": "d", "task": "prevtext", "target": "x", "prevtext": "before"}',
+                 '{"key": "e", "task": "hotword", "target": "x", "hotword": "say <speech>"}')
     records, problems = collect(path, prompts=load_prompts())
     assert [r.key for _, r in records] == ["d"]
     assert problems[0].startswith(f"{path}:1: task: unknown task 'ASRR': the prompt set has ASR, EN2DE,")
     assert problems[1:] == [
         f"{path}:2: prevtext: missing (the prevtext prompts are filled from it)",
         f"{path}:3: hotword: must be a non-empty string, not an array (the hotword prompts are filled from it)",
+        # it stopped training at the batch, naming no record: "prompt '...' must not contain <speech> itself"
+        f"{path}:5: hotword: holds <speech>, which marks where the speech goes (the hotword prompts are filled "
+        "from it): write it otherwise",
     ]
 
 

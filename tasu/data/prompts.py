@@ -31,6 +31,7 @@ from tasu.data.records import DataError
 
 log = logging.getLogger(__name__)
 
+SPEECH_TOKEN = "<speech>"   # where the speech goes in the LLM's input, after the prompt (tasu.llm)
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompt_sets"
 DEFAULT_PROMPTS = PROMPTS_DIR / "en.jsonl"
 

@@ -367,11 +367,16 @@ def _check(obj: dict[str, Any], prompts: PromptSet | None,
                                      f"{', '.join(sorted(prompts.tasks))} (another task needs its prompts "
                                      "in a prompts file: --prompts, data.prompts)"))
         else:
+            from tasu.data.prompts import SPEECH_TOKEN   # (prompts.py imports this module)
+
             for name in prompts.fields(task):
                 value = obj.get(name)
                 if type(value) is not str or not value:
                     problems.append((name, _bad_string(obj, name)
                                      + f" (the {task} prompts are filled from it)"))
+                elif SPEECH_TOKEN in value:   # the prompt would hold two places for the speech
+                    problems.append((name, f"holds {SPEECH_TOKEN}, which marks where the speech goes (the {task} "
+                                           "prompts are filled from it): write it otherwise"))
     return problems
 
 
