@@ -513,17 +513,24 @@ def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, cap
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000011"]   # 10 removed
 
 
-def test_a_report_on_the_calibration_transcripts_says_so(setup, tmp_path, capsys):
+def test_a_report_on_the_calibration_transcripts_says_so(setup, tmp_path, capsys, monkeypatch):
     """With too few transcripts for a held-out report, its lines read as a held-out check; they say so."""
     import shutil
 
+    from tasu.train import simulator as training
+
+    def calibrate(sim, transcripts):   # its 21 sampled points took a minute; the label is what is tested
+        lo, hi = sim.c.wer_range
+        return {"temperature": sim.temperature, "condition": [lo, hi], "wer": [lo, hi]}
+
+    monkeypatch.setattr(training, "calibrate", calibrate)
     out = tmp_path / "sim"
-    out.mkdir()
-    for name in ("teacher.safetensors", "teacher.json"):   # the same inputs and settings: reused
+    shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")   # step_000010: rows that end (one step's
+    for name in ("teacher.safetensors", "teacher.json"):                   # rows ran to their length limit, slowly)
         shutil.copy(setup / "sim" / name, out / name)
     result = train_simulator_in_process(capsys, "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
-                                        "--out", str(out), *TINY, "train.max_steps=1", "train.report_utterances=6",
-                                        "train.report_wers=[1.0]")
+                                        "--out", str(out), "--resume", *TINY, "train.max_steps=11",
+                                        "train.report_utterances=6", "train.report_wers=[1.0]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert not json.loads((out / "report.json").read_text())["held_out"]
     assert result.stdout.splitlines()[-1].endswith("% (on the calibration transcripts: too few others)")
