@@ -49,7 +49,7 @@ import torch
 
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
-from tasu.fileio import atomic_replace, file_sha256, read_json, write_atomic
+from tasu.fileio import atomic_replace, file_sha256, files_digest, read_json, write_atomic
 from tasu.lock import LOCK_NAME, DirLock
 from tasu.posteriors import Posteriors
 
@@ -78,12 +78,7 @@ def encoder_digest(path: str | Path, encoder_type: str = "auto") -> str:
     """
     from tasu.encoders.registry import backend
 
-    digest = hashlib.sha256()
-    for file in backend(path, encoder_type).model_files(Path(path)):
-        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
-        with open(file, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
+    return files_digest(backend(path, encoder_type).model_files(Path(path)))
 
 
 def identity(encoder_path: str | Path, encoder_type: str, compress: CompressConfig,

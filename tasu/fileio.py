@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 # Where Linux (4.7 and later) shows a process's umask without it having to be changed to be read.
 _PROC_STATUS = "/proc/self/status"
@@ -163,3 +163,14 @@ def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, hex: how dumps, decodes and resumed runs tell a file changed."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def files_digest(files: Iterable[Path]) -> str:
+    """One SHA-256 over ``files``' names, sizes and contents, in the order given: what a model made of
+    several files (an encoder's, an LLM's) is known by."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()

@@ -34,7 +34,7 @@ from typing import Any
 
 from tasu.config import ConfigError, flat_keys, load_config, to_dict
 from tasu.experiment import ExperimentConfig
-from tasu.fileio import read_json, write_atomic
+from tasu.fileio import files_digest, read_json, write_atomic
 from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS
 from tasu.train.checkpoint import ENGINE_DIR
 
@@ -76,13 +76,8 @@ def llm_digest(path: str | Path) -> str:
     another chat template or special tokens (tokenizer_config.json) it reads other prompts. The other
     files (a README, generation_config.json) may change. A few seconds a run for a 1.5B model.
     """
-    digest = hashlib.sha256()
-    for file in sorted(Path(path).iterdir()):
-        if file.is_file() and (file.name in LLM_FILES or file.suffix in (".safetensors", ".bin")):
-            digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
-            with open(file, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
+    return files_digest(file for file in sorted(Path(path).iterdir())
+                        if file.is_file() and (file.name in LLM_FILES or file.suffix in (".safetensors", ".bin")))
 
 
 def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:

@@ -26,7 +26,6 @@ data stops the run at step 0 with ``FILE:LINE: FIELD: message`` rather than hour
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -49,7 +48,7 @@ from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
 from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
-from tasu.fileio import write_atomic
+from tasu.fileio import file_sha256, write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, check_vocab,
                            checkpoint_name, dump_config, encoder_tokenizer, last_checkpoint, load_trainable,
@@ -331,8 +330,7 @@ class Trainer:
     def _same_bytes(self, path: str) -> bool:
         """Whether ``path`` still has the sha256 the run recorded for it (rank 0 only)."""
         recorded = {e["path"]: e["sha256"] for role in ("train", "valid") for e in self.data_record[role]}
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() == recorded[path]
+        return file_sha256(path) == recorded[path]
 
     def _take_lock(self) -> None:
         if self.rank == 0:  # one run, one holder: rank 0 stands for all its processes
