@@ -224,6 +224,27 @@ def test_stream_order_keeps_the_shares_of_a_file_with_blank_lines(tmp_path):
         assert abs(shares.get("c", 0) - 0.5) <= 0.05, shares
 
 
+def test_stream_order_spreads_a_weighted_sources_copies_over_the_epoch(tmp_path):
+    """Its copies came one after the other: with no shuffle buffer 925 of 1,000 records had both copies
+    in one batch, so the weight acted as extra loss on a batch, not as a second pass."""
+    a = write_source(tmp_path / "a.jsonl", "a", 1000)
+    b = write_source(tmp_path / "b.jsonl", "b", 1500)
+    batches = list(StreamingBatches([Source(a, 2.0), Source(b, 1.5)], length, max_tokens=60, order="stream",
+                                    shuffle_buffer=0, sort_window=0, seed=2))
+    where = collections.defaultdict(list)
+    for n, batch in enumerate(batches):
+        for record in batch.records:
+            where[record.key].append(n)
+    a_keys = [k for k in where if k.startswith("a")]
+    assert len(a_keys) == 1000 and all(len(where[k]) == 2 for k in a_keys)
+    apart = [(where[k][1] - where[k][0]) / len(batches) for k in a_keys]
+    assert min(apart) > 0.45 and max(apart) < 0.55   # half an epoch apart
+    b_counts = collections.Counter(len(where[k]) for k in where if k.startswith("b"))
+    assert set(b_counts) == {1, 2} and abs(b_counts[2] - 750) < 80   # the half pass: each record with p 0.5
+    for shares in window_shares(batches):   # each stretch still holds each source at its share
+        assert abs(shares["a"] - 2000 / 4250) <= 0.05, shares
+
+
 @pytest.mark.parametrize("order", ["shuffle", "stream", "sequential"])
 def test_a_source_the_length_limits_leave_out_whole_is_named(tmp_path, caplog, order):
     """Given weight 3, it gave nothing, and only a running count of skipped records named no file."""

@@ -17,7 +17,8 @@
   the others as evenly as the shuffled order spreads them, and records pass a ``shuffle_buffer``.
   Sources are mixed at their shares, but a source's own order is broken only within the buffer:
   split a huge, ordered corpus into shard files listed as separate sources, which are then read
-  side by side.
+  side by side. A source of weight 2 is read twice, one pass after the other, so a record's two
+  copies come half an epoch apart (read side by side, they shared a batch).
 - ``"sequential"`` (validation): the files one after another, in file order.
 
 A source's ``weight`` says how many times an epoch holds it (1.0: each record once; 2.0: twice,
@@ -305,25 +306,44 @@ def _interleaved(sources: list[Source], read_kwargs: dict,
     """The sources' records mixed, each source read start to end (the "stream" order).
 
     The same stratified interleave as the shuffled order (``_spread``), computed as the files are
-    read: the k-th line of a source with n lines is placed at (k + u) / n, u random, and the next
-    record comes from the source whose next line has the smallest place. A record is given ``weight``
-    times on average (whole copies, then one more with the fractional part's probability).
+    read: each source's places fill the epoch evenly, and the next record comes from the source whose
+    next line has the smallest place. A source of ``weight`` w = whole + part is read in ``whole``
+    passes one after the other, then a last pass that gives each record with probability ``part``;
+    over the epoch they take spans in proportion (weight 2: the first pass in the first half, the
+    second in the second), so a record's copies come half an epoch apart, not side by side in one
+    batch. The k-th line of a pass of n lines is placed at (k + u) / n of its span, u random.
     """
-    streams = [iter_records(s.path, **read_kwargs) for s in sources]
-    copies = [divmod(s.weight, 1.0) for s in sources]
-    coin = random.Random(int(rng.integers(2**63)))
     lines = [_count_records(s.path) for s in sources]
-    heap = [(coin.random() / n, i, 0) for i, n in enumerate(lines) if n]
+    passes = [_passes(s.weight) for s in sources]
+    coin = random.Random(int(rng.integers(2**63)))
+    streams = [iter_records(s.path, **read_kwargs) for s in sources]
+
+    def place(i: int, p: int, k: int) -> float:
+        """Where the k-th line of source i's pass p falls in the epoch, in [0, 1)."""
+        start, span = passes[i][p]
+        return start + span * (k + coin.random()) / lines[i]
+
+    heap = [(place(i, 0, 0), i, 0, 0) for i, n in enumerate(lines) if n]
     heapq.heapify(heap)
     while heap:
-        _, i, k = heapq.heappop(heap)
+        _, i, p, k = heapq.heappop(heap)
         if k + 1 < lines[i]:
-            heapq.heappush(heap, ((k + 1 + coin.random()) / lines[i], i, k + 1))
+            heapq.heappush(heap, (place(i, p, k + 1), i, p, k + 1))
+        elif p + 1 < len(passes[i]):   # the source read again from its start
+            heapq.heappush(heap, (place(i, p + 1, 0), i, p + 1, 0))
         record = next(streams[i], None)   # None: a line without a record was counted (see _count_records)
-        if record is not None:
-            whole, part = copies[i]
-            for _ in range(int(whole) + (coin.random() < part)):
-                yield i, record
+        if k + 1 == lines[i]:
+            streams[i] = iter_records(sources[i].path, **read_kwargs)
+        if record is not None and (p < int(sources[i].weight) or coin.random() < sources[i].weight % 1.0):
+            yield i, record
+
+
+def _passes(weight: float) -> list[tuple[float, float]]:
+    """Where each pass over a source of ``weight`` falls in a stream-order epoch: ``(start, span)``
+    fractions of the epoch, one a whole pass, then one for the fractional part (its span in proportion)."""
+    whole, part = divmod(weight, 1.0)
+    spans = [1.0] * int(whole) + ([part] if part else [])
+    return [(sum(spans[:p]) / weight, span / weight) for p, span in enumerate(spans)]
 
 
 def _count_records(path: str) -> int:
