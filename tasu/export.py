@@ -57,7 +57,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
-    from tasu.model_io import MODEL_DIR, PROMPTS, encoder_tokenizer, load_trained, trained_vocab, write_model
+    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, trained_vocab,
+                               write_model)
     from tasu.simulate.base import vocab_digest
 
     out = Path(out)
@@ -91,7 +92,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         (tmp / MODEL_DIR).mkdir()
         write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
                     (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"),
-                    trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)))
+                    trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)), llm_digest(tmp / LLM_DIR))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,7 @@ def write_checkpoint(root: Path, encoder: Path, llm: Path) -> Path:
     from tasu.config import load_config
     from tasu.data.prompts import DEFAULT_PROMPTS
     from tasu.experiment import ExperimentConfig
-    from tasu.model_io import MODEL_DIR, build_model, encoder_tokenizer, write_model
+    from tasu.model_io import MODEL_DIR, build_model, encoder_tokenizer, llm_digest, write_model
     from tasu.simulate.base import vocab_digest
 
     (root / "train.yaml").write_text(f"""
@@ -25,7 +25,7 @@ projector: {{name: linear-silu, options: {{hidden: 32}}}}
     ckpt = root / "ckpt"
     (ckpt / MODEL_DIR).mkdir(parents=True)
     write_model(ckpt / MODEL_DIR, model.trainable_state_dict(), cfg, DEFAULT_PROMPTS.read_text(encoding="utf-8"),
-                vocab_digest(encoder_tokenizer(cfg)))
+                vocab_digest(encoder_tokenizer(cfg)), llm_digest(llm))
     return ckpt
 
 

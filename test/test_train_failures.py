@@ -304,6 +304,12 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
                          timeout=600)
     assert out.returncode == 1 and f"train.init_from {ckpt}: it was trained for the LLM {setup / 'llm'} " \
         f"(sha256" in out.stderr and "a projector is trained for one LLM" in out.stderr, out.stderr[-2000:]
+    # nor at decoding (tasu decode and transcribe, Speech2Text and tasu export load through load_trained)
+    from tasu.model_io import CheckpointError, load_trained
+
+    load_trained(exp, audio=False, overrides=[f"llm.path={moved_llm}"])
+    with pytest.raises(CheckpointError, match=rf"{ckpt} was trained for another LLM than llm.path {other_llm} "):
+        load_trained(exp, audio=False, overrides=[f"llm.path={other_llm}"])
 
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"

@@ -34,8 +34,8 @@ from typing import Any
 
 from tasu.config import ConfigError, flat_keys, load_config, to_dict
 from tasu.experiment import ExperimentConfig
-from tasu.fileio import files_digest, read_json, write_atomic
-from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS
+from tasu.fileio import read_json, write_atomic
+from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS, llm_digest
 from tasu.train.checkpoint import ENGINE_DIR
 
 log = logging.getLogger("tasu.train")
@@ -45,8 +45,6 @@ RESUMABLE = frozenset({"train.max_steps", "train.epochs", "train.log_interval", 
                        "train.save_interval", "train.keep_best", "train.init_from", "data.num_workers",
                        "engine.device"})
 MOVABLE = frozenset({"encoder.path", "llm.path", "data.prompts"})   # locations: logged when they differ
-LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
-                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 SHOWN = 3   # differences named in the message; the rest are counted
 
 
@@ -66,18 +64,6 @@ def data_record(cfg: ExperimentConfig, init_ckpt: Path | None = None) -> dict:
     return {"train": [entry(s.path) for s in cfg.data.train], "valid": [entry(p) for p in cfg.data.valid],
             "init_from": None if init_ckpt is None else entry(init_ckpt / MODEL_DIR / WEIGHTS),
             "llm": {"path": str(cfg.llm.path), "sha256": llm_digest(cfg.llm.path)}}
-
-
-def llm_digest(path: str | Path) -> str:
-    """SHA-256 of an LLM directory's config, tokenizer and weight files (names, sizes, contents).
-
-    A projector is trained for one LLM: continued on another release of the same shapes (a base model
-    for its instruct one) it loads, trains and decodes, half one model and half the other; and with
-    another chat template or special tokens (tokenizer_config.json) it reads other prompts. The other
-    files (a README, generation_config.json) may change. A few seconds a run for a 1.5B model.
-    """
-    return files_digest(file for file in sorted(Path(path).iterdir())
-                        if file.is_file() and (file.name in LLM_FILES or file.suffix in (".safetensors", ".bin")))
 
 
 def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:
