@@ -228,8 +228,9 @@ def _same_references(a: Row, b: Row) -> bool:
 
 
 def _scored_file(score_json: Path, entry: dict[str, str]) -> Path:
-    """A file a score.json names (``files``): by its path relative to the score's directory."""
-    return Path(os.path.normpath(score_json.parent / entry["path"]))
+    """A file a score.json names (``files``): by its path relative to the score's directory, as scoring
+    wrote it (resolved: through a link to exp/ of another depth, the path led nowhere and went unchecked)."""
+    return Path(os.path.normpath(score_json.parent.resolve() / entry["path"]))
 
 
 def _listed_name(root: Path, name: str, exps: list[str]) -> str:

@@ -343,6 +343,22 @@ def test_a_bleu_score_json_needs_its_details(tmp_path):
         collect_results(tmp_path / "exp")
 
 
+def test_a_changed_reference_is_seen_through_a_linked_experiment_root(tmp_path, monkeypatch, capsys):
+    """exp -> ../scratch/big/user/exp (Kaldi's usual link): the reference's recorded path, relative to
+    the real directory, was joined to the linked one and led nowhere, so a corrected reference went
+    unchecked and the stale row was printed, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch/big/user/exp/A/dec").mkdir(parents=True)
+    Path("exp").symlink_to("scratch/big/user/exp")
+    write(Path("data/text"), ["u1\thello world", "u2\tgood morning"])
+    write(Path("exp/A/dec/hyp.trn"), ["u1\thello world", "u2\tgood evening"])
+    score_files(Path("data/text"), Path("exp/A/dec/hyp.trn"), "wer")
+    assert tasu_results("exp") == 0 and "|dec|" in capsys.readouterr().out
+    write(Path("data/text"), ["u1\thello world", "u2\tgood evening"])
+    assert tasu_results("exp") == 1
+    assert "data/text has changed since it was scored (other references)" in capsys.readouterr().err
+
+
 def test_git_hash_names_the_checkout_or_says_unknown(tmp_path):
     """One lookup for RESULTS.md's environment and the mini study's report."""
     assert git_hash(tmp_path) == "unknown"   # not a checkout
