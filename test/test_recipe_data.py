@@ -498,3 +498,8 @@ def test_stage_2_remakes_the_jsonl_of_a_data_dir_made_again(librispeech):
     assert "dump/dev_clean/ASR.jsonl: already made" in out.stderr
     assert len(lines(recipe / "dump" / "train" / "ASR.jsonl")) == 5
     assert len(lines(recipe / "dump" / "train" / "ASR.text_only.jsonl")) == 5
+    # a JSONL removed by hand beside its .done: stage 2 skipped it as made, stage 3 asked for stage 2
+    (recipe / "dump" / "dev_clean" / "ASR.jsonl").unlink()
+    out = sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", "--test_sets", "test_clean", env=env)
+    assert "dump/dev_clean/ASR.jsonl is gone (its .done is there): making it again" in out.stderr
+    assert len(lines(recipe / "dump" / "dev_clean" / "ASR.jsonl")) > 0

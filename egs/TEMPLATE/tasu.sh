@@ -510,7 +510,9 @@ if runs 2; then
     # .done holds what the file was made from: another target file for the task makes it again
     made_from[${out}]="task ${task}, targets from ${datadir}/${set}/${target:-text}"
     if [ -f "${out%.jsonl}.done" ]; then
-      if [ ! -s "${out%.jsonl}.done" ]; then
+      if [ ! -f "${out}" ]; then   # removed by hand: stage 3 would ask for stage 2, and stage 2 skip it
+        log "${out} is gone (its .done is there): making it again"
+      elif [ ! -s "${out%.jsonl}.done" ]; then
         log "${out}: its .done does not say what it was made from (an older tasu.sh wrote it): making it again"
       elif [ "$(cat "${out%.jsonl}.done")" != "${made_from[${out}]}" ]; then
         log "${out} was made from '$(cat "${out%.jsonl}.done")', not '${made_from[${out}]}': making it" \
