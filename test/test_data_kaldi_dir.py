@@ -318,6 +318,11 @@ def test_read_tsv_refuses_a_shifted_row_and_a_column_named_twice(tmp_path):
     tsv.write_text("path\tsentence\tsentence\n1.mp3\ta\tb\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"t.tsv:1: the header names sentence twice"):
         list(read_tsv(tsv, {"path", "sentence"}))
+    # a bare carriage return in a field: csv's own words asked for "universal-newline mode"
+    tsv.write_bytes(b"path\tsentence\n1.mp3\thel\rlo\n")
+    with pytest.raises(DataError) as e:
+        list(read_tsv(tsv, {"path", "sentence"}))
+    assert str(e.value) == f"{tsv}:2: a carriage return inside a field (lines end in \\n or \\r\\n)"
 
 
 def test_the_command_line_says_in_one_line_what_it_cannot_write(tmp_path, capsys):

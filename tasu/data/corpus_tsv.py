@@ -57,7 +57,10 @@ def read_tsv(path: str | Path, columns: Iterable[str], escapechar: str | None = 
                                                            f"header has {len(header)}")
                 yield line, dict(zip(header, fields))
         except csv.Error as e:
-            raise DataError(str(path), reader.line_num, None, str(e)) from None
+            why = str(e)
+            if "new-line character seen" in why:   # csv's own words ask for "universal-newline mode"
+                why = "a carriage return inside a field (lines end in \\n or \\r\\n)"
+            raise DataError(str(path), reader.line_num, None, why) from None
 
 
 def _decoded(lines: Iterable[bytes], path: Path) -> Iterator[str]:
