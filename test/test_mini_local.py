@@ -315,6 +315,20 @@ def test_report_meets_a_target_stated_with_or_equal_at_a_tie_and_misses_a_strict
         assert "0.8 x the encoder's greedy CTC WER (test): 15.2 vs 15.2: **met**" in targets(n_runs, 19.0, 15.2, 11.0)
 
 
+def test_report_needs_a_margin_that_exceeds_twice_the_pooled_sd(tmp_path):
+    """Seeds 17, 18 and 19 against <= 20: a margin of 2.0, exactly 2 x pooled sd, was '**met**', where the
+    report's rule says met only when the margin exceeds it."""
+    runs = [_fake_run(tmp_path / f"seed{i}", i, {"encoder": 18.0 + d, "tasu_train_text": 8.0, "simulated": 10.0,
+                                                 "tasu_train_text_then_train_audio_sft": 10.0,
+                                                 "train_audio_sft_from_scratch": 11.0})
+            for i, d in enumerate((-1.0, 0.0, 1.0), start=1)]
+    results = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", *map(str, runs), "--results", str(results),
+                    "--plot", str(tmp_path / "results.png")], check=True, capture_output=True)
+    assert "encoder greedy CTC WER <= 20 (test): 18.0 vs 20.0: **missed** (margin +2.00, 2 x pooled sd 2.00)" \
+        in results.read_text()
+
+
 def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
     """A seed whose audio-only score of test_ood is missing dropped the cell from every seed (exit 0), and
     the target said 'a stage did not run': the report names the missing score, or the run that lacks it."""
@@ -437,6 +451,17 @@ def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):
     cells = len(rows) - 2  # less the header and its rule
     assert out.rstrip().endswith(f"{cells - 2} of {cells} cells agree within one pooled standard deviation, "
                                  f"{cells - 2} within two.")
+
+
+def test_compare_results_takes_a_difference_within_the_printed_precision_as_agreement(tmp_path):
+    """20.04 and 20.06 on every seed are read 20.0 ± 0.0 and 20.1 ± 0.0: a difference of 0.02 was '**apart**'."""
+    a = _report(tmp_path / "a", [20.04] * 3, [8.0] * 3)
+    b = _report(tmp_path / "b", [20.06] * 3, [8.0] * 3)
+    out = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(b)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {tuple(ln.split("|")[1:3]): ln.split("|")[3:-1] for ln in out.splitlines() if ln.startswith("|")}
+    assert rows[("encoder CTC greedy", "WER test")] == ["20.0 ± 0.0", "20.1 ± 0.0", "+0.1", "0.0", "within 1 sd"]
+    assert "**apart**" not in out
 
 
 def test_compare_results_judges_no_cell_of_a_one_run_report(tmp_path):

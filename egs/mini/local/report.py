@@ -218,9 +218,11 @@ def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]
 
     def check(what: str, a, b, factor: float = 1.0, higher: bool = False, strict: bool = False,
               runs_gap: str = "") -> str:
-        """``a`` and ``b`` are (mean, sd), ``b`` may be a constant; met when the gap clears 2 x pooled sd.
-        A tie meets a target stated with <= or >= and misses one stated with < (``strict``); a tie is
-        judged to a relative 1e-9, so that 15.2 against 0.8 x 19.0 (15.200000000000001 in floats) is one."""
+        """``a`` and ``b`` are (mean, sd), ``b`` may be a constant; met when the gap exceeds 2 x pooled sd.
+        Without a spread (one run, or runs that agree) a tie meets a target stated with <= or >= and
+        misses one stated with < (``strict``); with one, a gap of exactly 2 x pooled sd misses, as the
+        report's rule says. Ties are judged to a relative 1e-9, so that 15.2 against 0.8 x 19.0
+        (15.200000000000001 in floats) is one."""
         (ma, sa), (mb, sb) = a, (b if isinstance(b, tuple) else (b, 0.0))
         if ma is None or mb is None:
             return f"- {what}: not measured (a stage did not run)"
@@ -228,7 +230,7 @@ def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]
         gap = (ma - bound) if higher else (bound - ma)
         pooled = 0.0 if n_runs < 2 else math.sqrt((sa ** 2 + (factor * sb) ** 2) / 2) if isinstance(b, tuple) else sa
         tie = 1e-9 * max(1.0, abs(bound))
-        met = gap > 2 * pooled + tie if strict else gap >= 2 * pooled - tie
+        met = gap > 2 * pooled + tie if strict or pooled > tie else gap >= -tie   # equal floats: sd ~1e-15
         verdict = "**met**" if met else "**missed**"
         if n_runs < 2:
             return f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.2f}; one run, no spread)"
