@@ -181,6 +181,19 @@ def test_wav_in_ark(arks):
     assert load_audio(arks["mono8k"], start=0.5).shape == (8000,)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_a_wav_in_ark_of_any_sample_format_reads_as_the_file_does(tmp_path, subtype):
+    """kaldiio reads 8- and 16-bit PCM only: a 24- or 32-bit or a float entry passed validation, then
+    stopped decoding ("bytes_per_sample must be 1, 2, 4 or 8")."""
+    wav = tmp_path / "x.wav"
+    soundfile.write(wav, 0.5 * tone(8000, 8000), 8000, subtype=subtype)
+    ark = tmp_path / "x.ark"
+    ark.write_bytes(b"first " + wav.read_bytes() + b"second " + wav.read_bytes())
+    for offset in (len(b"first "), len(b"first second ") + wav.stat().st_size):
+        assert audio_info(f"{ark}:{offset}") == audio_info(str(wav))
+        np.testing.assert_array_equal(load_audio(f"{ark}:{offset}"), load_audio(str(wav)))
+
+
 def test_float_vectors_in_ark_are_waveforms_and_other_matrices_are_features(arks):
     for key in ("vector", "row", "column"):
         np.testing.assert_array_equal(load_audio(arks[key]), tone(1600, amp=0.25))

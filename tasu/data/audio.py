@@ -418,11 +418,24 @@ def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]
     # shell command, and a data file's ark name is untrusted ("cmd |:3" is a valid file name).
     with open(ark, "rb") as f:
         f.seek(offset)
+        if f.read(4) == b"RIFF":   # soundfile reads every WAV sample format; kaldiio 8- and 16-bit PCM only
+            return _ark_wav(f, offset)
+        f.seek(offset)
         value = read_kaldi(f)
     if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16, scaled later) or AUDIO (float64)
         rate, samples = value
         return samples, rate
     return np.asarray(value, dtype=np.float32).reshape(-1), matrix_rate
+
+
+def _ark_wav(f, offset: int) -> tuple[np.ndarray, int]:
+    """``(samples [T, C] float32, rate)`` of the WAV file at ``offset`` of ark ``f`` (checked whole by
+    ``_ark_info``), scaled as soundfile scales a WAV file's samples."""
+    _, _, data_bytes = _wav_layout(f, offset, os.fstat(f.fileno()).st_size)   # leaves f at the samples
+    end = f.tell() + data_bytes
+    f.seek(offset)
+    samples, rate = soundfile.read(io.BytesIO(f.read(end - offset)), dtype="float32", always_2d=True)
+    return samples, rate
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:
