@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 import numpy as np
@@ -138,7 +137,7 @@ def waveform(audio: Audio, sample_rate: int | None = None, allow_pipes: bool = F
     if isinstance(audio, (str, os.PathLike)):
         if sample_rate is not None:
             raise ValueError("sample_rate is for arrays: a file says its own")
-        path = str(Path(audio))
+        path = os.fspath(audio)   # as given: pathlib folds '//' (a command's "https://", "a//b")
         if is_command(path) and not allow_pipes:
             raise AudioError(path, NOT_RUN)
         return torch.from_numpy(load_audio(path))
