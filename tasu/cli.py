@@ -184,11 +184,12 @@ def _transcribe(args: argparse.Namespace) -> int:
         return " ".join(text.split())
 
     for path in args.audio:   # one at a time: a line appears as soon as its file is done
+        shown = path if path.isprintable() else repr(path)   # a tab or newline in a name: quoted, one line
         if args.nbest:
             for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest, **fields), 1):
-                print(f"{path}\t{rank}\t{hyp.score:.4f}\t{line(hyp.text)}", flush=True)
+                print(f"{shown}\t{rank}\t{hyp.score:.4f}\t{line(hyp.text)}", flush=True)
         else:
-            print(f"{path}\t{line(s2t(path, task=args.task, **fields))}", flush=True)
+            print(f"{shown}\t{line(s2t(path, task=args.task, **fields))}", flush=True)
     return 0
 
 

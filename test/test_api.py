@@ -254,6 +254,18 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
     assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--allow-pipes",
                  f"cat {files[0]} |"]) == 0
     assert capsys.readouterr().out == f"cat {files[0]} |\t{one_line(s2t(files[0]))}\n"
+    # a command is run as given: pathlib folded its '//' ("https://host" became "https:/host")
+    command = f"[ $(printf %s a//b | wc -c) -eq 4 ] && cat {files[0]} |"
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--allow-pipes",
+                 command]) == 0
+    assert capsys.readouterr().out == f"{command}\t{one_line(s2t(files[0]))}\n"
+    # a file name holding a tab or a newline is quoted: one line per file, the name its first field
+    named = [tmp_path / "tab\there.wav", tmp_path / "two\nlines.wav"]
+    for name in named:
+        name.write_bytes((exp / "rec0.wav").read_bytes())
+    assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8",
+                 *map(str, named)]) == 0
+    assert capsys.readouterr().out == "".join(f"{str(n)!r}\t{one_line(s2t(files[0]))}\n" for n in named)
 
     # a task whose prompts take a field: it could not be given, and the error spoke of a record
     assert main(["transcribe", "--exp", str(exp / "exp"), "--beam", "3", "--max-new-tokens", "8", "--task", "hotword",
