@@ -119,6 +119,8 @@ def split(decode_dir: str | Path, nj: int, parts: Sequence[Part]) -> None:
     for name in DECODE_OUTPUTS:
         lines: dict[Part, list[str]] = {part: [] for part in parts}
         for job in range(1, nj + 1):
+            if name == "ref.trn" and not (decode_dir / f"output.{job}" / name).exists():
+                continue   # a job of unlabelled records only: tasu decode writes no ref.trn
             with open(decode_dir / f"output.{job}" / name, encoding="utf-8") as f:
                 for line in f:
                     part = owner(line, parts)

@@ -53,6 +53,14 @@ def test_split_sorts_the_jobs_lines_back_into_set_and_task(tmp_path):
     assert (tmp_path / "test-other" / "ASR" / "hyp.trn").read_text() == "u1\tc\nu2\tb\n"
     assert (tmp_path / "test-other" / "ASR" / "ref.trn").read_text() == "u1\tref c\nu2\tref b\n"
     assert (tmp_path / "dev" / "SLU" / "hyp.trn").read_text() == ""   # every part gets its files
+    # a job of unlabelled records only has no ref.trn (tasu decode writes none): stage 5 stopped on it
+    (tmp_path / "output.2" / "ref.trn").unlink()
+    split(tmp_path, 2, [("test", "ASR"), ("test-other", "ASR"), ("dev", "SLU")])
+    assert (tmp_path / "test-other" / "ASR" / "ref.trn").read_text() == "u2\tref b\n"
+    assert (tmp_path / "test-other" / "ASR" / "hyp.trn").read_text() == "u1\tc\nu2\tb\n"
+    (tmp_path / "output.2" / "hyp.trn").unlink()   # a job's hypotheses missing is still an error
+    with pytest.raises(FileNotFoundError):
+        split(tmp_path, 2, [("test", "ASR"), ("test-other", "ASR"), ("dev", "SLU")])
 
 
 def test_pairs():
