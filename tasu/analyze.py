@@ -291,6 +291,7 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
     from tasu.data.audio import AudioError, require_audio_path
     from tasu.data.records import DataError, iter_records_with_lines
     from tasu.device import resolve_device
+    from tasu.dump import identity
     from tasu.encoders import load_encoder
     from tasu.simulate import build_simulator
 
@@ -314,6 +315,9 @@ def run_analyze(cfg, data: Sequence[str], out_dir: str, *, limit: int | None = N
         total = min(total, limit)
     encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(torch_device), **cfg.encoder.options)
     simulator = build_simulator(cfg.simulation, encoder.tokenizer)
+    if cfg.simulation.name == "learned":   # its teacher: this encoder and compression? (as training asks)
+        simulator.check_teacher(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options),
+                                "this config", refuse_compression=False)
     try:
         fidelity = analyze(encoder, simulator, itertools.islice(records(), total), compress_cfg=cfg.compress,
                            batch_size=batch_size, seed=seed, total=total, match_wer=match_wer)

@@ -315,6 +315,24 @@ def test_tasu_simulate_says_when_the_encoder_is_not_the_simulator_s_teacher(setu
     assert "was trained on another encoder's posteriors than this encoder's (files sha256 " in caplog.text
 
 
+def test_tasu_analyze_says_when_the_config_is_not_the_simulator_s_teacher(setup, tmp_path, caplog):
+    """tasu analyze compared a learned simulator's rows with rows of another compression than it learned
+    from, without a word (tasu simulate and tasu train say so)."""
+    from tasu.analyze import run_analyze
+    from tasu.config import load_config
+    from tasu.experiment import ExperimentConfig
+
+    caplog.set_level("WARNING", "tasu.simulate")
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    common = [f"encoder.path={setup / 'enc'}", "simulation.name=learned", f"simulation.path={setup / 'sim'}",
+              f"simulation.wer={{start: [{lo}, {hi}], end: [{lo}, {hi}]}}", "compress.topk=4"]
+    for threshold, said in (("0.99", False), ("0.5", True)):
+        cfg = load_config(ExperimentConfig, None, [*common, f"compress.threshold={threshold}"])
+        run_analyze(cfg, [str(setup / "asr.jsonl")], str(tmp_path / threshold), limit=2)
+        assert ("was trained on rows compressed with threshold 0.99, topk 4, but this config compresses with "
+                "threshold 0.5, topk 4" in caplog.text) == said
+
+
 def test_asked_wers_the_calibration_does_not_reach_are_said_once(setup, caplog):
     """Asked outside what the calibrated rows reach, the nearest end was served without a word."""
     from tasu.simulate.learned import LearnedSimulator
