@@ -224,6 +224,19 @@ def test_stream_order_keeps_the_shares_of_a_file_with_blank_lines(tmp_path):
         assert abs(shares.get("c", 0) - 0.5) <= 0.05, shares
 
 
+def test_stream_order_of_weights_up_to_one_is_the_one_earlier_versions_gave(tmp_path):
+    """A checkpoint written mid-epoch resumes by skipping the batches it consumed: the order of an epoch
+    must not change under it. (Pinned from the version before weights over 1 were read in passes.)"""
+    for name, n in (("a", 30), ("b", 50)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"key": f"{name}{i}", "task": "ASR", "target": "w"}) + "\n" for i in range(n)))
+    batches = StreamingBatches([Source(str(tmp_path / "a.jsonl"), 0.3), Source(str(tmp_path / "b.jsonl"), 1.0)],
+                               lambda r: 1, max_tokens=4, order="stream", shuffle_buffer=0, sort_window=0, seed=7)
+    keys = [r.key for g in batches for r in g.records]
+    assert len(keys) == 64 and keys[:24] == ("a0 b0 b1 b2 b3 a2 b4 b5 a3 b6 a4 b7 b8 a5 b9 b10 b11 b12 b13 b14 b15 "
+                                             "a9 b16 a10").split()
+
+
 def test_stream_order_spreads_a_weighted_sources_copies_over_the_epoch(tmp_path):
     """Its copies came one after the other: with no shuffle buffer 925 of 1,000 records had both copies
     in one batch, so the weight acted as extra loss on a batch, not as a second pass."""

@@ -311,7 +311,8 @@ def _interleaved(sources: list[Source], read_kwargs: dict,
     passes one after the other, then a last pass that gives each record with probability ``part``;
     over the epoch they take spans in proportion (weight 2: the first pass in the first half, the
     second in the second), so a record's copies come half an epoch apart, not side by side in one
-    batch. The k-th line of a pass of n lines is placed at (k + u) / n of its span, u random.
+    batch. The k-th line of a pass of n lines is placed at (k + u) / n of its span, u random. (The
+    last pass reads and parses the whole file to keep its part: a weight of 1.05 reads it twice.)
     """
     lines = [_count_records(s.path) for s in sources]
     passes = [_passes(s.weight) for s in sources]
@@ -334,7 +335,8 @@ def _interleaved(sources: list[Source], read_kwargs: dict,
         record = next(streams[i], None)   # None: a line without a record was counted (see _count_records)
         if k + 1 == lines[i]:
             streams[i] = iter_records(sources[i].path, **read_kwargs)
-        if record is not None and (p < int(sources[i].weight) or coin.random() < sources[i].weight % 1.0):
+        # the coin is drawn for every record (a weight of 1 or less gives the order it gave before passes)
+        if record is not None and (coin.random() < sources[i].weight % 1.0 or p < int(sources[i].weight)):
             yield i, record
 
 
