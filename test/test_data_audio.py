@@ -192,6 +192,14 @@ def test_a_wav_in_ark_of_any_sample_format_reads_as_the_file_does(tmp_path, subt
     for offset in (len(b"first "), len(b"first second ") + wav.stat().st_size):
         assert audio_info(f"{ark}:{offset}") == audio_info(str(wav))
         np.testing.assert_array_equal(load_audio(f"{ark}:{offset}"), load_audio(str(wav)))
+    # a streamed header (no length) ran on into the next entry: its key and header read as samples
+    streamed = bytearray(wav.read_bytes())
+    at = streamed.index(b"data") + 4
+    streamed[at:at + 4] = b"\xff\xff\xff\xff"
+    ark.write_bytes(b"first " + streamed + b"second " + wav.read_bytes())
+    for read in (audio_info, load_audio):
+        with pytest.raises(AudioError, match="the WAV header gives no length"):
+            read(f"{ark}:6")
 
 
 def test_float_vectors_in_ark_are_waveforms_and_other_matrices_are_features(arks):

@@ -305,11 +305,12 @@ def _check_wav_header(path: str) -> None:
             _wav_layout(f, 0, size)
 
 
-def _wav_layout(f, base: int, size: int) -> tuple[int, int, int]:
+def _wav_layout(f, base: int, size: int, in_ark: bool = False) -> tuple[int, int, int]:
     """``(sample rate, frame bytes, data bytes)`` of the RIFF/WAVE file at byte ``base`` of ``f``.
 
     ``size`` is where the file (or the ark) ends: a data chunk announcing more bytes than are left
-    is a truncated file. 0xFFFFFFFF is how streamed WAV headers say "length unknown".
+    is a truncated file. 0xFFFFFFFF is how streamed WAV headers say "length unknown": a file's samples
+    then run to its end, but an ark entry's end cannot be told from the next entry (``in_ark``).
     """
     f.seek(base)
     head = f.read(12)
@@ -335,6 +336,9 @@ def _wav_layout(f, base: int, size: int) -> tuple[int, int, int]:
                 raise _Bad("the WAV data chunk comes before its fmt chunk")
             left = size - (pos + 8)
             if chunk_size == 0xFFFFFFFF:
+                if in_ark:
+                    raise _Bad("the WAV header gives no length (a streamed header): in an ark, where its "
+                               "samples end cannot be told; write the entry with its length")
                 chunk_size = left
             elif chunk_size > left:
                 raise _Bad(f"truncated: the WAV header announces {chunk_size} bytes of samples, "
@@ -358,7 +362,7 @@ def _ark_info(ark: str, offset: int, matrix_rate: int) -> tuple[int, int]:
         f.seek(offset)
         magic = f.read(5)
         if magic[:4] == b"RIFF":
-            rate, frame_bytes, data_bytes = _wav_layout(f, offset, size)
+            rate, frame_bytes, data_bytes = _wav_layout(f, offset, size, in_ark=True)
             return data_bytes // frame_bytes, rate
         if magic[:2] == b"\0B":
             return _vector_length(f, offset, size), matrix_rate
@@ -431,7 +435,7 @@ def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]
 def _ark_wav(f, offset: int) -> tuple[np.ndarray, int]:
     """``(samples [T, C] float32, rate)`` of the WAV file at ``offset`` of ark ``f`` (checked whole by
     ``_ark_info``), scaled as soundfile scales a WAV file's samples."""
-    _, _, data_bytes = _wav_layout(f, offset, os.fstat(f.fileno()).st_size)   # leaves f at the samples
+    _, _, data_bytes = _wav_layout(f, offset, os.fstat(f.fileno()).st_size, in_ark=True)   # f at the samples
     end = f.tell() + data_bytes
     f.seek(offset)
     samples, rate = soundfile.read(io.BytesIO(f.read(end - offset)), dtype="float32", always_2d=True)
