@@ -184,7 +184,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         return " ".join(text.split())
 
     for path in args.audio:   # one at a time: a line appears as soon as its file is done
-        shown = path if path.isprintable() else repr(path)   # a tab or newline in a name: quoted, one line
+        shown = repr(path) if "\t" in path or path.splitlines() != [path] else path   # a tab or line break: quoted
         if args.nbest:
             for rank, hyp in enumerate(s2t(path, task=args.task, nbest=args.nbest, **fields), 1):
                 print(f"{shown}\t{rank}\t{hyp.score:.4f}\t{line(hyp.text)}", flush=True)

@@ -230,7 +230,8 @@ def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:
 
 def check_llm(ckpt: Path, cfg: ExperimentConfig) -> None:
     """Refuse an LLM whose files are not the ones the checkpoint was trained for (a copy of them
-    anywhere is the same LLM)."""
+    anywhere is the same LLM). An export records its own ``llm/`` (re-saved, LoRA merged): it is
+    decoded with that, not with the base model it was trained on."""
     trained = _recorded(ckpt, LLM_KEY)
     if trained and trained != llm_digest(cfg.llm.path):
         raise CheckpointError(f"{ckpt} was trained for another LLM than llm.path {cfg.llm.path} (other config, "
@@ -342,9 +343,10 @@ def load_trained(path: str | Path, which: str = "best", audio: bool = True, devi
     """
     ckpt = resolve_checkpoint(path, which)
     cfg = read_model_config(ckpt, overrides)
+    check_model_dirs(cfg)
+    check_llm(ckpt, cfg)   # before the LLM loads
     model = build_model(cfg, audio=audio, device=device)
     check_vocab(ckpt, cfg, model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg))
-    check_llm(ckpt, cfg)
     trained = load_trainable(ckpt)
     check_fits({name: p.shape for name, p in model.named_parameters()}, trained, ckpt)
     try:

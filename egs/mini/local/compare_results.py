@@ -8,7 +8,8 @@ another machine: does the table survive the move?
 Every cell that both summaries hold (the systems table and the rows that explain it, as local/report.py
 writes them: ``mean ± sd`` over the seeds of ``./run.sh --seeds``) is printed with both means, their
 difference and the pooled standard deviation sqrt((sd_a^2 + sd_b^2) / 2), then how many cells agree
-within one and two pooled standard deviations. Float sums differ across CPU models, so two machines
+within one and two pooled standard deviations (plus 0.1: the means are read as printed, rounded to
+0.1, so a difference of the last digit may be none). Float sums differ across CPU models, so two machines
 never give the same digits; what should hold is the means within the spread the seeds already show.
 A report of one run has no spread, so its cells can only be compared as numbers: run three seeds.
 The synthesizer releases that spoke each corpus (data/local/corpus.json) are shown where the report
