@@ -591,3 +591,31 @@ def test_a_report_of_nothing_is_refused_and_study_md_kept(run_dir, tmp_path, mon
             status = e.code
         assert status != 0 and error in capsys.readouterr().err
     assert out.read_text() == "the study of before\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_study_script_reaches_study_py(tmp_path, sig):
+    """SIGTERM to local/study.sh (a batch system ending the job) ended the script alone: study.py and its
+    trainings ran on. The script now passes it on, and Ctrl-C too (a background command ignores SIGINT)."""
+    import subprocess
+
+    (tmp_path / "local").mkdir()
+    shutil.copy(MINI / "local" / "study.sh", tmp_path / "local" / "study.sh")
+    (tmp_path / "path.sh").write_text(f"PATH={Path(sys.executable).parent}:{MINI.parents[1] / 'utils'}:$PATH\n")
+    (tmp_path / "local" / "study.py").write_text(   # stands in for study.py: says when it is asked to stop
+        "import pathlib, signal, sys, time\n"
+        "def stop(*_):\n"
+        "    pathlib.Path('stopped').write_text('TERM')\n"
+        "    sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "pathlib.Path('started').write_text(' '.join(sys.argv[1:]))\n"
+        "time.sleep(60)\n")
+    script = subprocess.Popen(["bash", "local/study.sh", "--parts", "gap"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "started").read_text().startswith("run --workdir . --parts gap")
+    script.send_signal(sig)
+    assert script.wait(timeout=30) == 3   # study.py's status, once it has stopped
+    assert (tmp_path / "stopped").read_text() == "TERM"

@@ -27,8 +27,23 @@ help_message="Usage: $0 [options]
 . parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 
+# study.py stops its trainings when it gets SIGTERM or SIGHUP. Sent to this script, a signal (Ctrl-C's too:
+# a command started in the background ignores SIGINT) is passed on as SIGTERM; bash alone would end here and
+# leave study.py and its trainings running.
+study() {
+  python3 local/study.py "$@" < /dev/null &
+  local child=$! rc=0
+  trap 'kill -TERM "${child}" 2> /dev/null || true' TERM HUP INT
+  wait "${child}" || rc=$?
+  while kill -0 "${child}" 2> /dev/null; do   # a signal ended the wait, not study.py: wait for it to stop
+    rc=0; wait "${child}" || rc=$?
+  done
+  trap - TERM HUP INT
+  return "${rc}"
+}
+
 opts=(--workdir "${workdir}" --parts "${parts}" --jobs "${jobs}" --seed "${seed}")
 ${quick} && opts+=(--quick)
-python3 local/study.py run "${opts[@]}"
-python3 local/study.py report "${opts[@]}" --out "${out}" --plot "${out%.md}.png"
+study run "${opts[@]}"
+study report "${opts[@]}" --out "${out}" --plot "${out%.md}.png"
 echo "$0: wrote ${out}"
