@@ -8,13 +8,17 @@ posteriors`` then read them instead of the audio. A dump directory::
 
     DIR/
       dump.json            what made it: the encoder (backend and SHA-256 of its files), the
-                           compression settings, vocabulary size, blank id; the inputs and --nj
+                           compression settings, vocabulary size, blank id; the inputs and --nj;
+                           "made", a random id of this dump
       post.J.ark           job J's rows: one Kaldi float matrix per recording (kaldiio)
       post.J.scp, utt2dur.J    job J's index and durations; the scp, written last, marks J done
       posteriors.scp, utt2dur  all jobs' (Kaldi style, for other tools)
       <input>.jsonl        each input file's records, each with "posteriors": "/.../DIR/post.J.ark:OFFSET"
                            (absolute: a relative path, read from another directory, named another dump
-                           there) and "audio_seconds" (its duration, so batches are cut as from audio)
+                           there), "audio_seconds" (its duration, so batches are cut as from audio)
+                           and "posteriors_dump" (dump.json's "made": a copy of the file kept from
+                           an earlier dump made at the same path read another recording's rows at
+                           its offsets; it is refused)
       .done                the dump is complete
 
 A recording's matrix is ``[rows, 2K + 2]``: K ids, K weights, the floor and the blank probability
@@ -40,6 +44,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import struct
 from pathlib import Path
 from typing import Sequence
@@ -54,7 +59,7 @@ from tasu.lock import LOCK_NAME, DirLock
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
-FIELD, SECONDS = "posteriors", "audio_seconds"   # the fields a dump adds to each record
+FIELD, SECONDS, MADE = "posteriors", "audio_seconds", "posteriors_dump"   # the fields a dump adds to each record
 _EXACT_IDS = 1 << 24
 _ENTRY = re.compile(r"(.+):(\d+)")
 _HEADER = struct.Struct("<2s3sBiBi")   # \0B, "FM ", \4, rows, \4, cols
@@ -108,7 +113,8 @@ def read_info(path: Path) -> dict:
         return (isinstance(ident["encoder"]["type"], str) and isinstance(ident["encoder"]["sha256"], str)
                 and isinstance(ident["compress"], dict)
                 and all(type(info[k]) is int for k in ("topk", "vocab_size", "blank_id"))
-                and info["topk"] >= 1 and 0 <= info["blank_id"] < info["vocab_size"])
+                and info["topk"] >= 1 and 0 <= info["blank_id"] < info["vocab_size"]
+                and isinstance(info.get("made", ""), str))
 
     return read_json(path, whole, "a dump.json (identity: encoder, compress; topk >= 1, vocab_size, blank_id "
                                   "below it)")
@@ -167,10 +173,15 @@ class DumpReader:
             self._infos[directory] = info
         return self._infos[directory]
 
-    def check(self, entry: str) -> tuple[int, int]:
-        """``(rows, cols)`` of ``entry`` from its header, after checking that it is whole and of the dump's width."""
+    def check(self, entry: str, made: str | None = None) -> tuple[int, int]:
+        """``(rows, cols)`` of ``entry`` from its header, after checking that it is whole and of the dump's
+        width, and that the dump there is the one the record was written by (``made``: its MADE field)."""
         info = self.info(entry)
         ark, offset = _parse_entry(entry)
+        if made is not None and info.get("made") not in (None, made):
+            raise DumpError(f"{entry}: written by an earlier dump made at {Path(ark).parent} (its dump.json is now "
+                            f"of another, made since), whose offsets hold other recordings: use the JSONL files "
+                            "of the dump there now")
         try:
             size = os.path.getsize(ark)
             if offset >= size:   # before seeking: an offset of 20 digits is no file position at all
@@ -224,7 +235,7 @@ def check_records(path: str, records: Sequence[tuple[int, Record]], reader: Dump
         if type(seconds) not in (int, float) or not seconds >= 0:
             raise DataError(path, line, SECONDS, f"must be the audio's duration in seconds, not {seconds!r}")
         try:
-            reader.check(entry)
+            reader.check(entry, record.get(MADE))
         except DumpError as e:
             raise DataError(path, line, FIELD, str(e)) from None
 
@@ -283,7 +294,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "encoder_path": str(Path(encoder_path).resolve()),
             "vocab_size": tokenizer.vocab_size, "blank_id": tokenizer.blank_id, "topk": topk,
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
-            "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data]}
+            "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data], "made": secrets.token_hex(8)}
     root = Path(out)
     with DirLock(root, "the claim of tasu dump-posteriors", name=f"{LOCK_NAME}.claim", wait=True):
         _claim(root, info)   # two runs' claims one after the other: a moment each
@@ -317,7 +328,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
     with DirLock(root, "the merge of tasu dump-posteriors"):
-        _merge(root, nj, inputs, recordings)
+        _merge(root, nj, inputs, recordings, read_info(root / INFO).get("made"))
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
 
 
@@ -360,7 +371,7 @@ def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, com
     write_atomic(root / f"post.{j}.scp", "".join(scp))
 
 
-def _merge(root: Path, nj: int, inputs: dict, recordings: dict) -> None:
+def _merge(root: Path, nj: int, inputs: dict, recordings: dict, made: str | None) -> None:
     entries, seconds = {}, {}
     for j in range(1, nj + 1):
         scp = root / f"post.{j}.scp"
@@ -382,8 +393,8 @@ def _merge(root: Path, nj: int, inputs: dict, recordings: dict) -> None:
         lines = []
         for _, r in records:
             key = recordings[(r.path, r.start, r.end)]
-            lines.append(json.dumps({**r.to_dict(), FIELD: entries[key], SECONDS: seconds[key]},
-                                    ensure_ascii=False) + "\n")
+            mark = {FIELD: entries[key], SECONDS: seconds[key], **({MADE: made} if made else {})}
+            lines.append(json.dumps({**r.to_dict(), **mark}, ensure_ascii=False) + "\n")
         write_atomic(root / Path(path).name, "".join(lines))
     write_atomic(root / SCP, "".join(f"{k} {v}\n" for k, v in entries.items()))
     write_atomic(root / DURATIONS, "".join(f"{k} {v!r}\n" for k, v in seconds.items()))

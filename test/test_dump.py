@@ -289,6 +289,30 @@ def test_entries_are_absolute_whatever_out_was_given_as(setup, tmp_path, monkeyp
     assert set((tmp_path / "post" / "posteriors.scp").read_text().split()[1::2]) == set(entries)
 
 
+def test_a_record_of_an_earlier_dump_made_at_the_same_path_is_refused(setup, tmp_path):
+    """A copy of a dump's JSONL kept after the dump was made again at its path (same encoder, the records
+    in another order) read another recording's rows at its offsets: a decode gave that recording's
+    hypothesis under this key, exit 0."""
+    from tasu.dump import check_records
+    from tasu.data.records import iter_records_with_lines
+
+    data = tmp_path / "ASR.jsonl"
+    lines = (setup / "data" / "ASR.jsonl").read_text().splitlines(keepends=True)
+    data.write_text("".join(lines))
+    dump_posteriors([str(data)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
+    kept = tmp_path / "kept.jsonl"
+    shutil.copy(tmp_path / "post" / "ASR.jsonl", kept)
+    shutil.rmtree(tmp_path / "post")
+    data.write_text("".join(lines[::-1]))
+    dump_posteriors([str(data)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
+    reader = DumpReader(identity(str(setup / "enc"), "auto", COMPRESS))
+    check_records(str(tmp_path / "post" / "ASR.jsonl"),
+                  list(iter_records_with_lines(str(tmp_path / "post" / "ASR.jsonl"))), reader)   # the dump's own
+    with pytest.raises(DataError, match=rf"^{kept}:1: posteriors: .*: written by an earlier dump made at "
+                                        rf"{tmp_path / 'post'} \(its dump.json is now of another"):
+        check_records(str(kept), list(iter_records_with_lines(str(kept))), reader)
+
+
 def test_an_input_the_dump_would_write_over_is_refused(setup, tmp_path):
     """Its records went to DIR/<its name>: an input named utt2dur or dump.json was replaced by the dump's
     own file (or replaced it), and an input inside --out by its records with their entries."""
