@@ -84,7 +84,7 @@ def _kept_runs(probs: torch.Tensor, lengths: torch.Tensor, threshold: float, bla
 
     # argmax, reading the full row only where blank does not already hold more than half the mass
     argmax = torch.full((b * t,), blank_id, dtype=torch.long, device=device)
-    unsure = (valid.view(-1) & (blank <= 0.5)).nonzero().flatten()
+    unsure = (valid.view(-1) & ~(blank > 0.5)).nonzero().flatten()   # a NaN blank too: its row decides
     for k, rows in gathered(flat, unsure):
         argmax[unsure[k: k + len(rows)]] = rows.argmax(-1)
 

@@ -154,6 +154,22 @@ def test_argmax_ties_and_nan_follow_torch(path):
     torch.testing.assert_close(got.probs, want, rtol=0, atol=0, equal_nan=True)
 
 
+@BOTH_PATHS
+def test_a_nan_blank_leaves_the_argmax_to_the_whole_row(path):
+    """The torch ops took a frame whose blank (id 4) probability is NaN as blank without reading its row;
+    the C kernel and the frame loop read it: its first NaN, at id 2, joins the frames around it into one
+    run, whose NaN blank mean drops it (two rows kept against none)."""
+    x = torch.full((1, 3, 6), 0.05)
+    x[0, :, 2] = 0.75
+    x[0, 1, [2, 4]] = float("nan")
+    lengths = torch.tensor([3])
+    with path():
+        got = compress(x, lengths, 0.9, blank_id=4)
+    want, want_len = _compress_loop(x, lengths, 0.9, 4)
+    assert got.lengths.tolist() == want_len.tolist() == [0]
+    torch.testing.assert_close(got.probs, want, rtol=0, atol=0, equal_nan=True)
+
+
 def test_kept_runs_kernel_equals_its_torch_version():
     g = torch.Generator().manual_seed(4)
     x = random_posteriors(g, 5, 40, 1300, 1)
