@@ -66,3 +66,19 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def holder(directory: str | Path, name: str = LOCK_NAME) -> str | None:
+    """Who holds ``directory``'s lock ("pid N on HOST"), or None when no process does; it only reads (a
+    shared flock for a moment), so a directory of someone else's may be asked."""
+    try:
+        fd = os.open(Path(directory) / name, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:   # never locked, or not ours to read: nothing to tell
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+    finally:
+        os.close(fd)
+    return None

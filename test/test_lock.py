@@ -50,3 +50,17 @@ def test_a_waiting_lock_waits_for_the_holder_instead_of_stopping(tmp_path):
         holder.wait()
         thread.join(30)
         waiter.release()
+
+
+def test_holder_names_the_process_holding_a_directory_and_only_reads(tmp_path):
+    """train.init_from asks whether the experiment it starts from is still training: another's directory,
+    maybe not writable, so it must not take the lock (which writes its own pid into the file)."""
+    import socket
+
+    from tasu.lock import holder
+
+    assert holder(tmp_path / "nothing") is None and holder(tmp_path) is None
+    with DirLock(tmp_path, "training"):
+        assert holder(tmp_path) == f"pid {os.getpid()} on {socket.gethostname()}"
+    assert holder(tmp_path) is None
+    assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"

@@ -310,6 +310,29 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     load_trained(exp, audio=False, overrides=[f"llm.path={moved_llm}"])
     with pytest.raises(CheckpointError, match=rf"{ckpt} was trained for another LLM than llm.path {other_llm} "):
         load_trained(exp, audio=False, overrides=[f"llm.path={other_llm}"])
+    # an export's LLM is its own llm/ (re-saved, LoRA merged in): a next stage from it on the base LLM lost
+    # the adapters and ran the projector on another LLM, exit 0
+    from tasu.export import export
+    from tasu.lock import DirLock
+    from tasu.train.same_run import init_llm_difference
+    from tasu.train.trainer import Trainer, TrainingError
+
+    exported = export(exp, tmp_path / "exported")
+    base = load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]"])
+    assert f"it was trained for the LLM {exported / 'llm'} (sha256" in init_llm_difference(exported, data_record(base))
+    own = load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]", f"llm.path={exported / 'llm'}"])
+    assert init_llm_difference(exported, data_record(own)) is None
+    # nor from an experiment whose training is running: its "finished" model may train on (a --resume)
+    with DirLock(exp, "training"):
+        with pytest.raises(TrainingError, match=rf"train.init_from {exp}: its training is running \(pid "
+                                                rf"{os.getpid()} "):
+            Trainer._init_checkpoint(str(exp))
+    assert Trainer._init_checkpoint(str(exp)) == ckpt
+    # a resume asked for fewer steps than trained went on to train none, without a word
+    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=1"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "train.max_steps 1: the checkpoint has trained 2 steps already, so nothing " \
+        "is trained" in out.stderr, out.stderr[-2000:]
 
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"

@@ -68,9 +68,16 @@ def data_record(cfg: ExperimentConfig, init_ckpt: Path | None = None) -> dict:
 
 def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:
     """How the LLM of the run that trained ``init_ckpt`` differs from this run's (``data``: its
-    ``data_record``), or None: the same, or not recorded (an older tasu, or an export)."""
+    ``data_record``), or None: the same, or not recorded (an older tasu).
+
+    An export has no run record: its LLM is its own ``llm/`` (LoRA adapters merged in, so its
+    projector was trained for that LLM, not the base one, and the adapters are not in its weights)."""
+    from tasu.export import LLM_DIR, is_export
+
     recorded = init_ckpt / ENGINE_DIR / DATA_RECORD
     then = read_json(recorded, _whole_record, "the record of the files a run read") if recorded.is_file() else {}
+    if "llm" not in then and is_export(init_ckpt):
+        then = {"llm": {"path": str(init_ckpt / LLM_DIR), "sha256": llm_digest(init_ckpt / LLM_DIR)}}
     if "llm" not in then or then["llm"]["sha256"] == data["llm"]["sha256"]:
         return None
     return f"it was trained for the LLM {_model(then['llm'])}, and llm.path is {_model(data['llm'])}"

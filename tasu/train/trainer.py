@@ -49,7 +49,7 @@ from tasu.device import distributed_backend, resolve_device
 from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
 from tasu.fileio import file_sha256, write_atomic
-from tasu.lock import DirLock
+from tasu.lock import DirLock, holder
 from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, check_vocab,
                            checkpoint_name, dump_config, encoder_tokenizer, last_checkpoint, load_trainable,
                            read_best, refuse_lost_pointer, resolve_checkpoint, write_model)
@@ -404,6 +404,11 @@ class Trainer:
         is taken as it is, finished or not."""
         exp = Path(path)
         last = last_checkpoint(exp / "checkpoints")
+        running = holder(exp) if last is not None and not (exp / MODEL_DIR).is_dir() else None
+        if running:   # its "finished" model may be one it trains on from (a --resume with more steps)
+            raise TrainingError(f"train.init_from {path}: its training is running ({running}): start from it "
+                                f"when it has ended, or name a checkpoint to start from that one on purpose "
+                                f"(train.init_from={last})")
         if last is not None and not (exp / MODEL_DIR).is_dir() and not training_finished(exp / "checkpoints", last):
             raise TrainingError(
                 f"train.init_from {path}: its training has not finished (its last checkpoint is {last.name}): "
@@ -506,7 +511,8 @@ class Trainer:
                         raise TrainingError(
                             f"epoch {self.position.epoch} held no batch for this process: every record was "
                             "skipped as too long or too short (data.min_length, data.max_length, "
-                            "data.max_tokens), or there are fewer records than processes; nothing was trained")
+                            "data.max_tokens), the data.train weights drew none (a weight far below 1), or "
+                            "there are fewer records than processes; nothing was trained")
                     break
                 empty_epoch = False
                 self._train_step(batch, window)
@@ -678,6 +684,10 @@ class Trainer:
                 f"another checkpoint ({', '.join(others) or 'there is none'}: write its name into "
                 f"{self.ckpt_root / 'last'}), or train into a new --exp-dir") from None
         self.step = state["step"]
+        if self.cfg.train.max_steps is not None and self.step > self.cfg.train.max_steps and self.rank == 0:
+            log.warning("train.max_steps %d: the checkpoint has trained %d steps already, so nothing is trained "
+                        "(a model is never cut back; train into a new --exp-dir for a shorter run)",
+                        self.cfg.train.max_steps, self.step)
         self.position = DataPosition(**state["position"])
         self.best = state["best"] or read_best(self.ckpt_root)
         if self.rank == 0:  # forget the steps after the checkpoint: they are redone
