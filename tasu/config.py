@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -136,7 +137,9 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:  # a field without default, or __post_init__'s own check
-        raise ConfigError(f"{where or 'top level'}: {err}") from None
+        missing = re.findall(r"'(\w+)'", str(err)) if "required positional argument" in str(err) else []
+        why = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required" if missing else err
+        raise ConfigError(f"{where or 'top level'}: {why}") from None
     check = getattr(obj, "check", None)
     if check is not None:
         try:
