@@ -75,7 +75,7 @@ from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, req
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.device import resolve_device
-from tasu.dump import FIELD, SECONDS, DumpReader, check_records, identity
+from tasu.dump import FIELD, MADE, SECONDS, DumpReader, check_records, identity
 from tasu.fileio import file_sha256, read_json, write_atomic
 from tasu.lock import DirLock
 from tasu.model_io import (MODEL_DIR, PROMPTS, WEIGHTS, CheckpointError, encoder_tokenizer, read_model_config,
@@ -319,7 +319,7 @@ def _record_digests(records: Sequence[Record], simulated: bool) -> dict[str, str
     elsewhere; the encoder is checked with the dump). Per record, so that records added to the data
     resume the decode."""
     return {r.key: hashlib.sha256(json.dumps([r.task, r.path, r.start, r.end,
-                                              {k: v for k, v in r.extra.items() if k not in (FIELD, SECONDS)},
+                                              {k: v for k, v in r.extra.items() if k not in (FIELD, SECONDS, MADE)},
                                               r.transcript if simulated else None],
                                              sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
             for r in records}

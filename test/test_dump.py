@@ -311,6 +311,13 @@ def test_a_record_of_an_earlier_dump_made_at_the_same_path_is_refused(setup, tmp
     with pytest.raises(DataError, match=rf"^{kept}:1: posteriors: .*: written by an earlier dump made at "
                                         rf"{tmp_path / 'post'} \(its dump.json is now of another"):
         check_records(str(kept), list(iter_records_with_lines(str(kept))), reader)
+    # a decode's resume compares what each record's hypothesis depends on: not which dump made its rows
+    from tasu.decode import _record_digests
+
+    old = next(iter_records_with_lines(str(kept)))[1]
+    new = next(r for _, r in iter_records_with_lines(str(tmp_path / "post" / "ASR.jsonl")) if r.key == old.key)
+    assert old.extra["posteriors_dump"] != new.extra["posteriors_dump"]
+    assert _record_digests([old], False)[old.key] == _record_digests([new], False)[new.key]
 
 
 def test_an_input_the_dump_would_write_over_is_refused(setup, tmp_path):

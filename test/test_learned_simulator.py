@@ -724,3 +724,11 @@ def test_the_clean_teacher_rows_come_from_a_posterior_dump_when_given(setup, dum
     tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(tmp_path / "mixed.jsonl"), "--out",
          str(tmp_path / "mixed"), *DUMP_OPTIONS)
     assert same_teacher(tmp_path / "audio", tmp_path / "mixed")
+
+    # a record of an earlier dump made at the same path: its offset holds another recording's rows
+    dumped[1]["posteriors_dump"] = "0" * 16
+    (tmp_path / "stale.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dumped))
+    out = tasu("train-simulator", "--encoder", str(setup / "enc"), "--data", str(tmp_path / "stale.jsonl"), "--out",
+               str(tmp_path / "stale"), *DUMP_OPTIONS, check=False)
+    assert out.returncode == 1 and f"{tmp_path / 'stale.jsonl'}:2: posteriors: " in out.stderr \
+        and "written by an earlier dump made at" in out.stderr, out.stderr[-2000:]

@@ -224,7 +224,7 @@ def _recordings(data: Sequence[str], tokenizer, allow_pipes: bool) -> list[dict]
     """One entry per recording: its key, transcript ids, audio (path, start, end) and/or dump entry."""
     from tasu.data.audio import command_refused, is_command
     from tasu.data.records import DataError, iter_records_with_lines
-    from tasu.dump import FIELD
+    from tasu.dump import FIELD, MADE
 
     seen, out = set(), []
     for path in data:
@@ -242,7 +242,7 @@ def _recordings(data: Sequence[str], tokenizer, allow_pipes: bool) -> list[dict]
             ids = tokenizer.encode(r.transcript)
             if ids:
                 out.append({"key": r.key, "ids": ids, "path": r.path, "start": r.start, "end": r.end,
-                            "dump": entry, "where": (path, line)})
+                            "dump": entry, "made": r.get(MADE), "where": (path, line)})
     if not out:
         raise SimulatorError(f"{', '.join(data)}: no record with a transcript: nothing to learn from")
     return out
@@ -291,6 +291,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         for i, r in enumerate(chunk):
             if r["dump"] is not None:
                 try:
+                    dumps.check(r["dump"], r["made"])   # an earlier dump's record at this path: refused
                     clean[i] = dumps.load(r["dump"])
                 except ValueError as e:
                     path, line = r["where"]
