@@ -57,8 +57,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
-    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, trained_vocab,
-                               write_model)
+    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, recorded_llm,
+                               trained_vocab, write_model)
     from tasu.simulate.base import vocab_digest
 
     out = Path(out)
@@ -69,8 +69,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if cfg.llm.lora is not None:
-            merge_lora(model.llm)
+        merged = merge_lora(model.llm) if cfg.llm.lora is not None else 0
         model.llm.requires_grad_(False)
         model.llm.save_pretrained(tmp / LLM_DIR)
         AutoTokenizer.from_pretrained(cfg.llm.path).save_pretrained(tmp / LLM_DIR)   # without <speech>
@@ -92,7 +91,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         (tmp / MODEL_DIR).mkdir()
         write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
                     (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"),
-                    trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)), llm_digest(tmp / LLM_DIR))
+                    trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)), llm_digest(tmp / LLM_DIR),
+                    None if merged else (recorded_llm(ckpt)[0] or llm_digest(cfg.llm.path)))   # the same weights
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

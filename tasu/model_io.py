@@ -44,6 +44,7 @@ if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is bu
 MODEL_DIR = "model"
 VOCAB_KEY = "encoder_vocab_sha256"   # in the weights file's metadata: see write_model
 LLM_KEY = "llm_sha256"   # likewise
+BASE_LLM_KEY = "base_llm_sha256"   # an export that merged no adapters: the base LLM its llm/ re-saves
 LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
@@ -158,16 +159,16 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str,
-                encoder_vocab: str, llm: str) -> None:
+                encoder_vocab: str, llm: str, base_llm: str | None = None) -> None:
     """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint. The weights file
     records ``encoder_vocab`` (``vocab_digest`` of the encoder's tokenizer) and ``llm`` (``llm_digest``
     of the LLM): the projector reads ids of that vocabulary and writes into that LLM's embeddings, and
     another vocabulary of the same size, or another LLM of the same shapes, would load and decode
-    nonsense, exit 0."""
+    nonsense, exit 0. ``base_llm``: an export's, when its ``llm/`` re-saves that LLM unchanged."""
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS),
-              metadata={VOCAB_KEY: encoder_vocab, LLM_KEY: llm})
+              metadata={VOCAB_KEY: encoder_vocab, LLM_KEY: llm, **({BASE_LLM_KEY: base_llm} if base_llm else {})})
     readable_by_others(model_dir / WEIGHTS)   # safetensors writes it 0600
     (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
     (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
@@ -203,6 +204,12 @@ def trained_vocab(ckpt: Path) -> str | None:
     return _recorded(ckpt, VOCAB_KEY)
 
 
+def recorded_llm(ckpt: Path) -> tuple[str | None, str | None]:
+    """The LLM digests a checkpoint's weights record: the one it decodes with, and an export's base
+    LLM when it merged no adapters (None: not recorded)."""
+    return _recorded(ckpt, LLM_KEY), _recorded(ckpt, BASE_LLM_KEY)
+
+
 def llm_digest(path: str | Path) -> str:
     """SHA-256 of an LLM directory's config, tokenizer and weight files (names, sizes, contents).
 
@@ -230,10 +237,10 @@ def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:
 
 def check_llm(ckpt: Path, cfg: ExperimentConfig) -> None:
     """Refuse an LLM whose files are not the ones the checkpoint was trained for (a copy of them
-    anywhere is the same LLM). An export records its own ``llm/`` (re-saved, LoRA merged): it is
-    decoded with that, not with the base model it was trained on."""
-    trained = _recorded(ckpt, LLM_KEY)
-    if trained and trained != llm_digest(cfg.llm.path):
+    anywhere is the same LLM). An export records its own ``llm/`` (re-saved, LoRA merged), and the base
+    LLM when it merged none: that one decodes it too."""
+    trained, base = recorded_llm(ckpt)
+    if trained and llm_digest(cfg.llm.path) not in (trained, base):
         raise CheckpointError(f"{ckpt} was trained for another LLM than llm.path {cfg.llm.path} (other config, "
                               "tokenizer or weight files: another release of the same shapes?): its projector "
                               "writes into that LLM's embeddings; use the LLM it was trained with")
@@ -343,10 +350,9 @@ def load_trained(path: str | Path, which: str = "best", audio: bool = True, devi
     """
     ckpt = resolve_checkpoint(path, which)
     cfg = read_model_config(ckpt, overrides)
-    check_model_dirs(cfg)
-    check_llm(ckpt, cfg)   # before the LLM loads
-    model = build_model(cfg, audio=audio, device=device)
+    model = build_model(cfg, audio=audio, device=device)   # first: it says what an LLM directory lacks
     check_vocab(ckpt, cfg, model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg))
+    check_llm(ckpt, cfg)
     trained = load_trainable(ckpt)
     check_fits({name: p.shape for name, p in model.named_parameters()}, trained, ckpt)
     try:

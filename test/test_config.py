@@ -148,9 +148,7 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     # a mapping can only mean a weighted source: its own error, not "expected a string or a mapping"
     for bad, message in (("{path: b.jsonl, wieght: 2}", r"data.train\[0\]: unknown key 'wieght' \(did you mean 'weight'\?\)"),
                          ("{path: b.jsonl, weight: 0}", r"data.train\[0\]: b.jsonl: weight must be a number > 0"),
-                         # a typo's weight asked for 175 TiB of order; Python's constructor text named no key
-                         ("{path: b.jsonl, weight: 1.0e+12}", r"data.train\[0\]: b.jsonl: weight 1e\+12 is over "
-                                                             r"10000 copies of each record an epoch"),
+                         # Python's constructor text named no key
                          ("{weight: 2}", r": data.train\[0\]: path is required$")):
         with pytest.raises(ConfigError, match=message):
             load_config(ExperimentConfig, None, [f"data.train=[{bad}]"])

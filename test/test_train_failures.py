@@ -288,6 +288,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
 
     # llm.path may move, but not to another LLM of the same shapes (a base release for its instruct one): a
     # resume or a curriculum's next stage trained on, half one model and half the other, exit 0
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     moved_llm, other_llm = tmp_path / "llm_copy", tmp_path / "llm_other"
@@ -315,19 +316,30 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     from tasu.export import export
     from tasu.lock import DirLock
     from tasu.train.same_run import init_llm_difference
-    from tasu.train.trainer import Trainer, TrainingError
+    from tasu.train.trainer import Trainer, init_from_running
 
-    exported = export(exp, tmp_path / "exported")
-    base = load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]"])
-    assert f"it was trained for the LLM {exported / 'llm'} (sha256" in init_llm_difference(exported, data_record(base))
-    own = load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]", f"llm.path={exported / 'llm'}"])
-    assert init_llm_difference(exported, data_record(own)) is None
+    from tasu.model_io import LLM_KEY, VOCAB_KEY, WEIGHTS
+
+    def llm_config(llm: Path):
+        return load_config(ExperimentConfig, setup / "train.yaml", [f"data.train=[{train}]", f"llm.path={llm}"])
+
+    exported = export(exp, tmp_path / "exported")   # no adapters to merge: its llm/ re-saves the base LLM
+    for llm in (setup / "llm", exported / "llm"):   # either one decodes it and may be started from it
+        assert init_llm_difference(exported, data_record(llm_config(llm))) is None
+        load_trained(exported, audio=False, overrides=[f"llm.path={llm}"])
+    assert f"it was trained for the LLM {exported / 'llm'} (sha256" in init_llm_difference(
+        exported, data_record(llm_config(other_llm)))
+    weights = exported / "model" / WEIGHTS   # as an export that merged LoRA adapters records it: its llm/ only
+    with safe_open(str(weights), "pt") as f:
+        kept = {k: f.metadata()[k] for k in (VOCAB_KEY, LLM_KEY)}
+    save_file(load_file(weights), weights, metadata=kept)
+    assert f"it was trained for the LLM {exported / 'llm'} (sha256" in init_llm_difference(
+        exported, data_record(llm_config(setup / "llm")))
     # nor from an experiment whose training is running: its "finished" model may train on (a --resume)
     with DirLock(exp, "training"):
-        with pytest.raises(TrainingError, match=rf"train.init_from {exp}: its training is running \(pid "
-                                                rf"{os.getpid()} "):
-            Trainer._init_checkpoint(str(exp))
-    assert Trainer._init_checkpoint(str(exp)) == ckpt
+        assert init_from_running(str(exp)).startswith(f"train.init_from {exp}: its training is running (pid "
+                                                      f"{os.getpid()} ")
+    assert init_from_running(str(exp)) is None and Trainer._init_checkpoint(str(exp)) == ckpt
     # a resume asked for fewer steps than trained went on to train none, without a word
     out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=1"], env=ENV,
                          capture_output=True, text=True, timeout=600)

@@ -70,7 +70,6 @@ from tasu.data.records import DataError, Record, iter_records, parse_record, wit
 Order = Literal["shuffle", "stream", "sequential"]
 _CHUNK = 1 << 16   # records of the epoch's order turned into Python ints at a time
 _LOST_AFTER = 1000   # a source's first records all outside the length limits: said then, not at the epoch's end
-MAX_WEIGHT = 1e4   # copies of a record an epoch; beyond, a typo (1e12 asked for 175 TiB of order)
 
 log = logging.getLogger("tasu.data")
 
@@ -85,9 +84,6 @@ class Source:
     def check(self) -> None:
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ValueError(f"{self.path}: weight must be a number > 0, got {self.weight}")
-        if self.weight > MAX_WEIGHT:   # the epoch's order would not fit in memory
-            raise ValueError(f"{self.path}: weight {self.weight:g} is over {MAX_WEIGHT:g} copies of each record "
-                             "an epoch")
 
 
 @dataclass

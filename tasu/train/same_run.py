@@ -35,7 +35,7 @@ from typing import Any
 from tasu.config import ConfigError, flat_keys, load_config, to_dict
 from tasu.experiment import ExperimentConfig
 from tasu.fileio import read_json, write_atomic
-from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS, llm_digest
+from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS, llm_digest, recorded_llm
 from tasu.train.checkpoint import ENGINE_DIR
 
 log = logging.getLogger("tasu.train")
@@ -70,15 +70,19 @@ def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:
     """How the LLM of the run that trained ``init_ckpt`` differs from this run's (``data``: its
     ``data_record``), or None: the same, or not recorded (an older tasu).
 
-    An export has no run record: its LLM is its own ``llm/`` (LoRA adapters merged in, so its
-    projector was trained for that LLM, not the base one, and the adapters are not in its weights)."""
-    from tasu.export import LLM_DIR, is_export
+    An export has no run record: its weights record its own ``llm/`` (LoRA adapters merged in: its
+    projector was trained for that LLM, and the adapters are not in its weights) and, when it merged
+    none, the base LLM too (``LLM_KEY``, ``BASE_LLM_KEY``)."""
+    from tasu.export import LLM_DIR
 
     recorded = init_ckpt / ENGINE_DIR / DATA_RECORD
     then = read_json(recorded, _whole_record, "the record of the files a run read") if recorded.is_file() else {}
-    if "llm" not in then and is_export(init_ckpt):
-        then = {"llm": {"path": str(init_ckpt / LLM_DIR), "sha256": llm_digest(init_ckpt / LLM_DIR)}}
-    if "llm" not in then or then["llm"]["sha256"] == data["llm"]["sha256"]:
+    if "llm" not in then:
+        own, base = recorded_llm(init_ckpt)
+        if own is None or data["llm"]["sha256"] in (own, base):
+            return None
+        then = {"llm": {"path": str(init_ckpt / LLM_DIR), "sha256": own}}
+    if then["llm"]["sha256"] == data["llm"]["sha256"]:
         return None
     return f"it was trained for the LLM {_model(then['llm'])}, and llm.path is {_model(data['llm'])}"
 

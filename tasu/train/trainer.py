@@ -76,6 +76,18 @@ class TrainingError(RuntimeError):
     """The run cannot go on (non-finite loss, a checkpoint that does not fit); the message says why."""
 
 
+def init_from_running(path: str) -> str | None:
+    """Why ``train.init_from`` cannot start from experiment ``path`` now (its training is running: the
+    model it ended with may be one it trains on from, a --resume with more steps), or None."""
+    exp = Path(path)
+    last = last_checkpoint(exp / "checkpoints")
+    running = holder(exp) if last is not None and not (exp / MODEL_DIR).is_dir() else None
+    if running:
+        return (f"train.init_from {path}: its training is running ({running}): start from it when it has "
+                f"ended, or name a checkpoint to start from that one on purpose (train.init_from={last})")
+    return None
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     return random.Random(f"{seed}/step{step}/rank{rank}").getrandbits(63)
 
@@ -223,7 +235,7 @@ class Trainer:
         self.data_stats = _file_stats(cfg)   # before data_record reads them: a change from here on is seen
         self.data_record = data_record(cfg, self.init_ckpt) if self.rank == 0 else None   # kept in every checkpoint
         if self.init_ckpt is not None:
-            self._on_all_ranks(self._check_init_llm, "train.init_from's model is of another LLM")
+            self._on_all_ranks(self._check_init_from, "train.init_from's model cannot be used")
         if resume and last is not None:  # before anything loads: a stale run must not go on, nor finish at once
             self._on_all_ranks(lambda: self._check_same_run(last), "the checkpoint is of another run")
         tokenizer = encoder_tokenizer(cfg)   # (no weights)
@@ -404,11 +416,6 @@ class Trainer:
         is taken as it is, finished or not."""
         exp = Path(path)
         last = last_checkpoint(exp / "checkpoints")
-        running = holder(exp) if last is not None and not (exp / MODEL_DIR).is_dir() else None
-        if running:   # its "finished" model may be one it trains on from (a --resume with more steps)
-            raise TrainingError(f"train.init_from {path}: its training is running ({running}): start from it "
-                                f"when it has ended, or name a checkpoint to start from that one on purpose "
-                                f"(train.init_from={last})")
         if last is not None and not (exp / MODEL_DIR).is_dir() and not training_finished(exp / "checkpoints", last):
             raise TrainingError(
                 f"train.init_from {path}: its training has not finished (its last checkpoint is {last.name}): "
@@ -419,7 +426,12 @@ class Trainer:
         except FileNotFoundError as e:
             raise TrainingError(f"train.init_from: {e}") from None
 
-    def _check_init_llm(self) -> None:
+    def _check_init_from(self) -> None:
+        """Rank 0's checks of ``train.init_from`` (run through ``_on_all_ranks``: a lock can change hands
+        between two ranks' looks): an experiment still training, a model of another LLM."""
+        running = init_from_running(self.cfg.train.init_from) if self.rank == 0 else None
+        if running:
+            raise TrainingError(running)
         other_llm = init_llm_difference(self.init_ckpt, self.data_record) if self.rank == 0 else None
         if other_llm:
             raise TrainingError(f"train.init_from {self.init_ckpt}: {other_llm}: a projector is trained for one "
