@@ -596,7 +596,8 @@ def test_a_report_of_nothing_is_refused_and_study_md_kept(run_dir, tmp_path, mon
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_study_script_reaches_study_py(tmp_path, sig):
     """SIGTERM to local/study.sh (a batch system ending the job) ended the script alone: study.py and its
-    trainings ran on. The script now passes it on, and Ctrl-C too (a background command ignores SIGINT)."""
+    trainings ran on. The script now passes it on; Ctrl-C (SIGINT to the terminal's process group) reaches
+    study.py itself, which takes SIGINT back from the background's "ignored", and the script waits for it."""
     import subprocess
 
     (tmp_path / "local").mkdir()
@@ -608,14 +609,18 @@ def test_a_signal_to_the_study_script_reaches_study_py(tmp_path, sig):
         "    pathlib.Path('stopped').write_text('TERM')\n"
         "    sys.exit(3)\n"
         "signal.signal(signal.SIGTERM, stop)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
         "pathlib.Path('started').write_text(' '.join(sys.argv[1:]))\n"
         "time.sleep(60)\n")
-    script = subprocess.Popen(["bash", "local/study.sh", "--parts", "gap"], cwd=tmp_path,
+    script = subprocess.Popen(["bash", "local/study.sh", "--parts", "gap"], cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while not (tmp_path / "started").exists() and time.time() < deadline:
         time.sleep(0.05)
     assert (tmp_path / "started").read_text().startswith("run --workdir . --parts gap")
-    script.send_signal(sig)
+    if sig == signal.SIGINT:   # as a terminal sends it: to the whole process group
+        os.killpg(script.pid, sig)
+    else:
+        script.send_signal(sig)
     assert script.wait(timeout=30) == 3   # study.py's status, once it has stopped
     assert (tmp_path / "stopped").read_text() == "TERM"

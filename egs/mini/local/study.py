@@ -1128,6 +1128,9 @@ def lowres_plot(sizes: list, total: int, point, zero_test: float | None, zero_oo
 
 
 def main() -> int:
+    # study.sh starts this in the background, where SIGINT is ignored (and so in every training started
+    # here): Ctrl-C is to stop them all, as run in front
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["plan", "run", "report"],

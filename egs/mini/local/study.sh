@@ -27,13 +27,16 @@ help_message="Usage: $0 [options]
 . parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected argument '$1' (run with --help)" >&2; exit 1; }
 
-# study.py stops its trainings when it gets SIGTERM or SIGHUP. Sent to this script, a signal (Ctrl-C's too:
-# a command started in the background ignores SIGINT) is passed on as SIGTERM; bash alone would end here and
-# leave study.py and its trainings running.
+# study.py stops its trainings when it gets SIGTERM or SIGHUP. Sent to this script, such a signal is passed
+# on (bash alone would end here and leave study.py and its trainings running). Ctrl-C reaches study.py and
+# its trainings themselves, as before (study.py takes SIGINT back from the background's "ignored").
 study() {
+  local child="" rc=0 stopped=""
+  trap 'stopped=1; [ -z "${child}" ] || kill -TERM "${child}" 2> /dev/null || true' TERM HUP
+  trap ':' INT   # Ctrl-C: wait for study.py, which got it too, to stop
   python3 local/study.py "$@" < /dev/null &
-  local child=$! rc=0
-  trap 'kill -TERM "${child}" 2> /dev/null || true' TERM HUP INT
+  child=$!
+  [ -z "${stopped}" ] || kill -TERM "${child}" 2> /dev/null || true   # a signal before child was set
   wait "${child}" || rc=$?
   while kill -0 "${child}" 2> /dev/null; do   # a signal ended the wait, not study.py: wait for it to stop
     rc=0; wait "${child}" || rc=$?
