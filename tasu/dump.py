@@ -203,11 +203,11 @@ class DumpReader:
             raise DumpError(f"{entry}: truncated: the {rows}x{cols} matrix does not fit in the ark ({size} bytes)")
         return rows, cols
 
-    def load(self, entry: str) -> Posteriors:
-        """The posteriors of one recording, a batch of one."""
+    def load(self, entry: str, made: str | None = None) -> Posteriors:
+        """The posteriors of one recording, a batch of one (``made``: as for ``check``)."""
         from kaldiio.matio import read_kaldi
 
-        self.check(entry)
+        self.check(entry, made)
         info = self.info(entry)
         k, vocab = info["topk"], info["vocab_size"]
         ark, offset = _parse_entry(entry)

@@ -291,8 +291,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         for i, r in enumerate(chunk):
             if r["dump"] is not None:
                 try:
-                    dumps.check(r["dump"], r["made"])   # an earlier dump's record at this path: refused
-                    clean[i] = dumps.load(r["dump"])
+                    clean[i] = dumps.load(r["dump"], r["made"])   # an earlier dump's record at this path: refused
                 except ValueError as e:
                     path, line = r["where"]
                     raise DataError(path, line, "posteriors", str(e)) from None

@@ -429,10 +429,12 @@ class Trainer:
     def _check_init_from(self) -> None:
         """Rank 0's checks of ``train.init_from`` (run through ``_on_all_ranks``: a lock can change hands
         between two ranks' looks): an experiment still training, a model of another LLM."""
-        running = init_from_running(self.cfg.train.init_from) if self.rank == 0 else None
+        if self.rank != 0:
+            return
+        running = init_from_running(self.cfg.train.init_from)
         if running:
             raise TrainingError(running)
-        other_llm = init_llm_difference(self.init_ckpt, self.data_record) if self.rank == 0 else None
+        other_llm = init_llm_difference(self.init_ckpt, self.data_record)
         if other_llm:
             raise TrainingError(f"train.init_from {self.init_ckpt}: {other_llm}: a projector is trained for one "
                                 "LLM; start from a model of this one, or train from scratch")
