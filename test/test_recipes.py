@@ -153,6 +153,13 @@ def test_librispeech(tmp_path, models):
     assert stale.returncode == 1 and "hyp.trn" in stale.stderr
     assert (recipe / "RESULTS.md").read_text() == results and not (recipe / "RESULTS.md.tmp").exists()
 
+    # a set of records without targets (hypotheses only) has an empty ref.trn: stage 6 stopped on it
+    # with "no references"; it is left unscored
+    (hyp.parent / "ref.trn").write_text("")
+    unlabelled = sh(recipe, "./run.sh", "--stage", "6", "--stop_stage", "6", "--test_sets", "test_clean",
+                    *models_opts, "--decode_args", QUICK_DECODE, env=env)
+    assert "test_clean/ASR: its records have no targets (hypotheses only): not scored" in unlabelled.stderr
+
 
 @pytest.mark.slow
 def test_slurp(tmp_path, models):

@@ -713,6 +713,10 @@ if runs 6; then
         metric=$(task_metric "${spec}")
         dir=${exp}/${inference_tag}/${set}/${task}
         [ -f "${dir}/hyp.trn" ] || die "${dir}/hyp.trn does not exist: run stage 5 first"
+        if [ -s "${dir}/hyp.trn" ] && [ ! -s "${dir}/ref.trn" ]; then
+          log "Stage 6: ${dir}: its records have no targets (hypotheses only): not scored"
+          continue
+        fi
         # (BLEU's tokenizer follows the references' script: tasu score's auto)
         log "Stage 6: scoring ${dir}/hyp.trn (${metric}) -> ${dir}/score.json"
         ${decode_cmd} "${dir}/log/score.log" tasu score --ref "${dir}/ref.trn" --hyp "${dir}/hyp.trn" \
