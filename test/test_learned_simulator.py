@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,9 +287,12 @@ optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 2}}
 engine: {{device: cpu, zero_stage: 0}}
 train: {{epochs: 1, max_steps: 2, log_interval: 1, save_interval: 2}}
 """, encoding="utf-8")
-    # other compression than the simulator's teacher had: its rows are not what decoding will meet
+    # other compression than the simulator's teacher had: its rows are not what decoding will meet. Said
+    # before the models load (an LLM without its weights here: the check came after loading it)
+    (tmp_path / "unloadable").mkdir()
+    shutil.copy(tmp_path / "llm" / "config.json", tmp_path / "unloadable")
     one_line_error(tasu("train", "--config", str(tmp_path / "text.yaml"), "--exp-dir", str(tmp_path / "other"),
-                        "compress.threshold=0.5", check=False),
+                        "compress.threshold=0.5", f"llm.path={tmp_path / 'unloadable'}", check=False),
                    "was trained on rows compressed with threshold 0.99, topk 4, but this training config "
                    "compresses with threshold 0.5, topk 4")
     tasu("train", "--config", str(tmp_path / "text.yaml"), "--exp-dir", str(tmp_path / "exp"))

@@ -251,17 +251,18 @@ class Trainer:
             self._on_all_ranks(lambda: self._check_audio(prompts), "the audio check failed")
         log.info("data checked: %d training and %d validation records", counts["train"], counts["valid"])
 
-        torch.manual_seed(cfg.train.seed)  # the fresh projector (and LoRA) weights
-        self.model = build_model(cfg, audio=cfg.data.mode in ("audio", "mixed"), device=str(self.device))
-        if self.init_ckpt is not None:
-            self._init_from(self.init_ckpt)
-        enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else tokenizer
-        self.simulator = build_simulator(cfg.simulation, enc_tokenizer, device=self.device)
+        # before the models load (minutes for a large LLM): a learned simulator of another compression is refused
+        self.simulator = build_simulator(cfg.simulation, tokenizer, device=self.device)
         if cfg.simulation.name == "learned":   # its teacher: this encoder and compression?
             made_for = dumps.expected if dumps is not None else identity(cfg.encoder.path, cfg.encoder.type,
                                                                          cfg.compress, cfg.encoder.options)
             self.simulator.check_teacher(made_for, "this training config", refuse_compression=True,
                                          say=log.warning if self.rank == 0 else lambda message: None)
+        torch.manual_seed(cfg.train.seed)  # the fresh projector (and LoRA) weights
+        self.model = build_model(cfg, audio=cfg.data.mode in ("audio", "mixed"), device=str(self.device))
+        if self.init_ckpt is not None:
+            self._init_from(self.init_ckpt)
+        enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else tokenizer
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
                                  cfg.data.audio_ratio, dumps=dumps)
         if cfg.data.mode in ("text", "mixed") and self.rank == 0:
