@@ -503,3 +503,20 @@ def test_stage_2_remakes_the_jsonl_of_a_data_dir_made_again(librispeech):
     out = sh(recipe, "./run.sh", "--stage", "2", "--stop_stage", "2", "--test_sets", "test_clean", env=env)
     assert "dump/dev_clean/ASR.jsonl is gone (its .done is there): making it again" in out.stderr
     assert len(lines(recipe / "dump" / "dev_clean" / "ASR.jsonl")) > 0
+    # a table put back from a copy keeps its older mtime, and a removed one leaves no file to be newer:
+    # stage 2 skipped both and kept the JSONL of the table it no longer had
+    text, jsonl = recipe / "data" / "test_clean" / "text", recipe / "dump" / "test_clean" / "ASR.jsonl"
+    made = jsonl.read_text()
+    shutil.copy2(text, recipe / "text.bak")
+    text.write_text("".join(f"{line} {line.split()[-1]}\n" for line in lines(text)))   # a word more
+    sh(recipe, *run, env=env)
+    assert jsonl.read_text() != made
+    shutil.move(recipe / "text.bak", text)
+    out = sh(recipe, *run, env=env)
+    assert "data/test_clean changed after dump/test_clean/ASR.jsonl was made: making it again" in out.stderr
+    assert jsonl.read_text() == made
+    (recipe / "data" / "test_clean" / "spk2utt").unlink()
+    out = sh(recipe, *run, env=env)
+    assert "data/test_clean changed after dump/test_clean/ASR.jsonl was made: making it again" in out.stderr
+    out = sh(recipe, *run, env=env)
+    assert "dump/test_clean/ASR.jsonl: already made" in out.stderr

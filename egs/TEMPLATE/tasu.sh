@@ -517,7 +517,9 @@ if runs 2; then
       elif [ "$(cat "${out%.jsonl}.done")" != "${made_from[${out}]}" ]; then
         log "${out} was made from '$(cat "${out%.jsonl}.done")', not '${made_from[${out}]}': making it" \
           "again (${stale_exps})"
-      elif [ -n "$(find "${datadir}/${set}" -newer "${out%.jsonl}.done" -type f 2> /dev/null | head -n 1)" ]; then
+      # status change, not modification: a file put back with its old mtime (mv, cp -p, rsync -a) or one
+      # removed (the directory's own entry) is a change too
+      elif [ -n "$(find "${datadir}/${set}" -cnewer "${out%.jsonl}.done" 2> /dev/null | head -n 1)" ]; then
         log "${datadir}/${set} changed after ${out} was made: making it again (${stale_exps})"
       else
         log "${out}: already made (${out%.jsonl}.done), skipping"
