@@ -320,6 +320,8 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     # a stage range with nothing in it is a mistake, not a run that did nothing and exited 0
     out = sh(recipe, "./run.sh", "--stage", "6", "--stop_stage", "5", ok=False)
     assert out.returncode == 1 and "--stage 6 comes after --stop_stage 5: nothing to run" in out.stderr
+    out = sh(recipe, "./run.sh", "--stage", "-3", "--stop_stage", "0", ok=False)   # ran nothing, "Successfully"
+    assert out.returncode == 1 and "--stop_stage 0: there is no such stage (the stages are 1-7)" in out.stderr
     out = sh(recipe, "./run.sh", "--stage", "8", ok=False)
     assert out.returncode == 1 and "--stage 8: there is no such stage (the stages are 1-7)" in out.stderr
     for empty in ("--datadir", "--dumpdir", "--expdir"):   # '' would put the run's files under /

@@ -1,5 +1,6 @@
 """The shell conventions (utils/parse_options.sh, tools/setup.sh) and device selection."""
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 
@@ -39,6 +40,28 @@ def test_unknown_option_is_an_error(tmp_path):
     # the environment's variables are set too, but are no options: --PATH /x broke every command after it
     out = run_script(tmp_path, "echo ran", "--PATH", "/x")
     assert (out.returncode, out.stderr) == (1, "prog.sh: invalid option '--PATH'\n")
+
+
+def test_the_script_s_own_variables_are_no_options(tmp_path):
+    out = run_script(tmp_path, "echo ran", "--help_message", "x")
+    assert (out.returncode, out.stdout) == (1, "") and "unknown option '--help_message'" in out.stderr
+    out = run_script(tmp_path, "echo ran", "--_po_kind", "x")
+    assert (out.returncode, out.stdout) == (1, "") and "invalid option '--_po_kind'" in out.stderr
+
+
+def test_every_variable_a_script_sets_before_its_options_is_one_it_documents():
+    """Every lower-case variable set before parse_options.sh is an option. One the script keeps for
+    itself (--invocation was written into the re-run scripts, --tools_dir chose a tasu binary) was
+    taken on the command line; such a variable is named with a leading _."""
+    scripts = [p for p in [*ROOT.glob("egs/*/*.sh"), *ROOT.glob("egs/*/local/*.sh"), *ROOT.glob("utils/*.sh"),
+                           *ROOT.glob("tools/*.sh")] if "parse_options.sh" in p.read_text() and p.name != "parse_options.sh"]
+    assert len(scripts) >= 10
+    for script in scripts:
+        text = script.read_text()
+        before = text[:re.search(r"^\s*\. .*parse_options\.sh", text, re.M).start()]
+        for name in re.findall(r"^([a-z][a-z0-9_]*)=", before, re.M):
+            if name != "help_message":
+                assert f"--{name}" in text, f"{script.relative_to(ROOT)}: {name} is an option --help does not list"
 
 
 def test_boolean_option_accepts_only_true_or_false(tmp_path):

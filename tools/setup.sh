@@ -10,9 +10,6 @@
 # Every pip call is constrained by tools/constraints.txt, so no dependency can swap the torch build.
 set -euo pipefail
 
-tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root_dir=$(dirname "${tools_dir}")
-
 device=auto          # auto | cpu | cuda | npu
 python=python3       # interpreter the venv is made from (3.11 or newer)
 torch_index_url=""   # e.g. the PyTorch CPU wheel index, to avoid a CUDA download on a CPU-only machine
@@ -26,7 +23,9 @@ help_message="Usage: $0 [options]
   --system_packages <true|false> apt-get install missing sox/espeak-ng/flite/ffmpeg when root (default: ${system_packages})
   --with <espnet>                also make tools/espnet-venv: espnet with the torch it needs, and tasu,
                                  where ESPnet encoders write posterior dumps (default: none)"
-. "${root_dir}/utils/parse_options.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../utils/parse_options.sh"
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root_dir=$(dirname "${tools_dir}")
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (setup.sh) $*"; }
 die() { echo "setup.sh: error: $*" >&2; exit 1; }

@@ -8,7 +8,8 @@
 #   only a whole number (so --stage x stops here, not in a test deep inside the script);
 #   option names are lower case (--PATH would replace the environment's);
 #   --config FILE sources FILE (shell assignments, never a .yaml) at that point of the command line;
-#   --help / -h prints $help_message and exits 0.
+#   --help / -h prints $help_message and exits 0;
+#   a variable the script sets beforehand for its own use is named with a leading _ (not an option).
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
 
 _po_prog=$(basename "$0")
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
       if ! [[ "${_po_name}" =~ ^[a-z][a-z0-9_]*$ ]]; then   # options are lower case: not PATH, HOME, _po_*
         echo "${_po_prog}: invalid option '$1'" >&2; exit 1
       fi
-      if [ -z "${!_po_name+set}" ]; then
+      if [ -z "${!_po_name+set}" ] || [ "${_po_name}" = help_message ]; then
         echo "${_po_prog}: unknown option '$1' (run with --help for the list)" >&2; exit 1
       fi
       [ $# -ge 2 ] || { echo "${_po_prog}: option '$1' needs a value" >&2; exit 1; }

@@ -40,8 +40,7 @@ hold_lock() {  # hold_lock <dir> <what>: this run is <dir>'s one writer until re
   echo "pid $$ on $(uname -n)" > "$1/.lock"
 }
 release_lock() { exec {lock_fd}>&-; }
-invocation="$0 $(printf '%q ' "$@")"
-tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
+_invocation="$0 $(printf '%q ' "$@")"   # (a name that begins with _ is not an option: parse_options.sh)
 
 # ---------------------------------------------------------------------------------------------------
 # Options: every variable below is an option (--name value); --help lists them with their defaults.
@@ -176,6 +175,7 @@ EOF
 . ./path.sh
 . parse_options.sh
 . ./cmd.sh
+tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../tools" && pwd)
 
 if [ $# -gt 0 ]; then
   die "unexpected arguments: $* (options are written --name value; see --help)"
@@ -186,6 +186,7 @@ fi
 
 [ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} comes after --stop_stage ${stop_stage}: nothing to run"
 [ "${stage}" -le 7 ] || die "--stage ${stage}: there is no such stage (the stages are 1-7)"
+[ "${stop_stage}" -ge 1 ] || die "--stop_stage ${stop_stage}: there is no such stage (the stages are 1-7)"
 for dir in datadir dumpdir expdir; do   # "" would put every file of the run under /
   [ -n "${!dir}" ] || die "--${dir} is empty: name a directory"
 done
@@ -382,7 +383,7 @@ write_reentry() {  # write_reentry <dir> <stage> <what>: <dir>/run.sh re-enters 
   cat > "$1/run.sh" <<EOF
 #!/usr/bin/env bash
 # Re-enters stage $2 ($3) with the options it was run with; extra options are appended.
-cd "$(pwd)" && ${invocation}--stage $2 --stop_stage $2 "\$@"
+cd "$(pwd)" && ${_invocation}--stage $2 --stop_stage $2 "\$@"
 EOF
   chmod +x "$1/run.sh"
 }
@@ -759,7 +760,7 @@ if runs 7; then
     echo "This file was made from \`$(basename "$(pwd)")\` with:"
     echo
     echo '```bash'
-    echo "${invocation% }"
+    echo "${_invocation% }"
     echo '```'
     for exp in "${decode_exps[@]}"; do
       echo
