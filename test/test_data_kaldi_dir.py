@@ -373,3 +373,48 @@ def test_a_table_is_replaced_whole_or_not_at_all(tmp_path):
     assert table.read_text() == "a old\n" and [p.name for p in tmp_path.iterdir()] == ["text"]
     kaldi_dir._write_lines(table, iter(["a new", "b two"]))
     assert table.read_text() == "a new\nb two\n"
+
+
+def test_a_data_dir_a_killed_to_dir_left_is_refused_as_input_and_made_again(tmp_path, capsys, monkeypatch):
+    """The same command again was refused ("holds a data dir already"), and the tables written before the
+    kill read as a whole data dir."""
+    from tasu.data import kaldi_dir
+
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"key": "u1", "task": "ASR", "target": "hello", "path": "a.wav"}\n')
+    out = tmp_path / "d"
+    real = kaldi_dir._write_spk2utt
+
+    def killed(*args):
+        raise KeyboardInterrupt   # after wav.scp, text and utt2spk
+
+    monkeypatch.setattr(kaldi_dir, "_write_spk2utt", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["to-dir", str(records), str(out)])
+    assert (out / "wav.scp").exists() and not (out / "spk2utt").exists()
+    assert main(["to-jsonl", str(out), str(tmp_path / "back.jsonl")]) == 1
+    assert capsys.readouterr().err == f"{out}: half-written (.partial: a to-dir was killed while writing it): " \
+                                      "make it again\n"
+    monkeypatch.setattr(kaldi_dir, "_write_spk2utt", real)
+    assert main(["to-dir", str(records), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]
+    assert main(["to-jsonl", str(out), str(tmp_path / "back.jsonl")]) == 0
+
+
+def test_converting_nothing_is_an_error_not_an_empty_result(tmp_path, capsys):
+    """A wav.scp keyed by recording without its segments skips every utterance: an empty JSONL, exit 0."""
+    d = make_dir(tmp_path / "d", **{"wav.scp": "rec1 a.wav\n", "text": "rec1-u1 hello\n"})
+    out = tmp_path / "out.jsonl"
+    assert main(["to-jsonl", str(d), str(out)]) == 1
+    assert capsys.readouterr().err.endswith(f"{d}: no utterance to convert (the messages above say why each "
+                                            "was skipped, if any)\n")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["d"]
+    assert main(["to-jsonl", str(d)]) == 1   # standard output
+    assert "no utterance to convert" in capsys.readouterr().err
+    (tmp_path / "none.jsonl").write_text("")
+    assert main(["to-dir", str(tmp_path / "none.jsonl"), str(tmp_path / "made")]) == 1
+    assert capsys.readouterr().err == f"{tmp_path}/none.jsonl: no records: a data dir of no utterance is not made\n"
+    assert not (tmp_path / "made").exists()
+    for task in ("", "SLU scenario"):   # records tasu validate refuses, or two words
+        assert main(["to-jsonl", "--task", task, str(d), str(out)]) == 1
+        assert capsys.readouterr().err == f"{d}: --task {task!r}: a task is one word (ASR, SLU_scenario, ...)\n"

@@ -38,6 +38,9 @@ any record has a segment (a record without one covers its whole recording: ``0.0
 are written with millisecond precision. Fields a data dir cannot hold (``GT``, pass-through fields)
 are dropped with a log message. The command refuses to write over what it converts: ``to-jsonl`` an
 output that is a table of its dir, ``to-dir`` a directory that holds a data dir (``--overwrite``).
+Each table is replaced whole; while ``to-dir`` writes them, the dir holds ``.partial``: a dir that a
+killed ``to-dir`` left half-written is refused as input and written again by the next ``to-dir``.
+Converting no utterance at all (every one skipped, or no records) is an error, not an empty result.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ from tasu.fileio import atomic_replace
 logger = logging.getLogger(__name__)
 
 _EXAMPLES = 3  # ids quoted in a "skipped" message
+PARTIAL = ".partial"   # in a data dir while to-dir writes its tables (see the module doc)
 
 
 class DataDirError(ValueError):
@@ -238,6 +242,7 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
                        ", ".join(tasks))
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / PARTIAL).write_text("a killed to-dir left this data dir half-written: make it again\n")
     speaker = {r.key: str(r.extra.get("speaker", r.key)) for r in records}
     _write_lines(data_dir / "wav.scp", (f"{rec} {path}" for rec, path in sorted(wav.items())))
     _write_lines(data_dir / "text", (f"{r.key} {r.target}" for r in records))
@@ -254,6 +259,7 @@ def write_data_dir(records: Iterable[Record], data_dir: str | Path) -> int:
         os.remove(data_dir / name)
     if stale:
         logger.warning("%s: removed %s, made for the data dir written there before", data_dir, ", ".join(stale))
+    os.remove(data_dir / PARTIAL)
     return len(records)
 
 
@@ -460,18 +466,30 @@ _TABLES = ("wav.scp", "text", "segments", "utt2spk")   # what to-jsonl reads (wi
 
 def _check_paths(args: argparse.Namespace) -> None:
     """Refuse to write over the files being converted: a JSONL named after a table of its data dir, or
-    a data dir that already holds one (``--overwrite`` to replace it)."""
+    a data dir that already holds one (``--overwrite`` to replace it; a half-written one is replaced)."""
+    if args.command == "to-jsonl":
+        if (Path(args.data_dir) / PARTIAL).exists():
+            raise DataDirError([DataError(args.data_dir, None, None, f"half-written ({PARTIAL}: a to-dir was "
+                                                                      "killed while writing it): make it again")])
+        if not args.task.strip() or args.task.split() != [args.task]:
+            raise DataDirError([DataError(args.data_dir, None, None, f"--task {args.task!r}: a task is one word "
+                                                                      "(ASR, SLU_scenario, ...)")])
     if args.command == "to-jsonl" and args.output != "-":
         read = [*_TABLES, *([args.target_file] if args.target_file else [])]
         out = Path(args.output).resolve()
         if any(out == (Path(args.data_dir) / name).resolve() for name in read):
             raise DataDirError([DataError(args.output, None, None, f"is a table of {args.data_dir} that this "
                                                                      "conversion reads: write the records elsewhere")])
-    if args.command == "to-dir" and not args.overwrite:
+    if args.command == "to-dir" and not args.overwrite and not (Path(args.data_dir) / PARTIAL).exists():
         held = [name for name in _TABLES if (Path(args.data_dir) / name).exists()]
         if held:
             raise DataDirError([DataError(args.data_dir, None, None, f"holds a data dir already ({', '.join(held)}): "
                                                                       "write to a new directory, or --overwrite it")])
+
+
+def _nothing(data_dir: str) -> DataDirError:
+    return DataDirError([DataError(data_dir, None, None, "no utterance to convert (the messages above say why "
+                                                          "each was skipped, if any)")])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,15 +501,20 @@ def main(argv: list[str] | None = None) -> int:
             read = iter_text_records if args.text_only else read_data_dir
             records = read(args.data_dir, args.task, args.target_file)
             if args.output == "-":
-                write_records(records, sys.stdout)
+                if not write_records(records, sys.stdout):
+                    raise _nothing(args.data_dir)
             else:   # --text-only streams: a bad line late in text must not leave the lines before it behind
                 with atomic_replace(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-                    write_records(records, f)
+                    if not write_records(records, f):   # raised inside: the empty file is not put in place
+                        raise _nothing(args.data_dir)
         else:
             problems: list[DataError] = []
             records = list(iter_records(args.input, on_error=problems.append))
             if problems:
                 raise DataDirError(problems)
+            if not records:
+                raise DataDirError([DataError(args.input, None, None, "no records: a data dir of no utterance "
+                                                                       "is not made")])
             write_data_dir(records, args.data_dir)
     except DataDirError as e:
         print(e, file=sys.stderr)
