@@ -312,3 +312,13 @@ def test_srun_options_are_words_never_globbed_nor_quoted(tmp_path):
     out = subprocess.run([slurm, "--srun_opts", "--comment='two words'", "x.log", "true"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 1 and "options are split at spaces and quotes would reach srun" in out.stderr
+
+
+def test_the_slurm_runner_takes_the_local_runner_s_options(tmp_path):
+    """run_slurm.sh says it takes run_local.sh's command line; --tail_lines was an unknown option."""
+    write(tmp_path / "bin" / "srun", "#!/usr/bin/env bash\nshift 3\nexec \"$@\"\n")   # past --quiet --ntasks=1 --cpus..
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([str(ROOT / "utils" / "run_slurm.sh"), "--tail_lines", "3", "x.log", "bash", "-c",
+                          "echo one; echo two; exit 3"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "  | two" in out.stderr and "  | one" not in out.stderr, out.stderr

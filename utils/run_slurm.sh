@@ -21,6 +21,7 @@ time_limit=
 srun_opts=
 num_nodes=1
 ntasks_per_node=1
+tail_lines=30
 
 help_message="Usage: $0 [options] [JOB=a:b] <log-file> <command> [<arg> ...]
 Options:
@@ -32,7 +33,8 @@ Options:
   --time_limit <t>     slurm time limit, e.g. 2-00:00:00 (default: '${time_limit}')
   --srun_opts <opts>   more srun options, one string split at spaces, without quotes (default: '${srun_opts}')
   --num_nodes <n>      nodes of each job (default: ${num_nodes}); --gpu and --mem are per node
-  --ntasks_per_node <n>  tasks on each node, each running the command (default: ${ntasks_per_node})"
+  --ntasks_per_node <n>  tasks on each node, each running the command (default: ${ntasks_per_node})
+  --tail_lines <n>     lines of a failed job's log to print (default: ${tail_lines})"
 . "$(dirname "$0")/parse_options.sh"
 
 if [[ "${srun_opts}" == *[\"\'\\]* ]]; then   # run_local.sh splits the launcher at spaces: no shell quoting
@@ -53,4 +55,4 @@ launcher+=" --cpus-per-task=${num_threads}"
 [ -n "${srun_opts}" ] && launcher+=" ${srun_opts}"
 
 exec "$(dirname "$0")/run_local.sh" --max_jobs_run "${max_jobs_run}" --num_threads "${num_threads}" \
-  --launcher "${launcher}" "$@"
+  --tail_lines "${tail_lines}" --launcher "${launcher}" "$@"
