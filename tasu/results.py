@@ -73,17 +73,23 @@ def collect_results(exp_root: str | Path) -> list[Row]:
     for path in score_files_under(root):
         parts = path.parent.relative_to(root).parts
         exp, dataset = (parts[0], "/".join(parts[1:]) or ".") if parts else (root.resolve().name, ".")
-        try:
-            result = ScoreResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as e:
-            raise ScoreError(f"{path}: not a score.json written by 'tasu score' ({e})") from None
-        except OSError as e:   # a dangling link, a directory of that name, no permission
-            raise ScoreError(f"{path}: cannot read it ({e.strerror or e})") from None
-        except RecursionError:
-            raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
-        _check_still_of(path, result)
-        rows.append(Row(exp, dataset, result, path))
+        rows.append(Row(exp, dataset, load_score(path), path))
     return sorted(rows, key=lambda r: (r.exp, METRICS.index(r.result.metric), r.dataset))
+
+
+def load_score(path: Path) -> ScoreResult:
+    """A score.json, checked: every field (a hand-edited value is refused) and the files it scored (a
+    hypothesis or reference file changed since is refused). ``ScoreError`` names the file."""
+    try:
+        result = ScoreResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as e:
+        raise ScoreError(f"{path}: not a score.json written by 'tasu score' ({e})") from None
+    except OSError as e:   # a dangling link, a directory of that name, no permission
+        raise ScoreError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except RecursionError:
+        raise ScoreError(f"{path}: not a score.json written by 'tasu score' (nested too deeply to read)") from None
+    _check_still_of(path, result)
+    return result
 
 
 def _check_still_of(path: Path, result: ScoreResult) -> None:

@@ -245,9 +245,17 @@ def _fake_run(root: Path, seed: int, wer: dict[str, float], synthesizers: dict |
     """A run directory as run.sh --seeds leaves it, with only what local/report.py reads."""
     exp, data = root / "exp", root / "data"
 
-    def score(path: Path, value: float) -> None:
+    def score(path: Path, value: float) -> None:   # a score.json whose counts give the value, as tasu score's
         path.mkdir(parents=True, exist_ok=True)
-        (path / "score.json").write_text(json.dumps({"value": value}))
+        if path.name == "SLU_scenario":
+            metric, snt, counts = "acc", 10000, {"correct": round(value * 100)}
+        else:
+            errors = round(value * 1000)
+            metric, snt, counts = "wer", 1000, {"wrd": 100000, "corr": 100000 - errors, "sub": errors, "del": 0,
+                                                "ins": 0, "s_err": 0}
+        (path / "score.json").write_text(json.dumps({
+            "metric": metric, "norm": "none", "snt": snt, "value": value, "counts": counts, "details": {},
+            "missing_keys": [], "extra_keys": [], "empty": 0, "looping": 0}))
 
     for s in ("dev", "test", "test_ood"):
         score(exp / "encoder" / "ctc_greedy" / s / "wer", wer["encoder"])
@@ -348,6 +356,44 @@ def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
     assert out.returncode == 1 and out.stderr == (
         f"local/report.py: {runs[1] / 'exp'}: no score of audio-only (same steps, from scratch) on test (ASR), "
         f"which {runs[0] / 'exp'} has: its stage failed or was skipped; finish it, or leave that run out of --runs\n")
+
+
+def test_report_refuses_a_score_tasu_results_refuses_and_a_damaged_loss_curve(tmp_path):
+    """A score.json value edited by hand, or one of hypotheses changed since, went into the means and the
+    verdicts (tasu results refuses both); a damaged loss.tsv was a traceback, after RESULTS.md was rewritten."""
+    wer = {"encoder": 20.0, "tasu_train_text": 14.0, "simulated": 10.0, "tasu_train_text_then_train_audio_sft": 10.0,
+           "train_audio_sft_from_scratch": 11.0}
+    run = _fake_run(tmp_path / "run", 1, wer)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# RESULTS\n## Environments\n- date\n")
+
+    def report() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(LOCAL / "report.py"), "--runs", str(run), "--results",
+                               str(results)], capture_output=True, text=True)
+    edited = run / "exp/tasu_train_text/decode_greedy_best/test/ASR"
+    score = json.loads((edited / "score.json").read_text())
+    (edited / "score.json").write_text(json.dumps(score | {"value": 1.0}))
+    out = report()
+    assert out.returncode == 1 and out.stderr == (
+        f"local/report.py: {edited / 'score.json'}: not a score.json written by 'tasu score' (value: 1.0, where "
+        "the counts give 14.00)\n")
+    (edited / "hyp.trn").write_text("a hello\n")
+    (edited / "score.json").write_text(json.dumps(score | {"files": {"hyp": {"path": "hyp.trn", "sha256": "0" * 64}}}))
+    out = report()
+    assert out.returncode == 1 and "hyp.trn has changed since it was scored (other hypotheses)" in out.stderr
+    (edited / "score.json").write_text(json.dumps(score))
+    assert report().returncode == 0
+    summary = results.read_text()
+    for curve, bad in (("tasu_train_text", "1\t0.5\n2\tabc\n"), ("train_audio_sft_from_scratch", "1\t0.5\n\n2\n")):
+        (run / "exp" / curve / "loss.tsv").write_text(bad)
+        out = report()
+        line = bad.strip().splitlines()[-1]
+        assert out.returncode == 1 and out.stderr == (
+            f"local/report.py: {run / 'exp' / curve / 'loss.tsv'}:{bad.count(chr(10))}: expected 'step<TAB>loss', "
+            f"got {line!r}\n")
+        assert results.read_text() == summary
+        (run / "exp" / curve / "loss.tsv").write_text("")
+    assert report().returncode == 0   # empty curves: no line to plot
 
 
 def test_report_refuses_runs_of_other_settings_or_one_seed_twice(tmp_path):
@@ -498,9 +544,9 @@ def _write(path: Path, text: str) -> None:
 
 @pytest.mark.parametrize("damage,error", [
     (lambda r: _write(r / "exp/tasu_train_text/decode_greedy_best/test/ASR/score.json", "{"),
-     "decode_greedy_best/test/ASR/score.json: not a score.json of tasu score (Expecting"),
+     "decode_greedy_best/test/ASR/score.json: not a score.json written by 'tasu score' (Expecting"),
     (lambda r: _write(r / "exp/tasu_train_text/decode_greedy_best/test/ASR/score.json", '{"value": null}'),
-     "decode_greedy_best/test/ASR/score.json: value None is not a number"),
+     "decode_greedy_best/test/ASR/score.json: not a score.json written by 'tasu score' (metric: must be one of"),
     (lambda r: (r / "data/test/scenario").unlink(), "data/test/scenario: cannot read it (No such file or directory)"),
     (lambda r: _write(r / "data/test/scenario", ""), "data/test/scenario: expected 'utterance scenario' lines"),
     (lambda r: _write(r / "exp/llm/ppl.txt", "parameters 4000000\nppl_plain\n"),

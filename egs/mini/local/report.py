@@ -67,16 +67,17 @@ def read_text(path: Path) -> str:
 
 
 def read_score(path: Path) -> float | None:
-    """The value of a score.json, None where the stage that writes it did not run."""
+    """The value of a score.json, None where the stage that writes it did not run. Checked as ``tasu
+    results`` checks it: a value edited by hand, or hypotheses changed since scoring, are refused."""
     if not path.exists():
         return None
+    from tasu.score import ScoreError   # (not at the top: see plot)
+    from tasu.results import load_score
+
     try:
-        value = json.loads(read_text(path))["value"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ReportError(f"{path}: not a score.json of tasu score ({e})") from None
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ReportError(f"{path}: value {value!r} is not a number")
-    return float(value)
+        return float(load_score(path).value)
+    except ScoreError as e:
+        raise ReportError(str(e)) from None
 
 
 def decode_dir(exp: Path) -> Path | None:
@@ -413,8 +414,16 @@ def summary(exp_roots: list[Path], data_dirs: list[Path], setting: str, plot_nam
 
 def read_losses(curve: Path) -> list[tuple[int, float]]:
     """(step, loss) rows of a training's loss.tsv."""
-    rows = (ln.split("\t") for ln in curve.read_text(encoding="utf-8").splitlines() if ln.strip())
-    return [(int(a), float(b)) for a, b, *_ in rows]
+    rows = []
+    for n, line in enumerate(read_text(curve).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        try:
+            rows.append((int(fields[0]), float(fields[1])))
+        except (ValueError, IndexError):
+            raise ReportError(f"{curve}:{n}: expected 'step<TAB>loss', got {line!r}") from None
+    return rows
 
 
 def loss_by_tenth(curve: Path) -> list[float]:
@@ -444,9 +453,10 @@ def plot(exp_roots: list[Path], chance_pct: float, out: Path) -> None:
     fig, (ax_loss, ax_wer, ax_acc) = plt.subplots(1, 3, figsize=(16, 4.5))
     for name, tag in SYSTEMS.items():
         curve = exp_roots[0] / tag / "loss.tsv"
-        if not curve.exists():
+        rows = read_losses(curve) if curve.exists() else []
+        if not rows:
             continue
-        steps, losses = zip(*read_losses(curve))
+        steps, losses = zip(*rows)
         k = max(1, len(losses) // 15)  # a moving average over ~7 % of the run
         smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
         ax_loss.plot(steps, smooth, label=name, color=COLOURS[name])
@@ -532,8 +542,8 @@ def main() -> None:
         setting = "; ".join(settings) or "setting unknown"
         plot_path = args.plot or args.results.with_suffix(".png")
         text = summary(exp_roots, data_dirs, setting, os.path.relpath(plot_path, args.results.parent))
+        plot(exp_roots, chance(data_dirs[0])[1], plot_path)   # first: a curve it cannot read leaves RESULTS.md
         insert_summary(args.results, text)
-        plot(exp_roots, chance(data_dirs[0])[1], plot_path)
     except ReportError as e:
         sys.exit(f"local/report.py: {e}")
     print(text + f"\nAll tables: {args.results}; plot: {plot_path}")
