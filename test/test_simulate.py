@@ -1,5 +1,8 @@
 """CTC posterior simulation: row values, i.i.d. errors, confusion tables, WER control, schedule, display."""
 import math
+import os
+import subprocess
+import sys
 from typing import Sequence
 
 import pytest
@@ -143,6 +146,18 @@ def test_spelling_confusion_neighbours():
             assert i != ids[w] and i >= 3
             if w not in ("zebra", "xylophone"):
                 assert edit_distance(w, tok.pieces[i]) <= 2
+
+
+def test_spelling_confusion_draws_the_same_in_every_process():
+    """The buckets were numbered in a set's order, which follows the process's string hashing: a seed drew
+    other substitutes in each process (a resumed run, the study's seeds)."""
+    script = ("import torch\nfrom tasu.simulate import Confusion\n"
+              "pieces = ['<blank>'] + [a + b + c for a in 'abcdef' for b in 'ghij' for c in 'klm']\n"
+              "g = torch.Generator().manual_seed(0)\n"
+              "print(Confusion.spelling(pieces).sample(torch.randint(1, len(pieces), (300,), generator=g), g).tolist())")
+    draws = {subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONHASHSEED=str(seed)),
+                            capture_output=True, text=True, check=True).stdout for seed in (1, 2, 3)}
+    assert len(draws) == 1
 
 
 def test_spelling_confusion_scales_to_a_real_vocabulary():

@@ -111,7 +111,9 @@ def _spelling_confusion(pieces: tuple[str, ...], blank_id: int) -> Confusion:
     members: list[list[int]] = []
     for i in ordinary:
         p = pieces[i]
-        for key in {p, *(p[:j] + p[j + 1:] for j in range(len(p)))} - {""}:
+        # in a fixed order (not a set's, which follows the process's string hashing): the bucket numbers
+        # decide which neighbour a draw gives, so a seed must give the same substitutes in every process
+        for key in dict.fromkeys(k for k in (p, *(p[:j] + p[j + 1:] for j in range(len(p)))) if k):
             b = bucket_of.setdefault(key, len(members))
             if b == len(members):
                 members.append([])
