@@ -59,6 +59,9 @@ class Confusion:
         self.buckets = buckets  # (id_offsets [V+1], id_buckets, id_rank, bucket_offsets, bucket_members)
         if candidates.numel() < 2:
             raise ValueError("a confusion table needs at least two ordinary ids")
+        # how many candidates come before each id: looked up per draw, as searchsorted there would start
+        # the thread pool for a few hundred ids (milliseconds per batch on a busy core; see _owners)
+        self.rank = torch.searchsorted(candidates, torch.arange(vocab_size)).clamp_max(candidates.numel() - 1)
 
     @classmethod
     def uniform(cls, vocab_size: int, blank_id: int = 0, exclude: Sequence[int] = ()) -> "Confusion":
@@ -81,7 +84,7 @@ class Confusion:
     def sample_uniform(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A uniform ordinary id different from each of ``ids``."""
         c = self.candidates
-        rank = torch.searchsorted(c, ids).clamp_max(c.numel() - 1)
+        rank = self.rank[ids]
         inside = (c[rank] == ids).long()  # the id itself is a candidate: skip over it
         r = (torch.rand(ids.shape, generator=generator) * (c.numel() - inside)).long()
         return c[r + (inside.bool() & (r >= rank)).long()]
