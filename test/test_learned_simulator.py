@@ -441,12 +441,12 @@ def test_a_lost_last_pointer_is_not_a_fresh_start(setup, tmp_path, capsys):
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000010"]
 
 
-@pytest.mark.parametrize("kept", [("teacher.safetensors", "teacher.json"), ("teacher.json",)])
+@pytest.mark.parametrize("kept", [("teacher.safetensors", "teacher.json"), ("teacher.json",), ()])
 def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_path, capsys, kept):
     """A resumed run whose --data has changed since its teacher set was made would go on from the old
     run's weights on another set; it stops with one line instead, and leaves the run as it was. So it
     does when the teacher set is gone but its record (teacher.json) is there (it was rebuilt from the
-    new data)."""
+    new data), and when the record is gone too (nothing can say the data is the run's)."""
     import logging
     import shutil
 
@@ -460,13 +460,18 @@ def test_a_resume_on_other_data_than_the_teacher_set_s_is_refused(setup, tmp_pat
         one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
                                        str(data), "--out", str(out), "--resume", *TINY),
                        f"cannot resume {out}: changed since its run's teacher set was made ({out}/teacher.json): "
-                       "--data (its files or their contents); train into a new --out")
+                       "--data (its files or their contents); train into a new --out" if kept else
+                       f"cannot resume {out}: {out}/teacher.json is gone, so its run's inputs cannot be checked "
+                       "against these: put it back, or train into a new --out")
     finally:
         log = logging.getLogger("tasu.train_simulator")
         for handler in log.handlers:
             handler.close()
         log.handlers.clear()
-    assert (out / "teacher.json").read_text() == (setup / "sim" / "teacher.json").read_text()
+    if kept:
+        assert (out / "teacher.json").read_text() == (setup / "sim" / "teacher.json").read_text()
+    else:
+        assert not (out / "teacher.json").exists() and not (out / "teacher.safetensors").exists()
     assert (out / "checkpoints" / "last").read_text().strip() == "step_000010"
 
 

@@ -392,6 +392,9 @@ def load_or_build_teacher(cfg, data, out: Path, recordings: list[dict], device, 
             raise SimulatorError(f"cannot resume {out}: changed since its run's teacher set was made "
                                  f"({info_path}): {', '.join(what[n] for n in changed) or 'its inputs'}; train "
                                  "into a new --out (or remove this one) to use them, or put back what the run read")
+    elif resuming:   # made before the first checkpoint: without it, nothing says what the run was trained on
+        raise SimulatorError(f"cannot resume {out}: {info_path} is gone, so its run's inputs cannot be checked "
+                             "against these: put it back, or train into a new --out")
     teacher, rates = build_teacher(cfg, recordings, device, encoder_identity)
     save_safetensors_atomic(out / TEACHER, teacher.tensors())
     counts = bin_counts(rates)
