@@ -52,19 +52,31 @@ def merge_lora(llm: nn.Module) -> int:
     return merged
 
 
+def base_llm(ckpt: Path, cfg) -> str:
+    """The digest of the LLM an export that merges no adapters re-saves: the one ``ckpt`` was trained
+    for, or, when ``ckpt`` is such an export itself, the base LLM it records (its ``llm/`` re-saves it)."""
+    from tasu.model_io import llm_digest, recorded_llm
+
+    own, base = recorded_llm(ckpt)
+    return base or own or llm_digest(cfg.llm.path)
+
+
 def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``."""
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
-    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, recorded_llm,
-                               trained_vocab, write_model)
+    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, trained_vocab,
+                               write_model)
     from tasu.simulate.base import vocab_digest
 
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: export writes a new directory")
     model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False)
+    for name, source in (("encoder.path", cfg.encoder.path), ("llm.path", cfg.llm.path)):
+        if out.resolve().is_relative_to(Path(source).resolve()):   # copying it would copy the copy into itself
+            raise ValueError(f"{out} is inside {name} {source}, which export copies: write it elsewhere")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -92,7 +104,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
         write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
                     (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"),
                     trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)), llm_digest(tmp / LLM_DIR),
-                    None if merged else (recorded_llm(ckpt)[0] or llm_digest(cfg.llm.path)))   # the same weights
+                    None if merged else base_llm(ckpt, cfg))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -47,6 +47,7 @@ LLM_KEY = "llm_sha256"   # likewise
 BASE_LLM_KEY = "base_llm_sha256"   # an export that merged no adapters: the base LLM its llm/ re-saves
 LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
+CHAT_TEMPLATES = frozenset({"chat_template.jinja", "chat_template.json"})   # where transformers saves it now
 WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
 
 
@@ -219,8 +220,23 @@ def llm_digest(path: str | Path) -> str:
     prompts. The other files (a README, generation_config.json) may change. A few seconds for a 1.5B
     model in bf16 (sha256 at about 0.8 GB/s), read again from the page cache when the model loads.
     """
+    return _llm_files_digest(path, LLM_FILES | CHAT_TEMPLATES)
+
+
+def _llm_files_digest(path: str | Path, names: frozenset[str]) -> str:
     return files_digest(file for file in sorted(Path(path).iterdir())
-                        if file.is_file() and (file.name in LLM_FILES or file.suffix in (".safetensors", ".bin")))
+                        if file.is_file() and (file.name in names or file.suffix in (".safetensors", ".bin")))
+
+
+def is_llm(path: str | Path, digests: tuple[str | None, ...], digest: str | None = None) -> bool:
+    """Whether the LLM directory ``path`` (its ``llm_digest``, when known) is one of ``digests``. A
+    digest recorded before the chat template files were digested (the first version that recorded one)
+    is of the other files alone: it is compared as such, when ``path`` has a chat template file."""
+    if (digest or llm_digest(path)) in digests:
+        return True
+    if not any((Path(path) / name).is_file() for name in CHAT_TEMPLATES):
+        return False
+    return _llm_files_digest(path, LLM_FILES) in digests
 
 
 def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:
@@ -240,7 +256,7 @@ def check_llm(ckpt: Path, cfg: ExperimentConfig) -> None:
     anywhere is the same LLM). An export records its own ``llm/`` (re-saved, LoRA merged), and the base
     LLM when it merged none: that one decodes it too."""
     trained, base = recorded_llm(ckpt)
-    if trained and llm_digest(cfg.llm.path) not in (trained, base):
+    if trained and not is_llm(cfg.llm.path, (trained, base)):
         raise CheckpointError(f"{ckpt} was trained for another LLM than llm.path {cfg.llm.path} (other config, "
                               "tokenizer or weight files: another release of the same shapes?): its projector "
                               "writes into that LLM's embeddings; use the LLM it was trained with")

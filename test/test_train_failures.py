@@ -329,6 +329,29 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
         load_trained(exported, audio=False, overrides=[f"llm.path={llm}"])
     assert f"it was trained for the LLM {exported / 'llm'} (sha256" in init_llm_difference(
         exported, data_record(llm_config(other_llm)))
+    # an export into the encoder's directory copied the copy into itself, and named a link loop
+    with pytest.raises(ValueError, match=rf"{setup / 'enc' / 'exported'} is inside encoder.path {setup / 'enc'}, "
+                                         "which export copies: write it elsewhere"):
+        export(exp, setup / "enc" / "exported")
+    assert not (setup / "enc" / ".exported.partial").exists()
+    # an export of that export records the base LLM still (it recorded the first export's llm/ as its base)
+    load_trained(export(exported, tmp_path / "again"), audio=False, overrides=[f"llm.path={setup / 'llm'}"])
+    # another chat template alone (transformers saves it as chat_template.jinja) prompts otherwise
+    template_llm = tmp_path / "llm_template"
+    shutil.copytree(setup / "llm", template_llm)
+    assert (template_llm / "chat_template.jinja").is_file()
+    (template_llm / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    with pytest.raises(CheckpointError, match="was trained for another LLM than llm.path"):
+        load_trained(exp, audio=False, overrides=[f"llm.path={template_llm}"])
+    # a checkpoint that recorded its LLM before the chat template files were digested still loads on it
+    from tasu.model_io import LLM_FILES, _llm_files_digest
+
+    weights = exported / "model" / WEIGHTS
+    with safe_open(str(weights), "pt") as f:
+        metadata = f.metadata()
+    legacy = _llm_files_digest(exported / "llm", LLM_FILES)
+    save_file(load_file(weights), weights, metadata={**metadata, LLM_KEY: legacy})
+    load_trained(exported, audio=False)
     weights = exported / "model" / WEIGHTS   # as an export that merged LoRA adapters records it: its llm/ only
     with safe_open(str(weights), "pt") as f:
         kept = {k: f.metadata()[k] for k in (VOCAB_KEY, LLM_KEY)}

@@ -35,7 +35,7 @@ from typing import Any
 from tasu.config import ConfigError, flat_keys, load_config, to_dict
 from tasu.experiment import ExperimentConfig
 from tasu.fileio import read_json, write_atomic
-from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS, llm_digest, recorded_llm
+from tasu.model_io import CONFIG, MODEL_DIR, PROMPTS, WEIGHTS, is_llm, llm_digest, recorded_llm
 from tasu.train.checkpoint import ENGINE_DIR
 
 log = logging.getLogger("tasu.train")
@@ -79,10 +79,10 @@ def init_llm_difference(init_ckpt: Path, data: dict) -> str | None:
     then = read_json(recorded, _whole_record, "the record of the files a run read") if recorded.is_file() else {}
     if "llm" not in then:
         own, base = recorded_llm(init_ckpt)
-        if own is None or data["llm"]["sha256"] in (own, base):
+        if own is None or is_llm(data["llm"]["path"], (own, base), data["llm"]["sha256"]):
             return None
         then = {"llm": {"path": str(init_ckpt / LLM_DIR), "sha256": own}}
-    if then["llm"]["sha256"] == data["llm"]["sha256"]:
+    if is_llm(data["llm"]["path"], (then["llm"]["sha256"],), data["llm"]["sha256"]):
         return None
     return f"it was trained for the LLM {_model(then['llm'])}, and llm.path is {_model(data['llm'])}"
 
@@ -125,7 +125,7 @@ def _data_differences(then: dict, now: dict) -> list[str]:
         old, new = then["init_from"], now["init_from"]
         if (old and old["sha256"]) != (new and new["sha256"]):
             found.append(f"train.init_from: the run started from {_model(old)}; it names {_model(new)} now")
-    if "llm" in then and then["llm"]["sha256"] != now["llm"]["sha256"]:
+    if "llm" in then and not is_llm(now["llm"]["path"], (then["llm"]["sha256"],), now["llm"]["sha256"]):
         found.append(f"llm.path: the run trained for the LLM {_model(then['llm'])}; it is {_model(now['llm'])} now")
     return found
 
