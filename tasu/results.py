@@ -114,7 +114,14 @@ def environment() -> dict[str, str]:
             return "not installed"
     return {"date": datetime.datetime.now().astimezone().strftime("%a %b %d %H:%M:%S %Z %Y"),
             "python version": platform.python_version(), "torch version": pkg("torch"),
-            "tasu version": pkg("tasu"), "Git hash": git_hash(Path(__file__).parent)}
+            "tasu version": pkg("tasu"), "Git hash": source_hash(Path(__file__).resolve().parent)}
+
+
+def source_hash(package: Path) -> str:
+    """``git_hash`` of the checkout ``package`` (the tasu directory) was installed from, "unknown" where it
+    is not at a checkout's top (a wheel installed in a virtual environment inside another repository
+    would report that repository's commit)."""
+    return git_hash(package.parent) if (package.parent / ".git").exists() else "unknown"
 
 
 def git_hash(directory: str | Path) -> str:

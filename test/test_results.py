@@ -10,7 +10,8 @@ import sacrebleu
 from tasu import results
 from tasu.cli import main
 from tasu.errors import DEBUG_ENV
-from tasu.results import collect_results, environment, git_hash, render_comparison, render_results
+from tasu.results import (collect_results, environment, git_hash, render_comparison, render_results,
+                          source_hash)
 from tasu.score import ScoreError, score_files
 
 ENV = {"date": "Mon Jan 01 00:00:00 UTC 2024", "python version": "3.11.7", "torch version": "2.4.0",
@@ -363,6 +364,14 @@ def test_git_hash_names_the_checkout_or_says_unknown(tmp_path):
     """One lookup for RESULTS.md's environment and the mini study's report."""
     assert git_hash(tmp_path) == "unknown"   # not a checkout
     assert environment()["Git hash"] == git_hash(Path(results.__file__).parent)
+    # installed from a wheel into a virtual environment inside another repository: not its commit
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q",
+                    "--allow-empty", "-m", "other"], check=True)
+    installed = tmp_path / ".venv" / "lib" / "site-packages" / "tasu"
+    installed.mkdir(parents=True)
+    assert git_hash(installed) != "unknown" and source_hash(installed) == "unknown"
+    assert source_hash(tmp_path / "tasu") == git_hash(tmp_path)   # a checkout's own tasu/
 
 
 def test_a_score_of_a_file_changed_since_is_refused(tmp_path, capsys):
