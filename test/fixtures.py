@@ -160,6 +160,18 @@ def save_tiny_llm(path: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path
     return path
 
 
+def score_json(value: float, metric: str = "wer") -> str:
+    """A score.json as tasu score writes it (its counts give ``value``), without the scored files' digests."""
+    if metric == "acc":
+        snt, counts = 10000, {"correct": round(value * 100)}
+    else:
+        errors = round(value * 1000)   # over 100 %: insertions
+        sub = min(errors, 100000)
+        snt, counts = 1000, {"wrd": 100000, "corr": 100000 - sub, "sub": sub, "del": 0, "ins": errors - sub, "s_err": 0}
+    return json.dumps({"metric": metric, "norm": "none", "snt": snt, "value": value, "counts": counts, "details": {},
+                       "missing_keys": [], "extra_keys": [], "empty": 0, "looping": 0})
+
+
 def save_llm_without_tokenizer(llm: Path, dest: Path) -> Path:
     """A copy of the LLM directory ``llm`` without its tokenizer files, as an incomplete download is."""
     import shutil

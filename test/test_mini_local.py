@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import score_json
+
 LOCAL = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
 SIZES = ["--num-train", "16", "--num-dev", "4", "--num-test", "4", "--num-text-only", "20"]
 SLURP_SCENARIOS = {"alarm", "audio", "calendar", "cooking", "datetime", "email", "general", "iot", "lists",
@@ -245,17 +247,9 @@ def _fake_run(root: Path, seed: int, wer: dict[str, float], synthesizers: dict |
     """A run directory as run.sh --seeds leaves it, with only what local/report.py reads."""
     exp, data = root / "exp", root / "data"
 
-    def score(path: Path, value: float) -> None:   # a score.json whose counts give the value, as tasu score's
+    def score(path: Path, value: float) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        if path.name == "SLU_scenario":
-            metric, snt, counts = "acc", 10000, {"correct": round(value * 100)}
-        else:
-            errors = round(value * 1000)
-            metric, snt, counts = "wer", 1000, {"wrd": 100000, "corr": 100000 - errors, "sub": errors, "del": 0,
-                                                "ins": 0, "s_err": 0}
-        (path / "score.json").write_text(json.dumps({
-            "metric": metric, "norm": "none", "snt": snt, "value": value, "counts": counts, "details": {},
-            "missing_keys": [], "extra_keys": [], "empty": 0, "looping": 0}))
+        (path / "score.json").write_text(score_json(value, "acc" if path.name == "SLU_scenario" else "wer"))
 
     for s in ("dev", "test", "test_ood"):
         score(exp / "encoder" / "ctc_greedy" / s / "wer", wer["encoder"])

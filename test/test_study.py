@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures import score_json
 from tasu.lock import DirLock
 
 MINI = Path(__file__).resolve().parents[1] / "egs" / "mini"
@@ -202,7 +203,7 @@ def test_the_learned_report_tables_wer_control_fidelity_and_training(run_dir, tm
     cells = study.plan(r, ["learned"], quick=False, seed=1)
     for i, c in enumerate(cells):
         for test_set in c.info.get("sets", []):
-            write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
+            write(r.study / c.name / "decode" / test_set / "score.json", score_json(10.0 + i))
         write(r.study / c.name / "done", json.dumps({"commit": "abc1234", "machine": "machine A"}))
     sim = r.study / "learned_simulator" / "simulator"
     write(sim / "config.json", json.dumps({"d_model": 128, "encoder_layers": 2, "decoder_layers": 2, "heads": 4,
@@ -342,7 +343,7 @@ def test_plan_and_report_name_a_finished_cell_the_plan_cannot_reuse(run_dir, tmp
     cell = next(c for c in study.plan(study.Recipe(run_dir), ["gap"], quick=True, seed=1) if c.name == "gap_real")
     commands = [["tasu", "decode", "--max-new-tokens", "8"]] if stale == "commands" else cell.commands
     write(gap_real / "commands.json", json.dumps(commands, indent=1) + "\n")
-    write(gap_real / "decode" / "test" / "score.json", json.dumps({"value": 10.0}))
+    write(gap_real / "decode" / "test" / "score.json", score_json(10.0))
     model = "the model before" if stale == "model" else None   # this made-up run's model has no weights
     write(gap_real / "done", json.dumps({"commit": "abc1234", "machine": "machine A",
                                          "models": {str(run_dir / "exp" / "tasu_train_text"): model}}))
@@ -415,7 +416,7 @@ def test_the_report_tables_every_part_and_plots_the_low_resource_curve(run_dir, 
     cells = study.plan(r, list(study.PARTS), quick=False, seed=1)
     for i, c in enumerate(cells):
         for test_set in c.info.get("sets", []):
-            write(r.study / c.name / "decode" / test_set / "score.json", json.dumps({"value": 10.0 + i}))
+            write(r.study / c.name / "decode" / test_set / "score.json", score_json(10.0 + i))
         write(r.study / c.name / "done.0", "60.0\n")
         made = ("def5678", "machine B") if c.info.get("repeat_of", "").startswith("text_") else ("abc1234", "machine A")
         write(r.study / c.name / "done", json.dumps(dict(zip(("commit", "machine"), made))))
@@ -507,7 +508,7 @@ def test_the_simulation_part_alone_has_its_yardstick(run_dir, tmp_path):
     r = study.Recipe(run_dir)
     cells = study.plan(r, ["simulation"], quick=False, seed=1)
     for c in cells:
-        write(r.study / c.name / "decode" / "test" / "score.json", json.dumps({"value": 10.0}))
+        write(r.study / c.name / "decode" / "test" / "score.json", score_json(10.0))
         write(r.study / c.name / "done", "{}")
     study.report(r, cells, tmp_path / "STUDY.md", tmp_path / "STUDY.png", "local/study.sh")
     text = (tmp_path / "STUDY.md").read_text()
@@ -519,12 +520,13 @@ def test_the_simulation_part_alone_has_its_yardstick(run_dir, tmp_path):
 def test_a_report_stops_in_one_line_on_a_score_it_cannot_read(run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study, "WRITES", True)   # main() sets it; restored after the test
     score = run_dir / "exp" / "study" / "psd_top4" / "decode" / "test" / "score.json"
-    write(score, json.dumps({"value": "nan"}))
+    write(score, json.dumps({"value": "nan"}))   # (a hand edit: tasu results refuses it as well)
     write(score.parents[2] / "done", "{}")
     monkeypatch.setattr(sys, "argv", ["study.py", "report", "--workdir", str(run_dir), "--parts", "compression",
                                       "--out", str(tmp_path / "STUDY.md"), "--plot", str(tmp_path / "STUDY.png")])
     assert study.main() == 1
-    assert capsys.readouterr().err == f"study.py: error: {score}: value 'nan' is not a number\n"
+    assert capsys.readouterr().err == f"study.py: error: {score}: not a score.json written by 'tasu score' " \
+                                      "(metric: must be one of wer, cer, bleu, acc, not null)\n"
 
 
 def test_the_study_time_counts_overlapping_cells_once_and_no_pause(tmp_path):
