@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import positive  # noqa: E402
+
 
 def main() -> None:
     from tasu.config import load_config
@@ -32,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--order", choices=["shuffle", "stream"], help="default: the config's data.order")
-    parser.add_argument("--parts", type=int, default=10, help="stretches of the epoch (default 10)")
+    parser.add_argument("--parts", type=positive, default=10, help="stretches of the epoch (default 10)")
     parser.add_argument("overrides", nargs="*", help="key.path=value, as for tasu train")
     args = parser.parse_args()
 
@@ -55,14 +57,17 @@ def main() -> None:
     plan = [[source_of[r.key, r.task] for r in b.records] for b in batches]
     overall = collections.Counter(s for b in plan for s in b)
     total = sum(overall.values())
-    size = max(len(plan) // args.parts, 1)
-    print(f"# {len(plan)} batches, {total} records, stretches of {size} batches, order {batches.order}")
+    if len(plan) < args.parts:
+        sys.exit(f"data_mix.py: the epoch has {len(plan)} batches, fewer than --parts {args.parts}")
+    bounds = [i * len(plan) // args.parts for i in range(args.parts + 1)]   # the whole epoch; sizes differ by 1 at most
+    sizes = "-".join(str(n) for n in sorted({end - start for start, end in zip(bounds, bounds[1:])}))
+    print(f"# {len(plan)} batches, {total} records, stretches of {sizes} batches, order {batches.order}")
     worst = 0.0
     for source in d.train:
         share = overall[source.path] / total
         row = []
-        for start in range(0, size * args.parts, size):
-            counts = collections.Counter(s for b in plan[start:start + size] for s in b)
+        for start, end in zip(bounds, bounds[1:]):
+            counts = collections.Counter(s for b in plan[start:end] for s in b)
             part = counts[source.path] / max(sum(counts.values()), 1)
             worst = max(worst, abs(part - share))
             row.append(f"{100 * part:.0f}")

@@ -1,6 +1,7 @@
-"""Timing helper shared by the benchmark scripts: median of several runs after a warm-up."""
+"""Helpers shared by the benchmark scripts: median of several runs after a warm-up, argument checks."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Callable
@@ -16,3 +17,11 @@ def median_ms(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> fl
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+def positive(text: str) -> int:
+    """Argparse type of a count (rounds, layers, parts): below 1 is a usage error, not a traceback later."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -289,30 +289,55 @@ def test_a_bad_line_met_in_shuffled_order_names_its_file_and_line(tmp_path):
         list(StreamingBatches([str(missing)], length, max_tokens=60))
 
 
-def test_the_data_mix_bench_refuses_files_it_cannot_tell_apart(tmp_path):
-    """It told the sources apart by key and task: a copy of a file took its share (0.0 % and 66.7 %)."""
+def data_mix_bench(tmp_path):
+    """A runner of bench/data_mix.py (the arguments after --config) on a config of the fixtures' tiny models."""
     import subprocess
     import sys
     from pathlib import Path
 
     from fixtures import save_tiny_llm, write_sensevoice_dir
 
-    a = write_source(tmp_path / "a.jsonl", "a", 30)
-    copy = tmp_path / "copy.jsonl"
-    copy.write_text(open(a).read())
-    b = write_source(tmp_path / "b.jsonl", "b", 30)
     config = tmp_path / "c.yaml"
     config.write_text(f"encoder: {{path: {write_sensevoice_dir(tmp_path / 'enc')}}}\n"
                       f"llm: {{path: {save_tiny_llm(tmp_path / 'llm')}}}\n")
     bench = Path(__file__).parent.parent / "bench" / "data_mix.py"
 
-    def run(*files: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(bench), "--config", str(config), f"data.train=[{','.join(files)}]"],
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(bench), "--config", str(config), *args],
                               capture_output=True, text=True, timeout=300)
 
-    ok = run(a, b)
+    return run
+
+
+def train_files(*files: str) -> str:
+    return f"data.train=[{','.join(files)}]"
+
+
+def test_the_data_mix_bench_refuses_files_it_cannot_tell_apart(tmp_path):
+    """It told the sources apart by key and task: a copy of a file took its share (0.0 % and 66.7 %)."""
+    a = write_source(tmp_path / "a.jsonl", "a", 30)
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(open(a).read())
+    b = write_source(tmp_path / "b.jsonl", "b", 30)
+    run = data_mix_bench(tmp_path)
+    ok = run(train_files(a, b), "--parts", "2")
     assert ok.returncode == 0 and f"{a}: global 50.0 %" in ok.stdout, ok.stderr[-2000:]
-    refused = run(a, str(copy), b)
+    refused = run(train_files(a, str(copy), b))
     assert refused.returncode == 1 and refused.stderr.strip().endswith(
         f"key a-000-000000 (task ASR) is in {a} and in {copy}: this tool tells the files apart by key and task, "
         "so their shares cannot be measured")
+
+
+def test_the_data_mix_bench_s_stretches_cover_the_epoch(tmp_path):
+    """Stretches past the epoch's end counted as 0 % (2 batches in 10 parts: a 50-point gap), the batches after
+    the last whole stretch went unseen, and --parts 0 was a ZeroDivisionError."""
+    files = train_files(write_source(tmp_path / "a.jsonl", "a", 30), write_source(tmp_path / "b.jsonl", "b", 30))
+    run = data_mix_bench(tmp_path)
+    three = run(files, "data.max_tokens=1500", "--parts", "2")
+    assert three.returncode == 0 and "# 3 batches, 60 records, stretches of 1-2 batches" in three.stdout, \
+        three.stderr[-2000:]
+    too_many = run(files)
+    assert too_many.returncode == 1 and too_many.stderr.strip().endswith(
+        "data_mix.py: the epoch has 2 batches, fewer than --parts 10")
+    zero = run(files, "--parts", "0")
+    assert zero.returncode == 2 and zero.stderr.strip().endswith("argument --parts: must be at least 1, got 0")
