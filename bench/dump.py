@@ -16,6 +16,9 @@ and so the gain, is larger. The ratios, measured in one process, are what to wat
   which the DataLoader workers do beside the steps.
 - decode_audio_ms, decode_dump_ms: ``decode_records`` on the 16 utterances (beam 4, batch 8, 20 new
   tokens) with audio and with posteriors input; decode_dump_vs_audio_speedup = audio / dump.
+
+The batch's loss and the hypotheses from the dump must be the live encoder's (the loss within 1e-5 of
+itself); the benchmark stops with one line where they are not.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from engine import BATCH, build  # noqa: E402
-from timing import median_ms  # noqa: E402
+from timing import check_reference, median_ms  # noqa: E402
 
 WARMUP, ROUNDS = 2, 11
 
@@ -45,22 +48,31 @@ def bench_train(cfg, records, dumped, reader) -> dict[str, float]:
     model = build_model(cfg, audio=True).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokenizer = model.encoder.tokenizer
-    out, steps = {}, {}
+    out, steps, losses = {}, {}, {}
     for mode, recs in (("audio", records), ("dump", dumped)):
         collator = Collator(load_prompts(), model.prompt_tokenizer, tokenizer,
                             mode="audio" if mode == "audio" else "posteriors", dumps=reader)
         out[f"collate_{mode}_ms"] = median_ms(lambda: collator(recs[:BATCH], seed=0), repeats=5, warmup=1)
         batch = collator(recs[:BATCH], seed=0)
 
-        def step(batch=batch) -> None:
+        def loss(batch=batch) -> torch.Tensor:
             post = batch.posteriors
             if post is None:
                 post = model.encode_audio(batch.waveforms, cfg.compress)
-            model(post, batch.text).loss.backward()
+            return model(post, batch.text).loss
+
+        def step(loss=loss) -> None:
+            loss().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+        with torch.no_grad():   # before any step: both on the same weights
+            losses[mode] = float(loss())
         steps[mode] = step
+    # the dump's rows are the live encoder's, though computed in other batches of utterances, which can move
+    # them in their last float bits (equal losses measured here); 1e-5 of the loss leaves room for that
+    check_reference("dump.py: the loss of a batch from the dump (relative)",
+                    abs(losses["dump"] - losses["audio"]) / abs(losses["audio"]), 1e-5)
     times = {mode: [] for mode in steps}
     for _ in range(ROUNDS):
         for mode, step in steps.items():
@@ -79,15 +91,22 @@ def bench_decode(cfg, records, dumped, reader) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model(cfg, audio=True).eval()
     prompts = load_prompts()
-    runs = {}
+    runs, hypotheses = {}, {}
     for mode, recs, kind in (("audio", records, "audio"), ("dump", dumped, "posteriors")):
         options = DecodeOptions(input=kind, beam=4, batch_size=8, max_new_tokens=20)
-        runs[mode] = lambda recs=recs, options=options: list(decode_records(model, cfg, prompts, recs, options,
-                                                                            dumps=reader))
+
+        def run(mode=mode, recs=recs, options=options) -> None:
+            hypotheses[mode] = dict(decode_records(model, cfg, prompts, recs, options, dumps=reader))
+
+        runs[mode] = run
     times = {mode: [] for mode in runs}
     for _ in range(5):
         for mode, run in runs.items():
             times[mode].append(median_ms(run, repeats=1, warmup=0))
+    differ = [key for key, hyp in hypotheses["audio"].items() if hypotheses["dump"].get(key) != hyp]
+    if differ:
+        raise SystemExit(f"dump.py: {len(differ)} of the {len(records)} hypotheses decoded from the dump differ from "
+                         f"the live encoder's (the first: {differ[0]})")
     out = {f"decode_{mode}_ms": statistics.median(t[1:]) for mode, t in times.items()}
     out["decode_dump_vs_audio_speedup"] = out["decode_audio_ms"] / out["decode_dump_ms"]
     return out
