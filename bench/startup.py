@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from timing import positive
+
 BASE = """
 import torch
 from tasu.encoders.small_ctc import SmallCTCEncoder
@@ -55,7 +57,7 @@ def bench_startup(rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive, default=3)
     args = parser.parse_args()
     for name, value in bench_startup(args.rounds).items():
         print(f"{name}: {value:.6g}", flush=True)
