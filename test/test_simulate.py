@@ -154,7 +154,8 @@ def test_spelling_confusion_draws_the_same_in_every_process():
     script = ("import torch\nfrom tasu.simulate import Confusion\n"
               "pieces = ['<blank>'] + [a + b + c for a in 'abcdef' for b in 'ghij' for c in 'klm']\n"
               "g = torch.Generator().manual_seed(0)\n"
-              "print(Confusion.spelling(pieces).sample(torch.randint(1, len(pieces), (300,), generator=g), g).tolist())")
+              "ids = torch.randint(1, len(pieces), (300,), generator=g)\n"
+              "print(Confusion.spelling(pieces).sample(ids, g).tolist())")
     draws = {subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONHASHSEED=str(seed)),
                             capture_output=True, text=True, check=True).stdout for seed in (1, 2, 3)}
     assert len(draws) == 1

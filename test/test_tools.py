@@ -53,8 +53,9 @@ def test_every_variable_a_script_sets_before_its_options_is_one_it_documents():
     """Every lower-case variable set before parse_options.sh is an option. One the script keeps for
     itself (--invocation was written into the re-run scripts, --tools_dir chose a tasu binary) was
     taken on the command line; such a variable is named with a leading _."""
-    scripts = [p for p in [*ROOT.glob("egs/*/*.sh"), *ROOT.glob("egs/*/local/*.sh"), *ROOT.glob("utils/*.sh"),
-                           *ROOT.glob("tools/*.sh")] if "parse_options.sh" in p.read_text() and p.name != "parse_options.sh"]
+    candidates = [*ROOT.glob("egs/*/*.sh"), *ROOT.glob("egs/*/local/*.sh"), *ROOT.glob("utils/*.sh"),
+                  *ROOT.glob("tools/*.sh")]
+    scripts = [p for p in candidates if "parse_options.sh" in p.read_text() and p.name != "parse_options.sh"]
     assert len(scripts) >= 10
     for script in scripts:
         text = script.read_text()
