@@ -515,8 +515,14 @@ def test_stage_2_remakes_the_jsonl_of_a_data_dir_made_again(librispeech):
     out = sh(recipe, *run, env=env)
     assert "data/test_clean changed after dump/test_clean/ASR.jsonl was made: making it again" in out.stderr
     assert jsonl.read_text() == made
-    (recipe / "data" / "test_clean" / "spk2utt").unlink()
+    (recipe / "data" / "test_clean" / "utt2spk").unlink()
     out = sh(recipe, *run, env=env)
     assert "data/test_clean changed after dump/test_clean/ASR.jsonl was made: making it again" in out.stderr
+    # the data dir copied back with its times (cp -a, rsync -a) or its modes changed: nothing to make again
+    shutil.copytree(recipe / "data" / "test_clean", recipe / "copy")
+    shutil.rmtree(recipe / "data" / "test_clean")
+    shutil.move(recipe / "copy", recipe / "data" / "test_clean")
+    (recipe / "data" / "test_clean" / "text").chmod(0o600)
+    (recipe / "data" / "test_clean" / "spk2utt").unlink()   # not read by stage 2
     out = sh(recipe, *run, env=env)
     assert "dump/test_clean/ASR.jsonl: already made" in out.stderr

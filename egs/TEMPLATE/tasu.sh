@@ -503,30 +503,44 @@ fi
 
 if runs 2; then
   log "Stage 2: JSONL: ${datadir}/<set> -> ${dumpdir}/<set>/<task>.jsonl and <task>.text_only.jsonl"
+  tables() {  # tables <set> <target file>: size and mtime of each table a JSONL is made from, or "absent"
+    local f
+    for f in text wav.scp segments utt2spk $2; do
+      echo "${f} $(stat -L -c '%s %Y' "${datadir}/$1/${f}" 2> /dev/null || echo absent)"
+    done
+  }
+  changed_since() {  # changed_since <.done> <set> <tables now>: not the tables the .done records
+    if [ "$(wc -l < "$1")" -gt 1 ]; then
+      [ "$(tail -n +2 "$1")" != "$3" ]
+      return
+    fi
+    [ -n "$(find "${datadir}/$2" -newer "$1" -type f 2> /dev/null | head -n 1)" ]   # a .done of an older tasu.sh
+  }
   make_jsonl() {  # make_jsonl <set> <spec> <text_only>: one JSONL file (not yet validated)
-    local set=$1 task target out
+    local set=$1 task target out marker
     task=$(task_name "$2")
     target=$(task_target_file "$2")
     if $3; then out=${dumpdir}/${set}/${task}.text_only.jsonl; else out=${dumpdir}/${set}/${task}.jsonl; fi
-    # .done holds what the file was made from: another target file for the task makes it again
+    marker=${out%.jsonl}.done
+    # .done holds what the file was made from (first line: another target file for the task makes it
+    # again) and its tables as they were (a table edited, put back from a copy, or removed since)
     made_from[${out}]="task ${task}, targets from ${datadir}/${set}/${target:-text}"
-    if [ -f "${out%.jsonl}.done" ]; then
+    made_of[${out}]=$(tables "${set}" "${target}")
+    if [ -f "${marker}" ]; then
       if [ ! -f "${out}" ]; then   # removed by hand: stage 3 would ask for stage 2, and stage 2 skip it
         log "${out} is gone (its .done is there): making it again"
-      elif [ ! -s "${out%.jsonl}.done" ]; then
+      elif [ ! -s "${marker}" ]; then
         log "${out}: its .done does not say what it was made from (an older tasu.sh wrote it): making it again"
-      elif [ "$(cat "${out%.jsonl}.done")" != "${made_from[${out}]}" ]; then
-        log "${out} was made from '$(cat "${out%.jsonl}.done")', not '${made_from[${out}]}': making it" \
+      elif [ "$(head -n 1 "${marker}")" != "${made_from[${out}]}" ]; then
+        log "${out} was made from '$(head -n 1 "${marker}")', not '${made_from[${out}]}': making it" \
           "again (${stale_exps})"
-      # status change, not modification: a file put back with its old mtime (mv, cp -p, rsync -a) or one
-      # removed (the directory's own entry) is a change too
-      elif [ -n "$(find "${datadir}/${set}" -cnewer "${out%.jsonl}.done" 2> /dev/null | head -n 1)" ]; then
+      elif changed_since "${marker}" "${set}" "${made_of[${out}]}"; then
         log "${datadir}/${set} changed after ${out} was made: making it again (${stale_exps})"
       else
-        log "${out}: already made (${out%.jsonl}.done), skipping"
+        log "${out}: already made (${marker}), skipping"
         return
       fi
-      rm "${out%.jsonl}.done"
+      rm "${marker}"
     fi
     log "${datadir}/${set}/{text${target:+,${target}}} -> ${out} (task ${task})"
     mkdir -p "${dumpdir}/${set}"
@@ -547,7 +561,7 @@ if runs 2; then
   stale_exps="an experiment that read the old one will not resume on it: remove it to train again"
   new_audio=()
   new_text=()
-  declare -A made_from=()
+  declare -A made_from=() made_of=()
   # shellcheck disable=SC2086
   for set in $(echo "${train_set} ${valid_set} ${test_sets}" | tr ' ' '\n' | awk 'NF && !seen[$0]++'); do
     for spec in ${tasks}; do
@@ -570,7 +584,7 @@ if runs 2; then
     tasu validate "${prompt_opts[@]}" "${new_text[@]}"
   fi
   for f in "${new_audio[@]}" "${new_text[@]}"; do
-    echo "${made_from[${f}]}" > "${f%.jsonl}.done"
+    printf '%s\n%s\n' "${made_from[${f}]}" "${made_of[${f}]}" > "${f%.jsonl}.done"
   done
   release_lock
 fi
