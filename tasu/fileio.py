@@ -168,9 +168,17 @@ def file_sha256(path: str | Path) -> str:
 def files_digest(files: Iterable[Path]) -> str:
     """One SHA-256 over ``files``' names, sizes and contents, in the order given: what a model made of
     several files (an encoder's, an LLM's) is known by."""
+    return combined_digest(file_entry(file) for file in files)
+
+
+def file_entry(file: Path) -> bytes:
+    """What ``files_digest`` takes of one file (its name, size and contents' SHA-256)."""
+    with open(file, "rb") as f:
+        return f"{file.name}\0{os.fstat(f.fileno()).st_size}\0".encode() + hashlib.file_digest(f, "sha256").digest()
+
+
+def combined_digest(entries: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
-        with open(file, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
+    for entry in entries:
+        digest.update(entry)
     return digest.hexdigest()

@@ -36,7 +36,7 @@ import yaml
 from tasu.config import ConfigError, load_config, require_dir, to_dict
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.experiment import ExperimentConfig
-from tasu.fileio import files_digest, read_json, readable_by_others
+from tasu.fileio import combined_digest, file_entry, read_json, readable_by_others
 
 if TYPE_CHECKING:   # the model (torch, transformers) is imported when one is built, not to find a checkpoint
     from tasu.model import SpeechLLM
@@ -48,6 +48,7 @@ BASE_LLM_KEY = "base_llm_sha256"   # an export that merged no adapters: the base
 LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 CHAT_TEMPLATES = frozenset({"chat_template.jinja", "chat_template.json"})   # where transformers saves it now
+LLM_DIGEST = "v2:"   # marks an llm_digest that covers the chat template files (see is_llm)
 WEIGHTS, CONFIG, PROMPTS = "trainable.safetensors", "config.yaml", "prompts.jsonl"
 
 
@@ -220,23 +221,25 @@ def llm_digest(path: str | Path) -> str:
     prompts. The other files (a README, generation_config.json) may change. A few seconds for a 1.5B
     model in bf16 (sha256 at about 0.8 GB/s), read again from the page cache when the model loads.
     """
-    return _llm_files_digest(path, LLM_FILES | CHAT_TEMPLATES)
+    return _llm_digests(path)[0]
 
 
-def _llm_files_digest(path: str | Path, names: frozenset[str]) -> str:
-    return files_digest(file for file in sorted(Path(path).iterdir())
-                        if file.is_file() and (file.name in names or file.suffix in (".safetensors", ".bin")))
+def _llm_digests(path: str | Path) -> tuple[str, str]:
+    """``llm_digest`` and, from the same reading of the files, the digest the first version that recorded
+    one took: without the chat template files, and without ``LLM_DIGEST``'s mark."""
+    entries = {file.name: file_entry(file) for file in sorted(Path(path).iterdir()) if file.is_file() and (
+        file.name in LLM_FILES | CHAT_TEMPLATES or file.suffix in (".safetensors", ".bin"))}
+    return (LLM_DIGEST + combined_digest(entries.values()),
+            combined_digest(e for name, e in entries.items() if name not in CHAT_TEMPLATES))
 
 
 def is_llm(path: str | Path, digests: tuple[str | None, ...], digest: str | None = None) -> bool:
     """Whether the LLM directory ``path`` (its ``llm_digest``, when known) is one of ``digests``. A
-    digest recorded before the chat template files were digested (the first version that recorded one)
-    is of the other files alone: it is compared as such, when ``path`` has a chat template file."""
-    if (digest or llm_digest(path)) in digests:
-        return True
-    if not any((Path(path) / name).is_file() for name in CHAT_TEMPLATES):
-        return False
-    return _llm_files_digest(path, LLM_FILES) in digests
+    digest without ``LLM_DIGEST``'s mark was recorded by the first version that recorded one, which left
+    the chat template files out: it is compared with such a digest of ``path``."""
+    if not any(d and not d.startswith(LLM_DIGEST) for d in digests):
+        return (digest or llm_digest(path)) in digests
+    return (digest is not None and digest in digests) or any(d in digests for d in _llm_digests(path))
 
 
 def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:

@@ -344,14 +344,18 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     with pytest.raises(CheckpointError, match="was trained for another LLM than llm.path"):
         load_trained(exp, audio=False, overrides=[f"llm.path={template_llm}"])
     # a checkpoint that recorded its LLM before the chat template files were digested still loads on it
-    from tasu.model_io import LLM_FILES, _llm_files_digest
+    from tasu.model_io import _llm_digests, is_llm, llm_digest
 
     weights = exported / "model" / WEIGHTS
     with safe_open(str(weights), "pt") as f:
         metadata = f.metadata()
-    legacy = _llm_files_digest(exported / "llm", LLM_FILES)
+    legacy = _llm_digests(exported / "llm")[1]
     save_file(load_file(weights), weights, metadata={**metadata, LLM_KEY: legacy})
     load_trained(exported, audio=False)
+    (template_llm / "chat_template.jinja").unlink()   # and a digest of now of an LLM without a template...
+    without = llm_digest(template_llm)
+    (template_llm / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")   # ...is not one with
+    assert not is_llm(template_llm, (without, None)) and is_llm(template_llm, (llm_digest(template_llm), None))
     weights = exported / "model" / WEIGHTS   # as an export that merged LoRA adapters records it: its llm/ only
     with safe_open(str(weights), "pt") as f:
         kept = {k: f.metadata()[k] for k in (VOCAB_KEY, LLM_KEY)}

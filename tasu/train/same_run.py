@@ -131,7 +131,7 @@ def _data_differences(then: dict, now: dict) -> list[str]:
 
 
 def _model(entry: dict | None) -> str:
-    return "no model" if entry is None else f"{entry['path']} (sha256 {entry['sha256'][:12]}...)"
+    return "no model" if entry is None else f"{entry['path']} (sha256 {entry['sha256'].split(':')[-1][:12]}...)"
 
 
 def check_same_run(ckpt: Path, cfg: ExperimentConfig, prompts_text: str, data: dict) -> None:
