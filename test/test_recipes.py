@@ -159,6 +159,7 @@ def test_librispeech(tmp_path, models):
     unlabelled = sh(recipe, "./run.sh", "--stage", "6", "--stop_stage", "6", "--test_sets", "test_clean",
                     *models_opts, "--decode_args", QUICK_DECODE, env=env)
     assert "test_clean/ASR: its records have no targets (hypotheses only): not scored" in unlabelled.stderr
+    assert not (hyp.parent / "score.json").exists()   # of the references before
 
 
 @pytest.mark.slow
