@@ -66,17 +66,18 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
-    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, trained_vocab,
-                               write_model)
+    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, read_model_config,
+                               resolve_checkpoint, trained_vocab, write_model)
     from tasu.simulate.base import vocab_digest
 
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: export writes a new directory")
-    model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False)
+    cfg = read_model_config(resolve_checkpoint(exp, checkpoint))   # before the models load (minutes)
     for name, source in (("encoder.path", cfg.encoder.path), ("llm.path", cfg.llm.path)):
         if out.resolve().is_relative_to(Path(source).resolve()):   # copying it would copy the copy into itself
             raise ValueError(f"{out} is inside {name} {source}, which export copies: write it elsewhere")
+    model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
