@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from tasu.data.audio import load_audio
-from tasu.data.kaldi_dir import DataDirError, main, read_data_dir, write_data_dir
+from tasu.data.kaldi_dir import DataDirError, iter_text_records, main, read_data_dir, write_data_dir
 from tasu.data.records import Record, iter_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -395,6 +395,9 @@ def test_a_data_dir_a_killed_to_dir_left_is_refused_as_input_and_made_again(tmp_
     assert main(["to-jsonl", str(out), str(tmp_path / "back.jsonl")]) == 1
     assert capsys.readouterr().err == f"{out}: half-written (.partial: a to-dir was killed while writing it): " \
                                       "make it again\n"
+    for read in (read_data_dir, lambda d: list(iter_text_records(d))):   # as the library reads it too
+        with pytest.raises(DataDirError, match="half-written"):
+            read(out)
     monkeypatch.setattr(kaldi_dir, "_write_spk2utt", real)
     assert main(["to-dir", str(records), str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["spk2utt", "text", "utt2spk", "wav.scp"]

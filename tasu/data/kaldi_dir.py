@@ -79,6 +79,7 @@ def read_data_dir(data_dir: str | Path, task: str = "ASR", target_file: str | No
     utterances missing from a file they need are skipped and logged (see the module docstring).
     """
     data_dir = Path(data_dir)
+    _refuse_partial(data_dir)
     problems: list[DataError] = []
     wav = _read_table(data_dir / "wav.scp", problems, "a path or command")
     text = _read_table(data_dir / "text", problems, "a transcript")
@@ -146,6 +147,7 @@ def iter_text_records(data_dir: str | Path, task: str = "ASR",
     naming it; an utterance without a target is skipped and logged.
     """
     data_dir = Path(data_dir)
+    _refuse_partial(data_dir)
     targets = None
     if target_file is not None:
         problems: list[DataError] = []
@@ -423,6 +425,12 @@ def _skip(ids: set[str], path: Path, why: str) -> None:
                        "" if len(ids) == 1 else "s", why, examples)
 
 
+def _refuse_partial(data_dir: Path) -> None:
+    if (data_dir / PARTIAL).exists():
+        raise DataDirError([DataError(str(data_dir), None, None, f"half-written ({PARTIAL}: a to-dir was killed "
+                                                                  "while writing it): make it again")])
+
+
 def _write_spk2utt(data_dir: Path, speaker: dict[str, str]) -> None:
     """``spk2utt``, the inverse of ``utt2spk`` (``speaker``, in utterance order): speakers sorted, each
     with its utterances in that order."""
@@ -468,9 +476,6 @@ def _check_paths(args: argparse.Namespace) -> None:
     """Refuse to write over the files being converted: a JSONL named after a table of its data dir, or
     a data dir that already holds one (``--overwrite`` to replace it; a half-written one is replaced)."""
     if args.command == "to-jsonl":
-        if (Path(args.data_dir) / PARTIAL).exists():
-            raise DataDirError([DataError(args.data_dir, None, None, f"half-written ({PARTIAL}: a to-dir was "
-                                                                      "killed while writing it): make it again")])
         if not args.task.strip() or args.task.split() != [args.task]:
             raise DataDirError([DataError(args.data_dir, None, None, f"--task {args.task!r}: a task is one word "
                                                                       "(ASR, SLU_scenario, ...)")])
