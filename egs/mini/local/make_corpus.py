@@ -24,8 +24,9 @@ Why the splits look as they do (they are what the TASU claim is tested on):
   augmented as Kaldi recipes do (speed perturbation 0.9/1.0/1.1 with sox, additive noise at 15-30 dB
   SNR); dev and test are spoken by the same voices, unaugmented;
 - test_ood speaks the test sentences again with voices that no training or dev utterance uses (a
-  flite voice, espeak-ng variants, espeak-ng rates outside the training range): comparing test with
-  test_ood isolates the acoustic shift to an unseen voice;
+  flite voice, espeak-ng variants, espeak-ng rates outside the training range as spoken; the speed
+  perturbation moves ~1 train utterance in 8 into those rates): comparing test with test_ood isolates
+  the acoustic shift to an unseen voice;
 - the sentence count a request needs is checked against the grammar's capacity, an upper bound on its
   distinct sentences (``local/grammar.py``), so an impossible request fails at once instead of looping.
 
@@ -239,6 +240,9 @@ def synthesizer_versions() -> dict[str, str]:
     return versions
 
 
+SILENT = 1e-3   # the peak below which a synthesized utterance is silence (-60 dBFS; speech peaks near -10)
+
+
 def synthesize(utt: Utterance) -> float:
     """Speak one utterance, then sox: speed perturbation and resampling to 16 kHz; add noise; its duration."""
     if utt.engine == "flite":
@@ -253,6 +257,10 @@ def synthesize(utt: Utterance) -> float:
     # -D: no dither (sox dithers at random by default), so a seed always gives the same bytes
     _run(["sox", "-V1", "-D", "-t", "wav", "-", "-c", "1", "-b", "16", utt.wav, *effects], utt.key, raw)
     wave, rate = soundfile.read(utt.wav, dtype="float64")
+    # no samples, or digital silence (peak below -60 dBFS): a synthesizer that failed without saying so
+    if not len(wave) or np.max(np.abs(wave)) < SILENT:
+        raise SynthesisError(f"{utt.key}: {cmd[0]} wrote {'no samples' if not len(wave) else 'silence'}: "
+                             f"{' '.join(cmd)}")
     if utt.noise is not None:
         power = np.mean(wave ** 2)
         noise = coloured_noise(utt.noise, len(wave), np.random.default_rng(utt.noise_seed))
