@@ -13,7 +13,7 @@
 #
 # Writes exp/units/bpe.model, exp/encoder (local/train_encoder.py), exp/llm (local/train_llm.py),
 # their logs exp/{encoder,llm}/train.log. A part finished with the same options (its .done) is
-# skipped, so a killed run resumes with what is left.
+# skipped, so a killed run resumes with what is left; the units of another corpus (data/.done) are not.
 set -euo pipefail
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*" >&2; }
@@ -45,8 +45,11 @@ done_with() {  # done_with <dir> <options>: whether <dir> was finished with exac
 }
 
 units=${expdir}/units/bpe.model
-if [ ! -f "${units}" ]; then
+data_made=$(cat "${datadir}/.done" 2> /dev/null || true)   # the corpus's options (local/data.sh)
+if [ ! -f "${units}" ] || ! done_with "${expdir}/units" "${data_made}"; then   # none, or another corpus's
+  rm -f "${expdir}/units/.done"
   python3 local/train_units.py --data-dir "${datadir}" --out "${units}"
+  echo "${data_made}" > "${expdir}/units/.done"
   # models made with other units than these would not fit them
   rm -f "${expdir}/encoder/.done" "${expdir}/llm/.done"
 fi
