@@ -171,6 +171,18 @@ def test_corpus_names_the_utterance_a_synthesizer_failed_on(tmp_path):
     assert "espeak-ng failed (unknown phoneme table): espeak-ng -v " in line
 
 
+@pytest.mark.parametrize("output,said", [("-n -t wav - trim 0 0", "no samples"), ("-n -t wav - trim 0 1", "silence")])
+def test_corpus_refuses_a_synthesizer_that_writes_no_samples_or_silence(tmp_path, output, said):
+    """A header without samples went into dev with duration 0.000 (exit 0) or was a traceback in the noise
+    of a train utterance; silence went into training with its transcript."""
+    env = fake_tools(tmp_path / "bin", espeak_ng=f'case "$1" in --voices*) exec {ESPEAK} "$@";; esac; '
+                                                  f'exec sox -V1 -r 22050 -c 1 -b 16 -e signed {output}')
+    out = subprocess.run([sys.executable, str(LOCAL / "make_corpus.py"), "--data-dir", "data", *SIZES, "--nj", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("make_corpus.py: ") and f": espeak-ng wrote {said}: espeak-ng -v " in out.stderr
+
+
 def test_grammar_counts_its_sentences_and_refuses_impossible_requests():
     grammar = _local_module("grammar")
     small = grammar.Grammar([("iot", "turn on the {device} in the {room}"), ("weather", "do i need {clothing} {day}")])
@@ -616,6 +628,29 @@ def test_missing_inputs_stop_with_one_line(tmp_path, script, args):
     assert f"{script}: " in out.stderr and "missing" in out.stderr
 
 
+@pytest.mark.parametrize("script,args,error", [
+    ("train_llm.py", ["--steps", "0"], "argument --steps: must be at least 1, got 0"),   # tracebacks, and
+    ("train_llm.py", ["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    ("train_encoder.py", ["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    ("train_encoder.py", ["--spec-augment", "ture"], "argument --spec-augment: expected true or false, got 'ture'"),
+])   # a typo'd --spec-augment trained without SpecAugment
+def test_trainer_options_out_of_range_are_usage_errors(tmp_path, script, args, error):
+    out = subprocess.run([sys.executable, str(LOCAL / script), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.splitlines()[-1].endswith(error), out.stderr
+
+
+def test_train_llm_names_a_scenario_table_that_lacks_an_utterance(recipe, tmp_path):
+    shutil.copytree(recipe / "data", tmp_path / "data")
+    scenario = tmp_path / "data" / "train" / "scenario"
+    first, *rest = scenario.read_text().splitlines(keepends=True)
+    scenario.write_text("".join(rest))
+    out = subprocess.run([sys.executable, str(LOCAL / "train_llm.py"), "--steps", "1", "--units",
+                          str(recipe / "exp" / "units" / "bpe.model")], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.splitlines()[-1] == (f"train_llm.py: data/train/scenario: no line for {first.split()[0]}, "
+                                           "which text has (1 such)")
+
+
 @pytest.mark.parametrize("made,args,error", [((), ["--draws", "0"], "--draws '0': expected a positive number"),
                                              ((), ["--nj", "0"], "--nj '0': expected a positive number"),
                                              # every draw decoded with seed 3: one draw scored as a mean of two
@@ -773,3 +808,30 @@ def test_encoder_refuses_a_recording_too_short_for_a_frame(recipe, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert f"u1: {train / 'u1.wav'}: 80 samples at 16000 Hz: shorter than one 10 ms frame" in out.stderr
+
+
+def test_train_models_makes_the_units_again_for_another_corpus(tmp_path):
+    """A corpus made again with other options (local/data.sh --seed 2) kept the units of the one before:
+    the models were trained on them, and their .done said seed 2."""
+    (tmp_path / "local").mkdir()
+    shutil.copy(LOCAL / "train_models.sh", tmp_path / "local")
+    (tmp_path / "path.sh").write_text(f"PATH={Path(sys.executable).parent}:{LOCAL.parents[2] / 'utils'}:$PATH\n")
+    for name, out in (("train_units.py", "--out"), ("train_encoder.py", "--exp-dir"), ("train_llm.py", "--out-dir")):
+        (tmp_path / "local" / name).write_text(   # stand-ins: each says what it made from which corpus
+            "import pathlib, sys\n"
+            f"out = pathlib.Path(sys.argv[sys.argv.index('{out}') + 1])\n"
+            "out.parent.mkdir(parents=True, exist_ok=True)\n"
+            "made = pathlib.Path('data/made').read_text()\n"
+            f"(out if '{name}' == 'train_units.py' else out / 'made').write_text(made)\n"
+            "print('step 1 done')\n")
+    (tmp_path / "data").mkdir()
+
+    def corpus(seed: int) -> None:
+        (tmp_path / "data" / ".done").write_text(f"quick=false seed={seed}\n")
+        (tmp_path / "data" / "made").write_text(f"corpus {seed}")
+        subprocess.run(["bash", "local/train_models.sh", "--seed", str(seed)], cwd=tmp_path, check=True,
+                       capture_output=True)
+    corpus(1)
+    corpus(2)
+    made = [(tmp_path / "exp" / part).read_text() for part in ("units/bpe.model", "encoder/made", "llm/made")]
+    assert made == ["corpus 2"] * 3

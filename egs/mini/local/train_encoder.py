@@ -103,6 +103,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")  # read when oneD
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from tasu.cli import at_least
 from tasu.data.audio import AudioError, load_audio
 from tasu.data.kaldi_dir import DataDirError, read_data_dir
 from tasu.data.records import Record
@@ -118,6 +119,12 @@ from tasu.score import score_files
 EVAL_SETS = ("dev", "test", "test_ood")
 
 
+def true_or_false(text: str) -> bool:
+    if text not in ("true", "false"):   # anything else read as false: a typo trained without SpecAugment
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data", help="holds train/ and the eval sets (Kaldi dirs)")
@@ -129,7 +136,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frontend-conf", type=json.loads, default={"lfr_m": 6, "lfr_n": 6},
                         help='JSON overrides of SmallCTCEncoder frontend_conf (default: \'{"lfr_m": 6, "lfr_n": 6}\': '
                              '60 ms frames, as SenseVoice\'s 7/6 stacking gives)')
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
+    parser.add_argument("--epochs", type=at_least(1), default=12, help="training epochs (default: 12)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop training after this much wall time, even mid-epoch: a cap for very slow "
                              "machines, far above the ~10 min on one core (default: 30; 0 = none)")
@@ -141,7 +148,7 @@ def get_parser() -> argparse.ArgumentParser:
                              "(SortaGrad; default: 1)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW; default: 3e-3)")
     parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--spec-augment", type=lambda v: v.lower() == "true", default=True,
+    parser.add_argument("--spec-augment", type=true_or_false, default=True,
                         help="SpecAugment the training features (default: true, with the defaults below: two "
                              "frequency masks of up to 8 mel bins and no time masks, which read unseen voices "
                              "better; see NOTES.md)")

@@ -62,6 +62,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
+from tasu.cli import at_least
 from tasu.data.prompts import load_prompts
 from tasu.device import flush_denormals
 from tasu.encoders import load_tokenizer as load_encoder_tokenizer
@@ -91,14 +92,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-size", type=int, default=768)
-    parser.add_argument("--steps", type=int, default=1800,
+    parser.add_argument("--steps", type=at_least(1), default=1800,
                         help="optimizer steps (default: 1800: reading clean dev units fell from 3.4 %% WER "
                              "at 1200 to 0.8 %% at 1800; on the current corpus 1.9 %% at 1400, 1.3 %% at "
                              "1550, 0.6 %% at 1800; see NOTES.md)")
     parser.add_argument("--max-minutes", type=float, default=30.0,
                         help="stop after this much wall time: a cap for very slow machines, far above the ~10 min "
                              "on one core beside the encoder (default: 30; 0 = none)")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--batch-size", type=at_least(1), default=16,
                         help="examples per step (default: 16: more, smaller steps learn to read units sooner)")
     parser.add_argument("--lr", type=float, default=1e-3,
                         help="peak learning rate (AdamW; default 1e-3: 3e-3 learned the sentence prior but "
@@ -129,6 +130,10 @@ def read_table(path: Path) -> dict[str, str]:
 def read_text_set(data_dir: Path, name: str) -> list[tuple[str, str]]:
     """``(sentence, scenario)`` pairs of a data dir, in key order."""
     text, scenario = read_table(data_dir / name / "text"), read_table(data_dir / name / "scenario")
+    lacking = sorted(text.keys() - scenario.keys())
+    if lacking:   # a KeyError's traceback named the key alone
+        raise SystemExit(f"train_llm.py: {data_dir / name / 'scenario'}: no line for {lacking[0]}, which text "
+                         f"has ({len(lacking)} such)")
     return [(text[k], scenario[k]) for k in sorted(text)]
 
 
