@@ -77,6 +77,9 @@ def test_custom_prompt_file_and_its_errors(tmp_path):
         ('{"task": "ASR", "prompt": "x", "prompt": "y"}', "1: prompt: named twice"),
         ('{"task": "ASR ", "prompt": "x"}', "1: task: 'ASR ' begins or ends in whitespace"),
         ('{"task": "ASR", "prompt": "x \\ud800"}', "1: prompt: holds half of a UTF-16 surrogate pair"),
+        # accepted by tasu validate; training then stopped at the first batch that drew it, naming no file
+        ('{"task": "ASR", "prompt": "Transcribe <speech> please"}', "1: prompt: holds <speech>, which marks"),
+        ('{"task": "AS\\u0000R", "prompt": "x"}', "1: task: 'AS\\x00R' holds a control character"),
         ("[]", "1: json: expected an object {...}"),
     ]:
         path.write_text(line + "\n", encoding="utf-8")
