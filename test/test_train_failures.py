@@ -600,3 +600,27 @@ def test_init_from_may_lack_only_the_lora_adapters_of_layers_it_had_none_on():
     assert not_restorable(own, {"projector.w", f"{q}.lora_A.default.weight", f"{q}.lora_B.default.weight"}) == []
     assert not_restorable(own, {"projector.w", f"{q}.lora_A.default.weight"}) == [f"{q}.lora_B.default.weight"]
     assert not_restorable(own, set()) == ["projector.w"]
+
+
+def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, tmp_path):
+    """SIGTERM (a batch system's time limit) ended the process where it stood: train.log, which a run
+    under nohup or a batch system is read by, stopped at a step line, and nothing said why."""
+    import signal
+    import time
+
+    exp = tmp_path / "exp"
+    cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp),
+           "train.max_steps=400", "optim.total_steps=400"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (exp / "checkpoints" / "last").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    last = (exp / "train.log").read_text().splitlines()[-1]
+    assert re.search(r"\] ERROR stopped at step \d+: terminated \(SIGTERM\)$", last), last
+    out = subprocess.run(cmd[:-2] + ["--resume", "train.max_steps=4", "optim.total_steps=400"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "resumed from" in (exp / "train.log").read_text(), out.stderr[-3000:]

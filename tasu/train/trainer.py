@@ -31,8 +31,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -48,6 +50,7 @@ from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
 from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
+from tasu.errors import describe_error
 from tasu.fileio import file_sha256, write_atomic
 from tasu.lock import DirLock, holder
 from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, check_vocab,
@@ -406,6 +409,13 @@ class Trainer:
             logger.setLevel(logging.INFO)
             logger.handlers[:] = handlers
             logger.propagate = False
+
+    def log_to_file(self, level: int, message: str) -> None:
+        """``message`` into train.log alone (rank 0's file handler)."""
+        record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
@@ -797,9 +807,43 @@ def _memory_mb(device: torch.device) -> float:
 
 
 def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allow_pipes: bool = False) -> None:
-    """Train into ``exp_dir``; ``allow_pipes`` lets audio paths that are shell commands be run."""
+    """Train into ``exp_dir``; ``allow_pipes`` lets audio paths that are shell commands be run.
+
+    A training that stops says why in train.log too (its last line), not on stderr alone: a run under
+    nohup or a batch system is read there. SIGTERM (kill, a job's time limit) stops it as Ctrl-C does,
+    with status 143; its last checkpoint is where ``--resume`` goes on."""
     trainer = Trainer(cfg, exp_dir, resume=resume, allow_pipes=allow_pipes)
     try:
-        trainer.fit()
+        with _terminated_as_exit():
+            trainer.fit()
+    except BaseException as e:
+        why = {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(e)) or describe_error(e)
+        trainer.log_to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr has its own line)
+        raise
     finally:
         trainer.lock.release()
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the training is: its exit status is the one the signal would give."""
+
+
+@contextlib.contextmanager
+def _terminated_as_exit():
+    if threading.current_thread() is not threading.main_thread():   # only the main thread takes signals
+        yield
+        return
+    pid = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != pid:   # a forked DataLoader worker: it ends as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
