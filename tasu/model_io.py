@@ -225,8 +225,8 @@ def llm_digest(path: str | Path) -> str:
 
 
 def _llm_digests(path: str | Path) -> tuple[str, str]:
-    """``llm_digest`` and, from the same reading of the files, the digest the first version that recorded
-    one took: without the chat template files, and without ``LLM_DIGEST``'s mark."""
+    """``llm_digest`` and, from the same reading of the files, the digest without the chat template files
+    (and without ``LLM_DIGEST``'s mark), as the first version that recorded one took it."""
     entries = {file.name: file_entry(file) for file in sorted(Path(path).iterdir()) if file.is_file() and (
         file.name in LLM_FILES | CHAT_TEMPLATES or file.suffix in (".safetensors", ".bin"))}
     return (LLM_DIGEST + combined_digest(entries.values()),
@@ -235,11 +235,15 @@ def _llm_digests(path: str | Path) -> tuple[str, str]:
 
 def is_llm(path: str | Path, digests: tuple[str | None, ...], digest: str | None = None) -> bool:
     """Whether the LLM directory ``path`` (its ``llm_digest``, when known) is one of ``digests``. A
-    digest without ``LLM_DIGEST``'s mark was recorded by the first version that recorded one, which left
-    the chat template files out: it is compared with such a digest of ``path``."""
+    digest without ``LLM_DIGEST``'s mark was recorded by an earlier version: of every file but the chat
+    template ones (the first version that recorded one), or of them all (the next): it is compared with
+    both digests of ``path``."""
+    if digest is not None and digest in digests:
+        return True
     if not any(d and not d.startswith(LLM_DIGEST) for d in digests):
         return (digest or llm_digest(path)) in digests
-    return (digest is not None and digest in digests) or any(d in digests for d in _llm_digests(path))
+    full, without_template = _llm_digests(path)
+    return any(d in digests for d in (full, full.removeprefix(LLM_DIGEST), without_template))
 
 
 def check_vocab(ckpt: Path, cfg: ExperimentConfig, tokenizer) -> None:
