@@ -595,6 +595,18 @@ def test_a_report_of_nothing_is_refused_and_study_md_kept(run_dir, tmp_path, mon
     assert out.read_text() == "the study of before\n"
 
 
+def test_the_study_script_fails_as_study_py_does(tmp_path):
+    """study.py's own status 127 (python3 not found) was taken for "collected already": exit 0."""
+    import subprocess
+
+    (tmp_path / "local").mkdir()
+    shutil.copy(MINI / "local" / "study.sh", tmp_path / "local" / "study.sh")
+    (tmp_path / "path.sh").write_text(f"PATH={Path(sys.executable).parent}:{MINI.parents[1] / 'utils'}:$PATH\n")
+    (tmp_path / "local" / "study.py").write_text("import sys\nsys.exit(127)\n")
+    out = subprocess.run(["bash", "local/study.sh", "--parts", "gap"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 127 and "wrote" not in out.stdout + out.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_study_script_reaches_study_py(tmp_path, sig):
     """SIGTERM to local/study.sh (a batch system ending the job) ended the script alone: study.py and its

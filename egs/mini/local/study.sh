@@ -31,20 +31,21 @@ help_message="Usage: $0 [options]
 # on (bash alone would end here and leave study.py and its trainings running). Ctrl-C reaches study.py and
 # its trainings themselves, as before (study.py takes SIGINT back from the background's "ignored").
 study() {
-  local child="" rc=0 status stopped="" trapped
+  local child="" rc=0 status stopped="" trapped retried=""
   trap 'stopped=1; trapped=1; [ -z "${child}" ] || kill -TERM "${child}" 2> /dev/null || true' TERM HUP
   trap 'trapped=1' INT   # Ctrl-C: wait for study.py, which got it too, to stop
   python3 local/study.py "$@" < /dev/null &
   child=$!
   [ -z "${stopped}" ] || kill -TERM "${child}" 2> /dev/null || true   # a signal before child was set
   # A trapped signal ends a wait early (status 128 + the signal) and leaves study.py's own status to the
-  # next wait, also when study.py has ended meanwhile; 127: the status was collected already.
+  # next wait, also when study.py has ended meanwhile; 127 then: the last wait had collected it already.
   while :; do
     trapped=""
     wait "${child}" && status=0 || status=$?
-    [ "${status}" -eq 127 ] && break
+    [ "${status}" -eq 127 ] && [ -n "${retried}" ] && break
     rc=${status}
     [ -n "${trapped}" ] && [ "${status}" -gt 128 ] || break
+    retried=1
   done
   trap - TERM HUP INT
   return "${rc}"
