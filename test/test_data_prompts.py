@@ -86,6 +86,8 @@ def test_custom_prompt_file_and_its_errors(tmp_path):
         with pytest.raises(DataError) as e:
             load_prompts(path)
         assert str(e.value).startswith(f"{path}:{message}")
+    path.write_text('{"task": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "prompt": "x"}\n', encoding="utf-8")
+    assert load_prompts(path).tasks == {"\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"}   # a ZWNJ is no control
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"p\.jsonl: no prompts in this file$"):
         load_prompts(path)

@@ -835,3 +835,8 @@ def test_train_models_makes_the_units_again_for_another_corpus(tmp_path):
     corpus(2)
     made = [(tmp_path / "exp" / part).read_text() for part in ("units/bpe.model", "encoder/made", "llm/made")]
     assert made == ["corpus 2"] * 3
+    # units of a version that wrote no .done for them are kept: the models on them were not trained again
+    (tmp_path / "exp" / "units" / ".done").unlink()
+    (tmp_path / "data" / "made").write_text("corpus 2, read again")
+    subprocess.run(["bash", "local/train_models.sh", "--seed", "2"], cwd=tmp_path, check=True, capture_output=True)
+    assert [(tmp_path / "exp" / part).read_text() for part in ("units/bpe.model", "encoder/made")] == ["corpus 2"] * 2

@@ -732,7 +732,8 @@ if runs 6; then
         [ -f "${dir}/hyp.trn" ] || die "${dir}/hyp.trn does not exist: run stage 5 first"
         if [ -s "${dir}/hyp.trn" ] && [ ! -s "${dir}/ref.trn" ]; then
           log "Stage 6: ${dir}: its records have no targets (hypotheses only): not scored"
-          rm -f "${dir}/score.json"   # of earlier references: stage 7 would refuse it, and stage 6 not redo it
+          # the score of earlier references: stage 7 would refuse it, and stage 6 could not redo it
+          rm -f "${dir}"/{score.json,result.txt,alignment.txt,per_utt.tsv,missing_keys.txt,extra_keys.txt}
           continue
         fi
         # (BLEU's tokenizer follows the references' script: tasu score's auto)

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import string
+import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,7 +137,7 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
                                                              "\\udfff), not a character") from None
             if obj["task"] != obj["task"].strip():   # "ASR " is another task than ASR, which records never name
                 raise DataError(str(path), lineno, "task", f"{obj['task']!r} begins or ends in whitespace")
-            if not obj["task"].isprintable():   # (a NUL or an escape went into every message naming it)
+            if any(unicodedata.category(c) == "Cc" for c in obj["task"]):   # (a NUL went into every message)
                 raise DataError(str(path), lineno, "task", f"{obj['task']!r} holds a control character")
             if SPEECH_TOKEN in obj["prompt"]:   # the LLM's input would hold two places for the speech
                 raise DataError(str(path), lineno, "prompt", f"holds {SPEECH_TOKEN}, which marks where the speech "

@@ -810,18 +810,19 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allo
     """Train into ``exp_dir``; ``allow_pipes`` lets audio paths that are shell commands be run.
 
     A training that stops says why in train.log too (its last line), not on stderr alone: a run under
-    nohup or a batch system is read there. SIGTERM (kill, a job's time limit) stops it as Ctrl-C does,
-    with status 143; its last checkpoint is where ``--resume`` goes on."""
-    trainer = Trainer(cfg, exp_dir, resume=resume, allow_pipes=allow_pipes)
-    try:
-        with _terminated_as_exit():
+    nohup or a batch system is read there. SIGTERM (kill, a job's time limit) stops a run of one process
+    as Ctrl-C does, with status 143; its last checkpoint is where ``--resume`` goes on."""
+    with _terminated_as_exit():
+        trainer = Trainer(cfg, exp_dir, resume=resume, allow_pipes=allow_pipes)
+        try:
             trainer.fit()
-    except BaseException as e:
-        why = {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(e)) or describe_error(e)
-        trainer.log_to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr has its own line)
-        raise
-    finally:
-        trainer.lock.release()
+        except BaseException as e:
+            why = {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(e)) or \
+                describe_error(e)
+            trainer.log_to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr: its own line)
+            raise
+        finally:
+            trainer.lock.release()
 
 
 class Terminated(SystemExit):
@@ -830,7 +831,10 @@ class Terminated(SystemExit):
 
 @contextlib.contextmanager
 def _terminated_as_exit():
-    if threading.current_thread() is not threading.main_thread():   # only the main thread takes signals
+    """SIGTERM as ``Terminated`` in a run of one process. A rank of several keeps the default (ends at
+    once): blocked in a collective, it would not run a Python handler, and would wait for ranks that
+    ended. Only the main thread takes signals."""
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("WORLD_SIZE", "1") != "1":
         yield
         return
     pid = os.getpid()

@@ -46,6 +46,9 @@ done_with() {  # done_with <dir> <options>: whether <dir> was finished with exac
 
 units=${expdir}/units/bpe.model
 data_made=$(cat "${datadir}/.done" 2> /dev/null || true)   # the corpus's options (local/data.sh)
+if [ -f "${units}" ] && [ ! -f "${expdir}/units/.done" ]; then   # made by a version that wrote none: kept
+  echo "${data_made}" > "${expdir}/units/.done"
+fi
 if [ ! -f "${units}" ] || ! done_with "${expdir}/units" "${data_made}"; then   # none, or another corpus's
   rm -f "${expdir}/units/.done"
   python3 local/train_units.py --data-dir "${datadir}" --out "${units}"
