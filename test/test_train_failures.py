@@ -611,17 +611,21 @@ def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, t
 
     exp = tmp_path / "exp"
     cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp),
-           "train.max_steps=400", "optim.total_steps=400"]
+           "train.epochs=100000", "train.max_steps=100000", "optim.total_steps=100000"]   # runs until stopped
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (exp / "checkpoints" / "last").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 300
+        while not (exp / "checkpoints" / "last").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:   # a run that did not stop would train on for good
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     last = (exp / "train.log").read_text().splitlines()[-1]
     assert re.search(r"\] ERROR stopped at step \d+: terminated \(SIGTERM\)$", last), last
-    out = subprocess.run(cmd[:-2] + ["--resume", "train.max_steps=4", "optim.total_steps=400"], env=ENV,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd[:-2] + ["--resume", "train.max_steps=4", "optim.total_steps=100000"], env=ENV,
+                         capture_output=True, text=True, timeout=600)   # (past step 4 already: trains none)
     assert out.returncode == 0 and "resumed from" in (exp / "train.log").read_text(), out.stderr[-3000:]
