@@ -213,7 +213,8 @@ def recorded_llm(ckpt: Path) -> tuple[str | None, str | None]:
 
 
 def llm_digest(path: str | Path) -> str:
-    """SHA-256 of an LLM directory's config, tokenizer and weight files (names, sizes, contents).
+    """SHA-256 of an LLM directory's config, tokenizer, chat template and weight files (names, sizes,
+    contents), marked ``LLM_DIGEST``.
 
     A projector is trained for one LLM: continued or decoded with another release of the same shapes
     (a base model for its instruct one) it loads, trains and decodes, half one model and half the

@@ -475,10 +475,9 @@ _TABLES = ("wav.scp", "text", "segments", "utt2spk")   # what to-jsonl reads (wi
 def _check_paths(args: argparse.Namespace) -> None:
     """Refuse to write over the files being converted: a JSONL named after a table of its data dir, or
     a data dir that already holds one (``--overwrite`` to replace it; a half-written one is replaced)."""
-    if args.command == "to-jsonl":
-        if not args.task.strip() or args.task.split() != [args.task]:
-            raise DataDirError([DataError(args.data_dir, None, None, f"--task {args.task!r}: a task is one word "
-                                                                      "(ASR, SLU_scenario, ...)")])
+    if args.command == "to-jsonl" and args.task.split() != [args.task]:
+        raise DataDirError([DataError(args.data_dir, None, None, f"--task {args.task!r}: a task is one word "
+                                                                  "(ASR, SLU_scenario, ...)")])
     if args.command == "to-jsonl" and args.output != "-":
         read = [*_TABLES, *([args.target_file] if args.target_file else [])]
         out = Path(args.output).resolve()
