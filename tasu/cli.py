@@ -35,8 +35,8 @@ from tasu.funasr_import import use_lean_import
 def _validate(args: argparse.Namespace) -> int:
     from tasu.data.validate import run_validate
 
-    return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio,
-                        allow_pipes=args.allow_pipes)
+    return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio or args.read_audio,
+                        read_audio=args.read_audio, allow_pipes=args.allow_pipes)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -293,6 +293,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="prompts JSONL every task must appear in (default: the English prompt set)")
     p.add_argument("--check-audio", action="store_true",
                    help="also open every audio file header / ark offset and sum the hours")
+    p.add_argument("--read-audio", action="store_true",
+                   help="--check-audio, and read every sample too (damaged compressed data, NaN, int16 "
+                        "values stored as floats): as slow as reading the corpus once")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript",

@@ -306,3 +306,16 @@ def test_float_samples_on_the_int16_scale_are_refused_naming_the_file(tmp_path):
     entry = (tmp_path / "v.scp").read_text().split()[1]
     with pytest.raises(AudioError, match="float samples reach 16383.5"):
         load_audio(entry)
+
+
+def test_an_error_met_without_its_line_is_placed_at_the_first_record_of_its_key_and_path(tmp_path):
+    """A training step reads audio where the record's line is not known: the same key may be in
+    several files (one utterance, several tasks), with its own path in each."""
+    asr, slu = tmp_path / "asr.jsonl", tmp_path / "slu.jsonl"
+    asr.write_text('{"key": "u1", "task": "ASR", "target": "hi", "path": "a.wav"}\n')
+    slu.write_text('not json\n{"key": "u0", "task": "SLU_scenario", "target": "x", "path": "b.wav"}\n'
+                   '{"key": "u1", "task": "SLU_scenario", "target": "iot", "path": "b.wav"}\n')
+    error = AudioError("b.wav", "1 samples are not finite numbers (NaN or infinite)", key="u1")
+    placed = error.placed([str(asr), str(slu)])
+    assert str(placed) == f"{slu}:3: path: 1 samples are not finite numbers (NaN or infinite) (b.wav)"
+    assert error.placed([str(asr)]) is error   # no such record (any more): the error as it was

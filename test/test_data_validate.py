@@ -93,6 +93,34 @@ def test_every_problem_named_by_file_line_and_field(tmp_path, audio, capsys):
     assert status == 1 and len(out) == 6 and out[-1].startswith("validate: 5 problems; 1 file, 7 good records (ASR 7)")
 
 
+def test_read_audio_finds_what_headers_cannot_show(tmp_path, audio, capsys):
+    """A FLAC damaged inside, NaN samples, int16 values stored as floats: whole headers, so they passed
+    --check-audio, and a training stopped on them at the step that drew them."""
+    noise = (np.random.default_rng(0).standard_normal(32000) * 0.1).astype(np.float32)
+    soundfile.write(tmp_path / "damaged.flac", noise, 16000)
+    damaged = bytearray((tmp_path / "damaged.flac").read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle:middle + 2000] = bytes(b ^ 0xFF for b in damaged[middle:middle + 2000])
+    (tmp_path / "damaged.flac").write_bytes(damaged)
+    nan = noise.copy()
+    nan[100] = np.nan
+    soundfile.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    soundfile.write(tmp_path / "int16.wav", noise * 32768, 16000, subtype="FLOAT")
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(line(f"u{i}", path=str(tmp_path / name)) + "\n"
+                            for i, name in enumerate(["damaged.flac", "nan.wav", "int16.wav", "good.wav"])))
+    assert run(capsys, str(path), "--check-audio") == (
+        0, ["validate: ok: 1 file, 4 good records (ASR 4), 7.0 s of audio"])
+    status, out = run(capsys, str(path), "--read-audio")
+    assert status == 1
+    assert out[0].startswith(f"{path}:1: path: truncated or corrupt: reading samples 0 to 32000 failed (")
+    assert out[1:] == [
+        f"{path}:2: path: 1 samples are not finite numbers (NaN or infinite) ({tmp_path / 'nan.wav'})",
+        f"{path}:3: path: float samples reach {abs(noise * 32768).max():.6g}, and float audio lies in [-1, 1]: "
+        f"int16 values stored as floats? Divide them by 32768, or give int16 PCM ({tmp_path / 'int16.wav'})",
+        "validate: 3 problems; 1 file, 1 good record (ASR 1), 1.0 s of audio"]
+
+
 def test_a_problem_of_every_record_is_printed_once_and_counted(tmp_path, capsys):
     """A task missing from the prompt set makes every record of a corpus bad: one line and a count,
     not a line per record; and a file prints at most SHOWN_PER_FILE problems of different kinds."""

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -408,6 +409,14 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
         bad.write_text(json.dumps({"key": "a", "task": "ASR", "target": "turn on the lights"}) + "\n")
         one_line_error(tasu_in_process(capsys, *common, "--data", str(bad), "--out", str(tmp_path / "x")),
                        f"{bad}:1: path: missing")
+        wave = waveform(0.5).numpy()
+        wave[10] = np.nan   # a whole header: found where the teacher's audio is read, named at its line
+        sf.write(tmp_path / "nan.wav", wave, 16000, subtype="FLOAT")
+        nan = tmp_path / "nan.jsonl"
+        nan.write_text((setup / "asr.jsonl").read_text()
+                       + json.dumps({"key": "n", "task": "ASR", "target": "hi", "path": str(tmp_path / "nan.wav")}))
+        one_line_error(tasu_in_process(capsys, *common, "--data", str(nan), "--out", str(tmp_path / "n"), *TINY),
+                       f"{nan}:7: path: 1 samples are not finite numbers")
         one_line_error(tasu_in_process(capsys, *common, "--data", str(setup / "asr.jsonl"), "--out",
                                        str(tmp_path / "y"), "model.topk=8", "compress.topk=4"),
                        "model.topk 8 exceeds compress.topk 4")

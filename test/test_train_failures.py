@@ -162,6 +162,26 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
     assert not marker.exists()
 
 
+def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setup, tmp_path):
+    """NaN samples pass the header check before step 1 and fail where a batch reads them: the one line
+    named KEY: PATH alone, and a user had to search every data file for the record. In the main
+    process and through a DataLoader worker."""
+    wave = waveform(0.6).numpy()
+    wave[100] = np.nan
+    sf.write(tmp_path / "nan.wav", wave, 16000, subtype="FLOAT")
+    good = [json.loads(ln) for ln in (setup / "train.jsonl").read_text().splitlines()[:3]]
+    train = data_file(tmp_path, "train.jsonl", *good, record("bad", path=str(tmp_path / "nan.wav")))
+    cases = [["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / f"exp{workers}"),
+              "data.mode=audio", f"data.train=[{train}]", f"data.num_workers={workers}", "train.max_steps=10"]
+             for workers in (0, 1)]
+    for workers, result in zip((0, 1), run_cases(cases)):
+        assert result["status"] == 1 and "Traceback" not in result["stderr"], result
+        assert f"tasu train: error: {train}:4: path: 1 samples are not finite numbers (NaN or infinite) " \
+               f"({tmp_path / 'nan.wav'})" in result["stderr"].splitlines(), (workers, result["stderr"])
+        last = (tmp_path / f"exp{workers}" / "train.log").read_text().splitlines()[-1]
+        assert f"{train}:4: path: 1 samples" in last and "stopped at step" in last, last
+
+
 def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
     """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
     keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""

@@ -44,7 +44,7 @@ import soundfile
 import soxr
 from kaldiio.matio import read_kaldi
 
-from tasu.data.records import DataError
+from tasu.data.records import DataError, iter_records_with_lines
 
 SAMPLE_RATE = 16000
 RATES = (1000, 384000)   # sample rates read as audio: anything else is a damaged header or a wrong argument
@@ -76,6 +76,18 @@ class AudioError(Exception):
     def located(self, file: str, line: int) -> DataError:
         """The same problem as the ``path`` field of the record at ``file``:``line``."""
         return DataError(file, line, "path", f"{self.message} ({self.shown})")
+
+    def placed(self, files: list[str]) -> Exception:
+        """The same problem at the line of the first record of ``files`` with this key and path.
+
+        For audio read where the record's line is not known (a training step's batch): reading the
+        files again costs one pass, once, on the way out. Itself when no record matches (a file
+        changed since it was read)."""
+        for file in files:
+            for line, record in iter_records_with_lines(file, on_error=lambda _: None, require_target=False):
+                if record.key == self.key and record.path == self.path:
+                    return self.located(file, line)
+        return self
 
 
 class AudioInfo(NamedTuple):

@@ -6,7 +6,9 @@ Every record of every file is checked (streaming, so the size of a file does not
 record rules of ``tasu.data.records``, the task against the prompt set, and, with
 ``--check-audio``, that its audio exists, is whole and contains its segment, which costs one
 header read per record (an ark entry: the header at its offset; a ``|`` command must be run, which
-is refused unless ``allow_pipes``: see ``tasu.data.audio``).
+is refused unless ``allow_pipes``: see ``tasu.data.audio``). ``--read-audio`` reads every sample
+as well (``load_audio``: what a training step reads), which finds what a header cannot show: a
+compressed file damaged inside, NaN or infinite samples, int16 values stored as floats.
 
 Each problem is one line on stdout, ``FILE:LINE: FIELD: message``, and the exit status is 1 if
 there was any; a file without a single record (empty, or blank lines only) is one too, ``FILE: no
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasu.data.audio import AudioError, audio_info, command_refused, is_command
+from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, command_refused, is_command, load_audio
 from tasu.data.prompts import load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 
@@ -31,8 +33,10 @@ SHOWN_PER_FILE = 20
 
 
 def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool = False,
-                 allow_pipes: bool = False) -> int:
-    """Check the JSONL files ``paths``; print problems and a summary; return the exit status."""
+                 allow_pipes: bool = False, read_audio: bool = False) -> int:
+    """Check the JSONL files ``paths``; print problems and a summary; return the exit status.
+
+    ``read_audio`` (with ``check_audio``) reads every sample, not the headers alone."""
     try:
         prompt_set = load_prompts(prompts)
     except DataError as e:
@@ -78,7 +82,10 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
                     report(DataError(path, line, "path", command_refused(record.path)))
                     continue
                 try:
-                    seconds += audio_info(record.path, record.key, record.start, record.end).duration
+                    if read_audio:   # (a command runs once)
+                        seconds += len(load_audio(record.path, record.key, record.start, record.end)) / SAMPLE_RATE
+                    else:
+                        seconds += audio_info(record.path, record.key, record.start, record.end).duration
                 except AudioError as e:
                     report(e.located(path, line))
                     continue

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from tasu.data.audio import SAMPLE_RATE, audio_info, load_audio
+from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
 from tasu.data.prompts import PromptSet
 from tasu.data.records import Record
 from tasu.dump import SECONDS, FIELD, DumpReader
@@ -45,18 +45,20 @@ class Collator:
 
     ``mode``: ``text``, ``audio``, ``mixed`` (each batch is audio with probability
     ``audio_ratio``, drawn from the batch's seed) or ``posteriors`` (audio batches read from dumps
-    through ``dumps``).
+    through ``dumps``). Audio that cannot be read (its samples: the headers were checked before
+    step 1) stops the run at its record's line in ``data_files``, the JSONL files the records come from.
     """
 
     def __init__(self, prompts: PromptSet, prompt_tokenizer: PromptTokenizer, encoder_tokenizer: EncoderTokenizer,
                  mode: Literal["text", "audio", "mixed", "posteriors"] = "text", audio_ratio: float = 0.5,
-                 dumps: DumpReader | None = None):
+                 dumps: DumpReader | None = None, data_files: list[str] | None = None):
         if mode == "posteriors" and dumps is None:
             raise ValueError("posteriors mode reads dumps: pass dumps=DumpReader(...)")
         self.prompts = prompts
         self.prompt_tokenizer = prompt_tokenizer
         self.encoder_tokenizer = encoder_tokenizer
         self.mode, self.audio_ratio, self.dumps = mode, audio_ratio, dumps
+        self.data_files = data_files or []
         llm = prompt_tokenizer.tokenizer
         # A record's prompt is drawn at collate time, so its length budget uses the task's longest.
         # Prompts filled from the record's fields (prevtext, hotword) are measured filled, per record;
@@ -74,7 +76,10 @@ class Collator:
         elif self.mode == "posteriors":   # the duration the dump kept: the audio mode's length, no audio read
             speech = math.ceil(record.get(SECONDS) * ROWS_PER_SECOND)
         else:
-            info = audio_info(record.path, key=record.key, start=record.start, end=record.end)
+            try:
+                info = audio_info(record.path, key=record.key, start=record.start, end=record.end)
+            except AudioError as e:   # gone or changed since the check before step 1
+                raise e.placed(self.data_files) from None
             speech = math.ceil(info.duration * ROWS_PER_SECOND)
         return self._template_len + self._prompt_length(record) + speech + target
 
@@ -98,6 +103,9 @@ class Collator:
         if not audio:
             ids = [self.encoder_tokenizer.encode(r.transcript) for r in records]
             return StepBatch(keys, "text", text, token_ids=ids)
-        waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in records]
+        try:
+            waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in records]
+        except AudioError as e:
+            raise e.placed(self.data_files) from None
         seconds = sum(len(w) for w in waves) / SAMPLE_RATE
         return StepBatch(keys, "audio", text, waveforms=waves, audio_seconds=seconds)

@@ -256,7 +256,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
     posterior dump's entries must have been made with (a digest of every encoder file, computed once
     a run)."""
     from tasu.compress import encoder_posteriors
-    from tasu.data.audio import load_audio
+    from tasu.data.audio import AudioError, load_audio
     from tasu.data.records import DataError
     from tasu.dump import DumpReader
     from tasu.encoders import load_encoder
@@ -276,6 +276,12 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
             encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device), **cfg.encoder.options)
     dumps = DumpReader(encoder_identity)
 
+    def audio_of(r: dict) -> torch.Tensor:
+        try:
+            return torch.from_numpy(load_audio(r["path"], key=r["key"], start=r["start"], end=r["end"]))
+        except AudioError as e:
+            raise e.located(*r["where"]) from None
+
     def run(waves):
         return encoder_posteriors(encoder, [w.to(device) for w in waves], cfg.compress).to("cpu", torch.float32)
 
@@ -285,8 +291,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         chunk = recordings[first:first + t.batch_size]
         # the audio of every recording when copies are made; else only of those without a dump entry
         # (a record from a dump alone may have no audio)
-        waves = [torch.from_numpy(load_audio(r["path"], key=r["key"], start=r["start"], end=r["end"]))
-                 if t.copies > 0 or r["dump"] is None else None for r in chunk]
+        waves = [audio_of(r) if t.copies > 0 or r["dump"] is None else None for r in chunk]
         clean = [None] * len(chunk)
         for i, r in enumerate(chunk):
             if r["dump"] is not None:

@@ -267,7 +267,7 @@ class Trainer:
             self._init_from(self.init_ckpt)
         enc_tokenizer = self.model.encoder.tokenizer if self.model.encoder is not None else tokenizer
         self.collator = Collator(prompts, self.model.prompt_tokenizer, enc_tokenizer, cfg.data.mode,
-                                 cfg.data.audio_ratio, dumps=dumps)
+                                 cfg.data.audio_ratio, dumps=dumps, data_files=_data_files(cfg.data))
         if cfg.data.mode in ("text", "mixed") and self.rank == 0:
             warn_unspelled([*cfg.data.train, *cfg.data.valid], enc_tokenizer, prompts)
         self.train_data = self._batches(cfg.data.train, order=cfg.data.order)
