@@ -36,7 +36,7 @@ def _validate(args: argparse.Namespace) -> int:
     from tasu.data.validate import run_validate
 
     return run_validate(args.data, prompts=args.prompts, check_audio=args.check_audio or args.read_audio,
-                        read_audio=args.read_audio, allow_pipes=args.allow_pipes)
+                        read_audio=args.read_audio, unlabelled=args.unlabelled, allow_pipes=args.allow_pipes)
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -296,6 +296,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-audio", action="store_true",
                    help="--check-audio, and read every sample too (damaged compressed data, NaN, int16 "
                         "values stored as floats): as slow as reading the corpus once")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="records may lack a target: audio to transcribe, as tasu decode reads it")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("simulate", help="print the simulated CTC posteriors of a transcript",

@@ -121,6 +121,20 @@ def test_read_audio_finds_what_headers_cannot_show(tmp_path, audio, capsys):
         "validate: 3 problems; 1 file, 1 good record (ASR 1), 1.0 s of audio"]
 
 
+def test_unlabelled_records_pass_as_tasu_decode_reads_them(tmp_path, audio, capsys):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"key": "u1", "task": "ASR", "path": audio["good"]}) + "\n"
+                    + line("u2", target="", path=audio["good"]) + "\n" + line("u3", path=audio["good"]) + "\n"
+                    + json.dumps({"key": "u4", "task": "ASR", "target": " "}) + "\n")
+    assert run(capsys, str(path), "--check-audio") == (1, [
+        f"{path}:1: target: missing", f"{path}:2: target: empty", f"{path}:4: target: blank (whitespace only)",
+        "validate: 3 problems; 1 file, 1 good record (ASR 1), 1.0 s of audio"])
+    assert run(capsys, str(path), "--check-audio", "--unlabelled") == (1, [
+        f"{path}:4: target: blank (whitespace only)",
+        "validate: 1 problem; 1 file, 3 good records (ASR 3), 3.0 s of audio; "
+        "2 records without a target (decoded, not scored)"])
+
+
 def test_a_problem_of_every_record_is_printed_once_and_counted(tmp_path, capsys):
     """A task missing from the prompt set makes every record of a corpus bad: one line and a count,
     not a line per record; and a file prints at most SHOWN_PER_FILE problems of different kinds."""

@@ -19,6 +19,7 @@ counted, ``FILE: N more lines with the problem of line L``, and a file prints at
 million-line file never floods the terminal. A clean run prints one summary line: records per
 task and, with audio checked, hours of audio. Records that the text-only stage cannot use (no
 transcript: a non-ASR task without ``GT``) are not an error, but the summary counts them.
+``--unlabelled`` accepts records without a target, audio to transcribe as ``tasu decode`` reads it.
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ SHOWN_PER_FILE = 20
 
 
 def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool = False,
-                 allow_pipes: bool = False, read_audio: bool = False) -> int:
+                 allow_pipes: bool = False, read_audio: bool = False, unlabelled: bool = False) -> int:
     """Check the JSONL files ``paths``; print problems and a summary; return the exit status.
 
-    ``read_audio`` (with ``check_audio``) reads every sample, not the headers alone."""
+    ``read_audio`` (with ``check_audio``) reads every sample, not the headers alone. ``unlabelled``
+    accepts records without a target, as ``tasu decode`` reads them (audio to transcribe)."""
     try:
         prompt_set = load_prompts(prompts)
     except DataError as e:
@@ -72,11 +74,12 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
         unshown = 0
 
     tasks: Counter[str] = Counter()
-    no_transcript = 0
+    no_transcript = no_target = 0
     seconds = 0.0
     for path in paths:
         before = (problems, sum(tasks.values()))
-        for line, record in iter_records_with_lines(path, prompt_set, on_error=report):
+        for line, record in iter_records_with_lines(path, prompt_set, on_error=report,
+                                                    require_target=not unlabelled):
             if check_audio and record.path is not None:
                 if is_command(record.path) and not allow_pipes:
                     report(DataError(path, line, "path", command_refused(record.path)))
@@ -90,7 +93,9 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
                     report(e.located(path, line))
                     continue
             tasks[record.task] += 1
-            if record.transcript is None:
+            if not record.target:
+                no_target += 1
+            elif record.transcript is None:
                 no_transcript += 1
         if (problems, sum(tasks.values())) == before:   # not one line, good or bad: training would find nothing
             report(DataError(path, None, None, "no records (the file is empty or holds blank lines only)"))
@@ -102,6 +107,8 @@ def run_validate(paths: list[str], prompts: str | None = None, check_audio: bool
         summary += " (" + ", ".join(f"{task} {n}" for task, n in sorted(tasks.items())) + ")"
     if check_audio:
         summary += f", {seconds / 3600:.2f} h of audio" if seconds >= 36 else f", {seconds:.1f} s of audio"
+    if no_target:
+        summary += f"; {_count(no_target, 'record')} without a target (decoded, not scored)"
     if no_transcript:
         summary += (f"; {_count(no_transcript, 'record')} without a transcript (no GT), "
                     "which the text-only stage cannot use")
