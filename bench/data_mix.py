@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from timing import positive  # noqa: E402
+from tasu.cli import at_least  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--order", choices=["shuffle", "stream"], help="default: the config's data.order")
-    parser.add_argument("--parts", type=positive, default=10, help="stretches of the epoch (default 10)")
+    parser.add_argument("--parts", type=at_least(1), default=10, help="stretches of the epoch (default 10)")
     parser.add_argument("overrides", nargs="*", help="key.path=value, as for tasu train")
     args = parser.parse_args()
 

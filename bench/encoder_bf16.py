@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from timing import median_ms, positive  # noqa: E402
+from tasu.cli import at_least  # noqa: E402
+from timing import median_ms  # noqa: E402
 from tasu.device import cpu_has_bf16, flush_denormals  # noqa: E402
 from tasu.encoders.small_ctc import SmallCTCEncoder  # noqa: E402
 from tasu.encoders.tokenizers import train_sentencepiece  # noqa: E402
@@ -67,7 +68,7 @@ def bench_encoder_bf16(rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=positive, default=5)
+    parser.add_argument("--rounds", type=at_least(1), default=5)
     for name, value in bench_encoder_bf16(parser.parse_args().rounds).items():
         print(f"{name}: {value:.6g}", flush=True)
 

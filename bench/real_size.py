@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "test"))
 
 from core_text_step import _peak_mem_mb  # noqa: E402
 from environment import enter_recipe_environment, header  # noqa: E402
-from timing import positive  # noqa: E402
+from tasu.cli import at_least  # noqa: E402
 
 PROMPT_BEFORE, PROMPT_AFTER, TRANSCRIPT_ENC, TRANSCRIPT_LLM, TARGET = 10, 5, 40, 34, 24
 ENC_VOCAB, LLM_HIDDEN = 25_055, 1536
@@ -193,8 +193,8 @@ def bench(layers: int, batch: int) -> dict[str, float]:
 def main() -> None:
     enter_recipe_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=positive, default=28, help="LLM layers (Qwen2.5-1.5B has 28)")
-    parser.add_argument("--batch", type=positive, default=2, help="utterances a step (default: 2)")
+    parser.add_argument("--layers", type=at_least(1), default=28, help="LLM layers (Qwen2.5-1.5B has 28)")
+    parser.add_argument("--batch", type=at_least(1), default=2, help="utterances a step (default: 2)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(header())

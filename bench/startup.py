@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from timing import positive
+from tasu.cli import at_least
 
 BASE = """
 import torch
@@ -52,12 +52,13 @@ def bench_startup(rounds: int) -> dict[str, float]:
     return {"startup_plain_s": median["plain"], "startup_lean_s": median["lean"],
             "startup_base_s": median["base"],
             "startup_lean_speedup": median["plain"] / median["lean"],
-            "funasr_import_lean_speedup": (median["plain"] - median["base"]) / max(median["lean"] - median["base"], 1e-3)}
+            "funasr_import_lean_speedup":
+                (median["plain"] - median["base"]) / max(median["lean"] - median["base"], 1e-3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=positive, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
     args = parser.parse_args()
     for name, value in bench_startup(args.rounds).items():
         print(f"{name}: {value:.6g}", flush=True)

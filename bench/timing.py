@@ -1,8 +1,7 @@
-"""Helpers shared by the benchmark scripts: median of several runs after a warm-up, checks of arguments and of
-what a timed path computes."""
+"""Helpers shared by the benchmark scripts: median of several runs after a warm-up, and checks of what a
+timed path computes. Counts on their command lines (rounds, layers, parts) are ``tasu.cli.at_least(1)``."""
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Callable
@@ -18,14 +17,6 @@ def median_ms(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> fl
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
-
-
-def positive(text: str) -> int:
-    """Argparse type of a count (rounds, layers, parts): below 1 is a usage error, not a traceback later."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def check_reference(what: str, diff: float, tolerance: float) -> None:
