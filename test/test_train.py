@@ -273,6 +273,34 @@ def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
     assert ("no checkpoint was written yet" in log) != saved and ("the last good checkpoint" in log) == saved
 
 
+def test_validation_simulates_the_same_rows_whatever_the_step_of_a_wer_schedule(setup, tmp_path):
+    """Under a rising WER schedule, validation simulated at the training step: later checkpoints were
+    scored on harder rows, and keep_best (and decoding 'best') favoured early ones."""
+    driver = """
+import json, sys
+from tasu.cli import main
+from tasu.simulate import rules
+steps, call = [], rules.RuleSimulator.__call__
+def recorded(self, token_ids, generator=None, step=0, wer=None):
+    steps.append(step)
+    return call(self, token_ids, generator, step, wer)
+rules.RuleSimulator.__call__ = recorded
+status = main(["train", *sys.argv[1:]])
+print(json.dumps({"status": status, "steps": steps}))
+"""
+    out = subprocess.run([sys.executable, "-c", driver, "--config", str(setup / "text.yaml"), "--exp-dir",
+                          str(tmp_path / "exp"), "data.num_workers=0", "train.max_steps=4", "train.valid_interval=2",
+                          "train.save_interval=2", "simulation.wer={start: [0.0, 0.1], end: [0.2, 0.3], total_steps: 4}"],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["status"] == 0, out.stderr[-3000:]
+    from tasu.train.trainer import VALIDATION_STEP
+
+    validation = [s for s in result["steps"] if s == VALIDATION_STEP]
+    assert [s for s in result["steps"] if s != VALIDATION_STEP] == [0, 1, 2, 3]   # training: each its own step
+    assert len(validation) == 2 * 2   # two validations of the two batches of 6 records
+
+
 def test_deepspeed_config_follows_the_experiment_config():
     cfg = load_config(ExperimentConfig, None, ["engine.precision=bf16", "engine.zero_stage=1", "optim.lr=2e-4",
                                                "optim.total_steps=100", "optim.warmup_steps=10"])

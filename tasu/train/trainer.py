@@ -201,6 +201,12 @@ def not_restorable(own: set[str], state: Iterable[str]) -> list[str]:
     return sorted(n for n in own - state if ".lora_" not in n or n.split(".lora_")[0] in adapted)
 
 
+# The step text validation batches are simulated at: past any WER schedule's end, so that every
+# validation reads the same rows (keep_best ranks checkpoints on one set, not on rows that get harder
+# as a schedule rises), as hard as those training ends on.
+VALIDATION_STEP = sys.maxsize
+
+
 class Trainer:
     """Owns the engine, the data and the experiment directory of one run."""
 
@@ -484,21 +490,24 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
 
-    def posteriors(self, batch: StepBatch, seed: int):
+    def posteriors(self, batch: StepBatch, seed: int, step: int | None = None):
+        """The speech rows of a batch: simulated (text) at training step ``step`` (default: this one), or
+        the encoder's."""
         if batch.mode == "text":
             generator = torch.Generator().manual_seed(seed)
-            return self.simulator(batch.token_ids, generator=generator, step=self.step)
+            return self.simulator(batch.token_ids, generator=generator, step=self.step if step is None else step)
         if batch.posteriors is not None:   # the encoder ran when the dump was made
             return batch.posteriors
         return self.model.encode_audio([w.to(self.device) for w in batch.waveforms], self.cfg.compress)
 
-    def loss(self, batch: StepBatch, seed: int):
-        """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch.
+    def loss(self, batch: StepBatch, seed: int, step: int | None = None):
+        """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch;
+        ``step`` as ``posteriors`` takes it.
 
         For a text batch the simulated rows' token errors (each row's top-1 id against the
         transcript's ids) are counted, so the log shows what the simulation does; (0, 0) for audio.
         """
-        post = self.posteriors(batch, seed)
+        post = self.posteriors(batch, seed, step)
         errors = (0, 0)
         if batch.mode == "text":
             errors = (sum(edit_distance(r, h) for r, h in zip(batch.token_ids, row_tokens(post))),
@@ -626,8 +635,8 @@ class Trainer:
         total = [0.0, 0.0, 0]  # loss x tokens, correct tokens, tokens
         self.valid_data.set_position(DataPosition())
         for batch in self._loader(self.valid_data):
-            seed = step_seed(self.cfg.train.seed, -1 - batch.index, self.rank)  # the same rows every time
-            out, _, _ = self.loss(batch.data, seed)
+            seed = step_seed(self.cfg.train.seed, -1 - batch.index, self.rank)
+            out, _, _ = self.loss(batch.data, seed, VALIDATION_STEP)   # the same rows every time
             n = out.num_tokens
             total = [total[0] + out.loss.item() * n, total[1] + out.accuracy.item() * n, total[2] + n]
         total = self._over_ranks(total)
