@@ -273,6 +273,29 @@ def test_pipe_commands(wav, tmp_path):
                             "(Format not recognised.)")
 
 
+def test_a_pipe_s_output_cut_or_damaged_is_refused_as_a_file_is(wav, tmp_path):
+    """soundfile reads a cut WAV, or an Ogg stream damaged inside, from memory as the samples there
+    are: through a wav.scp command (``cat`` exits 0) both passed, and trained with the whole transcript."""
+    data = open(wav, "rb").read()
+    (tmp_path / "cut.wav").write_bytes(data[:len(data) // 3])
+    with pytest.raises(AudioError, match=r"truncated: the WAV header announces 32000 bytes of samples, 10637 follow"):
+        audio_info(f"cat {tmp_path}/cut.wav |")
+    noise = (np.random.default_rng(0).standard_normal(3 * RATE) * 0.1).astype(np.float32)
+    soundfile.write(tmp_path / "damaged.ogg", noise, RATE, subtype="VORBIS")
+    ogg = bytearray((tmp_path / "damaged.ogg").read_bytes())
+    ogg[len(ogg) // 2] ^= 0x55
+    (tmp_path / "damaged.ogg").write_bytes(ogg)
+    with pytest.raises(AudioError, match=r"truncated or corrupt: the command's output announces 48000 samples, "):
+        load_audio(f"cat {tmp_path}/damaged.ogg |")
+
+    # A header written before the length was known (sox with an effect, ffmpeg to a pipe) is read to the end.
+    at = data.index(b"data") + 4
+    for placeholder in (0x7FFFF000, 0xFFFFFFFF):
+        (tmp_path / "streamed.wav").write_bytes(data[:at] + placeholder.to_bytes(4, "little") + data[at + 4:])
+        np.testing.assert_array_equal(load_audio(f"cat {tmp_path}/streamed.wav |"), load_audio(wav))
+        assert audio_info(f"cat {tmp_path}/streamed.wav |") == AudioInfo(RATE, RATE)
+
+
 @pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed (apt-get install sox)")
 def test_sox_pipe_resamples_and_converts(wav):
     x = load_audio(f"sox {wav} -r 8000 -c 2 -t wav - |")

@@ -27,7 +27,7 @@ wrong: missing file, truncated file, an ark offset past the end, a format that c
 command that failed (with its stderr). ``audio_info`` answers "how long is it" by reading only
 headers (for an ark entry, the header at its offset), so ``tasu validate --check-audio`` is cheap;
 it still detects a file or ark entry shorter than its header announces. For a command it has to
-run the command.
+run the command, and its output is checked as a file is.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ MAX_OVERSHOOT = 0.5  # seconds; Kaldi's extract-segments --max-overshoot default
 MAX_FLOAT_PEAK = 64.0  # past it, floats are int16 values (speech peaks in the thousands), not a 32-bit float
 #                       recording over full scale (field recorders keep headroom above 0 dBFS)
 
+_STREAMED = 0x7FFFF000  # a WAV data size from here up: "length unknown" (see _wav_layout)
 _ARK_PATH = re.compile(r"(.+):(\d+)")
 # Exceptions the libraries raise for data they cannot read (kaldiio asserts on bad markers).
 _READ_ERRORS = (OSError, RuntimeError, ValueError, EOFError, AssertionError, struct.error)
@@ -321,8 +322,9 @@ def _wav_layout(f, base: int, size: int, in_ark: bool = False) -> tuple[int, int
     """``(sample rate, frame bytes, data bytes)`` of the RIFF/WAVE file at byte ``base`` of ``f``.
 
     ``size`` is where the file (or the ark) ends: a data chunk announcing more bytes than are left
-    is a truncated file. 0xFFFFFFFF is how streamed WAV headers say "length unknown": a file's samples
-    then run to its end, but an ark entry's end cannot be told from the next entry (``in_ark``).
+    is a truncated file. A header written before its length was known (to a pipe) says so with
+    0xFFFFFFFF (ffmpeg) or 0x7FFFF000 (sox): ``_STREAMED`` and up. A file's samples then run to its
+    end, but an ark entry's end cannot be told from the next entry (``in_ark``).
     """
     f.seek(base)
     head = f.read(12)
@@ -347,7 +349,7 @@ def _wav_layout(f, base: int, size: int, in_ark: bool = False) -> tuple[int, int
             if fmt is None:
                 raise _Bad("the WAV data chunk comes before its fmt chunk")
             left = size - (pos + 8)
-            if chunk_size == 0xFFFFFFFF:
+            if chunk_size >= _STREAMED:
                 if in_ark:
                     raise _Bad("the WAV header gives no length (a streamed header): in an ark, where its "
                                "samples end cannot be told; write the entry with its length")
@@ -479,10 +481,27 @@ def _run(command: str) -> bytes:
 
 
 def _read_pipe(command: str) -> tuple[np.ndarray, int]:
+    """The audio a command wrote, checked as a file's is: soundfile reads a cut WAV (``cat`` of a
+    damaged file exits 0) or Ogg as the samples there are, without a word. A stream whose length
+    was not known when its header was written (sox with an effect, a FLAC encoder writing to a pipe)
+    is read to its end."""
     out = _run(command)
+    if out[:4] == b"RIFF":
+        _wav_layout(io.BytesIO(out), 0, len(out))
     try:
-        samples, rate = soundfile.read(io.BytesIO(out), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(out)) as f:
+            announced, rate = f.frames, f.samplerate
+            if announced < _STREAMED:   # in one read, as a file's: a short one is a damaged stream
+                samples = f.read(announced, dtype="float32", always_2d=True)
+            else:   # no count in the header: read to the end
+                blocks = [f.read(1 << 16, dtype="float32", always_2d=True)]
+                while len(blocks[-1]):
+                    blocks.append(f.read(1 << 16, dtype="float32", always_2d=True))
+                samples = np.concatenate(blocks)
     except soundfile.LibsndfileError as e:   # its message names the BytesIO object, not the command
         raise _Bad(f"the command's output ({len(out)} bytes, starting {out[:12]!r}) is not audio "
                    f"({e.error_string})") from None
+    if len(samples) < announced < _STREAMED:
+        raise _Bad(f"truncated or corrupt: the command's output announces {announced} samples, "
+                   f"{len(samples)} can be read")
     return samples, rate
