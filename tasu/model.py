@@ -103,17 +103,16 @@ def causal_lm_loss(llm: PreTrainedModel, embeds: torch.Tensor, attention_mask: t
     """Next-token cross-entropy, with the LM head applied only where the next label carries loss.
 
     The head over a 150k-word vocabulary is the largest matrix product of a small LLM's step; a
-    prompt-heavy batch wastes most of it on positions whose logits are thrown away, so the hidden
-    states are gathered first. (Models whose CausalLM forward transforms the head's output, such as
-    Gemma's ``final_logit_softcapping``, get that transform here too.)
+    prompt-heavy batch wastes most of it on positions whose logits are thrown away, so the LLM is
+    asked for those positions' logits alone (``logits_to_keep`` as a mask). Through its own forward:
+    whatever a family does to the head's output (Gemma's softcapping, Granite's and Cohere's logit
+    scales) is done in training as in decoding.
     """
-    hidden = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
-    logits = llm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(llm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    wanted = F.pad(keep, (0, 1))   # the logits at position i are scored against the label at i + 1
+    logits = llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=wanted).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()   # [tokens with loss, V]
     targets = next_labels[keep]
     loss = F.cross_entropy(logits, targets)
     accuracy = (logits.detach().argmax(-1) == targets).float().mean()

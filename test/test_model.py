@@ -149,6 +149,28 @@ def test_loss_equals_hf_loss_and_projector_output_is_spliced(chat_dir):
     assert 0.0 <= float(ours.accuracy) <= 1.0
 
 
+@pytest.mark.parametrize("family, options", [("Granite", {"logits_scaling": 8.0}), ("Cohere", {"logit_scale": 0.0625}),
+                                             ("Gemma2", {"final_logit_softcapping": 0.5, "head_dim": 8})])
+def test_the_loss_is_the_llm_s_own_whatever_its_family_does_to_the_logits(chat_dir, tmp_path, family, options):
+    """Granite divides its logits by logits_scaling and Cohere multiplies them by logit_scale, after the
+    head: the training loss applied the head alone (and Gemma's softcapping), so it trained at another
+    temperature than the one the LLM decodes at."""
+    import transformers
+
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=304, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.3, **options)
+    torch.manual_seed(0)
+    getattr(transformers, f"{family}ForCausalLM")(config).save_pretrained(tmp_path)
+    load_llm_tokenizer(chat_dir).save_pretrained(tmp_path)
+    model = build(tmp_path).eval()
+    spliced = model.splice(simulated(SPEECH), model.prompt_tokenizer(PROMPTS, TARGETS))
+    with torch.no_grad():
+        ours = causal_lm_loss(model.llm, *spliced)
+        hf = model.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask, labels=spliced.labels)
+    torch.testing.assert_close(ours.loss, hf.loss)
+
+
 def test_a_projector_of_another_width_than_the_llm_is_named(chat_dir):
     """A projector of one's own that ignores llm_dim stopped in torch: "shape mismatch: value tensor of
     shape [62, 48] cannot be broadcast to indexing result of shape [62, 32]"."""
