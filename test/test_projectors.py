@@ -332,6 +332,35 @@ def test_legoslm_top1_feeds_real_token_embeddings_and_still_trains():
     assert proj.logits.linear2.weight.grad.abs().sum() > 0
 
 
+class ScaledEmbedding(nn.Embedding):
+    """As Gemma embeds: the table's row times sqrt(width), in the module's forward."""
+
+    def forward(self, ids):
+        return super().forward(ids) * D ** 0.5
+
+
+def test_projectors_mixing_llm_rows_give_what_a_scaled_embedding_embeds():
+    """Gemma's embedding scales its rows by sqrt(D) in forward: legoslm and cross-attention read the
+    table's rows, so their speech rows were sqrt(D) times smaller than any text embedding."""
+    torch.manual_seed(0)
+    emb = ScaledEmbedding(V_LLM, D)
+    post = make_posteriors()
+    out, _ = build_projector("legoslm", V, D, llm_embedding=emb, hidden=16, top1=True)(post)
+    embedded = emb(torch.arange(V_LLM)).detach()
+    assert all(any(torch.allclose(row, e) for e in embedded) for row in out[post.mask()])
+    attention = build_projector("cross-attention", V, D, llm_embedding=emb, hidden=16, topk=None)
+    nn.init.zeros_(attention.query.linear2.weight)   # q = 0 (bias aside): uniform weights over the vocabulary
+    nn.init.zeros_(attention.query.linear2.bias)
+    out, _ = attention(post)
+    torch.testing.assert_close(out[post.mask()], embedded.mean(0).expand(int(post.lengths.sum()), D))
+
+    class Shifted(nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) + 1.0
+    with pytest.raises(ValueError, match=r"input embedding \(Shifted\) is not a table lookup times a positive"):
+        build_projector("legoslm", V, D, llm_embedding=Shifted(V_LLM, D), hidden=16)
+
+
 def test_an_id_outside_the_vocabulary_is_an_error_not_a_read_out_of_bounds():
     post = make_posteriors(k=2)
     post.ids[0, 0, 1] = V                                  # one past the end

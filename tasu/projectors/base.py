@@ -41,13 +41,30 @@ class Projector(nn.Module):
             raise ValueError(f"llm_embedding has width {llm_embedding.embedding_dim}, llm_dim is {llm_dim}")
         # object.__setattr__ bypasses nn.Module's registration of sub-modules (see the class doc).
         object.__setattr__(self, "_llm_embedding", llm_embedding)
+        self.llm_embedding_scale = embedding_scale(llm_embedding) if llm_embedding is not None else 1.0
 
     def llm_embedding_table(self) -> torch.Tensor:
-        """The LLM's embedding matrix [V_llm, llm_dim], detached (it is never trained here)."""
+        """The LLM's embedding matrix [V_llm, llm_dim], detached (it is never trained here). The LLM
+        embeds a token as its row times ``llm_embedding_scale``: what a projector mixing rows scales by."""
         return self._llm_embedding.weight.detach()
 
     def forward(self, post: Posteriors) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+
+def embedding_scale(embedding: nn.Embedding) -> float:
+    """The factor by which ``embedding`` multiplies its table's rows: 1 for ``nn.Embedding``; Gemma's
+    (and others') scaled embeddings multiply by sqrt(hidden size) in their forward, so the rows of
+    ``weight`` are not what the LLM reads. Measured on a few rows; anything but a constant factor is
+    refused, since a projector that mixes rows could not give what the LLM embeds."""
+    with torch.no_grad():
+        ids = torch.arange(min(8, embedding.num_embeddings), device=embedding.weight.device)
+        rows, embedded = embedding.weight[ids].float(), embedding(ids).float()
+        scale = float((embedded * rows).sum() / (rows * rows).sum().clamp_min(1e-30))
+        if scale <= 0 or not torch.allclose(embedded, rows * scale, rtol=1e-2, atol=1e-6 * float(embedded.abs().max())):
+            raise ValueError(f"the LLM's input embedding ({type(embedding).__name__}) is not a table lookup times a "
+                             "positive constant: a projector that mixes its rows cannot give what the LLM embeds")
+    return scale
 
 
 def zero_padding(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -57,12 +57,13 @@ class CrossAttentionProjector(Projector):
         b, t, d = q.shape
         q = q.reshape(b * t, d)
         table = self.llm_embedding_table()
+        embed = self.llm_embedding_scale   # E = table * embed: the embeddings the LLM reads (Gemma: sqrt(D))
         scale = d ** -0.5
         if self.topk is None:
-            probs = torch.softmax((q.to(table.dtype) @ table.t()).to(q.dtype) * scale, dim=-1)
-            out = (probs.to(table.dtype) @ table).to(q.dtype)
-        else:
-            values = table[top_entries(q, table, self.topk)].to(q.dtype)            # [N, topk, D]
+            probs = torch.softmax((q.to(table.dtype) @ table.t()).to(q.dtype) * (embed * scale), dim=-1)
+            out = (probs.to(table.dtype) @ table).to(q.dtype) * embed
+        else:   # (the top entries of q . E are those of q . table: embed > 0)
+            values = table[top_entries(q, table, self.topk)].to(q.dtype) * embed    # [N, topk, D]
             probs = torch.softmax(torch.einsum("nd,nkd->nk", q, values) * scale, dim=-1)
             out = torch.einsum("nk,nkd->nd", probs, values)
         return zero_padding(out.reshape(b, t, d), lengths), lengths

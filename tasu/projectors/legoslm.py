@@ -36,8 +36,9 @@ class LegoSLM(Projector):
         logits, lengths = self.logits(post)
         table = self.llm_embedding_table()
         probs = torch.softmax(logits, dim=-1)
-        out = (probs.to(table.dtype) @ table).to(logits.dtype)
+        scale = self.llm_embedding_scale   # the LLM embeds a token as its row times this (Gemma: sqrt(D))
+        out = (probs.to(table.dtype) @ table).to(logits.dtype) * scale
         if self.top1:
-            hard = table[logits.argmax(dim=-1)].to(logits.dtype)
+            hard = table[logits.argmax(dim=-1)].to(logits.dtype) * scale
             out = hard + (out - out.detach())   # exactly ``hard`` forward, the softmax's gradient backward
         return zero_padding(out, lengths), lengths
