@@ -689,10 +689,29 @@ def test_asked_wers_are_read_backwards_through_the_calibration_curve():
     condition, wer = [0.0, 0.25, 0.5, 0.75, 1.0], [0.02, 0.05, 0.05, 0.20, 0.40]   # flat from 0.25 to 0.5
     got = invert_calibration(torch.tensor([0.0, 0.02, 0.035, 0.05, 0.125, 0.3, 0.4, 0.9], dtype=torch.float64),
                              condition, wer)
-    # below the curve: its first condition; 3.5 % halfway up the first segment; the flat stretch at its
-    # first condition; 12.5 % halfway from 0.25 to 0.75 in WER -> halfway in condition; beyond: the end
-    assert got.tolist() == pytest.approx([0.0, 0.0, 0.125, 0.25, 0.5, 0.875, 1.0, 1.0])
+    # below the curve: its first condition; 3.5 % halfway up the first segment; the flat stretch's own rate
+    # at its first condition; 12.5 % halfway from 5 to 20 % in WER -> halfway from the stretch's *last*
+    # condition 0.5 to 0.75 (not 0.5, inside the stretch, where the curve gives 5 %); beyond: the end
+    assert got.tolist() == pytest.approx([0.0, 0.0, 0.125, 0.25, 0.625, 0.875, 1.0, 1.0])
     assert invert_calibration(torch.tensor([0.3]), [0.0, 1.0], [0.1, 0.1]).tolist() == [0.0]   # a flat curve
+    # 0 % errors up to 0.2 (rows sharpened by sampling): 7.5 % is halfway up the rise from 0.2 to 0.3
+    assert invert_calibration(torch.tensor([0.075]), [0.0, 0.1, 0.2, 0.3], [0.0, 0.0, 0.0, 0.15]).tolist() \
+        == pytest.approx([0.25])
+
+
+def test_the_calibration_curve_gives_back_the_asked_wer_at_the_inverted_condition():
+    """On random curves with flat stretches (calibrate's running maximum makes them), the condition an
+    asked rate inside the curve's range is inverted to is one where the curve errs at that rate."""
+    from tasu.simulate.learned import invert_calibration
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 12))
+        condition = np.sort(rng.choice(np.linspace(0.0, 1.0, 41), n, replace=False))
+        wer = np.maximum.accumulate(rng.choice(np.linspace(0.0, 0.5, 6), n))   # few values: flat stretches
+        asked = np.concatenate([rng.uniform(wer[0], wer[-1], 20), wer])
+        got = invert_calibration(torch.tensor(asked), condition.tolist(), wer.tolist()).numpy()
+        assert np.interp(got, condition, wer) == pytest.approx(asked, abs=1e-9), (condition, wer)
 
 
 @pytest.fixture(scope="module")

@@ -554,20 +554,31 @@ def _short(value) -> str:
 
 def invert_calibration(rates: torch.Tensor, condition: Sequence[float], wer: Sequence[float]) -> torch.Tensor:
     """Conditions whose sampled rows err at ``rates``: linear interpolation of the measured curve
-    (``wer`` nondecreasing in ``condition``) read backwards; a flat stretch is read at its first
-    condition, and a rate beyond what the curve reaches gets its nearest end."""
-    xs, ys = [], []
+    (``wer`` nondecreasing in ``condition``) read backwards; a rate beyond what the curve reaches gets
+    its nearest end.
+
+    The curve is a running maximum of measurements (``calibrate``), so it has flat stretches: a dip, or
+    0 % errors at the low end. A rate equal to a flat stretch's value is read at its first condition,
+    the lowest that reaches it; a rate above it is interpolated from the stretch's *last* condition,
+    the one where the curve starts to rise towards it (from the first, the result would lie inside the
+    stretch, where the curve gives the flat value: rows that err less than asked)."""
+    levels, firsts, lasts = [], [], []   # each distinct rate of the curve, its first and last condition
     for c, w in zip(condition, wer):
-        if not xs or w > xs[-1]:
-            xs.append(float(w))
-            ys.append(float(c))
-    if len(xs) == 1:
-        return torch.full_like(rates, ys[0])
-    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+        if not levels or w > levels[-1]:
+            levels.append(float(w))
+            firsts.append(float(c))
+            lasts.append(float(c))
+        else:
+            lasts[-1] = float(c)
+    if len(levels) == 1:
+        return torch.full_like(rates, firsts[0])
+    x = torch.tensor(levels, dtype=torch.float64)
+    first, last = torch.tensor(firsts, dtype=torch.float64), torch.tensor(lasts, dtype=torch.float64)
     r = rates.double().clamp(x[0], x[-1])
-    i = torch.searchsorted(x, r, right=True).clamp(1, len(xs) - 1)
+    i = torch.searchsorted(x, r, right=True).clamp(1, len(levels) - 1)
     f = (r - x[i - 1]) / (x[i] - x[i - 1])
-    return (y[i - 1] + f * (y[i] - y[i - 1])).to(rates.dtype)
+    rising = last[i - 1] + f * (first[i] - last[i - 1])
+    return torch.where(r == x[i - 1], first[i - 1], rising).to(rates.dtype)
 
 
 def check_vocabulary(c: LearnedSimulatorConfig, tokenizer: Vocabulary, path) -> None:
