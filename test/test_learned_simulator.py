@@ -149,6 +149,7 @@ def test_bad_weights_in_a_simulator_directory_are_refused_by_name(setup, tmp_pat
 
 @pytest.mark.parametrize("edit, problem", [
     ({"topk": "ten"}, "topk 'ten': not a whole number of at least 1"),
+    ({"topk": 100}, "config.json: not a learned simulator's config: topk 100 exceeds vocab_size 60"),
     ({"d_model": 0}, "d_model 0: not a whole number of at least 1"),
     ({"dropout": 5}, "dropout 5: not a probability below 1"),
     ({"max_rows_per_token": -1}, "max_rows_per_token -1: not a number of at least 1"),

@@ -125,6 +125,8 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
         self.check()
         if type(self.vocab_size) is not int or self.vocab_size < 1:
             raise ValueError(f"vocab_size {self.vocab_size!r}: not a whole number of at least 1")
+        if self.topk > self.vocab_size:   # a row keeps top-k of the vocabulary: torch fails naming nothing
+            raise ValueError(f"topk {self.topk} exceeds vocab_size {self.vocab_size}")
         if type(self.blank_id) is not int:
             raise ValueError(f"blank_id {self.blank_id!r}: not a whole number")
         if self.calibration:
