@@ -182,6 +182,15 @@ def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setu
         assert f"{train}:4: path: 1 samples" in last and "stopped at step" in last, last
 
 
+def test_a_start_refused_after_taking_the_lock_frees_the_directory(setup, tmp_path):
+    """In one process (the Python API, a notebook), a refused start kept the experiment's lock: the next,
+    correct run into the same directory was 'in use: training by pid <its own>'."""
+    case = ["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp")]
+    refused, trained = run_cases([case + [f"train.init_from={tmp_path / 'no_such_exp'}"], case])
+    assert refused["status"] == 1 and "no_such_exp" in refused["stderr"], refused
+    assert trained["status"] == 0, trained["stderr"][-2000:]
+
+
 def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
     """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
     keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""

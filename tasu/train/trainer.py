@@ -212,6 +212,15 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False,
                  allow_pipes: bool = False):
+        self.lock: DirLock | None = None
+        try:
+            self._start(cfg, exp_dir, resume, allow_pipes)
+        except BaseException:   # a start refused after taking the lock: the directory is free again
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _start(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool, allow_pipes: bool) -> None:
         # Checks that give every process the same answer come first: no process has started yet.
         check_model_dirs(cfg)
         for section in (cfg.encoder, cfg.llm):  # saved absolute: decoding may run from anywhere
