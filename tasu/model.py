@@ -207,6 +207,8 @@ class SpeechLLM(nn.Module):
         """
         if not 1 <= nbest <= num_beams:
             raise ValueError(f"nbest must be between 1 and the beam size {num_beams}, got {nbest}")
+        if len(prompts) != post.batch_size:   # (torch's message named a mask shape)
+            raise ValueError(f"{len(prompts)} prompts but {post.batch_size} posterior sequences")
         text = self.prompt_tokenizer(list(prompts)).to(self.llm.device)
         embeds, attention_mask, _ = self.splice(post, text, pad_left=True)
         with warnings.catch_warnings():  # "guards apply to new tokens only": yes, the prompt has speech rows

@@ -171,6 +171,13 @@ def test_the_loss_is_the_llm_s_own_whatever_its_family_does_to_the_logits(chat_d
     torch.testing.assert_close(ours.loss, hf.loss)
 
 
+def test_generation_needs_a_prompt_per_utterance(chat_dir):
+    model = build(chat_dir).eval()
+    for prompts in (PROMPTS[:1], PROMPTS * 2):
+        with pytest.raises(ValueError, match=rf"^{len(prompts)} prompts but 2 posterior sequences$"):
+            model.generate(simulated(SPEECH), prompts, num_beams=1, max_new_tokens=2)
+
+
 def test_a_projector_of_another_width_than_the_llm_is_named(chat_dir):
     """A projector of one's own that ignores llm_dim stopped in torch: "shape mismatch: value tensor of
     shape [62, 48] cannot be broadcast to indexing result of shape [62, 32]"."""
