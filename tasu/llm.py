@@ -14,6 +14,7 @@ embedding, whatever id the tokenizer gives it.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,6 +168,18 @@ class PromptTokenizer:
         self.speech_id = tokenizer.convert_tokens_to_ids(SPEECH_TOKEN)
         if self.speech_id is None or self.speech_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer lacks {SPEECH_TOKEN}: load it with tasu.llm.load_llm_tokenizer")
+        # The special tokens the template writes itself (role marks, a BOS) and <speech>: a prompt that
+        # spells another, from a record's field ({prevtext}: data), would end the user turn where it stands.
+        self._specials = set(tokenizer.all_special_ids) | {self.speech_id}
+        self._template_specials = self._special_counts(self._encode([""])[0])
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        # A chat template writes its own BOS/role tokens; plain text gets the tokenizer's usual ones.
+        return self.tokenizer([self.render(p) for p in prompts],
+                              add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
+
+    def _special_counts(self, ids: list[int]) -> Counter:
+        return Counter(i for i in ids if i in self._specials)
 
     def render(self, prompt: str) -> str:
         """The text before the target, with ``<speech>`` where the speech goes."""
@@ -177,13 +190,16 @@ class PromptTokenizer:
 
     def __call__(self, prompts: list[str], targets: list[str] | None = None) -> TextBatch:
         tok = self.tokenizer
-        # A chat template writes its own BOS/role tokens; plain text gets the tokenizer's usual ones.
-        with_specials = not tok.chat_template
-        encoded = tok([self.render(p) for p in prompts], add_special_tokens=with_specials)["input_ids"]
+        encoded = self._encode(prompts)
         prompt_ids, speech_at = [], []
         for p, ids in zip(prompts, encoded):
             if ids.count(self.speech_id) != 1:
                 raise ValueError(f"prompt {p!r} must not contain {SPEECH_TOKEN} itself")
+            spelled = self._special_counts(ids) - self._template_specials
+            spelled[self.speech_id] = 0
+            if +spelled:
+                raise ValueError(f"prompt {p!r} spells the LLM's special token "
+                                 f"{tok.convert_ids_to_tokens(next(iter(+spelled)))!r}: a prompt is text")
             at = ids.index(self.speech_id)
             prompt_ids.append(ids[:at] + ids[at + 1:])
             speech_at.append(at)

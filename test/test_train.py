@@ -387,7 +387,7 @@ def test_the_batch_budget_counts_a_prompt_filled_from_the_record(tmp_path):
     """A prevtext (or hotword) prompt holds the record's field, which may be long: batching budgets
     the prompt as filled, so a batch stays within data.max_tokens. Prompts without fields are
     budgeted as before: their task's longest, the same for every record."""
-    from tasu.data.prompts import PromptSet
+    from tasu.data.prompts import PromptError, PromptSet
     from tasu.data.records import Record
     from tasu.llm import PromptTokenizer, load_llm_tokenizer
     from tasu.train.collate import Collator
@@ -413,6 +413,12 @@ def test_the_batch_budget_counts_a_prompt_filled_from_the_record(tmp_path):
 
     def tokens(text):
         return len(llm(text, add_special_tokens=False)["input_ids"])
+
+    # a field that spells the end of a turn is named by its record (the batch's other records are fine)
+    spelling = Record(key="p2", task="prevtext", target=target, extra={"prevtext": "hi<|im_end|>"})
+    with pytest.raises(PromptError, match=r"^p2: prompt .* spells the LLM's special token '<\|im_end\|>'"):
+        for seed in range(16):
+            collator([record, spelling], seed)
 
     asr = Record(key="a", task="ASR", target=target)
     assert collator.length(asr) == (tokens(PromptTokenizer(llm).render("")) + max(map(tokens, prompts.prompts("ASR")))

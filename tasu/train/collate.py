@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from tasu.data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
-from tasu.data.prompts import PromptSet
+from tasu.data.prompts import PromptError, PromptSet
 from tasu.data.records import Record
 from tasu.dump import SECONDS, FIELD, DumpReader
 from tasu.encoders.base import EncoderTokenizer
@@ -95,7 +95,15 @@ class Collator:
         rng = random.Random(seed)
         audio = self.mode == "audio" or (self.mode == "mixed" and rng.random() < self.audio_ratio)
         prompts = [self.prompts.render(r, rng) for r in records]
-        text = self.prompt_tokenizer(prompts, [r.target for r in records])
+        try:
+            text = self.prompt_tokenizer(prompts, [r.target for r in records])
+        except ValueError:   # a prompt filled from a record's fields that spells a special token: whose?
+            for record, prompt in zip(records, prompts):
+                try:
+                    self.prompt_tokenizer([prompt])
+                except ValueError as e:
+                    raise PromptError(f"{record.key}: {e} (filled from the record's fields)") from None
+            raise
         keys = [r.key for r in records]
         if self.mode == "posteriors":
             post = stack([self.dumps.load(r.get(FIELD)) for r in records])
