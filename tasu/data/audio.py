@@ -44,6 +44,7 @@ import soundfile
 import soxr
 from kaldiio.matio import read_kaldi
 
+from tasu.data import mp3
 from tasu.data.records import DataError, iter_records_with_lines
 
 SAMPLE_RATE = 16000
@@ -267,7 +268,7 @@ def _segment(frames: int, rate: int, start: float | None, end: float | None) -> 
 def _file_info(path: str) -> tuple[int, int]:
     _check_wav_header(path)
     with soundfile.SoundFile(path) as f:
-        frames, rate = f.frames, f.samplerate
+        frames, rate = _frames(f, path), f.samplerate
         if frames and f.format not in ("WAV", "WAVEX"):
             # Compressed formats state their length up front; reading the last frame proves the
             # file really is that long (a cut FLAC fails here, not in the middle of training).
@@ -285,7 +286,7 @@ def _file_info(path: str) -> tuple[int, int]:
 def _read_file(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
     _check_wav_header(path)
     with soundfile.SoundFile(path) as f:
-        first, last = _segment(f.frames, f.samplerate, start, end)
+        first, last = _segment(_frames(f, path), f.samplerate, start, end)
         try:
             f.seek(first)
             samples = f.read(last - first, dtype="float32", always_2d=True)
@@ -296,6 +297,25 @@ def _read_file(path: str, start: float | None, end: float | None) -> tuple[np.nd
             raise _Bad(f"truncated: {last - first} samples expected from sample {first}, "
                        f"{len(samples)} read")
         return samples, f.samplerate
+
+
+def _frames(f: soundfile.SoundFile, source: str | bytes) -> int:
+    """The samples of ``f`` (opened from the file ``source``, or from the bytes ``source``): its own
+    count, but for an MP3 that states no length, the count of its frames (see ``tasu.data.mp3``)."""
+    if f.format != "MP3":
+        return f.frames
+    if isinstance(source, str):
+        with open(source, "rb") as raw:
+            source = raw.read()
+    counted = mp3.count_unstated(source)
+    if counted is None:   # its Xing/Info or VBRI header states it
+        return f.frames
+    if counted.samples > f.frames:   # soundfile reads its estimate and stops: part of the speech, silently
+        varying = "" if counted.constant_rate else " at a variable bitrate"
+        raise _Bad(f"an MP3 that states no length (no Xing/Info header){varying}: soundfile reads {f.frames} of "
+                   f"its {counted.samples} samples; re-encode it with the header (lame and ffmpeg write one to a "
+                   "file), or decode it in a wav.scp command (ffmpeg -i FILE -f wav - |)")
+    return counted.samples
 
 
 def _open_file(path: str, what: str = "file"):
@@ -490,7 +510,7 @@ def _read_pipe(command: str) -> tuple[np.ndarray, int]:
         _wav_layout(io.BytesIO(out), 0, len(out))
     try:
         with soundfile.SoundFile(io.BytesIO(out)) as f:
-            announced, rate = f.frames, f.samplerate
+            announced, rate = _frames(f, out), f.samplerate
             if announced < _STREAMED:   # in one read, as a file's: a short one is a damaged stream
                 samples = f.read(announced, dtype="float32", always_2d=True)
             else:   # no count in the header: read to the end
