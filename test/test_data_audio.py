@@ -126,6 +126,25 @@ def arks(tmp_path):
     return scp
 
 
+def test_audio_entries_of_an_ark_are_read_and_checked_as_files_are(tmp_path):
+    """kaldiio's AUDIO entries (ESPnet's flac.ark) hold a sound file's bytes: soundfile read an Ogg entry
+    damaged inside as the samples before the damage, silently."""
+    noise = (np.random.default_rng(0).standard_normal(3 * RATE) * 0.1).astype(np.float32)
+    ark, scp = tmp_path / "audio.ark", tmp_path / "audio.scp"
+    kaldiio.save_ark(str(ark), {"flac": (RATE, noise)}, scp=str(scp), write_function="soundfile",
+                     write_kwargs={"format": "flac"})
+    kaldiio.save_ark(str(tmp_path / "ogg.ark"), {"ogg": (RATE, noise)}, scp=str(tmp_path / "ogg.scp"),
+                     write_function="soundfile", write_kwargs={"format": "ogg"}, append=False)
+    entry = scp.read_text().split()[1]
+    assert audio_info(entry) == AudioInfo(3 * RATE, RATE)
+    np.testing.assert_allclose(load_audio(entry), noise, atol=1 / 32768)
+    data = bytearray((tmp_path / "ogg.ark").read_bytes())
+    data[len(data) // 2] ^= 0x55
+    (tmp_path / "ogg.ark").write_bytes(data)
+    with pytest.raises(AudioError, match=r"truncated or corrupt: the AUDIO entry announces 48000 samples, \d+ can"):
+        load_audio((tmp_path / "ogg.scp").read_text().split()[1])
+
+
 def test_samples_that_are_not_numbers_are_refused(tmp_path):
     """A float WAV can hold NaN or infinite samples; every row the encoder makes of them is NaN."""
     samples = np.zeros(8000, np.float32)

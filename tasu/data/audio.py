@@ -401,8 +401,12 @@ def _ark_info(ark: str, offset: int, matrix_rate: int) -> tuple[int, int]:
         if magic[:2] == b"\0B":
             return _vector_length(f, offset, size), matrix_rate
         if magic == b"AUDIO":
-            info = soundfile.info(io.BytesIO(_kaldiio_audio_bytes(f, size)))
-            return info.frames, info.samplerate
+            data = _kaldiio_audio_bytes(f, size)
+            try:
+                with soundfile.SoundFile(io.BytesIO(data)) as entry:
+                    return _frames(entry, data), entry.samplerate
+            except soundfile.LibsndfileError as e:
+                raise _Bad(f"the AUDIO entry ({len(data)} bytes) is not audio ({e.error_string})") from None
     raise _Bad(f"no audio at offset {offset}: the entry starts with {magic!r}, not a wav, an AUDIO "
                "entry or a binary vector/matrix (is the offset the one the scp gives?)")
 
@@ -456,13 +460,13 @@ def _read_ark(ark: str, offset: int, matrix_rate: int) -> tuple[np.ndarray, int]
     # shell command, and a data file's ark name is untrusted ("cmd |:3" is a valid file name).
     with open(ark, "rb") as f:
         f.seek(offset)
-        if f.read(4) == b"RIFF":   # soundfile reads every WAV sample format; kaldiio 8- and 16-bit PCM only
+        magic = f.read(5)
+        if magic[:4] == b"RIFF":   # soundfile reads every WAV sample format; kaldiio 8- and 16-bit PCM only
             return _ark_wav(f, offset)
+        if magic == b"AUDIO":   # a sound file's bytes (ESPnet's flac.ark), checked as a file is
+            return _read_bytes(_kaldiio_audio_bytes(f, os.fstat(f.fileno()).st_size), "the AUDIO entry")
         f.seek(offset)
         value = read_kaldi(f)
-    if isinstance(value, tuple):  # (rate, samples): wav-in-ark (int16, scaled later) or AUDIO (float64)
-        rate, samples = value
-        return samples, rate
     return np.asarray(value, dtype=np.float32).reshape(-1), matrix_rate
 
 
@@ -501,16 +505,19 @@ def _run(command: str) -> bytes:
 
 
 def _read_pipe(command: str) -> tuple[np.ndarray, int]:
-    """The audio a command wrote, checked as a file's is: soundfile reads a cut WAV (``cat`` of a
-    damaged file exits 0) or Ogg as the samples there are, without a word. A stream whose length
-    was not known when its header was written (sox with an effect, a FLAC encoder writing to a pipe)
-    is read to its end."""
-    out = _run(command)
-    if out[:4] == b"RIFF":
-        _wav_layout(io.BytesIO(out), 0, len(out))
+    return _read_bytes(_run(command), "the command's output")
+
+
+def _read_bytes(data: bytes, what: str) -> tuple[np.ndarray, int]:
+    """The samples of a sound file held in memory (a command's output, an ark's AUDIO entry), checked
+    as a file's are: from memory soundfile reads a cut WAV or a damaged Ogg stream as the samples
+    there are, without a word. A WAV header written before its length was known (sox with an
+    effect, ffmpeg to a pipe) is read to the end."""
+    if data[:4] == b"RIFF":
+        _wav_layout(io.BytesIO(data), 0, len(data))
     try:
-        with soundfile.SoundFile(io.BytesIO(out)) as f:
-            announced, rate = _frames(f, out), f.samplerate
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            announced, rate = _frames(f, data), f.samplerate
             if announced < _STREAMED:   # in one read, as a file's: a short one is a damaged stream
                 samples = f.read(announced, dtype="float32", always_2d=True)
             else:   # no count in the header: read to the end
@@ -518,10 +525,8 @@ def _read_pipe(command: str) -> tuple[np.ndarray, int]:
                 while len(blocks[-1]):
                     blocks.append(f.read(1 << 16, dtype="float32", always_2d=True))
                 samples = np.concatenate(blocks)
-    except soundfile.LibsndfileError as e:   # its message names the BytesIO object, not the command
-        raise _Bad(f"the command's output ({len(out)} bytes, starting {out[:12]!r}) is not audio "
-                   f"({e.error_string})") from None
+    except soundfile.LibsndfileError as e:   # its message names the BytesIO object, not the source
+        raise _Bad(f"{what} ({len(data)} bytes, starting {data[:12]!r}) is not audio ({e.error_string})") from None
     if len(samples) < announced < _STREAMED:
-        raise _Bad(f"truncated or corrupt: the command's output announces {announced} samples, "
-                   f"{len(samples)} can be read")
+        raise _Bad(f"truncated or corrupt: {what} announces {announced} samples, {len(samples)} can be read")
     return samples, rate
