@@ -456,6 +456,31 @@ def test_a_waveform_shorter_than_a_frame_shift_is_refused_not_a_crash(small_ctc)
 
 # --- the command line ----------------------------------------------------------------------------
 
+def test_an_am_mvn_of_another_width_or_unreadable_is_refused_naming_it(small_ctc, tmp_path):
+    """funasr cuts a CMVN to the features' width: SenseVoice's 560-dim am.mvn beside a 320-dim model ran
+    with the wrong statistics, exit 0; a narrower one failed at the first batch, a blank line was an
+    IndexError, neither naming the file."""
+    from tasu.encoders.fbank import write_cmvn
+
+    small_ctc.save(tmp_path / "enc")
+    mvn = tmp_path / "enc" / "am.mvn"
+    good = mvn.read_text()
+    for width in (560, 80):
+        write_cmvn(mvn, torch.stack([torch.zeros(width), torch.ones(width)]))
+        with pytest.raises(ValueError, match=rf"^{mvn}: CMVN of {width}-dim features, but the frontend gives 320 "
+                                             r"\(lfr_m 4 x n_mels 80\)"):
+            load_encoder(tmp_path / "enc")
+    mvn.write_text(good + "\n")
+    with pytest.raises(ValueError, match=rf"^{mvn}: line 9 is blank"):
+        load_encoder(tmp_path / "enc")
+    for text in ("<Nnet>\n</Nnet>\n", good.replace(" ]", " x ]")):
+        mvn.write_text(text)
+        with pytest.raises(ValueError, match=rf"^{mvn}: not a Kaldi nnet CMVN file"):
+            load_encoder(tmp_path / "enc")
+    mvn.write_text(good)
+    torch.testing.assert_close(load_encoder(tmp_path / "enc").frontend.cmvn, small_ctc.frontend.cmvn)
+
+
 def test_cmvn_is_estimated_utterance_by_utterance_as_over_all_frames():
     """estimate_cmvn sums per utterance (no concatenated copy) and must give funasr's CMVN of all the
     frames at once: shift = -mean, scale = 1 / the population deviation; no frames is an error."""

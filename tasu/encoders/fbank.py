@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tasu.funasr_import import funasr_class
+from tasu.weights import ModelFilesError
 
 if TYPE_CHECKING:
     from funasr.frontends.wav_frontend import WavFrontend
@@ -29,7 +30,38 @@ def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> Wav
     conf = {k: v for k, v in frontend_conf.items() if k != "cmvn_file"}
     conf["dither"] = 0.0
     WavFrontend = funasr_class("funasr.frontends.wav_frontend", "WavFrontend")
-    return WavFrontend(cmvn_file=None if cmvn_file is None else str(cmvn_file), **conf)
+    frontend = WavFrontend(**conf)
+    if cmvn_file is not None:
+        frontend.cmvn_file = str(cmvn_file)
+        frontend.cmvn = read_cmvn(cmvn_file, frontend)
+    return frontend
+
+
+def read_cmvn(path: str | Path, frontend: WavFrontend) -> torch.Tensor:
+    """funasr's ``load_cmvn`` of ``path``, refused naming the file where it fails or does not fit.
+
+    funasr's ``apply_cmvn`` cuts the CMVN to the features' width, so a wider one (SenseVoice's 560-dim
+    am.mvn beside a 320-dim small CTC model) normalised with the wrong statistics and exit 0, and a
+    narrower one failed at the first batch in torch; a blank line was an IndexError. None named the file.
+    """
+    load_cmvn = funasr_class("funasr.frontends.wav_frontend", "load_cmvn")
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    blank = next((n for n, line in enumerate(lines, 1) if not line.strip()), None)
+    if blank is not None:   # funasr's reader looks at each line's first word
+        raise ModelFilesError(f"{path}: line {blank} is blank, and funasr's CMVN reader fails on it: remove it")
+    try:
+        cmvn = load_cmvn(str(path))
+        problem = "no values" if cmvn.numel() == 0 else None
+    except (IndexError, ValueError) as e:   # a row cut short, two rows of different widths, not numbers
+        problem = f"{type(e).__name__}: {e}"
+    if problem:
+        raise ModelFilesError(f"{path}: not a Kaldi nnet CMVN file with an <AddShift> and a <Rescale> row "
+                              f"({problem})")
+    width, dim = cmvn.shape[1], frontend.output_size()
+    if width != dim:
+        raise ModelFilesError(f"{path}: CMVN of {width}-dim features, but the frontend gives {dim} "
+                              f"(lfr_m {frontend.lfr_m} x n_mels {frontend.n_mels}): the am.mvn of another model?")
+    return cmvn
 
 
 def wav_frontend_features(frontend: WavFrontend, waveforms: Sequence[torch.Tensor]
