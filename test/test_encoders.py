@@ -161,6 +161,20 @@ def test_sensevoice_tokenizer(sensevoice_dir):
     assert tokenizer.encode(TEXT.title()) == ids and tokenizer.encode(TEXT.upper()) == ids   # a lower-case vocabulary
 
 
+def test_a_word_sentencepiece_cannot_spell_leaves_no_bare_word_start_label(sensevoice_dir, small_ctc, capsys):
+    """SentencePiece spells "7" as "▁" + <unk>: the <unk> was dropped and the bare "▁" kept, so "turn 7 on"
+    had a label more than "turn on", and "7" alone was simulated as "▁" rather than refused."""
+    from tasu.cli import main
+
+    for tokenizer in (load_tokenizer(sensevoice_dir), small_ctc.tokenizer):
+        assert tokenizer.encode("turn 7 on") == tokenizer.encode("turn on")
+        assert tokenizer.encode("7") == tokenizer.encode("7 77") == []
+        spelt = [tokenizer.id_to_piece(i) for i in tokenizer.encode("turn 7on")]   # "on" keeps its word start
+        assert tokenizer.sp.decode_pieces(spelt) == "turn on" and "\u2581" in spelt
+    assert main(["simulate", "--encoder", str(sensevoice_dir), "--text", "7"]) == 1
+    assert "spells no token of the encoder's vocabulary" in capsys.readouterr().err
+
+
 def test_sensevoice_tokens_json_must_match(sensevoice_dir, tmp_path):
     copy = shutil.copytree(sensevoice_dir, tmp_path / "sv")
     (copy / "tokens.json").write_text(json.dumps(["<unk>", "a"]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from itertools import takewhile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,6 +28,7 @@ from tasu.encoders.layout import FunASRDir, require
 from tasu.weights import ModelFilesError
 
 BLANK_PIECE = "<blank>"
+WORD_START = "\u2581"   # SentencePiece's "▁", the space that starts a word
 
 
 def vocabulary_case(pieces: Iterable[str]):
@@ -57,6 +59,8 @@ class SentencePieceTokenizer(EncoderTokenizer):
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
         self.vocab_size = self.sp.get_piece_size()
         self._not_labels = {self.blank_id, self.sp.unk_id()}
+        word_start = self.sp.piece_to_id(WORD_START)   # the unknown id when the model has no bare "▁"
+        self._word_start = word_start if self.sp.id_to_piece(word_start) == WORD_START else None
         pieces = (self.sp.id_to_piece(i) for i in range(self.vocab_size)
                   if not (self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_unused(i)))
         # SenseVoice's <|en|>-style tags are not spelling: only the text pieces say the vocabulary's case
@@ -80,7 +84,20 @@ class SentencePieceTokenizer(EncoderTokenizer):
     def encode(self, text: str) -> list[int]:
         if self._case is not None:   # "Turn On" spelt "urn n" by a lower-case vocabulary
             text = self._case(text)
-        return [i for i in self.sp.encode(text) if i not in self._not_labels]
+        ids = self.sp.encode(text)
+        return [i for n, i in enumerate(ids) if i not in self._not_labels and not self._stray_word_start(ids, n)]
+
+    def _stray_word_start(self, ids: list[int], n: int) -> bool:
+        """Whether ``ids[n]`` is the bare "▁" of a word the vocabulary cannot spell at all.
+
+        SentencePiece spells such a word ("7") as "▁" + ``<unk>``: with the ``<unk>`` dropped, the "▁" was
+        left as a label of its own ("turn 7 on" gave ▁turn ▁ ▁o n), and text of unknown characters alone
+        gave that one label rather than none. A "▁" followed by pieces of its word that are spelt stays.
+        """
+        if ids[n] != self._word_start:
+            return False
+        word = list(takewhile(lambda i: not self.sp.id_to_piece(i).startswith(WORD_START), ids[n + 1:]))
+        return bool(word) and all(i in self._not_labels for i in word)
 
     def id_to_piece(self, i: int) -> str:
         return BLANK_PIECE if i == self.blank_id else self.sp.id_to_piece(i)
