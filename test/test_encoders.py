@@ -606,6 +606,22 @@ def test_a_funasr_config_without_its_frontend_or_with_another_blank_is_named(tmp
         load_tokenizer(tmp_path / "enc")
 
 
+@pytest.mark.parametrize("field, value", [("frame_shift", 0), ("frame_length", -25), ("lfr_n", 0), ("lfr_m", 0),
+                                          ("n_mels", 0), ("lfr_n", 6.5), ("frame_shift", "10")])
+def test_a_frontend_conf_the_fbank_cannot_run_is_refused_when_the_config_is_read(tmp_path, field, value):
+    """frame_shift 0 killed the process with SIGFPE at the first batch, lfr_n 0 was a ZeroDivisionError:
+    neither said which file or field."""
+    write_sensevoice_dir(tmp_path / "enc")
+    config = yaml.safe_load((tmp_path / "enc" / "config.yaml").read_text())
+    config["frontend_conf"][field] = value
+    (tmp_path / "enc" / "config.yaml").write_text(yaml.safe_dump(config))
+    expected = rf"^{tmp_path}/enc/config.yaml: frontend_conf.{field} is {re.escape(repr(value))}: it must be"
+    with pytest.raises(ValueError, match=expected):
+        load_tokenizer(tmp_path / "enc")
+    with pytest.raises(ValueError, match=expected):
+        load_encoder(tmp_path / "enc")
+
+
 def test_a_bf16_hugging_face_ctc_release_is_read_in_float32(tmp_path):
     """transformers kept it in bf16 (dtype "auto"), and its first batch of float32 samples failed in torch."""
     from transformers import AutoModelForCTC

@@ -20,6 +20,29 @@ if TYPE_CHECKING:
     from funasr.frontends.wav_frontend import WavFrontend
 
 
+# The frontend_conf entries funasr's fbank and LFR stacking divide or count by, and their defaults.
+_FRAME_MS = {"frame_length": 25, "frame_shift": 10}
+_COUNTS = {"n_mels": 80, "lfr_m": 1, "lfr_n": 1}
+
+
+def check_frontend_conf(conf: dict, where: str) -> None:
+    """Refuse a ``frontend_conf`` (of config file ``where``) that funasr's frontend cannot run.
+
+    A frame shift of 0 killed the process with SIGFPE (no message) at the first batch, an ``lfr_n`` of
+    0 was a ZeroDivisionError naming no file: frame sizes must be at least one 16 kHz sample, the mel
+    and LFR counts positive whole numbers.
+    """
+    for name, default in _FRAME_MS.items():
+        value = conf.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value * 16 < 1:
+            raise ModelFilesError(f"{where}: frontend_conf.{name} is {value!r}: it must be a number of "
+                                  "milliseconds, at least one sample (1/16 ms at 16 kHz)")
+    for name, default in _COUNTS.items():
+        value = conf.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelFilesError(f"{where}: frontend_conf.{name} is {value!r}: it must be a whole number, 1 or more")
+
+
 def build_wav_frontend(frontend_conf: dict, cmvn_file: str | Path | None) -> WavFrontend:
     """A ``WavFrontend`` from a config.yaml ``frontend_conf``, with dither off.
 

@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 from tasu.encoders.base import require_16k
+from tasu.encoders.fbank import check_frontend_conf
 from tasu.weights import ModelFilesError, load_into, load_state_file
 
 
@@ -74,6 +75,8 @@ class FunASRDir:
         if blank != 0:   # tasu's simulation, compression and CTC loss take id 0 as blank, as funasr's CTC loss does
             raise ModelFilesError(f"{self.root}/config.yaml: model_conf.blank_id is {blank!r}: tasu reads CTC "
                                   "models whose blank is id 0")
+        if isinstance(self.config.get("frontend_conf"), dict):   # its absence is named where it is read
+            check_frontend_conf(self.config["frontend_conf"], f"{self.root}/config.yaml")
 
     def section(self, name: str) -> dict:
         """The config's ``name`` section; its absence is named (a KeyError named no file)."""
