@@ -105,6 +105,7 @@ class Speech2Text:
             return []
         from tasu.data.prompts import PromptError
         from tasu.decode import first_prompt
+        from tasu.encoders.base import ShortWaveformError
 
         unused = sorted(set(fields) - self.prompts.fields(task))   # a misspelt hotword= was dropped silently
         if unused:
@@ -119,7 +120,14 @@ class Speech2Text:
             raise PromptError(f"{str(e).split(': ', 1)[1].split(', which')[0]}: give it as a keyword "
                               f"(s2t(audio, task={task!r}, NAME=...); tasu transcribe: --field NAME=VALUE)") from None
         device = self.model.llm.device
-        post = self.model.encode_audio([w.to(device) for w in waves], self.cfg.compress)
+        try:
+            post = self.model.encode_audio([w.to(device) for w in waves], self.cfg.compress)
+        except ShortWaveformError as e:   # named as the caller gave it, as load_audio names audio under 10 ms
+            from tasu.data.audio import AudioError
+
+            i = e.indices[0]
+            given = os.fspath(audios[i]) if isinstance(audios[i], (str, os.PathLike)) else f"recording {i} of the batch"
+            raise AudioError(given, f"{len(waves[i])} samples at 16 kHz: {e.reason}") from None
         options = dict(num_beams=self.beam, max_new_tokens=self.max_new_tokens,
                        no_repeat_ngram_size=self.no_repeat_ngram_size, repetition_penalty=self.repetition_penalty)
         if nbest is None:

@@ -169,6 +169,8 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
     (default: a reader for ``cfg``'s encoder and compression). ``stats``, when given, is updated after
     every batch.
     """
+    from tasu.encoders.base import ShortWaveformError
+
     options = options or DecodeOptions()
     stats = stats if stats is not None else DecodeStats()
     timer = time.perf_counter()
@@ -200,7 +202,11 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
             else:
                 waves = [torch.from_numpy(load_audio(r.path, key=r.key, start=r.start, end=r.end)) for r in batch]
                 stats.audio_seconds += sum(len(w) for w in waves) / SAMPLE_RATE
-                post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
+                try:
+                    post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
+                except ShortWaveformError as e:   # named by its record, as load_audio names audio under 10 ms
+                    r, samples = batch[e.indices[0]], len(waves[e.indices[0]])
+                    raise AudioError(r.path, f"{samples} samples at 16 kHz: {e.reason}", r.key) from None
             hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
                                   max_new_tokens=options.max_new_tokens,
                                   no_repeat_ngram_size=options.no_repeat_ngram_size,

@@ -350,7 +350,8 @@ def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, com
              batch_size: int) -> None:
     import kaldiio
 
-    from tasu.data.audio import load_audio
+    from tasu.data.audio import AudioError, load_audio
+    from tasu.encoders.base import ShortWaveformError
 
     ark = str((root / f"post.{j}.ark").resolve())   # read from anywhere: a relative one names another dump there
     scp = []
@@ -359,7 +360,11 @@ def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, com
             batch = mine[first:first + batch_size]
             waves = [torch.from_numpy(load_audio(p, key=key, start=s, end=e)).to(device)
                      for (p, s, e), key in batch]
-            post = encoder_posteriors(encoder, waves, compress).to("cpu", torch.float32)
+            try:
+                post = encoder_posteriors(encoder, waves, compress).to("cpu", torch.float32)
+            except ShortWaveformError as e:   # named by its record, as load_audio names audio under 10 ms
+                (path, _, _), key = batch[e.indices[0]]
+                raise AudioError(path, f"{len(waves[e.indices[0]])} samples at 16 kHz: {e.reason}", key) from None
             for b, (_, key) in enumerate(batch):
                 n = int(post.lengths[b])
                 mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],

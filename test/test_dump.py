@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from fixtures import SENTENCES, save_tiny_llm, waveform, write_sensevoice_dir
+from fixtures import SENTENCES, save_tiny_llm, waveform, write_hf_ctc_dir, write_sensevoice_dir
 from tasu.cli import main as tasu_main
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError
@@ -277,6 +277,24 @@ def test_missing_audio_is_named_by_its_file_and_line(setup, tmp_path):
     with pytest.raises(DataError) as e:
         dump_posteriors([str(data)], str(tmp_path / "post"), str(setup / "enc"), compress=COMPRESS)
     assert str(e.value) == f"{data}:2: path: no such file ({tmp_path}/gone.wav)"
+
+
+def test_a_clip_too_short_for_a_wav2vec2_frame_is_named_by_its_file_and_line(tmp_path):
+    """Longer than 10 ms but shorter than the convolutional front-end's receptive field: beside a longer
+    clip it was dumped with 0 frames, exit 0; alone it was a torch error naming no record."""
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    records = []
+    for key, seconds in (("long", 0.5), ("short", 0.015)):
+        sf.write(tmp_path / f"{key}.wav", waveform(seconds).numpy(), 16000)
+        records.append(json.dumps({"key": key, "task": "ASR", "target": "a", "path": str(tmp_path / f"{key}.wav")}))
+    data = tmp_path / "data.jsonl"
+    for lines, line in ((records, 2), (records[1:], 1)):
+        data.write_text("\n".join(lines) + "\n")
+        shutil.rmtree(tmp_path / "post", ignore_errors=True)
+        with pytest.raises(DataError, match=rf"^{data}:{line}: path: 240 samples at 16 kHz: shorter than the "
+                                            r"encoder's receptive field \(325 samples, 20.3 ms\): no frame"):
+            dump_posteriors([str(data)], str(tmp_path / "post"), str(tmp_path / "hf"), compress=COMPRESS,
+                            batch_size=2)
 
 
 def test_entries_are_absolute_whatever_out_was_given_as(setup, tmp_path, monkeypatch):

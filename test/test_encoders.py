@@ -247,6 +247,22 @@ def test_hf_frames_and_posteriors(hf_dir):
         torch.testing.assert_close(log_probs[0, :49], alone[0], atol=1e-4, rtol=1e-4)
 
 
+def test_an_hf_encoder_refuses_a_waveform_too_short_for_one_frame(hf_dir):
+    """Shorter than the convolutional front-end's receptive field, alone it failed in torch, and beside a
+    longer waveform it was given 0 frames."""
+    from tasu.encoders.base import ShortWaveformError
+
+    encoder = load_encoder(hf_dir)
+    field = encoder.min_samples
+    assert field == 10 + 7 * 5 + 7 * 5 * 8   # the fixture's kernels (10, 8, 8) and strides (5, 8, 8)
+    for waves in ([torch.zeros(field - 1)], [waveform(1.0), torch.zeros(field - 1)]):
+        with pytest.raises(ShortWaveformError, match=rf"waveform\(s\) \[{len(waves) - 1}\] of the batch are shorter "
+                                                     rf"than the encoder's receptive field \({field} samples"):
+            encoder.extract_features(waves)
+    feats, lengths = encoder.extract_features([torch.zeros(field)])
+    assert encoder(feats, lengths)[1].tolist() == [1]
+
+
 def test_an_hf_model_for_another_sample_rate_is_refused_when_it_loads(hf_dir, tmp_path):
     # tasu feeds every encoder 16 kHz audio; an 8 kHz model would read it at the wrong speed
     other = tmp_path / "8k"

@@ -114,6 +114,18 @@ class CTCEncoder(nn.Module, abc.ABC):
         lengths [B], both on :attr:`device`."""
 
 
+class ShortWaveformError(ValueError):
+    """Waveforms of a batch too short for the encoder to give one frame.
+
+    ``indices`` are their places in the batch and ``reason`` what is wrong with each, so a caller that
+    read them from records names the record (its key and path) rather than a place in a batch.
+    """
+
+    def __init__(self, indices: list[int], reason: str):
+        self.indices, self.reason = indices, reason
+        super().__init__(f"waveform(s) {indices} of the batch are {reason}")
+
+
 def require_16k(rate: int, where: str) -> None:
     """Refuse a model made for audio at another rate than the 16 kHz every caller feeds.
 

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from tasu.encoders.base import CTCEncoder, copy_flat, require_16k
+from tasu.encoders.base import CTCEncoder, ShortWaveformError, copy_flat, require_16k
 from tasu.encoders.layout import require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import HFCTCTokenizer
@@ -53,6 +53,7 @@ class HFCTCEncoder(CTCEncoder):
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
         self._use_attention_mask = bool(feature_extractor.return_attention_mask)
+        self.min_samples = _receptive_field(model)
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | torch.device = "cpu") -> "HFCTCEncoder":
@@ -67,9 +68,17 @@ class HFCTCEncoder(CTCEncoder):
         return cls(model, feature_extractor, tokenizer).to(device).eval().requires_grad_(False)
 
     def extract_features(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms -> normalised, zero-padded samples [B, S] and lengths [B]."""
+        """Waveforms -> normalised, zero-padded samples [B, S] and lengths [B].
+
+        A waveform shorter than the convolutional front-end's receptive field gives no frame: alone it
+        failed in torch, beside a longer one it was dumped with 0 frames; it is refused instead."""
+        waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waveforms]
+        short = [i for i, w in enumerate(waves) if w.numel() < self.min_samples]
+        if short:
+            raise ShortWaveformError(short, f"shorter than the encoder's receptive field ({self.min_samples} "
+                                            f"samples, {1000 * self.min_samples / self.sample_rate:.3g} ms): no frame")
         batch = self.feature_extractor(
-            [torch.as_tensor(w, dtype=torch.float32).reshape(-1).numpy() for w in waveforms],
+            [w.numpy() for w in waves],
             sampling_rate=self.sample_rate, padding=True, return_attention_mask=True,
             return_tensors="pt")
         return batch["input_values"], batch["attention_mask"].sum(-1).to(torch.long)
@@ -82,3 +91,15 @@ class HFCTCEncoder(CTCEncoder):
         logits = self.model(input_values=feats, attention_mask=mask).logits
         lengths = self.model._get_feat_extract_output_lengths(feat_lengths).to(torch.long)
         return logits.float().log_softmax(-1), lengths.clamp_max(logits.shape[1])
+
+
+def _receptive_field(model) -> int:
+    """The fewest samples that give ``model`` one output frame (400, 25 ms, for wav2vec2 and HuBERT)."""
+    low, high = 1, CTCEncoder.sample_rate
+    while low < high:   # the frame count grows with the samples: bisect for the first that gives one
+        mid = (low + high) // 2
+        if int(model._get_feat_extract_output_lengths(torch.tensor(mid))) >= 1:
+            high = mid
+        else:
+            low = mid + 1
+    return low
