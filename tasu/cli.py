@@ -196,7 +196,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from tasu.export import export
 
-    out = export(args.exp, args.out, checkpoint=args.checkpoint)
+    out = export(args.exp, args.out, checkpoint=args.checkpoint, overrides=args.overrides)
     print(f"exported {args.exp} ({args.checkpoint}) to {out}", file=sys.stderr)
     return 0
 
@@ -413,6 +413,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp", required=True, help="experiment dir (or one checkpoint dir)")
     p.add_argument("--out", required=True, help="the new directory")
     p.add_argument("--checkpoint", default="best", help="best, last, or step_N")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", type=key_value, default=[],
+                   metavar="KEY=VALUE",
+                   help="change the saved config, e.g. llm.path=DIR when the base models moved")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("analyze", help="compare real (compressed) and simulated posteriors of a set with audio",

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import typing
 from pathlib import Path
 
 from torch import nn
 
+from tasu.config import require_dir
 from tasu.fileio import readable_by_others
 
 LLM_DIR, ENCODER_DIR = "llm", "encoder"
@@ -61,8 +63,11 @@ def base_llm(ckpt: Path, cfg) -> str:
     return base or own or llm_digest(cfg.llm.path)
 
 
-def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
-    """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``."""
+def export(exp: str | Path, out: str | Path, checkpoint: str = "best", overrides: typing.Sequence[str] = ()) -> Path:
+    """Write the model of experiment (or checkpoint) ``exp`` to directory ``out``; returns ``out``.
+
+    ``overrides`` change the saved config as decoding's do, e.g. ``llm.path=DIR`` for base models that
+    moved since training: those are the ones copied, and the export's config names its own copies."""
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
@@ -73,11 +78,13 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best") -> Path:
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: export writes a new directory")
-    cfg = read_model_config(resolve_checkpoint(exp, checkpoint))   # before the models load (minutes)
+    cfg = read_model_config(resolve_checkpoint(exp, checkpoint), overrides)   # before the models load (minutes)
     for name, source in (("encoder.path", cfg.encoder.path), ("llm.path", cfg.llm.path)):
+        require_dir(name, source, f"the checkpoint's config names it: pass --set {name}=DIR with the directory "
+                                  "on this machine")
         if out.resolve().is_relative_to(Path(source).resolve()):   # copying it would copy the copy into itself
             raise ValueError(f"{out} is inside {name} {source}, which export copies: write it elsewhere")
-    model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False)
+    model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False, overrides=overrides)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -52,3 +52,23 @@ def test_an_espnet_encoder_is_exported_as_its_model_files_and_reads_as_the_origi
     # the export loads as Speech2Text loads it (its text-only model: without espnet, no encoder weights)
     _, cfg, _, _ = load_trained(out, audio=False, overrides=(f"encoder.path={exported}", f"llm.path={out / 'llm'}"))
     assert cfg.encoder.path == str(exported)
+
+
+def test_a_checkpoint_whose_base_models_moved_exports_with_set(tmp_path, capsys):
+    """The config of a model trained on another machine names its LLM there: as for decoding, ``--set``
+    says where it is now, and the export's config names its own copy."""
+    from tasu.cli import main
+    from tasu.config import read_mapping
+
+    ckpt = write_checkpoint(tmp_path, write_recipe(tmp_path / "asr1"), save_tiny_llm(tmp_path / "llm"))
+    moved = (tmp_path / "llm").rename(tmp_path / "llm_here")
+    capsys.readouterr()   # what saving the LLM printed
+    assert main(["export", "--exp", str(ckpt), "--out", str(tmp_path / "exported")]) == 1
+    assert capsys.readouterr().err == (f"tasu export: error: llm.path '{tmp_path / 'llm'}' is not a directory: the "
+                                       "checkpoint's config names it: pass --set llm.path=DIR with the directory "
+                                       "on this machine\n")
+    assert not (tmp_path / "exported").exists()
+    assert main(["export", "--exp", str(ckpt), "--out", str(tmp_path / "exported"), "--set", f"llm.path={moved}"]) == 0
+    config = read_mapping(tmp_path / "exported" / "model" / "config.yaml")
+    assert (config["llm"]["path"], config["encoder"]["path"]) == ("llm", "encoder")
+    assert (tmp_path / "exported" / "llm" / "config.json").is_file()
