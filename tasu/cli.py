@@ -263,9 +263,29 @@ class _Parser(argparse.ArgumentParser):
         usage_error(self.prog, message)
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tasu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse's parser, with its usage errors raised as ValueError (argparse's message): for checks of
+    options written elsewhere, which name their own source."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
+def check_decode_options(words: list[str]) -> None:
+    """Check ``tasu decode`` options (``["--beam", "4"]``) as ``tasu decode`` does, by its own parser and
+    settings (names, types, ranges; audio input) without decoding: a ValueError says what is wrong. A
+    recipe checks its decode settings so before training, not at its decode stage hours later."""
+    from tasu.decode import DecodeOptions
+
+    args = get_parser(_RaisingParser).parse_args(["decode", "--exp", "", "--data", "", "--out", "", *words])
+    DecodeOptions(input=args.input, beam=args.beam, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                  no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty,
+                  seed=args.seed)
+
+
+def get_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argparse.ArgumentParser:
+    """The ``tasu`` command line; ``parser_class``, that of it and its subcommands, says what a usage error does."""
+    parser = parser_class(prog="tasu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)

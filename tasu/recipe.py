@@ -64,13 +64,16 @@ _KEY = re.compile(r"[a-z][a-z0-9_]*")
 _WORD = re.compile(r"[A-Za-z0-9_.+,:/=@%-]+")   # one word, none of the shell's operators or quotes
 
 
-def decode_flags(config: str | Path) -> list[str]:
+def decode_flags(config: str | Path, decode_args: str = "") -> list[str]:
     """A decode YAML (``batch_size: 8``) as ``tasu decode`` options (``--batch-size 8``).
 
     The stage script splits them into words and its job runner keeps shell operators (``;``, ``|``)
     unquoted, so each value must be one plain word: a YAML ``beam: "1 ; rm ..."`` is refused here,
-    as are lists, mappings and the options the script sets itself (``SET_BY_STAGE``). An unknown
-    option is left to ``tasu decode``'s own parser, which names it."""
+    as are lists, mappings and the options the script sets itself (``SET_BY_STAGE``). Each option, and
+    ``decode_args`` (the script's ``--decode_args``, added to them), must be one ``tasu decode`` takes,
+    checked by its own parser and settings: a misspelt name or a value out of range would otherwise
+    stop the decode stage only, after the training stages' hours."""
+    from tasu.cli import check_decode_options
     from tasu.config import ConfigError, read_mapping
 
     flags = []
@@ -83,7 +86,19 @@ def decode_flags(config: str | Path) -> list[str]:
             raise ConfigError(f"{config}: {key}: must be a number or one plain word, not {value!r}")
         if isinstance(value, str) and value.startswith("-"):
             raise ConfigError(f"{config}: {key}: {value!r} would be read as an option, not a value")
-        flags += [f"--{key.replace('_', '-')}", str(value)]
+        flag = [f"--{key.replace('_', '-')}", str(value)]
+        try:
+            check_decode_options(flag)
+        except ValueError as err:
+            problem = str(err).removeprefix(f"argument {flag[0]}: ")
+            if problem.startswith("unrecognized arguments"):
+                problem = f"{flag[0]} is not an option of tasu decode (tasu decode --help lists them)"
+            raise ConfigError(f"{config}: {key}: {problem}") from None
+        flags += flag
+    try:
+        check_decode_options(decode_args.split())   # split as the stage script splits them
+    except ValueError as err:
+        raise ConfigError(f"--decode_args '{decode_args}': {err}") from None
     return flags
 
 
@@ -304,6 +319,8 @@ def get_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("decode-flags", help="a decode YAML as tasu decode options, on one line")
     p.add_argument("config")
+    p.add_argument("--decode-args", default="", metavar="OPTIONS",
+                   help="more tasu decode options, checked too (write --decode-args='--beam 1')")
     p = sub.add_parser("merge", help="test sets' task files -> one JSONL file with <set>-<task>- keys")
     p.add_argument("dump", help="the dump directory: <dump>/<set>/<task>.jsonl")
     p.add_argument("out")
@@ -351,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "decode-flags":
-        print(" ".join(decode_flags(args.config)))
+        print(" ".join(decode_flags(args.config, args.decode_args)))
     elif args.command == "merge":
         merge(args.dump, args.out, pairs(args.parts))
     elif args.command == "split":

@@ -87,6 +87,11 @@ def test_decode_flags(tmp_path):
     ("nbest: true\n", "nbest: must be a number or one plain word, not True"),
     ("batch_size: --out\n", "batch_size: '--out' would be read as an option, not a value"),
     ("1: 2\n", "1 is not an option name"),
+    # tasu decode refused them only at the decode stage, after the training stages' hours
+    ("beam_size: 4\n", "beam_size: --beam-size is not an option of tasu decode (tasu decode --help lists them)"),
+    ("max_new_tokens: 0\n", "max_new_tokens: must be at least 1, got 0"),
+    ("batch_size: eight\n", "batch_size: expected a whole number, got 'eight'"),
+    ("repetition_penalty: 0\n", "repetition_penalty: repetition_penalty must be > 0 (1: off), got 0.0"),
 ])
 def test_a_decode_config_gives_plain_options_or_stops(tmp_path, text, error):
     """The stage script splits the flags into words and the job runner keeps ';' and '|' as shell
@@ -97,6 +102,17 @@ def test_a_decode_config_gives_plain_options_or_stops(tmp_path, text, error):
     with pytest.raises(ValueError) as e:
         decode_flags(conf)
     assert str(e.value).startswith(f"{conf}: ") and error in str(e.value)
+
+
+def test_the_decode_args_are_checked_with_the_decode_config(tmp_path):
+    conf = tmp_path / "decode.yaml"
+    conf.write_text("beam: 4\n")
+    assert decode_flags(conf, "--max-new-tokens 8 --set llm.dtype=bfloat16") == ["--beam", "4"]
+    for args, error in (("--beam 0", "argument --beam: must be at least 1, got 0"),
+                        ("--beem 2", "unrecognized arguments: --beem 2")):
+        with pytest.raises(ValueError) as e:
+            decode_flags(conf, args)
+        assert str(e.value) == f"--decode_args '{args}': {error}"
 
 
 def test_a_helper_that_fails_says_so_in_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
@@ -123,6 +139,8 @@ def test_command_line(tmp_path, capsys):
     (tmp_path / "d.yaml").write_text("beam: 1\nmax_new_tokens: 4\n")
     assert main(["decode-flags", str(tmp_path / "d.yaml")]) == 0
     assert capsys.readouterr().out == "--beam 1 --max-new-tokens 4\n"
+    assert main(["decode-flags", str(tmp_path / "d.yaml"), "--decode-args=--beam 0"]) == 1
+    assert capsys.readouterr().err.startswith("tasu.recipe decode-flags: error: --decode_args '--beam 0': ")
     assert main(["json-list", "dump/a b.jsonl", "ü.jsonl"]) == 0
     assert capsys.readouterr().out == '["dump/a b.jsonl","\\u00fc.jsonl"]\n'
     assert main(["json-list"]) == 0 and capsys.readouterr().out == "[]\n"

@@ -550,7 +550,9 @@ def test_configs_and_their_options_are_checked_before_the_first_stage_runs(tmp_p
             (("--train_text_args", "optim.lr=1e-3 && touch PWNED"), "--train_text_args: '&&' is a shell operator"),
             # the later option won: hypotheses of the transcripts (or another checkpoint) under the decode's name
             (("--decode_args", "--input simulated"), "--decode_args: --input is set by stage 5 (see "),
-            (("--decode_args", "--checkpoint=last"), "--decode_args: --checkpoint is set by stage 5")):
+            (("--decode_args", "--checkpoint=last"), "--decode_args: --checkpoint is set by stage 5"),
+            # tasu decode refused it only at stage 5, after the training stages
+            (("--decode_args", "--beam 0"), "--decode_args '--beam 0': argument --beam: must be at least 1, got 0")):
         out = sh(recipe, "./run.sh", "--stage", "3", "--audio_sft", "true", *models, *options, ok=False)
         assert out.returncode == 1 and message in out.stderr.strip().splitlines()[-1], out.stderr
         assert not (recipe / "exp").exists() and not (recipe / "PWNED").exists()

@@ -295,8 +295,10 @@ if runs 3; then check_config "${train_text_config}" ${train_text_args}; fi
 # shellcheck disable=SC2086
 if runs 4; then check_config "${train_audio_config}" ${train_audio_args}; fi
 if runs 5; then
-  # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8), one word each
-  decode_flags=$(python3 -m tasu.recipe decode-flags "${decode_config}" 2>&1) || die "${decode_flags}"
+  # conf/decode_*.yaml: each key is a tasu decode option ('batch_size: 8' -> --batch-size 8), one word each;
+  # they and --decode_args are checked by tasu decode's own parser
+  decode_flags=$(python3 -m tasu.recipe decode-flags "${decode_config}" --decode-args="${decode_args}" 2>&1) || \
+    die "${decode_flags}"
   [[ "${inference_checkpoint}" =~ ^(best|last|step_[0-9]+)$ ]] || \
     die "--inference_checkpoint must be best, last or step_N, not '${inference_checkpoint}'"
 fi
