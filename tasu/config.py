@@ -221,9 +221,26 @@ def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+# A config nests a few levels. PyYAML reads (and writes) nested lists and mappings by recursion: a few
+# hundred '[' overflowed Python's stack, as a RecursionError that named no file.
+MAX_DEPTH = 100
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the last value
-    silently, so ``optim: {lr: 1e-3}`` then another ``optim:`` a page below would train with the second."""
+    silently, so ``optim: {lr: 1e-3}`` then another ``optim:`` a page below would train with the second.
+    It refuses lists and mappings nested deeper than MAX_DEPTH as a YAML error too."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, "nested too deeply", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         first: dict = {}

@@ -104,6 +104,20 @@ def test_aliases_nested_in_aliases_are_refused_before_a_message_expands_them(tmp
         load_config(Experiment, None, ["optim.betas=" + "{" + bomb.replace("\n", ", ").rstrip(", ") + "}"])
 
 
+def test_lists_nested_too_deeply_are_a_yaml_error_naming_the_file(tmp_path):
+    """5000 '[' overflowed PyYAML's recursion: 'RecursionError: maximum recursion depth exceeded', no file
+    named; a few hundred loaded, and writing the config back (a dry run, a checkpoint) overflowed."""
+    for n in (300, 5000):
+        with pytest.raises(ConfigError, match=r"train.yaml: not valid YAML: nested too deeply \(line 1, column"):
+            load_config(Experiment, write(tmp_path, "optim: " + "[" * n + "]" * n + "\n"))
+        with pytest.raises(ConfigError, match=r"^override 'optim.betas=\[+\]+': the value is not valid YAML "
+                                              r"\(nested too deeply"):
+            load_config(Experiment, None, ["optim.betas=" + "[" * n + "]" * n])
+    nested = "[" * 90 + "0.9, 0.9" + "]" * 90   # deep, but not too deep: it loads and is checked
+    with pytest.raises(ConfigError, match=r"train.yaml: optim.betas: expected a list of 2 items, got \[\["):
+        load_config(Experiment, write(tmp_path, f"optim: {{betas: {nested}}}\n"))
+
+
 def test_an_error_names_the_override_that_set_the_key_and_an_override_fills_a_null_section(tmp_path):
     """'optim.lr=' was blamed on the file (a checkpoint's config.yaml looked damaged); llm.lora.r=4 on a
     config saved with 'lora: null' was "'lora' is not a mapping"."""
