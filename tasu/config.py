@@ -9,6 +9,7 @@ a silently ignored setting hours into training.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -279,20 +280,38 @@ def read_mapping(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Read YAML ``path`` (optional), apply ``overrides``, check everything against ``cls``."""
-    data = {} if path is None else read_mapping(path)
-    name = "overrides" if path is None else str(path)
+    """Read YAML ``path`` (optional), apply ``overrides``, check everything against ``cls``.
+
+    An error is named after its source (see :func:`_source`): the file, or the override that made it."""
+    base = {} if path is None else read_mapping(path)
+    data = copy.deepcopy(base)
     for override in overrides:
         apply_override(data, override)
     try:
         return from_dict(cls, data)
-    except ConfigError as err:   # named after the override that set the key, else the file
-        where = str(err).split(":", 1)[0]
-        blamed = [o for o in overrides if _related(o.split("=", 1)[0].strip(), where)]
-        raise ConfigError(f"override '{blamed[-1]}': {err}" if blamed else f"{name}: {err}") from None
+    except ConfigError as err:
+        source = _source(cls, base, overrides, str(err), "overrides" if path is None else str(path))
+        raise ConfigError(f"{source}: {err}") from None
 
 
-def _related(key: str, where: str) -> bool:
-    """Whether the override of ``key`` (``optim.lr``) set what an error at ``where`` (``optim.lr``,
-    ``optim``, ``data.train[0]``) is about."""
-    return key == where or key.startswith(where + ".") or where.startswith((key + ".", key + "["))
+def _source(cls: type, base: dict, overrides: typing.Sequence[str], message: str, name: str) -> str:
+    """Where the error ``message`` of ``base`` (the file ``name``) with ``overrides`` comes from: the file
+    when it has that error by itself, else the first override with which it appears. Guessed from the
+    key the error names, it was wrong both ways: a misspelt section ('optimm.lr=1') or a check across
+    keys (train.max_steps against optim.total_steps) was the file's, and a file's warmup_steps past its
+    total_steps was an override's that set optim.lr."""
+    def fails(data: dict) -> bool:
+        try:
+            from_dict(cls, data)
+        except ConfigError as err:
+            return str(err) == message
+        return False
+
+    data = copy.deepcopy(base)
+    if fails(data):
+        return name
+    for override in overrides[:-1]:
+        apply_override(data, override)
+        if fails(data):
+            return f"override '{override}'"
+    return f"override '{overrides[-1]}'"

@@ -134,6 +134,27 @@ def test_an_error_names_the_override_that_set_the_key_and_an_override_fills_a_nu
     assert str(e.value) == f"{tmp_path / 'train.yaml'}: optim.lr: expected a number, got 'fast'"
 
 
+def test_an_error_is_named_after_the_override_that_made_it_and_only_that(tmp_path):
+    """A misspelt section in an override, and a check across keys that an override failed, were blamed
+    on the file; a file's own error across keys was blamed on an override of an unrelated key in it."""
+    from tasu.experiment import ExperimentConfig
+
+    path = write(tmp_path, "optim: {lr: 1.0e-3}\n")
+    for overrides, message in (
+            (["train.seed=3", "optimm.lr=1"], "override 'optimm.lr=1': top level: unknown key 'optimm'"),
+            (["train.max_steps=99999", "optim.lr=2e-4"], "override 'train.max_steps=99999': top level: "
+                                                         "train.max_steps 99999 is past optim.total_steps 15000"),
+            (["optim.warmup_steps=50", "optim.total_steps=40"], "override 'optim.total_steps=40': optim: need "
+                                                                "1 <= warmup_steps < total_steps, got 50 and 40")):
+        with pytest.raises(ConfigError) as e:
+            load_config(ExperimentConfig, path, overrides)
+        assert str(e.value).startswith(message), e.value
+    path = write(tmp_path, "optim: {warmup_steps: 500, total_steps: 100}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(ExperimentConfig, path, ["optim.lr=1e-4", "train.seed=3"])
+    assert str(e.value) == f"{path}: optim: need 1 <= warmup_steps < total_steps, got 500 and 100"
+
+
 def test_bad_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not of the form key.path=value"):
         load_config(Experiment, None, ["optim.lr"])
@@ -212,13 +233,8 @@ def test_a_run_that_would_not_train_is_refused_by_its_key(override, message):
     weight_decay NaN, not at all)."""
     from tasu.experiment import ExperimentConfig
 
-    with pytest.raises(ConfigError, match=f"^{re.escape(blamed(override))}: {re.escape(message)}$"):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"override '{override}': {message}") + "$"):
         load_config(ExperimentConfig, None, [override])
-
-
-def blamed(override: str) -> str:
-    """Whom an error names: the override that set the key, or (an error across sections) all of them."""
-    return "overrides" if override == "train.max_steps=20000" else f"override '{override}'"
 
 
 def test_the_train_loop_defaults_and_limits_that_mean_something_pass():
