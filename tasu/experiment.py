@@ -146,6 +146,10 @@ class DataConfig:
     def check(self) -> None:
         if not 0.0 <= self.audio_ratio <= 1.0:
             raise ValueError(f"audio_ratio must be in [0, 1], got {self.audio_ratio}")
+        for name, paths in (("train", [s.path for s in self.train]), ("valid", self.valid)):
+            for i, path in enumerate(paths):
+                if not path.strip():   # read later as a file named '', in a message naming no key
+                    raise ValueError(f"{name}[{i}] is an empty path: name a JSONL file")
         if self.prompts is not None and not self.prompts.strip():
             raise ValueError("prompts is empty: name a prompts JSONL, or null for the English set")
         for name, least in (("max_tokens", 1), ("max_batch_size", 1), ("min_length", 0), ("max_length", 1),

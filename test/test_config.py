@@ -217,6 +217,10 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
     ("data.num_workers=-1", "data: num_workers must be >= 0, got -1"),
     ("data.max_batch_size=0", "data: max_batch_size must be >= 1, got 0"),
     ("data.shuffle_buffer=-1", "data: shuffle_buffer must be >= 0, got -1"),
+    # a file named '': 'tasu train: error: : cannot open', naming no key
+    ("data.train=['']", "data: train[0] is an empty path: name a JSONL file"),
+    ("data.train=[a.jsonl, {path: ' ', weight: 2}]", "data: train[1] is an empty path: name a JSONL file"),
+    ("data.valid=['']", "data: valid[0] is an empty path: name a JSONL file"),
     ("llm.lora={r: 0}", "llm.lora: r must be >= 1, got 0"),
     ("llm.lora={dropout: 1.0}", "llm.lora: dropout must be in [0, 1), got 1.0"),
     ("llm.lora={target_modules: []}", "llm.lora: target_modules must name the LLM's Linear layers to adapt "
