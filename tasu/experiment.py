@@ -94,6 +94,11 @@ class ProjectorConfig:
             problem = _option_problem(value, hints.get(name), default)
             if problem:
                 raise ValueError(f"options.{name}: {value!r}: {problem}")
+        defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+        try:
+            cls.check_options({**defaults, **self.options})
+        except ValueError as err:
+            raise ValueError(f"options: {err}") from None
 
 
 def _option_problem(value, hint, default=None) -> str | None:

@@ -388,6 +388,19 @@ def test_projector_option_values_are_checked_against_their_annotations(name, opt
     ProjectorConfig("linear-silu", {"sparse": False, "hidden": 8}).check()
 
 
+def test_a_qformer_whose_heads_do_not_divide_its_dim_is_refused_by_the_config_check():
+    """It passed the check and failed after the LLM had loaded, in transformers' message naming no key."""
+    from tasu.config import ConfigError, load_config
+    from tasu.experiment import ExperimentConfig, ProjectorConfig
+
+    with pytest.raises(ValueError, match=r"^options: dim 100 is not a multiple of num_heads 12$"):
+        ProjectorConfig("qformer", {"dim": 100}).check()
+    with pytest.raises(ConfigError, match=r"^override 'projector.options.num_heads=5': projector: options: dim 768 "
+                                          r"is not a multiple of num_heads 5$"):
+        load_config(ExperimentConfig, None, ["projector.name=qformer", "projector.options.num_heads=5"])
+    ProjectorConfig("qformer", {"dim": 96, "num_heads": 8}).check()
+
+
 def test_options_of_a_projector_of_ones_own_follow_its_signature():
     """A projector taking **kwargs was refused every option ("its options: kwargs"), and an int option
     whose own default is 0 (0 for none) could not be set to 0."""

@@ -5,7 +5,8 @@ builds one. To add a projector, write a ``Projector`` subclass with ``@register(
 module of this package and import that module here. Its constructor's keyword options are what
 ``projector.options`` may set, checked against their annotations before anything loads (``bool``:
 true or false; ``int``: a size or a count, at least 1, or 0 where 0 is its default; ``float``: a
-number; ``| None``: null too; a constructor taking ``**kwargs`` checks the names it gets itself).
+number; ``| None``: null too; a constructor taking ``**kwargs`` checks the names it gets itself), and
+by its ``check_options`` for values that must fit together (the qformer's ``dim`` and ``num_heads``).
 """
 from tasu.projectors.base import DEFAULT_PROJECTOR, PROJECTORS, Projector, build_projector, register
 # Each import registers its projector family.

@@ -31,6 +31,12 @@ class Projector(nn.Module):
 
     needs_llm_embedding = False
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Refuse, as a ValueError, ``options`` (the constructor's keyword options, defaults filled in,
+        each of a fitting type) whose values do not fit together: the config check calls it before any
+        model loads, where the constructor's own error would come after the LLM had loaded."""
+
     def __init__(self, vocab_size: int, llm_dim: int, llm_embedding: nn.Embedding | None = None):
         super().__init__()
         self.vocab_size = vocab_size

@@ -25,6 +25,11 @@ from tasu.projectors.layernorm_linear import layernorm_linear
 class QFormerProjector(Projector):
     """``num_queries`` learned queries; ``dim``, ``num_layers``, ``num_heads`` size the Q-Former."""
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options["dim"] % options["num_heads"]:   # each attention head takes an equal share of dim
+            raise ValueError(f"dim {options['dim']} is not a multiple of num_heads {options['num_heads']}")
+
     def __init__(self, vocab_size: int, llm_dim: int, num_queries: int = 64, width: int = 1024,
                  dim: int = 768, num_layers: int = 12, num_heads: int = 12):
         # Imported here: loading transformers' BLIP-2 code takes seconds, which every user of
