@@ -28,25 +28,47 @@ def _code_refused(where: str) -> ModelFilesError:
 
 
 def load_state_file(path: Path) -> dict:
-    """``torch.load`` of a released weights file (``model.pt``, ``*.pth``) as tensors only."""
+    """``torch.load`` of a released weights file (``model.pt``, ``*.pth``) as tensors only.
+
+    Python objects are refused as code; a file that is no pickle at all is named for what it is:
+    a git-lfs pointer (a model repository cloned without git-lfs: the weights were never fetched),
+    or damage (torch said "KeyError: 101", or that weights_only refused it, as if it held code)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        raise ModelFilesError(f"{path}: a git-lfs pointer, not the weights: the model's repository was cloned "
+                              "without git-lfs; run 'git lfs pull' there, or download the file again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:   # torch's message names no file and suggests weights_only=False
-        raise _code_refused(f"{path}:") from None
+    except pickle.UnpicklingError as e:   # torch's message names no file and suggests weights_only=False
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise _code_refused(f"{path}:") from None
+        raise _damaged(path, e) from None
     except (FileNotFoundError, PermissionError):   # named by the error itself, and not damage
         raise
-    except (EOFError, RuntimeError, OSError) as e:   # "Invalid argument", EOFError: no file named
-        raise ModelFilesError(f"{path}: not a readable weights file, damaged or cut short "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}): "
-                              "copy it again") from None
+    except (EOFError, RuntimeError, OSError, KeyError, ValueError) as e:   # "Invalid argument", "KeyError: 101"
+        raise _damaged(path, e) from None
     if not isinstance(state, dict):
         raise ModelFilesError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
     return state
 
 
+def _damaged(path: Path, e: Exception) -> ModelFilesError:
+    why = "not a torch file" if isinstance(e, pickle.UnpicklingError) else \
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}"
+    return ModelFilesError(f"{path}: not a readable weights file, damaged or cut short ({why}): copy it again")
+
+
 def load_into(module: torch.nn.Module, state: dict, path: Path) -> None:
     """``module.load_state_dict(state)``, every parameter required (extra entries are ignored, as
-    funasr does); a missing or misshapen one is refused naming ``path``."""
+    funasr does); a missing or misshapen one is refused naming ``path``, as is integer data for a
+    floating-point weight (torch casts it silently: the encoder then wrote garbage posteriors)."""
+    own = module.state_dict()
+    for name, value in state.items():
+        if name in own and own[name].is_floating_point() and isinstance(value, torch.Tensor) and \
+                not value.is_floating_point():
+            raise ModelFilesError(f"{path}: {name} holds {value.dtype} values, and {type(module).__name__}'s "
+                                  f"{name} is a floating-point weight: not this model's weights")
     try:
         missing, _ = module.load_state_dict(state, strict=False)
     except RuntimeError as e:   # size mismatches: torch's multi-line message names no file

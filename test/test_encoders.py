@@ -568,6 +568,33 @@ def test_released_weights_holding_python_objects_are_refused_naming_the_file(tmp
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_weights_file_that_is_no_pickle_is_named_for_what_it_is(tmp_path):
+    """A git-lfs pointer (a model repository cloned without git-lfs) or a damaged file was said to hold
+    Python objects that could run code, or was 'KeyError: 101'."""
+    write_sensevoice_dir(tmp_path / "enc")
+    model = tmp_path / "enc" / "model.pt"
+    model.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 936000000\n")
+    with pytest.raises(ValueError, match=r"model.pt: a git-lfs pointer, not the weights: .* run 'git lfs pull'"):
+        load_encoder(tmp_path / "enc")
+    for junk in (b'{"encoder.weight": [1, 2]}', b"hello, not weights " * 8):
+        model.write_bytes(junk)
+        with pytest.raises(ValueError, match=r"model.pt: not a readable weights file, damaged or cut short \("):
+            load_encoder(tmp_path / "enc")
+
+
+def test_integer_data_for_a_floating_point_weight_is_refused(tmp_path):
+    """torch's load_state_dict casts it: int64 weights loaded, and the encoder wrote garbage posteriors."""
+    write_sensevoice_dir(tmp_path / "enc")
+    model = tmp_path / "enc" / "model.pt"
+    state = torch.load(model, weights_only=True)
+    name = next(n for n, v in state.items() if v.is_floating_point())
+    state[name] = (state[name] * 1000).to(torch.int64)
+    torch.save(state, model)
+    with pytest.raises(ValueError, match=rf"model.pt: {re.escape(name)} holds torch.int64 values, and .* is a "
+                                         r"floating-point weight: not this model's weights"):
+        load_encoder(tmp_path / "enc")
+
+
 def _drop(path, keep) -> None:
     from safetensors.torch import load_file, save_file
     save_file({k: v for k, v in load_file(path).items() if keep(k)}, path, metadata={"format": "pt"})
