@@ -95,6 +95,12 @@ def from_pretrained(auto_class, path: str | Path, what: str, dtype: torch.dtype 
     except SafetensorError as e:
         raise ModelFilesError(f"{path}: a safetensors weights file is damaged or cut short ({e}): copy it "
                               "again") from None
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):   # transformers' "look at the above report" names no file
+            raise
+        raise ModelFilesError(f"{path}: the weights do not fit the {what} its config.json describes (a tensor of "
+                              "another size, as the load report above says: a vocab_size or width edited, or "
+                              "weights of another model)") from None
     missing = [k for k in info["missing_keys"] if not k.endswith(_UNUSED_AT_INFERENCE)]
     if missing:
         raise ModelFilesError(f"{path}: the weights lack {len(missing)} tensors of the {what} "

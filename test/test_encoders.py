@@ -582,6 +582,29 @@ def test_a_weights_file_that_is_no_pickle_is_named_for_what_it_is(tmp_path):
             load_encoder(tmp_path / "enc")
 
 
+def test_model_files_that_cannot_be_read_are_named(tmp_path):
+    """json's and transformers' messages named no file ('JSONDecodeError', "'list' object has no attribute
+    'get'", "look at the above report")."""
+    import json
+
+    from tasu.encoders import load_tokenizer
+
+    for name, text, problem in [("tokens.json", "{not json", "not valid JSON"),
+                                ("configuration.json", "[]", "holds a list, not a dict"),
+                                ("config.yaml", "- a list\n", "holds a list, not a dict"),
+                                ("config.yaml", "model: [", "not valid YAML")]:
+        write_sensevoice_dir(tmp_path / name)
+        (tmp_path / name / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name}/{re.escape(name)}: {problem}"):
+            load_tokenizer(tmp_path / name)
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config["vocab_size"] += 8
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"hf: the weights do not fit the CTC encoder its config.json describes"):
+        load_encoder(tmp_path / "hf")
+
+
 def test_integer_data_for_a_floating_point_weight_is_refused(tmp_path):
     """torch's load_state_dict casts it: int64 weights loaded, and the encoder wrote garbage posteriors."""
     write_sensevoice_dir(tmp_path / "enc")

@@ -43,8 +43,31 @@ def funasr_model(root: Path) -> str | None:
 
 
 def read_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    """The mapping of YAML file ``path`` ({} when empty); anything else is refused naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:   # (a thousand '[' overflow the stack)
+        raise ModelFilesError(f"{path}: not valid YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    return _of_type(data or {}, dict, path)
+
+
+def read_json(path: Path, kind: type):
+    """The JSON value of ``path``, of type ``kind``; anything else is refused naming the file (json's
+    own message named none)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelFilesError(f"{path}: not valid JSON ({e})") from None
+    return _of_type(data, kind, path)
+
+
+def _of_type(data, kind: type, path: Path):
+    if not isinstance(data, kind):
+        raise ModelFilesError(f"{path}: holds a {type(data).__name__}, not a {kind.__name__}")
+    return data
 
 
 def require(path: Path, what: str) -> Path:
@@ -67,8 +90,8 @@ class FunASRDir:
         self.config = read_yaml(require(self.root / "config.yaml", "config file"))
         metas = {}
         if (self.root / "configuration.json").is_file():
-            with open(self.root / "configuration.json", encoding="utf-8") as f:
-                metas = json.load(f).get("file_path_metas", {})
+            path = self.root / "configuration.json"
+            metas = _of_type(read_json(path, dict).get("file_path_metas") or {}, dict, f"{path}: file_path_metas")
         self._metas = metas
         conf = self.config.get("model_conf")
         blank = conf.get("blank_id", 0) if isinstance(conf, dict) else 0
@@ -128,8 +151,7 @@ class FunASRDir:
         path = self.root / "tokens.json"
         if not path.is_file():
             return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path, list)
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

@@ -15,7 +15,6 @@ SenseVoice the ``<unk>`` id is the blank.
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from itertools import takewhile
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from tasu.encoders.base import EncoderTokenizer
-from tasu.encoders.layout import FunASRDir, require
+from tasu.encoders.layout import FunASRDir, read_json, require
 from tasu.weights import ModelFilesError
 
 BLANK_PIECE = "<blank>"
@@ -160,8 +159,7 @@ class HFCTCTokenizer(EncoderTokenizer):
         from transformers import Wav2Vec2CTCTokenizer
 
         root = Path(path)
-        with open(require(root / "config.json", "model config"), encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json(require(root / "config.json", "model config"), dict)
         require(root / "vocab.json", "CTC vocabulary")
         tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(str(root))
         blank = config.get("pad_token_id", tokenizer.pad_token_id)
