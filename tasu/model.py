@@ -41,6 +41,12 @@ from tasu.projectors import Projector, build_projector
 if TYPE_CHECKING:
     from tasu.experiment import LoRAConfig
 
+try:   # transformers 5 slices the hidden states by a boolean [B, S] mask: each row its own positions
+    from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    _MASK_TO_KEEP = True
+except ImportError:
+    _MASK_TO_KEEP = False
+
 
 class LossOutput(NamedTuple):
     """Mean cross-entropy over the tokens that carry loss, their argmax accuracy and their count."""
@@ -111,7 +117,12 @@ def causal_lm_loss(llm: PreTrainedModel, embeds: torch.Tensor, attention_mask: t
     next_labels = labels[:, 1:]
     keep = next_labels != IGNORE_INDEX
     wanted = F.pad(keep, (0, 1))   # the logits at position i are scored against the label at i + 1
-    logits = llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=wanted).logits
+    if _MASK_TO_KEEP:
+        logits = llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, logits_to_keep=wanted).logits
+    else:   # transformers 4 keeps positions shared by the batch: the union of the rows' positions
+        positions = wanted.any(0).nonzero().flatten()
+        logits = llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                     logits_to_keep=positions).logits[wanted[:, positions]]
     logits = logits.reshape(-1, logits.shape[-1]).float()   # [tokens with loss, V]
     targets = next_labels[keep]
     loss = F.cross_entropy(logits, targets)

@@ -189,6 +189,20 @@ def test_generation_needs_a_prompt_per_utterance(chat_dir):
             model.generate(simulated(SPEECH), prompts, num_beams=1, max_new_tokens=2)
 
 
+def test_the_loss_without_per_row_logit_masks_is_the_same(chat_dir, monkeypatch):
+    """transformers 4 (setup.py allows it) keeps logits only at positions shared by the batch."""
+    import tasu.model
+
+    model = build(chat_dir).eval()
+    spliced = model.splice(simulated(SPEECH), model.prompt_tokenizer(PROMPTS, TARGETS))
+    with torch.no_grad():
+        masked = causal_lm_loss(model.llm, *spliced)
+        monkeypatch.setattr(tasu.model, "_MASK_TO_KEEP", False)
+        shared = causal_lm_loss(model.llm, *spliced)
+    torch.testing.assert_close(shared.loss, masked.loss)
+    assert (shared.num_tokens, float(shared.accuracy)) == (masked.num_tokens, float(masked.accuracy))
+
+
 def test_a_projector_of_another_width_than_the_llm_is_named(chat_dir):
     """A projector of one's own that ignores llm_dim stopped in torch: "shape mismatch: value tensor of
     shape [62, 48] cannot be broadcast to indexing result of shape [62, 32]"."""
