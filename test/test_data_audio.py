@@ -307,6 +307,17 @@ def test_a_pipe_s_output_cut_or_damaged_is_refused_as_a_file_is(wav, tmp_path):
     with pytest.raises(AudioError, match=r"truncated or corrupt: the command's output announces 48000 samples, "):
         load_audio(f"cat {tmp_path}/damaged.ogg |")
 
+    # A FLAC stream written to a pipe states no length (STREAMINFO's 36-bit sample count is 0): soundfile
+    # cannot read it from memory ("psf_fseek() failed"), said with the way round
+    soundfile.write(tmp_path / "streamed.flac", noise, RATE)
+    flac = bytearray((tmp_path / "streamed.flac").read_bytes())
+    flac[21] &= 0xF0
+    flac[22:26] = bytes(4)
+    (tmp_path / "streamed.flac").write_bytes(flac)
+    with pytest.raises(AudioError, match=r"the command's output is FLAC that states no length \(written to a "
+                                         r"pipe\): write WAV instead"):
+        load_audio(f"cat {tmp_path}/streamed.flac |")
+
     # A header written before the length was known (sox with an effect, ffmpeg to a pipe) is read to the end.
     at = data.index(b"data") + 4
     for placeholder in (0x7FFFF000, 0xFFFFFFFF):

@@ -304,17 +304,20 @@ def _frames(f: soundfile.SoundFile, source: str | bytes) -> int:
     count, but for an MP3 that states no length, the count of its frames (see ``tasu.data.mp3``)."""
     if f.format != "MP3":
         return f.frames
+    data = source
     if isinstance(source, str):
         with open(source, "rb") as raw:
-            source = raw.read()
-    counted = mp3.count_unstated(source)
+            data = raw.read()
+    counted = mp3.count_unstated(data)
     if counted is None:   # its Xing/Info or VBRI header states it
         return f.frames
     if counted.samples > f.frames:   # soundfile reads its estimate and stops: part of the speech, silently
         varying = "" if counted.constant_rate else " at a variable bitrate"
+        remedy = ("re-encode it with the header (lame and ffmpeg write one to a file), or decode it in a wav.scp "
+                  "command (ffmpeg -i FILE -f wav - |)") if isinstance(source, str) else \
+            "write WAV there instead (ffmpeg -f wav -)"
         raise _Bad(f"an MP3 that states no length (no Xing/Info header){varying}: soundfile reads {f.frames} of "
-                   f"its {counted.samples} samples; re-encode it with the header (lame and ffmpeg write one to a "
-                   "file), or decode it in a wav.scp command (ffmpeg -i FILE -f wav - |)")
+                   f"its {counted.samples} samples; {remedy}")
     return counted.samples
 
 
@@ -511,22 +514,19 @@ def _read_pipe(command: str) -> tuple[np.ndarray, int]:
 def _read_bytes(data: bytes, what: str) -> tuple[np.ndarray, int]:
     """The samples of a sound file held in memory (a command's output, an ark's AUDIO entry), checked
     as a file's are: from memory soundfile reads a cut WAV or a damaged Ogg stream as the samples
-    there are, without a word. A WAV header written before its length was known (sox with an
-    effect, ffmpeg to a pipe) is read to the end."""
+    there are, without a word. (A WAV header written before its length was known, by sox with an
+    effect or ffmpeg to a pipe, is read to the end: soundfile counts the samples there are.)"""
     if data[:4] == b"RIFF":
         _wav_layout(io.BytesIO(data), 0, len(data))
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as f:
             announced, rate = _frames(f, data), f.samplerate
-            if announced < _STREAMED:   # in one read, as a file's: a short one is a damaged stream
-                samples = f.read(announced, dtype="float32", always_2d=True)
-            else:   # no count in the header: read to the end
-                blocks = [f.read(1 << 16, dtype="float32", always_2d=True)]
-                while len(blocks[-1]):
-                    blocks.append(f.read(1 << 16, dtype="float32", always_2d=True))
-                samples = np.concatenate(blocks)
+            if announced >= _STREAMED:   # a FLAC stream written to a pipe: soundfile cannot read it from memory
+                raise _Bad(f"{what} is {f.format} that states no length (written to a pipe): write WAV "
+                           "instead (sox -t wav -, ffmpeg -f wav -)")
+            samples = f.read(announced, dtype="float32", always_2d=True)   # in one read: a short one is damage
     except soundfile.LibsndfileError as e:   # its message names the BytesIO object, not the source
         raise _Bad(f"{what} ({len(data)} bytes, starting {data[:12]!r}) is not audio ({e.error_string})") from None
-    if len(samples) < announced < _STREAMED:
+    if len(samples) < announced:
         raise _Bad(f"truncated or corrupt: {what} announces {announced} samples, {len(samples)} can be read")
     return samples, rate
