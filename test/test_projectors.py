@@ -354,6 +354,10 @@ def test_projectors_mixing_llm_rows_give_what_a_scaled_embedding_embeds():
     out, _ = attention(post)
     torch.testing.assert_close(out[post.mask()], embedded.mean(0).expand(int(post.lengths.sum()), D))
 
+    plain = nn.Embedding(V_LLM, D)
+    nn.init.zeros_(plain.weight[:8])   # padding rows first: no scale to read from them
+    assert build_projector("legoslm", V, D, llm_embedding=plain, hidden=16).llm_embedding_scale == 1.0
+
     class Shifted(nn.Embedding):
         def forward(self, ids):
             return super().forward(ids) + 1.0

@@ -63,8 +63,11 @@ def embedding_scale(embedding: nn.Embedding) -> float:
     (and others') scaled embeddings multiply by sqrt(hidden size) in their forward, so the rows of
     ``weight`` are not what the LLM reads. Measured on a few rows; anything but a constant factor is
     refused, since a projector that mixes rows could not give what the LLM embeds."""
-    with torch.no_grad():
-        ids = torch.arange(min(8, embedding.num_embeddings), device=embedding.weight.device)
+    with torch.no_grad():   # rows across the table, all-zero ones aside (padding rows say nothing of a scale)
+        ids = torch.linspace(0, embedding.num_embeddings - 1, min(64, embedding.num_embeddings)).long().unique()
+        ids = ids[embedding.weight[ids].abs().sum(1) > 0].to(embedding.weight.device)
+        if not len(ids):
+            return 1.0
         rows, embedded = embedding.weight[ids].float(), embedding(ids).float()
         scale = float((embedded * rows).sum() / (rows * rows).sum().clamp_min(1e-30))
         if scale <= 0 or not torch.allclose(embedded, rows * scale, rtol=1e-2, atol=1e-6 * float(embedded.abs().max())):
