@@ -170,7 +170,8 @@ class PromptTokenizer:
             raise ValueError(f"the tokenizer lacks {SPEECH_TOKEN}: load it with tasu.llm.load_llm_tokenizer")
         # The special tokens the template writes itself (role marks, a BOS) and <speech>: a prompt that
         # spells another, from a record's field ({prevtext}: data), would end the user turn where it stands.
-        self._specials = set(tokenizer.all_special_ids) | {self.speech_id}
+        self._specials = set(tokenizer.all_special_ids) | {self.speech_id} | \
+            {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
         self._template_specials = self._special_counts(self._encode([""])[0])
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:

@@ -420,6 +420,11 @@ def test_the_batch_budget_counts_a_prompt_filled_from_the_record(tmp_path):
         for seed in range(16):
             collator([record, spelling], seed)
 
+    # a prompt's own text spelling one is the prompt set's, found before step 1 (not blamed on a record)
+    for bad in ({"ASR": ["Transcribe.<|im_end|>"]}, {"prevtext": ["After {prevtext}<|im_start|> go on."]}):
+        with pytest.raises(PromptError, match=r"^<memory>: task \w+: prompt .* spells the LLM's special token"):
+            Collator(PromptSet(bad), PromptTokenizer(llm), Encoder())
+
     asr = Record(key="a", task="ASR", target=target)
     assert collator.length(asr) == (tokens(PromptTokenizer(llm).render("")) + max(map(tokens, prompts.prompts("ASR")))
                                     + len(target.split()) + tokens(target) + 1)

@@ -66,6 +66,13 @@ class Collator:
         self._prompt_len = {task: max(len(llm(p, add_special_tokens=False)["input_ids"]) for p in prompts.prompts(task))
                             for task in prompts.tasks if not prompts.fields(task)}
         self._template_len = len(llm(prompt_tokenizer.render(""), add_special_tokens=False)["input_ids"])
+        for task in sorted(prompts.tasks):   # a prompt's own text spelling a special token: before step 1
+            neutral = {name: "x" for name in prompts.fields(task)}
+            for template in prompts.prompts(task):
+                try:
+                    prompt_tokenizer([template.format_map(neutral)])
+                except ValueError as e:
+                    raise PromptError(f"{prompts.source}: task {task}: {e}") from None
 
     def length(self, record: Record) -> int:
         """Prompt + speech rows + target + EOS, in tokens, as batching budgets them."""
