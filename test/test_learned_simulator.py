@@ -29,7 +29,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from fixtures import SENTENCES, waveform, write_sensevoice_dir
+from fixtures import SENTENCES, waveform, write_hf_ctc_dir, write_sensevoice_dir
 from tasu.simulate import SimulationConfig, WERSchedule, build_simulator, row_tokens, token_error_rate
 
 BIN = Path(sys.executable).parent
@@ -418,6 +418,13 @@ def test_a_run_into_a_trained_directory_needs_resume_and_bad_data_is_one_line(se
                        + json.dumps({"key": "n", "task": "ASR", "target": "hi", "path": str(tmp_path / "nan.wav")}))
         one_line_error(tasu_in_process(capsys, *common, "--data", str(nan), "--out", str(tmp_path / "n"), *TINY),
                        f"{nan}:7: path: 1 samples are not finite numbers")
+        write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")   # 15 ms: past the reader's 10 ms, short of wav2vec2's 25
+        sf.write(tmp_path / "short.wav", waveform(0.015).numpy(), 16000)
+        short = tmp_path / "short.jsonl"
+        short.write_text(json.dumps({"key": "s", "task": "ASR", "target": "hi", "path": str(tmp_path / "short.wav")}))
+        one_line_error(tasu_in_process(capsys, "train-simulator", "--encoder", str(tmp_path / "hf"), "--data",
+                                       str(short), "--out", str(tmp_path / "s"), *TINY),
+                       f"{short}:1: path: 240 samples at 16 kHz: shorter than the encoder's receptive field")
         one_line_error(tasu_in_process(capsys, *common, "--data", str(setup / "asr.jsonl"), "--out",
                                        str(tmp_path / "y"), "model.topk=8", "compress.topk=4"),
                        "model.topk 8 exceeds compress.topk 4")

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
-                      write_sensevoice_dir)
+                      write_hf_ctc_dir, write_sensevoice_dir)
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -180,6 +180,21 @@ def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setu
                f"({tmp_path / 'nan.wav'})" in result["stderr"].splitlines(), (workers, result["stderr"])
         last = (tmp_path / f"exp{workers}" / "train.log").read_text().splitlines()[-1]
         assert f"{train}:4: path: 1 samples" in last and "stopped at step" in last, last
+
+
+def test_a_clip_too_short_for_the_encoder_stops_the_step_at_its_record_line(setup, tmp_path):
+    """15 ms passes the 10 ms check of the audio reader, not a wav2vec2 front end's 25 ms: training
+    stopped with "waveform(s) [0] of the batch are shorter ...", naming no record."""
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    sf.write(tmp_path / "short.wav", waveform(0.015).numpy(), 16000)
+    good = [json.loads(ln) for ln in (setup / "train.jsonl").read_text().splitlines()[:2]]
+    train = data_file(tmp_path, "train.jsonl", *good, record("short", path=str(tmp_path / "short.wav")))
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           "data.mode=audio", f"data.train=[{train}]", f"encoder.path={tmp_path / 'hf'}",
+                           "train.max_steps=10"]])
+    assert result["status"] == 1 and "Traceback" not in result["stderr"], result
+    assert f"tasu train: error: {train}:3: path: 240 samples at 16 kHz: shorter than the encoder's receptive " \
+           f"field (325 samples, 20.3 ms): no frame ({tmp_path / 'short.wav'})" in result["stderr"].splitlines()
 
 
 def test_a_start_refused_after_taking_the_lock_frees_the_directory(setup, tmp_path):

@@ -36,6 +36,7 @@ class StepBatch:
     text: TextBatch
     token_ids: list[list[int]] | None = None        # text: encoder ids of each transcript
     waveforms: list[torch.Tensor] | None = None     # audio: 16 kHz mono
+    paths: list[str] | None = None                  # audio: where each waveform was read (for messages)
     posteriors: Posteriors | None = None            # audio from a dump: the encoder's compressed rows
     audio_seconds: float = 0.0
 
@@ -123,4 +124,4 @@ class Collator:
         except AudioError as e:
             raise e.placed(self.data_files) from None
         seconds = sum(len(w) for w in waves) / SAMPLE_RATE
-        return StepBatch(keys, "audio", text, waveforms=waves, audio_seconds=seconds)
+        return StepBatch(keys, "audio", text, waveforms=waves, paths=[r.path for r in records], audio_seconds=seconds)

@@ -260,6 +260,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
     from tasu.data.records import DataError
     from tasu.dump import DumpReader
     from tasu.encoders import load_encoder
+    from tasu.encoders.base import ShortWaveformError
     from tasu.posteriors import stack
 
     t, k = cfg.teacher, cfg.model.topk
@@ -282,8 +283,14 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         except AudioError as e:
             raise e.located(*r["where"]) from None
 
-    def run(waves):
-        return encoder_posteriors(encoder, [w.to(device) for w in waves], cfg.compress).to("cpu", torch.float32)
+    def run(waves, records):
+        try:
+            return encoder_posteriors(encoder, [w.to(device) for w in waves], cfg.compress).to("cpu", torch.float32)
+        except ShortWaveformError as e:   # at its record's line, as audio that cannot be read
+            i = e.indices[0]
+            r = records[i]
+            raise AudioError(r["path"], f"{len(waves[i])} samples at 16 kHz: {e.reason}", r["key"]
+                             ).located(*r["where"]) from None
 
     src, row_ids, row_probs, ter = [], [], [], []
     started = time.time()
@@ -302,7 +309,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
                     raise DataError(path, line, "posteriors", str(e)) from None
         todo = [i for i, p in enumerate(clean) if p is None]
         if todo:
-            live = run([waves[i] for i in todo])
+            live = run([waves[i] for i in todo], [chunk[i] for i in todo])
             for j, i in enumerate(todo):
                 n = int(live.lengths[j])
                 clean[i] = _one(live, j, n)
@@ -312,7 +319,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
             for r, w in zip(chunk, waves):
                 g = torch.Generator().manual_seed(random.Random(f"{t.seed}/{r['key']}/{copy}").getrandbits(63))
                 degraded.append(degrade(w, copy / t.copies, t, g))
-            batches.append(run(degraded))
+            batches.append(run(degraded, chunk))
         for post in batches:
             if post.topk < k:
                 raise SimulatorError(f"the teacher rows keep {post.topk} entries, fewer than model.topk = {k}")

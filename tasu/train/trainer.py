@@ -44,6 +44,7 @@ import torch
 
 from tasu.config import to_dict
 from tasu.data.audio import AudioError, audio_info, command_refused, is_command
+from tasu.encoders.base import ShortWaveformError
 from tasu.data.batching import DataPosition, StreamingBatches
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
@@ -507,7 +508,12 @@ class Trainer:
             return self.simulator(batch.token_ids, generator=generator, step=self.step if step is None else step)
         if batch.posteriors is not None:   # the encoder ran when the dump was made
             return batch.posteriors
-        return self.model.encode_audio([w.to(self.device) for w in batch.waveforms], self.cfg.compress)
+        try:
+            return self.model.encode_audio([w.to(self.device) for w in batch.waveforms], self.cfg.compress)
+        except ShortWaveformError as e:   # at its record's line, as audio that cannot be read
+            i = e.indices[0]
+            raise AudioError(batch.paths[i], f"{len(batch.waveforms[i])} samples at 16 kHz: {e.reason}",
+                             batch.keys[i]).placed(self.collator.data_files) from None
 
     def loss(self, batch: StepBatch, seed: int, step: int | None = None):
         """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch;
