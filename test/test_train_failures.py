@@ -481,6 +481,32 @@ finally:
 """
 
 
+def test_a_data_file_replaced_with_its_old_size_and_mtime_is_seen(tmp_path):
+    """rsync -a or cp -p of a new version as long as the old one puts its mtime back: size and mtime
+    alone said 'unchanged', and the next epochs trained on records never checked, exit 0."""
+    import types
+
+    from tasu.data.batching import Source
+    from tasu.experiment import ExperimentConfig
+    from tasu.fileio import file_sha256
+    from tasu.train.trainer import Trainer, TrainingError, _file_stats
+
+    data = Path(data_file(tmp_path, "train.jsonl", *(record(f"k{i}", target="kitchen lights") for i in range(4))))
+    cfg = ExperimentConfig()
+    cfg.data.train, cfg.data.valid = [Source(str(data))], []
+    run = types.SimpleNamespace(cfg=cfg, rank=0, data_stats=_file_stats(cfg),
+                                data_record={"train": [{"path": str(data), "sha256": file_sha256(data)}], "valid": []})
+    run._same_bytes = lambda path: Trainer._same_bytes(run, path)
+    os.chmod(data, 0o600)   # the same bytes, other status: a look at them, and on
+    Trainer._check_data_unchanged(run)
+    then = data.stat()
+    new = Path(data_file(tmp_path, "new.jsonl", *(record(f"k{i}", target="bedroom lights") for i in range(4))))
+    os.replace(new, data)
+    os.utime(data, ns=(then.st_atime_ns, then.st_mtime_ns))
+    with pytest.raises(TrainingError, match=r"train.jsonl changed while this run was training \(rewritten, as long\)"):
+        Trainer._check_data_unchanged(run)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_records_the_files_the_run_read_and_a_data_file_changed_stops_it(setup, tmp_path):
     """The prompts are read once, at the start. The training files are read again each epoch: one appended

@@ -160,15 +160,16 @@ def _unlink_shared_memory(rank: int) -> None:
         os.unlink(Path("/dev/shm", name))
 
 
-def _file_stats(cfg: ExperimentConfig) -> dict[str, tuple[int, int]]:
-    """Size and modification time of each training and validation file, by path."""
+def _file_stats(cfg: ExperimentConfig) -> dict[str, tuple[int, int, int, int]]:
+    """Size, modification and status-change times and inode of each training and validation file, by
+    path: a file put in place with its old mtime (``rsync -a``, ``cp -p``) changes the last two."""
     stats = {}
     for path in [*(s.path for s in cfg.data.train), *cfg.data.valid]:
         try:
             st = os.stat(path)
         except OSError as e:
             raise TrainingError(f"{path}: cannot read it ({e.strerror})") from None
-        stats[str(path)] = (st.st_size, st.st_mtime_ns)
+        stats[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     return stats
 
 
@@ -349,7 +350,7 @@ class Trainer:
             then = self.data_stats[path]
             if stats == then:
                 continue
-            if stats[0] == then[0]:   # touched, or rewritten in place: rank 0 recorded the bytes, and decides
+            if stats[0] == then[0]:   # touched, replaced or rewritten as long: rank 0 recorded the bytes, and decides
                 if self.rank != 0:
                     continue
                 if self._same_bytes(path):
