@@ -206,6 +206,19 @@ def test_a_start_refused_after_taking_the_lock_frees_the_directory(setup, tmp_pa
     assert trained["status"] == 0, trained["stderr"][-2000:]
 
 
+def test_validation_says_how_many_records_its_loss_leaves_out(setup, tmp_path):
+    """A validation record past data.max_length was skipped without a word: the loss that ranks the
+    checkpoints covered the others only."""
+    long = " ".join([SENTENCES[0]] * 40)
+    valid = data_file(tmp_path, "valid.jsonl", record("v0"), record("v1", target=long), record("v2"))
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"]])
+    assert result["status"] == 0, result["stderr"][-2000:]
+    log = (tmp_path / "exp" / "train.log").read_text()
+    assert re.search(r"step 2 validation: loss \S+, accuracy \S+ over \d+ tokens \(1 of 3 records skipped as too "
+                     r"long/short\)", log), log
+
+
 def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
     """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
     keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""

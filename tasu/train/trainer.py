@@ -270,6 +270,7 @@ class Trainer:
         elif cfg.data.mode != "text":
             self._on_all_ranks(lambda: self._check_audio(prompts), "the audio check failed")
         log.info("data checked: %d training and %d validation records", counts["train"], counts["valid"])
+        self.valid_records = counts["valid"]
 
         # before the models load (minutes for a large LLM): a learned simulator of another compression is refused
         self.simulator = build_simulator(cfg.simulation, tokenizer, device=self.device)
@@ -648,13 +649,14 @@ class Trainer:
     @torch.no_grad()
     def _validate(self, writer) -> float:
         self.engine.eval()
-        total = [0.0, 0.0, 0]  # loss x tokens, correct tokens, tokens
+        total = [0.0, 0.0, 0, 0]  # loss x tokens, correct tokens, tokens, records
         self.valid_data.set_position(DataPosition())
         for batch in self._loader(self.valid_data):
             seed = step_seed(self.cfg.train.seed, -1 - batch.index, self.rank)
             out, _, _ = self.loss(batch.data, seed, VALIDATION_STEP)   # the same rows every time
             n = out.num_tokens
-            total = [total[0] + out.loss.item() * n, total[1] + out.accuracy.item() * n, total[2] + n]
+            total = [total[0] + out.loss.item() * n, total[1] + out.accuracy.item() * n, total[2] + n,
+                     total[3] + len(batch.data.keys)]
         total = self._over_ranks(total)
         self.engine.train()
         if total[2] == 0:   # a NaN loss would be ranked, and keep_best keep a checkpoint by it
@@ -662,7 +664,9 @@ class Trainer:
                                 "skipped as too long or too short (data.min_length, data.max_length, "
                                 "data.max_tokens); change them or the validation files")
         loss, acc = total[0] / total[2], total[1] / total[2]
-        log.info("step %d validation: loss %.4f, accuracy %.4f over %d tokens", self.step, loss, acc, int(total[2]))
+        skipped = self.valid_records - int(total[3])   # the loss ranks checkpoints: say what it leaves out
+        log.info("step %d validation: loss %.4f, accuracy %.4f over %d tokens%s", self.step, loss, acc, int(total[2]),
+                 f" ({skipped} of {self.valid_records} records skipped as too long/short)" if skipped else "")
         if writer is not None:
             writer.add_scalar("valid/loss", loss, self.step)
             writer.add_scalar("valid/accuracy", acc, self.step)
