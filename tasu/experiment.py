@@ -207,7 +207,7 @@ class TrainConfig:
     epochs: int = 5
     max_steps: Optional[int] = None          # stop early after this many optimizer steps
     log_interval: int = 10
-    valid_interval: int = 500
+    valid_interval: int = 500                # and the last step: the final model is always ranked
     save_interval: int = 500
     keep_best: int = 3                       # checkpoints kept by validation loss (plus the last)
     init_from: Optional[str] = None          # a previous stage's checkpoint dir: its trained weights

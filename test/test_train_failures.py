@@ -219,6 +219,18 @@ def test_validation_says_how_many_records_its_loss_leaves_out(setup, tmp_path):
                      r"long/short\)", log), log
 
 
+def test_the_last_step_is_validated_when_it_falls_on_a_save_step(setup, tmp_path):
+    """max_steps on a save_interval step that is no valid_interval step: the final model was saved
+    unvalidated and never ranked, so decoding 'best' took an earlier one."""
+    valid = data_file(tmp_path, "valid.jsonl", record("v0"), record("v1"))
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           f"data.valid=[{valid}]", "train.max_steps=3", "train.valid_interval=2",
+                           "train.save_interval=3", "train.keep_best=2"]])
+    assert result["status"] == 0, result["stderr"][-2000:]
+    best = json.loads((tmp_path / "exp" / "checkpoints" / "best.json").read_text())
+    assert sorted(b["step"] for b in best) == [2, 3], best
+
+
 def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
     """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
     keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""

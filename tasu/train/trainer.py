@@ -574,7 +574,8 @@ class Trainer:
                                 self.step, t.epochs)
                 if self.step % t.log_interval == 0:
                     self._log(window, writer, skipped=batch.skipped)
-                if self.valid_data is not None and self.step % t.valid_interval == 0:
+                # the last step too: saved unvalidated (a save_interval step), the final model was never ranked
+                if self.valid_data is not None and (self.step % t.valid_interval == 0 or self._done()):
                     self._validate(writer)
                     self.save(validated=True)  # a validated step is always kept, to be ranked
                 elif self.step % t.save_interval == 0:
