@@ -289,7 +289,8 @@ print(json.dumps({"status": status, "steps": steps}))
 """
     out = subprocess.run([sys.executable, "-c", driver, "--config", str(setup / "text.yaml"), "--exp-dir",
                           str(tmp_path / "exp"), "data.num_workers=0", "train.max_steps=4", "train.valid_interval=2",
-                          "train.save_interval=2", "simulation.wer={start: [0.0, 0.1], end: [0.2, 0.3], total_steps: 4}"],
+                          "train.save_interval=2",
+                          "simulation.wer={start: [0.0, 0.1], end: [0.2, 0.3], total_steps: 4}"],
                          env=ENV, capture_output=True, text=True, timeout=300)
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["status"] == 0, out.stderr[-3000:]
