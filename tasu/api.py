@@ -125,9 +125,9 @@ class Speech2Text:
         except ShortWaveformError as e:   # named as the caller gave it, as load_audio names audio under 10 ms
             from tasu.data.audio import AudioError
 
-            i = e.indices[0]
+            i = e.first
             given = os.fspath(audios[i]) if isinstance(audios[i], (str, os.PathLike)) else f"recording {i} of the batch"
-            raise AudioError(given, f"{len(waves[i])} samples at 16 kHz: {e.reason}") from None
+            raise AudioError(given, e.problem) from None
         options = dict(num_beams=self.beam, max_new_tokens=self.max_new_tokens,
                        no_repeat_ngram_size=self.no_repeat_ngram_size, repetition_penalty=self.repetition_penalty)
         if nbest is None:

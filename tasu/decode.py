@@ -205,8 +205,8 @@ def decode_records(model: "SpeechLLM", cfg: "ExperimentConfig", prompts: PromptS
                 try:
                     post = model.encode_audio([w.to(device) for w in waves], cfg.compress)
                 except ShortWaveformError as e:   # named by its record, as load_audio names audio under 10 ms
-                    r, samples = batch[e.indices[0]], len(waves[e.indices[0]])
-                    raise AudioError(r.path, f"{samples} samples at 16 kHz: {e.reason}", r.key) from None
+                    r = batch[e.first]
+                    raise AudioError(r.path, e.problem, r.key) from None
             hyps = model.generate(post.to(device), [first_prompt(prompts, r) for r in batch], num_beams=options.beam,
                                   max_new_tokens=options.max_new_tokens,
                                   no_repeat_ngram_size=options.no_repeat_ngram_size,

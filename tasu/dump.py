@@ -363,8 +363,8 @@ def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, com
             try:
                 post = encoder_posteriors(encoder, waves, compress).to("cpu", torch.float32)
             except ShortWaveformError as e:   # named by its record, as load_audio names audio under 10 ms
-                (path, _, _), key = batch[e.indices[0]]
-                raise AudioError(path, f"{len(waves[e.indices[0]])} samples at 16 kHz: {e.reason}", key) from None
+                (path, _, _), key = batch[e.first]
+                raise AudioError(path, e.problem, key) from None
             for b, (_, key) in enumerate(batch):
                 n = int(post.lengths[b])
                 mat = torch.cat([post.ids[b, :n].float(), post.weights[b, :n], post.floor[b, :n, None],

@@ -131,11 +131,16 @@ class MetadataError(ValueError):
     """A small JSON file tasu writes beside its outputs that does not read as one."""
 
 
+_WRITTEN_BY_TASU = ("tasu writes this file; was it edited, or cut short? Remove it (with what it describes) to make "
+                    "it again")
+
+
 def read_json(path: str | Path, check: Callable[[Any], bool] = lambda value: isinstance(value, dict),
-              expected: str = "a JSON object") -> Any:
-    """The JSON document in ``path`` (``best.json``, ``decode.json``, ``dump.json``), which ``check``
-    accepts; else a ``MetadataError`` naming the file and what is wrong, with ``expected`` (what
-    ``check`` looks for) in the message. A missing file is the caller's case (``FileNotFoundError``)."""
+              expected: str = "a JSON object", remedy: str = _WRITTEN_BY_TASU) -> Any:
+    """The JSON document in ``path`` (``best.json``, ``decode.json``, ``dump.json``, a model's
+    ``config.json``), which ``check`` accepts; else a ``MetadataError`` naming the file and what is
+    wrong, with ``expected`` (what ``check`` looks for) and ``remedy`` (what to do) in the message. A
+    missing file is the caller's case (``FileNotFoundError``)."""
     path = Path(path)
     problem = None
     try:
@@ -154,8 +159,7 @@ def read_json(path: str | Path, check: Callable[[Any], bool] = lambda value: isi
         if not accepted:
             problem = f"not {expected}"
     if problem:
-        raise MetadataError(f"{path}: {problem}: tasu writes this file; was it edited, or cut short? "
-                            "Remove it (with what it describes) to make it again")
+        raise MetadataError(f"{path}: {problem}: {remedy}")
     return value
 
 

@@ -589,9 +589,9 @@ def test_model_files_that_cannot_be_read_are_named(tmp_path):
 
     from tasu.encoders import load_tokenizer
 
-    for name, text, problem in [("tokens.json", "{not json", "not valid JSON"),
-                                ("configuration.json", "[]", "holds a list, not a dict"),
-                                ("config.yaml", "- a list\n", "holds a list, not a dict"),
+    for name, text, problem in [("tokens.json", "{not json", "not JSON .*: a file of the model's release"),
+                                ("configuration.json", "[]", "not a JSON object whose file_path_metas is one"),
+                                ("config.yaml", "- a list\n", "the top level must be a mapping"),
                                 ("config.yaml", "model: [", "not valid YAML")]:
         write_sensevoice_dir(tmp_path / name)
         (tmp_path / name / name).write_text(text)

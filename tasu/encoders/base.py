@@ -117,12 +117,14 @@ class CTCEncoder(nn.Module, abc.ABC):
 class ShortWaveformError(ValueError):
     """Waveforms of a batch too short for the encoder to give one frame.
 
-    ``indices`` are their places in the batch and ``reason`` what is wrong with each, so a caller that
-    read them from records names the record (its key and path) rather than a place in a batch.
+    ``indices`` are their places in the batch, ``samples`` their lengths and ``reason`` what is wrong
+    with each, so a caller that read them from records names the first (``first``, its ``problem``) by
+    its record (key and path) rather than by a place in a batch.
     """
 
-    def __init__(self, indices: list[int], reason: str):
+    def __init__(self, indices: list[int], samples: list[int], reason: str):
         self.indices, self.reason = indices, reason
+        self.first, self.problem = indices[0], f"{samples[0]} samples at 16 kHz: {reason}"
         super().__init__(f"waveform(s) {indices} of the batch are {reason}")
 
 

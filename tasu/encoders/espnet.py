@@ -34,8 +34,9 @@ from typing import Sequence
 
 import torch
 
+from tasu.config import read_mapping
 from tasu.encoders.base import CTCEncoder, EncoderTokenizer, copy_flat, require_16k
-from tasu.encoders.layout import read_yaml, require
+from tasu.encoders.layout import require
 from tasu.encoders.registry import register
 from tasu.encoders.tokenizers import vocabulary_case
 from tasu.weights import ModelFilesError, load_into, load_state_file
@@ -51,7 +52,7 @@ class ESPnetDir:
 
     def __init__(self, path: str | Path):
         self.root = Path(path)
-        self.config = read_yaml(require(self.root / "config.yaml", "ESPnet config"))
+        self.config = read_mapping(require(self.root / "config.yaml", "ESPnet config"))
         if "token_list" not in self.config:
             raise ModelFilesError(f"{self.root}/config.yaml has no token_list: not an ESPnet2 ASR config")
 
@@ -225,7 +226,7 @@ class ESPnetCTCEncoder(CTCEncoder):
     def recognises(cls, root: Path) -> bool:
         if not (root / "config.yaml").is_file():
             return False
-        config = read_yaml(root / "config.yaml")
+        config = read_mapping(root / "config.yaml")
         return "token_list" in config and "ctc_conf" in config
 
     @classmethod

@@ -96,8 +96,9 @@ def wav_frontend_features(frontend: WavFrontend, waveforms: Sequence[torch.Tenso
     shift = int(frontend.fs * frontend.frame_shift / 1000)
     short = [i for i, n in enumerate(lengths.tolist()) if n < shift]
     if short:  # the fbank library crashes the process on an empty waveform: refuse it here
-        raise ShortWaveformError(short, f"shorter than one {frontend.frame_shift} ms frame shift ({shift} samples): "
-                                        "no features")
+        raise ShortWaveformError(short, [int(lengths[i]) for i in short],
+                                 f"shorter than one {frontend.frame_shift} ms frame shift ({shift} samples): "
+                                 "no features")
     with torch.no_grad():
         feats, feat_lengths = frontend(pad_sequence(waves, batch_first=True), lengths)
     return feats, feat_lengths.to(torch.long)

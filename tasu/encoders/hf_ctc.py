@@ -75,8 +75,9 @@ class HFCTCEncoder(CTCEncoder):
         waves = [torch.as_tensor(w, dtype=torch.float32).reshape(-1) for w in waveforms]
         short = [i for i, w in enumerate(waves) if w.numel() < self.min_samples]
         if short:
-            raise ShortWaveformError(short, f"shorter than the encoder's receptive field ({self.min_samples} "
-                                            f"samples, {1000 * self.min_samples / self.sample_rate:.3g} ms): no frame")
+            raise ShortWaveformError(short, [waves[i].numel() for i in short],
+                                     f"shorter than the encoder's receptive field ({self.min_samples} samples, "
+                                     f"{1000 * self.min_samples / self.sample_rate:.3g} ms): no frame")
         batch = self.feature_extractor(
             [w.numpy() for w in waves],
             sampling_rate=self.sample_rate, padding=True, return_attention_mask=True,

@@ -27,11 +27,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
 from torch import nn
 
+from tasu.config import read_mapping
 from tasu.encoders.base import require_16k
 from tasu.encoders.fbank import check_frontend_conf
+from tasu.fileio import read_json
 from tasu.weights import ModelFilesError, load_into, load_state_file
 
 
@@ -39,35 +40,16 @@ def funasr_model(root: Path) -> str | None:
     """The ``model:`` entry of ``root/config.yaml`` (what marks the funasr-style layouts), or None."""
     if not (root / "config.yaml").is_file():
         return None
-    return read_yaml(root / "config.yaml").get("model")
+    return read_mapping(root / "config.yaml").get("model")
 
 
-def read_yaml(path: Path) -> dict:
-    """The mapping of YAML file ``path`` ({} when empty); anything else is refused naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:   # (a thousand '[' overflow the stack)
-        raise ModelFilesError(f"{path}: not valid YAML ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                              ) from None
-    return _of_type(data or {}, dict, path)
+_RELEASE_FILE = "a file of the model's release: copy it again"
 
 
-def read_json(path: Path, kind: type):
-    """The JSON value of ``path``, of type ``kind``; anything else is refused naming the file (json's
-    own message named none)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelFilesError(f"{path}: not valid JSON ({e})") from None
-    return _of_type(data, kind, path)
-
-
-def _of_type(data, kind: type, path: Path):
-    if not isinstance(data, kind):
-        raise ModelFilesError(f"{path}: holds a {type(data).__name__}, not a {kind.__name__}")
-    return data
+def release_json(path: Path, kind: type[dict] | type[list]):
+    """The JSON value (a ``kind``) of a model release's file ``path``, or one line naming the file."""
+    return read_json(path, lambda value: isinstance(value, kind), f"a JSON {'object' if kind is dict else 'list'}",
+                     remedy=_RELEASE_FILE)
 
 
 def require(path: Path, what: str) -> Path:
@@ -87,11 +69,12 @@ class FunASRDir:
 
     def __init__(self, path: str | Path):
         self.root = Path(path)
-        self.config = read_yaml(require(self.root / "config.yaml", "config file"))
+        self.config = read_mapping(require(self.root / "config.yaml", "config file"))
         metas = {}
         if (self.root / "configuration.json").is_file():
-            path = self.root / "configuration.json"
-            metas = _of_type(read_json(path, dict).get("file_path_metas") or {}, dict, f"{path}: file_path_metas")
+            metas = read_json(self.root / "configuration.json",
+                              lambda v: isinstance(v, dict) and isinstance(v.get("file_path_metas") or {}, dict),
+                              "a JSON object whose file_path_metas is one", _RELEASE_FILE).get("file_path_metas") or {}
         self._metas = metas
         conf = self.config.get("model_conf")
         blank = conf.get("blank_id", 0) if isinstance(conf, dict) else 0
@@ -151,7 +134,7 @@ class FunASRDir:
         path = self.root / "tokens.json"
         if not path.is_file():
             return None
-        return read_json(path, list)
+        return release_json(path, list)
 
 
 def load_weights(module: nn.Module, path: Path) -> None:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tasu.config import read_mapping
 from tasu.encoders.base import CTCEncoder
-from tasu.encoders.layout import read_yaml
 from tasu.registry import Registry
 from tasu.weights import ModelFilesError
 
@@ -48,7 +48,7 @@ def detect(path: str | Path) -> str:
     expected = "; ".join(f"{name}: {cls.files}" for name, cls in ENCODERS.items())
     named = ""
     if (root / "config.yaml").is_file():
-        named = f"; its config.yaml names model {read_yaml(root / 'config.yaml').get('model')!r}"
+        named = f"; its config.yaml names model {read_mapping(root / 'config.yaml').get('model')!r}"
     raise ModelFilesError(f"{root} matches no encoder layout tasu reads ({expected}){named}; "
                           f"found {sorted(p.name for p in root.iterdir())}")
 

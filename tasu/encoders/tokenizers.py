@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from tasu.encoders.base import EncoderTokenizer
-from tasu.encoders.layout import FunASRDir, read_json, require
+from tasu.encoders.layout import FunASRDir, release_json, require
 from tasu.weights import ModelFilesError
 
 BLANK_PIECE = "<blank>"
@@ -159,7 +159,7 @@ class HFCTCTokenizer(EncoderTokenizer):
         from transformers import Wav2Vec2CTCTokenizer
 
         root = Path(path)
-        config = read_json(require(root / "config.json", "model config"), dict)
+        config = release_json(require(root / "config.json", "model config"), dict)
         require(root / "vocab.json", "CTC vocabulary")
         tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(str(root))
         blank = config.get("pad_token_id", tokenizer.pad_token_id)

@@ -287,10 +287,8 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
         try:
             return encoder_posteriors(encoder, [w.to(device) for w in waves], cfg.compress).to("cpu", torch.float32)
         except ShortWaveformError as e:   # at its record's line, as audio that cannot be read
-            i = e.indices[0]
-            r = records[i]
-            raise AudioError(r["path"], f"{len(waves[i])} samples at 16 kHz: {e.reason}", r["key"]
-                             ).located(*r["where"]) from None
+            r = records[e.first]
+            raise AudioError(r["path"], e.problem, r["key"]).located(*r["where"]) from None
 
     src, row_ids, row_probs, ter = [], [], [], []
     started = time.time()

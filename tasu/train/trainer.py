@@ -44,13 +44,13 @@ import torch
 
 from tasu.config import to_dict
 from tasu.data.audio import AudioError, audio_info, command_refused, is_command
-from tasu.encoders.base import ShortWaveformError
 from tasu.data.batching import DataPosition, StreamingBatches
 from tasu.data.prompts import PromptSet, load_prompts
 from tasu.data.records import DataError, iter_records_with_lines
 from tasu.device import distributed_backend, resolve_device
 from tasu.dump import DumpReader, identity
 from tasu.dump import check_records as check_dump_records
+from tasu.encoders.base import ShortWaveformError
 from tasu.errors import describe_error
 from tasu.fileio import file_sha256, write_atomic
 from tasu.lock import DirLock, holder
@@ -513,9 +513,8 @@ class Trainer:
         try:
             return self.model.encode_audio([w.to(self.device) for w in batch.waveforms], self.cfg.compress)
         except ShortWaveformError as e:   # at its record's line, as audio that cannot be read
-            i = e.indices[0]
-            raise AudioError(batch.paths[i], f"{len(batch.waveforms[i])} samples at 16 kHz: {e.reason}",
-                             batch.keys[i]).placed(self.collator.data_files) from None
+            raise AudioError(batch.paths[e.first], e.problem, batch.keys[e.first]).placed(self.collator.data_files) \
+                from None
 
     def loss(self, batch: StepBatch, seed: int, step: int | None = None):
         """(loss output, input rows: prompt + speech + target tokens, simulation (errors, tokens)) of a batch;
