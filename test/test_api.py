@@ -34,7 +34,7 @@ encoder: {{path: {root}/enc}}
 llm: {{path: {root}/llm, lora: {{r: 2, alpha: 4.0}}}}
 projector: {{name: linear-silu, options: {{hidden: 32}}}}
 data: {{train: [{root}/train.jsonl], max_tokens: 400, num_workers: 0}}
-optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
+optim: {{lr: 1.0e-3, warmup_steps: 2, total_steps: 4}}
 engine: {{device: cpu}}
 train: {{epochs: 1, max_steps: 4, log_interval: 2, save_interval: 4}}
 """, encoding="utf-8")

@@ -55,7 +55,7 @@ projector: {{name: linear-silu, options: {{hidden: 32}}}}
 compress: {{threshold: 0.99, topk: 4}}
 data: {{mode: audio, train: [{root}/data/ASR.jsonl, {root}/data/SLU_scenario.jsonl],
         valid: [{root}/data/ASR.jsonl], max_tokens: 400, max_batch_size: 1, num_workers: 1}}
-optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 4}}
+optim: {{lr: 1.0e-3, warmup_steps: 2, total_steps: 4}}
 engine: {{device: cpu}}
 train: {{epochs: 1, max_steps: 4, log_interval: 2, valid_interval: 4, save_interval: 4}}
 """, encoding="utf-8")

@@ -285,9 +285,9 @@ projector: {{name: linear-silu, options: {{hidden: 16}}}}
 compress: {{threshold: 0.99, topk: 4}}
 simulation: {{name: learned, path: {setup}/sim, wer: {{start: [{lo}, {lo}], end: [{hi}, {hi}], total_steps: 2}}}}
 data: {{mode: text, train: [{setup}/asr.jsonl], max_tokens: 400, num_workers: 0}}
-optim: {{lr: 1.0e-3, warmup_steps: 1, total_steps: 2}}
+optim: {{lr: 1.0e-3, warmup_steps: 2, total_steps: 3}}
 engine: {{device: cpu, zero_stage: 0}}
-train: {{epochs: 1, max_steps: 2, log_interval: 1, save_interval: 2}}
+train: {{epochs: 2, max_steps: 3, log_interval: 1, save_interval: 3}}
 """, encoding="utf-8")
     # other compression than the simulator's teacher had: its rows are not what decoding will meet. Said
     # before the models load (an LLM without its weights here: the check came after loading it)

@@ -263,7 +263,7 @@ def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
     assert "6 steps (this run: 3 text and 3 audio batches per process)" in out.stdout + out.stderr
     assert "step 6 validation: loss" in out.stdout + out.stderr
 
-    diverging = subprocess.run(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=1",
+    diverging = subprocess.run(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=2",
                                          "train.max_steps=6", procs=1), env=ENV, capture_output=True, text=True)
     assert diverging.returncode != 0
     log = diverging.stdout + diverging.stderr

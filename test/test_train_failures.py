@@ -29,6 +29,8 @@ import yaml
 from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer, save_tiny_llm, waveform,
                       write_hf_ctc_dir, write_sensevoice_dir)
 
+from tasu.experiment import STEPS_AT_RATE_0
+
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 ENV.pop("TASU_DEBUG", None)
@@ -59,9 +61,9 @@ def setup(tmp_path_factory) -> Path:
     config = {"encoder": {"path": str(root / "enc")}, "llm": {"path": str(root / "llm")},
               "projector": {"name": "linear-silu", "options": {"hidden": 16}},
               "data": {"train": [str(root / "train.jsonl")], "max_tokens": 400, "num_workers": 0},
-              "optim": {"lr": 1.0e-3, "warmup_steps": 1, "total_steps": 10},
+              "optim": {"lr": 1.0e-3, "warmup_steps": 2, "total_steps": 10},
               "engine": {"device": "cpu", "zero_stage": 2},
-              "train": {"epochs": 1, "max_steps": 2, "log_interval": 1, "valid_interval": 100, "save_interval": 2}}
+              "train": {"epochs": 1, "max_steps": 3, "log_interval": 1, "valid_interval": 100, "save_interval": 3}}
     (root / "train.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return root
 
@@ -70,6 +72,14 @@ def data_file(root: Path, name: str, *lines: str | dict, raw: bytes = b"") -> st
     path = root / name
     path.write_bytes(raw + "".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines).encode())
     return str(path)
+
+
+def last_step(exp: Path) -> int:
+    """The step of an experiment's last checkpoint; 0 before its first."""
+    try:
+        return int((exp / "checkpoints" / "last").read_text().split("_")[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0
 
 
 def run_cases(cases: list[list[str]]) -> list[dict]:
@@ -247,12 +257,16 @@ def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp
 def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setup, tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()
-    (exp / "loss.tsv").write_text("1\t9.0\n2\t9.0\n3\t9.0\n")  # a start killed before its first checkpoint
+    (exp / "loss.tsv").write_text("1\t9.0\n2\t9.0\n3\t9.0\n4\t9.0\n")  # a start killed before its first checkpoint
     cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600,
                          preexec_fn=lambda: os.umask(0o022))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert [line.split("\t")[0] for line in (exp / "loss.tsv").read_text().splitlines()] == ["1", "2"]
+    assert [line.split("\t")[0] for line in (exp / "loss.tsv").read_text().splitlines()] == ["1", "2", "3"]
+    # the rate each step trained at (the log said the next step's): DeepSpeed's warm-up gives the first
+    # STEPS_AT_RATE_0 steps none, the next 1/warmup_steps of optim.lr
+    rates = re.findall(r"step \d+ epoch 0: .*?, lr (\S+),", (exp / "train.log").read_text())
+    assert rates == ["0"] * STEPS_AT_RATE_0 + ["0.0005"], rates
     for written in (exp / "config.yaml", exp / "checkpoints" / "last", exp / "checkpoints" / "best.json"):
         assert stat.S_IMODE(written.stat().st_mode) == 0o644, written  # the umask's mode, not mkstemp's 0600
 
@@ -260,7 +274,7 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     from tasu.train.checkpoint import load_engine_file
     from tasu.model_io import CheckpointError
 
-    ds_dir = exp / "checkpoints" / "step_000002" / "engine" / "ds"
+    ds_dir = exp / "checkpoints" / "step_000003" / "engine" / "ds"
     for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         assert isinstance(load_engine_file(ds_dir / name), dict)
 
@@ -269,14 +283,14 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     torch.save({"module": Payload(marker)}, ds_dir / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError, match="refused to load.*it names posix.system"):
         load_engine_file(ds_dir / "mp_rank_00_model_states.pt")
-    resumed = subprocess.run(cmd + ["--resume", "train.max_steps=3"], env=ENV, capture_output=True, text=True,
+    resumed = subprocess.run(cmd + ["--resume", "train.max_steps=4"], env=ENV, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 1 and not marker.exists()
     assert "Traceback" not in resumed.stderr
     assert "tasu train: error: " in resumed.stderr and "refused to load" in resumed.stderr
 
     # ... and so is a damaged state file (a copy cut short), named, not an EOFError without a message.
-    state = exp / "checkpoints" / "step_000002" / "engine" / "state_rank0.pt"
+    state = exp / "checkpoints" / "step_000003" / "engine" / "state_rank0.pt"
     state.write_bytes(b"")
     resumed = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
@@ -305,7 +319,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
     out = subprocess.run(cmd + [f"data.train=[{train}]"], env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = exp / "checkpoints" / "step_000002"
+    ckpt = exp / "checkpoints" / "step_000003"
     recorded = json.loads((ckpt / "engine" / "data.json").read_text())
     assert recorded["train"][0]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
     prompts = (ckpt / "model" / "prompts.jsonl").read_text()
@@ -329,7 +343,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
 
     # written by 2 processes, resumed by 1: its batch count was of a 2-process plan (ZeRO-0 went on, exit 0)
     shutil.copy(ckpt / "engine" / "state_rank0.pt", ckpt / "engine" / "state_rank1.pt")
-    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=3"], env=ENV,
+    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=4"], env=ENV,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 1 and (f"{ckpt} was written by 2 process(es) and this run has 1: resume with as many"
                                     in out.stderr), out.stderr[-2000:]
@@ -347,13 +361,13 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
         sentence_iterator=iter([s[::-1] for s in SENTENCES]), model_prefix=str(tmp_path / "bpe"),
         vocab_size=60, model_type="bpe", character_coverage=1.0, minloglevel=2)
     (tmp_path / "bpe.model").replace(other / SENSEVOICE_BPE)
-    for argv in ([f"data.train=[{train}]", f"encoder.path={other}", "--resume", "train.max_steps=3"],
+    for argv in ([f"data.train=[{train}]", f"encoder.path={other}", "--resume", "train.max_steps=4"],
                  [f"data.train=[{train}]", f"encoder.path={other}", f"train.init_from={exp}", "--exp-dir",
                   str(tmp_path / "next")]):
         out = subprocess.run(cmd + argv, env=ENV, capture_output=True, text=True, timeout=600)
         assert out.returncode == 1 and f"{ckpt} was trained on the ids of another encoder vocabulary than " \
             f"encoder.path {other}'s" in out.stderr, out.stderr[-2000:]
-    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000002"
+    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000003"
 
     # llm.path may move, but not to another LLM of the same shapes (a base release for its instruct one): a
     # resume or a curriculum's next stage trained on, half one model and half the other, exit 0
@@ -440,11 +454,6 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
         assert init_from_running(str(exp)).startswith(f"train.init_from {exp}: its training is running (pid "
                                                       f"{os.getpid()} ")
     assert init_from_running(str(exp)) is None and Trainer._init_checkpoint(str(exp)) == ckpt
-    # a resume asked for fewer steps than trained went on to train none, without a word
-    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=1"], env=ENV,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "train.max_steps 1: the checkpoint has trained 2 steps already, so nothing " \
-        "is trained" in out.stderr, out.stderr[-2000:]
 
     # stage 2 remakes the file: one target changed, the same path; the same bytes elsewhere would resume
     moved = tmp_path / "elsewhere" / "train.jsonl"
@@ -455,9 +464,9 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume"], env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert (f"tasu train: error: cannot resume {exp} from step_000002: its run read other data or settings: "
+    assert (f"tasu train: error: cannot resume {exp} from step_000003: its run read other data or settings: "
             f"{train}: not the file the run read ({train}, {moved.stat().st_size} bytes") in out.stderr
-    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000002"
+    assert (exp / "checkpoints" / "last").read_text().strip() == "step_000003"
 
     # a damaged record is refused, not trusted; a checkpoint of an older tasu has none: that is said, not refused
     for damaged in ("{", '{"train": [{"path": 1}], "valid": []}', "[]"):
@@ -489,14 +498,14 @@ os.utime(data, ns=(0, 0))
 step = trainer._train_step
 
 
-def append_after_step_3(batch, window):
+def append_after_step_4(batch, window):   # after the first save (step 3), before the next
     step(batch, window)
-    if trainer.step == 3:
+    if trainer.step == 4:
         with open(data, "a", encoding="utf-8") as f:
             f.write(open(data, encoding="utf-8").readline())
 
 
-trainer._train_step = append_after_step_3
+trainer._train_step = append_after_step_4
 try:
     trainer.fit()
 except TrainingError as e:
@@ -548,9 +557,9 @@ def test_a_checkpoint_records_the_files_the_run_read_and_a_data_file_changed_sto
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Edited" in prompts.read_text(encoding="utf-8")
-    assert (tmp_path / "exp" / "checkpoints" / "step_000002" / "model" / "prompts.jsonl").read_text() == read
+    assert (tmp_path / "exp" / "checkpoints" / "step_000003" / "model" / "prompts.jsonl").read_text() == read
     # touched (the same bytes): trained on; appended to: no checkpoint records it as it was
-    assert sorted(p.name for p in (tmp_path / "exp" / "checkpoints").glob("step_*")) == ["step_000002"]
+    assert sorted(p.name for p in (tmp_path / "exp" / "checkpoints").glob("step_*")) == ["step_000003"]
     assert out.stdout.splitlines()[-1] == (f"{data} changed while this run was training ({size} bytes then, "
                                            f"{data.stat().st_size} now): keep a run's data files as they are until "
                                            "it ends; put the file back to --resume, or train a new experiment")
@@ -630,7 +639,7 @@ def small_disk(tmp_path) -> Path:
 def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk):
     [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(small_disk / "exp")]])
     assert result["status"] == 1 and "Traceback" not in result["stderr"], result["stderr"]
-    assert (f"tasu train: error: cannot write checkpoint step_000002 in {small_disk / 'exp' / 'checkpoints'}: "
+    assert (f"tasu train: error: cannot write checkpoint step_000003 in {small_disk / 'exp' / 'checkpoints'}: "
             "0.0 MiB free on that disk") in result["stderr"]
     assert "no checkpoint was written" in result["stderr"]
     assert not list((small_disk / "exp" / "checkpoints").iterdir())  # no partial checkpoint left behind
@@ -669,9 +678,23 @@ def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
 def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path):
     """No max_steps and more batches than optim.total_steps: the rest of the epochs train at rate 0."""
     [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
-                           "train.max_steps=null", "train.epochs=2", "optim.total_steps=2", "train.save_interval=100"]])
+                           "train.max_steps=null", "train.epochs=2", "optim.total_steps=3", "train.save_interval=100"]])
     logged = result["stderr"] + "".join(p.read_text() for p in (tmp_path / "exp").rglob("train.log"))
-    assert result["status"] == 0 and "step 2 is optim.total_steps: the learning rate is 0 from here on" in logged
+    assert result["status"] == 0 and "step 3 is optim.total_steps: the learning rate is 0 from here on" in logged
+
+
+def test_an_epoch_limited_run_of_steps_at_rate_0_alone_trained_nothing_and_says_so(setup, tmp_path):
+    """Two batches in all, no max_steps: both ran at DeepSpeed's warm-up rate of 0, and the run saved its
+    initial weights as finished, exit 0."""
+    train = data_file(tmp_path, "two.jsonl", *(json.loads(line) for line in
+                                               (setup / "train.jsonl").read_text().splitlines()[:2]))
+    exp = tmp_path / "exp"
+    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp), f"data.train=[{train}]",
+                           "data.max_batch_size=1", "train.max_steps=null"]])
+    assert result["status"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    assert ("the 1 epoch(s) held 2 batch(es) per process: the first 2 steps run at a learning rate of 0, so nothing "
+            "was trained; raise train.epochs or give more data") in result["stderr"]
+    assert not (exp / "checkpoints").exists() or last_step(exp) == 0
 
 
 def test_make_corpus_says_a_bad_option_in_one_line(tmp_path):
@@ -710,7 +733,7 @@ def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, t
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
-        while not (exp / "checkpoints" / "last").exists():
+        while last_step(exp) < 6:   # past the resume's max_steps below
             assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
@@ -721,6 +744,9 @@ def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, t
     assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
     last = (exp / "train.log").read_text().splitlines()[-1]
     assert re.search(r"\] ERROR stopped at step \d+: terminated \(SIGTERM\)$", last), last
+    # a resume asked for fewer steps than trained went on to train none, without a word
     out = subprocess.run(cmd[:-2] + ["--resume", "train.max_steps=4", "optim.total_steps=100000"], env=ENV,
-                         capture_output=True, text=True, timeout=600)   # (past step 4 already: trains none)
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "resumed from" in (exp / "train.log").read_text(), out.stderr[-3000:]
+    assert re.search(r"train.max_steps 4: the checkpoint has trained \d+ steps already, so nothing is trained",
+                     out.stderr), out.stderr[-2000:]

@@ -63,7 +63,7 @@ from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.same_run import ResumeError, check_same_run, data_record, init_llm_difference, write_data_record
-from tasu.experiment import ExperimentConfig
+from tasu.experiment import STEPS_AT_RATE_0, ExperimentConfig
 
 log = logging.getLogger("tasu.train")
 
@@ -298,7 +298,7 @@ class Trainer:
         # stays float32, as its features are and as decoding runs it: it is out of the module meanwhile.
         encoder, self.model.encoder = self.model.encoder, None
         try:
-            self.engine, _, _, self.scheduler = deepspeed.initialize(
+            self.engine, _, _, _ = deepspeed.initialize(
                 model=self.model, model_parameters=trainable, config=deepspeed_config(cfg))
         finally:
             self.model.encoder = encoder
@@ -547,7 +547,7 @@ class Trainer:
                  self.exp_dir, sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                  self.cfg.data.mode, self.world, self.step)
         window = {"loss": 0.0, "acc": 0.0, "tokens": 0, "sim_errors": 0, "sim_tokens": 0, "steps": 0,
-                  "start": time.time()}
+                  "lr": 0.0, "start": time.time()}
         while self.position.epoch < t.epochs and not self._done():
             self._on_all_ranks(self._check_data_unchanged, "a data file changed")
             self.train_data.set_position(self.position)
@@ -582,6 +582,10 @@ class Trainer:
             if not self._done():
                 log.info("epoch %d done at step %d", self.position.epoch, self.step)
                 self.position.next_epoch()
+        if self.step <= STEPS_AT_RATE_0:   # a run bound by its epochs (max_steps is checked up front)
+            raise TrainingError(f"the {t.epochs} epoch(s) held {self.step} batch(es) per process: the first "
+                                f"{STEPS_AT_RATE_0} steps run at a learning rate of 0, so nothing was trained; "
+                                "raise train.epochs or give more data")
         if self.valid_data is not None and not self._saved_at_step():
             self._validate(writer)
             self.save(validated=True)
@@ -614,6 +618,7 @@ class Trainer:
             raise TrainingError(f"non-finite loss {out.loss.item()} at step {self.step + 1} "
                                 f"(batch {batch.data.keys[:3]}...); {kept}. Try precision fp32/bf16 or a lower lr.")
         self.engine.backward(out.loss)
+        window["lr"] = self.engine.get_lr()[0]   # this step's: the scheduler's is the next one's after it
         self.engine.step()
         self.step += 1
         self.position.advance(batch)
@@ -635,7 +640,7 @@ class Trainer:
         n = max(window["steps"], 1)
         elapsed = max(time.time() - window["start"], 1e-9)
         stats = {"loss": window["loss"] / n, "accuracy": window["acc"] / n,
-                 "lr": self.scheduler.get_last_lr()[0] if self.scheduler else self.cfg.optim.lr,
+                 "lr": window["lr"],
                  "tokens_per_s": window["tokens"] / elapsed, "memory_mb": _memory_mb(self.device)}
         if window["sim_tokens"]:   # text batches: the simulated posteriors' token error rate
             stats["simulated_ter"] = window["sim_errors"] / window["sim_tokens"]

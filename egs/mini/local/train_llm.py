@@ -282,9 +282,10 @@ def train(model, examples: Examples, sentences: list[tuple[str, str]], args) -> 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]   # this step's: after scheduler.step() it is the next one's
         scheduler.step()
         if step % 50 == 0 or step == args.steps:
-            logging.info("step %d: loss %.3f, lr %.2e, %.0f s", step, loss.item(), scheduler.get_last_lr()[0],
+            logging.info("step %d: loss %.3f, lr %.2e, %.0f s", step, loss.item(), lr,
                          time.time() - start)
         if args.max_minutes and time.time() - start > 60 * args.max_minutes:
             stopped_early = True
