@@ -383,6 +383,31 @@ def test_a_checkpoint_is_put_in_place_and_the_curve_cut_back_to_it(tmp_path):
     assert not (tmp_path / "none.tsv").exists()
 
 
+@pytest.mark.parametrize("killed", ["before", "after"])
+def test_a_run_killed_around_its_first_checkpoints_rename_resumes(tmp_path, monkeypatch, killed):
+    """Killed after the first checkpoint was renamed into place and before ``last`` named it, the run
+    left a whole checkpoint that a rerun and --resume refused ("last is missing"), the recipe's stage too."""
+    from tasu.model_io import last_checkpoint, refuse_lost_pointer
+    from tasu.train import checkpoint
+
+    root = tmp_path / "checkpoints"
+    partial, replace = checkpoint.partial_dir(root, "step_000003"), os.replace
+
+    def kill(src, dst):   # at the checkpoint's rename (``last`` is written through one too)
+        if Path(src) == partial:
+            if killed == "after":
+                replace(src, dst)
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    partial.mkdir(parents=True)
+    monkeypatch.setattr(os, "replace", kill)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.finalize_checkpoint(root, "step_000003")
+    refuse_lost_pointer(root)   # the next start goes on: from scratch, or from the checkpoint in place
+    assert last_checkpoint(root) == (root / "step_000003" if killed == "after" else None)
+
+
 def test_the_batch_budget_counts_a_prompt_filled_from_the_record(tmp_path):
     """A prevtext (or hotword) prompt holds the record's field, which may be long: batching budgets
     the prompt as filled, so a batch stays within data.max_tokens. Prompts without fields are

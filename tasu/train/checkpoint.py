@@ -9,7 +9,8 @@ files the run read, which ``tasu.train.same_run`` checks before resuming), the `
 take to put a checkpoint in place and to forget, on resuming, the loss curve's steps after it.
 
 A checkpoint is written under a temporary name (``partial_dir``) and renamed into place when
-complete, and ``last`` is replaced atomically afterwards (``finalize_checkpoint``), so a run killed
+complete, and ``last`` is replaced atomically afterwards (``finalize_checkpoint``; a directory's
+first is named just before), so a run killed
 at any moment leaves either the previous or the new checkpoint, never a half-written one that
 resuming would trust.
 
@@ -28,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from tasu.fileio import write_atomic
-from tasu.model_io import CheckpointError
+from tasu.model_io import CheckpointError, last_checkpoint
 
 ENGINE_DIR = "engine"
 FINISHED = "finished"   # in checkpoints/: the name of the checkpoint the run ended with
@@ -75,8 +76,13 @@ def finalize_checkpoint(ckpt_root: Path, name: str, best: list[dict] | None = No
 
     The order is what makes a kill at any moment harmless: the new checkpoint is whole before
     ``last`` names it, ``best.json`` never names a checkpoint that is not there, and old ones go last.
+    A directory's first checkpoint is named before it is in place: killed between the rename and the
+    pointer, it was a checkpoint no ``last`` names, which a rerun and ``--resume`` refuse; a pointer to a
+    name not yet there reads as no checkpoint at all.
     """
     final = ckpt_root / name
+    if last_checkpoint(ckpt_root) is None:
+        set_last(ckpt_root, name)
     shutil.rmtree(final, ignore_errors=True)   # a checkpoint of this step from a run that was resumed
     os.replace(partial_dir(ckpt_root, name), final)
     set_last(ckpt_root, name)
