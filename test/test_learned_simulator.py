@@ -147,6 +147,25 @@ def test_bad_weights_in_a_simulator_directory_are_refused_by_name(setup, tmp_pat
         read_simulator_dir(sim)
 
 
+def test_new_weights_beside_the_old_config_are_refused(setup, tmp_path):
+    """A resumed train-simulator killed between writing model.safetensors and config.json left the new
+    model beside the old config (another model's calibration and wer_range), read without a word."""
+    import shutil
+
+    from tasu.simulate.learned import SimulatorError, read_simulator_dir, write_simulator_dir
+
+    sim = tmp_path / "sim"
+    shutil.copytree(setup / "sim", sim, ignore=shutil.ignore_patterns("checkpoints"))
+    config, state = read_simulator_dir(sim)
+    old_config = (sim / "config.json").read_bytes()
+    write_simulator_dir(sim, config, {k: v * 0.5 for k, v in state.items()})
+    read_simulator_dir(sim)   # the pair as written
+    (sim / "config.json").write_bytes(old_config)   # as the kill between the two renames left them
+    with pytest.raises(SimulatorError, match=re.escape(f"{sim / 'model.safetensors'} is not the model written "
+                                                       f"with {sim / 'config.json'} (a run stopped between")):
+        read_simulator_dir(sim)
+
+
 @pytest.mark.parametrize("edit, problem", [
     ({"topk": "ten"}, "topk 'ten': not a whole number of at least 1"),
     ({"topk": 100}, "config.json: not a learned simulator's config: topk 100 exceeds vocab_size 60"),

@@ -119,6 +119,7 @@ class LearnedSimulatorConfig(SimulatorArchitecture):
     # {"temperature": T, "condition": [...], "wer": [...]}: the sampled rows' token error rate at each
     # condition, at temperature T (nondecreasing); empty: not calibrated, asked WER = condition
     calibration: dict = field(default_factory=dict)
+    weights_sha256: str = ""   # of the model.safetensors written with it (empty: an older tasu wrote it)
 
     def __post_init__(self) -> None:
         # config.json is a file on disk, edited or not: each field is checked before a model is built of it
@@ -360,6 +361,10 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
                                  "a trained simulator's weights are floating point")
         if not torch.isfinite(t).all():
             raise SimulatorError(f"{weights}: {name} holds NaN or infinite values: train the simulator again")
+    if config.weights_sha256 and config.weights_sha256 != _sha256(weights):
+        raise SimulatorError(f"{weights} is not the model written with {root / CONFIG_FILE} (a run stopped between "
+                             "writing the two, or one was copied from elsewhere): run tasu train-simulator again "
+                             "with the same --out and --resume to write both")
     return config, state
 
 
@@ -377,13 +382,23 @@ def read_safetensors(path: Path, remedy: str = "") -> dict:
 
 def write_simulator_dir(path: str | Path, config: LearnedSimulatorConfig, state: dict) -> None:
     """Write ``config.json`` and ``model.safetensors`` into ``path``, each through a temporary file
-    and a rename, weights first: a reader sees the old pair, a new model beside the old config only
-    for an instant at most, never a half-written file."""
+    and a rename, weights first, never a half-written file. The config records the weights' digest:
+    a run killed between the two renames left new weights beside the old config (its calibration
+    another model's), which ``read_simulator_dir`` refuses."""
+    from dataclasses import replace
+
     from tasu.fileio import write_atomic
 
     root = Path(path)
     save_safetensors_atomic(root / WEIGHTS_FILE, state)
-    write_atomic(root / CONFIG_FILE, config.to_json())
+    write_atomic(root / CONFIG_FILE, replace(config, weights_sha256=_sha256(root / WEIGHTS_FILE)).to_json())
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_safetensors_atomic(path: Path, state: dict) -> None:
