@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -247,6 +248,32 @@ def test_write_tables_sorts_every_table_and_derives_spk2utt(tmp_path):
     assert (d / "spk2utt").read_text() == "s1 a c\ns2 b\n"
     write_tables(tmp_path / "e", {"text": {"x": "hi"}})  # no utt2spk: each utterance its own speaker
     assert (tmp_path / "e" / "utt2spk").read_text() == "x x\n" and (tmp_path / "e" / "spk2utt").read_text() == "x x\n"
+
+
+def test_write_tables_keys_wav_scp_by_recording_with_segments_and_refuses_foreign_keys(tmp_path):
+    """A wav.scp of recordings (with segments, or without by mistake) and a label file keyed by the
+    corpus's own ids were written empty, the dir made and marked done, exit 0."""
+    from tasu.data.kaldi_dir import read_data_dir, write_tables
+
+    text = {"recA-1": "one", "recA-2": "two", "recB-1": "three"}
+    wav = {"recA": str(tmp_path / "a.wav"), "recB": str(tmp_path / "b.wav"), "recC": str(tmp_path / "c.wav")}
+    for name in ("a", "b"):
+        soundfile.write(tmp_path / f"{name}.wav", np.zeros(32000, dtype=np.float32), 16000)
+    segments = {"recA-1": "recA 0.0 0.5", "recA-2": "recA 0.5 1.0", "recB-1": "recB 0.2 1.9"}
+    assert write_tables(tmp_path / "d", {"text": text, "wav.scp": wav, "segments": segments}) == 3
+    assert (tmp_path / "d" / "wav.scp").read_text() == f"recA {wav['recA']}\nrecB {wav['recB']}\n"   # not recC
+    records = read_data_dir(tmp_path / "d")
+    assert [(r.key, r.start, r.end) for r in records] == [("recA-1", 0.0, 0.5), ("recA-2", 0.5, 1.0),
+                                                           ("recB-1", 0.2, 1.9)]
+    with pytest.raises(DataDirError, match=re.escape(
+            "e/wav.scp: 3 keys are not an utterance of text (e.g. 'recA'), and 3 of the set's have no entry (e.g. "
+            "'recA-1'): key it as text is (a wav.scp of recordings needs a segments table: utterance -> "
+            "recording start end)")):
+        write_tables(tmp_path / "e", {"text": text, "wav.scp": wav})
+    with pytest.raises(DataDirError, match=re.escape("e/scenario: 1 keys are not an utterance of text (e.g. "
+                                                     "'slurp-7'), and 2 of the set's have no entry (e.g. 'recA-2')")):
+        write_tables(tmp_path / "e", {"text": text, "scenario": {"slurp-7": "iot", "recA-1": "alarm"}})
+    assert not (tmp_path / "e").exists()
 
 
 def test_wav_scp_entry_is_a_path_or_an_ffmpeg_pipe_that_load_audio_reads(tmp_path):

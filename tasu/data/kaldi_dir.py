@@ -301,8 +301,14 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
     """Write per-utterance tables (``wav.scp``, ``text``, ``utt2spk``, label files...) as a data dir.
 
     Every table is written sorted, holding the utterances of ``text`` that it has; ``spk2utt`` is
-    derived from ``utt2spk`` (each utterance its own speaker when there is none). This is the last
-    step of every recipe's ``local/data.sh``. Returns the number of utterances.
+    derived from ``utt2spk`` (each utterance its own speaker when there is none). With ``segments``
+    (utterance -> "recording start end"), ``wav.scp`` is keyed by recording and holds the recordings
+    those utterances are cut from. This is the last step of every recipe's ``local/data.sh``.
+    Returns the number of utterances.
+
+    A table may hold more than the set (one label table for all sets) or less (what a stage skips
+    and counts), but not other keys in place of the set's: a wav.scp keyed by recording without
+    segments, or a label file keyed by the corpus's own ids, was written empty, and the dir marked done.
 
     The tables come from a corpus's own files, so they are checked before anything is written: an
     utterance id must be a record key, a value must be there and on one line, and a speaker id one
@@ -313,6 +319,9 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
     data_dir = Path(data_dir)
     utts = sorted(tables["text"])
     speaker = tables.get("utt2spk") or {u: u for u in utts}
+    segments = tables.get("segments")
+    recordings = None if segments is None else \
+        sorted({str(segments[u]).split(" ", 1)[0] for u in utts if u in segments})
     problems = []
     for name, table in tables.items():
         bad = [(u, why) for u, value in table.items()
@@ -320,11 +329,24 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
         if bad:
             more = f" ({len(bad) - 1} more utterances of this table have problems)" if len(bad) > 1 else ""
             problems.append(DataError(str(data_dir / name), None, None, f"utterance {bad[0][0]!r}: {bad[0][1]}{more}"))
+            continue
+        keys, of = (recordings, "a recording of segments") if name == "wav.scp" and recordings is not None \
+            else (utts, "an utterance of text")
+        key_set = set(keys)
+        foreign = [k for k in table if k not in key_set]
+        missing = [k for k in keys if k not in table]
+        if foreign and missing:
+            hint = "" if name != "wav.scp" or segments is not None else \
+                " (a wav.scp of recordings needs a segments table: utterance -> recording start end)"
+            problems.append(DataError(str(data_dir / name), None, None,
+                                      f"{len(foreign)} keys are not {of} (e.g. {foreign[0]!r}), and {len(missing)} "
+                                      f"of the set's have no entry (e.g. {missing[0]!r}): key it as text is{hint}"))
     if problems:
         raise DataDirError(problems)
     data_dir.mkdir(parents=True, exist_ok=True)
     for name, table in {**tables, "utt2spk": speaker}.items():
-        _write_lines(data_dir / name, (f"{u} {table[u]}" for u in utts if u in table))
+        keys = recordings if name == "wav.scp" and recordings is not None else utts
+        _write_lines(data_dir / name, (f"{k} {table[k]}" for k in keys if k in table))
     _write_spk2utt(data_dir, {u: speaker[u] for u in utts})
     return len(utts)
 
