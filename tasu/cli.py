@@ -155,7 +155,8 @@ def _dump_posteriors(args: argparse.Namespace) -> int:
     require_dir("encoder.path", cfg.encoder.path, "pass --encoder DIR (or set it in the config)")
     print(dump_posteriors(args.data, args.out, cfg.encoder.path, cfg.encoder.type, cfg.compress, nj=args.nj,
                           job=args.job, batch_size=args.batch_size, device=args.device,
-                          allow_pipes=args.allow_pipes, encoder_options=cfg.encoder.options))
+                          allow_pipes=args.allow_pipes, encoder_options=cfg.encoder.options,
+                          remake_stale=args.remake_stale))
     return 0
 
 
@@ -411,6 +412,9 @@ def get_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpars
                         "unfinished job runs, then the JSONL files and .done are written")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="recordings per encoder batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
+    p.add_argument("--remake-stale", action="store_true",
+                   help="a dump in --out made from other input files (or contents) or --nj, by this encoder "
+                        "and compression, is removed and made anew (else refused); the recipes pass it")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", type=key_value, default=[],
                    metavar="KEY=VALUE",
                    help="config overrides, e.g. compress.topk=16")

@@ -55,7 +55,7 @@ import torch
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.fileio import atomic_replace, file_sha256, files_digest, read_json, write_atomic
-from tasu.lock import LOCK_NAME, DirLock
+from tasu.lock import LOCK_NAME, DirLock, holder
 from tasu.posteriors import Posteriors
 
 INFO, DONE, SCP, DURATIONS = "dump.json", ".done", "posteriors.scp", "utt2dur"
@@ -247,11 +247,12 @@ def check_records(path: str, records: Sequence[tuple[int, Record]], reader: Dump
 def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_type: str = "auto",
                     compress: CompressConfig | None = None, nj: int = 1, job: int | None = None,
                     batch_size: int = 8, device: str = "cpu", allow_pipes: bool = False,
-                    encoder_options: dict | None = None) -> str:
+                    encoder_options: dict | None = None, remake_stale: bool = False) -> str:
     """Dump the posteriors of the records of ``data`` (JSONL files) into ``out``; a report line.
 
     ``job``: run only that job (1..nj) and merge nothing; otherwise run every job not yet done, then
-    merge. A directory already made from other inputs, ``nj`` or another encoder is refused.
+    merge. A directory already made from other inputs, ``nj`` or another encoder is refused; with
+    ``remake_stale``, one made from other inputs or ``nj`` (a recipe's set remade) is made anew.
     """
     from tasu.data.audio import AudioError, audio_info, require_audio_path
     from tasu.encoders import load_tokenizer
@@ -297,7 +298,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data], "made": secrets.token_hex(8)}
     root = Path(out)
     with DirLock(root, "the claim of tasu dump-posteriors", name=f"{LOCK_NAME}.claim", wait=True):
-        _claim(root, info)   # two runs' claims one after the other: a moment each
+        _claim(root, info, remake_stale)   # two runs' claims one after the other: a moment each
     if (root / DONE).exists():
         return f"{out}: already complete ({len(recordings)} recordings), nothing to do"
 
@@ -332,18 +333,36 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
 
 
-def _claim(root: Path, info: dict) -> None:
-    """Write ``dump.json``, or check that the one there describes this same dump."""
+def _claim(root: Path, info: dict, remake_stale: bool = False) -> None:
+    """Write ``dump.json``, or check that the one there describes this same dump (``remake_stale``:
+    one of the same encoder and settings from other inputs or ``nj`` is removed, and this one begun)."""
     path = root / INFO
     if path.exists():
         before = read_info(path)
         differ = _differences(before["identity"], info["identity"])
         if not differ and (before.get("inputs") != info["inputs"] or before.get("nj") != info["nj"]):
-            differ = "other input files (or contents) or --nj"
-        if differ:
+            if not remake_stale:
+                raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
+                                "it or choose another --out")
+            _remove_dump(root, before)
+        elif differ:
             raise DumpError(f"{root} holds a dump made with {differ}: remove it or choose another --out")
-        return
+        else:
+            return
     write_atomic(path, json.dumps(info, indent=1) + "\n")
+
+
+def _remove_dump(root: Path, info: dict) -> None:
+    """The files of the dump ``info`` describes (``dump.json`` last), not others beside them (logs)."""
+    for lock in sorted(root.glob(f"{LOCK_NAME}*")):   # a job or merge of it running (the claim's is ours)
+        if lock.name != f"{LOCK_NAME}.claim" and (who := holder(root, lock.name)):
+            raise DumpError(f"{root}: a dump of other inputs or --nj is being made there by {who}: wait for it "
+                            "to end (or stop it), or choose another --out")
+    for f in root.iterdir():
+        if f.name in (DONE, SCP, DURATIONS) or _JOB_FILE.fullmatch(f.name) or f.name.startswith(".post.") or \
+                f.name in {Path(i["path"]).name for i in info.get("inputs", [])}:
+            f.unlink()
+    (root / INFO).unlink()
 
 
 def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, compress: CompressConfig,

@@ -134,6 +134,28 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     with pytest.raises(DumpError, match="or --nj"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
 
+    # a recipe's set remade by stage 2, or another --dump_nj: the recipe's dump stage stopped there for good
+    from tasu.lock import DirLock
+
+    (out / "log").mkdir()
+    (out / "log" / "dump.1.log").write_text("the job runner's")
+    with DirLock(out, "job 1 of tasu dump-posteriors", name=".lock.1"):   # a run of the old dump going on
+        with pytest.raises(DumpError, match=f"^{out}: a dump of other inputs or --nj is being made there by pid "):
+            dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2, remake_stale=True)
+    assert "2 of 2 jobs run now" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2,
+                                                    remake_stale=True)
+    assert not (out / "post.3.scp").exists() and (out / "log" / "dump.1.log").read_text() == "the job runner's"
+    fewer = tmp_path / "remade" / "ASR.jsonl"
+    fewer.parent.mkdir()
+    fewer.write_text("".join(Path(data[0]).read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(DumpError, match="other input files"):
+        dump_posteriors([str(fewer)], str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    dump_posteriors([str(fewer)], str(out), str(setup / "enc"), compress=COMPRESS, nj=2, remake_stale=True)
+    assert len((out / "ASR.jsonl").read_text().splitlines()) == len(fewer.read_text().splitlines())
+    assert len((out / "posteriors.scp").read_text().splitlines()) == len(fewer.read_text().splitlines())
+    with pytest.raises(DumpError, match="holds a dump made with compress"):   # another encoder's: never removed
+        dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=2, remake_stale=True)
+
 
 @pytest.fixture(scope="module")
 def trained(setup, dump, tmp_path_factory) -> Path:

@@ -129,11 +129,13 @@ def test_librispeech(tmp_path, models):
     analyzed(recipe, "test_clean/ASR.jsonl", models["encoder"])   # flac
 
     # another --inference_nj splits the records otherwise: the jobs decode anew (tasu decode refused
-    # to resume an output.J holding keys its new split lacks, and the run stopped)
+    # to resume an output.J holding keys its new split lacks, and the run stopped); another --dump_nj
+    # makes the set's posterior dump anew (it was refused as "made with other input files or --nj")
     again = sh(recipe, "./run.sh", "--stage", "5", "--stop_stage", "6", "--test_sets", "test_clean",
-               "--inference_nj", "2", "--encoder_path", models["encoder"], "--llm_path", models["llm"],
-               "--decode_args", QUICK_DECODE, env=env)
+               "--inference_nj", "2", "--dump_nj", "2", "--encoder_path", models["encoder"],
+               "--llm_path", models["llm"], "--decode_args", QUICK_DECODE, env=env)
     assert "output.1: decoded from other records (test sets, tasks, data or --inference_nj changed)" in again.stderr
+    assert "records dumped (2 of 2 jobs run now)" in again.stderr
     assert [x.split("\t")[0] for x in lines(hyp)] == ["120-2002-0000", "121-2002-0001"]
 
     # a training refused since (a resume with other settings) did not make the model: RESULTS.md showed its command
