@@ -108,9 +108,10 @@ def _simulation_config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace) -> int:
     from tasu.config import load_config
-    from tasu.experiment import ExperimentConfig
+    from tasu.experiment import ExperimentConfig, check_schedule
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    check_schedule(cfg)
     if args.dry_run:   # a config check (recipes run one before their first stage): the trainer is not imported
         from tasu.model_io import dump_config
 

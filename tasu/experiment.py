@@ -173,7 +173,8 @@ STEPS_AT_RATE_0 = 2
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay (the original's WarmupCosine). The warm-up counts
-    from the run's first step, whose rate is 0 as its second's is (``STEPS_AT_RATE_0``)."""
+    from the run's first step, whose rate is 0 as its second's is (``STEPS_AT_RATE_0``); it takes at
+    least 2 steps (``check_schedule``)."""
 
     lr: float = 5e-5
     betas: tuple[float, float] = (0.9, 0.999)
@@ -193,8 +194,8 @@ class OptimConfig:
         for name in ("weight_decay", "grad_clip"):   # grad_clip 0: no clipping
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)}")
-        if not 2 <= self.warmup_steps < self.total_steps:   # DeepSpeed raises a warm-up of 1 to 2 unasked
-            raise ValueError(f"need 2 <= warmup_steps < total_steps, got {self.warmup_steps} and {self.total_steps}")
+        if not 1 <= self.warmup_steps < self.total_steps:
+            raise ValueError(f"need 1 <= warmup_steps < total_steps, got {self.warmup_steps} and {self.total_steps}")
 
 
 @dataclass
@@ -220,16 +221,14 @@ class TrainConfig:
     init_from: Optional[str] = None          # a previous stage's checkpoint dir: its trained weights
 
     def check(self) -> None:
-        """Zero epochs, or no more steps than run at rate 0, would save an untrained checkpoint and exit 0
-        as if it had trained; an interval of 0 passes here but divides by zero after step 1. Both stop
-        before anything runs."""
+        """Zero steps or epochs would save an untrained checkpoint and exit 0 as if it had trained;
+        an interval of 0 passes here but divides by zero after step 1. Both stop before anything runs
+        (steps at a rate of 0 alone: ``check_schedule``)."""
         for name in ("epochs", "log_interval", "valid_interval", "save_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps <= STEPS_AT_RATE_0:
-            raise ValueError(f"max_steps must be >= {STEPS_AT_RATE_0 + 1} (or null: as many as the epochs take), "
-                             f"got {self.max_steps}: the first {STEPS_AT_RATE_0} steps run at a learning rate of 0, "
-                             "so the run would save its initial weights as trained")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null: as many as the epochs take), got {self.max_steps}")
         if self.keep_best < 0:   # 0 keeps the last checkpoint only
             raise ValueError(f"keep_best must be >= 0, got {self.keep_best}")
         if self.init_from is not None and not self.init_from.strip():   # an unset shell variable: not "from scratch"
@@ -258,3 +257,18 @@ class ExperimentConfig:
             raise ValueError(f"train.max_steps {self.train.max_steps} is past optim.total_steps "
                              f"{self.optim.total_steps}, where the learning rate has decayed to 0: raise "
                              "optim.total_steps with it")
+
+
+def check_schedule(cfg: ExperimentConfig) -> None:
+    """What a run about to train needs of its learning-rate schedule (``STEPS_AT_RATE_0``): checked when
+    a training starts and by ``tasu train --dry-run``, not whenever a config is read, so that the saved
+    config of a run an older tasu trained still decodes, exports and is ranked."""
+    from tasu.config import ConfigError
+
+    if cfg.train.max_steps is not None and cfg.train.max_steps <= STEPS_AT_RATE_0:
+        raise ConfigError(f"train.max_steps {cfg.train.max_steps}: the first {STEPS_AT_RATE_0} steps run at a "
+                          "learning rate of 0, so the run would save its initial weights as trained: take "
+                          f"{STEPS_AT_RATE_0 + 1} or more")
+    if cfg.optim.warmup_steps < 2:
+        raise ConfigError(f"optim.warmup_steps {cfg.optim.warmup_steps}: DeepSpeed's warm-up takes at least 2 steps "
+                          "(it would make it 2 unasked): set 2 or more")

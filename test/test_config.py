@@ -145,14 +145,14 @@ def test_an_error_is_named_after_the_override_that_made_it_and_only_that(tmp_pat
             (["train.max_steps=99999", "optim.lr=2e-4"], "override 'train.max_steps=99999': top level: "
                                                          "train.max_steps 99999 is past optim.total_steps 15000"),
             (["optim.warmup_steps=50", "optim.total_steps=40"], "override 'optim.total_steps=40': optim: need "
-                                                                "2 <= warmup_steps < total_steps, got 50 and 40")):
+                                                                "1 <= warmup_steps < total_steps, got 50 and 40")):
         with pytest.raises(ConfigError) as e:
             load_config(ExperimentConfig, path, overrides)
         assert str(e.value).startswith(message), e.value
     path = write(tmp_path, "optim: {warmup_steps: 500, total_steps: 100}\n")
     with pytest.raises(ConfigError) as e:
         load_config(ExperimentConfig, path, ["optim.lr=1e-4", "train.seed=3"])
-    assert str(e.value) == f"{path}: optim: need 2 <= warmup_steps < total_steps, got 500 and 100"
+    assert str(e.value) == f"{path}: optim: need 1 <= warmup_steps < total_steps, got 500 and 100"
 
 
 def test_bad_override_and_missing_file(tmp_path):
@@ -190,10 +190,7 @@ def test_training_sources_take_a_path_or_a_weighted_mapping(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    # DeepSpeed's warm-up runs the first two steps at a rate of 0: a run of two saved its initial weights
-    ("train.max_steps=2", "train: max_steps must be >= 3 (or null: as many as the epochs take), got 2: the first "
-                          "2 steps run at a learning rate of 0, so the run would save its initial weights as trained"),
-    ("optim.warmup_steps=1", "optim: need 2 <= warmup_steps < total_steps, got 1 and 15000"),
+    ("train.max_steps=0", "train: max_steps must be >= 1 (or null: as many as the epochs take), got 0"),
     ("train.max_steps=20000", "top level: train.max_steps 20000 is past optim.total_steps 15000, where the learning "
                               "rate has decayed to 0: raise optim.total_steps with it"),
     ("train.init_from=", "train: init_from is empty: name a checkpoint or experiment directory, or null to start "
@@ -262,3 +259,22 @@ def test_a_model_directory_is_required_by_its_key_with_what_to_do(tmp_path):
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
             require_dir("encoder.path", path, hint)
     assert require_dir("encoder.path", str(tmp_path), hint) == tmp_path
+
+
+def test_a_schedule_of_steps_at_rate_0_alone_is_refused_when_a_training_starts(tmp_path, capsys):
+    """DeepSpeed's warm-up runs the first two steps at a rate of 0: a run of max_steps 2 saved its initial
+    weights as trained, exit 0, and a warm-up of 1 was made 2 unasked. Refused by tasu train (--dry-run
+    too), while the saved config of such a run of an older tasu still reads (decode, export)."""
+    from tasu.cli import main
+    from tasu.experiment import ExperimentConfig, check_schedule
+
+    cfg = load_config(ExperimentConfig, None, ["train.max_steps=2", "optim.warmup_steps=2"])
+    with pytest.raises(ConfigError, match=r"^train.max_steps 2: the first 2 steps run at a learning rate of 0, so the "
+                                          r"run would save its initial weights as trained: take 3 or more$"):
+        check_schedule(cfg)
+    check_schedule(load_config(ExperimentConfig, None, ["train.max_steps=3", "optim.warmup_steps=2"]))
+    path = tmp_path / "train.yaml"
+    path.write_text("optim: {warmup_steps: 1}\n")
+    assert main(["train", "--config", str(path), "--dry-run"]) == 1
+    assert capsys.readouterr().err == ("tasu train: error: optim.warmup_steps 1: DeepSpeed's warm-up takes at least 2 "
+                                       "steps (it would make it 2 unasked): set 2 or more\n")

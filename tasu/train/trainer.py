@@ -63,7 +63,7 @@ from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
 from tasu.train.same_run import ResumeError, check_same_run, data_record, init_llm_difference, write_data_record
-from tasu.experiment import STEPS_AT_RATE_0, ExperimentConfig
+from tasu.experiment import STEPS_AT_RATE_0, ExperimentConfig, check_schedule
 
 log = logging.getLogger("tasu.train")
 
@@ -224,6 +224,7 @@ class Trainer:
 
     def _start(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool, allow_pipes: bool) -> None:
         # Checks that give every process the same answer come first: no process has started yet.
+        check_schedule(cfg)
         check_model_dirs(cfg)
         for section in (cfg.encoder, cfg.llm):  # saved absolute: decoding may run from anywhere
             section.path = str(Path(section.path).resolve())
@@ -582,7 +583,7 @@ class Trainer:
             if not self._done():
                 log.info("epoch %d done at step %d", self.position.epoch, self.step)
                 self.position.next_epoch()
-        if self.step <= STEPS_AT_RATE_0:   # a run bound by its epochs (max_steps is checked up front)
+        if self.step <= STEPS_AT_RATE_0:   # a run bound by its epochs (check_schedule saw to max_steps)
             raise TrainingError(f"the {t.epochs} epoch(s) held {self.step} batch(es) per process: the first "
                                 f"{STEPS_AT_RATE_0} steps run at a learning rate of 0, so nothing was trained; "
                                 "raise train.epochs or give more data")
