@@ -266,13 +266,18 @@ def test_write_tables_keys_wav_scp_by_recording_with_segments_and_refuses_foreig
     assert [(r.key, r.start, r.end) for r in records] == [("recA-1", 0.0, 0.5), ("recA-2", 0.5, 1.0),
                                                            ("recB-1", 0.2, 1.9)]
     with pytest.raises(DataDirError, match=re.escape(
-            "e/wav.scp: 3 keys are not an utterance of text (e.g. 'recA'), and 3 of the set's have no entry (e.g. "
-            "'recA-1'): key it as text is (a wav.scp of recordings needs a segments table: utterance -> "
-            "recording start end)")):
+            "e/wav.scp: none of its 3 keys is an utterance of text (e.g. 'recA' is not, and 'recA-1' has no entry): "
+            "key it as text is (a wav.scp of recordings needs a segments table: utterance -> recording start end)")):
         write_tables(tmp_path / "e", {"text": text, "wav.scp": wav})
-    with pytest.raises(DataDirError, match=re.escape("e/scenario: 1 keys are not an utterance of text (e.g. "
-                                                     "'slurp-7'), and 2 of the set's have no entry (e.g. 'recA-2')")):
-        write_tables(tmp_path / "e", {"text": text, "scenario": {"slurp-7": "iot", "recA-1": "alarm"}})
+    with pytest.raises(DataDirError, match=re.escape("e/scenario: none of its 1 keys is an utterance of text (e.g. "
+                                                     "'slurp-7' is not, and 'recA-1' has no entry)")):
+        write_tables(tmp_path / "e", {"text": text, "scenario": {"slurp-7": "iot"}})
+    # one table for every set, with a gap in this one: written (stage 2 counts what it skips); segments by tab
+    write_tables(tmp_path / "f", {"text": text, "scenario": {"recA-1": "iot", "recB-1": "alarm", "train-9": "iot"},
+                                  "wav.scp": {"recA": wav["recA"], "recZ": "z.wav"},
+                                  "segments": {**segments, "recA-2": "recA\t0.5\t1.0"}})
+    assert (tmp_path / "f" / "scenario").read_text() == "recA-1 iot\nrecB-1 alarm\n"
+    assert (tmp_path / "f" / "wav.scp").read_text() == f"recA {wav['recA']}\n"
     assert not (tmp_path / "e").exists()
 
 

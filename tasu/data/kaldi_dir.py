@@ -308,7 +308,8 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
 
     A table may hold more than the set (one label table for all sets) or less (what a stage skips
     and counts), but not other keys in place of the set's: a wav.scp keyed by recording without
-    segments, or a label file keyed by the corpus's own ids, was written empty, and the dir marked done.
+    segments, or a label file keyed by the corpus's own ids, was written empty, and the dir marked
+    done. A table that shares no key with the set is refused.
 
     The tables come from a corpus's own files, so they are checked before anything is written: an
     utterance id must be a record key, a value must be there and on one line, and a speaker id one
@@ -321,7 +322,7 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
     speaker = tables.get("utt2spk") or {u: u for u in utts}
     segments = tables.get("segments")
     recordings = None if segments is None else \
-        sorted({str(segments[u]).split(" ", 1)[0] for u in utts if u in segments})
+        sorted({v.split()[0] for u in utts if isinstance(v := segments.get(u), str) and v.split()})
     problems = []
     for name, table in tables.items():
         bad = [(u, why) for u, value in table.items()
@@ -330,17 +331,14 @@ def write_tables(data_dir: str | Path, tables: dict[str, dict[str, str]]) -> int
             more = f" ({len(bad) - 1} more utterances of this table have problems)" if len(bad) > 1 else ""
             problems.append(DataError(str(data_dir / name), None, None, f"utterance {bad[0][0]!r}: {bad[0][1]}{more}"))
             continue
-        keys, of = (recordings, "a recording of segments") if name == "wav.scp" and recordings is not None \
-            else (utts, "an utterance of text")
-        key_set = set(keys)
-        foreign = [k for k in table if k not in key_set]
-        missing = [k for k in keys if k not in table]
-        if foreign and missing:
+        keys, of, remedy = (recordings, "a recording of segments", "key it by the recordings segments names") \
+            if name == "wav.scp" and recordings is not None else (utts, "an utterance of text", "key it as text is")
+        if table and keys and set(table).isdisjoint(keys):
             hint = "" if name != "wav.scp" or segments is not None else \
                 " (a wav.scp of recordings needs a segments table: utterance -> recording start end)"
             problems.append(DataError(str(data_dir / name), None, None,
-                                      f"{len(foreign)} keys are not {of} (e.g. {foreign[0]!r}), and {len(missing)} "
-                                      f"of the set's have no entry (e.g. {missing[0]!r}): key it as text is{hint}"))
+                                      f"none of its {len(table)} keys is {of} (e.g. {next(iter(table))!r} is not, "
+                                      f"and {keys[0]!r} has no entry): {remedy}{hint}"))
     if problems:
         raise DataDirError(problems)
     data_dir.mkdir(parents=True, exist_ok=True)
