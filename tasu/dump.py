@@ -40,6 +40,7 @@ unpickle an entry that starts with ``PKL``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -298,7 +299,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data], "made": secrets.token_hex(8)}
     root = Path(out)
     with DirLock(root, "the claim of tasu dump-posteriors", name=f"{LOCK_NAME}.claim", wait=True):
-        _claim(root, info, remake_stale)   # two runs' claims one after the other: a moment each
+        made = _claim(root, info, remake_stale)   # two runs' claims one after the other: a moment each
     if (root / DONE).exists():
         return f"{out}: already complete ({len(recordings)} recordings), nothing to do"
 
@@ -314,6 +315,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         try:
             for j in todo:
                 with DirLock(root, f"job {j} of tasu dump-posteriors", name=f"{LOCK_NAME}.{j}"):
+                    _still_claimed(root, made)
                     if (root / f"post.{j}.scp").exists():   # done meanwhile by another run
                         continue
                     for stale in root.glob(f".post.{j}.ark.*"):   # a killed run's temporary ark
@@ -329,40 +331,69 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
     if job is not None:
         return f"{out}: job {job} of {nj} done ({len(todo)} run now)"
     with DirLock(root, "the merge of tasu dump-posteriors"):
-        _merge(root, nj, inputs, recordings, read_info(root / INFO).get("made"))
+        _still_claimed(root, made)
+        _merge(root, nj, inputs, recordings, made)
     return f"{out}: {len(recordings)} recordings of {sum(map(len, inputs.values()))} records dumped ({len(todo)} of {nj} jobs run now)"
 
 
-def _claim(root: Path, info: dict, remake_stale: bool = False) -> None:
+def _claim(root: Path, info: dict, remake_stale: bool = False) -> str | None:
     """Write ``dump.json``, or check that the one there describes this same dump (``remake_stale``:
-    one of the same encoder and settings from other inputs or ``nj`` is removed, and this one begun)."""
+    one of the same encoder and settings from other inputs or ``nj`` is removed, and this one begun).
+    Returns the dump's ``made``: a job or merge checks it again under its own lock (``_still_claimed``)."""
     path = root / INFO
     if path.exists():
         before = read_info(path)
         differ = _differences(before["identity"], info["identity"])
-        if not differ and (before.get("inputs") != info["inputs"] or before.get("nj") != info["nj"]):
-            if not remake_stale:
-                raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
-                                "it or choose another --out")
-            _remove_dump(root, before)
-        elif differ:
+        if differ:
             raise DumpError(f"{root} holds a dump made with {differ}: remove it or choose another --out")
-        else:
-            return
+        if before.get("inputs") == info["inputs"] and before.get("nj") == info["nj"]:
+            return before.get("made")
+        if not remake_stale:
+            raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
+                            "it or choose another --out")
+        with contextlib.ExitStack() as held:   # every job and merge lock of the old dump, until the new is claimed
+            for lock in sorted(root.glob(f"{LOCK_NAME}*")):
+                if lock.name != f"{LOCK_NAME}.claim":
+                    if who := holder(root, lock.name):
+                        raise DumpError(f"{root}: a dump of other inputs or --nj is being made there by {who}: "
+                                        "wait for it to end (or stop it), or choose another --out")
+                    held.enter_context(DirLock(root, "the remaking of a stale dump", name=lock.name))
+            _remove_dump(root, before)
+            write_atomic(path, json.dumps(info, indent=1) + "\n")
+        return info["made"]
     write_atomic(path, json.dumps(info, indent=1) + "\n")
+    return info["made"]
 
 
 def _remove_dump(root: Path, info: dict) -> None:
     """The files of the dump ``info`` describes (``dump.json`` last), not others beside them (logs)."""
-    for lock in sorted(root.glob(f"{LOCK_NAME}*")):   # a job or merge of it running (the claim's is ours)
-        if lock.name != f"{LOCK_NAME}.claim" and (who := holder(root, lock.name)):
-            raise DumpError(f"{root}: a dump of other inputs or --nj is being made there by {who}: wait for it "
-                            "to end (or stop it), or choose another --out")
     for f in root.iterdir():
         if f.name in (DONE, SCP, DURATIONS) or _JOB_FILE.fullmatch(f.name) or f.name.startswith(".post.") or \
                 f.name in {Path(i["path"]).name for i in info.get("inputs", [])}:
             f.unlink()
     (root / INFO).unlink()
+
+
+def _still_claimed(root: Path, made: str | None) -> None:
+    """Stop a job or merge whose dump was made anew (``--remake-stale``) after it claimed it: its split
+    of the old inputs would be written into the new dump."""
+    if read_info(root / INFO).get("made") != made:
+        raise DumpError(f"{root}: the dump this run started was made anew from other inputs meanwhile by another "
+                        "run: run this one again")
+
+
+def why_stale(out: str | Path, data: Sequence[str], nj: int) -> str | None:
+    """Why the complete dump in ``out`` is not the one of ``data`` and ``nj`` (None when it is, or when
+    ``out`` holds no complete dump): a recipe sends a stale one to its job runner to be made anew."""
+    root = Path(out)
+    if not (root / DONE).exists() or not (root / INFO).exists():
+        return None
+    before = read_info(root / INFO)
+    if before.get("nj") != nj:
+        return f"made with --nj {before.get('nj')}, not {nj}"
+    if before.get("inputs") != [{"path": p, "sha256": file_sha256(p)} for p in data]:
+        return "made from other input files (or contents)"
+    return None
 
 
 def _run_job(root: Path, j: int, mine: list, seconds: dict, encoder, device, compress: CompressConfig,

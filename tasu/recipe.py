@@ -6,6 +6,7 @@
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
     python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio_sft.yaml encoder.path=/models/enc
+    python -m tasu.recipe dump-done dump/posteriors/<tag>/test 4 dump/test/ASR.jsonl   # or why it is made anew
     python -m tasu.recipe encoder-env conf/train_audio_sft.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
@@ -155,6 +156,21 @@ def posterior_dir(root: str, config: str | Path, overrides: Sequence[str] = ()) 
     cfg = load_config(ExperimentConfig, config, list(overrides))
     tag = identity_tag(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))
     return f"{root.rstrip('/')}/{tag}"
+
+
+def dump_done(out: str, nj: int, files: Sequence[str]) -> int:
+    """0 when ``out`` holds the complete dump of ``files`` with ``nj`` jobs: the stage skips its job
+    array. A complete dump of a set stage 2 has remade since, or of another --dump_nj, goes to the job
+    array, whose first job makes it anew (``tasu dump-posteriors --remake-stale``)."""
+    from tasu.dump import DONE, why_stale
+
+    if not (Path(out) / DONE).exists():
+        return 1
+    why = why_stale(out, files, nj)
+    if why:
+        print(f"{out}: {why}: making it anew", file=sys.stderr)
+        return 1
+    return 0
 
 
 def encoder_environment(config: str | Path, overrides: Sequence[str] = ()) -> str:
@@ -335,6 +351,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p = sub.add_parser("dump-done", help="exit status 0 when DIR holds the complete posterior dump of FILEs "
+                                         "made with NJ jobs; else 1, saying why when DIR holds another one")
+    p.add_argument("dir")
+    p.add_argument("nj", type=int)
+    p.add_argument("files", nargs="+", metavar="FILE")
     p = sub.add_parser("encoder-env", help="the environment under tools/ that loads an experiment config's "
                                            "encoder (empty: the main one)")
     p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
@@ -375,6 +396,8 @@ def _run(args: argparse.Namespace) -> int:
         split(args.dir, args.nj, pairs(args.parts))
     elif args.command == "posterior-dir":
         print(posterior_dir(args.root, args.config, args.overrides))
+    elif args.command == "dump-done":
+        return dump_done(args.dir, args.nj, args.files)
     elif args.command == "encoder-env":
         print(encoder_environment(args.config, args.overrides))
     elif args.command == "json-list":

@@ -24,7 +24,7 @@ from fixtures import SENTENCES, save_tiny_llm, waveform, write_hf_ctc_dir, write
 from tasu.cli import main as tasu_main
 from tasu.compress import CompressConfig, encoder_posteriors
 from tasu.data.records import DataError
-from tasu.dump import DONE, FIELD, SECONDS, DumpError, DumpReader, dump_posteriors, identity
+from tasu.dump import DONE, FIELD, SECONDS, DumpError, DumpReader, dump_posteriors, identity, why_stale
 from tasu.fileio import MetadataError
 
 BIN = Path(sys.executable).parent
@@ -129,6 +129,10 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     assert (out / "post.1.ark").stat().st_mtime_ns == first.st_mtime_ns   # job 1 was not redone
     assert not (out / ".post.2.ark.abc").exists()   # the killed job's temporary ark stayed for good
     assert "already complete" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
+    from tasu.recipe import dump_done
+
+    assert dump_done(str(out), 3, data) == 0 and dump_done(str(tmp_path / "none"), 3, data) == 1
+    assert dump_done(str(out), 2, data) == 1 and why_stale(out, data, 2) == "made with --nj 3, not 2"
     with pytest.raises(DumpError, match="holds a dump made with compress"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=3)
     with pytest.raises(DumpError, match="or --nj"):
@@ -393,6 +397,31 @@ def test_a_damaged_job_is_named_when_the_dump_is_merged(setup, tmp_path):
     with pytest.raises(DumpError, match=r"post\.2\.ark is missing beside .*post\.2\.scp: remove"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
     assert not (out / DONE).exists()
+
+
+def test_a_job_of_a_dump_made_anew_meanwhile_stops(setup, tmp_path, monkeypatch):
+    """A job that claimed a dump and was loading its encoder when another run made the directory anew
+    (--remake-stale, other inputs) wrote its split of the old inputs into the new dump."""
+    import tasu.encoders as encoders
+
+    out = tmp_path / "post"
+    old = [str(setup / "data" / "ASR.jsonl")]
+    new = tmp_path / "new" / "ASR.jsonl"
+    new.parent.mkdir()
+    new.write_text("".join(Path(old[0]).read_text().splitlines(keepends=True)[1:]))
+    dump_posteriors(old, str(out), str(setup / "enc"), compress=COMPRESS, nj=2, job=2)
+    load_encoder = encoders.load_encoder
+
+    def made_anew_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(encoders, "load_encoder", load_encoder)
+        dump_posteriors([str(new)], str(out), str(setup / "enc"), compress=COMPRESS, nj=2, remake_stale=True)
+        return load_encoder(*args, **kwargs)
+
+    monkeypatch.setattr(encoders, "load_encoder", made_anew_meanwhile)
+    with pytest.raises(DumpError, match="the dump this run started was made anew from other inputs meanwhile"):
+        dump_posteriors(old, str(out), str(setup / "enc"), compress=COMPRESS, nj=2, job=1)
+    assert "already complete" in dump_posteriors([str(new)], str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
+    assert len((out / "posteriors.scp").read_text().splitlines()) == len(new.read_text().splitlines())
 
 
 def test_a_job_another_run_is_running_is_refused_naming_it(setup, tmp_path):

@@ -135,7 +135,8 @@ def test_librispeech(tmp_path, models):
                "--inference_nj", "2", "--dump_nj", "2", "--encoder_path", models["encoder"],
                "--llm_path", models["llm"], "--decode_args", QUICK_DECODE, env=env)
     assert "output.1: decoded from other records (test sets, tasks, data or --inference_nj changed)" in again.stderr
-    assert "records dumped (2 of 2 jobs run now)" in again.stderr
+    assert "test_clean: made with --nj 1, not 2: making it anew" in again.stderr
+    assert "records dumped (0 of 2 jobs run now)" in again.stderr   # the job runner's jobs made it
     assert [x.split("\t")[0] for x in lines(hyp)] == ["120-2002-0000", "121-2002-0001"]
 
     # a training refused since (a resume with other settings) did not make the model: RESULTS.md showed its command

@@ -477,15 +477,15 @@ dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s t
   post_dir=$(python3 -m tasu.recipe posterior-dir "${dumpdir}/posteriors" "${config}" "$@")
   dir=${post_dir}/${set}
   if [ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ]; then gpus=1 dev=${device}; fi
-  if [ ! -f "${dir}/.done" ]; then
+  # a complete dump of a set stage 2 has remade since, or of another --dump_nj, is made anew (its first job)
+  if ! python3 -m tasu.recipe dump-done "${dir}" "${dump_nj}" "${files[@]}"; then
     log "posteriors of ${files[*]} -> ${dir} (log: ${dir}/log/dump.*.log)"
     ${decode_cmd} --gpu "${gpus}" JOB=1:"${dump_nj}" "${dir}/log/dump.JOB.log" \
       "${enc_tasu}" dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
         --job JOB --device "${dev}" --allow-pipes --remake-stale "${set_opts[@]}"
   fi
-  # every job done: the JSONL files and .done (or, when done already, the check that it is this dump:
-  # one of a set stage 2 has remade since, or of another --dump_nj, is made anew here, its jobs in turn)
-  "${enc_tasu}" dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
+  # every job done: the JSONL files and .done (or, when done already, the check that it is this dump)
+  tasu dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
     --device "${dev}" --allow-pipes --remake-stale "${set_opts[@]}" >&2
 }
 
