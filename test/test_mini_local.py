@@ -341,6 +341,9 @@ def test_report_needs_a_margin_that_exceeds_twice_the_pooled_sd(tmp_path):
                     "--plot", str(tmp_path / "results.png")], check=True, capture_output=True)
     assert "encoder greedy CTC WER <= 20 (test): 18.0 vs 20.0: **missed** (margin +2.00, 2 x pooled sd 2.00)" \
         in results.read_text()
+    # a margin just above its threshold was printed as a tie ("+1.16, 2 x pooled sd 1.16"), said met
+    near = _report(tmp_path / "near", [18.41, 18.62, 19.5], [8.0, 8.0, 8.0]).read_text()
+    assert "encoder greedy CTC WER <= 20 (test): 18.8 vs 20.0: **met** (margin +1.1567, 2 x pooled sd 1.1566)" in near
 
 
 def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):
@@ -498,6 +501,13 @@ def test_compare_results_judges_each_cell_against_the_pooled_sd(tmp_path):
     assert rows[("TASU text-only (zero-shot)", "WER test")] == ["8.0 ± 1.0", "12.0 ± 1.0", "+4.0", "1.0", "**apart**"]
     assert ("encoder CTC greedy", "WER dev") in rows and not any(r[0].startswith("TASU text-only, from") for r in rows)
     assert "A: " in out and "(abc1234; 3 run(s);" in out
+    # a quick run's tiny models against the full recipe: "18 of 18 cells agree", their numbers proving nothing
+    quick = tmp_path / "quick.md"
+    quick.write_text(a.read_text().replace("quick=false", "quick=true"))
+    mixed = subprocess.run([sys.executable, str(LOCAL / "compare_results.py"), str(a), str(quick)],
+                           capture_output=True, text=True)
+    assert mixed.returncode == 1 and mixed.stderr.strip() == (f"compare_results.py: {a} was made with quick=false "
+                                                             f"and {quick} with quick=true: compare runs of one setting")
     apart = [key for key, cells in rows.items() if cells[-1] == "**apart**"]
     assert apart == [("TASU text-only (zero-shot)", "WER test"), ("TASU text-only (zero-shot)", "WER test_ood")]
     cells = len(rows) - 2  # less the header and its rule

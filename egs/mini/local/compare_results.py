@@ -37,6 +37,7 @@ class Report(NamedTuple):
     synthesizers: str  # the releases that spoke its corpus, or "" where the report does not say
     runs: int
     cells: dict[tuple[str, str], tuple[float, float | None]]  # (row, column) -> (mean, sd; None for one run)
+    quick: str = ""    # "true" or "false" as its "Made by" line says; "" where it does not
 
 
 def read_report(path: Path) -> Report:
@@ -59,6 +60,8 @@ def read_report(path: Path) -> Report:
     machine = re.search(r"measured by run.sh on this machine \((.*)\):", "\n".join(section))
     runs = re.search(r": (\d+) whole runs, one per seed", "\n".join(section))
     spoken = re.search(r"The corpus was spoken by (.*) \(data/local/corpus.json\)", "\n".join(section))
+    made_by = next((ln for ln in section if ln.startswith("Made by ")), "")
+    quick = set(re.findall(r"quick=(true|false)", made_by))
     cells, header = {}, None
     for lineno, line in enumerate(section, start + 1):
         if not line.startswith("|"):
@@ -86,13 +89,16 @@ def read_report(path: Path) -> Report:
     if not cells:
         raise SystemExit(f"compare_results.py: {path}: the summary holds no table of results")
     return Report(path, commit[1] if commit else "?", machine[1] if machine else "machine not stated",
-                  spoken[1] if spoken else "", int(runs[1]) if runs else 1, cells)
+                  spoken[1] if spoken else "", int(runs[1]) if runs else 1, cells, "/".join(sorted(quick)))
 
 
 def compare(a: Report, b: Report) -> str:
     shared = [key for key in a.cells if key in b.cells]
     if not shared:
         raise SystemExit(f"compare_results.py: {a.path} and {b.path} share no cell")
+    if a.quick and b.quick and a.quick != b.quick:   # a quick run's tiny models prove nothing of the full ones
+        raise SystemExit(f"compare_results.py: {a.path} was made with quick={a.quick} and {b.path} with "
+                         f"quick={b.quick}: compare runs of one setting")
 
     def said(r: Report) -> str:
         spoken = f"; spoken by {r.synthesizers}" if r.synthesizers else ""

@@ -206,9 +206,10 @@ def fmt(cell: tuple[float | None, float | None]) -> str:
 
 def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]:
     """The recipe's claims, each as ``a <= factor x b`` (or ``a >= ...``) on the means, with the margin
-    against twice the pooled standard deviation when there are several runs. Where two systems are
-    compared, each run's own gap follows: both systems of a run share its corpus, encoder and LLM, so
-    the gaps vary less than the systems do (the verdict still uses the pooled deviation)."""
+    against twice the pooled standard deviation when there are several runs: sqrt((sd_a^2 +
+    (factor x sd_b)^2) / 2) where ``b`` is measured, sd_a against a fixed bound. Where two systems are
+    compared, each run's own gap follows (both systems of a run share its corpus, encoder and LLM), to
+    be read beside the verdict, which uses the pooled deviation alone."""
     def cell(name, s="test", t="ASR"):
         return agg[name].get((s, t), (None, None))
 
@@ -235,8 +236,10 @@ def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]
         verdict = "**met**" if met else "**missed**"
         if n_runs < 2:
             return f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.2f}; one run, no spread)"
-        return (f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.2f}, "
-                f"2 x pooled sd {2 * pooled:.2f}{runs_gap})")
+        # as many decimals as tell the margin from the threshold: "+1.16 against 1.16" read as a tie, met
+        digits = next((d for d in range(2, 7) if f"{gap:.{d}f}" != f"{2 * pooled:.{d}f}"), 2)
+        return (f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.{digits}f}, "
+                f"2 x pooled sd {2 * pooled:.{digits}f}{runs_gap})")
 
     return [
         check("encoder greedy CTC WER <= 20 (test)", cell(ENCODER), 20.0),
