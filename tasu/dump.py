@@ -351,13 +351,16 @@ def _claim(root: Path, info: dict, remake_stale: bool = False) -> str | None:
         if not remake_stale:
             raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
                             "it or choose another --out")
-        with contextlib.ExitStack() as held:   # every job and merge lock of the old dump, until the new is claimed
-            for lock in sorted(root.glob(f"{LOCK_NAME}*")):
-                if lock.name != f"{LOCK_NAME}.claim":
-                    if who := holder(root, lock.name):
-                        raise DumpError(f"{root}: a dump of other inputs or --nj is being made there by {who}: "
-                                        "wait for it to end (or stop it), or choose another --out")
-                    held.enter_context(DirLock(root, "the remaking of a stale dump", name=lock.name))
+        # every job and merge lock of the old dump until the new is claimed, by name: a job that claimed it
+        # and has not run yet has no lock file
+        names = {LOCK_NAME, *(f"{LOCK_NAME}.{j}" for j in range(1, int(before.get("nj") or 1) + 1)),
+                 *(f.name for f in root.glob(f"{LOCK_NAME}.*"))} - {f"{LOCK_NAME}.claim"}
+        with contextlib.ExitStack() as held:
+            for name in sorted(names):
+                if who := holder(root, name):
+                    raise DumpError(f"{root}: a dump of other inputs or --nj is being made there by {who}: "
+                                    "wait for it to end (or stop it), or choose another --out")
+                held.enter_context(DirLock(root, "the remaking of a stale dump", name=name))
             _remove_dump(root, before)
             write_atomic(path, json.dumps(info, indent=1) + "\n")
         return info["made"]

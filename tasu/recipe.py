@@ -6,7 +6,7 @@
     python -m tasu.recipe json-list a.jsonl b.jsonl                   # ["a.jsonl","b.jsonl"]
     python -m tasu.recipe free-port
     python -m tasu.recipe posterior-dir dump/posteriors conf/train_audio_sft.yaml encoder.path=/models/enc
-    python -m tasu.recipe dump-done dump/posteriors/<tag>/test 4 dump/test/ASR.jsonl   # or why it is made anew
+    python -m tasu.recipe dump-done dump/posteriors/<tag>/test 4 dump/test/ASR.jsonl   # status 0 done, 2 to make
     python -m tasu.recipe encoder-env conf/train_audio_sft.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
@@ -160,16 +160,16 @@ def posterior_dir(root: str, config: str | Path, overrides: Sequence[str] = ()) 
 
 def dump_done(out: str, nj: int, files: Sequence[str]) -> int:
     """0 when ``out`` holds the complete dump of ``files`` with ``nj`` jobs: the stage skips its job
-    array. A complete dump of a set stage 2 has remade since, or of another --dump_nj, goes to the job
-    array, whose first job makes it anew (``tasu dump-posteriors --remake-stale``)."""
+    array; else 2 (1 is an error's). A complete dump of a set stage 2 has remade since, or of another
+    --dump_nj, goes to the job array, whose first job makes it anew (``tasu dump-posteriors --remake-stale``)."""
     from tasu.dump import DONE, why_stale
 
     if not (Path(out) / DONE).exists():
-        return 1
+        return 2
     why = why_stale(out, files, nj)
     if why:
         print(f"{out}: {why}: making it anew", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
@@ -352,7 +352,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML (a conf, or an experiment's config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p = sub.add_parser("dump-done", help="exit status 0 when DIR holds the complete posterior dump of FILEs "
-                                         "made with NJ jobs; else 1, saying why when DIR holds another one")
+                                         "made with NJ jobs; 2 when it is to be made (saying why when DIR holds "
+                                         "another one); 1 on an error")
     p.add_argument("dir")
     p.add_argument("nj", type=int)
     p.add_argument("files", nargs="+", metavar="FILE")

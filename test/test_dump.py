@@ -131,8 +131,8 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     assert "already complete" in dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=3)
     from tasu.recipe import dump_done
 
-    assert dump_done(str(out), 3, data) == 0 and dump_done(str(tmp_path / "none"), 3, data) == 1
-    assert dump_done(str(out), 2, data) == 1 and why_stale(out, data, 2) == "made with --nj 3, not 2"
+    assert dump_done(str(out), 3, data) == 0 and dump_done(str(tmp_path / "none"), 3, data) == 2   # 1: an error
+    assert dump_done(str(out), 2, data) == 2 and why_stale(out, data, 2) == "made with --nj 3, not 2"
     with pytest.raises(DumpError, match="holds a dump made with compress"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=3)
     with pytest.raises(DumpError, match="or --nj"):
@@ -418,8 +418,19 @@ def test_a_job_of_a_dump_made_anew_meanwhile_stops(setup, tmp_path, monkeypatch)
         return load_encoder(*args, **kwargs)
 
     monkeypatch.setattr(encoders, "load_encoder", made_anew_meanwhile)
+    import tasu.dump
+
+    remove_dump, held = tasu.dump._remove_dump, []
+
+    def removing(root, info):   # job 1 never ran here: its lock file did not exist, and went unlocked
+        held.append(tasu.dump.holder(root, ".lock.1"))
+        remove_dump(root, info)
+
+    monkeypatch.setattr(tasu.dump, "_remove_dump", removing)
+    assert not (out / ".lock.1").exists()
     with pytest.raises(DumpError, match="the dump this run started was made anew from other inputs meanwhile"):
         dump_posteriors(old, str(out), str(setup / "enc"), compress=COMPRESS, nj=2, job=1)
+    assert held and held[0] is not None
     assert "already complete" in dump_posteriors([str(new)], str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
     assert len((out / "posteriors.scp").read_text().splitlines()) == len(new.read_text().splitlines())
 

@@ -344,6 +344,8 @@ def test_report_needs_a_margin_that_exceeds_twice_the_pooled_sd(tmp_path):
     # a margin just above its threshold was printed as a tie ("+1.16, 2 x pooled sd 1.16"), said met
     near = _report(tmp_path / "near", [18.41, 18.62, 19.5], [8.0, 8.0, 8.0]).read_text()
     assert "encoder greedy CTC WER <= 20 (test): 18.8 vs 20.0: **met** (margin +1.1567, 2 x pooled sd 1.1566)" in near
+    nearer = _report(tmp_path / "nearer", [16.9999998, 17.9999998, 18.9999998], [8.0, 8.0, 8.0]).read_text()
+    assert "(test): 18.0 vs 20.0: **met** (margin +2.0000002, 2 x pooled sd 2.0000000)" in nearer
 
 
 def test_report_refuses_a_cell_that_only_some_seeds_have(tmp_path):

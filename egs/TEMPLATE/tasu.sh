@@ -469,7 +469,7 @@ in_main_env() {  # in_main_env <config> [KEY=VALUE ...]: stop unless <config>'s 
 dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s task files with the
   # encoder's compressed posteriors -> ${post_dir}/<set>/<task>.jsonl, post_dir named after the encoder
   # files and compression settings of <config> (+ overrides), so another encoder gets other dumps
-  local config=$1 set=$2 spec files=() dir gpus=0 dev=cpu set_opts=() enc_tasu
+  local config=$1 set=$2 spec files=() dir gpus=0 dev=cpu set_opts=() enc_tasu state
   shift 2
   [ $# -gt 0 ] && set_opts=(--set "$@")
   enc_tasu=$(encoder_tasu "${config}" "$@")
@@ -478,7 +478,10 @@ dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s t
   dir=${post_dir}/${set}
   if [ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ]; then gpus=1 dev=${device}; fi
   # a complete dump of a set stage 2 has remade since, or of another --dump_nj, is made anew (its first job)
-  if ! python3 -m tasu.recipe dump-done "${dir}" "${dump_nj}" "${files[@]}"; then
+  state=0
+  python3 -m tasu.recipe dump-done "${dir}" "${dump_nj}" "${files[@]}" || state=$?
+  [ "${state}" -ne 1 ] || die "cannot tell whether ${dir} holds the posterior dump of ${files[*]} (above)"
+  if [ "${state}" -eq 2 ]; then
     log "posteriors of ${files[*]} -> ${dir} (log: ${dir}/log/dump.*.log)"
     ${decode_cmd} --gpu "${gpus}" JOB=1:"${dump_nj}" "${dir}/log/dump.JOB.log" \
       "${enc_tasu}" dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \

@@ -237,7 +237,7 @@ def targets(agg: dict, n_runs: int, runs: list[dict] | None = None) -> list[str]
         if n_runs < 2:
             return f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.2f}; one run, no spread)"
         # as many decimals as tell the margin from the threshold: "+1.16 against 1.16" read as a tie, met
-        digits = next((d for d in range(2, 7) if f"{gap:.{d}f}" != f"{2 * pooled:.{d}f}"), 2)
+        digits = next((d for d in range(2, 11) if f"{gap:.{d}f}" != f"{2 * pooled:.{d}f}"), 2)
         return (f"- {what}: {ma:.1f} vs {bound:.1f}: {verdict} (margin {gap:+.{digits}f}, "
                 f"2 x pooled sd {2 * pooled:.{digits}f}{runs_gap})")
 
