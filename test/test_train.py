@@ -121,13 +121,18 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
 
     killed = tmp_path / "killed"
     cmd = train_cmd(setup, killed)
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    output = tmp_path / "killed.log"   # what the run said, should it stop or stall before step 7
+
+    def said() -> str:
+        return output.read_text(errors="replace")[-3000:]
+
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240
         while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.time() < deadline, "training did not reach step 7 in 240 s"
+            assert proc.poll() is None, f"training ended before it could be killed:\n{said()}"
+            assert time.time() < deadline, f"training did not reach step 7 in 240 s:\n{said()}"
             time.sleep(0.02)
     finally:  # killed in any case: a stray run would hold its port and memory for the next tests
         os.killpg(proc.pid, signal.SIGKILL)
