@@ -34,7 +34,7 @@ RECIPES = sorted(p.parent.name for p in EGS.glob("*/db.sh") if p.parent.name != 
 QUICK_TRAIN = " ".join([
     "llm.dtype=float32", "engine.precision=fp32", "engine.zero_stage=0", "projector.options.hidden=16",
     "data.max_tokens=400", "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_window=8",
-    "train.max_steps=3", "train.epochs=1", "train.log_interval=1", "train.valid_interval=3",
+    "train.max_steps=3", "train.epochs=3", "train.log_interval=1", "train.valid_interval=3",
     "train.save_interval=3", "optim.warmup_steps=2", "optim.total_steps=4"])
 QUICK_DECODE = "--beam 1 --max-new-tokens 4 --batch-size 8"
 DECODE_ARGS = "_beam1_max-new-tokens4_batch-size8"   # QUICK_DECODE names the decode directory too
