@@ -346,7 +346,7 @@ def _claim(root: Path, info: dict, remake_stale: bool = False) -> str | None:
         differ = _differences(before["identity"], info["identity"])
         if differ:
             raise DumpError(f"{root} holds a dump made with {differ}: remove it or choose another --out")
-        if before.get("inputs") == info["inputs"] and before.get("nj") == info["nj"]:
+        if _stale(before, info["inputs"], info["nj"]) is None:
             return before.get("made")
         if not remake_stale:
             raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
@@ -370,9 +370,10 @@ def _claim(root: Path, info: dict, remake_stale: bool = False) -> str | None:
 
 def _remove_dump(root: Path, info: dict) -> None:
     """The files of the dump ``info`` describes (``dump.json`` last), not others beside them (logs)."""
+    merged = {Path(i["path"]).name for i in info.get("inputs", [])}   # its inputs' records with their entries
     for f in root.iterdir():
-        if f.name in (DONE, SCP, DURATIONS) or _JOB_FILE.fullmatch(f.name) or f.name.startswith(".post.") or \
-                f.name in {Path(i["path"]).name for i in info.get("inputs", [])}:
+        if f.name in (DONE, SCP, DURATIONS) or f.name in merged or _JOB_FILE.fullmatch(f.name) or \
+                f.name.startswith(".post."):
             f.unlink()
     (root / INFO).unlink()
 
@@ -391,10 +392,14 @@ def why_stale(out: str | Path, data: Sequence[str], nj: int) -> str | None:
     root = Path(out)
     if not (root / DONE).exists() or not (root / INFO).exists():
         return None
-    before = read_info(root / INFO)
-    if before.get("nj") != nj:
-        return f"made with --nj {before.get('nj')}, not {nj}"
-    if before.get("inputs") != [{"path": p, "sha256": file_sha256(p)} for p in data]:
+    return _stale(read_info(root / INFO), [{"path": p, "sha256": file_sha256(p)} for p in data], nj)
+
+
+def _stale(info: dict, inputs: list[dict], nj: int) -> str | None:
+    """How the dump ``info`` describes differs from one of ``inputs`` and ``nj``; None when it does not."""
+    if info.get("nj") != nj:
+        return f"made with --nj {info.get('nj')}, not {nj}"
+    if info.get("inputs") != inputs:
         return "made from other input files (or contents)"
     return None
 

@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tasu.fileio import file_sha256
 from tasu.posteriors import Posteriors, length_mask
 from tasu.simulate.base import PosteriorSimulator, Vocabulary, register, target_rates, vocab_digest
 from tasu.simulate.config import SimulationConfig
@@ -361,7 +362,7 @@ def read_simulator_dir(path: str | Path) -> tuple[LearnedSimulatorConfig, dict]:
                                  "a trained simulator's weights are floating point")
         if not torch.isfinite(t).all():
             raise SimulatorError(f"{weights}: {name} holds NaN or infinite values: train the simulator again")
-    if config.weights_sha256 and config.weights_sha256 != _sha256(weights):
+    if config.weights_sha256 and config.weights_sha256 != file_sha256(weights):
         raise SimulatorError(f"{weights} is not the model written with {root / CONFIG_FILE} (a run stopped between "
                              "writing the two, or one was copied from elsewhere): run tasu train-simulator again "
                              "with the same --out and --resume to write both")
@@ -391,14 +392,7 @@ def write_simulator_dir(path: str | Path, config: LearnedSimulatorConfig, state:
 
     root = Path(path)
     save_safetensors_atomic(root / WEIGHTS_FILE, state)
-    write_atomic(root / CONFIG_FILE, replace(config, weights_sha256=_sha256(root / WEIGHTS_FILE)).to_json())
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    write_atomic(root / CONFIG_FILE, replace(config, weights_sha256=file_sha256(root / WEIGHTS_FILE)).to_json())
 
 
 def save_safetensors_atomic(path: Path, state: dict) -> None:

@@ -10,9 +10,8 @@ take to put a checkpoint in place and to forget, on resuming, the loss curve's s
 
 A checkpoint is written under a temporary name (``partial_dir``) and renamed into place when
 complete, and ``last`` is replaced atomically afterwards (``finalize_checkpoint``; a directory's
-first is named just before), so a run killed
-at any moment leaves either the previous or the new checkpoint, never a half-written one that
-resuming would trust.
+first is named just before), so a run killed at any moment leaves either the previous or the new
+checkpoint, never a half-written one that resuming would trust.
 
 Nothing read back from a checkpoint can run code: the weights are safetensors, and the ``engine/``
 files (DeepSpeed writes them with ``torch.save``, i.e. pickle) are read by ``load_engine_file``,
