@@ -487,9 +487,10 @@ dump_posteriors() {  # dump_posteriors <config> <set> [KEY=VALUE ...]: <set>'s t
       "${enc_tasu}" dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
         --job JOB --device "${dev}" --allow-pipes --remake-stale "${set_opts[@]}"
   fi
-  # every job done: the JSONL files and .done (or, when done already, the check that it is this dump)
+  # every job done: the JSONL files and .done (or, when done already, the check that it is this dump;
+  # it never remakes one: that is the job runner's, above)
   tasu dump-posteriors --config "${config}" --data "${files[@]}" --out "${dir}" --nj "${dump_nj}" \
-    --device "${dev}" --allow-pipes --remake-stale "${set_opts[@]}" >&2
+    --device "${dev}" --allow-pipes "${set_opts[@]}" >&2
 }
 
 decode_exps=("${text_exp}")
