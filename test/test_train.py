@@ -166,7 +166,7 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
 
 @pytest.mark.slow
 def test_curriculum_text_then_audio_starts_from_a_finished_stage_and_resumes_from_the_same_model(
-        setup, straight, tmp_path):
+        setup, straight, tmp_path, tasu):
     """The audio stage starts from the text stage's model, and only from a finished one: a text stage
     killed half-way leaves a half-trained model, and a resume after that stage has trained on would go
     on from one model and report another. Both used to end with exit 0 and another model's results."""
@@ -189,9 +189,7 @@ def test_curriculum_text_then_audio_starts_from_a_finished_stage_and_resumes_fro
     assert any(not (before[k] == after[k]).all() for k in before)  # the audio stage trained them further
 
     def refused(exp: Path, *extra: str) -> str:   # one process, no launcher: both stop before the engine starts
-        out = subprocess.run([sys.executable, "-m", "tasu.cli", "train", "--config", str(setup / "text.yaml"),
-                              "--exp-dir", str(exp), *audio, *extra], env=ENV, capture_output=True, text=True,
-                             timeout=300)
+        out = tasu(["train", "--config", str(setup / "text.yaml"), "--exp-dir", str(exp), *audio, *extra])
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         return out.stderr
 
@@ -238,7 +236,8 @@ def test_a_checkpoint_missing_an_engine_file_is_named(setup, straight, tmp_path)
             "into a new --exp-dir") in out.stdout + out.stderr
 
 @pytest.mark.parametrize("pointer", [None, "step_0000I2"])
-def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory(setup, straight, tmp_path, pointer):
+def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory(setup, straight, tmp_path, pointer,
+                                                                                  tasu):
     """A lost or mistyped checkpoints/last would make the run start at step 0 and delete the checkpoints
     at its first save; it stops instead, with and without --resume, and leaves them as they were."""
     import shutil
@@ -250,8 +249,7 @@ def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory
         (exp / "checkpoints" / "last").write_text(pointer + "\n")
     steps = sorted(p.name for p in (exp / "checkpoints").glob("step_*"))
     for resume in ([], ["--resume"]):
-        out = subprocess.run([sys.executable, "-m", "tasu.cli", "train", "--config", str(setup / "text.yaml"),
-                              "--exp-dir", str(exp), *resume], env=ENV, capture_output=True, text=True, timeout=300)
+        out = tasu(["train", "--config", str(setup / "text.yaml"), "--exp-dir", str(exp), *resume])
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert (f"{exp}/checkpoints holds {', '.join(steps)}, but {exp}/checkpoints/last is missing or names none "
                 f"of them: write the name of the one to continue from into it (e.g. echo {steps[-1]} > "
@@ -344,6 +342,24 @@ def test_a_run_uses_the_ops_setup_built(straight):
     for op in OPS:
         assert before[op], f"{OP_CACHE / op} holds no build: tools/setup.sh builds the CPU ops"
         assert after[op] == before[op], f"the run compiled {op} again:\n" + "\n".join(after[op][len(before[op]):])
+
+
+def test_a_run_log_puts_back_what_its_loggers_had_and_closes_its_file(tmp_path):
+    import logging
+
+    from tasu.train.run_log import RunLog
+
+    logger, before = logging.getLogger("tasu.test_run_log"), logging.NullHandler()
+    logger.addHandler(before)
+    with RunLog(tmp_path / "train.log", [logger], "%(levelname)s %(message)s") as run:
+        logger.info("during the run")
+        run.to_file(logging.ERROR, "stopped")
+        handlers = run.handlers
+    logger.warning("after the run")
+    assert (tmp_path / "train.log").read_text() == "INFO during the run\nERROR stopped\n"
+    assert logger.handlers == [before] and logger.propagate and logger.level == logging.NOTSET
+    assert handlers[0].stream is None   # closed
+    logger.removeHandler(before)
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):

@@ -1,9 +1,9 @@
 """``tasu train`` on bad inputs and in bad situations: one clear line, exit status 1, nothing half-done.
 
 Each case is a user's mistake or accident: bad data (checked before step 1), missing model files,
-an experiment directory in use, a crafted checkpoint. The failing cases run in one Python process
-(``DRIVER``: ``tasu.cli.main`` once per case), because starting DeepSpeed costs seconds each time;
-the cases that need a trained run share one short run.
+an experiment directory in use, a crafted checkpoint. The commands run in one Python process kept for
+the file (conftest.py's ``tasu`` fixture), because starting DeepSpeed costs seconds each
+time; a test of what only a process of its own shows (a signal, a traceback let through) starts one.
 """
 from __future__ import annotations
 
@@ -35,17 +35,6 @@ BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 ENV.pop("TASU_DEBUG", None)
 
-# Runs ``tasu train ARGV`` for each argv of the JSON list in argv[1]; prints one JSON line a case:
-# its exit status and what it wrote on stderr.
-DRIVER = """
-import contextlib, io, json, sys
-from tasu.cli import main
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        status = main(["train", *argv])
-    print(json.dumps({"status": status, "stderr": err.getvalue()}), flush=True)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +71,6 @@ def last_step(exp: Path) -> int:
         return 0
 
 
-def run_cases(cases: list[list[str]]) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], env=ENV, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"status"')]
 
 
 @contextlib.contextmanager
@@ -108,7 +92,7 @@ def record(key: str, **fields) -> dict:
 
 
 @pytest.mark.slow
-def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
+def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path, tasu):
     good = (setup / "train.jsonl").read_text().splitlines()
     wav = setup / "u0.wav"
     (tmp_path / "cut.wav").write_bytes(wav.read_bytes()[:2000])
@@ -159,20 +143,20 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path):
                  f"{files['pipe']}:1: path: 'touch {marker}; cat {wav} |' is a shell command"),
         "tokenizer": (case("tokenizer", f"llm.path={setup}/llm_no_tokenizer"), "the LLM tokenizer is empty"),
     }
-    results = run_cases([argv for argv, _ in cases.values()])
+    results = [tasu(["train", *argv]) for argv, _ in cases.values()]
     assert len(results) == len(cases)
     for (name, (_, expected)), result in zip(cases.items(), results):
-        lines = [ln for ln in result["stderr"].splitlines() if ln.strip()]
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("tasu train: error: ")]
-        assert result["status"] == 1, (name, result)
-        assert "Traceback" not in result["stderr"], (name, result["stderr"])
-        assert len(errors) == 1 and expected in errors[0], (name, result["stderr"])
+        assert result.returncode == 1, (name, result)
+        assert "Traceback" not in result.stderr, (name, result.stderr)
+        assert len(errors) == 1 and expected in errors[0], (name, result.stderr)
         exp = tmp_path / f"exp_{name}"
         assert not (exp / "loss.tsv").exists() and not (exp / "checkpoints").exists(), name
     assert not marker.exists()
 
 
-def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setup, tmp_path):
+def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setup, tmp_path, tasu):
     """NaN samples pass the header check before step 1 and fail where a batch reads them: the one line
     named KEY: PATH alone, and a user had to search every data file for the record. In the main
     process and through a DataLoader worker."""
@@ -184,83 +168,84 @@ def test_audio_unreadable_past_its_header_stops_the_step_at_its_record_line(setu
     cases = [["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / f"exp{workers}"),
               "data.mode=audio", f"data.train=[{train}]", f"data.num_workers={workers}", "train.max_steps=10"]
              for workers in (0, 1)]
-    for workers, result in zip((0, 1), run_cases(cases)):
-        assert result["status"] == 1 and "Traceback" not in result["stderr"], result
+    for workers, argv in zip((0, 1), cases):
+        result = tasu(["train", *argv])
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result
         assert f"tasu train: error: {train}:4: path: 1 samples are not finite numbers (NaN or infinite) " \
-               f"({tmp_path / 'nan.wav'})" in result["stderr"].splitlines(), (workers, result["stderr"])
+               f"({tmp_path / 'nan.wav'})" in result.stderr.splitlines(), (workers, result.stderr)
         last = (tmp_path / f"exp{workers}" / "train.log").read_text().splitlines()[-1]
         assert f"{train}:4: path: 1 samples" in last and "stopped at step" in last, last
 
 
-def test_a_clip_too_short_for_the_encoder_stops_the_step_at_its_record_line(setup, tmp_path):
+def test_a_clip_too_short_for_the_encoder_stops_the_step_at_its_record_line(setup, tmp_path, tasu):
     """15 ms passes the 10 ms check of the audio reader, not a wav2vec2 front end's 25 ms: training
     stopped with "waveform(s) [0] of the batch are shorter ...", naming no record."""
     write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
     sf.write(tmp_path / "short.wav", waveform(0.015).numpy(), 16000)
     good = [json.loads(ln) for ln in (setup / "train.jsonl").read_text().splitlines()[:2]]
     train = data_file(tmp_path, "train.jsonl", *good, record("short", path=str(tmp_path / "short.wav")))
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
                            "data.mode=audio", f"data.train=[{train}]", f"encoder.path={tmp_path / 'hf'}",
-                           "train.max_steps=10"]])
-    assert result["status"] == 1 and "Traceback" not in result["stderr"], result
+                           "train.max_steps=10"])
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result
     assert f"tasu train: error: {train}:3: path: 240 samples at 16 kHz: shorter than the encoder's receptive " \
-           f"field (325 samples, 20.3 ms): no frame ({tmp_path / 'short.wav'})" in result["stderr"].splitlines()
+           f"field (325 samples, 20.3 ms): no frame ({tmp_path / 'short.wav'})" in result.stderr.splitlines()
 
 
-def test_a_start_refused_after_taking_the_lock_frees_the_directory(setup, tmp_path):
+def test_a_start_refused_after_taking_the_lock_frees_the_directory(setup, tmp_path, tasu):
     """In one process (the Python API, a notebook), a refused start kept the experiment's lock: the next,
     correct run into the same directory was 'in use: training by pid <its own>'."""
     case = ["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp")]
-    refused, trained = run_cases([case + [f"train.init_from={tmp_path / 'no_such_exp'}"], case])
-    assert refused["status"] == 1 and "no_such_exp" in refused["stderr"], refused
-    assert trained["status"] == 0, trained["stderr"][-2000:]
+    refused = tasu(["train", *case, f"train.init_from={tmp_path / 'no_such_exp'}"])
+    trained = tasu(["train", *case])
+    assert refused.returncode == 1 and "no_such_exp" in refused.stderr, refused
+    assert trained.returncode == 0, trained.stderr[-2000:]
 
 
-def test_validation_says_how_many_records_its_loss_leaves_out(setup, tmp_path):
+def test_validation_says_how_many_records_its_loss_leaves_out(setup, tmp_path, tasu):
     """A validation record past data.max_length was skipped without a word: the loss that ranks the
     checkpoints covered the others only."""
     long = " ".join([SENTENCES[0]] * 40)
     valid = data_file(tmp_path, "valid.jsonl", record("v0"), record("v1", target=long), record("v2"))
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
-                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"]])
-    assert result["status"] == 0, result["stderr"][-2000:]
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"])
+    assert result.returncode == 0, result.stderr[-2000:]
     log = (tmp_path / "exp" / "train.log").read_text()
     assert re.search(r"step 2 validation: loss \S+, accuracy \S+ over \d+ tokens \(1 of 3 records skipped as too "
                      r"long/short\)", log), log
 
 
-def test_the_last_step_is_validated_when_it_falls_on_a_save_step(setup, tmp_path):
+def test_the_last_step_is_validated_when_it_falls_on_a_save_step(setup, tmp_path, tasu):
     """max_steps on a save_interval step that is no valid_interval step: the final model was saved
     unvalidated and never ranked, so decoding 'best' took an earlier one."""
     valid = data_file(tmp_path, "valid.jsonl", record("v0"), record("v1"))
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
                            f"data.valid=[{valid}]", "train.max_steps=3", "train.valid_interval=2",
-                           "train.save_interval=3", "train.keep_best=2"]])
-    assert result["status"] == 0, result["stderr"][-2000:]
+                           "train.save_interval=3", "train.keep_best=2"])
+    assert result.returncode == 0, result.stderr[-2000:]
     best = json.loads((tmp_path / "exp" / "checkpoints" / "best.json").read_text())
     assert sorted(b["step"] for b in best) == [2, 3], best
 
 
-def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path):
+def test_a_validation_over_no_token_stops_rather_than_rank_a_nan_loss(setup, tmp_path, tasu):
     """Every validation record too long for data.max_length: 'loss nan over 0 tokens', ranked best by
     keep_best (sorting keeps a NaN first), so decoding 'best' used step 2's model, exit 0."""
     long = " ".join([SENTENCES[0]] * 40)
     valid = data_file(tmp_path, "valid.jsonl", *(record(f"v{i}", target=long) for i in range(3)))
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
-                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"]])
-    assert result["status"] == 1 and "step 2 validation covered no token: every validation record was skipped" \
-        in result["stderr"], result["stderr"]
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           f"data.valid=[{valid}]", "data.max_length=200", "train.valid_interval=2"])
+    assert result.returncode == 1 and "step 2 validation covered no token: every validation record was skipped" \
+        in result.stderr, result.stderr
     assert not (tmp_path / "exp" / "checkpoints" / "best.json").exists()
 
 
 @pytest.mark.slow
-def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setup, tmp_path):
+def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setup, tmp_path, tasu):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "loss.tsv").write_text("1\t9.0\n2\t9.0\n3\t9.0\n4\t9.0\n")  # a start killed before its first checkpoint
-    cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600,
-                         preexec_fn=lambda: os.umask(0o022))
+    cmd = ["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
+    out = tasu(cmd, umask=0o022)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [line.split("\t")[0] for line in (exp / "loss.tsv").read_text().splitlines()] == ["1", "2", "3"]
     # the rate each step trained at (the log said the next step's): DeepSpeed's warm-up gives the first
@@ -283,8 +268,7 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     torch.save({"module": Payload(marker)}, ds_dir / "mp_rank_00_model_states.pt")
     with pytest.raises(CheckpointError, match="refused to load.*it names posix.system"):
         load_engine_file(ds_dir / "mp_rank_00_model_states.pt")
-    resumed = subprocess.run(cmd + ["--resume", "train.max_steps=4"], env=ENV, capture_output=True, text=True,
-                             timeout=600)
+    resumed = tasu(cmd + ["--resume", "train.max_steps=4"])
     assert resumed.returncode == 1 and not marker.exists()
     assert "Traceback" not in resumed.stderr
     assert "tasu train: error: " in resumed.stderr and "refused to load" in resumed.stderr
@@ -292,18 +276,18 @@ def test_a_started_run_restarts_cleanly_and_a_crafted_checkpoint_is_refused(setu
     # ... and so is a damaged state file (a copy cut short), named, not an EOFError without a message.
     state = exp / "checkpoints" / "step_000003" / "engine" / "state_rank0.pt"
     state.write_bytes(b"")
-    resumed = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    resumed = tasu(cmd + ["--resume"])
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
     assert "state_rank0.pt: damaged: truncated, or not a torch.save file (0 bytes)" in resumed.stderr
 
     # A plain re-run of a started experiment says what to do, in one line.
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    again = tasu(cmd)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert f"tasu train: error: {exp} already holds checkpoints: pass --resume" in again.stderr
 
 
 @pytest.mark.slow
-def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(setup, tmp_path):
+def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(setup, tmp_path, tasu):
     """Exact resume holds only for the run that wrote the checkpoint. A training file remade since (as
     stage 2 remakes one), or a setting changed since, stops the resume with one line that names it: a
     finished run would otherwise end at once with its old model and exit 0. The run's length may
@@ -316,8 +300,8 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     train = tmp_path / "train.jsonl"
     train.write_bytes((setup / "train.jsonl").read_bytes())
     exp = tmp_path / "exp"
-    cmd = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
-    out = subprocess.run(cmd + [f"data.train=[{train}]"], env=ENV, capture_output=True, text=True, timeout=600)
+    cmd = ["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]
+    out = tasu(cmd + [f"data.train=[{train}]"])
     assert out.returncode == 0, out.stderr[-3000:]
     ckpt = exp / "checkpoints" / "step_000003"
     recorded = json.loads((ckpt / "engine" / "data.json").read_text())
@@ -343,8 +327,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
 
     # written by 2 processes, resumed by 1: its batch count was of a 2-process plan (ZeRO-0 went on, exit 0)
     shutil.copy(ckpt / "engine" / "state_rank0.pt", ckpt / "engine" / "state_rank1.pt")
-    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=4"], env=ENV,
-                         capture_output=True, text=True, timeout=600)
+    out = tasu(cmd + [f"data.train=[{train}]", "--resume", "train.max_steps=4"])
     assert out.returncode == 1 and (f"{ckpt} was written by 2 process(es) and this run has 1: resume with as many"
                                     in out.stderr), out.stderr[-2000:]
     (ckpt / "engine" / "state_rank1.pt").unlink()
@@ -364,7 +347,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     for argv in ([f"data.train=[{train}]", f"encoder.path={other}", "--resume", "train.max_steps=4"],
                  [f"data.train=[{train}]", f"encoder.path={other}", f"train.init_from={exp}", "--exp-dir",
                   str(tmp_path / "next")]):
-        out = subprocess.run(cmd + argv, env=ENV, capture_output=True, text=True, timeout=600)
+        out = tasu(cmd + argv)
         assert out.returncode == 1 and f"{ckpt} was trained on the ids of another encoder vocabulary than " \
             f"encoder.path {other}'s" in out.stderr, out.stderr[-2000:]
     assert (exp / "checkpoints" / "last").read_text().strip() == "step_000003"
@@ -383,9 +366,8 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     with pytest.raises(ResumeError, match=rf"llm.path: the run trained for the LLM {setup / 'llm'} \(sha256 "
                                           rf"[0-9a-f]{{12}}\.\.\.\); it is {other_llm} \(sha256"):
         check(f"llm.path={other_llm}")
-    out = subprocess.run(cmd + [f"data.train=[{train}]", f"llm.path={other_llm}", f"train.init_from={exp}",
-                                "--exp-dir", str(tmp_path / "next")], env=ENV, capture_output=True, text=True,
-                         timeout=600)
+    out = tasu(cmd + [f"data.train=[{train}]", f"llm.path={other_llm}", f"train.init_from={exp}", "--exp-dir",
+                      str(tmp_path / "next")])
     assert out.returncode == 1 and f"train.init_from {ckpt}: it was trained for the LLM {setup / 'llm'} " \
         f"(sha256" in out.stderr and "a projector is trained for one LLM" in out.stderr, out.stderr[-2000:]
     # nor at decoding (tasu decode and transcribe, Speech2Text and tasu export load through load_trained)
@@ -461,8 +443,7 @@ def test_a_resume_onto_other_data_or_settings_is_refused_and_moved_data_resumes(
     moved.write_bytes(train.read_bytes())
     check(f"data.train=[{moved}]")
     train.write_text(train.read_text().replace("turn on the", "turn off the", 1))
-    out = subprocess.run(cmd + [f"data.train=[{train}]", "--resume"], env=ENV, capture_output=True, text=True,
-                         timeout=600)
+    out = tasu(cmd + [f"data.train=[{train}]", "--resume"])
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert (f"tasu train: error: cannot resume {exp} from step_000003: its run read other data or settings: "
             f"{train}: not the file the run read ({train}, {moved.stat().st_size} bytes") in out.stderr
@@ -593,30 +574,41 @@ class Payload:
 
 
 @pytest.mark.slow
-def test_a_second_run_into_one_experiment_is_refused_with_the_first_ones_pid(setup, tmp_path):
+def test_a_second_run_into_one_experiment_is_refused_with_the_first_ones_pid(setup, tmp_path, tasu):
     exp = tmp_path / "exp"
     with lock_held_elsewhere(exp, "training") as pid:
-        [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]])
-    assert result["status"] == 1 and "Traceback" not in result["stderr"]
-    assert f"{exp} is in use: training by pid {pid} on " in result["stderr"]
+        result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{exp} is in use: training by pid {pid} on " in result.stderr
     assert not (exp / "checkpoints").exists()
 
 
-def test_a_file_where_the_checkpoints_go_stops_the_run_before_step_one(setup, tmp_path):
+def test_a_file_where_the_checkpoints_go_stops_the_run_before_step_one(setup, tmp_path, tasu):
     """It trained until its first save and failed there with '.step_000004.partial/model: Not a directory'."""
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "checkpoints").write_text("")
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp)]])
-    assert result["status"] == 1 and "Traceback" not in result["stderr"]
-    assert f"{exp / 'checkpoints'}: a file, not a directory: checkpoints are written into it" in result["stderr"]
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp)])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{exp / 'checkpoints'}: a file, not a directory: checkpoints are written into it" in result.stderr
     assert not (exp / "loss.tsv").exists()
 
 
-def test_debug_lets_the_traceback_through(setup, tmp_path):
+def test_a_run_ended_in_a_process_that_goes_on_leaves_its_train_log_closed(setup, tmp_path, tasu):
+    """The API, a notebook and this file's kept process run commands one after another: a run, finished
+    or failed, left its train.log open and its loggers writing into it, the next command's messages too."""
+    finished = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "finished")])
+    refused = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "refused"),
+                    f"train.init_from={tmp_path / 'no_such_exp'}"])   # refused after train.log was opened
+    assert finished.returncode == 0 and refused.returncode == 1, refused.stderr[-2000:]
+    assert (tmp_path / "refused" / "train.log").exists()
+    assert not [f for f in tasu.open_files() if f.startswith(str(tmp_path))], tasu.open_files()
+
+
+def test_debug_lets_the_traceback_through(setup, tmp_path, tasu):
     argv = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "x"),
             f"llm.path={tmp_path}/none"]
-    plain = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+    plain = tasu(argv[1:])
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     debug = subprocess.run(argv + ["--debug"], env=ENV, capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
@@ -636,12 +628,12 @@ def small_disk(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk):
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(small_disk / "exp")]])
-    assert result["status"] == 1 and "Traceback" not in result["stderr"], result["stderr"]
+def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(setup, small_disk, tasu):
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(small_disk / "exp")])
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert (f"tasu train: error: cannot write checkpoint step_000003 in {small_disk / 'exp' / 'checkpoints'}: "
-            "0.0 MiB free on that disk") in result["stderr"]
-    assert "no checkpoint was written" in result["stderr"]
+            "0.0 MiB free on that disk") in result.stderr
+    assert "no checkpoint was written" in result.stderr
     assert not list((small_disk / "exp" / "checkpoints").iterdir())  # no partial checkpoint left behind
 
 
@@ -675,25 +667,25 @@ def test_transcripts_the_encoder_cannot_spell_are_warned_of(setup, tmp_path):
                         "heard; write the text as the encoder spells it (numbers as words)"]
 
 
-def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path):
+def test_an_epoch_limited_run_says_when_its_rate_schedule_ends(setup, tmp_path, tasu):
     """No max_steps and more batches than optim.total_steps: the rest of the epochs train at rate 0."""
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
-                           "train.max_steps=null", "train.epochs=2", "optim.total_steps=3", "train.save_interval=100"]])
-    logged = result["stderr"] + "".join(p.read_text() for p in (tmp_path / "exp").rglob("train.log"))
-    assert result["status"] == 0 and "step 3 is optim.total_steps: the learning rate is 0 from here on" in logged
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "exp"),
+                           "train.max_steps=null", "train.epochs=2", "optim.total_steps=3", "train.save_interval=100"])
+    logged = result.stderr + "".join(p.read_text() for p in (tmp_path / "exp").rglob("train.log"))
+    assert result.returncode == 0 and "step 3 is optim.total_steps: the learning rate is 0 from here on" in logged
 
 
-def test_an_epoch_limited_run_of_steps_at_rate_0_alone_trained_nothing_and_says_so(setup, tmp_path):
+def test_an_epoch_limited_run_of_steps_at_rate_0_alone_trained_nothing_and_says_so(setup, tmp_path, tasu):
     """Two batches in all, no max_steps: both ran at DeepSpeed's warm-up rate of 0, and the run saved its
     initial weights as finished, exit 0."""
     train = data_file(tmp_path, "two.jsonl", *(json.loads(line) for line in
                                                (setup / "train.jsonl").read_text().splitlines()[:2]))
     exp = tmp_path / "exp"
-    [result] = run_cases([["--config", str(setup / "train.yaml"), "--exp-dir", str(exp), f"data.train=[{train}]",
-                           "data.max_batch_size=1", "train.max_steps=null"]])
-    assert result["status"] == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    result = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(exp), f"data.train=[{train}]",
+                           "data.max_batch_size=1", "train.max_steps=null"])
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert ("the 1 epoch(s) held 2 batch(es) per process: the first 2 steps run at a learning rate of 0, so nothing "
-            "was trained; raise train.epochs or give more data") in result["stderr"]
+            "was trained; raise train.epochs or give more data") in result.stderr
     assert not (exp / "checkpoints").exists() or last_step(exp) == 0
 
 
@@ -721,7 +713,7 @@ def test_init_from_may_lack_only_the_lora_adapters_of_layers_it_had_none_on():
     assert not_restorable(own, set()) == ["projector.w"]
 
 
-def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, tmp_path):
+def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, tmp_path, tasu):
     """SIGTERM (a batch system's time limit) ended the process where it stood: train.log, which a run
     under nohup or a batch system is read by, stopped at a step line, and nothing said why."""
     import signal
@@ -745,8 +737,7 @@ def test_a_training_stopped_by_sigterm_says_so_in_train_log_and_resumes(setup, t
     last = (exp / "train.log").read_text().splitlines()[-1]
     assert re.search(r"\] ERROR stopped at step \d+: terminated \(SIGTERM\)$", last), last
     # a resume asked for fewer steps than trained went on to train none, without a word
-    out = subprocess.run(cmd[:-2] + ["--resume", "train.max_steps=4", "optim.total_steps=100000"], env=ENV,
-                         capture_output=True, text=True, timeout=600)
+    out = tasu(["train", *cmd[2:-2], "--resume", "train.max_steps=4", "optim.total_steps=100000"])
     assert out.returncode == 0 and "resumed from" in (exp / "train.log").read_text(), out.stderr[-3000:]
     assert re.search(r"train.max_steps 4: the checkpoint has trained \d+ steps already, so nothing is trained",
                      out.stderr), out.stderr[-2000:]

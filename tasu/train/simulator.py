@@ -67,6 +67,7 @@ from tasu.simulate.base import edit_distance, row_tokens, token_error_rate
 from tasu.simulate.learned import (REACH, LearnedSimulator, LearnedSimulatorConfig, SimulatorArchitecture,
                                    SimulatorError, SimulatorModel, read_safetensors, save_safetensors_atomic,
                                    vocab_digest, write_simulator_dir)
+from tasu.train.run_log import RunLog
 
 log = logging.getLogger("tasu.train_simulator")
 RESTART = "; remove the run's directory to train anew"   # what a damaged file of a training run leaves
@@ -532,23 +533,13 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
     lock = DirLock(out, "simulator training")
     lock.acquire()
     try:
-        return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device))
+        with RunLog(out / "train.log", [log], "%(asctime)s %(levelname)s %(message)s"):
+            return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device))
     finally:
         lock.release()
 
 
-def _setup_log(out: Path) -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    log.setLevel(logging.INFO)
-    log.handlers.clear()
-    log.propagate = False
-    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-
-
 def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dict:
-    _setup_log(out)
     from tasu.dump import identity
     from tasu.encoders import load_tokenizer
     from tasu.model_io import last_checkpoint, refuse_lost_pointer

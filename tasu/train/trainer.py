@@ -62,6 +62,7 @@ from tasu.simulate.base import vocab_digest
 from tasu.train.checkpoint import (ENGINE_DIR, finalize_checkpoint, load_engine_file, mark_finished, partial_dir,
                                    training_finished, truncate_curve, use_safe_engine_loads)
 from tasu.train.collate import Collator, StepBatch
+from tasu.train.run_log import RunLog
 from tasu.train.same_run import ResumeError, check_same_run, data_record, init_llm_difference, write_data_record
 from tasu.experiment import STEPS_AT_RATE_0, ExperimentConfig, check_schedule
 
@@ -215,11 +216,11 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False,
                  allow_pipes: bool = False):
         self.lock: DirLock | None = None
+        self.run_log: RunLog | None = None
         try:
             self._start(cfg, exp_dir, resume, allow_pipes)
         except BaseException:   # a start refused after taking the lock: the directory is free again
-            if self.lock is not None:
-                self.lock.release()
+            self.close()
             raise
 
     def _start(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool, allow_pipes: bool) -> None:
@@ -419,22 +420,17 @@ class Trainer:
 
     def _setup_logging(self) -> None:
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        fmt = logging.Formatter(f"%(asctime)s [rank {self.rank}] %(levelname)s %(message)s")
-        handlers = [logging.FileHandler(self.exp_dir / "train.log"), logging.StreamHandler()] if self.rank == 0 else []
-        for handler in handlers:
-            handler.setFormatter(fmt)
         # the trainer's, its data's (batching) and its simulation's (a learned simulator's warnings)
-        for logger in (log, logging.getLogger("tasu.data"), logging.getLogger("tasu.simulate")):
-            logger.setLevel(logging.INFO)
-            logger.handlers[:] = handlers
-            logger.propagate = False
+        self.run_log = RunLog(self.exp_dir / "train.log" if self.rank == 0 else None,
+                              [log, logging.getLogger("tasu.data"), logging.getLogger("tasu.simulate")],
+                              f"%(asctime)s [rank {self.rank}] %(levelname)s %(message)s")
 
-    def log_to_file(self, level: int, message: str) -> None:
-        """``message`` into train.log alone (rank 0's file handler)."""
-        record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
-        for handler in log.handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.handle(record)
+    def close(self) -> None:
+        """Frees what the run holds in its process, as it ends or fails: the directory and train.log."""
+        if self.run_log is not None:
+            self.run_log.close()
+        if self.lock is not None:
+            self.lock.release()
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
@@ -854,10 +850,10 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allo
         except BaseException as e:
             why = {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(e)) or \
                 describe_error(e)
-            trainer.log_to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr: its own line)
+            trainer.run_log.to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr: its own line)
             raise
         finally:
-            trainer.lock.release()
+            trainer.close()
 
 
 class Terminated(SystemExit):
