@@ -29,11 +29,13 @@ help_message="Usage: $0 [options]
 
 # study.py stops its trainings when it gets SIGTERM or SIGHUP. Sent to this script, such a signal is passed
 # on (bash alone would end here and leave study.py and its trainings running). Ctrl-C reaches study.py and
-# its trainings themselves, as before (study.py takes SIGINT back from the background's "ignored").
+# its trainings themselves (study.py takes SIGINT back from the background's "ignored"); this script
+# ignores it and waits for study.py's status (a trap would end the wait early, and bash 5.2's next wait
+# then lost the status now and then: 255).
 study() {
   local child="" rc=0 status stopped="" trapped retried=""
   trap 'stopped=1; trapped=1; [ -z "${child}" ] || kill -TERM "${child}" 2> /dev/null || true' TERM HUP
-  trap 'trapped=1' INT   # Ctrl-C: wait for study.py, which got it too, to stop
+  trap '' INT
   python3 local/study.py "$@" < /dev/null &
   child=$!
   [ -z "${stopped}" ] || kill -TERM "${child}" 2> /dev/null || true   # a signal before child was set
