@@ -596,12 +596,14 @@ def test_a_file_where_the_checkpoints_go_stops_the_run_before_step_one(setup, tm
 
 def test_a_run_ended_in_a_process_that_goes_on_leaves_its_train_log_closed(setup, tmp_path, tasu):
     """The API, a notebook and this file's kept process run commands one after another: a run, finished
-    or failed, left its train.log open and its loggers writing into it, the next command's messages too."""
+    or failed, left its train.log open and its loggers writing into it, the next command's messages too.
+    A start refused once train.log was open said why on stderr alone."""
     finished = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "finished")])
     refused = tasu(["train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "refused"),
                     f"train.init_from={tmp_path / 'no_such_exp'}"])   # refused after train.log was opened
     assert finished.returncode == 0 and refused.returncode == 1, refused.stderr[-2000:]
-    assert (tmp_path / "refused" / "train.log").exists()
+    last = (tmp_path / "refused" / "train.log").read_text().splitlines()[-1]   # why, as stderr says it too
+    assert re.search(r"\] ERROR did not start: train.init_from: \S*no_such_exp is neither", last), last
     assert not [f for f in tasu.open_files() if f.startswith(str(tmp_path))], tasu.open_files()
 
 

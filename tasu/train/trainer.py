@@ -219,7 +219,9 @@ class Trainer:
         self.run_log: RunLog | None = None
         try:
             self._start(cfg, exp_dir, resume, allow_pipes)
-        except BaseException:   # a start refused after taking the lock: the directory is free again
+        except BaseException as e:   # a start refused after taking the lock: the directory is free again
+            if self.run_log is not None:   # train.log is open: it says why (a run under nohup is read there)
+                self.run_log.to_file(logging.ERROR, f"did not start: {stop_reason(e)}")
             self.close()
             raise
 
@@ -840,17 +842,16 @@ def _memory_mb(device: torch.device) -> float:
 def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allow_pipes: bool = False) -> None:
     """Train into ``exp_dir``; ``allow_pipes`` lets audio paths that are shell commands be run.
 
-    A training that stops says why in train.log too (its last line), not on stderr alone: a run under
-    nohup or a batch system is read there. SIGTERM (kill, a job's time limit) stops a run of one process
-    as Ctrl-C does, with status 143; its last checkpoint is where ``--resume`` goes on."""
+    A training that stops, or a start refused once train.log is open, says why in train.log too (its
+    last line), not on stderr alone: a run under nohup or a batch system is read there. SIGTERM (kill,
+    a job's time limit) stops a run of one process as Ctrl-C does, with status 143; its last checkpoint
+    is where ``--resume`` goes on."""
     with _terminated_as_exit():
         trainer = Trainer(cfg, exp_dir, resume=resume, allow_pipes=allow_pipes)
         try:
             trainer.fit()
         except BaseException as e:
-            why = {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(e)) or \
-                describe_error(e)
-            trainer.run_log.to_file(logging.ERROR, f"stopped at step {trainer.step}: {why}")   # (stderr: its own line)
+            trainer.run_log.to_file(logging.ERROR, f"stopped at step {trainer.step}: {stop_reason(e)}")
             raise
         finally:
             trainer.close()
@@ -858,6 +859,11 @@ def train(cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False, allo
 
 class Terminated(SystemExit):
     """SIGTERM, raised where the training is: its exit status is the one the signal would give."""
+
+
+def stop_reason(err: BaseException) -> str:
+    """Why a run stopped, as its train.log's last line says it (stderr says it in its own words)."""
+    return {KeyboardInterrupt: "interrupted", Terminated: "terminated (SIGTERM)"}.get(type(err)) or describe_error(err)
 
 
 @contextlib.contextmanager
