@@ -56,19 +56,6 @@ def tasu_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["tasu", *args], code, out.out, out.err)
 
 
-def train_simulator_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
-    """``tasu train-simulator ARGS`` in this process; the log handlers it opened (its train.log) closed after."""
-    import logging
-
-    try:
-        return tasu_in_process(capsys, "train-simulator", *args)
-    finally:
-        log = logging.getLogger("tasu.train_simulator")
-        for handler in log.handlers:
-            handler.close()
-        log.handlers.clear()
-
-
 def one_line_error(out: subprocess.CompletedProcess, *expected: str) -> str:
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     line, = [ln for ln in out.stderr.splitlines() if "error:" in ln]
@@ -566,9 +553,9 @@ def test_a_resumed_run_drops_the_loss_lines_a_crash_garbled(setup, tmp_path, cap
     lines = (setup / "sim" / "loss.tsv").read_text().splitlines(keepends=True)
     assert [int(line.split("\t")[0]) for line in lines] == list(range(1, 11))
     (out / "loss.tsv").write_text("".join(lines[:4]) + "\n" + "\0\0\0\0" + "".join(lines[4:]) + "11\t0.5")
-    result = train_simulator_in_process(capsys, "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
-                                        "--out", str(out), "--resume", *TINY, "train.max_steps=11",
-                                        "train.report_utterances=0")
+    result = tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                             str(setup / "asr.jsonl"), "--out", str(out), "--resume", *TINY, "train.max_steps=11",
+                             "train.report_utterances=0")
     assert result.returncode == 0, result.stderr[-2000:]
     curve = (out / "loss.tsv").read_text().splitlines(keepends=True)
     assert curve[:-1] == lines[:4] + lines[5:] and curve[-1].startswith("11\t")   # step 5's line was garbled
@@ -591,9 +578,9 @@ def test_a_report_on_the_calibration_transcripts_says_so(setup, tmp_path, capsys
     shutil.copytree(setup / "sim" / "checkpoints", out / "checkpoints")   # step_000010: rows that end (one step's
     for name in ("teacher.safetensors", "teacher.json"):                   # rows ran to their length limit, slowly)
         shutil.copy(setup / "sim" / name, out / name)
-    result = train_simulator_in_process(capsys, "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
-                                        "--out", str(out), "--resume", *TINY, "train.max_steps=11",
-                                        "train.report_utterances=6", "train.report_wers=[1.0]")
+    result = tasu_in_process(capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data",
+                             str(setup / "asr.jsonl"), "--out", str(out), "--resume", *TINY, "train.max_steps=11",
+                             "train.report_utterances=6", "train.report_wers=[1.0]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert not json.loads((out / "report.json").read_text())["held_out"]
     assert result.stdout.splitlines()[-1].endswith("% (on the calibration transcripts: too few others)")
