@@ -7,16 +7,19 @@ of ``tasu ARGV`` would: the exit status and what the command wrote on stdout and
 commands one after another in one process is also how the Python API and a notebook use tasu, so
 state one command leaves behind (a lock, a log handler, a process group) shows in the next.
 
-Only ``sys.stdout``/``sys.stderr`` are captured: what a library printed to a stream it bound at
-import (DeepSpeed's logger) goes to the process's own log, shown when the process dies or stalls.
-A test of what the ``tasu`` executable itself does (a traceback let through, a signal, the exit
-status of an uncaught error) starts its own process.
+Only ``sys.stdout``/``sys.stderr`` are captured, and the status is what ``main`` returns: what a
+library printed to a stream it bound at import (DeepSpeed's logger) or to file descriptor 2 goes to
+the process's own log (shown when the process dies or stalls), and what happens at interpreter exit
+is not seen. A test of what the ``tasu`` executable itself prints or exits with (a traceback let
+through or not, a signal) starts its own process.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +58,7 @@ class TasuProcess:
         if self.proc is None or self.proc.poll() is not None:
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen([sys.executable, "-c", _SERVE], env=self.env, stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, stderr=log, text=True)
+                                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         self.proc.stdin.write(json.dumps({"argv": argv, "umask": umask}) + "\n")
         self.proc.stdin.flush()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -74,8 +77,9 @@ class TasuProcess:
         return [os.readlink(fd) for fd in fds.iterdir()]
 
     def close(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
+        if self.proc is not None:   # with what it started (DataLoader workers), should a command have stalled
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             for stream in (self.proc.stdin, self.proc.stdout):
                 stream.close()

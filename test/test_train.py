@@ -359,6 +359,19 @@ def test_a_run_log_puts_back_what_its_loggers_had_and_closes_its_file(tmp_path):
     assert (tmp_path / "train.log").read_text() == "INFO during the run\nERROR stopped\n"
     assert logger.handlers == [before] and logger.propagate and logger.level == logging.NOTSET
     assert handlers[0].stream is None   # closed
+
+    # two runs alive in one process (two Trainers of the API), the first ended first; a close called twice
+    first = RunLog(tmp_path / "first.log", [logger], "%(message)s")
+    second = RunLog(tmp_path / "second.log", [logger], "%(message)s")
+    first.close()
+    logger.info("the second still runs")
+    first.close()
+    logger.info("and still")
+    second.close()
+    logger.info("after both")
+    assert (tmp_path / "first.log").read_text() == ""
+    assert (tmp_path / "second.log").read_text() == "the second still runs\nand still\n"
+    assert logger.handlers == [before] and logger.propagate and logger.level == logging.NOTSET
     logger.removeHandler(before)
 
 

@@ -607,10 +607,10 @@ def test_a_run_ended_in_a_process_that_goes_on_leaves_its_train_log_closed(setup
     assert not [f for f in tasu.open_files() if f.startswith(str(tmp_path))], tasu.open_files()
 
 
-def test_debug_lets_the_traceback_through(setup, tmp_path, tasu):
+def test_debug_lets_the_traceback_through(setup, tmp_path):
     argv = [str(BIN / "tasu"), "train", "--config", str(setup / "train.yaml"), "--exp-dir", str(tmp_path / "x"),
             f"llm.path={tmp_path}/none"]
-    plain = tasu(argv[1:])
+    plain = subprocess.run(argv, env=ENV, capture_output=True, text=True)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     debug = subprocess.run(argv + ["--debug"], env=ENV, capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
