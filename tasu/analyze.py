@@ -211,16 +211,15 @@ def report(summary: dict) -> str:
 
 
 def plot(summary: dict, out_dir: Path) -> list[Path]:
-    """Real vs simulated histograms of row entropy and top-1 mass, one PNG each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Real vs simulated histograms of row entropy and top-1 mass, one PNG each (drawn without pyplot,
+    which a notebook's own plots use: its backend stays the caller's)."""
+    from matplotlib.figure import Figure
 
     written = []
     for key, label, name in (("entropy_histogram", "row entropy (bits)", "entropy.png"),
                              ("top1_mass_histogram", "top-1 mass of a row", "top1_mass.png")):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         for source in ("real", "simulated"):
             h = summary[source][key]
             counts = np.asarray(h["counts"], dtype=np.float64)
@@ -232,7 +231,6 @@ def plot(summary: dict, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
     return written
 

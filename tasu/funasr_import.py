@@ -18,8 +18,10 @@ gets funasr's plain import unless it opts in.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
 import sys
 from types import ModuleType
 
@@ -36,20 +38,37 @@ def funasr_class(module: str, name: str) -> type:
     """``from <module> import <name>``, a funasr module: lean after :func:`use_lean_import`."""
     if _lean and "funasr" not in sys.modules:
         _install_uninitialised_package()
-    return getattr(importlib.import_module(module), name)
+    with _root_logging_kept():
+        return getattr(importlib.import_module(module), name)
 
 
 def full_funasr() -> ModuleType:
     """funasr as its own import makes it (every submodule, the registry complete), whatever came before."""
     package = sys.modules.get("funasr")
-    if package is not None and package.__dict__.get("__getattr__") is _initialise_then_get:  # not yet run
-        del package.__getattr__
-        try:
-            package.__spec__.loader.exec_module(package)
-        except BaseException:
-            del sys.modules["funasr"]  # as a failed import leaves it: the next import starts again
-            raise
-    return importlib.import_module("funasr")
+    with _root_logging_kept():
+        if package is not None and package.__dict__.get("__getattr__") is _initialise_then_get:  # not yet run
+            del package.__getattr__
+            try:
+                package.__spec__.loader.exec_module(package)
+            except BaseException:
+                del sys.modules["funasr"]  # as a failed import leaves it: the next import starts again
+                raise
+        return importlib.import_module("funasr")
+
+
+@contextlib.contextmanager
+def _root_logging_kept():
+    """funasr's ``__init__`` (one of its submodules) calls ``logging.basicConfig(level=INFO)``: the root
+    logger then printed every library's INFO messages, and kept a handler on the stderr of the command that
+    loaded the encoder, where a later command's warnings went (the Python API, a notebook). Its level and
+    handlers are put back."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _install_uninitialised_package() -> None:

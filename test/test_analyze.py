@@ -142,7 +142,15 @@ def test_analyze_runs_on_audio_and_writes_summary_report_and_plots(tmp_path):
             f.write(json.dumps({"key": f"d{i}", "task": "ASR", "target": SENTENCES[i], "path": str(wav)}) + "\n")
     cfg = load_config(ExperimentConfig, None, [f"encoder.path={enc}", "simulation.drop_prob=0.0",
                                                "simulation.alpha=[0.0, 0.0]"])
-    summary = run_analyze(cfg, [str(data)], str(tmp_path / "out"), batch_size=2)
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")   # a caller's own (a notebook's inline one): the plots are drawn without changing it
+    try:
+        summary = run_analyze(cfg, [str(data)], str(tmp_path / "out"), batch_size=2)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
     assert summary["utterances"] == 5 and summary["tokens"] > 5
     # exact one-hot simulation without drops: one row per token, no errors, zero entropy
     assert summary["simulated"]["rows_per_token"] == 1.0 and summary["simulated"]["token_error_rate"] == 0.0
@@ -150,6 +158,8 @@ def test_analyze_runs_on_audio_and_writes_summary_report_and_plots(tmp_path):
     assert summary["real"]["rows"] == sum(summary["real"]["entropy_histogram"]["counts"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["entropy.png", "report.txt", "summary.json",
                                                                     "top1_mass.png"]
+    for name in ("entropy.png", "top1_mass.png"):
+        assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG"), name
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["tokens"] == summary["tokens"]
 
     bad = tmp_path / "bad.jsonl"

@@ -458,6 +458,26 @@ def test_tasu_programs_import_funasr_lean_and_complete_it_on_use(small_ctc, sens
     subprocess.run([sys.executable, "-c", probe], check=True)
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_loading_an_encoder_leaves_the_root_logger_as_it_was(sensevoice_dir, lean):
+    """funasr's package __init__ calls logging.basicConfig(level=INFO): every library's INFO messages were
+    printed from then on, and in one process running command after command (the API, a notebook) a later
+    command's warnings went to the stderr of the one that loaded the encoder."""
+    probe = textwrap.dedent(f"""
+        import logging
+        from tasu.encoders import load_encoder
+        from tasu.funasr_import import use_lean_import
+        if {lean}:
+            use_lean_import()
+        before = (logging.root.level, list(logging.root.handlers))
+        assert load_encoder({str(sensevoice_dir)!r}).vocab_size > 0
+        import funasr.auto.auto_model   # the package's __init__ has run
+        assert (logging.root.level, list(logging.root.handlers)) == before, (before, logging.root.handlers)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_sensevoice_completes_funasr_first(sensevoice_dir, monkeypatch):
     """SenseVoiceSmall finds its encoder by registry name: loading it completes a lean funasr."""
     import tasu.encoders.sensevoice as sensevoice_module
