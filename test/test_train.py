@@ -366,6 +366,7 @@ def test_a_run_log_puts_back_what_its_loggers_had_and_closes_its_file(tmp_path):
     first.close()
     logger.info("the second still runs")
     first.close()
+    first.to_file(logging.ERROR, "a late line")   # goes nowhere, and opens no file again
     logger.info("and still")
     second.close()
     logger.info("after both")

@@ -19,7 +19,8 @@ _before: dict[str, tuple[int, list[logging.Handler], bool]] = {}   # its level, 
 
 class RunLog:
     """Points ``loggers`` at ``path`` and stderr (nowhere when ``path`` is None: a rank other than 0)
-    until ``close()`` (or the end of a ``with`` block)."""
+    until ``close()`` (or the end of a ``with`` block). What else is set on them meanwhile (a handler, a
+    level) goes with the run."""
 
     def __init__(self, path: Path | None, loggers: Sequence[logging.Logger], fmt: str):
         self.loggers, self.closed = list(loggers), False
@@ -69,3 +70,4 @@ class RunLog:
                 logger.propagate = propagate
         for handler in self.handlers:
             handler.close()
+        self.handlers = []   # a closed FileHandler would open its file again for a later to_file
