@@ -309,8 +309,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
         from tasu.encoders import load_encoder
 
         dev = resolve_device(device)
-        with torch.random.fork_rng():   # building a model draws from the global stream: leave it as it was
-            encoder = load_encoder(encoder_path, encoder_type, device=str(dev), **(encoder_options or {}))
+        encoder = load_encoder(encoder_path, encoder_type, device=str(dev), **(encoder_options or {}))
         items = list(recordings.items())
         try:
             for j in todo:

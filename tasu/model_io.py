@@ -345,19 +345,13 @@ def check_model_dirs(cfg: ExperimentConfig) -> None:
 
 def build_model(cfg: ExperimentConfig, audio: bool, device: str = "cpu") -> SpeechLLM:
     """The speech LLM the config describes, with an untrained projector (and LoRA adapters)."""
-    import torch
-
     from tasu.encoders import load_encoder
     from tasu.model import SpeechLLM
 
     check_model_dirs(cfg)
-    encoder = None
-    if audio:
-        # Building the encoder's modules draws from the global random stream; the fresh projector's
-        # weights must not depend on it, so that training from posterior dumps (no encoder) starts
-        # from the same weights as training on audio.
-        with torch.random.fork_rng(devices=[]):
-            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device, **cfg.encoder.options)
+    # load_encoder leaves the global random stream as it was: training from posterior dumps (no
+    # encoder) starts from the same fresh projector weights as training on audio
+    encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=device, **cfg.encoder.options) if audio else None
     vocab_size = (encoder.tokenizer if encoder is not None else encoder_tokenizer(cfg)).vocab_size
     model = SpeechLLM.from_pretrained(cfg.llm.path, cfg.projector.name, vocab_size, lora=cfg.llm.lora,
                                       projector_options=cfg.projector.options, dtype=cfg.llm.dtype,
@@ -370,11 +364,15 @@ def load_trained(path: str | Path, which: str = "best", audio: bool = True, devi
     """A trained model from an experiment dir or checkpoint dir: (model, config, prompts, checkpoint).
 
     ``overrides`` change the saved config before building, e.g. ``llm.path=...`` for base models
-    that live elsewhere on this machine.
+    that live elsewhere on this machine. Torch's global random stream is left as it was (the model's
+    fresh weights are drawn from it, then overwritten by the checkpoint's).
     """
+    import torch
+
     ckpt = resolve_checkpoint(path, which)
     cfg = read_model_config(ckpt, overrides)
-    model = build_model(cfg, audio=audio, device=device)   # first: it says what an LLM directory lacks
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, audio=audio, device=device)   # first: it says what an LLM directory lacks
     check_vocab(ckpt, cfg, model.encoder.tokenizer if model.encoder is not None else encoder_tokenizer(cfg))
     check_llm(ckpt, cfg)
     trained = load_trainable(ckpt)

@@ -294,3 +294,27 @@ def test_decoding_options_are_checked_before_the_model_loads(tmp_path):
     with pytest.raises(TypeError, match="^Speech2Text takes the decoding options beam, max_new_tokens, "
                                         "no_repeat_ngram_size, repetition_penalty, not batch_size$"):
         Speech2Text.from_pretrained(tmp_path / "no_model_here", batch_size=4)   # failed after the model loaded
+
+
+def test_loading_exporting_and_decoding_leave_torch_s_random_stream_as_it_was(exp, tmp_path, capsys):
+    """Building the model before its checkpoint's weights load drew from torch's global stream: a
+    caller's own draws after Speech2Text.from_pretrained, tasu decode or tasu export came out other
+    than without the call (no tasu output depended on it)."""
+    from tasu import Speech2Text
+    from tasu.cli import main
+
+    (tmp_path / "test.jsonl").write_text(json.dumps({"key": "r0", "task": "ASR", "target": SENTENCES[0],
+                                                     "path": str(exp / "rec0.wav")}) + "\n")
+    calls = {
+        "Speech2Text": lambda: Speech2Text.from_pretrained(exp / "exp", beam=2, max_new_tokens=4)(exp / "rec1.wav"),
+        "decode": lambda: main(["decode", "--exp", str(exp / "exp"), "--data", str(tmp_path / "test.jsonl"),
+                                "--out", str(tmp_path / "dec"), "--beam", "2", "--max-new-tokens", "4"]),
+        "export": lambda: main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "model")]),
+    }
+    for name, call in calls.items():
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        result = call()
+        assert name == "Speech2Text" or result == 0, capsys.readouterr().err[-2000:]
+        assert torch.equal(torch.get_rng_state(), before), name
+    capsys.readouterr()

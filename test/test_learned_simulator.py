@@ -619,6 +619,35 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     assert (killed / "loss.tsv").read_text() == (tmp_path / "straight" / "loss.tsv").read_text()
 
 
+def test_training_loading_and_analyzing_leave_torch_s_random_stream_as_it_was(setup, tmp_path, capsys):
+    """train-simulator seeded torch's global stream for its steps, and building an encoder or a
+    simulator's model (tasu analyze, a learned simulator's load) drew from it: a caller's own draws
+    after the call came out other than without it."""
+    from tasu.simulate.learned import LearnedSimulator
+
+    out = tmp_path / "sim"
+    out.mkdir()
+    for name in ("teacher.safetensors", "teacher.json"):   # setup's teacher: only the loop runs
+        (out / name).write_bytes((setup / "sim" / name).read_bytes())
+    lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+    calls = {
+        "train-simulator": lambda: tasu_in_process(
+            capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
+            "--out", str(out), *TINY, "train.max_steps=3", "train.report_utterances=0").returncode,
+        "load": lambda: LearnedSimulator.load(setup / "sim", tokenizer(setup)) and 0,
+        "analyze": lambda: tasu_in_process(
+            capsys, "analyze", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"), "--out",
+            str(tmp_path / "analysis"), "--limit", "2", "simulation.name=learned",
+            f"simulation.path={setup / 'sim'}", f"simulation.wer={{start: [{lo}, {hi}], end: [{lo}, {hi}]}}",
+            "compress.threshold=0.99", "compress.topk=4").returncode,
+    }
+    for name, call in calls.items():
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        assert call() == 0, capsys.readouterr().err[-2000:]
+        assert torch.equal(torch.get_rng_state(), before), name
+
+
 def test_degraded_copies_are_seeded_and_grow_with_severity():
     from tasu.train.simulator import TeacherConfig, degrade
 

@@ -43,9 +43,14 @@ def load_encoder(path: str | Path, encoder_type: str = "auto", device: str | tor
     ``options`` go to the backend's ``from_dir`` (an experiment's ``encoder.options``); only SenseVoice
     has any: ``language`` (default ``"auto"``) and ``text_norm`` (``"withitn"`` or ``"woitn"``, default
     ``"withitn"``), the values of its language and text-normalisation query embeddings.
+
+    Torch's global random stream is left as it was: building the modules draws from it before the
+    weights load over what was drawn, and what a caller draws next (a training's fresh projector, a
+    notebook's own numbers) must not depend on whether, or which, encoder was loaded.
     """
     check_options(path, encoder_type, options)
-    return backend(path, encoder_type).from_dir(Path(path), device=device, **options)
+    with torch.random.fork_rng(devices=[]):   # (every backend builds on the CPU, then moves to ``device``)
+        return backend(path, encoder_type).from_dir(Path(path), device=device, **options)
 
 
 def check_options(path: str | Path, encoder_type: str, options: dict) -> None:

@@ -454,7 +454,8 @@ class LearnedSimulator(PosteriorSimulator):
         c, state = read_simulator_dir(path)
         if tokenizer is not None:
             check_vocabulary(c, tokenizer, path)
-        model = SimulatorModel(c)
+        with torch.random.fork_rng(devices=[]):   # its fresh weights, drawn before the file's: keep the caller's stream
+            model = SimulatorModel(c)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError:   # tensors of other sizes: torch lists each, over many lines

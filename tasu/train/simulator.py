@@ -274,8 +274,7 @@ def build_teacher(cfg: SimulatorTrainingConfig, recordings: list[dict], device,
                                                     "are made from the audio (or set teacher.copies=0)")
     encoder = None
     if needs_audio:
-        with torch.random.fork_rng(devices=[]):
-            encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device), **cfg.encoder.options)
+        encoder = load_encoder(cfg.encoder.path, cfg.encoder.type, device=str(device), **cfg.encoder.options)
     dumps = DumpReader(encoder_identity)
 
     def audio_of(r: dict) -> torch.Tensor:
@@ -530,11 +529,14 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
     require_dir("encoder.path", cfg.encoder.path, "the teacher encoder is needed (--encoder DIR)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
     lock = DirLock(out, "simulator training")
     lock.acquire()
     try:
-        with RunLog(out / "train.log", [log], "%(asctime)s %(levelname)s %(message)s"):
-            return _train(cfg, data, out, resume, allow_pipes, resolve_device(cfg.device))
+        # its steps seed torch's global stream (the device's too): the caller's is put back at the end
+        with RunLog(out / "train.log", [log], "%(asctime)s %(levelname)s %(message)s"), torch.random.fork_rng(
+                devices=[] if device.type == "cpu" else [device.index or 0], device_type=device.type):
+            return _train(cfg, data, out, resume, allow_pipes, device)
     finally:
         lock.release()
 
