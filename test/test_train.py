@@ -376,6 +376,29 @@ def test_a_run_log_puts_back_what_its_loggers_had_and_closes_its_file(tmp_path):
     logger.removeHandler(before)
 
 
+def test_a_run_without_a_launcher_takes_back_the_launch_variables_it_set(setup, tmp_path):
+    """A run of one process sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for
+    torch.distributed, and left them set: a ``tasu train`` started later from that process (a notebook
+    that trained in-process) took itself for a launched rank and failed on the port its parent holds."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    code = f"""
+import json, os, subprocess, sys
+from tasu.cli import main
+names = {names!r}
+args = ["train", "--config", {str(setup / "text.yaml")!r}, "train.max_steps=3",
+        "train.save_interval=3", "--exp-dir"]
+print(json.dumps([main([*args, {str(tmp_path / "a")!r}]), [os.environ.get(n) for n in names],
+                  subprocess.run([os.path.join(os.path.dirname(sys.executable), "tasu"), *args,
+                                  {str(tmp_path / "b")!r}]).returncode,
+                  main([*args, {str(tmp_path / "c")!r}]), [os.environ.get(n) for n in names]]))
+"""
+    env = {k: v for k, v in ENV.items() if k not in names}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # trained in-process, then in a process it started, then in-process again (joining its process group)
+    assert json.loads(out.stdout.splitlines()[-1]) == [0, [None] * 5, 0, 0, [None] * 5], out.stderr[-3000:]
+
+
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):
     """torch's extension loader waits forever for a lock a killed process left in an op's build dir;
     for a young one (a build going on, or just killed) it waited without a word."""

@@ -115,8 +115,13 @@ def clear_stale_build_locks(root: str | Path, max_age_s: float = STALE_BUILD_LOC
     return removed
 
 
+# What a launcher (deepspeed, torchrun, slurm-exec) sets for each rank, and _init_distributed for a run without one
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _init_distributed(device: str) -> tuple[int, int, int]:
-    """Rank, world size and local rank; a single process without a launcher gets a world of one."""
+    """Rank, world size and local rank; a single process without a launcher gets a world of one
+    (its ``LAUNCH_ENV``, which ``Trainer.close`` takes back)."""
     try:
         import deepspeed
     except ImportError:   # tasu without its [train] extra: it decodes, it does not train
@@ -217,6 +222,7 @@ class Trainer:
                  allow_pipes: bool = False):
         self.lock: DirLock | None = None
         self.run_log: RunLog | None = None
+        self.launch_env = {name: os.environ.get(name) for name in LAUNCH_ENV}
         try:
             self._start(cfg, exp_dir, resume, allow_pipes)
         except BaseException as e:   # a start refused after taking the lock: the directory is free again
@@ -428,11 +434,20 @@ class Trainer:
                               f"%(asctime)s [rank {self.rank}] %(levelname)s %(message)s")
 
     def close(self) -> None:
-        """Frees what the run holds in its process, as it ends or fails: the directory and train.log."""
+        """Frees what the run holds in its process, as it ends or fails: the directory, train.log, and
+        the launch variables a run without a launcher set. Left set, they made a process started
+        later from this one (``tasu train`` from a notebook that trained in-process) a rank of a
+        launch whose port this process holds: "address already in use". (The process group stays:
+        a later training in this process joins it.)"""
         if self.run_log is not None:
             self.run_log.close()
         if self.lock is not None:
             self.lock.release()
+        for name, value in self.launch_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
