@@ -630,11 +630,16 @@ def test_training_loading_and_analyzing_leave_torch_s_random_stream_as_it_was(se
     for name in ("teacher.safetensors", "teacher.json"):   # setup's teacher: only the loop runs
         (out / name).write_bytes((setup / "sim" / name).read_bytes())
     lo, hi = json.loads((setup / "sim" / "config.json").read_text())["wer_range"]
+
+    def load() -> int:
+        LearnedSimulator.load(setup / "sim", tokenizer(setup))
+        return 0
+
     calls = {
         "train-simulator": lambda: tasu_in_process(
             capsys, "train-simulator", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"),
             "--out", str(out), *TINY, "train.max_steps=3", "train.report_utterances=0").returncode,
-        "load": lambda: LearnedSimulator.load(setup / "sim", tokenizer(setup)) and 0,
+        "load": load,
         "analyze": lambda: tasu_in_process(
             capsys, "analyze", "--encoder", str(setup / "enc"), "--data", str(setup / "asr.jsonl"), "--out",
             str(tmp_path / "analysis"), "--limit", "2", "simulation.name=learned",

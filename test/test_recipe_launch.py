@@ -128,7 +128,7 @@ def test_slurm_exec_starts_ranks_that_find_each_other(tmp_path):
     """Two processes with the variables of two srun tasks on two nodes (one task each) form one group
     through tasu's _init_distributed, as training's would; on this machine, so the node list names it."""
     code = ("import torch, torch.distributed as dist; from tasu.train.trainer import _init_distributed; "
-            "rank, world, local = _init_distributed('cpu'); t = torch.tensor([rank + 1.0]); dist.all_reduce(t); "
+            "rank, world, local = _init_distributed('cpu', {}); t = torch.tensor([rank + 1.0]); dist.all_reduce(t); "
             "print(rank, world, local, int(t.item())); dist.destroy_process_group()")
     port = free_port()
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", SLURM_NTASKS="2",

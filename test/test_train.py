@@ -381,22 +381,39 @@ def test_a_run_without_a_launcher_takes_back_the_launch_variables_it_set(setup, 
     torch.distributed, and left them set: a ``tasu train`` started later from that process (a notebook
     that trained in-process) took itself for a launched rank and failed on the port its parent holds."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    launched = ["0", "1", "0", "127.0.0.1", free_port()]
     code = f"""
 import json, os, subprocess, sys
 from tasu.cli import main
+from tasu.config import load_config
+from tasu.experiment import ExperimentConfig
+from tasu.train.trainer import Trainer
 names = {names!r}
-args = ["train", "--config", {str(setup / "text.yaml")!r}, "train.max_steps=3",
-        "train.save_interval=3", "--exp-dir"]
-print(json.dumps([main([*args, {str(tmp_path / "a")!r}]), [os.environ.get(n) for n in names],
-                  subprocess.run([os.path.join(os.path.dirname(sys.executable), "tasu"), *args,
-                                  {str(tmp_path / "b")!r}]).returncode,
-                  main([*args, {str(tmp_path / "c")!r}]), [os.environ.get(n) for n in names]]))
+config, overrides = {str(setup / "text.yaml")!r}, ["train.max_steps=3", "train.save_interval=3"]
+args = ["train", "--config", config, *overrides, "--exp-dir"]
+env = lambda: [os.environ.get(n) for n in names]
+tasu = os.path.join(os.path.dirname(sys.executable), "tasu")
+# in-process, then in a process it started, then in-process again (joining its process group)
+seen = [main([*args, {str(tmp_path / "a")!r}]), env(),
+        subprocess.run([tasu, *args, {str(tmp_path / "b")!r}]).returncode,
+        main([*args, {str(tmp_path / "c")!r}]), env()]
+# two runs alive at once (the API), the first closed first
+first = Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "d")!r})
+second = Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "e")!r})
+first.close()
+seen.append(env())
+second.close()
+seen.append(env())
+os.environ.update(zip(names, {launched!r}))   # a launcher's: they stay
+seen += [main([*args, {str(tmp_path / "f")!r}]), env()]
+print(json.dumps(seen))
 """
     env = {k: v for k, v in ENV.items() if k not in names}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    # trained in-process, then in a process it started, then in-process again (joining its process group)
-    assert json.loads(out.stdout.splitlines()[-1]) == [0, [None] * 5, 0, 0, [None] * 5], out.stderr[-3000:]
+    unset = [None] * 5
+    assert json.loads(out.stdout.splitlines()[-1]) == [0, unset, 0, 0, unset, unset, unset, 0, launched], \
+        out.stderr[-3000:]
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):

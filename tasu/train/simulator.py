@@ -424,6 +424,16 @@ def _seed(seed: int, what: str) -> int:
     return random.Random(f"{seed}/{what}").getrandbits(63)
 
 
+def _seed_streams(seed: int, what: str, device: torch.device) -> None:
+    """Seed torch's random streams of the CPU and of ``device`` with ``_seed(seed, what)``: the two that
+    train_simulator puts back when it ends (``torch.manual_seed`` would seed every GPU's)."""
+    torch.random.default_generator.manual_seed(_seed(seed, what))
+    if device.type != "cpu":
+        module = torch.get_device_module(device.type)
+        with module.device(device):
+            module.manual_seed(_seed(seed, what))
+
+
 def batch_index(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     """Examples of step ``step`` (0-based): consecutive slices of a seeded permutation per epoch."""
     size = min(batch_size, n)
@@ -533,9 +543,9 @@ def train_simulator(cfg: SimulatorTrainingConfig, data: Sequence[str], out: str 
     lock = DirLock(out, "simulator training")
     lock.acquire()
     try:
-        # its steps seed torch's global stream (the device's too): the caller's is put back at the end
+        # its steps seed torch's streams of the CPU and the device (_seed_streams): the caller's are put back
         with RunLog(out / "train.log", [log], "%(asctime)s %(levelname)s %(message)s"), torch.random.fork_rng(
-                devices=[] if device.type == "cpu" else [device.index or 0], device_type=device.type):
+                devices=[] if device.type == "cpu" else [device.index], device_type=device.type):
             return _train(cfg, data, out, resume, allow_pipes, device)
     finally:
         lock.release()
@@ -564,7 +574,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
         vocab_digest=vocab_digest(tokenizer), wer_range=(float(rates.min()), float(rates.max())),
         encoder=encoder_identity)
     c = cfg.train
-    torch.manual_seed(_seed(c.seed, "init"))
+    _seed_streams(c.seed, "init", device)
     model = SimulatorModel(sim_config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -583,7 +593,7 @@ def _train(cfg, data, out: Path, resume: bool, allow_pipes: bool, device) -> dic
     model.train()
     window, started = [], time.time()
     while step < c.max_steps:
-        torch.manual_seed(_seed(c.seed, f"step{step}"))
+        _seed_streams(c.seed, f"step{step}", device)
         src, src_len, wer, ids, probs, row_len = teacher.batch(batch_index(step, len(teacher), c.batch_size, c.seed))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, c)

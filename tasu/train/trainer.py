@@ -115,13 +115,13 @@ def clear_stale_build_locks(root: str | Path, max_age_s: float = STALE_BUILD_LOC
     return removed
 
 
-# What a launcher (deepspeed, torchrun, slurm-exec) sets for each rank, and _init_distributed for a run without one
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+def _init_distributed(device: str, env_set: dict[str, tuple[str | None, str]]) -> tuple[int, int, int]:
+    """Rank, world size and local rank.
 
-
-def _init_distributed(device: str) -> tuple[int, int, int]:
-    """Rank, world size and local rank; a single process without a launcher gets a world of one
-    (its ``LAUNCH_ENV``, which ``Trainer.close`` takes back)."""
+    A launcher (deepspeed, torchrun, slurm-exec) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+    MASTER_PORT for each rank; a single process without one sets them for a world of one, and notes
+    each in ``env_set`` (name -> (value before, value set)) before anything can fail, for
+    ``Trainer.close`` to take back. A process group made earlier in this process is joined."""
     try:
         import deepspeed
     except ImportError:   # tasu without its [train] extra: it decodes, it does not train
@@ -133,8 +133,9 @@ def _init_distributed(device: str) -> tuple[int, int, int]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+        own = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env_set.update((name, (os.environ.get(name), value)) for name, value in own.items())
+        os.environ.update(own)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     torch_device = resolve_device(device, local_rank)
     ops = Path(os.environ["TORCH_EXTENSIONS_DIR"])
@@ -222,7 +223,7 @@ class Trainer:
                  allow_pipes: bool = False):
         self.lock: DirLock | None = None
         self.run_log: RunLog | None = None
-        self.launch_env = {name: os.environ.get(name) for name in LAUNCH_ENV}
+        self.env_set: dict[str, tuple[str | None, str]] = {}   # what _init_distributed sets
         try:
             self._start(cfg, exp_dir, resume, allow_pipes)
         except BaseException as e:   # a start refused after taking the lock: the directory is free again
@@ -245,7 +246,7 @@ class Trainer:
         self.prompts_text = Path(prompts.source).read_text(encoding="utf-8")
         counts = check_training_records(cfg.data, prompts, allow_pipes)
 
-        self.rank, self.world, local_rank = _init_distributed(cfg.engine.device)
+        self.rank, self.world, local_rank = _init_distributed(cfg.engine.device, self.env_set)
         self.device = resolve_device(cfg.engine.device, local_rank)
         self.lock = DirLock(self.exp_dir, "training")
         self._on_all_ranks(self._take_lock, "the experiment directory is in use")
@@ -443,11 +444,13 @@ class Trainer:
             self.run_log.close()
         if self.lock is not None:
             self.lock.release()
-        for name, value in self.launch_env.items():
-            if value is None:
-                os.environ.pop(name, None)
+        for name, (before, value) in self.env_set.items():
+            if os.environ.get(name) != value:   # set anew since (another run, the caller): theirs now
+                continue
+            if before is None:
+                os.environ.pop(name)
             else:
-                os.environ[name] = value
+                os.environ[name] = before
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
