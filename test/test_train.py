@@ -376,18 +376,24 @@ def test_a_run_log_puts_back_what_its_loggers_had_and_closes_its_file(tmp_path):
     logger.removeHandler(before)
 
 
-def test_a_run_without_a_launcher_takes_back_the_launch_variables_it_set(setup, tmp_path):
-    """A run of one process sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for
-    torch.distributed, and left them set: a ``tasu train`` started later from that process (a notebook
-    that trained in-process) took itself for a launched rank and failed on the port its parent holds."""
+def test_runs_in_one_process_leave_it_as_they_found_it(setup, tmp_path):
+    """What trainings in one process (a notebook, a Python driver) left behind for the next.
+
+    The launch variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) a run of one process
+    sets for torch.distributed stayed set: a ``tasu train`` started later from that process took itself
+    for a launched rank and failed on the port its parent holds. A second run alive beside the first
+    (another thread) trained from other weights into the first's train.log: it is refused. Every run's
+    DeepSpeed engine (its model) stayed in memory, and a run stopped in its loop left its TensorBoard
+    writer's thread running."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     launched = ["0", "1", "0", "127.0.0.1", free_port()]
     code = f"""
-import json, os, subprocess, sys
+import gc, json, os, subprocess, sys, threading
+from deepspeed.runtime.engine import DeepSpeedEngine
 from tasu.cli import main
 from tasu.config import load_config
 from tasu.experiment import ExperimentConfig
-from tasu.train.trainer import Trainer
+from tasu.train.trainer import Trainer, TrainingError
 names = {names!r}
 config, overrides = {str(setup / "text.yaml")!r}, ["train.max_steps=3", "train.save_interval=3"]
 args = ["train", "--config", config, *overrides, "--exp-dir"]
@@ -397,23 +403,29 @@ tasu = os.path.join(os.path.dirname(sys.executable), "tasu")
 seen = [main([*args, {str(tmp_path / "a")!r}]), env(),
         subprocess.run([tasu, *args, {str(tmp_path / "b")!r}]).returncode,
         main([*args, {str(tmp_path / "c")!r}]), env()]
-# two runs alive at once (the API), the first closed first
 first = Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "d")!r})
-second = Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "e")!r})
+try:
+    Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "e")!r})
+except TrainingError as e:
+    seen.append(str(e).split(":")[0])
 first.close()
-seen.append(env())
-second.close()
-seen.append(env())
+del first   # (what a caller keeps, its model, stays)
+seen += [env(), main([*args, {str(tmp_path / "e")!r}])]
+seen.append(main([*args, {str(tmp_path / "nan")!r}, "optim.lr=1e30", "train.max_steps=6"]))   # stops in its loop
 os.environ.update(zip(names, {launched!r}))   # a launcher's: they stay
 seen += [main([*args, {str(tmp_path / "f")!r}]), env()]
+gc.collect()
+seen += [sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
+         [type(t).__name__ for t in threading.enumerate() if "Writer" in type(t).__name__]]
 print(json.dumps(seen))
 """
     env = {k: v for k, v in ENV.items() if k not in names}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     unset = [None] * 5
-    assert json.loads(out.stdout.splitlines()[-1]) == [0, unset, 0, 0, unset, unset, unset, 0, launched], \
-        out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        0, unset, 0, 0, unset, "another training is running in this process (another thread, or a Trainer not "
+        "closed)", unset, 0, 1, 0, launched, 0, []], out.stderr[-3000:]
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):

@@ -216,15 +216,26 @@ def not_restorable(own: set[str], state: Iterable[str]) -> list[str]:
 VALIDATION_STEP = sys.maxsize
 
 
+# One run at a time in a process: a run seeds torch's global stream, joins the process's one process
+# group and points the shared loggers at its train.log, so a second alive beside it (another thread,
+# a Trainer not yet closed) trained from other weights and wrote its log into the other's train.log.
+_ONE_RUN = threading.Lock()
+
+
 class Trainer:
-    """Owns the engine, the data and the experiment directory of one run."""
+    """Owns the engine, the data and the experiment directory of one run; ``close`` ends it."""
 
     def __init__(self, cfg: ExperimentConfig, exp_dir: str | Path, resume: bool = False,
                  allow_pipes: bool = False):
         self.lock: DirLock | None = None
         self.run_log: RunLog | None = None
         self.env_set: dict[str, tuple[str | None, str]] = {}   # what _init_distributed sets
+        self.engine = None
+        self.running = _ONE_RUN.acquire(blocking=False)
         try:
+            if not self.running:
+                raise TrainingError("another training is running in this process (another thread, or a Trainer "
+                                    "not closed): one at a time; start this one in a process of its own")
             self._start(cfg, exp_dir, resume, allow_pipes)
         except BaseException as e:   # a start refused after taking the lock: the directory is free again
             if self.run_log is not None:   # train.log is open: it says why (a run under nohup is read there)
@@ -435,8 +446,9 @@ class Trainer:
                               f"%(asctime)s [rank {self.rank}] %(levelname)s %(message)s")
 
     def close(self) -> None:
-        """Frees what the run holds in its process, as it ends or fails: the directory, train.log, and
-        the launch variables a run without a launcher set. Left set, they made a process started
+        """Frees what the run holds in its process, as it ends or fails: the directory, train.log, the
+        engine (DeepSpeed keeps a reference to each: every in-process run's model stayed in memory),
+        and the launch variables a run without a launcher set. Left set, they made a process started
         later from this one (``tasu train`` from a notebook that trained in-process) a rank of a
         launch whose port this process holds: "address already in use". (The process group stays:
         a later training in this process joins it.)"""
@@ -444,13 +456,20 @@ class Trainer:
             self.run_log.close()
         if self.lock is not None:
             self.lock.release()
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
         for name, (before, value) in self.env_set.items():
-            if os.environ.get(name) != value:   # set anew since (another run, the caller): theirs now
+            if os.environ.get(name) != value:   # set anew since by the caller: theirs now
                 continue
             if before is None:
                 os.environ.pop(name)
             else:
                 os.environ[name] = before
+        self.env_set = {}
+        if self.running:
+            _ONE_RUN.release()
+            self.running = False
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
@@ -552,7 +571,6 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
-        import torch.distributed as dist
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
@@ -560,6 +578,20 @@ class Trainer:
         # purge_step: events a killed run logged after its last checkpoint are redone, so hidden
         writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step + 1) if self.rank == 0 else None
         bar = tqdm(initial=self.step, total=t.max_steps, desc="train", disable=self.rank != 0 or not sys.stderr.isatty(), dynamic_ncols=True)
+        try:   # (a stopped run too: the writer's thread stayed alive, one more per run in a process)
+            self._fit(writer, bar)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        log.info("done: %d steps (this run: %d text and %d audio batches per process); checkpoints in %s",
+                 self.step, self.batches_by_mode["text"], self.batches_by_mode["audio"], self.ckpt_root)
+
+    def _fit(self, writer, bar) -> None:
+        """fit's epochs: steps, logs, validations and saves, to the finished mark."""
+        import torch.distributed as dist
+
+        t = self.cfg.train
         log.info("training %s: %d trainable parameters, %s mode, %d process(es), from step %d",
                  self.exp_dir, sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                  self.cfg.data.mode, self.world, self.step)
@@ -610,11 +642,6 @@ class Trainer:
             self.save(validated=False)
         if self.rank == 0:   # what train.init_from of a later stage checks: this model is the run's last
             mark_finished(self.ckpt_root, checkpoint_name(self.step))
-        bar.close()
-        if writer is not None:
-            writer.close()
-        log.info("done: %d steps (this run: %d text and %d audio batches per process); checkpoints in %s",
-                 self.step, self.batches_by_mode["text"], self.batches_by_mode["audio"], self.ckpt_root)
 
     def _done(self) -> bool:
         t = self.cfg.train
