@@ -382,14 +382,17 @@ def test_runs_in_one_process_leave_it_as_they_found_it(setup, tmp_path):
     The launch variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) a run of one process
     sets for torch.distributed stayed set: a ``tasu train`` started later from that process took itself
     for a launched rank and failed on the port its parent holds. A second run alive beside the first
-    (another thread) trained from other weights into the first's train.log: it is refused. Every run's
+    (another thread) trained from other weights, the two logs mixed in one train.log: it is refused,
+    and a run whose end fails (a device error) must not leave it refused for good. Every run's
     DeepSpeed engine (its model) stayed in memory, and a run stopped in its loop left its TensorBoard
-    writer's thread running."""
+    writer's thread running (closing it must not hide why the run stopped)."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     launched = ["0", "1", "0", "127.0.0.1", free_port()]
     code = f"""
 import gc, json, os, subprocess, sys, threading
+from unittest import mock
 from deepspeed.runtime.engine import DeepSpeedEngine
+from torch.utils.tensorboard.writer import FileWriter
 from tasu.cli import main
 from tasu.config import load_config
 from tasu.experiment import ExperimentConfig
@@ -411,12 +414,21 @@ except TrainingError as e:
 first.close()
 del first   # (what a caller keeps, its model, stays)
 seen += [env(), main([*args, {str(tmp_path / "e")!r}])]
-seen.append(main([*args, {str(tmp_path / "nan")!r}, "optim.lr=1e30", "train.max_steps=6"]))   # stops in its loop
-os.environ.update(zip(names, {launched!r}))   # a launcher's: they stay
-seen += [main([*args, {str(tmp_path / "f")!r}]), env()]
+diverging = ["optim.lr=1e30", "train.max_steps=6"]
+seen.append(main([*args, {str(tmp_path / "nan")!r}, *diverging]))   # stops in its loop
 gc.collect()
 seen += [sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
          [type(t).__name__ for t in threading.enumerate() if "Writer" in type(t).__name__]]
+def full(*args):
+    raise OSError(28, "No space left on device")
+with mock.patch.object(FileWriter, "flush", full):   # why it stopped, not what closing the writer met
+    seen.append(main([*args, {str(tmp_path / "nan2")!r}, *diverging]))
+with open({str(tmp_path / "nan2" / "train.log")!r}) as log:
+    seen.append("non-finite loss" in log.read().splitlines()[-1])
+with mock.patch.object(DeepSpeedEngine, "destroy", side_effect=RuntimeError("device lost")):
+    seen += [main([*args, {str(tmp_path / "lost")!r}]), env()]
+os.environ.update(zip(names, {launched!r}))   # a launcher's: they stay
+seen += [main([*args, {str(tmp_path / "f")!r}]), env()]
 print(json.dumps(seen))
 """
     env = {k: v for k, v in ENV.items() if k not in names}
@@ -425,7 +437,7 @@ print(json.dumps(seen))
     unset = [None] * 5
     assert json.loads(out.stdout.splitlines()[-1]) == [
         0, unset, 0, 0, unset, "another training is running in this process (another thread, or a Trainer not "
-        "closed)", unset, 0, 1, 0, launched, 0, []], out.stderr[-3000:]
+        "closed)", unset, 0, 1, 0, [], 1, True, 1, unset, 0, launched], out.stderr[-3000:]
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):

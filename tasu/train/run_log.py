@@ -4,8 +4,9 @@ A training started from Python (the API, a notebook, a test's kept process) is f
 commands in the same process. Left attached, its handlers held train.log open (a disk that held it
 could not be unmounted) and wrote the next command's messages into that run's train.log.
 
-Two runs may be alive in one process (two Trainers of the API): a logger writes to the latest one
-started of those still running, and goes back to what it had before the first once none is.
+Two runs may be alive in one process (a training beside a simulator's, in two threads; a second
+training is refused, ``tasu.train.trainer``): a logger writes to the latest one started of those still
+running, and goes back to what it had before the first once none is.
 """
 from __future__ import annotations
 

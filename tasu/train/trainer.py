@@ -218,7 +218,7 @@ VALIDATION_STEP = sys.maxsize
 
 # One run at a time in a process: a run seeds torch's global stream, joins the process's one process
 # group and points the shared loggers at its train.log, so a second alive beside it (another thread,
-# a Trainer not yet closed) trained from other weights and wrote its log into the other's train.log.
+# a Trainer not yet closed) trained from other weights, and the two logs mixed in one train.log.
 _ONE_RUN = threading.Lock()
 
 
@@ -231,8 +231,9 @@ class Trainer:
         self.run_log: RunLog | None = None
         self.env_set: dict[str, tuple[str | None, str]] = {}   # what _init_distributed sets
         self.engine = None
-        self.running = _ONE_RUN.acquire(blocking=False)
+        self.running = False
         try:
+            self.running = _ONE_RUN.acquire(blocking=False)
             if not self.running:
                 raise TrainingError("another training is running in this process (another thread, or a Trainer "
                                     "not closed): one at a time; start this one in a process of its own")
@@ -452,24 +453,26 @@ class Trainer:
         later from this one (``tasu train`` from a notebook that trained in-process) a rank of a
         launch whose port this process holds: "address already in use". (The process group stays:
         a later training in this process joins it.)"""
-        if self.run_log is not None:
-            self.run_log.close()
-        if self.lock is not None:
-            self.lock.release()
-        if self.engine is not None:
-            self.engine.destroy()
-            self.engine = None
-        for name, (before, value) in self.env_set.items():
-            if os.environ.get(name) != value:   # set anew since by the caller: theirs now
-                continue
-            if before is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = before
-        self.env_set = {}
-        if self.running:
-            _ONE_RUN.release()
-            self.running = False
+        try:
+            if self.run_log is not None:
+                self.run_log.close()
+            if self.lock is not None:
+                self.lock.release()
+            if self.engine is not None:
+                engine, self.engine = self.engine, None
+                engine.destroy()
+        finally:   # whatever failed above (a device error, a signal): else no run could start here again
+            for name, (before, value) in self.env_set.items():
+                if os.environ.get(name) != value:   # set anew since by the caller: theirs now
+                    continue
+                if before is None:
+                    os.environ.pop(name)
+                else:
+                    os.environ[name] = before
+            self.env_set = {}
+            if self.running:
+                self.running = False
+                _ONE_RUN.release()
 
     @staticmethod
     def _init_checkpoint(path: str) -> Path:
@@ -578,12 +581,15 @@ class Trainer:
         # purge_step: events a killed run logged after its last checkpoint are redone, so hidden
         writer = SummaryWriter(str(self.exp_dir / "tensorboard"), purge_step=self.step + 1) if self.rank == 0 else None
         bar = tqdm(initial=self.step, total=t.max_steps, desc="train", disable=self.rank != 0 or not sys.stderr.isatty(), dynamic_ncols=True)
-        try:   # (a stopped run too: the writer's thread stayed alive, one more per run in a process)
+        stopped = True
+        try:
             self._fit(writer, bar)
-        finally:
+            stopped = False
+        finally:   # a stopped run's too (its thread stayed alive), saying why it stopped, not what closing met
             bar.close()
             if writer is not None:
-                writer.close()
+                with contextlib.suppress(Exception) if stopped else contextlib.nullcontext():
+                    writer.close()
         log.info("done: %d steps (this run: %d text and %d audio batches per process); checkpoints in %s",
                  self.step, self.batches_by_mode["text"], self.batches_by_mode["audio"], self.ckpt_root)
 
