@@ -427,11 +427,12 @@ def _seed(seed: int, what: str) -> int:
 def _seed_streams(seed: int, what: str, device: torch.device) -> None:
     """Seed torch's random streams of the CPU and of ``device`` with ``_seed(seed, what)``: the two that
     train_simulator puts back when it ends (``torch.manual_seed`` would seed every GPU's)."""
-    torch.random.default_generator.manual_seed(_seed(seed, what))
+    value = _seed(seed, what)
+    torch.random.default_generator.manual_seed(value)
     if device.type != "cpu":
         module = torch.get_device_module(device.type)
         with module.device(device):
-            module.manual_seed(_seed(seed, what))
+            module.manual_seed(value)
 
 
 def batch_index(step: int, n: int, batch_size: int, seed: int) -> list[int]:
