@@ -385,7 +385,11 @@ def test_runs_in_one_process_leave_it_as_they_found_it(setup, tmp_path):
     (another thread) trained from other weights, the two logs mixed in one train.log: it is refused,
     and a run whose end fails (a device error) must not leave it refused for good. Every run's
     DeepSpeed engine (its model) stayed in memory, and a run stopped in its loop left its TensorBoard
-    writer's thread running (closing it must not hide why the run stopped)."""
+    writer's thread running (closing it must not hide why the run stopped).
+
+    The environment is not activated here, and another ``ninja`` comes first on PATH (one that fails, as
+    none at all or an older version that rebuilds the ops would): the runs use the environment's own,
+    which built the ops, and PATH is as it was after them."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     launched = ["0", "1", "0", "127.0.0.1", free_port()]
     code = f"""
@@ -428,16 +432,23 @@ with open({str(tmp_path / "nan2" / "train.log")!r}) as log:
 with mock.patch.object(DeepSpeedEngine, "destroy", side_effect=RuntimeError("device lost")):
     seen += [main([*args, {str(tmp_path / "lost")!r}]), env()]
 os.environ.update(zip(names, {launched!r}))   # a launcher's: they stay
-seen += [main([*args, {str(tmp_path / "f")!r}]), env()]
+seen += [main([*args, {str(tmp_path / "f")!r}]), env(), os.environ["PATH"]]
 print(json.dumps(seen))
 """
-    env = {k: v for k, v in ENV.items() if k not in names}
+    other_ninja = tmp_path / "bin" / "ninja"
+    other_ninja.parent.mkdir()
+    other_ninja.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'ninja_calls'}\nexit 1\n")
+    other_ninja.chmod(0o755)
+    path = f"{other_ninja.parent}{os.pathsep}/usr/bin{os.pathsep}/bin"   # (not the environment's bin/)
+    env = {k: v for k, v in ENV.items() if k not in names} | {"PATH": path}
+    builds = op_builds()
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     unset = [None] * 5
     assert json.loads(out.stdout.splitlines()[-1]) == [
         0, unset, 0, 0, unset, "another training is running in this process (another thread, or a Trainer not "
-        "closed)", unset, 0, 1, 0, [], 1, True, 1, unset, 0, launched], out.stderr[-3000:]
+        "closed)", unset, 0, 1, 0, [], 1, True, 1, unset, 0, launched, path], out.stderr[-3000:]
+    assert not (tmp_path / "ninja_calls").exists() and op_builds() == builds
 
 
 def test_a_build_lock_left_by_a_killed_run_is_removed_a_live_one_kept(tmp_path, caplog):

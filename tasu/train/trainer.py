@@ -115,13 +115,39 @@ def clear_stale_build_locks(root: str | Path, max_age_s: float = STALE_BUILD_LOC
     return removed
 
 
+def _put_own_ninja_first(env_set: dict[str, tuple[str | None, str]]) -> None:
+    """Make ``ninja`` on PATH this Python environment's own for the run (noted in ``env_set``).
+
+    torch builds DeepSpeed's ops with the ``ninja`` it finds on PATH, and runs it at every load to
+    check them. tools/setup.sh built them with the environment's (the pip package DeepSpeed requires).
+    ``tools/venv/bin/tasu`` run without the environment activated found another one (Debian's
+    ninja-build, an older version that cannot read the newer one's build log) and rebuilt both ops,
+    a minute or two without a word, and the next run with the environment's rebuilt them back; where
+    there was none, it stopped: "Unable to JIT load the deepspeed_shm_comm op due to ninja not being
+    installed"."""
+    try:
+        import ninja
+    except ImportError:   # an environment made without it: torch looks on PATH as it is
+        return
+    own = os.path.join(ninja.BIN_DIR, "ninja")
+    if not os.path.isfile(own):
+        return
+    found = shutil.which("ninja")
+    if found is not None and os.path.samefile(found, own):
+        return
+    before = os.environ.get("PATH")
+    env_set["PATH"] = (before, ninja.BIN_DIR + (os.pathsep + before if before else ""))
+    os.environ["PATH"] = env_set["PATH"][1]
+
+
 def _init_distributed(device: str, env_set: dict[str, tuple[str | None, str]]) -> tuple[int, int, int]:
     """Rank, world size and local rank.
 
     A launcher (deepspeed, torchrun, slurm-exec) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
     MASTER_PORT for each rank; a single process without one sets them for a world of one, and notes
     each in ``env_set`` (name -> (value before, value set)) before anything can fail, for
-    ``Trainer.close`` to take back. A process group made earlier in this process is joined."""
+    ``Trainer.close`` to take back (as PATH, should the environment's ``ninja`` have to be put first).
+    A process group made earlier in this process is joined."""
     try:
         import deepspeed
     except ImportError:   # tasu without its [train] extra: it decodes, it does not train
@@ -129,6 +155,7 @@ def _init_distributed(device: str, env_set: dict[str, tuple[str | None, str]]) -
                             "(tools/setup.sh installs it)") from None
 
     clear_stale_build_locks(os.environ["TORCH_EXTENSIONS_DIR"])
+    _put_own_ninja_first(env_set)
     if "RANK" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -229,7 +256,7 @@ class Trainer:
                  allow_pipes: bool = False):
         self.lock: DirLock | None = None
         self.run_log: RunLog | None = None
-        self.env_set: dict[str, tuple[str | None, str]] = {}   # what _init_distributed sets
+        self.env_set: dict[str, tuple[str | None, str]] = {}   # the variables _init_distributed sets
         self.engine = None
         self.running = False
         try:
@@ -449,10 +476,10 @@ class Trainer:
     def close(self) -> None:
         """Frees what the run holds in its process, as it ends or fails: the directory, train.log, the
         engine (DeepSpeed keeps a reference to each: every in-process run's model stayed in memory),
-        and the launch variables a run without a launcher set. Left set, they made a process started
-        later from this one (``tasu train`` from a notebook that trained in-process) a rank of a
-        launch whose port this process holds: "address already in use". (The process group stays:
-        a later training in this process joins it.)"""
+        and the variables it set (PATH, the launch variables of a run without a launcher). The launch
+        variables, left set, made a process started later from this one (``tasu train`` from a notebook
+        that trained in-process) a rank of a launch whose port this process holds: "address already in
+        use". (The process group stays: a later training in this process joins it.)"""
         try:
             if self.run_log is not None:
                 self.run_log.close()
