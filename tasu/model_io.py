@@ -27,6 +27,7 @@ its weights are not loaded, and funasr is not imported.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -171,9 +172,28 @@ def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts
 
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS),
               metadata={VOCAB_KEY: encoder_vocab, LLM_KEY: llm, **({BASE_LLM_KEY: base_llm} if base_llm else {})})
+    _sort_header(model_dir / WEIGHTS)
     readable_by_others(model_dir / WEIGHTS)   # safetensors writes it 0600
     (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
     (model_dir / PROMPTS).write_text(prompts_text, encoding="utf-8")
+
+
+def _sort_header(path: Path) -> None:
+    """Sort the JSON header of safetensors file ``path``, in place.
+
+    safetensors writes the metadata in a hash map's order, which changes from one write to the next:
+    the same weights came out as other bytes, and a stage run again with the same result read as
+    another model where a later run compares the file's sha256 (a resume's ``train.init_from``).
+    Sorted, the bytes are a function of what the file holds. The text is the same, reordered, so it
+    takes the same room."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        if len(text) > size:   # (not seen: JSON written otherwise than by safetensors)
+            return
+        f.seek(8)
+        f.write(text.ljust(size))   # safetensors pads its header with spaces, as here
 
 
 def read_model_config(ckpt: Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:

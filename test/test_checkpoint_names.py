@@ -127,3 +127,28 @@ def test_weights_no_training_writes_are_refused(tmp_path, tensor, problem):
         load_trainable(ckpt)
     save_file({"projector.weight": torch.ones(2, dtype=torch.bfloat16)}, str(weights))
     assert load_trainable(ckpt)["projector.weight"].dtype == torch.bfloat16   # any float type a run trains in
+
+
+def test_a_weights_file_is_a_function_of_what_it_holds(tmp_path):
+    """safetensors writes its metadata in a hash map's order, which changes from one write to the next:
+    the same weights came out as other bytes, and a stage run again with the same result was another
+    model to a resume's train.init_from check (it compares the file's sha256)."""
+    import torch
+
+    from tasu.config import load_config
+    from tasu.experiment import ExperimentConfig
+    from tasu.model_io import recorded_llm, trained_vocab, write_model
+
+    (tmp_path / "train.yaml").write_text("encoder: {path: enc}\nllm: {path: llm}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, tmp_path / "train.yaml")
+    weights = {"projector.w": torch.arange(6.0).reshape(2, 3), "projector.b": torch.ones(3, dtype=torch.bfloat16)}
+    written = set()
+    for i in range(10):
+        ckpt = tmp_path / f"step_{i}"
+        (ckpt / MODEL_DIR).mkdir(parents=True)
+        write_model(ckpt / MODEL_DIR, weights, cfg, "{}\n", "vocab digest", "llm digest", "base llm digest")
+        written.add((ckpt / MODEL_DIR / WEIGHTS).read_bytes())
+    assert len(written) == 1
+    assert trained_vocab(ckpt) == "vocab digest" and recorded_llm(ckpt) == ("llm digest", "base llm digest")
+    loaded = load_trainable(ckpt)
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
