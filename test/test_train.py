@@ -7,8 +7,10 @@ test starts its audio stage from it, instead of training a text-only model of it
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,7 +28,9 @@ from tasu.experiment import ExperimentConfig
 from tasu.train.trainer import clear_stale_build_locks, deepspeed_config
 
 BIN = Path(sys.executable).parent
-ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+STACKS = Path(__file__).parent / "stacks_on_sigusr1"   # its sitecustomize: SIGUSR1 prints a process's stacks
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+           PYTHONPATH=os.pathsep.join(filter(None, [str(STACKS), os.environ.get("PYTHONPATH")])))
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +90,33 @@ def curve(exp: Path) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v in (ln.split("\t") for ln in (exp / "loss.tsv").read_text().splitlines())]
 
 
+def stop_stalled(proc: subprocess.Popen) -> None:
+    """Every process of a launch that stalled prints its threads' stacks (SIGUSR1), then all are killed:
+    a stray rank would hold its port and memory for the next tests."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def launch(cmd: list[str], timeout: float = 300, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    """``cmd`` (a launcher and its ranks) in a session of its own, as ``subprocess.run`` would; one that
+    has not ended in ``timeout`` s fails the test with what it printed and where its processes stood."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_stalled(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"{shlex.join(cmd)}: no end in {timeout} s; it printed, with every process's stacks at the "
+                    f"end:\n{out[-3000:]}\n{err[-60000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    out = launch(cmd)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -132,10 +161,14 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
         deadline = time.time() + 240
         while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
             assert proc.poll() is None, f"training ended before it could be killed:\n{said()}"
-            assert time.time() < deadline, f"training did not reach step 7 in 240 s:\n{said()}"
+            if time.time() > deadline:
+                stop_stalled(proc)
+                pytest.fail(f"training did not reach step 7 in 240 s; it printed, with every process's stacks "
+                            f"at the end:\n{output.read_text(errors='replace')[-60000:]}")
             time.sleep(0.02)
     finally:  # killed in any case: a stray run would hold its port and memory for the next tests
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert (killed / "checkpoints" / "last").read_text().strip() == "step_000005"
 
@@ -228,7 +261,7 @@ def test_a_checkpoint_missing_an_engine_file_is_named(setup, straight, tmp_path)
     shutil.copytree(straight, exp)
     shutil.copytree(exp / "checkpoints" / "step_000012", exp / "checkpoints" / "step_000010")   # one to go back to
     (exp / "checkpoints" / "step_000012" / "engine" / "ds" / "mp_rank_00_model_states.pt").unlink()
-    out = subprocess.run(train_cmd(setup, exp, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
+    out = launch(train_cmd(setup, exp, "--resume"))
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert (f"{exp}/checkpoints/step_000012: DeepSpeed cannot load its engine state (AssertionError: no message), "
             "so a file of it is missing or damaged (it holds engine/") in out.stdout + out.stderr
@@ -266,8 +299,8 @@ def test_mixed_mode_and_a_diverging_run(setup, tmp_path):
     assert "6 steps (this run: 3 text and 3 audio batches per process)" in out.stdout + out.stderr
     assert "step 6 validation: loss" in out.stdout + out.stderr
 
-    diverging = subprocess.run(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=2",
-                                         "train.max_steps=6", procs=1), env=ENV, capture_output=True, text=True)
+    diverging = launch(train_cmd(setup, tmp_path / "nan", "optim.lr=1e30", "optim.warmup_steps=2", "train.max_steps=6",
+                                 procs=1))
     assert diverging.returncode != 0
     log = diverging.stdout + diverging.stderr
     assert "non-finite loss" in log and "Traceback" not in log
@@ -290,11 +323,9 @@ rules.RuleSimulator.__call__ = recorded
 status = main(["train", *sys.argv[1:]])
 print(json.dumps({"status": status, "steps": steps}))
 """
-    out = subprocess.run([sys.executable, "-c", driver, "--config", str(setup / "text.yaml"), "--exp-dir",
-                          str(tmp_path / "exp"), "data.num_workers=0", "train.max_steps=4", "train.valid_interval=2",
-                          "train.save_interval=2",
-                          "simulation.wer={start: [0.0, 0.1], end: [0.2, 0.3], total_steps: 4}"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = launch([sys.executable, "-c", driver, "--config", str(setup / "text.yaml"), "--exp-dir",
+                  str(tmp_path / "exp"), "data.num_workers=0", "train.max_steps=4", "train.valid_interval=2",
+                  "train.save_interval=2", "simulation.wer={start: [0.0, 0.1], end: [0.2, 0.3], total_steps: 4}"])
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["status"] == 0, out.stderr[-3000:]
     from tasu.train.trainer import VALIDATION_STEP
@@ -442,7 +473,7 @@ print(json.dumps(seen))
     path = f"{other_ninja.parent}{os.pathsep}/usr/bin{os.pathsep}/bin"   # (not the environment's bin/)
     env = {k: v for k, v in ENV.items() if k not in names} | {"PATH": path}
     builds = op_builds()
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = launch([sys.executable, "-c", code], env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     unset = [None] * 5
     assert json.loads(out.stdout.splitlines()[-1]) == [
