@@ -161,6 +161,15 @@ def _mostly_latin(text: str) -> bool:
     return sum(unicodedata.name(c, "").startswith("LATIN") for c in letters) * 2 >= len(letters)
 
 
+def _from(out: Path, given: str | Path) -> str:
+    """File ``given`` as ``score.json`` records it: relative to the real ``out``, through its own real
+    directory (through links to directories, the path led nowhere from another depth) but by its own
+    name. A link to the references (data/text -> text.v1) re-pointed at corrected ones is then
+    checked against what it points at now: by its target's path, the stale score read as current."""
+    given = Path(given)
+    return os.path.relpath(given.absolute().parent.resolve() / given.name, out.resolve())
+
+
 def normalise(text: str, norm: str) -> str:
     """Apply normaliser ``norm`` (see the module docstring for exactly what each one does)."""
     if norm == "none":
@@ -169,7 +178,8 @@ def normalise(text: str, norm: str) -> str:
         return " ".join(_whisper()(text).split())
     if norm != "basic":
         raise ScoreError(f"unknown normaliser {norm!r} (choose from {', '.join(NORMS)})")
-    text = unicodedata.normalize("NFKC", text).replace("İ", "I").lower()
+    # (NUL, no text, is a space: in-word apostrophes stand as NULs while punctuation goes)
+    text = unicodedata.normalize("NFKC", text).replace("İ", "I").replace("\0", " ").lower()
     text = _INWORD_APOSTROPHE.sub("\0", text).translate(_PUNCT_TO_SPACE)
     return " ".join(text.replace("\0", "'").split())
 
@@ -573,7 +583,7 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
         raise ScoreError(f"{hyp_path} against {ref_path}: {e}{read_as}") from None
     out = Path(out_dir) if out_dir is not None else Path(hyp_path).parent
     result.ref, result.hyp = str(ref_path), str(hyp_path)
-    result.files = {role: {"path": os.path.relpath(Path(given).resolve(), out.resolve()), "sha256": digest}
+    result.files = {role: {"path": _from(out, given), "sha256": digest}
                     for role, given, digest in (("ref", ref_path, ref_sha256), ("hyp", hyp_path, hyp_sha256))}
     if metric in ("wer", "cer"):
         per_utterance = {"alignment.txt": "".join(lines)}

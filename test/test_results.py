@@ -360,6 +360,29 @@ def test_a_changed_reference_is_seen_through_a_linked_experiment_root(tmp_path, 
     assert "data/text has changed since it was scored (other references)" in capsys.readouterr().err
 
 
+def test_a_reference_given_through_a_link_is_checked_where_the_link_points_now(tmp_path, monkeypatch, capsys):
+    """data/text -> text.v1, scored, then re-pointed at corrected references (ln -sfn text.v2 data/text):
+    score.json recorded the link's target, unchanged, and the stale row was printed, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    write(Path("data/text.v1"), ["u1\thello world", "u2\tgood morning"])
+    write(Path("data/text.v2"), ["u1\thello world", "u2\tgood evening"])
+    Path("data/text").symlink_to("text.v1")
+    write(Path("exp/A/dec/hyp.trn"), ["u1\thello world", "u2\tgood evening"])
+    Path("exp/A/dec/out.trn").symlink_to("hyp.trn")   # a hypothesis through a link, too
+    score_files(Path("data/text"), Path("exp/A/dec/out.trn"), "wer", out_dir=Path("exp/A/dec"))
+    assert tasu_results("exp") == 0 and "|dec|" in capsys.readouterr().out
+    Path("data/text").unlink()
+    Path("data/text").symlink_to("text.v2")
+    assert tasu_results("exp") == 1
+    assert "data/text has changed since it was scored (other references)" in capsys.readouterr().err
+    score_files(Path("data/text"), Path("exp/A/dec/out.trn"), "wer", out_dir=Path("exp/A/dec"))
+    write(Path("exp/A/dec/other.trn"), ["u1\thello", "u2\tgood evening"])
+    Path("exp/A/dec/out.trn").unlink()
+    Path("exp/A/dec/out.trn").symlink_to("other.trn")
+    assert tasu_results("exp") == 1
+    assert "out.trn has changed since it was scored (other hypotheses)" in capsys.readouterr().err
+
+
 def test_git_hash_names_the_checkout_or_says_unknown(tmp_path):
     """One lookup for RESULTS.md's environment and the mini study's report."""
     assert git_hash(tmp_path) == "unknown"   # not a checkout

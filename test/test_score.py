@@ -99,6 +99,7 @@ def test_cer_chinese_ignores_spaces_and_punctuation():
     ("\u1112\u1161\u11ab\u1100\u116e\u11a8", "basic", "한국"),     # Hangul jamo: the syllables
     ("İstanbul I\u0307zmir", "basic", "istanbul izmir"),  # not "i" and a combining dot
     ("ＡＢＣ ﬁne", "basic", "abc fine"),                             # fullwidth and ligature forms
+    ("don\0t stop", "basic", "don t stop"),   # a NUL of the text was taken for an in-word apostrophe: "don't"
 ])
 def test_normalise(text, norm, expected):
     assert normalise(text, norm) == expected
