@@ -11,10 +11,12 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from tasu.experiment import ExperimentConfig
 from tasu.train.trainer import clear_stale_build_locks, deepspeed_config
 
 BIN = Path(sys.executable).parent
-STACKS = Path(__file__).parent / "stacks_on_sigusr1"   # its sitecustomize: SIGUSR1 prints a process's stacks
+STACKS = Path(__file__).parent / "stacks_on_sigusr1"   # its sitecustomize: on SIGUSR1, stacks into $STACKS_DIR
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
            PYTHONPATH=os.pathsep.join(filter(None, [str(STACKS), os.environ.get("PYTHONPATH")])))
 
@@ -90,28 +92,40 @@ def curve(exp: Path) -> list[tuple[int, float]]:
     return [(int(s), float(v)) for s, v in (ln.split("\t") for ln in (exp / "loss.tsv").read_text().splitlines())]
 
 
-def stop_stalled(proc: subprocess.Popen) -> None:
-    """Every process of a launch that stalled prints its threads' stacks (SIGUSR1), then all are killed:
-    a stray rank would hold its port and memory for the next tests."""
+def stop_stalled(proc: subprocess.Popen, stacks: Path) -> str:
+    """Every process of a launch that stalled writes its threads' stacks (SIGUSR1) into a file of its
+    own in ``stacks``, then all are killed (a stray rank would hold its port and memory for the next
+    tests). Returns the stacks, process by process."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGUSR1)
         time.sleep(3)
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    written = [f.read_text(errors="replace") for f in sorted(stacks.glob("*.txt"))]
+    return "\n".join(text for text in written if text.count("\n") > 1)   # (not those that had ended: a header)
+
+
+def start(cmd: list[str], stacks: Path, env: dict[str, str] = ENV, **popen) -> subprocess.Popen:
+    """``cmd`` (a launcher and its ranks) in a session of its own, its processes' stacks to go to ``stacks``."""
+    stacks.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, env=env | {"STACKS_DIR": str(stacks)}, start_new_session=True, **popen)
 
 
 def launch(cmd: list[str], timeout: float = 300, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
-    """``cmd`` (a launcher and its ranks) in a session of its own, as ``subprocess.run`` would; one that
-    has not ended in ``timeout`` s fails the test with what it printed and where its processes stood."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    """``cmd`` as ``subprocess.run`` would run it, in a session of its own; one that has not ended in
+    ``timeout`` s fails the test with what it printed and where each of its processes stood."""
+    stacks = Path(tempfile.mkdtemp(prefix="stacks_"))
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stop_stalled(proc)
-        out, err = proc.communicate()
-        pytest.fail(f"{shlex.join(cmd)}: no end in {timeout} s; it printed, with every process's stacks at the "
-                    f"end:\n{out[-3000:]}\n{err[-60000:]}")
+        proc = start(cmd, stacks, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            where = stop_stalled(proc, stacks)
+            out, err = proc.communicate()
+            pytest.fail(f"{shlex.join(cmd)}: no end in {timeout} s; it printed:\n{out[-3000:]}\n{err[-5000:]}\n"
+                        f"and its processes stood at:\n{where}")
+    finally:
+        shutil.rmtree(stacks, ignore_errors=True)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -156,15 +170,15 @@ def test_killed_two_process_run_resumes_on_the_uninterrupted_loss_curve(setup, s
         return output.read_text(errors="replace")[-3000:]
 
     with open(output, "wb") as sink:
-        proc = subprocess.Popen(cmd, env=ENV, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start(cmd, tmp_path / "stacks", stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while not ((killed / "loss.tsv").exists() and len(curve(killed)) >= 7):
             assert proc.poll() is None, f"training ended before it could be killed:\n{said()}"
             if time.time() > deadline:
-                stop_stalled(proc)
-                pytest.fail(f"training did not reach step 7 in 240 s; it printed, with every process's stacks "
-                            f"at the end:\n{output.read_text(errors='replace')[-60000:]}")
+                where = stop_stalled(proc, tmp_path / "stacks")
+                pytest.fail(f"training did not reach step 7 in 240 s; it printed:\n{said()}\nand its processes "
+                            f"stood at:\n{where}")
             time.sleep(0.02)
     finally:  # killed in any case: a stray run would hold its port and memory for the next tests
         with contextlib.suppress(ProcessLookupError):
@@ -203,8 +217,6 @@ def test_curriculum_text_then_audio_starts_from_a_finished_stage_and_resumes_fro
     """The audio stage starts from the text stage's model, and only from a finished one: a text stage
     killed half-way leaves a half-trained model, and a resume after that stage has trained on would go
     on from one model and report another. Both used to end with exit 0 and another model's results."""
-    import shutil
-
     from safetensors.torch import save_file
 
     text_exp, audio_exp = tmp_path / "text", tmp_path / "audio"   # a copy of the shared 12-step text run
@@ -255,8 +267,6 @@ def test_curriculum_text_then_audio_starts_from_a_finished_stage_and_resumes_fro
 def test_a_checkpoint_missing_an_engine_file_is_named(setup, straight, tmp_path):
     """DeepSpeed asserts, with no message, when a file of its state is gone; the resume says which
     checkpoint and what it holds, and how to resume from another."""
-    import shutil
-
     exp = tmp_path / "exp"
     shutil.copytree(straight, exp)
     shutil.copytree(exp / "checkpoints" / "step_000012", exp / "checkpoints" / "step_000010")   # one to go back to
@@ -273,8 +283,6 @@ def test_checkpoints_without_a_last_pointer_are_not_taken_for_an_empty_directory
                                                                                   tasu):
     """A lost or mistyped checkpoints/last would make the run start at step 0 and delete the checkpoints
     at its first save; it stops instead, with and without --resume, and leaves them as they were."""
-    import shutil
-
     exp = tmp_path / "exp"
     shutil.copytree(straight / "checkpoints", exp / "checkpoints")
     (exp / "checkpoints" / "last").unlink()
@@ -420,7 +428,7 @@ def test_runs_in_one_process_leave_it_as_they_found_it(setup, tmp_path):
 
     The environment is not activated here, and another ``ninja`` comes first on PATH (one that fails, as
     none at all or an older version that rebuilds the ops would): the runs use the environment's own,
-    which built the ops, and PATH is as it was after them."""
+    which built the ops (and none of its other programs), and PATH is as it was after them."""
     names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     launched = ["0", "1", "0", "127.0.0.1", free_port()]
     code = f"""
@@ -442,6 +450,7 @@ seen = [main([*args, {str(tmp_path / "a")!r}]), env(),
         subprocess.run([tasu, *args, {str(tmp_path / "b")!r}]).returncode,
         main([*args, {str(tmp_path / "c")!r}]), env()]
 first = Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "d")!r})
+seen.append(os.environ["PATH"])   # during a run
 try:
     Trainer(load_config(ExperimentConfig, config, overrides), {str(tmp_path / "e")!r})
 except TrainingError as e:
@@ -477,8 +486,11 @@ print(json.dumps(seen))
     assert out.returncode == 0, out.stderr[-3000:]
     unset = [None] * 5
     assert json.loads(out.stdout.splitlines()[-1]) == [
-        0, unset, 0, 0, unset, "another training is running in this process (another thread, or a Trainer not "
-        "closed)", unset, 0, 1, 0, [], 1, True, 1, unset, 0, launched, path], out.stderr[-3000:]
+        0, unset, 0, 0, unset, f"{OP_CACHE / '.ninja'}{os.pathsep}{path}", "another training is running in this "
+        "process (another thread, or a Trainer not closed)", unset, 0, 1, 0, [], 1, True, 1, unset, 0, launched,
+        path], out.stderr[-3000:]
+    import ninja
+    assert os.path.samefile(OP_CACHE / ".ninja" / "ninja", Path(ninja.BIN_DIR) / "ninja")   # (not python3, pip)
     assert not (tmp_path / "ninja_calls").exists() and op_builds() == builds
 
 

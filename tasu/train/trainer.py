@@ -124,19 +124,33 @@ def _put_own_ninja_first(env_set: dict[str, tuple[str | None, str]]) -> None:
     ninja-build, an older version that cannot read the newer one's build log) and rebuilt both ops,
     a minute or two without a word, and the next run with the environment's rebuilt them back; where
     there was none, it stopped: "Unable to JIT load the deepspeed_shm_comm op due to ninja not being
-    installed"."""
+    installed". What goes first on PATH is a directory of the op cache holding a link to that ninja
+    alone: the environment's other programs (``python3``, ``pip``) stay behind the caller's for what
+    the run starts, such as a wav.scp pipe's command."""
     try:
         import ninja
     except ImportError:   # an environment made without it: torch looks on PATH as it is
         return
     own = os.path.join(ninja.BIN_DIR, "ninja")
-    if not os.path.isfile(own):
+    if not (os.path.isabs(own) and os.access(own, os.X_OK)):   # a package without its program
         return
     found = shutil.which("ninja")
     if found is not None and os.path.samefile(found, own):
         return
+    alone = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / ".ninja"
+    try:
+        if not ((alone / "ninja").exists() and os.path.samefile(alone / "ninja", own)):
+            alone.mkdir(parents=True, exist_ok=True)
+            link = alone / f".ninja.{os.getpid()}"   # made aside, then renamed: the ranks make it at once
+            link.unlink(missing_ok=True)
+            link.symlink_to(own)
+            link.replace(alone / "ninja")
+    except OSError:   # an op cache this process cannot write (torch could not build there either)
+        return
     before = os.environ.get("PATH")
-    env_set["PATH"] = (before, ninja.BIN_DIR + (os.pathsep + before if before else ""))
+    # (unset, PATH means the system's default; an empty entry would mean the current directory)
+    rest = os.defpath if before is None else before
+    env_set["PATH"] = (before, f"{alone}{os.pathsep}{rest}" if rest else str(alone))
     os.environ["PATH"] = env_set["PATH"][1]
 
 
