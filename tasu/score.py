@@ -128,8 +128,10 @@ def _read_table(path: str | os.PathLike) -> tuple[dict[str, str], str, str]:
             key, _, text = line.partition("\t") if "\t" in line else line.partition(" ")
         if not key or any(c.isspace() for c in key):
             raise ScoreError(f"{path}:{n}: expected 'key<TAB>text', got {line!r}")
-        if key in out:
-            raise ScoreError(f"{path}:{n}: duplicate key {key!r}")
+        if key in out:   # (read as trn, an id that ends every line: which key is it?)
+            raise ScoreError(f"{path}:{n}: duplicate key {key!r}" + (
+                " (the file was read as sclite trn lines, 'text (id)', as every line ends in '(...)')"
+                if sclite else ""))
         out[key] = text.strip()
     return out, "sclite trn" if sclite else "key text", digest.hexdigest()
 
@@ -159,6 +161,18 @@ def _mostly_latin(text: str) -> bool:
     """Whether most letters of ``text`` are Latin (True for a text without letters)."""
     letters = [c for c in text if c.isalpha()]
     return sum(unicodedata.name(c, "").startswith("LATIN") for c in letters) * 2 >= len(letters)
+
+
+def _in_another_form(keys: list[str], others: dict) -> str:
+    """Why ``keys`` are not among ``others`` when one is there in another Unicode form (é composed in one
+    file, decomposed in the other: printed alike, other keys), or "" when none is."""
+    forms = {unicodedata.normalize("NFC", k): k for k in others}
+    for key in keys:
+        other = forms.get(unicodedata.normalize("NFC", key))
+        if other is not None:
+            return (f"{ascii(key)} is {ascii(other)} of the other file in another Unicode form (NFC, NFD: "
+                    "printed alike): write the keys of both files in one form")
+    return ""
 
 
 def _from(out: Path, given: str | Path) -> str:
@@ -433,7 +447,7 @@ def score(refs: dict[str, str], hyps: dict[str, str], metric: str, norm: str | N
     extra = [k for k in hyps if k not in refs]
     if hyps and len(extra) == len(hyps):
         raise ScoreError(f"no hypothesis key is in the references (first: {extra[0]!r}): "
-                         + NOT_TOGETHER)
+                         + (_in_another_form(extra, refs) or NOT_TOGETHER))
     unspaced = without_spaces(refs.values())
     if bleu_tokenize == "auto":
         bleu_tokenize = unspaced or "13a"
@@ -573,8 +587,9 @@ def score_files(ref_path: str | os.PathLike, hyp_path: str | os.PathLike, metric
     absent = [k for k in refs if k not in hyps]
     if absent and missing == "error" and len(absent) < len(refs):   # none in common: score() says so
         raise ScoreError(f"{hyp_path}: no hypothesis for {len(absent)} of the {len(refs)} references in {ref_path} "
-                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): did its decode stop "
-                         "partway? Run it again to finish it, or score them as empty hypotheses (--missing empty)")
+                         f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}): "
+                         + (_in_another_form(absent, hyps) or "did its decode stop partway? Run it again to finish "
+                            "it, or score them as empty hypotheses (--missing empty)"))
     try:
         result, lines = score(refs, hyps, metric, norm, bleu_tokenize)
     except ScoreError as e:  # name the files the problem is in, and how each was read where keys disagree

@@ -240,7 +240,9 @@ def test_empty_and_looping_counts():
     (b"u1\thello\nu1\tagain\n", 2, "duplicate key 'u1'"),
     (b"u1\thello\nu2\t\xff\xfe\n", 2, "not UTF-8"),
     (b"u1\thello world\ru2\tfoo bar\r\n", 1, "a carriage return inside the line"),   # old Mac line ends
-    (b"the cat (u1)\nhello there (u1)\n", 2, "duplicate key 'u1'"),
+    (b"the cat (u1)\nhello there (u1)\n", 2, "duplicate key 'u1' (the file was read as sclite trn lines"),
+    (b"u1\t(noise)\nu2\t(noise)\n", 2, "duplicate key 'noise' (the file was read as sclite trn lines, 'text (id)', "
+                                       "as every line ends in '(...)')"),   # (which key? it said nothing of trn)
 ])
 def test_malformed_lines(tmp_path, content, line, message):
     path = tmp_path / "hyp"
@@ -248,6 +250,20 @@ def test_malformed_lines(tmp_path, content, line, message):
     with pytest.raises(ScoreError) as e:
         read_text_file(path)
     assert str(e.value).startswith(f"{path}:{line}: ") and message in str(e.value)
+
+
+def test_keys_in_another_unicode_form_are_named_as_such(tmp_path):
+    """café composed in one file and decomposed in the other print alike: the message said "no hypothesis
+    for ... (café): did its decode stop partway?" of a key the hypothesis file visibly held."""
+    ref = write(tmp_path / "ref", ["u1\tone two", "caf\u00e9\tthree"])
+    hyp = write(tmp_path / "hyp", ["u1\tone two", "cafe\u0301\tthree"])
+    with pytest.raises(ScoreError, match=re.escape("(café): 'caf\\xe9' is 'cafe\\u0301' of the other file in another "
+                                                   "Unicode form (NFC, NFD: printed alike): write the keys of both "
+                                                   "files in one form")):
+        score_files(ref, hyp, "wer", out_dir=tmp_path / "out")
+    with pytest.raises(ScoreError, match=re.escape("no hypothesis key is in the references (first: 'cafe\u0301'): "
+                                                   "'cafe\\u0301' is 'caf\\xe9' of the other file")):
+        score({"caf\u00e9": "three"}, {"cafe\u0301": "three"}, "wer")
 
 
 def test_key_only_lines_and_kaldi_text(tmp_path):
