@@ -33,7 +33,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "train": ["deepspeed"],
+        "train": ["deepspeed", "ninja"],   # (DeepSpeed needs it too: the trainer runs the environment's own)
         "sensevoice": ["funasr", "kaldi-native-fbank"],
         "plot": ["matplotlib"],
         "test": ["pytest", "pytest-xdist"],   # pyproject.toml runs the suite on two workers
