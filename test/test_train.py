@@ -365,6 +365,35 @@ def test_train_dry_run_checks_the_config(setup):
             "got 'speech'") in bad.stderr
 
 
+def test_the_environment_s_ninja_alone_goes_first_on_path(tmp_path, monkeypatch):
+    """How a run puts this environment's ninja first (the runs themselves: the in-process test below).
+    PATH unset meant the system's default for every program the run starts, and kept so; a ninja
+    package without its program put the current directory ("" + ":...") on PATH; nothing changes
+    where the environment's ninja is found first already."""
+    import ninja
+
+    from tasu.train.trainer import _put_own_ninja_first
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ops"))
+    alone = tmp_path / "ops" / ".ninja"
+    monkeypatch.delenv("PATH")
+    env_set: dict = {}
+    _put_own_ninja_first(env_set)
+    assert env_set == {"PATH": (None, f"{alone}{os.pathsep}{os.defpath}")} and os.environ["PATH"] == env_set["PATH"][1]
+    assert sorted(p.name for p in alone.iterdir()) == ["ninja"]   # a link to it alone
+    assert os.path.samefile(alone / "ninja", Path(ninja.BIN_DIR) / "ninja")
+
+    env_set = {}
+    _put_own_ninja_first(env_set)   # found first now
+    assert env_set == {}
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(ninja, "BIN_DIR", "")   # a package without its program
+    (tmp_path / "ninja").write_text("")
+    monkeypatch.chdir(tmp_path)
+    _put_own_ninja_first(env_set)
+    assert env_set == {} and os.environ["PATH"] == "/usr/bin:/bin"
+
+
 def test_deepspeed_ops_are_cached_in_this_environment():
     """tools/setup.sh builds DeepSpeed's CPU ops into <env>/torch_extensions; the trainer looks there."""
     env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
