@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -78,8 +77,8 @@ from tasu.device import resolve_device
 from tasu.dump import FIELD, MADE, SECONDS, DumpReader, check_records, identity
 from tasu.fileio import file_sha256, read_json, write_atomic
 from tasu.lock import DirLock
-from tasu.model_io import (MODEL_DIR, PROMPTS, WEIGHTS, CheckpointError, encoder_tokenizer, read_model_config,
-                           resolve_checkpoint)
+from tasu.model_io import (MODEL_DIR, PROMPTS, WEIGHTS, CheckpointError, checkpoint_step, encoder_tokenizer,
+                           read_model_config, resolve_checkpoint)
 from tasu.posteriors import stack
 from tasu.simulate import build_simulator
 
@@ -294,11 +293,6 @@ def keep_complete_lines(hyp_path: Path, end: int) -> None:
         f.truncate(end)
 
 
-def _checkpoint_step(ckpt: Path) -> int:
-    match = re.fullmatch(r"step_(\d+)", ckpt.name)
-    return int(match.group(1)) if match else 0
-
-
 def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, records: Sequence[Record]) -> dict:
     """What determines the hypotheses (``batch_size`` only changes padding, so it may differ): the
     model (the checkpoint's name is the same in a copied or retrained experiment: its weights' digest
@@ -314,7 +308,7 @@ def _settings(ckpt: Path, cfg: "ExperimentConfig", options: DecodeOptions, recor
         settings["compress"] = to_dict(cfg.compress)
     else:
         settings["simulation"] = to_dict(cfg.simulation)
-        settings["simulation_step"] = _checkpoint_step(ckpt)
+        settings["simulation_step"] = checkpoint_step(ckpt)
     return json.loads(json.dumps(settings))  # as read back from decode.json (tuples become lists)
 
 
@@ -444,7 +438,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
             with tqdm(total=len(todo), desc="decode", unit="utt", dynamic_ncols=True,
                       disable=not sys.stderr.isatty()) as bar:
                 for key, hyp in decode_records(model, cfg, prompts, todo, options, stats,
-                                               simulation_step=_checkpoint_step(ckpt), dumps=dumps):
+                                               simulation_step=checkpoint_step(ckpt), dumps=dumps):
                     try:
                         hyp_file = hyp_file or open(out / HYP, "a", encoding="utf-8")
                         hyp_file.write(trn_line(key, hyp))

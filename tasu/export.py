@@ -71,8 +71,8 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best", overrides
     from transformers import AutoTokenizer
 
     from tasu.encoders.registry import backend
-    from tasu.model_io import (MODEL_DIR, PROMPTS, encoder_tokenizer, llm_digest, load_trained, read_model_config,
-                               resolve_checkpoint, trained_vocab, write_model)
+    from tasu.model_io import (MODEL_DIR, PROMPTS, checkpoint_step, encoder_tokenizer, llm_digest, load_trained,
+                               read_model_config, resolve_checkpoint, trained_vocab, write_model)
     from tasu.simulate.base import vocab_digest
 
     out = Path(out)
@@ -112,7 +112,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best", overrides
         write_model(tmp / MODEL_DIR, model.trainable_state_dict(), exported,
                     (ckpt / MODEL_DIR / PROMPTS).read_text(encoding="utf-8"),
                     trained_vocab(ckpt) or vocab_digest(encoder_tokenizer(cfg)), llm_digest(tmp / LLM_DIR),
-                    None if merged else base_llm(ckpt, cfg))
+                    None if merged else base_llm(ckpt, cfg), step=checkpoint_step(ckpt))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,6 +46,7 @@ MODEL_DIR = "model"
 VOCAB_KEY = "encoder_vocab_sha256"   # in the weights file's metadata: see write_model
 LLM_KEY = "llm_sha256"   # likewise
 BASE_LLM_KEY = "base_llm_sha256"   # an export that merged no adapters: the base LLM its llm/ re-saves
+STEP_KEY = "step"   # the training step the weights are of: a checkpoint copied or exported under another name
 LLM_FILES = frozenset({"config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt",
                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
 CHAT_TEMPLATES = frozenset({"chat_template.jinja", "chat_template.json"})   # where transformers saves it now
@@ -162,16 +163,18 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 def write_model(model_dir: Path, trainable: dict, cfg: ExperimentConfig, prompts_text: str,
-                encoder_vocab: str, llm: str, base_llm: str | None = None) -> None:
+                encoder_vocab: str, llm: str, base_llm: str | None = None, step: int = 0) -> None:
     """Fill ``model_dir`` (a fresh directory) with the decoding part of a checkpoint. The weights file
     records ``encoder_vocab`` (``vocab_digest`` of the encoder's tokenizer) and ``llm`` (``llm_digest``
     of the LLM): the projector reads ids of that vocabulary and writes into that LLM's embeddings, and
     another vocabulary of the same size, or another LLM of the same shapes, would load and decode
-    nonsense, exit 0. ``base_llm``: an export's, when its ``llm/`` re-saves that LLM unchanged."""
+    nonsense, exit 0. ``base_llm``: an export's, when its ``llm/`` re-saves that LLM unchanged. ``step``:
+    the training step of the weights (``checkpoint_step``)."""
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(model_dir / WEIGHTS),
-              metadata={VOCAB_KEY: encoder_vocab, LLM_KEY: llm, **({BASE_LLM_KEY: base_llm} if base_llm else {})})
+              metadata={VOCAB_KEY: encoder_vocab, LLM_KEY: llm, STEP_KEY: str(step),
+                        **({BASE_LLM_KEY: base_llm} if base_llm else {})})
     _sort_header(model_dir / WEIGHTS)
     readable_by_others(model_dir / WEIGHTS)   # safetensors writes it 0600
     (model_dir / CONFIG).write_text(dump_config(cfg), encoding="utf-8")
@@ -224,6 +227,18 @@ def _recorded(ckpt: Path, key: str) -> str | None:
 def trained_vocab(ckpt: Path) -> str | None:
     """The encoder vocabulary's digest a checkpoint's weights record (None: written before they did)."""
     return _recorded(ckpt, VOCAB_KEY)
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The training step of a checkpoint's weights: the one its weights file records, else (written
+    before it did so) the one its name says (``step_000400``), else 0. Decoding simulated input reads
+    the WER schedule at this step: from the name alone, an export or a copied checkpoint was step 0,
+    its simulated input error-free where the checkpoint's had the step's WER."""
+    recorded = _recorded(ckpt, STEP_KEY)
+    if recorded is not None and recorded.isdigit():
+        return int(recorded)
+    match = re.fullmatch(r"step_(\d+)", Path(ckpt).name)
+    return int(match.group(1)) if match else 0
 
 
 def recorded_llm(ckpt: Path) -> tuple[str | None, str | None]:

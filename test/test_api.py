@@ -168,7 +168,7 @@ def test_the_readme_example_runs(exp, tmp_path):
 def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t, tmp_path, monkeypatch):
     from tasu import Speech2Text
     from tasu.export import export
-    from tasu.model_io import resolve_checkpoint
+    from tasu.model_io import checkpoint_step, resolve_checkpoint
 
     out = export(exp / "exp", tmp_path / "exported")
     assert sorted(p.name for p in out.iterdir()) == ["encoder", "llm", "model"]
@@ -182,6 +182,8 @@ def test_an_export_decodes_as_the_experiment_does_wherever_it_is_moved(exp, s2t,
                     resolve_checkpoint(exp / "exp", "best") / "model" / "trainable.safetensors"):
         assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask, weights   # not safetensors' 0600
     moved = out.rename(tmp_path / "moved")
+    # the step its weights are of (decoding simulated input reads the WER schedule there) travels with it
+    assert checkpoint_step(moved) == checkpoint_step(resolve_checkpoint(exp / "exp", "best")) > 0
     exported = Speech2Text.from_pretrained(moved, beam=3, max_new_tokens=8)
     assert not any("lora" in name for name, _ in exported.model.llm.named_parameters())   # merged into llm/
     for rec in ("rec0.wav", "rec1.wav"):

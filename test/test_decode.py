@@ -22,6 +22,7 @@ from fixtures import (SENTENCES, lock_held_elsewhere, save_llm_without_tokenizer
 from tasu.cli import main as tasu_main
 from tasu.data.records import DataError
 from tasu.decode import _key_generator, decoded_keys, keep_complete_lines, run_decode, trn_line
+from tasu.model_io import resolve_checkpoint
 
 BIN = Path(sys.executable).parent
 ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -165,6 +166,14 @@ def test_simulated_input_loads_no_encoder(exp, tmp_path):
                       seed=5, **FAST) == 0
     assert json.loads((again / "s5" / "decode.json").read_text())["seed"] == 5
     assert tasu_decode(exp / "exp", exp / "test.jsonl", again, "--input", "simulated", "--seed", "5") == 1
+
+    # The WER schedule is read at the checkpoint's step, which its weights record: a copy under another
+    # name (or an export) was step 0, its simulated input error-free, other hypotheses with exit 0.
+    copied = shutil.copytree(resolve_checkpoint(exp / "exp", "best"), tmp_path / "copied")
+    assert run_decode(str(copied), str(exp / "test.jsonl"), str(tmp_path / "from_copy"), input_kind="simulated",
+                      **FAST) == 0
+    assert json.loads((tmp_path / "from_copy" / "decode.json").read_text())["simulation_step"] == 4
+    assert dict(read_trn(tmp_path / "from_copy" / "hyp.trn")) == dict(read_trn(tmp_path / "hyp.trn"))
 
 
 def test_tasu_score_reads_the_outputs(audio_decode, capsys):

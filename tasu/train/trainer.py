@@ -795,7 +795,7 @@ class Trainer:
             torch.save(state, partial / ENGINE_DIR / f"state_rank{self.rank}.pt")
             if self.rank == 0:
                 write_model(partial / MODEL_DIR, self.model.trainable_state_dict(), self.cfg, self.prompts_text,
-                            self.encoder_vocab, self.data_record["llm"]["sha256"])
+                            self.encoder_vocab, self.data_record["llm"]["sha256"], step=self.step)
                 write_data_record(partial / ENGINE_DIR, self.data_record)
         except (OSError, RuntimeError) as e:  # a full disk: torch's writer says "basic_ios::clear" or so
             message = self._save_failure(name, e)  # the free space before the partial files are removed
