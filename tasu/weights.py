@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -59,10 +60,30 @@ def _damaged(path: Path, e: Exception) -> ModelFilesError:
     return ModelFilesError(f"{path}: not a readable weights file, damaged or cut short ({why}): copy it again")
 
 
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity; None if none does.
+
+    A NaN or infinity carries through a sum, and weights never come near float32's range (half
+    precision is summed in float32), so the sum tells: ten times faster than ``isfinite().all()``
+    (0.1 s for a 1.5B-parameter LLM's largest matrix on 2 CPU cores, 1.7 s that way)."""
+    for name, t in named:
+        if t.is_floating_point() and \
+                not bool(torch.isfinite(t.sum(dtype=torch.float32 if t.dtype == torch.float16 else None))):
+            return name
+    return None
+
+
+def _non_finite(where: str, name: str) -> ModelFilesError:
+    return ModelFilesError(f"{where}: {name} holds NaN or infinite values: the file is damaged, or the model's "
+                           "training diverged; every output would be garbage (a NaN encoder keeps no frame)")
+
+
 def load_into(module: torch.nn.Module, state: dict, path: Path) -> None:
     """``module.load_state_dict(state)``, every parameter required (extra entries are ignored, as
     funasr does); a missing or misshapen one is refused naming ``path``, as is integer data for a
-    floating-point weight (torch casts it silently: the encoder then wrote garbage posteriors)."""
+    floating-point weight (torch casts it silently: the encoder then wrote garbage posteriors) and a
+    NaN or infinity in a weight (every posterior NaN: compression kept no frame, and every recording
+    decoded to the same text as if silent, exit 0)."""
     own = module.state_dict()
     for name, value in state.items():
         if name in own and own[name].is_floating_point() and isinstance(value, torch.Tensor) and \
@@ -78,6 +99,9 @@ def load_into(module: torch.nn.Module, state: dict, path: Path) -> None:
     if missing:
         raise ModelFilesError(f"{path} lacks {len(missing)} parameters of {type(module).__name__}, "
                               f"e.g. {missing[:5]}")
+    bad = first_non_finite(module.named_parameters())
+    if bad:
+        raise _non_finite(str(path), bad)
 
 
 def from_pretrained(auto_class, path: str | Path, what: str, dtype: torch.dtype = torch.float32):
@@ -107,4 +131,7 @@ def from_pretrained(auto_class, path: str | Path, what: str, dtype: torch.dtype 
                               f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}), which "
                               "would start random: weights of another model (a release without its head?), or "
                               "a file missing from the copy")
+    bad = first_non_finite(model.named_parameters())
+    if bad:
+        raise _non_finite(f"{path}: the {what}'s weights", bad)
     return model

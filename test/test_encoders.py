@@ -638,6 +638,48 @@ def test_integer_data_for_a_floating_point_weight_is_refused(tmp_path):
         load_encoder(tmp_path / "enc")
 
 
+def test_a_nan_or_infinity_in_the_weights_or_the_cmvn_is_refused_naming_the_file(small_ctc, tmp_path):
+    """Loaded, one NaN made every posterior NaN: compression kept no frame, and every recording decoded to
+    the same text as silence would, exit 0 (the log said "no speech"). An infinity too."""
+    from safetensors.torch import load_file, save_file
+
+    from fixtures import save_tiny_llm
+    from tasu.encoders.fbank import write_cmvn
+    from tasu.llm import load_llm
+    from tasu.weights import first_non_finite
+
+    write_sensevoice_dir(tmp_path / "enc")
+    model = tmp_path / "enc" / "model.pt"
+    state = torch.load(model, weights_only=True)
+    name = next(n for n, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    for bad in (float("nan"), float("-inf")):
+        spoilt = {**state, name: state[name].clone()}
+        spoilt[name][0, -1] = bad
+        torch.save(spoilt, model)
+        with pytest.raises(ValueError, match=rf"^{model}: {re.escape(name)} holds NaN or infinite values: the file is "
+                                             "damaged, or the model's training diverged"):
+            load_encoder(tmp_path / "enc")
+    write_hf_ctc_dir(tmp_path / "hf", "wav2vec2")
+    save_tiny_llm(tmp_path / "llm")
+    for root, load, what in ((tmp_path / "hf", load_encoder, "CTC encoder"), (tmp_path / "llm", load_llm, "LLM")):
+        weights = load_file(root / "model.safetensors")
+        name = sorted(n for n, v in weights.items() if v.dim() == 2)[0]
+        weights[name][-1, 0] = float("nan")
+        save_file(weights, root / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=rf"^{root}: the {what}'s weights: {re.escape(name)} holds NaN"):
+            load(root)
+    small_ctc.save(tmp_path / "small")
+    for bad in (float("nan"), float("inf")):
+        cmvn = torch.stack([torch.zeros(320), torch.ones(320)])
+        cmvn[1, 7] = bad
+        write_cmvn(tmp_path / "small" / "am.mvn", cmvn)
+        with pytest.raises(ValueError, match=rf"^{tmp_path}/small/am.mvn: the CMVN holds NaN or infinite values"):
+            load_encoder(tmp_path / "small")
+    # the sum that tells: half precision sums in float32 (60000 ones overflow float16 alone)
+    assert first_non_finite([("ones", torch.ones(60000, dtype=torch.float16)), ("ids", torch.arange(3))]) is None
+    assert first_non_finite([("a", torch.ones(3, dtype=torch.bfloat16)), ("b", torch.tensor([1.0, float("inf")]))]) == "b"
+
+
 def _drop(path, keep) -> None:
     from safetensors.torch import load_file, save_file
     save_file({k: v for k, v in load_file(path).items() if keep(k)}, path, metadata={"format": "pt"})

@@ -81,6 +81,9 @@ def read_cmvn(path: str | Path, frontend: WavFrontend) -> torch.Tensor:
     if problem:
         raise ModelFilesError(f"{path}: not a Kaldi nnet CMVN file with an <AddShift> and a <Rescale> row "
                               f"({problem})")
+    if not bool(torch.isfinite(cmvn).all()):   # every feature NaN: the encoder kept no frame of any recording
+        raise ModelFilesError(f"{path}: the CMVN holds NaN or infinite values: a damaged file, or statistics of "
+                              "features that never varied")
     width, dim = cmvn.shape[1], frontend.output_size()
     if width != dim:
         raise ModelFilesError(f"{path}: CMVN of {width}-dim features, but the frontend gives {dim} "
