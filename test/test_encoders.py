@@ -677,7 +677,8 @@ def test_a_nan_or_infinity_in_the_weights_or_the_cmvn_is_refused_naming_the_file
             load_encoder(tmp_path / "small")
     # the sum that tells: half precision sums in float32 (60000 ones overflow float16 alone)
     assert first_non_finite([("ones", torch.ones(60000, dtype=torch.float16)), ("ids", torch.arange(3))]) is None
-    assert first_non_finite([("a", torch.ones(3, dtype=torch.bfloat16)), ("b", torch.tensor([1.0, float("inf")]))]) == "b"
+    spoilt = torch.tensor([1.0, float("inf")])
+    assert first_non_finite([("a", torch.ones(3, dtype=torch.bfloat16)), ("b", spoilt)]) == "b"
 
 
 def _drop(path, keep) -> None:
