@@ -414,8 +414,9 @@ def get_parser(parser_class: type[argparse.ArgumentParser] = _Parser) -> argpars
     p.add_argument("--batch-size", type=at_least(1), default=8, help="recordings per encoder batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "npu"])
     p.add_argument("--remake-stale", action="store_true",
-                   help="a dump in --out made from other input files (or contents) or --nj, by this encoder "
-                        "and compression, is removed and made anew (else refused); the recipes pass it")
+                   help="a dump in --out made from other input files (or contents, or audio changed since) or "
+                        "--nj, by this encoder and compression, is removed and made anew (else refused); the "
+                        "recipes pass it")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", type=key_value, default=[],
                    metavar="KEY=VALUE",
                    help="config overrides, e.g. compress.topk=16")

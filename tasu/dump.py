@@ -8,8 +8,9 @@ posteriors`` then read them instead of the audio. A dump directory::
 
     DIR/
       dump.json            what made it: the encoder (backend and SHA-256 of its files), the
-                           compression settings, vocabulary size, blank id; the inputs and --nj;
-                           "made", a random id of this dump
+                           compression settings, vocabulary size, blank id; the inputs (with the
+                           size and modification time of their audio files) and --nj; "made", a
+                           random id of this dump
       post.J.ark           job J's rows: one Kaldi float matrix per recording (kaldiio)
       post.J.scp, utt2dur.J    job J's index and durations; the scp, written last, marks J done
       posteriors.scp, utt2dur  all jobs' (Kaldi style, for other tools)
@@ -54,6 +55,7 @@ import numpy as np
 import torch
 
 from tasu.compress import CompressConfig, encoder_posteriors
+from tasu.data.audio import audio_file, is_command
 from tasu.data.records import DataError, Record, iter_records_with_lines
 from tasu.fileio import atomic_replace, file_sha256, files_digest, read_json, write_atomic
 from tasu.lock import LOCK_NAME, DirLock, holder
@@ -296,7 +298,7 @@ def dump_posteriors(data: Sequence[str], out: str, encoder_path: str, encoder_ty
             "encoder_path": str(Path(encoder_path).resolve()),
             "vocab_size": tokenizer.vocab_size, "blank_id": tokenizer.blank_id, "topk": topk,
             "columns": f"ids[{topk}] weights[{topk}] floor blank", "nj": nj,
-            "inputs": [{"path": p, "sha256": file_sha256(p)} for p in data], "made": secrets.token_hex(8)}
+            "inputs": [_input(p, inputs[p]) for p in data], "made": secrets.token_hex(8)}
     root = Path(out)
     with DirLock(root, "the claim of tasu dump-posteriors", name=f"{LOCK_NAME}.claim", wait=True):
         made = _claim(root, info, remake_stale)   # two runs' claims one after the other: a moment each
@@ -345,11 +347,11 @@ def _claim(root: Path, info: dict, remake_stale: bool = False) -> str | None:
         differ = _differences(before["identity"], info["identity"])
         if differ:
             raise DumpError(f"{root} holds a dump made with {differ}: remove it or choose another --out")
-        if _stale(before, info["inputs"], info["nj"]) is None:
+        why = _stale(before, info["inputs"], info["nj"])
+        if why is None:
             return before.get("made")
         if not remake_stale:
-            raise DumpError(f"{root} holds a dump made with other input files (or contents) or --nj: remove "
-                            "it or choose another --out")
+            raise DumpError(f"{root} holds a dump {why}: remove it or choose another --out")
         # every job and merge lock of the old dump until the new is claimed, by name: a job that claimed it
         # and has not run yet has no lock file
         names = {LOCK_NAME, *(f"{LOCK_NAME}.{j}" for j in range(1, int(before.get("nj") or 1) + 1)),
@@ -391,15 +393,39 @@ def why_stale(out: str | Path, data: Sequence[str], nj: int) -> str | None:
     root = Path(out)
     if not (root / DONE).exists() or not (root / INFO).exists():
         return None
-    return _stale(read_info(root / INFO), [{"path": p, "sha256": file_sha256(p)} for p in data], nj)
+    return _stale(read_info(root / INFO),
+                  [_input(p, list(iter_records_with_lines(p, require_target=False))) for p in data], nj)
+
+
+def _input(path: str, records: list[tuple[int, Record]]) -> dict:
+    """What ``dump.json`` keeps of an input file: its name and SHA-256, and a digest of the size and
+    modification time of every audio file its records read (an archive once; a command by its text).
+    A corpus re-extracted or resampled under the same names leaves the JSONL as it was: by its digest
+    alone, the dump of the old audio was decoded as the new one's, exit 0."""
+    stamps = []
+    for name in sorted({audio_file(r.path) or r.path for _, r in records if r.path}):
+        try:
+            st = os.stat(name) if not is_command(name) else None
+            stamps.append([name, st.st_size, st.st_mtime_ns] if st else [name])
+        except OSError:   # reading it fails, naming it, where the dump is made
+            stamps.append([name, None])
+    audio = hashlib.sha256(json.dumps(stamps, ensure_ascii=False).encode()).hexdigest()
+    return {"path": path, "sha256": file_sha256(path), "audio": audio}
 
 
 def _stale(info: dict, inputs: list[dict], nj: int) -> str | None:
-    """How the dump ``info`` describes differs from one of ``inputs`` and ``nj``; None when it does not."""
+    """How the dump ``info`` describes differs from one of ``inputs`` and ``nj``; None when it does not.
+    (A dump of an older tasu recorded no audio digest: its inputs are compared without it.)"""
     if info.get("nj") != nj:
         return f"made with --nj {info.get('nj')}, not {nj}"
-    if info.get("inputs") != inputs:
+    before = info.get("inputs")
+    if not isinstance(before, list) or len(before) != len(inputs) or \
+            any(not isinstance(b, dict) or (b.get("path"), b.get("sha256")) != (i["path"], i["sha256"])
+                for b, i in zip(before, inputs)):
         return "made from other input files (or contents)"
+    changed = [i["path"] for b, i in zip(before, inputs) if "audio" in b and b["audio"] != i["audio"]]
+    if changed:
+        return f"made from audio that changed since (the size or modification time of a file that {changed[0]} reads)"
     return None
 
 

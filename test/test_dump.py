@@ -135,7 +135,7 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     assert dump_done(str(out), 2, data) == 2 and why_stale(out, data, 2) == "made with --nj 3, not 2"
     with pytest.raises(DumpError, match="holds a dump made with compress"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=3)
-    with pytest.raises(DumpError, match="or --nj"):
+    with pytest.raises(DumpError, match=f"^{out} holds a dump made with --nj 3, not 2: remove it or choose another"):
         dump_posteriors(data, str(out), str(setup / "enc"), compress=COMPRESS, nj=2)
 
     # a recipe's set remade by stage 2, or another --dump_nj: the recipe's dump stage stopped there for good
@@ -159,6 +159,43 @@ def test_a_killed_dump_redoes_only_its_unfinished_jobs(setup, tmp_path):
     assert len((out / "posteriors.scp").read_text().splitlines()) == len(fewer.read_text().splitlines())
     with pytest.raises(DumpError, match="holds a dump made with compress"):   # another encoder's: never removed
         dump_posteriors(data, str(out), str(setup / "enc"), compress=CompressConfig(topk=8), nj=2, remake_stale=True)
+
+
+def test_a_dump_whose_audio_was_replaced_in_place_is_made_anew(setup, tmp_path):
+    """A corpus re-extracted or resampled under the same names leaves the JSONL as it was: compared by its
+    digest alone, the dump was "already complete", and the old audio's posteriors were decoded, exit 0."""
+    from tasu.recipe import dump_done
+
+    (tmp_path / "wav").mkdir()
+    records = []
+    for i in range(2):
+        shutil.copy(setup / "wav" / f"u{i}.wav", tmp_path / "wav" / f"u{i}.wav")
+        records.append({"key": f"u{i}", "task": "ASR", "target": SENTENCES[i],
+                        "path": str(tmp_path / "wav" / f"u{i}.wav")})
+    data = tmp_path / "ASR.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "post"
+    dump_posteriors([str(data)], str(out), str(setup / "enc"), compress=COMPRESS, nj=1)
+    assert why_stale(out, [str(data)], 1) is None and dump_done(str(out), 1, [str(data)]) == 0
+    before = (out / "post.1.ark").read_bytes()
+
+    sf.write(tmp_path / "wav" / "u1.wav", waveform(1.3, seed=9).numpy(), 16000)   # other audio, same name
+    assert why_stale(out, [str(data)], 1) == ("made from audio that changed since (the size or modification time "
+                                              f"of a file that {data} reads)")
+    assert dump_done(str(out), 1, [str(data)]) == 2
+    with pytest.raises(DumpError, match=f"^{out} holds a dump made from audio that changed since"):
+        dump_posteriors([str(data)], str(out), str(setup / "enc"), compress=COMPRESS, nj=1)
+    assert "1 of 1 jobs run now" in dump_posteriors([str(data)], str(out), str(setup / "enc"), compress=COMPRESS,
+                                                    nj=1, remake_stale=True)
+    assert (out / "post.1.ark").read_bytes() != before and dump_done(str(out), 1, [str(data)]) == 0
+
+    # a dump of an older tasu recorded no audio digest: compared without it, not made anew
+    info = json.loads((out / "dump.json").read_text())
+    for entry in info["inputs"]:
+        del entry["audio"]
+    (out / "dump.json").write_text(json.dumps(info))
+    os.utime(tmp_path / "wav" / "u0.wav", ns=(1, 1))
+    assert why_stale(out, [str(data)], 1) is None
 
 
 @pytest.fixture(scope="module")
