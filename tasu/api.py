@@ -78,6 +78,8 @@ class Speech2Text:
         from tasu.device import resolve_device
         from tasu.model_io import load_trained
 
+        if isinstance(overrides, str):   # read letter by letter: "override 'c' is not of the form KEY=VALUE"
+            raise TypeError(f"overrides is a list of KEY=VALUE strings: overrides=[{overrides!r}]")
         takes = [f.name for f in dataclasses.fields(DecodeOptions) if f.name not in ("input", "batch_size", "seed")]
         unknown = sorted(set(decoding) - set(takes))   # batch_size, input, seed are tasu decode's: not for one call
         if unknown:
@@ -116,6 +118,14 @@ class Speech2Text:
             named = ", ".join(sorted(self.prompts.fields(task))) or "none"
             raise PromptError(f"the {task} prompts are filled from no field {', '.join(map(repr, unused))} "
                               f"(their fields: {named})")
+        for name, value in fields.items():   # 123 was "needs field 'hotword': give it as a keyword"
+            if type(value) is not str:
+                raise PromptError(f"field {name}={value!r}: the {task} prompts are filled from text (a str), "
+                                  f"not a {type(value).__name__}")
+            token = self.model.prompt_tokenizer.spelled_special(value)
+            if token:   # (the prompt's own check names no field)
+                raise PromptError(f"field {name} spells the LLM's special token {token!r}: a prompt is text; "
+                                  "write it otherwise")
         waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
 
         try:

@@ -59,6 +59,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import random
 import sys
 import time
@@ -110,6 +111,12 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
             raise DecodeError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        for name in ("beam", "batch_size", "max_new_tokens", "no_repeat_ngram_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):   # a beam of 2.5 failed in torch
+                raise DecodeError(f"{name} must be a whole number, got {value!r}")
+        if isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, numbers.Real):
+            raise DecodeError(f"repetition_penalty must be a number, got {self.repetition_penalty!r}")
         for name in ("beam", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DecodeError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -377,6 +384,25 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
     return 0
 
 
+def _check_prompt_fields(data: str, lines: Sequence[int], records: Sequence[Record], prompts: PromptSet,
+                         llm_path: str) -> None:
+    """Refuse, at its line, a record whose field a prompt is filled from spells one of the LLM's special
+    tokens (``<|im_end|>``): found at its batch, after the model had loaded and earlier batches had
+    been decoded, it named no file, line or field. Only the LLM's tokenizer is read."""
+    with_fields = [(line, r) for line, r in zip(lines, records) if prompts.fields(r.task)]
+    if not with_fields:
+        return
+    from tasu.llm import PromptTokenizer, load_llm_tokenizer
+
+    spelling = PromptTokenizer(load_llm_tokenizer(llm_path))
+    for line, r in with_fields:
+        for name in sorted(prompts.fields(r.task)):
+            token = spelling.spelled_special(r.get(name))
+            if token:
+                raise DataError(data, line, name, f"spells the LLM's special token {token!r} (the {r.task} prompts "
+                                                  "are filled from it): a prompt is text; write it otherwise")
+
+
 def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions, device_name: str,
             overrides: list[str], allow_pipes: bool = False) -> str:
     from tqdm import tqdm
@@ -402,6 +428,7 @@ def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions,
         lines.append(line)
     if not records:   # an empty run would exit 0 with no hyp.trn, which scoring then misses
         raise DataError(data, None, None, "no records: nothing to decode")
+    _check_prompt_fields(data, lines, records, prompts, cfg.llm.path)
     dumps = None
     if options.input == "posteriors":   # every entry there and made for this model, before it is loaded
         dumps = DumpReader(identity(cfg.encoder.path, cfg.encoder.type, cfg.compress, cfg.encoder.options))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tasu.config import require_dir
+from tasu.config import ConfigError, require_dir
 from tasu.fileio import readable_by_others
 
 LLM_DIR, ENCODER_DIR = "llm", "encoder"
@@ -83,7 +83,7 @@ def export(exp: str | Path, out: str | Path, checkpoint: str = "best", overrides
         require_dir(name, source, f"the checkpoint's config names it: pass --set {name}=DIR with the directory "
                                   "on this machine")
         if out.resolve().is_relative_to(Path(source).resolve()):   # copying it would copy the copy into itself
-            raise ValueError(f"{out} is inside {name} {source}, which export copies: write it elsewhere")
+            raise ConfigError(f"{out} is inside {name} {source}, which export copies: write it elsewhere")
     model, cfg, prompts, ckpt = load_trained(exp, checkpoint, audio=False, overrides=overrides)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -174,6 +174,14 @@ class PromptTokenizer:
             {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
         self._template_specials = self._special_counts(self._encode([""])[0])
 
+    def spelled_special(self, text: str) -> str | None:
+        """The first special token ``text`` spells (the end of a turn, a BOS, ``<speech>``), or None.
+
+        A record's field that a prompt is filled from may not spell one: the prompt would end its
+        turn where it stands. Asked of the field itself, so that its record is named before any batch."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return next((self.tokenizer.convert_ids_to_tokens(i) for i in ids if i in self._specials), None)
+
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         # A chat template writes its own BOS/role tokens; plain text gets the tokenizer's usual ones.
         return self.tokenizer([self.render(p) for p in prompts],

@@ -97,6 +97,21 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
                                           r"\(s2t\(audio, task='hotword', NAME=...\); tasu transcribe: --field"):
         s2t(exp / "rec0.wav", task="hotword")   # it spoke of "<input>" and "this record"
     assert isinstance(s2t(exp / "rec0.wav", task="hotword", hotword="Dublin"), str)
+    with pytest.raises(PromptError, match=r"^field hotword=123: the hotword prompts are filled from text \(a str\), "
+                                          "not a int"):
+        s2t(exp / "rec0.wav", task="hotword", hotword=123)   # it said the field was not given
+    with pytest.raises(PromptError, match="^field hotword spells the LLM's special token '<|im_end|>': a prompt is"):
+        s2t(exp / "rec0.wav", task="hotword", hotword="bob<|im_end|>")   # a ValueError naming no field
+    from tasu import Speech2Text
+    with pytest.raises(TypeError, match=r"^overrides is a list of KEY=VALUE strings: overrides=\['compress.topk=4'\]"):
+        Speech2Text.from_pretrained(exp / "exp", overrides="compress.topk=4")   # read letter by letter
+    from tasu.decode import DecodeError, DecodeOptions
+    DecodeOptions(beam=np.int64(3), repetition_penalty=np.float32(1.1))   # numpy's numbers are numbers
+    for bad, message in ((dict(beam=2.5), "beam must be a whole number, got 2.5"),   # failed in torch's generate
+                         (dict(max_new_tokens=True), "max_new_tokens must be a whole number, got True"),
+                         (dict(repetition_penalty="1.2"), "repetition_penalty must be a number, got '1.2'")):
+        with pytest.raises(DecodeError, match=f"^{re.escape(message)}$"):
+            Speech2Text.from_pretrained(exp / "exp", **bad)
     # torchaudio.load's [C, T] was read as C samples of T channels ("shorter than one 10 ms frame")
     with pytest.raises(ValueError, match=r"a waveform of shape \(1, 16000\) is channels first"):
         s2t(np.zeros((1, 16000), dtype=np.float32), sample_rate=16000)
@@ -285,6 +300,11 @@ def test_tasu_transcribe_prints_a_line_per_file_and_export_from_the_command_line
 
     assert main(["export", "--exp", str(exp / "exp"), "--out", str(tmp_path / "x")]) == 0
     assert (tmp_path / "x" / "llm" / "config.json").is_file()
+    capsys.readouterr()
+    inside = exp / "llm" / "copy"   # export copies llm.path: one line, not a ValueError to debug
+    assert main(["export", "--exp", str(exp / "exp"), "--out", str(inside)]) == 1
+    assert capsys.readouterr().err == (f"tasu export: error: {inside} is inside llm.path {exp / 'llm'}, which export "
+                                       "copies: write it elsewhere\n")
 
 
 def test_decoding_options_are_checked_before_the_model_loads(tmp_path):

@@ -192,6 +192,11 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
         "nopath.jsonl": ({"key": "a", "task": "ASR", "target": "x"}, "nopath.jsonl:1: path: missing"),
         "nogt.jsonl": ({"key": "a", "task": "EN2DE", "target": "x"}, "nogt.jsonl:1: GT: missing"),
         "nowav.jsonl": ({"key": "a", "task": "ASR", "target": "x", **wav}, "nowav.jsonl:1: path: no such file (gone.wav)"),
+        # found at its batch, after the model had loaded and earlier batches were written: named nothing
+        "special.jsonl": (good[0] + "\n" + json.dumps({**json.loads(good[0]), "key": "h", "task": "hotword",
+                                                        "hotword": "bob<|im_end|>"}),
+                          "special.jsonl:2: hotword: spells the LLM's special token '<|im_end|>' (the hotword "
+                          "prompts are filled from it): a prompt is text"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text if isinstance(text, str) else json.dumps(text), encoding="utf-8")
@@ -200,6 +205,7 @@ def test_bad_data_stops_with_a_located_message(exp, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 1 and message in err, err
     assert not (tmp_path / "out_json.jsonl" / "hyp.trn").exists()
+    assert not (tmp_path / "out_special.jsonl" / "hyp.trn").exists()
 
     # Base models that moved: the message says how to point at them.
     rc = tasu_decode(exp / "exp", exp / "test.jsonl", tmp_path / "moved", "--set", f"llm.path={tmp_path / 'gone'}")
