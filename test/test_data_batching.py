@@ -185,8 +185,50 @@ def test_weights_repeat_or_subsample_a_source_each_epoch(tmp_path):
         b_keys = [k for k in counts if k.startswith("b")]
         assert len(b_keys) == 250 and all(counts[k] == 1 for k in b_keys)
     assert {k for k in epochs[0] if k[0] == "b"} != {k for k in epochs[1] if k[0] == "b"}
-    with pytest.raises(ValueError, match="weight must be a number > 0"):
-        StreamingBatches([Source(a, 0.0)], length, max_tokens=60)
+    for weight in (0.0, float("nan"), 1e12):   # 1e12: a MemoryError of 50.9 TiB, naming no setting
+        with pytest.raises(ValueError, match=r"weight must be a number > 0 and at most 10000 \(copies of the file"):
+            StreamingBatches([Source(a, weight)], length, max_tokens=60)
+
+
+def test_the_passes_of_a_weight_are_where_they_were_and_found_in_linear_time():
+    """Each pass's start was the sum of the spans before it: quadratic in the weight (32 s before the first
+    batch at 100000), now p / weight, the same floats (the stream order of earlier runs, which resume)."""
+    from tasu.data.batching import _passes
+
+    for weight in (0.4, 1.0, 1.05, 2.0, 2.5, 7.3, 33.3, 517.9):
+        whole, part = divmod(weight, 1.0)
+        spans = [1.0] * int(whole) + ([part] if part else [])
+        assert _passes(weight) == [(sum(spans[:p]) / weight, span / weight) for p, span in enumerate(spans)]
+    assert len(_passes(10_000.5)) == 10_001
+
+
+SHARDS = """
+import resource, sys
+from tasu.data.batching import Source, StreamingBatches
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), int(sys.argv[4])))
+files = [Source(f"{sys.argv[1]}/s{i:04d}.jsonl") for i in range(1100)]
+keys = [r.key for b in StreamingBatches(files, lambda r: 2, max_tokens=400, order=sys.argv[2], seed=1) for r in b.records]
+assert sorted(keys) == sorted(f"s{i}-{j}" for i in range(1100) for j in range(3)), len(keys)
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("order", ["shuffle", "stream"])
+def test_a_corpus_of_a_thousand_shard_files_is_read_under_the_usual_open_file_limit(tmp_path, order):
+    """Both orders hold every source's file open at once: 1100 shards went past the soft limit of 1024,
+    "Too many open files" naming one shard. The soft limit is raised; past the hard one, one line says so."""
+    import subprocess
+    import sys
+
+    for i in range(1100):
+        (tmp_path / f"s{i:04d}.jsonl").write_text("".join(
+            json.dumps({"key": f"s{i}-{j}", "task": "ASR", "target": "a b"}) + "\n" for j in range(3)))
+    run = [sys.executable, "-c", SHARDS, str(tmp_path), order]
+    out = subprocess.run(run + ["1024", "4096"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "1356\n", out.stderr[-2000:]
+    out = subprocess.run(run + ["512", "1024"], capture_output=True, text=True, timeout=120)
+    assert "OSError: [Errno 24] 1100 data files are read at once, and this system lets a process open 1024 files " \
+           "(ulimit -Hn): merge shard files into fewer sources, or ask for a higher limit" in out.stderr, out.stderr
 
 
 def test_a_fraction_of_a_record_is_given_with_its_probability(tmp_path):

@@ -51,11 +51,11 @@ no audio is read and nothing is simulated for them).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import itertools
 import logging
-import math
 import random
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -70,6 +70,7 @@ from tasu.data.records import DataError, Record, iter_records, parse_record, wit
 Order = Literal["shuffle", "stream", "sequential"]
 _CHUNK = 1 << 16   # records of the epoch's order turned into Python ints at a time
 _LOST_AFTER = 1000   # a source's first records all outside the length limits: said then, not at the epoch's end
+MAX_WEIGHT = 10_000   # a source's copies an epoch: more is a slip of the keyboard (each copy is an index entry)
 
 log = logging.getLogger("tasu.data")
 
@@ -82,8 +83,9 @@ class Source:
     weight: float = 1.0
 
     def check(self) -> None:
-        if not (self.weight > 0 and math.isfinite(self.weight)):
-            raise ValueError(f"{self.path}: weight must be a number > 0, got {self.weight}")
+        if not 0 < self.weight <= MAX_WEIGHT:   # NaN fails it too; 1e12 was a MemoryError of 50.9 TiB
+            raise ValueError(f"{self.path}: weight must be a number > 0 and at most {MAX_WEIGHT} (copies of the "
+                             f"file an epoch), got {self.weight}")
 
 
 @dataclass
@@ -169,6 +171,7 @@ class StreamingBatches(IterableDataset):
 
     def _records(self, epoch: int, files: ExitStack) -> Iterator[tuple[int, Record]]:
         """This rank's records of the epoch, in the epoch's order, each with its source's number."""
+        _allow_open_files(len(self.sources))
         for source in self.sources:
             try:
                 open(source.path, "rb").close()
@@ -340,12 +343,33 @@ def _interleaved(sources: list[Source], read_kwargs: dict,
             yield i, record
 
 
+def _allow_open_files(sources: int) -> None:
+    """Let this process hold a file open for each of ``sources`` at once, and its own besides.
+
+    A "stream" epoch keeps each source's file open while it reads it, and the even spread has them
+    all open by a third of the epoch; a "shuffle" epoch opens them all. A corpus split into a thousand
+    shard files (as the module doc advises for a huge one) went past the usual soft limit of 1024:
+    "Too many open files" named one shard as if it were at fault. The soft limit is raised as far as
+    the hard one, which only the system's administrator can raise."""
+    import resource
+
+    want = sources + 256   # libraries, DataLoader pipes, sockets, the checkpoint being written
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < want:
+        raise OSError(errno.EMFILE, f"{sources} data files are read at once, and this system lets a process "
+                                    f"open {hard} files (ulimit -Hn): merge shard files into fewer sources, or "
+                                    "ask for a higher limit")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _passes(weight: float) -> list[tuple[float, float]]:
     """Where each pass over a source of ``weight`` falls in a stream-order epoch: ``(start, span)``
     fractions of the epoch, one a whole pass, then one for the fractional part (its span in proportion)."""
     whole, part = divmod(weight, 1.0)
     spans = [1.0] * int(whole) + ([part] if part else [])
-    return [(sum(spans[:p]) / weight, span / weight) for p, span in enumerate(spans)]
+    return [(p / weight, span / weight) for p, span in enumerate(spans)]   # p passes of 1.0 before pass p
 
 
 def _count_records(path: str) -> int:

@@ -11,10 +11,12 @@ steps. Only the trainable weights (projector, LoRA) are in the optimizer and in 
 
 Exact resume: the data order is a function of (seed, epoch) and the checkpoint stores the batches
 consumed; every step reseeds torch and the simulator from (seed, step, rank). So a run killed with
-SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's losses step for step
-(bit for bit from an unvalidated checkpoint; from one written after a validation pass, measured to
-differ in the last float digit at first, for a cause not yet found, a difference that grows: 4.2468
-against 4.2458 valid loss 1000 steps on, enough to reorder near-tied best checkpoints).
+SIGKILL and resumed from its last checkpoint repeats the uninterrupted run's losses step for step:
+the same batches in the same order, and bit for bit from some checkpoints. From others, validated
+or not, the first resumed step's update differs in the last float digit (measured on CPU: weights,
+optimizer moments, learning rate and step count equal before it; 6e-8 to 1.2e-7 apart 20 steps
+on), for a cause not yet found, a difference that grows: 4.2468 against 4.2458 valid loss 1000 steps
+on, enough to reorder near-tied best checkpoints.
 That holds for the run that wrote the checkpoint only: ``--resume`` first compares its data files (by
 content), prompt set and settings with the checkpoint's, and stops on a difference (``tasu.train.same_run``).
 
