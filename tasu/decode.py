@@ -386,21 +386,15 @@ def run_decode(exp: str, data: str, out: str, checkpoint: str = "best", input_ki
 
 def _check_prompt_fields(data: str, lines: Sequence[int], records: Sequence[Record], prompts: PromptSet,
                          llm_path: str) -> None:
-    """Refuse, at its line, a record whose field a prompt is filled from spells one of the LLM's special
-    tokens (``<|im_end|>``): found at its batch, after the model had loaded and earlier batches had
-    been decoded, it named no file, line or field. Only the LLM's tokenizer is read."""
-    with_fields = [(line, r) for line, r in zip(lines, records) if prompts.fields(r.task)]
-    if not with_fields:
-        return
-    from tasu.llm import PromptTokenizer, load_llm_tokenizer
+    """Refuse, at its line, a record whose prompt field spells one of the LLM's special tokens
+    (``tasu.llm.FieldSpelling``); only the LLM's tokenizer is read."""
+    from tasu.llm import FieldSpelling
 
-    spelling = PromptTokenizer(load_llm_tokenizer(llm_path))
-    for line, r in with_fields:
-        for name in sorted(prompts.fields(r.task)):
-            token = spelling.spelled_special(r.get(name))
-            if token:
-                raise DataError(data, line, name, f"spells the LLM's special token {token!r} (the {r.task} prompts "
-                                                  "are filled from it): a prompt is text; write it otherwise")
+    spelling = FieldSpelling(llm_path, prompts)
+    for line, r in zip(lines, records):
+        problem = spelling.problem(r)
+        if problem:
+            raise DataError(data, line, *problem)
 
 
 def _decode(exp: Path, data: str, out: Path, which: str, options: DecodeOptions, device_name: str,

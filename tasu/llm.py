@@ -23,7 +23,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
-from tasu.data.prompts import SPEECH_TOKEN
+from tasu.data.prompts import SPEECH_TOKEN, PromptSet
 from tasu.weights import ModelFilesError, from_pretrained
 
 if TYPE_CHECKING:   # the config's own section: one description of the adapters, for configs and code alike
@@ -221,3 +221,24 @@ class PromptTokenizer:
             target_ids = [ids + [tok.eos_token_id] for ids in
                           tok(list(targets), add_special_tokens=False, split_special_tokens=True)["input_ids"]]
         return TextBatch.from_lists(prompt_ids, speech_at, target_ids, tok.pad_token_id)
+
+
+class FieldSpelling:
+    """Which field of a record, if any, that its task's prompts are filled from spells one of the LLM's
+    special tokens: decoding and training refuse such a record at its line, before any batch (found at
+    its batch, it named no file, line or field, after the model had loaded). The tokenizer is loaded
+    at the first record whose task takes fields: most data has none."""
+
+    def __init__(self, llm_path: str | Path, prompts: PromptSet):
+        self.llm_path, self.prompts = llm_path, prompts
+        self._tokenizer: PromptTokenizer | None = None
+
+    def problem(self, record) -> tuple[str, str] | None:
+        """``(field, message)`` for a record one of whose prompt fields spells a special token."""
+        for name in sorted(self.prompts.fields(record.task)):
+            self._tokenizer = self._tokenizer or PromptTokenizer(load_llm_tokenizer(self.llm_path))
+            token = self._tokenizer.spelled_special(record.get(name))
+            if token:
+                return name, (f"spells the LLM's special token {token!r} (the {record.task} prompts are filled "
+                              "from it): a prompt is text; write it otherwise")
+        return None

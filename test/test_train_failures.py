@@ -114,6 +114,7 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path, tasu):
         "zero": data_file(tmp_path, "zero.jsonl", record("a", path=str(tmp_path / "zero.wav"))),
         "ark": data_file(tmp_path, "ark.jsonl", record("a", path=past_end)),
         "pipe": data_file(tmp_path, "pipe.jsonl", record("a", path=f"touch {marker}; cat {wav} |")),
+        "special": data_file(tmp_path, "special.jsonl", good[0], record("h", task="hotword", hotword="b<|im_end|>")),
     }
 
     def case(name: str, *overrides: str) -> list[str]:
@@ -142,6 +143,8 @@ def test_bad_inputs_stop_with_one_line_before_step_one(setup, tmp_path, tasu):
         "pipe": (case("pipe", audio, f"data.train=[{files['pipe']}]"),
                  f"{files['pipe']}:1: path: 'touch {marker}; cat {wav} |' is a shell command"),
         "tokenizer": (case("tokenizer", f"llm.path={setup}/llm_no_tokenizer"), "the LLM tokenizer is empty"),
+        "special": (case("special", f"data.train=[{files['special']}]"),   # at its batch, naming a key only
+                    f"{files['special']}:2: hotword: spells the LLM's special token '<|im_end|>' (the hotword prompts"),
     }
     results = [tasu(["train", *argv]) for argv, _ in cases.values()]
     assert len(results) == len(cases)

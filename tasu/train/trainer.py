@@ -55,6 +55,7 @@ from tasu.dump import check_records as check_dump_records
 from tasu.encoders.base import ShortWaveformError
 from tasu.errors import describe_error
 from tasu.fileio import file_sha256, write_atomic
+from tasu.llm import FieldSpelling
 from tasu.lock import DirLock, holder
 from tasu.model_io import (MODEL_DIR, CheckpointError, build_model, check_fits, check_model_dirs, check_vocab,
                            checkpoint_name, dump_config, encoder_tokenizer, last_checkpoint, load_trainable,
@@ -299,7 +300,7 @@ class Trainer:
         # What every checkpoint records as the run's prompts: the file as the run read it, not as an
         # edit made while it runs would leave it.
         self.prompts_text = Path(prompts.source).read_text(encoding="utf-8")
-        counts = check_training_records(cfg.data, prompts, allow_pipes)
+        counts = check_training_records(cfg.data, prompts, allow_pipes, FieldSpelling(cfg.llm.path, prompts))
 
         self.rank, self.world, local_rank = _init_distributed(cfg.engine.device, self.env_set)
         self.device = resolve_device(cfg.engine.device, local_rank)
@@ -893,14 +894,16 @@ def _data_files(d) -> list[str]:
     return [str(getattr(source, "path", source)) for source in (*d.train, *d.valid)]
 
 
-def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False) -> dict[str, int]:
+def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False,
+                           spelling: FieldSpelling | None = None) -> dict[str, int]:
     """Read every training and validation record once with the strict reader; the counts.
 
     Bad data stops the run here, at step 0, as ``FILE:LINE: FIELD: message`` (one JSON parse a
     record: seconds for a million). Text and mixed runs need each record's transcript, audio and
     mixed runs its ``path``, which may not be a shell command unless ``allow_pipes`` (posteriors runs
-    read dump entries instead: checked with the dumps, see ``_check_dumps``). No file, or
-    no record, is an error too: a run on nothing would write an untrained checkpoint.
+    read dump entries instead: checked with the dumps, see ``_check_dumps``); given ``spelling``, no
+    prompt field may spell one of the LLM's special tokens. No file, or no record, is an error too: a
+    run on nothing would write an untrained checkpoint.
     """
     if not d.train:
         raise TrainingError("data.train lists no files: there is nothing to train on")
@@ -916,6 +919,9 @@ def check_training_records(d, prompts: PromptSet, allow_pipes: bool = False) -> 
                     raise DataError(path, line, "path", f"missing: {d.mode}-mode training reads every record's audio")
                 if d.mode in ("audio", "mixed") and is_command(record.path) and not allow_pipes:
                     raise DataError(path, line, "path", command_refused(record.path))
+                problem = spelling.problem(record) if spelling is not None else None
+                if problem:
+                    raise DataError(path, line, *problem)
                 counts[role] += 1
             if counts[role] == before:   # each file: an empty one beside others is a stage that made nothing
                 raise TrainingError(f"data.{role}: {path} holds no records: a file listed to "
