@@ -12,7 +12,7 @@ from tasu.device import DeviceError, distributed_backend, resolve_device
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(tmp_path, body, *args):
+def run_script(tmp_path, body, *args, timeout=None):
     """Run a bash script that declares options, sources parse_options.sh, then runs ``body``."""
     script = tmp_path / "prog.sh"
     script.write_text(
@@ -21,7 +21,7 @@ def run_script(tmp_path, body, *args):
         "extra_opts=()\n"   # an empty array before the options: "unbound variable" under set -u
         'help_message="Usage: prog.sh [--stage N] [--use_lora true|false]"\n'
         f". {ROOT}/utils/parse_options.sh\n{body}\n")
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_options_set_declared_variables_with_dashes_or_underscores(tmp_path):
@@ -104,6 +104,24 @@ def test_config_file_is_sourced_in_order(tmp_path):
     out = run_script(tmp_path, "echo ran", "--config", str(tmp_path / "train.yaml"))
     assert out.returncode == 1 and out.stdout == "" and "--config takes a shell file of name=value lines, not " \
         f"the YAML '{tmp_path / 'train.yaml'}'" in out.stderr
+
+
+def test_config_file_values_get_the_command_line_s_checks(tmp_path):
+    """A --config file's 'use_lora=True' ran 'True' as a command at each test of it (the stage it guards
+    skipped, exit 0), and 'yes' ran yes forever: its values are checked as the command line's are."""
+    conf = tmp_path / "opts.sh"
+    for text, error in (("use_lora=True\n", "option 'use_lora' takes true or false, not 'True'"),
+                        ("stage=2\nuse_lora=yes\n", "option 'use_lora' takes true or false, not 'yes'"),
+                        ("stage=x\n", "option 'stage' takes a whole number, not 'x'"),
+                        ("stop_stage=\n", "option 'stop_stage' takes a whole number, not ''")):
+        conf.write_text(text)
+        out = run_script(tmp_path, "echo ran", "--config", str(conf), timeout=30)
+        assert (out.returncode, out.stdout) == (1, ""), text
+        assert out.stderr.splitlines() == [f"prog.sh: --config {conf}: {error}"], text
+    # a value the command line gives later still wins over the file's (checked at the file, not after)
+    conf.write_text("use_lora=true\nstage=3\nencoder_path=x\n")
+    out = run_script(tmp_path, 'echo "$stage $use_lora $encoder_path"', "--config", str(conf), "--stage", "4")
+    assert (out.returncode, out.stdout) == (0, "4 true x\n"), out.stderr
 
 
 def test_help_prints_the_help_message(tmp_path):

@@ -7,7 +7,8 @@
 #   a variable declared as true/false accepts only true or false, one declared as a whole number
 #   only a whole number (so --stage x stops here, not in a test deep inside the script);
 #   option names are lower case (--PATH would replace the environment's);
-#   --config FILE sources FILE (shell assignments, never a .yaml) at that point of the command line;
+#   --config FILE sources FILE (shell assignments, never a .yaml) at that point of the command line,
+#   and its true/false and whole-number options get the checks above;
 #   --help / -h prints $help_message and exits 0;
 #   a variable the script sets beforehand for its own use is named with a leading _ (not an option).
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
@@ -38,6 +39,16 @@ while [ $# -gt 0 ]; do
       esac
       # shellcheck disable=SC1090
       . "$2"
+      # its values get the command line's checks: a bool 'True' or 'yes' ran as a command at each test of it
+      for _po_name in $(printf '%s\n' "${!_po_kind[@]}" | sort); do
+        _po_value=${!_po_name-}
+        if [ "${_po_kind[${_po_name}]}" = bool ] && [ "${_po_value}" != true ] && [ "${_po_value}" != false ]; then
+          echo "${_po_prog}: --config $2: option '${_po_name}' takes true or false, not '${_po_value}'" >&2; exit 1
+        fi
+        if [ "${_po_kind[${_po_name}]}" = int ] && ! [[ "${_po_value}" =~ ^-?[0-9]+$ ]]; then
+          echo "${_po_prog}: --config $2: option '${_po_name}' takes a whole number, not '${_po_value}'" >&2; exit 1
+        fi
+      done
       shift 2 ;;
     --*=*)
       echo "${_po_prog}: write options as '--name value', not '$1'" >&2; exit 1 ;;
@@ -62,5 +73,5 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-unset _po_prog _po_name _po_kind
+unset _po_prog _po_name _po_kind _po_value
 true
