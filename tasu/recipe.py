@@ -10,6 +10,7 @@
     python -m tasu.recipe encoder-env conf/train_audio_sft.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
+    python -m tasu.recipe check-finished exp/x best                   # or why stage 5 must not decode it
     srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...
 
 Stage 5 decodes every test set and task of a run with one set of jobs (one model load per job,
@@ -297,6 +298,27 @@ def check_resume(exp: str | Path, world: int) -> None:
                           f"{world}: resume with the same --num_nodes and --ngpu, or train into a new experiment")
 
 
+def unfinished_training(exp: str | Path, which: str) -> str:
+    """Why stage 5 must not decode checkpoint ``which`` (best, last or step_N) of ``exp``; "" when it may.
+
+    ``best`` and ``last`` stand for the model a training ended with: of a run stopped half-way (killed, out
+    of time) they are a half-trained model, which stages 5-7 decoded, scored and tabulated as the
+    experiment's, exit 0 (``train.init_from`` refuses such a run for the same reason). A ``step_N`` is
+    named on purpose, and decoded as it is. No checkpoint at all is ``tasu decode``'s to say.
+    """
+    if which not in ("best", "last"):
+        return ""
+    from tasu.model_io import last_checkpoint
+    from tasu.train.checkpoint import training_finished
+
+    root = Path(exp) / "checkpoints"
+    last = last_checkpoint(root)
+    if last is None or training_finished(root, last):
+        return ""
+    return f"{exp}: its training has not finished (its last checkpoint is {last.name}), so --inference_checkpoint " \
+           f"{which} would decode a half-trained model"
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a Slurm hostlist: ``gpu[07-09,02],cpu1`` -> ``gpu07``, ``r[1-2]-n[5,8]`` -> ``r1-n5``."""
     depth = 0
@@ -373,6 +395,10 @@ def get_parser() -> argparse.ArgumentParser:
                                             "number of processes than WORLD")
     p.add_argument("exp")
     p.add_argument("world", type=int)
+    p = sub.add_parser("check-finished", help="exit status 1, saying why, when stage 5 must not decode checkpoint "
+                                              "WHICH of EXP: best or last of a training that has not finished")
+    p.add_argument("exp")
+    p.add_argument("which", help="best, last or step_N")
     p = sub.add_parser("slurm-exec", help="run COMMAND with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
                                           "MASTER_PORT set from this srun task's Slurm variables")
     p.add_argument("--master-port", type=int, required=True)
@@ -403,6 +429,11 @@ def _run(args: argparse.Namespace) -> int:
         print(encoder_environment(args.config, args.overrides))
     elif args.command == "json-list":
         print(json.dumps(args.items, separators=(",", ":")))
+    elif args.command == "check-finished":
+        problem = unfinished_training(args.exp, args.which)
+        if problem:   # the stage script shows it as its own error, with what to do
+            print(problem, file=sys.stderr)
+            return 1
     elif args.command in ("check-launch", "check-resume", "slurm-exec"):
         try:
             return _launch_command(args)

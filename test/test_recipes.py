@@ -561,6 +561,34 @@ def test_configs_and_their_options_are_checked_before_the_first_stage_runs(tmp_p
         assert not (recipe / "exp").exists() and not (recipe / "PWNED").exists()
 
 
+def test_stage_5_decodes_best_or_last_only_of_a_training_that_has_finished(tmp_path):
+    """A training killed half-way left checkpoints/last, and stage 5 decoded its half-trained model,
+    stages 6-7 scored and tabulated it, exit 0. best and last stand for the model a training ended with:
+    of an unfinished one they are refused before any decoding; a step_N named on purpose is decoded."""
+    recipe = copy_recipe("librispeech", tmp_path)
+    ckpts = recipe / "exp" / "tasu_train_text" / "checkpoints"
+    for step in ("step_000003", "step_000006"):
+        (ckpts / step / "model").mkdir(parents=True)
+    (ckpts / "last").write_text("step_000006\n")
+    (ckpts / "finished").write_text("step_000003\n")   # resumed for more steps, then killed
+    for checkpoint in ("best", "last"):
+        out = sh(recipe, "./run.sh", "--stage", "5", "--inference_checkpoint", checkpoint, ok=False)
+        errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
+        assert out.returncode == 1 and len(errors) == 1, out.stderr
+        assert errors[0].endswith(
+            f"ERROR: exp/tasu_train_text: its training has not finished (its last checkpoint is step_000006), so "
+            f"--inference_checkpoint {checkpoint} would decode a half-trained model: run stage 3 again to finish it "
+            "(it resumes), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"), errors
+        assert not list((recipe / "exp" / "tasu_train_text").glob("decode_*")) and not (recipe / "dump").exists()
+    # a step named on purpose, or a finished training: on to the decoding (here, its missing JSONL)
+    on = "dump/dev_clean/ASR.jsonl does not exist: run stage 2 first (stage 5 reads it)"
+    out = sh(recipe, "./run.sh", "--stage", "5", "--inference_checkpoint", "step_3", ok=False)
+    assert out.returncode == 1 and on in out.stderr and "not finished" not in out.stderr, out.stderr
+    (ckpts / "finished").write_text("step_000006\n")
+    out = sh(recipe, "./run.sh", "--stage", "5", ok=False)
+    assert out.returncode == 1 and on in out.stderr and "not finished" not in out.stderr, out.stderr
+
+
 DECODE_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if p.name.startswith("decode_"))
 
 

@@ -166,7 +166,8 @@ Options (default in parentheses):
   --train_audio_args <kv>     more key=value overrides for stage 4 ('${train_audio_args}')
   # Decoding and scoring
   --decode_config <yaml>      tasu decode options as YAML, key = option name ('${decode_config}')
-  --inference_checkpoint <c>  checkpoint to decode: best, last or step_N (${inference_checkpoint})
+  --inference_checkpoint <c>  checkpoint to decode: best, last or step_N; best and last only of a
+                              training that has finished (${inference_checkpoint})
   --decode_args <opts>        more tasu decode options ('${decode_args}')
 EOF
 )
@@ -672,8 +673,14 @@ if runs 5; then
   [ -n "${llm_path}" ] && model_opts+=(--set llm.path="${llm_path}")
   if [ "${ngpu}" -eq 0 ]; then decode_device=cpu; else decode_device=${device}; fi
   decode_gpus=$([ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ] && echo 1 || echo 0)
-  for exp in "${decode_exps[@]}"; do
+  for exp in "${decode_exps[@]}"; do   # every model ready before the first is decoded
     [ -e "${exp}/checkpoints/last" ] || die "${exp} has no checkpoint: run its training stage first"
+    # best and last of a training stopped half-way would be scored as the experiment's: finish it first
+    problem=$(python3 -m tasu.recipe check-finished "${exp}" "${inference_checkpoint}" 2>&1) || \
+      die "${problem}: run stage $([ "${exp}" = "${text_exp}" ] && echo 3 || echo 4) again to finish it (it" \
+        "resumes), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"
+  done
+  for exp in "${decode_exps[@]}"; do
     write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
     # Every test set and task is decoded by one set of jobs (one model load, batches across tasks):
     # their records go into one file with keys <set>-<task>-<key>, split back into <set>/<task>/ after.
