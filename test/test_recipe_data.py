@@ -464,6 +464,9 @@ def append_row(tsv: Path, row: str) -> None:
      "('test/spk0/take01.wav', another path with the same id)"),
     (lambda c: (c / "train.tsv").write_text("speaker\tpath\nspk0\ttrain/spk0/take01.wav\n"),
      "train.tsv:1: no column text in the header (speaker path)"),
+    # no file name to make an utterance id of: a ValueError's traceback
+    (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\t"), "test.tsv:4: path: '' names no audio file"),
+    (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\t."), "test.tsv:4: path: '.' names no audio file"),
 ])
 def test_template_bad_tables_stop_in_one_line(template, damage, error):
     recipe, env, corpus = template

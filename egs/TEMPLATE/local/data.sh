@@ -57,7 +57,12 @@ wav, text, spk, first = {}, {}, {}, {}  # first: utt -> (line, path)
 missing, empty = 0, 0
 try:
     for line, row in read_tsv(table, {"path", "text"}):
-        utt = re.sub(r"[/\s]+", "-", str(Path(row["path"]).with_suffix("")).strip("/"))
+        try:   # '', '.' or '/' has no file name to make an id of (with_suffix: ValueError)
+            utt = re.sub(r"[/\s]+", "-", str(Path(row["path"]).with_suffix("")).strip("/"))
+        except ValueError:
+            utt = ""
+        if not utt.strip("-"):
+            raise DataError(str(table), line, "path", f"{row['path']!r} names no audio file")
         if utt in first:
             seen, path = first[utt]
             why = "the same recording" if path == row["path"] else f"{path!r}, another path with the same id"
