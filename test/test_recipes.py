@@ -347,6 +347,30 @@ def test_unknown_option_and_missing_model_paths_fail_clearly(tmp_path):
     assert out.returncode == 1 and "--tasks intent/v2:intent: 'intent/v2' is no task name" in out.stderr
 
 
+def test_a_name_with_job_in_it_is_refused_before_any_stage(tmp_path):
+    """The job runner makes every JOB of a job array's command its number: the posterior dump of a set
+    JOBtalk read dump/1talk, decoding exp/tasu_train_JOBS looked for exp/tasu_train_1S. Refused up front,
+    as the directories are, when the run names it (a set, a task, a config name that makes an experiment's)."""
+    recipe = copy_recipe("librispeech", tmp_path)
+    shutil.copy(recipe / "conf" / "train_text.yaml", recipe / "conf" / "train_JOBS.yaml")
+    shutil.copy(recipe / "conf" / "decode_beam4.yaml", recipe / "conf" / "decode_JOB.yaml")
+    job = "the job runner makes every JOB of a job's command its number (as Kaldi's run.pl does)"
+    for options, message in (
+            (("--test_sets", "test_clean JOBtalk"), f"--test_sets test_clean JOBtalk: {job}: set JOBtalk's files"),
+            (("--train_set", "trainJOB"), f"--train_set trainJOB: {job}"),
+            (("--valid_set", "JOB"), f"--valid_set JOB: {job}"),
+            (("--tasks", "ASR SLU_JOB:intent"), f"--tasks SLU_JOB:intent: {job}"),
+            (("--train_text_config", "conf/train_JOBS.yaml"), "experiment exp/tasu_train_JOBS (--text_tag, by default "
+                                                              f"from --train_text_config conf/train_JOBS.yaml): {job}"),
+            (("--text_tag", "a_JOB"), "experiment exp/a_JOB (--text_tag"),
+            (("--audio_sft", "true", "--audio_tag", "JOBS"), "experiment exp/JOBS (--audio_tag"),
+            (("--decode_config", "conf/decode_JOB.yaml"), "decode directory decode_JOB_best (from --decode_config")):
+        out = sh(recipe, "./run.sh", "--stop_stage", "1", *options, ok=False)
+        errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
+        assert out.returncode == 1 and len(errors) == 1 and message in errors[0], (options, out.stderr)
+        assert not (recipe / "data").exists() and not (recipe / "exp").exists()
+
+
 def test_a_task_s_default_metric_follows_its_name():
     """Any name with a 2 in it was scored with BLEU (L2ASR, Speech2Text), and only a *2ZH one with the
     Chinese tokenizer: EN2CN or en2zh got 13a, BLEU 0.00 for a perfect translation. Stage 6 now leaves the

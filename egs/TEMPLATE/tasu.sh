@@ -357,6 +357,30 @@ for spec in ${tasks}; do   # a task names files (dump/<set>/<task>.jsonl, decode
     die "--tasks: ${task} is named twice (${task_specs[${task}]} and ${spec}): its files would be written twice"
   task_specs[${task}]=${spec}
 done
+# Sets, tasks and experiments name files in job arrays' commands too (the posterior dumps, decoding)
+job_word="the job runner makes every JOB of a job's command its number (as Kaldi's run.pl does)"
+for option in train_set valid_set test_sets; do
+  for set in ${!option}; do
+    [[ "${set}" != *JOB* ]] || die "--${option} ${!option}: ${job_word}: set ${set}'s files would be another's;" \
+      "rename it"
+  done
+done
+for task in "${!task_specs[@]}"; do
+  [[ "${task}" != *JOB* ]] || die "--tasks ${task_specs[${task}]}: ${job_word}: its files would be another task's;" \
+    "rename it"
+done
+tags=(text_tag:train_text_config)
+${audio_sft} && tags+=(audio_tag:train_audio_config)
+${audio_sft} && ${audio_baseline} && tags+=(baseline_tag:train_audio_config)
+for tag in "${tags[@]}"; do
+  name=${tag%%:*} config=${tag#*:}
+  [[ "${!name}" != *JOB* ]] || die "experiment ${expdir}/${!name} (--${name}, by default from --${config}" \
+    "${!config}): ${job_word}: its jobs would write elsewhere; name it with --${name}"
+done
+if [[ "${inference_tag:-}" == *JOB* ]]; then
+  die "decode directory ${inference_tag} (from --decode_config ${decode_config} and --decode_args): ${job_word}:" \
+    "its jobs would write elsewhere; rename the config"
+fi
 if runs 6; then
   for spec in ${tasks}; do
     case $(task_metric "${spec}") in wer|cer|bleu|acc) ;;
