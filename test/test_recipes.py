@@ -371,6 +371,18 @@ def test_a_name_with_job_in_it_is_refused_before_any_stage(tmp_path):
         assert not (recipe / "data").exists() and not (recipe / "exp").exists()
 
 
+def test_a_test_set_named_twice_is_refused_before_any_stage(tmp_path):
+    """Stage 5 decoded its records twice in one file: its earlier outputs were removed, and the decode
+    failed on a duplicate key in a file tasu wrote, after the stages before it."""
+    recipe = copy_recipe("librispeech", tmp_path)
+    out = sh(recipe, "./run.sh", "--stop_stage", "1", "--test_sets", "test_clean dev_clean test_clean", ok=False)
+    errors = [line for line in out.stderr.splitlines() if "ERROR" in line]
+    assert out.returncode == 1 and len(errors) == 1, out.stderr
+    assert errors[0].endswith("ERROR: --test_sets test_clean dev_clean test_clean: test_clean is named twice; name "
+                              "each set once"), errors
+    assert not (recipe / "data").exists()
+
+
 def test_a_task_s_default_metric_follows_its_name():
     """Any name with a 2 in it was scored with BLEU (L2ASR, Speech2Text), and only a *2ZH one with the
     Chinese tokenizer: EN2CN or en2zh got 13a, BLEU 0.00 for a perfect translation. Stage 6 now leaves the

@@ -365,6 +365,11 @@ for option in train_set valid_set test_sets; do
       "rename it"
   done
 done
+declare -A test_named=()
+for set in ${test_sets}; do   # twice, stage 5 put its records twice into the one file its jobs decode
+  [ -z "${test_named[${set}]:-}" ] || die "--test_sets ${test_sets}: ${set} is named twice; name each set once"
+  test_named[${set}]=1
+done
 for task in "${!task_specs[@]}"; do
   [[ "${task}" != *JOB* ]] || die "--tasks ${task_specs[${task}]}: ${job_word}: its files would be another task's;" \
     "rename it"
