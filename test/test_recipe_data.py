@@ -467,6 +467,9 @@ def append_row(tsv: Path, row: str) -> None:
     # no file name to make an utterance id of: a ValueError's traceback
     (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\t"), "test.tsv:4: path: '' names no audio file"),
     (lambda c: append_row(c / "test.tsv", "spk0\tturn it up\t."), "test.tsv:4: path: '.' names no audio file"),
+    # utt2spk's speaker is one word: the error named data/test/utt2spk, a file data.sh wrote
+    (lambda c: (c / "test.tsv").write_text((c / "test.tsv").read_text().replace("\nspk0\t", "\nJohn Smith\t", 1)),
+     "test.tsv:2: speaker: 'John Smith' is not one word (a speaker id: e.g. 'John_Smith')"),
 ])
 def test_template_bad_tables_stop_in_one_line(template, damage, error):
     recipe, env, corpus = template

@@ -69,6 +69,10 @@ try:
             raise DataError(str(table), line, "path", f"{row['path']!r} gives utterance id {utt!r}, as line "
                                                       f"{seen} did ({why})")
         first[utt] = (line, row["path"])
+        speaker = (row.get("speaker") or "").strip()
+        if len(speaker.split()) > 1:   # utt2spk's speaker is one word: the data dir's check named utt2spk
+            raise DataError(str(table), line, "speaker", f"{speaker!r} is not one word (a speaker id: e.g. "
+                                                         f"{'_'.join(speaker.split())!r})")
         audio = root / row["path"]
         if not audio.is_file():
             missing += 1
@@ -82,7 +86,7 @@ try:
         except DataError as e:
             raise DataError(str(table), line, "path", str(e)) from None
         text[utt] = words
-        spk[utt] = row.get("speaker") or utt
+        spk[utt] = speaker or utt
 except DataError as e:
     sys.exit(f"local/data.sh: {e}")
 if missing:
