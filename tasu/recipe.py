@@ -10,7 +10,7 @@
     python -m tasu.recipe encoder-env conf/train_audio_sft.yaml encoder.path=exp/asr_espnet   # espnet-venv
     python -m tasu.recipe check-launch --num-nodes 2 --ngpu 8 --hostfile hostfile   # or the error
     python -m tasu.recipe check-resume exp/x 16                       # or why it cannot resume
-    python -m tasu.recipe check-finished exp/x best                   # or why stage 5 must not decode it
+    python -m tasu.recipe check-finished best exp/x exp/y             # or why stage 5 must not decode one
     srun ... python -m tasu.recipe slurm-exec --master-port 29617 -- tasu train ...
 
 Stage 5 decodes every test set and task of a run with one set of jobs (one model load per job,
@@ -396,9 +396,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("exp")
     p.add_argument("world", type=int)
     p = sub.add_parser("check-finished", help="exit status 1, saying why, when stage 5 must not decode checkpoint "
-                                              "WHICH of EXP: best or last of a training that has not finished")
-    p.add_argument("exp")
+                                              "WHICH of an EXP: best or last of a training that has not finished")
     p.add_argument("which", help="best, last or step_N")
+    p.add_argument("exps", nargs="+", metavar="exp")
     p = sub.add_parser("slurm-exec", help="run COMMAND with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
                                           "MASTER_PORT set from this srun task's Slurm variables")
     p.add_argument("--master-port", type=int, required=True)
@@ -430,7 +430,7 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "json-list":
         print(json.dumps(args.items, separators=(",", ":")))
     elif args.command == "check-finished":
-        problem = unfinished_training(args.exp, args.which)
+        problem = next(filter(None, (unfinished_training(exp, args.which) for exp in args.exps)), "")
         if problem:   # the stage script shows it as its own error, with what to do
             print(problem, file=sys.stderr)
             return 1

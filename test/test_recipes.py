@@ -613,8 +613,9 @@ def test_stage_5_decodes_best_or_last_only_of_a_training_that_has_finished(tmp_p
         assert out.returncode == 1 and len(errors) == 1, out.stderr
         assert errors[0].endswith(
             f"ERROR: exp/tasu_train_text: its training has not finished (its last checkpoint is step_000006), so "
-            f"--inference_checkpoint {checkpoint} would decode a half-trained model: run stage 3 again to finish it "
-            "(it resumes), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"), errors
+            f"--inference_checkpoint {checkpoint} would decode a half-trained model: run its training stage again to "
+            "finish it (it resumes: stage 3 for exp/tasu_train_text, 4 for the audio ones), or decode one of its "
+            "checkpoints on purpose with --inference_checkpoint step_N"), errors
         assert not list((recipe / "exp" / "tasu_train_text").glob("decode_*")) and not (recipe / "dump").exists()
     # a step named on purpose, or a finished training: on to the decoding (here, its missing JSONL)
     on = "dump/dev_clean/ASR.jsonl does not exist: run stage 2 first (stage 5 reads it)"

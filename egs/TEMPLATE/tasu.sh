@@ -704,11 +704,11 @@ if runs 5; then
   decode_gpus=$([ "${ngpu}" -gt 0 ] && [ "${device}" != cpu ] && echo 1 || echo 0)
   for exp in "${decode_exps[@]}"; do   # every model ready before the first is decoded
     [ -e "${exp}/checkpoints/last" ] || die "${exp} has no checkpoint: run its training stage first"
-    # best and last of a training stopped half-way would be scored as the experiment's: finish it first
-    problem=$(python3 -m tasu.recipe check-finished "${exp}" "${inference_checkpoint}" 2>&1) || \
-      die "${problem}: run stage $([ "${exp}" = "${text_exp}" ] && echo 3 || echo 4) again to finish it (it" \
-        "resumes), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"
   done
+  # best and last of a training stopped half-way would be scored as the experiment's: finish it first
+  problem=$(python3 -m tasu.recipe check-finished "${inference_checkpoint}" "${decode_exps[@]}" 2>&1) || \
+    die "${problem}: run its training stage again to finish it (it resumes: stage 3 for ${text_exp}, 4 for" \
+      "the audio ones), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"
   for exp in "${decode_exps[@]}"; do
     write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
     # Every test set and task is decoded by one set of jobs (one model load, batches across tasks):
