@@ -117,6 +117,9 @@ class DecodeOptions:
                 raise DecodeError(f"{name} must be a whole number, got {value!r}")
         if isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, numbers.Real):
             raise DecodeError(f"repetition_penalty must be a number, got {self.repetition_penalty!r}")
+        for name in ("beam", "batch_size", "max_new_tokens", "no_repeat_ngram_size", "seed"):   # numpy's: as
+            setattr(self, name, int(getattr(self, name)))   # Python's (decode.json is JSON)
+        self.repetition_penalty = float(self.repetition_penalty)
         for name in ("beam", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DecodeError(f"{name} must be at least 1, got {getattr(self, name)}")

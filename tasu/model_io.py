@@ -229,14 +229,20 @@ def trained_vocab(ckpt: Path) -> str | None:
     return _recorded(ckpt, VOCAB_KEY)
 
 
+def recorded_step(ckpt: Path) -> int | None:
+    """The training step a checkpoint's weights record (None: written before they did so)."""
+    recorded = _recorded(ckpt, STEP_KEY)
+    return int(recorded) if recorded is not None and recorded.isdigit() else None
+
+
 def checkpoint_step(ckpt: Path) -> int:
     """The training step of a checkpoint's weights: the one its weights file records, else (written
     before it did so) the one its name says (``step_000400``), else 0. Decoding simulated input reads
     the WER schedule at this step: from the name alone, an export or a copied checkpoint was step 0,
     its simulated input error-free where the checkpoint's had the step's WER."""
-    recorded = _recorded(ckpt, STEP_KEY)
-    if recorded is not None and recorded.isdigit():
-        return int(recorded)
+    recorded = recorded_step(ckpt)
+    if recorded is not None:
+        return recorded
     match = re.fullmatch(r"step_(\d+)", Path(ckpt).name)
     return int(match.group(1)) if match else 0
 

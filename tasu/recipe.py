@@ -304,16 +304,24 @@ def unfinished_training(exp: str | Path, which: str) -> str:
     ``best`` and ``last`` stand for the model a training ended with: of a run stopped half-way (killed, out
     of time) they are a half-trained model, which stages 5-7 decoded, scored and tabulated as the
     experiment's, exit 0 (``train.init_from`` refuses such a run for the same reason). A ``step_N`` is
-    named on purpose, and decoded as it is. No checkpoint at all is ``tasu decode``'s to say.
+    named on purpose, and decoded as it is. No checkpoint at all is ``tasu decode``'s to say. A tasu
+    that records a checkpoint's step in its weights marks a training's end too (``checkpoints/finished``);
+    of an experiment of an older one, which may not have, stage 5 is warned and decodes it.
     """
     if which not in ("best", "last"):
         return ""
-    from tasu.model_io import last_checkpoint
-    from tasu.train.checkpoint import training_finished
+    from tasu.model_io import last_checkpoint, recorded_step
+    from tasu.train.checkpoint import FINISHED, training_finished
 
     root = Path(exp) / "checkpoints"
     last = last_checkpoint(root)
-    if last is None or training_finished(root, last):
+    if last is None:
+        return ""
+    if not (root / FINISHED).is_file() and recorded_step(last) is None:
+        print(f"{exp}: written by an older tasu, which may not have marked the end of its training: decoding "
+              f"its {which} checkpoint as the finished model's", file=sys.stderr)
+        return ""
+    if (root / FINISHED).is_file() and training_finished(root, last):
         return ""
     return f"{exp}: its training has not finished (its last checkpoint is {last.name}), so --inference_checkpoint " \
            f"{which} would decode a half-trained model"

@@ -63,12 +63,16 @@ def _damaged(path: Path, e: Exception) -> ModelFilesError:
 def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first floating-point tensor holding a NaN or an infinity; None if none does.
 
-    A NaN or infinity carries through a sum, and weights never come near float32's range (half
-    precision is summed in float32), so the sum tells: ten times faster than ``isfinite().all()``
-    (0.1 s for a 1.5B-parameter LLM's largest matrix on 2 CPU cores, 1.7 s that way)."""
+    A NaN or infinity carries through a sum, so a finite sum clears a tensor: ten times faster than
+    ``isfinite().all()`` (0.1 s for a 1.5B-parameter LLM's largest matrix on 2 CPU cores, 1.7 s that
+    way). Types of a narrower range than float32 (float16, the 8-bit ones, which torch cannot sum on
+    CPU) are summed in float32; a sum that overflows is looked at value by value."""
     for name, t in named:
-        if t.is_floating_point() and \
-                not bool(torch.isfinite(t.sum(dtype=torch.float32 if t.dtype == torch.float16 else None))):
+        if not t.is_floating_point():
+            continue
+        wide = t.float() if t.element_size() == 1 else t   # (torch cannot sum the 8-bit types on CPU)
+        total = wide.sum(dtype=torch.float32) if wide.dtype == torch.float16 else wide.sum()
+        if not bool(torch.isfinite(total)) and not bool(torch.isfinite(wide).all()):
             return name
     return None
 

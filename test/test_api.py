@@ -1,4 +1,5 @@
 """The Python API (tasu.Speech2Text): files and arrays, n-best, agreement with tasu decode, the README example."""
+import dataclasses
 import json
 import os
 import re
@@ -106,7 +107,9 @@ def test_bad_inputs_are_clear_errors(exp, s2t):
     with pytest.raises(TypeError, match=r"^overrides is a list of KEY=VALUE strings: overrides=\['compress.topk=4'\]"):
         Speech2Text.from_pretrained(exp / "exp", overrides="compress.topk=4")   # read letter by letter
     from tasu.decode import DecodeError, DecodeOptions
-    DecodeOptions(beam=np.int64(3), repetition_penalty=np.float32(1.1))   # numpy's numbers are numbers
+    options = DecodeOptions(beam=np.int64(3), repetition_penalty=np.float32(1.5))   # numpy's numbers are numbers,
+    assert (type(options.beam), type(options.repetition_penalty)) == (int, float)   # kept as Python's (decode.json)
+    assert json.dumps(dataclasses.asdict(options))
     for bad, message in ((dict(beam=2.5), "beam must be a whole number, got 2.5"),   # failed in torch's generate
                          (dict(max_new_tokens=True), "max_new_tokens must be a whole number, got True"),
                          (dict(repetition_penalty="1.2"), "repetition_penalty must be a number, got '1.2'")):

@@ -207,7 +207,8 @@ import resource, sys
 from tasu.data.batching import Source, StreamingBatches
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[3]), int(sys.argv[4])))
 files = [Source(f"{sys.argv[1]}/s{i:04d}.jsonl") for i in range(1100)]
-keys = [r.key for b in StreamingBatches(files, lambda r: 2, max_tokens=400, order=sys.argv[2], seed=1) for r in b.records]
+batches = StreamingBatches(files, lambda r: 2, max_tokens=400, order=sys.argv[2], seed=1)
+keys = [r.key for b in batches for r in b.records]
 assert sorted(keys) == sorted(f"s{i}-{j}" for i in range(1100) for j in range(3)), len(keys)
 print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
@@ -229,6 +230,10 @@ def test_a_corpus_of_a_thousand_shard_files_is_read_under_the_usual_open_file_li
     out = subprocess.run(run + ["512", "1024"], capture_output=True, text=True, timeout=120)
     assert "OSError: [Errno 24] 1100 data files are read at once, and this system lets a process open 1024 files " \
            "(ulimit -Hn): merge shard files into fewer sources, or ask for a higher limit" in out.stderr, out.stderr
+    out = subprocess.run(run + ["1024", "1200"], capture_output=True, text=True, timeout=120)   # up to the hard
+    assert out.returncode == 0 and out.stdout == "1200\n", out.stderr[-2000:]
+    out = subprocess.run(run[:-1] + ["sequential", "512", "512"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "512\n", out.stderr[-2000:]   # one file at a time: as it was
 
 
 def test_a_fraction_of_a_record_is_given_with_its_probability(tmp_path):

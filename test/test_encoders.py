@@ -675,10 +675,15 @@ def test_a_nan_or_infinity_in_the_weights_or_the_cmvn_is_refused_naming_the_file
         write_cmvn(tmp_path / "small" / "am.mvn", cmvn)
         with pytest.raises(ValueError, match=rf"^{tmp_path}/small/am.mvn: the CMVN holds NaN or infinite values"):
             load_encoder(tmp_path / "small")
-    # the sum that tells: half precision sums in float32 (60000 ones overflow float16 alone)
-    assert first_non_finite([("ones", torch.ones(60000, dtype=torch.float16)), ("ids", torch.arange(3))]) is None
+    # the sum that tells: float16 sums in float32 (70000 ones overflow float16), float8 too (no CPU sum);
+    # a finite tensor whose sum overflows is looked at value by value
+    assert torch.ones(70000, dtype=torch.float16).sum().isinf()
+    fine = [("ones", torch.ones(70000, dtype=torch.float16)), ("ids", torch.arange(3)),
+            ("big", torch.full((4,), 3e38)), ("f8", torch.ones(300, dtype=torch.float8_e4m3fn))]
+    assert first_non_finite(fine) is None
     spoilt = torch.tensor([1.0, float("inf")])
     assert first_non_finite([("a", torch.ones(3, dtype=torch.bfloat16)), ("b", spoilt)]) == "b"
+    assert first_non_finite([("f8", torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn))]) == "f8"
 
 
 def _drop(path, keep) -> None:

@@ -601,10 +601,14 @@ def test_stage_5_decodes_best_or_last_only_of_a_training_that_has_finished(tmp_p
     """A training killed half-way left checkpoints/last, and stage 5 decoded its half-trained model,
     stages 6-7 scored and tabulated it, exit 0. best and last stand for the model a training ended with:
     of an unfinished one they are refused before any decoding; a step_N named on purpose is decoded."""
+    import torch
+    from safetensors.torch import save_file
+
     recipe = copy_recipe("librispeech", tmp_path)
     ckpts = recipe / "exp" / "tasu_train_text" / "checkpoints"
-    for step in ("step_000003", "step_000006"):
+    for step in ("step_000003", "step_000006"):   # weights that record their step: a tasu that marks the end
         (ckpts / step / "model").mkdir(parents=True)
+        save_file({"w": torch.zeros(1)}, ckpts / step / "model" / "trainable.safetensors", metadata={"step": step[5:]})
     (ckpts / "last").write_text("step_000006\n")
     (ckpts / "finished").write_text("step_000003\n")   # resumed for more steps, then killed
     for checkpoint in ("best", "last"):
@@ -624,6 +628,14 @@ def test_stage_5_decodes_best_or_last_only_of_a_training_that_has_finished(tmp_p
     (ckpts / "finished").write_text("step_000006\n")
     out = sh(recipe, "./run.sh", "--stage", "5", ok=False)
     assert out.returncode == 1 and on in out.stderr and "not finished" not in out.stderr, out.stderr
+    # an older tasu's experiment, which may not have marked its end: decoded, with a warning
+    (ckpts / "finished").unlink()
+    for step in ("step_000003", "step_000006"):
+        (ckpts / step / "model" / "trainable.safetensors").unlink()
+    out = sh(recipe, "./run.sh", "--stage", "5", ok=False)
+    assert out.returncode == 1 and on in out.stderr and "not finished" not in out.stderr, out.stderr
+    assert "WARNING: exp/tasu_train_text: written by an older tasu, which may not have marked the end of its " \
+           "training: decoding its best checkpoint as the finished model's" in out.stderr, out.stderr
 
 
 DECODE_CONFIGS = sorted(p for p in EGS.glob("*/conf/**/*.yaml") if p.name.startswith("decode_"))

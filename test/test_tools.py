@@ -113,7 +113,8 @@ def test_config_file_values_get_the_command_line_s_checks(tmp_path):
     for text, error in (("use_lora=True\n", "option 'use_lora' takes true or false, not 'True'"),
                         ("stage=2\nuse_lora=yes\n", "option 'use_lora' takes true or false, not 'yes'"),
                         ("stage=x\n", "option 'stage' takes a whole number, not 'x'"),
-                        ("stop_stage=\n", "option 'stop_stage' takes a whole number, not ''")):
+                        ("stop_stage=\n", "option 'stop_stage' takes a whole number, not ''"),
+                        ("stgae=3\n", "'stgae' is no option of prog.sh (see --help)")):   # as --stgae 3 is
         conf.write_text(text)
         out = run_script(tmp_path, "echo ran", "--config", str(conf), timeout=30)
         assert (out.returncode, out.stdout) == (1, ""), text

@@ -8,7 +8,7 @@
 #   only a whole number (so --stage x stops here, not in a test deep inside the script);
 #   option names are lower case (--PATH would replace the environment's);
 #   --config FILE sources FILE (shell assignments, never a .yaml) at that point of the command line,
-#   and its true/false and whole-number options get the checks above;
+#   and its names and its true/false and whole-number values get the checks above;
 #   --help / -h prints $help_message and exits 0;
 #   a variable the script sets beforehand for its own use is named with a leading _ (not an option).
 # Parsing stops at the first argument that does not start with "--"; those remain in "$@".
@@ -37,8 +37,14 @@ while [ $# -gt 0 ]; do
         echo "${_po_prog}: --config takes a shell file of name=value lines, not the YAML '$2' (training and" \
           "decoding configs have options of their own: see --help)" >&2; exit 1 ;;
       esac
+      _po_before=" $(compgen -v | tr '\n' ' ') "
       # shellcheck disable=SC1090
       . "$2"
+      for _po_name in $(compgen -v); do   # a misspelt name set a variable nothing reads, as --stgae would
+        if [[ "${_po_name}" =~ ^[a-z][a-z0-9_]*$ ]] && [[ "${_po_before}" != *" ${_po_name} "* ]]; then
+          echo "${_po_prog}: --config $2: '${_po_name}' is no option of ${_po_prog} (see --help)" >&2; exit 1
+        fi
+      done
       # its values get the command line's checks: a bool 'True' or 'yes' ran as a command at each test of it
       for _po_name in $(printf '%s\n' "${!_po_kind[@]}" | sort); do
         _po_value=${!_po_name-}
@@ -73,5 +79,5 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-unset _po_prog _po_name _po_kind _po_value
+unset _po_prog _po_name _po_kind _po_value _po_before
 true

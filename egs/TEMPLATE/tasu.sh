@@ -384,7 +384,7 @@ for tag in "${tags[@]}"; do
 done
 if [[ "${inference_tag:-}" == *JOB* ]]; then
   die "decode directory ${inference_tag} (from --decode_config ${decode_config} and --decode_args): ${job_word}:" \
-    "its jobs would write elsewhere; rename the config"
+    "its jobs would write elsewhere; rename the config, or write --decode_args without JOB"
 fi
 if runs 6; then
   for spec in ${tasks}; do
@@ -709,6 +709,7 @@ if runs 5; then
   problem=$(python3 -m tasu.recipe check-finished "${inference_checkpoint}" "${decode_exps[@]}" 2>&1) || \
     die "${problem}: run its training stage again to finish it (it resumes: stage 3 for ${text_exp}, 4 for" \
       "the audio ones), or decode one of its checkpoints on purpose with --inference_checkpoint step_N"
+  [ -z "${problem}" ] || log "WARNING: ${problem}"
   for exp in "${decode_exps[@]}"; do
     write_reentry "${exp}/${inference_tag}" 5 "decoding with ${exp}"
     # Every test set and task is decoded by one set of jobs (one model load, batches across tasks):

@@ -171,7 +171,8 @@ class StreamingBatches(IterableDataset):
 
     def _records(self, epoch: int, files: ExitStack) -> Iterator[tuple[int, Record]]:
         """This rank's records of the epoch, in the epoch's order, each with its source's number."""
-        _allow_open_files(len(self.sources))
+        if self.order != "sequential":   # which reads one file at a time
+            _allow_open_files(len(self.sources))
         for source in self.sources:
             try:
                 open(source.path, "rb").close()
@@ -357,11 +358,11 @@ def _allow_open_files(sources: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= want:
         return
-    if hard != resource.RLIM_INFINITY and hard < want:
+    if hard != resource.RLIM_INFINITY and hard < sources:
         raise OSError(errno.EMFILE, f"{sources} data files are read at once, and this system lets a process "
                                     f"open {hard} files (ulimit -Hn): merge shard files into fewer sources, or "
                                     "ask for a higher limit")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
 def _passes(weight: float) -> list[tuple[float, float]]:
