@@ -112,6 +112,7 @@ class Speech2Text:
         from tasu.data.prompts import PromptError
         from tasu.decode import first_prompt
         from tasu.encoders.base import ShortWaveformError
+        from tasu.llm import FieldSpelling
 
         unused = sorted(set(fields) - self.prompts.fields(task))   # a misspelt hotword= was dropped silently
         if unused:
@@ -122,10 +123,10 @@ class Speech2Text:
             if type(value) is not str:
                 raise PromptError(f"field {name}={value!r}: the {task} prompts are filled from text (a str), "
                                   f"not a {type(value).__name__}")
-            token = self.model.prompt_tokenizer.spelled_special(value)
-            if token:   # (the prompt's own check names no field)
-                raise PromptError(f"field {name} spells the LLM's special token {token!r}: a prompt is text; "
-                                  "write it otherwise")
+        spelling = FieldSpelling(None, self.prompts, self.model.prompt_tokenizer)
+        spelled = spelling.problem(_Fields(task, "<input>", fields))
+        if spelled:   # (the prompt's own check names no field)
+            raise PromptError(f"field {spelled[0]} {spelled[1]}")
         waves = [waveform(a, sample_rate, self.allow_pipes) for a in audios]
 
         try:

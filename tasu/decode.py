@@ -111,14 +111,14 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.input not in INPUTS:
             raise DecodeError(f"input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        # a beam of 2.5 failed in torch's generate; numpy's numbers are kept as Python's (decode.json is JSON)
         for name in ("beam", "batch_size", "max_new_tokens", "no_repeat_ngram_size", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):   # a beam of 2.5 failed in torch
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise DecodeError(f"{name} must be a whole number, got {value!r}")
+            setattr(self, name, int(value))
         if isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, numbers.Real):
             raise DecodeError(f"repetition_penalty must be a number, got {self.repetition_penalty!r}")
-        for name in ("beam", "batch_size", "max_new_tokens", "no_repeat_ngram_size", "seed"):   # numpy's: as
-            setattr(self, name, int(getattr(self, name)))   # Python's (decode.json is JSON)
         self.repetition_penalty = float(self.repetition_penalty)
         for name in ("beam", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:

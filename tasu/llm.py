@@ -227,17 +227,20 @@ class FieldSpelling:
     """Which field of a record, if any, that its task's prompts are filled from spells one of the LLM's
     special tokens: decoding and training refuse such a record at its line, before any batch (found at
     its batch, it named no file, line or field, after the model had loaded). The tokenizer is loaded
-    at the first record whose task takes fields: most data has none."""
+    at the first record whose task takes fields: most data has none. The API asks it of a call's fields."""
 
-    def __init__(self, llm_path: str | Path, prompts: PromptSet):
+    def __init__(self, llm_path: str | Path | None, prompts: PromptSet, tokenizer: PromptTokenizer | None = None):
         self.llm_path, self.prompts = llm_path, prompts
-        self._tokenizer: PromptTokenizer | None = None
+        self._tokenizer = tokenizer   # (a loaded model's own; else read from llm_path when first needed)
 
     def problem(self, record) -> tuple[str, str] | None:
         """``(field, message)`` for a record one of whose prompt fields spells a special token."""
         for name in sorted(self.prompts.fields(record.task)):
+            value = record.get(name)
+            if not isinstance(value, str):   # missing: the prompt's filling names it
+                continue
             self._tokenizer = self._tokenizer or PromptTokenizer(load_llm_tokenizer(self.llm_path))
-            token = self._tokenizer.spelled_special(record.get(name))
+            token = self._tokenizer.spelled_special(value)
             if token:
                 return name, (f"spells the LLM's special token {token!r} (the {record.task} prompts are filled "
                               "from it): a prompt is text; write it otherwise")

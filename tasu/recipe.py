@@ -317,11 +317,12 @@ def unfinished_training(exp: str | Path, which: str) -> str:
     last = last_checkpoint(root)
     if last is None:
         return ""
-    if not (root / FINISHED).is_file() and recorded_step(last) is None:
+    marked = (root / FINISHED).is_file()
+    if not marked and recorded_step(last) is None:
         print(f"{exp}: written by an older tasu, which may not have marked the end of its training: decoding "
               f"its {which} checkpoint as the finished model's", file=sys.stderr)
         return ""
-    if (root / FINISHED).is_file() and training_finished(root, last):
+    if marked and training_finished(root, last):
         return ""
     return f"{exp}: its training has not finished (its last checkpoint is {last.name}), so --inference_checkpoint " \
            f"{which} would decode a half-trained model"
